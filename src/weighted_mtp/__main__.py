@@ -1,0 +1,3 @@
+from weighted_mtp.cli import main
+
+main()

@@ -1,0 +1,161 @@
+"""The asset catalog: where each model and dataset comes from upstream.
+
+The packaged `catalog.yaml` is the default; a user file (`--catalog` / `WMTP_CATALOG`) with
+the same schema replaces it, e.g. to pin revisions or point at a fork.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path, PurePosixPath
+
+import jsonschema
+import yaml
+
+from weighted_mtp.errors import WmtpError
+from weighted_mtp.storage.layout import DATASETS, MODELS, safe_relative
+
+CATALOG_ENV = "WMTP_CATALOG"
+
+_FILE = {
+    "type": "object",
+    "required": ["path", "into"],
+    "properties": {"path": {"type": "string", "minLength": 1}, "into": {"type": "string"}},
+    "additionalProperties": False,
+}
+_UPSTREAM = {
+    "type": "object",
+    "properties": {
+        "repo": {"type": "string", "pattern": "^[^/\\s]+/[^/\\s]+$"},
+        "repo_type": {"enum": ["model", "dataset"]},
+        "revision": {"type": "string", "minLength": 1},
+        "format": {"enum": ["meta-mtp", "hf-llama"]},
+        "gated": {"type": "boolean"},
+        "derived_from": {"enum": list(MODELS)},
+        "files": {"type": "array", "items": _FILE, "minItems": 1},
+    },
+    "additionalProperties": False,
+}
+SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "required": ["models", "datasets"],
+    "properties": {
+        "models": {
+            "type": "object",
+            "propertyNames": {"enum": list(MODELS)},
+            "additionalProperties": _UPSTREAM,
+        },
+        "datasets": {
+            "type": "object",
+            "propertyNames": {"enum": list(DATASETS)},
+            "additionalProperties": _UPSTREAM,
+        },
+    },
+}
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    path: str
+    into: str
+
+    def matches(self, repo_path: str) -> bool:
+        return fnmatch.fnmatchcase(repo_path, self.path)
+
+    def destination(self, repo_path: str) -> PurePosixPath:
+        """Where a repo file lands, relative to the asset folder."""
+        into = PurePosixPath(self.into.strip("/") or ".")
+        return PurePosixPath(*(into / safe_relative(repo_path)).parts)
+
+
+@dataclass(frozen=True)
+class Asset:
+    name: str
+    kind: str  # "model" or "dataset"
+    repo: str | None
+    repo_type: str
+    revision: str
+    files: tuple[FileSpec, ...]
+    format: str | None = None
+    gated: bool = False
+    derived_from: str | None = None
+
+    @property
+    def downloadable(self) -> bool:
+        return self.repo is not None
+
+    def destination(self, repo_path: str) -> PurePosixPath | None:
+        """The asset-relative destination of a repo file, or None if the catalog skips it."""
+        for spec in self.files:
+            if spec.matches(repo_path):
+                return spec.destination(repo_path)
+        return None
+
+
+class Catalog:
+    def __init__(self, assets: dict[str, Asset], source: str) -> None:
+        self._assets = assets
+        self.source = source
+
+    def model(self, name: str) -> Asset:
+        return self._get(name, "model", MODELS)
+
+    def dataset(self, name: str) -> Asset:
+        return self._get(name, "dataset", DATASETS)
+
+    def _get(self, name: str, kind: str, known: tuple[str, ...]) -> Asset:
+        asset = self._assets.get(f"{kind}:{name}")
+        if asset is None:
+            raise WmtpError(
+                f"the catalog has no {kind} {name!r}",
+                path=self.source,
+                hint=f"known {kind}s: {', '.join(known)}",
+            )
+        return asset
+
+
+def _parse(text: str, source: str) -> Catalog:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise WmtpError(f"catalog is not valid YAML{where}", path=source) from None
+    try:
+        jsonschema.validate(data, SCHEMA)
+    except jsonschema.ValidationError as exc:
+        location = "/".join(str(p) for p in exc.absolute_path) or "top level"
+        raise WmtpError(f"catalog entry {location}: {exc.message}", path=source) from None
+    assets: dict[str, Asset] = {}
+    for kind, group in (("model", data["models"]), ("dataset", data["datasets"])):
+        for name, entry in group.items():
+            assets[f"{kind}:{name}"] = Asset(
+                name=name,
+                kind=kind,
+                repo=entry.get("repo"),
+                repo_type=entry.get("repo_type", kind),
+                revision=entry.get("revision", "main"),
+                files=tuple(FileSpec(f["path"], f["into"]) for f in entry.get("files", [])),
+                format=entry.get("format"),
+                gated=entry.get("gated", False),
+                derived_from=entry.get("derived_from"),
+            )
+    return Catalog(assets, source)
+
+
+def load_catalog(path: str | Path | None = None) -> Catalog:
+    """The user's catalog if given (argument, then $WMTP_CATALOG), else the packaged one."""
+    chosen = path or os.environ.get(CATALOG_ENV)
+    if chosen:
+        chosen = Path(chosen)
+        try:
+            text = chosen.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise WmtpError(f"cannot read catalog: {exc.strerror}", path=chosen) from None
+        return _parse(text, str(chosen))
+    packaged = resources.files("weighted_mtp").joinpath("catalog.yaml")
+    return _parse(packaged.read_text(encoding="utf-8"), "weighted_mtp/catalog.yaml")

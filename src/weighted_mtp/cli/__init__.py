@@ -1,0 +1,81 @@
+"""The `wmtp` command line: parses arguments, calls the library, prints results.
+
+Command modules import heavy libraries (torch, transformers) inside the commands that need
+them, so `wmtp --help` and `wmtp storage ...` start in well under a second.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from weighted_mtp.cli import storage
+from weighted_mtp.cli._console import State, err_console
+from weighted_mtp.errors import WmtpError
+
+app = typer.Typer(
+    name="wmtp",
+    help="Build and verify storage v2 for Weighted Multi-Token Prediction research.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+app.add_typer(storage.app, name="storage")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from weighted_mtp import __version__
+
+        typer.echo(f"wmtp {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    ctx: typer.Context,
+    root: Annotated[
+        Path,
+        typer.Option("--root", envvar="WMTP_ROOT", help="Storage root.", show_default=True),
+    ] = Path("storage"),
+    catalog: Annotated[
+        Path | None,
+        typer.Option(
+            "--catalog",
+            envvar="WMTP_CATALOG",
+            help="Asset catalog YAML replacing the packaged one.",
+        ),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    ctx.obj = State(root=root, catalog_path=catalog)
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and a non-zero exit."""
+    try:
+        app(standalone_mode=False)
+    except WmtpError as exc:
+        err_console.print(f"[bold red]error:[/] {exc.line()}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]; rerun the command to resume")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(1)
+    except Exception as exc:  # click's own usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

@@ -1,0 +1,107 @@
+"""Shared CLI plumbing: global state, consoles, the rich progress reporter."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from weighted_mtp import progress
+from weighted_mtp.catalog import Catalog, load_catalog
+from weighted_mtp.checks import Report
+from weighted_mtp.storage.layout import Layout
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+@dataclass
+class State:
+    root: Path
+    catalog_path: Path | None = None
+
+    @cached_property
+    def layout(self) -> Layout:
+        return Layout(self.root)
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        return load_catalog(self.catalog_path)
+
+
+def state(ctx: typer.Context) -> State:
+    return ctx.find_root().obj
+
+
+class RichReporter:
+    """Progress bars on stderr; one bar per task, removed when it finishes."""
+
+    @contextmanager
+    def task(self, description: str, total: float | None, unit: str) -> Iterator[progress.Advance]:
+        if unit == "bytes":
+            columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                       DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()]
+        else:
+            columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                       MofNCompleteColumn(), TimeRemainingColumn()]
+        with Progress(*columns, console=err_console, transient=True) as bars:
+            task_id = bars.add_task(description, total=total)
+            yield lambda n: bars.advance(task_id, n)
+
+
+@contextmanager
+def progress_bars(enabled: bool = True) -> Iterator[None]:
+    """Show library progress while a command runs (not with --json or off a terminal)."""
+    if enabled and err_console.is_terminal:
+        progress.use_reporter(RichReporter())
+    try:
+        yield
+    finally:
+        progress.use_reporter(None)
+
+
+def print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def print_report(report: Report) -> None:
+    """A checklist: one line per check, ✔ or ✘, with the reason and files for failures."""
+    console.print(f"[bold]{report.subject}[/]")
+    for check in report.checks:
+        mark = "[green]✔[/]" if check.ok else "[red]✘[/]"
+        line = f"  {mark} {check.name}"
+        if check.detail:
+            line += f": {check.detail}"
+        if check.files and not check.ok:
+            line += f" ({', '.join(check.files)})"
+        console.print(line, highlight=False, soft_wrap=True)
+    verdict = "[green]all checks passed[/]" if report.ok else (
+        f"[red]{len(report.failures())} check(s) failed[/]")
+    console.print(f"  {verdict}")
+
+
+def finish_report(report: Report, as_json: bool) -> None:
+    """Print a verification report and exit 1 if anything failed."""
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        print_report(report)
+    if not report.ok:
+        raise typer.Exit(1)

@@ -1,0 +1,1 @@
+"""Models: upstream download, streaming conversion, the MTP adapter, micro models, verify."""

@@ -1,0 +1,173 @@
+"""Architectures as data: the tensor names and shapes a config implies.
+
+This is the contract between conversion, verification, the adapter and the micro models:
+each of them asks here which tensors a Meta MTP `params.json` or a Hugging Face Llama
+`config.json` must have, instead of keeping its own list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from weighted_mtp.errors import WmtpError
+from weighted_mtp.storage.atomic import read_json
+
+Shapes = dict[str, tuple[int, ...]]
+
+
+def llama_intermediate_size(dim: int, multiple_of: int, ffn_dim_multiplier: float | None) -> int:
+    """Llama's SwiGLU hidden size: 2/3 of 4*dim, scaled, rounded up to `multiple_of`."""
+    hidden = int(2 * (4 * dim) / 3)
+    if ffn_dim_multiplier is not None:
+        hidden = int(ffn_dim_multiplier * hidden)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+@dataclass(frozen=True)
+class MetaParams:
+    """Meta's `params.json` (Llama `ModelArgs` semantics, plus `n_future_tokens`)."""
+
+    dim: int
+    n_layers: int
+    n_heads: int
+    vocab_size: int
+    n_kv_heads: int | None = None
+    multiple_of: int = 256
+    ffn_dim_multiplier: float | None = None
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    max_seq_len: int = 2048
+    n_future_tokens: int = 1
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str | Path = "params.json") -> MetaParams:
+        known = set(cls.__dataclass_fields__)
+        missing = [k for k in ("dim", "n_layers", "n_heads") if k not in data]
+        if missing:
+            raise WmtpError(f"params.json lacks {', '.join(missing)}", path=source)
+        try:
+            params = cls(**{k: v for k, v in data.items() if k in known and v is not None})
+        except TypeError as exc:
+            raise WmtpError(f"params.json is malformed: {exc}", path=source) from None
+        params.validate(source)
+        return params
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> MetaParams:
+        return cls.from_dict(read_json(path, "params.json"), path)
+
+    def validate(self, source: str | Path = "params.json") -> None:
+        def fail(why: str) -> None:
+            raise WmtpError(f"params.json is inconsistent: {why}", path=source)
+
+        if self.dim % self.n_heads:
+            fail(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
+        if self.n_heads % self.kv_heads:
+            fail(f"n_heads {self.n_heads} is not divisible by n_kv_heads {self.kv_heads}")
+        if not 1 <= self.n_future_tokens <= self.n_layers:
+            fail(f"n_future_tokens {self.n_future_tokens} must be in 1..n_layers")
+        if self.head_dim % 2:
+            fail(f"head dimension {self.head_dim} must be even for rotary embeddings")
+
+    def with_vocab_size(self, vocab_size: int) -> MetaParams:
+        """Llama's params.json may say `vocab_size: -1` (take it from the tokenizer)."""
+        return MetaParams(**{**asdict(self), "vocab_size": vocab_size})
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def intermediate_size(self) -> int:
+        return llama_intermediate_size(self.dim, self.multiple_of, self.ffn_dim_multiplier)
+
+    @property
+    def n_trunk_layers(self) -> int:
+        return self.n_layers - self.n_future_tokens
+
+    @property
+    def n_extra_heads(self) -> int:
+        return self.n_future_tokens - 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _meta_block(prefix: str, p: MetaParams) -> Shapes:
+    d, hd, h = p.dim, p.head_dim, p.intermediate_size
+    return {
+        f"{prefix}.attention.wq.weight": (p.n_heads * hd, d),
+        f"{prefix}.attention.wk.weight": (p.kv_heads * hd, d),
+        f"{prefix}.attention.wv.weight": (p.kv_heads * hd, d),
+        f"{prefix}.attention.wo.weight": (d, p.n_heads * hd),
+        f"{prefix}.feed_forward.w1.weight": (h, d),
+        f"{prefix}.feed_forward.w2.weight": (d, h),
+        f"{prefix}.feed_forward.w3.weight": (h, d),
+        f"{prefix}.attention_norm.weight": (d,),
+        f"{prefix}.ffn_norm.weight": (d,),
+    }
+
+
+def meta_tensor_shapes(p: MetaParams) -> Shapes:
+    """Every tensor of a Meta MTP checkpoint: `layers.0..n_layers-n_future_tokens` (the
+    trunk, then head 0) and `extra_heads.0..n_future_tokens-2` (heads 1..)."""
+    if p.vocab_size <= 0:
+        raise WmtpError("vocab_size must be resolved before listing tensors (params says -1)")
+    shapes: Shapes = {"tok_embeddings.weight": (p.vocab_size, p.dim)}
+    for i in range(p.n_trunk_layers + 1):
+        shapes.update(_meta_block(f"layers.{i}", p))
+    for j in range(p.n_extra_heads):
+        shapes.update(_meta_block(f"extra_heads.{j}", p))
+    shapes["norm.weight"] = (p.dim,)
+    shapes["output.weight"] = (p.vocab_size, p.dim)
+    return shapes
+
+
+def hf_llama_tensor_shapes(config: dict[str, Any]) -> Shapes:
+    """Every tensor of a Hugging Face `LlamaForCausalLM` state dict, from its config.json."""
+    try:
+        d = config["hidden_size"]
+        n_heads = config["num_attention_heads"]
+        kv = config.get("num_key_value_heads") or n_heads
+        hd = config.get("head_dim") or d // n_heads
+        h = config["intermediate_size"]
+        vocab = config["vocab_size"]
+        n_layers = config["num_hidden_layers"]
+    except KeyError as exc:
+        raise WmtpError(f"config.json lacks {exc.args[0]}") from None
+    shapes: Shapes = {"model.embed_tokens.weight": (vocab, d)}
+    for i in range(n_layers):
+        p = f"model.layers.{i}"
+        shapes.update({
+            f"{p}.self_attn.q_proj.weight": (n_heads * hd, d),
+            f"{p}.self_attn.k_proj.weight": (kv * hd, d),
+            f"{p}.self_attn.v_proj.weight": (kv * hd, d),
+            f"{p}.self_attn.o_proj.weight": (d, n_heads * hd),
+            f"{p}.mlp.gate_proj.weight": (h, d),
+            f"{p}.mlp.up_proj.weight": (h, d),
+            f"{p}.mlp.down_proj.weight": (d, h),
+            f"{p}.input_layernorm.weight": (d,),
+            f"{p}.post_attention_layernorm.weight": (d,),
+        })
+    shapes["model.norm.weight"] = (d,)
+    if not config.get("tie_word_embeddings", False):
+        shapes["lm_head.weight"] = (vocab, d)
+    return shapes
+
+
+def compare_shapes(expected: Shapes, actual: Shapes) -> list[str]:
+    """Human-readable differences: missing, unexpected and mis-shaped tensors."""
+    problems = [f"missing tensor {name}" for name in expected if name not in actual]
+    problems += [f"unexpected tensor {name}" for name in actual if name not in expected]
+    problems += [
+        f"tensor {name} has shape {list(actual[name])}, expected {list(shape)}"
+        for name, shape in expected.items()
+        if name in actual and tuple(actual[name]) != tuple(shape)
+    ]
+    return problems

@@ -1,0 +1,114 @@
+"""Atomic file output: a file appears under its final name complete, or not at all.
+
+Writes go to a temporary file in the destination folder (same filesystem, so the final
+`os.replace` is atomic), are fsynced, then renamed; the folder is fsynced so the rename
+survives a power loss. If anything fails, the temporary file is removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from weighted_mtp.errors import WmtpError
+
+TEMP_MARKER = ".wmtp-tmp-"
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some filesystems do not allow opening folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_write(path: str | Path, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
+    """Open a temporary sibling of `path` for writing; rename it to `path` on success."""
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_write supports 'w' and 'wb', not {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARKER}", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        text_encoding = (encoding or "utf-8") if mode == "w" else None
+        newline = "" if mode == "w" else None
+        with os.fdopen(fd, mode, encoding=text_encoding, newline=newline) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_write(path, "wb") as handle:
+        handle.write(data)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_write(path, "w") as handle:
+        handle.write(text)
+
+
+def dumps_json(obj: Any) -> str:
+    """The project's JSON style for files people read: indented, UTF-8, trailing newline."""
+    return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    write_text(path, dumps_json(obj))
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    """Parse a JSON file, turning the usual failures into one clear error."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise WmtpError(f"{what} not found", path=path) from None
+    except UnicodeDecodeError as exc:
+        raise WmtpError(f"{what} is not UTF-8 (byte {exc.start})", path=path) from None
+    except json.JSONDecodeError as exc:
+        raise WmtpError(
+            f"{what} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})",
+            path=path,
+        ) from None
+
+
+def ensure_free_space(directory: str | Path, needed: int, what: str) -> None:
+    """Fail before writing if `needed` bytes will not fit (5% + 64 MiB headroom kept)."""
+    directory = Path(directory)
+    probe = directory
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    margin = needed // 20 + (64 << 20)
+    if free < needed + margin:
+        raise WmtpError(
+            f"not enough free disk for {what}: need {_gib(needed + margin)}, "
+            f"{_gib(free)} free",
+            path=directory,
+            hint="free some space or choose another --root",
+        )
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.2f} GiB"

@@ -1,0 +1,298 @@
+"""The single definition of the storage v2 layout.
+
+Every path under the storage root is named here. Other modules ask a `Layout` for paths and
+never assemble storage paths from strings, so moving a file means editing one place.
+
+    <root>/
+      models_v2/{meta-llama-mtp,ref-sheared-llama-2.7b,micro-mtp,micro-ref}/
+          raw/ safetensors/ configs/ tokenizer/ metadata.json
+      datasets_v2/{codecontests,mbpp,humaneval}/{raw,processed,stats}/
+      datasets_local_small/{codecontests,mbpp,humaneval}_small/
+      MANIFEST.json  APPROVALS.json  README.md  reports/
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from weighted_mtp.errors import WmtpError
+
+STORAGE_VERSION = "2.0.0"
+
+META_MODEL = "meta-llama-mtp"
+REFERENCE_MODEL = "ref-sheared-llama-2.7b"
+MICRO_MTP = "micro-mtp"
+MICRO_REF = "micro-ref"
+MODELS = (META_MODEL, REFERENCE_MODEL, MICRO_MTP, MICRO_REF)
+BASE_MODELS = (META_MODEL, REFERENCE_MODEL)
+MICRO_MODELS = (MICRO_MTP, MICRO_REF)
+
+DATASETS = ("codecontests", "mbpp", "humaneval")
+SPLITS = ("train", "validation", "test")
+
+MODEL_SUBDIRS = ("raw", "safetensors", "configs", "tokenizer")
+DATASET_SUBDIRS = ("raw", "processed", "stats")
+LEGACY_DIRS = ("models", "datasets")
+
+# Folder inside raw/ that holds each upstream checkpoint, as the upstream repos name it.
+RAW_CHECKPOINT_DIRS = {META_MODEL: "7B_1T_4", REFERENCE_MODEL: "reference_model"}
+
+CACHE_DIR = ".cache"
+
+
+def safe_relative(relpath: str | PurePosixPath) -> PurePosixPath:
+    """A relative POSIX path that cannot leave the folder it is joined to."""
+    rel = PurePosixPath(str(relpath).replace("\\", "/"))
+    if rel.is_absolute() or not rel.parts or ".." in rel.parts or rel.parts[0].endswith(":"):
+        raise WmtpError(
+            f"path {str(relpath)!r} points outside its folder",
+            hint="use a plain relative path without '..'",
+        )
+    return rel
+
+
+@dataclass(frozen=True)
+class ModelPaths:
+    name: str
+    root: Path
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "raw"
+
+    @property
+    def safetensors_dir(self) -> Path:
+        return self.root / "safetensors"
+
+    @property
+    def configs(self) -> Path:
+        return self.root / "configs"
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.root / "tokenizer"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / CACHE_DIR
+
+    @property
+    def weights(self) -> Path:
+        return self.safetensors_dir / "model.safetensors"
+
+    @property
+    def sha256sums(self) -> Path:
+        return self.safetensors_dir / "SHA256SUMS"
+
+    @property
+    def metadata(self) -> Path:
+        return self.root / "metadata.json"
+
+    @property
+    def source(self) -> Path:
+        return self.raw / "SOURCE.json"
+
+    @property
+    def raw_checkpoint_dir(self) -> Path:
+        return self.raw / RAW_CHECKPOINT_DIRS.get(self.name, "checkpoint")
+
+    @property
+    def tokenizer_model(self) -> Path:
+        return self.tokenizer_dir / "tokenizer.model"
+
+    @property
+    def tokenizer_config(self) -> Path:
+        return self.tokenizer_dir / "tokenizer_config.json"
+
+    @property
+    def params(self) -> Path:
+        """Meta-format architecture (`params.json`)."""
+        return self.configs / "params.json"
+
+    @property
+    def adapter_config(self) -> Path:
+        return self.configs / "meta_adapter.yaml"
+
+    @property
+    def hf_config(self) -> Path:
+        """Hugging Face-format architecture (`config.json`)."""
+        return self.configs / "config.json"
+
+    def raw_file(self, relpath: str | PurePosixPath) -> Path:
+        return self.raw / safe_relative(relpath)
+
+    def file(self, relpath: str | PurePosixPath) -> Path:
+        return self.root / safe_relative(relpath)
+
+    def subdirs(self) -> list[Path]:
+        return [self.root / sub for sub in MODEL_SUBDIRS]
+
+
+@dataclass(frozen=True)
+class DatasetPaths:
+    name: str
+    root: Path
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "raw"
+
+    @property
+    def processed(self) -> Path:
+        return self.root / "processed"
+
+    @property
+    def stats(self) -> Path:
+        return self.root / "stats"
+
+    @property
+    def cache(self) -> Path:
+        """Upstream downloads (e.g. Parquet) before they become raw JSONL; kept by `clean`."""
+        return self.root / CACHE_DIR
+
+    @property
+    def source(self) -> Path:
+        return self.raw / "SOURCE.json"
+
+    @property
+    def raw_checksums(self) -> Path:
+        return self.stats / "raw_checksums.txt"
+
+    @property
+    def schema(self) -> Path:
+        return self.processed / "schema.json"
+
+    def raw_split(self, split: str) -> Path:
+        return self.raw / f"{split}.jsonl"
+
+    def split(self, split: str) -> Path:
+        return self.processed / f"{split}.jsonl"
+
+    def summary(self, day: dt.date) -> Path:
+        return self.stats / f"{day.isoformat()}_summary.json"
+
+    def summaries(self) -> list[Path]:
+        """Dated summaries, oldest first (ISO dates sort as text)."""
+        return sorted(self.stats.glob("????-??-??_summary.json"))
+
+    def subdirs(self) -> list[Path]:
+        return [self.root / sub for sub in DATASET_SUBDIRS]
+
+
+@dataclass(frozen=True)
+class SmallPaths:
+    name: str
+    root: Path
+
+    def split(self, split: str) -> Path:
+        return self.root / f"{split}_small.jsonl"
+
+
+class Layout:
+    """All paths of one storage root."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(os.path.normpath(Path(root).expanduser().absolute()))
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models_v2"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.root / "datasets_v2"
+
+    @property
+    def small_dir(self) -> Path:
+        return self.root / "datasets_local_small"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "MANIFEST.json"
+
+    @property
+    def approvals(self) -> Path:
+        return self.root / "APPROVALS.json"
+
+    @property
+    def readme(self) -> Path:
+        return self.root / "README.md"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def state_dir(self) -> Path:
+        """wmtp's own bookkeeping (build log, verification stamps); not an asset."""
+        return self.root / ".wmtp"
+
+    @property
+    def build_log(self) -> Path:
+        return self.state_dir / "build_log.jsonl"
+
+    def verification_stamp(self, asset_root: Path) -> Path:
+        """Where `stamps` records that an asset folder passed verification."""
+        name = self.relative(asset_root).replace("/", "__")
+        return self.state_dir / "verified" / f"{name}.json"
+
+    def report(self, name: str) -> Path:
+        return self.reports_dir / safe_relative(name)
+
+    def model(self, name: str) -> ModelPaths:
+        if name not in MODELS:
+            raise WmtpError(f"unknown model {name!r}", hint=f"choose one of: {', '.join(MODELS)}")
+        return ModelPaths(name, self.models_dir / name)
+
+    def dataset(self, name: str) -> DatasetPaths:
+        if name not in DATASETS:
+            raise WmtpError(
+                f"unknown dataset {name!r}", hint=f"choose one of: {', '.join(DATASETS)}"
+            )
+        return DatasetPaths(name, self.datasets_dir / name)
+
+    def small(self, name: str) -> SmallPaths:
+        self.dataset(name)  # validates the name
+        return SmallPaths(name, self.small_dir / f"{name}_small")
+
+    def v2_dirs(self) -> list[Path]:
+        """The top-level folders that storage v2 owns (what `clean` removes)."""
+        return [self.models_dir, self.datasets_dir, self.small_dir]
+
+    def legacy_dirs(self) -> list[Path]:
+        return [self.root / name for name in LEGACY_DIRS]
+
+    def directories(self) -> list[Path]:
+        """Every folder of the v2 layout, parents before children."""
+        dirs = [*self.v2_dirs()]
+        for name in MODELS:
+            model = self.model(name)
+            dirs += [model.root, *model.subdirs()]
+        for name in DATASETS:
+            dataset = self.dataset(name)
+            dirs += [dataset.root, *dataset.subdirs()]
+        dirs += [self.small(name).root for name in DATASETS]
+        return dirs
+
+    def placeholder_files(self) -> list[Path]:
+        """Files the seed creates empty in Step 1."""
+        return [self.model(META_MODEL).sha256sums]
+
+    def protected_paths(self) -> list[Path]:
+        """Paths `clean` never removes: an ongoing 7B download must survive a clean start."""
+        return [self.model(META_MODEL).raw_checkpoint_dir]
+
+    def contains(self, path: str | Path) -> bool:
+        """Whether `path`, with symlinks resolved, lies inside the root."""
+        try:
+            Path(path).resolve().relative_to(self.root.resolve())
+        except ValueError:
+            return False
+        return True
+
+    def relative(self, path: Path) -> str:
+        """`path` as a POSIX path relative to the root (how manifests and reports name files)."""
+        return path.absolute().relative_to(self.root).as_posix()

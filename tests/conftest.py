@@ -1,0 +1,32 @@
+"""Fixtures shared by the whole suite. Nothing here may touch the network."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Any accidental hub access fails fast instead of hanging on this offline machine.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture
+def layout(tmp_path: Path):
+    """A fresh storage root with the v2 layout created."""
+    from weighted_mtp.storage.init import init_storage
+    from weighted_mtp.storage.layout import Layout
+
+    layout = Layout(tmp_path / "storage")
+    init_storage(layout)
+    return layout
+
+
+@pytest.fixture(scope="session")
+def sp_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Llama-2-style SentencePiece model (unk 0, bos 1, eos 2, byte fallback, >8000
+    pieces), trained once per session on local text. Tests must not modify it."""
+    from weighted_mtp.synthetic.tokenizer import train_llama_style_tokenizer
+
+    return train_llama_style_tokenizer(tmp_path_factory.mktemp("tokenizer") / "tokenizer.model")

@@ -1,0 +1,25 @@
+import subprocess
+import sys
+
+
+def test_help_lists_command_groups_without_importing_torch():
+    code = (
+        "import sys\n"
+        "from weighted_mtp.cli import app\n"
+        "from typer.testing import CliRunner\n"
+        "result = CliRunner().invoke(app, ['--help'])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "print(result.output)\n"
+        "print('TORCH_LOADED' if 'torch' in sys.modules else 'TORCH_FREE')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "storage" in out.stdout
+    assert "TORCH_FREE" in out.stdout
+
+
+def test_python_dash_m_runs_the_same_cli():
+    out = subprocess.run(
+        [sys.executable, "-m", "weighted_mtp", "--version"], capture_output=True, text=True
+    )
+    assert out.returncode == 0
+    assert out.stdout.startswith("wmtp ")
