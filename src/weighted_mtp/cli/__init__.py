@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from weighted_mtp.cli import storage
 from weighted_mtp.cli._console import State, err_console
@@ -62,7 +63,8 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except WmtpError as exc:
-        err_console.print(f"[bold red]error:[/] {exc.line()}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(exc.line())}", highlight=False,
+                          soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]; rerun the command to resume")

@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -86,11 +87,11 @@ def print_report(report: Report) -> None:
     console.print(f"[bold]{report.subject}[/]")
     for check in report.checks:
         mark = "[green]✔[/]" if check.ok else "[red]✘[/]"
-        line = f"  {mark} {check.name}"
+        line = f"  {mark} {escape(check.name)}"
         if check.detail:
-            line += f": {check.detail}"
+            line += f": {escape(check.detail)}"
         if check.files and not check.ok:
-            line += f" ({', '.join(check.files)})"
+            line += f" ({escape(', '.join(check.files))})"
         console.print(line, highlight=False, soft_wrap=True)
     verdict = "[green]all checks passed[/]" if report.ok else (
         f"[red]{len(report.failures())} check(s) failed[/]")

@@ -1,0 +1,51 @@
+from pathlib import Path
+
+import pytest
+
+from weighted_mtp.catalog import load_catalog
+from weighted_mtp.errors import WmtpError
+from weighted_mtp.storage.layout import Layout
+
+
+def test_packaged_catalog_names_the_upstream_sources():
+    catalog = load_catalog()
+    meta = catalog.model("meta-llama-mtp")
+    assert meta.repo == "facebook/multi-token-prediction" and meta.revision
+    assert catalog.model("ref-sheared-llama-2.7b").repo == "microsoft/rho-1"
+    assert catalog.dataset("codecontests").repo == "deepmind/code_contests"
+    assert catalog.dataset("humaneval").repo_type == "dataset"
+
+
+def test_catalog_destinations_agree_with_the_layout(tmp_path: Path):
+    catalog, layout = load_catalog(), Layout(tmp_path)
+    meta = layout.model("meta-llama-mtp")
+    dest = catalog.model("meta-llama-mtp").destination("7B_1T_4/consolidated.pth")
+    assert meta.file(dest) == meta.raw_checkpoint_dir / "consolidated.pth"
+    assert meta.file(catalog.model("meta-llama-mtp").destination("tokenizer.model")) == (
+        meta.tokenizer_model
+    )
+    ref = layout.model("ref-sheared-llama-2.7b")
+    ref_asset = catalog.model("ref-sheared-llama-2.7b")
+    shard = "reference_model/pytorch_model-00001-of-00002.bin"
+    assert ref.file(ref_asset.destination(shard)).parent == ref.raw_checkpoint_dir
+    assert ref.file(ref_asset.destination("tokenizer/tokenizer.model")) == ref.tokenizer_model
+    assert ref_asset.destination("README.md") is None
+
+
+def test_user_catalog_overrides_and_is_validated(tmp_path: Path, monkeypatch):
+    good = tmp_path / "catalog.yaml"
+    good.write_text(
+        "models:\n  meta-llama-mtp:\n    repo: me/fork\n    revision: abc123\n"
+        "    files: [{path: a.pth, into: raw}]\ndatasets: {}\n"
+    )
+    monkeypatch.setenv("WMTP_CATALOG", str(good))
+    assert load_catalog().model("meta-llama-mtp").revision == "abc123"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models:\n  meta-llama-mtp:\n    repo: no-slash\ndatasets: {}\n")
+    with pytest.raises(WmtpError, match="models/meta-llama-mtp/repo"):
+        load_catalog(bad)
+    bad.write_text("models: [\n")
+    with pytest.raises(WmtpError, match="not valid YAML"):
+        load_catalog(bad)
+    with pytest.raises(WmtpError, match="no model 'micro-mtp'"):
+        load_catalog(good).model("micro-mtp")
