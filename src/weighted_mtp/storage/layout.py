@@ -234,6 +234,25 @@ class Layout:
     def build_log(self) -> Path:
         return self.state_dir / "build_log.jsonl"
 
+    @property
+    def build_lock(self) -> Path:
+        return self.state_dir / "build.lock"
+
+    @property
+    def hash_cache(self) -> Path:
+        """Known SHA-256 of asset files with the size and mtime they had when hashed."""
+        return self.state_dir / "hashes.json"
+
+    @property
+    def last_verification(self) -> Path:
+        """The latest `wmtp verify` result, which the reports cite."""
+        return self.state_dir / "last_verification.json"
+
+    @property
+    def checksums(self) -> Path:
+        """Every asset file's SHA-256 in `sha256sum -c` format, beside MANIFEST.json."""
+        return self.root / "SHA256SUMS"
+
     def verification_stamp(self, asset_root: Path) -> Path:
         """Where `stamps` records that an asset folder passed verification."""
         name = self.relative(asset_root).replace("/", "__")
