@@ -1,0 +1,1 @@
+"""Whole-storage work: the one-command build, verification checklist, manifest, reports."""

@@ -1,0 +1,204 @@
+"""MANIFEST.json: every asset file's path, size and SHA-256, so any later change is named.
+
+Hashing a 30 GB storage takes minutes, so hashes are remembered in `.wmtp/hashes.json` with
+the size and modification time each file had when hashed. Refreshing the manifest after a
+build step reuses them; `verify` re-reads every byte (`trust_known=False`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jsonschema
+
+from weighted_mtp.errors import WmtpError
+from weighted_mtp.storage.atomic import TEMP_MARKER, read_json, write_json, write_text
+from weighted_mtp.storage.clean import PARTIAL_SUFFIXES
+from weighted_mtp.storage.hashing import format_sha256sums, sha256_file
+from weighted_mtp.storage.layout import CACHE_DIR, STORAGE_VERSION, Layout
+from weighted_mtp.storage.tree import iter_files
+
+SHOW_PROGRESS_FROM = 64 << 20
+
+SCHEMA = {
+    "type": "object",
+    "required": ["storage_version", "created_at", "files"],
+    "properties": {
+        "storage_version": {"type": "string"},
+        "created_at": {"type": "string"},
+        "files": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["path", "size", "sha256"],
+                "properties": {
+                    "path": {"type": "string", "minLength": 1},
+                    "size": {"type": "integer", "minimum": 0},
+                    "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                },
+            },
+        },
+    },
+}
+
+
+def is_leftover(path: Path) -> bool:
+    """A temporary file of an interrupted atomic write or download; never an asset."""
+    return TEMP_MARKER in path.name or path.name.endswith(PARTIAL_SUFFIXES)
+
+
+def iter_asset_files(layout: Layout) -> Iterator[Path]:
+    """Asset files: everything under the v2 folders except caches and leftovers."""
+    for top in layout.v2_dirs():
+        for path in iter_files(top):
+            if CACHE_DIR in path.relative_to(top).parts[:-1] or is_leftover(path):
+                continue
+            yield path
+
+
+def iter_leftovers(layout: Layout) -> Iterator[Path]:
+    """Temporary files that an interrupted run left in the asset folders (caches excluded)."""
+    for top in layout.v2_dirs():
+        for path in iter_files(top):
+            if CACHE_DIR not in path.relative_to(top).parts[:-1] and is_leftover(path):
+                yield path
+
+
+class Hasher:
+    """SHA-256 of storage files, each read at most once per run."""
+
+    def __init__(self, layout: Layout, *, trust_known: bool) -> None:
+        self.layout = layout
+        self.trust_known = trust_known
+        self._known: dict[str, list] = self._load()
+        self._this_run: set[str] = set()
+
+    def _load(self) -> dict[str, list]:
+        if not self.layout.hash_cache.is_file():
+            return {}
+        try:
+            data = read_json(self.layout.hash_cache, "hash cache")
+        except WmtpError:
+            return {}  # a damaged cache only costs re-hashing
+        return data if isinstance(data, dict) else {}
+
+    def sha256(self, path: Path) -> str:
+        rel = self.layout.relative(path)
+        stat = path.stat()
+        entry = self._known.get(rel)
+        current = isinstance(entry, list) and entry[:2] == [stat.st_size, stat.st_mtime_ns]
+        if current and (self.trust_known or rel in self._this_run):
+            return entry[2]
+        digest = sha256_file(path, show_progress=stat.st_size >= SHOW_PROGRESS_FROM)
+        self._known[rel] = [stat.st_size, stat.st_mtime_ns, digest]
+        self._this_run.add(rel)
+        return digest
+
+    def save(self) -> None:
+        """Persist known hashes of files that still exist."""
+        kept = {rel: e for rel, e in self._known.items() if (self.layout.root / rel).is_file()}
+        write_json(self.layout.hash_cache, kept)
+
+
+@dataclass
+class ManifestDiff:
+    changed: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.changed or self.missing or self.unexpected)
+
+    def files(self) -> list[str]:
+        return [*self.changed, *self.missing, *self.unexpected]
+
+    def summary(self) -> str:
+        parts = [
+            f"{len(paths)} {kind}: {', '.join(paths)}"
+            for kind, paths in (("changed", self.changed), ("missing", self.missing),
+                                ("unexpected", self.unexpected))
+            if paths
+        ]
+        return "; ".join(parts) or "tree matches the manifest"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def current_entries(layout: Layout, hasher: Hasher) -> list[dict]:
+    return [
+        {"path": layout.relative(path), "size": path.stat().st_size, "sha256": hasher.sha256(path)}
+        for path in iter_asset_files(layout)
+    ]
+
+
+def load_manifest(layout: Layout) -> dict | None:
+    """The manifest, or None if there is none yet; a malformed one is an error."""
+    if not layout.manifest.is_file():
+        return None
+    data = read_json(layout.manifest, "manifest")
+    try:
+        jsonschema.validate(data, SCHEMA)
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "top level"
+        raise WmtpError(
+            f"manifest entry {where}: {exc.message}",
+            path=layout.manifest,
+            hint="run `wmtp build` to rewrite it",
+        ) from None
+    return data
+
+
+def manifest_sha256(layout: Layout) -> str | None:
+    return sha256_file(layout.manifest) if layout.manifest.is_file() else None
+
+
+def refresh_manifest(layout: Layout, hasher: Hasher | None = None) -> bool:
+    """Rewrite MANIFEST.json and SHA256SUMS if the assets differ from them; True if written."""
+    hasher = hasher or Hasher(layout, trust_known=True)
+    entries = current_entries(layout, hasher)
+    hasher.save()
+    try:
+        old = load_manifest(layout)
+    except WmtpError:
+        old = None  # a damaged manifest is replaced
+    unchanged = (
+        old is not None
+        and old["files"] == entries
+        and old["storage_version"] == STORAGE_VERSION
+        and layout.checksums.is_file()
+    )
+    if unchanged:
+        return False
+    from weighted_mtp import __version__
+
+    manifest = {
+        "storage_version": STORAGE_VERSION,
+        "created_at": _now(),
+        "tool_version": __version__,
+        "files": entries,
+    }
+    write_text(layout.checksums, format_sha256sums((e["path"], e["sha256"]) for e in entries))
+    write_json(layout.manifest, manifest)
+    return True
+
+
+def compare_with_manifest(layout: Layout, manifest: dict, hasher: Hasher) -> ManifestDiff:
+    """Name every file that changed, went missing or appeared since the manifest was written."""
+    diff = ManifestDiff()
+    recorded = {entry["path"]: entry for entry in manifest["files"]}
+    present = {layout.relative(path): path for path in iter_asset_files(layout)}
+    for rel, entry in recorded.items():
+        path = present.get(rel)
+        if path is None:
+            diff.missing.append(rel)
+        elif path.stat().st_size != entry["size"] or hasher.sha256(path) != entry["sha256"]:
+            diff.changed.append(rel)
+    diff.unexpected = sorted(set(present) - set(recorded))
+    hasher.save()
+    return diff
