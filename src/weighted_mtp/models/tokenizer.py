@@ -1,0 +1,131 @@
+"""SentencePiece tokenizers: the facts a model folder records, and comparing two of them.
+
+Vocabulary size and special ids are read from the `tokenizer.model` itself, never assumed:
+Llama-2 has no pad id, and a trimmed micro tokenizer has fewer pieces than its base.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from weighted_mtp.errors import WmtpError
+from weighted_mtp.storage.atomic import write_json
+
+if TYPE_CHECKING:
+    import sentencepiece as spm
+
+
+@dataclass(frozen=True)
+class TokenizerFacts:
+    """What metadata.json records about a tokenizer; absent special ids are None."""
+
+    vocab_size: int
+    bos_id: int | None
+    eos_id: int | None
+    unk_id: int | None
+    pad_id: int | None
+
+    def to_dict(self) -> dict[str, int | None]:
+        return asdict(self)
+
+
+def load_sentencepiece(path: str | Path) -> spm.SentencePieceProcessor:
+    """A loaded SentencePiece model, or one clear error naming the file."""
+    import sentencepiece as spm
+
+    path = Path(path)
+    if not path.is_file():
+        raise WmtpError("tokenizer model not found", path=path,
+                        hint="download the model first (`wmtp models download`)")
+    processor = spm.SentencePieceProcessor()
+    try:
+        processor.Load(str(path))
+    except (RuntimeError, OSError) as exc:
+        raise WmtpError(f"not a SentencePiece model ({exc})", path=path) from None
+    return processor
+
+
+def _special(value: int) -> int | None:
+    return value if value >= 0 else None
+
+
+def tokenizer_facts(path: str | Path) -> TokenizerFacts:
+    sp = load_sentencepiece(path)
+    return TokenizerFacts(
+        vocab_size=sp.GetPieceSize(),
+        bos_id=_special(sp.bos_id()),
+        eos_id=_special(sp.eos_id()),
+        unk_id=_special(sp.unk_id()),
+        pad_id=_special(sp.pad_id()),
+    )
+
+
+def _model_proto(path: str | Path) -> Any:
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(load_sentencepiece(path).serialized_model_proto())
+    return proto
+
+
+# Trainer settings that change how text is split; the rest (input files, thread counts) don't.
+_TOKENIZING_TRAINER_FIELDS = (
+    "model_type", "byte_fallback", "split_digits", "treat_whitespace_as_suffix",
+)
+
+
+def tokenizer_difference(a: str | Path, b: str | Path) -> str | None:
+    """None if the two models tokenize identically (same pieces with the same scores and
+    kinds at the same ids, same special ids and normalization); else the first difference."""
+    facts_a, facts_b = tokenizer_facts(a), tokenizer_facts(b)
+    for field, value in facts_a.to_dict().items():
+        if value != getattr(facts_b, field):
+            return f"{field.replace('_', ' ')} {value} vs {getattr(facts_b, field)}"
+    proto_a, proto_b = _model_proto(a), _model_proto(b)
+    for i, (piece_a, piece_b) in enumerate(zip(proto_a.pieces, proto_b.pieces, strict=True)):
+        if (piece_a.piece, piece_a.score, piece_a.type) != (piece_b.piece, piece_b.score,
+                                                            piece_b.type):
+            return f"piece {i}: {piece_a.piece!r} vs {piece_b.piece!r}"
+    for spec in ("normalizer_spec", "denormalizer_spec"):
+        if getattr(proto_a, spec) != getattr(proto_b, spec):
+            return f"different {spec.replace('_', ' ')}"
+    for field in _TOKENIZING_TRAINER_FIELDS:
+        value_a = getattr(proto_a.trainer_spec, field)
+        value_b = getattr(proto_b.trainer_spec, field)
+        if value_a != value_b:
+            return f"trainer {field} {value_a} vs {value_b}"
+    return None
+
+
+def tokenizer_config(facts: TokenizerFacts, sp_path: str | Path) -> dict[str, Any]:
+    """`tokenizer_config.json`: ids and their pieces, as `LlamaTokenizer` expects them."""
+    sp = load_sentencepiece(sp_path)
+
+    def token(i: int | None) -> str | None:
+        return sp.IdToPiece(i) if i is not None else None
+
+    return {
+        "model_type": "sentencepiece",
+        "tokenizer_class": "LlamaTokenizer",
+        "tokenizer_file": Path(sp_path).name,
+        "vocab_size": facts.vocab_size,
+        "bos_token_id": facts.bos_id,
+        "eos_token_id": facts.eos_id,
+        "unk_token_id": facts.unk_id,
+        "pad_token_id": facts.pad_id,
+        "bos_token": token(facts.bos_id),
+        "eos_token": token(facts.eos_id),
+        "unk_token": token(facts.unk_id),
+        "pad_token": token(facts.pad_id),
+        "add_bos_token": True,
+        "add_eos_token": False,
+    }
+
+
+def write_tokenizer_config(out: str | Path, sp_path: str | Path) -> dict[str, Any]:
+    """Write `tokenizer_config.json` for the SentencePiece model at `sp_path`."""
+    config = tokenizer_config(tokenizer_facts(sp_path), sp_path)
+    write_json(out, config)
+    return config
