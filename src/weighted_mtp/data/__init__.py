@@ -1,0 +1,1 @@
+"""Datasets: upstream download, Alpaca-style preparation, splits, small sets, validation."""

@@ -1,0 +1,160 @@
+"""`wmtp data download`: upstream files (hub or a local mirror) to raw JSONL.
+
+Upstream Parquet lands in the dataset's `.cache` folder (kept across `clean`, so a rerun
+does not download again); it is then streamed batch by batch into `raw/<part>.jsonl`,
+hashed while written. A raw *part* is an upstream split where the dataset has official
+ones (CodeContests), else the whole dataset in one file named like the original
+(`mbpp.jsonl`, `HumanEval.jsonl`): their splits are decided by `prepare`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from weighted_mtp import __version__, progress
+from weighted_mtp.catalog import Asset, Catalog
+from weighted_mtp.data.sources import iter_jsonl, iter_parquet_rows
+from weighted_mtp.errors import WmtpError
+from weighted_mtp.storage.atomic import atomic_write, ensure_free_space, write_json
+from weighted_mtp.storage.hashing import HashingWriter, sha256_file, write_sha256sums
+from weighted_mtp.storage.layout import DatasetPaths, Layout
+
+# Upstream split names (file-name prefixes) and the raw part each becomes.
+_CODECONTESTS_PARTS = {"train": "train", "valid": "validation", "validation": "validation",
+                       "test": "test"}
+_SINGLE_FILE_PARTS = {"mbpp": "mbpp", "humaneval": "HumanEval"}
+_SUFFIXES = (".parquet", ".jsonl.gz", ".jsonl")
+
+
+def raw_part(dataset: str, upstream_name: str) -> str:
+    """The raw file (without `.jsonl`) an upstream file's rows go into."""
+    if dataset in _SINGLE_FILE_PARTS:
+        return _SINGLE_FILE_PARTS[dataset]
+    stem = PurePosixPath(upstream_name).name
+    for suffix in _SUFFIXES:
+        stem = stem.removesuffix(suffix)
+    split = stem.split("-", 1)[0]
+    return _CODECONTESTS_PARTS.get(split, split)
+
+
+def _iter_rows(path: Path) -> Iterator[dict[str, Any]]:
+    if path.name.endswith(".parquet"):
+        yield from iter_parquet_rows(path)
+    else:
+        for _line, row in iter_jsonl(path):
+            yield row
+
+
+def _mirror_files(asset: Asset, mirror: Path) -> list[tuple[str, Path]]:
+    """`(upstream name, path)` of the mirror's files: the upstream Parquet layout, else JSONL."""
+    if not mirror.is_dir():
+        raise WmtpError("mirror folder not found", path=mirror)
+    found = {}
+    for spec in asset.files:
+        for path in mirror.glob(spec.path):
+            if path.is_file():
+                found[path.relative_to(mirror).as_posix()] = path
+    if not found:
+        for pattern in ("*.jsonl", "*.jsonl.gz"):
+            for path in mirror.glob(pattern):
+                found[path.name] = path
+    if not found:
+        patterns = ", ".join(spec.path for spec in asset.files)
+        raise WmtpError(
+            f"mirror holds no files for dataset {asset.name!r}", path=mirror,
+            hint=f"expected the upstream layout ({patterns}) or JSONL files",
+        )
+    return sorted(found.items())
+
+
+def _hub_files(asset: Asset, paths: DatasetPaths, revision: str) -> tuple[str, list]:
+    """Download the catalog's files into the dataset folder; returns the resolved commit."""
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.utils import HfHubHTTPError
+
+    try:
+        info = HfApi().repo_info(asset.repo, repo_type=asset.repo_type, revision=revision)
+    except HfHubHTTPError as exc:
+        raise WmtpError(f"cannot reach {asset.repo} on the hub: {exc}",
+                        hint="check the network or pass --mirror DIR") from None
+    names = sorted(s.rfilename for s in info.siblings if asset.destination(s.rfilename))
+    if not names:
+        raise WmtpError(f"{asset.repo}@{info.sha} has no files matching the catalog")
+    files = []
+    for name in names:
+        destination = asset.destination(name)
+        depth = len(PurePosixPath(name).parts)
+        local_dir = paths.root.joinpath(*destination.parts[: len(destination.parts) - depth])
+        path = hf_hub_download(asset.repo, name, repo_type=asset.repo_type, revision=info.sha,
+                               local_dir=local_dir)
+        files.append((name, Path(path)))
+    return info.sha, files
+
+
+def _write_part(target: Path, sources: list[Path], advance) -> dict[str, Any]:
+    rows = 0
+    with atomic_write(target, "wb") as handle:
+        writer = HashingWriter(handle)
+        for source in sources:
+            for row in _iter_rows(source):
+                writer.write(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n")
+                rows += 1
+            advance(1)
+    return {"rows": rows, "size": writer.bytes_written, "sha256": writer.hexdigest()}
+
+
+def write_raw(paths: DatasetPaths, name: str, files: list[tuple[str, Path]]) -> dict:
+    """Stream upstream files into `raw/<part>.jsonl`; returns the SOURCE.json `raw` entry."""
+    parts: dict[str, list[Path]] = {}
+    for upstream, path in files:
+        parts.setdefault(raw_part(name, upstream), []).append(path)
+    ensure_free_space(paths.raw, sum(p.stat().st_size for _u, p in files), f"raw {name}")
+    raw: dict[str, Any] = {}
+    with progress.task(f"{name}: to raw JSONL", len(files)) as advance:
+        for part, sources in sorted(parts.items()):
+            target = paths.raw_split(part)
+            raw[target.name] = _write_part(target, sources, advance)
+    for stale in paths.raw.glob("*.jsonl"):
+        if stale.name not in raw:
+            stale.unlink()
+    return raw
+
+
+def download_dataset(
+    layout: Layout,
+    catalog: Catalog,
+    name: str,
+    *,
+    mirror: str | Path | None = None,
+    revision: str | None = None,
+) -> dict:
+    """Fetch a dataset (hub or mirror) into `raw/`; returns the SOURCE.json content."""
+    paths = layout.dataset(name)
+    asset = catalog.dataset(name)
+    if mirror is not None:
+        mirror = Path(mirror).expanduser().absolute()
+        files, resolved = _mirror_files(asset, mirror), None
+    else:
+        resolved, files = _hub_files(asset, paths, revision or asset.revision)
+    raw = write_raw(paths, name, files)
+    source = {
+        "dataset": name,
+        "repo": asset.repo,
+        "revision": resolved or revision or asset.revision,
+        "mirror": str(mirror) if mirror is not None else None,
+        "upstream_files": {upstream: sha256_file(path) for upstream, path in files},
+        "raw_files": raw,
+        "downloaded_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "tool_version": __version__,
+    }
+    write_json(paths.source, source)
+    write_sha256sums(
+        paths.raw_checksums,
+        {os.path.relpath(paths.raw / f, paths.stats): e["sha256"] for f, e in raw.items()},
+    )
+    return source

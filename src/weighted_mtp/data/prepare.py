@@ -1,0 +1,283 @@
+"""Raw JSONL to processed Alpaca-style records, split, length-checked and summarised.
+
+Tasks stream from the raw files in batches; each batch's prompts (one per task) and
+responses are tokenized in one multi-threaded SentencePiece call. A sample that is too
+long has its problem statement shortened (the input/output section and examples stay);
+if its code alone cannot fit it is dropped and counted, or cut with --truncate-code.
+Outputs are written to temporary files and appear under their final names only when the
+whole dataset went through, task-disjointness included.
+
+Also runnable as `python -m weighted_mtp.data.prepare --dataset NAME --source-dir DIR
+--output-dir DIR [...]`, which produces the same files as `wmtp data prepare NAME`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+from weighted_mtp import __version__, progress
+from weighted_mtp.data.converters import DEFAULT_LANGUAGES, Sample, Task, iter_tasks
+from weighted_mtp.data.splits import DisjointSplits
+from weighted_mtp.data.stats import SplitStats
+from weighted_mtp.data.template import (
+    PROMPT_TEMPLATE,
+    RECORD_SCHEMA,
+    SHORTENED_MARKER,
+    render_prompt,
+)
+from weighted_mtp.data.tokens import SPECIAL_TOKENS, Tokenizer, resolve_tokenizer
+from weighted_mtp.errors import UsageError, WmtpError
+from weighted_mtp.storage.atomic import atomic_write, write_json
+from weighted_mtp.storage.hashing import HashingWriter, sha256_file
+from weighted_mtp.storage.layout import DATASETS, SPLITS, DatasetPaths, Layout
+
+BATCH_SAMPLES = 4096
+MIN_MAX_LENGTH = 64
+
+
+def longest_fitting_prefix(text: str, fits: Callable[[str], bool]) -> int:
+    """The largest n with `fits(text[:n])`, by binary search (token counts grow with n)."""
+    low, high = 0, len(text)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(text[:middle]):
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+class _Fitter:
+    """Makes one sample fit --max-length, recounting every text it changes."""
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int, truncate_code: bool) -> None:
+        self.tokenizer = tokenizer
+        self.budget = max_length - SPECIAL_TOKENS
+        self.truncate_code = truncate_code
+
+    def _prompt_with(self, task: Task, statement: str) -> str:
+        return render_prompt(statement, task.input_text, task.notes)
+
+    def _shortened(self, task: Task, prompt_budget: int) -> tuple[str, int]:
+        def fits(prefix: str) -> bool:
+            prompt = self._prompt_with(task, prefix.rstrip() + SHORTENED_MARKER)
+            return self.tokenizer.count(prompt) <= prompt_budget
+
+        keep = longest_fitting_prefix(task.instruction, fits)
+        prompt = self._prompt_with(task, task.instruction[:keep].rstrip() + SHORTENED_MARKER)
+        return prompt, self.tokenizer.count(prompt)
+
+    def fit(self, task: Task, prompt: str, prompt_tokens: int, sample: Sample,
+            response_tokens: int) -> tuple[str, str, int, int, bool, bool] | None:
+        """(prompt, response, prompt tokens, response tokens, shortened, truncated) or None."""
+        response = sample.response
+        if prompt_tokens + response_tokens <= self.budget:
+            return prompt, response, prompt_tokens, response_tokens, False, False
+        shortest = self._prompt_with(task, SHORTENED_MARKER)  # the statement's marker only
+        shortest_tokens = self.tokenizer.count(shortest)
+        if shortest_tokens + response_tokens <= self.budget:
+            prompt, tokens = self._shortened(task, self.budget - response_tokens)
+            return prompt, response, tokens, response_tokens, True, False
+        code_budget = self.budget - shortest_tokens
+        if not self.truncate_code or code_budget <= 0:
+            return None
+        keep = longest_fitting_prefix(
+            response, lambda prefix: self.tokenizer.count(prefix) <= code_budget)
+        cut = response[:keep]
+        if not cut.strip():
+            return None
+        return shortest, cut, shortest_tokens, self.tokenizer.count(cut), True, True
+
+
+class _SplitFiles:
+    """One atomic, hashed output per split, opened on the split's first record."""
+
+    def __init__(self, paths: DatasetPaths, stack: ExitStack) -> None:
+        self.paths = paths
+        self.stack = stack
+        self.writers: dict[str, HashingWriter] = {}
+
+    def write(self, split: str, line: bytes) -> None:
+        writer = self.writers.get(split)
+        if writer is None:
+            handle = self.stack.enter_context(atomic_write(self.paths.split(split), "wb"))
+            writer = self.writers[split] = HashingWriter(handle)
+        writer.write(line)
+
+
+def _batches(tasks: Iterator[Task], size: int) -> Iterator[list[Task]]:
+    batch, samples = [], 0
+    for task in tasks:
+        batch.append(task)
+        samples += len(task.samples)
+        if samples >= size:
+            yield batch
+            batch, samples = [], 0
+    if batch:
+        yield batch
+
+
+def _record_key(prompt: str, response: str) -> bytes:
+    return hashlib.blake2b(f"{prompt}\0{response}".encode(), digest_size=12).digest()
+
+
+class _Preparer:
+    def __init__(self, tokenizer: Tokenizer, max_length: int, truncate_code: bool) -> None:
+        self.tokenizer = tokenizer
+        self.fitter = _Fitter(tokenizer, max_length, truncate_code)
+        self.stats = {split: SplitStats() for split in SPLITS}
+        # Records of the evaluation splits, so an identical train record can be refused
+        # (raw parts are read evaluation splits first).
+        self.held_out: dict[bytes, str] = {}
+
+    def run(self, tasks: Iterator[Task], files: _SplitFiles, advance) -> None:
+        for batch in _batches(tasks, BATCH_SAMPLES):
+            prompts = [render_prompt(t.instruction, t.input_text, t.notes) for t in batch]
+            prompt_tokens = self.tokenizer.counts(prompts)
+            response_tokens = iter(
+                self.tokenizer.counts([s.response for t in batch for s in t.samples]))
+            for task, prompt, tokens in zip(batch, prompts, prompt_tokens, strict=True):
+                self.stats[task.split].duplicates += task.duplicates
+                for sample in task.samples:
+                    self._emit(task, prompt, tokens, sample, next(response_tokens), files)
+                    advance(1)
+
+    def _emit(self, task, prompt, prompt_tokens, sample, response_tokens, files) -> None:
+        stats = self.stats[task.split]
+        fitted = self.fitter.fit(task, prompt, prompt_tokens, sample, response_tokens)
+        if fitted is None:
+            stats.dropped += 1
+            return
+        prompt, response, p_tokens, r_tokens, shortened, truncated = fitted
+        if self._seen_in_other_split(task.split, prompt, response):
+            stats.cross_split_duplicates += 1
+            return
+        metadata = {"task_id": task.task_id, "sample_id": sample.sample_id,
+                    "is_correct": sample.is_correct, **task.metadata,
+                    "shortened_prompt": shortened, "truncated_response": truncated}
+        record = {"prompt": prompt, "response": response, "metadata": metadata}
+        files.write(task.split, json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
+        stats.add_record(p_tokens, r_tokens, p_tokens + r_tokens + SPECIAL_TOKENS, metadata)
+
+    def _seen_in_other_split(self, split: str, prompt: str, response: str) -> bool:
+        key = _record_key(prompt, response)
+        if split == "train":
+            return key in self.held_out
+        return self.held_out.setdefault(key, split) != split
+
+
+def prepare_into(
+    paths: DatasetPaths,
+    source_dir: Path,
+    tokenizer_path: Path,
+    *,
+    max_length: int = 2048,
+    seed: int = 42,
+    truncate_code: bool = False,
+    languages: list[str] | None = None,
+) -> dict:
+    """Prepare `source_dir`'s raw files into `paths.processed`; returns the summary."""
+    if max_length < MIN_MAX_LENGTH:
+        raise UsageError(f"--max-length {max_length} is too small (minimum {MIN_MAX_LENGTH})")
+    tokenizer = Tokenizer(tokenizer_path)
+    splits = DisjointSplits()
+    preparer = _Preparer(tokenizer, max_length, truncate_code)
+    tasks = iter_tasks(paths.name, Path(source_dir), seed=seed, languages=languages,
+                       splits=splits)
+    with ExitStack() as stack, progress.task(f"prepare {paths.name}") as advance:
+        files = _SplitFiles(paths, stack)
+        preparer.run(tasks, files, advance)
+        if not files.writers:
+            raise WmtpError(f"no records left in {paths.name} after preparation",
+                            path=source_dir, hint="check the raw files and --max-length")
+        written = {split: writer.hexdigest() for split, writer in files.writers.items()}
+    for split in SPLITS:
+        if split not in written:
+            paths.split(split).unlink(missing_ok=True)
+    write_json(paths.schema, RECORD_SCHEMA)
+    tasks_per_split = splits.tasks_per_split()
+    summary = {
+        "dataset": paths.name,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "tool_version": __version__,
+        "max_length": max_length,
+        "seed": seed,
+        "truncate_code": truncate_code,
+        "languages": sorted(languages or DEFAULT_LANGUAGES),
+        "tokenizer": {"path": str(Path(tokenizer_path).absolute()),
+                      "sha256": sha256_file(tokenizer_path),
+                      "vocab_size": tokenizer.vocab_size},
+        "template": PROMPT_TEMPLATE,
+        "splits": {split: preparer.stats[split].to_dict(tasks_per_split[split], max_length)
+                   for split in SPLITS if split in written},
+        "files": {**{paths.split(s).name: digest for s, digest in written.items()},
+                  paths.schema.name: sha256_file(paths.schema)},
+    }
+    write_json(paths.summary(dt.datetime.now(dt.UTC).date()), summary)
+    return summary
+
+
+def prepare_dataset(
+    layout: Layout,
+    name: str,
+    *,
+    max_length: int = 2048,
+    seed: int = 42,
+    tokenizer: str | Path | None = None,
+    truncate_code: bool = False,
+    languages: list[str] | None = None,
+) -> dict:
+    """Prepare a downloaded dataset of the storage root; returns the summary."""
+    paths = layout.dataset(name)
+    return prepare_into(paths, paths.raw, resolve_tokenizer(layout, tokenizer),
+                        max_length=max_length, seed=seed, truncate_code=truncate_code,
+                        languages=languages)
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m weighted_mtp.data.prepare",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--source-dir", required=True, type=Path, help="the raw/ folder")
+    parser.add_argument("--output-dir", required=True, type=Path,
+                        help="a dataset's processed/ folder (stats go to its sibling stats/)")
+    parser.add_argument("--max-length", type=int, default=2048)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--tokenizer", type=Path, default=None,
+                        help="SentencePiece model (default: the Meta model's in --root)")
+    parser.add_argument("--root", type=Path, default=Path("storage"),
+                        help="storage root for the default tokenizer")
+    parser.add_argument("--truncate-code", action="store_true")
+    parser.add_argument("--languages", nargs="+", default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    try:
+        output = args.output_dir.expanduser().absolute()
+        paths = DatasetPaths(args.dataset, output.parent)
+        if paths.processed != output:
+            raise UsageError("--output-dir must be a folder named processed/",
+                             path=output, hint="stats/ is written next to it")
+        tokenizer = resolve_tokenizer(Layout(args.root), args.tokenizer)
+        summary = prepare_into(paths, args.source_dir, tokenizer, max_length=args.max_length,
+                               seed=args.seed, truncate_code=args.truncate_code,
+                               languages=args.languages)
+    except WmtpError as exc:
+        print(f"error: {exc.line()}", file=sys.stderr)
+        return exc.exit_code
+    for split, entry in summary["splits"].items():
+        print(f"{split}: {entry['records']} records ({entry['dropped']} dropped)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

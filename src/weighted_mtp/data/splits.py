@@ -1,0 +1,65 @@
+"""Which split a task belongs to, and the guard that keeps splits task-disjoint.
+
+Official splits are kept (CodeContests' train/valid/test files, MBPP's task-id ranges,
+HumanEval all test). Where a source has none, a task goes where a seeded hash of its
+task_id sends it: stable across runs and machines, and every sample of a task lands in
+the same split by construction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from weighted_mtp.errors import WmtpError
+from weighted_mtp.storage.layout import SPLITS
+
+HASH_FRACTIONS = {"train": 0.90, "validation": 0.05, "test": 0.05}
+
+# MBPP's official split (Austin et al. 2021): tasks 1-10 are the few-shot prompt tasks.
+MBPP_RANGES = (((1, 10), "train"), ((11, 510), "test"), ((511, 600), "validation"),
+               ((601, 974), "train"))
+
+
+def hash_split(task_id: str, seed: int) -> str:
+    digest = hashlib.sha256(f"{seed}:{task_id}".encode()).digest()
+    position = int.from_bytes(digest[:8], "big") / 2**64
+    cumulative = 0.0
+    for split, fraction in HASH_FRACTIONS.items():
+        cumulative += fraction
+        if position < cumulative:
+            return split
+    return SPLITS[-1]
+
+
+def mbpp_split(task_number: int, seed: int) -> str:
+    for (low, high), split in MBPP_RANGES:
+        if low <= task_number <= high:
+            return split
+    return hash_split(f"mbpp/{task_number}", seed)
+
+
+def part_split(part: str, task_id: str, seed: int) -> str:
+    """A raw part named like an official split keeps it; any other part is hash-split."""
+    return part if part in SPLITS else hash_split(task_id, seed)
+
+
+class DisjointSplits:
+    """Remembers each task's split and refuses a task that shows up in a second split."""
+
+    def __init__(self) -> None:
+        self.split_of: dict[str, str] = {}
+
+    def assign(self, task_id: str, split: str) -> str:
+        previous = self.split_of.setdefault(task_id, split)
+        if previous != split:
+            raise WmtpError(
+                f"task {task_id!r} appears in both the {previous} and the {split} split",
+                hint="splits must be task-disjoint; fix or deduplicate the raw files",
+            )
+        return split
+
+    def tasks_per_split(self) -> dict[str, int]:
+        counts = dict.fromkeys(SPLITS, 0)
+        for split in self.split_of.values():
+            counts[split] += 1
+        return counts

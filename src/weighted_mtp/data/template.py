@@ -1,0 +1,97 @@
+"""THE prompt template and THE processed-record schema, each defined once.
+
+Every processed record is `{"prompt", "response", "metadata"}`. The prompt is Alpaca-style:
+a preamble, then `### Instruction:` (the problem), `### Input:` (input format, examples or
+the function signature), `### Evaluation Notes:` (how an answer is judged) and it ends with
+`### Response:` and a newline, so the response (code only) follows directly. The end of
+sequence is the token the tokenizer appends, never text in the response.
+"""
+
+from __future__ import annotations
+
+PREAMBLE = (
+    "Below is an instruction that describes a programming task, paired with an input that "
+    "provides further context. Write a response that solves the task."
+)
+PROMPT_TEMPLATE = (
+    PREAMBLE + "\n\n"
+    "### Instruction:\n{instruction}\n\n"
+    "### Input:\n{input}\n\n"
+    "### Evaluation Notes:\n{notes}\n\n"
+    "### Response:\n"
+)
+RESPONSE_MARKER = "### Response:\n"
+
+# Appended where a problem statement was shortened to fit --max-length.
+SHORTENED_MARKER = "\n[... statement shortened ...]"
+
+
+def render_prompt(instruction: str, input_text: str, notes: str) -> str:
+    return PROMPT_TEMPLATE.format(
+        instruction=instruction.strip() or "(see input)",
+        input=input_text.strip() or "(none)",
+        notes=notes.strip(),
+    )
+
+
+def normalize_newlines(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+_METADATA = {
+    "type": "object",
+    "required": [
+        "task_id",
+        "sample_id",
+        "source",
+        "is_correct",
+        "has_tests",
+        "language",
+        "shortened_prompt",
+        "truncated_response",
+    ],
+    "properties": {
+        "task_id": {"type": "string", "minLength": 1, "description": "The problem; shared by "
+                    "all samples of one problem and never by two splits."},
+        "sample_id": {"type": "string", "minLength": 1, "description": "Unique per record."},
+        "source": {"enum": ["codecontests", "mbpp", "humaneval"]},
+        "is_correct": {"type": "boolean", "description": "Whether the response passes the "
+                       "problem's tests (CodeContests: solutions vs incorrect_solutions)."},
+        "has_tests": {"type": "boolean"},
+        "language": {"type": "string"},
+        "shortened_prompt": {"type": "boolean", "description": "The problem statement was "
+                             "shortened to fit the maximum length."},
+        "truncated_response": {"type": "boolean", "description": "The code was cut to fit "
+                               "(only with --truncate-code)."},
+        "difficulty": {"type": "integer"},
+        "origin": {"type": "string", "description": "Contest platform (CodeContests)."},
+        "cf_rating": {"type": "integer"},
+        "cf_tags": {"type": "array", "items": {"type": "string"}},
+        "entry_point": {"type": "string"},
+        "num_tests": {"type": "integer", "minimum": 0},
+    },
+    "additionalProperties": True,
+}
+
+RECORD_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://weighted-mtp/schemas/processed-record.json",
+    "title": "weighted-mtp processed record",
+    "description": (
+        "One training/evaluation sample. prompt = the Alpaca-style template "
+        f"{PROMPT_TEMPLATE!r}; response = the solution code exactly as in the source (line "
+        "endings normalised to \\n). Token length = BOS + prompt + response + EOS."
+    ),
+    "type": "object",
+    "required": ["prompt", "response", "metadata"],
+    "properties": {
+        "prompt": {
+            "type": "string",
+            "pattern": "### Instruction:\\n[\\s\\S]*### Input:\\n[\\s\\S]*"
+            "### Evaluation Notes:\\n[\\s\\S]*### Response:\\n$",
+        },
+        "response": {"type": "string", "minLength": 1},
+        "metadata": _METADATA,
+    },
+    "additionalProperties": False,
+}
