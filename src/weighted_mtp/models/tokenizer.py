@@ -129,3 +129,62 @@ def write_tokenizer_config(out: str | Path, sp_path: str | Path) -> dict[str, An
     config = tokenizer_config(tokenizer_facts(sp_path), sp_path)
     write_json(out, config)
     return config
+
+
+WHITESPACE_PIECE = "\u2581"  # SentencePiece's "▁": how spaces look inside pieces
+
+
+@dataclass(frozen=True)
+class TrimmedTokenizer:
+    """A trimmed tokenizer's facts, and the ids whose piece differs from the base's
+    (`{id: base piece}`; see `trim_tokenizer`)."""
+
+    facts: TokenizerFacts
+    replaced: dict[int, str]
+
+
+def trim_tokenizer(src: str | Path, dst: str | Path, vocab_size: int) -> TrimmedTokenizer:
+    """Write the first `vocab_size` pieces of `src` as a new SentencePiece model at `dst`.
+
+    Ids, scores and piece kinds are unchanged, so a model with a smaller embedding shares
+    the base's ids. Text whose merges are cut off falls back to shorter pieces or bytes, so
+    any text still encodes losslessly; that needs every byte-fallback piece and special id
+    below `vocab_size`, and the whitespace piece "▁": its bytes would decode as a literal
+    "▁", not a space. Llama's "▁" sits at id 29871, so when it is cut off it takes the
+    place of the last normal piece kept (the least frequent merge; no kept piece is built
+    from it); that one id is reported in `replaced`.
+    """
+    from weighted_mtp.storage.atomic import write_bytes
+
+    proto = _model_proto(src)
+    total = len(proto.pieces)
+    if not 0 < vocab_size <= total:
+        raise WmtpError(f"cannot trim the tokenizer to {vocab_size} pieces: it has {total}",
+                        path=src, hint="choose a vocab size no larger than the base's")
+    if not proto.trainer_spec.byte_fallback:
+        raise WmtpError("tokenizer has no byte fallback: trimming it would turn text into "
+                        "<unk>", path=src)
+    kinds = proto.SentencePiece
+    essential = (kinds.UNKNOWN, kinds.CONTROL, kinds.BYTE)
+    needed = max((i for i, p in enumerate(proto.pieces) if p.type in essential), default=-1)
+    if needed >= vocab_size:
+        raise WmtpError(
+            f"piece {needed} ({proto.pieces[needed].piece!r}) is a special or byte piece "
+            f"beyond the first {vocab_size}", path=src,
+            hint=f"choose a vocab size above {needed}",
+        )
+    whitespace = next((p for p in proto.pieces if p.piece == WHITESPACE_PIECE), None)
+    del proto.pieces[vocab_size:]
+    replaced = {}
+    kept = {p.piece for p in proto.pieces}
+    if whitespace is not None and WHITESPACE_PIECE not in kept:
+        slot = max((i for i, p in enumerate(proto.pieces) if p.type == kinds.NORMAL),
+                   default=-1)
+        if slot <= needed:
+            raise WmtpError(f"no room for the whitespace piece in {vocab_size} pieces",
+                            path=src, hint="choose a larger vocab size")
+        replaced[slot] = proto.pieces[slot].piece
+        proto.pieces[slot].CopyFrom(whitespace)
+    proto.trainer_spec.vocab_size = vocab_size
+    write_bytes(dst, proto.SerializeToString())
+    return TrimmedTokenizer(tokenizer_facts(dst), replaced)

@@ -1,0 +1,300 @@
+"""Meta's multi-token-prediction Llama in plain PyTorch, and loaders for model folders.
+
+The architecture follows Meta's `llama/model.py` for multi-token prediction without fairscale:
+a shared trunk of `n_layers - n_future_tokens` blocks, then `n_future_tokens` prediction
+heads, each one transformer block applied to the trunk output (head 0 is the last entry of
+`layers`, heads 1.. are `extra_heads`), then a shared final norm and output projection.
+Parameter names are Meta's checkpoint names, so converted weights load with `strict=True`.
+
+Rotary embeddings use Meta's convention (dimensions 2i and 2i+1 of a head form a pair) and
+are computed with real arithmetic, not complex tensors, so the model also runs on MPS.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from torch import Tensor, nn
+
+from weighted_mtp.errors import WmtpError
+from weighted_mtp.models.architecture import (
+    MetaParams,
+    Shapes,
+    compare_shapes,
+    hf_llama_tensor_shapes,
+    meta_tensor_shapes,
+)
+from weighted_mtp.storage.atomic import read_json
+from weighted_mtp.storage.layout import ModelPaths
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+def rotary_tables(params: MetaParams, seqlen: int, device: Any) -> tuple[Tensor, Tensor]:
+    """cos and sin, `[seq, head_dim / 2]`, of Llama's rotary angles with `rope_theta`."""
+    exponents = torch.arange(0, params.head_dim, 2, device=device).float() / params.head_dim
+    inv_freq = 1.0 / (params.rope_theta**exponents)
+    angles = torch.outer(torch.arange(seqlen, device=device).float(), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def rotate_interleaved(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate `[batch, seq, heads, head_dim]` by pairs (2i, 2i+1), computed in float32."""
+    pairs = x.float().unflatten(-1, (-1, 2))
+    even, odd = pairs[..., 0], pairs[..., 1]
+    cos, sin = cos[:, None, :], sin[:, None, :]
+    rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
+    return rotated.flatten(-2).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, p: MetaParams) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = p.n_heads, p.kv_heads, p.head_dim
+        self.wq = nn.Linear(p.dim, p.n_heads * p.head_dim, bias=False)
+        self.wk = nn.Linear(p.dim, p.kv_heads * p.head_dim, bias=False)
+        self.wv = nn.Linear(p.dim, p.kv_heads * p.head_dim, bias=False)
+        self.wo = nn.Linear(p.n_heads * p.head_dim, p.dim, bias=False)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        bsz, seqlen, _ = x.shape
+        q = self.wq(x).view(bsz, seqlen, self.n_heads, self.head_dim)
+        k = self.wk(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
+        v = self.wv(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
+        q, k = rotate_interleaved(q, cos, sin), rotate_interleaved(k, cos, sin)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [batch, heads, seq, head_dim]
+        repeats = self.n_heads // self.n_kv_heads
+        if repeats > 1:  # grouped-query attention: query head h reads kv head h // repeats
+            k = k.repeat_interleave(repeats, dim=1)
+            v = v.repeat_interleave(repeats, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU with Llama's hidden size (`MetaParams.intermediate_size`)."""
+
+    def __init__(self, p: MetaParams) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(p.dim, p.intermediate_size, bias=False)
+        self.w2 = nn.Linear(p.intermediate_size, p.dim, bias=False)
+        self.w3 = nn.Linear(p.dim, p.intermediate_size, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, p: MetaParams) -> None:
+        super().__init__()
+        self.attention = Attention(p)
+        self.feed_forward = FeedForward(p)
+        self.attention_norm = RMSNorm(p.dim, p.norm_eps)
+        self.ffn_norm = RMSNorm(p.dim, p.norm_eps)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class MtpTransformer(nn.Module):
+    """Meta's MTP Llama: trunk, `n_future_tokens` one-block heads, shared norm and output."""
+
+    def __init__(self, params: MetaParams) -> None:
+        super().__init__()
+        self.params = params
+        self.tok_embeddings = nn.Embedding(params.vocab_size, params.dim)
+        self.layers = nn.ModuleList(
+            TransformerBlock(params) for _ in range(params.n_trunk_layers + 1)
+        )
+        self.extra_heads = nn.ModuleList(
+            TransformerBlock(params) for _ in range(params.n_extra_heads)
+        )
+        self.norm = RMSNorm(params.dim, params.norm_eps)
+        self.output = nn.Linear(params.dim, params.vocab_size, bias=False)
+
+    @property
+    def n_future_tokens(self) -> int:
+        return self.params.n_future_tokens
+
+    def prediction_heads(self) -> list[TransformerBlock]:
+        return [self.layers[-1], *self.extra_heads]
+
+    def forward(self, tokens: Tensor, return_all_heads: bool = True) -> Tensor:
+        """float32 logits `[batch, seq, heads, vocab]`; head k at position t predicts token
+        t + k + 1. With `return_all_heads=False`, only head 0 (next token) runs."""
+        h = self.tok_embeddings(tokens)
+        cos, sin = rotary_tables(self.params, tokens.shape[1], h.device)
+        for layer in self.layers[:-1]:
+            h = layer(h, cos, sin)
+        heads = self.prediction_heads()[: self.n_future_tokens if return_all_heads else 1]
+        latents = torch.stack([head(h, cos, sin) for head in heads], dim=-2)
+        return self.output(self.norm(latents)).float()
+
+
+class MtpLoss(NamedTuple):
+    loss: Tensor
+    per_head: Tensor
+
+
+def mtp_loss(
+    logits: Tensor,
+    tokens: Tensor,
+    loss_mask: Tensor | None = None,
+    weights: Tensor | None = None,
+) -> MtpLoss:
+    """Cross-entropy of every head against its shifted targets.
+
+    Head k at position t is scored on token t + k + 1; positions whose target lies past the
+    sequence end are ignored. `loss_mask` `[batch, seq]` marks which tokens count as targets.
+    `weights` multiply each term: `[batch, seq]` weighs target tokens (aligned with
+    `tokens`), `[batch, seq, heads]` weighs predictions (aligned with `logits`: head k at
+    position t). Each head's loss is the weighted sum over its valid targets divided by
+    their count, so weights of 1 give the plain mean and weights of 2 double it. `loss` is
+    the mean over heads that have at least one valid target.
+    """
+    bsz, seqlen, n_heads, _vocab = logits.shape
+    if tokens.shape != (bsz, seqlen):
+        raise ValueError(f"tokens {list(tokens.shape)} do not match logits {list(logits.shape)}")
+    if weights is not None and weights.shape not in ((bsz, seqlen), (bsz, seqlen, n_heads)):
+        raise ValueError(
+            f"weights {list(weights.shape)} must be [batch, seq] or [batch, seq, heads]"
+        )
+    mask = torch.ones_like(tokens, dtype=torch.float32) if loss_mask is None else loss_mask.float()
+    per_head, counts = [], []
+    for k in range(n_heads):
+        shift = k + 1
+        head_logits = logits[:, : seqlen - shift, k].float()
+        targets = tokens[:, shift:]
+        ce = F.cross_entropy(head_logits.reshape(-1, head_logits.shape[-1]),
+                             targets.reshape(-1), reduction="none").view_as(targets)
+        valid = mask[:, shift:]
+        factor = valid
+        if weights is not None:
+            w = weights[:, shift:] if weights.dim() == 2 else weights[:, : seqlen - shift, k]
+            factor = valid * w.float()
+        count = valid.sum()
+        per_head.append((ce * factor).sum() / count.clamp(min=1))
+        counts.append(count)
+    per_head_t = torch.stack(per_head)
+    has_targets = torch.stack(counts) > 0
+    loss = per_head_t[has_targets].mean() if has_targets.any() else logits.sum() * 0.0
+    return MtpLoss(loss, per_head_t)
+
+
+# Loading model folders ---------------------------------------------------------------------
+
+
+def _folder(model_dir: str | Path) -> ModelPaths:
+    root = Path(model_dir)
+    return ModelPaths(root.name, root)
+
+
+def safetensors_shapes(path: Path) -> Shapes:
+    """Names and shapes of the tensors in a safetensors file (reads only its header)."""
+    if not path.is_file():
+        raise WmtpError("weights not found", path=path,
+                        hint="convert or build the model first (wmtp models convert/micro)")
+    try:
+        with safe_open(path, framework="pt") as handle:
+            names = handle.keys()
+            return {name: tuple(handle.get_slice(name).get_shape()) for name in names}
+    except Exception as exc:  # safetensors raises its own error types for bad headers
+        raise WmtpError(f"cannot read safetensors file: {exc}", path=path) from None
+
+
+def require_matching_shapes(expected: Shapes, weights: Path, config: Path) -> None:
+    """Fail with the first difference between what the config implies and the file holds."""
+    problems = compare_shapes(expected, safetensors_shapes(weights))
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise WmtpError(
+            f"weights do not match {config.name}: {problems[0]}{more}", path=weights,
+            hint="the configs and the tensors come from different models; rebuild the folder",
+        )
+
+
+def require_tokenizer_fits(tokenizer: Path, vocab_size: int) -> None:
+    """A token id at or above the model's vocab would index past the embedding."""
+    if not tokenizer.is_file():
+        return
+    import sentencepiece as spm
+
+    pieces = spm.SentencePieceProcessor(model_file=str(tokenizer)).get_piece_size()
+    if pieces > vocab_size:
+        raise WmtpError(
+            f"tokenizer has {pieces} pieces but the model's vocab is {vocab_size}",
+            path=tokenizer, hint="use the tokenizer that belongs to this model",
+        )
+
+
+def read_mtp_params(paths: ModelPaths) -> MetaParams:
+    """params.json, with `vocab_size: -1` resolved from the embedding's shape."""
+    params = MetaParams.from_file(paths.params)
+    if params.vocab_size <= 0:
+        embedding = safetensors_shapes(paths.weights).get("tok_embeddings.weight")
+        if embedding is None:
+            raise WmtpError("missing tensor tok_embeddings.weight", path=paths.weights)
+        params = params.with_vocab_size(embedding[0])
+    return params
+
+
+def load_mtp_model(
+    model_dir: str | Path, device: Any = "cpu", dtype: torch.dtype = torch.float32
+) -> MtpTransformer:
+    """The MTP transformer of a Meta-format model folder, weights loaded, in eval mode.
+
+    Tensors are read one at a time from `safetensors/model.safetensors` into a module built
+    on the meta device, so peak memory is the model's size in `dtype` (float32 by default).
+    """
+    paths = _folder(model_dir)
+    params = read_mtp_params(paths)
+    require_matching_shapes(meta_tensor_shapes(params), paths.weights, paths.params)
+    require_tokenizer_fits(paths.tokenizer_model, params.vocab_size)
+    with torch.device("meta"):
+        model = MtpTransformer(params)
+    with safe_open(paths.weights, framework="pt", device="cpu") as handle:
+        names = handle.keys()
+        state = {name: handle.get_tensor(name).to(device=device, dtype=dtype) for name in names}
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
+
+
+def load_reference_model(
+    model_dir: str | Path, device: Any = "cpu", dtype: torch.dtype = torch.float32
+) -> LlamaForCausalLM:
+    """transformers' LlamaForCausalLM from a Hugging Face-format model folder, in eval mode."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    paths = _folder(model_dir)
+    config_dict = read_json(paths.hf_config, "config.json")
+    require_matching_shapes(hf_llama_tensor_shapes(config_dict), paths.weights, paths.hf_config)
+    require_tokenizer_fits(paths.tokenizer_model, config_dict["vocab_size"])
+    config = LlamaConfig(**{k: v for k, v in config_dict.items() if k != "transformers_version"})
+    model, info = LlamaForCausalLM.from_pretrained(
+        paths.safetensors_dir, config=config, dtype=dtype,
+        output_loading_info=True,
+    )
+    problems = [f"missing tensor {n}" for n in info.get("missing_keys", [])]
+    problems += [f"unexpected tensor {n}" for n in info.get("unexpected_keys", [])]
+    if problems:
+        raise WmtpError(f"weights do not load into LlamaForCausalLM: {problems[0]}",
+                        path=paths.weights)
+    return model.to(device).eval()
