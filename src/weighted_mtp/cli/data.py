@@ -1,0 +1,170 @@
+"""`wmtp data`: download, prepare, subset, validate and describe the datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from weighted_mtp.cli._console import console, finish_report, print_json, progress_bars, state
+from weighted_mtp.errors import UsageError
+from weighted_mtp.storage.layout import DATASETS, SPLITS
+
+app = typer.Typer(help="Download, prepare, subset, validate and describe the datasets.",
+                  no_args_is_help=True)
+
+NameArg = Annotated[str, typer.Argument(help=f"One of: {', '.join(DATASETS)}.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _checked(name: str) -> str:
+    if name not in DATASETS:
+        raise UsageError(f"unknown dataset {name!r}", hint=f"choose one of: {', '.join(DATASETS)}")
+    return name
+
+
+@app.command()
+def download(
+    ctx: typer.Context,
+    name: NameArg,
+    mirror: Annotated[Path | None, typer.Option(
+        "--mirror", help="Local folder laid out like the upstream repo, or JSONL files.")] = None,
+    revision: Annotated[str | None, typer.Option(help="Hub revision (default: catalog's).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fetch a dataset (hub or --mirror) and write raw/*.jsonl, SOURCE.json, checksums."""
+    from weighted_mtp.data.download import download_dataset
+
+    st = state(ctx)
+    with progress_bars(not as_json):
+        source = download_dataset(st.layout, st.catalog, _checked(name), mirror=mirror,
+                                  revision=revision)
+    if as_json:
+        print_json(source)
+        return
+    for file, entry in source["raw_files"].items():
+        console.print(f"raw/{file}: {entry['rows']} rows, sha256 {entry['sha256'][:16]}…")
+
+
+def _print_summary(summary: dict) -> None:
+    table = Table("split", "records", "tasks", "correct", "incorrect", "dropped", "shortened",
+                  "truncated", "tokens p50/p95/max",
+                  title=f"{summary['dataset']} (max length {summary['max_length']}, "
+                        f"seed {summary['seed']})")
+    for split, entry in summary["splits"].items():
+        total = entry["tokens"]["total"] or {}
+        table.add_row(split, *(str(entry[k]) for k in ("records", "tasks", "correct", "incorrect",
+                                                       "dropped", "shortened", "truncated")),
+                      f"{total.get('p50')}/{total.get('p95')}/{total.get('max')}")
+    console.print(table)
+
+
+@app.command()
+def prepare(
+    ctx: typer.Context,
+    name: NameArg,
+    max_length: Annotated[int, typer.Option(help="Max tokens: BOS+prompt+response+EOS.")] = 2048,
+    seed: Annotated[int, typer.Option(help="Seed for hash splits.")] = 42,
+    tokenizer: Annotated[Path | None, typer.Option(
+        help="SentencePiece model (default: the Meta model's tokenizer).")] = None,
+    truncate_code: Annotated[bool, typer.Option(
+        "--truncate-code", help="Cut over-long code (marked) instead of dropping it.")] = False,
+    languages: Annotated[list[str] | None, typer.Option(
+        "--languages", help="CodeContests languages to keep (repeatable; default python3).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Turn raw JSONL into processed/{split}.jsonl, schema.json and a dated summary."""
+    from weighted_mtp.data.prepare import prepare_dataset
+
+    with progress_bars(not as_json):
+        summary = prepare_dataset(state(ctx).layout, _checked(name), max_length=max_length,
+                                  seed=seed, tokenizer=tokenizer, truncate_code=truncate_code,
+                                  languages=languages)
+    if as_json:
+        print_json(summary)
+    else:
+        _print_summary(summary)
+
+
+@app.command()
+def small(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Argument(help="A dataset (default: all prepared).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the selection.")] = 42,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write datasets_local_small/{name}_small/ (<=100 train, <=32 validation/test)."""
+    from weighted_mtp.data.small import build_small
+    from weighted_mtp.data.validate import prepared_datasets
+
+    layout = state(ctx).layout
+    names = [_checked(name)] if name else prepared_datasets(layout)
+    if not names:
+        raise UsageError("no prepared dataset", hint="run `wmtp data prepare NAME` first")
+    results = {n: build_small(layout, n, seed=seed) for n in names}
+    if as_json:
+        print_json(results)
+        return
+    for splits in results.values():
+        for split in SPLITS:
+            if split in splits:
+                entry = splits[split]
+                console.print(f"{entry['path']}: {entry['records']} records "
+                              f"({entry['correct']} correct, {entry['incorrect']} incorrect)")
+
+
+@app.command()
+def validate(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Argument(help="A dataset (default: all prepared).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check records, token lengths, checksums, split disjointness and small sets."""
+    from weighted_mtp.checks import Report
+    from weighted_mtp.data.validate import prepared_datasets, validate_dataset
+
+    layout = state(ctx).layout
+    names = [_checked(name)] if name else prepared_datasets(layout)
+    if not names:
+        raise UsageError("no prepared dataset", hint="run `wmtp data prepare NAME` first")
+    with progress_bars(not as_json):
+        reports = [validate_dataset(layout, n) for n in names]
+    if len(reports) == 1:
+        finish_report(reports[0], as_json)
+        return
+    combined = Report("datasets")
+    for report in reports:
+        for check in report.checks:
+            combined.add(f"{report.subject}: {check.name}", check.ok, check.detail, check.files)
+    finish_report(combined, as_json)
+
+
+@app.command()
+def stats(
+    ctx: typer.Context,
+    name: NameArg,
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", help="Write a PNG histogram of token lengths per split.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show the latest preparation summary of a dataset."""
+    from weighted_mtp.data.stats import latest_summary, plot_lengths
+
+    path, summary = latest_summary(state(ctx).layout.dataset(_checked(name)))
+    if as_json:
+        print_json(summary)
+    else:
+        console.print(f"[dim]{path}[/]")
+        _print_summary(summary)
+        for split, entry in summary["splits"].items():
+            tokens = entry["tokens"]
+            console.print(f"{split}: " + ", ".join(
+                f"{kind} mean {values['mean']}" for kind, values in tokens.items() if values)
+                + f"; languages {entry['languages']}", highlight=False)
+    if plot is not None:
+        written = plot_lengths(summary, plot)
+        if not as_json:
+            console.print(f"histogram written to {written}")
