@@ -1,0 +1,176 @@
+"""Top-level whole-storage commands: build, verify, report, approve, demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from weighted_mtp.cli._console import console, print_json, progress_bars, state
+
+MAX_FILES_SHOWN = 8
+STATUS_MARKS = {"ran": "[green]✔ ran[/]", "skipped": "[dim]· skipped[/]",
+                "failed": "[red]✘ failed[/]", "interrupted": "[yellow]✘ interrupted[/]"}
+
+
+def _files(files: list[str]) -> str:
+    shown = ", ".join(files[:MAX_FILES_SHOWN])
+    more = len(files) - MAX_FILES_SHOWN
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def print_checklist(checklist) -> None:
+    """One line per seed step: ✔/✘, title, reason, and the files of failed checks."""
+    for step in checklist.steps:
+        mark = "[green]✔[/]" if step.ok else "[red]✘[/]"
+        line = f"{mark} Step {step.number}: {step.title} — {step.reason}"
+        if step.files:
+            line += f" [dim]({_files(step.files)})[/]"
+        console.print(line, highlight=False, soft_wrap=True)
+    failed = checklist.failed()
+    verdict = ("[green]every step ✔[/]" if not failed else
+               f"[red]{len(failed)} step(s) ✘[/]: {', '.join(str(s.number) for s in failed)}")
+    console.print(verdict)
+
+
+def _listener(event: str, step, outcome) -> None:
+    if event == "start":
+        console.print(f"[bold]→ {step.name}[/] [dim](Step {step.seed_step})[/] {step.describe}",
+                      highlight=False)
+        return
+    line = f"  {STATUS_MARKS[outcome.status]} {step.name} in {outcome.seconds:.1f} s"
+    if outcome.status != "ran" and outcome.detail:
+        line += f": {outcome.detail}"
+    console.print(line, highlight=False, soft_wrap=True)
+
+
+def _summary(result) -> None:
+    table = Table("step", "seed step", "result", "seconds", title="build summary")
+    for outcome in result.outcomes:
+        table.add_row(outcome.name, str(outcome.seed_step), STATUS_MARKS[outcome.status],
+                      f"{outcome.seconds:.1f}")
+    console.print(table)
+    if result.removed_leftovers:
+        console.print(f"removed {len(result.removed_leftovers)} temporary file(s) left by an "
+                      "interrupted run")
+    console.print("MANIFEST.json " + ("updated" if result.manifest_written else "unchanged"))
+
+
+def verify(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Check every asset and print the seed's checklist, Step 0 to Step 11 (exit 0: all ✔)."""
+    from weighted_mtp.pipeline.checklist import run_checklist
+
+    with progress_bars(not as_json):
+        checklist = run_checklist(state(ctx).layout)
+    if as_json:
+        print_json(checklist.to_dict())
+    else:
+        print_checklist(checklist)
+    if not checklist.ok:
+        raise typer.Exit(1)
+
+
+def report(ctx: typer.Context) -> None:
+    """Write reports/ and the storage README from the storage's actual state."""
+    from weighted_mtp.pipeline.report import generate_reports
+
+    layout = state(ctx).layout
+    with progress_bars():
+        paths = generate_reports(layout)
+    for path in paths:
+        console.print(f"wrote {layout.relative(path)}", highlight=False)
+
+
+def approve(
+    ctx: typer.Context,
+    by: Annotated[str, typer.Option("--by", help="Who approves (name or e-mail).")],
+) -> None:
+    """Record an approval of the current storage in APPROVALS.json (only if it verifies)."""
+    from weighted_mtp.pipeline.approve import approve as record_approval
+
+    with progress_bars():
+        record = record_approval(state(ctx).layout, by)
+    console.print(f"approved by {record['by']} at {record['at']}: MANIFEST.json sha256 "
+                  f"{record['manifest_sha256']}", highlight=False)
+
+
+def build(
+    ctx: typer.Context,
+    mirror: Annotated[
+        Path | None,
+        typer.Option("--mirror", help="Folder with each asset's upstream files under "
+                     "DIR/<asset-name>/ instead of the hub."),
+    ] = None,
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", help="Run only this step (or group, e.g. download); repeatable."),
+    ] = None,
+    start: Annotated[
+        str | None, typer.Option("--from", help="Start at this step.")
+    ] = None,
+) -> None:
+    """Run the seed's steps in order; finished steps are skipped, interrupted ones resume."""
+    from weighted_mtp.pipeline.build import build as run_build
+
+    app_state = state(ctx)
+    with progress_bars():
+        result = run_build(app_state.layout, app_state.catalog, mirror=mirror, only=only or [],
+                           start=start, listener=_listener)
+    _summary(result)
+
+
+def demo(
+    ctx: typer.Context,
+    root: Annotated[
+        Path | None,
+        typer.Option("--root", help="Storage root for the demo (its mirror goes beside it).",
+                     show_default="demo-storage"),
+    ] = None,
+) -> None:
+    """Offline end-to-end run: synthetic upstream sources, then the real build and verify."""
+    from weighted_mtp.pipeline.demo import DEFAULT_ROOT, mirror_for, run_demo
+
+    root = root or DEFAULT_ROOT
+    console.print(f"writing upstream-format sources to [bold]{mirror_for(root)}[/] "
+                  "(first run only)", highlight=False)
+    with progress_bars():
+        result = run_demo(root, state(ctx).catalog, listener=_listener)
+    _summary(result.build)
+    if result.approved_now:
+        console.print("recorded the demo's own approval (its sources are synthetic; a real "
+                      "storage needs a person's `wmtp approve --by NAME`)")
+    console.print()
+    print_checklist(result.checklist)
+    _next_steps(result)
+    if not result.checklist.ok:
+        raise typer.Exit(1)
+
+
+def _next_steps(result) -> None:
+    root = result.layout.root
+    console.print(f"""
+[bold]where everything is[/]
+  storage        {root}
+  reports        {result.layout.reports_dir}
+  manifest       {result.layout.manifest}
+  mirror         {result.mirror}
+
+[bold]what to run next[/]
+  wmtp --root {root} storage status     # the tree and each asset's state
+  wmtp --root {root} verify             # re-check every byte, Step 0 to Step 11
+  wmtp build --mirror {result.mirror}   # the same build into ./storage
+
+[bold]the real build[/] (needs the hub, an HF token with the Meta license accepted, ~40 GB)
+  hf auth login
+  wmtp build && wmtp verify && wmtp approve --by "Your Name"
+""", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    for command in (build, verify, report, approve, demo):
+        app.command()(command)

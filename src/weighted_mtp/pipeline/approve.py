@@ -1,0 +1,80 @@
+"""APPROVALS.json: who approved which exact storage state (the seed's Step 11 sign-off).
+
+An approval names the SHA-256 of MANIFEST.json, which lists every asset file's hash, so it
+covers precisely the bytes that were verified; any later change to an asset changes the
+manifest and makes the approval stale. A copy of the approved file hashes lets `verify` say
+which files changed since.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from weighted_mtp.errors import UsageError, WmtpError
+from weighted_mtp.pipeline.manifest import load_manifest, manifest_sha256
+from weighted_mtp.storage.atomic import read_json, write_json
+from weighted_mtp.storage.layout import STORAGE_VERSION, Layout
+
+APPROVE_HINT = "review reports/ and run `wmtp approve --by NAME`"
+
+
+def load_approvals(layout: Layout) -> list[dict]:
+    if not layout.approvals.is_file():
+        return []
+    data = read_json(layout.approvals, "approvals file")
+    approvals = data.get("approvals") if isinstance(data, dict) else None
+    if not isinstance(approvals, list) or not all(isinstance(a, dict) for a in approvals):
+        raise WmtpError("approvals file has no list of approvals", path=layout.approvals,
+                        hint="restore it from a backup or delete it and approve again")
+    return approvals
+
+
+def _files_changed_since(approval: dict, manifest: dict | None) -> list[str]:
+    approved = approval.get("files", {})
+    current = {e["path"]: e["sha256"] for e in manifest["files"]} if manifest else {}
+    return sorted(p for p in approved.keys() | current.keys() if approved.get(p) != current.get(p))
+
+
+def approval_status(layout: Layout) -> tuple[bool, str, list[str]]:
+    """(current?, explanation, files changed since the latest approval)."""
+    rel = layout.relative(layout.approvals)
+    try:
+        approvals = load_approvals(layout)
+    except WmtpError as exc:
+        return False, exc.line(), [rel]
+    if not approvals:
+        return False, f"not approved yet; {APPROVE_HINT}", [rel]
+    latest = approvals[-1]
+    who = f"{latest.get('by')} at {latest.get('at')}"
+    if latest.get("manifest_sha256") == manifest_sha256(layout):
+        return True, f"approved by {who}", []
+    changed = _files_changed_since(latest, load_manifest(layout))
+    detail = f"approval by {who} is stale: the assets changed since"
+    if changed:
+        detail += f" ({len(changed)} file(s))"
+    return False, f"{detail}; {APPROVE_HINT}", changed or [rel]
+
+
+def approve(layout: Layout, by: str) -> dict:
+    """Record an approval of the current storage; refused unless Steps 0-10 all pass."""
+    from weighted_mtp.pipeline.checklist import run_checklist
+
+    by = " ".join(by.split())
+    if not by:
+        raise UsageError("--by needs the approver's name")
+    checklist = run_checklist(layout, through=10)
+    if not checklist.ok:
+        failed = "; ".join(f"Step {s.number} ({s.reason})" for s in checklist.failed())
+        raise WmtpError(f"cannot approve, verification fails: {failed}",
+                        hint="fix it and check with `wmtp verify`")
+    manifest = load_manifest(layout)
+    record = {
+        "by": by,
+        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "storage_version": STORAGE_VERSION,
+        "manifest_sha256": checklist.manifest_sha256,
+        "files": {e["path"]: e["sha256"] for e in manifest["files"]},
+    }
+    approvals = load_approvals(layout)
+    write_json(layout.approvals, {"approvals": [*approvals, record]})
+    return record

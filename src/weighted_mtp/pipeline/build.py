@@ -1,0 +1,483 @@
+"""`wmtp build`: the seed's steps in order, idempotent and resumable.
+
+Every step knows how to tell whether its outputs already verify; those steps are skipped, so a
+rerun after Ctrl-C or a kill picks up where the storage stands and ends in the state an
+uninterrupted run reaches. Steps write their outputs atomically, so an interruption leaves at
+most temporary files, which the next build removes. Timings go to the build log; the manifest
+is refreshed after every step that changed assets.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from weighted_mtp.catalog import Catalog
+from weighted_mtp.checks import Report
+from weighted_mtp.errors import UsageError, WmtpError
+from weighted_mtp.pipeline.manifest import Hasher, iter_leftovers, refresh_manifest
+from weighted_mtp.storage import stamps
+from weighted_mtp.storage.atomic import TEMP_MARKER, read_json
+from weighted_mtp.storage.hashing import read_sha256sums
+from weighted_mtp.storage.layout import (
+    DATASETS,
+    META_MODEL,
+    MICRO_MTP,
+    MICRO_REF,
+    REFERENCE_MODEL,
+    SPLITS,
+    Layout,
+)
+
+
+@dataclass
+class BuildContext:
+    layout: Layout
+    catalog: Catalog
+    mirror: Path | None = None
+
+    def mirror_for(self, asset: str) -> Path | None:
+        """`--mirror DIR` holds each asset's upstream files under DIR/<asset>/."""
+        if self.mirror is None:
+            return None
+        folder = self.mirror / asset
+        if not folder.is_dir():
+            raise WmtpError(f"the mirror has no folder for {asset}", path=folder,
+                            hint="lay out each asset's upstream files under DIR/<asset-name>/")
+        return folder
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    seed_step: int
+    describe: str
+    run: Callable[[BuildContext], None]
+    done: Callable[[BuildContext], bool]
+    changes_assets: bool = True
+
+
+@dataclass
+class StepOutcome:
+    name: str
+    seed_step: int
+    status: str  # "ran", "skipped", "failed" or "interrupted"
+    seconds: float = 0.0
+    detail: str = ""
+
+
+@dataclass
+class BuildResult:
+    outcomes: list[StepOutcome] = field(default_factory=list)
+    removed_leftovers: list[str] = field(default_factory=list)
+    manifest_written: bool = False
+
+    @property
+    def changed_anything(self) -> bool:
+        return self.manifest_written or any(o.status == "ran" for o in self.outcomes)
+
+
+# ---------------------------------------------------------------- "already done?" checks
+
+
+def _verified(ctx: BuildContext, root: Path, verify: Callable[[], Report]) -> bool:
+    """Cheap: the asset's verification stamp still fits; else really verify it."""
+    if stamps.is_verified(ctx.layout, root):
+        return True
+    try:
+        return verify().ok
+    except WmtpError:
+        return False
+
+
+def _source_matches(ctx: BuildContext, source_path: Path, asset: str) -> bool:
+    """SOURCE.json exists and came from where this build takes the asset from."""
+    if not source_path.is_file():
+        return False
+    try:
+        source = read_json(source_path, "SOURCE.json")
+    except WmtpError:
+        return False
+    wanted = ctx.mirror_for(asset)
+    recorded = source.get("mirror")
+    return (str(wanted) if wanted else None) == (str(Path(recorded)) if recorded else None)
+
+
+def _model_download_done(ctx: BuildContext, name: str) -> bool:
+    paths = ctx.layout.model(name)
+    if not _source_matches(ctx, paths.source, name):
+        return False
+    files = read_json(paths.source, "SOURCE.json").get("files", {})
+    hasher = Hasher(ctx.layout, trust_known=True)
+    ok = bool(files) and all(
+        paths.file(rel).is_file() and hasher.sha256(paths.file(rel)) == _digest(entry)
+        for rel, entry in files.items())
+    hasher.save()
+    return ok
+
+
+def _digest(entry: str | dict) -> str | None:
+    return entry.get("sha256") if isinstance(entry, dict) else entry
+
+
+def _dataset_download_done(ctx: BuildContext, name: str) -> bool:
+    paths = ctx.layout.dataset(name)
+    if not _source_matches(ctx, paths.source, name) or not paths.raw_checksums.is_file():
+        return False
+    hasher = Hasher(ctx.layout, trust_known=True)
+    try:
+        entries = read_sha256sums(paths.raw_checksums)
+    except WmtpError:
+        return False
+    ok = bool(entries) and all(
+        (paths.stats / rel).is_file() and hasher.sha256((paths.stats / rel).resolve()) == digest
+        for rel, digest in entries.items())
+    hasher.save()
+    return ok
+
+
+def _model_done(ctx: BuildContext, name: str) -> bool:
+    from weighted_mtp.models.verify import verify_model
+
+    paths = ctx.layout.model(name)
+    return paths.weights.is_file() and _verified(
+        ctx, paths.root, lambda: verify_model(ctx.layout, name))
+
+
+def _dataset_done(ctx: BuildContext, name: str) -> bool:
+    from weighted_mtp.data.validate import validate_dataset
+
+    paths = ctx.layout.dataset(name)
+    prepared = any(paths.split(split).is_file() for split in SPLITS)
+    return prepared and _verified(ctx, paths.root, lambda: validate_dataset(ctx.layout, name))
+
+
+def _small_done(ctx: BuildContext, name: str) -> bool:
+    """The small set exists and is newer than the processed data it samples."""
+    small = ctx.layout.small(name)
+    dataset = ctx.layout.dataset(name)
+    made = [small.split(s).stat().st_mtime_ns for s in SPLITS if small.split(s).is_file()]
+    inputs = [dataset.split(s).stat().st_mtime_ns for s in SPLITS if dataset.split(s).is_file()]
+    return bool(made) and bool(inputs) and min(made) >= max(inputs)
+
+
+# ---------------------------------------------------------------- step actions
+
+
+def _must_verify(report: Report, what: str) -> None:
+    if not report.ok:
+        failure = report.failures()[0] if report.failures() else None
+        detail = f"{failure.name}: {failure.detail}" if failure else "no checks ran"
+        files = ", ".join(failure.files) if failure and failure.files else None
+        raise WmtpError(f"{what} does not verify after building it ({detail})", path=files,
+                        hint="see `wmtp verify` for every failed check")
+
+
+def _init(ctx: BuildContext) -> None:
+    from weighted_mtp.storage.init import init_storage
+
+    init_storage(ctx.layout)
+
+
+def _init_done(ctx: BuildContext) -> bool:
+    layout = ctx.layout
+    return all(p.is_dir() for p in layout.directories()) and all(
+        p.exists() for p in layout.placeholder_files())
+
+
+def _download_model(name: str) -> Callable[[BuildContext], None]:
+    def run(ctx: BuildContext) -> None:
+        from weighted_mtp.models.download import download_model
+
+        download_model(ctx.layout, ctx.catalog, name, mirror=ctx.mirror_for(name))
+
+    return run
+
+
+def _convert_model(name: str) -> Callable[[BuildContext], None]:
+    def run(ctx: BuildContext) -> None:
+        from weighted_mtp.models.convert import convert_model
+        from weighted_mtp.models.verify import verify_model
+
+        convert_model(ctx.layout, name)
+        _must_verify(verify_model(ctx.layout, name), name)
+
+    return run
+
+
+def _micro_model(name: str) -> Callable[[BuildContext], None]:
+    def run(ctx: BuildContext) -> None:
+        from weighted_mtp.models.micro import build_micro
+        from weighted_mtp.models.verify import verify_model
+
+        build_micro(ctx.layout, name)
+        _must_verify(verify_model(ctx.layout, name), name)
+
+    return run
+
+
+def _download_dataset(name: str) -> Callable[[BuildContext], None]:
+    def run(ctx: BuildContext) -> None:
+        from weighted_mtp.data.download import download_dataset
+
+        download_dataset(ctx.layout, ctx.catalog, name, mirror=ctx.mirror_for(name))
+
+    return run
+
+
+def _prepare_dataset(name: str) -> Callable[[BuildContext], None]:
+    def run(ctx: BuildContext) -> None:
+        from weighted_mtp.data.prepare import prepare_dataset
+
+        prepare_dataset(ctx.layout, name)
+
+    return run
+
+
+def _build_small(name: str) -> Callable[[BuildContext], None]:
+    def run(ctx: BuildContext) -> None:
+        from weighted_mtp.data.small import build_small
+
+        build_small(ctx.layout, name)
+
+    return run
+
+
+def _validate(ctx: BuildContext) -> None:
+    from weighted_mtp.data.validate import validate_dataset
+
+    for name in DATASETS:
+        _must_verify(validate_dataset(ctx.layout, name), name)
+
+
+def _validate_done(ctx: BuildContext) -> bool:
+    return all(stamps.is_verified(ctx.layout, ctx.layout.dataset(n).root) for n in DATASETS)
+
+
+def _verify(ctx: BuildContext) -> None:
+    from weighted_mtp.pipeline.checklist import LAST_ASSET_STEP, run_checklist
+
+    checklist = run_checklist(ctx.layout, through=LAST_ASSET_STEP)
+    if not checklist.ok:
+        failed = "; ".join(f"Step {s.number}: {s.reason}" for s in checklist.failed())
+        raise WmtpError(f"verification failed: {failed}", hint="see `wmtp verify`")
+
+
+def _verify_done(ctx: BuildContext) -> bool:
+    """The saved verification passed, still names the current manifest, and no asset file's
+    size or mtime moved since (`wmtp verify` itself always re-reads every byte)."""
+    from weighted_mtp.pipeline.checklist import last_checklist
+    from weighted_mtp.pipeline.manifest import compare_with_manifest, load_manifest
+
+    saved = last_checklist(ctx.layout)
+    manifest = load_manifest(ctx.layout)
+    if saved is None or manifest is None or not saved.ok:
+        return False
+    return compare_with_manifest(ctx.layout, manifest, Hasher(ctx.layout, trust_known=True)).ok
+
+
+def _report(ctx: BuildContext) -> None:
+    from weighted_mtp.pipeline.report import generate_reports
+
+    generate_reports(ctx.layout)
+
+
+def _report_done(ctx: BuildContext) -> bool:
+    from weighted_mtp.pipeline.report import document_status
+
+    return all(ok for _path, ok, _detail in document_status(ctx.layout))
+
+
+def _steps() -> list[Step]:
+    steps = [Step("init", 1, "create the v2 layout", _init, _init_done)]
+    for short, name in (("meta", META_MODEL), ("ref", REFERENCE_MODEL)):
+        steps.append(Step(f"download-{short}", 2, f"download {name}", _download_model(name),
+                          lambda ctx, n=name: _model_download_done(ctx, n)))
+    steps.append(Step("convert-meta", 3, f"convert {META_MODEL}", _convert_model(META_MODEL),
+                      lambda ctx: _model_done(ctx, META_MODEL)))
+    steps.append(Step("convert-ref", 4, f"convert {REFERENCE_MODEL}",
+                      _convert_model(REFERENCE_MODEL),
+                      lambda ctx: _model_done(ctx, REFERENCE_MODEL)))
+    for name in (MICRO_MTP, MICRO_REF):
+        steps.append(Step(name, 5, f"build {name}", _micro_model(name),
+                          lambda ctx, n=name: _model_done(ctx, n)))
+    for name in DATASETS:
+        steps.append(Step(f"download-{name}", 6, f"download {name}", _download_dataset(name),
+                          lambda ctx, n=name: _dataset_download_done(ctx, n)))
+    for name in DATASETS:
+        steps.append(Step(f"prepare-{name}", 8, f"prepare {name}", _prepare_dataset(name),
+                          lambda ctx, n=name: _dataset_done(ctx, n)))
+    for name in DATASETS:
+        steps.append(Step(f"small-{name}", 8, f"sample {name}_small", _build_small(name),
+                          lambda ctx, n=name: _small_done(ctx, n)))
+    steps += [
+        Step("validate", 8, "validate every dataset", _validate, _validate_done, False),
+        Step("verify", 9, "verify every asset (Steps 0-9)", _verify, _verify_done, False),
+        Step("report", 10, "write reports and the storage README", _report, _report_done,
+             False),
+    ]
+    return steps
+
+
+STEPS = _steps()
+STEP_NAMES = [step.name for step in STEPS]
+STEP_SEED = {step.name: step.seed_step for step in STEPS}
+
+
+def _matches(step: Step, pattern: str) -> bool:
+    """A step name, or a group: `download` selects every `download-*` step."""
+    return step.name == pattern or step.name.startswith(pattern + "-")
+
+
+def select_steps(only: list[str] | tuple[str, ...] = (), start: str | None = None) -> list[Step]:
+    for pattern in [*only, *([start] if start else [])]:
+        if not any(_matches(step, pattern) for step in STEPS):
+            raise UsageError(f"unknown build step {pattern!r}",
+                             hint=f"steps: {', '.join(STEP_NAMES)}")
+    if only and start:
+        raise UsageError("use --only or --from, not both")
+    if only:
+        return [step for step in STEPS if any(_matches(step, p) for p in only)]
+    if start:
+        first = next(i for i, step in enumerate(STEPS) if _matches(step, start))
+        return STEPS[first:]
+    return list(STEPS)
+
+
+# ---------------------------------------------------------------- log, lock, engine
+
+
+def _log(layout: Layout, run_id: str, outcome: StepOutcome) -> None:
+    entry = {"run": run_id, "step": outcome.name, "seed_step": outcome.seed_step,
+             "status": outcome.status, "seconds": round(outcome.seconds, 3),
+             "detail": outcome.detail,
+             "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    layout.build_log.parent.mkdir(parents=True, exist_ok=True)
+    with layout.build_log.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_log(layout: Layout) -> list[dict]:
+    """Build log entries; a line cut short by a kill is ignored."""
+    if not layout.build_log.is_file():
+        return []
+    entries = []
+    for line in layout.build_log.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and "step" in entry:
+            entries.append(entry)
+    return entries
+
+
+def last_timings(layout: Layout) -> dict[str, dict]:
+    """For each step, the latest time it really ran (skips do not overwrite timings)."""
+    timings = {entry["step"]: entry for entry in read_log(layout) if entry["status"] == "ran"}
+    return {name: timings[name] for name in STEP_NAMES if name in timings}
+
+
+@contextmanager
+def build_lock(layout: Layout) -> Iterator[None]:
+    """One build per storage root; the OS drops the lock when the process dies."""
+    layout.build_lock.parent.mkdir(parents=True, exist_ok=True)
+    with layout.build_lock.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WmtpError("another `wmtp build` is running on this storage",
+                            path=layout.root, hint="wait for it to finish") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _remove_leftovers(layout: Layout) -> list[str]:
+    """Temporary files of writes that a kill interrupted; never valid outputs."""
+    removed = []
+    for path in list(iter_leftovers(layout)):
+        if TEMP_MARKER in path.name:
+            path.unlink(missing_ok=True)
+            removed.append(layout.relative(path))
+    return removed
+
+
+Listener = Callable[[str, Step, StepOutcome | None], None]
+
+
+def _run_step(ctx: BuildContext, step: Step, run_id: str, listener: Listener) -> StepOutcome:
+    listener("start", step, None)
+    started = time.monotonic()
+    if step.done(ctx):
+        outcome = StepOutcome(step.name, step.seed_step, "skipped",
+                              time.monotonic() - started, "outputs already verify")
+    else:
+        if step.changes_assets:
+            ctx.layout.manifest_pending.parent.mkdir(parents=True, exist_ok=True)
+            ctx.layout.manifest_pending.touch()
+        try:
+            step.run(ctx)
+        except KeyboardInterrupt:
+            outcome = StepOutcome(step.name, step.seed_step, "interrupted",
+                                  time.monotonic() - started, "Ctrl-C")
+            _log(ctx.layout, run_id, outcome)
+            listener("end", step, outcome)
+            raise
+        except WmtpError as exc:
+            outcome = StepOutcome(step.name, step.seed_step, "failed",
+                                  time.monotonic() - started, exc.line())
+            _log(ctx.layout, run_id, outcome)
+            listener("end", step, outcome)
+            raise
+        outcome = StepOutcome(step.name, step.seed_step, "ran", time.monotonic() - started)
+    _log(ctx.layout, run_id, outcome)
+    listener("end", step, outcome)
+    return outcome
+
+
+def build(
+    layout: Layout,
+    catalog: Catalog,
+    *,
+    mirror: str | Path | None = None,
+    only: list[str] | tuple[str, ...] = (),
+    start: str | None = None,
+    listener: Listener | None = None,
+) -> BuildResult:
+    """Run the selected steps in order; stops at the first failure (a WmtpError)."""
+    steps = select_steps(only, start)
+    mirror_dir = Path(mirror).expanduser().absolute() if mirror is not None else None
+    if mirror_dir is not None and not mirror_dir.is_dir():
+        raise WmtpError("mirror folder not found", path=mirror_dir)
+    ctx = BuildContext(layout, catalog, mirror_dir)
+    listener = listener or (lambda _event, _step, _outcome: None)
+    result = BuildResult()
+    layout.root.mkdir(parents=True, exist_ok=True)
+    run_id = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{os.getpid()}"
+    with build_lock(layout):
+        result.removed_leftovers = _remove_leftovers(layout)
+        if layout.manifest_pending.exists():  # a killed step may have finished some outputs
+            result.manifest_written |= _refresh(layout)
+        for step in steps:
+            outcome = _run_step(ctx, step, run_id, listener)
+            result.outcomes.append(outcome)
+            if outcome.status == "ran" and step.changes_assets:
+                result.manifest_written |= _refresh(layout)
+    return result
+
+
+def _refresh(layout: Layout) -> bool:
+    written = refresh_manifest(layout)
+    layout.manifest_pending.unlink(missing_ok=True)
+    return written
