@@ -281,16 +281,17 @@ def load_reference_model(
     model_dir: str | Path, device: Any = "cpu", dtype: torch.dtype = torch.float32
 ) -> LlamaForCausalLM:
     """transformers' LlamaForCausalLM from a Hugging Face-format model folder, in eval mode."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     paths = _folder(model_dir)
     config_dict = read_json(paths.hf_config, "config.json")
     require_matching_shapes(hf_llama_tensor_shapes(config_dict), paths.weights, paths.hf_config)
     require_tokenizer_fits(paths.tokenizer_model, config_dict["vocab_size"])
     config = LlamaConfig(**{k: v for k, v in config_dict.items() if k != "transformers_version"})
+    # The weights live in safetensors/, configs elsewhere: pass both configs explicitly.
     model, info = LlamaForCausalLM.from_pretrained(
-        paths.safetensors_dir, config=config, dtype=dtype,
-        output_loading_info=True,
+        paths.safetensors_dir, config=config, dtype=dtype, output_loading_info=True,
+        generation_config=GenerationConfig.from_model_config(config),
     )
     problems = [f"missing tensor {n}" for n in info.get("missing_keys", [])]
     problems += [f"unexpected tensor {n}" for n in info.get("unexpected_keys", [])]

@@ -1,0 +1,196 @@
+"""Export an MTP model's next-token path (trunk + head 0) as a Hugging Face Llama folder.
+
+An MTP model whose prediction heads are one transformer block each is, for head k, a plain
+Llama with the trunk's blocks followed by head k's block. So `LlamaForCausalLM` with
+`n_layers - n_future_tokens + 1` layers runs head 0 exactly, and the whole Hugging Face
+ecosystem (generation, evaluation harnesses) can use the model. Two conversions apply, the
+same ones `transformers`' Llama conversion script makes: names change, and the rows of the
+query and key projections are permuted from Meta's interleaved rotary pairs (2i, 2i+1) to
+Hugging Face's half-split pairs (i, i + head_dim/2).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from weighted_mtp.errors import WmtpError
+from weighted_mtp.models.architecture import MetaParams
+from weighted_mtp.storage.atomic import TEMP_MARKER, write_json, write_text
+from weighted_mtp.storage.layout import Layout
+
+if TYPE_CHECKING:
+    import torch
+
+_BLOCK_NAMES = {
+    "attention.wq.weight": "self_attn.q_proj.weight",
+    "attention.wk.weight": "self_attn.k_proj.weight",
+    "attention.wv.weight": "self_attn.v_proj.weight",
+    "attention.wo.weight": "self_attn.o_proj.weight",
+    "feed_forward.w1.weight": "mlp.gate_proj.weight",
+    "feed_forward.w3.weight": "mlp.up_proj.weight",
+    "feed_forward.w2.weight": "mlp.down_proj.weight",
+    "attention_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+}
+
+
+@dataclass(frozen=True)
+class TensorSource:
+    """Where a Hugging Face tensor comes from; `rotary_heads` is set for q and k, whose rows
+    are permuted per head."""
+
+    hf_name: str
+    meta_name: str
+    rotary_heads: int | None = None
+
+
+def head_block_name(params: MetaParams, head: int) -> str:
+    """Meta's prefix of prediction head `head`'s block."""
+    if not 0 <= head < params.n_future_tokens:
+        raise WmtpError(f"head {head} does not exist: the model has {params.n_future_tokens}")
+    return f"layers.{params.n_trunk_layers}" if head == 0 else f"extra_heads.{head - 1}"
+
+
+def hf_tensor_sources(params: MetaParams, head: int = 0) -> list[TensorSource]:
+    """Every tensor of the Llama that runs the trunk plus head `head`, in file order."""
+    blocks = [f"layers.{i}" for i in range(params.n_trunk_layers)]
+    blocks.append(head_block_name(params, head))
+    sources = [TensorSource("model.embed_tokens.weight", "tok_embeddings.weight")]
+    for index, block in enumerate(blocks):
+        for meta_suffix, hf_suffix in _BLOCK_NAMES.items():
+            heads = {"attention.wq.weight": params.n_heads,
+                     "attention.wk.weight": params.kv_heads}.get(meta_suffix)
+            sources.append(TensorSource(f"model.layers.{index}.{hf_suffix}",
+                                        f"{block}.{meta_suffix}", heads))
+    sources.append(TensorSource("model.norm.weight", "norm.weight"))
+    sources.append(TensorSource("lm_head.weight", "output.weight"))
+    return sources
+
+
+def interleaved_to_half_split(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Reorder each head's rows from pairs (2i, 2i+1) to pairs (i, i + head_dim/2)."""
+    rows, cols = weight.shape
+    half = rows // n_heads // 2
+    return weight.view(n_heads, half, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def hf_llama_config(
+    params: MetaParams, *, n_layers: int, dtype: str, bos_id: int | None = 1,
+    eos_id: int | None = 2,
+) -> dict[str, Any]:
+    """config.json of a `LlamaForCausalLM` with `params`' block shapes and `n_layers` blocks."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_act": "silu",
+        "hidden_size": params.dim,
+        "intermediate_size": params.intermediate_size,
+        "num_hidden_layers": n_layers,
+        "num_attention_heads": params.n_heads,
+        "num_key_value_heads": params.kv_heads,
+        "head_dim": params.head_dim,
+        "vocab_size": params.vocab_size,
+        "max_position_embeddings": params.max_seq_len,
+        "rms_norm_eps": params.norm_eps,
+        "rope_theta": float(params.rope_theta),
+        "tie_word_embeddings": False,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
+        "torch_dtype": dtype,
+    }
+
+
+def hf_tensors(handle: Any, sources: list[TensorSource]):
+    """`(hf name, tensor)` pairs read one at a time from an open safetensors file."""
+    for source in sources:
+        tensor = handle.get_tensor(source.meta_name)
+        if source.rotary_heads:
+            tensor = interleaved_to_half_split(tensor, source.rotary_heads)
+        yield source.hf_name, tensor
+
+
+def _readme(name: str, params: MetaParams) -> str:
+    left_out = ", ".join(f"extra_heads.{j}" for j in range(params.n_extra_heads)) or "none"
+    return (
+        f"# {name}: next-token export\n\n"
+        f"Exported by `wmtp models export-hf` from the multi-token-prediction model `{name}`"
+        f" ({params.n_layers} blocks, {params.n_future_tokens} prediction heads).\n\n"
+        f"This folder is a standard `LlamaForCausalLM`: the {params.n_trunk_layers} trunk"
+        f" blocks plus prediction head 0 (`layers.{params.n_trunk_layers}`), which predicts"
+        " the next token. Its logits equal the adapter's head 0.\n\n"
+        f"Left out: the extra prediction heads for tokens t+2 and later ({left_out}). Use"
+        " `weighted_mtp.models.adapter.load_mtp_model` on the original folder for them.\n\n"
+        "Query and key projections are permuted from Meta's interleaved rotary layout to"
+        " Hugging Face's half-split layout.\n"
+    )
+
+
+def _staging_dir(out_dir: Path) -> Path:
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise WmtpError("export folder already exists and is not empty", path=out_dir,
+                        hint="remove it or choose another folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}{TEMP_MARKER}", dir=out_dir.parent))
+
+
+def _write_tokenizer(tokenizer_model: Path, out: Path) -> None:
+    from weighted_mtp.models.tokenizer import write_tokenizer_config
+
+    shutil.copyfile(tokenizer_model, out / "tokenizer.model")
+    write_tokenizer_config(out / "tokenizer_config.json", out / "tokenizer.model")
+
+
+def export_hf(layout: Layout, name: str, out_dir: str | Path) -> Path:
+    """Write trunk + head 0 of the Meta-format model `name` as a Hugging Face Llama folder
+    (config.json, model.safetensors, tokenizer files, README.md). The folder is built under
+    a temporary name next to `out_dir` and renamed when complete."""
+    from safetensors import safe_open
+
+    from weighted_mtp.models.adapter import read_mtp_params, require_matching_shapes
+    from weighted_mtp.models.architecture import meta_tensor_shapes
+    from weighted_mtp.models.safetensors_stream import DTYPES, SafetensorsWriter, TensorSpec
+    from weighted_mtp.models.tokenizer import tokenizer_facts
+
+    paths = layout.model(name)
+    if not paths.params.is_file():
+        hint = ("it is already a Hugging Face Llama: use its configs/ and safetensors/"
+                if paths.hf_config.is_file() else f"convert it first: wmtp models convert {name}")
+        raise WmtpError(f"{name} has no Meta-format configs/params.json", path=paths.params,
+                        hint=hint)
+    params = read_mtp_params(paths)
+    require_matching_shapes(meta_tensor_shapes(params), paths.weights, paths.params)
+    facts = tokenizer_facts(paths.tokenizer_model)
+    if facts.vocab_size > params.vocab_size:
+        raise WmtpError(f"tokenizer has {facts.vocab_size} pieces but the model's vocab is "
+                        f"{params.vocab_size}", path=paths.tokenizer_model)
+    out_dir = Path(out_dir).absolute()
+    staging = _staging_dir(out_dir)
+    try:
+        sources = hf_tensor_sources(params, head=0)
+        with safe_open(paths.weights, framework="pt") as handle:
+            dtype = handle.get_slice(sources[0].meta_name).get_dtype()
+            specs = [TensorSpec(s.hf_name, dtype, tuple(handle.get_slice(s.meta_name).get_shape()))
+                     for s in sources]
+            with SafetensorsWriter(staging / "model.safetensors", specs,
+                                   {"format": "pt"}) as writer:
+                for hf_name, tensor in hf_tensors(handle, sources):
+                    writer.write(hf_name, tensor)
+        write_json(staging / "config.json", hf_llama_config(
+            params, n_layers=params.n_trunk_layers + 1, dtype=DTYPES[dtype][0],
+            bos_id=facts.bos_id, eos_id=facts.eos_id))
+        _write_tokenizer(paths.tokenizer_model, staging)
+        write_text(staging / "README.md", _readme(name, params))
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
