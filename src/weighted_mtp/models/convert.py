@@ -1,0 +1,305 @@
+"""Converting an upstream checkpoint into the project's model folder, streaming.
+
+Everything that can be checked before writing is checked first: the tensor names and shapes
+against the architecture the config implies, the tokenizer against the vocabulary, a shard
+index against its shards. Then tensors are read in row chunks from memory-mapped files, each
+chunk checked (NaN/Inf in the source, overflow in the target dtype), cast and appended to
+`safetensors/model.safetensors`, hashed on the way. Extra memory is one chunk, not the model.
+
+Rotary-embedding buffers that older checkpoints carry (`*.rotary_emb.inv_freq`, Llama-1's
+`rope.freqs`) are derived from `rope_theta`, not weights: they are checked against the
+configured theta and left out, which metadata.json records.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from weighted_mtp import progress
+from weighted_mtp.errors import UsageError, WmtpError
+from weighted_mtp.models.architecture import (
+    MetaParams,
+    Shapes,
+    compare_shapes,
+    hf_llama_tensor_shapes,
+    meta_tensor_shapes,
+)
+from weighted_mtp.models.checkpoint import TensorSource, open_files, open_hf_checkpoint
+from weighted_mtp.models.download import recorded_hash
+from weighted_mtp.models.metadata import (
+    build_metadata,
+    folder_relative,
+    tokenizer_entry,
+    weights_entry,
+    write_meta_configs,
+    write_metadata,
+)
+from weighted_mtp.models.safetensors_stream import SafetensorsWriter, TensorSpec, WrittenFile
+from weighted_mtp.models.tokenizer import (
+    TokenizerFacts,
+    tokenizer_difference,
+    tokenizer_facts,
+    write_tokenizer_config,
+)
+from weighted_mtp.storage import stamps
+from weighted_mtp.storage.atomic import read_json, write_json
+from weighted_mtp.storage.hashing import sha256_file, write_sha256sums
+from weighted_mtp.storage.layout import META_MODEL, REFERENCE_MODEL, Layout, ModelPaths
+from weighted_mtp.storage.tree import iter_files
+
+if TYPE_CHECKING:
+    import torch
+
+TARGET_DTYPES = ("float16", "bfloat16", "float32")
+ROTARY_BUFFER = re.compile(r"(^|\.)rotary_emb\.inv_freq$|^rope\.freqs$")
+MAX_LISTED_PROBLEMS = 3
+
+
+def convert_model(layout: Layout, name: str, *, dtype: str = "float16") -> dict[str, Any]:
+    """Convert a downloaded base model; returns the metadata.json content."""
+    if dtype not in TARGET_DTYPES:
+        raise UsageError(f"unknown dtype {dtype!r}", hint=f"choose {', '.join(TARGET_DTYPES)}")
+    paths = layout.model(name)
+    converters = {META_MODEL: _convert_meta, REFERENCE_MODEL: _convert_reference}
+    if name not in converters:
+        raise UsageError(f"{name} is not converted from an upstream checkpoint",
+                         hint=f"build it with `wmtp models micro {name}`")
+    stamps.clear_verified(layout, paths.root)
+    return converters[name](layout, paths, dtype)
+
+
+# --- Meta MTP -------------------------------------------------------------------------------
+
+def _convert_meta(layout: Layout, paths: ModelPaths, dtype: str) -> dict[str, Any]:
+    checkpoint = _require(paths.raw_checkpoint_dir / "consolidated.pth")
+    params_file = _require(paths.raw_checkpoint_dir / "params.json")
+    facts = tokenizer_facts(_require(paths.tokenizer_model))
+    params = MetaParams.from_file(params_file)
+    if params.vocab_size <= 0:  # Llama's params.json may leave the vocabulary to the tokenizer
+        params = params.with_vocab_size(facts.vocab_size)
+    _require_same_vocab(facts, params.vocab_size, params_file)
+    with open_files([checkpoint]) as source:
+        plan = plan_conversion(source, meta_tensor_shapes(params), params.rope_theta,
+                               params.head_dim, checkpoint, params_file.name)
+        written = stream_convert(source, plan, paths.weights, dtype, paths.name)
+    write_sha256sums(paths.sha256sums, {paths.weights.name: written.sha256})
+    write_meta_configs(paths, params, dtype, params_source=params_file)
+    write_tokenizer_config(paths.tokenizer_config, paths.tokenizer_model)
+    metadata = _metadata(paths, "meta-mtp", dtype, plan, written, facts,
+                         [paths.params, paths.adapter_config, paths.tokenizer_config])
+    write_metadata(paths.metadata, metadata)
+    return metadata
+
+
+# --- Hugging Face Llama (the Rho-1 reference) -----------------------------------------------
+
+def _convert_reference(layout: Layout, paths: ModelPaths, dtype: str) -> dict[str, Any]:
+    config_file = _require(paths.raw_checkpoint_dir / "config.json")
+    config = read_json(config_file, "config.json")
+    facts = tokenizer_facts(_require(paths.tokenizer_model))
+    try:
+        expected = hf_llama_tensor_shapes(config)
+    except WmtpError as exc:
+        raise WmtpError(exc.what, path=config_file) from None
+    _require_same_vocab(facts, config["vocab_size"], config_file)
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    with open_hf_checkpoint(paths.raw_checkpoint_dir) as source:
+        plan = plan_conversion(source, expected, config.get("rope_theta", 10000.0), head_dim,
+                               paths.raw_checkpoint_dir, config_file.name)
+        written = stream_convert(source, plan, paths.weights, dtype, paths.name)
+    write_sha256sums(paths.sha256sums, {paths.weights.name: written.sha256})
+    write_json(paths.hf_config, converted_hf_config(config, dtype))
+    write_tokenizer_config(paths.tokenizer_config, paths.tokenizer_model)
+    shared, difference = _shared_tokenizer(layout, paths)
+    metadata = _metadata(paths, "hf-llama", dtype, plan, written, facts,
+                         [paths.hf_config, paths.tokenizer_config],
+                         shared_with=shared, difference=difference)
+    write_metadata(paths.metadata, metadata)
+    return metadata
+
+
+def converted_hf_config(config: dict[str, Any], dtype: str) -> dict[str, Any]:
+    """The upstream config.json with its dtype field naming the converted dtype."""
+    keys = [key for key in ("torch_dtype", "dtype") if key in config] or ["torch_dtype"]
+    return {**config, **dict.fromkeys(keys, dtype)}
+
+
+def _shared_tokenizer(layout: Layout, paths: ModelPaths) -> tuple[str | None, str | None]:
+    """(`tokenizer_shared_with`, `tokenizer_difference`): shared only if checked equal."""
+    base = layout.model(META_MODEL).tokenizer_model
+    if not base.is_file():
+        return None, (f"not compared: {META_MODEL}'s tokenizer is missing; download it and "
+                      "convert again")
+    difference = tokenizer_difference(paths.tokenizer_model, base)
+    return (META_MODEL, None) if difference is None else (None, difference)
+
+
+# --- shared steps ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ConversionPlan:
+    expected: Shapes  # output tensors, in output order
+    dropped: list[str]  # derived rotary buffers, checked and left out
+    files: list[Path]  # the checkpoint files read
+    source_dtype: str
+
+
+def plan_conversion(
+    source: TensorSource, expected: Shapes, rope_theta: float, head_dim: int,
+    where: Path, config_name: str,
+) -> ConversionPlan:
+    """Check the checkpoint against the architecture before anything is written."""
+    dropped = [name for name in source.info if ROTARY_BUFFER.search(name)]
+    for name in dropped:
+        _check_rotary_buffer(source, name, rope_theta, head_dim, config_name)
+    actual = {n: s for n, s in source.shapes().items() if n not in dropped}
+    problems = compare_shapes(expected, actual)
+    if problems:
+        more = len(problems) - MAX_LISTED_PROBLEMS
+        listed = "; ".join(problems[:MAX_LISTED_PROBLEMS]) + (f"; and {more} more" if more > 0
+                                                               else "")
+        raise WmtpError(f"checkpoint does not match {config_name}: {listed}", path=where,
+                        hint=f"{config_name} must describe this checkpoint")
+    dtypes = sorted({_dtype_name(source.info[n].dtype) for n in expected})
+    return ConversionPlan(expected, dropped, source.files, "+".join(dtypes))
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def rotary_inv_freq(rope_theta: float, head_dim: int) -> torch.Tensor:
+    import torch
+
+    return 1.0 / (rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+
+
+def _check_rotary_buffer(source: TensorSource, name: str, rope_theta: float, head_dim: int,
+                         config_name: str) -> None:
+    import torch
+
+    stored = source.tensor(name)
+    expected = rotary_inv_freq(rope_theta, head_dim)
+    tolerance = max(torch.finfo(stored.dtype).eps, 1e-6) if stored.is_floating_point() else 0
+    if stored.shape != expected.shape or not torch.allclose(
+            stored.float(), expected, rtol=tolerance, atol=0):
+        raise WmtpError(
+            f"rotary buffer {name} does not match rope_theta {rope_theta} and head dim "
+            f"{head_dim} from {config_name}", path=source.info[name].file,
+            hint=f"{config_name} may not belong to this checkpoint",
+        )
+
+
+def stream_convert(
+    source: TensorSource, plan: ConversionPlan, out: Path, dtype: str, model_name: str
+) -> WrittenFile:
+    """Cast and write every planned tensor, chunk by chunk, into one safetensors file."""
+    import torch
+
+    target = getattr(torch, dtype)
+    specs = [TensorSpec.of(name, target, shape) for name, shape in plan.expected.items()]
+    header = {"format": "pt", "model": model_name, "dtype": dtype}
+    total = sum(_nbytes(source, n) for n in plan.expected)
+    with (
+        progress.task(f"convert {model_name} to {dtype}", total, "bytes") as advance,
+        SafetensorsWriter(out, specs, header) as writer,
+    ):
+        for name in plan.expected:
+            for chunk in source.chunks(name):
+                writer.write(name, checked_cast(chunk, target, name, source.info[name].file))
+                advance(chunk.numel() * chunk.element_size())
+    return writer.result
+
+
+def _nbytes(source: TensorSource, name: str) -> int:
+    info = source.info[name]
+    return math.prod(info.shape) * info.dtype.itemsize
+
+
+def checked_cast(chunk: torch.Tensor, target: torch.dtype, name: str, file: Path
+                 ) -> torch.Tensor:
+    """`chunk` in `target`; NaN/Inf in the source or overflow in the target is an error."""
+    import torch
+
+    if not chunk.is_floating_point():
+        return chunk.to(target)
+    if not bool(torch.isfinite(chunk).all()):
+        raise WmtpError(f"tensor {name} contains NaN or Inf", path=file,
+                        hint="the checkpoint is corrupted: download it again")
+    cast = chunk.to(target)
+    if not bool(torch.isfinite(cast).all()):
+        largest = float(chunk.abs().max())
+        limit = torch.finfo(target).max
+        raise WmtpError(
+            f"tensor {name} overflows {_dtype_name(target)}: a value of magnitude "
+            f"{largest:.6g} exceeds {limit:.6g}", path=file,
+            hint="convert with --dtype bfloat16 (same range as float32)",
+        )
+    return cast
+
+
+def _require(path: Path) -> Path:
+    if not path.is_file():
+        raise WmtpError("upstream file not found", path=path,
+                        hint="run `wmtp models download` first")
+    return path
+
+
+def _require_same_vocab(facts: TokenizerFacts, vocab_size: int, config: Path) -> None:
+    if facts.vocab_size != vocab_size:
+        raise WmtpError(
+            f"the tokenizer has {facts.vocab_size} pieces but {config.name} says vocab_size "
+            f"{vocab_size}", path=config, hint="tokenizer and checkpoint must come together",
+        )
+
+
+def raw_file_hashes(paths: ModelPaths) -> dict[str, str]:
+    """SHA-256 of every upstream checkpoint file, keyed by its path relative to raw/."""
+    hashes = {}
+    for path in iter_files(paths.raw_checkpoint_dir):
+        if ".cache" in path.relative_to(paths.raw).parts:
+            continue
+        digest = recorded_hash(paths, path) or sha256_file(path, show_progress=True)
+        hashes[path.relative_to(paths.raw).as_posix()] = digest
+    return hashes
+
+
+def _source_entry(paths: ModelPaths) -> dict[str, Any]:
+    recorded = read_json(paths.source, "SOURCE.json") if paths.source.is_file() else {}
+    entry = {
+        "repo": recorded.get("repo"),
+        "revision": recorded.get("commit") or recorded.get("revision"),
+        "files": raw_file_hashes(paths),
+    }
+    if recorded.get("mirror"):
+        entry["mirror"] = recorded["mirror"]
+    if not recorded:
+        entry["note"] = "raw files were not fetched by wmtp (no raw/SOURCE.json)"
+    return entry
+
+
+def _metadata(
+    paths: ModelPaths, fmt: str, dtype: str, plan: ConversionPlan, written: WrittenFile,
+    facts: TokenizerFacts, config_files: list[Path], *, shared_with: str | None = None,
+    difference: str | None = None,
+) -> dict[str, Any]:
+    extra = {}
+    if plan.dropped:
+        extra["dropped_tensors"] = {
+            "names": plan.dropped,
+            "reason": "rotary buffers derived from rope_theta; checked against it, not stored",
+        }
+    return build_metadata(
+        name=paths.name, format=fmt, dtype=dtype, source_dtype=plan.source_dtype,
+        parameter_count=sum(math.prod(shape) for shape in plan.expected.values()),
+        weights=weights_entry(paths, written.size, written.sha256),
+        tokenizer=tokenizer_entry(paths, sha256_file(paths.tokenizer_model), facts),
+        source=_source_entry(paths), tokenizer_shared_with=shared_with,
+        tokenizer_difference=difference,
+        files={folder_relative(paths, path): sha256_file(path) for path in config_files},
+        extra=extra,
+    )
