@@ -417,32 +417,30 @@ Listener = Callable[[str, Step, StepOutcome | None], None]
 
 
 def _run_step(ctx: BuildContext, step: Step, run_id: str, listener: Listener) -> StepOutcome:
+    """Skip the step if its outputs verify, else run it; log the outcome either way."""
     listener("start", step, None)
     started = time.monotonic()
-    if step.done(ctx):
-        outcome = StepOutcome(step.name, step.seed_step, "skipped",
-                              time.monotonic() - started, "outputs already verify")
-    else:
-        if step.changes_assets:
-            ctx.layout.manifest_pending.parent.mkdir(parents=True, exist_ok=True)
-            ctx.layout.manifest_pending.touch()
-        try:
+    status, detail = "failed", "crashed"
+    try:
+        if step.done(ctx):
+            status, detail = "skipped", "outputs already verify"
+        else:
+            if step.changes_assets:
+                ctx.layout.manifest_pending.parent.mkdir(parents=True, exist_ok=True)
+                ctx.layout.manifest_pending.touch()
             step.run(ctx)
-        except KeyboardInterrupt:
-            outcome = StepOutcome(step.name, step.seed_step, "interrupted",
-                                  time.monotonic() - started, "Ctrl-C")
-            _log(ctx.layout, run_id, outcome)
-            listener("end", step, outcome)
-            raise
-        except WmtpError as exc:
-            outcome = StepOutcome(step.name, step.seed_step, "failed",
-                                  time.monotonic() - started, exc.line())
-            _log(ctx.layout, run_id, outcome)
-            listener("end", step, outcome)
-            raise
-        outcome = StepOutcome(step.name, step.seed_step, "ran", time.monotonic() - started)
-    _log(ctx.layout, run_id, outcome)
-    listener("end", step, outcome)
+            status, detail = "ran", ""
+    except KeyboardInterrupt:
+        status, detail = "interrupted", "Ctrl-C"
+        raise
+    except WmtpError as exc:
+        detail = exc.line()
+        raise
+    finally:
+        outcome = StepOutcome(step.name, step.seed_step, status, time.monotonic() - started,
+                              detail)
+        _log(ctx.layout, run_id, outcome)
+        listener("end", step, outcome)
     return outcome
 
 

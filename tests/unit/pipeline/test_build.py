@@ -1,0 +1,158 @@
+"""The build engine: step selection, skipping, logging, interruption, manifest refresh.
+
+The engine is exercised with the real dataset steps (mbpp from a synthetic upstream mirror)
+and, for interruption and failure paths, with steps whose actions are replaced.
+"""
+
+import shutil
+
+import pytest
+
+from weighted_mtp.catalog import load_catalog
+from weighted_mtp.errors import UsageError, WmtpError
+from weighted_mtp.pipeline import build as b
+from weighted_mtp.pipeline.manifest import load_manifest
+from weighted_mtp.storage.atomic import TEMP_MARKER
+
+MBPP_STEPS = ["init", "download-mbpp", "prepare-mbpp", "small-mbpp"]
+
+
+@pytest.fixture(scope="module")
+def mbpp_mirror(tmp_path_factory):
+    from weighted_mtp.synthetic.datasets import write_mbpp_mirror
+
+    mirror = tmp_path_factory.mktemp("mirror")
+    write_mbpp_mirror(mirror / "mbpp", n_tasks=24)
+    return mirror
+
+
+@pytest.fixture
+def with_tokenizer(layout, sp_model_path):
+    """prepare's default tokenizer is the Meta model's; give the storage one."""
+    target = layout.model("meta-llama-mtp").tokenizer_model
+    shutil.copyfile(sp_model_path, target)
+    return layout
+
+
+def _statuses(result):
+    return {o.name: o.status for o in result.outcomes}
+
+
+def test_select_steps_by_name_group_and_start():
+    assert [s.name for s in b.select_steps(["verify"])] == ["verify"]
+    assert [s.name for s in b.select_steps(["download"])] == [
+        "download-meta", "download-ref", "download-codecontests", "download-mbpp",
+        "download-humaneval"]
+    assert [s.name for s in b.select_steps(start="verify")] == ["verify", "report"]
+    assert len(b.select_steps()) == len(b.STEP_NAMES)
+    assert b.STEP_NAMES[0] == "init" and b.STEP_NAMES[-1] == "report"
+
+
+@pytest.mark.parametrize("only,start", [(["nope"], None), ([], "nope"), (["init"], "init")])
+def test_bad_step_selection_is_a_usage_error(only, start):
+    with pytest.raises(UsageError):
+        b.select_steps(only, start)
+
+
+def test_real_dataset_steps_run_then_skip_and_keep_the_manifest(with_tokenizer, mbpp_mirror):
+    layout = with_tokenizer
+    first = b.build(layout, load_catalog(), mirror=mbpp_mirror, only=MBPP_STEPS)
+    assert _statuses(first) == {"init": "skipped", "download-mbpp": "ran",
+                                "prepare-mbpp": "ran", "small-mbpp": "ran"}
+    assert first.manifest_written
+    paths = [e["path"] for e in load_manifest(layout)["files"]]
+    assert "datasets_v2/mbpp/processed/train.jsonl" in paths
+    assert "datasets_local_small/mbpp_small/train_small.jsonl" in paths
+    manifest = layout.manifest.read_bytes()
+
+    second = b.build(layout, load_catalog(), mirror=mbpp_mirror, only=MBPP_STEPS)
+    assert set(_statuses(second).values()) == {"skipped"}
+    assert not second.changed_anything
+    assert layout.manifest.read_bytes() == manifest
+
+    log = b.read_log(layout)
+    assert [e["status"] for e in log if e["step"] == "prepare-mbpp"] == ["ran", "skipped"]
+    assert set(b.last_timings(layout)) == {"download-mbpp", "prepare-mbpp", "small-mbpp"}
+
+
+def test_damaged_output_makes_its_step_run_again(with_tokenizer, mbpp_mirror):
+    layout = with_tokenizer
+    b.build(layout, load_catalog(), mirror=mbpp_mirror, only=MBPP_STEPS)
+    processed = layout.dataset("mbpp").split("train")
+    processed.write_text(processed.read_text()[:-20])
+    again = b.build(layout, load_catalog(), mirror=mbpp_mirror, only=MBPP_STEPS)
+    assert _statuses(again)["prepare-mbpp"] == "ran"
+    assert _statuses(again)["download-mbpp"] == "skipped"
+
+
+def test_a_different_source_is_not_already_done(with_tokenizer, mbpp_mirror, tmp_path):
+    layout = with_tokenizer
+    b.build(layout, load_catalog(), mirror=mbpp_mirror, only=["download-mbpp"])
+    other = tmp_path / "other-mirror"
+    shutil.copytree(mbpp_mirror, other)
+    again = b.build(layout, load_catalog(), mirror=other, only=["download-mbpp"])
+    assert _statuses(again) == {"download-mbpp": "ran"}
+
+
+def _replace_action(monkeypatch, name, action):
+    steps = [b.Step(s.name, s.seed_step, s.describe, action, lambda ctx: False,
+                    s.changes_assets) if s.name == name else s for s in b.STEPS]
+    monkeypatch.setattr(b, "STEPS", steps)
+
+
+def test_interrupted_step_is_logged_and_the_manifest_catches_up_next_time(
+        layout, monkeypatch):
+    weights = layout.model("micro-mtp").weights
+
+    def write_then_interrupt(ctx):
+        weights.write_bytes(b"finished output")
+        raise KeyboardInterrupt
+
+    _replace_action(monkeypatch, "micro-mtp", write_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        b.build(layout, load_catalog(), only=["micro-mtp"])
+    assert b.read_log(layout)[-1]["status"] == "interrupted"
+    assert layout.manifest_pending.exists()
+    assert not layout.manifest.exists()
+
+    result = b.build(layout, load_catalog(), only=["init"])
+    assert result.manifest_written
+    assert not layout.manifest_pending.exists()
+    assert "models_v2/micro-mtp/safetensors/model.safetensors" in [
+        e["path"] for e in load_manifest(layout)["files"]]
+
+
+def test_failed_step_stops_the_build_with_its_error(layout, monkeypatch):
+    def fail(ctx):
+        raise WmtpError("upstream file is corrupt", path="x")
+
+    _replace_action(monkeypatch, "micro-mtp", fail)
+    seen = []
+    with pytest.raises(WmtpError, match="corrupt"):
+        b.build(layout, load_catalog(), only=["micro-mtp", "micro-ref"],
+                listener=lambda event, step, outcome: seen.append((event, step.name)))
+    assert seen == [("start", "micro-mtp"), ("end", "micro-mtp")]
+    assert b.read_log(layout)[-1]["status"] == "failed"
+
+
+def test_leftover_temp_files_are_removed(layout):
+    leftover = layout.model("micro-ref").safetensors_dir / f".model.safetensors{TEMP_MARKER}ab"
+    leftover.write_bytes(b"half a tensor")
+    cached = layout.model("micro-ref").cache / f".x{TEMP_MARKER}cd"
+    cached.parent.mkdir()
+    cached.write_bytes(b"a download tool's own business")
+    result = b.build(layout, load_catalog(), only=["init"])
+    assert result.removed_leftovers == [layout.relative(leftover)]
+    assert not leftover.exists() and cached.exists()
+
+
+def test_a_second_build_on_the_same_root_is_refused(layout):
+    with b.build_lock(layout), pytest.raises(WmtpError, match="another"):
+        b.build(layout, load_catalog(), only=["init"])
+
+
+def test_missing_mirror_folder_for_an_asset_is_named(layout, tmp_path):
+    (tmp_path / "mirror").mkdir()
+    with pytest.raises(WmtpError, match="no folder for mbpp"):
+        b.build(layout, load_catalog(), mirror=tmp_path / "mirror", only=["download-mbpp"])
+    assert b.read_log(layout)[-1]["status"] == "failed"
