@@ -63,7 +63,8 @@ def _global_options(
 def main() -> None:
     """Entry point: user errors become one line on stderr and a non-zero exit."""
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns typer.Exit's code instead of raising it.
+        sys.exit(app(standalone_mode=False) or 0)
     except WmtpError as exc:
         err_console.print(f"[bold red]error:[/] {escape(exc.line())}", highlight=False,
                           soft_wrap=True)
