@@ -76,17 +76,29 @@ _TOKENIZING_TRAINER_FIELDS = (
 )
 
 
-def tokenizer_difference(a: str | Path, b: str | Path) -> str | None:
+def tokenizer_difference(
+    a: str | Path, b: str | Path, *, prefix: bool = False, replaced: dict[int, str] | None = None
+) -> str | None:
     """None if the two models tokenize identically (same pieces with the same scores and
-    kinds at the same ids, same special ids and normalization); else the first difference."""
+    kinds at the same ids, same special ids and normalization); else the first difference.
+
+    With `prefix`, `a` is a trimmed copy of `b` (see `trim_tokenizer`): it may have fewer
+    pieces, and the ids in `replaced` (`{id: b's piece}`) hold the whitespace piece instead.
+    """
     facts_a, facts_b = tokenizer_facts(a), tokenizer_facts(b)
     for field, value in facts_a.to_dict().items():
-        if value != getattr(facts_b, field):
+        if value != getattr(facts_b, field) and not (prefix and field == "vocab_size"):
             return f"{field.replace('_', ' ')} {value} vs {getattr(facts_b, field)}"
+    if facts_a.vocab_size > facts_b.vocab_size:
+        return f"vocab size {facts_a.vocab_size} vs {facts_b.vocab_size}"
     proto_a, proto_b = _model_proto(a), _model_proto(b)
-    for i, (piece_a, piece_b) in enumerate(zip(proto_a.pieces, proto_b.pieces, strict=True)):
-        if (piece_a.piece, piece_a.score, piece_a.type) != (piece_b.piece, piece_b.score,
-                                                            piece_b.type):
+    replaced = replaced or {}
+    for i, (piece_a, piece_b) in enumerate(zip(proto_a.pieces, proto_b.pieces, strict=False)):
+        if i in replaced:
+            if (piece_a.piece, piece_b.piece) != (WHITESPACE_PIECE, replaced[i]):
+                return f"piece {i}: {piece_a.piece!r} is not the recorded replacement"
+        elif (piece_a.piece, piece_a.score, piece_a.type) != (piece_b.piece, piece_b.score,
+                                                              piece_b.type):
             return f"piece {i}: {piece_a.piece!r} vs {piece_b.piece!r}"
     for spec in ("normalizer_spec", "denormalizer_spec"):
         if getattr(proto_a, spec) != getattr(proto_b, spec):

@@ -1,0 +1,307 @@
+"""Verifying a model folder: every byte hashed, every config cross-checked.
+
+Works for the converted bases and the micro models alike, dispatching on metadata.json's
+`format`: a Meta-format folder is checked against `params.json` and `meta_adapter.yaml`, a
+Hugging Face one against `config.json`. Each check is independent: one failure does not hide
+the others, and the report says which file to look at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from weighted_mtp import progress
+from weighted_mtp.checks import Report
+from weighted_mtp.errors import WmtpError
+from weighted_mtp.models.architecture import (
+    MetaParams,
+    Shapes,
+    compare_shapes,
+    hf_llama_tensor_shapes,
+    meta_tensor_shapes,
+)
+from weighted_mtp.models.metadata import adapter_config, read_adapter_config, read_metadata
+from weighted_mtp.storage.atomic import read_json
+from weighted_mtp.storage.hashing import check_sha256sums, read_sha256sums, sha256_file
+from weighted_mtp.storage.layout import Layout, ModelPaths
+from weighted_mtp.storage.stamps import record_verified
+
+MAX_LISTED = 3
+DEFAULT_ROPE_THETA = 10000.0
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What the folder's configs say the weights must be."""
+
+    shapes: Shapes
+    vocab_size: int
+    rope_theta: float
+    config_files: list[Path]
+
+
+def verify_model(layout: Layout, name: str) -> Report:
+    """Check a model folder; records a verification stamp if every check passes."""
+    paths = layout.model(name)
+    report = Report(f"model {name}")
+    try:
+        metadata = read_metadata(paths.metadata)
+    except WmtpError as exc:
+        report.add("metadata.json", False, exc.line(), [layout.relative(paths.metadata)])
+        return report
+    report.add("metadata.json", True, f"{metadata['format']}, {metadata['dtype']}")
+    check = _checker(report, layout)
+    check("SHA256SUMS", lambda: _check_sha256sums(paths, metadata), paths.sha256sums)
+    check("recorded file hashes", lambda: _check_recorded_files(paths, metadata), paths.root)
+    arch = check("configs agree", lambda: _check_configs(paths, metadata), paths.configs)
+    header = check("safetensors header", lambda: _read_header(paths.weights), paths.weights)
+    if arch is not None and header is not None:
+        check("tensor names and shapes", lambda: _check_shapes(arch, header), paths.weights)
+    if header is not None:
+        check("tensor dtypes", lambda: _check_dtypes(header, metadata["dtype"], paths.weights),
+              paths.weights)
+    if arch is not None:
+        check("rope_theta", lambda: _check_rope_theta(paths, metadata, arch), paths.configs)
+        check("tokenizer", lambda: _check_tokenizer(paths, metadata, arch),
+              paths.tokenizer_model)
+    check("tokenizer shared", lambda: _check_sharing(layout, paths, metadata),
+          paths.tokenizer_model)
+    check("raw files", lambda: _check_raw(paths, metadata), paths.raw)
+    if header is not None:
+        check("no NaN/Inf", lambda: _check_finite(paths.weights), paths.weights)
+    if report.ok:
+        record_verified(layout, paths.root)
+    return report
+
+
+def _checker(report: Report, layout: Layout) -> Callable[..., Any]:
+    """Run one check: it returns (detail, value) or raises WmtpError; failures are recorded."""
+
+    def check(name: str, run: Callable[[], tuple[str, Any]], where: Path) -> Any:
+        try:
+            detail, value = run()
+        except WmtpError as exc:
+            report.add(name, False, exc.what, [_shown(layout, Path(exc.path or where))])
+            return None
+        report.add(name, True, detail)
+        return value if value is not None else True
+
+    return check
+
+
+def _shown(layout: Layout, path: Path) -> str:
+    return layout.relative(path) if layout.contains(path) else str(path)
+
+
+def _problems(what: str, problems: list[str], path: Path) -> None:
+    if problems:
+        more = len(problems) - MAX_LISTED
+        listed = "; ".join(problems[:MAX_LISTED]) + (f"; and {more} more" if more > 0 else "")
+        raise WmtpError(f"{what}: {listed}", path=path)
+
+
+# --- bytes ----------------------------------------------------------------------------------
+
+def _check_sha256sums(paths: ModelPaths, metadata: dict[str, Any]) -> tuple[str, None]:
+    results = check_sha256sums(paths.sha256sums)
+    _problems("SHA256SUMS mismatch", [f"{n} {why}" for n, ok, why in results if not ok],
+              paths.sha256sums)
+    names = [n for n, _, _ in results]
+    if paths.weights.name not in names:
+        raise WmtpError(f"SHA256SUMS does not list {paths.weights.name}", path=paths.sha256sums)
+    recorded = metadata["weights"]
+    listed = read_sha256sums(paths.sha256sums)[paths.weights.name]
+    if listed != recorded["sha256"] or paths.weights.stat().st_size != recorded["size"]:
+        raise WmtpError("weights differ from metadata.json's sha256/size", path=paths.weights)
+    return f"{len(names)} file(s) match, as metadata.json records", None
+
+
+def _check_recorded_files(paths: ModelPaths, metadata: dict[str, Any]) -> tuple[str, None]:
+    recorded = {metadata["tokenizer"]["path"]: metadata["tokenizer"]["sha256"],
+                **metadata.get("files", {})}
+    problems = []
+    for relpath, expected in recorded.items():
+        target = paths.file(relpath)
+        if not target.is_file():
+            problems.append(f"{relpath} missing")
+        elif sha256_file(target) != expected:
+            problems.append(f"{relpath} changed")
+    _problems("files differ from metadata.json", problems, paths.root)
+    return f"{len(recorded)} config/tokenizer file(s) unchanged", None
+
+
+def _check_raw(paths: ModelPaths, metadata: dict[str, Any]) -> tuple[str, None]:
+    recorded = metadata["source"].get("files")
+    if not recorded:
+        return f"derived from {metadata['source'].get('model')}; no raw files", None
+    present = {rel: h for rel, h in recorded.items() if paths.raw_file(rel).is_file()}
+    if not present:
+        return "raw files removed after conversion; not checked", None
+    problems = [f"{rel} changed" for rel, expected in present.items()
+                if sha256_file(paths.raw_file(rel), show_progress=True) != expected]
+    problems += [f"{rel} missing" for rel in recorded if rel not in present]
+    _problems("raw files differ from metadata.json", problems, paths.raw)
+    return f"{len(present)} upstream file(s) match", None
+
+
+def _read_header(weights: Path) -> tuple[str, dict[str, tuple[str, tuple[int, ...]]]]:
+    from safetensors import safe_open
+
+    if not weights.is_file():
+        raise WmtpError("weights file missing", path=weights)
+    try:
+        with safe_open(weights, framework="pt") as handle:
+            header = {}
+            for name in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
+                piece = handle.get_slice(name)
+                header[name] = (piece.get_dtype(), tuple(piece.get_shape()))
+    except Exception as exc:  # safetensors raises untyped errors for a bad header
+        raise WmtpError(f"unreadable safetensors file ({exc})", path=weights) from None
+    return f"{len(header)} tensors", header
+
+
+def _check_shapes(arch: Architecture, header: dict[str, Any]) -> tuple[str, None]:
+    actual = {name: shape for name, (_, shape) in header.items()}
+    _problems("weights do not match the configs", compare_shapes(arch.shapes, actual),
+              arch.config_files[0])
+    return f"all {len(arch.shapes)} expected, none extra", None
+
+
+def _check_dtypes(header: dict[str, Any], dtype: str, weights: Path) -> tuple[str, None]:
+    from weighted_mtp.models.safetensors_stream import dtype_code
+
+    code = dtype_code(dtype)
+    wrong = [f"{name} is {d}" for name, (d, _) in header.items() if d != code]
+    _problems(f"tensors not in the recorded dtype {dtype}", wrong, weights)
+    return f"all {code}", None
+
+
+def _check_finite(weights: Path) -> tuple[str, None]:
+    import torch
+
+    from weighted_mtp.models.checkpoint import open_files
+
+    bad = []
+    with open_files([weights]) as source, progress.task(
+            "scan for NaN/Inf", weights.stat().st_size, "bytes") as advance:
+        for name in source.info:
+            for chunk in source.chunks(name):
+                if chunk.is_floating_point() and not bool(torch.isfinite(chunk).all()):
+                    bad.append(f"{name} has NaN or Inf")
+                    break
+                advance(chunk.numel() * chunk.element_size())
+    _problems("non-finite values", bad, weights)
+    return "every value finite", None
+
+
+# --- configs --------------------------------------------------------------------------------
+
+def _check_configs(paths: ModelPaths, metadata: dict[str, Any]) -> tuple[str, Architecture]:
+    if metadata["format"] == "meta-mtp":
+        return _meta_architecture(paths, metadata)
+    return _hf_architecture(paths, metadata)
+
+
+def _meta_architecture(paths: ModelPaths, metadata: dict[str, Any]
+                       ) -> tuple[str, Architecture]:
+    params = MetaParams.from_file(paths.params)
+    if params.vocab_size <= 0:
+        params = params.with_vocab_size(metadata["tokenizer"]["vocab_size"])
+    adapter = read_adapter_config(paths.adapter_config)
+    expected = adapter_config(params, metadata["dtype"])
+    problems = [
+        f"{key} is {adapter.get(key)!r} in meta_adapter.yaml, {value!r} by params.json"
+        + (" and metadata.json" if key == "dtype" else "")
+        for key, value in expected.items() if adapter.get(key) != value
+    ]
+    problems += [f"meta_adapter.yaml has unknown field {key}" for key in adapter
+                 if key not in expected]
+    _problems("configs disagree", problems, paths.adapter_config)
+    arch = Architecture(meta_tensor_shapes(params), params.vocab_size, params.rope_theta,
+                        [paths.params, paths.adapter_config])
+    return "params.json, meta_adapter.yaml and metadata.json agree", arch
+
+
+def _hf_architecture(paths: ModelPaths, metadata: dict[str, Any]) -> tuple[str, Architecture]:
+    config = read_json(paths.hf_config, "config.json")
+    try:
+        shapes = hf_llama_tensor_shapes(config)
+    except WmtpError as exc:
+        raise WmtpError(exc.what, path=paths.hf_config) from None
+    problems = [
+        f"{key} is {config[key]!r} in config.json, {metadata['dtype']!r} in metadata.json"
+        for key in ("torch_dtype", "dtype") if key in config and config[key] != metadata["dtype"]
+    ]
+    _problems("configs disagree", problems, paths.hf_config)
+    arch = Architecture(shapes, config["vocab_size"],
+                        config.get("rope_theta", DEFAULT_ROPE_THETA), [paths.hf_config])
+    return "config.json and metadata.json agree", arch
+
+
+def _upstream_rope_theta(paths: ModelPaths, metadata: dict[str, Any]) -> float | None:
+    """rope_theta of the upstream config the folder was converted from, if it is present."""
+    for rel in metadata["source"].get("files", {}):
+        target = paths.raw_file(rel)
+        if target.name in ("params.json", "config.json") and target.is_file():
+            return read_json(target, target.name).get("rope_theta", DEFAULT_ROPE_THETA)
+    return None
+
+
+def _check_rope_theta(paths: ModelPaths, metadata: dict[str, Any], arch: Architecture
+                      ) -> tuple[str, None]:
+    upstream = _upstream_rope_theta(paths, metadata)
+    if upstream is not None and float(upstream) != float(arch.rope_theta):
+        raise WmtpError(f"rope_theta is {arch.rope_theta}, the upstream config says {upstream}",
+                        path=arch.config_files[0])
+    return f"{arch.rope_theta}" + (" (as upstream)" if upstream is not None else ""), None
+
+
+def _check_tokenizer(paths: ModelPaths, metadata: dict[str, Any], arch: Architecture
+                     ) -> tuple[str, None]:
+    from weighted_mtp.models.tokenizer import tokenizer_facts
+
+    facts = tokenizer_facts(paths.tokenizer_model).to_dict()
+    recorded = {key: metadata["tokenizer"][key] for key in facts}
+    problems = [f"{key} is {facts[key]} in the model file, {recorded[key]} in metadata.json"
+                for key in facts if facts[key] != recorded[key]]
+    if facts["vocab_size"] != arch.vocab_size:
+        problems.append(f"the tokenizer has {facts['vocab_size']} pieces, the model's vocab "
+                        f"is {arch.vocab_size}")
+    _problems("tokenizer mismatch", problems, paths.tokenizer_model)
+    return f"vocab {facts['vocab_size']} = model vocab", None
+
+
+def _check_sharing(layout: Layout, paths: ModelPaths, metadata: dict[str, Any]
+                   ) -> tuple[str, None]:
+    from weighted_mtp.models.tokenizer import tokenizer_difference
+
+    if "tokenizer_difference" in metadata:
+        raise WmtpError(f"not shared: {metadata['tokenizer_difference']}",
+                        path=paths.tokenizer_model)
+    details = []
+    ours = paths.tokenizer_model
+    trimmed = metadata.get("tokenizer_trimmed")
+    if trimmed:
+        base = layout.model(trimmed["from"]).tokenizer_model
+        if base.is_file():
+            replaced = {int(i): p for i, p in trimmed.get("replaced", {}).items()}
+            difference = tokenizer_difference(ours, base, prefix=True, replaced=replaced)
+            if difference:
+                raise WmtpError(f"not a trimmed copy of {trimmed['from']}'s: {difference}",
+                                path=ours)
+            details.append(f"first {trimmed['vocab_size']} pieces of {trimmed['from']}'s")
+        ours = base
+    shared = metadata["tokenizer_shared_with"]
+    if shared is None:
+        return "; ".join(details) or "own tokenizer", None
+    other = layout.model(shared).tokenizer_model
+    if not other.is_file() or not ours.is_file():
+        details.append(f"recorded as {shared}'s ({shared} not present to re-check)")
+    elif (difference := tokenizer_difference(ours, other)) is not None:
+        raise WmtpError(f"recorded as shared with {shared}, but: {difference}", path=ours)
+    else:
+        details.append(f"same as {shared}'s")
+    return "; ".join(details), None
