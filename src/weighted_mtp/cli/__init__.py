@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from weighted_mtp.cli import data, pipeline, storage
+from weighted_mtp.cli import data, models, pipeline, storage
 from weighted_mtp.cli._console import State, err_console
 from weighted_mtp.errors import WmtpError
 
@@ -27,6 +27,7 @@ app = typer.Typer(
 )
 app.add_typer(storage.app, name="storage")
 app.add_typer(data.app, name="data")
+app.add_typer(models.app, name="models")
 pipeline.register(app)
 
 

@@ -1,0 +1,97 @@
+"""`wmtp models`: download, convert and verify the model checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from weighted_mtp.cli._console import console, finish_report, print_json, progress_bars, state
+from weighted_mtp.errors import UsageError
+from weighted_mtp.storage.layout import BASE_MODELS, MODELS
+
+app = typer.Typer(help="Download, convert and verify the model checkpoints.",
+                  no_args_is_help=True)
+
+BaseArg = Annotated[str, typer.Argument(help=f"One of: {', '.join(BASE_MODELS)}.")]
+ModelArg = Annotated[str, typer.Argument(help=f"One of: {', '.join(MODELS)}.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _checked(name: str, allowed: tuple[str, ...]) -> str:
+    if name not in allowed:
+        raise UsageError(f"unknown model {name!r} for this command",
+                         hint=f"choose one of: {', '.join(allowed)}")
+    return name
+
+
+@app.command()
+def download(
+    ctx: typer.Context,
+    name: BaseArg,
+    mirror: Annotated[Path | None, typer.Option(
+        "--mirror", help="Local folder laid out like the upstream repo (offline).")] = None,
+    revision: Annotated[str | None, typer.Option(
+        help="Hub branch, tag or commit (default: the catalog's).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fetch the upstream files into raw/ and tokenizer/ (resumes), recording SOURCE.json."""
+    from weighted_mtp.models.download import download_model
+
+    st = state(ctx)
+    with progress_bars(not as_json):
+        source = download_model(st.layout, st.catalog, _checked(name, BASE_MODELS),
+                                mirror=mirror, revision=revision)
+    if as_json:
+        print_json(source)
+        return
+    origin = source["mirror"] or f"{source['repo']}@{source['commit'] or source['revision']}"
+    console.print(f"[bold]{name}[/] from {origin}", highlight=False)
+    for path, entry in source["files"].items():
+        console.print(f"  {path}  {entry['size']:,} bytes  sha256 {entry['sha256'][:16]}…",
+                      highlight=False)
+
+
+@app.command()
+def convert(
+    ctx: typer.Context,
+    name: BaseArg,
+    dtype: Annotated[str, typer.Option(
+        help="Target dtype: float16, bfloat16 or float32.")] = "float16",
+    as_json: JsonOpt = False,
+) -> None:
+    """Stream the raw checkpoint into safetensors/model.safetensors with configs and
+    metadata.json (names and shapes checked first; NaN/Inf and fp16 overflow refused)."""
+    from weighted_mtp.models.convert import convert_model
+
+    st = state(ctx)
+    with progress_bars(not as_json):
+        metadata = convert_model(st.layout, _checked(name, BASE_MODELS), dtype=dtype)
+    if as_json:
+        print_json(metadata)
+        return
+    weights = metadata["weights"]
+    console.print(
+        f"[bold]{name}[/]: {metadata['parameter_count']:,} parameters, "
+        f"{metadata['source_dtype']} → {metadata['dtype']}, {weights['size']:,} bytes, "
+        f"sha256 {weights['sha256'][:16]}…", highlight=False)
+    for dropped in metadata.get("dropped_tensors", {}).get("names", [])[:1]:
+        count = len(metadata["dropped_tensors"]["names"])
+        console.print(f"  left out {count} rotary buffer(s) such as {dropped} "
+                      "(derived from rope_theta; checked)", highlight=False)
+    if metadata.get("tokenizer_shared_with"):
+        console.print(f"  tokenizer: same as {metadata['tokenizer_shared_with']}'s")
+    elif metadata.get("tokenizer_difference"):
+        console.print(f"  [yellow]tokenizer not shared[/]: {metadata['tokenizer_difference']}",
+                      highlight=False)
+
+
+@app.command()
+def verify(ctx: typer.Context, name: ModelArg, as_json: JsonOpt = False) -> None:
+    """Check a model folder: hashes, configs, names/shapes/dtypes, tokenizer, NaN/Inf."""
+    from weighted_mtp.models.verify import verify_model
+
+    with progress_bars(not as_json):
+        report = verify_model(state(ctx).layout, _checked(name, MODELS))
+    finish_report(report, as_json)
