@@ -52,6 +52,7 @@ STEP_TITLES = {
     11: "checklist complete and approved",
 }
 LAST_ASSET_STEP = 9
+MAX_REASON = 120  # longer lists of passed checks are summarised by their count
 REQUIRED_PACKAGES = ("torch", "safetensors", "sentencepiece", "transformers", "huggingface_hub",
                      "pyarrow", "jsonschema")
 
@@ -74,7 +75,10 @@ class StepResult:
         failures = self.report.failures()
         if failures:
             return "; ".join(f"{c.name}: {c.detail}" if c.detail else c.name for c in failures)
-        return "; ".join(c.detail for c in self.report.checks if c.detail) or "all checks passed"
+        details = "; ".join(c.detail for c in self.report.checks if c.detail)
+        if details and len(details) <= MAX_REASON:
+            return details
+        return f"all {len(self.report.checks)} checks passed"
 
     @property
     def files(self) -> list[str]:

@@ -1,0 +1,167 @@
+"""Acceptance: `wmtp demo` ends all ✔; a second build changes nothing; damage is named;
+a killed build resumes to a storage that verifies.
+
+One demo storage is built per session (through the CLI, as a newcomer runs it); tests that
+only read it share it, tests that damage or rebuild it work on a copy.
+"""
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from weighted_mtp.catalog import load_catalog
+from weighted_mtp.cli import app
+from weighted_mtp.pipeline.build import build, read_log
+from weighted_mtp.pipeline.checklist import run_checklist
+from weighted_mtp.pipeline.demo import mirror_for
+from weighted_mtp.storage.layout import Layout
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo") / "storage"
+    result = CliRunner().invoke(app, ["demo", "--root", str(root)])
+    return root, result
+
+
+@pytest.fixture
+def demo_copy(demo, tmp_path):
+    """A private copy of the demo storage (its mirror stays shared and read-only)."""
+    root, _ = demo
+    copy = tmp_path / "storage"
+    shutil.copytree(root, copy, symlinks=True)
+    return Layout(copy), mirror_for(root)
+
+
+def _run(*args):
+    return CliRunner().invoke(app, list(args))
+
+
+def _asset_snapshot(layout):
+    from weighted_mtp.pipeline.manifest import iter_asset_files
+
+    files = {}
+    for path in iter_asset_files(layout):
+        stat = path.stat()
+        files[layout.relative(path)] = (stat.st_size, stat.st_mtime_ns,
+                                        hashlib.sha256(path.read_bytes()).hexdigest())
+    for path in (layout.manifest, layout.checksums, layout.approvals, layout.readme,
+                 *sorted(layout.reports_dir.iterdir())):
+        files[layout.relative(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return files
+
+
+def test_demo_ends_with_every_checklist_step_ok(demo):
+    root, result = demo
+    assert result.exit_code == 0, result.output
+    for number in range(12):
+        assert f"✔ Step {number}:" in result.output
+    assert "every step ✔" in result.output
+    assert "wmtp build" in result.output and str(root) in result.output
+    layout = Layout(root)
+    checklist = run_checklist(layout)  # again, from the bytes
+    assert checklist.ok, [s.to_dict() for s in checklist.failed()]
+    for name in ("meta-llama-mtp", "ref-sheared-llama-2.7b", "micro-mtp", "micro-ref"):
+        assert layout.model(name).weights.is_file()
+    for name in ("codecontests", "mbpp", "humaneval"):
+        assert layout.dataset(name).summaries()
+        assert any(layout.small(name).root.iterdir())
+
+
+def test_verify_json_reports_every_step(demo):
+    import json
+
+    root, _ = demo
+    result = _run("--root", str(root), "verify", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["ok"] and data["storage_version"] == "2.0.0"
+    assert [s["step"] for s in data["steps"]] == list(range(12))
+
+
+def test_second_build_changes_nothing(demo_copy):
+    layout, mirror = demo_copy
+    before = _asset_snapshot(layout)
+    result = build(layout, load_catalog(), mirror=mirror)
+    assert {o.status for o in result.outcomes} == {"skipped"}
+    assert not result.changed_anything
+    assert _asset_snapshot(layout) == before
+
+
+def test_truncated_small_set_file_fails_verify_and_is_named(demo_copy):
+    layout, _ = demo_copy
+    small = layout.small("mbpp").split("train")
+    small.write_bytes(small.read_bytes()[: small.stat().st_size // 2])
+    result = _run("--root", str(layout.root), "verify")
+    assert result.exit_code == 1
+    assert "✘ Step 9" in result.output
+    assert "datasets_local_small/mbpp_small/train_small.jsonl" in result.output
+
+
+def test_flipped_byte_in_safetensors_fails_verify_and_is_named(demo_copy):
+    layout, _ = demo_copy
+    weights = layout.model("micro-ref").weights
+    stat = weights.stat()
+    with weights.open("r+b") as handle:
+        handle.seek(stat.st_size - 7)
+        byte = handle.read(1)
+        handle.seek(stat.st_size - 7)
+        handle.write(bytes([byte[0] ^ 0x01]))
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # size and mtime unchanged
+    result = _run("--root", str(layout.root), "verify")
+    assert result.exit_code == 1
+    assert "models_v2/micro-ref/safetensors/model.safetensors" in result.output
+    assert "stale" in result.output  # the approval no longer covers these bytes
+
+
+def _wait_for_log(layout, predicate, process, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate(read_log(layout)):
+            return True
+        if process.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killed_build_resumes_to_a_storage_that_verifies(demo_copy, sig):
+    layout, mirror = demo_copy
+    for name in ("micro-mtp", "micro-ref"):
+        shutil.rmtree(layout.model(name).root)
+    shutil.rmtree(layout.small("mbpp").root)
+    started = len(read_log(layout))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "weighted_mtp", "--root", str(layout.root), "build",
+         "--mirror", str(mirror)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env={**os.environ, "COLUMNS": "200"})
+    reached = _wait_for_log(
+        layout, lambda log: any(e["step"] == "micro-mtp" and e["status"] == "ran"
+                                for e in log[started:]), process)
+    process.send_signal(sig)
+    output = process.communicate(timeout=120)[0].decode()
+    assert reached, output
+    if sig == signal.SIGINT:
+        assert process.returncode == 130, output
+        assert "interrupted" in output
+    else:
+        assert process.returncode == -signal.SIGKILL
+
+    resumed = build(layout, load_catalog(), mirror=mirror)
+    statuses = {o.name: o.status for o in resumed.outcomes}
+    assert statuses["micro-mtp"] == "skipped"
+    assert statuses["download-meta"] == "skipped"
+    checklist = run_checklist(layout, through=10)
+    assert checklist.ok, [s.to_dict() for s in checklist.failed()]
+    assert Path(layout.small("mbpp").split("train")).is_file()
