@@ -140,11 +140,31 @@ def _staging_dir(out_dir: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}{TEMP_MARKER}", dir=out_dir.parent))
 
 
+def hf_tokenizer_config(tokenizer_model: Path) -> dict[str, Any]:
+    """tokenizer_config.json for transformers' `LlamaTokenizer` (BOS added, as Llama does)."""
+    from weighted_mtp.models.tokenizer import load_sentencepiece
+
+    sp = load_sentencepiece(tokenizer_model)
+
+    def piece(i: int) -> str | None:
+        return sp.IdToPiece(i) if i >= 0 else None
+
+    return {
+        "tokenizer_class": "LlamaTokenizer",
+        "bos_token": piece(sp.bos_id()), "eos_token": piece(sp.eos_id()),
+        "unk_token": piece(sp.unk_id()), "pad_token": piece(sp.pad_id()),
+        "add_bos_token": True, "add_eos_token": False, "legacy": False,
+    }
+
+
 def _write_tokenizer(tokenizer_model: Path, out: Path) -> None:
-    from weighted_mtp.models.tokenizer import write_tokenizer_config
+    """tokenizer.model, its config, and the tokenizer.json transformers converts from them
+    (so loading needs neither sentencepiece nor a conversion)."""
+    from transformers import AutoTokenizer
 
     shutil.copyfile(tokenizer_model, out / "tokenizer.model")
-    write_tokenizer_config(out / "tokenizer_config.json", out / "tokenizer.model")
+    write_json(out / "tokenizer_config.json", hf_tokenizer_config(tokenizer_model))
+    AutoTokenizer.from_pretrained(out).save_pretrained(out)
 
 
 def export_hf(layout: Layout, name: str, out_dir: str | Path) -> Path:
