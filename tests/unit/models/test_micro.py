@@ -208,3 +208,38 @@ def test_bad_names_and_inits_are_usage_errors(layout, sp_model_path):
         build_micro(layout, META_MODEL)
     with pytest.raises(UsageError, match="unknown init"):
         build_micro(layout, MICRO_MTP, init="zeros")
+
+
+def test_verify_passes_on_sliced_micro_models_and_catches_tampering(layout, tmp_path,
+                                                                    sp_model_path):
+    from weighted_mtp.models.verify import verify_model
+    from weighted_mtp.storage.stamps import is_verified
+
+    converted(layout, META_MODEL, tmp_path, sp_model_path, GQA_META)
+    converted(layout, REFERENCE_MODEL, tmp_path, sp_model_path, dict(TINY_REF))
+    build_micro(layout, MICRO_MTP, size=SMALL_MTP)
+    metadata = build_micro(layout, MICRO_REF, size=SMALL_REF)
+    assert metadata["tokenizer_shared_with"] == META_MODEL
+    for name in (MICRO_MTP, MICRO_REF):
+        report = verify_model(layout, name)
+        assert report.ok, report.to_dict()
+        assert is_verified(layout, layout.model(name).root)
+
+    weights = layout.model(MICRO_REF).weights
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    assert not verify_model(layout, MICRO_REF).ok
+
+
+def test_verify_passes_on_random_micro_models(layout, sp_model_path):
+    import shutil
+
+    from weighted_mtp.models.verify import verify_model
+
+    for base in (META_MODEL, REFERENCE_MODEL):
+        shutil.copyfile(sp_model_path, layout.model(base).tokenizer_model)
+    for name in (MICRO_MTP, MICRO_REF):
+        build_micro(layout, name, size=SMALL_MTP if name == MICRO_MTP else SMALL_REF)
+        report = verify_model(layout, name)
+        assert report.ok, report.to_dict()
