@@ -45,3 +45,34 @@ def edited_tokenizer(source: Path, out: Path, piece_id: int, new_piece: str) -> 
     proto.pieces[piece_id].piece = new_piece
     out.write_bytes(proto.SerializeToString())
     return out
+
+
+@pytest.fixture
+def catalog():
+    from weighted_mtp.catalog import load_catalog
+
+    return load_catalog()
+
+
+@pytest.fixture
+def meta_raw(layout, catalog, meta_mirror):
+    """The tiny Meta model downloaded (from its mirror) into `layout`; returns its paths."""
+    from weighted_mtp.models.download import download_model
+
+    download_model(layout, catalog, "meta-llama-mtp", mirror=meta_mirror)
+    return layout.model("meta-llama-mtp")
+
+
+@pytest.fixture
+def reference_raw(layout, catalog, reference_mirror):
+    from weighted_mtp.models.download import download_model
+
+    download_model(layout, catalog, "ref-sheared-llama-2.7b", mirror=reference_mirror)
+    return layout.model("ref-sheared-llama-2.7b")
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    """Flip every bit of one byte (negative offsets count from the end)."""
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))

@@ -41,24 +41,24 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path):
 def test_a_truncated_checkpoint_is_refused(tmp_path):
     path = _save({"w": torch.zeros(1000)}, tmp_path / "consolidated.pth")
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(WmtpError, match="truncated or corrupted.*consolidated.pth"):
+    with pytest.raises(WmtpError, match=r"truncated or corrupted.*consolidated.pth"):
         load_torch_state(path)
 
 
 def test_a_legacy_non_zip_file_is_refused(tmp_path):
     path = tmp_path / "pytorch_model.bin"
     torch.save({"w": torch.zeros(2)}, path, _use_new_zipfile_serialization=False)
-    with pytest.raises(WmtpError, match="legacy.*cannot be memory-mapped"):
+    with pytest.raises(WmtpError, match=r"legacy.*cannot be memory-mapped"):
         load_torch_state(path)
 
 
 def test_garbage_and_non_tensors_are_refused(tmp_path):
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"<html>rate limited</html>")
-    with pytest.raises(WmtpError, match="not a PyTorch checkpoint"):
+    with pytest.raises(WmtpError, match=r"not a PyTorch checkpoint"):
         load_torch_state(garbage)
     nested = _save({"model": {"w": torch.zeros(1)}}, tmp_path / "nested.pth")
-    with pytest.raises(WmtpError, match="'model' is a dict, not a tensor"):
+    with pytest.raises(WmtpError, match=r"'model' is a dict, not a tensor"):
         load_torch_state(nested)
 
 
@@ -111,7 +111,7 @@ def test_a_bad_index_is_refused(reference_mirror, edit, message):
 def test_a_missing_shard_is_refused(reference_mirror):
     folder = reference_mirror / "reference_model"
     (folder / "pytorch_model-00002-of-00002.bin").unlink()
-    with pytest.raises(WmtpError, match="00002-of-00002.bin named by the index is missing"):
+    with pytest.raises(WmtpError, match=r"00002-of-00002.bin named by the index is missing"):
         open_hf_checkpoint(folder)
 
 
@@ -121,7 +121,7 @@ def test_a_shard_linking_outside_is_refused(reference_mirror, tmp_path):
     outside = tmp_path / "elsewhere.bin"
     shard.rename(outside)
     shard.symlink_to(outside)
-    with pytest.raises(WmtpError, match="links outside"):
+    with pytest.raises(WmtpError, match=r"links outside"):
         open_hf_checkpoint(folder)
 
 
