@@ -42,37 +42,56 @@ BATCH_SAMPLES = 4096
 MIN_MAX_LENGTH = 64
 
 
-def longest_fitting_prefix(text: str, fits: Callable[[str], bool]) -> int:
-    """The largest n with `fits(text[:n])`, by binary search (token counts grow with n)."""
-    low, high = 0, len(text)
-    while low < high:
-        middle = (low + high + 1) // 2
-        if fits(text[:middle]):
-            low = middle
-        else:
-            high = middle - 1
-    return low
+def fit_prefix(text: str, render: Callable[[str], str], count: Callable[[str], int],
+               budget: int, guess_tokens: int, chars_per_token: float) -> tuple[str, int]:
+    """(rendered text, its token count) for a long prefix of `text` whose rendering fits.
+
+    Starts from the prefix the character/token ratio predicts and steps down by the
+    measured excess, so it takes one or two exact recounts instead of a search; a result
+    with an empty prefix is returned even if it does not fit (the caller checks that).
+    """
+    keep = max(0, min(len(text), int(guess_tokens * chars_per_token)))
+    while True:
+        rendered = render(text[:keep])
+        tokens = count(rendered)
+        if tokens <= budget or keep == 0:
+            return rendered, tokens
+        keep = max(0, keep - max(1, int((tokens - budget) * chars_per_token)))
 
 
 class _Fitter:
-    """Makes one sample fit --max-length, recounting every text it changes."""
+    """Makes one sample fit --max-length, recounting every text it changes.
+
+    The samples of a task arrive together and share its prompt; shortened prompts are
+    cached per task and budget, since many responses of a task need the same one.
+    """
 
     def __init__(self, tokenizer: Tokenizer, max_length: int, truncate_code: bool) -> None:
         self.tokenizer = tokenizer
         self.budget = max_length - SPECIAL_TOKENS
         self.truncate_code = truncate_code
+        self._task: Task | None = None
+        self._cache: dict[int, tuple[str, int]] = {}
 
-    def _prompt_with(self, task: Task, statement: str) -> str:
-        return render_prompt(statement, task.input_text, task.notes)
+    def _shortened(self, task: Task, prompt: str, prompt_tokens: int,
+                   prompt_budget: int) -> tuple[str, int]:
+        """The prompt with the longest statement prefix that fits; budget -1: no statement."""
+        if task is not self._task:
+            self._task, self._cache = task, {}
+        if prompt_budget not in self._cache:
+            def render(prefix: str) -> str:
+                return render_prompt(prefix.rstrip() + SHORTENED_MARKER, task.input_text,
+                                     task.notes)
 
-    def _shortened(self, task: Task, prompt_budget: int) -> tuple[str, int]:
-        def fits(prefix: str) -> bool:
-            prompt = self._prompt_with(task, prefix.rstrip() + SHORTENED_MARKER)
-            return self.tokenizer.count(prompt) <= prompt_budget
-
-        keep = longest_fitting_prefix(task.instruction, fits)
-        prompt = self._prompt_with(task, task.instruction[:keep].rstrip() + SHORTENED_MARKER)
-        return prompt, self.tokenizer.count(prompt)
+            if prompt_budget < 0:
+                shortest = render("")
+                self._cache[prompt_budget] = shortest, self.tokenizer.count(shortest)
+            else:
+                shortest_tokens = self._shortened(task, prompt, prompt_tokens, -1)[1]
+                self._cache[prompt_budget] = fit_prefix(
+                    task.instruction, render, self.tokenizer.count, prompt_budget,
+                    prompt_budget - shortest_tokens, len(prompt) / max(1, prompt_tokens))
+        return self._cache[prompt_budget]
 
     def fit(self, task: Task, prompt: str, prompt_tokens: int, sample: Sample,
             response_tokens: int) -> tuple[str, str, int, int, bool, bool] | None:
@@ -80,20 +99,20 @@ class _Fitter:
         response = sample.response
         if prompt_tokens + response_tokens <= self.budget:
             return prompt, response, prompt_tokens, response_tokens, False, False
-        shortest = self._prompt_with(task, SHORTENED_MARKER)  # the statement's marker only
-        shortest_tokens = self.tokenizer.count(shortest)
+        shortest, shortest_tokens = self._shortened(task, prompt, prompt_tokens, -1)
         if shortest_tokens + response_tokens <= self.budget:
-            prompt, tokens = self._shortened(task, self.budget - response_tokens)
-            return prompt, response, tokens, response_tokens, True, False
+            fitted, tokens = self._shortened(task, prompt, prompt_tokens,
+                                             self.budget - response_tokens)
+            return fitted, response, tokens, response_tokens, True, False
         code_budget = self.budget - shortest_tokens
         if not self.truncate_code or code_budget <= 0:
             return None
-        keep = longest_fitting_prefix(
-            response, lambda prefix: self.tokenizer.count(prefix) <= code_budget)
-        cut = response[:keep]
+        cut, cut_tokens = fit_prefix(response, lambda code: code, self.tokenizer.count,
+                                     code_budget, code_budget,
+                                     len(response) / max(1, response_tokens))
         if not cut.strip():
             return None
-        return shortest, cut, shortest_tokens, self.tokenizer.count(cut), True, True
+        return shortest, cut, shortest_tokens, cut_tokens, True, True
 
 
 class _SplitFiles:

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 
-from weighted_mtp.data.prepare import longest_fitting_prefix, prepare_dataset
+from weighted_mtp.data.prepare import fit_prefix, prepare_dataset
 from weighted_mtp.data.template import SHORTENED_MARKER
+from weighted_mtp.data.tokens import Tokenizer
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.hashing import sha256_file
 
@@ -130,7 +131,14 @@ def test_bad_raw_line_names_file_and_line_and_keeps_old_outputs(downloaded, sp_m
     assert {p.name: p.read_bytes() for p in paths.processed.iterdir()} == before
 
 
-def test_longest_fitting_prefix():
-    assert longest_fitting_prefix("abcdef", lambda s: len(s) <= 4) == 4
-    assert longest_fitting_prefix("abc", lambda s: False) == 0
-    assert longest_fitting_prefix("abc", lambda s: True) == 3
+def test_fit_prefix_recounts_until_it_fits(sp_model_path):
+    tokenizer = Tokenizer(sp_model_path)
+    text = "def héllo(world):\n    return [w * 2 for w in world]  # 😀 done\n" * 20
+    wrap = "Header:\n{}\nFooter".format
+    base = tokenizer.count(wrap(""))
+    ratio = len(text) / tokenizer.count(text)
+    for budget in (base, base + 1, base + 11, base + 54, base + 194):
+        for guess in (budget, 10 * budget, 10_000):  # also badly wrong guesses
+            fitted, tokens = fit_prefix(text, wrap, tokenizer.count, budget, guess, ratio)
+            assert tokens == tokenizer.count(fitted) <= budget
+            assert fitted.startswith("Header:\n") and text.startswith(fitted[8:-7])

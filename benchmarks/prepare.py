@@ -1,0 +1,141 @@
+"""Benchmark: `prepare` on a synthetic CodeContests-shaped corpus at N and 4N problems.
+
+For each size it prints records/s and the peak resident memory of the preparing process
+(it must stay flat as the corpus grows: everything streams), and the ratio of the
+preparation time to the tokenizer alone encoding the same texts (each task's prompt once
+and every candidate response, batched with all threads; target <= 1.5x). It also times the bare
+tokenization with one thread, all threads and a process pool, which is how the
+preparation's tokenizer strategy was chosen.
+
+    uv run python benchmarks/prepare.py [--problems 400] [--solutions 24] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import resource
+import shutil
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+
+def _build(workdir: Path, problems: int, solutions: int) -> Path:
+    """Synthetic upstream Parquet, downloaded into a storage root as raw JSONL."""
+    from weighted_mtp.catalog import load_catalog
+    from weighted_mtp.data.download import download_dataset
+    from weighted_mtp.storage.init import init_storage
+    from weighted_mtp.storage.layout import Layout
+    from weighted_mtp.synthetic.datasets import write_codecontests_mirror
+
+    mirror = write_codecontests_mirror(workdir / "mirror", n_problems=problems, seed=0,
+                                       solutions_per_problem=solutions, row_group_size=32)
+    layout = Layout(workdir / "storage")
+    init_storage(layout)
+    download_dataset(layout, load_catalog(), "codecontests", mirror=mirror)
+    return layout.root
+
+
+def _prepare_child(root: str, tokenizer: str, queue) -> None:
+    """Runs in a fresh process so its peak RSS is the preparation's alone."""
+    from weighted_mtp.data.prepare import prepare_dataset
+    from weighted_mtp.storage.layout import Layout
+
+    start = time.perf_counter()
+    summary = prepare_dataset(Layout(root), "codecontests", tokenizer=tokenizer)
+    elapsed = time.perf_counter() - start
+    records = sum(s["records"] for s in summary["splits"].values())
+    queue.put({"seconds": elapsed, "records": records,
+               "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+
+
+def _measure_prepare(root: Path, tokenizer: Path) -> dict:
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=_prepare_child, args=(str(root), str(tokenizer), queue))
+    child.start()
+    result = queue.get()
+    child.join()
+    return result
+
+
+def _texts(root: Path) -> list[str]:
+    """What prepare must encode at least once: each task's prompt and every candidate
+    response (including those it will drop), read with the same converter."""
+    from weighted_mtp.data.converters import iter_tasks
+    from weighted_mtp.data.template import render_prompt
+    from weighted_mtp.storage.layout import Layout
+
+    texts = []
+    for task in iter_tasks("codecontests", Layout(root).dataset("codecontests").raw, seed=42):
+        texts.append(render_prompt(task.instruction, task.input_text, task.notes))
+        texts += [sample.response for sample in task.samples]
+    return texts
+
+
+def _encode_chunk(args: tuple[str, list[str]]) -> int:
+    import sentencepiece as spm
+
+    model, texts = args
+    sp = spm.SentencePieceProcessor(model_file=model)
+    return sum(len(ids) for ids in sp.encode(texts))
+
+
+def _bare_tokenization(tokenizer: Path, texts: list[str]) -> dict[str, float]:
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(tokenizer))
+    batch = 4096
+    timings = {}
+    for threads in (1, os.cpu_count() or 1):
+        start = time.perf_counter()
+        for i in range(0, len(texts), batch):
+            sp.encode(texts[i:i + batch], num_threads=threads)
+        timings[f"threads={threads}"] = time.perf_counter() - start
+    workers = os.cpu_count() or 1
+    chunks = [(str(tokenizer), texts[i:i + batch]) for i in range(0, len(texts), batch)]
+    start = time.perf_counter()
+    with ProcessPoolExecutor(workers) as pool:
+        sum(pool.map(_encode_chunk, chunks))
+    timings[f"process pool x{workers}"] = time.perf_counter() - start
+    return timings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--problems", type=int, default=400, help="N (the second size is 4N)")
+    parser.add_argument("--solutions", type=int, default=24, help="Python 3 solutions/problem")
+    parser.add_argument("--tokenizer", type=Path, default=None,
+                        help="SentencePiece model (default: a freshly trained Llama-style one)")
+    parser.add_argument("--keep", type=Path, default=None, help="keep the corpora here")
+    args = parser.parse_args()
+
+    workdir = Path(args.keep or tempfile.mkdtemp(prefix="wmtp-bench-"))
+    tokenizer = args.tokenizer
+    if tokenizer is None:
+        from weighted_mtp.synthetic.tokenizer import train_llama_style_tokenizer
+
+        tokenizer = train_llama_style_tokenizer(workdir / "tokenizer.model")
+    print(f"cores: {os.cpu_count()}; tokenizer: {tokenizer}")
+    try:
+        for problems in (args.problems, 4 * args.problems):
+            root = _build(workdir / f"n{problems}", problems, args.solutions)
+            prepared = _measure_prepare(root, tokenizer)
+            bare = _bare_tokenization(tokenizer, _texts(root))
+            best = min(bare.values())
+            print(f"{problems} problems, {prepared['records']} records: "
+                  f"prepare {prepared['seconds']:.2f} s "
+                  f"({prepared['records'] / prepared['seconds']:.0f} records/s), "
+                  f"peak RSS {prepared['peak_rss_mib']:.0f} MiB; bare tokenization "
+                  + ", ".join(f"{k} {v:.2f} s" for k, v in bare.items())
+                  + f"; prepare / fastest bare = {prepared['seconds'] / best:.2f}x")
+    finally:
+        if args.keep is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
