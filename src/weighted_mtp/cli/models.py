@@ -9,7 +9,7 @@ import typer
 
 from weighted_mtp.cli._console import console, finish_report, print_json, progress_bars, state
 from weighted_mtp.errors import UsageError
-from weighted_mtp.storage.layout import BASE_MODELS, MODELS
+from weighted_mtp.storage.layout import BASE_MODELS, MICRO_MODELS, MODELS
 
 app = typer.Typer(help="Download, convert and verify the model checkpoints.",
                   no_args_is_help=True)
@@ -95,3 +95,53 @@ def verify(ctx: typer.Context, name: ModelArg, as_json: JsonOpt = False) -> None
     with progress_bars(not as_json):
         report = verify_model(state(ctx).layout, _checked(name, MODELS))
     finish_report(report, as_json)
+
+
+@app.command()
+def micro(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help=f"One of: {', '.join(MICRO_MODELS)}.")],
+    init: Annotated[str | None, typer.Option(
+        "--init", help="slice (leading part of the converted base) or random "
+        "[default: slice if the base is converted, else random]")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for --init random.")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build a laptop-sized model (dim 512, 4 blocks, vocab 8000, float16) sharing the
+    base's tokenizer, trimmed to its first 8000 pieces."""
+    from weighted_mtp.models.micro import build_micro
+
+    with progress_bars(not as_json):
+        metadata = build_micro(state(ctx).layout, _checked(name, MICRO_MODELS), init=init,
+                               seed=seed)
+    if as_json:
+        print_json(metadata)
+        return
+    weights, source = metadata["weights"], metadata["source"]
+    origin = (f"sliced from {source['model']}" if metadata["init"] == "slice"
+              else f"random init, seed {metadata['seed']}")
+    console.print(
+        f"[bold]{name}[/]: {metadata['parameter_count']:,} parameters, {origin}, "
+        f"{weights['size']:,} bytes, sha256 {weights['sha256'][:16]}…", highlight=False)
+    trimmed = metadata["tokenizer_trimmed"]
+    console.print(f"  tokenizer: first {trimmed['vocab_size']} of {trimmed['from']}'s "
+                  f"{trimmed['base_vocab_size']} pieces", highlight=False)
+
+
+@app.command("export-hf")
+def export_hf(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="A Meta-format MTP model, e.g. meta-llama-mtp.")],
+    out_dir: Annotated[Path, typer.Argument(help="New (or empty) folder to write.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Write trunk + head 0 as a standard Hugging Face LlamaForCausalLM folder."""
+    from weighted_mtp.models.export_hf import export_hf as export
+
+    with progress_bars(not as_json):
+        out = export(state(ctx).layout, _checked(name, MODELS), out_dir)
+    if as_json:
+        print_json({"name": name, "out_dir": str(out)})
+        return
+    console.print(f"[bold]{name}[/] exported to {out} (trunk + head 0; extra heads left out, "
+                  "see README.md)", highlight=False)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from weighted_mtp import progress
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.models.architecture import MetaParams
 from weighted_mtp.storage.atomic import TEMP_MARKER, write_json, write_text
@@ -198,10 +199,14 @@ def export_hf(layout: Layout, name: str, out_dir: str | Path) -> Path:
             dtype = handle.get_slice(sources[0].meta_name).get_dtype()
             specs = [TensorSpec(s.hf_name, dtype, tuple(handle.get_slice(s.meta_name).get_shape()))
                      for s in sources]
-            with SafetensorsWriter(staging / "model.safetensors", specs,
-                                   {"format": "pt"}) as writer:
+            with (
+                SafetensorsWriter(staging / "model.safetensors", specs,
+                                  {"format": "pt"}) as writer,
+                progress.task(f"export {name}", writer.size, "bytes") as advance,
+            ):
                 for hf_name, tensor in hf_tensors(handle, sources):
                     writer.write(hf_name, tensor)
+                    advance(tensor.nbytes)
         write_json(staging / "config.json", hf_llama_config(
             params, n_layers=params.n_trunk_layers + 1, dtype=DTYPES[dtype][0],
             bos_id=facts.bos_id, eos_id=facts.eos_id))
