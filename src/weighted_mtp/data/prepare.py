@@ -20,10 +20,11 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 from weighted_mtp import __version__, progress
-from weighted_mtp.data.converters import DEFAULT_LANGUAGES, Sample, Task, iter_tasks
+from weighted_mtp.data.converters import DEFAULT_LANGUAGES, Task, iter_tasks
 from weighted_mtp.data.splits import DisjointSplits
 from weighted_mtp.data.stats import SplitStats
 from weighted_mtp.data.template import (
@@ -38,7 +39,7 @@ from weighted_mtp.storage.atomic import atomic_write, write_json
 from weighted_mtp.storage.hashing import HashingWriter, sha256_file
 from weighted_mtp.storage.layout import DATASETS, SPLITS, DatasetPaths, Layout
 
-BATCH_SAMPLES = 4096
+BATCH_SAMPLES = 1024
 MIN_MAX_LENGTH = 64
 
 
@@ -59,60 +60,69 @@ def fit_prefix(text: str, render: Callable[[str], str], count: Callable[[str], i
         keep = max(0, keep - max(1, int((tokens - budget) * chars_per_token)))
 
 
-class _Fitter:
-    """Makes one sample fit --max-length, recounting every text it changes.
+@dataclass
+class _Prompt:
+    """A prompt as written: its text, token count, and its JSON text and digest (computed
+    once per prompt, not once per record)."""
 
-    The samples of a task arrive together and share its prompt; shortened prompts are
-    cached per task and budget, since many responses of a task need the same one.
+    text: str
+    tokens: int
+    shortened: bool = False
+
+    def __post_init__(self) -> None:
+        self.json = json.dumps(self.text, ensure_ascii=False)
+        self.digest = hashlib.blake2b(self.text.encode(), digest_size=16).digest()
+
+
+class _Fitter:
+    """Chooses each sample's prompt so it fits --max-length, recounting every changed text.
+
+    A task has at most two prompts: its full one and one whose statement is shortened just
+    enough for the task's longest response that can fit at all.
     """
 
     def __init__(self, tokenizer: Tokenizer, max_length: int, truncate_code: bool) -> None:
         self.tokenizer = tokenizer
         self.budget = max_length - SPECIAL_TOKENS
         self.truncate_code = truncate_code
-        self._task: Task | None = None
-        self._cache: dict[int, tuple[str, int]] = {}
 
-    def _shortened(self, task: Task, prompt: str, prompt_tokens: int,
-                   prompt_budget: int) -> tuple[str, int]:
-        """The prompt with the longest statement prefix that fits; budget -1: no statement."""
-        if task is not self._task:
-            self._task, self._cache = task, {}
-        if prompt_budget not in self._cache:
-            def render(prefix: str) -> str:
-                return render_prompt(prefix.rstrip() + SHORTENED_MARKER, task.input_text,
-                                     task.notes)
+    def _render_shortened(self, task: Task, prefix: str) -> str:
+        return render_prompt(prefix.rstrip() + SHORTENED_MARKER, task.input_text, task.notes)
 
-            if prompt_budget < 0:
-                shortest = render("")
-                self._cache[prompt_budget] = shortest, self.tokenizer.count(shortest)
-            else:
-                shortest_tokens = self._shortened(task, prompt, prompt_tokens, -1)[1]
-                self._cache[prompt_budget] = fit_prefix(
-                    task.instruction, render, self.tokenizer.count, prompt_budget,
-                    prompt_budget - shortest_tokens, len(prompt) / max(1, prompt_tokens))
-        return self._cache[prompt_budget]
+    def prompts(self, task: Task, full: _Prompt,
+                response_tokens: list[int]) -> tuple[_Prompt | None, _Prompt | None]:
+        """(shortened prompt or None, statement-free prompt or None) for the task."""
+        over = [r for r in response_tokens if full.tokens + r > self.budget]
+        if not over:
+            return None, None
+        text = self._render_shortened(task, "")
+        shortest = _Prompt(text, self.tokenizer.count(text), shortened=True)
+        fitting = [r for r in over if shortest.tokens + r <= self.budget]
+        if not fitting:
+            return None, shortest
+        prompt_budget = self.budget - max(fitting)
+        text, tokens = fit_prefix(
+            task.instruction, lambda prefix: self._render_shortened(task, prefix),
+            self.tokenizer.count, prompt_budget, prompt_budget - shortest.tokens,
+            len(full.text) / max(1, full.tokens))
+        return _Prompt(text, tokens, shortened=True), shortest
 
-    def fit(self, task: Task, prompt: str, prompt_tokens: int, sample: Sample,
-            response_tokens: int) -> tuple[str, str, int, int, bool, bool] | None:
-        """(prompt, response, prompt tokens, response tokens, shortened, truncated) or None."""
-        response = sample.response
-        if prompt_tokens + response_tokens <= self.budget:
-            return prompt, response, prompt_tokens, response_tokens, False, False
-        shortest, shortest_tokens = self._shortened(task, prompt, prompt_tokens, -1)
-        if shortest_tokens + response_tokens <= self.budget:
-            fitted, tokens = self._shortened(task, prompt, prompt_tokens,
-                                             self.budget - response_tokens)
-            return fitted, response, tokens, response_tokens, True, False
-        code_budget = self.budget - shortest_tokens
-        if not self.truncate_code or code_budget <= 0:
+    def fit(self, prompts: tuple[_Prompt, _Prompt | None, _Prompt | None], response: str,
+            response_tokens: int) -> tuple[_Prompt, str, int, bool] | None:
+        """(prompt, response, response tokens, truncated), or None to drop the sample."""
+        for prompt in prompts[:2]:
+            if prompt is not None and prompt.tokens + response_tokens <= self.budget:
+                return prompt, response, response_tokens, False
+        shortest = prompts[2] or prompts[1]
+        if not self.truncate_code or shortest is None or shortest.tokens >= self.budget:
             return None
         cut, cut_tokens = fit_prefix(response, lambda code: code, self.tokenizer.count,
-                                     code_budget, code_budget,
+                                     self.budget - shortest.tokens,
+                                     self.budget - shortest.tokens,
                                      len(response) / max(1, response_tokens))
         if not cut.strip():
             return None
-        return shortest, cut, shortest_tokens, cut_tokens, True, True
+        return shortest, cut, cut_tokens, True
 
 
 class _SplitFiles:
@@ -143,10 +153,6 @@ def _batches(tasks: Iterator[Task], size: int) -> Iterator[list[Task]]:
         yield batch
 
 
-def _record_key(prompt: str, response: str) -> bytes:
-    return hashlib.blake2b(f"{prompt}\0{response}".encode(), digest_size=12).digest()
-
-
 class _Preparer:
     def __init__(self, tokenizer: Tokenizer, max_length: int, truncate_code: bool) -> None:
         self.tokenizer = tokenizer
@@ -158,38 +164,50 @@ class _Preparer:
 
     def run(self, tasks: Iterator[Task], files: _SplitFiles, advance) -> None:
         for batch in _batches(tasks, BATCH_SAMPLES):
-            prompts = [render_prompt(t.instruction, t.input_text, t.notes) for t in batch]
-            prompt_tokens = self.tokenizer.counts(prompts)
+            texts = [render_prompt(t.instruction, t.input_text, t.notes) for t in batch]
+            prompt_tokens = self.tokenizer.counts(texts)
             response_tokens = iter(
                 self.tokenizer.counts([s.response for t in batch for s in t.samples]))
-            for task, prompt, tokens in zip(batch, prompts, prompt_tokens, strict=True):
-                self.stats[task.split].duplicates += task.duplicates
-                for sample in task.samples:
-                    self._emit(task, prompt, tokens, sample, next(response_tokens), files)
-                    advance(1)
+            for task, text, tokens in zip(batch, texts, prompt_tokens, strict=True):
+                counts = [next(response_tokens) for _ in task.samples]
+                self._emit_task(task, _Prompt(text, tokens), counts, files)
+                advance(len(counts))
 
-    def _emit(self, task, prompt, prompt_tokens, sample, response_tokens, files) -> None:
+    def _emit_task(self, task: Task, full: _Prompt, response_tokens: list[int],
+                   files: _SplitFiles) -> None:
         stats = self.stats[task.split]
-        fitted = self.fitter.fit(task, prompt, prompt_tokens, sample, response_tokens)
-        if fitted is None:
-            stats.dropped += 1
-            return
-        prompt, response, p_tokens, r_tokens, shortened, truncated = fitted
-        if self._seen_in_other_split(task.split, prompt, response):
-            stats.cross_split_duplicates += 1
-            return
-        metadata = {"task_id": task.task_id, "sample_id": sample.sample_id,
-                    "is_correct": sample.is_correct, **task.metadata,
-                    "shortened_prompt": shortened, "truncated_response": truncated}
-        record = {"prompt": prompt, "response": response, "metadata": metadata}
-        files.write(task.split, json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
-        stats.add_record(p_tokens, r_tokens, p_tokens + r_tokens + SPECIAL_TOKENS, metadata)
+        stats.duplicates += task.duplicates
+        prompts = (full, *self.fitter.prompts(task, full, response_tokens))
+        for sample, tokens in zip(task.samples, response_tokens, strict=True):
+            fitted = self.fitter.fit(prompts, sample.response, tokens)
+            if fitted is None:
+                stats.dropped += 1
+                continue
+            prompt, response, r_tokens, truncated = fitted
+            if self._seen_in_other_split(task.split, prompt, response):
+                stats.cross_split_duplicates += 1
+                continue
+            metadata = {"task_id": task.task_id, "sample_id": sample.sample_id,
+                        "is_correct": sample.is_correct, **task.metadata,
+                        "shortened_prompt": prompt.shortened, "truncated_response": truncated}
+            files.write(task.split, _record_line(prompt, response, metadata))
+            stats.add_record(prompt.tokens, r_tokens, prompt.tokens + r_tokens + SPECIAL_TOKENS,
+                             metadata)
 
-    def _seen_in_other_split(self, split: str, prompt: str, response: str) -> bool:
-        key = _record_key(prompt, response)
+    def _seen_in_other_split(self, split: str, prompt: _Prompt, response: str) -> bool:
+        key = hashlib.blake2b(response.encode(), digest_size=16, key=prompt.digest).digest()
         if split == "train":
             return key in self.held_out
         return self.held_out.setdefault(key, split) != split
+
+
+def _record_line(prompt: _Prompt, response: str, metadata: dict) -> bytes:
+    """Exactly `json.dumps({"prompt", "response", "metadata"})` + newline, reusing the
+    prompt's JSON text."""
+    response_json = json.dumps(response, ensure_ascii=False)
+    metadata_json = json.dumps(metadata, ensure_ascii=False)
+    return (f'{{"prompt": {prompt.json}, "response": {response_json}, '
+            f'"metadata": {metadata_json}}}\n').encode()
 
 
 def prepare_into(

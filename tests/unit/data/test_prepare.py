@@ -142,3 +142,10 @@ def test_fit_prefix_recounts_until_it_fits(sp_model_path):
             fitted, tokens = fit_prefix(text, wrap, tokenizer.count, budget, guess, ratio)
             assert tokens == tokenizer.count(fitted) <= budget
             assert fitted.startswith("Header:\n") and text.startswith(fitted[8:-7])
+
+
+def test_lines_are_exactly_json_dumps_of_the_record(prepared):
+    for name in ("codecontests", "humaneval"):
+        path = prepared.dataset(name).split("test")
+        for line in path.read_text(encoding="utf-8").splitlines():
+            assert json.dumps(json.loads(line), ensure_ascii=False) == line
