@@ -233,11 +233,11 @@ def require_matching_shapes(expected: Shapes, weights: Path, config: Path) -> No
 
 def require_tokenizer_fits(tokenizer: Path, vocab_size: int) -> None:
     """A token id at or above the model's vocab would index past the embedding."""
+    from weighted_mtp.models.tokenizer import tokenizer_facts
+
     if not tokenizer.is_file():
         return
-    import sentencepiece as spm
-
-    pieces = spm.SentencePieceProcessor(model_file=str(tokenizer)).get_piece_size()
+    pieces = tokenizer_facts(tokenizer).vocab_size
     if pieces > vocab_size:
         raise WmtpError(
             f"tokenizer has {pieces} pieces but the model's vocab is {vocab_size}",

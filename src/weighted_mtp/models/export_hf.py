@@ -174,7 +174,11 @@ def export_hf(layout: Layout, name: str, out_dir: str | Path) -> Path:
     a temporary name next to `out_dir` and renamed when complete."""
     from safetensors import safe_open
 
-    from weighted_mtp.models.adapter import read_mtp_params, require_matching_shapes
+    from weighted_mtp.models.adapter import (
+        read_mtp_params,
+        require_matching_shapes,
+        require_tokenizer_fits,
+    )
     from weighted_mtp.models.architecture import meta_tensor_shapes
     from weighted_mtp.models.safetensors_stream import DTYPES, SafetensorsWriter, TensorSpec
     from weighted_mtp.models.tokenizer import tokenizer_facts
@@ -188,9 +192,7 @@ def export_hf(layout: Layout, name: str, out_dir: str | Path) -> Path:
     params = read_mtp_params(paths)
     require_matching_shapes(meta_tensor_shapes(params), paths.weights, paths.params)
     facts = tokenizer_facts(paths.tokenizer_model)
-    if facts.vocab_size > params.vocab_size:
-        raise WmtpError(f"tokenizer has {facts.vocab_size} pieces but the model's vocab is "
-                        f"{params.vocab_size}", path=paths.tokenizer_model)
+    require_tokenizer_fits(paths.tokenizer_model, params.vocab_size)
     out_dir = Path(out_dir).absolute()
     staging = _staging_dir(out_dir)
     try:
