@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from weighted_mtp.cli._console import console, print_json, progress_bars, state
+from weighted_mtp.cli._console import console, err_console, print_json, progress_bars, state
 
 MAX_FILES_SHOWN = 8
 STATUS_MARKS = {"ran": "[green]✔ ran[/]", "skipped": "[dim]· skipped[/]",
@@ -25,9 +28,9 @@ def print_checklist(checklist) -> None:
     """One line per seed step: ✔/✘, title, reason, and the files of failed checks."""
     for step in checklist.steps:
         mark = "[green]✔[/]" if step.ok else "[red]✘[/]"
-        line = f"{mark} Step {step.number}: {step.title} — {step.reason}"
+        line = f"{mark} Step {step.number}: {step.title} — {escape(step.reason)}"
         if step.files:
-            line += f" [dim]({_files(step.files)})[/]"
+            line += f" [dim]({escape(_files(step.files))})[/]"
         console.print(line, highlight=False, soft_wrap=True)
     failed = checklist.failed()
     verdict = ("[green]every step ✔[/]" if not failed else
@@ -42,7 +45,7 @@ def _listener(event: str, step, outcome) -> None:
         return
     line = f"  {STATUS_MARKS[outcome.status]} {step.name} in {outcome.seconds:.1f} s"
     if outcome.status != "ran" and outcome.detail:
-        line += f": {outcome.detail}"
+        line += f": {escape(outcome.detail)}"
     console.print(line, highlight=False, soft_wrap=True)
 
 
@@ -118,10 +121,21 @@ def build(
     from weighted_mtp.pipeline.build import build as run_build
 
     app_state = state(ctx)
-    with progress_bars():
+    with progress_bars(), _resume_hint("wmtp build"):
         result = run_build(app_state.layout, app_state.catalog, mirror=mirror, only=only or [],
                            start=start, listener=_listener)
     _summary(result)
+
+
+@contextmanager
+def _resume_hint(command: str) -> Iterator[None]:
+    """Ctrl-C: say how to resume (typer would otherwise exit 130 without a word)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        err_console.print(f"[yellow]interrupted[/]; rerun `{command}` to resume where it "
+                          "stopped")
+        raise typer.Exit(130) from None
 
 
 def demo(
@@ -138,7 +152,7 @@ def demo(
     root = root or DEFAULT_ROOT
     console.print(f"writing upstream-format sources to [bold]{mirror_for(root)}[/] "
                   "(first run only)", highlight=False)
-    with progress_bars():
+    with progress_bars(), _resume_hint("wmtp demo"):
         result = run_demo(root, state(ctx).catalog, listener=_listener)
     _summary(result.build)
     if result.approved_now:

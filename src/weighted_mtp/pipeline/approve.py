@@ -35,8 +35,10 @@ def _files_changed_since(approval: dict, manifest: dict | None) -> list[str]:
     return sorted(p for p in approved.keys() | current.keys() if approved.get(p) != current.get(p))
 
 
-def approval_status(layout: Layout) -> tuple[bool, str, list[str]]:
-    """(current?, explanation, files changed since the latest approval)."""
+def approval_status(layout: Layout, differs_from_manifest: list[str] = ()
+                    ) -> tuple[bool, str, list[str]]:
+    """(current?, explanation, files changed since the latest approval). Files that differ
+    from the manifest (found by verification) make even an approval of it stale."""
     rel = layout.relative(layout.approvals)
     try:
         approvals = load_approvals(layout)
@@ -47,8 +49,11 @@ def approval_status(layout: Layout) -> tuple[bool, str, list[str]]:
     latest = approvals[-1]
     who = f"{latest.get('by')} at {latest.get('at')}"
     if latest.get("manifest_sha256") == manifest_sha256(layout):
-        return True, f"approved by {who}", []
-    changed = _files_changed_since(latest, load_manifest(layout))
+        if not differs_from_manifest:
+            return True, f"approved by {who}", []
+        changed = sorted(differs_from_manifest)
+    else:
+        changed = _files_changed_since(latest, load_manifest(layout))
     detail = f"approval by {who} is stale: the assets changed since"
     if changed:
         detail += f" ({len(changed)} file(s))"

@@ -125,6 +125,7 @@ class _Run:
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
         self.hasher = Hasher(layout, trust_known=False)
+        self.differs_from_manifest: list[str] = []
 
     def rel(self, path: Path) -> str:
         return self.layout.relative(path)
@@ -282,6 +283,7 @@ def _step9(run: _Run, report: Report) -> None:
                f"{version}" + ("" if version == STORAGE_VERSION else f", expected "
                                f"{STORAGE_VERSION}"))
     diff = compare_with_manifest(layout, manifest, run.hasher)
+    run.differs_from_manifest = diff.files()
     report.add("tree matches MANIFEST.json", diff.ok,
                diff.summary() if not diff.ok else f"{len(manifest['files'])} files",
                diff.files())
@@ -303,7 +305,7 @@ def _step11(run: _Run, report: Report, earlier: list[StepResult]) -> None:
 
     failed = [f"Step {s.number}" for s in earlier if not s.ok]
     report.add("Steps 0-10 all ✔", not failed, ", ".join(failed) + " failed" if failed else "")
-    ok, detail, files = approval_status(run.layout)
+    ok, detail, files = approval_status(run.layout, run.differs_from_manifest)
     report.add("approval", ok, detail, files)
 
 

@@ -54,3 +54,12 @@ def test_no_approval_and_a_damaged_file_are_reported(layout):
     assert not ok and "no list of approvals" in detail and files == ["APPROVALS.json"]
     with pytest.raises(WmtpError):
         load_approvals(layout)
+
+
+def test_files_that_differ_from_an_approved_manifest_make_it_stale(layout):
+    small = layout.small("mbpp").split("train")
+    small.write_text('{"x": 1}\n')
+    refresh_manifest(layout)
+    _record_approval_of_current_manifest(layout)
+    ok, detail, files = approval_status(layout, [layout.relative(small)])
+    assert not ok and "stale" in detail and files == [layout.relative(small)]
