@@ -48,8 +48,16 @@ def _prepare_child(root: str, tokenizer: str, queue) -> None:
     summary = prepare_dataset(Layout(root), "codecontests", tokenizer=tokenizer)
     elapsed = time.perf_counter() - start
     records = sum(s["records"] for s in summary["splits"].values())
-    queue.put({"seconds": elapsed, "records": records,
-               "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    queue.put({"seconds": elapsed, "records": records, "peak_rss_mib": _peak_rss_mib()})
+
+
+def _peak_rss_mib() -> float:
+    """This process's own peak RSS. Not ru_maxrss: Linux carries that over from the parent
+    across fork+exec, while VmHWM belongs to the process's current address space."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _measure_prepare(root: Path, tokenizer: Path) -> dict:
