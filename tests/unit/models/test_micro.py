@@ -284,3 +284,38 @@ def test_micro_command_as_a_user_runs_it(tmp_path, sp_model_path):
                                    str(tmp_path / "hf")])
     assert exported.exit_code == 0, exported.output
     assert (tmp_path / "hf" / "model.safetensors").is_file()
+
+
+# The trimmed tokenizer (models/tokenizer.trim_tokenizer), as micro models use it.
+
+
+def test_trimming_refuses_cuts_that_would_lose_text(tmp_path, sp_model_path):
+    from sentencepiece import sentencepiece_model_pb2
+
+    from weighted_mtp.models.tokenizer import trim_tokenizer
+
+    with pytest.raises(WmtpError, match="cannot trim the tokenizer to 9000 pieces: it has 8320"):
+        trim_tokenizer(sp_model_path, tmp_path / "a.model", 9000)
+    with pytest.raises(WmtpError, match=r"piece 258 \('<0xFF>'\) is a special or byte piece"):
+        trim_tokenizer(sp_model_path, tmp_path / "b.model", 200)
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(sp_model_path.read_bytes())
+    proto.trainer_spec.byte_fallback = False
+    del proto.pieces[3:259]  # the <0xNN> pieces
+    no_bytes = tmp_path / "no-bytes.model"
+    no_bytes.write_bytes(proto.SerializeToString())
+    with pytest.raises(WmtpError, match="no byte fallback"):
+        trim_tokenizer(no_bytes, tmp_path / "c.model", 8000)
+    assert not any((tmp_path / n).exists() for n in ("a.model", "b.model", "c.model"))
+
+
+def test_trimming_keeps_the_whitespace_piece_when_it_is_within_the_cut(tmp_path, sp_model_path):
+    from weighted_mtp.models.tokenizer import tokenizer_difference, trim_tokenizer
+
+    trimmed = trim_tokenizer(sp_model_path, tmp_path / "full.model", 8320)
+    assert trimmed.replaced == {}
+    assert tokenizer_difference(tmp_path / "full.model", sp_model_path) is None
+    cut = trim_tokenizer(sp_model_path, tmp_path / "cut.model", 8000)
+    assert list(cut.replaced) == [7999]
+    assert tokenizer_difference(tmp_path / "cut.model", sp_model_path, prefix=True,
+                                replaced=cut.replaced) is None
