@@ -75,24 +75,22 @@ def _mirror_files(asset: Asset, mirror: Path) -> list[tuple[str, Path]]:
 def _hub_files(asset: Asset, paths: DatasetPaths, revision: str) -> tuple[str, list]:
     """Download the catalog's files into the dataset folder; returns the resolved commit."""
     from huggingface_hub import HfApi, hf_hub_download
-    from huggingface_hub.utils import HfHubHTTPError
 
-    try:
+    from weighted_mtp.models.download import hub_errors
+
+    with hub_errors(asset.repo, revision):
         info = HfApi().repo_info(asset.repo, repo_type=asset.repo_type, revision=revision)
-    except HfHubHTTPError as exc:
-        raise WmtpError(f"cannot reach {asset.repo} on the hub: {exc}",
-                        hint="check the network or pass --mirror DIR") from None
-    names = sorted(s.rfilename for s in info.siblings if asset.destination(s.rfilename))
-    if not names:
-        raise WmtpError(f"{asset.repo}@{info.sha} has no files matching the catalog")
-    files = []
-    for name in names:
-        destination = asset.destination(name)
-        depth = len(PurePosixPath(name).parts)
-        local_dir = paths.root.joinpath(*destination.parts[: len(destination.parts) - depth])
-        path = hf_hub_download(asset.repo, name, repo_type=asset.repo_type, revision=info.sha,
-                               local_dir=local_dir)
-        files.append((name, Path(path)))
+        names = sorted(s.rfilename for s in info.siblings if asset.destination(s.rfilename))
+        if not names:
+            raise WmtpError(f"{asset.repo}@{info.sha} has no files matching the catalog")
+        files = []
+        for name in names:
+            destination = asset.destination(name)
+            depth = len(PurePosixPath(name).parts)
+            local_dir = paths.root.joinpath(*destination.parts[: len(destination.parts) - depth])
+            path = hf_hub_download(asset.repo, name, repo_type=asset.repo_type,
+                                   revision=info.sha, local_dir=local_dir)
+            files.append((name, Path(path)))
     return info.sha, files
 
 

@@ -84,3 +84,9 @@ def test_empty_or_missing_mirror(layout, tmp_path: Path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(WmtpError, match="mirror holds no files"):
         download_dataset(layout, load_catalog(), "mbpp", mirror=tmp_path / "empty")
+
+
+def test_hub_download_offline_is_one_clear_error(layout, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WmtpError, match=r"cannot reach the hub .*--mirror DIR"):
+        download_dataset(layout, load_catalog(), "mbpp")
