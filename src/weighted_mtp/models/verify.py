@@ -180,16 +180,15 @@ def _check_dtypes(header: dict[str, Any], dtype: str, weights: Path) -> tuple[st
 
 
 def _check_finite(weights: Path) -> tuple[str, None]:
-    import torch
-
     from weighted_mtp.models.checkpoint import open_files
+    from weighted_mtp.models.convert import all_finite
 
     bad = []
     with open_files([weights]) as source, progress.task(
             "scan for NaN/Inf", weights.stat().st_size, "bytes") as advance:
         for name in source.info:
             for chunk in source.chunks(name):
-                if chunk.is_floating_point() and not bool(torch.isfinite(chunk).all()):
+                if not all_finite(chunk):
                     bad.append(f"{name} has NaN or Inf")
                     break
                 advance(chunk.numel() * chunk.element_size())

@@ -1,0 +1,191 @@
+"""Benchmark: streaming conversion vs the seed's naive method vs the I/O floor.
+
+    uv run python benchmarks/convert.py --size-gb 1.5
+
+Builds a synthetic Meta-format checkpoint (bfloat16, real tensor names, random values) of
+about the given size, "downloads" it from a local mirror into a scratch storage root, then
+measures, each in its own process:
+
+- floor: `cp` of the checkpoint plus `sha256sum` of the same bytes (the I/O any converter
+  that writes and hashes a same-sized output must do);
+- wmtp: `convert_model(..., dtype="float16")` (streaming, hashed while writing);
+- naive: the seed's snippet, `torch.load` everything then `safetensors.torch.save_file`, with
+  the float16 cast it asks for and the SHA-256 it takes afterwards.
+
+Memory is peak RssAnon (anonymous memory: what must fit in RAM; file pages of an mmap do not
+count) minus the peak of a bare `import torch` process. Wall times are taken inside each
+process around the work itself, so interpreter start-up does not count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+BENCH_DIM, BENCH_HEADS, BENCH_FUTURE = 2048, 16, 4
+
+CHILD_WMTP = """
+import json, sys, time
+from weighted_mtp.models.convert import convert_model
+from weighted_mtp.storage.layout import Layout
+start = time.perf_counter()
+convert_model(Layout(sys.argv[1]), "meta-llama-mtp", dtype="float16")
+print(json.dumps({"seconds": time.perf_counter() - start}))
+"""
+
+CHILD_NAIVE = """
+import hashlib, json, sys, time
+import torch
+from safetensors.torch import save_file
+start = time.perf_counter()
+state = torch.load(sys.argv[1], map_location="cpu", weights_only=True)
+state = {name: tensor.to(torch.float16) for name, tensor in state.items()}
+save_file(state, sys.argv[2], metadata={"dtype": "float16"})
+digest = hashlib.sha256()
+with open(sys.argv[2], "rb") as handle:
+    while chunk := handle.read(8 << 20):
+        digest.update(chunk)
+print(json.dumps({"seconds": time.perf_counter() - start}))
+"""
+
+CHILD_BARE = "import time, torch; time.sleep(0.3)"
+
+CHILD_HASHLIB = """
+import json, sys, time
+from weighted_mtp.storage.hashing import sha256_file
+start = time.perf_counter()
+sha256_file(sys.argv[1])
+print(json.dumps({"seconds": time.perf_counter() - start}))
+"""
+
+
+def _rss_anon_kib(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def run_measured(args: list[str]) -> tuple[dict, float, int]:
+    """Run a process; returns (its JSON output, wall seconds, peak RssAnon in bytes)."""
+    start = time.perf_counter()
+    child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = [0]
+
+    def sample() -> None:
+        while child.poll() is None:
+            kib = _rss_anon_kib(child.pid)
+            if kib:
+                peak[0] = max(peak[0], kib)
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = child.communicate()
+    sampler.join()
+    wall = time.perf_counter() - start
+    if child.returncode != 0:
+        raise SystemExit(f"{args[:3]} failed:\n{err}")
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    return (json.loads(lines[-1]) if lines else {}), wall, peak[0] * 1024
+
+
+def timed(args: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def bench_params(size_bytes: int, vocab: int) -> dict:
+    """A Meta MTP params.json of about `size_bytes` in bfloat16 (dim 2048, 16 heads)."""
+    from weighted_mtp.models.architecture import MetaParams, meta_tensor_shapes
+
+    def params(n_layers: int) -> dict:
+        return {"dim": BENCH_DIM, "n_layers": n_layers, "n_heads": BENCH_HEADS,
+                "vocab_size": vocab, "multiple_of": 256, "ffn_dim_multiplier": 1.0,
+                "norm_eps": 1e-05, "rope_theta": 10000.0, "n_future_tokens": BENCH_FUTURE}
+
+    def size(n_layers: int) -> int:
+        shapes = meta_tensor_shapes(MetaParams.from_dict(params(n_layers)))
+        return 2 * sum(math.prod(s) for s in shapes.values())
+
+    n_layers = BENCH_FUTURE
+    while size(n_layers + 1) <= size_bytes:
+        n_layers += 1
+    return params(n_layers)
+
+
+def prepare(work: Path, size_gb: float) -> tuple[Path, Path]:
+    """A storage root with the synthetic checkpoint downloaded; returns (root, checkpoint)."""
+    from weighted_mtp.catalog import load_catalog
+    from weighted_mtp.models.download import download_model
+    from weighted_mtp.models.tokenizer import tokenizer_facts
+    from weighted_mtp.storage.init import init_storage
+    from weighted_mtp.storage.layout import Layout
+    from weighted_mtp.synthetic.models import write_meta_mirror
+    from weighted_mtp.synthetic.tokenizer import train_llama_style_tokenizer
+
+    tokenizer = train_llama_style_tokenizer(work / "tokenizer.model")
+    params = bench_params(int(size_gb * 1e9), tokenizer_facts(tokenizer).vocab_size)
+    mirror = write_meta_mirror(work / "mirror", tokenizer_model=tokenizer, params=params)
+    layout = Layout(work / "storage")
+    init_storage(layout)
+    download_model(layout, load_catalog(), "meta-llama-mtp", mirror=mirror)
+    shutil.rmtree(mirror)
+    checkpoint = layout.model("meta-llama-mtp").raw_checkpoint_dir / "consolidated.pth"
+    return layout.root, checkpoint
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-gb", type=float, default=1.5, help="checkpoint size (GB)")
+    parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temp dir)")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="wmtp-bench-", dir=args.workdir))
+    try:
+        root, checkpoint = prepare(work, args.size_gb)
+        size = checkpoint.stat().st_size
+        print(f"checkpoint: {size / 1e9:.2f} GB bfloat16 at {checkpoint}", flush=True)
+        python = sys.executable
+        subprocess.run(["cat", str(checkpoint)], stdout=subprocess.DEVNULL, check=True)
+        floor_cp = timed(["cp", str(checkpoint), str(work / "copy.pth")])
+        (work / "copy.pth").unlink()
+        coreutils_sha = timed(["sha256sum", str(checkpoint)])
+        hashlib_sha = run_measured([python, "-c", CHILD_HASHLIB, str(checkpoint)])[0]["seconds"]
+        floor_sha = min(coreutils_sha, hashlib_sha)  # the faster one: a conservative floor
+        floor = floor_cp + floor_sha
+        _, _, bare = run_measured([python, "-c", CHILD_BARE])
+        wmtp, _, wmtp_peak = run_measured([python, "-c", CHILD_WMTP, str(root)])
+        naive, _, naive_peak = run_measured(
+            [python, "-c", CHILD_NAIVE, str(checkpoint), str(work / "naive.safetensors")])
+        rows = [
+            ("floor (cp + SHA-256)", floor, None),
+            ("wmtp convert (streaming)", wmtp["seconds"], wmtp_peak - bare),
+            ("seed's naive method", naive["seconds"], naive_peak - bare),
+        ]
+        print(f"floor: cp {floor_cp:.2f} s + SHA-256 {floor_sha:.2f} s (sha256sum "
+              f"{coreutils_sha:.2f} s, hashlib {hashlib_sha:.2f} s); bare `import torch` "
+              f"RssAnon {bare / 2**20:.0f} MiB")
+        print(f"{'method':<28}{'wall s':>8}{'x floor':>9}{'extra anon MiB':>16}{'x ckpt':>8}")
+        for name, seconds, extra in rows:
+            memory = f"{extra / 2**20:>16.0f}{extra / size:>8.2f}" if extra is not None else ""
+            print(f"{name:<28}{seconds:>8.2f}{seconds / floor:>9.2f}{memory}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
