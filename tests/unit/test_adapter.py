@@ -197,21 +197,6 @@ def test_micro_loss_rejects_misaligned_inputs():
 # The micro models ---------------------------------------------------------------------------
 
 
-def llama_normalized(source: Path, out: Path) -> Path:
-    """The test tokenizer with Llama-2's normalizer (identity, whitespace kept), so that
-    round trips are exact as they are with the real tokenizer."""
-    from sentencepiece import sentencepiece_model_pb2
-
-    proto = sentencepiece_model_pb2.ModelProto()
-    proto.ParseFromString(source.read_bytes())
-    proto.normalizer_spec.name = "identity"
-    proto.normalizer_spec.precompiled_charsmap = b""
-    proto.normalizer_spec.remove_extra_whitespaces = False
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(proto.SerializeToString())
-    return out
-
-
 @pytest.fixture(scope="module")
 def micro_storage(tmp_path_factory, sp_model_path):
     """A storage root with both bases' tokenizers and both micro models (random init)."""
@@ -221,8 +206,8 @@ def micro_storage(tmp_path_factory, sp_model_path):
 
     layout = Layout(tmp_path_factory.mktemp("micro") / "storage")
     init_storage(layout)
-    tokenizer = llama_normalized(sp_model_path, layout.model(META_MODEL).tokenizer_model)
-    shutil.copyfile(tokenizer, layout.model(REFERENCE_MODEL).tokenizer_model)
+    shutil.copyfile(sp_model_path, layout.model(META_MODEL).tokenizer_model)
+    shutil.copyfile(sp_model_path, layout.model(REFERENCE_MODEL).tokenizer_model)
     build_micro(layout, MICRO_MTP, seed=3)
     build_micro(layout, MICRO_REF, seed=3)
     return layout

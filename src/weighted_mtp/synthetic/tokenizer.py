@@ -1,7 +1,8 @@
 """A SentencePiece tokenizer with Llama-2's conventions, trained on local text.
 
 Llama-2's tokenizer is BPE with unk=0, bos=1, eos=2, no pad id, byte fallback (the 256
-`<0xNN>` pieces at ids 3..258) and digits split. The demo and tests train one the same way
+`<0xNN>` pieces at ids 3..258), digits split, and an identity normalizer that keeps every
+space and newline (so code round-trips exactly). The demo and tests train one the same way
 on the Python standard library's sources, which every machine with Python has.
 """
 
@@ -47,6 +48,10 @@ def train_llama_style_tokenizer(
         pad_id=-1,
         byte_fallback=True,
         split_digits=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True,
+        add_dummy_prefix=True,
         character_coverage=0.9999,
         input_sentence_size=0,
         shuffle_input_sentence=False,
