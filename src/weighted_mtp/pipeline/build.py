@@ -13,13 +13,14 @@ import datetime as dt
 import fcntl
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from weighted_mtp.catalog import Catalog
+from weighted_mtp.catalog import Asset, Catalog
 from weighted_mtp.checks import Report
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.pipeline.manifest import Hasher, iter_leftovers, refresh_manifest
@@ -97,22 +98,26 @@ def _verified(ctx: BuildContext, root: Path, verify: Callable[[], Report]) -> bo
         return False
 
 
-def _source_matches(ctx: BuildContext, source_path: Path, asset: str) -> bool:
-    """SOURCE.json exists and came from where this build takes the asset from."""
+def _source_matches(ctx: BuildContext, source_path: Path, asset: Asset) -> bool:
+    """SOURCE.json exists and came from where this build takes the asset: the same mirror or
+    the hub, the same repo, and the catalog's revision if it pins a commit."""
     if not source_path.is_file():
         return False
     try:
         source = read_json(source_path, "SOURCE.json")
     except WmtpError:
         return False
-    wanted = ctx.mirror_for(asset)
+    wanted = ctx.mirror_for(asset.name)
     recorded = source.get("mirror")
-    return (str(wanted) if wanted else None) == (str(Path(recorded)) if recorded else None)
+    same_place = (str(wanted) if wanted else None) == (str(Path(recorded)) if recorded else None)
+    pinned = re.fullmatch(r"[0-9a-f]{40}", asset.revision) is not None
+    same_revision = not pinned or asset.revision in (source.get("revision"), source.get("commit"))
+    return same_place and source.get("repo") == asset.repo and same_revision
 
 
 def _model_download_done(ctx: BuildContext, name: str) -> bool:
     paths = ctx.layout.model(name)
-    if not _source_matches(ctx, paths.source, name):
+    if not _source_matches(ctx, paths.source, ctx.catalog.model(name)):
         return False
     files = read_json(paths.source, "SOURCE.json").get("files", {})
     hasher = Hasher(ctx.layout, trust_known=True)
@@ -129,7 +134,8 @@ def _digest(entry: str | dict) -> str | None:
 
 def _dataset_download_done(ctx: BuildContext, name: str) -> bool:
     paths = ctx.layout.dataset(name)
-    if not _source_matches(ctx, paths.source, name) or not paths.raw_checksums.is_file():
+    if (not _source_matches(ctx, paths.source, ctx.catalog.dataset(name))
+            or not paths.raw_checksums.is_file()):
         return False
     hasher = Hasher(ctx.layout, trust_known=True)
     try:

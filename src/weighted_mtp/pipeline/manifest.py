@@ -18,7 +18,7 @@ from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import TEMP_MARKER, read_json, write_json, write_text
 from weighted_mtp.storage.clean import PARTIAL_SUFFIXES
 from weighted_mtp.storage.hashing import format_sha256sums, sha256_file
-from weighted_mtp.storage.layout import CACHE_DIR, STORAGE_VERSION, Layout
+from weighted_mtp.storage.layout import BASE_MODELS, CACHE_DIR, STORAGE_VERSION, Layout
 from weighted_mtp.storage.tree import iter_files
 
 SHOW_PROGRESS_FROM = 64 << 20
@@ -77,13 +77,30 @@ class Hasher:
         self._this_run: set[str] = set()
 
     def _load(self) -> dict[str, list]:
-        if not self.layout.hash_cache.is_file():
-            return {}
-        try:
-            data = read_json(self.layout.hash_cache, "hash cache")
-        except WmtpError:
-            return {}  # a damaged cache only costs re-hashing
-        return data if isinstance(data, dict) else {}
+        known = self._from_downloads()
+        if self.layout.hash_cache.is_file():
+            try:
+                data = read_json(self.layout.hash_cache, "hash cache")
+            except WmtpError:
+                data = {}  # a damaged cache only costs re-hashing
+            known.update(data if isinstance(data, dict) else {})
+        return known
+
+    def _from_downloads(self) -> dict[str, list]:
+        """Model downloads record each file's hash with its size and mtime (SOURCE.json):
+        the 15 GB checkpoint is hashed while it is copied, not once more afterwards."""
+        known = {}
+        for name in BASE_MODELS:
+            paths = self.layout.model(name)
+            try:
+                files = read_json(paths.source, "SOURCE.json").get("files", {})
+            except WmtpError:
+                continue
+            for rel, entry in files.items() if isinstance(files, dict) else ():
+                if isinstance(entry, dict) and {"size", "mtime_ns", "sha256"} <= entry.keys():
+                    known[self.layout.relative(paths.file(rel))] = [
+                        entry["size"], entry["mtime_ns"], entry["sha256"]]
+        return known
 
     def sha256(self, path: Path) -> str:
         rel = self.layout.relative(path)

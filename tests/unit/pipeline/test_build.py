@@ -156,3 +156,18 @@ def test_missing_mirror_folder_for_an_asset_is_named(layout, tmp_path):
     with pytest.raises(WmtpError, match="no folder for mbpp"):
         b.build(layout, load_catalog(), mirror=tmp_path / "mirror", only=["download-mbpp"])
     assert b.read_log(layout)[-1]["status"] == "failed"
+
+
+def test_a_catalog_pinning_another_commit_downloads_again(with_tokenizer, mbpp_mirror, tmp_path):
+    from importlib import resources
+
+    import yaml
+
+    layout = with_tokenizer
+    b.build(layout, load_catalog(), mirror=mbpp_mirror, only=["download-mbpp"])
+    catalog = yaml.safe_load(resources.files("weighted_mtp").joinpath("catalog.yaml").read_text())
+    catalog["datasets"]["mbpp"]["revision"] = "0" * 40
+    pinned = tmp_path / "catalog.yaml"
+    pinned.write_text(yaml.safe_dump(catalog))
+    again = b.build(layout, load_catalog(pinned), mirror=mbpp_mirror, only=["download-mbpp"])
+    assert _statuses(again) == {"download-mbpp": "ran"}

@@ -97,3 +97,17 @@ def test_malformed_manifest_is_a_one_line_error(layout):
     layout.manifest.write_text(json.dumps({"storage_version": "2.0.0", "files": []}))
     with pytest.raises(WmtpError, match="created_at"):
         mf.load_manifest(layout)
+
+
+def test_hashes_recorded_by_a_model_download_are_reused(layout, monkeypatch):
+    paths = layout.model("meta-llama-mtp")
+    checkpoint = paths.raw_checkpoint_dir / "consolidated.pth"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"checkpoint bytes")
+    stat = checkpoint.stat()
+    recorded = "ab" * 32  # what the download hashed while copying
+    paths.source.write_text(json.dumps({"files": {"raw/7B_1T_4/consolidated.pth": {
+        "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": recorded}}}))
+    assert mf.Hasher(layout, trust_known=True).sha256(checkpoint) == recorded
+    real = mf.Hasher(layout, trust_known=False).sha256(checkpoint)
+    assert real != recorded  # verification never trusts it
