@@ -14,7 +14,7 @@ from typing import Any
 
 from weighted_mtp.errors import WmtpError
 
-PARQUET_BATCH_ROWS = 64
+PARQUET_BATCH_ROWS = 8  # CodeContests rows carry MBs of generated tests
 
 
 def iter_parquet_rows(path: Path) -> Iterator[dict[str, Any]]:
