@@ -165,3 +165,24 @@ def test_killed_build_resumes_to_a_storage_that_verifies(demo_copy, sig):
     checklist = run_checklist(layout, through=10)
     assert checklist.ok, [s.to_dict() for s in checklist.failed()]
     assert Path(layout.small("mbpp").split("train")).is_file()
+
+
+def test_report_and_approve_through_the_cli(demo_copy):
+    from weighted_mtp.errors import WmtpError
+    from weighted_mtp.pipeline.approve import load_approvals
+
+    layout, _ = demo_copy
+    root = str(layout.root)
+    result = _run("--root", root, "report")
+    assert result.exit_code == 0, result.output
+    assert "wrote reports/phase1_asset_inventory.md" in result.output
+    result = _run("--root", root, "approve", "--by", "Kim Reviewer")
+    assert result.exit_code == 0, result.output
+    assert [a["by"] for a in load_approvals(layout)][-1] == "Kim Reviewer"
+    assert "approved by Kim Reviewer" in _run("--root", root, "verify").output
+
+    layout.small("humaneval").split("test").write_text("")
+    result = _run("--root", root, "approve", "--by", "Kim Reviewer")
+    assert isinstance(result.exception, WmtpError)
+    assert "cannot approve" in str(result.exception)
+    assert "humaneval_small/test_small.jsonl" in str(result.exception)
