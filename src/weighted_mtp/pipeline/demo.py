@@ -13,10 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from weighted_mtp.catalog import Catalog
+from weighted_mtp.errors import WmtpError
 from weighted_mtp.pipeline.build import BuildResult, Listener, build
 from weighted_mtp.pipeline.checklist import Checklist
-from weighted_mtp.storage.atomic import write_text
-from weighted_mtp.storage.layout import META_MODEL, REFERENCE_MODEL, Layout
+from weighted_mtp.storage.atomic import read_json, write_text
+from weighted_mtp.storage.layout import (
+    BASE_MODELS,
+    DATASETS,
+    META_MODEL,
+    REFERENCE_MODEL,
+    Layout,
+)
 
 DEFAULT_ROOT = Path("demo-storage")
 DEMO_APPROVER = "wmtp demo (synthetic sources, approved automatically)"
@@ -51,6 +58,21 @@ def write_demo_mirror(mirror: Path) -> Path:
     return mirror
 
 
+def refuse_foreign_root(layout: Layout, mirror: Path) -> None:
+    """Never put synthetic assets over real ones: a root whose assets came from anywhere
+    but this demo's mirror is refused."""
+    sources = [layout.model(n).source for n in BASE_MODELS]
+    sources += [layout.dataset(n).source for n in DATASETS]
+    for path in sources:
+        if not path.is_file():
+            continue
+        recorded = read_json(path, "SOURCE.json").get("mirror")
+        if recorded is None or not Path(recorded).is_relative_to(mirror):
+            raise WmtpError(
+                "this storage root holds assets that the demo did not make", path=path,
+                hint="give `wmtp demo --root` a folder of its own")
+
+
 @dataclass
 class DemoResult:
     layout: Layout
@@ -67,6 +89,7 @@ def run_demo(root: str | Path, catalog: Catalog, *, listener: Listener | None = 
     from weighted_mtp.pipeline.checklist import run_checklist
 
     layout = Layout(root)
+    refuse_foreign_root(layout, mirror_for(layout.root))
     mirror = write_demo_mirror(mirror_for(layout.root))
     result = build(layout, catalog, mirror=mirror, listener=listener)
     approved_now = False

@@ -186,3 +186,12 @@ def test_report_and_approve_through_the_cli(demo_copy):
     assert isinstance(result.exception, WmtpError)
     assert "cannot approve" in str(result.exception)
     assert "humaneval_small/test_small.jsonl" in str(result.exception)
+
+
+def test_demo_refuses_a_root_with_assets_from_elsewhere(demo_copy):
+    from weighted_mtp.errors import WmtpError
+
+    layout, _ = demo_copy  # its SOURCE.json files name the original demo's mirror
+    result = _run("demo", "--root", str(layout.root))
+    assert isinstance(result.exception, WmtpError)
+    assert "did not make" in str(result.exception)
