@@ -190,22 +190,25 @@ def _step1(run: _Run, report: Report) -> None:
 
 
 def _step2(run: _Run, report: Report) -> None:
+    """Every file the download recorded in SOURCE.json is present with its recorded hash."""
     for name in BASE_MODELS:
         paths = run.layout.model(name)
-        report.add(f"{name}: SOURCE.json", paths.source.is_file(),
-                   "" if paths.source.is_file() else "not downloaded",
-                   [run.rel(paths.source)])
-        if not paths.metadata.is_file():
-            report.add(f"{name}: raw files", False, "not converted yet, so no recorded hashes",
-                       [run.rel(paths.metadata)])
+        if not paths.source.is_file():
+            report.add(f"{name}: downloaded", False, "no SOURCE.json: not downloaded",
+                       [run.rel(paths.source)])
             continue
-        files = read_json(paths.metadata, "model metadata").get("source", {}).get("files", {})
-        bad = [run.rel(paths.raw_file(rel)) for rel, digest in files.items()
-               if not paths.raw_file(rel).is_file()
-               or run.hasher.sha256(paths.raw_file(rel)) != digest]
-        report.add(f"{name}: raw files", bool(files) and not bad,
-                   f"{len(bad)} of {len(files)} differ from metadata.json" if bad or not files
-                   else f"{len(files)} file(s) intact", bad or [run.rel(paths.raw)])
+        try:
+            files = read_json(paths.source, "SOURCE.json").get("files") or {}
+        except WmtpError as exc:
+            report.add(f"{name}: downloaded", False, exc.line(), [run.rel(paths.source)])
+            continue
+        bad = [run.rel(paths.file(rel)) for rel, entry in files.items()
+               if not paths.file(rel).is_file()
+               or run.hasher.sha256(paths.file(rel)) != entry.get("sha256")]
+        detail = (f"{len(bad)} of {len(files)} differ from SOURCE.json" if bad else
+                  f"{len(files)} file(s) as downloaded" if files else "SOURCE.json lists no files")
+        report.add(f"{name}: downloaded", bool(files) and not bad, detail,
+                   bad or [run.rel(paths.source)])
 
 
 def _verify_models(run: _Run, report: Report, names: tuple[str, ...]) -> None:

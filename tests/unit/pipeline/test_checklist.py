@@ -74,3 +74,23 @@ def test_missing_root_is_a_user_error(tmp_path):
 
     with pytest.raises(WmtpError, match="does not exist"):
         run_checklist(Layout(tmp_path / "nowhere"))
+
+
+def test_step2_names_a_raw_file_that_differs_from_its_download_record(layout):
+    import hashlib
+    import json
+
+    for name in ("meta-llama-mtp", "ref-sheared-llama-2.7b"):
+        paths = layout.model(name)
+        raw = paths.raw_checkpoint_dir / "weights.bin"
+        raw.parent.mkdir(parents=True)
+        raw.write_bytes(b"as downloaded")
+        digest = hashlib.sha256(b"as downloaded").hexdigest()
+        paths.source.write_text(json.dumps({"files": {
+            layout.relative(raw).split(f"{name}/", 1)[1]: {"sha256": digest}}}))
+    assert _step(run_checklist(layout, through=2), 2).ok
+    damaged = layout.model("ref-sheared-llama-2.7b").raw_checkpoint_dir / "weights.bin"
+    damaged.write_bytes(b"as downloadeD")
+    step2 = _step(run_checklist(layout, through=2), 2)
+    assert not step2.ok
+    assert step2.files == [layout.relative(damaged)]
