@@ -7,7 +7,7 @@ line; a problem is never held longer than it takes to turn it into its samples.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,12 +84,18 @@ def iter_tasks(dataset: str, source_dir: Path, *, seed: int,
                "humaneval": _humaneval_tasks}[dataset]
     codes = language_codes(languages)
     for path in raw_parts(source_dir):
-        for task in convert(path, seed, codes):
-            splits.assign(task.task_id, task.split)
-            yield task
+        for line, row in iter_jsonl(path):
+            try:
+                tasks = convert(row, path, line, seed, codes)
+            except (TypeError, ValueError, AttributeError, KeyError) as exc:
+                raise WmtpError(f"line {line}: unexpected value ({type(exc).__name__}: {exc})",
+                                path=path, hint="is this the right dataset file?") from None
+            for task in tasks:
+                splits.assign(task.task_id, task.split)
+                yield task
 
 
-def _dedupe(task: Task, candidates: Iterator[tuple[str, str, bool]]) -> Task:
+def _dedupe(task: Task, candidates: Iterable[tuple[str, str, bool]]) -> Task:
     """Add samples, keeping a solution that appears twice for the task once."""
     seen: set[str] = set()
     for sample_id, code, is_correct in candidates:
@@ -158,78 +164,80 @@ def _solutions(row, key, task_id, code, is_correct, path, line):
             yield f"{task_id}#{CC_LANGUAGES.get(code, code)}-{tag}{index}", solution, is_correct
 
 
-def _codecontests_tasks(path: Path, seed: int, codes: set[int]) -> Iterator[Task]:
-    for line, row in iter_jsonl(path):
-        task_id = str(required(row, "name", path, line))
-        statement, io_section = split_description(str(required(row, "description", path, line)))
-        required(row, "solutions", path, line)
-        has_tests = any(_tests(row, k) for k in ("public_tests", "private_tests",
-                                                  "generated_tests"))
-        base = {
-            "source": "codecontests", "has_tests": has_tests,
-            "difficulty": int(row.get("difficulty") or 0),
-            "origin": CC_ORIGINS.get(row.get("source") or 0, "unknown"),
-            "cf_rating": int(row.get("cf_rating") or 0),
-            "cf_tags": list(row.get("cf_tags") or []),
-            "num_tests": sum(len(_tests(row, k)) for k in ("public_tests", "private_tests",
-                                                            "generated_tests")),
-        }
-        split = part_split(path.stem, task_id, seed)
-        for code in sorted(codes):
-            language = CC_LANGUAGES[code]
-            task = Task(split, task_id, statement, io_section or _examples(row),
-                        _codecontests_notes(row, language), {**base, "language": language})
-            candidates = [
-                *_solutions(row, "solutions", task_id, code, True, path, line),
-                *_solutions(row, "incorrect_solutions", task_id, code, False, path, line),
-            ]
-            _dedupe(task, iter(candidates))
-            if task.samples or task.duplicates:
-                yield task
+def _codecontests_tasks(row: dict[str, Any], path: Path, line: int, seed: int,
+                        codes: set[int]) -> list[Task]:
+    tasks = []
+    task_id = str(required(row, "name", path, line))
+    statement, io_section = split_description(str(required(row, "description", path, line)))
+    required(row, "solutions", path, line)
+    has_tests = any(_tests(row, k) for k in ("public_tests", "private_tests",
+                                              "generated_tests"))
+    base = {
+        "source": "codecontests", "has_tests": has_tests,
+        "difficulty": int(row.get("difficulty") or 0),
+        "origin": CC_ORIGINS.get(row.get("source") or 0, "unknown"),
+        "cf_rating": int(row.get("cf_rating") or 0),
+        "cf_tags": list(row.get("cf_tags") or []),
+        "num_tests": sum(len(_tests(row, k)) for k in ("public_tests", "private_tests",
+                                                        "generated_tests")),
+    }
+    split = part_split(path.stem, task_id, seed)
+    for code in sorted(codes):
+        language = CC_LANGUAGES[code]
+        task = Task(split, task_id, statement, io_section or _examples(row),
+                    _codecontests_notes(row, language), {**base, "language": language})
+        candidates = [
+            *_solutions(row, "solutions", task_id, code, True, path, line),
+            *_solutions(row, "incorrect_solutions", task_id, code, False, path, line),
+        ]
+        _dedupe(task, candidates)
+        if task.samples or task.duplicates:
+            tasks.append(task)
+    return tasks
 
 
 # --- MBPP ------------------------------------------------------------------------------
 
-def _mbpp_tasks(path: Path, seed: int, codes: set[int]) -> Iterator[Task]:
-    for line, row in iter_jsonl(path):
-        number = required(row, "task_id", path, line)
-        if not isinstance(number, int):
-            raise WmtpError(f"line {line}: task_id {number!r} is not an integer", path=path)
-        tests = [normalize_newlines(t) for t in required(row, "test_list", path, line)]
-        challenge = row.get("challenge_test_list") or []
-        setup = normalize_newlines(row.get("test_setup_code") or "")
-        input_text = "Your code should pass these tests:\n" + "\n".join(tests)
-        if setup.strip():
-            input_text = f"Test setup code:\n{setup}\n\n{input_text}"
-        notes = (f"The answer is judged by running the {len(tests)} assert statements above"
-                 + (f" and {len(challenge)} challenge tests" if challenge else "")
-                 + ".\nWrite the solution in Python 3.")
-        task_id = f"mbpp/{number}"
-        task = Task(mbpp_split(number, seed), task_id,
-                    str(required(row, "text", path, line)), input_text, notes,
-                    {"source": "mbpp", "has_tests": bool(tests), "language": "python3",
-                     "num_tests": len(tests) + len(challenge)})
-        code = str(required(row, "code", path, line))
-        yield _dedupe(task, iter([(f"{task_id}#c0", code, True)]))
+def _mbpp_tasks(row: dict[str, Any], path: Path, line: int, seed: int,
+                codes: set[int]) -> list[Task]:
+    number = required(row, "task_id", path, line)
+    if not isinstance(number, int):
+        raise WmtpError(f"line {line}: task_id {number!r} is not an integer", path=path)
+    tests = [normalize_newlines(t) for t in required(row, "test_list", path, line)]
+    challenge = row.get("challenge_test_list") or []
+    setup = normalize_newlines(row.get("test_setup_code") or "")
+    input_text = "Your code should pass these tests:\n" + "\n".join(tests)
+    if setup.strip():
+        input_text = f"Test setup code:\n{setup}\n\n{input_text}"
+    notes = (f"The answer is judged by running the {len(tests)} assert statements above"
+             + (f" and {len(challenge)} challenge tests" if challenge else "")
+             + ".\nWrite the solution in Python 3.")
+    task_id = f"mbpp/{number}"
+    task = Task(mbpp_split(number, seed), task_id,
+                str(required(row, "text", path, line)), input_text, notes,
+                {"source": "mbpp", "has_tests": bool(tests), "language": "python3",
+                 "num_tests": len(tests) + len(challenge)})
+    code = str(required(row, "code", path, line))
+    return [_dedupe(task, [(f"{task_id}#c0", code, True)])]
 
 
 # --- HumanEval -------------------------------------------------------------------------
 
-def _humaneval_tasks(path: Path, seed: int, codes: set[int]) -> Iterator[Task]:
-    for line, row in iter_jsonl(path):
-        task_id = str(required(row, "task_id", path, line))
-        entry_point = str(required(row, "entry_point", path, line))
-        signature = normalize_newlines(str(required(row, "prompt", path, line)))
-        solution = str(required(row, "canonical_solution", path, line))
-        has_tests = bool(str(row.get("test") or "").strip())
-        task = Task(
-            "test", task_id,
-            f"Complete the Python function `{entry_point}` so that it does what its "
-            "docstring says. Respond with the body of the function only.",
-            signature,
-            f"The answer is judged by hidden unit tests (`check({entry_point})`) run on "
-            "the completed function.\nWrite the solution in Python 3.",
-            {"source": "humaneval", "has_tests": has_tests, "language": "python3",
-             "entry_point": entry_point},
-        )
-        yield _dedupe(task, iter([(f"{task_id}#c0", solution, True)]))
+def _humaneval_tasks(row: dict[str, Any], path: Path, line: int, seed: int,
+                     codes: set[int]) -> list[Task]:
+    task_id = str(required(row, "task_id", path, line))
+    entry_point = str(required(row, "entry_point", path, line))
+    signature = normalize_newlines(str(required(row, "prompt", path, line)))
+    solution = str(required(row, "canonical_solution", path, line))
+    has_tests = bool(str(row.get("test") or "").strip())
+    task = Task(
+        "test", task_id,
+        f"Complete the Python function `{entry_point}` so that it does what its "
+        "docstring says. Respond with the body of the function only.",
+        signature,
+        f"The answer is judged by hidden unit tests (`check({entry_point})`) run on "
+        "the completed function.\nWrite the solution in Python 3.",
+        {"source": "humaneval", "has_tests": has_tests, "language": "python3",
+         "entry_point": entry_point},
+    )
+    return [_dedupe(task, [(f"{task_id}#c0", solution, True)])]

@@ -83,3 +83,17 @@ def test_missing_field_names_file_and_line(tmp_path: Path):
     with pytest.raises(WmtpError, match="line 1: missing field 'code'") as exc:
         list(iter_tasks("mbpp", tmp_path, seed=0))
     assert "mbpp.jsonl" in exc.value.line()
+
+
+def test_wrongly_typed_value_names_file_and_line(tmp_path: Path):
+    (tmp_path / "mbpp.jsonl").write_text(
+        '{"task_id": 5, "text": "t", "code": "x", "test_list": null}\n')
+    with pytest.raises(WmtpError, match="line 1: unexpected value") as exc:
+        list(iter_tasks("mbpp", tmp_path, seed=0))
+    assert "mbpp.jsonl" in exc.value.line()
+
+
+def test_empty_raw_file_is_an_error(tmp_path: Path):
+    (tmp_path / "HumanEval.jsonl").write_text("")
+    with pytest.raises(WmtpError, match="file is empty"):
+        list(iter_tasks("humaneval", tmp_path, seed=0))
