@@ -23,10 +23,14 @@ from pathlib import Path
 from weighted_mtp.catalog import Asset, Catalog
 from weighted_mtp.checks import Report
 from weighted_mtp.errors import UsageError, WmtpError
-from weighted_mtp.pipeline.manifest import Hasher, iter_leftovers, refresh_manifest
+from weighted_mtp.pipeline.manifest import (
+    Hasher,
+    iter_leftovers,
+    refresh_manifest,
+    sha256sums_mismatches,
+)
 from weighted_mtp.storage import stamps
 from weighted_mtp.storage.atomic import TEMP_MARKER, read_json
-from weighted_mtp.storage.hashing import read_sha256sums
 from weighted_mtp.storage.layout import (
     DATASETS,
     META_MODEL,
@@ -139,14 +143,11 @@ def _dataset_download_done(ctx: BuildContext, name: str) -> bool:
         return False
     hasher = Hasher(ctx.layout, trust_known=True)
     try:
-        entries = read_sha256sums(paths.raw_checksums)
+        count, bad = sha256sums_mismatches(ctx.layout, paths.raw_checksums, hasher)
     except WmtpError:
         return False
-    ok = bool(entries) and all(
-        (paths.stats / rel).is_file() and hasher.sha256((paths.stats / rel).resolve()) == digest
-        for rel, digest in entries.items())
     hasher.save()
-    return ok
+    return count > 0 and not bad
 
 
 def _model_done(ctx: BuildContext, name: str) -> bool:

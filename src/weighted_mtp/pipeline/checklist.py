@@ -23,9 +23,9 @@ from weighted_mtp.pipeline.manifest import (
     iter_leftovers,
     load_manifest,
     manifest_sha256,
+    sha256sums_mismatches,
 )
 from weighted_mtp.storage.atomic import read_json, write_json
-from weighted_mtp.storage.hashing import read_sha256sums
 from weighted_mtp.storage.layout import (
     BASE_MODELS,
     DATASETS,
@@ -148,17 +148,11 @@ class _Run:
             report.add(name, False, "checksum file missing or empty", [self.rel(sums)])
             return
         try:
-            entries = read_sha256sums(sums)
+            count, bad = sha256sums_mismatches(self.layout, sums, self.hasher)
         except WmtpError as exc:
             report.add(name, False, exc.line(), [self.rel(sums)])
             return
-        bad = []
-        for relname, expected in entries.items():
-            target = (sums.parent / relname).resolve()
-            if not target.is_file() or self.hasher.sha256(target) != expected:
-                bad.append(self.rel(target) if self.layout.contains(target) else relname)
-        detail = f"{len(bad)} of {len(entries)} file(s) differ" if bad else (
-            f"{len(entries)} file(s) match")
+        detail = f"{len(bad)} of {count} file(s) differ" if bad else f"{count} file(s) match"
         report.add(name, not bad, detail, bad or [self.rel(sums)])
 
 

@@ -8,6 +8,7 @@ build step reuses them; `verify` re-reads every byte (`trust_known=False`).
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ import jsonschema
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import TEMP_MARKER, read_json, write_json, write_text
 from weighted_mtp.storage.clean import PARTIAL_SUFFIXES
-from weighted_mtp.storage.hashing import format_sha256sums, sha256_file
+from weighted_mtp.storage.hashing import format_sha256sums, read_sha256sums, sha256_file
 from weighted_mtp.storage.layout import BASE_MODELS, CACHE_DIR, STORAGE_VERSION, Layout
 from weighted_mtp.storage.tree import iter_files
 
@@ -219,3 +220,16 @@ def compare_with_manifest(layout: Layout, manifest: dict, hasher: Hasher) -> Man
     diff.unexpected = sorted(set(present) - set(recorded))
     hasher.save()
     return diff
+
+
+def sha256sums_mismatches(layout: Layout, sums: Path, hasher: Hasher) -> tuple[int, list[str]]:
+    """(entries, names of files that are missing, outside the root or different) of a
+    `sha256sum -c` file; an unreadable one raises WmtpError."""
+    entries = read_sha256sums(sums)
+    bad = []
+    for name, expected in entries.items():
+        target = Path(os.path.normpath(sums.parent / name))
+        inside = layout.contains(target)
+        if not (inside and target.is_file() and hasher.sha256(target) == expected):
+            bad.append(layout.relative(target) if inside else name)
+    return len(entries), bad

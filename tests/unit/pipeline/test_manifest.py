@@ -7,6 +7,7 @@ import pytest
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.pipeline import manifest as mf
 from weighted_mtp.storage.atomic import TEMP_MARKER
+from weighted_mtp.storage.hashing import sha256_file, write_sha256sums
 
 
 def _populate(layout):
@@ -111,3 +112,16 @@ def test_hashes_recorded_by_a_model_download_are_reused(layout, monkeypatch):
     assert mf.Hasher(layout, trust_known=True).sha256(checkpoint) == recorded
     real = mf.Hasher(layout, trust_known=False).sha256(checkpoint)
     assert real != recorded  # verification never trusts it
+
+
+def test_sha256sums_entries_outside_the_root_never_match(layout):
+    inside = layout.dataset("mbpp").raw_split("train")
+    inside.write_text("{}\n")
+    sums = layout.dataset("mbpp").raw_checksums
+    outside = layout.root.parent / "outside.txt"
+    outside.write_text("x")
+    write_sha256sums(sums, {"../raw/train.jsonl": sha256_file(inside),
+                            "../../../../outside.txt": sha256_file(outside)})
+    count, bad = mf.sha256sums_mismatches(layout, sums, mf.Hasher(layout, trust_known=False))
+    assert count == 2
+    assert bad == ["../../../../outside.txt"]
