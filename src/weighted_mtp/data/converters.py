@@ -83,6 +83,7 @@ def iter_tasks(dataset: str, source_dir: Path, *, seed: int,
     convert = {"codecontests": _codecontests_tasks, "mbpp": _mbpp_tasks,
                "humaneval": _humaneval_tasks}[dataset]
     codes = language_codes(languages)
+    seen: set[tuple[str, str]] = set()
     for path in raw_parts(source_dir):
         for line, row in iter_jsonl(path):
             try:
@@ -91,6 +92,11 @@ def iter_tasks(dataset: str, source_dir: Path, *, seed: int,
                 raise WmtpError(f"line {line}: unexpected value ({type(exc).__name__}: {exc})",
                                 path=path, hint="is this the right dataset file?") from None
             for task in tasks:
+                key = (task.task_id, task.metadata["language"])
+                if key in seen:
+                    raise WmtpError(f"line {line}: task {task.task_id!r} appears a second time",
+                                    path=path, hint="deduplicate the raw files")
+                seen.add(key)
                 splits.assign(task.task_id, task.split)
                 yield task
 

@@ -97,3 +97,12 @@ def test_empty_raw_file_is_an_error(tmp_path: Path):
     (tmp_path / "HumanEval.jsonl").write_text("")
     with pytest.raises(WmtpError, match="file is empty"):
         list(iter_tasks("humaneval", tmp_path, seed=0))
+
+
+def test_a_task_twice_is_an_error(downloaded):
+    raw = downloaded.dataset("mbpp").raw_split("mbpp")
+    first = raw.read_text().splitlines()[0]
+    with raw.open("a") as handle:
+        handle.write(first + "\n")
+    with pytest.raises(WmtpError, match="task 'mbpp/1' appears a second time"):
+        list(iter_tasks("mbpp", raw.parent, seed=0))
