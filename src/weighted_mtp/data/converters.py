@@ -92,12 +92,12 @@ def iter_tasks(dataset: str, source_dir: Path, *, seed: int,
                 raise WmtpError(f"line {line}: unexpected value ({type(exc).__name__}: {exc})",
                                 path=path, hint="is this the right dataset file?") from None
             for task in tasks:
+                splits.assign(task.task_id, task.split)
                 key = (task.task_id, task.metadata["language"])
                 if key in seen:
                     raise WmtpError(f"line {line}: task {task.task_id!r} appears a second time",
                                     path=path, hint="deduplicate the raw files")
                 seen.add(key)
-                splits.assign(task.task_id, task.split)
                 yield task
 
 
