@@ -123,17 +123,14 @@ def _model_download_done(ctx: BuildContext, name: str) -> bool:
     paths = ctx.layout.model(name)
     if not _source_matches(ctx, paths.source, ctx.catalog.model(name)):
         return False
-    files = read_json(paths.source, "SOURCE.json").get("files", {})
+    files = read_json(paths.source, "SOURCE.json").get("files") or {}
     hasher = Hasher(ctx.layout, trust_known=True)
     ok = bool(files) and all(
-        paths.file(rel).is_file() and hasher.sha256(paths.file(rel)) == _digest(entry)
+        isinstance(entry, dict) and paths.file(rel).is_file()
+        and hasher.sha256(paths.file(rel)) == entry.get("sha256")
         for rel, entry in files.items())
     hasher.save()
     return ok
-
-
-def _digest(entry: str | dict) -> str | None:
-    return entry.get("sha256") if isinstance(entry, dict) else entry
 
 
 def _dataset_download_done(ctx: BuildContext, name: str) -> bool:
@@ -158,21 +155,30 @@ def _model_done(ctx: BuildContext, name: str) -> bool:
         ctx, paths.root, lambda: verify_model(ctx.layout, name))
 
 
+def _newer(outputs: list[Path], inputs: list[Path]) -> bool:
+    """Every output exists and none is older than the newest input (make's rule)."""
+    present = [p for p in outputs if p.is_file()]
+    if not present:
+        return False
+    newest_input = max((p.stat().st_mtime_ns for p in inputs if p.is_file()), default=0)
+    return min(p.stat().st_mtime_ns for p in present) >= newest_input
+
+
 def _dataset_done(ctx: BuildContext, name: str) -> bool:
+    """Prepared after the latest download, and the processed files verify."""
     from weighted_mtp.data.validate import validate_dataset
 
     paths = ctx.layout.dataset(name)
-    prepared = any(paths.split(split).is_file() for split in SPLITS)
-    return prepared and _verified(ctx, paths.root, lambda: validate_dataset(ctx.layout, name))
+    processed = [paths.split(split) for split in SPLITS]
+    return _newer(processed, list(paths.raw.glob("*.jsonl"))) and _verified(
+        ctx, paths.root, lambda: validate_dataset(ctx.layout, name))
 
 
 def _small_done(ctx: BuildContext, name: str) -> bool:
-    """The small set exists and is newer than the processed data it samples."""
+    """Sampled after the latest preparation (validate checks the samples themselves)."""
     small = ctx.layout.small(name)
     dataset = ctx.layout.dataset(name)
-    made = [small.split(s).stat().st_mtime_ns for s in SPLITS if small.split(s).is_file()]
-    inputs = [dataset.split(s).stat().st_mtime_ns for s in SPLITS if dataset.split(s).is_file()]
-    return bool(made) and bool(inputs) and min(made) >= max(inputs)
+    return _newer([small.split(s) for s in SPLITS], [dataset.split(s) for s in SPLITS])
 
 
 # ---------------------------------------------------------------- step actions

@@ -171,3 +171,13 @@ def test_a_catalog_pinning_another_commit_downloads_again(with_tokenizer, mbpp_m
     pinned.write_text(yaml.safe_dump(catalog))
     again = b.build(layout, load_catalog(pinned), mirror=mbpp_mirror, only=["download-mbpp"])
     assert _statuses(again) == {"download-mbpp": "ran"}
+
+
+def test_a_new_download_makes_preparation_run_again(with_tokenizer, mbpp_mirror):
+    layout = with_tokenizer
+    b.build(layout, load_catalog(), mirror=mbpp_mirror, only=MBPP_STEPS)
+    raw = layout.dataset("mbpp").raw / "mbpp.jsonl"
+    raw.write_bytes(raw.read_bytes())  # rewritten after the preparation
+    again = b.build(layout, load_catalog(), mirror=mbpp_mirror, only=MBPP_STEPS)
+    assert _statuses(again)["prepare-mbpp"] == "ran"
+    assert _statuses(again)["small-mbpp"] == "ran"
