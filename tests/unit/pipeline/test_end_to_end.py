@@ -98,6 +98,16 @@ def test_second_build_changes_nothing(demo_copy):
     assert _asset_snapshot(layout) == before
 
 
+def test_a_storage_awaiting_approval_is_not_verified_again_by_build(demo_copy):
+    layout, mirror = demo_copy
+    layout.approvals.unlink()
+    result = _run("--root", str(layout.root), "verify")
+    assert result.exit_code == 1 and "✘ Step 11" in result.output
+    assert "not approved yet" in result.output
+    rebuilt = build(layout, load_catalog(), mirror=mirror)
+    assert {o.status for o in rebuilt.outcomes} == {"skipped"}
+
+
 def test_truncated_small_set_file_fails_verify_and_is_named(demo_copy):
     layout, _ = demo_copy
     small = layout.small("mbpp").split("train")
