@@ -182,7 +182,7 @@ def _next_steps(result) -> None:
 [bold]the real build[/] (needs the hub, an HF token with the Meta license accepted, ~40 GB)
   hf auth login
   wmtp build && wmtp verify && wmtp approve --by "Your Name"
-""", highlight=False)
+""", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -75,7 +75,7 @@ class StepResult:
         failures = self.report.failures()
         if failures:
             return "; ".join(f"{c.name}: {c.detail}" if c.detail else c.name for c in failures)
-        details = "; ".join(c.detail for c in self.report.checks if c.detail)
+        details = "; ".join(f"{c.name}: {c.detail}" for c in self.report.checks if c.detail)
         if details and len(details) <= MAX_REASON:
             return details
         return f"all {len(self.report.checks)} checks passed"
@@ -188,20 +188,20 @@ def _step2(run: _Run, report: Report) -> None:
     for name in BASE_MODELS:
         paths = run.layout.model(name)
         if not paths.source.is_file():
-            report.add(f"{name}: downloaded", False, "no SOURCE.json: not downloaded",
+            report.add(f"{name}: raw files", False, "no SOURCE.json: not downloaded",
                        [run.rel(paths.source)])
             continue
         try:
             files = read_json(paths.source, "SOURCE.json").get("files") or {}
         except WmtpError as exc:
-            report.add(f"{name}: downloaded", False, exc.line(), [run.rel(paths.source)])
+            report.add(f"{name}: raw files", False, exc.line(), [run.rel(paths.source)])
             continue
         bad = [run.rel(paths.file(rel)) for rel, entry in files.items()
                if not paths.file(rel).is_file()
                or run.hasher.sha256(paths.file(rel)) != entry.get("sha256")]
         detail = (f"{len(bad)} of {len(files)} differ from SOURCE.json" if bad else
-                  f"{len(files)} file(s) as downloaded" if files else "SOURCE.json lists no files")
-        report.add(f"{name}: downloaded", bool(files) and not bad, detail,
+                  f"{len(files)} match SOURCE.json" if files else "SOURCE.json lists no files")
+        report.add(f"{name}: raw files", bool(files) and not bad, detail,
                    bad or [run.rel(paths.source)])
 
 
