@@ -56,6 +56,43 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                         hint="download the dataset again")
 
 
+def iter_jsonl_range(path: Path, start: int, end: int,
+                     first_line: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Like `iter_jsonl`, for the lines in bytes [start, end) of a plain file, `start` being
+    the beginning of line `first_line` (lets workers share one file)."""
+    with path.open("rb") as handle:
+        handle.seek(start)
+        number, position = first_line, start
+        while position < end:
+            raw = handle.readline()
+            if not raw:
+                break
+            position += len(raw)
+            if raw.strip():
+                yield number, parse_json_line(raw, path, number)
+            number += 1
+
+
+def line_chunks(path: Path, target_bytes: int) -> list[tuple[int, int, int]]:
+    """`(start, end, first line number)` of pieces of about `target_bytes`, cut after a
+    newline, so that separate processes can each read one."""
+    chunks, start, line, position = [], 0, 1, 0
+    lines_in_chunk, block_size = 0, max(1, min(1 << 20, target_bytes))
+    with path.open("rb") as handle:
+        while block := handle.read(block_size):
+            lines_in_chunk += block.count(b"\n")
+            position += len(block)
+            if position - start >= target_bytes:
+                extra = handle.readline()
+                position += len(extra)
+                lines_in_chunk += extra.endswith(b"\n")
+                chunks.append((start, position, line))
+                start, line, lines_in_chunk = position, line + lines_in_chunk, 0
+    if position > start or not chunks:
+        chunks.append((start, position, line))
+    return chunks
+
+
 def parse_json_line(raw: bytes, path: Path, number: int) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8")

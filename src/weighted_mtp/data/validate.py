@@ -8,15 +8,21 @@ kept (sorted with numpy at the end), so memory stays small for millions of recor
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
+import multiprocessing
+import os
 from array import array
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from weighted_mtp import progress
 from weighted_mtp.checks import Report
 from weighted_mtp.data.small import SMALL_LIMITS
-from weighted_mtp.data.sources import iter_jsonl
+from weighted_mtp.data.sources import iter_jsonl_range, line_chunks
 from weighted_mtp.data.tokens import SPECIAL_TOKENS, Tokenizer
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import read_json
@@ -26,6 +32,7 @@ from weighted_mtp.storage.stamps import record_verified
 
 MAX_REPORTED = 5
 TOKEN_BATCH = 2048
+CHUNK_BYTES = 64 << 20  # one worker job; files smaller than this are scanned in-process
 
 
 def _hash64(text: str) -> int:
@@ -34,7 +41,7 @@ def _hash64(text: str) -> int:
 
 @dataclass
 class _Scan:
-    """What one pass over a split's records found."""
+    """What one pass over (part of) a split's records found."""
 
     errors: list[str] = field(default_factory=list)
     too_long: list[str] = field(default_factory=list)
@@ -42,54 +49,125 @@ class _Scan:
     correct: int = 0
     incorrect: int = 0
     tasks: set[str] = field(default_factory=set)
+    sample_ids: array = field(default_factory=lambda: array("Q"))
+    contents: array = field(default_factory=lambda: array("Q"))
 
     def error(self, message: str) -> None:
         if len(self.errors) < MAX_REPORTED:
             self.errors.append(message)
 
+    def merge(self, other: _Scan) -> None:
+        self.errors += other.errors[: MAX_REPORTED - len(self.errors)]
+        self.too_long += other.too_long[: MAX_REPORTED - len(self.too_long)]
+        self.records += other.records
+        self.correct += other.correct
+        self.incorrect += other.incorrect
+        self.tasks |= other.tasks
+        self.sample_ids += other.sample_ids
+        self.contents += other.contents
 
-def _schema_errors(validator, record: dict) -> list[str]:
-    return [f"{'/'.join(str(p) for p in e.absolute_path) or 'record'}: {e.message}"[:200]
-            for e in validator.iter_errors(record)]
+
+@dataclass(frozen=True)
+class _Job:
+    """One worker's share of a split file: bytes [start, end), starting at `first_line`."""
+
+    path: Path
+    start: int
+    end: int
+    first_line: int
+    schema: str  # JSON text, so jobs pickle small and workers cache by it
+    tokenizer: str | None
+    max_length: int
+    split_index: int
 
 
-def _scan_split(path: Path, validator, tokenizer: Tokenizer | None, max_length: int,
-                sample_ids: array, contents: array, split_index: int) -> _Scan:
+@functools.lru_cache(maxsize=4)
+def _tools(schema: str, tokenizer: str | None):
+    import jsonschema
+
+    return (jsonschema.Draft202012Validator(json.loads(schema)),
+            Tokenizer(tokenizer, threads=1) if tokenizer else None)
+
+
+def _schema_error(validator, record: dict) -> str | None:
+    error = next(iter(validator.iter_errors(record)), None)
+    if error is None:
+        return None
+    return f"{'/'.join(str(p) for p in error.absolute_path) or 'record'}: {error.message}"[:200]
+
+
+def _count_lengths(scan: _Scan, job: _Job, tokenizer: Tokenizer | None,
+                   pending: list[tuple[int, str, str]]) -> None:
+    """Recount BOS + prompt + response + EOS; a task's prompt is encoded once per batch."""
+    if tokenizer is None or not pending:
+        return
+    prompts = list(dict.fromkeys(prompt for _line, prompt, _response in pending))
+    prompt_counts = dict(zip(prompts, tokenizer.counts(prompts), strict=True))
+    response_counts = tokenizer.counts([response for _line, _prompt, response in pending])
+    for (line, prompt, _response), tokens in zip(pending, response_counts, strict=True):
+        total = prompt_counts[prompt] + tokens + SPECIAL_TOKENS
+        if total > job.max_length and len(scan.too_long) < MAX_REPORTED:
+            scan.too_long.append(f"{job.path.name} line {line}: {total} tokens")
+    pending.clear()
+
+
+def _scan_job(job: _Job) -> _Scan:
+    validator, tokenizer = _tools(job.schema, job.tokenizer)
     scan = _Scan()
     pending: list[tuple[int, str, str]] = []
-
-    def count_pending() -> None:
-        if tokenizer is None or not pending:
-            return
-        texts = [text for _line, prompt, response in pending for text in (prompt, response)]
-        counts = tokenizer.counts(texts)
-        for i, (line, _prompt, _response) in enumerate(pending):
-            total = counts[2 * i] + counts[2 * i + 1] + SPECIAL_TOKENS
-            if total > max_length and len(scan.too_long) < MAX_REPORTED:
-                scan.too_long.append(f"{path.name} line {line}: {total} tokens")
-        pending.clear()
-
     try:
-        for line, record in iter_jsonl(path):
+        for line, record in iter_jsonl_range(job.path, job.start, job.end, job.first_line):
             scan.records += 1
-            problems = _schema_errors(validator, record)
-            if problems:
-                scan.error(f"{path.name} line {line}: {problems[0]}")
+            problem = _schema_error(validator, record)
+            if problem:
+                scan.error(f"{job.path.name} line {line}: {problem}")
                 continue
             metadata = record["metadata"]
             scan.tasks.add(metadata["task_id"])
             scan.correct += metadata["is_correct"]
             scan.incorrect += not metadata["is_correct"]
-            sample_ids.append(_hash64(metadata["sample_id"]))
-            contents.append((_hash64(f"{record['prompt']}\0{record['response']}") & ~3)
-                            | split_index)
+            scan.sample_ids.append(_hash64(metadata["sample_id"]))
+            content = _hash64(f"{record['prompt']}\0{record['response']}")
+            scan.contents.append((content & ~3) | job.split_index)
             pending.append((line, record["prompt"], record["response"]))
             if len(pending) >= TOKEN_BATCH:
-                count_pending()
+                _count_lengths(scan, job, tokenizer, pending)
     except WmtpError as exc:
         scan.error(exc.line())
-    count_pending()
+    _count_lengths(scan, job, tokenizer, pending)
     return scan
+
+
+def _scan_files(files: dict[str, Path], schema: dict, tokenizer: Tokenizer | None,
+                max_length: int) -> dict[str, _Scan]:
+    """Scan split files, in parallel over all cores when they are large."""
+    schema_text = json.dumps(schema, sort_keys=True)
+    tokenizer_path = str(tokenizer.path) if tokenizer else None
+    jobs = [_Job(path, start, end, first, schema_text, tokenizer_path, max_length,
+                 SPLITS.index(split) if split in SPLITS else 0)
+            for split, path in files.items()
+            for start, end, first in line_chunks(path, CHUNK_BYTES)]
+    large = sum(job.end - job.start for job in jobs) > CHUNK_BYTES
+    workers = min(len(jobs), os.cpu_count() or 1) if large else 1
+    with progress.task("validate records", len(jobs)) as advance:
+        if workers <= 1:
+            results = [_scan_job(job) for job in jobs]
+            advance(len(jobs))
+        else:
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(workers, mp_context=context) as pool:
+                results = []
+                for result in pool.map(_scan_job, jobs):
+                    results.append(result)
+                    advance(1)
+    scans = {split: _Scan() for split in files}
+    for job, result in zip(jobs, results, strict=True):
+        split = next(s for s, p in files.items() if p == job.path)
+        scans[split].merge(result)
+    for split, path in files.items():
+        if scans[split].records == 0:
+            scans[split].error(f"{path.name}: no records")
+    return scans
 
 
 def _duplicates(values: array) -> int:
@@ -133,7 +211,7 @@ def _check_files(report: Report, paths: DatasetPaths, summary: dict[str, Any]) -
                files=changed + unlisted)
 
 
-def _load_validator(report: Report, paths: DatasetPaths):
+def _load_schema(report: Report, paths: DatasetPaths) -> dict | None:
     import jsonschema
 
     try:
@@ -144,18 +222,14 @@ def _load_validator(report: Report, paths: DatasetPaths):
                    files=[paths.schema.name])
         return None
     report.add("schema.json", True, "a valid JSON Schema (draft 2020-12)")
-    return jsonschema.Draft202012Validator(schema)
+    return schema
 
 
-def _check_splits(report: Report, paths: DatasetPaths, summary: dict, validator,
+def _check_splits(report: Report, paths: DatasetPaths, summary: dict, schema: dict,
                   tokenizer: Tokenizer | None) -> dict[str, _Scan]:
     max_length = int(summary.get("max_length", 0))
-    sample_ids, contents = array("Q"), array("Q")
-    scans = {}
-    for index, split in enumerate(SPLITS):
-        if paths.split(split).is_file():
-            scans[split] = _scan_split(paths.split(split), validator, tokenizer, max_length,
-                                       sample_ids, contents, index)
+    files = {s: paths.split(s) for s in SPLITS if paths.split(s).is_file()}
+    scans = _scan_files(files, schema, tokenizer, max_length)
     errors = [e for scan in scans.values() for e in scan.errors]
     report.add("records match schema.json", bool(scans) and not errors,
                "; ".join(errors) or f"{sum(s.records for s in scans.values())} records")
@@ -170,25 +244,26 @@ def _check_splits(report: Report, paths: DatasetPaths, summary: dict, validator,
               for b in list(scans)[i + 1:] if scans[a].tasks & scans[b].tasks]
     report.add("splits are task-disjoint", not shared,
                "; ".join(f"{n} task_ids in both {a} and {b}" for a, b, n in shared))
-    duplicated = _duplicates(sample_ids)
+    duplicated = _duplicates(array("Q", b"".join(s.sample_ids.tobytes() for s in scans.values())))
     report.add("sample_ids are unique", not duplicated,
                f"{duplicated} duplicated sample_ids" if duplicated else "")
-    crossing = _cross_split_duplicates(contents)
+    crossing = _cross_split_duplicates(
+        array("Q", b"".join(s.contents.tobytes() for s in scans.values())))
     report.add("no identical prompt+response across splits", not crossing,
                f"{crossing} records repeated in another split" if crossing else "")
     return scans
 
 
-def _check_small(report: Report, layout: Layout, name: str, validator,
+def _check_small(report: Report, layout: Layout, name: str, schema: dict,
                  scans: dict[str, _Scan]) -> None:
     small = layout.small(name)
     present = [s for s in SPLITS if small.split(s).is_file()]
     if not present:
         return
     problems, tasks = [], {}
+    small_scans = _scan_files({s: small.split(s) for s in present}, schema, None, 0)
     for split in present:
-        path = small.split(split)
-        scan = _scan_split(path, validator, None, 0, array("Q"), array("Q"), 0)
+        path, scan = small.split(split), small_scans[split]
         problems += scan.errors
         tasks[split] = scan.tasks
         if scan.records > SMALL_LIMITS[split]:
@@ -221,13 +296,13 @@ def validate_dataset(layout: Layout, name: str) -> Report:
         return report
     report.add("summary", True, paths.stats.name + "/" + summaries[-1].name)
     _check_files(report, paths, summary)
-    validator = _load_validator(report, paths)
-    if validator is None:
+    schema = _load_schema(report, paths)
+    if schema is None:
         return report
     tokenizer, detail = _tokenizer_for(layout, summary)
     report.add("tokenizer", tokenizer is not None, detail)
-    scans = _check_splits(report, paths, summary, validator, tokenizer)
-    _check_small(report, layout, name, validator, scans)
+    scans = _check_splits(report, paths, summary, schema, tokenizer)
+    _check_small(report, layout, name, schema, scans)
     if report.ok:
         record_verified(layout, paths.root)
     return report

@@ -1,4 +1,5 @@
 import gzip
+import itertools
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,19 @@ def test_bad_lines_name_file_and_line(tmp_path: Path, content: bytes, message: s
 def test_missing_field_names_line_and_field(tmp_path: Path):
     with pytest.raises(WmtpError, match="line 7: missing field 'code'"):
         field({"text": "t"}, "code", tmp_path / "mbpp.jsonl", 7)
+
+
+@pytest.mark.parametrize("target", [1, 7, 50, 10_000])
+def test_chunks_cover_every_line_once_with_right_numbers(tmp_path: Path, target: int):
+    from weighted_mtp.data.sources import iter_jsonl_range, line_chunks
+
+    path = tmp_path / "split.jsonl"
+    path.write_text("".join(f'{{"i": {i}, "pad": "{"x" * (i % 13)}"}}\n' if i % 5 else "\n"
+                            for i in range(1, 60)))
+    chunks = line_chunks(path, target)
+    assert chunks[0][0] == 0 and chunks[-1][1] == path.stat().st_size
+    assert len(chunks) > 1 if target < 100 else len(chunks) == 1
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(chunks))
+    pieces = [row for start, end, first in chunks
+              for row in iter_jsonl_range(path, start, end, first)]
+    assert pieces == list(iter_jsonl(path))

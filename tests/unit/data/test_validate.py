@@ -70,3 +70,24 @@ def test_other_tokenizer_or_missing_summary_fails(prepared):
     for path in prepared.dataset("mbpp").summaries():
         path.unlink()
     assert _failed(validate_dataset(prepared, "mbpp")) == {"summary"}
+
+
+def test_parallel_scan_finds_the_same_problems(prepared, monkeypatch):
+    """Files split into many worker jobs: results must not depend on the split."""
+    import weighted_mtp.data.validate as validate
+
+    path = prepared.dataset("codecontests").split("train")
+    lines = path.read_text().splitlines()
+    record = json.loads(lines[40])
+    record["metadata"]["sample_id"] = json.loads(lines[3])["metadata"]["sample_id"]
+    lines[40] = json.dumps(record)
+    lines[77] = lines[77].replace('"is_correct": ', '"is_correct": "no", "x": ', 1)
+    path.write_text("\n".join(lines) + "\n")
+    serial = validate_dataset(prepared, "codecontests").to_dict()
+    monkeypatch.setattr(validate, "CHUNK_BYTES", 20_000)
+    assert len(validate.line_chunks(path, validate.CHUNK_BYTES)) > 4
+    parallel = validate_dataset(prepared, "codecontests").to_dict()
+    assert parallel == serial
+    failed = {c["name"]: c["detail"] for c in parallel["checks"] if not c["ok"]}
+    assert "sample_ids are unique" in failed
+    assert "train.jsonl line 78" in failed["records match schema.json"]
