@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import hashlib
 import json
 import sys
@@ -89,23 +90,37 @@ class _Fitter:
     def _render_shortened(self, task: Task, prefix: str) -> str:
         return render_prompt(prefix.rstrip() + SHORTENED_MARKER, task.input_text, task.notes)
 
-    def prompts(self, task: Task, full: _Prompt,
-                response_tokens: list[int]) -> tuple[_Prompt | None, _Prompt | None]:
-        """(shortened prompt or None, statement-free prompt or None) for the task."""
-        over = [r for r in response_tokens if full.tokens + r > self.budget]
-        if not over:
-            return None, None
-        text = self._render_shortened(task, "")
-        shortest = _Prompt(text, self.tokenizer.count(text), shortened=True)
-        fitting = [r for r in over if shortest.tokens + r <= self.budget]
-        if not fitting:
-            return None, shortest
-        prompt_budget = self.budget - max(fitting)
-        text, tokens = fit_prefix(
-            task.instruction, lambda prefix: self._render_shortened(task, prefix),
-            self.tokenizer.count, prompt_budget, prompt_budget - shortest.tokens,
-            len(full.text) / max(1, full.tokens))
-        return _Prompt(text, tokens, shortened=True), shortest
+    def prompts(self, tasks: list[tuple[Task, _Prompt, list[int]]]
+                ) -> list[tuple[_Prompt | None, _Prompt | None]]:
+        """(shortened prompt or None, statement-free prompt or None) for each
+        `(task, full prompt, response token counts)`. The candidates of a whole batch are
+        counted together, so shortening runs on all threads too."""
+        results: list[tuple[_Prompt | None, _Prompt | None]] = [(None, None)] * len(tasks)
+        over = {i: [r for r in counts if full.tokens + r > self.budget]
+                for i, (_task, full, counts) in enumerate(tasks)}
+        over = {i: counts for i, counts in over.items() if counts}
+        texts = {i: self._render_shortened(tasks[i][0], "") for i in over}
+        shortest = {i: _Prompt(text, n, shortened=True) for (i, text), n in
+                    zip(texts.items(), self.tokenizer.counts(list(texts.values())), strict=True)}
+        guesses = {}
+        for i, counts in over.items():
+            fitting = [r for r in counts if shortest[i].tokens + r <= self.budget]
+            results[i] = (None, shortest[i])
+            if fitting:
+                task, full, _counts = tasks[i]
+                ratio = len(full.text) / max(1, full.tokens)
+                budget = self.budget - max(fitting)
+                keep = int((budget - shortest[i].tokens) * ratio)
+                guesses[i] = (budget, ratio, self._render_shortened(task, task.instruction[:keep]))
+        counted = self.tokenizer.counts([text for _b, _r, text in guesses.values()])
+        for (i, (budget, ratio, text)), tokens in zip(guesses.items(), counted, strict=True):
+            if tokens > budget:  # the guess overshot: step down with exact recounts
+                task = tasks[i][0]
+                text, tokens = fit_prefix(
+                    task.instruction, functools.partial(self._render_shortened, task),
+                    self.tokenizer.count, budget, 2 * budget - shortest[i].tokens - tokens, ratio)
+            results[i] = (_Prompt(text, tokens, shortened=True), shortest[i])
+        return results
 
     def fit(self, prompts: tuple[_Prompt, _Prompt | None, _Prompt | None], response: str,
             response_tokens: int) -> tuple[_Prompt, str, int, bool] | None:
@@ -168,16 +183,17 @@ class _Preparer:
             prompt_tokens = self.tokenizer.counts(texts)
             response_tokens = iter(
                 self.tokenizer.counts([s.response for t in batch for s in t.samples]))
-            for task, text, tokens in zip(batch, texts, prompt_tokens, strict=True):
-                counts = [next(response_tokens) for _ in task.samples]
-                self._emit_task(task, _Prompt(text, tokens), counts, files)
+            items = [(task, _Prompt(text, tokens), [next(response_tokens) for _ in task.samples])
+                     for task, text, tokens in zip(batch, texts, prompt_tokens, strict=True)]
+            for (task, full, counts), shorter in zip(items, self.fitter.prompts(items),
+                                                     strict=True):
+                self._emit_task(task, (full, *shorter), counts, files)
                 advance(len(counts))
 
-    def _emit_task(self, task: Task, full: _Prompt, response_tokens: list[int],
-                   files: _SplitFiles) -> None:
+    def _emit_task(self, task: Task, prompts: tuple[_Prompt, _Prompt | None, _Prompt | None],
+                   response_tokens: list[int], files: _SplitFiles) -> None:
         stats = self.stats[task.split]
         stats.duplicates += task.duplicates
-        prompts = (full, *self.fitter.prompts(task, full, response_tokens))
         for sample, tokens in zip(task.samples, response_tokens, strict=True):
             fitted = self.fitter.fit(prompts, sample.response, tokens)
             if fitted is None:
