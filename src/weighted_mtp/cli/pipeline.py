@@ -58,7 +58,16 @@ def _summary(result) -> None:
     if result.removed_leftovers:
         console.print(f"removed {len(result.removed_leftovers)} temporary file(s) left by an "
                       "interrupted run")
-    console.print("MANIFEST.json " + ("updated" if result.manifest_written else "unchanged"))
+    if not result.manifest_written:
+        console.print("MANIFEST.json unchanged")
+        return
+    diff = result.manifest_diff
+    console.print(f"MANIFEST.json updated: {len(diff.changed)} changed, {len(diff.unexpected)} "
+                  f"added, {len(diff.missing)} removed file(s)")
+    ran = {o.name for o in result.outcomes if o.status == "ran"}
+    if not ran and diff.files():  # nothing this build did explains them
+        console.print(f"[yellow]recorded changes made outside the build[/]: "
+                      f"{escape(_files(diff.files()))}", highlight=False, soft_wrap=True)
 
 
 def verify(

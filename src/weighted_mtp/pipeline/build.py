@@ -3,8 +3,11 @@
 Every step knows how to tell whether its outputs already verify; those steps are skipped, so a
 rerun after Ctrl-C or a kill picks up where the storage stands and ends in the state an
 uninterrupted run reaches. Steps write their outputs atomically, so an interruption leaves at
-most temporary files, which the next build removes. Timings go to the build log; the manifest
-is refreshed after every step that changed assets.
+most temporary files, which the next build removes. Timings go to the build log.
+
+The manifest is refreshed after every step that changed assets and once more before the
+checks, so it also records changes made outside the build (by `wmtp models convert`, say).
+The summary names such files, and an approval given before them goes stale.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from weighted_mtp.checks import Report
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.pipeline.manifest import (
     Hasher,
+    ManifestDiff,
+    ManifestUpdate,
     iter_leftovers,
     refresh_manifest,
     sha256sums_mismatches,
@@ -47,6 +52,7 @@ class BuildContext:
     layout: Layout
     catalog: Catalog
     mirror: Path | None = None
+    ran: list[str] = field(default_factory=list)  # steps this build has run so far
 
     def mirror_for(self, asset: str) -> Path | None:
         """`--mirror DIR` holds each asset's upstream files under DIR/<asset>/."""
@@ -83,10 +89,18 @@ class BuildResult:
     outcomes: list[StepOutcome] = field(default_factory=list)
     removed_leftovers: list[str] = field(default_factory=list)
     manifest_written: bool = False
+    manifest_diff: ManifestDiff = field(default_factory=ManifestDiff)
 
     @property
     def changed_anything(self) -> bool:
         return self.manifest_written or any(o.status == "ran" for o in self.outcomes)
+
+    def record(self, update: ManifestUpdate) -> None:
+        """Accumulate what the manifest refreshes of this build recorded."""
+        self.manifest_written |= update.written
+        for kind in ("changed", "missing", "unexpected"):
+            paths = getattr(self.manifest_diff, kind)
+            paths += [p for p in getattr(update.diff, kind) if p not in paths]
 
 
 # ---------------------------------------------------------------- "already done?" checks
@@ -175,10 +189,11 @@ def _dataset_done(ctx: BuildContext, name: str) -> bool:
 
 
 def _small_done(ctx: BuildContext, name: str) -> bool:
-    """Sampled after the latest preparation (validate checks the samples themselves)."""
+    """Sampled after the latest preparation and unchanged since."""
     small = ctx.layout.small(name)
     dataset = ctx.layout.dataset(name)
-    return _newer([small.split(s) for s in SPLITS], [dataset.split(s) for s in SPLITS])
+    return stamps.is_verified(ctx.layout, small.root) and _newer(
+        [small.split(s) for s in SPLITS], [dataset.split(s) for s in SPLITS])
 
 
 # ---------------------------------------------------------------- step actions
@@ -259,6 +274,7 @@ def _build_small(name: str) -> Callable[[BuildContext], None]:
         from weighted_mtp.data.small import build_small
 
         build_small(ctx.layout, name)
+        stamps.record_verified(ctx.layout, ctx.layout.small(name).root)
 
     return run
 
@@ -271,7 +287,10 @@ def _validate(ctx: BuildContext) -> None:
 
 
 def _validate_done(ctx: BuildContext) -> bool:
-    return all(stamps.is_verified(ctx.layout, ctx.layout.dataset(n).root) for n in DATASETS)
+    """Nothing changed in this build, and every dataset is as validated. (Small sets are
+    validated again by the verify step whenever the manifest moved.)"""
+    unchanged = all(stamps.is_verified(ctx.layout, ctx.layout.dataset(n).root) for n in DATASETS)
+    return unchanged and not ctx.ran
 
 
 def _verify(ctx: BuildContext) -> None:
@@ -440,10 +459,8 @@ def _run_step(ctx: BuildContext, step: Step, run_id: str, listener: Listener) ->
         if step.done(ctx):
             status, detail = "skipped", "outputs already verify"
         else:
-            if step.changes_assets:
-                ctx.layout.manifest_pending.parent.mkdir(parents=True, exist_ok=True)
-                ctx.layout.manifest_pending.touch()
             step.run(ctx)
+            ctx.ran.append(step.name)
             status, detail = "ran", ""
     except KeyboardInterrupt:
         status, detail = "interrupted", "Ctrl-C"
@@ -480,17 +497,12 @@ def build(
     run_id = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{os.getpid()}"
     with build_lock(layout):
         result.removed_leftovers = _remove_leftovers(layout)
-        if layout.manifest_pending.exists():  # a killed step may have finished some outputs
-            result.manifest_written |= _refresh(layout)
         for step in steps:
+            if not step.changes_assets:  # checks and documents see the assets as recorded
+                result.record(refresh_manifest(layout))
             outcome = _run_step(ctx, step, run_id, listener)
             result.outcomes.append(outcome)
             if outcome.status == "ran" and step.changes_assets:
-                result.manifest_written |= _refresh(layout)
+                result.record(refresh_manifest(layout))
+        result.record(refresh_manifest(layout))
     return result
-
-
-def _refresh(layout: Layout) -> bool:
-    written = refresh_manifest(layout)
-    layout.manifest_pending.unlink(missing_ok=True)
-    return written

@@ -176,8 +176,29 @@ def manifest_sha256(layout: Layout) -> str | None:
     return sha256_file(layout.manifest) if layout.manifest.is_file() else None
 
 
-def refresh_manifest(layout: Layout, hasher: Hasher | None = None) -> bool:
-    """Rewrite MANIFEST.json and SHA256SUMS if the assets differ from them; True if written."""
+@dataclass
+class ManifestUpdate:
+    """What a refresh recorded: `diff` is the new tree against the previous manifest."""
+
+    written: bool
+    diff: ManifestDiff
+
+    def __bool__(self) -> bool:
+        return self.written
+
+
+def _entries_diff(old: list[dict], new: list[dict]) -> ManifestDiff:
+    before = {e["path"]: e for e in old}
+    after = {e["path"]: e for e in new}
+    return ManifestDiff(
+        changed=sorted(p for p in before.keys() & after.keys() if before[p] != after[p]),
+        missing=sorted(before.keys() - after.keys()),
+        unexpected=sorted(after.keys() - before.keys()),
+    )
+
+
+def refresh_manifest(layout: Layout, hasher: Hasher | None = None) -> ManifestUpdate:
+    """Rewrite MANIFEST.json and SHA256SUMS if the assets differ from them."""
     hasher = hasher or Hasher(layout, trust_known=True)
     entries = current_entries(layout, hasher)
     hasher.save()
@@ -185,14 +206,15 @@ def refresh_manifest(layout: Layout, hasher: Hasher | None = None) -> bool:
         old = load_manifest(layout)
     except WmtpError:
         old = None  # a damaged manifest is replaced
+    diff = _entries_diff(old["files"] if old else [], entries)
     unchanged = (
         old is not None
-        and old["files"] == entries
+        and diff.ok
         and old["storage_version"] == STORAGE_VERSION
         and layout.checksums.is_file()
     )
     if unchanged:
-        return False
+        return ManifestUpdate(False, diff)
     from weighted_mtp import __version__
 
     manifest = {
@@ -203,7 +225,7 @@ def refresh_manifest(layout: Layout, hasher: Hasher | None = None) -> bool:
     }
     write_text(layout.checksums, format_sha256sums((e["path"], e["sha256"]) for e in entries))
     write_json(layout.manifest, manifest)
-    return True
+    return ManifestUpdate(True, diff)
 
 
 def compare_with_manifest(layout: Layout, manifest: dict, hasher: Hasher) -> ManifestDiff:

@@ -239,11 +239,6 @@ class Layout:
         return self.state_dir / "build.lock"
 
     @property
-    def manifest_pending(self) -> Path:
-        """Present while a build step may have changed assets the manifest does not list."""
-        return self.state_dir / "manifest.pending"
-
-    @property
     def hash_cache(self) -> Path:
         """Known SHA-256 of asset files with the size and mtime they had when hashed."""
         return self.state_dir / "hashes.json"

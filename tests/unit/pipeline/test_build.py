@@ -112,14 +112,23 @@ def test_interrupted_step_is_logged_and_the_manifest_catches_up_next_time(
     with pytest.raises(KeyboardInterrupt):
         b.build(layout, load_catalog(), only=["micro-mtp"])
     assert b.read_log(layout)[-1]["status"] == "interrupted"
-    assert layout.manifest_pending.exists()
     assert not layout.manifest.exists()
 
     result = b.build(layout, load_catalog(), only=["init"])
     assert result.manifest_written
-    assert not layout.manifest_pending.exists()
-    assert "models_v2/micro-mtp/safetensors/model.safetensors" in [
-        e["path"] for e in load_manifest(layout)["files"]]
+    weights_path = "models_v2/micro-mtp/safetensors/model.safetensors"
+    assert weights_path in [e["path"] for e in load_manifest(layout)["files"]]
+    assert weights_path in result.manifest_diff.unexpected
+
+
+def test_changes_made_outside_the_build_are_recorded_and_named(layout):
+    b.build(layout, load_catalog(), only=["init"])
+    extra = layout.small("mbpp").split("test")
+    extra.write_text("{}\n")
+    result = b.build(layout, load_catalog(), only=["init"])
+    assert result.manifest_written
+    assert result.manifest_diff.unexpected == [layout.relative(extra)]
+    assert {o.status for o in result.outcomes} == {"skipped"}
 
 
 def test_failed_step_stops_the_build_with_its_error(layout, monkeypatch):
