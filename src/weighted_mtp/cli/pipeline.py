@@ -55,6 +55,9 @@ def _summary(result) -> None:
         table.add_row(outcome.name, str(outcome.seed_step), STATUS_MARKS[outcome.status],
                       f"{outcome.seconds:.1f}")
     console.print(table)
+    if result.recheck:
+        console.print(f"re-checked what the last `wmtp verify` found damaged: "
+                      f"{', '.join(result.recheck)}", highlight=False)
     if result.removed_leftovers:
         console.print(f"removed {len(result.removed_leftovers)} temporary file(s) left by an "
                       "interrupted run")

@@ -41,6 +41,7 @@ from weighted_mtp.storage.layout import (
     META_MODEL,
     MICRO_MTP,
     MICRO_REF,
+    MODELS,
     REFERENCE_MODEL,
     SPLITS,
     Layout,
@@ -88,6 +89,7 @@ class StepOutcome:
 class BuildResult:
     outcomes: list[StepOutcome] = field(default_factory=list)
     removed_leftovers: list[str] = field(default_factory=list)
+    recheck: list[str] = field(default_factory=list)  # assets the last verify found damaged
     manifest_written: bool = False
     manifest_diff: ManifestDiff = field(default_factory=ManifestDiff)
 
@@ -437,6 +439,37 @@ def build_lock(layout: Layout) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _asset_roots(layout: Layout) -> dict[str, Path]:
+    roots = {name: layout.model(name).root for name in MODELS}
+    roots.update({name: layout.dataset(name).root for name in DATASETS})
+    roots.update({f"{name}_small": layout.small(name).root for name in DATASETS})
+    return roots
+
+
+def _forget_damage(layout: Layout) -> list[str]:
+    """What the latest `wmtp verify` found wrong loses its verification stamps and cached
+    hashes, so the steps that made it run again even when sizes and mtimes look unchanged
+    (e.g. a flipped bit). Returns the assets concerned."""
+    from weighted_mtp.pipeline.checklist import saved_checklist
+
+    saved = saved_checklist(layout)
+    if saved is None or saved.ok:
+        return []
+    checks = [c for step in saved.failed() for c in step.report.failures()]
+    files = [f for c in checks for f in c.files]
+    hasher = Hasher(layout, trust_known=True)
+    hasher.forget(files)
+    hasher.save()
+    damaged = []
+    for name, root in _asset_roots(layout).items():
+        prefix = layout.relative(root) + "/"
+        named = any(c.name.startswith(f"{name}:") or c.name == name for c in checks)
+        if named or any(f.startswith(prefix) for f in files):
+            stamps.clear_verified(layout, root)
+            damaged.append(name)
+    return damaged
+
+
 def _remove_leftovers(layout: Layout) -> list[str]:
     """Temporary files of writes that a kill interrupted; never valid outputs."""
     removed = []
@@ -497,6 +530,7 @@ def build(
     run_id = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{os.getpid()}"
     with build_lock(layout):
         result.removed_leftovers = _remove_leftovers(layout)
+        result.recheck = _forget_damage(layout)
         for step in steps:
             if not step.changes_assets:  # checks and documents see the assets as recorded
                 result.record(refresh_manifest(layout))

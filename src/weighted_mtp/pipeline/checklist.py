@@ -332,13 +332,20 @@ def run_checklist(layout: Layout, *, through: int = 11, save: bool = True) -> Ch
     return checklist
 
 
-def last_checklist(layout: Layout) -> Checklist | None:
-    """The latest saved run, if it still describes the current manifest."""
+def saved_checklist(layout: Layout) -> Checklist | None:
+    """The latest saved run, whatever storage state it describes."""
     if not layout.last_verification.is_file():
         return None
     try:
-        checklist = Checklist.from_dict(read_json(layout.last_verification, "last verification"))
+        return Checklist.from_dict(read_json(layout.last_verification, "last verification"))
     except (WmtpError, KeyError, TypeError):
+        return None
+
+
+def last_checklist(layout: Layout) -> Checklist | None:
+    """The latest saved run, if it still describes the current manifest."""
+    checklist = saved_checklist(layout)
+    if checklist is None:
         return None
     current = manifest_sha256(layout)
     return checklist if current and checklist.manifest_sha256 == current else None

@@ -115,6 +115,11 @@ class Hasher:
         self._this_run.add(rel)
         return digest
 
+    def forget(self, rels: list[str]) -> None:
+        """Drop known hashes, so these files are read again."""
+        for rel in rels:
+            self._known.pop(rel, None)
+
     def save(self) -> None:
         """Persist known hashes of files that still exist."""
         kept = {rel: e for rel, e in self._known.items() if (self.layout.root / rel).is_file()}

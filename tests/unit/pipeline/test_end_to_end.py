@@ -120,18 +120,37 @@ def test_truncated_small_set_file_fails_verify_and_is_named(demo_copy):
 
 def test_flipped_byte_in_safetensors_fails_verify_and_is_named(demo_copy):
     layout, _ = demo_copy
-    weights = layout.model("micro-ref").weights
-    stat = weights.stat()
-    with weights.open("r+b") as handle:
-        handle.seek(stat.st_size - 7)
-        byte = handle.read(1)
-        handle.seek(stat.st_size - 7)
-        handle.write(bytes([byte[0] ^ 0x01]))
-    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # size and mtime unchanged
+    _flip_byte_keeping_mtime(layout.model("micro-ref").weights)  # size and mtime unchanged
     result = _run("--root", str(layout.root), "verify")
     assert result.exit_code == 1
     assert "models_v2/micro-ref/safetensors/model.safetensors" in result.output
     assert "stale" in result.output  # the approval no longer covers these bytes
+
+
+def _flip_byte_keeping_mtime(path, offset_from_end=7):
+    stat = path.stat()
+    with path.open("r+b") as handle:
+        handle.seek(stat.st_size - offset_from_end)
+        byte = handle.read(1)
+        handle.seek(stat.st_size - offset_from_end)
+        handle.write(bytes([byte[0] ^ 0x01]))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+@pytest.mark.parametrize("damaged,step", [
+    ("models_v2/micro-ref/safetensors/model.safetensors", "micro-ref"),
+    ("datasets_v2/mbpp/raw/mbpp.jsonl", "download-mbpp"),
+])
+def test_build_repairs_what_verify_found_even_with_unchanged_size_and_mtime(
+        demo_copy, damaged, step):
+    layout, mirror = demo_copy
+    _flip_byte_keeping_mtime(layout.root / damaged)
+    result = _run("--root", str(layout.root), "verify")
+    assert result.exit_code == 1 and damaged in result.output
+    repaired = build(layout, load_catalog(), mirror=mirror)
+    assert {o.name: o.status for o in repaired.outcomes}[step] == "ran"
+    checklist = run_checklist(layout, through=10)
+    assert checklist.ok, [s.to_dict() for s in checklist.failed()]
 
 
 def _wait_for_log(layout, predicate, process, timeout=120):
