@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from weighted_mtp import __version__, progress
-from weighted_mtp.data.converters import DEFAULT_LANGUAGES, Task, iter_tasks
+from weighted_mtp.data.converters import DEFAULT_LANGUAGES, Sample, Task, iter_tasks
 from weighted_mtp.data.splits import DisjointSplits
 from weighted_mtp.data.stats import SplitStats
 from weighted_mtp.data.template import (
@@ -141,19 +141,26 @@ class _Fitter:
 
 
 class _SplitFiles:
-    """One atomic, hashed output per split, opened on the split's first record."""
+    """One atomic, hashed output per split, opened on the split's first record; lines are
+    collected per batch and written in one call."""
 
     def __init__(self, paths: DatasetPaths, stack: ExitStack) -> None:
         self.paths = paths
         self.stack = stack
         self.writers: dict[str, HashingWriter] = {}
+        self.pending: dict[str, list[str]] = {}
 
-    def write(self, split: str, line: bytes) -> None:
-        writer = self.writers.get(split)
-        if writer is None:
-            handle = self.stack.enter_context(atomic_write(self.paths.split(split), "wb"))
-            writer = self.writers[split] = HashingWriter(handle)
-        writer.write(line)
+    def write(self, split: str, line: str) -> None:
+        self.pending.setdefault(split, []).append(line)
+
+    def flush(self) -> None:
+        for split, lines in self.pending.items():
+            writer = self.writers.get(split)
+            if writer is None:
+                handle = self.stack.enter_context(atomic_write(self.paths.split(split), "wb"))
+                writer = self.writers[split] = HashingWriter(handle)
+            writer.write("".join(lines).encode())
+        self.pending.clear()
 
 
 def _batches(tasks: Iterator[Task], size: int) -> Iterator[list[Task]]:
@@ -189,11 +196,14 @@ class _Preparer:
                                                      strict=True):
                 self._emit_task(task, (full, *shorter), counts, files)
                 advance(len(counts))
+            files.flush()
 
     def _emit_task(self, task: Task, prompts: tuple[_Prompt, _Prompt | None, _Prompt | None],
                    response_tokens: list[int], files: _SplitFiles) -> None:
         stats = self.stats[task.split]
         stats.duplicates += task.duplicates
+        language = task.metadata["language"]
+        metadata = _TaskMetadata(task)
         for sample, tokens in zip(task.samples, response_tokens, strict=True):
             fitted = self.fitter.fit(prompts, sample.response, tokens)
             if fitted is None:
@@ -203,12 +213,10 @@ class _Preparer:
             if self._seen_in_other_split(task.split, prompt, response):
                 stats.cross_split_duplicates += 1
                 continue
-            metadata = {"task_id": task.task_id, "sample_id": sample.sample_id,
-                        "is_correct": sample.is_correct, **task.metadata,
-                        "shortened_prompt": prompt.shortened, "truncated_response": truncated}
-            files.write(task.split, _record_line(prompt, response, metadata))
+            files.write(task.split, _record_line(prompt, response,
+                                                 metadata.json(sample, prompt, truncated)))
             stats.add_record(prompt.tokens, r_tokens, prompt.tokens + r_tokens + SPECIAL_TOKENS,
-                             metadata)
+                             sample.is_correct, prompt.shortened, truncated, language)
 
     def _seen_in_other_split(self, split: str, prompt: _Prompt, response: str) -> bool:
         key = hashlib.blake2b(response.encode(), digest_size=16, key=prompt.digest).digest()
@@ -217,13 +225,30 @@ class _Preparer:
         return self.held_out.setdefault(key, split) != split
 
 
-def _record_line(prompt: _Prompt, response: str, metadata: dict) -> bytes:
+class _TaskMetadata:
+    """A record's metadata JSON: the task's part is serialised once, the sample's per record.
+    Same text as `json.dumps` of the dict `{task_id, sample_id, is_correct, **task metadata,
+    shortened_prompt, truncated_response}`."""
+
+    def __init__(self, task: Task) -> None:
+        shared = json.dumps(task.metadata, ensure_ascii=False)[1:-1]
+        self.task_id = json.dumps(task.task_id, ensure_ascii=False)
+        self.shared = f", {shared}" if shared else ""
+
+    def json(self, sample: Sample, prompt: _Prompt, truncated: bool) -> str:
+        return (f'{{"task_id": {self.task_id}, '
+                f'"sample_id": {json.dumps(sample.sample_id, ensure_ascii=False)}, '
+                f'"is_correct": {json.dumps(sample.is_correct)}{self.shared}, '
+                f'"shortened_prompt": {json.dumps(prompt.shortened)}, '
+                f'"truncated_response": {json.dumps(truncated)}}}')
+
+
+def _record_line(prompt: _Prompt, response: str, metadata_json: str) -> str:
     """Exactly `json.dumps({"prompt", "response", "metadata"})` + newline, reusing the
     prompt's JSON text."""
     response_json = json.dumps(response, ensure_ascii=False)
-    metadata_json = json.dumps(metadata, ensure_ascii=False)
     return (f'{{"prompt": {prompt.json}, "response": {response_json}, '
-            f'"metadata": {metadata_json}}}\n').encode()
+            f'"metadata": {metadata_json}}}\n')
 
 
 def prepare_into(

@@ -68,15 +68,16 @@ class SplitStats:
     lengths: dict[str, LengthHistogram] = field(
         default_factory=lambda: {kind: LengthHistogram() for kind in LENGTH_KINDS})
 
-    def add_record(self, prompt: int, response: int, total: int, metadata: dict) -> None:
+    def add_record(self, prompt: int, response: int, total: int, is_correct: bool,
+                   shortened: bool, truncated: bool, language: str) -> None:
         self.records += 1
-        if metadata["is_correct"]:
+        if is_correct:
             self.correct += 1
         else:
             self.incorrect += 1
-        self.shortened += metadata["shortened_prompt"]
-        self.truncated += metadata["truncated_response"]
-        self.languages[metadata["language"]] += 1
+        self.shortened += shortened
+        self.truncated += truncated
+        self.languages[language] += 1
         for kind, value in zip(LENGTH_KINDS, (prompt, response, total), strict=True):
             self.lengths[kind].add(value)
 

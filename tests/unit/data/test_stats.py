@@ -20,9 +20,8 @@ def test_histogram_statistics_are_exact():
 
 def test_split_stats_count_kinds():
     stats = SplitStats()
-    base = {"language": "python3", "shortened_prompt": True, "truncated_response": False}
-    stats.add_record(10, 5, 17, {**base, "is_correct": True})
-    stats.add_record(12, 6, 20, {**base, "is_correct": False})
+    stats.add_record(10, 5, 17, True, True, False, "python3")
+    stats.add_record(12, 6, 20, False, True, False, "python3")
     result = stats.to_dict(tasks=1, max_length=64)
     assert (result["correct"], result["incorrect"], result["shortened"]) == (1, 1, 2)
     assert result["tokens"]["total"]["max"] == 20
