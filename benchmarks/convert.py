@@ -28,12 +28,14 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 BENCH_DIM, BENCH_HEADS, BENCH_FUTURE = 2048, 16, 4
 
 CHILD_WMTP = """
 import json, sys, time
+import torch  # imported before the clock starts, as in the naive child
 from weighted_mtp.models.convert import convert_model
 from weighted_mtp.storage.layout import Layout
 start = time.perf_counter()
@@ -102,6 +104,10 @@ def run_measured(args: list[str]) -> tuple[dict, float, int]:
     return (json.loads(lines[-1]) if lines else {}), wall, peak[0] * 1024
 
 
+def best(repeat: int, run: Callable[[], float]) -> float:
+    return min(run() for _ in range(repeat))
+
+
 def timed(args: list[str]) -> float:
     start = time.perf_counter()
     subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
@@ -122,7 +128,7 @@ def bench_params(size_bytes: int, vocab: int) -> dict:
         return 2 * sum(math.prod(s) for s in shapes.values())
 
     n_layers = BENCH_FUTURE
-    while size(n_layers + 1) <= size_bytes:
+    while abs(size(n_layers + 1) - size_bytes) < abs(size(n_layers) - size_bytes):
         n_layers += 1
     return params(n_layers)
 
@@ -152,29 +158,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-gb", type=float, default=1.5, help="checkpoint size (GB)")
     parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temp dir)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs per method; the fastest counts (shared machines are noisy)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="wmtp-bench-", dir=args.workdir))
     try:
         root, checkpoint = prepare(work, args.size_gb)
         size = checkpoint.stat().st_size
-        print(f"checkpoint: {size / 1e9:.2f} GB bfloat16 at {checkpoint}", flush=True)
+        print(f"checkpoint: {size / 1e9:.2f} GB bfloat16; best of {args.repeat} runs; "
+              "memory: the largest peak", flush=True)
         python = sys.executable
         subprocess.run(["cat", str(checkpoint)], stdout=subprocess.DEVNULL, check=True)
-        floor_cp = timed(["cp", str(checkpoint), str(work / "copy.pth")])
-        (work / "copy.pth").unlink()
-        coreutils_sha = timed(["sha256sum", str(checkpoint)])
-        hashlib_sha = run_measured([python, "-c", CHILD_HASHLIB, str(checkpoint)])[0]["seconds"]
+        copy = work / "copy.pth"
+        floor_cp = best(args.repeat, lambda: timed(["cp", str(checkpoint), str(copy)]))
+        copy.unlink()
+        coreutils_sha = best(args.repeat, lambda: timed(["sha256sum", str(checkpoint)]))
+        hashlib_sha = best(args.repeat, lambda: run_measured(
+            [python, "-c", CHILD_HASHLIB, str(checkpoint)])[0]["seconds"])
         floor_sha = min(coreutils_sha, hashlib_sha)  # the faster one: a conservative floor
         floor = floor_cp + floor_sha
         _, _, bare = run_measured([python, "-c", CHILD_BARE])
-        wmtp, _, wmtp_peak = run_measured([python, "-c", CHILD_WMTP, str(root)])
-        naive, _, naive_peak = run_measured(
-            [python, "-c", CHILD_NAIVE, str(checkpoint), str(work / "naive.safetensors")])
-        rows = [
-            ("floor (cp + SHA-256)", floor, None),
-            ("wmtp convert (streaming)", wmtp["seconds"], wmtp_peak - bare),
-            ("seed's naive method", naive["seconds"], naive_peak - bare),
+        wmtp = [run_measured([python, "-c", CHILD_WMTP, str(root)]) for _ in range(args.repeat)]
+        naive_out = str(work / "naive.safetensors")
+        naive = [run_measured([python, "-c", CHILD_NAIVE, str(checkpoint), naive_out])
+                 for _ in range(args.repeat)]
+        rows = [("floor (cp + SHA-256)", floor, None)] + [
+            (name, min(r[0]["seconds"] for r in runs), max(r[2] for r in runs) - bare)
+            for name, runs in (("wmtp convert (streaming)", wmtp), ("seed's naive method", naive))
         ]
         print(f"floor: cp {floor_cp:.2f} s + SHA-256 {floor_sha:.2f} s (sha256sum "
               f"{coreutils_sha:.2f} s, hashlib {hashlib_sha:.2f} s); bare `import torch` "

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import math
+import queue
 import struct
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import atomic_write, ensure_free_space
@@ -125,6 +127,41 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy())
 
 
+class _BackgroundFile:
+    """A write-only file whose writes happen on a thread, so the caller can hash and cast the
+    next chunk meanwhile (file writes, hashlib and torch all release the GIL). The queue is
+    bounded: at most `depth` chunks wait, so memory stays a few chunks whatever the size."""
+
+    def __init__(self, handle: IO[bytes], depth: int = 3) -> None:
+        self._handle = handle
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name="safetensors-writer",
+                                        daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._handle.write(chunk)
+                except BaseException as exc:  # re-raised in the caller's thread
+                    self._error = exc
+
+    def write(self, chunk: bytes | memoryview) -> int:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(chunk)
+        return len(chunk)
+
+    def close(self) -> None:
+        """Wait for every queued chunk; raise the writing thread's error, if any."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
 class SafetensorsWriter:
     """Write a safetensors file tensor by tensor, in the order of `specs`.
 
@@ -145,12 +182,14 @@ class SafetensorsWriter:
         self._filled = 0
         self._file = None
         self._out: HashingWriter | None = None
+        self._sink: _BackgroundFile | None = None
         self.result: WrittenFile | None = None
 
     def __enter__(self) -> SafetensorsWriter:
         ensure_free_space(self.path.parent, self.size, f"writing {self.path.name}")
         self._file = atomic_write(self.path, "wb")
-        self._out = HashingWriter(self._file.__enter__())
+        self._sink = _BackgroundFile(self._file.__enter__())
+        self._out = HashingWriter(self._sink)
         self._out.write(self._header)
         return self
 
@@ -189,13 +228,17 @@ class SafetensorsWriter:
         return None
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            self._sink.close()
+        except BaseException as sink_error:
+            exc = exc or sink_error
         if exc is None and (missing := self._first_incomplete()) is not None:
             exc = WmtpError(f"tensor {missing} was not fully written", path=self.path)
-            self._file.__exit__(WmtpError, exc, None)
+        if exc is not None:
+            self._file.__exit__(type(exc), exc, exc.__traceback__)
             raise exc
-        self._file.__exit__(exc_type, exc, tb)
-        if exc is None:
-            self.result = WrittenFile(self.path, self._out.bytes_written, self._out.hexdigest())
+        self._file.__exit__(None, None, None)
+        self.result = WrittenFile(self.path, self._out.bytes_written, self._out.hexdigest())
         return False
 
 

@@ -105,3 +105,33 @@ def test_duplicate_names_and_bad_metadata_are_refused():
         build_header([spec, spec])
     with pytest.raises(WmtpError, match="strings"):
         build_header([spec], {"n": 1})
+
+
+def test_a_failed_write_on_the_writer_thread_surfaces_and_leaves_no_file(tmp_path, monkeypatch):
+    import errno
+    from contextlib import contextmanager
+
+    from weighted_mtp.models import safetensors_stream
+
+    real_atomic_write = safetensors_stream.atomic_write
+
+    class DiskFull:
+        def __init__(self, handle):
+            self.handle, self.calls = handle, 0
+
+        def write(self, data):
+            self.calls += 1
+            if self.calls > 1:  # the header goes through; the first tensor fails
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.handle.write(data)
+
+    @contextmanager
+    def failing_atomic_write(path, mode):
+        with real_atomic_write(path, mode) as handle:
+            yield DiskFull(handle)
+
+    monkeypatch.setattr(safetensors_stream, "atomic_write", failing_atomic_write)
+    tensors = {f"t{i}": torch.zeros(1000) for i in range(20)}
+    with pytest.raises(OSError, match="No space left"):
+        save_tensors(tmp_path / "x.safetensors", tensors)
+    assert list(tmp_path.iterdir()) == []
