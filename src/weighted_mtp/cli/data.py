@@ -50,15 +50,18 @@ def download(
 
 def _print_summary(summary: dict) -> None:
     table = Table("split", "records", "tasks", "correct", "incorrect", "dropped", "shortened",
-                  "truncated", "tokens p50/p95/max",
+                  "truncated", box=None,
                   title=f"{summary['dataset']} (max length {summary['max_length']}, "
                         f"seed {summary['seed']})")
     for split, entry in summary["splits"].items():
-        total = entry["tokens"]["total"] or {}
-        table.add_row(split, *(str(entry[k]) for k in ("records", "tasks", "correct", "incorrect",
-                                                       "dropped", "shortened", "truncated")),
-                      f"{total.get('p50')}/{total.get('p95')}/{total.get('max')}")
+        table.add_row(split, *(str(entry[k]) for k in ("records", "tasks", "correct",
+                                                       "incorrect", "dropped", "shortened",
+                                                       "truncated")))
     console.print(table)
+    for split, entry in summary["splits"].items():
+        lengths = "; ".join(f"{kind} {v['min']}/{v['p50']}/{v['p95']}/{v['max']}"
+                            for kind, v in entry["tokens"].items() if v)
+        console.print(f"{split} tokens min/p50/p95/max: {lengths}", highlight=False)
 
 
 @app.command()
@@ -160,10 +163,7 @@ def stats(
         console.print(f"[dim]{path}[/]")
         _print_summary(summary)
         for split, entry in summary["splits"].items():
-            tokens = entry["tokens"]
-            console.print(f"{split}: " + ", ".join(
-                f"{kind} mean {values['mean']}" for kind, values in tokens.items() if values)
-                + f"; languages {entry['languages']}", highlight=False)
+            console.print(f"{split} languages: {entry['languages']}", highlight=False)
     if plot is not None:
         written = plot_lengths(summary, plot)
         if not as_json:
