@@ -5,13 +5,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from weighted_mtp.cli._console import console, err_console, print_json, progress_bars, state
+
+if TYPE_CHECKING:
+    from weighted_mtp.pipeline.build import BuildResult, Step, StepOutcome
+    from weighted_mtp.pipeline.checklist import Checklist
+    from weighted_mtp.pipeline.demo import DemoResult
 
 MAX_FILES_SHOWN = 8
 STATUS_MARKS = {"ran": "[green]✔ ran[/]", "skipped": "[dim]· skipped[/]",
@@ -24,7 +29,7 @@ def _files(files: list[str]) -> str:
     return shown + (f" and {more} more" if more > 0 else "")
 
 
-def print_checklist(checklist) -> None:
+def print_checklist(checklist: Checklist) -> None:
     """One line per seed step: ✔/✘, title, reason, and the files of failed checks."""
     for step in checklist.steps:
         mark = "[green]✔[/]" if step.ok else "[red]✘[/]"
@@ -38,7 +43,7 @@ def print_checklist(checklist) -> None:
     console.print(verdict)
 
 
-def _listener(event: str, step, outcome) -> None:
+def _listener(event: str, step: Step, outcome: StepOutcome | None) -> None:
     if event == "start":
         console.print(f"[bold]→ {step.name}[/] [dim](Step {step.seed_step})[/] {step.describe}",
                       highlight=False)
@@ -49,7 +54,7 @@ def _listener(event: str, step, outcome) -> None:
     console.print(line, highlight=False, soft_wrap=True)
 
 
-def _summary(result) -> None:
+def _summary(result: BuildResult) -> None:
     table = Table("step", "seed step", "result", "seconds", title="build summary")
     for outcome in result.outcomes:
         table.add_row(outcome.name, str(outcome.seed_step), STATUS_MARKS[outcome.status],
@@ -177,7 +182,7 @@ def demo(
         raise typer.Exit(1)
 
 
-def _next_steps(result) -> None:
+def _next_steps(result: DemoResult) -> None:
     root = result.layout.root
     console.print(f"""
 [bold]where everything is[/]
