@@ -282,8 +282,8 @@ def _step9(run: _Run, report: Report) -> None:
     diff = compare_with_manifest(layout, manifest, run.hasher)
     run.differs_from_manifest = diff.files()
     report.add("tree matches MANIFEST.json", diff.ok,
-               diff.summary() if not diff.ok else f"{len(manifest['files'])} files",
-               diff.files())
+               f"{diff.summary()}; `wmtp build` rebuilds damaged files and records the rest"
+               if not diff.ok else f"{len(manifest['files'])} files", diff.files())
     for name in (*BASE_MODELS, *MICRO_MODELS):
         run.hashes_match(report, f"{name}: safetensors/SHA256SUMS",
                          layout.model(name).sha256sums)
