@@ -311,6 +311,7 @@ def storage_readme(layout: Layout, manifest: dict | None, manifest_sha: str | No
             yield from tree_lines(child, indent + "  ")
 
     tree = storage_tree(layout.root, 3)
+    tree.children = [c for c in tree.children if c.name != layout.state_dir.name]
     files = len(manifest["files"]) if manifest else 0
     lines = _header("Storage v2", layout, manifest_sha)
     lines += [
