@@ -6,8 +6,9 @@ Builds a synthetic Meta-format checkpoint (bfloat16, real tensor names, random v
 about the given size, "downloads" it from a local mirror into a scratch storage root, then
 measures, each in its own process:
 
-- floor: `cp` of the checkpoint plus `sha256sum` of the same bytes (the I/O any converter
-  that writes and hashes a same-sized output must do);
+- floor: `cp` of the checkpoint plus a SHA-256 of the same bytes (the I/O any converter
+  that writes and hashes a same-sized output must do); also shown with `dd bs=8M
+  conv=fsync` instead of `cp`, a copy through user space that is synced like wmtp's output;
 - wmtp: `convert_model(..., dtype="float16")` (streaming, hashed while writing);
 - naive: the seed's snippet, `torch.load` everything then `safetensors.torch.save_file`, with
   the float16 cast it asks for and the SHA-256 it takes afterwards.
@@ -172,6 +173,9 @@ def main() -> None:
         subprocess.run(["cat", str(checkpoint)], stdout=subprocess.DEVNULL, check=True)
         copy = work / "copy.pth"
         floor_cp = best(args.repeat, lambda: timed(["cp", str(checkpoint), str(copy)]))
+        # cp may copy inside the kernel (copy_file_range); a converter must write its bytes
+        floor_dd = best(args.repeat, lambda: timed(
+            ["dd", f"if={checkpoint}", f"of={copy}", "bs=8M", "conv=fsync", "status=none"]))
         copy.unlink()
         coreutils_sha = best(args.repeat, lambda: timed(["sha256sum", str(checkpoint)]))
         hashlib_sha = best(args.repeat, lambda: run_measured(
@@ -183,7 +187,8 @@ def main() -> None:
         naive_out = str(work / "naive.safetensors")
         naive = [run_measured([python, "-c", CHILD_NAIVE, str(checkpoint), naive_out])
                  for _ in range(args.repeat)]
-        rows = [("floor (cp + SHA-256)", floor, None)] + [
+        rows = [("floor (cp + SHA-256)", floor, None),
+                ("dd conv=fsync + SHA-256", floor_dd + floor_sha, None)] + [
             (name, min(r[0]["seconds"] for r in runs), max(r[2] for r in runs) - bare)
             for name, runs in (("wmtp convert (streaming)", wmtp), ("seed's naive method", naive))
         ]

@@ -26,7 +26,6 @@ from pathlib import Path
 
 from weighted_mtp import __version__, progress
 from weighted_mtp.data.converters import DEFAULT_LANGUAGES, Sample, Task, iter_tasks
-from weighted_mtp.data.splits import DisjointSplits
 from weighted_mtp.data.stats import SplitStats
 from weighted_mtp.data.template import (
     PROMPT_TEMPLATE,
@@ -183,6 +182,7 @@ class _Preparer:
         # Records of the evaluation splits, so an identical train record can be refused
         # (raw parts are read evaluation splits first).
         self.held_out: dict[bytes, str] = {}
+        self.held_out_prompts: set[bytes] = set()
 
     def run(self, tasks: Iterator[Task], files: _SplitFiles, advance) -> None:
         for batch in _batches(tasks, BATCH_SAMPLES):
@@ -204,6 +204,7 @@ class _Preparer:
         stats.duplicates += task.duplicates
         language = task.metadata["language"]
         metadata = _TaskMetadata(task)
+        records_before = stats.records
         for sample, tokens in zip(task.samples, response_tokens, strict=True):
             fitted = self.fitter.fit(prompts, sample.response, tokens)
             if fitted is None:
@@ -217,11 +218,15 @@ class _Preparer:
                                                  metadata.json(sample, prompt, truncated)))
             stats.add_record(prompt.tokens, r_tokens, prompt.tokens + r_tokens + SPECIAL_TOKENS,
                              sample.is_correct, prompt.shortened, truncated, language)
+        stats.tasks += stats.records > records_before
 
     def _seen_in_other_split(self, split: str, prompt: _Prompt, response: str) -> bool:
+        if split == "train" and prompt.digest not in self.held_out_prompts:
+            return False  # the usual case, decided without hashing the response
         key = hashlib.blake2b(response.encode(), digest_size=16, key=prompt.digest).digest()
         if split == "train":
             return key in self.held_out
+        self.held_out_prompts.add(prompt.digest)
         return self.held_out.setdefault(key, split) != split
 
 
@@ -265,10 +270,8 @@ def prepare_into(
     if max_length < MIN_MAX_LENGTH:
         raise UsageError(f"--max-length {max_length} is too small (minimum {MIN_MAX_LENGTH})")
     tokenizer = Tokenizer(tokenizer_path)
-    splits = DisjointSplits()
     preparer = _Preparer(tokenizer, max_length, truncate_code)
-    tasks = iter_tasks(paths.name, Path(source_dir), seed=seed, languages=languages,
-                       splits=splits)
+    tasks = iter_tasks(paths.name, Path(source_dir), seed=seed, languages=languages)
     with ExitStack() as stack, progress.task(f"prepare {paths.name}") as advance:
         files = _SplitFiles(paths, stack)
         preparer.run(tasks, files, advance)
@@ -280,7 +283,6 @@ def prepare_into(
         if split not in written:
             paths.split(split).unlink(missing_ok=True)
     write_json(paths.schema, RECORD_SCHEMA)
-    tasks_per_split = splits.tasks_per_split()
     summary = {
         "dataset": paths.name,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -293,7 +295,7 @@ def prepare_into(
                       "sha256": sha256_file(tokenizer_path),
                       "vocab_size": tokenizer.vocab_size},
         "template": PROMPT_TEMPLATE,
-        "splits": {split: preparer.stats[split].to_dict(tasks_per_split[split], max_length)
+        "splits": {split: preparer.stats[split].to_dict(max_length)
                    for split in SPLITS if split in written},
         "files": {**{paths.split(s).name: digest for s, digest in written.items()},
                   paths.schema.name: sha256_file(paths.schema)},

@@ -57,9 +57,3 @@ class DisjointSplits:
                 hint="splits must be task-disjoint; fix or deduplicate the raw files",
             )
         return split
-
-    def tasks_per_split(self) -> dict[str, int]:
-        counts = dict.fromkeys(SPLITS, 0)
-        for split in self.split_of.values():
-            counts[split] += 1
-        return counts

@@ -24,7 +24,8 @@ class LengthHistogram:
     counts: Counter = field(default_factory=Counter)
 
     def add(self, length: int) -> None:
-        self.counts[length] += 1
+        counts = self.counts
+        counts[length] = counts.get(length, 0) + 1
 
     def summary(self) -> dict[str, float] | None:
         total = sum(self.counts.values())
@@ -57,6 +58,7 @@ class LengthHistogram:
 @dataclass
 class SplitStats:
     records: int = 0
+    tasks: int = 0  # with at least one record
     correct: int = 0
     incorrect: int = 0
     dropped: int = 0
@@ -81,9 +83,9 @@ class SplitStats:
         for kind, value in zip(LENGTH_KINDS, (prompt, response, total), strict=True):
             self.lengths[kind].add(value)
 
-    def to_dict(self, tasks: int, max_length: int) -> dict[str, Any]:
+    def to_dict(self, max_length: int) -> dict[str, Any]:
         return {
-            "records": self.records, "tasks": tasks, "correct": self.correct,
+            "records": self.records, "tasks": self.tasks, "correct": self.correct,
             "incorrect": self.incorrect, "dropped": self.dropped, "shortened": self.shortened,
             "truncated": self.truncated, "duplicates": self.duplicates,
             "cross_split_duplicates": self.cross_split_duplicates,

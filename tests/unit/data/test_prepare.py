@@ -149,3 +149,18 @@ def test_lines_are_exactly_json_dumps_of_the_record(prepared):
         path = prepared.dataset(name).split("test")
         for line in path.read_text(encoding="utf-8").splitlines():
             assert json.dumps(json.loads(line), ensure_ascii=False) == line
+
+
+def test_train_record_identical_to_a_held_out_one_is_refused(downloaded, sp_model_path):
+    """Two problems with different names but the same text and solution, one in test and
+    one in train: the train copy is dropped and counted."""
+    paths = downloaded.dataset("codecontests")
+    test_row = json.loads(paths.raw_split("test").read_text().splitlines()[0])
+    twin = {**test_row, "name": test_row["name"] + " (mirror)"}
+    with paths.raw_split("train").open("a") as handle:
+        handle.write(json.dumps(twin) + "\n")
+    summary = prepare_dataset(downloaded, "codecontests", tokenizer=sp_model_path)
+    assert summary["splits"]["train"]["cross_split_duplicates"] > 0
+    train_tasks = {r["metadata"]["task_id"] for r in read_records(paths.split("train"))}
+    assert twin["name"] not in train_tasks
+    assert summary["splits"]["train"]["tasks"] == len(train_tasks)

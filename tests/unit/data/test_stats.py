@@ -22,7 +22,7 @@ def test_split_stats_count_kinds():
     stats = SplitStats()
     stats.add_record(10, 5, 17, True, True, False, "python3")
     stats.add_record(12, 6, 20, False, True, False, "python3")
-    result = stats.to_dict(tasks=1, max_length=64)
+    result = stats.to_dict(max_length=64)
     assert (result["correct"], result["incorrect"], result["shortened"]) == (1, 1, 2)
     assert result["tokens"]["total"]["max"] == 20
 
