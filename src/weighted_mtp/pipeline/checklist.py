@@ -135,7 +135,7 @@ class _Run:
         try:
             result = produce()
         except WmtpError as exc:
-            report.add(f"{label}", False, exc.line(), [exc.path] if exc.path else [])
+            report.add(label, False, exc.line(), [exc.path] if exc.path else [])
             return
         for check in result.checks:
             report.add(f"{label}: {check.name}", check.ok, check.detail, check.files)
