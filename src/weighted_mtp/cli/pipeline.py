@@ -49,7 +49,7 @@ def _listener(event: str, step: Step, outcome: StepOutcome | None) -> None:
                       highlight=False)
         return
     line = f"  {STATUS_MARKS[outcome.status]} {step.name} in {outcome.seconds:.1f} s"
-    if outcome.status != "ran" and outcome.detail:
+    if outcome.status == "skipped":  # a failure's reason follows as the error line
         line += f": {escape(outcome.detail)}"
     console.print(line, highlight=False, soft_wrap=True)
 
