@@ -22,6 +22,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
+from json.encoder import encode_basestring
 from pathlib import Path
 
 from weighted_mtp import __version__, progress
@@ -41,6 +42,10 @@ from weighted_mtp.storage.layout import DATASETS, SPLITS, DatasetPaths, Layout
 
 BATCH_SAMPLES = 1024
 MIN_MAX_LENGTH = 64
+
+# What json.dumps(..., ensure_ascii=False) writes for a string and for a bool.
+_json_str = encode_basestring
+_JSON_BOOL = {True: "true", False: "false"}
 
 
 def fit_prefix(text: str, render: Callable[[str], str], count: Callable[[str], int],
@@ -70,7 +75,7 @@ class _Prompt:
     shortened: bool = False
 
     def __post_init__(self) -> None:
-        self.json = json.dumps(self.text, ensure_ascii=False)
+        self.json = _json_str(self.text)
         self.digest = hashlib.blake2b(self.text.encode(), digest_size=16).digest()
 
 
@@ -241,18 +246,16 @@ class _TaskMetadata:
         self.shared = f", {shared}" if shared else ""
 
     def json(self, sample: Sample, prompt: _Prompt, truncated: bool) -> str:
-        return (f'{{"task_id": {self.task_id}, '
-                f'"sample_id": {json.dumps(sample.sample_id, ensure_ascii=False)}, '
-                f'"is_correct": {json.dumps(sample.is_correct)}{self.shared}, '
-                f'"shortened_prompt": {json.dumps(prompt.shortened)}, '
-                f'"truncated_response": {json.dumps(truncated)}}}')
+        return (f'{{"task_id": {self.task_id}, "sample_id": {_json_str(sample.sample_id)}, '
+                f'"is_correct": {_JSON_BOOL[sample.is_correct]}{self.shared}, '
+                f'"shortened_prompt": {_JSON_BOOL[prompt.shortened]}, '
+                f'"truncated_response": {_JSON_BOOL[truncated]}}}')
 
 
 def _record_line(prompt: _Prompt, response: str, metadata_json: str) -> str:
     """Exactly `json.dumps({"prompt", "response", "metadata"})` + newline, reusing the
     prompt's JSON text."""
-    response_json = json.dumps(response, ensure_ascii=False)
-    return (f'{{"prompt": {prompt.json}, "response": {response_json}, '
+    return (f'{{"prompt": {prompt.json}, "response": {_json_str(response)}, '
             f'"metadata": {metadata_json}}}\n')
 
 
