@@ -17,6 +17,8 @@ from weighted_mtp.cli import data, models, pipeline, storage
 from weighted_mtp.cli._console import State, err_console
 from weighted_mtp.errors import WmtpError
 
+INTERRUPTED = 130
+
 app = typer.Typer(
     name="wmtp",
     help="Build and verify storage v2 for Weighted Multi-Token Prediction research.",
@@ -64,24 +66,19 @@ def _global_options(
 def main() -> None:
     """Entry point: user errors become one line on stderr and a non-zero exit."""
     try:
-        # Without standalone mode click returns typer.Exit's code instead of raising it.
-        sys.exit(app(standalone_mode=False) or 0)
+        # Without standalone mode click returns the exit code (130 for Ctrl-C) instead of
+        # raising typer.Exit.
+        code = app(standalone_mode=False) or 0
     except WmtpError as exc:
         err_console.print(f"[bold red]error:[/] {escape(exc.line())}", highlight=False,
                           soft_wrap=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]; rerun the command to resume")
-        sys.exit(130)
-    except typer.Exit as exc:
+    except typer.TyperException as exc:  # usage errors: unknown command, bad option
+        exc.show()
         sys.exit(exc.exit_code)
     except typer.Abort:
         err_console.print("aborted")
         sys.exit(1)
-    except Exception as exc:  # click's own usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    if code == INTERRUPTED:
+        err_console.print("[yellow]interrupted[/]; rerun the command to resume")
+    sys.exit(code)

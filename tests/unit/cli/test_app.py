@@ -23,3 +23,10 @@ def test_python_dash_m_runs_the_same_cli():
     )
     assert out.returncode == 0
     assert out.stdout.startswith("wmtp ")
+
+
+def test_usage_errors_exit_2_without_traceback():
+    out = subprocess.run([sys.executable, "-m", "weighted_mtp", "storage", "nope"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "No such command" in out.stderr and "Traceback" not in out.stderr
