@@ -20,6 +20,7 @@ import hashlib
 import json
 import sys
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from json.encoder import encode_basestring
@@ -190,18 +191,33 @@ class _Preparer:
         self.held_out_prompts: set[bytes] = set()
 
     def run(self, tasks: Iterator[Task], files: _SplitFiles, advance) -> None:
-        for batch in _batches(tasks, BATCH_SAMPLES):
-            texts = [render_prompt(t.instruction, t.input_text, t.notes) for t in batch]
-            prompt_tokens = self.tokenizer.counts(texts)
-            response_tokens = iter(
-                self.tokenizer.counts([s.response for t in batch for s in t.samples]))
-            items = [(task, _Prompt(text, tokens), [next(response_tokens) for _ in task.samples])
-                     for task, text, tokens in zip(batch, texts, prompt_tokens, strict=True)]
-            for (task, full, counts), shorter in zip(items, self.fitter.prompts(items),
-                                                     strict=True):
-                self._emit_task(task, (full, *shorter), counts, files)
-                advance(len(counts))
-            files.flush()
+        """Batch k+1 is tokenized in the background (SentencePiece releases the GIL) while
+        batch k is fitted and written here."""
+        with ThreadPoolExecutor(1) as pool:
+            pending = None
+            for batch in _batches(tasks, BATCH_SAMPLES):
+                counted = pool.submit(self._count, batch)
+                if pending is not None:
+                    self._emit_batch(pending.result(), files, advance)
+                pending = counted
+            if pending is not None:
+                self._emit_batch(pending.result(), files, advance)
+
+    def _count(self, batch: list[Task]) -> list[tuple[Task, _Prompt, list[int]]]:
+        texts = [render_prompt(t.instruction, t.input_text, t.notes) for t in batch]
+        prompt_tokens = self.tokenizer.counts(texts)
+        response_tokens = iter(
+            self.tokenizer.counts([s.response for t in batch for s in t.samples]))
+        return [(task, _Prompt(text, tokens), [next(response_tokens) for _ in task.samples])
+                for task, text, tokens in zip(batch, texts, prompt_tokens, strict=True)]
+
+    def _emit_batch(self, items: list[tuple[Task, _Prompt, list[int]]], files: _SplitFiles,
+                    advance) -> None:
+        for (task, full, counts), shorter in zip(items, self.fitter.prompts(items),
+                                                 strict=True):
+            self._emit_task(task, (full, *shorter), counts, files)
+            advance(len(counts))
+        files.flush()
 
     def _emit_task(self, task: Task, prompts: tuple[_Prompt, _Prompt | None, _Prompt | None],
                    response_tokens: list[int], files: _SplitFiles) -> None:
