@@ -90,3 +90,30 @@ def test_hub_download_offline_is_one_clear_error(layout, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WmtpError, match=r"cannot reach the hub .*--mirror DIR"):
         download_dataset(layout, load_catalog(), "mbpp")
+
+
+def test_mbpp_and_humaneval_hub_parquet_layouts(layout, tmp_path: Path, mirrors: Path):
+    """The hub serves MBPP as full/{prompt,train,validation,test}-*.parquet and HumanEval as
+    openai_humaneval/test-*.parquet: all rows land in the single raw file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [json.loads(line) for line in (mirrors / "mbpp/mbpp.jsonl").read_text().splitlines()]
+    mirror = tmp_path / "mbpp"
+    (mirror / "full").mkdir(parents=True)
+    for i, part in enumerate(("prompt", "test", "train", "validation")):
+        pq.write_table(pa.Table.from_pylist(rows[i::4]),
+                       mirror / "full" / f"{part}-00000-of-00001.parquet")
+    source = download_dataset(layout, load_catalog(), "mbpp", mirror=mirror)
+    assert source["raw_files"]["mbpp.jsonl"]["rows"] == len(rows)
+    assert len(source["upstream_files"]) == 4
+
+    with gzip.open(humaneval_source(), "rt") as handle:
+        problems = [json.loads(line) for line in handle if line.strip()]
+    mirror = tmp_path / "humaneval"
+    (mirror / "openai_humaneval").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(problems),
+                   mirror / "openai_humaneval" / "test-00000-of-00001.parquet")
+    download_dataset(layout, load_catalog(), "humaneval", mirror=mirror)
+    raw = layout.dataset("humaneval").raw_split("HumanEval").read_text().splitlines()
+    assert [json.loads(line) for line in raw] == problems
