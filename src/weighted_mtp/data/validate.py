@@ -177,6 +177,13 @@ def _duplicates(values: array) -> int:
     return int(np.count_nonzero(keys[1:] == keys[:-1]))
 
 
+def _all_in(values: array, pool: array) -> bool:
+    import numpy as np
+
+    return bool(np.isin(np.frombuffer(values, dtype=np.uint64),
+                        np.frombuffer(pool, dtype=np.uint64)).all())
+
+
 def _cross_split_duplicates(contents: array) -> int:
     """Identical prompt+response in two splits (the low 2 bits of each hash hold the split)."""
     import numpy as np
@@ -268,8 +275,8 @@ def _check_small(report: Report, layout: Layout, name: str, schema: dict,
         tasks[split] = scan.tasks
         if scan.records > SMALL_LIMITS[split]:
             problems.append(f"{path.name}: {scan.records} records > {SMALL_LIMITS[split]}")
-        if split not in scans or not scan.tasks <= scans[split].tasks:
-            problems.append(f"{path.name}: records not from processed/{split}.jsonl")
+        if split not in scans or not _all_in(scan.contents, scans[split].contents):
+            problems.append(f"{path.name}: records not in processed/{split}.jsonl")
         full = scans.get(split)
         if full and full.correct and full.incorrect and not (scan.correct and scan.incorrect):
             problems.append(f"{path.name}: lacks correct or incorrect samples")

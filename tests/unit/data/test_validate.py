@@ -91,3 +91,12 @@ def test_parallel_scan_finds_the_same_problems(prepared, monkeypatch):
     failed = {c["name"]: c["detail"] for c in parallel["checks"] if not c["ok"]}
     assert "sample_ids are unique" in failed
     assert "train.jsonl line 78" in failed["records match schema.json"]
+
+
+def test_small_set_from_an_older_preparation_fails(prepared, sp_model_path):
+    from weighted_mtp.data.prepare import prepare_dataset
+
+    prepare_dataset(prepared, "codecontests", tokenizer=sp_model_path, max_length=1024)
+    report = validate_dataset(prepared, "codecontests")
+    check = next(c for c in report.checks if c.name == "small sets")
+    assert not check.ok and "records not in processed/train.jsonl" in check.detail
