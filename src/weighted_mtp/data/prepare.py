@@ -18,6 +18,7 @@ import datetime as dt
 import functools
 import hashlib
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -351,8 +352,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--tokenizer", type=Path, default=None,
                         help="SentencePiece model (default: the Meta model's in --root)")
-    parser.add_argument("--root", type=Path, default=Path("storage"),
-                        help="storage root for the default tokenizer")
+    parser.add_argument("--root", type=Path, default=Path(os.environ.get("WMTP_ROOT", "storage")),
+                        help="storage root for the default tokenizer (default: $WMTP_ROOT or "
+                        "./storage, as for wmtp)")
     parser.add_argument("--truncate-code", action="store_true")
     parser.add_argument("--languages", nargs="+", default=None)
     return parser.parse_args(argv)
