@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -81,8 +82,17 @@ def _rss_anon_kib(pid: int) -> int | None:
     return None
 
 
-def run_measured(args: list[str]) -> tuple[dict, float, int]:
+def settle(*outputs: Path) -> None:
+    """Remove the previous run's output and flush dirty pages, so that no run pays for
+    freeing or writing back another run's file."""
+    for output in outputs:
+        output.unlink(missing_ok=True)
+    os.sync()
+
+
+def run_measured(args: list[str], *outputs: Path) -> tuple[dict, float, int]:
     """Run a process; returns (its JSON output, wall seconds, peak RssAnon in bytes)."""
+    settle(*outputs)
     start = time.perf_counter()
     child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = [0]
@@ -109,7 +119,8 @@ def best(repeat: int, run: Callable[[], float]) -> float:
     return min(run() for _ in range(repeat))
 
 
-def timed(args: list[str]) -> float:
+def timed(args: list[str], *outputs: Path) -> float:
+    settle(*outputs)
     start = time.perf_counter()
     subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
@@ -172,10 +183,11 @@ def main() -> None:
         python = sys.executable
         subprocess.run(["cat", str(checkpoint)], stdout=subprocess.DEVNULL, check=True)
         copy = work / "copy.pth"
-        floor_cp = best(args.repeat, lambda: timed(["cp", str(checkpoint), str(copy)]))
+        floor_cp = best(args.repeat, lambda: timed(["cp", str(checkpoint), str(copy)], copy))
         # cp may copy inside the kernel (copy_file_range); a converter must write its bytes
         floor_dd = best(args.repeat, lambda: timed(
-            ["dd", f"if={checkpoint}", f"of={copy}", "bs=8M", "conv=fsync", "status=none"]))
+            ["dd", f"if={checkpoint}", f"of={copy}", "bs=8M", "conv=fsync", "status=none"],
+            copy))
         copy.unlink()
         coreutils_sha = best(args.repeat, lambda: timed(["sha256sum", str(checkpoint)]))
         hashlib_sha = best(args.repeat, lambda: run_measured(
@@ -183,10 +195,14 @@ def main() -> None:
         floor_sha = min(coreutils_sha, hashlib_sha)  # the faster one: a conservative floor
         floor = floor_cp + floor_sha
         _, _, bare = run_measured([python, "-c", CHILD_BARE])
-        wmtp = [run_measured([python, "-c", CHILD_WMTP, str(root)]) for _ in range(args.repeat)]
-        naive_out = str(work / "naive.safetensors")
-        naive = [run_measured([python, "-c", CHILD_NAIVE, str(checkpoint), naive_out])
-                 for _ in range(args.repeat)]
+        from weighted_mtp.storage.layout import Layout
+
+        converted = Layout(root).model("meta-llama-mtp").weights
+        wmtp = [run_measured([python, "-c", CHILD_WMTP, str(root)], converted)
+                for _ in range(args.repeat)]
+        naive_out = work / "naive.safetensors"
+        naive = [run_measured([python, "-c", CHILD_NAIVE, str(checkpoint), str(naive_out)],
+                              naive_out) for _ in range(args.repeat)]
         rows = [("floor (cp + SHA-256)", floor, None),
                 ("dd conv=fsync + SHA-256", floor_dd + floor_sha, None)] + [
             (name, min(r[0]["seconds"] for r in runs), max(r[2] for r in runs) - bare)

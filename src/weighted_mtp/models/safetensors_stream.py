@@ -128,9 +128,10 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
 
 
 class _BackgroundFile:
-    """A write-only file whose writes happen on a thread, so the caller can hash and cast the
-    next chunk meanwhile (file writes, hashlib and torch all release the GIL). The queue is
-    bounded: at most `depth` chunks wait, so memory stays a few chunks whatever the size."""
+    """A write-only file whose writes happen on a thread, so the caller can cast and check the
+    next chunk while this one is hashed and written (file writes, hashlib and torch all release
+    the GIL). The queue is bounded: at most `depth` chunks wait, so memory stays a few chunks
+    whatever the size."""
 
     def __init__(self, handle: IO[bytes], depth: int = 3) -> None:
         self._handle = handle
@@ -188,9 +189,9 @@ class SafetensorsWriter:
     def __enter__(self) -> SafetensorsWriter:
         ensure_free_space(self.path.parent, self.size, f"writing {self.path.name}")
         self._file = atomic_write(self.path, "wb")
-        self._sink = _BackgroundFile(self._file.__enter__())
-        self._out = HashingWriter(self._sink)
-        self._out.write(self._header)
+        self._out = HashingWriter(self._file.__enter__())
+        self._sink = _BackgroundFile(self._out)
+        self._sink.write(self._header)
         return self
 
     def write(self, name: str, data: torch.Tensor) -> None:
@@ -205,7 +206,7 @@ class SafetensorsWriter:
             raise WmtpError(
                 f"tensor {name} got more data than its shape {list(spec.shape)} holds"
             )
-        self._out.write(chunk)
+        self._sink.write(chunk)
         self._filled += len(chunk)
 
     def _current(self, name: str) -> TensorSpec:
