@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -27,7 +27,10 @@ from rich.progress import (
 from weighted_mtp import progress
 from weighted_mtp.catalog import Catalog, load_catalog
 from weighted_mtp.checks import Report
+from weighted_mtp.errors import UsageError
 from weighted_mtp.storage.layout import Layout
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -45,6 +48,14 @@ class State:
     @cached_property
     def catalog(self) -> Catalog:
         return load_catalog(self.catalog_path)
+
+
+def checked_name(name: str, allowed: tuple[str, ...], kind: str) -> str:
+    """An asset name this command accepts; anything else is a usage error listing the choices."""
+    if name not in allowed:
+        raise UsageError(f"unknown {kind} {name!r} for this command",
+                         hint=f"choose one of: {', '.join(allowed)}")
+    return name
 
 
 def state(ctx: typer.Context) -> State:

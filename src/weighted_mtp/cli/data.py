@@ -8,7 +8,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from weighted_mtp.cli._console import console, finish_report, print_json, progress_bars, state
+from weighted_mtp.cli._console import (
+    JsonOpt,
+    checked_name,
+    console,
+    finish_report,
+    print_json,
+    progress_bars,
+    state,
+)
 from weighted_mtp.errors import UsageError
 from weighted_mtp.storage.layout import DATASETS, SPLITS
 
@@ -16,13 +24,6 @@ app = typer.Typer(help="Download, prepare, subset, validate and describe the dat
                   no_args_is_help=True)
 
 NameArg = Annotated[str, typer.Argument(help=f"One of: {', '.join(DATASETS)}.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-
-
-def _checked(name: str) -> str:
-    if name not in DATASETS:
-        raise UsageError(f"unknown dataset {name!r}", hint=f"choose one of: {', '.join(DATASETS)}")
-    return name
 
 
 @app.command()
@@ -37,10 +38,9 @@ def download(
     """Fetch a dataset (hub or --mirror) and write raw/*.jsonl, SOURCE.json, checksums."""
     from weighted_mtp.data.download import download_dataset
 
-    st = state(ctx)
+    st, name = state(ctx), checked_name(name, DATASETS, "dataset")
     with progress_bars(not as_json):
-        source = download_dataset(st.layout, st.catalog, _checked(name), mirror=mirror,
-                                  revision=revision)
+        source = download_dataset(st.layout, st.catalog, name, mirror=mirror, revision=revision)
     if as_json:
         print_json(source)
         return
@@ -82,8 +82,9 @@ def prepare(
     """Turn raw JSONL into processed/{split}.jsonl, schema.json and a dated summary."""
     from weighted_mtp.data.prepare import prepare_dataset
 
+    name = checked_name(name, DATASETS, "dataset")
     with progress_bars(not as_json):
-        summary = prepare_dataset(state(ctx).layout, _checked(name), max_length=max_length,
+        summary = prepare_dataset(state(ctx).layout, name, max_length=max_length,
                                   seed=seed, tokenizer=tokenizer, truncate_code=truncate_code,
                                   languages=languages)
     if as_json:
@@ -104,7 +105,7 @@ def small(
     from weighted_mtp.data.validate import prepared_datasets
 
     layout = state(ctx).layout
-    names = [_checked(name)] if name else prepared_datasets(layout)
+    names = [checked_name(name, DATASETS, "dataset")] if name else prepared_datasets(layout)
     if not names:
         raise UsageError("no prepared dataset", hint="run `wmtp data prepare NAME` first")
     results = {n: build_small(layout, n, seed=seed) for n in names}
@@ -130,7 +131,7 @@ def validate(
     from weighted_mtp.data.validate import prepared_datasets, validate_dataset
 
     layout = state(ctx).layout
-    names = [_checked(name)] if name else prepared_datasets(layout)
+    names = [checked_name(name, DATASETS, "dataset")] if name else prepared_datasets(layout)
     if not names:
         raise UsageError("no prepared dataset", hint="run `wmtp data prepare NAME` first")
     with progress_bars(not as_json):
@@ -156,7 +157,8 @@ def stats(
     """Show the latest preparation summary of a dataset."""
     from weighted_mtp.data.stats import latest_summary, plot_lengths
 
-    path, summary = latest_summary(state(ctx).layout.dataset(_checked(name)))
+    name = checked_name(name, DATASETS, "dataset")
+    path, summary = latest_summary(state(ctx).layout.dataset(name))
     if as_json:
         print_json(summary)
     else:

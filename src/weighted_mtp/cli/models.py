@@ -7,8 +7,15 @@ from typing import Annotated
 
 import typer
 
-from weighted_mtp.cli._console import console, finish_report, print_json, progress_bars, state
-from weighted_mtp.errors import UsageError
+from weighted_mtp.cli._console import (
+    JsonOpt,
+    checked_name,
+    console,
+    finish_report,
+    print_json,
+    progress_bars,
+    state,
+)
 from weighted_mtp.storage.layout import BASE_MODELS, MICRO_MODELS, MODELS
 
 app = typer.Typer(help="Download, convert and verify the model checkpoints.",
@@ -16,14 +23,6 @@ app = typer.Typer(help="Download, convert and verify the model checkpoints.",
 
 BaseArg = Annotated[str, typer.Argument(help=f"One of: {', '.join(BASE_MODELS)}.")]
 ModelArg = Annotated[str, typer.Argument(help=f"One of: {', '.join(MODELS)}.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-
-
-def _checked(name: str, allowed: tuple[str, ...]) -> str:
-    if name not in allowed:
-        raise UsageError(f"unknown model {name!r} for this command",
-                         hint=f"choose one of: {', '.join(allowed)}")
-    return name
 
 
 @app.command()
@@ -41,7 +40,7 @@ def download(
 
     st = state(ctx)
     with progress_bars(not as_json):
-        source = download_model(st.layout, st.catalog, _checked(name, BASE_MODELS),
+        source = download_model(st.layout, st.catalog, checked_name(name, BASE_MODELS, "model"),
                                 mirror=mirror, revision=revision)
     if as_json:
         print_json(source)
@@ -67,7 +66,7 @@ def convert(
 
     st = state(ctx)
     with progress_bars(not as_json):
-        metadata = convert_model(st.layout, _checked(name, BASE_MODELS), dtype=dtype)
+        metadata = convert_model(st.layout, checked_name(name, BASE_MODELS, "model"), dtype=dtype)
     if as_json:
         print_json(metadata)
         return
@@ -93,7 +92,7 @@ def verify(ctx: typer.Context, name: ModelArg, as_json: JsonOpt = False) -> None
     from weighted_mtp.models.verify import verify_model
 
     with progress_bars(not as_json):
-        report = verify_model(state(ctx).layout, _checked(name, MODELS))
+        report = verify_model(state(ctx).layout, checked_name(name, MODELS, "model"))
     finish_report(report, as_json)
 
 
@@ -111,9 +110,9 @@ def micro(
     base's tokenizer, trimmed to its first 8000 pieces."""
     from weighted_mtp.models.micro import build_micro
 
+    name = checked_name(name, MICRO_MODELS, "model")
     with progress_bars(not as_json):
-        metadata = build_micro(state(ctx).layout, _checked(name, MICRO_MODELS), init=init,
-                               seed=seed)
+        metadata = build_micro(state(ctx).layout, name, init=init, seed=seed)
     if as_json:
         print_json(metadata)
         return
@@ -139,7 +138,7 @@ def export_hf(
     from weighted_mtp.models.export_hf import export_hf as export
 
     with progress_bars(not as_json):
-        out = export(state(ctx).layout, _checked(name, MODELS), out_dir)
+        out = export(state(ctx).layout, checked_name(name, MODELS, "model"), out_dir)
     if as_json:
         print_json({"name": name, "out_dir": str(out)})
         return

@@ -11,7 +11,14 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from weighted_mtp.cli._console import console, err_console, print_json, progress_bars, state
+from weighted_mtp.cli._console import (
+    JsonOpt,
+    console,
+    err_console,
+    print_json,
+    progress_bars,
+    state,
+)
 
 if TYPE_CHECKING:
     from weighted_mtp.pipeline.build import BuildResult, Step, StepOutcome
@@ -80,7 +87,7 @@ def _summary(result: BuildResult) -> None:
 
 def verify(
     ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Check every asset and print the seed's checklist, Step 0 to Step 11 (exit 0: all ✔)."""
     from weighted_mtp.pipeline.checklist import run_checklist

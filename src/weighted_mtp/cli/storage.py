@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 from rich.tree import Tree
 
-from weighted_mtp.cli._console import console, print_json, state
+from weighted_mtp.cli._console import JsonOpt, console, print_json, state
 from weighted_mtp.storage.tree import human_size
 
 app = typer.Typer(help="Create, inspect and clean the storage layout.", no_args_is_help=True)
@@ -74,7 +74,7 @@ def _rich_tree(node, parent: Tree) -> None:
 @app.command()
 def status(
     ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: JsonOpt = False,
     depth: Annotated[int, typer.Option(help="Tree depth to show.")] = 3,
 ) -> None:
     """Show the storage tree with sizes and each asset's state."""
