@@ -69,9 +69,13 @@ def approve(layout: Layout, by: str) -> dict:
         raise UsageError("--by needs the approver's name")
     checklist = run_checklist(layout, through=10)
     if not checklist.ok:
-        failed = "; ".join(f"Step {s.number} ({s.reason})" for s in checklist.failed())
-        raise WmtpError(f"cannot approve, verification fails: {failed}",
-                        hint="fix it and check with `wmtp verify`")
+        failed = [step.number for step in checklist.failed()]
+        first = checklist.failed()[0]
+        raise WmtpError(
+            f"cannot approve: Step{'s' if len(failed) > 1 else ''} "
+            f"{', '.join(map(str, failed))} fail (Step {first.number}: {first.reason})",
+            hint="`wmtp verify` lists every failure; fix them, then approve",
+        )
     manifest = load_manifest(layout)
     record = {
         "by": by,
