@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 seen = True
     except FileNotFoundError:
         raise WmtpError("file not found", path=path) from None
-    except (gzip.BadGzipFile, EOFError) as exc:
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise WmtpError(f"corrupt gzip file ({exc})", path=path) from None
     if not seen:
         raise WmtpError("file is empty: no JSON records", path=path,

@@ -37,6 +37,17 @@ def test_jsonl_and_gzip_lines(tmp_path: Path):
     assert list(iter_jsonl(packed)) == expected
 
 
+def test_corrupt_gzip_is_one_clear_error(tmp_path: Path):
+    packed = bytearray(gzip.compress(b'{"x": 1}\n' * 10_000))
+    for i in range(30, 60):  # damage the deflate stream, not the gzip header
+        packed[i] ^= 0xFF
+    bad = tmp_path / "a.jsonl.gz"
+    bad.write_bytes(bytes(packed))
+    with pytest.raises(WmtpError, match="corrupt gzip file") as exc:
+        list(iter_jsonl(bad))
+    assert str(bad) in exc.value.line()
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
