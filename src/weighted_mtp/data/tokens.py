@@ -17,15 +17,11 @@ SPECIAL_TOKENS = 2  # BOS + EOS
 
 class Tokenizer:
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        import sentencepiece as spm
+        from weighted_mtp.models.tokenizer import load_sentencepiece
 
         self.path = Path(path)
         self.threads = threads or os.cpu_count() or 1
-        self.sp = spm.SentencePieceProcessor()
-        try:
-            self.sp.Load(str(self.path))
-        except (OSError, RuntimeError) as exc:
-            raise WmtpError(f"not a SentencePiece model ({exc})", path=self.path) from None
+        self.sp = load_sentencepiece(self.path)
         if self.sp.bos_id() < 0 or self.sp.eos_id() < 0:
             raise WmtpError("tokenizer defines no BOS or EOS token", path=self.path)
 
