@@ -8,7 +8,6 @@ the upstream files are. `write_meta_mirror` mimics `facebook/multi-token-predict
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,6 +156,6 @@ def write_reference_mirror(
             save_file(chunk, folder / shard_name, metadata={"format": "pt"})
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     write_json(folder / index_name, {"metadata": {"total_size": total}, "weight_map": weight_map})
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    write_json(folder / "config.json", config)
     _copy_tokenizer(tokenizer_model, out_dir / "tokenizer" / "tokenizer.model")
     return out_dir
