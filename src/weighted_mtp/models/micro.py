@@ -336,6 +336,7 @@ def build_micro(
     """
     from weighted_mtp.models.metadata import (
         build_metadata,
+        folder_relative,
         tokenizer_entry,
         weights_entry,
         write_metadata,
@@ -387,7 +388,7 @@ def build_micro(
         tokenizer=tokenizer_entry(paths, sha256_file(paths.tokenizer_model), trimmed.facts),
         source={"model": base_name, "sha256": base_sha},
         tokenizer_shared_with=shared_with, tokenizer_difference=difference,
-        files={p.relative_to(paths.root).as_posix(): sha256_file(p) for p in config_files},
+        files={folder_relative(paths, p): sha256_file(p) for p in config_files},
         extra={
             "target_device": TARGET_DEVICE, "init": init, "seed": seed,
             "tokenizer_trimmed": {
