@@ -20,7 +20,6 @@ PROMPT_TEMPLATE = (
     "### Evaluation Notes:\n{notes}\n\n"
     "### Response:\n"
 )
-RESPONSE_MARKER = "### Response:\n"
 
 # Appended where a problem statement was shortened to fit --max-length.
 SHORTENED_MARKER = "\n[... statement shortened ...]"

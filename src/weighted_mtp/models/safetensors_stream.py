@@ -113,10 +113,6 @@ def build_header(specs: Sequence[TensorSpec], metadata: Mapping[str, str] | None
     return struct.pack("<Q", len(text)) + text
 
 
-def file_size(specs: Sequence[TensorSpec], metadata: Mapping[str, str] | None = None) -> int:
-    return len(build_header(specs, metadata)) + sum(spec.nbytes for spec in specs)
-
-
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     """The raw little-endian bytes of a tensor (no copy if it is already contiguous)."""
     import torch

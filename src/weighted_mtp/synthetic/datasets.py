@@ -18,7 +18,6 @@ from typing import Any
 
 from weighted_mtp.storage.atomic import atomic_write, write_bytes
 
-CODECONTESTS_SPLITS = ("train", "valid", "test")
 PYTHON2, CPP, PYTHON3, JAVA = 1, 2, 3, 4
 _OPS = ("+", "-", "*", "^", "|", "&")
 _WORDS = ("array", "integer", "query", "segment", "graph", "string", "tree", "vertex", "sum",
