@@ -328,7 +328,8 @@ def storage_readme(layout: Layout, manifest: dict | None, manifest_sha: str | No
         "```bash", f"wmtp --root {layout.root} verify", "```", "",
         "Without wmtp, with coreutils only:", "",
         "```bash", f"cd {layout.root} && sha256sum -c --quiet SHA256SUMS   # every asset file",
-        "cd models_v2/meta-llama-mtp/safetensors && sha256sum -c SHA256SUMS   # one model",
+        f"cd {layout.relative(layout.model(META_MODEL).safetensors_dir)} && "
+        "sha256sum -c SHA256SUMS   # one model",
         "```", "",
         "## Where each asset came from", "", *_sources_table(layout),
         "## FAQ", "",
