@@ -64,27 +64,21 @@ def document_status(layout: Layout) -> list[tuple[Path, bool, str]]:
 # ---------------------------------------------------------------- reading the storage
 
 
+def _optional_json(path: Path | None) -> dict[str, Any] | None:
+    """A JSON file's content; None if it is absent or unreadable (the checklist says why)."""
+    try:
+        return read_json(path) if path is not None and path.is_file() else None
+    except WmtpError:
+        return None
+
+
 def _metadata(layout: Layout, name: str) -> dict[str, Any] | None:
-    path = layout.model(name).metadata
-    try:
-        return read_json(path, "model metadata") if path.is_file() else None
-    except WmtpError:
-        return None
-
-
-def _source(path: Path) -> dict[str, Any] | None:
-    try:
-        return read_json(path, "SOURCE.json") if path.is_file() else None
-    except WmtpError:
-        return None
+    return _optional_json(layout.model(name).metadata)
 
 
 def _summary(layout: Layout, name: str) -> dict[str, Any] | None:
     summaries = layout.dataset(name).summaries()
-    try:
-        return read_json(summaries[-1], "dataset summary") if summaries else None
-    except WmtpError:
-        return None
+    return _optional_json(summaries[-1] if summaries else None)
 
 
 def _count_lines(path: Path) -> int:
@@ -257,7 +251,7 @@ def _source_deviations(layout: Layout) -> Iterator[str]:
     sources = [(n, layout.model(n).source) for n in BASE_MODELS]
     sources += [(n, layout.dataset(n).source) for n in DATASETS]
     for name, path in sources:
-        source = _source(path)
+        source = _optional_json(path)
         if source and source.get("mirror"):
             yield f"- {name}: taken from the mirror `{source['mirror']}`, not from the hub"
 
@@ -289,7 +283,7 @@ def _sources_table(layout: Layout) -> list[str]:
     rows = [(n, layout.model(n).source) for n in BASE_MODELS]
     rows += [(n, layout.dataset(n).source) for n in DATASETS]
     for name, path in rows:
-        source = _source(path) or {}
+        source = _optional_json(path) or {}
         repo = source.get("repo")
         link = f"[{repo}](https://huggingface.co/{repo})" if repo else "not downloaded"
         lines.append(f"| {name} | {link} | `{source.get('revision', '-')}` "
