@@ -41,7 +41,7 @@ from weighted_mtp.models.metadata import (
 from weighted_mtp.models.safetensors_stream import SafetensorsWriter, TensorSpec, WrittenFile
 from weighted_mtp.models.tokenizer import (
     TokenizerFacts,
-    tokenizer_difference,
+    shared_with_meta,
     tokenizer_facts,
     write_tokenizer_config,
 )
@@ -114,7 +114,7 @@ def _convert_reference(layout: Layout, paths: ModelPaths, dtype: str) -> dict[st
     write_sha256sums(paths.sha256sums, {paths.weights.name: written.sha256})
     write_json(paths.hf_config, converted_hf_config(config, dtype))
     write_tokenizer_config(paths.tokenizer_config, paths.tokenizer_model)
-    shared, difference = _shared_tokenizer(layout, paths)
+    shared, difference = shared_with_meta(layout, paths.tokenizer_model)
     metadata = _metadata(paths, "hf-llama", dtype, plan, written, facts,
                          [paths.hf_config, paths.tokenizer_config],
                          shared_with=shared, difference=difference)
@@ -126,16 +126,6 @@ def converted_hf_config(config: dict[str, Any], dtype: str) -> dict[str, Any]:
     """The upstream config.json with its dtype field naming the converted dtype."""
     keys = [key for key in ("torch_dtype", "dtype") if key in config] or ["torch_dtype"]
     return {**config, **dict.fromkeys(keys, dtype)}
-
-
-def _shared_tokenizer(layout: Layout, paths: ModelPaths) -> tuple[str | None, str | None]:
-    """(`tokenizer_shared_with`, `tokenizer_difference`): shared only if checked equal."""
-    base = layout.model(META_MODEL).tokenizer_model
-    if not base.is_file():
-        return None, (f"not compared: {META_MODEL}'s tokenizer is missing; download it and "
-                      "convert again")
-    difference = tokenizer_difference(paths.tokenizer_model, base)
-    return (META_MODEL, None) if difference is None else (None, difference)
 
 
 # --- shared steps ---------------------------------------------------------------------------

@@ -303,17 +303,6 @@ def _ref_plan(layout: Layout, size: MicroSize, init: str, seed: int) -> Plan:
                 lambda paths: write_json(paths.hf_config, config), source_dtype)
 
 
-def _shared_with(layout: Layout, base_tokenizer: Path) -> tuple[str | None, str | None]:
-    """Whether the base tokenizer is Meta's; the micro tokenizer is its prefix either way."""
-    from weighted_mtp.models.tokenizer import tokenizer_difference
-
-    meta_tokenizer = layout.model(META_MODEL).tokenizer_model
-    if not meta_tokenizer.is_file():
-        return None, f"{META_MODEL} tokenizer not present to compare with"
-    difference = tokenizer_difference(base_tokenizer, meta_tokenizer)
-    return (META_MODEL, None) if difference is None else (None, difference)
-
-
 def _base_weights_sha256(base_paths: ModelPaths) -> str:
     from weighted_mtp.models.metadata import read_metadata
 
@@ -342,7 +331,11 @@ def build_micro(
         write_metadata,
     )
     from weighted_mtp.models.safetensors_stream import SafetensorsWriter, TensorSpec
-    from weighted_mtp.models.tokenizer import trim_tokenizer, write_tokenizer_config
+    from weighted_mtp.models.tokenizer import (
+        shared_with_meta,
+        trim_tokenizer,
+        write_tokenizer_config,
+    )
     from weighted_mtp.storage.hashing import sha256_file, write_sha256sums
     from weighted_mtp.storage.stamps import clear_verified
 
@@ -378,7 +371,8 @@ def build_micro(
         stale.unlink(missing_ok=True)
     plan.write_configs(paths)
 
-    shared_with, difference = _shared_with(layout, base_paths.tokenizer_model)
+    # The micro tokenizer is a prefix of its base's; shared means the base's is Meta's.
+    shared_with, difference = shared_with_meta(layout, base_paths.tokenizer_model)
     config_files = [p for p in (paths.params, paths.adapter_config, paths.hf_config,
                                 paths.tokenizer_config) if p.is_file()]
     metadata = build_metadata(

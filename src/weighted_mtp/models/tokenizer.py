@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import write_json
+from weighted_mtp.storage.layout import META_MODEL, Layout
 
 if TYPE_CHECKING:
     import sentencepiece as spm
@@ -109,6 +110,17 @@ def tokenizer_difference(
         if value_a != value_b:
             return f"trainer {field} {value_a} vs {value_b}"
     return None
+
+
+def shared_with_meta(layout: Layout, tokenizer: str | Path) -> tuple[str | None, str | None]:
+    """(`tokenizer_shared_with`, `tokenizer_difference`) for metadata.json: shared with the
+    Meta model's tokenizer only if the two compare equal."""
+    meta = layout.model(META_MODEL).tokenizer_model
+    if not meta.is_file():
+        return None, (f"not compared: {META_MODEL}'s tokenizer is missing; download it and "
+                      "build this model again")
+    difference = tokenizer_difference(tokenizer, meta)
+    return (META_MODEL, None) if difference is None else (None, difference)
 
 
 def tokenizer_config(facts: TokenizerFacts, sp_path: str | Path) -> dict[str, Any]:
