@@ -18,7 +18,7 @@ from weighted_mtp.cli._console import (
     state,
 )
 from weighted_mtp.errors import UsageError
-from weighted_mtp.storage.layout import DATASETS, SPLITS
+from weighted_mtp.storage.layout import DATASETS, SPLITS, Layout
 
 app = typer.Typer(help="Download, prepare, subset, validate and describe the datasets.",
                   no_args_is_help=True)
@@ -93,6 +93,16 @@ def prepare(
         _print_summary(summary)
 
 
+def _named_or_prepared(layout: Layout, name: str | None) -> list[str]:
+    """The dataset named on the command line, else every prepared one."""
+    from weighted_mtp.data.validate import prepared_datasets
+
+    names = [checked_name(name, DATASETS, "dataset")] if name else prepared_datasets(layout)
+    if not names:
+        raise UsageError("no prepared dataset", hint="run `wmtp data prepare NAME` first")
+    return names
+
+
 @app.command()
 def small(
     ctx: typer.Context,
@@ -102,12 +112,9 @@ def small(
 ) -> None:
     """Write datasets_local_small/{name}_small/ (<=100 train, <=32 validation/test)."""
     from weighted_mtp.data.small import build_small
-    from weighted_mtp.data.validate import prepared_datasets
 
     layout = state(ctx).layout
-    names = [checked_name(name, DATASETS, "dataset")] if name else prepared_datasets(layout)
-    if not names:
-        raise UsageError("no prepared dataset", hint="run `wmtp data prepare NAME` first")
+    names = _named_or_prepared(layout, name)
     results = {n: build_small(layout, n, seed=seed) for n in names}
     if as_json:
         print_json(results)
@@ -128,12 +135,10 @@ def validate(
 ) -> None:
     """Check records, token lengths, checksums, split disjointness and small sets."""
     from weighted_mtp.checks import Report
-    from weighted_mtp.data.validate import prepared_datasets, validate_dataset
+    from weighted_mtp.data.validate import validate_dataset
 
     layout = state(ctx).layout
-    names = [checked_name(name, DATASETS, "dataset")] if name else prepared_datasets(layout)
-    if not names:
-        raise UsageError("no prepared dataset", hint="run `wmtp data prepare NAME` first")
+    names = _named_or_prepared(layout, name)
     with progress_bars(not as_json):
         reports = [validate_dataset(layout, n) for n in names]
     if len(reports) == 1:
