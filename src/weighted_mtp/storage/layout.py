@@ -100,6 +100,21 @@ class ModelPaths:
         return self.raw / RAW_CHECKPOINT_DIRS.get(self.name, "checkpoint")
 
     @property
+    def raw_meta_checkpoint(self) -> Path:
+        """Meta's `consolidated.pth`, as the upstream repo names it."""
+        return self.raw_checkpoint_dir / "consolidated.pth"
+
+    @property
+    def raw_params(self) -> Path:
+        """Meta's upstream `params.json`."""
+        return self.raw_checkpoint_dir / "params.json"
+
+    @property
+    def raw_hf_config(self) -> Path:
+        """A Hugging Face checkpoint's upstream `config.json`."""
+        return self.raw_checkpoint_dir / "config.json"
+
+    @property
     def tokenizer_model(self) -> Path:
         return self.tokenizer_dir / "tokenizer.model"
 

@@ -30,6 +30,13 @@ def test_named_files(tmp_path: Path):
     meta = layout.model("meta-llama-mtp")
     assert layout.relative(meta.sha256sums) == "models_v2/meta-llama-mtp/safetensors/SHA256SUMS"
     assert layout.relative(meta.raw_checkpoint_dir) == "models_v2/meta-llama-mtp/raw/7B_1T_4"
+    assert layout.relative(meta.raw_meta_checkpoint) == (
+        "models_v2/meta-llama-mtp/raw/7B_1T_4/consolidated.pth"
+    )
+    ref = layout.model("ref-sheared-llama-2.7b")
+    assert layout.relative(ref.raw_hf_config) == (
+        "models_v2/ref-sheared-llama-2.7b/raw/reference_model/config.json"
+    )
     assert layout.relative(layout.dataset("mbpp").split("validation")) == (
         "datasets_v2/mbpp/processed/validation.jsonl"
     )
