@@ -75,8 +75,8 @@ def convert_model(layout: Layout, name: str, *, dtype: str = "float16") -> dict[
 # --- Meta MTP -------------------------------------------------------------------------------
 
 def _convert_meta(layout: Layout, paths: ModelPaths, dtype: str) -> dict[str, Any]:
-    checkpoint = _require(paths.raw_checkpoint_dir / "consolidated.pth")
-    params_file = _require(paths.raw_checkpoint_dir / "params.json")
+    checkpoint = _require(paths.raw_meta_checkpoint)
+    params_file = _require(paths.raw_params)
     facts = tokenizer_facts(_require(paths.tokenizer_model))
     params = MetaParams.from_file(params_file)
     if params.vocab_size <= 0:  # Llama's params.json may leave the vocabulary to the tokenizer
@@ -98,7 +98,7 @@ def _convert_meta(layout: Layout, paths: ModelPaths, dtype: str) -> dict[str, An
 # --- Hugging Face Llama (the Rho-1 reference) -----------------------------------------------
 
 def _convert_reference(layout: Layout, paths: ModelPaths, dtype: str) -> dict[str, Any]:
-    config_file = _require(paths.raw_checkpoint_dir / "config.json")
+    config_file = _require(paths.raw_hf_config)
     config = read_json(config_file, "config.json")
     facts = tokenizer_facts(_require(paths.tokenizer_model))
     try:
