@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -14,7 +12,6 @@ from rich.table import Table
 from weighted_mtp.cli._console import (
     JsonOpt,
     console,
-    err_console,
     print_json,
     progress_bars,
     state,
@@ -145,21 +142,10 @@ def build(
     from weighted_mtp.pipeline.build import build as run_build
 
     app_state = state(ctx)
-    with progress_bars(), _resume_hint("wmtp build"):
+    with progress_bars():
         result = run_build(app_state.layout, app_state.catalog, mirror=mirror, only=only or [],
                            start=start, listener=_listener)
     _summary(result)
-
-
-@contextmanager
-def _resume_hint(command: str) -> Iterator[None]:
-    """Ctrl-C: say how to resume (typer would otherwise exit 130 without a word)."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        err_console.print(f"[yellow]interrupted[/]; rerun `{command}` to resume where it "
-                          "stopped")
-        raise typer.Exit(130) from None
 
 
 def demo(
@@ -176,7 +162,7 @@ def demo(
     root = root or DEFAULT_ROOT
     console.print(f"writing upstream-format sources to [bold]{mirror_for(root)}[/] "
                   "(first run only)", highlight=False)
-    with progress_bars(), _resume_hint("wmtp demo"):
+    with progress_bars():
         result = run_demo(root, state(ctx).catalog, listener=_listener)
     _summary(result.build)
     if result.approved_now:

@@ -30,3 +30,20 @@ def test_usage_errors_exit_2_without_traceback():
                          capture_output=True, text=True)
     assert out.returncode == 2
     assert "No such command" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_ctrl_c_exits_130_with_one_resume_hint(tmp_path):
+    code = (
+        "import sys\n"
+        "import weighted_mtp.pipeline.build as build\n"
+        "def interrupted(*args, **kwargs):\n"
+        "    raise KeyboardInterrupt\n"
+        "build.build = interrupted\n"
+        f"sys.argv = ['wmtp', '--root', {str(tmp_path)!r}, 'build']\n"
+        "from weighted_mtp.cli import main\n"
+        "main()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 130
+    assert out.stderr.count("interrupted") == 1 and "to resume" in out.stderr
+    assert "Traceback" not in out.stderr
