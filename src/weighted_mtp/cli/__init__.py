@@ -6,6 +6,7 @@ them, so `wmtp --help` and `wmtp storage ...` start in well under a second.
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -18,6 +19,8 @@ from weighted_mtp.cli._console import State, err_console
 from weighted_mtp.errors import WmtpError
 
 INTERRUPTED = 130
+# OS failures the user fixes (permissions, a full or read-only disk): one line, no traceback.
+ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT}
 
 app = typer.Typer(
     name="wmtp",
@@ -63,6 +66,12 @@ def _global_options(
     ctx.obj = State(root=root, catalog_path=catalog)
 
 
+def _exit_with(error: WmtpError) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(error.line())}", highlight=False,
+                      soft_wrap=True)
+    sys.exit(error.exit_code)
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and a non-zero exit."""
     try:
@@ -70,9 +79,12 @@ def main() -> None:
         # raising typer.Exit.
         code = app(standalone_mode=False) or 0
     except WmtpError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(exc.line())}", highlight=False,
-                          soft_wrap=True)
-        sys.exit(exc.exit_code)
+        _exit_with(exc)
+    except OSError as exc:
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        _exit_with(WmtpError(exc.strerror or str(exc), path=exc.filename,
+                             hint="check the folder's permissions and free space"))
     except typer.TyperException as exc:  # usage errors: unknown command, bad option
         exc.show()
         sys.exit(exc.exit_code)

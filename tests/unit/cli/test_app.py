@@ -47,3 +47,20 @@ def test_ctrl_c_exits_130_with_one_resume_hint(tmp_path):
     assert out.returncode == 130
     assert out.stderr.count("interrupted") == 1 and "to resume" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_full_disk_is_one_line_not_a_traceback(tmp_path):
+    code = (
+        "import errno, sys\n"
+        "import weighted_mtp.storage.init as init\n"
+        "def full(*args, **kwargs):\n"
+        "    raise OSError(errno.ENOSPC, 'No space left on device', '/data/storage/x')\n"
+        "init.init_storage = full\n"
+        f"sys.argv = ['wmtp', '--root', {str(tmp_path)!r}, 'storage', 'init']\n"
+        "from weighted_mtp.cli import main\n"
+        "main()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 1
+    assert "No space left on device [/data/storage/x]" in out.stderr
+    assert "Traceback" not in out.stderr
