@@ -76,7 +76,7 @@ def _hub_files(asset: Asset, paths: DatasetPaths, revision: str) -> tuple[str, l
     """Download the catalog's files into the dataset folder; returns the resolved commit."""
     from huggingface_hub import HfApi, hf_hub_download
 
-    from weighted_mtp.models.download import hub_errors
+    from weighted_mtp.models.download import PlannedFile, hub_errors
 
     with hub_errors(asset.repo, revision):
         info = HfApi().repo_info(asset.repo, repo_type=asset.repo_type, revision=revision)
@@ -85,11 +85,9 @@ def _hub_files(asset: Asset, paths: DatasetPaths, revision: str) -> tuple[str, l
             raise WmtpError(f"{asset.repo}@{info.sha} has no files matching the catalog")
         files = []
         for name in names:
-            destination = asset.destination(name)
-            depth = len(PurePosixPath(name).parts)
-            local_dir = paths.root.joinpath(*destination.parts[: len(destination.parts) - depth])
+            local_dir = PlannedFile(name, asset.destination(name)).local_dir
             path = hf_hub_download(asset.repo, name, repo_type=asset.repo_type,
-                                   revision=info.sha, local_dir=local_dir)
+                                   revision=info.sha, local_dir=paths.root / local_dir)
             files.append((name, Path(path)))
     return info.sha, files
 
