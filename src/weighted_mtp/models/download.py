@@ -93,11 +93,13 @@ def download_model(
 
 def _record_files(paths: ModelPaths, planned: list[PlannedFile], hashes: dict[Path, str]
                   ) -> dict[str, Any]:
-    """SOURCE.json's file entries; `hashes` holds digests already taken while copying."""
+    """SOURCE.json's file entries; `hashes` holds digests already taken while copying, and a
+    file unchanged since the last download keeps its recorded digest (no second 15 GB read)."""
     files = {}
     for item in planned:
         target = paths.file(item.destination)
-        digest = hashes.get(target) or sha256_file(target, show_progress=True)
+        digest = (hashes.get(target) or recorded_hash(paths, target)
+                  or sha256_file(target, show_progress=True))
         if item.lfs_sha256 and digest != item.lfs_sha256:
             raise WmtpError(
                 f"downloaded {item.repo_path} has SHA-256 {digest[:12]}…, the hub says "

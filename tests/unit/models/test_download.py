@@ -76,7 +76,8 @@ def _fake_hub(monkeypatch, mirror, calls, lfs_sha=None):
         calls.append(("file", filename, revision, str(local_dir)))
         target = local_dir / filename
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(mirror / filename, target)
+        if not target.is_file():  # like the hub client, a finished file is not fetched again
+            shutil.copyfile(mirror / filename, target)
         return str(target)
 
     import huggingface_hub
@@ -99,6 +100,25 @@ def test_hub_download_pins_the_commit_and_uses_local_dir(layout, catalog, meta_m
     assert files["7B_1T_4/params.json"][3] == str(paths.raw)
     assert source["commit"] == COMMIT and source["revision"] == "v1"
     assert source["mirror"] is None
+
+
+def test_a_rerun_hashes_only_files_changed_since_the_last_download(layout, catalog,
+                                                                    meta_mirror, monkeypatch):
+    import weighted_mtp.models.download as download
+
+    _fake_hub(monkeypatch, meta_mirror, [])
+    download_model(layout, catalog, "meta-llama-mtp")
+    paths = layout.model("meta-llama-mtp")
+    with paths.tokenizer_model.open("ab") as handle:
+        handle.write(b"x")
+    hashed, real = [], download.sha256_file
+    monkeypatch.setattr(download, "sha256_file",
+                        lambda path, **kw: hashed.append(path) or real(path, **kw))
+    source = download_model(layout, catalog, "meta-llama-mtp")
+    assert hashed == [paths.tokenizer_model]
+    pth = paths.raw_checkpoint_dir / "consolidated.pth"
+    assert source["files"]["raw/7B_1T_4/consolidated.pth"]["sha256"] == _sha(pth)
+    assert source["files"]["tokenizer/tokenizer.model"]["sha256"] == _sha(paths.tokenizer_model)
 
 
 def test_a_download_that_differs_from_the_hubs_hash_is_refused(layout, catalog, meta_mirror,
