@@ -5,6 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 
+def listed(problems: list[str], limit: int = 3) -> str:
+    """The first `limit` problems and how many more: one line however many there are."""
+    more = len(problems) - limit
+    return "; ".join(problems[:limit]) + (f"; and {more} more" if more > 0 else "")
+
+
 @dataclass
 class Check:
     name: str

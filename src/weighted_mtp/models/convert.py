@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from weighted_mtp import progress
+from weighted_mtp.checks import listed
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.models.architecture import (
     MetaParams,
@@ -149,10 +150,8 @@ def plan_conversion(
     actual = {n: s for n, s in source.shapes().items() if n not in dropped}
     problems = compare_shapes(expected, actual)
     if problems:
-        more = len(problems) - MAX_LISTED_PROBLEMS
-        listed = "; ".join(problems[:MAX_LISTED_PROBLEMS]) + (f"; and {more} more" if more > 0
-                                                               else "")
-        raise WmtpError(f"checkpoint does not match {config_name}: {listed}", path=where,
+        raise WmtpError(f"checkpoint does not match {config_name}: "
+                        f"{listed(problems, MAX_LISTED_PROBLEMS)}", path=where,
                         hint=f"{config_name} must describe this checkpoint")
     dtypes = sorted({_dtype_name(source.info[n].dtype) for n in expected})
     return ConversionPlan(expected, dropped, source.files, "+".join(dtypes))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from weighted_mtp import progress
-from weighted_mtp.checks import Report
+from weighted_mtp.checks import Report, listed
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.models.architecture import (
     MetaParams,
@@ -98,9 +98,7 @@ def _shown(layout: Layout, path: Path) -> str:
 
 def _problems(what: str, problems: list[str], path: Path) -> None:
     if problems:
-        more = len(problems) - MAX_LISTED
-        listed = "; ".join(problems[:MAX_LISTED]) + (f"; and {more} more" if more > 0 else "")
-        raise WmtpError(f"{what}: {listed}", path=path)
+        raise WmtpError(f"{what}: {listed(problems, MAX_LISTED)}", path=path)
 
 
 # --- bytes ----------------------------------------------------------------------------------
