@@ -120,7 +120,8 @@ class Checklist:
 
 
 class _Run:
-    """State shared by the steps of one checklist run: every file is hashed at most once."""
+    """State shared by the steps of one checklist run: the hasher reads each file at most
+    once for the raw, SHA256SUMS and manifest checks."""
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
@@ -313,7 +314,8 @@ STEPS: dict[int, Callable[[_Run, Report], None]] = {
 
 
 def run_checklist(layout: Layout, *, through: int = 11, save: bool = True) -> Checklist:
-    """Run Steps 0..`through`; every asset file's bytes are re-read once."""
+    """Run Steps 0..`through`, re-reading every asset file's bytes (no hash is trusted from
+    an earlier run; model verification reads its files again, see `verify_model`)."""
     if not layout.root.is_dir():
         raise WmtpError("storage root does not exist", path=layout.root,
                         hint="run `wmtp build` (or `wmtp demo` to try it offline)")
