@@ -43,8 +43,19 @@ class Architecture:
     config_files: list[Path]
 
 
-def verify_model(layout: Layout, name: str) -> Report:
-    """Check a model folder; records a verification stamp if every check passes."""
+FileHash = Callable[[Path], str]
+
+
+def _read_and_hash(path: Path) -> str:
+    return sha256_file(path, show_progress=True)
+
+
+def verify_model(layout: Layout, name: str, *, sha256: FileHash | None = None) -> Report:
+    """Check a model folder; records a verification stamp if every check passes.
+
+    `sha256` hashes a file (default: read it now); `wmtp verify` passes its per-run hasher so
+    a file that other checks also hash is read once per run."""
+    hash_file = sha256 or _read_and_hash
     paths = layout.model(name)
     report = Report(f"model {name}")
     try:
@@ -54,8 +65,9 @@ def verify_model(layout: Layout, name: str) -> Report:
         return report
     report.add("metadata.json", True, f"{metadata['format']}, {metadata['dtype']}")
     check = _checker(report, layout)
-    check("SHA256SUMS", lambda: _check_sha256sums(paths, metadata), paths.sha256sums)
-    check("recorded file hashes", lambda: _check_recorded_files(paths, metadata), paths.root)
+    check("SHA256SUMS", lambda: _check_sha256sums(paths, metadata, hash_file), paths.sha256sums)
+    check("recorded file hashes", lambda: _check_recorded_files(paths, metadata, hash_file),
+          paths.root)
     arch = check("configs agree", lambda: _check_configs(paths, metadata), paths.configs)
     header = check("safetensors header", lambda: _read_header(paths.weights), paths.weights)
     if arch is not None and header is not None:
@@ -69,7 +81,7 @@ def verify_model(layout: Layout, name: str) -> Report:
               paths.tokenizer_model)
     check("tokenizer shared", lambda: _check_sharing(layout, paths, metadata),
           paths.tokenizer_model)
-    check("raw files", lambda: _check_raw(paths, metadata), paths.raw)
+    check("raw files", lambda: _check_raw(paths, metadata, hash_file), paths.raw)
     if header is not None:
         check("no NaN/Inf", lambda: _check_finite(paths.weights), paths.weights)
     if report.ok:
@@ -103,8 +115,9 @@ def _problems(what: str, problems: list[str], path: Path) -> None:
 
 # --- bytes ----------------------------------------------------------------------------------
 
-def _check_sha256sums(paths: ModelPaths, metadata: dict[str, Any]) -> tuple[str, None]:
-    results = check_sha256sums(paths.sha256sums)
+def _check_sha256sums(paths: ModelPaths, metadata: dict[str, Any], hash_file: FileHash
+                      ) -> tuple[str, None]:
+    results = check_sha256sums(paths.sha256sums, hash_file)
     _problems("SHA256SUMS mismatch", [f"{n} {why}" for n, ok, why in results if not ok],
               paths.sha256sums)
     names = [n for n, _, _ in results]
@@ -117,7 +130,8 @@ def _check_sha256sums(paths: ModelPaths, metadata: dict[str, Any]) -> tuple[str,
     return f"{len(names)} file(s) match, as metadata.json records", None
 
 
-def _check_recorded_files(paths: ModelPaths, metadata: dict[str, Any]) -> tuple[str, None]:
+def _check_recorded_files(paths: ModelPaths, metadata: dict[str, Any], hash_file: FileHash
+                          ) -> tuple[str, None]:
     recorded = {metadata["tokenizer"]["path"]: metadata["tokenizer"]["sha256"],
                 **metadata.get("files", {})}
     problems = []
@@ -125,13 +139,14 @@ def _check_recorded_files(paths: ModelPaths, metadata: dict[str, Any]) -> tuple[
         target = paths.file(relpath)
         if not target.is_file():
             problems.append(f"{relpath} missing")
-        elif sha256_file(target) != expected:
+        elif hash_file(target) != expected:
             problems.append(f"{relpath} changed")
     _problems("files differ from metadata.json", problems, paths.root)
     return f"{len(recorded)} config/tokenizer file(s) unchanged", None
 
 
-def _check_raw(paths: ModelPaths, metadata: dict[str, Any]) -> tuple[str, None]:
+def _check_raw(paths: ModelPaths, metadata: dict[str, Any], hash_file: FileHash
+               ) -> tuple[str, None]:
     recorded = metadata["source"].get("files")
     if not recorded:
         return f"derived from {metadata['source'].get('model')}; no raw files", None
@@ -139,7 +154,7 @@ def _check_raw(paths: ModelPaths, metadata: dict[str, Any]) -> tuple[str, None]:
     if not present:
         return "raw files removed after conversion; not checked", None
     problems = [f"{rel} changed" for rel, expected in present.items()
-                if sha256_file(paths.raw_file(rel), show_progress=True) != expected]
+                if hash_file(paths.raw_file(rel)) != expected]
     problems += [f"{rel} missing" for rel in recorded if rel not in present]
     _problems("raw files differ from metadata.json", problems, paths.raw)
     return f"{len(present)} upstream file(s) match", None

@@ -120,8 +120,7 @@ class Checklist:
 
 
 class _Run:
-    """State shared by the steps of one checklist run: the hasher reads each file at most
-    once for the raw, SHA256SUMS and manifest checks."""
+    """State shared by the steps of one checklist run: every file is hashed at most once."""
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
@@ -210,7 +209,8 @@ def _verify_models(run: _Run, report: Report, names: tuple[str, ...]) -> None:
     from weighted_mtp.models.verify import verify_model
 
     for name in names:
-        run.add_asset_report(report, lambda n=name: verify_model(run.layout, n), name)
+        run.add_asset_report(
+            report, lambda n=name: verify_model(run.layout, n, sha256=run.hasher.sha256), name)
 
 
 def _step3(run: _Run, report: Report) -> None:
@@ -314,8 +314,8 @@ STEPS: dict[int, Callable[[_Run, Report], None]] = {
 
 
 def run_checklist(layout: Layout, *, through: int = 11, save: bool = True) -> Checklist:
-    """Run Steps 0..`through`, re-reading every asset file's bytes (no hash is trusted from
-    an earlier run; model verification reads its files again, see `verify_model`)."""
+    """Run Steps 0..`through`, re-reading every asset file's bytes once (no hash is trusted
+    from an earlier run); the NaN/Inf scan reads the model weights a second time."""
     if not layout.root.is_dir():
         raise WmtpError("storage root does not exist", path=layout.root,
                         hint="run `wmtp build` (or `wmtp demo` to try it offline)")

@@ -166,3 +166,27 @@ def test_a_shared_tokenizer_that_later_differs_fails(layout, reference, meta_raw
 def test_a_folder_without_metadata_fails_with_one_check(layout):
     report = verify_model(layout, "meta-llama-mtp")
     assert not report.ok and [c.name for c in report.checks] == ["metadata.json"]
+
+
+def test_a_checklist_run_reads_each_model_file_once(layout, meta, monkeypatch):
+    from collections import Counter
+
+    import weighted_mtp.models.verify as verify
+    import weighted_mtp.pipeline.manifest as manifest
+    import weighted_mtp.storage.hashing as hashing
+    from weighted_mtp.pipeline.checklist import run_checklist
+    from weighted_mtp.pipeline.manifest import refresh_manifest
+
+    refresh_manifest(layout)
+    reads, real = Counter(), hashing.sha256_file
+
+    def counting(path, **kwargs):
+        reads[str(path)] += 1
+        return real(path, **kwargs)
+
+    for module in (verify, manifest, hashing):
+        monkeypatch.setattr(module, "sha256_file", counting)
+    checklist = run_checklist(layout, through=9, save=False)
+    assert checklist.steps[3].ok, checklist.steps[3].reason
+    assert reads[str(meta.weights)] == 1
+    assert reads[str(meta.raw_checkpoint_dir / "consolidated.pth")] == 1
