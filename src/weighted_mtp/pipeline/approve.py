@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from weighted_mtp.checks import listed
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.pipeline.manifest import load_manifest, manifest_sha256
 from weighted_mtp.storage.atomic import read_json, write_json
@@ -69,11 +70,14 @@ def approve(layout: Layout, by: str) -> dict:
         raise UsageError("--by needs the approver's name")
     checklist = run_checklist(layout, through=10)
     if not checklist.ok:
-        failed = [step.number for step in checklist.failed()]
-        first = checklist.failed()[0]
+        failed_steps = checklist.failed()
+        failed = [step.number for step in failed_steps]
+        first = failed_steps[0]
+        files = list(dict.fromkeys(f for step in failed_steps for f in step.files))
         raise WmtpError(
             f"cannot approve: Step{'s' if len(failed) > 1 else ''} "
             f"{', '.join(map(str, failed))} fail (Step {first.number}: {first.reason})",
+            path=listed(files) if files else None,
             hint="`wmtp verify` lists every failure; fix them, then approve",
         )
     manifest = load_manifest(layout)
