@@ -231,13 +231,23 @@ def _download_model(name: str) -> Callable[[BuildContext], None]:
     return run
 
 
+def _verify_built_model(ctx: BuildContext, name: str) -> None:
+    """Verify a model just built; the hashes read are kept, so the manifest refresh that
+    follows does not read the weights again."""
+    from weighted_mtp.models.verify import verify_model
+
+    hasher = Hasher(ctx.layout, trust_known=False)
+    report = verify_model(ctx.layout, name, sha256=hasher.sha256)
+    hasher.save()
+    _must_verify(report, name)
+
+
 def _convert_model(name: str) -> Callable[[BuildContext], None]:
     def run(ctx: BuildContext) -> None:
         from weighted_mtp.models.convert import convert_model
-        from weighted_mtp.models.verify import verify_model
 
         convert_model(ctx.layout, name)
-        _must_verify(verify_model(ctx.layout, name), name)
+        _verify_built_model(ctx, name)
 
     return run
 
@@ -245,10 +255,9 @@ def _convert_model(name: str) -> Callable[[BuildContext], None]:
 def _micro_model(name: str) -> Callable[[BuildContext], None]:
     def run(ctx: BuildContext) -> None:
         from weighted_mtp.models.micro import build_micro
-        from weighted_mtp.models.verify import verify_model
 
         build_micro(ctx.layout, name)
-        _must_verify(verify_model(ctx.layout, name), name)
+        _verify_built_model(ctx, name)
 
     return run
 

@@ -190,3 +190,30 @@ def test_a_new_download_makes_preparation_run_again(with_tokenizer, mbpp_mirror)
     again = b.build(layout, load_catalog(), mirror=mbpp_mirror, only=MBPP_STEPS)
     assert _statuses(again)["prepare-mbpp"] == "ran"
     assert _statuses(again)["small-mbpp"] == "ran"
+
+
+def test_the_manifest_reuses_the_hashes_of_a_converted_models_verification(
+        layout, sp_model_path, tmp_path, monkeypatch):
+    from collections import Counter
+
+    import weighted_mtp.pipeline.manifest as manifest
+    import weighted_mtp.storage.hashing as hashing
+    from weighted_mtp.models.download import download_model
+    from weighted_mtp.synthetic.models import write_meta_mirror
+
+    params = {"dim": 64, "n_layers": 3, "n_heads": 2, "multiple_of": 32, "n_future_tokens": 2,
+              "vocab_size": 8320}
+    mirror = write_meta_mirror(tmp_path / "meta", tokenizer_model=sp_model_path, params=params)
+    download_model(layout, load_catalog(), "meta-llama-mtp", mirror=mirror)
+    reads, real = Counter(), hashing.sha256_file
+
+    def counting(path, **kwargs):
+        reads[str(path)] += 1
+        return real(path, **kwargs)
+
+    for module in (manifest, hashing):
+        monkeypatch.setattr(module, "sha256_file", counting)
+    result = b.build(layout, load_catalog(), only=["convert-meta"])
+    assert _statuses(result) == {"convert-meta": "ran"}
+    assert result.manifest_written
+    assert reads[str(layout.model("meta-llama-mtp").weights)] == 1
