@@ -4,7 +4,8 @@ Everything that can be checked before writing is checked first: the tensor names
 against the architecture the config implies, the tokenizer against the vocabulary, a shard
 index against its shards. Then tensors are read in row chunks from memory-mapped files, each
 chunk checked (NaN/Inf in the source, overflow in the target dtype), cast and appended to
-`safetensors/model.safetensors`, hashed on the way. Extra memory is one chunk, not the model.
+`safetensors/model.safetensors`, hashed on the way. Extra memory is a few chunks (the one
+being cast and those queued for the writer thread), not the model.
 
 Rotary-embedding buffers that older checkpoints carry (`*.rotary_emb.inv_freq`, Llama-1's
 `rope.freqs`) are derived from `rope_theta`, not weights: they are checked against the
