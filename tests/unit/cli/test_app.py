@@ -32,35 +32,33 @@ def test_usage_errors_exit_2_without_traceback():
     assert "No such command" in out.stderr and "Traceback" not in out.stderr
 
 
+def _main_after(patch: str, *argv: str) -> subprocess.CompletedProcess:
+    """`wmtp ARGV` in a fresh interpreter, after the Python code `patch` has replaced a part."""
+    code = (f"import sys\n{patch}\nsys.argv = ['wmtp', *{list(argv)!r}]\n"
+            "from weighted_mtp.cli import main\nmain()\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
 def test_ctrl_c_exits_130_with_one_resume_hint(tmp_path):
-    code = (
-        "import sys\n"
+    out = _main_after(
         "import weighted_mtp.pipeline.build as build\n"
         "def interrupted(*args, **kwargs):\n"
         "    raise KeyboardInterrupt\n"
-        "build.build = interrupted\n"
-        f"sys.argv = ['wmtp', '--root', {str(tmp_path)!r}, 'build']\n"
-        "from weighted_mtp.cli import main\n"
-        "main()\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        "build.build = interrupted",
+        "--root", str(tmp_path), "build")
     assert out.returncode == 130
     assert out.stderr.count("interrupted") == 1 and "to resume" in out.stderr
     assert "Traceback" not in out.stderr
 
 
 def test_a_full_disk_is_one_line_not_a_traceback(tmp_path):
-    code = (
-        "import errno, sys\n"
+    out = _main_after(
+        "import errno\n"
         "import weighted_mtp.storage.init as init\n"
         "def full(*args, **kwargs):\n"
         "    raise OSError(errno.ENOSPC, 'No space left on device', '/data/storage/x')\n"
-        "init.init_storage = full\n"
-        f"sys.argv = ['wmtp', '--root', {str(tmp_path)!r}, 'storage', 'init']\n"
-        "from weighted_mtp.cli import main\n"
-        "main()\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        "init.init_storage = full",
+        "--root", str(tmp_path), "storage", "init")
     assert out.returncode == 1
     assert "No space left on device [/data/storage/x]" in out.stderr
     assert "Traceback" not in out.stderr
