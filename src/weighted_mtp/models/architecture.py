@@ -16,6 +16,15 @@ from weighted_mtp.storage.atomic import read_json
 
 Shapes = dict[str, tuple[int, ...]]
 
+_META_SIZES = ("dim", "n_layers", "n_heads", "multiple_of", "max_seq_len", "n_future_tokens")
+_HF_SIZES = ("hidden_size", "num_attention_heads", "intermediate_size", "vocab_size",
+             "num_hidden_layers")
+_HF_OPTIONAL_SIZES = ("num_key_value_heads", "head_dim")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
 
 def llama_intermediate_size(dim: int, multiple_of: int, ffn_dim_multiplier: float | None) -> int:
     """Llama's SwiGLU hidden size: 2/3 of 4*dim, scaled, rounded up to `multiple_of`."""
@@ -62,6 +71,13 @@ class MetaParams:
         def fail(why: str) -> None:
             raise WmtpError(f"params.json is inconsistent: {why}", path=source)
 
+        for name in _META_SIZES:
+            if not _positive_int(getattr(self, name)):
+                fail(f"{name} must be a positive integer, not {getattr(self, name)!r}")
+        if self.n_kv_heads is not None and not _positive_int(self.n_kv_heads):
+            fail(f"n_kv_heads must be a positive integer, not {self.n_kv_heads!r}")
+        if not isinstance(self.vocab_size, int) or isinstance(self.vocab_size, bool):
+            fail(f"vocab_size must be an integer, not {self.vocab_size!r}")
         if self.dim % self.n_heads:
             fail(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
         if self.n_heads % self.kv_heads:
@@ -131,16 +147,21 @@ def meta_tensor_shapes(p: MetaParams) -> Shapes:
 
 def hf_llama_tensor_shapes(config: dict[str, Any]) -> Shapes:
     """Every tensor of a Hugging Face `LlamaForCausalLM` state dict, from its config.json."""
-    try:
-        d = config["hidden_size"]
-        n_heads = config["num_attention_heads"]
-        kv = config.get("num_key_value_heads") or n_heads
-        hd = config.get("head_dim") or d // n_heads
-        h = config["intermediate_size"]
-        vocab = config["vocab_size"]
-        n_layers = config["num_hidden_layers"]
-    except KeyError as exc:
-        raise WmtpError(f"config.json lacks {exc.args[0]}") from None
+    if not isinstance(config, dict):
+        raise WmtpError("config.json is not a JSON object")
+    missing = [key for key in _HF_SIZES if key not in config]
+    if missing:
+        raise WmtpError(f"config.json lacks {missing[0]}")
+    sizes = {key: config[key] for key in _HF_SIZES}
+    sizes.update({key: config[key] for key in _HF_OPTIONAL_SIZES if config.get(key)})
+    for key, value in sizes.items():
+        if not _positive_int(value):
+            raise WmtpError(f"config.json {key} must be a positive integer, not {value!r}")
+    d, n_heads = sizes["hidden_size"], sizes["num_attention_heads"]
+    kv = sizes.get("num_key_value_heads", n_heads)
+    hd = sizes.get("head_dim", d // n_heads)
+    h, vocab, n_layers = (sizes[k] for k in ("intermediate_size", "vocab_size",
+                                             "num_hidden_layers"))
     shapes: Shapes = {"model.embed_tokens.weight": (vocab, d)}
     for i in range(n_layers):
         p = f"model.layers.{i}"
