@@ -118,6 +118,19 @@ class Catalog:
         return asset
 
 
+def _file_spec(entry: dict, where: str, source: str) -> FileSpec:
+    """A file entry whose `into` stays inside the asset folder (`.` is the folder itself)."""
+    into = entry["into"].strip("/")
+    if into not in ("", "."):
+        try:
+            safe_relative(into)
+        except WmtpError:
+            raise WmtpError(f"catalog entry {where}/into: {entry['into']!r} leaves the asset "
+                            "folder", path=source, hint="use a folder inside it, e.g. raw"
+                            ) from None
+    return FileSpec(entry["path"], entry["into"])
+
+
 def _parse(text: str, source: str) -> Catalog:
     try:
         data = yaml.safe_load(text)
@@ -133,13 +146,15 @@ def _parse(text: str, source: str) -> Catalog:
     assets: dict[str, Asset] = {}
     for kind, group in (("model", data["models"]), ("dataset", data["datasets"])):
         for name, entry in group.items():
+            files = [_file_spec(f, f"{kind}s/{name}/files/{i}", source)
+                     for i, f in enumerate(entry.get("files", []))]
             assets[f"{kind}:{name}"] = Asset(
                 name=name,
                 kind=kind,
                 repo=entry.get("repo"),
                 repo_type=entry.get("repo_type", kind),
                 revision=entry.get("revision", "main"),
-                files=tuple(FileSpec(f["path"], f["into"]) for f in entry.get("files", [])),
+                files=tuple(files),
                 format=entry.get("format"),
                 gated=entry.get("gated", False),
                 derived_from=entry.get("derived_from"),
