@@ -13,7 +13,7 @@ import heapq
 import json
 from pathlib import Path
 
-from weighted_mtp.data.sources import iter_jsonl
+from weighted_mtp.data.sources import field, iter_jsonl
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import write_text
 from weighted_mtp.storage.layout import SPLITS, Layout
@@ -29,10 +29,11 @@ def _rank(seed: int, sample_id: str) -> int:
 def _lowest_ranked(path: Path, seed: int, limit: int) -> dict[bool, list[tuple[int, str]]]:
     """Up to `limit` lowest-ranked (rank, line) pairs for correct and for incorrect records."""
     heaps: dict[bool, list[tuple[int, str]]] = {True: [], False: []}
-    for _line, record in iter_jsonl(path):
-        metadata = record["metadata"]
-        heap = heaps[bool(metadata["is_correct"])]
-        entry = (-_rank(seed, metadata["sample_id"]), json.dumps(record, ensure_ascii=False))
+    for line, record in iter_jsonl(path):
+        metadata = field(record, "metadata", path, line)
+        heap = heaps[bool(field(metadata, "is_correct", path, line))]
+        rank = _rank(seed, str(field(metadata, "sample_id", path, line)))
+        entry = (-rank, json.dumps(record, ensure_ascii=False))
         if len(heap) < limit:
             heapq.heappush(heap, entry)
         elif entry > heap[0]:

@@ -1,4 +1,7 @@
+import pytest
+
 from weighted_mtp.data.small import SMALL_LIMITS, build_small
+from weighted_mtp.errors import WmtpError
 
 from .conftest import read_records
 
@@ -26,3 +29,11 @@ def test_seeded_selection(prepared):
     build_small(prepared, "humaneval", seed=7)
     assert path.read_bytes() != first
     assert not prepared.small("humaneval").split("train").exists()
+
+
+def test_a_record_without_its_sample_id_is_one_clear_error(prepared):
+    path = prepared.dataset("mbpp").split("test")
+    path.write_text('{"prompt": "p", "response": "r", "metadata": {"is_correct": true}}\n')
+    with pytest.raises(WmtpError, match="line 1: missing field 'sample_id'") as exc:
+        build_small(prepared, "mbpp")
+    assert str(path) in exc.value.line()
