@@ -77,6 +77,8 @@ def read_sha256sums(path: str | Path) -> dict[str, str]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise WmtpError("checksum file not found", path=path) from None
+    except UnicodeDecodeError as exc:
+        raise WmtpError(f"checksum file is not UTF-8 text (byte {exc.start})", path=path) from None
     entries: dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

@@ -60,3 +60,6 @@ def test_reads_coreutils_output_and_rejects_garbage(tmp_path: Path):
     sums.write_text(out + "not a checksum line\n")
     with pytest.raises(WmtpError, match="line 2"):
         read_sha256sums(sums)
+    sums.write_bytes(b"\xff\xfe binary garbage")
+    with pytest.raises(WmtpError, match="not UTF-8"):
+        read_sha256sums(sums)
