@@ -412,7 +412,8 @@ def read_log(layout: Layout) -> list[dict]:
     if not layout.build_log.is_file():
         return []
     entries = []
-    for line in layout.build_log.read_text(encoding="utf-8").splitlines():
+    text = layout.build_log.read_text(encoding="utf-8", errors="replace")  # a cut character
+    for line in text.splitlines():
         try:
             entry = json.loads(line)
         except json.JSONDecodeError:

@@ -217,3 +217,11 @@ def test_the_manifest_reuses_the_hashes_of_a_converted_models_verification(
     assert _statuses(result) == {"convert-meta": "ran"}
     assert result.manifest_written
     assert reads[str(layout.model("meta-llama-mtp").weights)] == 1
+
+
+def test_a_log_line_cut_inside_a_character_is_ignored(layout):
+    whole = '{"run": "r", "step": "init", "status": "ran", "seconds": 1, "at": "t"}\n'
+    cut = '{"run": "r", "step": "verify", "status": "failed", "detail": "sha …'.encode()[:-2]
+    layout.build_log.parent.mkdir(parents=True, exist_ok=True)
+    layout.build_log.write_bytes(whole.encode() + cut)
+    assert [entry["step"] for entry in b.read_log(layout)] == ["init"]
