@@ -9,7 +9,6 @@ ones (CodeContests), else the whole dataset in one file named like the original
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from typing import Any
 
 from weighted_mtp import __version__, progress
 from weighted_mtp.catalog import Asset, Catalog
+from weighted_mtp.clock import utc_now
 from weighted_mtp.data.sources import iter_jsonl, iter_parquet_rows
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import atomic_write, ensure_free_space, write_json
@@ -145,7 +145,7 @@ def download_dataset(
         "mirror": str(mirror) if mirror is not None else None,
         "upstream_files": {upstream: sha256_file(path) for upstream, path in files},
         "raw_files": raw,
-        "downloaded_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "downloaded_at": utc_now(),
         "tool_version": __version__,
     }
     write_json(paths.source, source)

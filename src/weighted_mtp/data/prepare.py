@@ -28,6 +28,7 @@ from json.encoder import encode_basestring
 from pathlib import Path
 
 from weighted_mtp import __version__, progress
+from weighted_mtp.clock import utc_now
 from weighted_mtp.data.converters import DEFAULT_LANGUAGES, Sample, Task, iter_tasks
 from weighted_mtp.data.stats import SplitStats
 from weighted_mtp.data.template import (
@@ -305,7 +306,7 @@ def prepare_into(
     write_json(paths.schema, RECORD_SCHEMA)
     summary = {
         "dataset": paths.name,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "created_at": utc_now(),
         "tool_version": __version__,
         "max_length": max_length,
         "seed": seed,

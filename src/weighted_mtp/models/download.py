@@ -10,7 +10,6 @@ Each file's SHA-256 is recorded in `raw/SOURCE.json`.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 
 from weighted_mtp import __version__, progress
 from weighted_mtp.catalog import Asset, Catalog
+from weighted_mtp.clock import utc_now
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import atomic_write, ensure_free_space, read_json, write_json
 from weighted_mtp.storage.hashing import CHUNK_SIZE, HashingWriter, sha256_file
@@ -83,7 +83,7 @@ def download_model(
         "revision": requested,
         "commit": commit,
         "mirror": str(Path(mirror).absolute()) if mirror is not None else None,
-        "downloaded_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "downloaded_at": utc_now(),
         "tool_version": __version__,
         "files": files,
     }

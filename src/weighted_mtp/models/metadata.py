@@ -7,7 +7,6 @@ values, not a particular asset: the conversion and the micro-model builder both 
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import jsonschema
 import yaml
 
 from weighted_mtp import __version__
+from weighted_mtp.clock import utc_now
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.models.architecture import MetaParams
 from weighted_mtp.models.tokenizer import TokenizerFacts
@@ -84,10 +84,6 @@ METADATA_SCHEMA: dict[str, Any] = {
         }
     ],
 }
-
-
-def utc_now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def folder_relative(paths: ModelPaths, path: Path) -> str:

@@ -8,9 +8,8 @@ which files changed since.
 
 from __future__ import annotations
 
-import datetime as dt
-
 from weighted_mtp.checks import listed
+from weighted_mtp.clock import utc_now
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.pipeline.manifest import load_manifest, manifest_sha256
 from weighted_mtp.storage.atomic import read_json, write_json
@@ -83,7 +82,7 @@ def approve(layout: Layout, by: str) -> dict:
     manifest = load_manifest(layout)
     record = {
         "by": by,
-        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "at": utc_now(),
         "storage_version": STORAGE_VERSION,
         "manifest_sha256": checklist.manifest_sha256,
         "files": {e["path"]: e["sha256"] for e in manifest["files"]},

@@ -8,7 +8,6 @@ manifest, leftovers, documents, approval).
 
 from __future__ import annotations
 
-import datetime as dt
 import importlib
 import importlib.metadata
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from weighted_mtp.checks import Report
+from weighted_mtp.clock import utc_now
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.pipeline.manifest import (
     Hasher,
@@ -94,7 +94,7 @@ class Checklist:
     steps: list[StepResult]
     manifest_sha256: str | None
     checked_at: str = field(
-        default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+        default_factory=utc_now)
 
     @property
     def ok(self) -> bool:

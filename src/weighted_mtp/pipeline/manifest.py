@@ -7,7 +7,6 @@ build step reuses them; `verify` re-reads every byte (`trust_known=False`).
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import jsonschema
 
+from weighted_mtp.clock import utc_now
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import TEMP_MARKER, read_json, write_json, write_text
 from weighted_mtp.storage.clean import PARTIAL_SUFFIXES
@@ -149,10 +149,6 @@ class ManifestDiff:
         return "; ".join(parts) or "tree matches the manifest"
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
 def current_entries(layout: Layout, hasher: Hasher) -> list[dict]:
     return [
         {"path": layout.relative(path), "size": path.stat().st_size, "sha256": hasher.sha256(path)}
@@ -224,7 +220,7 @@ def refresh_manifest(layout: Layout, hasher: Hasher | None = None) -> ManifestUp
 
     manifest = {
         "storage_version": STORAGE_VERSION,
-        "created_at": _now(),
+        "created_at": utc_now(),
         "tool_version": __version__,
         "files": entries,
     }

@@ -7,9 +7,9 @@ stamp never replaces verification: `verify` always re-checks the bytes.
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
+from weighted_mtp.clock import utc_now
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import read_json, write_json
 from weighted_mtp.storage.layout import Layout
@@ -26,7 +26,7 @@ def _fingerprint(layout: Layout, asset_root: Path) -> dict[str, list[int]]:
 
 def record_verified(layout: Layout, asset_root: Path) -> None:
     stamp = {
-        "verified_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "verified_at": utc_now(),
         "files": _fingerprint(layout, asset_root),
     }
     write_json(layout.verification_stamp(asset_root), stamp)
