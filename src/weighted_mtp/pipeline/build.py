@@ -22,9 +22,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from weighted_mtp.catalog import Asset, Catalog
 from weighted_mtp.checks import Report
+from weighted_mtp.clock import utc_now
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.pipeline.manifest import (
     Hasher,
@@ -395,14 +397,24 @@ def select_steps(only: list[str] | tuple[str, ...] = (), start: str | None = Non
 # ---------------------------------------------------------------- log, lock, engine
 
 
+def _ends_a_line(handle: IO[bytes]) -> bool:
+    end = handle.seek(0, os.SEEK_END)
+    if end == 0:
+        return True
+    handle.seek(end - 1)
+    return handle.read(1) == b"\n"
+
+
 def _log(layout: Layout, run_id: str, outcome: StepOutcome) -> None:
     entry = {"run": run_id, "step": outcome.name, "seed_step": outcome.seed_step,
              "status": outcome.status, "seconds": round(outcome.seconds, 3),
              "detail": outcome.detail,
-             "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+             "at": utc_now()}
     layout.build_log.parent.mkdir(parents=True, exist_ok=True)
-    with layout.build_log.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+    with layout.build_log.open("a+b") as handle:
+        line = json.dumps(entry, ensure_ascii=False) + "\n"
+        # A kill can cut the last line short: start a fresh line so this entry survives.
+        handle.write((line if _ends_a_line(handle) else "\n" + line).encode("utf-8"))
         handle.flush()
         os.fsync(handle.fileno())
 

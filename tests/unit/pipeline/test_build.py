@@ -225,3 +225,12 @@ def test_a_log_line_cut_inside_a_character_is_ignored(layout):
     layout.build_log.parent.mkdir(parents=True, exist_ok=True)
     layout.build_log.write_bytes(whole.encode() + cut)
     assert [entry["step"] for entry in b.read_log(layout)] == ["init"]
+
+
+def test_the_entry_after_a_cut_line_starts_a_line_of_its_own(layout):
+    layout.build_log.parent.mkdir(parents=True, exist_ok=True)
+    layout.build_log.write_bytes(b'{"run": "r", "step": "verify", "sta')
+    b._log(layout, "r2", b.StepOutcome("init", 1, "ran", 0.5))
+    assert [(e["run"], e["step"]) for e in b.read_log(layout)] == [("r2", "init")]
+    b._log(layout, "r2", b.StepOutcome("report", 10, "ran", 0.1))
+    assert [e["step"] for e in b.read_log(layout)] == ["init", "report"]
