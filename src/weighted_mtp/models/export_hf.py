@@ -22,7 +22,7 @@ from weighted_mtp import progress
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.models.architecture import MetaParams
 from weighted_mtp.storage.atomic import TEMP_MARKER, write_json, write_text
-from weighted_mtp.storage.layout import Layout
+from weighted_mtp.storage.layout import MICRO_MODELS, Layout
 
 if TYPE_CHECKING:
     import torch
@@ -185,8 +185,9 @@ def export_hf(layout: Layout, name: str, out_dir: str | Path) -> Path:
 
     paths = layout.model(name)
     if not paths.params.is_file():
+        build = "micro" if name in MICRO_MODELS else "convert"
         hint = ("it is already a Hugging Face Llama: use its configs/ and safetensors/"
-                if paths.hf_config.is_file() else f"convert it first: wmtp models convert {name}")
+                if paths.hf_config.is_file() else f"build it first: wmtp models {build} {name}")
         raise WmtpError(f"{name} has no Meta-format configs/params.json", path=paths.params,
                         hint=hint)
     params = read_mtp_params(paths)

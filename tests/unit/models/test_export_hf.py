@@ -108,5 +108,5 @@ def test_export_of_a_hugging_face_model_points_to_its_folder(layout, tmp_path):
     layout.model(REFERENCE_MODEL).hf_config.write_text("{}")
     with pytest.raises(WmtpError, match="already a Hugging Face Llama"):
         export_hf(layout, REFERENCE_MODEL, tmp_path / "export")
-    with pytest.raises(WmtpError, match=f"convert it first: wmtp models convert {MICRO_MTP}"):
+    with pytest.raises(WmtpError, match=f"build it first: wmtp models micro {MICRO_MTP}"):
         export_hf(layout, MICRO_MTP, Path(tmp_path / "export"))
