@@ -31,6 +31,10 @@ from weighted_mtp.errors import UsageError
 from weighted_mtp.storage.layout import Layout
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+MirrorOpt = Annotated[Path | None, typer.Option(
+    "--mirror", help="A local folder laid out like the upstream repo, instead of the hub.")]
+RevisionOpt = Annotated[str | None, typer.Option(
+    help="Hub branch, tag or commit (default: the catalog's).")]
 
 console = Console()
 err_console = Console(stderr=True)

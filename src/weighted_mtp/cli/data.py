@@ -10,6 +10,8 @@ from rich.table import Table
 
 from weighted_mtp.cli._console import (
     JsonOpt,
+    MirrorOpt,
+    RevisionOpt,
     checked_name,
     console,
     finish_report,
@@ -30,9 +32,8 @@ NameArg = Annotated[str, typer.Argument(help=f"One of: {', '.join(DATASETS)}.")]
 def download(
     ctx: typer.Context,
     name: NameArg,
-    mirror: Annotated[Path | None, typer.Option(
-        "--mirror", help="Local folder laid out like the upstream repo, or JSONL files.")] = None,
-    revision: Annotated[str | None, typer.Option(help="Hub revision (default: catalog's).")] = None,
+    mirror: MirrorOpt = None,
+    revision: RevisionOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Fetch a dataset (hub or --mirror) and write raw/*.jsonl, SOURCE.json, checksums."""

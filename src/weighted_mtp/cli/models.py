@@ -9,6 +9,8 @@ import typer
 
 from weighted_mtp.cli._console import (
     JsonOpt,
+    MirrorOpt,
+    RevisionOpt,
     checked_name,
     console,
     finish_report,
@@ -29,10 +31,8 @@ ModelArg = Annotated[str, typer.Argument(help=f"One of: {', '.join(MODELS)}.")]
 def download(
     ctx: typer.Context,
     name: BaseArg,
-    mirror: Annotated[Path | None, typer.Option(
-        "--mirror", help="Local folder laid out like the upstream repo (offline).")] = None,
-    revision: Annotated[str | None, typer.Option(
-        help="Hub branch, tag or commit (default: the catalog's).")] = None,
+    mirror: MirrorOpt = None,
+    revision: RevisionOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Fetch the upstream files into raw/ and tokenizer/ (resumes), recording SOURCE.json."""
