@@ -73,7 +73,14 @@ def _optional_json(path: Path | None) -> dict[str, Any] | None:
 
 
 def _metadata(layout: Layout, name: str) -> dict[str, Any] | None:
-    return _optional_json(layout.model(name).metadata)
+    """A model's metadata.json if it is there and valid (else the checklist says why)."""
+    from weighted_mtp.models.metadata import read_metadata
+
+    path = layout.model(name).metadata
+    try:
+        return read_metadata(path) if path.is_file() else None
+    except WmtpError:
+        return None
 
 
 def _summary(layout: Layout, name: str) -> dict[str, Any] | None:
@@ -222,8 +229,11 @@ def _model_deviations(layout: Layout) -> Iterator[str]:
                    f"{meta['dtype']}")
         trimmed = meta.get("tokenizer_trimmed")
         if trimmed:
+            replaced = "".join(
+                f"; id {i} holds the whitespace piece instead of {piece!r}"
+                for i, piece in trimmed.get("replaced", {}).items())
             yield (f"- {name}: tokenizer trimmed from {trimmed['from']}'s "
-                   f"{trimmed['base_vocab_size']} to {trimmed['vocab_size']} pieces")
+                   f"{trimmed['base_vocab_size']} to {trimmed['vocab_size']} pieces{replaced}")
         if meta.get("init") == "random":
             yield f"- {name}: randomly initialised (seed {meta.get('seed')}), not sliced"
         if meta.get("tokenizer_difference"):

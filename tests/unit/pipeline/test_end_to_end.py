@@ -68,6 +68,15 @@ def test_demo_ends_with_every_checklist_step_ok(demo):
         assert f"✔ Step {number}:" in result.output
     assert "every step ✔" in result.output
     assert "wmtp build" in result.output and str(root) in result.output
+
+
+def test_demo_migration_notes_name_the_automatic_deviations(demo):
+    root, _ = demo
+    notes = Layout(root).report("migration_notes.md").read_text(encoding="utf-8")
+    assert "meta-llama-mtp: weights converted from bfloat16 to float16" in notes
+    assert "micro-mtp: tokenizer trimmed from meta-llama-mtp's 8320 to 8000 pieces; id 7999 " \
+        "holds the whitespace piece instead of" in notes
+    assert "taken from the mirror" in notes
     layout = Layout(root)
     checklist = run_checklist(layout)  # again, from the bytes
     assert checklist.ok, [s.to_dict() for s in checklist.failed()]

@@ -3,6 +3,7 @@ and people's notes survive regeneration."""
 
 from weighted_mtp.pipeline.manifest import manifest_sha256, refresh_manifest
 from weighted_mtp.pipeline.report import (
+    INVENTORY,
     MIGRATION,
     PEOPLE_MARKER,
     document_paths,
@@ -70,3 +71,14 @@ def test_dataset_deviations_come_from_the_summary(layout):
     generate_reports(layout)
     notes = layout.report(MIGRATION).read_text()
     assert "codecontests train: 3 dropped, 7 shortened of 90 kept records" in notes
+
+
+
+def test_an_invalid_metadata_json_is_reported_as_missing_not_a_crash(layout):
+    from weighted_mtp.storage.atomic import write_json
+
+    write_json(layout.model("micro-mtp").metadata, {"dtype": "float16"})
+    refresh_manifest(layout)
+    generate_reports(layout)
+    inventory = layout.report(INVENTORY).read_text()
+    assert "| micro-mtp | missing |" in inventory
