@@ -37,7 +37,7 @@ from weighted_mtp.pipeline.manifest import (
     sha256sums_mismatches,
 )
 from weighted_mtp.storage import stamps
-from weighted_mtp.storage.atomic import TEMP_MARKER, read_json
+from weighted_mtp.storage.atomic import TEMP_MARKER, read_json, read_json_or_none
 from weighted_mtp.storage.layout import (
     DATASETS,
     META_MODEL,
@@ -123,11 +123,8 @@ def _verified(ctx: BuildContext, root: Path, verify: Callable[[], Report]) -> bo
 def _source_matches(ctx: BuildContext, source_path: Path, asset: Asset) -> bool:
     """SOURCE.json exists and came from where this build takes the asset: the same mirror or
     the hub, the same repo, and the catalog's revision if it pins a commit."""
-    if not source_path.is_file():
-        return False
-    try:
-        source = read_json(source_path, "SOURCE.json")
-    except WmtpError:
+    source = read_json_or_none(source_path, "SOURCE.json")
+    if not isinstance(source, dict):
         return False
     wanted = ctx.mirror_for(asset.name)
     recorded = source.get("mirror")

@@ -16,7 +16,13 @@ import jsonschema
 
 from weighted_mtp.clock import utc_now
 from weighted_mtp.errors import WmtpError
-from weighted_mtp.storage.atomic import TEMP_MARKER, read_json, write_json, write_text
+from weighted_mtp.storage.atomic import (
+    TEMP_MARKER,
+    read_json,
+    read_json_or_none,
+    write_json,
+    write_text,
+)
 from weighted_mtp.storage.clean import PARTIAL_SUFFIXES
 from weighted_mtp.storage.hashing import format_sha256sums, read_sha256sums, sha256_file
 from weighted_mtp.storage.layout import BASE_MODELS, CACHE_DIR, STORAGE_VERSION, Layout
@@ -79,12 +85,8 @@ class Hasher:
 
     def _load(self) -> dict[str, list]:
         known = self._from_downloads()
-        if self.layout.hash_cache.is_file():
-            try:
-                data = read_json(self.layout.hash_cache, "hash cache")
-            except WmtpError:
-                data = {}  # a damaged cache only costs re-hashing
-            known.update(data if isinstance(data, dict) else {})
+        data = read_json_or_none(self.layout.hash_cache, "hash cache")  # lost: re-hash
+        known.update(data if isinstance(data, dict) else {})
         return known
 
     def _from_downloads(self) -> dict[str, list]:

@@ -17,7 +17,7 @@ from weighted_mtp.clock import utc_now
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.pipeline.checklist import LAST_ASSET_STEP, STEP_TITLES, Checklist
 from weighted_mtp.pipeline.manifest import load_manifest, manifest_sha256
-from weighted_mtp.storage.atomic import read_json, write_text
+from weighted_mtp.storage.atomic import read_json_or_none, write_text
 from weighted_mtp.storage.layout import (
     BASE_MODELS,
     DATASETS,
@@ -64,14 +64,6 @@ def document_status(layout: Layout) -> list[tuple[Path, bool, str]]:
 # ---------------------------------------------------------------- reading the storage
 
 
-def _optional_json(path: Path | None) -> dict[str, Any] | None:
-    """A JSON file's content; None if it is absent or unreadable (the checklist says why)."""
-    try:
-        return read_json(path) if path is not None and path.is_file() else None
-    except WmtpError:
-        return None
-
-
 def _metadata(layout: Layout, name: str) -> dict[str, Any] | None:
     """A model's metadata.json if it is there and valid (else the checklist says why)."""
     from weighted_mtp.models.metadata import read_metadata
@@ -85,7 +77,7 @@ def _metadata(layout: Layout, name: str) -> dict[str, Any] | None:
 
 def _summary(layout: Layout, name: str) -> dict[str, Any] | None:
     summaries = layout.dataset(name).summaries()
-    return _optional_json(summaries[-1] if summaries else None)
+    return read_json_or_none(summaries[-1] if summaries else None)
 
 
 def _count_lines(path: Path) -> int:
@@ -261,7 +253,7 @@ def _source_deviations(layout: Layout) -> Iterator[str]:
     sources = [(n, layout.model(n).source) for n in BASE_MODELS]
     sources += [(n, layout.dataset(n).source) for n in DATASETS]
     for name, path in sources:
-        source = _optional_json(path)
+        source = read_json_or_none(path)
         if source and source.get("mirror"):
             yield f"- {name}: taken from the mirror `{source['mirror']}`, not from the hub"
 
@@ -293,7 +285,7 @@ def _sources_table(layout: Layout) -> list[str]:
     rows = [(n, layout.model(n).source) for n in BASE_MODELS]
     rows += [(n, layout.dataset(n).source) for n in DATASETS]
     for name, path in rows:
-        source = _optional_json(path) or {}
+        source = read_json_or_none(path) or {}
         repo = source.get("repo")
         link = f"[{repo}](https://huggingface.co/{repo})" if repo else "not downloaded"
         lines.append(f"| {name} | {link} | `{source.get('revision', '-')}` "

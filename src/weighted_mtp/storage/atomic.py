@@ -93,6 +93,17 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
         ) from None
 
 
+def read_json_or_none(path: str | Path | None, what: str = "JSON file") -> Any:
+    """A JSON file's content, or None if it is absent or unreadable: for files whose loss
+    only costs recomputation, or whose problems another check reports."""
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        return read_json(path, what)
+    except WmtpError:
+        return None
+
+
 def ensure_free_space(directory: str | Path, needed: int, what: str) -> None:
     """Fail before writing if `needed` bytes will not fit (5% + 64 MiB headroom kept)."""
     directory = Path(directory)

@@ -10,8 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from weighted_mtp.clock import utc_now
-from weighted_mtp.errors import WmtpError
-from weighted_mtp.storage.atomic import read_json, write_json
+from weighted_mtp.storage.atomic import read_json_or_none, write_json
 from weighted_mtp.storage.layout import Layout
 from weighted_mtp.storage.tree import iter_files
 
@@ -37,11 +36,5 @@ def clear_verified(layout: Layout, asset_root: Path) -> None:
 
 
 def is_verified(layout: Layout, asset_root: Path) -> bool:
-    path = layout.verification_stamp(asset_root)
-    if not path.is_file():
-        return False
-    try:
-        stamp = read_json(path, "verification stamp")
-    except WmtpError:
-        return False
-    return stamp.get("files") == _fingerprint(layout, asset_root)
+    stamp = read_json_or_none(layout.verification_stamp(asset_root), "verification stamp")
+    return isinstance(stamp, dict) and stamp.get("files") == _fingerprint(layout, asset_root)

@@ -73,3 +73,15 @@ def test_atomic_write_rejects_append_mode(tmp_path: Path):
     with pytest.raises(ValueError), atomic_write(tmp_path / "x", "ab"):
         pass
     time.sleep(0)
+
+
+def test_read_json_or_none_treats_absent_and_damaged_files_alike(tmp_path: Path):
+    from weighted_mtp.storage.atomic import read_json_or_none
+
+    path = tmp_path / "cache.json"
+    assert read_json_or_none(path) is None
+    assert read_json_or_none(None) is None
+    path.write_text("{broken", encoding="utf-8")
+    assert read_json_or_none(path) is None
+    write_json(path, {"a": 1})
+    assert read_json_or_none(path) == {"a": 1}
