@@ -131,9 +131,17 @@ def bench_params(size_bytes: int, vocab: int) -> dict:
     from weighted_mtp.models.architecture import MetaParams, meta_tensor_shapes
 
     def params(n_layers: int) -> dict:
-        return {"dim": BENCH_DIM, "n_layers": n_layers, "n_heads": BENCH_HEADS,
-                "vocab_size": vocab, "multiple_of": 256, "ffn_dim_multiplier": 1.0,
-                "norm_eps": 1e-05, "rope_theta": 10000.0, "n_future_tokens": BENCH_FUTURE}
+        return {
+            "dim": BENCH_DIM,
+            "n_layers": n_layers,
+            "n_heads": BENCH_HEADS,
+            "vocab_size": vocab,
+            "multiple_of": 256,
+            "ffn_dim_multiplier": 1.0,
+            "norm_eps": 1e-05,
+            "rope_theta": 10000.0,
+            "n_future_tokens": BENCH_FUTURE,
+        }
 
     def size(n_layers: int) -> int:
         shapes = meta_tensor_shapes(MetaParams.from_dict(params(n_layers)))
@@ -170,47 +178,67 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-gb", type=float, default=1.5, help="checkpoint size (GB)")
     parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temp dir)")
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="runs per method; the fastest counts (shared machines are noisy)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs per method; the fastest counts (shared machines are noisy)",
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="wmtp-bench-", dir=args.workdir))
     try:
         root, checkpoint = prepare(work, args.size_gb)
         size = checkpoint.stat().st_size
-        print(f"checkpoint: {size / 1e9:.2f} GB bfloat16; best of {args.repeat} runs; "
-              "memory: the largest peak", flush=True)
+        print(
+            f"checkpoint: {size / 1e9:.2f} GB bfloat16; best of {args.repeat} runs; "
+            "memory: the largest peak",
+            flush=True,
+        )
         python = sys.executable
         subprocess.run(["cat", str(checkpoint)], stdout=subprocess.DEVNULL, check=True)
         copy = work / "copy.pth"
         floor_cp = best(args.repeat, lambda: timed(["cp", str(checkpoint), str(copy)], copy))
         # cp may copy inside the kernel (copy_file_range); a converter must write its bytes
-        floor_dd = best(args.repeat, lambda: timed(
-            ["dd", f"if={checkpoint}", f"of={copy}", "bs=8M", "conv=fsync", "status=none"],
-            copy))
+        floor_dd = best(
+            args.repeat,
+            lambda: timed(
+                ["dd", f"if={checkpoint}", f"of={copy}", "bs=8M", "conv=fsync", "status=none"], copy
+            ),
+        )
         copy.unlink()
         coreutils_sha = best(args.repeat, lambda: timed(["sha256sum", str(checkpoint)]))
-        hashlib_sha = best(args.repeat, lambda: run_measured(
-            [python, "-c", CHILD_HASHLIB, str(checkpoint)])[0]["seconds"])
+        hashlib_sha = best(
+            args.repeat,
+            lambda: run_measured([python, "-c", CHILD_HASHLIB, str(checkpoint)])[0]["seconds"],
+        )
         floor_sha = min(coreutils_sha, hashlib_sha)  # the faster one: a conservative floor
         floor = floor_cp + floor_sha
         _, _, bare = run_measured([python, "-c", CHILD_BARE])
         from weighted_mtp.storage.layout import Layout
 
         converted = Layout(root).model("meta-llama-mtp").weights
-        wmtp = [run_measured([python, "-c", CHILD_WMTP, str(root)], converted)
-                for _ in range(args.repeat)]
+        wmtp = [
+            run_measured([python, "-c", CHILD_WMTP, str(root)], converted)
+            for _ in range(args.repeat)
+        ]
         naive_out = work / "naive.safetensors"
-        naive = [run_measured([python, "-c", CHILD_NAIVE, str(checkpoint), str(naive_out)],
-                              naive_out) for _ in range(args.repeat)]
-        rows = [("floor (cp + SHA-256)", floor, None),
-                ("dd conv=fsync + SHA-256", floor_dd + floor_sha, None)] + [
+        naive = [
+            run_measured([python, "-c", CHILD_NAIVE, str(checkpoint), str(naive_out)], naive_out)
+            for _ in range(args.repeat)
+        ]
+        rows = [
+            ("floor (cp + SHA-256)", floor, None),
+            ("dd conv=fsync + SHA-256", floor_dd + floor_sha, None),
+        ] + [
             (name, min(r[0]["seconds"] for r in runs), max(r[2] for r in runs) - bare)
             for name, runs in (("wmtp convert (streaming)", wmtp), ("seed's naive method", naive))
         ]
-        print(f"floor: cp {floor_cp:.2f} s + SHA-256 {floor_sha:.2f} s (sha256sum "
-              f"{coreutils_sha:.2f} s, hashlib {hashlib_sha:.2f} s); bare `import torch` "
-              f"RssAnon {bare / 2**20:.0f} MiB")
+        print(
+            f"floor: cp {floor_cp:.2f} s + SHA-256 {floor_sha:.2f} s (sha256sum "
+            f"{coreutils_sha:.2f} s, hashlib {hashlib_sha:.2f} s); bare `import torch` "
+            f"RssAnon {bare / 2**20:.0f} MiB"
+        )
         print(f"{'method':<28}{'wall s':>8}{'x floor':>9}{'extra anon MiB':>16}{'x ckpt':>8}")
         for name, seconds, extra in rows:
             memory = f"{extra / 2**20:>16.0f}{extra / size:>8.2f}" if extra is not None else ""

@@ -32,8 +32,13 @@ def _build(workdir: Path, problems: int, solutions: int) -> Path:
     from weighted_mtp.storage.layout import Layout
     from weighted_mtp.synthetic.datasets import write_codecontests_mirror
 
-    mirror = write_codecontests_mirror(workdir / "mirror", n_problems=problems, seed=0,
-                                       solutions_per_problem=solutions, row_group_size=32)
+    mirror = write_codecontests_mirror(
+        workdir / "mirror",
+        n_problems=problems,
+        seed=0,
+        solutions_per_problem=solutions,
+        row_group_size=32,
+    )
     layout = Layout(workdir / "storage")
     init_storage(layout)
     download_dataset(layout, load_catalog(), "codecontests", mirror=mirror)
@@ -49,8 +54,7 @@ def _prepare_child(root: str, tokenizer: str, queue) -> None:
     summary = prepare_dataset(Layout(root), "codecontests", tokenizer=tokenizer)
     elapsed, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
     records = sum(s["records"] for s in summary["splits"].values())
-    queue.put({"seconds": elapsed, "cpu": cpu, "records": records,
-               "peak_rss_mib": _peak_rss_mib()})
+    queue.put({"seconds": elapsed, "cpu": cpu, "records": records, "peak_rss_mib": _peak_rss_mib()})
 
 
 def _cpu_seconds() -> float:
@@ -110,11 +114,11 @@ def _bare_tokenization(tokenizer: Path, texts: list[str]) -> dict[str, float]:
     for threads in (1, os.cpu_count() or 1):
         start, cpu = time.perf_counter(), _cpu_seconds()
         for i in range(0, len(texts), batch):
-            sp.encode(texts[i:i + batch], num_threads=threads)
+            sp.encode(texts[i : i + batch], num_threads=threads)
         timings[f"threads={threads}"] = time.perf_counter() - start
         timings[f"cpu threads={threads}"] = _cpu_seconds() - cpu
     workers = os.cpu_count() or 1
-    chunks = [(str(tokenizer), texts[i:i + batch]) for i in range(0, len(texts), batch)]
+    chunks = [(str(tokenizer), texts[i : i + batch]) for i in range(0, len(texts), batch)]
     start = time.perf_counter()
     with ProcessPoolExecutor(workers) as pool:
         sum(pool.map(_encode_chunk, chunks))
@@ -125,16 +129,21 @@ def _bare_tokenization(tokenizer: Path, texts: list[str]) -> dict[str, float]:
 def _best_of(repeats: int, measure, *args) -> dict:
     """Each timing's minimum over `repeats` runs: the least disturbed by other load."""
     runs = [measure(*args) for _ in range(repeats)]
-    return {key: min(run[key] for run in runs) if key != "records" else runs[0][key]
-            for key in runs[0]}
+    return {
+        key: min(run[key] for run in runs) if key != "records" else runs[0][key] for key in runs[0]
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--problems", type=int, default=400, help="N (the second size is 4N)")
     parser.add_argument("--solutions", type=int, default=24, help="Python 3 solutions/problem")
-    parser.add_argument("--tokenizer", type=Path, default=None,
-                        help="SentencePiece model (default: a freshly trained Llama-style one)")
+    parser.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=None,
+        help="SentencePiece model (default: a freshly trained Llama-style one)",
+    )
     parser.add_argument("--keep", type=Path, default=None, help="keep the corpora here")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (best)")
     args = parser.parse_args()
@@ -154,13 +163,15 @@ def main() -> None:
             bare = _best_of(args.repeat, _bare_tokenization, tokenizer, texts)
             wall = {k: v for k, v in bare.items() if not k.startswith("cpu")}
             best_cpu = min(v for k, v in bare.items() if k.startswith("cpu"))
-            print(f"{problems} problems, {prepared['records']} records: "
-                  f"prepare {prepared['seconds']:.2f} s wall, {prepared['cpu']:.2f} s CPU "
-                  f"({prepared['records'] / prepared['seconds']:.0f} records/s), "
-                  f"peak RSS {prepared['peak_rss_mib']:.0f} MiB; bare tokenization "
-                  + ", ".join(f"{k} {v:.2f} s" for k, v in bare.items())
-                  + f"; prepare / bare: wall {prepared['seconds'] / min(wall.values()):.2f}x, "
-                  f"CPU {prepared['cpu'] / best_cpu:.2f}x")
+            print(
+                f"{problems} problems, {prepared['records']} records: "
+                f"prepare {prepared['seconds']:.2f} s wall, {prepared['cpu']:.2f} s CPU "
+                f"({prepared['records'] / prepared['seconds']:.0f} records/s), "
+                f"peak RSS {prepared['peak_rss_mib']:.0f} MiB; bare tokenization "
+                + ", ".join(f"{k} {v:.2f} s" for k, v in bare.items())
+                + f"; prepare / bare: wall {prepared['seconds'] / min(wall.values()):.2f}x, "
+                f"CPU {prepared['cpu'] / best_cpu:.2f}x"
+            )
     finally:
         if args.keep is None:
             shutil.rmtree(workdir, ignore_errors=True)

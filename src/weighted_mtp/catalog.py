@@ -125,9 +125,11 @@ def _file_spec(entry: dict, where: str, source: str) -> FileSpec:
         try:
             safe_relative(into)
         except WmtpError:
-            raise WmtpError(f"catalog entry {where}/into: {entry['into']!r} leaves the asset "
-                            "folder", path=source, hint="use a folder inside it, e.g. raw"
-                            ) from None
+            raise WmtpError(
+                f"catalog entry {where}/into: {entry['into']!r} leaves the asset folder",
+                path=source,
+                hint="use a folder inside it, e.g. raw",
+            ) from None
     return FileSpec(entry["path"], entry["into"])
 
 
@@ -146,8 +148,10 @@ def _parse(text: str, source: str) -> Catalog:
     assets: dict[str, Asset] = {}
     for kind, group in (("model", data["models"]), ("dataset", data["datasets"])):
         for name, entry in group.items():
-            files = [_file_spec(f, f"{kind}s/{name}/files/{i}", source)
-                     for i, f in enumerate(entry.get("files", []))]
+            files = [
+                _file_spec(f, f"{kind}s/{name}/files/{i}", source)
+                for i, f in enumerate(entry.get("files", []))
+            ]
             assets[f"{kind}:{name}"] = Asset(
                 name=name,
                 kind=kind,

@@ -27,8 +27,17 @@ from weighted_mtp.models.export_hf import (
 )
 from weighted_mtp.storage.layout import META_MODEL, MICRO_MTP, MICRO_REF, REFERENCE_MODEL
 
-TINY = {"dim": 64, "n_layers": 5, "n_heads": 4, "vocab_size": 97, "multiple_of": 32,
-        "n_future_tokens": 3, "rope_theta": 500000.0, "norm_eps": 1e-6, "max_seq_len": 64}
+TINY = {
+    "dim": 64,
+    "n_layers": 5,
+    "n_heads": 4,
+    "vocab_size": 97,
+    "multiple_of": 32,
+    "n_future_tokens": 3,
+    "rope_theta": 500000.0,
+    "norm_eps": 1e-6,
+    "max_seq_len": 64,
+}
 
 
 def random_mtp(params: MetaParams, seed: int = 0) -> MtpTransformer:
@@ -142,9 +151,15 @@ def _ce(logits: list[float], target: int) -> float:
 
 
 # batch 1, seq 3, heads 2, vocab 3
-LOGITS = torch.tensor([[[[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]],
-                        [[0.0, 0.0, 3.0], [1.0, 1.0, 0.0]],
-                        [[5.0, 5.0, 5.0], [9.0, 9.0, 9.0]]]])
+LOGITS = torch.tensor(
+    [
+        [
+            [[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]],
+            [[0.0, 0.0, 3.0], [1.0, 1.0, 0.0]],
+            [[5.0, 5.0, 5.0], [9.0, 9.0, 9.0]],
+        ]
+    ]
+)
 TOKENS = torch.tensor([[0, 1, 2]])
 
 
@@ -179,8 +194,9 @@ def test_micro_loss_weights_change_it_as_they_should():
 def test_micro_loss_mask_drops_targets_from_the_mean():
     masked = mtp_loss(LOGITS, TOKENS, loss_mask=torch.tensor([[1, 0, 1]]))
     # Token 1 is not a target: head 0 keeps position 1 -> token 2 only; head 1 unchanged.
-    assert masked.per_head.tolist() == pytest.approx([_ce([0, 0, 3], 2), _ce([0, 1, 0], 2)],
-                                                     rel=1e-6)
+    assert masked.per_head.tolist() == pytest.approx(
+        [_ce([0, 0, 3], 2), _ce([0, 1, 0], 2)], rel=1e-6
+    )
     only_first = mtp_loss(LOGITS, TOKENS, loss_mask=torch.tensor([[1, 1, 0]]))
     # Head 1 has no valid target left and is left out of the mean.
     assert only_first.loss.item() == pytest.approx(_ce([2, 0, 0], 1), rel=1e-6)
@@ -277,8 +293,9 @@ def test_micro_loader_rejects_configs_that_disagree_with_the_tensors(micro_stora
 def test_micro_loader_rejects_a_tokenizer_larger_than_the_vocab(micro_storage, tmp_path):
     folder = tmp_path / MICRO_MTP
     shutil.copytree(micro_storage.model(MICRO_MTP).root, folder)
-    shutil.copyfile(micro_storage.model(META_MODEL).tokenizer_model,
-                    folder / "tokenizer" / "tokenizer.model")
+    shutil.copyfile(
+        micro_storage.model(META_MODEL).tokenizer_model, folder / "tokenizer" / "tokenizer.model"
+    )
     with pytest.raises(WmtpError, match="tokenizer has 8320 pieces but the model's vocab is 8000"):
         load_mtp_model(folder)
 

@@ -67,8 +67,9 @@ def _global_options(
 
 
 def _exit_with(error: WmtpError) -> None:
-    err_console.print(f"[bold red]error:[/] {escape(error.line())}", highlight=False,
-                      soft_wrap=True)
+    err_console.print(
+        f"[bold red]error:[/] {escape(error.line())}", highlight=False, soft_wrap=True
+    )
     sys.exit(error.exit_code)
 
 
@@ -83,8 +84,13 @@ def main() -> None:
     except OSError as exc:
         if exc.errno not in ENVIRONMENT_ERRNOS:
             raise
-        _exit_with(WmtpError(exc.strerror or str(exc), path=exc.filename,
-                             hint="check the folder's permissions and free space"))
+        _exit_with(
+            WmtpError(
+                exc.strerror or str(exc),
+                path=exc.filename,
+                hint="check the folder's permissions and free space",
+            )
+        )
     except typer.TyperException as exc:  # usage errors: unknown command, bad option
         exc.show()
         sys.exit(exc.exit_code)

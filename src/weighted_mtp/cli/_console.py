@@ -31,10 +31,15 @@ from weighted_mtp.errors import UsageError
 from weighted_mtp.storage.layout import Layout
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-MirrorOpt = Annotated[Path | None, typer.Option(
-    "--mirror", help="A local folder laid out like the upstream repo, instead of the hub.")]
-RevisionOpt = Annotated[str | None, typer.Option(
-    help="Hub branch, tag or commit (default: the catalog's).")]
+MirrorOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--mirror", help="A local folder laid out like the upstream repo, instead of the hub."
+    ),
+]
+RevisionOpt = Annotated[
+    str | None, typer.Option(help="Hub branch, tag or commit (default: the catalog's).")
+]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -57,8 +62,9 @@ class State:
 def checked_name(name: str, allowed: tuple[str, ...], kind: str) -> str:
     """An asset name this command accepts; anything else is a usage error listing the choices."""
     if name not in allowed:
-        raise UsageError(f"unknown {kind} {name!r} for this command",
-                         hint=f"choose one of: {', '.join(allowed)}")
+        raise UsageError(
+            f"unknown {kind} {name!r} for this command", hint=f"choose one of: {', '.join(allowed)}"
+        )
     return name
 
 
@@ -72,11 +78,22 @@ class RichReporter:
     @contextmanager
     def task(self, description: str, total: float | None, unit: str) -> Iterator[progress.Advance]:
         if unit == "bytes":
-            columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                       DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()]
+            columns = [
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+            ]
         else:
-            columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                       MofNCompleteColumn(), TimeRemainingColumn()]
+            columns = [
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+            ]
         with Progress(*columns, console=err_console, transient=True) as bars:
             task_id = bars.add_task(description, total=total)
             yield lambda n: bars.advance(task_id, n)
@@ -108,8 +125,11 @@ def print_report(report: Report) -> None:
         if check.files and not check.ok:
             line += f" ({escape(', '.join(check.files))})"
         console.print(line, highlight=False, soft_wrap=True)
-    verdict = "[green]all checks passed[/]" if report.ok else (
-        f"[red]{len(report.failures())} check(s) failed[/]")
+    verdict = (
+        "[green]all checks passed[/]"
+        if report.ok
+        else (f"[red]{len(report.failures())} check(s) failed[/]")
+    )
     console.print(f"  {verdict}")
 
 

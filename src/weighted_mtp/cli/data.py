@@ -22,8 +22,9 @@ from weighted_mtp.cli._console import (
 from weighted_mtp.errors import UsageError
 from weighted_mtp.storage.layout import DATASETS, SPLITS, Layout
 
-app = typer.Typer(help="Download, prepare, subset, validate and describe the datasets.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Download, prepare, subset, validate and describe the datasets.", no_args_is_help=True
+)
 
 NameArg = Annotated[str, typer.Argument(help=f"One of: {', '.join(DATASETS)}.")]
 
@@ -50,18 +51,41 @@ def download(
 
 
 def _print_summary(summary: dict) -> None:
-    table = Table("split", "records", "tasks", "correct", "incorrect", "dropped", "shortened",
-                  "truncated", box=None,
-                  title=f"{summary['dataset']} (max length {summary['max_length']}, "
-                        f"seed {summary['seed']})")
+    table = Table(
+        "split",
+        "records",
+        "tasks",
+        "correct",
+        "incorrect",
+        "dropped",
+        "shortened",
+        "truncated",
+        box=None,
+        title=f"{summary['dataset']} (max length {summary['max_length']}, seed {summary['seed']})",
+    )
     for split, entry in summary["splits"].items():
-        table.add_row(split, *(str(entry[k]) for k in ("records", "tasks", "correct",
-                                                       "incorrect", "dropped", "shortened",
-                                                       "truncated")))
+        table.add_row(
+            split,
+            *(
+                str(entry[k])
+                for k in (
+                    "records",
+                    "tasks",
+                    "correct",
+                    "incorrect",
+                    "dropped",
+                    "shortened",
+                    "truncated",
+                )
+            ),
+        )
     console.print(table)
     for split, entry in summary["splits"].items():
-        lengths = "; ".join(f"{kind} {v['min']}/{v['p50']}/{v['p95']}/{v['max']}"
-                            for kind, v in entry["tokens"].items() if v)
+        lengths = "; ".join(
+            f"{kind} {v['min']}/{v['p50']}/{v['p95']}/{v['max']}"
+            for kind, v in entry["tokens"].items()
+            if v
+        )
         console.print(f"{split} tokens min/p50/p95/max: {lengths}", highlight=False)
 
 
@@ -71,12 +95,18 @@ def prepare(
     name: NameArg,
     max_length: Annotated[int, typer.Option(help="Max tokens: BOS+prompt+response+EOS.")] = 2048,
     seed: Annotated[int, typer.Option(help="Seed for hash splits.")] = 42,
-    tokenizer: Annotated[Path | None, typer.Option(
-        help="SentencePiece model (default: the Meta model's tokenizer).")] = None,
-    truncate_code: Annotated[bool, typer.Option(
-        "--truncate-code", help="Cut over-long code (marked) instead of dropping it.")] = False,
-    languages: Annotated[list[str] | None, typer.Option(
-        "--languages", help="CodeContests languages to keep (repeatable; default python3).")
+    tokenizer: Annotated[
+        Path | None, typer.Option(help="SentencePiece model (default: the Meta model's tokenizer).")
+    ] = None,
+    truncate_code: Annotated[
+        bool,
+        typer.Option("--truncate-code", help="Cut over-long code (marked) instead of dropping it."),
+    ] = False,
+    languages: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--languages", help="CodeContests languages to keep (repeatable; default python3)."
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -85,9 +115,15 @@ def prepare(
 
     name = checked_name(name, DATASETS, "dataset")
     with progress_bars(not as_json):
-        summary = prepare_dataset(state(ctx).layout, name, max_length=max_length,
-                                  seed=seed, tokenizer=tokenizer, truncate_code=truncate_code,
-                                  languages=languages)
+        summary = prepare_dataset(
+            state(ctx).layout,
+            name,
+            max_length=max_length,
+            seed=seed,
+            tokenizer=tokenizer,
+            truncate_code=truncate_code,
+            languages=languages,
+        )
     if as_json:
         print_json(summary)
     else:
@@ -124,8 +160,10 @@ def small(
         for split in SPLITS:
             if split in splits:
                 entry = splits[split]
-                console.print(f"{entry['path']}: {entry['records']} records "
-                              f"({entry['correct']} correct, {entry['incorrect']} incorrect)")
+                console.print(
+                    f"{entry['path']}: {entry['records']} records "
+                    f"({entry['correct']} correct, {entry['incorrect']} incorrect)"
+                )
 
 
 @app.command()
@@ -156,8 +194,10 @@ def validate(
 def stats(
     ctx: typer.Context,
     name: NameArg,
-    plot: Annotated[Path | None, typer.Option(
-        "--plot", help="Write a PNG histogram of token lengths per split.")] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="Write a PNG histogram of token lengths per split."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show the latest preparation summary of a dataset."""

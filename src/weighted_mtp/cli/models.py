@@ -20,8 +20,7 @@ from weighted_mtp.cli._console import (
 )
 from weighted_mtp.storage.layout import BASE_MODELS, MICRO_MODELS, MODELS
 
-app = typer.Typer(help="Download, convert and verify the model checkpoints.",
-                  no_args_is_help=True)
+app = typer.Typer(help="Download, convert and verify the model checkpoints.", no_args_is_help=True)
 
 BaseArg = Annotated[str, typer.Argument(help=f"One of: {', '.join(BASE_MODELS)}.")]
 ModelArg = Annotated[str, typer.Argument(help=f"One of: {', '.join(MODELS)}.")]
@@ -40,24 +39,31 @@ def download(
 
     st = state(ctx)
     with progress_bars(not as_json):
-        source = download_model(st.layout, st.catalog, checked_name(name, BASE_MODELS, "model"),
-                                mirror=mirror, revision=revision)
+        source = download_model(
+            st.layout,
+            st.catalog,
+            checked_name(name, BASE_MODELS, "model"),
+            mirror=mirror,
+            revision=revision,
+        )
     if as_json:
         print_json(source)
         return
     origin = source["mirror"] or f"{source['repo']}@{source['commit'] or source['revision']}"
     console.print(f"[bold]{name}[/] from {origin}", highlight=False)
     for path, entry in source["files"].items():
-        console.print(f"  {path}  {entry['size']:,} bytes  sha256 {entry['sha256'][:16]}…",
-                      highlight=False)
+        console.print(
+            f"  {path}  {entry['size']:,} bytes  sha256 {entry['sha256'][:16]}…", highlight=False
+        )
 
 
 @app.command()
 def convert(
     ctx: typer.Context,
     name: BaseArg,
-    dtype: Annotated[str, typer.Option(
-        help="Target dtype: float16, bfloat16 or float32.")] = "float16",
+    dtype: Annotated[
+        str, typer.Option(help="Target dtype: float16, bfloat16 or float32.")
+    ] = "float16",
     as_json: JsonOpt = False,
 ) -> None:
     """Stream the raw checkpoint into safetensors/model.safetensors with configs and
@@ -74,16 +80,23 @@ def convert(
     console.print(
         f"[bold]{name}[/]: {metadata['parameter_count']:,} parameters, "
         f"{metadata['source_dtype']} → {metadata['dtype']}, {weights['size']:,} bytes, "
-        f"sha256 {weights['sha256'][:16]}…", highlight=False)
+        f"sha256 {weights['sha256'][:16]}…",
+        highlight=False,
+    )
     for dropped in metadata.get("dropped_tensors", {}).get("names", [])[:1]:
         count = len(metadata["dropped_tensors"]["names"])
-        console.print(f"  left out {count} rotary buffer(s) such as {dropped} "
-                      "(derived from rope_theta; checked)", highlight=False)
+        console.print(
+            f"  left out {count} rotary buffer(s) such as {dropped} "
+            "(derived from rope_theta; checked)",
+            highlight=False,
+        )
     if metadata.get("tokenizer_shared_with"):
         console.print(f"  tokenizer: same as {metadata['tokenizer_shared_with']}'s")
     elif metadata.get("tokenizer_difference"):
-        console.print(f"  [yellow]tokenizer not shared[/]: {metadata['tokenizer_difference']}",
-                      highlight=False)
+        console.print(
+            f"  [yellow]tokenizer not shared[/]: {metadata['tokenizer_difference']}",
+            highlight=False,
+        )
 
 
 @app.command()
@@ -100,9 +113,14 @@ def verify(ctx: typer.Context, name: ModelArg, as_json: JsonOpt = False) -> None
 def micro(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help=f"One of: {', '.join(MICRO_MODELS)}.")],
-    init: Annotated[str | None, typer.Option(
-        "--init", help="slice (leading part of the converted base) or random "
-        "[default: slice if the base is converted, else random]")] = None,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            "--init",
+            help="slice (leading part of the converted base) or random "
+            "[default: slice if the base is converted, else random]",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed for --init random.")] = 0,
     as_json: JsonOpt = False,
 ) -> None:
@@ -117,14 +135,22 @@ def micro(
         print_json(metadata)
         return
     weights, source = metadata["weights"], metadata["source"]
-    origin = (f"sliced from {source['model']}" if metadata["init"] == "slice"
-              else f"random init, seed {metadata['seed']}")
+    origin = (
+        f"sliced from {source['model']}"
+        if metadata["init"] == "slice"
+        else f"random init, seed {metadata['seed']}"
+    )
     console.print(
         f"[bold]{name}[/]: {metadata['parameter_count']:,} parameters, {origin}, "
-        f"{weights['size']:,} bytes, sha256 {weights['sha256'][:16]}…", highlight=False)
+        f"{weights['size']:,} bytes, sha256 {weights['sha256'][:16]}…",
+        highlight=False,
+    )
     trimmed = metadata["tokenizer_trimmed"]
-    console.print(f"  tokenizer: first {trimmed['vocab_size']} of {trimmed['from']}'s "
-                  f"{trimmed['base_vocab_size']} pieces", highlight=False)
+    console.print(
+        f"  tokenizer: first {trimmed['vocab_size']} of {trimmed['from']}'s "
+        f"{trimmed['base_vocab_size']} pieces",
+        highlight=False,
+    )
 
 
 @app.command("export-hf")
@@ -142,5 +168,7 @@ def export_hf(
     if as_json:
         print_json({"name": name, "out_dir": str(out)})
         return
-    console.print(f"[bold]{name}[/] exported to {out} (trunk + head 0; extra heads left out, "
-                  "see README.md)", highlight=False)
+    console.print(
+        f"[bold]{name}[/] exported to {out} (trunk + head 0; extra heads left out, see README.md)",
+        highlight=False,
+    )

@@ -23,8 +23,12 @@ if TYPE_CHECKING:
     from weighted_mtp.pipeline.demo import DemoResult
 
 MAX_FILES_SHOWN = 8
-STATUS_MARKS = {"ran": "[green]✔ ran[/]", "skipped": "[dim]· skipped[/]",
-                "failed": "[red]✘ failed[/]", "interrupted": "[yellow]✘ interrupted[/]"}
+STATUS_MARKS = {
+    "ran": "[green]✔ ran[/]",
+    "skipped": "[dim]· skipped[/]",
+    "failed": "[red]✘ failed[/]",
+    "interrupted": "[yellow]✘ interrupted[/]",
+}
 
 
 def _files(files: list[str]) -> str:
@@ -42,15 +46,20 @@ def print_checklist(checklist: Checklist) -> None:
             line += f" [dim]({escape(_files(step.files))})[/]"
         console.print(line, highlight=False, soft_wrap=True)
     failed = checklist.failed()
-    verdict = ("[green]every step ✔[/]" if not failed else
-               f"[red]{len(failed)} step(s) ✘[/]: {', '.join(str(s.number) for s in failed)}")
+    verdict = (
+        "[green]every step ✔[/]"
+        if not failed
+        else f"[red]{len(failed)} step(s) ✘[/]: {', '.join(str(s.number) for s in failed)}"
+    )
     console.print(verdict)
 
 
 def _listener(event: str, step: Step, outcome: StepOutcome | None) -> None:
     if event == "start":
-        console.print(f"[bold]→ {step.name}[/] [dim](Step {step.seed_step})[/] {step.describe}",
-                      highlight=False)
+        console.print(
+            f"[bold]→ {step.name}[/] [dim](Step {step.seed_step})[/] {step.describe}",
+            highlight=False,
+        )
         return
     line = f"  {STATUS_MARKS[outcome.status]} {step.name} in {outcome.seconds:.1f} s"
     if outcome.status == "skipped":  # a failure's reason follows as the error line
@@ -61,25 +70,37 @@ def _listener(event: str, step: Step, outcome: StepOutcome | None) -> None:
 def _summary(result: BuildResult) -> None:
     table = Table("step", "seed step", "result", "seconds", title="build summary")
     for outcome in result.outcomes:
-        table.add_row(outcome.name, str(outcome.seed_step), STATUS_MARKS[outcome.status],
-                      f"{outcome.seconds:.1f}")
+        table.add_row(
+            outcome.name,
+            str(outcome.seed_step),
+            STATUS_MARKS[outcome.status],
+            f"{outcome.seconds:.1f}",
+        )
     console.print(table)
     if result.recheck:
-        console.print(f"re-checked what the last `wmtp verify` found damaged: "
-                      f"{', '.join(result.recheck)}", highlight=False)
+        console.print(
+            f"re-checked what the last `wmtp verify` found damaged: {', '.join(result.recheck)}",
+            highlight=False,
+        )
     if result.removed_leftovers:
-        console.print(f"removed {len(result.removed_leftovers)} temporary file(s) left by an "
-                      "interrupted run")
+        console.print(
+            f"removed {len(result.removed_leftovers)} temporary file(s) left by an interrupted run"
+        )
     if not result.manifest_written:
         console.print("MANIFEST.json unchanged")
         return
     diff = result.manifest_diff
-    console.print(f"MANIFEST.json updated: {len(diff.changed)} changed, {len(diff.unexpected)} "
-                  f"added, {len(diff.missing)} removed file(s)")
+    console.print(
+        f"MANIFEST.json updated: {len(diff.changed)} changed, {len(diff.unexpected)} "
+        f"added, {len(diff.missing)} removed file(s)"
+    )
     ran = {o.name for o in result.outcomes if o.status == "ran"}
     if not ran and diff.files():  # nothing this build did explains them
-        console.print(f"[yellow]recorded changes made outside the build[/]: "
-                      f"{escape(_files(diff.files()))}", highlight=False, soft_wrap=True)
+        console.print(
+            f"[yellow]recorded changes made outside the build[/]: {escape(_files(diff.files()))}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def verify(
@@ -119,32 +140,42 @@ def approve(
 
     with progress_bars():
         record = record_approval(state(ctx).layout, by)
-    console.print(f"approved by {record['by']} at {record['at']}: MANIFEST.json sha256 "
-                  f"{record['manifest_sha256']}", highlight=False)
+    console.print(
+        f"approved by {record['by']} at {record['at']}: MANIFEST.json sha256 "
+        f"{record['manifest_sha256']}",
+        highlight=False,
+    )
 
 
 def build(
     ctx: typer.Context,
     mirror: Annotated[
         Path | None,
-        typer.Option("--mirror", help="Folder with each asset's upstream files under "
-                     "DIR/<asset-name>/ instead of the hub."),
+        typer.Option(
+            "--mirror",
+            help="Folder with each asset's upstream files under "
+            "DIR/<asset-name>/ instead of the hub.",
+        ),
     ] = None,
     only: Annotated[
         list[str] | None,
         typer.Option("--only", help="Run only this step (or group, e.g. download); repeatable."),
     ] = None,
-    start: Annotated[
-        str | None, typer.Option("--from", help="Start at this step.")
-    ] = None,
+    start: Annotated[str | None, typer.Option("--from", help="Start at this step.")] = None,
 ) -> None:
     """Run the seed's steps in order; finished steps are skipped, interrupted ones resume."""
     from weighted_mtp.pipeline.build import build as run_build
 
     app_state = state(ctx)
     with progress_bars():
-        result = run_build(app_state.layout, app_state.catalog, mirror=mirror, only=only or [],
-                           start=start, listener=_listener)
+        result = run_build(
+            app_state.layout,
+            app_state.catalog,
+            mirror=mirror,
+            only=only or [],
+            start=start,
+            listener=_listener,
+        )
     _summary(result)
 
 
@@ -152,22 +183,29 @@ def demo(
     ctx: typer.Context,
     root: Annotated[
         Path | None,
-        typer.Option("--root", help="Storage root for the demo (its mirror goes beside it).",
-                     show_default="demo-storage"),
+        typer.Option(
+            "--root",
+            help="Storage root for the demo (its mirror goes beside it).",
+            show_default="demo-storage",
+        ),
     ] = None,
 ) -> None:
     """Offline end-to-end run: synthetic upstream sources, then the real build and verify."""
     from weighted_mtp.pipeline.demo import DEFAULT_ROOT, mirror_for, run_demo
 
     root = root or DEFAULT_ROOT
-    console.print(f"writing upstream-format sources to [bold]{mirror_for(root)}[/] "
-                  "(first run only)", highlight=False)
+    console.print(
+        f"writing upstream-format sources to [bold]{mirror_for(root)}[/] (first run only)",
+        highlight=False,
+    )
     with progress_bars():
         result = run_demo(root, state(ctx).catalog, listener=_listener)
     _summary(result.build)
     if result.approved_now:
-        console.print("recorded the demo's own approval (its sources are synthetic; a real "
-                      "storage needs a person's `wmtp approve --by NAME`)")
+        console.print(
+            "recorded the demo's own approval (its sources are synthetic; a real "
+            "storage needs a person's `wmtp approve --by NAME`)"
+        )
     console.print()
     print_checklist(result.checklist)
     _next_steps(result)
@@ -177,7 +215,8 @@ def demo(
 
 def _next_steps(result: DemoResult) -> None:
     root = result.layout.root
-    console.print(f"""
+    console.print(
+        f"""
 [bold]where everything is[/]
   storage        {root}
   reports        {result.layout.reports_dir}
@@ -192,7 +231,10 @@ def _next_steps(result: DemoResult) -> None:
 [bold]the real build[/] (needs the hub, an HF token with the Meta license accepted, ~40 GB)
   hf auth login
   wmtp build && wmtp verify && wmtp approve --by "Your Name"
-""", highlight=False, soft_wrap=True)
+""",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def register(app: typer.Typer) -> None:

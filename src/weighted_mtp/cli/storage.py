@@ -46,8 +46,9 @@ def clean(
     plan = plan_clean(layout, legacy=legacy, keep=keep or [])
     table = Table("action", "path", "size", box=None)
     for path, size in plan.remove:
-        table.add_row("[red]remove[/]" if yes else "would remove", layout.relative(path),
-                      human_size(size))
+        table.add_row(
+            "[red]remove[/]" if yes else "would remove", layout.relative(path), human_size(size)
+        )
     for path, reason in plan.keep:
         table.add_row("[green]keep[/]", layout.relative(path), reason)
     if plan.remove or plan.keep:
@@ -84,13 +85,15 @@ def status(
     if not layout.root.is_dir():
         from weighted_mtp.errors import WmtpError
 
-        raise WmtpError("storage root does not exist", path=layout.root,
-                        hint="run `wmtp storage init` first")
+        raise WmtpError(
+            "storage root does not exist", path=layout.root, hint="run `wmtp storage init` first"
+        )
     tree = storage_tree(layout.root, depth)
     assets = asset_statuses(layout)
     if as_json:
-        print_json({"root": str(layout.root), "tree": tree.to_dict(),
-                    "assets": [vars(a) for a in assets]})
+        print_json(
+            {"root": str(layout.root), "tree": tree.to_dict(), "assets": [vars(a) for a in assets]}
+        )
         return
     top = Tree(f"[bold]{layout.root}[/] [dim]{human_size(tree.size)}[/]", highlight=False)
     _rich_tree(tree, top)

@@ -25,8 +25,12 @@ from weighted_mtp.storage.hashing import HashingWriter, sha256_file, write_sha25
 from weighted_mtp.storage.layout import DatasetPaths, Layout
 
 # Upstream split names (file-name prefixes) and the raw part each becomes.
-_CODECONTESTS_PARTS = {"train": "train", "valid": "validation", "validation": "validation",
-                       "test": "test"}
+_CODECONTESTS_PARTS = {
+    "train": "train",
+    "valid": "validation",
+    "validation": "validation",
+    "test": "test",
+}
 _SINGLE_FILE_PARTS = {"mbpp": "mbpp", "humaneval": "HumanEval"}
 _SUFFIXES = (".parquet", ".jsonl.gz", ".jsonl")
 
@@ -66,7 +70,8 @@ def _mirror_files(asset: Asset, mirror: Path) -> list[tuple[str, Path]]:
     if not found:
         patterns = ", ".join(spec.path for spec in asset.files)
         raise WmtpError(
-            f"mirror holds no files for dataset {asset.name!r}", path=mirror,
+            f"mirror holds no files for dataset {asset.name!r}",
+            path=mirror,
             hint=f"expected the upstream layout ({patterns}) or JSONL files",
         )
     return sorted(found.items())
@@ -86,8 +91,13 @@ def _hub_files(asset: Asset, paths: DatasetPaths, revision: str) -> tuple[str, l
         files = []
         for name in names:
             local_dir = PlannedFile(name, asset.destination(name)).local_dir
-            path = hf_hub_download(asset.repo, name, repo_type=asset.repo_type,
-                                   revision=info.sha, local_dir=paths.root / local_dir)
+            path = hf_hub_download(
+                asset.repo,
+                name,
+                repo_type=asset.repo_type,
+                revision=info.sha,
+                local_dir=paths.root / local_dir,
+            )
             files.append((name, Path(path)))
     return info.sha, files
 

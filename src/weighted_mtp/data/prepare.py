@@ -51,8 +51,14 @@ _json_str = encode_basestring
 _JSON_BOOL = {True: "true", False: "false"}
 
 
-def fit_prefix(text: str, render: Callable[[str], str], count: Callable[[str], int],
-               budget: int, guess_tokens: int, chars_per_token: float) -> tuple[str, int]:
+def fit_prefix(
+    text: str,
+    render: Callable[[str], str],
+    count: Callable[[str], int],
+    budget: int,
+    guess_tokens: int,
+    chars_per_token: float,
+) -> tuple[str, int]:
     """(rendered text, its token count) for a long prefix of `text` whose rendering fits.
 
     Starts from the prefix the character/token ratio predicts and steps down by the
@@ -97,18 +103,25 @@ class _Fitter:
     def _render_shortened(self, task: Task, prefix: str) -> str:
         return render_prompt(prefix.rstrip() + SHORTENED_MARKER, task.input_text, task.notes)
 
-    def prompts(self, tasks: list[tuple[Task, _Prompt, list[int]]]
-                ) -> list[tuple[_Prompt | None, _Prompt | None]]:
+    def prompts(
+        self, tasks: list[tuple[Task, _Prompt, list[int]]]
+    ) -> list[tuple[_Prompt | None, _Prompt | None]]:
         """(shortened prompt or None, statement-free prompt or None) for each
         `(task, full prompt, response token counts)`. The candidates of a whole batch are
         counted together, so shortening runs on all threads too."""
         results: list[tuple[_Prompt | None, _Prompt | None]] = [(None, None)] * len(tasks)
-        over = {i: [r for r in counts if full.tokens + r > self.budget]
-                for i, (_task, full, counts) in enumerate(tasks)}
+        over = {
+            i: [r for r in counts if full.tokens + r > self.budget]
+            for i, (_task, full, counts) in enumerate(tasks)
+        }
         over = {i: counts for i, counts in over.items() if counts}
         texts = {i: self._render_shortened(tasks[i][0], "") for i in over}
-        shortest = {i: _Prompt(text, n, shortened=True) for (i, text), n in
-                    zip(texts.items(), self.tokenizer.counts(list(texts.values())), strict=True)}
+        shortest = {
+            i: _Prompt(text, n, shortened=True)
+            for (i, text), n in zip(
+                texts.items(), self.tokenizer.counts(list(texts.values())), strict=True
+            )
+        }
         guesses = {}
         for i, counts in over.items():
             fitting = [r for r in counts if shortest[i].tokens + r <= self.budget]
@@ -124,13 +137,22 @@ class _Fitter:
             if tokens > budget:  # the guess overshot: step down with exact recounts
                 task = tasks[i][0]
                 text, tokens = fit_prefix(
-                    task.instruction, functools.partial(self._render_shortened, task),
-                    self.tokenizer.count, budget, 2 * budget - shortest[i].tokens - tokens, ratio)
+                    task.instruction,
+                    functools.partial(self._render_shortened, task),
+                    self.tokenizer.count,
+                    budget,
+                    2 * budget - shortest[i].tokens - tokens,
+                    ratio,
+                )
             results[i] = (_Prompt(text, tokens, shortened=True), shortest[i])
         return results
 
-    def fit(self, prompts: tuple[_Prompt, _Prompt | None, _Prompt | None], response: str,
-            response_tokens: int) -> tuple[_Prompt, str, int, bool] | None:
+    def fit(
+        self,
+        prompts: tuple[_Prompt, _Prompt | None, _Prompt | None],
+        response: str,
+        response_tokens: int,
+    ) -> tuple[_Prompt, str, int, bool] | None:
         """(prompt, response, response tokens, truncated), or None to drop the sample."""
         for prompt in prompts[:2]:
             if prompt is not None and prompt.tokens + response_tokens <= self.budget:
@@ -138,10 +160,14 @@ class _Fitter:
         shortest = prompts[2] or prompts[1]
         if not self.truncate_code or shortest is None or shortest.tokens >= self.budget:
             return None
-        cut, cut_tokens = fit_prefix(response, lambda code: code, self.tokenizer.count,
-                                     self.budget - shortest.tokens,
-                                     self.budget - shortest.tokens,
-                                     len(response) / max(1, response_tokens))
+        cut, cut_tokens = fit_prefix(
+            response,
+            lambda code: code,
+            self.tokenizer.count,
+            self.budget - shortest.tokens,
+            self.budget - shortest.tokens,
+            len(response) / max(1, response_tokens),
+        )
         if not cut.strip():
             return None
         return shortest, cut, cut_tokens, True
@@ -209,20 +235,28 @@ class _Preparer:
         texts = [render_prompt(t.instruction, t.input_text, t.notes) for t in batch]
         prompt_tokens = self.tokenizer.counts(texts)
         response_tokens = iter(
-            self.tokenizer.counts([s.response for t in batch for s in t.samples]))
-        return [(task, _Prompt(text, tokens), [next(response_tokens) for _ in task.samples])
-                for task, text, tokens in zip(batch, texts, prompt_tokens, strict=True)]
+            self.tokenizer.counts([s.response for t in batch for s in t.samples])
+        )
+        return [
+            (task, _Prompt(text, tokens), [next(response_tokens) for _ in task.samples])
+            for task, text, tokens in zip(batch, texts, prompt_tokens, strict=True)
+        ]
 
-    def _emit_batch(self, items: list[tuple[Task, _Prompt, list[int]]], files: _SplitFiles,
-                    advance) -> None:
-        for (task, full, counts), shorter in zip(items, self.fitter.prompts(items),
-                                                 strict=True):
+    def _emit_batch(
+        self, items: list[tuple[Task, _Prompt, list[int]]], files: _SplitFiles, advance
+    ) -> None:
+        for (task, full, counts), shorter in zip(items, self.fitter.prompts(items), strict=True):
             self._emit_task(task, (full, *shorter), counts, files)
             advance(len(counts))
         files.flush()
 
-    def _emit_task(self, task: Task, prompts: tuple[_Prompt, _Prompt | None, _Prompt | None],
-                   response_tokens: list[int], files: _SplitFiles) -> None:
+    def _emit_task(
+        self,
+        task: Task,
+        prompts: tuple[_Prompt, _Prompt | None, _Prompt | None],
+        response_tokens: list[int],
+        files: _SplitFiles,
+    ) -> None:
         stats = self.stats[task.split]
         stats.duplicates += task.duplicates
         language = task.metadata["language"]
@@ -237,10 +271,18 @@ class _Preparer:
             if self._seen_in_other_split(task.split, prompt, response):
                 stats.cross_split_duplicates += 1
                 continue
-            files.write(task.split, _record_line(prompt, response,
-                                                 metadata.json(sample, prompt, truncated)))
-            stats.add_record(prompt.tokens, r_tokens, prompt.tokens + r_tokens + SPECIAL_TOKENS,
-                             sample.is_correct, prompt.shortened, truncated, language)
+            files.write(
+                task.split, _record_line(prompt, response, metadata.json(sample, prompt, truncated))
+            )
+            stats.add_record(
+                prompt.tokens,
+                r_tokens,
+                prompt.tokens + r_tokens + SPECIAL_TOKENS,
+                sample.is_correct,
+                prompt.shortened,
+                truncated,
+                language,
+            )
         stats.tasks += stats.records > records_before
 
     def _seen_in_other_split(self, split: str, prompt: _Prompt, response: str) -> bool:
@@ -264,17 +306,21 @@ class _TaskMetadata:
         self.shared = f", {shared}" if shared else ""
 
     def json(self, sample: Sample, prompt: _Prompt, truncated: bool) -> str:
-        return (f'{{"task_id": {self.task_id}, "sample_id": {_json_str(sample.sample_id)}, '
-                f'"is_correct": {_JSON_BOOL[sample.is_correct]}{self.shared}, '
-                f'"shortened_prompt": {_JSON_BOOL[prompt.shortened]}, '
-                f'"truncated_response": {_JSON_BOOL[truncated]}}}')
+        return (
+            f'{{"task_id": {self.task_id}, "sample_id": {_json_str(sample.sample_id)}, '
+            f'"is_correct": {_JSON_BOOL[sample.is_correct]}{self.shared}, '
+            f'"shortened_prompt": {_JSON_BOOL[prompt.shortened]}, '
+            f'"truncated_response": {_JSON_BOOL[truncated]}}}'
+        )
 
 
 def _record_line(prompt: _Prompt, response: str, metadata_json: str) -> str:
     """Exactly `json.dumps({"prompt", "response", "metadata"})` + newline, reusing the
     prompt's JSON text."""
-    return (f'{{"prompt": {prompt.json}, "response": {_json_str(response)}, '
-            f'"metadata": {metadata_json}}}\n')
+    return (
+        f'{{"prompt": {prompt.json}, "response": {_json_str(response)}, '
+        f'"metadata": {metadata_json}}}\n'
+    )
 
 
 def prepare_into(
@@ -297,8 +343,11 @@ def prepare_into(
         files = _SplitFiles(paths, stack)
         preparer.run(tasks, files, advance)
         if not files.writers:
-            raise WmtpError(f"no records left in {paths.name} after preparation",
-                            path=source_dir, hint="check the raw files and --max-length")
+            raise WmtpError(
+                f"no records left in {paths.name} after preparation",
+                path=source_dir,
+                hint="check the raw files and --max-length",
+            )
         written = {split: writer.hexdigest() for split, writer in files.writers.items()}
     for split in SPLITS:
         if split not in written:
@@ -312,14 +361,19 @@ def prepare_into(
         "seed": seed,
         "truncate_code": truncate_code,
         "languages": sorted(languages or DEFAULT_LANGUAGES),
-        "tokenizer": {"path": str(Path(tokenizer_path).absolute()),
-                      "sha256": sha256_file(tokenizer_path),
-                      "vocab_size": tokenizer.vocab_size},
+        "tokenizer": {
+            "path": str(Path(tokenizer_path).absolute()),
+            "sha256": sha256_file(tokenizer_path),
+            "vocab_size": tokenizer.vocab_size,
+        },
         "template": PROMPT_TEMPLATE,
-        "splits": {split: preparer.stats[split].to_dict(max_length)
-                   for split in SPLITS if split in written},
-        "files": {**{paths.split(s).name: digest for s, digest in written.items()},
-                  paths.schema.name: sha256_file(paths.schema)},
+        "splits": {
+            split: preparer.stats[split].to_dict(max_length) for split in SPLITS if split in written
+        },
+        "files": {
+            **{paths.split(s).name: digest for s, digest in written.items()},
+            paths.schema.name: sha256_file(paths.schema),
+        },
     }
     write_json(paths.summary(dt.datetime.now(dt.UTC).date()), summary)
     return summary
@@ -337,25 +391,44 @@ def prepare_dataset(
 ) -> dict:
     """Prepare a downloaded dataset of the storage root; returns the summary."""
     paths = layout.dataset(name)
-    return prepare_into(paths, paths.raw, resolve_tokenizer(layout, tokenizer),
-                        max_length=max_length, seed=seed, truncate_code=truncate_code,
-                        languages=languages)
+    return prepare_into(
+        paths,
+        paths.raw,
+        resolve_tokenizer(layout, tokenizer),
+        max_length=max_length,
+        seed=seed,
+        truncate_code=truncate_code,
+        languages=languages,
+    )
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m weighted_mtp.data.prepare",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m weighted_mtp.data.prepare", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--dataset", required=True, choices=DATASETS)
     parser.add_argument("--source-dir", required=True, type=Path, help="the raw/ folder")
-    parser.add_argument("--output-dir", required=True, type=Path,
-                        help="a dataset's processed/ folder (stats go to its sibling stats/)")
+    parser.add_argument(
+        "--output-dir",
+        required=True,
+        type=Path,
+        help="a dataset's processed/ folder (stats go to its sibling stats/)",
+    )
     parser.add_argument("--max-length", type=int, default=2048)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--tokenizer", type=Path, default=None,
-                        help="SentencePiece model (default: the Meta model's in --root)")
-    parser.add_argument("--root", type=Path, default=Path(os.environ.get("WMTP_ROOT", "storage")),
-                        help="storage root for the default tokenizer (default: $WMTP_ROOT or "
-                        "./storage, as for wmtp)")
+    parser.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=None,
+        help="SentencePiece model (default: the Meta model's in --root)",
+    )
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=Path(os.environ.get("WMTP_ROOT", "storage")),
+        help="storage root for the default tokenizer (default: $WMTP_ROOT or "
+        "./storage, as for wmtp)",
+    )
     parser.add_argument("--truncate-code", action="store_true")
     parser.add_argument("--languages", nargs="+", default=None)
     return parser.parse_args(argv)
@@ -367,12 +440,21 @@ def main(argv: list[str] | None = None) -> int:
         output = args.output_dir.expanduser().absolute()
         paths = DatasetPaths(args.dataset, output.parent)
         if paths.processed != output:
-            raise UsageError("--output-dir must be a folder named processed/",
-                             path=output, hint="stats/ is written next to it")
+            raise UsageError(
+                "--output-dir must be a folder named processed/",
+                path=output,
+                hint="stats/ is written next to it",
+            )
         tokenizer = resolve_tokenizer(Layout(args.root), args.tokenizer)
-        summary = prepare_into(paths, args.source_dir, tokenizer, max_length=args.max_length,
-                               seed=args.seed, truncate_code=args.truncate_code,
-                               languages=args.languages)
+        summary = prepare_into(
+            paths,
+            args.source_dir,
+            tokenizer,
+            max_length=args.max_length,
+            seed=args.seed,
+            truncate_code=args.truncate_code,
+            languages=args.languages,
+        )
     except WmtpError as exc:
         print(f"error: {exc.line()}", file=sys.stderr)
         return exc.exit_code

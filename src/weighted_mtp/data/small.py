@@ -22,8 +22,9 @@ SMALL_LIMITS = {"train": 100, "validation": 32, "test": 32}
 
 
 def _rank(seed: int, sample_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{seed}:{sample_id}".encode(), digest_size=8)
-                          .digest(), "big")
+    return int.from_bytes(
+        hashlib.blake2b(f"{seed}:{sample_id}".encode(), digest_size=8).digest(), "big"
+    )
 
 
 def _lowest_ranked(path: Path, seed: int, limit: int) -> dict[bool, list[tuple[int, str]]]:
@@ -57,8 +58,11 @@ def build_small(layout: Layout, name: str, *, seed: int = 42) -> dict:
     paths, small = layout.dataset(name), layout.small(name)
     present = [split for split in SPLITS if paths.split(split).is_file()]
     if not present:
-        raise WmtpError(f"dataset {name!r} has no processed splits", path=paths.processed,
-                        hint=f"run `wmtp data prepare {name}` first")
+        raise WmtpError(
+            f"dataset {name!r} has no processed splits",
+            path=paths.processed,
+            hint=f"run `wmtp data prepare {name}` first",
+        )
     result = {}
     for split in SPLITS:
         target = small.split(split)
@@ -67,6 +71,10 @@ def build_small(layout: Layout, name: str, *, seed: int = 42) -> dict:
             continue
         lines, correct = select(paths.split(split), seed, SMALL_LIMITS[split])
         write_text(target, "".join(line + "\n" for line in lines))
-        result[split] = {"path": layout.relative(target), "records": len(lines),
-                         "correct": correct, "incorrect": len(lines) - correct}
+        result[split] = {
+            "path": layout.relative(target),
+            "records": len(lines),
+            "correct": correct,
+            "incorrect": len(lines) - correct,
+        }
     return result

@@ -28,8 +28,9 @@ def iter_parquet_rows(path: Path) -> Iterator[dict[str, Any]]:
         for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
             yield from batch.to_pylist()
     except (pa.ArrowException, OSError) as exc:
-        raise WmtpError(f"cannot read Parquet file: {exc}", path=path,
-                        hint="download it again") from None
+        raise WmtpError(
+            f"cannot read Parquet file: {exc}", path=path, hint="download it again"
+        ) from None
 
 
 def _open_lines(path: Path):
@@ -53,12 +54,14 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise WmtpError(f"corrupt gzip file ({exc})", path=path) from None
     if not seen:
-        raise WmtpError("file is empty: no JSON records", path=path,
-                        hint="download the dataset again")
+        raise WmtpError(
+            "file is empty: no JSON records", path=path, hint="download the dataset again"
+        )
 
 
-def iter_jsonl_range(path: Path, start: int, end: int,
-                     first_line: int) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_jsonl_range(
+    path: Path, start: int, end: int, first_line: int
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """Like `iter_jsonl`, for the lines in bytes [start, end) of a plain file, `start` being
     the beginning of line `first_line` (lets workers share one file)."""
     with path.open("rb") as handle:
@@ -98,16 +101,19 @@ def parse_json_line(raw: bytes, path: Path, number: int) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise WmtpError(f"line {number} is not UTF-8 (byte {exc.start})", path=path,
-                        hint="re-download or re-encode the file as UTF-8") from None
+        raise WmtpError(
+            f"line {number} is not UTF-8 (byte {exc.start})",
+            path=path,
+            hint="re-download or re-encode the file as UTF-8",
+        ) from None
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise WmtpError(f"line {number} is not valid JSON (column {exc.colno}: {exc.msg})",
-                        path=path) from None
+        raise WmtpError(
+            f"line {number} is not valid JSON (column {exc.colno}: {exc.msg})", path=path
+        ) from None
     if not isinstance(obj, dict):
-        raise WmtpError(f"line {number} is a JSON {type(obj).__name__}, not an object",
-                        path=path)
+        raise WmtpError(f"line {number} is a JSON {type(obj).__name__}, not an object", path=path)
     return obj
 
 
@@ -116,5 +122,8 @@ def field(row: dict[str, Any], name: str, path: Path, line: int) -> Any:
     try:
         return row[name]
     except KeyError:
-        raise WmtpError(f"line {line}: missing field {name!r}", path=path,
-                        hint="is this the right dataset file?") from None
+        raise WmtpError(
+            f"line {line}: missing field {name!r}",
+            path=path,
+            hint="is this the right dataset file?",
+        ) from None

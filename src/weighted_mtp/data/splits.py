@@ -16,8 +16,12 @@ from weighted_mtp.storage.layout import SPLITS
 HASH_FRACTIONS = {"train": 0.90, "validation": 0.05, "test": 0.05}
 
 # MBPP's official split (Austin et al. 2021): tasks 1-10 are the few-shot prompt tasks.
-MBPP_RANGES = (((1, 10), "train"), ((11, 510), "test"), ((511, 600), "validation"),
-               ((601, 974), "train"))
+MBPP_RANGES = (
+    ((1, 10), "train"),
+    ((11, 510), "test"),
+    ((511, 600), "validation"),
+    ((601, 974), "train"),
+)
 
 
 def hash_split(task_id: str, seed: int) -> str:

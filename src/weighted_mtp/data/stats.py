@@ -33,8 +33,13 @@ class LengthHistogram:
             return None
         lengths = sorted(self.counts)
         mean = sum(n * c for n, c in self.counts.items()) / total
-        return {"min": lengths[0], "mean": round(mean, 2), "p50": self._percentile(0.50),
-                "p95": self._percentile(0.95), "max": lengths[-1]}
+        return {
+            "min": lengths[0],
+            "mean": round(mean, 2),
+            "p50": self._percentile(0.50),
+            "p95": self._percentile(0.95),
+            "max": lengths[-1],
+        }
 
     def _percentile(self, q: float) -> int:
         """The nearest-rank percentile: the smallest length with >= q of samples at or below."""
@@ -68,10 +73,19 @@ class SplitStats:
     cross_split_duplicates: int = 0
     languages: Counter = field(default_factory=Counter)
     lengths: dict[str, LengthHistogram] = field(
-        default_factory=lambda: {kind: LengthHistogram() for kind in LENGTH_KINDS})
+        default_factory=lambda: {kind: LengthHistogram() for kind in LENGTH_KINDS}
+    )
 
-    def add_record(self, prompt: int, response: int, total: int, is_correct: bool,
-                   shortened: bool, truncated: bool, language: str) -> None:
+    def add_record(
+        self,
+        prompt: int,
+        response: int,
+        total: int,
+        is_correct: bool,
+        shortened: bool,
+        truncated: bool,
+        language: str,
+    ) -> None:
         self.records += 1
         if is_correct:
             self.correct += 1
@@ -85,9 +99,14 @@ class SplitStats:
 
     def to_dict(self, max_length: int) -> dict[str, Any]:
         return {
-            "records": self.records, "tasks": self.tasks, "correct": self.correct,
-            "incorrect": self.incorrect, "dropped": self.dropped, "shortened": self.shortened,
-            "truncated": self.truncated, "duplicates": self.duplicates,
+            "records": self.records,
+            "tasks": self.tasks,
+            "correct": self.correct,
+            "incorrect": self.incorrect,
+            "dropped": self.dropped,
+            "shortened": self.shortened,
+            "truncated": self.truncated,
+            "duplicates": self.duplicates,
             "cross_split_duplicates": self.cross_split_duplicates,
             "languages": dict(sorted(self.languages.items())),
             "tokens": {kind: hist.summary() for kind, hist in self.lengths.items()},
@@ -98,8 +117,11 @@ class SplitStats:
 def latest_summary(paths: DatasetPaths) -> tuple[Path, dict[str, Any]]:
     summaries = paths.summaries()
     if not summaries:
-        raise WmtpError(f"dataset {paths.name!r} has no summary", path=paths.stats,
-                        hint=f"run `wmtp data prepare {paths.name}` first")
+        raise WmtpError(
+            f"dataset {paths.name!r} has no summary",
+            path=paths.stats,
+            hint=f"run `wmtp data prepare {paths.name}` first",
+        )
     return summaries[-1], read_json(summaries[-1], "dataset summary")
 
 
@@ -118,8 +140,14 @@ def plot_lengths(summary: dict[str, Any], out: str | Path) -> Path:
         histogram = entry["total_histogram"]
         width = histogram["bin_width"]
         edges = [i * width for i in range(len(histogram["counts"]))]
-        axes.bar(edges, histogram["counts"], width=width, align="edge", alpha=0.5,
-                 label=f"{split} ({entry['records']})")
+        axes.bar(
+            edges,
+            histogram["counts"],
+            width=width,
+            align="edge",
+            alpha=0.5,
+            label=f"{split} ({entry['records']})",
+        )
     axes.set_xlabel("tokens (BOS + prompt + response + EOS)")
     axes.set_ylabel("records")
     axes.set_title(f"{summary['dataset']}: token lengths (max {summary['max_length']})")

@@ -50,18 +50,29 @@ _METADATA = {
         "truncated_response",
     ],
     "properties": {
-        "task_id": {"type": "string", "minLength": 1, "description": "The problem; shared by "
-                    "all samples of one problem and never by two splits."},
+        "task_id": {
+            "type": "string",
+            "minLength": 1,
+            "description": "The problem; shared by "
+            "all samples of one problem and never by two splits.",
+        },
         "sample_id": {"type": "string", "minLength": 1, "description": "Unique per record."},
         "source": {"enum": ["codecontests", "mbpp", "humaneval"]},
-        "is_correct": {"type": "boolean", "description": "Whether the response passes the "
-                       "problem's tests (CodeContests: solutions vs incorrect_solutions)."},
+        "is_correct": {
+            "type": "boolean",
+            "description": "Whether the response passes the "
+            "problem's tests (CodeContests: solutions vs incorrect_solutions).",
+        },
         "has_tests": {"type": "boolean"},
         "language": {"type": "string"},
-        "shortened_prompt": {"type": "boolean", "description": "The problem statement was "
-                             "shortened to fit the maximum length."},
-        "truncated_response": {"type": "boolean", "description": "The code was cut to fit "
-                               "(only with --truncate-code)."},
+        "shortened_prompt": {
+            "type": "boolean",
+            "description": "The problem statement was shortened to fit the maximum length.",
+        },
+        "truncated_response": {
+            "type": "boolean",
+            "description": "The code was cut to fit (only with --truncate-code).",
+        },
         "difficulty": {"type": "integer"},
         "origin": {"type": "string", "description": "Contest platform (CodeContests)."},
         "cf_rating": {"type": "integer"},

@@ -44,13 +44,17 @@ def resolve_tokenizer(layout: Layout | None, given: str | Path | None) -> Path:
     if given is not None:
         path = Path(given).expanduser()
         if not path.is_file():
-            raise WmtpError("tokenizer not found", path=path,
-                            hint="pass --tokenizer PATH to a SentencePiece tokenizer.model")
+            raise WmtpError(
+                "tokenizer not found",
+                path=path,
+                hint="pass --tokenizer PATH to a SentencePiece tokenizer.model",
+            )
         return path
     default = layout.model(META_MODEL).tokenizer_model if layout is not None else None
     if default is None or not default.is_file():
         raise WmtpError(
-            "no tokenizer to count tokens with", path=default,
+            "no tokenizer to count tokens with",
+            path=default,
             hint=f"download the model (`wmtp models download {META_MODEL}`) "
             "or pass --tokenizer PATH",
         )

@@ -85,8 +85,10 @@ class _Job:
 def _tools(schema: str, tokenizer: str | None):
     import jsonschema
 
-    return (jsonschema.Draft202012Validator(json.loads(schema)),
-            Tokenizer(tokenizer, threads=1) if tokenizer else None)
+    return (
+        jsonschema.Draft202012Validator(json.loads(schema)),
+        Tokenizer(tokenizer, threads=1) if tokenizer else None,
+    )
 
 
 def _schema_error(validator, record: dict) -> str | None:
@@ -96,8 +98,9 @@ def _schema_error(validator, record: dict) -> str | None:
     return f"{'/'.join(str(p) for p in error.absolute_path) or 'record'}: {error.message}"[:200]
 
 
-def _count_lengths(scan: _Scan, job: _Job, tokenizer: Tokenizer | None,
-                   pending: list[tuple[int, str, str]]) -> None:
+def _count_lengths(
+    scan: _Scan, job: _Job, tokenizer: Tokenizer | None, pending: list[tuple[int, str, str]]
+) -> None:
     """Recount BOS + prompt + response + EOS; a task's prompt is encoded once per batch."""
     if tokenizer is None or not pending:
         return
@@ -138,15 +141,26 @@ def _scan_job(job: _Job) -> _Scan:
     return scan
 
 
-def _scan_files(files: dict[str, Path], schema: dict, tokenizer: Tokenizer | None,
-                max_length: int) -> dict[str, _Scan]:
+def _scan_files(
+    files: dict[str, Path], schema: dict, tokenizer: Tokenizer | None, max_length: int
+) -> dict[str, _Scan]:
     """Scan split files, in parallel over all cores when they are large."""
     schema_text = json.dumps(schema, sort_keys=True)
     tokenizer_path = str(tokenizer.path) if tokenizer else None
-    jobs = [_Job(path, start, end, first, schema_text, tokenizer_path, max_length,
-                 SPLITS.index(split) if split in SPLITS else 0)
-            for split, path in files.items()
-            for start, end, first in line_chunks(path, CHUNK_BYTES)]
+    jobs = [
+        _Job(
+            path,
+            start,
+            end,
+            first,
+            schema_text,
+            tokenizer_path,
+            max_length,
+            SPLITS.index(split) if split in SPLITS else 0,
+        )
+        for split, path in files.items()
+        for start, end, first in line_chunks(path, CHUNK_BYTES)
+    ]
     large = sum(job.end - job.start for job in jobs) > CHUNK_BYTES
     workers = min(len(jobs), os.cpu_count() or 1) if large else 1
     with progress.task("validate records", len(jobs)) as advance:
@@ -180,8 +194,9 @@ def _duplicates(values: array) -> int:
 def _all_in(values: array, pool: array) -> bool:
     import numpy as np
 
-    return bool(np.isin(np.frombuffer(values, dtype=np.uint64),
-                        np.frombuffer(pool, dtype=np.uint64)).all())
+    return bool(
+        np.isin(np.frombuffer(values, dtype=np.uint64), np.frombuffer(pool, dtype=np.uint64)).all()
+    )
 
 
 def _cross_split_duplicates(contents: array) -> int:
@@ -198,8 +213,10 @@ def _cross_split_duplicates(contents: array) -> int:
 def _tokenizer_for(layout: Layout, summary: dict[str, Any]) -> tuple[Tokenizer | None, str]:
     """The tokenizer prepare used (by SHA-256): its recorded path, else the Meta model's."""
     wanted = summary.get("tokenizer", {}).get("sha256")
-    candidates = [Path(summary.get("tokenizer", {}).get("path", "")),
-                  layout.model(META_MODEL).tokenizer_model]
+    candidates = [
+        Path(summary.get("tokenizer", {}).get("path", "")),
+        layout.model(META_MODEL).tokenizer_model,
+    ]
     for path in candidates:
         if path.is_file() and sha256_file(path) == wanted:
             return Tokenizer(path), str(path)
@@ -208,14 +225,20 @@ def _tokenizer_for(layout: Layout, summary: dict[str, Any]) -> tuple[Tokenizer |
 
 def _check_files(report: Report, paths: DatasetPaths, summary: dict[str, Any]) -> None:
     recorded = summary.get("files", {})
-    changed = [name for name, digest in recorded.items()
-               if not (paths.processed / name).is_file()
-               or sha256_file(paths.processed / name) != digest]
+    changed = [
+        name
+        for name, digest in recorded.items()
+        if not (paths.processed / name).is_file() or sha256_file(paths.processed / name) != digest
+    ]
     unlisted = [p.name for p in paths.processed.glob("*.jsonl") if p.name not in recorded]
-    report.add("checksums", not changed and not unlisted and bool(recorded),
-               f"{len(recorded)} files match the summary" if not changed and not unlisted
-               else f"changed or missing: {changed}; not in the summary: {unlisted}",
-               files=changed + unlisted)
+    report.add(
+        "checksums",
+        not changed and not unlisted and bool(recorded),
+        f"{len(recorded)} files match the summary"
+        if not changed and not unlisted
+        else f"changed or missing: {changed}; not in the summary: {unlisted}",
+        files=changed + unlisted,
+    )
 
 
 def _load_schema(report: Report, paths: DatasetPaths) -> dict | None:
@@ -225,44 +248,70 @@ def _load_schema(report: Report, paths: DatasetPaths) -> dict | None:
         schema = read_json(paths.schema, "record schema")
         jsonschema.Draft202012Validator.check_schema(schema)
     except (WmtpError, jsonschema.SchemaError) as exc:
-        report.add("schema.json", False, str(getattr(exc, "message", exc)),
-                   files=[paths.schema.name])
+        report.add(
+            "schema.json", False, str(getattr(exc, "message", exc)), files=[paths.schema.name]
+        )
         return None
     report.add("schema.json", True, "a valid JSON Schema (draft 2020-12)")
     return schema
 
 
-def _check_splits(report: Report, paths: DatasetPaths, summary: dict, schema: dict,
-                  tokenizer: Tokenizer | None) -> dict[str, _Scan]:
+def _check_splits(
+    report: Report, paths: DatasetPaths, summary: dict, schema: dict, tokenizer: Tokenizer | None
+) -> dict[str, _Scan]:
     max_length = int(summary.get("max_length", 0))
     files = {s: paths.split(s) for s in SPLITS if paths.split(s).is_file()}
     scans = _scan_files(files, schema, tokenizer, max_length)
     errors = [e for scan in scans.values() for e in scan.errors]
-    report.add("records match schema.json", bool(scans) and not errors,
-               "; ".join(errors) or f"{sum(s.records for s in scans.values())} records")
+    report.add(
+        "records match schema.json",
+        bool(scans) and not errors,
+        "; ".join(errors) or f"{sum(s.records for s in scans.values())} records",
+    )
     if tokenizer is not None:
         too_long = [e for scan in scans.values() for e in scan.too_long]
         report.add(f"token lengths <= {max_length}", not too_long, "; ".join(too_long))
-    mismatched = [s for s, scan in scans.items()
-                  if summary.get("splits", {}).get(s, {}).get("records") != scan.records]
-    report.add("record counts match the summary", not mismatched,
-               f"differ in: {', '.join(mismatched)}" if mismatched else "")
-    shared = [(a, b, len(scans[a].tasks & scans[b].tasks)) for i, a in enumerate(scans)
-              for b in list(scans)[i + 1:] if scans[a].tasks & scans[b].tasks]
-    report.add("splits are task-disjoint", not shared,
-               "; ".join(f"{n} task_ids in both {a} and {b}" for a, b, n in shared))
+    mismatched = [
+        s
+        for s, scan in scans.items()
+        if summary.get("splits", {}).get(s, {}).get("records") != scan.records
+    ]
+    report.add(
+        "record counts match the summary",
+        not mismatched,
+        f"differ in: {', '.join(mismatched)}" if mismatched else "",
+    )
+    shared = [
+        (a, b, len(scans[a].tasks & scans[b].tasks))
+        for i, a in enumerate(scans)
+        for b in list(scans)[i + 1 :]
+        if scans[a].tasks & scans[b].tasks
+    ]
+    report.add(
+        "splits are task-disjoint",
+        not shared,
+        "; ".join(f"{n} task_ids in both {a} and {b}" for a, b, n in shared),
+    )
     duplicated = _duplicates(array("Q", b"".join(s.sample_ids.tobytes() for s in scans.values())))
-    report.add("sample_ids are unique", not duplicated,
-               f"{duplicated} duplicated sample_ids" if duplicated else "")
+    report.add(
+        "sample_ids are unique",
+        not duplicated,
+        f"{duplicated} duplicated sample_ids" if duplicated else "",
+    )
     crossing = _cross_split_duplicates(
-        array("Q", b"".join(s.contents.tobytes() for s in scans.values())))
-    report.add("no identical prompt+response across splits", not crossing,
-               f"{crossing} records repeated in another split" if crossing else "")
+        array("Q", b"".join(s.contents.tobytes() for s in scans.values()))
+    )
+    report.add(
+        "no identical prompt+response across splits",
+        not crossing,
+        f"{crossing} records repeated in another split" if crossing else "",
+    )
     return scans
 
 
-def _check_small(report: Report, layout: Layout, name: str, schema: dict,
-                 scans: dict[str, _Scan]) -> None:
+def _check_small(
+    report: Report, layout: Layout, name: str, schema: dict, scans: dict[str, _Scan]
+) -> None:
     small = layout.small(name)
     present = [s for s in SPLITS if small.split(s).is_file()]
     if not present:
@@ -281,11 +330,14 @@ def _check_small(report: Report, layout: Layout, name: str, schema: dict,
         if full and full.correct and full.incorrect and not (scan.correct and scan.incorrect):
             problems.append(f"{path.name}: lacks correct or incorrect samples")
     for i, a in enumerate(present):
-        for b in present[i + 1:]:
+        for b in present[i + 1 :]:
             if tasks[a] & tasks[b]:
                 problems.append(f"small {a} and {b} share task_ids")
-    report.add("small sets", not problems, "; ".join(problems[:MAX_REPORTED]) or
-               ", ".join(f"{s}_small" for s in present))
+    report.add(
+        "small sets",
+        not problems,
+        "; ".join(problems[:MAX_REPORTED]) or ", ".join(f"{s}_small" for s in present),
+    )
 
 
 def validate_dataset(layout: Layout, name: str) -> Report:

@@ -183,8 +183,9 @@ def mtp_loss(
         shift = k + 1
         head_logits = logits[:, : seqlen - shift, k].float()
         targets = tokens[:, shift:]
-        ce = F.cross_entropy(head_logits.reshape(-1, head_logits.shape[-1]),
-                             targets.reshape(-1), reduction="none").view_as(targets)
+        ce = F.cross_entropy(
+            head_logits.reshape(-1, head_logits.shape[-1]), targets.reshape(-1), reduction="none"
+        ).view_as(targets)
         valid = mask[:, shift:]
         factor = valid
         if weights is not None:
@@ -210,8 +211,11 @@ def _folder(model_dir: str | Path) -> ModelPaths:
 def safetensors_shapes(path: Path) -> Shapes:
     """Names and shapes of the tensors in a safetensors file (reads only its header)."""
     if not path.is_file():
-        raise WmtpError("weights not found", path=path,
-                        hint="convert or build the model first (wmtp models convert/micro)")
+        raise WmtpError(
+            "weights not found",
+            path=path,
+            hint="convert or build the model first (wmtp models convert/micro)",
+        )
     try:
         with safe_open(path, framework="pt") as handle:
             names = handle.keys()
@@ -226,7 +230,8 @@ def require_matching_shapes(expected: Shapes, weights: Path, config: Path) -> No
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise WmtpError(
-            f"weights do not match {config.name}: {problems[0]}{more}", path=weights,
+            f"weights do not match {config.name}: {problems[0]}{more}",
+            path=weights,
             hint="the configs and the tensors come from different models; rebuild the folder",
         )
 
@@ -241,7 +246,8 @@ def require_tokenizer_fits(tokenizer: Path, vocab_size: int) -> None:
     if pieces > vocab_size:
         raise WmtpError(
             f"tokenizer has {pieces} pieces but the model's vocab is {vocab_size}",
-            path=tokenizer, hint="use the tokenizer that belongs to this model",
+            path=tokenizer,
+            hint="use the tokenizer that belongs to this model",
         )
 
 
@@ -290,12 +296,16 @@ def load_reference_model(
     config = LlamaConfig(**{k: v for k, v in config_dict.items() if k != "transformers_version"})
     # The weights live in safetensors/, configs elsewhere: pass both configs explicitly.
     model, info = LlamaForCausalLM.from_pretrained(
-        paths.safetensors_dir, config=config, dtype=dtype, output_loading_info=True,
+        paths.safetensors_dir,
+        config=config,
+        dtype=dtype,
+        output_loading_info=True,
         generation_config=GenerationConfig.from_model_config(config),
     )
     problems = [f"missing tensor {n}" for n in info.get("missing_keys", [])]
     problems += [f"unexpected tensor {n}" for n in info.get("unexpected_keys", [])]
     if problems:
-        raise WmtpError(f"weights do not load into LlamaForCausalLM: {problems[0]}",
-                        path=paths.weights)
+        raise WmtpError(
+            f"weights do not load into LlamaForCausalLM: {problems[0]}", path=paths.weights
+        )
     return model.to(device).eval()

@@ -17,8 +17,13 @@ from weighted_mtp.storage.atomic import read_json
 Shapes = dict[str, tuple[int, ...]]
 
 _META_SIZES = ("dim", "n_layers", "n_heads", "multiple_of", "max_seq_len", "n_future_tokens")
-_HF_SIZES = ("hidden_size", "num_attention_heads", "intermediate_size", "vocab_size",
-             "num_hidden_layers")
+_HF_SIZES = (
+    "hidden_size",
+    "num_attention_heads",
+    "intermediate_size",
+    "vocab_size",
+    "num_hidden_layers",
+)
 _HF_OPTIONAL_SIZES = ("num_key_value_heads", "head_dim")
 
 
@@ -160,22 +165,25 @@ def hf_llama_tensor_shapes(config: dict[str, Any]) -> Shapes:
     d, n_heads = sizes["hidden_size"], sizes["num_attention_heads"]
     kv = sizes.get("num_key_value_heads", n_heads)
     hd = sizes.get("head_dim", d // n_heads)
-    h, vocab, n_layers = (sizes[k] for k in ("intermediate_size", "vocab_size",
-                                             "num_hidden_layers"))
+    h, vocab, n_layers = (
+        sizes[k] for k in ("intermediate_size", "vocab_size", "num_hidden_layers")
+    )
     shapes: Shapes = {"model.embed_tokens.weight": (vocab, d)}
     for i in range(n_layers):
         p = f"model.layers.{i}"
-        shapes.update({
-            f"{p}.self_attn.q_proj.weight": (n_heads * hd, d),
-            f"{p}.self_attn.k_proj.weight": (kv * hd, d),
-            f"{p}.self_attn.v_proj.weight": (kv * hd, d),
-            f"{p}.self_attn.o_proj.weight": (d, n_heads * hd),
-            f"{p}.mlp.gate_proj.weight": (h, d),
-            f"{p}.mlp.up_proj.weight": (h, d),
-            f"{p}.mlp.down_proj.weight": (d, h),
-            f"{p}.input_layernorm.weight": (d,),
-            f"{p}.post_attention_layernorm.weight": (d,),
-        })
+        shapes.update(
+            {
+                f"{p}.self_attn.q_proj.weight": (n_heads * hd, d),
+                f"{p}.self_attn.k_proj.weight": (kv * hd, d),
+                f"{p}.self_attn.v_proj.weight": (kv * hd, d),
+                f"{p}.self_attn.o_proj.weight": (d, n_heads * hd),
+                f"{p}.mlp.gate_proj.weight": (h, d),
+                f"{p}.mlp.up_proj.weight": (h, d),
+                f"{p}.mlp.down_proj.weight": (d, h),
+                f"{p}.input_layernorm.weight": (d,),
+                f"{p}.post_attention_layernorm.weight": (d,),
+            }
+        )
     shapes["model.norm.weight"] = (d,)
     if not config.get("tie_word_embeddings", False):
         shapes["lm_head.weight"] = (vocab, d)

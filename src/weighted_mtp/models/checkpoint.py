@@ -38,8 +38,8 @@ def _refuse_pickle(path: Path, exc: Exception) -> WmtpError:
     blocked = re.search(r"GLOBAL (\S+)", str(exc))
     what = f" ({blocked.group(1)})" if blocked else ""
     return WmtpError(
-        f"refusing to load: the checkpoint's pickle would run code{what}, not just rebuild "
-        "tensors", path=path,
+        f"refusing to load: the checkpoint's pickle would run code{what}, not just rebuild tensors",
+        path=path,
         hint="download the file again from the official repo; never load it with "
         "weights_only=False",
     )
@@ -53,27 +53,35 @@ def load_torch_state(path: str | Path) -> dict[str, torch.Tensor]:
 
     path = Path(path)
     if not path.is_file():
-        raise WmtpError("checkpoint file not found", path=path,
-                        hint="run `wmtp models download` first")
+        raise WmtpError(
+            "checkpoint file not found", path=path, hint="run `wmtp models download` first"
+        )
     with path.open("rb") as handle:
         magic = handle.read(4)
     if magic.startswith(PICKLE_MAGIC):
         raise WmtpError(
             "legacy (non-zip) PyTorch file: it cannot be memory-mapped, so converting it "
-            "would need the whole model in RAM", path=path,
+            "would need the whole model in RAM",
+            path=path,
             hint="download it again, or re-save it with a current torch.save",
         )
     if magic != ZIP_MAGIC:
-        raise WmtpError("not a PyTorch checkpoint (no zip header)", path=path,
-                        hint="the download may be incomplete or corrupted: download it again")
+        raise WmtpError(
+            "not a PyTorch checkpoint (no zip header)",
+            path=path,
+            hint="the download may be incomplete or corrupted: download it again",
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as exc:
         raise _refuse_pickle(path, exc) from None
     except (RuntimeError, OSError, EOFError, ValueError) as exc:
         first = str(exc).split(".")[0]
-        raise WmtpError(f"checkpoint is truncated or corrupted ({first})", path=path,
-                        hint="download it again (`wmtp models download` resumes)") from None
+        raise WmtpError(
+            f"checkpoint is truncated or corrupted ({first})",
+            path=path,
+            hint="download it again (`wmtp models download` resumes)",
+        ) from None
     return _flat_state(state, path)
 
 
@@ -86,7 +94,8 @@ def _flat_state(state: Any, path: Path) -> dict[str, torch.Tensor]:
         if not isinstance(name, str) or not isinstance(value, torch.Tensor):
             raise WmtpError(
                 f"checkpoint entry {name!r} is a {type(value).__name__}, not a tensor",
-                path=path, hint="expected a flat state dict as saved by model.state_dict()",
+                path=path,
+                hint="expected a flat state dict as saved by model.state_dict()",
             )
     return state
 
@@ -134,8 +143,8 @@ class TensorSource:
     def _claim(self, name: str, info: TensorInfo) -> None:
         if name in self.info:
             raise WmtpError(
-                f"tensor {name} is in two files ({self.info[name].file.name} and "
-                f"{info.file.name})", path=info.file.parent,
+                f"tensor {name} is in two files ({self.info[name].file.name} and {info.file.name})",
+                path=info.file.parent,
             )
         self.info[name] = info
 
@@ -167,8 +176,9 @@ class TensorSource:
         """The whole tensor (for small ones, e.g. rotary buffers)."""
         return next(self.chunks(name, max_elements=None)).reshape(self.info[name].shape)
 
-    def chunks(self, name: str, max_elements: int | None = CHUNK_ELEMENTS
-               ) -> Iterator[torch.Tensor]:
+    def chunks(
+        self, name: str, max_elements: int | None = CHUNK_ELEMENTS
+    ) -> Iterator[torch.Tensor]:
         """The tensor's elements in row-major order, as 1-D pieces of whole rows."""
         shape = self.info[name].shape
         rows = shape[0] if shape else 1
@@ -178,14 +188,14 @@ class TensorSource:
             tensor = self._tensors[name]
             tensor = tensor.reshape(1) if not shape else tensor
             for start in range(0, max(rows, 1), step):
-                yield tensor[start:start + step].contiguous().reshape(-1)
+                yield tensor[start : start + step].contiguous().reshape(-1)
             return
         piece = self._slices[name]
         if not shape:
             yield piece[...].reshape(-1)
             return
         for start in range(0, max(rows, 1), step):
-            yield piece[start:start + step].contiguous().reshape(-1)
+            yield piece[start : start + step].contiguous().reshape(-1)
 
 
 def _index_file(folder: Path) -> Path | None:
@@ -204,8 +214,9 @@ def read_shard_index(index_path: Path) -> dict[str, Path]:
     shard_paths: dict[str, Path] = {}
     for name, shard in weight_map.items():
         if not isinstance(shard, str):
-            raise WmtpError(f"shard index maps {name} to {shard!r}, not a file name",
-                            path=index_path)
+            raise WmtpError(
+                f"shard index maps {name} to {shard!r}, not a file name", path=index_path
+            )
         if shard not in shard_paths:
             shard_paths[shard] = _shard_path(folder, shard, index_path)
         resolved[name] = shard_paths[shard]
@@ -216,14 +227,19 @@ def _shard_path(folder: Path, shard: str, index_path: Path) -> Path:
     try:
         path = folder / safe_relative(shard)
     except WmtpError:
-        raise WmtpError(f"shard index names {shard!r}, a path outside the checkpoint folder",
-                        path=index_path, hint="the index may be malicious; download it again"
-                        ) from None
+        raise WmtpError(
+            f"shard index names {shard!r}, a path outside the checkpoint folder",
+            path=index_path,
+            hint="the index may be malicious; download it again",
+        ) from None
     if not path.resolve().is_relative_to(folder.resolve()):
         raise WmtpError(f"shard {shard!r} links outside the checkpoint folder", path=index_path)
     if not path.is_file():
-        raise WmtpError(f"shard {shard} named by the index is missing", path=path,
-                        hint="download the model again (`wmtp models download` resumes)")
+        raise WmtpError(
+            f"shard {shard} named by the index is missing",
+            path=path,
+            hint="download the model again (`wmtp models download` resumes)",
+        )
     return path
 
 
@@ -234,8 +250,11 @@ def open_hf_checkpoint(folder: str | Path) -> TensorSource:
     if index_path is None:
         singles = [folder / n for n in HF_SINGLE_NAMES if (folder / n).is_file()]
         if not singles:
-            raise WmtpError("no checkpoint found (no shard index, no single weights file)",
-                            path=folder, hint="run `wmtp models download` first")
+            raise WmtpError(
+                "no checkpoint found (no shard index, no single weights file)",
+                path=folder,
+                hint="run `wmtp models download` first",
+            )
         return open_files(singles[:1])
     placement = read_shard_index(index_path)
     source = open_files(sorted(set(placement.values())))
@@ -264,14 +283,21 @@ def _check_index_matches(
 ) -> None:
     for name, info in source.info.items():
         if name not in placement:
-            raise WmtpError(f"shard {info.file.name} holds tensor {name}, which the index "
-                            "does not list", path=index_path,
-                            hint="the index and shards come from different versions")
+            raise WmtpError(
+                f"shard {info.file.name} holds tensor {name}, which the index does not list",
+                path=index_path,
+                hint="the index and shards come from different versions",
+            )
         if placement[name] != info.file:
-            raise WmtpError(f"index puts tensor {name} in {placement[name].name}, but it is "
-                            f"in {info.file.name}", path=index_path)
+            raise WmtpError(
+                f"index puts tensor {name} in {placement[name].name}, but it is "
+                f"in {info.file.name}",
+                path=index_path,
+            )
     for name, shard in placement.items():
         if name not in source.info:
-            raise WmtpError(f"index lists tensor {name} in {shard.name}, which lacks it",
-                            path=index_path,
-                            hint="the shard may be incomplete: download the model again")
+            raise WmtpError(
+                f"index lists tensor {name} in {shard.name}, which lacks it",
+                path=index_path,
+                hint="the shard may be incomplete: download the model again",
+            )

@@ -68,13 +68,16 @@ def convert_model(layout: Layout, name: str, *, dtype: str = "float16") -> dict[
     paths = layout.model(name)
     converters = {META_MODEL: _convert_meta, REFERENCE_MODEL: _convert_reference}
     if name not in converters:
-        raise UsageError(f"{name} is not converted from an upstream checkpoint",
-                         hint=f"build it with `wmtp models micro {name}`")
+        raise UsageError(
+            f"{name} is not converted from an upstream checkpoint",
+            hint=f"build it with `wmtp models micro {name}`",
+        )
     stamps.clear_verified(layout, paths.root)
     return converters[name](layout, paths, dtype)
 
 
 # --- Meta MTP -------------------------------------------------------------------------------
+
 
 def _convert_meta(layout: Layout, paths: ModelPaths, dtype: str) -> dict[str, Any]:
     checkpoint = _require(paths.raw_meta_checkpoint)
@@ -85,19 +88,33 @@ def _convert_meta(layout: Layout, paths: ModelPaths, dtype: str) -> dict[str, An
         params = params.with_vocab_size(facts.vocab_size)
     _require_same_vocab(facts, params.vocab_size, params_file)
     with open_files([checkpoint]) as source:
-        plan = plan_conversion(source, meta_tensor_shapes(params), params.rope_theta,
-                               params.head_dim, checkpoint, params_file.name)
+        plan = plan_conversion(
+            source,
+            meta_tensor_shapes(params),
+            params.rope_theta,
+            params.head_dim,
+            checkpoint,
+            params_file.name,
+        )
         written = stream_convert(source, plan, paths.weights, dtype, paths.name)
     write_sha256sums(paths.sha256sums, {paths.weights.name: written.sha256})
     write_meta_configs(paths, params, dtype, params_source=params_file)
     write_tokenizer_config(paths.tokenizer_config, paths.tokenizer_model)
-    metadata = _metadata(paths, "meta-mtp", dtype, plan, written, facts,
-                         [paths.params, paths.adapter_config, paths.tokenizer_config])
+    metadata = _metadata(
+        paths,
+        "meta-mtp",
+        dtype,
+        plan,
+        written,
+        facts,
+        [paths.params, paths.adapter_config, paths.tokenizer_config],
+    )
     write_metadata(paths.metadata, metadata)
     return metadata
 
 
 # --- Hugging Face Llama (the Rho-1 reference) -----------------------------------------------
+
 
 def _convert_reference(layout: Layout, paths: ModelPaths, dtype: str) -> dict[str, Any]:
     config_file = _require(paths.raw_hf_config)
@@ -110,16 +127,30 @@ def _convert_reference(layout: Layout, paths: ModelPaths, dtype: str) -> dict[st
     _require_same_vocab(facts, config["vocab_size"], config_file)
     head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     with open_hf_checkpoint(paths.raw_checkpoint_dir) as source:
-        plan = plan_conversion(source, expected, config.get("rope_theta", 10000.0), head_dim,
-                               paths.raw_checkpoint_dir, config_file.name)
+        plan = plan_conversion(
+            source,
+            expected,
+            config.get("rope_theta", 10000.0),
+            head_dim,
+            paths.raw_checkpoint_dir,
+            config_file.name,
+        )
         written = stream_convert(source, plan, paths.weights, dtype, paths.name)
     write_sha256sums(paths.sha256sums, {paths.weights.name: written.sha256})
     write_json(paths.hf_config, converted_hf_config(config, dtype))
     write_tokenizer_config(paths.tokenizer_config, paths.tokenizer_model)
     shared, difference = shared_with_meta(layout, paths.tokenizer_model)
-    metadata = _metadata(paths, "hf-llama", dtype, plan, written, facts,
-                         [paths.hf_config, paths.tokenizer_config],
-                         shared_with=shared, difference=difference)
+    metadata = _metadata(
+        paths,
+        "hf-llama",
+        dtype,
+        plan,
+        written,
+        facts,
+        [paths.hf_config, paths.tokenizer_config],
+        shared_with=shared,
+        difference=difference,
+    )
     write_metadata(paths.metadata, metadata)
     return metadata
 
@@ -132,6 +163,7 @@ def converted_hf_config(config: dict[str, Any], dtype: str) -> dict[str, Any]:
 
 # --- shared steps ---------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class ConversionPlan:
     expected: Shapes  # output tensors, in output order
@@ -141,8 +173,12 @@ class ConversionPlan:
 
 
 def plan_conversion(
-    source: TensorSource, expected: Shapes, rope_theta: float, head_dim: int,
-    where: Path, config_name: str,
+    source: TensorSource,
+    expected: Shapes,
+    rope_theta: float,
+    head_dim: int,
+    where: Path,
+    config_name: str,
 ) -> ConversionPlan:
     """Check the checkpoint against the architecture before anything is written."""
     dropped = [name for name in source.info if ROTARY_BUFFER.search(name)]
@@ -151,9 +187,11 @@ def plan_conversion(
     actual = {n: s for n, s in source.shapes().items() if n not in dropped}
     problems = compare_shapes(expected, actual)
     if problems:
-        raise WmtpError(f"checkpoint does not match {config_name}: "
-                        f"{listed(problems, MAX_LISTED_PROBLEMS)}", path=where,
-                        hint=f"{config_name} must describe this checkpoint")
+        raise WmtpError(
+            f"checkpoint does not match {config_name}: {listed(problems, MAX_LISTED_PROBLEMS)}",
+            path=where,
+            hint=f"{config_name} must describe this checkpoint",
+        )
     dtypes = sorted({_dtype_name(source.info[n].dtype) for n in expected})
     return ConversionPlan(expected, dropped, source.files, "+".join(dtypes))
 
@@ -168,18 +206,21 @@ def rotary_inv_freq(rope_theta: float, head_dim: int) -> torch.Tensor:
     return 1.0 / (rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
 
 
-def _check_rotary_buffer(source: TensorSource, name: str, rope_theta: float, head_dim: int,
-                         config_name: str) -> None:
+def _check_rotary_buffer(
+    source: TensorSource, name: str, rope_theta: float, head_dim: int, config_name: str
+) -> None:
     import torch
 
     stored = source.tensor(name)
     expected = rotary_inv_freq(rope_theta, head_dim)
     tolerance = max(torch.finfo(stored.dtype).eps, 1e-6) if stored.is_floating_point() else 0
     if stored.shape != expected.shape or not torch.allclose(
-            stored.float(), expected, rtol=tolerance, atol=0):
+        stored.float(), expected, rtol=tolerance, atol=0
+    ):
         raise WmtpError(
             f"rotary buffer {name} does not match rope_theta {rope_theta} and head dim "
-            f"{head_dim} from {config_name}", path=source.info[name].file,
+            f"{head_dim} from {config_name}",
+            path=source.info[name].file,
             hint=f"{config_name} may not belong to this checkpoint",
         )
 
@@ -221,8 +262,7 @@ def all_finite(tensor: torch.Tensor) -> bool:
     return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
 
 
-def checked_cast(chunk: torch.Tensor, target: torch.dtype, name: str, file: Path
-                 ) -> torch.Tensor:
+def checked_cast(chunk: torch.Tensor, target: torch.dtype, name: str, file: Path) -> torch.Tensor:
     """`chunk` in `target`; NaN/Inf in the source or overflow in the target is an error.
 
     Casting keeps NaN/Inf and turns overflow into Inf, so one check of the result finds both;
@@ -233,20 +273,25 @@ def checked_cast(chunk: torch.Tensor, target: torch.dtype, name: str, file: Path
     if all_finite(cast):
         return cast
     if not all_finite(chunk):
-        raise WmtpError(f"tensor {name} contains NaN or Inf", path=file,
-                        hint="the checkpoint is corrupted: download it again")
+        raise WmtpError(
+            f"tensor {name} contains NaN or Inf",
+            path=file,
+            hint="the checkpoint is corrupted: download it again",
+        )
     largest = float(chunk.abs().max())
     raise WmtpError(
         f"tensor {name} overflows {_dtype_name(target)}: a value of magnitude "
-        f"{largest:.6g} exceeds {torch.finfo(target).max:.6g}", path=file,
+        f"{largest:.6g} exceeds {torch.finfo(target).max:.6g}",
+        path=file,
         hint="convert with --dtype bfloat16 (same range as float32)",
     )
 
 
 def _require(path: Path) -> Path:
     if not path.is_file():
-        raise WmtpError("upstream file not found", path=path,
-                        hint="run `wmtp models download` first")
+        raise WmtpError(
+            "upstream file not found", path=path, hint="run `wmtp models download` first"
+        )
     return path
 
 
@@ -254,7 +299,9 @@ def _require_same_vocab(facts: TokenizerFacts, vocab_size: int, config: Path) ->
     if facts.vocab_size != vocab_size:
         raise WmtpError(
             f"the tokenizer has {facts.vocab_size} pieces but {config.name} says vocab_size "
-            f"{vocab_size}", path=config, hint="tokenizer and checkpoint must come together",
+            f"{vocab_size}",
+            path=config,
+            hint="tokenizer and checkpoint must come together",
         )
 
 
@@ -284,8 +331,15 @@ def _source_entry(paths: ModelPaths) -> dict[str, Any]:
 
 
 def _metadata(
-    paths: ModelPaths, fmt: str, dtype: str, plan: ConversionPlan, written: WrittenFile,
-    facts: TokenizerFacts, config_files: list[Path], *, shared_with: str | None = None,
+    paths: ModelPaths,
+    fmt: str,
+    dtype: str,
+    plan: ConversionPlan,
+    written: WrittenFile,
+    facts: TokenizerFacts,
+    config_files: list[Path],
+    *,
+    shared_with: str | None = None,
     difference: str | None = None,
 ) -> dict[str, Any]:
     extra = {}
@@ -295,11 +349,15 @@ def _metadata(
             "reason": "rotary buffers derived from rope_theta; checked against it, not stored",
         }
     return build_metadata(
-        name=paths.name, format=fmt, dtype=dtype, source_dtype=plan.source_dtype,
+        name=paths.name,
+        format=fmt,
+        dtype=dtype,
+        source_dtype=plan.source_dtype,
         parameter_count=sum(math.prod(shape) for shape in plan.expected.values()),
         weights=weights_entry(paths, written.size, written.sha256),
         tokenizer=tokenizer_entry(paths, sha256_file(paths.tokenizer_model), facts),
-        source=_source_entry(paths), tokenizer_shared_with=shared_with,
+        source=_source_entry(paths),
+        tokenizer_shared_with=shared_with,
         tokenizer_difference=difference,
         files={folder_relative(paths, path): sha256_file(path) for path in config_files},
         extra=extra,

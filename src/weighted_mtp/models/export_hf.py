@@ -64,10 +64,13 @@ def hf_tensor_sources(params: MetaParams, head: int = 0) -> list[TensorSource]:
     sources = [TensorSource("model.embed_tokens.weight", "tok_embeddings.weight")]
     for index, block in enumerate(blocks):
         for meta_suffix, hf_suffix in _BLOCK_NAMES.items():
-            heads = {"attention.wq.weight": params.n_heads,
-                     "attention.wk.weight": params.kv_heads}.get(meta_suffix)
-            sources.append(TensorSource(f"model.layers.{index}.{hf_suffix}",
-                                        f"{block}.{meta_suffix}", heads))
+            heads = {
+                "attention.wq.weight": params.n_heads,
+                "attention.wk.weight": params.kv_heads,
+            }.get(meta_suffix)
+            sources.append(
+                TensorSource(f"model.layers.{index}.{hf_suffix}", f"{block}.{meta_suffix}", heads)
+            )
     sources.append(TensorSource("model.norm.weight", "norm.weight"))
     sources.append(TensorSource("lm_head.weight", "output.weight"))
     return sources
@@ -81,7 +84,11 @@ def interleaved_to_half_split(weight: torch.Tensor, n_heads: int) -> torch.Tenso
 
 
 def hf_llama_config(
-    params: MetaParams, *, n_layers: int, dtype: str, bos_id: int | None = 1,
+    params: MetaParams,
+    *,
+    n_layers: int,
+    dtype: str,
+    bos_id: int | None = 1,
     eos_id: int | None = 2,
 ) -> dict[str, Any]:
     """config.json of a `LlamaForCausalLM` with `params`' block shapes and `n_layers` blocks."""
@@ -135,8 +142,11 @@ def _readme(name: str, params: MetaParams) -> str:
 
 def _staging_dir(out_dir: Path) -> Path:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise WmtpError("export folder already exists and is not empty", path=out_dir,
-                        hint="remove it or choose another folder")
+        raise WmtpError(
+            "export folder already exists and is not empty",
+            path=out_dir,
+            hint="remove it or choose another folder",
+        )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}{TEMP_MARKER}", dir=out_dir.parent))
 
@@ -152,9 +162,13 @@ def hf_tokenizer_config(tokenizer_model: Path) -> dict[str, Any]:
 
     return {
         "tokenizer_class": "LlamaTokenizer",
-        "bos_token": piece(sp.bos_id()), "eos_token": piece(sp.eos_id()),
-        "unk_token": piece(sp.unk_id()), "pad_token": piece(sp.pad_id()),
-        "add_bos_token": True, "add_eos_token": False, "legacy": False,
+        "bos_token": piece(sp.bos_id()),
+        "eos_token": piece(sp.eos_id()),
+        "unk_token": piece(sp.unk_id()),
+        "pad_token": piece(sp.pad_id()),
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "legacy": False,
     }
 
 
@@ -186,10 +200,14 @@ def export_hf(layout: Layout, name: str, out_dir: str | Path) -> Path:
     paths = layout.model(name)
     if not paths.params.is_file():
         build = "micro" if name in MICRO_MODELS else "convert"
-        hint = ("it is already a Hugging Face Llama: use its configs/ and safetensors/"
-                if paths.hf_config.is_file() else f"build it first: wmtp models {build} {name}")
-        raise WmtpError(f"{name} has no Meta-format configs/params.json", path=paths.params,
-                        hint=hint)
+        hint = (
+            "it is already a Hugging Face Llama: use its configs/ and safetensors/"
+            if paths.hf_config.is_file()
+            else f"build it first: wmtp models {build} {name}"
+        )
+        raise WmtpError(
+            f"{name} has no Meta-format configs/params.json", path=paths.params, hint=hint
+        )
     params = read_mtp_params(paths)
     require_matching_shapes(meta_tensor_shapes(params), paths.weights, paths.params)
     facts = tokenizer_facts(paths.tokenizer_model)
@@ -200,19 +218,27 @@ def export_hf(layout: Layout, name: str, out_dir: str | Path) -> Path:
         sources = hf_tensor_sources(params, head=0)
         with safe_open(paths.weights, framework="pt") as handle:
             dtype = handle.get_slice(sources[0].meta_name).get_dtype()
-            specs = [TensorSpec(s.hf_name, dtype, tuple(handle.get_slice(s.meta_name).get_shape()))
-                     for s in sources]
+            specs = [
+                TensorSpec(s.hf_name, dtype, tuple(handle.get_slice(s.meta_name).get_shape()))
+                for s in sources
+            ]
             with (
-                SafetensorsWriter(staging / "model.safetensors", specs,
-                                  {"format": "pt"}) as writer,
+                SafetensorsWriter(staging / "model.safetensors", specs, {"format": "pt"}) as writer,
                 progress.task(f"export {name}", writer.size, "bytes") as advance,
             ):
                 for hf_name, tensor in hf_tensors(handle, sources):
                     writer.write(hf_name, tensor)
                     advance(tensor.nbytes)
-        write_json(staging / "config.json", hf_llama_config(
-            params, n_layers=params.n_trunk_layers + 1, dtype=DTYPES[dtype][0],
-            bos_id=facts.bos_id, eos_id=facts.eos_id))
+        write_json(
+            staging / "config.json",
+            hf_llama_config(
+                params,
+                n_layers=params.n_trunk_layers + 1,
+                dtype=DTYPES[dtype][0],
+                bos_id=facts.bos_id,
+                eos_id=facts.eos_id,
+            ),
+        )
         _write_tokenizer(paths.tokenizer_model, staging)
         write_text(staging / "README.md", _readme(name, params))
         if out_dir.exists():

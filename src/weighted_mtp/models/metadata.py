@@ -29,8 +29,17 @@ METADATA_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
     "required": [
-        "name", "format", "dtype", "source_dtype", "parameter_count", "weights", "tokenizer",
-        "tokenizer_shared_with", "source", "created_at", "tool_version",
+        "name",
+        "format",
+        "dtype",
+        "source_dtype",
+        "parameter_count",
+        "weights",
+        "tokenizer",
+        "tokenizer_shared_with",
+        "source",
+        "created_at",
+        "tool_version",
     ],
     "properties": {
         "name": {"enum": list(MODELS)},
@@ -54,7 +63,10 @@ METADATA_SCHEMA: dict[str, Any] = {
                 "path": {"const": "tokenizer/tokenizer.model"},
                 "sha256": _SHA256,
                 "vocab_size": {"type": "integer", "minimum": 1},
-                "bos_id": _ID, "eos_id": _ID, "unk_id": _ID, "pad_id": _ID,
+                "bos_id": _ID,
+                "eos_id": _ID,
+                "unk_id": _ID,
+                "pad_id": _ID,
             },
         },
         "tokenizer_shared_with": {"type": ["string", "null"]},
@@ -96,8 +108,11 @@ def weights_entry(paths: ModelPaths, size: int, sha256: str) -> dict[str, Any]:
 
 
 def tokenizer_entry(paths: ModelPaths, sha256: str, facts: TokenizerFacts) -> dict[str, Any]:
-    return {"path": folder_relative(paths, paths.tokenizer_model), "sha256": sha256,
-            **facts.to_dict()}
+    return {
+        "path": folder_relative(paths, paths.tokenizer_model),
+        "sha256": sha256,
+        **facts.to_dict(),
+    }
 
 
 def build_metadata(

@@ -75,32 +75,50 @@ class Dims:
 
     @classmethod
     def of_meta(cls, p: MetaParams) -> Dims:
-        return cls(p.vocab_size, p.dim, p.intermediate_size, p.n_heads, p.kv_heads,
-                   p.head_dim, p.n_layers)
+        return cls(
+            p.vocab_size, p.dim, p.intermediate_size, p.n_heads, p.kv_heads, p.head_dim, p.n_layers
+        )
 
     @classmethod
     def of_hf(cls, c: dict[str, Any]) -> Dims:
         n_heads = c["num_attention_heads"]
-        return cls(c["vocab_size"], c["hidden_size"], c["intermediate_size"], n_heads,
-                   c.get("num_key_value_heads") or n_heads,
-                   c.get("head_dim") or c["hidden_size"] // n_heads, c["num_hidden_layers"])
+        return cls(
+            c["vocab_size"],
+            c["hidden_size"],
+            c["intermediate_size"],
+            n_heads,
+            c.get("num_key_value_heads") or n_heads,
+            c.get("head_dim") or c["hidden_size"] // n_heads,
+            c["num_hidden_layers"],
+        )
 
 
 # Axis kinds of each tensor, by name suffix: what each dimension of the weight indexes.
 # "q"/"kv" are rows (or columns) grouped by head; "+rot" marks rotary pairs inside a head.
 _META_AXES = {
-    "tok_embeddings.weight": ("vocab", "dim"), "output.weight": ("vocab", "dim"),
-    "attention.wq.weight": ("q+rot", "dim"), "attention.wk.weight": ("kv+rot", "dim"),
-    "attention.wv.weight": ("kv", "dim"), "attention.wo.weight": ("dim", "q"),
-    "feed_forward.w1.weight": ("ffn", "dim"), "feed_forward.w3.weight": ("ffn", "dim"),
-    "feed_forward.w2.weight": ("dim", "ffn"), "norm.weight": ("dim",),
+    "tok_embeddings.weight": ("vocab", "dim"),
+    "output.weight": ("vocab", "dim"),
+    "attention.wq.weight": ("q+rot", "dim"),
+    "attention.wk.weight": ("kv+rot", "dim"),
+    "attention.wv.weight": ("kv", "dim"),
+    "attention.wo.weight": ("dim", "q"),
+    "feed_forward.w1.weight": ("ffn", "dim"),
+    "feed_forward.w3.weight": ("ffn", "dim"),
+    "feed_forward.w2.weight": ("dim", "ffn"),
+    "norm.weight": ("dim",),
 }
 _HF_AXES = {
-    "embed_tokens.weight": ("vocab", "dim"), "lm_head.weight": ("vocab", "dim"),
-    "q_proj.weight": ("q+rot", "dim"), "k_proj.weight": ("kv+rot", "dim"),
-    "v_proj.weight": ("kv", "dim"), "o_proj.weight": ("dim", "q"),
-    "gate_proj.weight": ("ffn", "dim"), "up_proj.weight": ("ffn", "dim"),
-    "down_proj.weight": ("dim", "ffn"), "layernorm.weight": ("dim",), "norm.weight": ("dim",),
+    "embed_tokens.weight": ("vocab", "dim"),
+    "lm_head.weight": ("vocab", "dim"),
+    "q_proj.weight": ("q+rot", "dim"),
+    "k_proj.weight": ("kv+rot", "dim"),
+    "v_proj.weight": ("kv", "dim"),
+    "o_proj.weight": ("dim", "q"),
+    "gate_proj.weight": ("ffn", "dim"),
+    "up_proj.weight": ("ffn", "dim"),
+    "down_proj.weight": ("dim", "ffn"),
+    "layernorm.weight": ("dim",),
+    "norm.weight": ("dim",),
 }
 
 
@@ -152,21 +170,27 @@ def read_sliced(handle: Any, name: str, selections: list[list[int] | int]) -> to
 def meta_source_name(name: str, base: MetaParams, micro: MetaParams) -> str:
     """Trunk blocks map to the base's leading trunk blocks, head 0 to head 0."""
     if name.startswith(f"layers.{micro.n_trunk_layers}."):
-        return name.replace(f"layers.{micro.n_trunk_layers}.", f"layers.{base.n_trunk_layers}.",
-                            1)
+        return name.replace(f"layers.{micro.n_trunk_layers}.", f"layers.{base.n_trunk_layers}.", 1)
     return name
 
 
 def micro_meta_params(size: MicroSize, base: MetaParams | None) -> MetaParams:
     """Meta params of micro-mtp: the micro size, the base's other settings."""
-    template = base or MetaParams(dim=size.dim, n_layers=size.n_layers, n_heads=size.n_heads,
-                                  vocab_size=size.vocab_size)
+    template = base or MetaParams(
+        dim=size.dim, n_layers=size.n_layers, n_heads=size.n_heads, vocab_size=size.vocab_size
+    )
     kv_heads = None
     if template.n_kv_heads is not None and template.kv_heads != template.n_heads:
         kv_heads = max(1, size.n_heads * template.kv_heads // template.n_heads)
-    return replace(template, dim=size.dim, n_layers=size.n_layers, n_heads=size.n_heads,
-                   n_kv_heads=kv_heads, vocab_size=size.vocab_size,
-                   n_future_tokens=size.n_future_tokens)
+    return replace(
+        template,
+        dim=size.dim,
+        n_layers=size.n_layers,
+        n_heads=size.n_heads,
+        n_kv_heads=kv_heads,
+        vocab_size=size.vocab_size,
+        n_future_tokens=size.n_future_tokens,
+    )
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -185,12 +209,18 @@ def micro_hf_config(size: MicroSize, base: dict[str, Any] | None) -> dict[str, A
     ffn = _round_up(size.dim * dims.ffn // dims.dim, FFN_MULTIPLE)
     kv_heads = max(1, size.n_heads * dims.kv_heads // dims.n_heads)
     config = {k: v for k, v in base.items() if k != "transformers_version"}
-    config.update({
-        "hidden_size": size.dim, "intermediate_size": min(ffn, dims.ffn),
-        "num_hidden_layers": size.n_layers, "num_attention_heads": size.n_heads,
-        "num_key_value_heads": kv_heads, "head_dim": size.dim // size.n_heads,
-        "vocab_size": size.vocab_size, "torch_dtype": DTYPE,
-    })
+    config.update(
+        {
+            "hidden_size": size.dim,
+            "intermediate_size": min(ffn, dims.ffn),
+            "num_hidden_layers": size.n_layers,
+            "num_attention_heads": size.n_heads,
+            "num_key_value_heads": kv_heads,
+            "head_dim": size.dim // size.n_heads,
+            "vocab_size": size.vocab_size,
+            "torch_dtype": DTYPE,
+        }
+    )
     return config
 
 
@@ -230,7 +260,11 @@ def _random_tensors(shapes: Shapes, seed: int) -> Iterator[tuple[str, torch.Tens
 
 
 def _sliced_tensors(
-    base_paths: ModelPaths, shapes: Shapes, fmt: str, base: Dims, micro: Dims,
+    base_paths: ModelPaths,
+    shapes: Shapes,
+    fmt: str,
+    base: Dims,
+    micro: Dims,
     source_name: Callable[[str], str],
 ) -> Iterator[tuple[str, torch.Tensor]]:
     import torch
@@ -272,11 +306,23 @@ def _mtp_plan(layout: Layout, size: MicroSize, init: str, seed: int) -> Plan:
             raise WmtpError(f"{META_MODEL} has too few blocks or heads for the micro model")
         dims_base, dims_micro = Dims.of_meta(base), Dims.of_meta(micro)
         _check_fits(dims_base, dims_micro, META_MODEL)
-        tensors = partial(_sliced_tensors, base_paths, shapes, "meta-mtp", dims_base,
-                          dims_micro, partial(meta_source_name, base=base, micro=micro))
+        tensors = partial(
+            _sliced_tensors,
+            base_paths,
+            shapes,
+            "meta-mtp",
+            dims_base,
+            dims_micro,
+            partial(meta_source_name, base=base, micro=micro),
+        )
         source_dtype = _base_dtype(base_paths)
-    return Plan("meta-mtp", shapes, tensors,
-                lambda paths: write_meta_configs(paths, micro, DTYPE), source_dtype)
+    return Plan(
+        "meta-mtp",
+        shapes,
+        tensors,
+        lambda paths: write_meta_configs(paths, micro, DTYPE),
+        source_dtype,
+    )
 
 
 def _ref_plan(layout: Layout, size: MicroSize, init: str, seed: int) -> Plan:
@@ -286,8 +332,9 @@ def _ref_plan(layout: Layout, size: MicroSize, init: str, seed: int) -> Plan:
     base_config = None
     if init == "slice":
         base_config = read_json(base_paths.hf_config, "config.json")
-        require_matching_shapes(hf_llama_tensor_shapes(base_config), base_paths.weights,
-                                base_paths.hf_config)
+        require_matching_shapes(
+            hf_llama_tensor_shapes(base_config), base_paths.weights, base_paths.hf_config
+        )
     config = micro_hf_config(size, base_config)
     shapes = hf_llama_tensor_shapes(config)
     if base_config is None:
@@ -296,25 +343,33 @@ def _ref_plan(layout: Layout, size: MicroSize, init: str, seed: int) -> Plan:
     else:
         dims_base, dims_micro = Dims.of_hf(base_config), Dims.of_hf(config)
         _check_fits(dims_base, dims_micro, REFERENCE_MODEL)
-        tensors = partial(_sliced_tensors, base_paths, shapes, "hf-llama", dims_base,
-                          dims_micro, str)
+        tensors = partial(
+            _sliced_tensors, base_paths, shapes, "hf-llama", dims_base, dims_micro, str
+        )
         source_dtype = _base_dtype(base_paths)
-    return Plan("hf-llama", shapes, tensors,
-                lambda paths: write_json(paths.hf_config, config), source_dtype)
+    return Plan(
+        "hf-llama", shapes, tensors, lambda paths: write_json(paths.hf_config, config), source_dtype
+    )
 
 
 def _base_weights_sha256(base_paths: ModelPaths) -> str:
     from weighted_mtp.models.metadata import read_metadata
 
     if not base_paths.metadata.is_file():
-        raise WmtpError(f"{base_paths.name} has weights but no metadata.json",
-                        path=base_paths.metadata,
-                        hint=f"convert it again: wmtp models convert {base_paths.name}")
+        raise WmtpError(
+            f"{base_paths.name} has weights but no metadata.json",
+            path=base_paths.metadata,
+            hint=f"convert it again: wmtp models convert {base_paths.name}",
+        )
     return read_metadata(base_paths.metadata)["weights"]["sha256"]
 
 
 def build_micro(
-    layout: Layout, name: str, *, init: str | None = None, seed: int = 0,
+    layout: Layout,
+    name: str,
+    *,
+    init: str | None = None,
+    seed: int = 0,
     size: MicroSize = MICRO_SIZE,
 ) -> dict[str, Any]:
     """Build micro-mtp or micro-ref; returns the metadata.json content.
@@ -340,20 +395,26 @@ def build_micro(
     from weighted_mtp.storage.stamps import clear_verified
 
     if name not in MICRO_BASES:
-        raise UsageError(f"{name!r} is not a micro model",
-                         hint=f"choose one of: {', '.join(MICRO_BASES)}")
+        raise UsageError(
+            f"{name!r} is not a micro model", hint=f"choose one of: {', '.join(MICRO_BASES)}"
+        )
     base_name = MICRO_BASES[name]
     base_paths, paths = layout.model(base_name), layout.model(name)
     init = init or ("slice" if base_paths.weights.is_file() else "random")
     if init not in INITS:
         raise UsageError(f"unknown init {init!r}", hint=f"choose one of: {', '.join(INITS)}")
     if init == "slice" and not base_paths.weights.is_file():
-        raise WmtpError(f"{base_name} is not converted: nothing to slice", path=base_paths.weights,
-                        hint=f"run `wmtp models convert {base_name}` or use --init random")
+        raise WmtpError(
+            f"{base_name} is not converted: nothing to slice",
+            path=base_paths.weights,
+            hint=f"run `wmtp models convert {base_name}` or use --init random",
+        )
     if not base_paths.tokenizer_model.is_file():
-        raise WmtpError(f"{name} shares {base_name}'s tokenizer, which is missing",
-                        path=base_paths.tokenizer_model,
-                        hint=f"run `wmtp models download {base_name}` first")
+        raise WmtpError(
+            f"{name} shares {base_name}'s tokenizer, which is missing",
+            path=base_paths.tokenizer_model,
+            hint=f"run `wmtp models download {base_name}` first",
+        )
     plan = (_mtp_plan if name == MICRO_MTP else _ref_plan)(layout, size, init, seed)
     base_sha = _base_weights_sha256(base_paths) if init == "slice" else None
 
@@ -373,18 +434,27 @@ def build_micro(
 
     # The micro tokenizer is a prefix of its base's; shared means the base's is Meta's.
     shared_with, difference = shared_with_meta(layout, base_paths.tokenizer_model)
-    config_files = [p for p in (paths.params, paths.adapter_config, paths.hf_config,
-                                paths.tokenizer_config) if p.is_file()]
+    config_files = [
+        p
+        for p in (paths.params, paths.adapter_config, paths.hf_config, paths.tokenizer_config)
+        if p.is_file()
+    ]
     metadata = build_metadata(
-        name=name, format=plan.format, dtype=DTYPE, source_dtype=plan.source_dtype,
+        name=name,
+        format=plan.format,
+        dtype=DTYPE,
+        source_dtype=plan.source_dtype,
         parameter_count=sum(math.prod(shape) for shape in plan.shapes.values()),
         weights=weights_entry(paths, written.size, written.sha256),
         tokenizer=tokenizer_entry(paths, sha256_file(paths.tokenizer_model), trimmed.facts),
         source={"model": base_name, "sha256": base_sha},
-        tokenizer_shared_with=shared_with, tokenizer_difference=difference,
+        tokenizer_shared_with=shared_with,
+        tokenizer_difference=difference,
         files={folder_relative(paths, p): sha256_file(p) for p in config_files},
         extra={
-            "target_device": TARGET_DEVICE, "init": init, "seed": seed,
+            "target_device": TARGET_DEVICE,
+            "init": init,
+            "seed": seed,
             "tokenizer_trimmed": {
                 "from": base_name,
                 "base_vocab_size": _piece_count(base_paths.tokenizer_model),

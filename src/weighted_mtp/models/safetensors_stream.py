@@ -133,8 +133,7 @@ class _BackgroundFile:
         self._handle = handle
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._drain, name="safetensors-writer",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._drain, name="safetensors-writer", daemon=True)
         self._thread.start()
 
     def _drain(self) -> None:
@@ -168,7 +167,9 @@ class SafetensorsWriter:
     """
 
     def __init__(
-        self, path: str | Path, specs: Sequence[TensorSpec],
+        self,
+        path: str | Path,
+        specs: Sequence[TensorSpec],
         metadata: Mapping[str, str] | None = None,
     ) -> None:
         self.path = Path(path)
@@ -199,17 +200,18 @@ class SafetensorsWriter:
             )
         chunk = tensor_bytes(data)
         if self._filled + len(chunk) > spec.nbytes:
-            raise WmtpError(
-                f"tensor {name} got more data than its shape {list(spec.shape)} holds"
-            )
+            raise WmtpError(f"tensor {name} got more data than its shape {list(spec.shape)} holds")
         self._sink.write(chunk)
         self._filled += len(chunk)
 
     def _current(self, name: str) -> TensorSpec:
         """Move past finished tensors to `name`; an unfinished one may not be left."""
         specs = self.specs
-        while (self._index < len(specs) and specs[self._index].name != name
-               and self._filled == specs[self._index].nbytes):
+        while (
+            self._index < len(specs)
+            and specs[self._index].name != name
+            and self._filled == specs[self._index].nbytes
+        ):
             self._index += 1
             self._filled = 0
         if self._index >= len(specs) or specs[self._index].name != name:
@@ -253,7 +255,8 @@ def write_safetensors(
 
 
 def save_tensors(
-    path: str | Path, tensors: Mapping[str, torch.Tensor],
+    path: str | Path,
+    tensors: Mapping[str, torch.Tensor],
     metadata: Mapping[str, str] | None = None,
 ) -> WrittenFile:
     """Write a dict of (small) tensors; for big ones, stream with `SafetensorsWriter`."""

@@ -38,8 +38,11 @@ def load_sentencepiece(path: str | Path) -> spm.SentencePieceProcessor:
 
     path = Path(path)
     if not path.is_file():
-        raise WmtpError("tokenizer model not found", path=path,
-                        hint="download the model first (`wmtp models download`)")
+        raise WmtpError(
+            "tokenizer model not found",
+            path=path,
+            hint="download the model first (`wmtp models download`)",
+        )
     processor = spm.SentencePieceProcessor()
     try:
         processor.Load(str(path))
@@ -73,7 +76,10 @@ def _model_proto(path: str | Path) -> Any:
 
 # Trainer settings that change how text is split; the rest (input files, thread counts) don't.
 _TOKENIZING_TRAINER_FIELDS = (
-    "model_type", "byte_fallback", "split_digits", "treat_whitespace_as_suffix",
+    "model_type",
+    "byte_fallback",
+    "split_digits",
+    "treat_whitespace_as_suffix",
 )
 
 
@@ -98,8 +104,11 @@ def tokenizer_difference(
         if i in replaced:
             if (piece_a.piece, piece_b.piece) != (WHITESPACE_PIECE, replaced[i]):
                 return f"piece {i}: {piece_a.piece!r} is not the recorded replacement"
-        elif (piece_a.piece, piece_a.score, piece_a.type) != (piece_b.piece, piece_b.score,
-                                                              piece_b.type):
+        elif (piece_a.piece, piece_a.score, piece_a.type) != (
+            piece_b.piece,
+            piece_b.score,
+            piece_b.type,
+        ):
             return f"piece {i}: {piece_a.piece!r} vs {piece_b.piece!r}"
     for spec in ("normalizer_spec", "denormalizer_spec"):
         if getattr(proto_a, spec) != getattr(proto_b, spec):
@@ -117,8 +126,10 @@ def shared_with_meta(layout: Layout, tokenizer: str | Path) -> tuple[str | None,
     Meta model's tokenizer only if the two compare equal."""
     meta = layout.model(META_MODEL).tokenizer_model
     if not meta.is_file():
-        return None, (f"not compared: {META_MODEL}'s tokenizer is missing; download it and "
-                      "build this model again")
+        return None, (
+            f"not compared: {META_MODEL}'s tokenizer is missing; download it and "
+            "build this model again"
+        )
     difference = tokenizer_difference(tokenizer, meta)
     return (META_MODEL, None) if difference is None else (None, difference)
 
@@ -183,18 +194,23 @@ def trim_tokenizer(src: str | Path, dst: str | Path, vocab_size: int) -> Trimmed
     proto = _model_proto(src)
     total = len(proto.pieces)
     if not 0 < vocab_size <= total:
-        raise WmtpError(f"cannot trim the tokenizer to {vocab_size} pieces: it has {total}",
-                        path=src, hint="choose a vocab size no larger than the base's")
+        raise WmtpError(
+            f"cannot trim the tokenizer to {vocab_size} pieces: it has {total}",
+            path=src,
+            hint="choose a vocab size no larger than the base's",
+        )
     if not proto.trainer_spec.byte_fallback:
-        raise WmtpError("tokenizer has no byte fallback: trimming it would turn text into "
-                        "<unk>", path=src)
+        raise WmtpError(
+            "tokenizer has no byte fallback: trimming it would turn text into <unk>", path=src
+        )
     kinds = proto.SentencePiece
     essential = (kinds.UNKNOWN, kinds.CONTROL, kinds.BYTE)
     needed = max((i for i, p in enumerate(proto.pieces) if p.type in essential), default=-1)
     if needed >= vocab_size:
         raise WmtpError(
             f"piece {needed} ({proto.pieces[needed].piece!r}) is a special or byte piece "
-            f"beyond the first {vocab_size}", path=src,
+            f"beyond the first {vocab_size}",
+            path=src,
             hint=f"choose a vocab size above {needed}",
         )
     whitespace = next((p for p in proto.pieces if p.piece == WHITESPACE_PIECE), None)
@@ -202,11 +218,13 @@ def trim_tokenizer(src: str | Path, dst: str | Path, vocab_size: int) -> Trimmed
     replaced = {}
     kept = {p.piece for p in proto.pieces}
     if whitespace is not None and WHITESPACE_PIECE not in kept:
-        slot = max((i for i, p in enumerate(proto.pieces) if p.type == kinds.NORMAL),
-                   default=-1)
+        slot = max((i for i, p in enumerate(proto.pieces) if p.type == kinds.NORMAL), default=-1)
         if slot <= needed:
-            raise WmtpError(f"no room for the whitespace piece in {vocab_size} pieces",
-                            path=src, hint="choose a larger vocab size")
+            raise WmtpError(
+                f"no room for the whitespace piece in {vocab_size} pieces",
+                path=src,
+                hint="choose a larger vocab size",
+            )
         replaced[slot] = proto.pieces[slot].piece
         proto.pieces[slot].CopyFrom(whitespace)
     proto.trainer_spec.vocab_size = vocab_size

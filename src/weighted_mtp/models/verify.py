@@ -66,21 +66,27 @@ def verify_model(layout: Layout, name: str, *, sha256: FileHash | None = None) -
     report.add("metadata.json", True, f"{metadata['format']}, {metadata['dtype']}")
     check = _checker(report, layout)
     check("SHA256SUMS", lambda: _check_sha256sums(paths, metadata, hash_file), paths.sha256sums)
-    check("recorded file hashes", lambda: _check_recorded_files(paths, metadata, hash_file),
-          paths.root)
+    check(
+        "recorded file hashes",
+        lambda: _check_recorded_files(paths, metadata, hash_file),
+        paths.root,
+    )
     arch = check("configs agree", lambda: _check_configs(paths, metadata), paths.configs)
     header = check("safetensors header", lambda: _read_header(paths.weights), paths.weights)
     if arch is not None and header is not None:
         check("tensor names and shapes", lambda: _check_shapes(arch, header), paths.weights)
     if header is not None:
-        check("tensor dtypes", lambda: _check_dtypes(header, metadata["dtype"], paths.weights),
-              paths.weights)
+        check(
+            "tensor dtypes",
+            lambda: _check_dtypes(header, metadata["dtype"], paths.weights),
+            paths.weights,
+        )
     if arch is not None:
         check("rope_theta", lambda: _check_rope_theta(paths, metadata, arch), paths.configs)
-        check("tokenizer", lambda: _check_tokenizer(paths, metadata, arch),
-              paths.tokenizer_model)
-    check("tokenizer shared", lambda: _check_sharing(layout, paths, metadata),
-          paths.tokenizer_model)
+        check("tokenizer", lambda: _check_tokenizer(paths, metadata, arch), paths.tokenizer_model)
+    check(
+        "tokenizer shared", lambda: _check_sharing(layout, paths, metadata), paths.tokenizer_model
+    )
     check("raw files", lambda: _check_raw(paths, metadata, hash_file), paths.raw)
     if header is not None:
         check("no NaN/Inf", lambda: _check_finite(paths.weights), paths.weights)
@@ -115,11 +121,14 @@ def _problems(what: str, problems: list[str], path: Path) -> None:
 
 # --- bytes ----------------------------------------------------------------------------------
 
-def _check_sha256sums(paths: ModelPaths, metadata: dict[str, Any], hash_file: FileHash
-                      ) -> tuple[str, None]:
+
+def _check_sha256sums(
+    paths: ModelPaths, metadata: dict[str, Any], hash_file: FileHash
+) -> tuple[str, None]:
     results = check_sha256sums(paths.sha256sums, hash_file)
-    _problems("SHA256SUMS mismatch", [f"{n} {why}" for n, ok, why in results if not ok],
-              paths.sha256sums)
+    _problems(
+        "SHA256SUMS mismatch", [f"{n} {why}" for n, ok, why in results if not ok], paths.sha256sums
+    )
     names = [n for n, _, _ in results]
     if paths.weights.name not in names:
         raise WmtpError(f"SHA256SUMS does not list {paths.weights.name}", path=paths.sha256sums)
@@ -130,10 +139,13 @@ def _check_sha256sums(paths: ModelPaths, metadata: dict[str, Any], hash_file: Fi
     return f"{len(names)} file(s) match, as metadata.json records", None
 
 
-def _check_recorded_files(paths: ModelPaths, metadata: dict[str, Any], hash_file: FileHash
-                          ) -> tuple[str, None]:
-    recorded = {metadata["tokenizer"]["path"]: metadata["tokenizer"]["sha256"],
-                **metadata.get("files", {})}
+def _check_recorded_files(
+    paths: ModelPaths, metadata: dict[str, Any], hash_file: FileHash
+) -> tuple[str, None]:
+    recorded = {
+        metadata["tokenizer"]["path"]: metadata["tokenizer"]["sha256"],
+        **metadata.get("files", {}),
+    }
     problems = []
     for relpath, expected in recorded.items():
         target = paths.file(relpath)
@@ -145,16 +157,20 @@ def _check_recorded_files(paths: ModelPaths, metadata: dict[str, Any], hash_file
     return f"{len(recorded)} config/tokenizer file(s) unchanged", None
 
 
-def _check_raw(paths: ModelPaths, metadata: dict[str, Any], hash_file: FileHash
-               ) -> tuple[str, None]:
+def _check_raw(
+    paths: ModelPaths, metadata: dict[str, Any], hash_file: FileHash
+) -> tuple[str, None]:
     recorded = metadata["source"].get("files")
     if not recorded:
         return f"derived from {metadata['source'].get('model')}; no raw files", None
     present = {rel: h for rel, h in recorded.items() if paths.raw_file(rel).is_file()}
     if not present:
         return "raw files removed after conversion; not checked", None
-    problems = [f"{rel} changed" for rel, expected in present.items()
-                if hash_file(paths.raw_file(rel)) != expected]
+    problems = [
+        f"{rel} changed"
+        for rel, expected in present.items()
+        if hash_file(paths.raw_file(rel)) != expected
+    ]
     problems += [f"{rel} missing" for rel in recorded if rel not in present]
     _problems("raw files differ from metadata.json", problems, paths.raw)
     return f"{len(present)} upstream file(s) match", None
@@ -178,8 +194,11 @@ def _read_header(weights: Path) -> tuple[str, dict[str, tuple[str, tuple[int, ..
 
 def _check_shapes(arch: Architecture, header: dict[str, Any]) -> tuple[str, None]:
     actual = {name: shape for name, (_, shape) in header.items()}
-    _problems("weights do not match the configs", compare_shapes(arch.shapes, actual),
-              arch.config_files[0])
+    _problems(
+        "weights do not match the configs",
+        compare_shapes(arch.shapes, actual),
+        arch.config_files[0],
+    )
     return f"all {len(arch.shapes)} expected, none extra", None
 
 
@@ -197,8 +216,10 @@ def _check_finite(weights: Path) -> tuple[str, None]:
     from weighted_mtp.models.convert import all_finite
 
     bad = []
-    with open_files([weights]) as source, progress.task(
-            "scan for NaN/Inf", weights.stat().st_size, "bytes") as advance:
+    with (
+        open_files([weights]) as source,
+        progress.task("scan for NaN/Inf", weights.stat().st_size, "bytes") as advance,
+    ):
         for name in source.info:
             for chunk in source.chunks(name):
                 if not all_finite(chunk):
@@ -211,14 +232,14 @@ def _check_finite(weights: Path) -> tuple[str, None]:
 
 # --- configs --------------------------------------------------------------------------------
 
+
 def _check_configs(paths: ModelPaths, metadata: dict[str, Any]) -> tuple[str, Architecture]:
     if metadata["format"] == "meta-mtp":
         return _meta_architecture(paths, metadata)
     return _hf_architecture(paths, metadata)
 
 
-def _meta_architecture(paths: ModelPaths, metadata: dict[str, Any]
-                       ) -> tuple[str, Architecture]:
+def _meta_architecture(paths: ModelPaths, metadata: dict[str, Any]) -> tuple[str, Architecture]:
     params = MetaParams.from_file(paths.params)
     if params.vocab_size <= 0:
         params = params.with_vocab_size(metadata["tokenizer"]["vocab_size"])
@@ -227,13 +248,19 @@ def _meta_architecture(paths: ModelPaths, metadata: dict[str, Any]
     problems = [
         f"{key} is {adapter.get(key)!r} in meta_adapter.yaml, {value!r} by params.json"
         + (" and metadata.json" if key == "dtype" else "")
-        for key, value in expected.items() if adapter.get(key) != value
+        for key, value in expected.items()
+        if adapter.get(key) != value
     ]
-    problems += [f"meta_adapter.yaml has unknown field {key}" for key in adapter
-                 if key not in expected]
+    problems += [
+        f"meta_adapter.yaml has unknown field {key}" for key in adapter if key not in expected
+    ]
     _problems("configs disagree", problems, paths.adapter_config)
-    arch = Architecture(meta_tensor_shapes(params), params.vocab_size, params.rope_theta,
-                        [paths.params, paths.adapter_config])
+    arch = Architecture(
+        meta_tensor_shapes(params),
+        params.vocab_size,
+        params.rope_theta,
+        [paths.params, paths.adapter_config],
+    )
     return "params.json, meta_adapter.yaml and metadata.json agree", arch
 
 
@@ -245,11 +272,16 @@ def _hf_architecture(paths: ModelPaths, metadata: dict[str, Any]) -> tuple[str, 
         raise WmtpError(exc.what, path=paths.hf_config) from None
     problems = [
         f"{key} is {config[key]!r} in config.json, {metadata['dtype']!r} in metadata.json"
-        for key in ("torch_dtype", "dtype") if key in config and config[key] != metadata["dtype"]
+        for key in ("torch_dtype", "dtype")
+        if key in config and config[key] != metadata["dtype"]
     ]
     _problems("configs disagree", problems, paths.hf_config)
-    arch = Architecture(shapes, config["vocab_size"],
-                        config.get("rope_theta", DEFAULT_ROPE_THETA), [paths.hf_config])
+    arch = Architecture(
+        shapes,
+        config["vocab_size"],
+        config.get("rope_theta", DEFAULT_ROPE_THETA),
+        [paths.hf_config],
+    )
     return "config.json and metadata.json agree", arch
 
 
@@ -262,37 +294,46 @@ def _upstream_rope_theta(paths: ModelPaths, metadata: dict[str, Any]) -> float |
     return None
 
 
-def _check_rope_theta(paths: ModelPaths, metadata: dict[str, Any], arch: Architecture
-                      ) -> tuple[str, None]:
+def _check_rope_theta(
+    paths: ModelPaths, metadata: dict[str, Any], arch: Architecture
+) -> tuple[str, None]:
     upstream = _upstream_rope_theta(paths, metadata)
     if upstream is not None and float(upstream) != float(arch.rope_theta):
-        raise WmtpError(f"rope_theta is {arch.rope_theta}, the upstream config says {upstream}",
-                        path=arch.config_files[0])
+        raise WmtpError(
+            f"rope_theta is {arch.rope_theta}, the upstream config says {upstream}",
+            path=arch.config_files[0],
+        )
     return f"{arch.rope_theta}" + (" (as upstream)" if upstream is not None else ""), None
 
 
-def _check_tokenizer(paths: ModelPaths, metadata: dict[str, Any], arch: Architecture
-                     ) -> tuple[str, None]:
+def _check_tokenizer(
+    paths: ModelPaths, metadata: dict[str, Any], arch: Architecture
+) -> tuple[str, None]:
     from weighted_mtp.models.tokenizer import tokenizer_facts
 
     facts = tokenizer_facts(paths.tokenizer_model).to_dict()
     recorded = {key: metadata["tokenizer"][key] for key in facts}
-    problems = [f"{key} is {facts[key]} in the model file, {recorded[key]} in metadata.json"
-                for key in facts if facts[key] != recorded[key]]
+    problems = [
+        f"{key} is {facts[key]} in the model file, {recorded[key]} in metadata.json"
+        for key in facts
+        if facts[key] != recorded[key]
+    ]
     if facts["vocab_size"] != arch.vocab_size:
-        problems.append(f"the tokenizer has {facts['vocab_size']} pieces, the model's vocab "
-                        f"is {arch.vocab_size}")
+        problems.append(
+            f"the tokenizer has {facts['vocab_size']} pieces, the model's vocab "
+            f"is {arch.vocab_size}"
+        )
     _problems("tokenizer mismatch", problems, paths.tokenizer_model)
     return f"vocab {facts['vocab_size']} = model vocab", None
 
 
-def _check_sharing(layout: Layout, paths: ModelPaths, metadata: dict[str, Any]
-                   ) -> tuple[str, None]:
+def _check_sharing(layout: Layout, paths: ModelPaths, metadata: dict[str, Any]) -> tuple[str, None]:
     from weighted_mtp.models.tokenizer import tokenizer_difference
 
     if "tokenizer_difference" in metadata:
-        raise WmtpError(f"not shared: {metadata['tokenizer_difference']}",
-                        path=paths.tokenizer_model)
+        raise WmtpError(
+            f"not shared: {metadata['tokenizer_difference']}", path=paths.tokenizer_model
+        )
     details = []
     ours = paths.tokenizer_model
     trimmed = metadata.get("tokenizer_trimmed")
@@ -302,8 +343,9 @@ def _check_sharing(layout: Layout, paths: ModelPaths, metadata: dict[str, Any]
             replaced = {int(i): p for i, p in trimmed.get("replaced", {}).items()}
             difference = tokenizer_difference(ours, base, prefix=True, replaced=replaced)
             if difference:
-                raise WmtpError(f"not a trimmed copy of {trimmed['from']}'s: {difference}",
-                                path=ours)
+                raise WmtpError(
+                    f"not a trimmed copy of {trimmed['from']}'s: {difference}", path=ours
+                )
             details.append(f"first {trimmed['vocab_size']} pieces of {trimmed['from']}'s")
         ours = base
     shared = metadata["tokenizer_shared_with"]

@@ -24,8 +24,11 @@ def load_approvals(layout: Layout) -> list[dict]:
     data = read_json(layout.approvals, "approvals file")
     approvals = data.get("approvals") if isinstance(data, dict) else None
     if not isinstance(approvals, list) or not all(isinstance(a, dict) for a in approvals):
-        raise WmtpError("approvals file has no list of approvals", path=layout.approvals,
-                        hint="restore it from a backup or delete it and approve again")
+        raise WmtpError(
+            "approvals file has no list of approvals",
+            path=layout.approvals,
+            hint="restore it from a backup or delete it and approve again",
+        )
     return approvals
 
 
@@ -35,8 +38,9 @@ def _files_changed_since(approval: dict, manifest: dict | None) -> list[str]:
     return sorted(p for p in approved.keys() | current.keys() if approved.get(p) != current.get(p))
 
 
-def approval_status(layout: Layout, differs_from_manifest: list[str] = ()
-                    ) -> tuple[bool, str, list[str]]:
+def approval_status(
+    layout: Layout, differs_from_manifest: list[str] = ()
+) -> tuple[bool, str, list[str]]:
     """(current?, explanation, files changed since the latest approval). Files that differ
     from the manifest (found by verification) make even an approval of it stale."""
     rel = layout.relative(layout.approvals)

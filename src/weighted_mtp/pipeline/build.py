@@ -63,8 +63,11 @@ class BuildContext:
             return None
         folder = self.mirror / asset
         if not folder.is_dir():
-            raise WmtpError(f"the mirror has no folder for {asset}", path=folder,
-                            hint="lay out each asset's upstream files under DIR/<asset-name>/")
+            raise WmtpError(
+                f"the mirror has no folder for {asset}",
+                path=folder,
+                hint="lay out each asset's upstream files under DIR/<asset-name>/",
+            )
         return folder
 
 
@@ -141,17 +144,21 @@ def _model_download_done(ctx: BuildContext, name: str) -> bool:
     files = read_json(paths.source, "SOURCE.json").get("files") or {}
     hasher = Hasher(ctx.layout, trust_known=True)
     ok = bool(files) and all(
-        isinstance(entry, dict) and paths.file(rel).is_file()
+        isinstance(entry, dict)
+        and paths.file(rel).is_file()
         and hasher.sha256(paths.file(rel)) == entry.get("sha256")
-        for rel, entry in files.items())
+        for rel, entry in files.items()
+    )
     hasher.save()
     return ok
 
 
 def _dataset_download_done(ctx: BuildContext, name: str) -> bool:
     paths = ctx.layout.dataset(name)
-    if (not _source_matches(ctx, paths.source, ctx.catalog.dataset(name))
-            or not paths.raw_checksums.is_file()):
+    if (
+        not _source_matches(ctx, paths.source, ctx.catalog.dataset(name))
+        or not paths.raw_checksums.is_file()
+    ):
         return False
     hasher = Hasher(ctx.layout, trust_known=True)
     try:
@@ -167,7 +174,8 @@ def _model_done(ctx: BuildContext, name: str) -> bool:
 
     paths = ctx.layout.model(name)
     return paths.weights.is_file() and _verified(
-        ctx, paths.root, lambda: verify_model(ctx.layout, name))
+        ctx, paths.root, lambda: verify_model(ctx.layout, name)
+    )
 
 
 def _newer(outputs: list[Path], inputs: list[Path]) -> bool:
@@ -186,7 +194,8 @@ def _dataset_done(ctx: BuildContext, name: str) -> bool:
     paths = ctx.layout.dataset(name)
     processed = [paths.split(split) for split in SPLITS]
     return _newer(processed, list(paths.raw.glob("*.jsonl"))) and _verified(
-        ctx, paths.root, lambda: validate_dataset(ctx.layout, name))
+        ctx, paths.root, lambda: validate_dataset(ctx.layout, name)
+    )
 
 
 def _small_done(ctx: BuildContext, name: str) -> bool:
@@ -194,7 +203,8 @@ def _small_done(ctx: BuildContext, name: str) -> bool:
     small = ctx.layout.small(name)
     dataset = ctx.layout.dataset(name)
     return stamps.is_verified(ctx.layout, small.root) and _newer(
-        [small.split(s) for s in SPLITS], [dataset.split(s) for s in SPLITS])
+        [small.split(s) for s in SPLITS], [dataset.split(s) for s in SPLITS]
+    )
 
 
 # ---------------------------------------------------------------- step actions
@@ -205,8 +215,11 @@ def _must_verify(report: Report, what: str) -> None:
         failure = report.failures()[0] if report.failures() else None
         detail = f"{failure.name}: {failure.detail}" if failure else "no checks ran"
         files = ", ".join(failure.files) if failure and failure.files else None
-        raise WmtpError(f"{what} does not verify after building it ({detail})", path=files,
-                        hint="see `wmtp verify` for every failed check")
+        raise WmtpError(
+            f"{what} does not verify after building it ({detail})",
+            path=files,
+            hint="see `wmtp verify` for every failed check",
+        )
 
 
 def _init(ctx: BuildContext) -> None:
@@ -218,7 +231,8 @@ def _init(ctx: BuildContext) -> None:
 def _init_done(ctx: BuildContext) -> bool:
     layout = ctx.layout
     return all(p.is_dir() for p in layout.directories()) and all(
-        p.exists() for p in layout.placeholder_files())
+        p.exists() for p in layout.placeholder_files()
+    )
 
 
 def _download_model(name: str) -> Callable[[BuildContext], None]:
@@ -320,7 +334,8 @@ def _verify_done(ctx: BuildContext) -> bool:
 
     saved = last_checklist(ctx.layout)
     return saved is not None and all(
-        step.ok for step in saved.steps if step.number <= LAST_ASSET_STEP)
+        step.ok for step in saved.steps if step.number <= LAST_ASSET_STEP
+    )
 
 
 def _report(ctx: BuildContext) -> None:
@@ -338,30 +353,77 @@ def _report_done(ctx: BuildContext) -> bool:
 def _steps() -> list[Step]:
     steps = [Step("init", 1, "create the v2 layout", _init, _init_done)]
     for short, name in (("meta", META_MODEL), ("ref", REFERENCE_MODEL)):
-        steps.append(Step(f"download-{short}", 2, f"download {name}", _download_model(name),
-                          lambda ctx, n=name: _model_download_done(ctx, n)))
-    steps.append(Step("convert-meta", 3, f"convert {META_MODEL}", _convert_model(META_MODEL),
-                      lambda ctx: _model_done(ctx, META_MODEL)))
-    steps.append(Step("convert-ref", 4, f"convert {REFERENCE_MODEL}",
-                      _convert_model(REFERENCE_MODEL),
-                      lambda ctx: _model_done(ctx, REFERENCE_MODEL)))
+        steps.append(
+            Step(
+                f"download-{short}",
+                2,
+                f"download {name}",
+                _download_model(name),
+                lambda ctx, n=name: _model_download_done(ctx, n),
+            )
+        )
+    steps.append(
+        Step(
+            "convert-meta",
+            3,
+            f"convert {META_MODEL}",
+            _convert_model(META_MODEL),
+            lambda ctx: _model_done(ctx, META_MODEL),
+        )
+    )
+    steps.append(
+        Step(
+            "convert-ref",
+            4,
+            f"convert {REFERENCE_MODEL}",
+            _convert_model(REFERENCE_MODEL),
+            lambda ctx: _model_done(ctx, REFERENCE_MODEL),
+        )
+    )
     for name in (MICRO_MTP, MICRO_REF):
-        steps.append(Step(name, 5, f"build {name}", _micro_model(name),
-                          lambda ctx, n=name: _model_done(ctx, n)))
+        steps.append(
+            Step(
+                name,
+                5,
+                f"build {name}",
+                _micro_model(name),
+                lambda ctx, n=name: _model_done(ctx, n),
+            )
+        )
     for name in DATASETS:
-        steps.append(Step(f"download-{name}", 6, f"download {name}", _download_dataset(name),
-                          lambda ctx, n=name: _dataset_download_done(ctx, n)))
+        steps.append(
+            Step(
+                f"download-{name}",
+                6,
+                f"download {name}",
+                _download_dataset(name),
+                lambda ctx, n=name: _dataset_download_done(ctx, n),
+            )
+        )
     for name in DATASETS:
-        steps.append(Step(f"prepare-{name}", 8, f"prepare {name}", _prepare_dataset(name),
-                          lambda ctx, n=name: _dataset_done(ctx, n)))
+        steps.append(
+            Step(
+                f"prepare-{name}",
+                8,
+                f"prepare {name}",
+                _prepare_dataset(name),
+                lambda ctx, n=name: _dataset_done(ctx, n),
+            )
+        )
     for name in DATASETS:
-        steps.append(Step(f"small-{name}", 8, f"sample {name}_small", _build_small(name),
-                          lambda ctx, n=name: _small_done(ctx, n)))
+        steps.append(
+            Step(
+                f"small-{name}",
+                8,
+                f"sample {name}_small",
+                _build_small(name),
+                lambda ctx, n=name: _small_done(ctx, n),
+            )
+        )
     steps += [
         Step("validate", 8, "validate every dataset", _validate, _validate_done, False),
         Step("verify", 9, "verify every asset (Steps 0-9)", _verify, _verify_done, False),
-        Step("report", 10, "write reports and the storage README", _report, _report_done,
-             False),
+        Step("report", 10, "write reports and the storage README", _report, _report_done, False),
     ]
     return steps
 
@@ -379,8 +441,9 @@ def _matches(step: Step, pattern: str) -> bool:
 def select_steps(only: list[str] | tuple[str, ...] = (), start: str | None = None) -> list[Step]:
     for pattern in [*only, *([start] if start else [])]:
         if not any(_matches(step, pattern) for step in STEPS):
-            raise UsageError(f"unknown build step {pattern!r}",
-                             hint=f"steps: {', '.join(STEP_NAMES)}")
+            raise UsageError(
+                f"unknown build step {pattern!r}", hint=f"steps: {', '.join(STEP_NAMES)}"
+            )
     if only and start:
         raise UsageError("use --only or --from, not both")
     if only:
@@ -403,10 +466,15 @@ def _ends_a_line(handle: IO[bytes]) -> bool:
 
 
 def _log(layout: Layout, run_id: str, outcome: StepOutcome) -> None:
-    entry = {"run": run_id, "step": outcome.name, "seed_step": outcome.seed_step,
-             "status": outcome.status, "seconds": round(outcome.seconds, 3),
-             "detail": outcome.detail,
-             "at": utc_now()}
+    entry = {
+        "run": run_id,
+        "step": outcome.name,
+        "seed_step": outcome.seed_step,
+        "status": outcome.status,
+        "seconds": round(outcome.seconds, 3),
+        "detail": outcome.detail,
+        "at": utc_now(),
+    }
     layout.build_log.parent.mkdir(parents=True, exist_ok=True)
     with layout.build_log.open("a+b") as handle:
         line = json.dumps(entry, ensure_ascii=False) + "\n"
@@ -446,8 +514,11 @@ def build_lock(layout: Layout) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise WmtpError("another `wmtp build` is running on this storage",
-                            path=layout.root, hint="wait for it to finish") from None
+            raise WmtpError(
+                "another `wmtp build` is running on this storage",
+                path=layout.root,
+                hint="wait for it to finish",
+            ) from None
         try:
             yield
         finally:
@@ -517,8 +588,7 @@ def _run_step(ctx: BuildContext, step: Step, run_id: str, listener: Listener) ->
         detail = exc.line()
         raise
     finally:
-        outcome = StepOutcome(step.name, step.seed_step, status, time.monotonic() - started,
-                              detail)
+        outcome = StepOutcome(step.name, step.seed_step, status, time.monotonic() - started, detail)
         _log(ctx.layout, run_id, outcome)
         listener("end", step, outcome)
     return outcome

@@ -53,8 +53,15 @@ STEP_TITLES = {
 }
 LAST_ASSET_STEP = 9
 MAX_REASON = 120  # longer lists of passed checks are summarised by their count
-REQUIRED_PACKAGES = ("torch", "safetensors", "sentencepiece", "transformers", "huggingface_hub",
-                     "pyarrow", "jsonschema")
+REQUIRED_PACKAGES = (
+    "torch",
+    "safetensors",
+    "sentencepiece",
+    "transformers",
+    "huggingface_hub",
+    "pyarrow",
+    "jsonschema",
+)
 
 
 @dataclass
@@ -85,16 +92,21 @@ class StepResult:
         return list(dict.fromkeys(f for c in self.report.failures() for f in c.files))
 
     def to_dict(self) -> dict:
-        return {"step": self.number, "title": self.title, "ok": self.ok, "reason": self.reason,
-                "files": self.files, "checks": self.report.to_dict()["checks"]}
+        return {
+            "step": self.number,
+            "title": self.title,
+            "ok": self.ok,
+            "reason": self.reason,
+            "files": self.files,
+            "checks": self.report.to_dict()["checks"],
+        }
 
 
 @dataclass
 class Checklist:
     steps: list[StepResult]
     manifest_sha256: str | None
-    checked_at: str = field(
-        default_factory=utc_now)
+    checked_at: str = field(default_factory=utc_now)
 
     @property
     def ok(self) -> bool:
@@ -104,9 +116,13 @@ class Checklist:
         return [step for step in self.steps if not step.ok]
 
     def to_dict(self) -> dict:
-        return {"ok": self.ok, "storage_version": STORAGE_VERSION, "checked_at": self.checked_at,
-                "manifest_sha256": self.manifest_sha256,
-                "steps": [step.to_dict() for step in self.steps]}
+        return {
+            "ok": self.ok,
+            "storage_version": STORAGE_VERSION,
+            "checked_at": self.checked_at,
+            "manifest_sha256": self.manifest_sha256,
+            "steps": [step.to_dict() for step in self.steps],
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> Checklist:
@@ -159,28 +175,42 @@ class _Run:
 def _step0(run: _Run, report: Report) -> None:
     layout = run.layout
     legacy = [run.rel(p) for p in layout.legacy_dirs() if p.exists()]
-    report.add("no legacy models/ or datasets/", not legacy,
-               "remove with `wmtp storage clean --legacy --yes`" if legacy else "", legacy)
+    report.add(
+        "no legacy models/ or datasets/",
+        not legacy,
+        "remove with `wmtp storage clean --legacy --yes`" if legacy else "",
+        legacy,
+    )
     leftovers = [run.rel(p) for p in iter_leftovers(layout)]
-    report.add("no leftovers of interrupted writes", not leftovers,
-               "rerun `wmtp build` to finish and clean up" if leftovers else "", leftovers)
+    report.add(
+        "no leftovers of interrupted writes",
+        not leftovers,
+        "rerun `wmtp build` to finish and clean up" if leftovers else "",
+        leftovers,
+    )
     missing = []
     for package in REQUIRED_PACKAGES:
         try:
             importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             missing.append(package)
-    report.add("environment installed", not missing,
-               f"missing packages: {', '.join(missing)}; run `uv sync`" if missing else "")
+    report.add(
+        "environment installed",
+        not missing,
+        f"missing packages: {', '.join(missing)}; run `uv sync`" if missing else "",
+    )
 
 
 def _step1(run: _Run, report: Report) -> None:
     layout = run.layout
     missing = [run.rel(p) for p in layout.directories() if not p.is_dir()]
     missing += [run.rel(p) for p in layout.placeholder_files() if not p.exists()]
-    report.add("v2 folders present", not missing,
-               "run `wmtp storage init`" if missing else f"{len(layout.directories())} folders",
-               missing)
+    report.add(
+        "v2 folders present",
+        not missing,
+        "run `wmtp storage init`" if missing else f"{len(layout.directories())} folders",
+        missing,
+    )
 
 
 def _step2(run: _Run, report: Report) -> None:
@@ -188,21 +218,34 @@ def _step2(run: _Run, report: Report) -> None:
     for name in BASE_MODELS:
         paths = run.layout.model(name)
         if not paths.source.is_file():
-            report.add(f"{name}: raw files", False, "no SOURCE.json: not downloaded",
-                       [run.rel(paths.source)])
+            report.add(
+                f"{name}: raw files",
+                False,
+                "no SOURCE.json: not downloaded",
+                [run.rel(paths.source)],
+            )
             continue
         try:
             files = read_json(paths.source, "SOURCE.json").get("files") or {}
         except WmtpError as exc:
             report.add(f"{name}: raw files", False, exc.line(), [run.rel(paths.source)])
             continue
-        bad = [run.rel(paths.file(rel)) for rel, entry in files.items()
-               if not paths.file(rel).is_file()
-               or run.hasher.sha256(paths.file(rel)) != entry.get("sha256")]
-        detail = (f"{len(bad)} of {len(files)} differ from SOURCE.json" if bad else
-                  f"{len(files)} match SOURCE.json" if files else "SOURCE.json lists no files")
-        report.add(f"{name}: raw files", bool(files) and not bad, detail,
-                   bad or [run.rel(paths.source)])
+        bad = [
+            run.rel(paths.file(rel))
+            for rel, entry in files.items()
+            if not paths.file(rel).is_file()
+            or run.hasher.sha256(paths.file(rel)) != entry.get("sha256")
+        ]
+        detail = (
+            f"{len(bad)} of {len(files)} differ from SOURCE.json"
+            if bad
+            else f"{len(files)} match SOURCE.json"
+            if files
+            else "SOURCE.json lists no files"
+        )
+        report.add(
+            f"{name}: raw files", bool(files) and not bad, detail, bad or [run.rel(paths.source)]
+        )
 
 
 def _verify_models(run: _Run, report: Report, names: tuple[str, ...]) -> None:
@@ -210,7 +253,8 @@ def _verify_models(run: _Run, report: Report, names: tuple[str, ...]) -> None:
 
     for name in names:
         run.add_asset_report(
-            report, lambda n=name: verify_model(run.layout, n, sha256=run.hasher.sha256), name)
+            report, lambda n=name: verify_model(run.layout, n, sha256=run.hasher.sha256), name
+        )
 
 
 def _step3(run: _Run, report: Report) -> None:
@@ -228,23 +272,32 @@ def _step5(run: _Run, report: Report) -> None:
 def _step6(run: _Run, report: Report) -> None:
     for name in DATASETS:
         paths = run.layout.dataset(name)
-        report.add(f"{name}: SOURCE.json", paths.source.is_file(),
-                   "" if paths.source.is_file() else "not downloaded", [run.rel(paths.source)])
+        report.add(
+            f"{name}: SOURCE.json",
+            paths.source.is_file(),
+            "" if paths.source.is_file() else "not downloaded",
+            [run.rel(paths.source)],
+        )
         run.hashes_match(report, f"{name}: raw checksums", paths.raw_checksums)
 
 
 def _step7(run: _Run, report: Report) -> None:
-    for module, function in (("weighted_mtp.data.prepare", "prepare_dataset"),
-                             ("weighted_mtp.data.validate", "validate_dataset"),
-                             ("weighted_mtp.data.small", "build_small")):
+    for module, function in (
+        ("weighted_mtp.data.prepare", "prepare_dataset"),
+        ("weighted_mtp.data.validate", "validate_dataset"),
+        ("weighted_mtp.data.small", "build_small"),
+    ):
         try:
             ok = callable(getattr(importlib.import_module(module), function, None))
         except ImportError as exc:
             report.add(f"{module}.{function}", False, f"cannot import: {exc}")
             continue
         report.add(f"{module}.{function}", ok, "" if ok else "missing")
-    missing = [run.rel(run.layout.dataset(n).schema) for n in DATASETS
-               if not run.layout.dataset(n).schema.is_file()]
+    missing = [
+        run.rel(run.layout.dataset(n).schema)
+        for n in DATASETS
+        if not run.layout.dataset(n).schema.is_file()
+    ]
     report.add("processed schema.json written", not missing, "", missing)
 
 
@@ -252,9 +305,14 @@ def _small_present(run: _Run, report: Report, name: str) -> None:
     """Limits and provenance of small sets are `validate_dataset`'s; here: that they exist."""
     small = run.layout.small(name)
     present = [split for split in SPLITS if small.split(split).is_file()]
-    report.add(f"{name}_small present", bool(present),
-               f"splits: {', '.join(present)}" if present else
-               f"missing; run `wmtp build --only small-{name}`", [run.rel(small.root)])
+    report.add(
+        f"{name}_small present",
+        bool(present),
+        f"splits: {', '.join(present)}"
+        if present
+        else f"missing; run `wmtp build --only small-{name}`",
+        [run.rel(small.root)],
+    )
 
 
 def _step8(run: _Run, report: Report) -> None:
@@ -273,21 +331,26 @@ def _step9(run: _Run, report: Report) -> None:
         report.add("MANIFEST.json", False, exc.line(), [run.rel(layout.manifest)])
         return
     if manifest is None:
-        report.add("MANIFEST.json", False, "missing; run `wmtp build`",
-                   [run.rel(layout.manifest)])
+        report.add("MANIFEST.json", False, "missing; run `wmtp build`", [run.rel(layout.manifest)])
         return
     version = manifest["storage_version"]
-    report.add("storage version", version == STORAGE_VERSION,
-               f"{version}" + ("" if version == STORAGE_VERSION else f", expected "
-                               f"{STORAGE_VERSION}"))
+    report.add(
+        "storage version",
+        version == STORAGE_VERSION,
+        f"{version}" + ("" if version == STORAGE_VERSION else f", expected {STORAGE_VERSION}"),
+    )
     diff = compare_with_manifest(layout, manifest, run.hasher)
     run.differs_from_manifest = diff.files()
-    report.add("tree matches MANIFEST.json", diff.ok,
-               f"{diff.summary()}; `wmtp build` rebuilds damaged files and records the rest"
-               if not diff.ok else f"{len(manifest['files'])} files", diff.files())
+    report.add(
+        "tree matches MANIFEST.json",
+        diff.ok,
+        f"{diff.summary()}; `wmtp build` rebuilds damaged files and records the rest"
+        if not diff.ok
+        else f"{len(manifest['files'])} files",
+        diff.files(),
+    )
     for name in (*BASE_MODELS, *MICRO_MODELS):
-        run.hashes_match(report, f"{name}: safetensors/SHA256SUMS",
-                         layout.model(name).sha256sums)
+        run.hashes_match(report, f"{name}: safetensors/SHA256SUMS", layout.model(name).sha256sums)
     run.hashes_match(report, "SHA256SUMS (whole storage)", layout.checksums)
 
 
@@ -308,8 +371,17 @@ def _step11(run: _Run, report: Report, earlier: list[StepResult]) -> None:
 
 
 STEPS: dict[int, Callable[[_Run, Report], None]] = {
-    0: _step0, 1: _step1, 2: _step2, 3: _step3, 4: _step4, 5: _step5, 6: _step6, 7: _step7,
-    8: _step8, 9: _step9, 10: _step10,
+    0: _step0,
+    1: _step1,
+    2: _step2,
+    3: _step3,
+    4: _step4,
+    5: _step5,
+    6: _step6,
+    7: _step7,
+    8: _step8,
+    9: _step9,
+    10: _step10,
 }
 
 
@@ -317,8 +389,11 @@ def run_checklist(layout: Layout, *, through: int = 11, save: bool = True) -> Ch
     """Run Steps 0..`through`, re-reading every asset file's bytes once (no hash is trusted
     from an earlier run); the NaN/Inf scan reads the model weights a second time."""
     if not layout.root.is_dir():
-        raise WmtpError("storage root does not exist", path=layout.root,
-                        hint="run `wmtp build` (or `wmtp demo` to try it offline)")
+        raise WmtpError(
+            "storage root does not exist",
+            path=layout.root,
+            hint="run `wmtp build` (or `wmtp demo` to try it offline)",
+        )
     run = _Run(layout)
     results: list[StepResult] = []
     for number in range(through + 1):

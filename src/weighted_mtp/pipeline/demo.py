@@ -69,8 +69,10 @@ def refuse_foreign_root(layout: Layout, mirror: Path) -> None:
         recorded = read_json(path, "SOURCE.json").get("mirror")
         if recorded is None or not Path(recorded).is_relative_to(mirror):
             raise WmtpError(
-                "this storage root holds assets that the demo did not make", path=path,
-                hint="give `wmtp demo --root` a folder of its own")
+                "this storage root holds assets that the demo did not make",
+                path=path,
+                hint="give `wmtp demo --root` a folder of its own",
+            )
 
 
 @dataclass
@@ -82,8 +84,7 @@ class DemoResult:
     approved_now: bool
 
 
-def run_demo(root: str | Path, catalog: Catalog, *, listener: Listener | None = None
-             ) -> DemoResult:
+def run_demo(root: str | Path, catalog: Catalog, *, listener: Listener | None = None) -> DemoResult:
     """Mirror, build, approve (as the demo: the sources are synthetic) and verify."""
     from weighted_mtp.pipeline.approve import approval_status, approve
     from weighted_mtp.pipeline.checklist import run_checklist

@@ -102,7 +102,10 @@ class Hasher:
             for rel, entry in files.items() if isinstance(files, dict) else ():
                 if isinstance(entry, dict) and {"size", "mtime_ns", "sha256"} <= entry.keys():
                     known[self.layout.relative(paths.file(rel))] = [
-                        entry["size"], entry["mtime_ns"], entry["sha256"]]
+                        entry["size"],
+                        entry["mtime_ns"],
+                        entry["sha256"],
+                    ]
         return known
 
     def sha256(self, path: Path) -> str:
@@ -144,8 +147,11 @@ class ManifestDiff:
     def summary(self) -> str:
         parts = [
             f"{len(paths)} {kind}: {', '.join(paths)}"
-            for kind, paths in (("changed", self.changed), ("missing", self.missing),
-                                ("unexpected", self.unexpected))
+            for kind, paths in (
+                ("changed", self.changed),
+                ("missing", self.missing),
+                ("unexpected", self.unexpected),
+            )
             if paths
         ]
         return "; ".join(parts) or "tree matches the manifest"

@@ -39,8 +39,12 @@ PEOPLE_HEADING = "## Notes from people"
 
 
 def document_paths(layout: Layout) -> list[Path]:
-    return [layout.report(INVENTORY), layout.report(COMPLETION), layout.report(MIGRATION),
-            layout.readme]
+    return [
+        layout.report(INVENTORY),
+        layout.report(COMPLETION),
+        layout.report(MIGRATION),
+        layout.readme,
+    ]
 
 
 def document_status(layout: Layout) -> list[tuple[Path, bool, str]]:
@@ -118,9 +122,13 @@ def _header(title: str, layout: Layout, manifest_sha: str | None) -> list[str]:
 
 def inventory(layout: Layout, manifest: dict | None, manifest_sha: str | None) -> str:
     lines = _header("Phase 1 asset inventory", layout, manifest_sha)
-    lines += ["## Models", "",
-              "| model | format | dtype (source) | parameters | weights | tokenizer vocab "
-              "| tokenizer shared with |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [
+        "## Models",
+        "",
+        "| model | format | dtype (source) | parameters | weights | tokenizer vocab "
+        "| tokenizer shared with |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name in MODELS:
         meta = _metadata(layout, name)
         if meta is None:
@@ -129,13 +137,18 @@ def inventory(layout: Layout, manifest: dict | None, manifest_sha: str | None) -
         lines.append(
             f"| {name} | {meta['format']} | {meta['dtype']} ({meta['source_dtype']}) "
             f"| {meta['parameter_count']:,} | {human_size(meta['weights']['size'])} "
-            f"| {meta['tokenizer']['vocab_size']} | {meta.get('tokenizer_shared_with') or '-'} |")
+            f"| {meta['tokenizer']['vocab_size']} | {meta.get('tokenizer_shared_with') or '-'} |"
+        )
     lines.append("")
     for name in MODELS:
         lines += [f"### {name}", ""]
         lines += _file_table(_files_under(manifest, layout.relative(layout.model(name).root)))
-    lines += ["## Datasets", "", "| dataset | split | records | tasks | dropped | shortened "
-              "| truncated |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [
+        "## Datasets",
+        "",
+        "| dataset | split | records | tasks | dropped | shortened | truncated |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name in DATASETS:
         paths = layout.dataset(name)
         splits = (_summary(layout, name) or {}).get("splits", {})
@@ -146,7 +159,8 @@ def inventory(layout: Layout, manifest: dict | None, manifest_sha: str | None) -
             lines.append(
                 f"| {name} | {split} | {_count_lines(paths.split(split))} "
                 f"| {stats.get('tasks', '?')} | {stats.get('dropped', '?')} "
-                f"| {stats.get('shortened', '?')} | {stats.get('truncated', '?')} |")
+                f"| {stats.get('shortened', '?')} | {stats.get('truncated', '?')} |"
+            )
     lines.append("")
     for name in DATASETS:
         lines += [f"### {name}", ""]
@@ -154,8 +168,11 @@ def inventory(layout: Layout, manifest: dict | None, manifest_sha: str | None) -
     lines += ["## Small sets", "", "| set | split | records |", "| --- | --- | --- |"]
     for name in DATASETS:
         small = layout.small(name)
-        lines += [f"| {name}_small | {split} | {_count_lines(small.split(split))} |"
-                  for split in SPLITS if small.split(split).is_file()]
+        lines += [
+            f"| {name}_small | {split} | {_count_lines(small.split(split))} |"
+            for split in SPLITS
+            if small.split(split).is_file()
+        ]
     lines.append("")
     for name in DATASETS:
         lines += [f"### {name}_small", ""]
@@ -171,15 +188,18 @@ def _timings(layout: Layout) -> list[str]:
         return ["No build log yet (`wmtp build` writes `.wmtp/build_log.jsonl`).", ""]
     lines = ["| build step | seed step | seconds | finished at |", "| --- | --- | --- | --- |"]
     for step, entry in timings.items():
-        lines.append(f"| {step} | {STEP_SEED.get(step, '?')} | {entry['seconds']:.1f} "
-                     f"| {entry['at']} |")
+        lines.append(
+            f"| {step} | {STEP_SEED.get(step, '?')} | {entry['seconds']:.1f} | {entry['at']} |"
+        )
     return [*lines, ""]
 
 
 def _open_problems(checklist: Checklist) -> list[str]:
-    problems = [f"- Step {s.number} ({s.title}): {s.reason}"
-                + (f" — files: {', '.join(f'`{f}`' for f in s.files)}" if s.files else "")
-                for s in checklist.failed()]
+    problems = [
+        f"- Step {s.number} ({s.title}): {s.reason}"
+        + (f" — files: {', '.join(f'`{f}`' for f in s.files)}" if s.files else "")
+        for s in checklist.failed()
+    ]
     return problems or ["- none: every verified step passed"]
 
 
@@ -192,22 +212,31 @@ def completion_report(layout: Layout, checklist: Checklist, manifest_sha: str | 
         mark = "✔" if step.ok else "✘"
         lines.append(f"- {mark} Step {step.number}: {step.title} — {step.reason}")
     lines += [
-        f"- Step 10: {STEP_TITLES[10]} — this report and its siblings, checked by "
-        "`wmtp verify`",
+        f"- Step 10: {STEP_TITLES[10]} — this report and its siblings, checked by `wmtp verify`",
         f"- Step 11: {STEP_TITLES[11]} — recorded by `wmtp approve --by NAME` in "
         "APPROVALS.json; `wmtp verify` says whether the approval is current",
-        "", "## Step timings (latest run of each build step)", ""]
+        "",
+        "## Step timings (latest run of each build step)",
+        "",
+    ]
     lines += _timings(layout)
     lines += ["## Open problems", "", *_open_problems(checklist), "", "## Approvals", ""]
     try:
         approvals = load_approvals(layout)
     except WmtpError as exc:
         approvals, lines = [], [*lines, f"- unreadable: {exc.line()}"]
-    lines += [f"- {a.get('by')} at {a.get('at')} (manifest `{a.get('manifest_sha256')}`)"
-              for a in approvals] or ["- none yet"]
-    lines += ["", "## Next steps", "",
-              "- review the inventory and migration notes, then `wmtp approve --by NAME`",
-              "- Phase 2 (code skeleton) can start once `wmtp verify` shows every step ✔", ""]
+    lines += [
+        f"- {a.get('by')} at {a.get('at')} (manifest `{a.get('manifest_sha256')}`)"
+        for a in approvals
+    ] or ["- none yet"]
+    lines += [
+        "",
+        "## Next steps",
+        "",
+        "- review the inventory and migration notes, then `wmtp approve --by NAME`",
+        "- Phase 2 (code skeleton) can start once `wmtp verify` shows every step ✔",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -217,15 +246,17 @@ def _model_deviations(layout: Layout) -> Iterator[str]:
         if meta is None:
             continue
         if meta["dtype"] != meta["source_dtype"]:
-            yield (f"- {name}: weights converted from {meta['source_dtype']} to "
-                   f"{meta['dtype']}")
+            yield (f"- {name}: weights converted from {meta['source_dtype']} to {meta['dtype']}")
         trimmed = meta.get("tokenizer_trimmed")
         if trimmed:
             replaced = "".join(
                 f"; id {i} holds the whitespace piece instead of {piece!r}"
-                for i, piece in trimmed.get("replaced", {}).items())
-            yield (f"- {name}: tokenizer trimmed from {trimmed['from']}'s "
-                   f"{trimmed['base_vocab_size']} to {trimmed['vocab_size']} pieces{replaced}")
+                for i, piece in trimmed.get("replaced", {}).items()
+            )
+            yield (
+                f"- {name}: tokenizer trimmed from {trimmed['from']}'s "
+                f"{trimmed['base_vocab_size']} to {trimmed['vocab_size']} pieces{replaced}"
+            )
         if meta.get("init") == "random":
             yield f"- {name}: randomly initialised (seed {meta.get('seed')}), not sliced"
         if meta.get("tokenizer_difference"):
@@ -240,13 +271,22 @@ def _dataset_deviations(layout: Layout) -> Iterator[str]:
         if summary is None:
             continue
         for split, stats in summary.get("splits", {}).items():
-            counts = {key: stats.get(key, 0) for key in
-                      ("dropped", "shortened", "truncated", "duplicates",
-                       "cross_split_duplicates")}
+            counts = {
+                key: stats.get(key, 0)
+                for key in (
+                    "dropped",
+                    "shortened",
+                    "truncated",
+                    "duplicates",
+                    "cross_split_duplicates",
+                )
+            }
             found = [f"{count} {key.replace('_', ' ')}" for key, count in counts.items() if count]
             if found:
-                yield (f"- {name} {split}: {', '.join(found)} of {stats.get('records', '?')} "
-                       f"kept records (max length {summary.get('max_length')})")
+                yield (
+                    f"- {name} {split}: {', '.join(found)} of {stats.get('records', '?')} "
+                    f"kept records (max length {summary.get('max_length')})"
+                )
 
 
 def _source_deviations(layout: Layout) -> Iterator[str]:
@@ -265,18 +305,26 @@ def people_notes(layout: Layout) -> str:
         text = path.read_text(encoding="utf-8")
         if PEOPLE_MARKER in text:
             return text.split(PEOPLE_MARKER, 1)[1].lstrip("\n")
-    return (f"{PEOPLE_HEADING}\n\nRisks, decisions and follow-up work that the storage cannot "
-            "tell by itself. Add them below; `wmtp report` keeps this section.\n")
+    return (
+        f"{PEOPLE_HEADING}\n\nRisks, decisions and follow-up work that the storage cannot "
+        "tell by itself. Add them below; `wmtp report` keeps this section.\n"
+    )
 
 
 def migration_notes(layout: Layout, checklist: Checklist, manifest_sha: str | None) -> str:
     lines = _header("Migration notes", layout, manifest_sha)
     lines += ["## Deviations found automatically", ""]
-    found = [*_model_deviations(layout), *_dataset_deviations(layout),
-             *_source_deviations(layout)]
+    found = [*_model_deviations(layout), *_dataset_deviations(layout), *_source_deviations(layout)]
     lines += found or ["- none"]
-    lines += ["", "## Action items (failed checks)", "", *_open_problems(checklist), "",
-              PEOPLE_MARKER, people_notes(layout)]
+    lines += [
+        "",
+        "## Action items (failed checks)",
+        "",
+        *_open_problems(checklist),
+        "",
+        PEOPLE_MARKER,
+        people_notes(layout),
+    ]
     return "\n".join(lines)
 
 
@@ -288,8 +336,9 @@ def _sources_table(layout: Layout) -> list[str]:
         source = read_json_or_none(path) or {}
         repo = source.get("repo")
         link = f"[{repo}](https://huggingface.co/{repo})" if repo else "not downloaded"
-        lines.append(f"| {name} | {link} | `{source.get('revision', '-')}` "
-                     f"| {source.get('mirror') or '-'} |")
+        lines.append(
+            f"| {name} | {link} | `{source.get('revision', '-')}` | {source.get('mirror') or '-'} |"
+        )
     for name in MODELS:
         meta = _metadata(layout, name)
         if meta and "model" in meta.get("source", {}):
@@ -311,32 +360,55 @@ def storage_readme(layout: Layout, manifest: dict | None, manifest_sha: str | No
     files = len(manifest["files"]) if manifest else 0
     lines = _header("Storage v2", layout, manifest_sha)
     lines += [
-        "Models and datasets for Weighted Multi-Token Prediction research, built by "
-        "`wmtp build`.", "",
-        "## Versions", "",
+        "Models and datasets for Weighted Multi-Token Prediction research, built by `wmtp build`.",
+        "",
+        "## Versions",
+        "",
         f"- storage version: {STORAGE_VERSION}",
         f"- MANIFEST.json: {files} asset files, sha256 `{manifest_sha or 'none'}`",
-        "- reports: `reports/` (inventory, completion report, migration notes)", "",
-        "## Layout", "", "```", f"{layout.root.name}/", *tree_lines(tree, "  "), "```", "",
-        "## Verifying", "",
+        "- reports: `reports/` (inventory, completion report, migration notes)",
+        "",
+        "## Layout",
+        "",
+        "```",
+        f"{layout.root.name}/",
+        *tree_lines(tree, "  "),
+        "```",
+        "",
+        "## Verifying",
+        "",
         "Everything (layout, every model and dataset check, the manifest, documents, "
-        "approval), one line per seed step:", "",
-        "```bash", f"wmtp --root {layout.root} verify", "```", "",
-        "Without wmtp, with coreutils only:", "",
-        "```bash", f"cd {layout.root} && sha256sum -c --quiet SHA256SUMS   # every asset file",
+        "approval), one line per seed step:",
+        "",
+        "```bash",
+        f"wmtp --root {layout.root} verify",
+        "```",
+        "",
+        "Without wmtp, with coreutils only:",
+        "",
+        "```bash",
+        f"cd {layout.root} && sha256sum -c --quiet SHA256SUMS   # every asset file",
         f"cd {layout.relative(layout.model(META_MODEL).safetensors_dir)} && "
         "sha256sum -c SHA256SUMS   # one model",
-        "```", "",
-        "## Where each asset came from", "", *_sources_table(layout),
-        "## FAQ", "",
+        "```",
+        "",
+        "## Where each asset came from",
+        "",
+        *_sources_table(layout),
+        "## FAQ",
+        "",
         "**verify says a file changed.** Something rewrote it after the build. Rerun "
-        "`wmtp build`: steps whose outputs no longer verify run again.", "",
+        "`wmtp build`: steps whose outputs no longer verify run again.",
+        "",
         "**A build was interrupted.** Rerun the same `wmtp build`; finished steps are "
-        "skipped, downloads resume, and half-written files never appear under final names.", "",
+        "skipped, downloads resume, and half-written files never appear under final names.",
+        "",
         "**The approval is stale.** An asset changed after `wmtp approve`; check with "
-        "`wmtp verify`, regenerate documents with `wmtp report`, then approve again.", "",
+        "`wmtp verify`, regenerate documents with `wmtp report`, then approve again.",
+        "",
         "**Can I edit the reports?** Only the people's-notes section of "
-        "`reports/migration_notes.md`; everything else is regenerated.", "",
+        "`reports/migration_notes.md`; everything else is regenerated.",
+        "",
     ]
     return "\n".join(lines)
 
@@ -348,8 +420,11 @@ def _checklist_for_reports(layout: Layout) -> Checklist:
 
     saved = last_checklist(layout)
     manifest = load_manifest(layout)
-    unchanged = saved is not None and manifest is not None and compare_with_manifest(
-        layout, manifest, Hasher(layout, trust_known=True)).ok
+    unchanged = (
+        saved is not None
+        and manifest is not None
+        and compare_with_manifest(layout, manifest, Hasher(layout, trust_known=True)).ok
+    )
     if unchanged:
         saved.steps = [s for s in saved.steps if s.number <= LAST_ASSET_STEP]
         return saved
@@ -359,8 +434,9 @@ def _checklist_for_reports(layout: Layout) -> Checklist:
 def generate_reports(layout: Layout, checklist: Checklist | None = None) -> list[Path]:
     """Write the three reports and the storage README; returns their paths."""
     if not layout.root.is_dir():
-        raise WmtpError("storage root does not exist", path=layout.root,
-                        hint="run `wmtp build` first")
+        raise WmtpError(
+            "storage root does not exist", path=layout.root, hint="run `wmtp build` first"
+        )
     checklist = checklist or _checklist_for_reports(layout)
     manifest = load_manifest(layout)
     sha = manifest_sha256(layout)

@@ -114,8 +114,7 @@ def ensure_free_space(directory: str | Path, needed: int, what: str) -> None:
     margin = needed // 20 + (64 << 20)
     if free < needed + margin:
         raise WmtpError(
-            f"not enough free disk for {what}: need {_gib(needed + margin)}, "
-            f"{_gib(free)} free",
+            f"not enough free disk for {what}: need {_gib(needed + margin)}, {_gib(free)} free",
             path=directory,
             hint="free some space or choose another --root",
         )

@@ -102,7 +102,8 @@ def check_sha256sums(
         if not target.is_file():
             results.append((name, False, "missing"))
             continue
-        actual = (hash_file(target) if hash_file is not None
-                  else sha256_file(target, show_progress=True))
+        actual = (
+            hash_file(target) if hash_file is not None else sha256_file(target, show_progress=True)
+        )
         results.append((name, actual == expected, "ok" if actual == expected else "changed"))
     return results

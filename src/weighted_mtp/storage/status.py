@@ -52,16 +52,25 @@ def asset_statuses(layout: Layout) -> list[AssetStatus]:
     rows = []
     for name in MODELS:
         root = layout.model(name).root
-        rows.append(AssetStatus("model", name, model_state(layout, name), tree_size(root),
-                                layout.relative(root)))
+        rows.append(
+            AssetStatus(
+                "model", name, model_state(layout, name), tree_size(root), layout.relative(root)
+            )
+        )
     for name in DATASETS:
         root = layout.dataset(name).root
-        rows.append(AssetStatus("dataset", name, dataset_state(layout, name), tree_size(root),
-                                layout.relative(root)))
+        rows.append(
+            AssetStatus(
+                "dataset", name, dataset_state(layout, name), tree_size(root), layout.relative(root)
+            )
+        )
     for name in DATASETS:
         root = layout.small(name).root
-        rows.append(AssetStatus("small set", name, small_state(layout, name), tree_size(root),
-                                layout.relative(root)))
+        rows.append(
+            AssetStatus(
+                "small set", name, small_state(layout, name), tree_size(root), layout.relative(root)
+            )
+        )
     return rows
 
 

@@ -20,28 +20,55 @@ from weighted_mtp.storage.atomic import atomic_write, write_bytes
 
 PYTHON2, CPP, PYTHON3, JAVA = 1, 2, 3, 4
 _OPS = ("+", "-", "*", "^", "|", "&")
-_WORDS = ("array", "integer", "query", "segment", "graph", "string", "tree", "vertex", "sum",
-          "permutation", "grid", "robot", "coin", "bracket", "prefix", "subsequence")
+_WORDS = (
+    "array",
+    "integer",
+    "query",
+    "segment",
+    "graph",
+    "string",
+    "tree",
+    "vertex",
+    "sum",
+    "permutation",
+    "grid",
+    "robot",
+    "coin",
+    "bracket",
+    "prefix",
+    "subsequence",
+)
 
 
 def _codecontests_schema():
     import pyarrow as pa
 
     tests = pa.struct([("input", pa.list_(pa.string())), ("output", pa.list_(pa.string()))])
-    solutions = pa.struct([("language", pa.list_(pa.int64())),
-                           ("solution", pa.list_(pa.string()))])
-    return pa.schema([
-        ("name", pa.string()), ("description", pa.string()),
-        ("public_tests", tests), ("private_tests", tests), ("generated_tests", tests),
-        ("source", pa.int64()), ("difficulty", pa.int64()),
-        ("solutions", solutions), ("incorrect_solutions", solutions),
-        ("cf_contest_id", pa.int64()), ("cf_index", pa.string()), ("cf_points", pa.float32()),
-        ("cf_rating", pa.int64()), ("cf_tags", pa.list_(pa.string())),
-        ("is_description_translated", pa.bool_()), ("untranslated_description", pa.string()),
-        ("time_limit", pa.struct([("seconds", pa.int64()), ("nanos", pa.int64())])),
-        ("memory_limit_bytes", pa.int64()), ("input_file", pa.string()),
-        ("output_file", pa.string()),
-    ])
+    solutions = pa.struct([("language", pa.list_(pa.int64())), ("solution", pa.list_(pa.string()))])
+    return pa.schema(
+        [
+            ("name", pa.string()),
+            ("description", pa.string()),
+            ("public_tests", tests),
+            ("private_tests", tests),
+            ("generated_tests", tests),
+            ("source", pa.int64()),
+            ("difficulty", pa.int64()),
+            ("solutions", solutions),
+            ("incorrect_solutions", solutions),
+            ("cf_contest_id", pa.int64()),
+            ("cf_index", pa.string()),
+            ("cf_points", pa.float32()),
+            ("cf_rating", pa.int64()),
+            ("cf_tags", pa.list_(pa.string())),
+            ("is_description_translated", pa.bool_()),
+            ("untranslated_description", pa.string()),
+            ("time_limit", pa.struct([("seconds", pa.int64()), ("nanos", pa.int64())])),
+            ("memory_limit_bytes", pa.int64()),
+            ("input_file", pa.string()),
+            ("output_file", pa.string()),
+        ]
+    )
 
 
 def _python_solution(rng: random.Random, op: str, offset: int, long: bool) -> str:
@@ -61,21 +88,27 @@ def _python_solution(rng: random.Random, op: str, offset: int, long: bool) -> st
 
 def _other_solution(language: int, offset: int) -> str:
     if language == CPP:
-        return ("#include <bits/stdc++.h>\nint main(){long long a,b;std::cin>>a>>b;"
-                f"std::cout<<a+b+{offset};}}\n")
+        return (
+            "#include <bits/stdc++.h>\nint main(){long long a,b;std::cin>>a>>b;"
+            f"std::cout<<a+b+{offset};}}\n"
+        )
     if language == JAVA:
-        return ("import java.util.*;\npublic class Main{public static void main(String[] s){"
-                "Scanner in=new Scanner(System.in);"
-                f"System.out.println(in.nextLong()+{offset});}}}}\n")
+        return (
+            "import java.util.*;\npublic class Main{public static void main(String[] s){"
+            "Scanner in=new Scanner(System.in);"
+            f"System.out.println(in.nextLong()+{offset});}}}}\n"
+        )
     return f"a, b = map(int, raw_input().split())\nprint a + b + {offset}\n"
 
 
 def _description(rng: random.Random, index: int, long: bool) -> str:
     words = [rng.choice(_WORDS) for _ in range(2400 if long else 40)]
     statement = f"Problem {index}. You are given an " + " ".join(words) + "."
-    return (f"{statement}\n\nInput\n\nThe only line contains two integers a and b "
-            f"(1 ≤ a, b ≤ 10^9).\n\nOutput\n\nPrint one integer.\n\nExamples\n\nInput\n\n"
-            f"1 {index}\n\nOutput\n\n{index + 1}\n")
+    return (
+        f"{statement}\n\nInput\n\nThe only line contains two integers a and b "
+        f"(1 ≤ a, b ≤ 10^9).\n\nOutput\n\nPrint one integer.\n\nExamples\n\nInput\n\n"
+        f"1 {index}\n\nOutput\n\n{index + 1}\n"
+    )
 
 
 def _tests(rng: random.Random, count: int) -> dict[str, list[str]]:
@@ -83,18 +116,23 @@ def _tests(rng: random.Random, count: int) -> dict[str, list[str]]:
     return {"input": [f"{a} {b}\n" for a, b in pairs], "output": [f"{a + b}\n" for a, b in pairs]}
 
 
-def codecontests_problem(rng: random.Random, index: int, split: str,
-                         solutions_per_problem: int) -> dict[str, Any]:
+def codecontests_problem(
+    rng: random.Random, index: int, split: str, solutions_per_problem: int
+) -> dict[str, Any]:
     """One problem row in the upstream schema."""
     long_statement = index % 7 == 3
-    correct = [_python_solution(rng, rng.choice(_OPS), rng.randint(0, 9), long=False)
-               for _ in range(solutions_per_problem)]
+    correct = [
+        _python_solution(rng, rng.choice(_OPS), rng.randint(0, 9), long=False)
+        for _ in range(solutions_per_problem)
+    ]
     if index % 5 == 1:
         correct.append(correct[0])  # a duplicate: kept once
     if index % 6 == 2:
         correct.append(_python_solution(rng, "+", 0, long=True))
-    incorrect = [_python_solution(rng, rng.choice(_OPS), rng.randint(10, 99), long=False)
-                 for _ in range(max(1, solutions_per_problem // 2))]
+    incorrect = [
+        _python_solution(rng, rng.choice(_OPS), rng.randint(10, 99), long=False)
+        for _ in range(max(1, solutions_per_problem // 2))
+    ]
     others = [(lang, _other_solution(lang, index)) for lang in (CPP, JAVA, PYTHON2)]
     return {
         "name": f"{1000 + index}_{'ABCDE'[index % 5]}. Synthetic {split} problem {index}",
@@ -104,10 +142,14 @@ def codecontests_problem(rng: random.Random, index: int, split: str,
         "generated_tests": _tests(rng, 3 if index % 4 else 0),
         "source": 2,
         "difficulty": 7 + index % 5,
-        "solutions": {"language": [PYTHON3] * len(correct) + [lang for lang, _ in others],
-                      "solution": correct + [code for _, code in others]},
-        "incorrect_solutions": {"language": [PYTHON3] * len(incorrect) + [CPP],
-                                "solution": [*incorrect, _other_solution(CPP, -index)]},
+        "solutions": {
+            "language": [PYTHON3] * len(correct) + [lang for lang, _ in others],
+            "solution": correct + [code for _, code in others],
+        },
+        "incorrect_solutions": {
+            "language": [PYTHON3] * len(incorrect) + [CPP],
+            "solution": [*incorrect, _other_solution(CPP, -index)],
+        },
         "cf_contest_id": 1000 + index,
         "cf_index": "ABCDE"[index % 5],
         "cf_points": float(500 * (1 + index % 4)),
@@ -148,8 +190,10 @@ def write_codecontests_mirror(
         target = out_dir / "data" / f"{split}-00000-of-00001.parquet"
         with atomic_write(target, "wb") as handle, pq.ParquetWriter(handle, schema) as writer:
             for start in range(0, count, row_group_size):
-                rows = [codecontests_problem(rng, index + i, split, solutions_per_problem)
-                        for i in range(start, min(count, start + row_group_size))]
+                rows = [
+                    codecontests_problem(rng, index + i, split, solutions_per_problem)
+                    for i in range(start, min(count, start + row_group_size))
+                ]
                 writer.write_table(pa.Table.from_pylist(rows, schema=schema))
             index += count
     return out_dir
@@ -159,12 +203,17 @@ def _mbpp_rows(task_ids: list[int], rng: random.Random) -> Iterator[dict[str, An
     for task_id in task_ids:
         k = rng.randint(1, 9)
         code = f"def add_{task_id}(a, b):\r\n    return a + b + {k}"
-        tests = [f"assert add_{task_id}({a}, {b}) == {a + b + k}" for a, b in ((1, 2), (3, 4),
-                                                                               (5, 6))]
-        yield {"task_id": task_id,
-               "text": f"Write a function that adds two numbers and {k} (task {task_id}).",
-               "code": code, "test_list": tests, "test_setup_code": "",
-               "challenge_test_list": []}
+        tests = [
+            f"assert add_{task_id}({a}, {b}) == {a + b + k}" for a, b in ((1, 2), (3, 4), (5, 6))
+        ]
+        yield {
+            "task_id": task_id,
+            "text": f"Write a function that adds two numbers and {k} (task {task_id}).",
+            "code": code,
+            "test_list": tests,
+            "test_setup_code": "",
+            "challenge_test_list": [],
+        }
 
 
 def write_mbpp_mirror(out_dir: str | Path, *, n_tasks: int = 40, seed: int = 0) -> Path:

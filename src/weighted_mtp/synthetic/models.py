@@ -21,16 +21,33 @@ REFERENCE_DIR = "reference_model"
 
 # At least the micro size (dim 512, 8 heads, >= 4 layers), under 100 MB in bfloat16.
 DEFAULT_META_PARAMS = {
-    "dim": 512, "n_layers": 6, "n_heads": 8, "multiple_of": 256, "ffn_dim_multiplier": 1.0,
-    "norm_eps": 1e-05, "rope_theta": 10000.0, "n_future_tokens": 4,
+    "dim": 512,
+    "n_layers": 6,
+    "n_heads": 8,
+    "multiple_of": 256,
+    "ffn_dim_multiplier": 1.0,
+    "norm_eps": 1e-05,
+    "rope_theta": 10000.0,
+    "n_future_tokens": 4,
 }
 # Sheared-LLaMA's config.json keys, scaled down (float32 like the upstream shards).
 DEFAULT_REFERENCE_CONFIG = {
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
-    "hidden_size": 512, "intermediate_size": 1024, "num_attention_heads": 8,
-    "num_key_value_heads": 8, "num_hidden_layers": 4, "max_position_embeddings": 4096,
-    "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "tie_word_embeddings": False,
-    "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "torch_dtype": "float32",
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_act": "silu",
+    "hidden_size": 512,
+    "intermediate_size": 1024,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 8,
+    "num_hidden_layers": 4,
+    "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-05,
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": False,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 0,
+    "torch_dtype": "float32",
     "initializer_range": 0.02,
 }
 
@@ -82,8 +99,11 @@ def write_meta_mirror(
     import torch
 
     out_dir, tokenizer_model = Path(out_dir), Path(tokenizer_model)
-    raw = params.to_dict() if isinstance(params, MetaParams) else dict(
-        params or {**DEFAULT_META_PARAMS, "vocab_size": _vocab_size(tokenizer_model)})
+    raw = (
+        params.to_dict()
+        if isinstance(params, MetaParams)
+        else dict(params or {**DEFAULT_META_PARAMS, "vocab_size": _vocab_size(tokenizer_model)})
+    )
     resolved = MetaParams.from_dict(raw)
     if resolved.vocab_size <= 0:
         resolved = resolved.with_vocab_size(_vocab_size(tokenizer_model))
@@ -131,8 +151,9 @@ def write_reference_mirror(
     from safetensors.torch import save_file
 
     out_dir, tokenizer_model = Path(out_dir), Path(tokenizer_model)
-    config = dict(config or {**DEFAULT_REFERENCE_CONFIG,
-                             "vocab_size": _vocab_size(tokenizer_model)})
+    config = dict(
+        config or {**DEFAULT_REFERENCE_CONFIG, "vocab_size": _vocab_size(tokenizer_model)}
+    )
     dtype = getattr(torch, config.get("torch_dtype", "float32"))
     with_buffers = rotary_buffers if rotary_buffers is not None else shard_format == "bin"
     tensors = {}
@@ -147,7 +168,7 @@ def write_reference_mirror(
     folder = out_dir / REFERENCE_DIR
     weight_map = {}
     for shard, shard_name in enumerate(shard_names):
-        chunk = {n: tensors[n] for n in names[shard * per_shard:(shard + 1) * per_shard]}
+        chunk = {n: tensors[n] for n in names[shard * per_shard : (shard + 1) * per_shard]}
         weight_map.update(dict.fromkeys(chunk, shard_name))
         if shard_format == "bin":
             _torch_save(chunk, folder / shard_name)

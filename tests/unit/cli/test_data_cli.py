@@ -9,8 +9,11 @@ import pytest
 
 
 def wmtp(*args: str, root: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "weighted_mtp", "--root", str(root), *args],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "weighted_mtp", "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+    )
 
 
 @pytest.fixture
@@ -26,8 +29,7 @@ def test_download_prepare_small_validate_stats(tmp_path, mbpp_mirror, sp_model_p
     down = wmtp("data", "download", "mbpp", "--mirror", str(mbpp_mirror), "--json", root=root)
     assert down.returncode == 0, down.stderr
     assert json.loads(down.stdout)["raw_files"]["mbpp.jsonl"]["rows"] == 30
-    prep = wmtp("data", "prepare", "mbpp", "--tokenizer", str(sp_model_path), "--json",
-                root=root)
+    prep = wmtp("data", "prepare", "mbpp", "--tokenizer", str(sp_model_path), "--json", root=root)
     assert prep.returncode == 0, prep.stderr
     assert set(json.loads(prep.stdout)["splits"]) == {"train", "validation", "test"}
     assert wmtp("data", "small", "mbpp", root=root).returncode == 0

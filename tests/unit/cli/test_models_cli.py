@@ -8,13 +8,22 @@ from pathlib import Path
 import pytest
 import torch
 
-TINY = {"dim": 64, "n_layers": 3, "n_heads": 2, "multiple_of": 32, "n_future_tokens": 2,
-        "vocab_size": 8320}
+TINY = {
+    "dim": 64,
+    "n_layers": 3,
+    "n_heads": 2,
+    "multiple_of": 32,
+    "n_future_tokens": 2,
+    "vocab_size": 8320,
+}
 
 
 def wmtp(*args: str, root: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "weighted_mtp", "--root", str(root), *args],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "weighted_mtp", "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+    )
 
 
 @pytest.fixture
@@ -27,8 +36,9 @@ def meta_mirror(tmp_path: Path, sp_model_path: Path) -> Path:
 def test_download_convert_verify(tmp_path, meta_mirror):
     root = tmp_path / "storage"
     assert wmtp("storage", "init", root=root).returncode == 0
-    down = wmtp("models", "download", "meta-llama-mtp", "--mirror", str(meta_mirror), "--json",
-                root=root)
+    down = wmtp(
+        "models", "download", "meta-llama-mtp", "--mirror", str(meta_mirror), "--json", root=root
+    )
     assert down.returncode == 0, down.stderr
     assert "raw/7B_1T_4/consolidated.pth" in json.loads(down.stdout)["files"]
     conv = wmtp("models", "convert", "meta-llama-mtp", "--dtype", "bfloat16", root=root)

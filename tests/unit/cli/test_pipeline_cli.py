@@ -19,8 +19,9 @@ def test_build_prints_each_step_and_a_summary(tmp_path):
 
 
 def test_only_and_from_together_are_refused(tmp_path):
-    result = CliRunner().invoke(app, ["--root", str(tmp_path), "build", "--only", "init",
-                                      "--from", "init"])
+    result = CliRunner().invoke(
+        app, ["--root", str(tmp_path), "build", "--only", "init", "--from", "init"]
+    )
     assert isinstance(result.exception, UsageError)
 
 

@@ -7,8 +7,11 @@ from pathlib import Path
 
 
 def wmtp(*args: str, root: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "weighted_mtp", "--root", str(root), *args],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "weighted_mtp", "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_init_clean_status_round_trip(tmp_path: Path):

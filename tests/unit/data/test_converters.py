@@ -12,8 +12,10 @@ from weighted_mtp.errors import UsageError, WmtpError
 
 
 def test_description_split_keeps_io_section_and_examples():
-    statement, io = split_description("Story.\r\n\r\nInput\r\n\r\nTwo ints.\r\n\r\nOutput\r\n\r\n"
-                                      "One int.\r\n\r\nExamples\r\n\r\nInput\r\n\r\n1 2\r\n")
+    statement, io = split_description(
+        "Story.\r\n\r\nInput\r\n\r\nTwo ints.\r\n\r\nOutput\r\n\r\n"
+        "One int.\r\n\r\nExamples\r\n\r\nInput\r\n\r\n1 2\r\n"
+    )
     assert statement == "Story.\n\n"
     assert io.startswith("Input\n\nTwo ints.") and io.endswith("Examples\n\nInput\n\n1 2\n")
     assert split_description("No sections here.") == ("No sections here.", "")
@@ -52,7 +54,8 @@ def test_codecontests_other_languages_on_request(downloaded):
     tasks = list(iter_tasks("codecontests", raw, seed=42, languages=["cpp", "java"]))
     assert {t.metadata["language"] for t in tasks} == {"cpp", "java"}
     assert "Write the solution in C++." in next(
-        t.notes for t in tasks if t.metadata["language"] == "cpp")
+        t.notes for t in tasks if t.metadata["language"] == "cpp"
+    )
 
 
 def test_mbpp_official_split_and_crlf(downloaded):
@@ -87,7 +90,8 @@ def test_missing_field_names_file_and_line(tmp_path: Path):
 
 def test_wrongly_typed_value_names_file_and_line(tmp_path: Path):
     (tmp_path / "mbpp.jsonl").write_text(
-        '{"task_id": 5, "text": "t", "code": "x", "test_list": null}\n')
+        '{"task_id": 5, "text": "t", "code": "x", "test_list": null}\n'
+    )
     with pytest.raises(WmtpError, match="line 1: unexpected value") as exc:
         list(iter_tasks("mbpp", tmp_path, seed=0))
     assert "mbpp.jsonl" in exc.value.line()

@@ -24,8 +24,9 @@ def test_upstream_names_map_to_raw_parts():
 def test_codecontests_parquet_mirror_to_raw_jsonl(layout, mirrors: Path):
     import pyarrow.parquet as pq
 
-    source = download_dataset(layout, load_catalog(), "codecontests",
-                              mirror=mirrors / "codecontests")
+    source = download_dataset(
+        layout, load_catalog(), "codecontests", mirror=mirrors / "codecontests"
+    )
     paths = layout.dataset("codecontests")
     assert sorted(source["raw_files"]) == ["test.jsonl", "train.jsonl", "validation.jsonl"]
     upstream = mirrors / "codecontests/data/valid-00000-of-00001.parquet"
@@ -41,8 +42,9 @@ def test_raw_checksums_pass_sha256sum_c(layout, mirrors: Path):
     entries = read_sha256sums(stats / "raw_checksums.txt")
     assert set(entries) == {"../raw/test.jsonl", "../raw/train.jsonl", "../raw/validation.jsonl"}
     if shutil.which("sha256sum"):
-        check = subprocess.run(["sha256sum", "-c", "raw_checksums.txt"], cwd=stats,
-                               capture_output=True, text=True)
+        check = subprocess.run(
+            ["sha256sum", "-c", "raw_checksums.txt"], cwd=stats, capture_output=True, text=True
+        )
         assert check.returncode == 0, check.stdout + check.stderr
 
 
@@ -102,8 +104,9 @@ def test_mbpp_and_humaneval_hub_parquet_layouts(layout, tmp_path: Path, mirrors:
     mirror = tmp_path / "mbpp"
     (mirror / "full").mkdir(parents=True)
     for i, part in enumerate(("prompt", "test", "train", "validation")):
-        pq.write_table(pa.Table.from_pylist(rows[i::4]),
-                       mirror / "full" / f"{part}-00000-of-00001.parquet")
+        pq.write_table(
+            pa.Table.from_pylist(rows[i::4]), mirror / "full" / f"{part}-00000-of-00001.parquet"
+        )
     source = download_dataset(layout, load_catalog(), "mbpp", mirror=mirror)
     assert source["raw_files"]["mbpp.jsonl"]["rows"] == len(rows)
     assert len(source["upstream_files"]) == 4
@@ -112,22 +115,25 @@ def test_mbpp_and_humaneval_hub_parquet_layouts(layout, tmp_path: Path, mirrors:
         problems = [json.loads(line) for line in handle if line.strip()]
     mirror = tmp_path / "humaneval"
     (mirror / "openai_humaneval").mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist(problems),
-                   mirror / "openai_humaneval" / "test-00000-of-00001.parquet")
+    pq.write_table(
+        pa.Table.from_pylist(problems), mirror / "openai_humaneval" / "test-00000-of-00001.parquet"
+    )
     download_dataset(layout, load_catalog(), "humaneval", mirror=mirror)
     raw = layout.dataset("humaneval").raw_split("HumanEval").read_text().splitlines()
     assert [json.loads(line) for line in raw] == problems
 
 
-def test_hub_download_pins_the_commit_and_lands_in_the_cache(layout, mirrors: Path,
-                                                             monkeypatch):
+def test_hub_download_pins_the_commit_and_lands_in_the_cache(layout, mirrors: Path, monkeypatch):
     from types import SimpleNamespace
 
     import huggingface_hub
 
     upstream, commit, calls = mirrors / "codecontests", "c" * 40, []
-    siblings = [SimpleNamespace(rfilename=p.relative_to(upstream).as_posix())
-                for p in upstream.rglob("*") if p.is_file()]
+    siblings = [
+        SimpleNamespace(rfilename=p.relative_to(upstream).as_posix())
+        for p in upstream.rglob("*")
+        if p.is_file()
+    ]
 
     def repo_info(self, repo_id, *, repo_type=None, revision=None):
         calls.append(("info", revision))

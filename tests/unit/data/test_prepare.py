@@ -23,16 +23,16 @@ def _raw_solutions(raw: Path) -> dict[str, str]:
             row = json.loads(line)
             for key, tag in (("solutions", "c"), ("incorrect_solutions", "i")):
                 block = row[key]
-                for i, (lang, code) in enumerate(zip(block["language"], block["solution"],
-                                                     strict=True)):
+                for i, (lang, code) in enumerate(
+                    zip(block["language"], block["solution"], strict=True)
+                ):
                     if lang == 3:
                         codes[f"{row['name']}#python3-{tag}{i}"] = code
     return codes
 
 
 def test_lengths_fit_and_responses_are_the_source_code(downloaded, sp_model_path):
-    summary = prepare_dataset(downloaded, "codecontests", max_length=1024,
-                              tokenizer=sp_model_path)
+    summary = prepare_dataset(downloaded, "codecontests", max_length=1024, tokenizer=sp_model_path)
     paths = downloaded.dataset("codecontests")
     sp = spm.SentencePieceProcessor(model_file=str(sp_model_path))
     codes = _raw_solutions(paths.raw)
@@ -65,12 +65,12 @@ def test_code_that_cannot_fit_is_dropped_or_cut_on_request(downloaded, sp_model_
     assert sum(s["dropped"] for s in dropped["splits"].values()) > 0
     assert not any(r["metadata"]["truncated_response"] for r in read_records(paths.split("train")))
 
-    cut = prepare_dataset(downloaded, "codecontests", tokenizer=sp_model_path,
-                          truncate_code=True)
+    cut = prepare_dataset(downloaded, "codecontests", tokenizer=sp_model_path, truncate_code=True)
     assert sum(s["dropped"] for s in cut["splits"].values()) == 0
     codes = _raw_solutions(paths.raw)
-    truncated = [r for r in read_records(paths.split("train"))
-                 if r["metadata"]["truncated_response"]]
+    truncated = [
+        r for r in read_records(paths.split("train")) if r["metadata"]["truncated_response"]
+    ]
     assert len(truncated) == cut["splits"]["train"]["truncated"] > 0
     for record in truncated:
         original = codes[record["metadata"]["sample_id"]]
@@ -83,10 +83,26 @@ def test_same_seed_same_bytes_and_module_form_matches(downloaded, sp_model_path,
     first = {p.name: p.read_bytes() for p in paths.processed.iterdir()}
     out = tmp_path / "copy" / "processed"
     result = subprocess.run(
-        [sys.executable, "-m", "weighted_mtp.data.prepare", "--dataset", "mbpp",
-         "--source-dir", str(paths.raw), "--output-dir", str(out), "--max-length", "2048",
-         "--seed", "42", "--tokenizer", str(sp_model_path)],
-        capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "weighted_mtp.data.prepare",
+            "--dataset",
+            "mbpp",
+            "--source-dir",
+            str(paths.raw),
+            "--output-dir",
+            str(out),
+            "--max-length",
+            "2048",
+            "--seed",
+            "42",
+            "--tokenizer",
+            str(sp_model_path),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == first
     assert list((out.parent / "stats").glob("*_summary.json"))
@@ -102,8 +118,10 @@ def test_summary_counts_and_checksums(downloaded, sp_model_path):
     for kind in ("prompt", "response", "total"):
         stats = test["tokens"][kind]
         assert stats["min"] <= stats["p50"] <= stats["p95"] <= stats["max"]
-    assert summary["files"] == {"test.jsonl": sha256_file(paths.split("test")),
-                                "schema.json": sha256_file(paths.schema)}
+    assert summary["files"] == {
+        "test.jsonl": sha256_file(paths.split("test")),
+        "schema.json": sha256_file(paths.schema),
+    }
     assert json.loads(paths.summaries()[-1].read_text()) == summary
 
 

@@ -16,8 +16,9 @@ def test_limits_kinds_and_disjointness(prepared):
         assert kinds == {True, False}
     tasks = {s: {r["metadata"]["task_id"] for r in rows} for s, rows in records.items()}
     assert not tasks["train"] & tasks["validation"] and not tasks["train"] & tasks["test"]
-    full = {line for line in prepared.dataset("codecontests").split("train")
-            .read_text().splitlines()}
+    full = {
+        line for line in prepared.dataset("codecontests").split("train").read_text().splitlines()
+    }
     assert all(line in full for line in small.split("train").read_text().splitlines())
 
 

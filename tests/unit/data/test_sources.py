@@ -76,12 +76,16 @@ def test_chunks_cover_every_line_once_with_right_numbers(tmp_path: Path, target:
     from weighted_mtp.data.sources import iter_jsonl_range, line_chunks
 
     path = tmp_path / "split.jsonl"
-    path.write_text("".join(f'{{"i": {i}, "pad": "{"x" * (i % 13)}"}}\n' if i % 5 else "\n"
-                            for i in range(1, 60)))
+    path.write_text(
+        "".join(
+            f'{{"i": {i}, "pad": "{"x" * (i % 13)}"}}\n' if i % 5 else "\n" for i in range(1, 60)
+        )
+    )
     chunks = line_chunks(path, target)
     assert chunks[0][0] == 0 and chunks[-1][1] == path.stat().st_size
     assert len(chunks) > 1 if target < 100 else len(chunks) == 1
     assert all(a[1] == b[0] for a, b in itertools.pairwise(chunks))
-    pieces = [row for start, end, first in chunks
-              for row in iter_jsonl_range(path, start, end, first)]
+    pieces = [
+        row for start, end, first in chunks for row in iter_jsonl_range(path, start, end, first)
+    ]
     assert pieces == list(iter_jsonl(path))

@@ -8,7 +8,15 @@ from weighted_mtp.errors import WmtpError
 
 def test_mbpp_official_ranges():
     assert [mbpp_split(n, 0) for n in (1, 10, 11, 510, 511, 600, 601, 974)] == [
-        "train", "train", "test", "test", "validation", "validation", "train", "train"]
+        "train",
+        "train",
+        "test",
+        "test",
+        "validation",
+        "validation",
+        "train",
+        "train",
+    ]
 
 
 def test_hash_split_is_seeded_stable_and_roughly_proportional():

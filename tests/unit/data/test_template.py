@@ -9,16 +9,29 @@ from weighted_mtp.data.template import (
 
 
 def _record(prompt: str) -> dict:
-    return {"prompt": prompt, "response": "print(1)\n",
-            "metadata": {"task_id": "t", "sample_id": "t#0", "source": "mbpp",
-                         "is_correct": True, "has_tests": True, "language": "python3",
-                         "shortened_prompt": False, "truncated_response": False}}
+    return {
+        "prompt": prompt,
+        "response": "print(1)\n",
+        "metadata": {
+            "task_id": "t",
+            "sample_id": "t#0",
+            "source": "mbpp",
+            "is_correct": True,
+            "has_tests": True,
+            "language": "python3",
+            "shortened_prompt": False,
+            "truncated_response": False,
+        },
+    }
 
 
 def test_prompt_has_the_sections_in_order_and_ends_in_response():
     prompt = render_prompt("Add numbers.", "1 2", "Judged by tests.")
-    sections = ["### Instruction:\nAdd numbers.", "### Input:\n1 2",
-                "### Evaluation Notes:\nJudged by tests."]
+    sections = [
+        "### Instruction:\nAdd numbers.",
+        "### Input:\n1 2",
+        "### Evaluation Notes:\nJudged by tests.",
+    ]
     positions = [prompt.index(s) for s in sections]
     assert positions == sorted(positions)
     assert prompt.endswith("### Response:\n")

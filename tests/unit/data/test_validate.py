@@ -45,11 +45,18 @@ def test_overlong_record_and_shared_task_fail(prepared):
     leaked = json.loads(train[1])
     leaked["metadata"]["task_id"] = test_record["metadata"]["task_id"]
     copied = dict(test_record)
-    paths.split("train").write_text("\n".join(
-        [json.dumps(long_record), json.dumps(leaked), json.dumps(copied), *train[2:]]) + "\n")
+    paths.split("train").write_text(
+        "\n".join([json.dumps(long_record), json.dumps(leaked), json.dumps(copied), *train[2:]])
+        + "\n"
+    )
     failed = _failed(validate_dataset(prepared, "mbpp"))
-    assert {"token lengths <= 2048", "splits are task-disjoint", "sample_ids are unique",
-            "no identical prompt+response across splits", "checksums"} <= failed
+    assert {
+        "token lengths <= 2048",
+        "splits are task-disjoint",
+        "sample_ids are unique",
+        "no identical prompt+response across splits",
+        "checksums",
+    } <= failed
 
 
 def test_small_set_over_limit_fails(prepared):

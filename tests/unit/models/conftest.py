@@ -7,15 +7,30 @@ from pathlib import Path
 import pytest
 
 TINY_META_PARAMS = {
-    "dim": 64, "n_layers": 3, "n_heads": 2, "multiple_of": 32, "ffn_dim_multiplier": None,
-    "norm_eps": 1e-05, "rope_theta": 10000.0, "n_future_tokens": 2, "vocab_size": 8320,
+    "dim": 64,
+    "n_layers": 3,
+    "n_heads": 2,
+    "multiple_of": 32,
+    "ffn_dim_multiplier": None,
+    "norm_eps": 1e-05,
+    "rope_theta": 10000.0,
+    "n_future_tokens": 2,
+    "vocab_size": 8320,
     "max_seq_len": 512,
 }
 TINY_REFERENCE_CONFIG = {
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
-    "intermediate_size": 96, "num_attention_heads": 2, "num_key_value_heads": 2,
-    "num_hidden_layers": 2, "max_position_embeddings": 512, "rms_norm_eps": 1e-05,
-    "rope_theta": 10000.0, "tie_word_embeddings": False, "vocab_size": 8320,
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "num_hidden_layers": 2,
+    "max_position_embeddings": 512,
+    "rms_norm_eps": 1e-05,
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": False,
+    "vocab_size": 8320,
     "torch_dtype": "float32",
 }
 
@@ -24,16 +39,18 @@ TINY_REFERENCE_CONFIG = {
 def meta_mirror(tmp_path: Path, sp_model_path: Path) -> Path:
     from weighted_mtp.synthetic.models import write_meta_mirror
 
-    return write_meta_mirror(tmp_path / "meta-mirror", tokenizer_model=sp_model_path,
-                             params=dict(TINY_META_PARAMS))
+    return write_meta_mirror(
+        tmp_path / "meta-mirror", tokenizer_model=sp_model_path, params=dict(TINY_META_PARAMS)
+    )
 
 
 @pytest.fixture
 def reference_mirror(tmp_path: Path, sp_model_path: Path) -> Path:
     from weighted_mtp.synthetic.models import write_reference_mirror
 
-    return write_reference_mirror(tmp_path / "ref-mirror", tokenizer_model=sp_model_path,
-                                  config=dict(TINY_REFERENCE_CONFIG))
+    return write_reference_mirror(
+        tmp_path / "ref-mirror", tokenizer_model=sp_model_path, config=dict(TINY_REFERENCE_CONFIG)
+    )
 
 
 def edited_tokenizer(source: Path, out: Path, piece_id: int, new_piece: str) -> Path:

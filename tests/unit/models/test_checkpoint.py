@@ -21,8 +21,11 @@ def _save(obj, path):
 
 
 def test_chunks_reassemble_the_exact_tensor(tmp_path):
-    tensors = {"w": torch.randn(37, 5).to(torch.bfloat16), "v": torch.randn(11),
-               "s": torch.tensor(1.5)}
+    tensors = {
+        "w": torch.randn(37, 5).to(torch.bfloat16),
+        "v": torch.randn(11),
+        "s": torch.tensor(1.5),
+    }
     path = _save(tensors, tmp_path / "c.pth")
     with open_files([path]) as source:
         assert source.shapes() == {"w": (37, 5), "v": (11,), "s": ()}
@@ -63,15 +66,20 @@ def test_garbage_and_non_tensors_are_refused(tmp_path):
 
 
 @pytest.mark.parametrize("shard_format", ["bin", "safetensors"])
-def test_sharded_checkpoints_open_with_every_tensor(reference_mirror, shard_format, tmp_path,
-                                                    sp_model_path):
+def test_sharded_checkpoints_open_with_every_tensor(
+    reference_mirror, shard_format, tmp_path, sp_model_path
+):
     from weighted_mtp.synthetic.models import write_reference_mirror
 
     from .conftest import TINY_REFERENCE_CONFIG
 
-    out = write_reference_mirror(tmp_path / shard_format, tokenizer_model=sp_model_path,
-                                 config=TINY_REFERENCE_CONFIG, n_shards=3,
-                                 shard_format=shard_format)
+    out = write_reference_mirror(
+        tmp_path / shard_format,
+        tokenizer_model=sp_model_path,
+        config=TINY_REFERENCE_CONFIG,
+        n_shards=3,
+        shard_format=shard_format,
+    )
     folder = out / "reference_model"
     index = json.loads(next(folder.glob("*.index.json")).read_text())
     with open_hf_checkpoint(folder) as source:
@@ -91,14 +99,22 @@ def _edit_index(folder, edit):
     [
         (lambda m: m.update({"model.norm.weight": "../outside.bin"}), "outside the checkpoint"),
         (lambda m: m.update({"model.norm.weight": "/etc/passwd"}), "outside the checkpoint"),
-        (lambda m: m.pop("model.norm.weight"), "holds tensor model.norm.weight, which the "
-                                               "index does not list"),
-        (lambda m: m.update({"model.extra": "pytorch_model-00001-of-00002.bin"}),
-         "lists tensor model.extra"),
-        (lambda m: m.update({"model.norm.weight": "pytorch_model-00001-of-00002.bin"}),
-         "index puts tensor model.norm.weight in pytorch_model-00001"),
-        (lambda m: m.update({"model.norm.weight": "pytorch_model-00009-of-00009.bin"}),
-         "shard pytorch_model-00009-of-00009.bin named by the index is missing"),
+        (
+            lambda m: m.pop("model.norm.weight"),
+            "holds tensor model.norm.weight, which the index does not list",
+        ),
+        (
+            lambda m: m.update({"model.extra": "pytorch_model-00001-of-00002.bin"}),
+            "lists tensor model.extra",
+        ),
+        (
+            lambda m: m.update({"model.norm.weight": "pytorch_model-00001-of-00002.bin"}),
+            "index puts tensor model.norm.weight in pytorch_model-00001",
+        ),
+        (
+            lambda m: m.update({"model.norm.weight": "pytorch_model-00009-of-00009.bin"}),
+            "shard pytorch_model-00009-of-00009.bin named by the index is missing",
+        ),
     ],
 )
 def test_a_bad_index_is_refused(reference_mirror, edit, message):

@@ -17,8 +17,11 @@ from .conftest import TINY_META_PARAMS, edited_tokenizer
 
 
 def _raw_hashes(paths):
-    return {p: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(paths.raw.rglob("*")) if p.is_file()}
+    return {
+        p: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(paths.raw.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _raw_meta_state(paths):
@@ -52,25 +55,44 @@ def _layout(paths):
 
 def test_meta_outputs_configs_and_checksums(meta_raw):
     metadata = convert_model(_layout(meta_raw), "meta-llama-mtp")
-    sums = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=meta_raw.safetensors_dir,
-                          capture_output=True, text=True)
+    sums = subprocess.run(
+        ["sha256sum", "-c", "SHA256SUMS"],
+        cwd=meta_raw.safetensors_dir,
+        capture_output=True,
+        text=True,
+    )
     assert sums.returncode == 0 and "model.safetensors: OK" in sums.stdout
     digest = hashlib.sha256(meta_raw.weights.read_bytes()).hexdigest()
-    assert metadata["weights"] == {"path": "safetensors/model.safetensors",
-                                   "size": meta_raw.weights.stat().st_size, "sha256": digest}
+    assert metadata["weights"] == {
+        "path": "safetensors/model.safetensors",
+        "size": meta_raw.weights.stat().st_size,
+        "sha256": digest,
+    }
     raw_params = meta_raw.raw_checkpoint_dir / "params.json"
     assert meta_raw.params.read_bytes() == raw_params.read_bytes()
     adapter = yaml.safe_load(meta_raw.adapter_config.read_text())
-    for key in ("dim", "n_layers", "n_heads", "n_future_tokens", "vocab_size", "rope_theta",
-                "norm_eps", "max_seq_len"):
+    for key in (
+        "dim",
+        "n_layers",
+        "n_heads",
+        "n_future_tokens",
+        "vocab_size",
+        "rope_theta",
+        "norm_eps",
+        "max_seq_len",
+    ):
         assert adapter[key] == TINY_META_PARAMS[key]
     assert adapter["intermediate_size"] == 192  # 2/3 * 4 * 64 = 170, rounded up to 32s
     assert adapter["dtype"] == "float16"
     tokenizer_config = json.loads(meta_raw.tokenizer_config.read_text())
     assert tokenizer_config["model_type"] == "sentencepiece"
     assert tokenizer_config["vocab_size"] == metadata["tokenizer"]["vocab_size"] == 8320
-    assert metadata["source"]["files"]["7B_1T_4/consolidated.pth"] == hashlib.sha256(
-        (meta_raw.raw_checkpoint_dir / "consolidated.pth").read_bytes()).hexdigest()
+    assert (
+        metadata["source"]["files"]["7B_1T_4/consolidated.pth"]
+        == hashlib.sha256(
+            (meta_raw.raw_checkpoint_dir / "consolidated.pth").read_bytes()
+        ).hexdigest()
+    )
     assert json.loads(meta_raw.metadata.read_text()) == metadata
 
 
@@ -116,10 +138,14 @@ def test_a_truncated_checkpoint_is_refused(meta_raw):
     ("edit", "message"),
     [
         (lambda s: s.pop("layers.1.attention.wq.weight"), "missing tensor layers.1.attention.wq"),
-        (lambda s: s.update({"extra_heads.5.ffn_norm.weight": torch.ones(64)}),
-         "unexpected tensor extra_heads.5.ffn_norm.weight"),
-        (lambda s: s.update({"norm.weight": torch.ones(65, dtype=torch.bfloat16)}),
-         r"tensor norm.weight has shape \[65\], expected \[64\]"),
+        (
+            lambda s: s.update({"extra_heads.5.ffn_norm.weight": torch.ones(64)}),
+            "unexpected tensor extra_heads.5.ffn_norm.weight",
+        ),
+        (
+            lambda s: s.update({"norm.weight": torch.ones(65, dtype=torch.bfloat16)}),
+            r"tensor norm.weight has shape \[65\], expected \[64\]",
+        ),
     ],
 )
 def test_tensors_that_do_not_match_params_are_refused(meta_raw, edit, message):
@@ -178,6 +204,7 @@ def test_missing_raw_files_point_to_download(layout):
 
 # --- the reference model ---------------------------------------------------------------------
 
+
 def _raw_reference_state(paths):
     state = {}
     for shard in sorted(paths.raw_checkpoint_dir.glob("pytorch_model-*.bin")):
@@ -199,8 +226,12 @@ def test_reference_shards_merge_exactly_without_rotary_buffers(reference_raw, me
     assert metadata["tokenizer_shared_with"] == "meta-llama-mtp"
     assert "tokenizer_difference" not in metadata
     assert json.loads(reference_raw.hf_config.read_text())["torch_dtype"] == "float16"
-    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"],
-                          cwd=reference_raw.safetensors_dir).returncode == 0
+    assert (
+        subprocess.run(
+            ["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=reference_raw.safetensors_dir
+        ).returncode
+        == 0
+    )
 
 
 def test_safetensors_shards_convert_too(layout, catalog, sp_model_path, tmp_path):
@@ -209,9 +240,13 @@ def test_safetensors_shards_convert_too(layout, catalog, sp_model_path, tmp_path
 
     from .conftest import TINY_REFERENCE_CONFIG
 
-    mirror = write_reference_mirror(tmp_path / "st", tokenizer_model=sp_model_path,
-                                    config=TINY_REFERENCE_CONFIG, shard_format="safetensors",
-                                    n_shards=3)
+    mirror = write_reference_mirror(
+        tmp_path / "st",
+        tokenizer_model=sp_model_path,
+        config=TINY_REFERENCE_CONFIG,
+        shard_format="safetensors",
+        n_shards=3,
+    )
     download_model(layout, catalog, "ref-sheared-llama-2.7b", mirror=mirror)
     metadata = convert_model(layout, "ref-sheared-llama-2.7b", dtype="bfloat16")
     assert "dropped_tensors" not in metadata

@@ -25,8 +25,11 @@ def test_mirror_files_land_in_the_seeds_places(layout, catalog, meta_mirror):
     assert (paths.raw_checkpoint_dir / "consolidated.pth").is_file()
     assert (paths.raw_checkpoint_dir / "params.json").is_file()
     assert paths.tokenizer_model.is_file()
-    assert set(source["files"]) == {"raw/7B_1T_4/consolidated.pth", "raw/7B_1T_4/params.json",
-                                    "tokenizer/tokenizer.model"}
+    assert set(source["files"]) == {
+        "raw/7B_1T_4/consolidated.pth",
+        "raw/7B_1T_4/params.json",
+        "tokenizer/tokenizer.model",
+    }
     for rel, entry in source["files"].items():
         assert entry["sha256"] == _sha(paths.file(rel)) == _sha(meta_mirror / entry["repo_path"])
     assert json.loads(paths.source.read_text()) == source
@@ -62,10 +65,15 @@ def test_recorded_hash_is_reused_only_for_unchanged_files(meta_raw):
 def _fake_hub(monkeypatch, mirror, calls, lfs_sha=None):
     """HfApi.repo_info and hf_hub_download answered from a local folder."""
     siblings = [
-        RepoSibling(p.relative_to(mirror).as_posix(), size=p.stat().st_size,
-                    lfs=BlobLfsInfo(size=p.stat().st_size, sha256=lfs_sha or _sha(p),
-                                    pointer_size=0) if p.suffix == ".pth" else None)
-        for p in mirror.rglob("*") if p.is_file()
+        RepoSibling(
+            p.relative_to(mirror).as_posix(),
+            size=p.stat().st_size,
+            lfs=BlobLfsInfo(size=p.stat().st_size, sha256=lfs_sha or _sha(p), pointer_size=0)
+            if p.suffix == ".pth"
+            else None,
+        )
+        for p in mirror.rglob("*")
+        if p.is_file()
     ] + [RepoSibling("README.md", size=10)]
 
     def repo_info(self, repo_id, *, revision=None, repo_type=None, files_metadata=False):
@@ -86,8 +94,7 @@ def _fake_hub(monkeypatch, mirror, calls, lfs_sha=None):
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
 
 
-def test_hub_download_pins_the_commit_and_uses_local_dir(layout, catalog, meta_mirror,
-                                                         monkeypatch):
+def test_hub_download_pins_the_commit_and_uses_local_dir(layout, catalog, meta_mirror, monkeypatch):
     calls = []
     _fake_hub(monkeypatch, meta_mirror, calls)
     source = download_model(layout, catalog, "meta-llama-mtp", revision="v1")
@@ -102,8 +109,9 @@ def test_hub_download_pins_the_commit_and_uses_local_dir(layout, catalog, meta_m
     assert source["mirror"] is None
 
 
-def test_a_rerun_hashes_only_files_changed_since_the_last_download(layout, catalog,
-                                                                    meta_mirror, monkeypatch):
+def test_a_rerun_hashes_only_files_changed_since_the_last_download(
+    layout, catalog, meta_mirror, monkeypatch
+):
     import weighted_mtp.models.download as download
 
     _fake_hub(monkeypatch, meta_mirror, [])
@@ -112,8 +120,9 @@ def test_a_rerun_hashes_only_files_changed_since_the_last_download(layout, catal
     with paths.tokenizer_model.open("ab") as handle:
         handle.write(b"x")
     hashed, real = [], download.sha256_file
-    monkeypatch.setattr(download, "sha256_file",
-                        lambda path, **kw: hashed.append(path) or real(path, **kw))
+    monkeypatch.setattr(
+        download, "sha256_file", lambda path, **kw: hashed.append(path) or real(path, **kw)
+    )
     source = download_model(layout, catalog, "meta-llama-mtp")
     assert hashed == [paths.tokenizer_model]
     pth = paths.raw_checkpoint_dir / "consolidated.pth"
@@ -121,8 +130,9 @@ def test_a_rerun_hashes_only_files_changed_since_the_last_download(layout, catal
     assert source["files"]["tokenizer/tokenizer.model"]["sha256"] == _sha(paths.tokenizer_model)
 
 
-def test_a_download_that_differs_from_the_hubs_hash_is_refused(layout, catalog, meta_mirror,
-                                                              monkeypatch):
+def test_a_download_that_differs_from_the_hubs_hash_is_refused(
+    layout, catalog, meta_mirror, monkeypatch
+):
     _fake_hub(monkeypatch, meta_mirror, [], lfs_sha="0" * 64)
     with pytest.raises(WmtpError, match=r"consolidated.pth has SHA-256 .* the hub says"):
         download_model(layout, catalog, "meta-llama-mtp")
@@ -139,9 +149,11 @@ def _http_error(cls, status, message="boom"):
 @pytest.mark.parametrize(
     ("exc", "message"),
     [
-        (lambda: _http_error(errors.GatedRepoError, 403),
-         "is gated.*accept the license at https://huggingface.co/facebook/multi-token-prediction"
-         ".*HF_TOKEN.*hf auth login"),
+        (
+            lambda: _http_error(errors.GatedRepoError, 403),
+            "is gated.*accept the license at https://huggingface.co/facebook/multi-token-prediction"
+            ".*HF_TOKEN.*hf auth login",
+        ),
         (lambda: _http_error(errors.RepositoryNotFoundError, 401), "not found or needs auth"),
         (lambda: _http_error(errors.RevisionNotFoundError, 404), "revision 'main' does not"),
         (lambda: _http_error(errors.HfHubHTTPError, 403), r"refused access.*\(HTTP 403\)"),
@@ -181,4 +193,3 @@ def test_offline_mode_is_reported_without_touching_the_network(layout, catalog):
     # tests/conftest.py sets HF_HUB_OFFLINE=1: the real client refuses before any request.
     with pytest.raises(WmtpError, match=r"offline"):
         download_model(layout, catalog, "meta-llama-mtp")
-

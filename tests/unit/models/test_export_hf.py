@@ -12,9 +12,18 @@ from weighted_mtp.errors import WmtpError
 from weighted_mtp.models.export_hf import export_hf, interleaved_to_half_split
 from weighted_mtp.storage.layout import META_MODEL, MICRO_MTP, REFERENCE_MODEL
 
-GQA_META = {"dim": 128, "n_layers": 4, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 32,
-            "norm_eps": 1e-05, "rope_theta": 500000.0, "n_future_tokens": 2,
-            "max_seq_len": 256, "vocab_size": -1}
+GQA_META = {
+    "dim": 128,
+    "n_layers": 4,
+    "n_heads": 4,
+    "n_kv_heads": 2,
+    "multiple_of": 32,
+    "norm_eps": 1e-05,
+    "rope_theta": 500000.0,
+    "n_future_tokens": 2,
+    "max_seq_len": 256,
+    "vocab_size": -1,
+}
 
 
 @pytest.fixture
@@ -24,8 +33,9 @@ def converted_meta(layout, tmp_path, sp_model_path):
     from weighted_mtp.models.download import download_model
     from weighted_mtp.synthetic.models import write_meta_mirror
 
-    mirror = write_meta_mirror(tmp_path / "mirror", tokenizer_model=sp_model_path,
-                               params=dict(GQA_META))
+    mirror = write_meta_mirror(
+        tmp_path / "mirror", tokenizer_model=sp_model_path, params=dict(GQA_META)
+    )
     download_model(layout, load_catalog(), META_MODEL, mirror=mirror)
     convert_model(layout, META_MODEL)
     return layout
@@ -38,9 +48,13 @@ def test_export_loads_with_auto_classes_and_matches_head_0(converted_meta, tmp_p
     from weighted_mtp.models.tokenizer import load_sentencepiece
 
     out = export_hf(converted_meta, META_MODEL, tmp_path / "export")
-    assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors",
-                                               "tokenizer.model", "tokenizer_config.json",
-                                               "README.md"}
+    assert {p.name for p in out.iterdir()} >= {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.model",
+        "tokenizer_config.json",
+        "README.md",
+    }
     exported = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     assert exported.config.num_hidden_layers == 3  # 2 trunk blocks + head 0
     assert exported.config.num_key_value_heads == 2

@@ -20,19 +20,34 @@ from weighted_mtp.models.metadata import (
 from weighted_mtp.models.tokenizer import tokenizer_facts
 
 SHA = "ab" * 32
-META_7B = {"dim": 4096, "n_layers": 32, "n_heads": 32, "vocab_size": 32000, "multiple_of": 256,
-           "ffn_dim_multiplier": 1.0, "norm_eps": 1e-05, "rope_theta": 10000.0,
-           "n_future_tokens": 4}
+META_7B = {
+    "dim": 4096,
+    "n_layers": 32,
+    "n_heads": 32,
+    "vocab_size": 32000,
+    "multiple_of": 256,
+    "ffn_dim_multiplier": 1.0,
+    "norm_eps": 1e-05,
+    "rope_theta": 10000.0,
+    "n_future_tokens": 4,
+}
 
 
 def _metadata(layout, sp_model_path, **changes):
     paths = layout.model("meta-llama-mtp")
     fields = dict(
-        name="meta-llama-mtp", format="meta-mtp", dtype="float16", source_dtype="bfloat16",
-        parameter_count=123, weights=weights_entry(paths, 1000, SHA),
+        name="meta-llama-mtp",
+        format="meta-mtp",
+        dtype="float16",
+        source_dtype="bfloat16",
+        parameter_count=123,
+        weights=weights_entry(paths, 1000, SHA),
         tokenizer=tokenizer_entry(paths, SHA, tokenizer_facts(sp_model_path)),
-        source={"repo": "facebook/multi-token-prediction", "revision": "main",
-                "files": {"7B_1T_4/consolidated.pth": SHA}},
+        source={
+            "repo": "facebook/multi-token-prediction",
+            "revision": "main",
+            "files": {"7B_1T_4/consolidated.pth": SHA},
+        },
     )
     return build_metadata(**{**fields, **changes})
 
@@ -51,8 +66,12 @@ def test_metadata_has_the_agreed_fields_and_round_trips(layout, sp_model_path):
 
 def test_micro_metadata_needs_the_micro_fields(layout, sp_model_path):
     with pytest.raises(WmtpError, match="target_device"):
-        _metadata(layout, sp_model_path, name="micro-mtp",
-                  source={"model": "meta-llama-mtp", "sha256": None})
+        _metadata(
+            layout,
+            sp_model_path,
+            name="micro-mtp",
+            source={"model": "meta-llama-mtp", "sha256": None},
+        )
 
 
 def test_a_broken_field_is_named(layout, sp_model_path, tmp_path):

@@ -15,14 +15,33 @@ from weighted_mtp.storage.layout import META_MODEL, MICRO_MTP, MICRO_REF, REFERE
 
 # A base with grouped-query attention and wider heads than the micro model, so slicing must
 # pick heads and rotary pairs, not just leading rows.
-GQA_META = {"dim": 128, "n_layers": 4, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 32,
-            "norm_eps": 1e-05, "rope_theta": 10000.0, "n_future_tokens": 2, "max_seq_len": 256,
-            "vocab_size": -1}
-TINY_REF = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
-            "intermediate_size": 96, "num_attention_heads": 2, "num_key_value_heads": 2,
-            "num_hidden_layers": 2, "max_position_embeddings": 256, "rms_norm_eps": 1e-05,
-            "rope_theta": 10000.0, "tie_word_embeddings": False, "torch_dtype": "float32",
-            "vocab_size": 8320}
+GQA_META = {
+    "dim": 128,
+    "n_layers": 4,
+    "n_heads": 4,
+    "n_kv_heads": 2,
+    "multiple_of": 32,
+    "norm_eps": 1e-05,
+    "rope_theta": 10000.0,
+    "n_future_tokens": 2,
+    "max_seq_len": 256,
+    "vocab_size": -1,
+}
+TINY_REF = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "num_hidden_layers": 2,
+    "max_position_embeddings": 256,
+    "rms_norm_eps": 1e-05,
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": False,
+    "torch_dtype": "float32",
+    "vocab_size": 8320,
+}
 SMALL_MTP = MicroSize(dim=32, n_layers=3, n_heads=2, vocab_size=8000, n_future_tokens=2)
 SMALL_REF = MicroSize(dim=32, n_layers=2, n_heads=2, vocab_size=8000)
 
@@ -35,11 +54,13 @@ def converted(layout, name: str, tmp_path: Path, sp_model_path: Path, spec=None)
     from weighted_mtp.synthetic.models import write_meta_mirror, write_reference_mirror
 
     if name == META_MODEL:
-        mirror = write_meta_mirror(tmp_path / "mirror-meta", tokenizer_model=sp_model_path,
-                                   params=spec)
+        mirror = write_meta_mirror(
+            tmp_path / "mirror-meta", tokenizer_model=sp_model_path, params=spec
+        )
     else:
-        mirror = write_reference_mirror(tmp_path / "mirror-ref", tokenizer_model=sp_model_path,
-                                        config=spec)
+        mirror = write_reference_mirror(
+            tmp_path / "mirror-ref", tokenizer_model=sp_model_path, config=spec
+        )
     download_model(layout, load_catalog(), name, mirror=mirror)
     convert_model(layout, name)
     return layout.model(name).weights
@@ -49,8 +70,9 @@ def rows(tensor: torch.Tensor, index: list[int]) -> torch.Tensor:
     return tensor.index_select(0, torch.tensor(index))
 
 
-def test_slice_takes_leading_heads_pairs_and_blocks_in_metas_layout(layout, tmp_path,
-                                                                    sp_model_path):
+def test_slice_takes_leading_heads_pairs_and_blocks_in_metas_layout(
+    layout, tmp_path, sp_model_path
+):
     base_file = converted(layout, META_MODEL, tmp_path, sp_model_path, GQA_META)
     metadata = build_micro(layout, MICRO_MTP, size=SMALL_MTP)
     base = load_file(base_file)
@@ -64,8 +86,12 @@ def test_slice_takes_leading_heads_pairs_and_blocks_in_metas_layout(layout, tmp_
     q_rows = [*range(0, 16), *range(32, 48)]
     kv_rows = list(range(16))  # 2 heads -> 1 kv head, as the base's 4 -> 2
     # Micro layers.0 is trunk block 0; micro layers.1 is head 0 = the base's layers.2.
-    for micro_block, base_block in (("layers.0", "layers.0"), ("layers.1", "layers.2"),
-                                    ("extra_heads.0", "extra_heads.0")):
+    for micro_block, base_block in (
+        ("layers.0", "layers.0"),
+        ("layers.1", "layers.2"),
+        ("extra_heads.0", "extra_heads.0"),
+    ):
+
         def pair(suffix, mb=micro_block, bb=base_block):
             return micro[f"{mb}.{suffix}"], base[f"{bb}.{suffix}"]
 
@@ -81,8 +107,9 @@ def test_slice_takes_leading_heads_pairs_and_blocks_in_metas_layout(layout, tmp_
         assert torch.equal(m, b[:32])
 
 
-def test_slice_keeps_half_split_rotary_pairs_in_hugging_face_layout(layout, tmp_path,
-                                                                    sp_model_path):
+def test_slice_keeps_half_split_rotary_pairs_in_hugging_face_layout(
+    layout, tmp_path, sp_model_path
+):
     base_file = converted(layout, REFERENCE_MODEL, tmp_path, sp_model_path, dict(TINY_REF))
     build_micro(layout, MICRO_REF, size=SMALL_REF)
     base = load_file(base_file)
@@ -142,8 +169,11 @@ def test_micro_metadata_records_source_init_and_trimming(layout, tmp_path, sp_mo
     assert metadata["tokenizer"]["vocab_size"] == 8000
     assert metadata["weights"]["sha256"] == sha256_file(paths.weights)
     assert read_sha256sums(paths.sha256sums) == {"model.safetensors": sha256_file(paths.weights)}
-    assert set(metadata["files"]) == {"configs/params.json", "configs/meta_adapter.yaml",
-                                      "tokenizer/tokenizer_config.json"}
+    assert set(metadata["files"]) == {
+        "configs/params.json",
+        "configs/meta_adapter.yaml",
+        "tokenizer/tokenizer_config.json",
+    }
     assert metadata["parameter_count"] == sum(t.numel() for t in load_file(paths.weights).values())
 
 
@@ -155,8 +185,10 @@ def test_random_init_is_deterministic_per_seed(layout, sp_model_path):
     first = build_micro(layout, MICRO_REF, seed=7, size=SMALL_REF)
     again = build_micro(layout, MICRO_REF, seed=7, size=SMALL_REF)
     other = build_micro(layout, MICRO_REF, seed=8, size=SMALL_REF)
-    assert first["init"] == "random" and first["source"] == {"model": REFERENCE_MODEL,
-                                                             "sha256": None}
+    assert first["init"] == "random" and first["source"] == {
+        "model": REFERENCE_MODEL,
+        "sha256": None,
+    }
     assert first["weights"]["sha256"] == again["weights"]["sha256"]
     assert other["weights"]["sha256"] != first["weights"]["sha256"]
     assert other["weights"]["sha256"] == sha256_file(paths.weights)
@@ -210,8 +242,9 @@ def test_bad_names_and_inits_are_usage_errors(layout, sp_model_path):
         build_micro(layout, MICRO_MTP, init="zeros")
 
 
-def test_verify_passes_on_sliced_micro_models_and_catches_tampering(layout, tmp_path,
-                                                                    sp_model_path):
+def test_verify_passes_on_sliced_micro_models_and_catches_tampering(
+    layout, tmp_path, sp_model_path
+):
     from weighted_mtp.models.verify import verify_model
     from weighted_mtp.storage.stamps import is_verified
 
@@ -260,8 +293,11 @@ def test_micro_command_as_a_user_runs_it(tmp_path, sp_model_path):
 
     def wmtp(*args: str) -> subprocess.CompletedProcess:
         """A real process, for exit codes and one-line errors (these exit before torch)."""
-        return subprocess.run([sys.executable, "-m", "weighted_mtp", "--root", str(root), *args],
-                              capture_output=True, text=True)
+        return subprocess.run(
+            [sys.executable, "-m", "weighted_mtp", "--root", str(root), *args],
+            capture_output=True,
+            text=True,
+        )
 
     assert wmtp("storage", "init").returncode == 0
     no_tokenizer = wmtp("models", "micro", "micro-mtp")
@@ -273,15 +309,17 @@ def test_micro_command_as_a_user_runs_it(tmp_path, sp_model_path):
 
     shutil.copyfile(sp_model_path, Layout(root).model(META_MODEL).tokenizer_model)
     runner = CliRunner()
-    built = runner.invoke(app, ["--root", str(root), "models", "micro", "micro-mtp",
-                                "--seed", "4", "--json"])
+    built = runner.invoke(
+        app, ["--root", str(root), "models", "micro", "micro-mtp", "--seed", "4", "--json"]
+    )
     assert built.exit_code == 0, built.output
     metadata = json.loads(built.stdout)
     assert (metadata["init"], metadata["seed"], metadata["dtype"]) == ("random", 4, "float16")
     verified = runner.invoke(app, ["--root", str(root), "models", "verify", "micro-mtp"])
     assert verified.exit_code == 0, verified.output
-    exported = runner.invoke(app, ["--root", str(root), "models", "export-hf", "micro-mtp",
-                                   str(tmp_path / "hf")])
+    exported = runner.invoke(
+        app, ["--root", str(root), "models", "export-hf", "micro-mtp", str(tmp_path / "hf")]
+    )
     assert exported.exit_code == 0, exported.output
     assert (tmp_path / "hf" / "model.safetensors").is_file()
 
@@ -317,5 +355,9 @@ def test_trimming_keeps_the_whitespace_piece_when_it_is_within_the_cut(tmp_path,
     assert tokenizer_difference(tmp_path / "full.model", sp_model_path) is None
     cut = trim_tokenizer(sp_model_path, tmp_path / "cut.model", 8000)
     assert list(cut.replaced) == [7999]
-    assert tokenizer_difference(tmp_path / "cut.model", sp_model_path, prefix=True,
-                                replaced=cut.replaced) is None
+    assert (
+        tokenizer_difference(
+            tmp_path / "cut.model", sp_model_path, prefix=True, replaced=cut.replaced
+        )
+        is None
+    )

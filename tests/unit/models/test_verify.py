@@ -36,8 +36,16 @@ def test_converted_bases_pass_and_are_stamped(layout, meta, reference):
         assert report.ok, report.to_dict()
         assert is_verified(layout, paths.root)
     names = {c.name for c in verify_model(layout, reference.name).checks}
-    assert {"SHA256SUMS", "tensor names and shapes", "tensor dtypes", "no NaN/Inf",
-            "rope_theta", "tokenizer", "tokenizer shared", "configs agree"} <= names
+    assert {
+        "SHA256SUMS",
+        "tensor names and shapes",
+        "tensor dtypes",
+        "no NaN/Inf",
+        "rope_theta",
+        "tokenizer",
+        "tokenizer shared",
+        "configs agree",
+    } <= names
 
 
 def test_micro_models_pass(layout, meta, reference):
@@ -58,9 +66,15 @@ def test_a_flipped_byte_anywhere_in_the_weights_fails(layout, meta, offset):
     assert not is_verified(layout, meta.root)
 
 
-@pytest.mark.parametrize("relpath", ["configs/params.json", "configs/meta_adapter.yaml",
-                                     "tokenizer/tokenizer.model",
-                                     "tokenizer/tokenizer_config.json"])
+@pytest.mark.parametrize(
+    "relpath",
+    [
+        "configs/params.json",
+        "configs/meta_adapter.yaml",
+        "tokenizer/tokenizer.model",
+        "tokenizer/tokenizer_config.json",
+    ],
+)
 def test_a_flipped_byte_in_configs_or_tokenizer_fails(layout, meta, relpath):
     flip_byte(meta.file(relpath), -2)
     report = verify_model(layout, meta.name)
@@ -119,8 +133,13 @@ def _edit_config(paths, path, edit, loader=json.loads, dumper=json.dumps):
 
 
 def test_adapter_yaml_disagreeing_with_params_fails(layout, meta):
-    _edit_config(meta, meta.adapter_config, lambda a: {**a, "intermediate_size": 11008},
-                 yaml.safe_load, yaml.safe_dump)
+    _edit_config(
+        meta,
+        meta.adapter_config,
+        lambda a: {**a, "intermediate_size": 11008},
+        yaml.safe_load,
+        yaml.safe_dump,
+    )
     report = verify_model(layout, meta.name)
     assert _failed(report) == {"configs agree"}
     assert "intermediate_size" in next(c for c in report.checks if not c.ok).detail
@@ -135,8 +154,13 @@ def test_metadata_dtype_disagreeing_with_the_configs_fails(layout, meta):
 
 def test_a_changed_rope_theta_fails(layout, meta):
     _edit_config(meta, meta.params, lambda p: {**p, "rope_theta": 500000.0})
-    _edit_config(meta, meta.adapter_config, lambda a: {**a, "rope_theta": 500000.0},
-                 yaml.safe_load, yaml.safe_dump)
+    _edit_config(
+        meta,
+        meta.adapter_config,
+        lambda a: {**a, "rope_theta": 500000.0},
+        yaml.safe_load,
+        yaml.safe_dump,
+    )
     assert _failed(verify_model(layout, meta.name)) == {"rope_theta"}
 
 

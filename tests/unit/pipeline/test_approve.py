@@ -24,10 +24,19 @@ def test_approver_name_is_required(layout):
 
 def _record_approval_of_current_manifest(layout):
     manifest = load_manifest(layout)
-    write_json(layout.approvals, {"approvals": [{
-        "by": "Reviewer", "at": "2026-01-01T00:00:00+00:00",
-        "manifest_sha256": manifest_sha256(layout),
-        "files": {e["path"]: e["sha256"] for e in manifest["files"]}}]})
+    write_json(
+        layout.approvals,
+        {
+            "approvals": [
+                {
+                    "by": "Reviewer",
+                    "at": "2026-01-01T00:00:00+00:00",
+                    "manifest_sha256": manifest_sha256(layout),
+                    "files": {e["path"]: e["sha256"] for e in manifest["files"]},
+                }
+            ]
+        },
+    )
 
 
 def test_status_is_current_then_stale_naming_the_changed_file(layout):

@@ -41,8 +41,12 @@ def _statuses(result):
 def test_select_steps_by_name_group_and_start():
     assert [s.name for s in b.select_steps(["verify"])] == ["verify"]
     assert [s.name for s in b.select_steps(["download"])] == [
-        "download-meta", "download-ref", "download-codecontests", "download-mbpp",
-        "download-humaneval"]
+        "download-meta",
+        "download-ref",
+        "download-codecontests",
+        "download-mbpp",
+        "download-humaneval",
+    ]
     assert [s.name for s in b.select_steps(start="verify")] == ["verify", "report"]
     assert len(b.select_steps()) == len(b.STEP_NAMES)
     assert b.STEP_NAMES[0] == "init" and b.STEP_NAMES[-1] == "report"
@@ -57,8 +61,12 @@ def test_bad_step_selection_is_a_usage_error(only, start):
 def test_real_dataset_steps_run_then_skip_and_keep_the_manifest(with_tokenizer, mbpp_mirror):
     layout = with_tokenizer
     first = b.build(layout, load_catalog(), mirror=mbpp_mirror, only=MBPP_STEPS)
-    assert _statuses(first) == {"init": "skipped", "download-mbpp": "ran",
-                                "prepare-mbpp": "ran", "small-mbpp": "ran"}
+    assert _statuses(first) == {
+        "init": "skipped",
+        "download-mbpp": "ran",
+        "prepare-mbpp": "ran",
+        "small-mbpp": "ran",
+    }
     assert first.manifest_written
     paths = [e["path"] for e in load_manifest(layout)["files"]]
     assert "datasets_v2/mbpp/processed/train.jsonl" in paths
@@ -95,13 +103,16 @@ def test_a_different_source_is_not_already_done(with_tokenizer, mbpp_mirror, tmp
 
 
 def _replace_action(monkeypatch, name, action):
-    steps = [b.Step(s.name, s.seed_step, s.describe, action, lambda ctx: False,
-                    s.changes_assets) if s.name == name else s for s in b.STEPS]
+    steps = [
+        b.Step(s.name, s.seed_step, s.describe, action, lambda ctx: False, s.changes_assets)
+        if s.name == name
+        else s
+        for s in b.STEPS
+    ]
     monkeypatch.setattr(b, "STEPS", steps)
 
 
-def test_interrupted_step_is_logged_and_the_manifest_catches_up_next_time(
-        layout, monkeypatch):
+def test_interrupted_step_is_logged_and_the_manifest_catches_up_next_time(layout, monkeypatch):
     weights = layout.model("micro-mtp").weights
 
     def write_then_interrupt(ctx):
@@ -138,8 +149,12 @@ def test_failed_step_stops_the_build_with_its_error(layout, monkeypatch):
     _replace_action(monkeypatch, "micro-mtp", fail)
     seen = []
     with pytest.raises(WmtpError, match="corrupt"):
-        b.build(layout, load_catalog(), only=["micro-mtp", "micro-ref"],
-                listener=lambda event, step, outcome: seen.append((event, step.name)))
+        b.build(
+            layout,
+            load_catalog(),
+            only=["micro-mtp", "micro-ref"],
+            listener=lambda event, step, outcome: seen.append((event, step.name)),
+        )
     assert seen == [("start", "micro-mtp"), ("end", "micro-mtp")]
     assert b.read_log(layout)[-1]["status"] == "failed"
 
@@ -193,7 +208,8 @@ def test_a_new_download_makes_preparation_run_again(with_tokenizer, mbpp_mirror)
 
 
 def test_the_manifest_reuses_the_hashes_of_a_converted_models_verification(
-        layout, sp_model_path, tmp_path, monkeypatch):
+    layout, sp_model_path, tmp_path, monkeypatch
+):
     from collections import Counter
 
     import weighted_mtp.pipeline.manifest as manifest
@@ -201,8 +217,14 @@ def test_the_manifest_reuses_the_hashes_of_a_converted_models_verification(
     from weighted_mtp.models.download import download_model
     from weighted_mtp.synthetic.models import write_meta_mirror
 
-    params = {"dim": 64, "n_layers": 3, "n_heads": 2, "multiple_of": 32, "n_future_tokens": 2,
-              "vocab_size": 8320}
+    params = {
+        "dim": 64,
+        "n_layers": 3,
+        "n_heads": 2,
+        "multiple_of": 32,
+        "n_future_tokens": 2,
+        "vocab_size": 8320,
+    }
     mirror = write_meta_mirror(tmp_path / "meta", tokenizer_model=sp_model_path, params=params)
     download_model(layout, load_catalog(), "meta-llama-mtp", mirror=mirror)
     reads, real = Counter(), hashing.sha256_file

@@ -49,7 +49,8 @@ def test_step9_names_a_changed_file_against_the_manifest(layout):
     small.write_text('{"x": 1}\n')
     refresh_manifest(layout)
     assert "tree matches MANIFEST.json" in [
-        c.name for c in _step(run_checklist(layout, through=9), 9).report.checks if c.ok]
+        c.name for c in _step(run_checklist(layout, through=9), 9).report.checks if c.ok
+    ]
     small.write_text('{"x": 2}\n')
     step9 = _step(run_checklist(layout, through=9), 9)
     assert not step9.ok
@@ -86,8 +87,11 @@ def test_step2_names_a_raw_file_that_differs_from_its_download_record(layout):
         raw.parent.mkdir(parents=True)
         raw.write_bytes(b"as downloaded")
         digest = hashlib.sha256(b"as downloaded").hexdigest()
-        paths.source.write_text(json.dumps({"files": {
-            layout.relative(raw).split(f"{name}/", 1)[1]: {"sha256": digest}}}))
+        paths.source.write_text(
+            json.dumps(
+                {"files": {layout.relative(raw).split(f"{name}/", 1)[1]: {"sha256": digest}}}
+            )
+        )
     assert _step(run_checklist(layout, through=2), 2).ok
     damaged = layout.model("ref-sheared-llama-2.7b").raw_checkpoint_dir / "weights.bin"
     damaged.write_bytes(b"as downloadeD")

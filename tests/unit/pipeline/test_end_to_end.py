@@ -53,10 +53,18 @@ def _asset_snapshot(layout):
     files = {}
     for path in iter_asset_files(layout):
         stat = path.stat()
-        files[layout.relative(path)] = (stat.st_size, stat.st_mtime_ns,
-                                        hashlib.sha256(path.read_bytes()).hexdigest())
-    for path in (layout.manifest, layout.checksums, layout.approvals, layout.readme,
-                 *sorted(layout.reports_dir.iterdir())):
+        files[layout.relative(path)] = (
+            stat.st_size,
+            stat.st_mtime_ns,
+            hashlib.sha256(path.read_bytes()).hexdigest(),
+        )
+    for path in (
+        layout.manifest,
+        layout.checksums,
+        layout.approvals,
+        layout.readme,
+        *sorted(layout.reports_dir.iterdir()),
+    ):
         files[layout.relative(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
     return files
 
@@ -74,8 +82,10 @@ def test_demo_migration_notes_name_the_automatic_deviations(demo):
     root, _ = demo
     notes = Layout(root).report("migration_notes.md").read_text(encoding="utf-8")
     assert "meta-llama-mtp: weights converted from bfloat16 to float16" in notes
-    assert "micro-mtp: tokenizer trimmed from meta-llama-mtp's 8320 to 8000 pieces; id 7999 " \
+    assert (
+        "micro-mtp: tokenizer trimmed from meta-llama-mtp's 8320 to 8000 pieces; id 7999 "
         "holds the whitespace piece instead of" in notes
+    )
     assert "taken from the mirror" in notes
     layout = Layout(root)
     checklist = run_checklist(layout)  # again, from the bytes
@@ -146,12 +156,16 @@ def _flip_byte_keeping_mtime(path, offset_from_end=7):
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
-@pytest.mark.parametrize("damaged,step", [
-    ("models_v2/micro-ref/safetensors/model.safetensors", "micro-ref"),
-    ("datasets_v2/mbpp/raw/mbpp.jsonl", "download-mbpp"),
-])
+@pytest.mark.parametrize(
+    "damaged,step",
+    [
+        ("models_v2/micro-ref/safetensors/model.safetensors", "micro-ref"),
+        ("datasets_v2/mbpp/raw/mbpp.jsonl", "download-mbpp"),
+    ],
+)
 def test_build_repairs_what_verify_found_even_with_unchanged_size_and_mtime(
-        demo_copy, damaged, step):
+    demo_copy, damaged, step
+):
     layout, mirror = demo_copy
     _flip_byte_keeping_mtime(layout.root / damaged)
     result = _run("--root", str(layout.root), "verify")
@@ -181,12 +195,25 @@ def test_killed_build_resumes_to_a_storage_that_verifies(demo_copy, sig):
     shutil.rmtree(layout.small("mbpp").root)
     started = len(read_log(layout))
     process = subprocess.Popen(
-        [sys.executable, "-m", "weighted_mtp", "--root", str(layout.root), "build",
-         "--mirror", str(mirror)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        env={**os.environ, "COLUMNS": "200"})
+        [
+            sys.executable,
+            "-m",
+            "weighted_mtp",
+            "--root",
+            str(layout.root),
+            "build",
+            "--mirror",
+            str(mirror),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     reached = _wait_for_log(
-        layout, lambda log: any(e["step"] == "micro-mtp" and e["status"] == "ran"
-                                for e in log[started:]), process)
+        layout,
+        lambda log: any(e["step"] == "micro-mtp" and e["status"] == "ran" for e in log[started:]),
+        process,
+    )
     process.send_signal(sig)
     output = process.communicate(timeout=120)[0].decode()
     assert reached, output

@@ -39,8 +39,12 @@ def test_manifest_lists_assets_but_not_caches_or_leftovers(layout):
 def test_root_sha256sums_passes_coreutils_check(layout):
     _populate(layout)
     mf.refresh_manifest(layout)
-    out = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=layout.root,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        ["sha256sum", "-c", "--quiet", "SHA256SUMS"],
+        cwd=layout.root,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -64,8 +68,9 @@ def test_compare_names_changed_missing_and_unexpected_files(layout):
     small.unlink()
     extra = layout.dataset("mbpp").raw_split("train")
     extra.write_text("{}\n")
-    diff = mf.compare_with_manifest(layout, mf.load_manifest(layout),
-                                    mf.Hasher(layout, trust_known=False))
+    diff = mf.compare_with_manifest(
+        layout, mf.load_manifest(layout), mf.Hasher(layout, trust_known=False)
+    )
     assert diff.changed == [layout.relative(model.weights)]
     assert diff.missing == [layout.relative(small)]
     assert diff.unexpected == [layout.relative(extra)]
@@ -76,8 +81,9 @@ def test_compare_names_changed_missing_and_unexpected_files(layout):
 def test_intact_tree_matches(layout):
     _populate(layout)
     mf.refresh_manifest(layout)
-    diff = mf.compare_with_manifest(layout, mf.load_manifest(layout),
-                                    mf.Hasher(layout, trust_known=False))
+    diff = mf.compare_with_manifest(
+        layout, mf.load_manifest(layout), mf.Hasher(layout, trust_known=False)
+    )
     assert diff.ok, diff.summary()
 
 
@@ -107,8 +113,19 @@ def test_hashes_recorded_by_a_model_download_are_reused(layout, monkeypatch):
     checkpoint.write_bytes(b"checkpoint bytes")
     stat = checkpoint.stat()
     recorded = "ab" * 32  # what the download hashed while copying
-    paths.source.write_text(json.dumps({"files": {"raw/7B_1T_4/consolidated.pth": {
-        "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": recorded}}}))
+    paths.source.write_text(
+        json.dumps(
+            {
+                "files": {
+                    "raw/7B_1T_4/consolidated.pth": {
+                        "size": stat.st_size,
+                        "mtime_ns": stat.st_mtime_ns,
+                        "sha256": recorded,
+                    }
+                }
+            }
+        )
+    )
     assert mf.Hasher(layout, trust_known=True).sha256(checkpoint) == recorded
     real = mf.Hasher(layout, trust_known=False).sha256(checkpoint)
     assert real != recorded  # verification never trusts it
@@ -120,8 +137,13 @@ def test_sha256sums_entries_outside_the_root_never_match(layout):
     sums = layout.dataset("mbpp").raw_checksums
     outside = layout.root.parent / "outside.txt"
     outside.write_text("x")
-    write_sha256sums(sums, {"../raw/train.jsonl": sha256_file(inside),
-                            "../../../../outside.txt": sha256_file(outside)})
+    write_sha256sums(
+        sums,
+        {
+            "../raw/train.jsonl": sha256_file(inside),
+            "../../../../outside.txt": sha256_file(outside),
+        },
+    )
     count, bad = mf.sha256sums_mismatches(layout, sums, mf.Hasher(layout, trust_known=False))
     assert count == 2
     assert bad == ["../../../../outside.txt"]

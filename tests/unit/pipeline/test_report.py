@@ -65,13 +65,17 @@ def test_dataset_deviations_come_from_the_summary(layout):
     paths = layout.dataset("codecontests")
     import datetime as dt
 
-    write_json(paths.summary(dt.date(2026, 1, 1)), {"max_length": 2048, "splits": {
-        "train": {"records": 90, "dropped": 3, "shortened": 7, "truncated": 0}}})
+    write_json(
+        paths.summary(dt.date(2026, 1, 1)),
+        {
+            "max_length": 2048,
+            "splits": {"train": {"records": 90, "dropped": 3, "shortened": 7, "truncated": 0}},
+        },
+    )
     refresh_manifest(layout)
     generate_reports(layout)
     notes = layout.report(MIGRATION).read_text()
     assert "codecontests train: 3 dropped, 7 shortened of 90 kept records" in notes
-
 
 
 def test_an_invalid_metadata_json_is_reported_as_missing_not_a_crash(layout):

@@ -44,8 +44,10 @@ def test_user_catalog_overrides_and_is_validated(tmp_path: Path, monkeypatch):
     bad.write_text("models:\n  meta-llama-mtp:\n    repo: no-slash\ndatasets: {}\n")
     with pytest.raises(WmtpError, match="models/meta-llama-mtp/repo"):
         load_catalog(bad)
-    bad.write_text("models:\n  meta-llama-mtp:\n    repo: me/fork\n"
-                   "    files: [{path: a.pth, into: raw/../../..}]\ndatasets: {}\n")
+    bad.write_text(
+        "models:\n  meta-llama-mtp:\n    repo: me/fork\n"
+        "    files: [{path: a.pth, into: raw/../../..}]\ndatasets: {}\n"
+    )
     with pytest.raises(WmtpError, match=r"models/meta-llama-mtp/files/0/into: .* leaves"):
         load_catalog(bad)
     bad.write_text("models: [\n")

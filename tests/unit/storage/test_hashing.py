@@ -37,8 +37,9 @@ def test_sha256sums_is_accepted_by_coreutils(tmp_path: Path):
     (tmp_path / "model.safetensors").write_bytes(b"weights")
     sums = tmp_path / "SHA256SUMS"
     write_sha256sums(sums, {"model.safetensors": sha256_file(tmp_path / "model.safetensors")})
-    subprocess.run(["sha256sum", "-c", "--strict", "SHA256SUMS"], cwd=tmp_path, check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["sha256sum", "-c", "--strict", "SHA256SUMS"], cwd=tmp_path, check=True, capture_output=True
+    )
     assert check_sha256sums(sums) == [("model.safetensors", True, "ok")]
 
 
@@ -52,8 +53,9 @@ def test_check_reports_changed_and_missing_files(tmp_path: Path):
 
 def test_reads_coreutils_output_and_rejects_garbage(tmp_path: Path):
     (tmp_path / "f").write_bytes(b"x")
-    out = subprocess.run(["sha256sum", "f"], cwd=tmp_path, check=True, capture_output=True,
-                         text=True).stdout
+    out = subprocess.run(
+        ["sha256sum", "f"], cwd=tmp_path, check=True, capture_output=True, text=True
+    ).stdout
     sums = tmp_path / "SUMS"
     sums.write_text(out)
     assert read_sha256sums(sums) == {"f": hashlib.sha256(b"x").hexdigest()}

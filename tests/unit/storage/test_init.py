@@ -5,8 +5,10 @@ from weighted_mtp.storage.layout import Layout
 
 
 def _snapshot(root: Path) -> dict[str, bytes | None]:
-    return {p.relative_to(root).as_posix(): (p.read_bytes() if p.is_file() else None)
-            for p in sorted(root.rglob("*"))}
+    return {
+        p.relative_to(root).as_posix(): (p.read_bytes() if p.is_file() else None)
+        for p in sorted(root.rglob("*"))
+    }
 
 
 def test_init_is_idempotent_and_keeps_files(tmp_path: Path):

@@ -5,15 +5,19 @@ import pytest
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.layout import Layout, safe_relative
 
-SEED_LAYOUT = [
-    f"models_v2/{m}/{s}"
-    for m in ("meta-llama-mtp", "ref-sheared-llama-2.7b", "micro-mtp", "micro-ref")
-    for s in ("raw", "safetensors", "configs", "tokenizer")
-] + [
-    f"datasets_v2/{d}/{s}"
-    for d in ("codecontests", "mbpp", "humaneval")
-    for s in ("raw", "processed", "stats")
-] + [f"datasets_local_small/{d}_small" for d in ("codecontests", "mbpp", "humaneval")]
+SEED_LAYOUT = (
+    [
+        f"models_v2/{m}/{s}"
+        for m in ("meta-llama-mtp", "ref-sheared-llama-2.7b", "micro-mtp", "micro-ref")
+        for s in ("raw", "safetensors", "configs", "tokenizer")
+    ]
+    + [
+        f"datasets_v2/{d}/{s}"
+        for d in ("codecontests", "mbpp", "humaneval")
+        for s in ("raw", "processed", "stats")
+    ]
+    + [f"datasets_local_small/{d}_small" for d in ("codecontests", "mbpp", "humaneval")]
+)
 
 
 def test_directories_are_exactly_the_seed_layout(tmp_path: Path):

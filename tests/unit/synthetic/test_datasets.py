@@ -15,29 +15,51 @@ from weighted_mtp.synthetic.datasets import (
 )
 
 CODECONTESTS_FIELDS = [
-    "name", "description", "public_tests", "private_tests", "generated_tests", "source",
-    "difficulty", "solutions", "incorrect_solutions", "cf_contest_id", "cf_index", "cf_points",
-    "cf_rating", "cf_tags", "is_description_translated", "untranslated_description",
-    "time_limit", "memory_limit_bytes", "input_file", "output_file",
+    "name",
+    "description",
+    "public_tests",
+    "private_tests",
+    "generated_tests",
+    "source",
+    "difficulty",
+    "solutions",
+    "incorrect_solutions",
+    "cf_contest_id",
+    "cf_index",
+    "cf_points",
+    "cf_rating",
+    "cf_tags",
+    "is_description_translated",
+    "untranslated_description",
+    "time_limit",
+    "memory_limit_bytes",
+    "input_file",
+    "output_file",
 ]
 
 
 def test_codecontests_parquet_layout_and_nested_schema(tmp_path: Path):
     out = write_codecontests_mirror(tmp_path, n_problems=16, seed=3)
     files = sorted(p.name for p in (out / "data").iterdir())
-    assert files == ["test-00000-of-00001.parquet", "train-00000-of-00001.parquet",
-                     "valid-00000-of-00001.parquet"]
+    assert files == [
+        "test-00000-of-00001.parquet",
+        "train-00000-of-00001.parquet",
+        "valid-00000-of-00001.parquet",
+    ]
     schema = pq.read_schema(out / "data" / files[1])
     assert schema.names == CODECONTESTS_FIELDS
     assert schema.field("solutions").type == pa.struct(
-        [("language", pa.list_(pa.int64())), ("solution", pa.list_(pa.string()))])
+        [("language", pa.list_(pa.int64())), ("solution", pa.list_(pa.string()))]
+    )
     assert schema.field("time_limit").type == pa.struct(
-        [("seconds", pa.int64()), ("nanos", pa.int64())])
+        [("seconds", pa.int64()), ("nanos", pa.int64())]
+    )
     rows = pq.read_table(out / "data" / files[1]).to_pylist()
     languages = {lang for row in rows for lang in row["solutions"]["language"]}
     assert {1, 2, 3, 4} <= languages
-    assert any(len(row["solutions"]["solution"]) != len(set(row["solutions"]["solution"]))
-               for row in rows)
+    assert any(
+        len(row["solutions"]["solution"]) != len(set(row["solutions"]["solution"])) for row in rows
+    )
     assert max(len(s) for row in rows for s in row["solutions"]["solution"]) > 20_000
 
 
@@ -49,13 +71,23 @@ def test_codecontests_mirror_is_seeded(tmp_path: Path):
 
 
 def test_mbpp_spans_all_official_ranges(tmp_path: Path):
-    rows = [json.loads(line) for line in
-            (write_mbpp_mirror(tmp_path, n_tasks=20) / "mbpp.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line)
+        for line in (write_mbpp_mirror(tmp_path, n_tasks=20) / "mbpp.jsonl")
+        .read_text()
+        .splitlines()
+    ]
     ids = [row["task_id"] for row in rows]
     assert ids[0] == 1 and ids[-1] == 974
     assert any(11 <= i <= 510 for i in ids) and any(511 <= i <= 600 for i in ids)
-    assert set(rows[0]) == {"task_id", "text", "code", "test_list", "test_setup_code",
-                            "challenge_test_list"}
+    assert set(rows[0]) == {
+        "task_id",
+        "text",
+        "code",
+        "test_list",
+        "test_setup_code",
+        "challenge_test_list",
+    }
 
 
 def test_humaneval_is_the_real_file(tmp_path: Path):

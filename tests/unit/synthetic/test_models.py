@@ -12,8 +12,14 @@ from weighted_mtp.models.architecture import (
 )
 from weighted_mtp.synthetic.models import write_meta_mirror, write_reference_mirror
 
-TINY = {"dim": 64, "n_layers": 3, "n_heads": 2, "vocab_size": 8320, "n_future_tokens": 2,
-        "multiple_of": 32}
+TINY = {
+    "dim": 64,
+    "n_layers": 3,
+    "n_heads": 2,
+    "vocab_size": 8320,
+    "n_future_tokens": 2,
+    "multiple_of": 32,
+}
 
 
 def _shapes(tensors):
@@ -38,8 +44,9 @@ def test_meta_mirror_defaults_are_at_least_micro_size_and_small(tmp_path, sp_mod
 
 
 def test_reference_mirror_shards_cover_the_index(tmp_path, sp_model_path):
-    out = write_reference_mirror(tmp_path, tokenizer_model=sp_model_path, n_shards=3,
-                                 shard_format="safetensors")
+    out = write_reference_mirror(
+        tmp_path, tokenizer_model=sp_model_path, n_shards=3, shard_format="safetensors"
+    )
     folder = out / "reference_model"
     index = json.loads((folder / "model.safetensors.index.json").read_text())
     config = json.loads((folder / "config.json").read_text())
@@ -53,8 +60,14 @@ def test_reference_mirror_shards_cover_the_index(tmp_path, sp_model_path):
 
 
 def test_bin_reference_mirror_keeps_old_rotary_buffers(tmp_path, sp_model_path):
-    config = {"hidden_size": 64, "intermediate_size": 96, "num_attention_heads": 2,
-              "num_hidden_layers": 2, "vocab_size": 8320, "rope_theta": 500.0}
+    config = {
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_attention_heads": 2,
+        "num_hidden_layers": 2,
+        "vocab_size": 8320,
+        "rope_theta": 500.0,
+    }
     out = write_reference_mirror(tmp_path, tokenizer_model=sp_model_path, config=config)
     shard = out / "reference_model" / "pytorch_model-00001-of-00002.bin"
     state = torch.load(shard, weights_only=True)
