@@ -23,7 +23,11 @@ CATALOG_ENV = "WMTP_CATALOG"
 _FILE = {
     "type": "object",
     "required": ["path", "into"],
-    "properties": {"path": {"type": "string", "minLength": 1}, "into": {"type": "string"}},
+    "properties": {
+        "path": {"type": "string", "minLength": 1},
+        "into": {"type": "string"},
+        "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+    },
     "additionalProperties": False,
 }
 _UPSTREAM = {
@@ -62,6 +66,7 @@ SCHEMA = {
 class FileSpec:
     path: str
     into: str
+    sha256: str | None = None  # the upstream file's SHA-256 at the pinned revision, if known
 
     def matches(self, repo_path: str) -> bool:
         return fnmatch.fnmatchcase(repo_path, self.path)
@@ -88,12 +93,19 @@ class Asset:
     def downloadable(self) -> bool:
         return self.repo is not None
 
+    def spec_for(self, repo_path: str) -> FileSpec | None:
+        """The first catalog entry a repo file matches, or None if the catalog skips it."""
+        return next((spec for spec in self.files if spec.matches(repo_path)), None)
+
     def destination(self, repo_path: str) -> PurePosixPath | None:
         """The asset-relative destination of a repo file, or None if the catalog skips it."""
-        for spec in self.files:
-            if spec.matches(repo_path):
-                return spec.destination(repo_path)
-        return None
+        spec = self.spec_for(repo_path)
+        return spec.destination(repo_path) if spec else None
+
+    def expected_sha256(self, repo_path: str) -> str | None:
+        """The SHA-256 the catalog expects for a repo file (only for a named file, not a glob)."""
+        spec = self.spec_for(repo_path)
+        return spec.sha256 if spec and spec.path == repo_path else None
 
 
 class Catalog:
@@ -130,7 +142,13 @@ def _file_spec(entry: dict, where: str, source: str) -> FileSpec:
                 path=source,
                 hint="use a folder inside it, e.g. raw",
             ) from None
-    return FileSpec(entry["path"], entry["into"])
+    if entry.get("sha256") and any(c in entry["path"] for c in "*?["):
+        raise WmtpError(
+            f"catalog entry {where}/sha256: a glob ({entry['path']!r}) matches several files",
+            path=source,
+            hint="give sha256 only on entries that name one file",
+        )
+    return FileSpec(entry["path"], entry["into"], entry.get("sha256"))
 
 
 def _parse(text: str, source: str) -> Catalog:

@@ -40,6 +40,13 @@ MirrorOpt = Annotated[
 RevisionOpt = Annotated[
     str | None, typer.Option(help="Hub branch, tag or commit (default: the catalog's).")
 ]
+DryRunOpt = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run",
+        help="Print what a hub download would fetch and where (no network, nothing written).",
+    ),
+]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -112,6 +119,21 @@ def progress_bars(enabled: bool = True) -> Iterator[None]:
 
 def print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def print_plan(plan: dict[str, Any], as_json: bool, mirror: Path | None) -> None:
+    """A download plan (`--dry-run`): repo, revision, and each file's destination and hash."""
+    if mirror is not None:
+        raise UsageError("--dry-run plans a hub download; drop --mirror")
+    if as_json:
+        print_json(plan)
+        return
+    console.print(
+        f"[bold]{plan['repo']}[/] ({plan['repo_type']}) at {plan['revision']}", highlight=False
+    )
+    for entry in plan["files"]:
+        sha = entry["sha256"] or "unknown (recorded at download)"
+        console.print(f"  {entry['path']} -> {entry['dest']}  sha256 {sha}", highlight=False)
 
 
 def print_report(report: Report) -> None:

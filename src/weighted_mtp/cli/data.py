@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from weighted_mtp.cli._console import (
+    DryRunOpt,
     JsonOpt,
     MirrorOpt,
     RevisionOpt,
@@ -16,6 +17,7 @@ from weighted_mtp.cli._console import (
     console,
     finish_report,
     print_json,
+    print_plan,
     progress_bars,
     state,
 )
@@ -35,12 +37,20 @@ def download(
     name: NameArg,
     mirror: MirrorOpt = None,
     revision: RevisionOpt = None,
+    dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Fetch a dataset (hub or --mirror) and write raw/*.jsonl, SOURCE.json, checksums."""
     from weighted_mtp.data.download import download_dataset
+    from weighted_mtp.models.download import plan_download
 
     st, name = state(ctx), checked_name(name, DATASETS, "dataset")
+    if dry_run:
+        plan = plan_download(
+            st.layout, st.catalog.dataset(name), st.layout.dataset(name).root, revision
+        )
+        print_plan(plan.to_dict(), as_json, mirror)
+        return
     with progress_bars(not as_json):
         source = download_dataset(st.layout, st.catalog, name, mirror=mirror, revision=revision)
     if as_json:

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from weighted_mtp.cli._console import (
+    DryRunOpt,
     JsonOpt,
     MirrorOpt,
     RevisionOpt,
@@ -15,6 +16,7 @@ from weighted_mtp.cli._console import (
     console,
     finish_report,
     print_json,
+    print_plan,
     progress_bars,
     state,
 )
@@ -32,12 +34,20 @@ def download(
     name: BaseArg,
     mirror: MirrorOpt = None,
     revision: RevisionOpt = None,
+    dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Fetch the upstream files into raw/ and tokenizer/ (resumes), recording SOURCE.json."""
-    from weighted_mtp.models.download import download_model
+    from weighted_mtp.models.download import download_model, plan_download
 
     st = state(ctx)
+    if dry_run:
+        name = checked_name(name, BASE_MODELS, "model")
+        plan = plan_download(
+            st.layout, st.catalog.model(name), st.layout.model(name).root, revision
+        )
+        print_plan(plan.to_dict(), as_json, mirror)
+        return
     with progress_bars(not as_json):
         source = download_model(
             st.layout,

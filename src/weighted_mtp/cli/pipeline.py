@@ -162,8 +162,17 @@ def build(
         typer.Option("--only", help="Run only this step (or group, e.g. download); repeatable."),
     ] = None,
     start: Annotated[str | None, typer.Option("--from", help="Start at this step.")] = None,
+    refresh: Annotated[
+        bool,
+        typer.Option(
+            "--refresh",
+            help="Fetch the selected download steps again (all, or the --only ones), even "
+            "when the raw files already match their SOURCE.json.",
+        ),
+    ] = False,
 ) -> None:
-    """Run the seed's steps in order; finished steps are skipped, interrupted ones resume."""
+    """Run the seed's steps in order; finished steps are skipped, interrupted ones resume.
+    Raw files already downloaded are kept whatever their source (mirror or hub)."""
     from weighted_mtp.pipeline.build import build as run_build
 
     app_state = state(ctx)
@@ -174,6 +183,7 @@ def build(
             mirror=mirror,
             only=only or [],
             start=start,
+            refresh=refresh,
             listener=_listener,
         )
     _summary(result)

@@ -77,29 +77,16 @@ def _mirror_files(asset: Asset, mirror: Path) -> list[tuple[str, Path]]:
     return sorted(found.items())
 
 
-def _hub_files(asset: Asset, paths: DatasetPaths, revision: str) -> tuple[str, list]:
-    """Download the catalog's files into the dataset folder; returns the resolved commit."""
-    from huggingface_hub import HfApi, hf_hub_download
+def _hub_files(
+    asset: Asset, paths: DatasetPaths, revision: str
+) -> tuple[str, list[tuple[str, Path]], dict[Path, str]]:
+    """Download the catalog's files into the dataset folder; returns the resolved commit,
+    `(upstream name, path)` of each file and the SHA-256s taken while downloading."""
+    from weighted_mtp.models.download import fetch_from_hub
 
-    from weighted_mtp.models.download import PlannedFile, hub_errors
-
-    with hub_errors(asset.repo, revision):
-        info = HfApi().repo_info(asset.repo, repo_type=asset.repo_type, revision=revision)
-        names = sorted(s.rfilename for s in info.siblings if asset.destination(s.rfilename))
-        if not names:
-            raise WmtpError(f"{asset.repo}@{info.sha} has no files matching the catalog")
-        files = []
-        for name in names:
-            local_dir = PlannedFile(name, asset.destination(name)).local_dir
-            path = hf_hub_download(
-                asset.repo,
-                name,
-                repo_type=asset.repo_type,
-                revision=info.sha,
-                local_dir=paths.root / local_dir,
-            )
-            files.append((name, Path(path)))
-    return info.sha, files
+    planned, commit, hashes = fetch_from_hub(asset, revision, paths.root, paths.cache)
+    files = [(item.repo_path, paths.root / item.destination.as_posix()) for item in planned]
+    return commit, files, hashes
 
 
 def _write_part(target: Path, sources: list[Path], advance) -> dict[str, Any]:
@@ -142,18 +129,19 @@ def download_dataset(
     """Fetch a dataset (hub or mirror) into `raw/`; returns the SOURCE.json content."""
     paths = layout.dataset(name)
     asset = catalog.dataset(name)
+    hashes: dict[Path, str] = {}
     if mirror is not None:
         mirror = Path(mirror).expanduser().absolute()
         files, resolved = _mirror_files(asset, mirror), None
     else:
-        resolved, files = _hub_files(asset, paths, revision or asset.revision)
+        resolved, files, hashes = _hub_files(asset, paths, revision or asset.revision)
     raw = write_raw(paths, name, files)
     source = {
         "dataset": name,
         "repo": asset.repo,
         "revision": resolved or revision or asset.revision,
         "mirror": str(mirror) if mirror is not None else None,
-        "upstream_files": {upstream: sha256_file(path) for upstream, path in files},
+        "upstream_files": {u: hashes.get(path) or sha256_file(path) for u, path in files},
         "raw_files": raw,
         "downloaded_at": utc_now(),
         "tool_version": __version__,

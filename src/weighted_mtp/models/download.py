@@ -1,18 +1,22 @@
 """Fetching upstream model files into `raw/` and `tokenizer/`, from the hub or a mirror.
 
-Hub downloads use `huggingface_hub` with `local_dir`, which resumes interrupted transfers
-from its partial files under `<folder>/.cache/` (kept by `storage clean`). The token comes
-from HF_TOKEN or the user's login, as huggingface_hub resolves it; wmtp never reads, logs
-or records it. The revision is resolved to a commit once, so every file comes from the same
-commit. A mirror is a local folder laid out like the upstream repo (offline machines, tests).
-Each file's SHA-256 is recorded in `raw/SOURCE.json`.
+Hub downloads go through `huggingface_hub` (repo info, file metadata, HTTP transfer).
+huggingface_hub 2.x deletes a partial file when its process ends, so a 10 GB shard cut off
+by a kill would start over; wmtp therefore keeps each transfer in a partial file of its own
+under the asset's `.cache/downloads/` (kept by `storage clean`) and resumes it with an HTTP
+Range request. A finished file is hashed, compared with the hub's LFS hash and the catalog's
+SHA-256, and only then renamed to its final name. The token comes from HF_TOKEN or the
+user's login, as huggingface_hub resolves it; wmtp never reads, logs or records it. The
+revision is resolved to a commit once, so every file comes from the same commit. A mirror is
+a local folder laid out like the upstream repo (offline machines, tests). Each file's
+SHA-256 is recorded in `raw/SOURCE.json`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -20,7 +24,13 @@ from weighted_mtp import __version__, progress
 from weighted_mtp.catalog import Asset, Catalog
 from weighted_mtp.clock import utc_now
 from weighted_mtp.errors import WmtpError
-from weighted_mtp.storage.atomic import atomic_write, ensure_free_space, read_json, write_json
+from weighted_mtp.storage.atomic import (
+    atomic_write,
+    ensure_free_space,
+    move_into_place,
+    read_json,
+    write_json,
+)
 from weighted_mtp.storage.hashing import CHUNK_SIZE, HashingWriter, sha256_file
 from weighted_mtp.storage.layout import Layout, ModelPaths
 from weighted_mtp.storage.tree import iter_files
@@ -31,22 +41,18 @@ AUTH_HINT = "set HF_TOKEN or run `hf auth login`"
 @dataclass(frozen=True)
 class PlannedFile:
     repo_path: str
-    destination: PurePosixPath  # relative to the model folder
+    destination: PurePosixPath  # relative to the asset folder
     size: int | None = None
-    lfs_sha256: str | None = None
-
-    @property
-    def local_dir(self) -> PurePosixPath:
-        """The folder that `hf_hub_download(local_dir=...)` needs for this destination."""
-        depth = len(PurePosixPath(self.repo_path).parts)
-        return PurePosixPath(*self.destination.parts[:-depth])
+    lfs_sha256: str | None = None  # what the hub reports
+    expected_sha256: str | None = None  # what the catalog pins
 
 
 def plan_files(
     asset: Asset, available: dict[str, tuple[int | None, str | None]], where: str
 ) -> list[PlannedFile]:
     """The catalog's files among `available` (`{repo path: (size, lfs sha256)}`); every
-    catalog entry must match at least one file."""
+    catalog entry must match at least one file, and a hash the source reports must be the
+    one the catalog pins."""
     for spec in asset.files:
         if not any(spec.matches(path) for path in available):
             raise WmtpError(
@@ -56,9 +62,63 @@ def plan_files(
     planned = []
     for path in sorted(available):
         destination = asset.destination(path)
-        if destination is not None:
-            planned.append(PlannedFile(path, destination, *available[path]))
+        if destination is None:
+            continue
+        item = PlannedFile(path, destination, *available[path], asset.expected_sha256(path))
+        if item.lfs_sha256 and item.expected_sha256 and item.lfs_sha256 != item.expected_sha256:
+            raise WmtpError(
+                f"{where} serves {path} with SHA-256 {item.lfs_sha256[:12]}…, the catalog "
+                f"expects {item.expected_sha256[:12]}…",
+                hint="check the catalog's revision and sha256 for this file",
+            )
+        planned.append(item)
     return planned
+
+
+# --- plan (--dry-run) -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    path: str  # repo path, or the catalog's glob when only the hub can expand it
+    dest: str  # relative to the storage root
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class DownloadPlan:
+    repo: str
+    repo_type: str
+    revision: str
+    files: list[PlanEntry]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def require_downloadable(asset: Asset) -> None:
+    if not asset.downloadable:
+        raise WmtpError(
+            f"{asset.name} is built from {asset.derived_from}, not downloaded",
+            hint=f"run `wmtp models micro {asset.name}`",
+        )
+
+
+def plan_download(
+    layout: Layout, asset: Asset, asset_root: Path, revision: str | None = None
+) -> DownloadPlan:
+    """What a hub download of `asset` would fetch and where it would land, from the catalog
+    alone: no network, nothing written."""
+    require_downloadable(asset)
+    entries = [
+        PlanEntry(
+            spec.path,
+            layout.relative(asset_root / spec.destination(spec.path).as_posix()),
+            spec.sha256,
+        )
+        for spec in asset.files
+    ]
+    return DownloadPlan(asset.repo, asset.repo_type, revision or asset.revision, entries)
 
 
 def download_model(
@@ -72,18 +132,15 @@ def download_model(
     """Fetch a base model's upstream files; returns the SOURCE.json content."""
     asset = catalog.model(name)
     paths = layout.model(name)
-    if not asset.downloadable:
-        raise WmtpError(
-            f"{name} is built from {asset.derived_from}, not downloaded",
-            hint=f"run `wmtp models micro {name}`",
-        )
+    require_downloadable(asset)
     requested = revision or asset.revision
     if mirror is not None:
         planned, hashes = _fetch_from_mirror(asset, paths, Path(mirror))
         commit = None
     else:
-        planned, commit = _fetch_from_hub(asset, paths, requested)
-        hashes = {}
+        planned, commit, hashes = fetch_from_hub(
+            asset, requested, paths.root, paths.cache, lambda path: recorded_hash(paths, path)
+        )
     files = _record_files(paths, planned, hashes)
     source = {
         "name": name,
@@ -162,7 +219,7 @@ def _fetch_from_mirror(
     }
     planned = plan_files(asset, available, f"mirror {mirror}")
     ensure_free_space(paths.root, sum(p.size or 0 for p in planned), f"{asset.name} files")
-    hashes = {}
+    hashes: dict[Path, str] = {}
     for item in planned:
         target = paths.file(item.destination)
         hashes[target] = _copy(mirror / item.repo_path, target)
@@ -240,30 +297,109 @@ def hub_errors(repo: str, revision: str) -> Iterator[None]:
         ) from None
 
 
-def _fetch_from_hub(
-    asset: Asset, paths: ModelPaths, revision: str
-) -> tuple[list[PlannedFile], str]:
-    from huggingface_hub import HfApi, hf_hub_download
-
+def fetch_from_hub(
+    asset: Asset,
+    revision: str,
+    root: Path,
+    cache: Path,
+    known_hash: Callable[[Path], str | None] = lambda _path: None,
+) -> tuple[list[PlannedFile], str, dict[Path, str]]:
+    """Resolve `revision` once, then bring every catalog file of that commit under `root`
+    (the asset folder); `known_hash` may spare re-reading a file recorded earlier. Returns
+    the plan, the commit and each destination's SHA-256."""
     with hub_errors(asset.repo, revision):
-        info = HfApi().repo_info(
-            asset.repo, revision=revision, repo_type=asset.repo_type, files_metadata=True
-        )
-        available = {s.rfilename: (s.size, s.lfs.sha256 if s.lfs else None) for s in info.siblings}
-        planned = plan_files(asset, available, f"{asset.repo}@{revision}")
-        missing = [p for p in planned if not _complete(paths, p)]
-        ensure_free_space(paths.root, sum(p.size or 0 for p in missing), f"{asset.name} files")
+        commit, available = hub_listing(asset, revision)
+        planned = plan_files(asset, available, f"{asset.repo}@{commit}")
+        hashes = {}
         for item in planned:
-            hf_hub_download(
-                asset.repo,
-                item.repo_path,
-                repo_type=asset.repo_type,
-                revision=info.sha,
-                local_dir=paths.root / item.local_dir,
+            target = root / item.destination.as_posix()
+            if digest := _kept(target, item, known_hash):
+                hashes[target] = digest
+        missing = [p for p in planned if root / p.destination.as_posix() not in hashes]
+        ensure_free_space(root, sum(p.size or 0 for p in missing), f"{asset.name} files")
+        for item in missing:
+            target = root / item.destination.as_posix()
+            hashes[target] = fetch_hub_file(asset, commit, item, target, cache)
+    return planned, commit, hashes
+
+
+def hub_listing(
+    asset: Asset, revision: str
+) -> tuple[str, dict[str, tuple[int | None, str | None]]]:
+    """The commit `revision` resolves to and `{repo path: (size, LFS SHA-256)}` at it."""
+    from huggingface_hub import HfApi
+
+    info = HfApi().repo_info(
+        asset.repo, revision=revision, repo_type=asset.repo_type, files_metadata=True
+    )
+    siblings = info.siblings or []
+    return info.sha, {s.rfilename: (s.size, s.lfs.sha256 if s.lfs else None) for s in siblings}
+
+
+def _kept(target: Path, item: PlannedFile, known_hash: Callable[[Path], str | None]) -> str | None:
+    """The digest of a file already at its destination when it is the one the hub serves
+    (same size and SHA-256), so a rerun after a kill fetches only what is missing. Without
+    an LFS hash (small text files) the file is fetched again."""
+    wanted = item.expected_sha256 or item.lfs_sha256
+    if not wanted or not target.is_file() or target.stat().st_size != item.size:
+        return None
+    digest = known_hash(target) or sha256_file(target, show_progress=True)
+    return digest if digest == wanted else None
+
+
+def partial_path(cache: Path, item: PlannedFile, etag: str) -> Path:
+    """Where a transfer is kept until it is complete: one name per file and version, so a
+    rerun resumes it and a new upstream version never appends to an old one."""
+    name = f"{item.destination.name}.{etag[:16]}.part"
+    return cache / "downloads" / item.destination.parent / name
+
+
+def fetch_hub_file(asset: Asset, commit: str, item: PlannedFile, target: Path, cache: Path) -> str:
+    """Download one repo file at `commit` to `target`, resuming its partial file with an
+    HTTP Range request; returns its SHA-256. Bytes that differ from the hub's LFS hash or
+    the catalog's SHA-256 are deleted and refused; nothing unverified gets the final name."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
+
+    url = hf_hub_url(asset.repo, item.repo_path, repo_type=asset.repo_type, revision=commit)
+    metadata = get_hf_file_metadata(url)
+    size = metadata.size if metadata.size is not None else item.size
+    partial = partial_path(cache, item, metadata.etag or commit)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    done = partial.stat().st_size if partial.is_file() else 0
+    if size is not None and done > size:  # not a prefix of this file: start over
+        partial.unlink()
+        done = 0
+    try:
+        with partial.open("ab") as handle:
+            http_get(
+                metadata.location,
+                handle,
+                resume_size=done,
+                headers=build_hf_headers(),
+                expected_size=size,
+                displayed_filename=item.repo_path,
             )
-    return planned, info.sha
-
-
-def _complete(paths: ModelPaths, item: PlannedFile) -> bool:
-    target = paths.file(item.destination)
-    return target.is_file() and item.size is not None and target.stat().st_size == item.size
+    except OSError as exc:
+        if exc.errno is not None:  # the local disk, not the transfer
+            raise
+        raise WmtpError(
+            f"the transfer of {item.repo_path} ended early ({partial.stat().st_size:,} of "
+            f"{size:,} bytes)",
+            path=partial,
+            hint="rerun; the download resumes where it stopped",
+        ) from None
+    digest = sha256_file(partial, show_progress=True)
+    wanted = item.expected_sha256 or item.lfs_sha256
+    if wanted and digest != wanted:
+        partial.unlink()
+        source = "catalog" if item.expected_sha256 else "hub"
+        raise WmtpError(
+            f"downloaded {item.repo_path} has SHA-256 {digest[:12]}…, the {source} says "
+            f"{wanted[:12]}…; the download was deleted",
+            path=target,
+            hint="rerun to download it again; if it persists, check the catalog's revision",
+        )
+    move_into_place(partial, target)
+    return digest

@@ -172,7 +172,7 @@ def hf_tokenizer_config(tokenizer_model: Path) -> dict[str, Any]:
     }
 
 
-def _write_tokenizer(tokenizer_model: Path, out: Path) -> None:
+def write_hf_tokenizer(tokenizer_model: Path, out: Path) -> None:
     """tokenizer.model, its config, and the tokenizer.json transformers converts from them
     (so loading needs neither sentencepiece nor a conversion)."""
     from transformers import AutoTokenizer
@@ -239,7 +239,7 @@ def export_hf(layout: Layout, name: str, out_dir: str | Path) -> Path:
                 eos_id=facts.eos_id,
             ),
         )
-        _write_tokenizer(paths.tokenizer_model, staging)
+        write_hf_tokenizer(paths.tokenizer_model, staging)
         write_text(staging / "README.md", _readme(name, params))
         if out_dir.exists():
             out_dir.rmdir()

@@ -37,7 +37,7 @@ from weighted_mtp.pipeline.manifest import (
     sha256sums_mismatches,
 )
 from weighted_mtp.storage import stamps
-from weighted_mtp.storage.atomic import TEMP_MARKER, read_json, read_json_or_none
+from weighted_mtp.storage.atomic import TEMP_MARKER, read_json_or_none
 from weighted_mtp.storage.layout import (
     DATASETS,
     META_MODEL,
@@ -55,6 +55,7 @@ class BuildContext:
     layout: Layout
     catalog: Catalog
     mirror: Path | None = None
+    refresh: frozenset[str] = frozenset()  # download steps to fetch again (--refresh)
     ran: list[str] = field(default_factory=list)  # steps this build has run so far
 
     def mirror_for(self, asset: str) -> Path | None:
@@ -79,6 +80,7 @@ class Step:
     run: Callable[[BuildContext], None]
     done: Callable[[BuildContext], bool]
     changes_assets: bool = True
+    origin: Callable[[BuildContext], str] | None = None  # where kept outputs came from
 
 
 @dataclass
@@ -123,25 +125,38 @@ def _verified(ctx: BuildContext, root: Path, verify: Callable[[], Report]) -> bo
         return False
 
 
-def _source_matches(ctx: BuildContext, source_path: Path, asset: Asset) -> bool:
-    """SOURCE.json exists and came from where this build takes the asset: the same mirror or
-    the hub, the same repo, and the catalog's revision if it pins a commit."""
+def _kept_source(ctx: BuildContext, source_path: Path, asset: Asset, step: str) -> dict | None:
+    """The SOURCE.json of raw files a build keeps, whatever source they came from (a mirror
+    or the hub), unless `--refresh` asks to fetch them again: it names this asset's repo and,
+    when the catalog pins a commit and the files came from the hub, that commit."""
+    if step in ctx.refresh:
+        return None
     source = read_json_or_none(source_path, "SOURCE.json")
-    if not isinstance(source, dict):
-        return False
-    wanted = ctx.mirror_for(asset.name)
-    recorded = source.get("mirror")
-    same_place = (str(wanted) if wanted else None) == (str(Path(recorded)) if recorded else None)
+    if not isinstance(source, dict) or source.get("repo") != asset.repo:
+        return None
     pinned = re.fullmatch(r"[0-9a-f]{40}", asset.revision) is not None
-    same_revision = not pinned or asset.revision in (source.get("revision"), source.get("commit"))
-    return same_place and source.get("repo") == asset.repo and same_revision
+    from_hub = source.get("mirror") is None
+    if pinned and from_hub and asset.revision not in (source.get("revision"), source.get("commit")):
+        return None
+    return source
 
 
-def _model_download_done(ctx: BuildContext, name: str) -> bool:
+def describe_source(source: dict) -> str:
+    """Where kept raw files came from, for the build's output and log."""
+    when = source.get("downloaded_at")
+    when = f", {when}" if when else ""
+    if source.get("mirror"):
+        return f"kept files from mirror {source['mirror']}{when}"
+    commit = source.get("commit") or source.get("revision")
+    return f"kept files from {source.get('repo')}@{commit}{when}"
+
+
+def _model_download_done(ctx: BuildContext, name: str, step: str) -> bool:
     paths = ctx.layout.model(name)
-    if not _source_matches(ctx, paths.source, ctx.catalog.model(name)):
+    source = _kept_source(ctx, paths.source, ctx.catalog.model(name), step)
+    if source is None:
         return False
-    files = read_json(paths.source, "SOURCE.json").get("files") or {}
+    files = source.get("files") or {}
     hasher = Hasher(ctx.layout, trust_known=True)
     ok = bool(files) and all(
         isinstance(entry, dict)
@@ -153,12 +168,10 @@ def _model_download_done(ctx: BuildContext, name: str) -> bool:
     return ok
 
 
-def _dataset_download_done(ctx: BuildContext, name: str) -> bool:
+def _dataset_download_done(ctx: BuildContext, name: str, step: str) -> bool:
     paths = ctx.layout.dataset(name)
-    if (
-        not _source_matches(ctx, paths.source, ctx.catalog.dataset(name))
-        or not paths.raw_checksums.is_file()
-    ):
+    source = _kept_source(ctx, paths.source, ctx.catalog.dataset(name), step)
+    if source is None or not paths.raw_checksums.is_file():
         return False
     hasher = Hasher(ctx.layout, trust_known=True)
     try:
@@ -350,6 +363,11 @@ def _report_done(ctx: BuildContext) -> bool:
     return all(ok for _path, ok, _detail in document_status(ctx.layout))
 
 
+def _origin(source_path: Path) -> str:
+    source = read_json_or_none(source_path, "SOURCE.json")
+    return describe_source(source) if isinstance(source, dict) else "outputs already verify"
+
+
 def _steps() -> list[Step]:
     steps = [Step("init", 1, "create the v2 layout", _init, _init_done)]
     for short, name in (("meta", META_MODEL), ("ref", REFERENCE_MODEL)):
@@ -359,7 +377,8 @@ def _steps() -> list[Step]:
                 2,
                 f"download {name}",
                 _download_model(name),
-                lambda ctx, n=name: _model_download_done(ctx, n),
+                lambda ctx, n=name, s=f"download-{short}": _model_download_done(ctx, n, s),
+                origin=lambda ctx, n=name: _origin(ctx.layout.model(n).source),
             )
         )
     steps.append(
@@ -397,7 +416,8 @@ def _steps() -> list[Step]:
                 6,
                 f"download {name}",
                 _download_dataset(name),
-                lambda ctx, n=name: _dataset_download_done(ctx, n),
+                lambda ctx, n=name: _dataset_download_done(ctx, n, f"download-{n}"),
+                origin=lambda ctx, n=name: _origin(ctx.layout.dataset(n).source),
             )
         )
     for name in DATASETS:
@@ -576,7 +596,8 @@ def _run_step(ctx: BuildContext, step: Step, run_id: str, listener: Listener) ->
     status, detail = "failed", "crashed"
     try:
         if step.done(ctx):
-            status, detail = "skipped", "outputs already verify"
+            status = "skipped"
+            detail = step.origin(ctx) if step.origin else "outputs already verify"
         else:
             step.run(ctx)
             ctx.ran.append(step.name)
@@ -601,14 +622,18 @@ def build(
     mirror: str | Path | None = None,
     only: list[str] | tuple[str, ...] = (),
     start: str | None = None,
+    refresh: bool = False,
     listener: Listener | None = None,
 ) -> BuildResult:
-    """Run the selected steps in order; stops at the first failure (a WmtpError)."""
+    """Run the selected steps in order; stops at the first failure (a WmtpError). Raw files
+    already downloaded are kept whatever their source; `refresh` fetches the selected
+    download steps again."""
     steps = select_steps(only, start)
     mirror_dir = Path(mirror).expanduser().absolute() if mirror is not None else None
     if mirror_dir is not None and not mirror_dir.is_dir():
         raise WmtpError("mirror folder not found", path=mirror_dir)
-    ctx = BuildContext(layout, catalog, mirror_dir)
+    refreshed = frozenset(s.name for s in steps if refresh and s.name.startswith("download-"))
+    ctx = BuildContext(layout, catalog, mirror_dir, refreshed)
     listener = listener or (lambda _event, _step, _outcome: None)
     result = BuildResult()
     layout.root.mkdir(parents=True, exist_ok=True)

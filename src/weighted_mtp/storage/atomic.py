@@ -58,6 +58,17 @@ def atomic_write(path: str | Path, mode: str = "wb", encoding: str | None = None
     _fsync_dir(path.parent)
 
 
+def move_into_place(finished: Path, path: Path) -> None:
+    """Give a complete file written elsewhere on the same filesystem (e.g. a resumable
+    download) its final name atomically, durable across a power loss."""
+    with finished.open("rb+") as handle:
+        os.fsync(handle.fileno())
+    os.chmod(finished, 0o644)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(finished, path)
+    _fsync_dir(path.parent)
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_write(path, "wb") as handle:
         handle.write(data)

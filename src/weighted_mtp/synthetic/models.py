@@ -3,12 +3,15 @@
 Tests, the benchmark and the offline demo need upstream-format inputs without the 15 GB
 download: random tensors under the real names and shapes, saved with `torch.save` the way
 the upstream files are. `write_meta_mirror` mimics `facebook/multi-token-prediction`,
-`write_reference_mirror` mimics `microsoft/rho-1` (its `reference_model/` folder).
+`write_reference_mirror` mimics `princeton-nlp/Sheared-LLaMA-2.7B` (every file at the root).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,6 @@ from weighted_mtp.models.architecture import MetaParams, hf_llama_tensor_shapes,
 from weighted_mtp.storage.atomic import atomic_write, write_json
 
 META_CHECKPOINT_DIR = "7B_1T_4"
-REFERENCE_DIR = "reference_model"
 
 # At least the micro size (dim 512, 8 heads, >= 4 layers), under 100 MB in bfloat16.
 DEFAULT_META_PARAMS = {
@@ -50,6 +52,7 @@ DEFAULT_REFERENCE_CONFIG = {
     "torch_dtype": "float32",
     "initializer_range": 0.02,
 }
+REFERENCE_GENERATION_CONFIG = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
 
 
 def _vocab_size(tokenizer_model: Path) -> int:
@@ -132,6 +135,24 @@ def _shard_names(n_shards: int, shard_format: str) -> tuple[list[str], str]:
     raise ValueError(f"shard_format must be 'bin' or 'safetensors', not {shard_format!r}")
 
 
+@functools.cache
+def _hf_tokenizer_files(tokenizer_sha256: str, tokenizer_model: Path) -> dict[str, bytes]:
+    """The tokenizer files transformers writes beside tokenizer.model (tokenizer.json,
+    tokenizer_config.json, ...), converted once per tokenizer and process (~5 s each)."""
+    from weighted_mtp.models.export_hf import write_hf_tokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_hf_tokenizer(tokenizer_model, Path(tmp))
+        return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.name != "tokenizer.model"}
+
+
+def _write_hf_tokenizer_files(tokenizer_model: Path, out_dir: Path) -> None:
+    digest = hashlib.sha256(tokenizer_model.read_bytes()).hexdigest()
+    for name, data in _hf_tokenizer_files(digest, tokenizer_model).items():
+        with atomic_write(out_dir / name, "wb") as handle:
+            handle.write(data)
+
+
 def write_reference_mirror(
     out_dir: str | Path,
     *,
@@ -142,8 +163,8 @@ def write_reference_mirror(
     shard_format: str = "bin",
     rotary_buffers: bool | None = None,
 ) -> Path:
-    """`out_dir/reference_model/` (shards, index, config.json) and
-    `out_dir/tokenizer/tokenizer.model`, like microsoft/rho-1.
+    """Sheared-LLaMA's root files in `out_dir`: the shards and their index, config.json,
+    generation_config.json, tokenizer.model and transformers' tokenizer files.
 
     `rotary_buffers` adds the `rotary_emb.inv_freq` buffers that older transformers saved
     in `.bin` checkpoints (default: only for `.bin` shards)."""
@@ -165,18 +186,19 @@ def write_reference_mirror(
     shard_names, index_name = _shard_names(n_shards, shard_format)
     names = list(tensors)
     per_shard = -(-len(names) // n_shards)
-    folder = out_dir / REFERENCE_DIR
     weight_map = {}
     for shard, shard_name in enumerate(shard_names):
         chunk = {n: tensors[n] for n in names[shard * per_shard : (shard + 1) * per_shard]}
         weight_map.update(dict.fromkeys(chunk, shard_name))
         if shard_format == "bin":
-            _torch_save(chunk, folder / shard_name)
+            _torch_save(chunk, out_dir / shard_name)
         else:
-            folder.mkdir(parents=True, exist_ok=True)
-            save_file(chunk, folder / shard_name, metadata={"format": "pt"})
+            out_dir.mkdir(parents=True, exist_ok=True)
+            save_file(chunk, out_dir / shard_name, metadata={"format": "pt"})
     total = sum(t.numel() * t.element_size() for t in tensors.values())
-    write_json(folder / index_name, {"metadata": {"total_size": total}, "weight_map": weight_map})
-    write_json(folder / "config.json", config)
-    _copy_tokenizer(tokenizer_model, out_dir / "tokenizer" / "tokenizer.model")
+    write_json(out_dir / index_name, {"metadata": {"total_size": total}, "weight_map": weight_map})
+    write_json(out_dir / "config.json", config)
+    write_json(out_dir / "generation_config.json", REFERENCE_GENERATION_CONFIG)
+    _copy_tokenizer(tokenizer_model, out_dir / "tokenizer.model")
+    _write_hf_tokenizer_files(tokenizer_model, out_dir)
     return out_dir

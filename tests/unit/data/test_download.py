@@ -121,36 +121,3 @@ def test_mbpp_and_humaneval_hub_parquet_layouts(layout, tmp_path: Path, mirrors:
     download_dataset(layout, load_catalog(), "humaneval", mirror=mirror)
     raw = layout.dataset("humaneval").raw_split("HumanEval").read_text().splitlines()
     assert [json.loads(line) for line in raw] == problems
-
-
-def test_hub_download_pins_the_commit_and_lands_in_the_cache(layout, mirrors: Path, monkeypatch):
-    from types import SimpleNamespace
-
-    import huggingface_hub
-
-    upstream, commit, calls = mirrors / "codecontests", "c" * 40, []
-    siblings = [
-        SimpleNamespace(rfilename=p.relative_to(upstream).as_posix())
-        for p in upstream.rglob("*")
-        if p.is_file()
-    ]
-
-    def repo_info(self, repo_id, *, repo_type=None, revision=None):
-        calls.append(("info", revision))
-        return SimpleNamespace(sha=commit, siblings=siblings)
-
-    def hf_hub_download(repo_id, filename, *, repo_type=None, revision=None, local_dir=None):
-        calls.append(("file", revision, Path(local_dir)))
-        target = Path(local_dir) / filename
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(upstream / filename, target)
-        return str(target)
-
-    monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", repo_info)
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
-    source = download_dataset(layout, load_catalog(), "codecontests", revision="v1")
-    paths = layout.dataset("codecontests")
-    assert calls[0] == ("info", "v1")
-    assert {c[1:] for c in calls[1:]} == {(commit, paths.cache)}
-    assert source["revision"] == commit and source["mirror"] is None
-    assert sorted(source["raw_files"]) == ["test.jsonl", "train.jsonl", "validation.jsonl"]

@@ -80,7 +80,7 @@ def test_sharded_checkpoints_open_with_every_tensor(
         n_shards=3,
         shard_format=shard_format,
     )
-    folder = out / "reference_model"
+    folder = out
     index = json.loads(next(folder.glob("*.index.json")).read_text())
     with open_hf_checkpoint(folder) as source:
         assert set(source.shapes()) == set(index["weight_map"])
@@ -118,21 +118,21 @@ def _edit_index(folder, edit):
     ],
 )
 def test_a_bad_index_is_refused(reference_mirror, edit, message):
-    folder = reference_mirror / "reference_model"
+    folder = reference_mirror
     _edit_index(folder, edit)
     with pytest.raises(WmtpError, match=message):
         open_hf_checkpoint(folder)
 
 
 def test_a_missing_shard_is_refused(reference_mirror):
-    folder = reference_mirror / "reference_model"
+    folder = reference_mirror
     (folder / "pytorch_model-00002-of-00002.bin").unlink()
     with pytest.raises(WmtpError, match=r"00002-of-00002.bin named by the index is missing"):
         open_hf_checkpoint(folder)
 
 
 def test_a_shard_linking_outside_is_refused(reference_mirror, tmp_path):
-    folder = reference_mirror / "reference_model"
+    folder = reference_mirror
     shard = folder / "pytorch_model-00002-of-00002.bin"
     outside = tmp_path / "elsewhere.bin"
     shard.rename(outside)

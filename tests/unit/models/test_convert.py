@@ -234,7 +234,8 @@ def test_reference_shards_merge_exactly_without_rotary_buffers(reference_raw, me
     )
 
 
-def test_safetensors_shards_convert_too(layout, catalog, sp_model_path, tmp_path):
+def test_safetensors_shards_convert_too(layout, sp_model_path, tmp_path):
+    from weighted_mtp.catalog import load_catalog
     from weighted_mtp.models.download import download_model
     from weighted_mtp.synthetic.models import write_reference_mirror
 
@@ -247,7 +248,14 @@ def test_safetensors_shards_convert_too(layout, catalog, sp_model_path, tmp_path
         shard_format="safetensors",
         n_shards=3,
     )
-    download_model(layout, catalog, "ref-sheared-llama-2.7b", mirror=mirror)
+    catalog = tmp_path / "catalog.yaml"  # a fork that publishes safetensors shards
+    catalog.write_text(
+        "models:\n  ref-sheared-llama-2.7b:\n    repo: me/sheared-safetensors\n    files:\n"
+        "      - {path: 'model*.safetensors*', into: raw/reference_model}\n"
+        "      - {path: config.json, into: raw/reference_model}\n"
+        "      - {path: tokenizer.model, into: tokenizer}\ndatasets: {}\n"
+    )
+    download_model(layout, load_catalog(catalog), "ref-sheared-llama-2.7b", mirror=mirror)
     metadata = convert_model(layout, "ref-sheared-llama-2.7b", dtype="bfloat16")
     assert "dropped_tensors" not in metadata
     assert metadata["dtype"] == "bfloat16"

@@ -2,12 +2,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-from types import SimpleNamespace
 
 import pytest
 from huggingface_hub import errors
-from huggingface_hub.hf_api import BlobLfsInfo, RepoSibling
 
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.models.download import download_model, recorded_hash
@@ -60,83 +57,6 @@ def test_recorded_hash_is_reused_only_for_unchanged_files(meta_raw):
     assert recorded_hash(meta_raw, pth) == _sha(pth)
     pth.write_bytes(pth.read_bytes() + b"x")
     assert recorded_hash(meta_raw, pth) is None
-
-
-def _fake_hub(monkeypatch, mirror, calls, lfs_sha=None):
-    """HfApi.repo_info and hf_hub_download answered from a local folder."""
-    siblings = [
-        RepoSibling(
-            p.relative_to(mirror).as_posix(),
-            size=p.stat().st_size,
-            lfs=BlobLfsInfo(size=p.stat().st_size, sha256=lfs_sha or _sha(p), pointer_size=0)
-            if p.suffix == ".pth"
-            else None,
-        )
-        for p in mirror.rglob("*")
-        if p.is_file()
-    ] + [RepoSibling("README.md", size=10)]
-
-    def repo_info(self, repo_id, *, revision=None, repo_type=None, files_metadata=False):
-        calls.append(("info", repo_id, revision))
-        return SimpleNamespace(sha=COMMIT, siblings=siblings)
-
-    def hf_hub_download(repo_id, filename, *, repo_type=None, revision=None, local_dir=None):
-        calls.append(("file", filename, revision, str(local_dir)))
-        target = local_dir / filename
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not target.is_file():  # like the hub client, a finished file is not fetched again
-            shutil.copyfile(mirror / filename, target)
-        return str(target)
-
-    import huggingface_hub
-
-    monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", repo_info)
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
-
-
-def test_hub_download_pins_the_commit_and_uses_local_dir(layout, catalog, meta_mirror, monkeypatch):
-    calls = []
-    _fake_hub(monkeypatch, meta_mirror, calls)
-    source = download_model(layout, catalog, "meta-llama-mtp", revision="v1")
-    paths = layout.model("meta-llama-mtp")
-    assert calls[0] == ("info", "facebook/multi-token-prediction", "v1")
-    files = {c[1]: c for c in calls[1:]}
-    assert set(files) == {"7B_1T_4/consolidated.pth", "7B_1T_4/params.json", "tokenizer.model"}
-    assert all(c[2] == COMMIT for c in files.values())
-    assert files["tokenizer.model"][3] == str(paths.tokenizer_dir)
-    assert files["7B_1T_4/params.json"][3] == str(paths.raw)
-    assert source["commit"] == COMMIT and source["revision"] == "v1"
-    assert source["mirror"] is None
-
-
-def test_a_rerun_hashes_only_files_changed_since_the_last_download(
-    layout, catalog, meta_mirror, monkeypatch
-):
-    import weighted_mtp.models.download as download
-
-    _fake_hub(monkeypatch, meta_mirror, [])
-    download_model(layout, catalog, "meta-llama-mtp")
-    paths = layout.model("meta-llama-mtp")
-    with paths.tokenizer_model.open("ab") as handle:
-        handle.write(b"x")
-    hashed, real = [], download.sha256_file
-    monkeypatch.setattr(
-        download, "sha256_file", lambda path, **kw: hashed.append(path) or real(path, **kw)
-    )
-    source = download_model(layout, catalog, "meta-llama-mtp")
-    assert hashed == [paths.tokenizer_model]
-    pth = paths.raw_checkpoint_dir / "consolidated.pth"
-    assert source["files"]["raw/7B_1T_4/consolidated.pth"]["sha256"] == _sha(pth)
-    assert source["files"]["tokenizer/tokenizer.model"]["sha256"] == _sha(paths.tokenizer_model)
-
-
-def test_a_download_that_differs_from_the_hubs_hash_is_refused(
-    layout, catalog, meta_mirror, monkeypatch
-):
-    _fake_hub(monkeypatch, meta_mirror, [], lfs_sha="0" * 64)
-    with pytest.raises(WmtpError, match=r"consolidated.pth has SHA-256 .* the hub says"):
-        download_model(layout, catalog, "meta-llama-mtp")
-    assert not layout.model("meta-llama-mtp").source.exists()
 
 
 def _http_error(cls, status, message="boom"):

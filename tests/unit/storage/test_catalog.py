@@ -11,7 +11,13 @@ def test_packaged_catalog_names_the_upstream_sources():
     catalog = load_catalog()
     meta = catalog.model("meta-llama-mtp")
     assert meta.repo == "facebook/multi-token-prediction" and meta.revision
-    assert catalog.model("ref-sheared-llama-2.7b").repo == "microsoft/rho-1"
+    reference = catalog.model("ref-sheared-llama-2.7b")
+    assert reference.repo == "princeton-nlp/Sheared-LLaMA-2.7B"
+    assert reference.revision == "bb17fdffbcb0d33c2fee6d3811c850b3063d05ac"
+    assert reference.expected_sha256("pytorch_model-00002-of-00002.bin") == (
+        "c9fde8a274acfc664a1e726dfd001ce43d86909629f666fd14544fe4d36f4b6d"
+    )
+    assert reference.expected_sha256("config.json") is None
     assert catalog.dataset("codecontests").repo == "deepmind/code_contests"
     assert catalog.dataset("humaneval").repo_type == "dataset"
 
@@ -26,9 +32,10 @@ def test_catalog_destinations_agree_with_the_layout(tmp_path: Path):
     )
     ref = layout.model("ref-sheared-llama-2.7b")
     ref_asset = catalog.model("ref-sheared-llama-2.7b")
-    shard = "reference_model/pytorch_model-00001-of-00002.bin"
-    assert ref.file(ref_asset.destination(shard)).parent == ref.raw_checkpoint_dir
-    assert ref.file(ref_asset.destination("tokenizer/tokenizer.model")) == ref.tokenizer_model
+    for name in ("pytorch_model-00001-of-00002.bin", "pytorch_model.bin.index.json", "config.json"):
+        assert ref.file(ref_asset.destination(name)) == ref.raw_checkpoint_dir / name
+    assert ref.file(ref_asset.destination("tokenizer.model")) == ref.tokenizer_model
+    assert ref.file(ref_asset.destination("tokenizer.json")) == ref.tokenizer_dir / "tokenizer.json"
     assert ref_asset.destination("README.md") is None
 
 
@@ -55,3 +62,19 @@ def test_user_catalog_overrides_and_is_validated(tmp_path: Path, monkeypatch):
         load_catalog(bad)
     with pytest.raises(WmtpError, match="no model 'micro-mtp'"):
         load_catalog(good).model("micro-mtp")
+
+
+def test_a_sha256_must_be_hex_and_name_one_file(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "models:\n  meta-llama-mtp:\n    repo: me/fork\n"
+        f"    files: [{{path: '*.pth', into: raw, sha256: {'a' * 64}}}]\ndatasets: {{}}\n"
+    )
+    with pytest.raises(WmtpError, match=r"files/0/sha256: a glob \('\*.pth'\)"):
+        load_catalog(bad)
+    bad.write_text(
+        "models:\n  meta-llama-mtp:\n    repo: me/fork\n"
+        "    files: [{path: a.pth, into: raw, sha256: ABC}]\ndatasets: {}\n"
+    )
+    with pytest.raises(WmtpError, match=r"files/0/sha256"):
+        load_catalog(bad)

@@ -44,10 +44,9 @@ def test_meta_mirror_defaults_are_at_least_micro_size_and_small(tmp_path, sp_mod
 
 
 def test_reference_mirror_shards_cover_the_index(tmp_path, sp_model_path):
-    out = write_reference_mirror(
+    folder = write_reference_mirror(
         tmp_path, tokenizer_model=sp_model_path, n_shards=3, shard_format="safetensors"
     )
-    folder = out / "reference_model"
     index = json.loads((folder / "model.safetensors.index.json").read_text())
     config = json.loads((folder / "config.json").read_text())
     tensors = {}
@@ -56,7 +55,27 @@ def test_reference_mirror_shards_cover_the_index(tmp_path, sp_model_path):
     assert _shapes(tensors) == hf_llama_tensor_shapes(config)
     assert set(index["weight_map"]) == set(tensors)
     assert sum((folder / s).stat().st_size for s in set(index["weight_map"].values())) < 100e6
-    assert (out / "tokenizer" / "tokenizer.model").is_file()
+    assert (folder / "tokenizer.model").read_bytes() == sp_model_path.read_bytes()
+
+
+def test_reference_mirror_has_sheared_llamas_root_files(tmp_path, sp_model_path):
+    from transformers import AutoTokenizer
+
+    out = write_reference_mirror(tmp_path, tokenizer_model=sp_model_path)
+    names = {p.name for p in out.iterdir()}
+    assert {
+        "config.json",
+        "generation_config.json",
+        "pytorch_model-00001-of-00002.bin",
+        "pytorch_model-00002-of-00002.bin",
+        "pytorch_model.bin.index.json",
+        "tokenizer.model",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    } <= names
+    assert not any(p.is_dir() for p in out.iterdir())  # no invented sub-folders
+    fast = AutoTokenizer.from_pretrained(out)
+    assert fast.is_fast and len(fast) == 8320
 
 
 def test_bin_reference_mirror_keeps_old_rotary_buffers(tmp_path, sp_model_path):
@@ -69,7 +88,7 @@ def test_bin_reference_mirror_keeps_old_rotary_buffers(tmp_path, sp_model_path):
         "rope_theta": 500.0,
     }
     out = write_reference_mirror(tmp_path, tokenizer_model=sp_model_path, config=config)
-    shard = out / "reference_model" / "pytorch_model-00001-of-00002.bin"
+    shard = out / "pytorch_model-00001-of-00002.bin"
     state = torch.load(shard, weights_only=True)
     inv_freq = state["model.layers.0.self_attn.rotary_emb.inv_freq"]
     assert torch.allclose(inv_freq, 1 / 500.0 ** (torch.arange(0, 32, 2) / 32))
