@@ -117,6 +117,34 @@ def test_second_build_changes_nothing(demo_copy):
     assert _asset_snapshot(layout) == before
 
 
+def test_a_build_without_mirror_or_network_after_the_demo_changes_nothing(demo_copy):
+    """Raw files that match their SOURCE.json are kept whatever their source: a plain
+    `wmtp build` (the hub by default) on a demo storage fetches nothing."""
+    layout, mirror = demo_copy
+    before = _asset_snapshot(layout)
+    offline = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    result = subprocess.run(
+        [sys.executable, "-m", "weighted_mtp", "--root", str(layout.root), "build"],
+        env={**offline, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"kept files from mirror {mirror}" in result.stdout
+    assert "MANIFEST.json unchanged" in result.stdout
+    assert _asset_snapshot(layout) == before
+
+
+def test_refresh_fetches_a_download_again_from_the_given_source(demo_copy):
+    layout, mirror = demo_copy
+    kept = build(layout, load_catalog(), only=["download-mbpp"])
+    assert [o.status for o in kept.outcomes] == ["skipped"]
+    refreshed = build(layout, load_catalog(), mirror=mirror, only=["download-mbpp"], refresh=True)
+    assert [o.status for o in refreshed.outcomes] == ["ran"]
+    # The same bytes again; only the record of the download is new.
+    assert refreshed.manifest_diff.files() == ["datasets_v2/mbpp/raw/SOURCE.json"]
+
+
 def test_a_storage_awaiting_approval_is_not_verified_again_by_build(demo_copy):
     layout, mirror = demo_copy
     layout.approvals.unlink()
