@@ -34,6 +34,27 @@ _CODECONTESTS_PARTS = {
 _SINGLE_FILE_PARTS = {"mbpp": "mbpp", "humaneval": "HumanEval"}
 _SUFFIXES = (".parquet", ".jsonl.gz", ".jsonl")
 
+# Bytes of raw JSONL per upstream byte, and of prepare's outputs (processed splits) per raw
+# JSONL byte, measured on the synthetic fixtures of each dataset and rounded up to the next
+# 0.5 (README, "Disk space"): JSONL/Parquet 2.10 CodeContests, 2.70 MBPP, 2.69 HumanEval;
+# JSONL/gzip 4.38 (HumanEval); processed/raw 1.24, 2.69, 1.09.
+JSONL_PER_UPSTREAM = {".parquet": 3.0, ".jsonl.gz": 4.5, ".jsonl": 1.0}
+JSONL_PER_PARQUET_BY_DATASET = {"codecontests": 2.5}
+PREPARED_PER_JSONL = {"codecontests": 1.5, "mbpp": 3.0, "humaneval": 1.5}
+
+
+def output_space(name: str, upstream: list[tuple[str, int]]) -> int:
+    """Disk that the raw JSONL and `prepare`'s outputs will take, estimated from the
+    upstream files' names and sizes (the JSONL is larger than the Parquet it comes from)."""
+    jsonl = 0.0
+    for upstream_name, size in upstream:
+        suffix = next((s for s in _SUFFIXES if upstream_name.endswith(s)), ".jsonl")
+        factor = JSONL_PER_UPSTREAM[suffix]
+        if suffix == ".parquet":
+            factor = JSONL_PER_PARQUET_BY_DATASET.get(name, factor)
+        jsonl += size * factor
+    return int(jsonl * (1 + PREPARED_PER_JSONL[name]))
+
 
 def raw_part(dataset: str, upstream_name: str) -> str:
     """The raw file (without `.jsonl`) an upstream file's rows go into."""
@@ -84,7 +105,15 @@ def _hub_files(
     `(upstream name, path)` of each file and the SHA-256s taken while downloading."""
     from weighted_mtp.models.download import fetch_from_hub
 
-    planned, commit, hashes = fetch_from_hub(asset, revision, paths.root, paths.cache)
+    planned, commit, hashes = fetch_from_hub(
+        asset,
+        revision,
+        paths.root,
+        paths.cache,
+        also_needed=lambda files: output_space(
+            asset.name, [(f.repo_path, f.size or 0) for f in files]
+        ),
+    )
     files = [(item.repo_path, paths.root / item.destination.as_posix()) for item in planned]
     return commit, files, hashes
 
@@ -106,7 +135,6 @@ def write_raw(paths: DatasetPaths, name: str, files: list[tuple[str, Path]]) -> 
     parts: dict[str, list[Path]] = {}
     for upstream, path in files:
         parts.setdefault(raw_part(name, upstream), []).append(path)
-    ensure_free_space(paths.raw, sum(p.stat().st_size for _u, p in files), f"raw {name}")
     raw: dict[str, Any] = {}
     with progress.task(f"{name}: to raw JSONL", len(files)) as advance:
         for part, sources in sorted(parts.items()):
@@ -133,6 +161,8 @@ def download_dataset(
     if mirror is not None:
         mirror = Path(mirror).expanduser().absolute()
         files, resolved = _mirror_files(asset, mirror), None
+        sizes = [(upstream, path.stat().st_size) for upstream, path in files]
+        ensure_free_space(paths.root, output_space(name, sizes), f"{name} raw and prepared")
     else:
         resolved, files, hashes = _hub_files(asset, paths, revision or asset.revision)
     raw = write_raw(paths, name, files)

@@ -18,7 +18,7 @@ _PUBLIC = {
     "load_reference_model": "weighted_mtp.models.adapter",
     "mtp_loss": "weighted_mtp.models.adapter",
 }
-__all__ = sorted(_PUBLIC)
+__all__ = ["load_mtp_model", "load_reference_model", "mtp_loss"]
 
 
 def __getattr__(name: str) -> Any:

@@ -303,10 +303,12 @@ def fetch_from_hub(
     root: Path,
     cache: Path,
     known_hash: Callable[[Path], str | None] = lambda _path: None,
+    also_needed: Callable[[list[PlannedFile]], int] = lambda _files: 0,
 ) -> tuple[list[PlannedFile], str, dict[Path, str]]:
     """Resolve `revision` once, then bring every catalog file of that commit under `root`
-    (the asset folder); `known_hash` may spare re-reading a file recorded earlier. Returns
-    the plan, the commit and each destination's SHA-256."""
+    (the asset folder); `known_hash` may spare re-reading a file recorded earlier, and
+    `also_needed` adds the disk the files' later outputs take to the free-space check.
+    Returns the plan, the commit and each destination's SHA-256."""
     with hub_errors(asset.repo, revision):
         commit, available = hub_listing(asset, revision)
         planned = plan_files(asset, available, f"{asset.repo}@{commit}")
@@ -316,7 +318,8 @@ def fetch_from_hub(
             if digest := _kept(target, item, known_hash):
                 hashes[target] = digest
         missing = [p for p in planned if root / p.destination.as_posix() not in hashes]
-        ensure_free_space(root, sum(p.size or 0 for p in missing), f"{asset.name} files")
+        needed = sum(p.size or 0 for p in missing) + also_needed(planned)
+        ensure_free_space(root, needed, f"{asset.name} files")
         for item in missing:
             target = root / item.destination.as_posix()
             hashes[target] = fetch_hub_file(asset, commit, item, target, cache)

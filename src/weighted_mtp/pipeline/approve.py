@@ -16,6 +16,7 @@ from weighted_mtp.storage.atomic import read_json, write_json
 from weighted_mtp.storage.layout import STORAGE_VERSION, Layout
 
 APPROVE_HINT = "review reports/ and run `wmtp approve --by NAME`"
+DEFAULT_TAG = f"v{STORAGE_VERSION}"
 
 
 def load_approvals(layout: Layout) -> list[dict]:
@@ -64,13 +65,43 @@ def approval_status(
     return False, f"{detail}; {APPROVE_HINT}", changed or [rel]
 
 
-def approve(layout: Layout, by: str) -> dict:
-    """Record an approval of the current storage; refused unless Steps 0-10 all pass."""
+def tag_status(layout: Layout) -> tuple[bool, str, list[str]]:
+    """(current?, explanation, files): the latest approval is of the current manifest and
+    names a tag."""
+    try:
+        approvals = load_approvals(layout)
+    except WmtpError as exc:
+        return False, exc.line(), [layout.relative(layout.approvals)]
+    latest = approvals[-1] if approvals else {}
+    tag = latest.get("tag")
+    current = manifest_sha256(layout)
+    if tag and latest.get("manifest_sha256") == current:
+        return True, f"tag {tag} names MANIFEST.json sha256 {current[:12]}…", []
+    detail = f"tag {tag} names an earlier manifest" if tag else "the current state carries no tag"
+    return False, f"{detail}; run `wmtp approve --by NAME [--tag NAME]`", []
+
+
+def _check_tag_is_free(approvals: list[dict], tag: str, manifest: str) -> None:
+    """A tag names one storage state: it cannot move to another manifest."""
+    for earlier in approvals:
+        if earlier.get("tag") == tag and earlier.get("manifest_sha256") != manifest:
+            raise UsageError(
+                f"tag {tag} already names MANIFEST.json sha256 "
+                f"{str(earlier.get('manifest_sha256'))[:12]}… (approved {earlier.get('at')})",
+                hint="choose another --tag, e.g. the next version",
+            )
+
+
+def approve(layout: Layout, by: str, tag: str = DEFAULT_TAG) -> dict:
+    """Record an approval of the current storage under `tag`; refused unless Steps 0-10 all
+    pass."""
     from weighted_mtp.pipeline.checklist import run_checklist
 
-    by = " ".join(by.split())
+    by, tag = " ".join(by.split()), tag.strip()
     if not by:
         raise UsageError("--by needs the approver's name")
+    if not tag or any(c.isspace() for c in tag):
+        raise UsageError("--tag needs a name without spaces, e.g. v2.0.0")
     checklist = run_checklist(layout, through=10)
     if not checklist.ok:
         failed_steps = checklist.failed()
@@ -84,13 +115,15 @@ def approve(layout: Layout, by: str) -> dict:
             hint="`wmtp verify` lists every failure; fix them, then approve",
         )
     manifest = load_manifest(layout)
+    approvals = load_approvals(layout)
+    _check_tag_is_free(approvals, tag, checklist.manifest_sha256)
     record = {
         "by": by,
         "at": utc_now(),
+        "tag": tag,
         "storage_version": STORAGE_VERSION,
         "manifest_sha256": checklist.manifest_sha256,
         "files": {e["path"]: e["sha256"] for e in manifest["files"]},
     }
-    approvals = load_approvals(layout)
     write_json(layout.approvals, {"approvals": [*approvals, record]})
     return record

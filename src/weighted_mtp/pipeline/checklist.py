@@ -49,7 +49,7 @@ STEP_TITLES = {
     8: "processed datasets, stats and small sets",
     9: "integrity of every asset (manifest, checksums)",
     10: "documents (README, reports) match the storage",
-    11: "checklist complete and approved",
+    11: "checklist complete, approved, tagged and backed up",
 }
 LAST_ASSET_STEP = 9
 MAX_REASON = 120  # longer lists of passed checks are summarised by their count
@@ -362,12 +362,17 @@ def _step10(run: _Run, report: Report) -> None:
 
 
 def _step11(run: _Run, report: Report, earlier: list[StepResult]) -> None:
-    from weighted_mtp.pipeline.approve import approval_status
+    """The plan's sign-off: approval signature, tag and a verified backup, each of exactly
+    the current manifest (any later change makes them stale)."""
+    from weighted_mtp.pipeline.approve import approval_status, tag_status
+    from weighted_mtp.pipeline.backup import backup_status
 
     failed = [f"Step {s.number}" for s in earlier if not s.ok]
     report.add("Steps 0-10 all ✔", not failed, ", ".join(failed) + " failed" if failed else "")
     ok, detail, files = approval_status(run.layout, run.differs_from_manifest)
     report.add("approval", ok, detail, files)
+    report.add("tag", *tag_status(run.layout))
+    report.add("backup", *backup_status(run.layout, run.differs_from_manifest))
 
 
 STEPS: dict[int, Callable[[_Run, Report], None]] = {

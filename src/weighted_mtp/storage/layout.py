@@ -233,6 +233,11 @@ class Layout:
         return self.root / "APPROVALS.json"
 
     @property
+    def backups(self) -> Path:
+        """Verified copies of this storage: where, when, of which manifest."""
+        return self.root / "BACKUPS.json"
+
+    @property
     def readme(self) -> Path:
         return self.root / "README.md"
 

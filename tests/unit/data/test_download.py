@@ -121,3 +121,39 @@ def test_mbpp_and_humaneval_hub_parquet_layouts(layout, tmp_path: Path, mirrors:
     download_dataset(layout, load_catalog(), "humaneval", mirror=mirror)
     raw = layout.dataset("humaneval").raw_split("HumanEval").read_text().splitlines()
     assert [json.loads(line) for line in raw] == problems
+
+
+def _sizes(paths) -> int:
+    return sum(p.stat().st_size for p in paths)
+
+
+def test_the_disk_factors_cover_what_the_fixtures_really_write(prepared, mirrors: Path):
+    """The free-space estimate (JSONL larger than Parquet, plus prepare's outputs) is at
+    least what each fixture dataset really takes."""
+    from weighted_mtp.data.download import output_space
+
+    for name in ("codecontests", "mbpp", "humaneval"):
+        upstream = [
+            (p.relative_to(mirrors / name).as_posix(), p.stat().st_size)
+            for p in (mirrors / name).rglob("*")
+            if p.is_file()
+        ]
+        paths = prepared.dataset(name)
+        written = _sizes(paths.raw.glob("*.jsonl")) + _sizes(paths.processed.glob("*"))
+        assert written <= output_space(name, upstream), name
+
+
+def test_the_free_space_check_counts_the_jsonl_and_prepared_outputs(
+    layout, mirrors: Path, monkeypatch
+):
+    """Free space for the Parquet alone is not enough: the check refuses before writing."""
+    import shutil as shutil_module
+    from collections import namedtuple
+
+    parquet = _sizes((mirrors / "codecontests").rglob("*.parquet"))
+    usage = namedtuple("usage", "total used free")
+    free = (64 << 20) + 2 * parquet  # the Parquet and the headroom fit, the outputs do not
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda _path: usage(0, 0, free))
+    with pytest.raises(WmtpError, match="not enough free disk for codecontests raw and prepared"):
+        download_dataset(layout, load_catalog(), "codecontests", mirror=mirrors / "codecontests")
+    assert not list(layout.dataset("codecontests").raw.glob("*.jsonl"))
