@@ -1,4 +1,4 @@
-"""Top-level whole-storage commands: build, verify, report, approve, demo."""
+"""Top-level whole-storage commands: build, verify, report, approve, backup, demo."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from weighted_mtp.cli._console import (
     progress_bars,
     state,
 )
+from weighted_mtp.pipeline.approve import DEFAULT_TAG
+from weighted_mtp.pipeline.checklist import SIGN_OFF_STEP
 
 if TYPE_CHECKING:
     from weighted_mtp.pipeline.build import BuildResult, Step, StepOutcome
@@ -45,6 +47,9 @@ def print_checklist(checklist: Checklist) -> None:
         if step.files:
             line += f" [dim]({escape(_files(step.files))})[/]"
         console.print(line, highlight=False, soft_wrap=True)
+        if step.number == SIGN_OFF_STEP and step.ok:  # approval, tag and backup, each shown
+            for check in step.report.checks[1:]:
+                console.print(f"    {check.name}: {escape(check.detail)}", highlight=False)
     failed = checklist.failed()
     verdict = (
         "[green]every step ✔[/]"
@@ -134,16 +139,45 @@ def report(ctx: typer.Context) -> None:
 def approve(
     ctx: typer.Context,
     by: Annotated[str, typer.Option("--by", help="Who approves (name or e-mail).")],
+    tag: Annotated[
+        str, typer.Option("--tag", help="The name this storage state is released under.")
+    ] = DEFAULT_TAG,
 ) -> None:
-    """Record an approval of the current storage in APPROVALS.json (only if it verifies)."""
+    """Record an approval and tag of the current storage in APPROVALS.json (only if it
+    verifies)."""
     from weighted_mtp.pipeline.approve import approve as record_approval
 
     with progress_bars():
-        record = record_approval(state(ctx).layout, by)
+        record = record_approval(state(ctx).layout, by, tag)
     console.print(
-        f"approved by {record['by']} at {record['at']}: MANIFEST.json sha256 "
-        f"{record['manifest_sha256']}",
+        f"approved by {record['by']} at {record['at']}, tag {record['tag']}: MANIFEST.json "
+        f"sha256 {record['manifest_sha256']}",
         highlight=False,
+    )
+
+
+def backup(
+    ctx: typer.Context,
+    dest: Annotated[Path, typer.Argument(help="Backup folder (empty, or an earlier backup).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Copy the storage to DEST (real copies, resumable), verify every byte against
+    MANIFEST.json and record the backup; DEST is a storage root of its own."""
+    from weighted_mtp.pipeline.backup import backup as run_backup
+
+    with progress_bars(not as_json):
+        result = run_backup(state(ctx).layout, dest)
+    if as_json:
+        print_json({**result.record, "copied_files": result.copied, "seconds": result.seconds})
+        return
+    rate = result.copied_size / max(result.seconds, 1e-9) / 1e6
+    console.print(
+        f"backed up {result.files} files ({result.size / 1e6:.1f} MB) to {result.dest}: "
+        f"{result.copied} copied ({result.copied_size / 1e6:.1f} MB, {rate:.0f} MB/s), "
+        f"{result.files - result.copied} already there; every file verified against "
+        f"MANIFEST.json sha256 {result.record['manifest_sha256']}",
+        highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -213,8 +247,14 @@ def demo(
     _summary(result.build)
     if result.approved_now:
         console.print(
-            "recorded the demo's own approval (its sources are synthetic; a real "
+            "recorded the demo's own approval and tag (its sources are synthetic; a real "
             "storage needs a person's `wmtp approve --by NAME`)"
+        )
+    if result.backed_up is not None:
+        console.print(
+            f"backed up to {result.backed_up.dest} and verified every byte "
+            f"({result.backed_up.size / 1e6:.0f} MB in {result.backed_up.seconds:.1f} s)",
+            highlight=False,
         )
     console.print()
     print_checklist(result.checklist)
@@ -224,6 +264,8 @@ def demo(
 
 
 def _next_steps(result: DemoResult) -> None:
+    from weighted_mtp.pipeline.demo import backup_for
+
     root = result.layout.root
     console.print(
         f"""
@@ -232,15 +274,17 @@ def _next_steps(result: DemoResult) -> None:
   reports        {result.layout.reports_dir}
   manifest       {result.layout.manifest}
   mirror         {result.mirror}
+  backup         {backup_for(root)}
 
 [bold]what to run next[/]
   wmtp --root {root} storage status     # the tree and each asset's state
   wmtp --root {root} verify             # re-check every byte, Step 0 to Step 11
+  wmtp --root {backup_for(root)} verify      # the backup is a storage of its own
   wmtp build --mirror {result.mirror}   # the same build into ./storage
 
-[bold]the real build[/] (needs the hub, an HF token with the Meta license accepted, ~40 GB)
+[bold]the real build[/] (needs the hub, an HF token with the Meta license accepted, ~90 GB)
   hf auth login
-  wmtp build && wmtp verify && wmtp approve --by "Your Name"
+  wmtp build && wmtp verify && wmtp approve --by "Your Name" && wmtp backup /other/disk/wmtp
 """,
         highlight=False,
         soft_wrap=True,
@@ -248,5 +292,5 @@ def _next_steps(result: DemoResult) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    for command in (build, verify, report, approve, demo):
+    for command in (build, verify, report, approve, backup, demo):
         app.command()(command)

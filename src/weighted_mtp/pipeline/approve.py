@@ -81,7 +81,7 @@ def tag_status(layout: Layout) -> tuple[bool, str, list[str]]:
     return False, f"{detail}; run `wmtp approve --by NAME [--tag NAME]`", []
 
 
-def _check_tag_is_free(approvals: list[dict], tag: str, manifest: str) -> None:
+def check_tag_is_free(approvals: list[dict], tag: str, manifest: str) -> None:
     """A tag names one storage state: it cannot move to another manifest."""
     for earlier in approvals:
         if earlier.get("tag") == tag and earlier.get("manifest_sha256") != manifest:
@@ -116,7 +116,7 @@ def approve(layout: Layout, by: str, tag: str = DEFAULT_TAG) -> dict:
         )
     manifest = load_manifest(layout)
     approvals = load_approvals(layout)
-    _check_tag_is_free(approvals, tag, checklist.manifest_sha256)
+    check_tag_is_free(approvals, tag, checklist.manifest_sha256)
     record = {
         "by": by,
         "at": utc_now(),

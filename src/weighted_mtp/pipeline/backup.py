@@ -203,6 +203,8 @@ def _backup_locked(layout: Layout, dest: Path) -> BackupResult:
     pending = [p for p in files if not _complete_copy(p, dest / layout.relative(p))]
     pending_size = sum(p.stat().st_size for p in pending)
     ensure_free_space(dest, pending_size, "the backup")
+    for folder in layout.directories():  # the layout's empty folders too (e.g. micro raw/)
+        (dest / layout.relative(folder)).mkdir(parents=True, exist_ok=True)
     with progress.task(f"copy to {dest}", pending_size, "bytes") as advance:
         for path in pending:
             rel = layout.relative(path)

@@ -52,6 +52,7 @@ STEP_TITLES = {
     11: "checklist complete, approved, tagged and backed up",
 }
 LAST_ASSET_STEP = 9
+SIGN_OFF_STEP = 11  # approval, tag and backup of the current manifest
 MAX_REASON = 120  # longer lists of passed checks are summarised by their count
 REQUIRED_PACKAGES = (
     "torch",

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from weighted_mtp.catalog import Catalog
 from weighted_mtp.errors import WmtpError
+from weighted_mtp.pipeline.backup import BackupResult
 from weighted_mtp.pipeline.build import BuildResult, Listener, build
 from weighted_mtp.pipeline.checklist import Checklist
 from weighted_mtp.storage.atomic import read_json, write_text
@@ -34,6 +35,12 @@ def mirror_for(root: Path) -> Path:
     """The demo's upstream mirror sits beside its storage root, never inside it."""
     root = Path(root).expanduser().absolute()
     return root.parent / f"{root.name}-mirror"
+
+
+def backup_for(root: Path) -> Path:
+    """The demo's backup sits beside its storage root too."""
+    root = Path(root).expanduser().absolute()
+    return root.parent / f"{root.name}-backup"
 
 
 def write_demo_mirror(mirror: Path) -> Path:
@@ -82,12 +89,16 @@ class DemoResult:
     build: BuildResult
     checklist: Checklist
     approved_now: bool
+    backed_up: BackupResult | None  # None when a verified backup of this state existed
 
 
 def run_demo(root: str | Path, catalog: Catalog, *, listener: Listener | None = None) -> DemoResult:
-    """Mirror, build, approve (as the demo: the sources are synthetic) and verify."""
-    from weighted_mtp.pipeline.approve import approval_status, approve
+    """Mirror, build, approve and tag (as the demo: the sources are synthetic), back up
+    beside the root, and verify."""
+    from weighted_mtp.pipeline.approve import DEFAULT_TAG, approval_status, approve
+    from weighted_mtp.pipeline.backup import backup, backup_status
     from weighted_mtp.pipeline.checklist import run_checklist
+    from weighted_mtp.pipeline.manifest import manifest_sha256
 
     layout = Layout(root)
     refuse_foreign_root(layout, mirror_for(layout.root))
@@ -95,6 +106,9 @@ def run_demo(root: str | Path, catalog: Catalog, *, listener: Listener | None = 
     result = build(layout, catalog, mirror=mirror, listener=listener)
     approved_now = False
     if not approval_status(layout)[0]:
-        approve(layout, DEMO_APPROVER)
+        # A tag names one state: each state the demo approves gets its own.
+        tag = f"{DEFAULT_TAG}-demo.{(manifest_sha256(layout) or '')[:8]}"
+        approve(layout, DEMO_APPROVER, tag)
         approved_now = True
-    return DemoResult(layout, mirror, result, run_checklist(layout), approved_now)
+    backed_up = None if backup_status(layout)[0] else backup(layout, backup_for(layout.root))
+    return DemoResult(layout, mirror, result, run_checklist(layout), approved_now, backed_up)

@@ -145,6 +145,35 @@ def test_refresh_fetches_a_download_again_from_the_given_source(demo_copy):
     assert refreshed.manifest_diff.files() == ["datasets_v2/mbpp/raw/SOURCE.json"]
 
 
+def test_the_demo_backs_up_beside_its_root(demo):
+    from weighted_mtp.pipeline.backup import backup_status
+    from weighted_mtp.pipeline.demo import backup_for
+
+    root, result = demo
+    assert f"backed up to {backup_for(root)}" in result.output
+    ok, detail, _ = backup_status(Layout(root))
+    assert ok and str(backup_for(root)) in detail
+    assert "tag: tag v2.0.0-demo." in result.output
+
+
+def test_a_backup_verifies_on_its_own_and_a_flipped_byte_there_is_named(demo_copy, tmp_path):
+    layout, _ = demo_copy
+    dest = tmp_path / "backup"
+    result = _run("--root", str(layout.root), "backup", str(dest))
+    assert result.exit_code == 0, result.output
+    assert "every file verified against MANIFEST.json" in result.output
+    verified = _run("--root", str(dest), "verify")
+    assert verified.exit_code == 0, verified.output
+    assert "this is the verified backup of" in verified.output
+
+    weights = "models_v2/micro-ref/safetensors/model.safetensors"
+    _flip_byte_keeping_mtime(dest / weights)
+    damaged = _run("--root", str(dest), "verify")
+    assert damaged.exit_code == 1 and weights in damaged.output
+    source = _run("--root", str(layout.root), "verify")
+    assert source.exit_code == 0, source.output
+
+
 def test_a_storage_awaiting_approval_is_not_verified_again_by_build(demo_copy):
     layout, mirror = demo_copy
     layout.approvals.unlink()
