@@ -366,7 +366,7 @@ def _step11(run: _Run, report: Report, earlier: list[StepResult]) -> None:
     """The plan's sign-off: approval signature, tag and a verified backup, each of exactly
     the current manifest (any later change makes them stale)."""
     from weighted_mtp.pipeline.approve import approval_status, tag_status
-    from weighted_mtp.pipeline.backup import backup_status
+    from weighted_mtp.pipeline.backup_record import backup_status
 
     failed = [f"Step {s.number}" for s in earlier if not s.ok]
     report.add("Steps 0-10 all ✔", not failed, ", ".join(failed) + " failed" if failed else "")

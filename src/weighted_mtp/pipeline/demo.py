@@ -96,7 +96,8 @@ def run_demo(root: str | Path, catalog: Catalog, *, listener: Listener | None = 
     """Mirror, build, approve and tag (as the demo: the sources are synthetic), back up
     beside the root, and verify."""
     from weighted_mtp.pipeline.approve import DEFAULT_TAG, approval_status, approve
-    from weighted_mtp.pipeline.backup import backup, backup_status
+    from weighted_mtp.pipeline.backup import backup
+    from weighted_mtp.pipeline.backup_record import backup_status
     from weighted_mtp.pipeline.checklist import run_checklist
     from weighted_mtp.pipeline.manifest import manifest_sha256
 

@@ -146,7 +146,7 @@ def test_refresh_fetches_a_download_again_from_the_given_source(demo_copy):
 
 
 def test_the_demo_backs_up_beside_its_root(demo):
-    from weighted_mtp.pipeline.backup import backup_status
+    from weighted_mtp.pipeline.backup_record import backup_status
     from weighted_mtp.pipeline.demo import backup_for
 
     root, result = demo
