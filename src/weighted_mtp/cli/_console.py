@@ -133,7 +133,9 @@ def print_plan(plan: dict[str, Any], as_json: bool, mirror: Path | None) -> None
     )
     for entry in plan["files"]:
         sha = entry["sha256"] or "unknown (recorded at download)"
-        console.print(f"  {entry['path']} -> {entry['dest']}  sha256 {sha}", highlight=False)
+        console.print(
+            f"  {entry['path']} -> {entry['dest']}  sha256 {sha}", highlight=False, soft_wrap=True
+        )
 
 
 def print_report(report: Report) -> None:
