@@ -387,9 +387,10 @@ def fetch_hub_file(asset: Asset, commit: str, item: PlannedFile, target: Path, c
     except OSError as exc:
         if exc.errno is not None:  # the local disk, not the transfer
             raise
+        expected = f"{size:,}" if size is not None else "?"
         raise WmtpError(
             f"the transfer of {item.repo_path} ended early ({partial.stat().st_size:,} of "
-            f"{size:,} bytes)",
+            f"{expected} bytes)",
             path=partial,
             hint="rerun; the download resumes where it stopped",
         ) from None

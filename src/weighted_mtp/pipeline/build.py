@@ -141,7 +141,7 @@ def _kept_source(ctx: BuildContext, source_path: Path, asset: Asset, step: str) 
     return source
 
 
-def describe_source(source: dict) -> str:
+def _describe_source(source: dict) -> str:
     """Where kept raw files came from, for the build's output and log."""
     when = source.get("downloaded_at")
     when = f", {when}" if when else ""
@@ -365,7 +365,7 @@ def _report_done(ctx: BuildContext) -> bool:
 
 def _origin(source_path: Path) -> str:
     source = read_json_or_none(source_path, "SOURCE.json")
-    return describe_source(source) if isinstance(source, dict) else "outputs already verify"
+    return _describe_source(source) if isinstance(source, dict) else "outputs already verify"
 
 
 def _steps() -> list[Step]:

@@ -4,6 +4,7 @@ The engine is exercised with the real dataset steps (mbpp from a synthetic upstr
 and, for interruption and failure paths, with steps whose actions are replaced.
 """
 
+import json
 import shutil
 
 import pytest
@@ -93,13 +94,21 @@ def test_damaged_output_makes_its_step_run_again(with_tokenizer, mbpp_mirror):
     assert _statuses(again)["download-mbpp"] == "skipped"
 
 
-def test_a_different_source_is_not_already_done(with_tokenizer, mbpp_mirror, tmp_path):
+def test_a_finished_download_is_kept_whatever_its_source_unless_refreshed(
+    with_tokenizer, mbpp_mirror, tmp_path
+):
     layout = with_tokenizer
     b.build(layout, load_catalog(), mirror=mbpp_mirror, only=["download-mbpp"])
     other = tmp_path / "other-mirror"
     shutil.copytree(mbpp_mirror, other)
-    again = b.build(layout, load_catalog(), mirror=other, only=["download-mbpp"])
+    kept = b.build(layout, load_catalog(), mirror=other, only=["download-mbpp"])
+    assert _statuses(kept) == {"download-mbpp": "skipped"}
+    assert kept.outcomes[0].detail.startswith(f"kept files from mirror {mbpp_mirror / 'mbpp'},")
+    hub = b.build(layout, load_catalog(), only=["download-mbpp"])  # offline: not needed
+    assert _statuses(hub) == {"download-mbpp": "skipped"}
+    again = b.build(layout, load_catalog(), mirror=other, only=["download-mbpp"], refresh=True)
     assert _statuses(again) == {"download-mbpp": "ran"}
+    assert json.loads(layout.dataset("mbpp").source.read_text())["mirror"] == str(other / "mbpp")
 
 
 def _replace_action(monkeypatch, name, action):
@@ -182,19 +191,25 @@ def test_missing_mirror_folder_for_an_asset_is_named(layout, tmp_path):
     assert b.read_log(layout)[-1]["status"] == "failed"
 
 
-def test_a_catalog_pinning_another_commit_downloads_again(with_tokenizer, mbpp_mirror, tmp_path):
+def test_a_catalog_pinning_another_commit_downloads_hub_files_again(
+    with_tokenizer, mbpp_mirror, tmp_path
+):
     from importlib import resources
 
     import yaml
 
     layout = with_tokenizer
     b.build(layout, load_catalog(), mirror=mbpp_mirror, only=["download-mbpp"])
+    source_file = layout.dataset("mbpp").source
+    source = json.loads(source_file.read_text())
+    source_file.write_text(json.dumps({**source, "mirror": None, "revision": "a" * 40}))
     catalog = yaml.safe_load(resources.files("weighted_mtp").joinpath("catalog.yaml").read_text())
-    catalog["datasets"]["mbpp"]["revision"] = "0" * 40
     pinned = tmp_path / "catalog.yaml"
-    pinned.write_text(yaml.safe_dump(catalog))
-    again = b.build(layout, load_catalog(pinned), mirror=mbpp_mirror, only=["download-mbpp"])
-    assert _statuses(again) == {"download-mbpp": "ran"}
+    for commit, status in (("a" * 40, "skipped"), ("0" * 40, "ran")):
+        catalog["datasets"]["mbpp"]["revision"] = commit
+        pinned.write_text(yaml.safe_dump(catalog))
+        again = b.build(layout, load_catalog(pinned), mirror=mbpp_mirror, only=["download-mbpp"])
+        assert _statuses(again) == {"download-mbpp": status}
 
 
 def test_a_new_download_makes_preparation_run_again(with_tokenizer, mbpp_mirror):
