@@ -96,12 +96,14 @@ class DownloadPlan:
         return asdict(self)
 
 
-def require_downloadable(asset: Asset) -> None:
-    if not asset.downloadable:
+def require_downloadable(asset: Asset) -> str:
+    """The asset's upstream repo; a model built from another one has none."""
+    if asset.repo is None:
         raise WmtpError(
             f"{asset.name} is built from {asset.derived_from}, not downloaded",
             hint=f"run `wmtp models micro {asset.name}`",
         )
+    return asset.repo
 
 
 def plan_download(
@@ -109,7 +111,7 @@ def plan_download(
 ) -> DownloadPlan:
     """What a hub download of `asset` would fetch and where it would land, from the catalog
     alone: no network, nothing written."""
-    require_downloadable(asset)
+    repo = require_downloadable(asset)
     entries = [
         PlanEntry(
             spec.path,
@@ -118,7 +120,7 @@ def plan_download(
         )
         for spec in asset.files
     ]
-    return DownloadPlan(asset.repo, asset.repo_type, revision or asset.revision, entries)
+    return DownloadPlan(repo, asset.repo_type, revision or asset.revision, entries)
 
 
 def download_model(
@@ -309,8 +311,9 @@ def fetch_from_hub(
     (the asset folder); `known_hash` may spare re-reading a file recorded earlier, and
     `also_needed` adds the disk the files' later outputs take to the free-space check.
     Returns the plan, the commit and each destination's SHA-256."""
-    with hub_errors(asset.repo, revision):
-        commit, available = hub_listing(asset, revision)
+    repo = require_downloadable(asset)
+    with hub_errors(repo, revision):
+        commit, available = hub_listing(repo, asset.repo_type, revision)
         planned = plan_files(asset, available, f"{asset.repo}@{commit}")
         hashes = {}
         for item in planned:
@@ -327,15 +330,18 @@ def fetch_from_hub(
 
 
 def hub_listing(
-    asset: Asset, revision: str
+    repo: str, repo_type: str, revision: str
 ) -> tuple[str, dict[str, tuple[int | None, str | None]]]:
     """The commit `revision` resolves to and `{repo path: (size, LFS SHA-256)}` at it."""
     from huggingface_hub import HfApi
 
-    info = HfApi().repo_info(
-        asset.repo, revision=revision, repo_type=asset.repo_type, files_metadata=True
-    )
-    siblings = info.siblings or []
+    info = HfApi().repo_info(repo, revision=revision, repo_type=repo_type, files_metadata=True)
+    if info.sha is None:
+        raise WmtpError(
+            f"the hub did not say which commit {revision!r} of {repo} is",
+            hint="check HF_ENDPOINT; rerun later",
+        )
+    siblings = getattr(info, "siblings", None) or []
     return info.sha, {s.rfilename: (s.size, s.lfs.sha256 if s.lfs else None) for s in siblings}
 
 
@@ -365,7 +371,8 @@ def fetch_hub_file(asset: Asset, commit: str, item: PlannedFile, target: Path, c
     from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import build_hf_headers
 
-    url = hf_hub_url(asset.repo, item.repo_path, repo_type=asset.repo_type, revision=commit)
+    repo = require_downloadable(asset)
+    url = hf_hub_url(repo, item.repo_path, repo_type=asset.repo_type, revision=commit)
     metadata = get_hf_file_metadata(url)
     size = metadata.size if metadata.size is not None else item.size
     partial = partial_path(cache, item, metadata.etag or commit)

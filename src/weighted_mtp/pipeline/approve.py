@@ -75,13 +75,13 @@ def tag_status(layout: Layout) -> tuple[bool, str, list[str]]:
     latest = approvals[-1] if approvals else {}
     tag = latest.get("tag")
     current = manifest_sha256(layout)
-    if tag and latest.get("manifest_sha256") == current:
+    if tag and current and latest.get("manifest_sha256") == current:
         return True, f"tag {tag} names MANIFEST.json sha256 {current[:12]}…", []
     detail = f"tag {tag} names an earlier manifest" if tag else "the current state carries no tag"
     return False, f"{detail}; run `wmtp approve --by NAME [--tag NAME]`", []
 
 
-def check_tag_is_free(approvals: list[dict], tag: str, manifest: str) -> None:
+def check_tag_is_free(approvals: list[dict], tag: str, manifest: str | None) -> None:
     """A tag names one storage state: it cannot move to another manifest."""
     for earlier in approvals:
         if earlier.get("tag") == tag and earlier.get("manifest_sha256") != manifest:

@@ -171,23 +171,17 @@ def _backup_locked(layout: Layout, dest: Path) -> BackupResult:
             rel = layout.relative(path)
             _copy(path, dest / rel, expected[path], advance, rel)
     _verify_copy(layout, dest, expected)
+    size = sum(p.stat().st_size for p in files)
     record = {
         "dest": str(dest),
         "source": str(layout.root),
         "at": utc_now(),
         "manifest_sha256": manifest_sha256(layout),
         "files": len(files),
-        "bytes": sum(p.stat().st_size for p in files),
+        "bytes": size,
         "verified": "every file read back from the backup and compared",
     }
     write_json(layout.backups, {"backups": [*load_backups(layout), record]})
     write_json(Layout(dest).backups, {"backups": [*load_backups(layout)]})
-    return BackupResult(
-        dest,
-        len(files),
-        len(pending),
-        record["bytes"],
-        pending_size,
-        time.monotonic() - started,
-        record,
-    )
+    seconds = time.monotonic() - started
+    return BackupResult(dest, len(files), len(pending), size, pending_size, seconds, record)

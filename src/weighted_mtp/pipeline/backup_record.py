@@ -6,6 +6,7 @@ importing the build.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from weighted_mtp.errors import WmtpError
@@ -31,7 +32,7 @@ def load_backups(layout: Layout) -> list[dict]:
 
 
 def backup_status(
-    layout: Layout, differs_from_manifest: list[str] = ()
+    layout: Layout, differs_from_manifest: Sequence[str] = ()
 ) -> tuple[bool, str, list[str]]:
     """(current?, explanation, files): a verified backup of the current manifest exists.
     Files that differ from the manifest make even a backup of it stale."""
