@@ -7,7 +7,8 @@ client reads (X-Repo-Commit, ETag / X-Linked-Etag, X-Linked-Size, Content-Length
 Range requests (206), the hub's error codes (RepoNotFound, RevisionNotFound, EntryNotFound,
 GatedRepo: 401 without a token, 403 with a wrong one).
 
-Test hooks: `tamper` serves bytes that differ from the advertised LFS hash; `stall_after`
+Test hooks: `tamper` serves bytes that differ from the advertised LFS hash; `vanished`
+files are listed but answer 404 (deleted between the listing and the transfer); `stall_after`
 sends the first N bytes of a file on its first full GET and then holds the connection until
 `release()` (so a test can kill the client mid-transfer); `requests` records every request
 with its Range header.
@@ -91,6 +92,7 @@ class FakeHub:
     def __init__(self, repos: list[FakeRepo]) -> None:
         self.repos = {(r.repo_type, r.repo_id): r for r in repos}
         self.tamper: set[str] = set()  # repo paths served with one byte flipped
+        self.vanished: set[str] = set()  # listed by the repo info, 404 on resolve
         self.stall_after: dict[str, int] = {}  # repo path -> bytes sent before holding
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range)
         self._released = threading.Event()
@@ -197,7 +199,7 @@ class FakeHub:
             return
         if not self._authorised(req, repo):
             return
-        if name not in repo.files:
+        if name not in repo.files or name in self.vanished:
             self._error(req, 404, "EntryNotFound", f"{name} does not exist", repo)
             return
         data = repo.files[name].read_bytes()

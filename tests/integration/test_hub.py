@@ -268,3 +268,30 @@ def test_a_dataset_download_through_the_hub_records_the_commit(upstream, catalog
         assert _sha(dataset.cache / name) == digest == _sha(upstream / "mbpp" / name)
     rows = [json.loads(line) for line in (dataset.raw / "mbpp.jsonl").read_text().splitlines()]
     assert len(rows) == 40 and {"task_id", "text", "code", "test_list"} <= set(rows[0])
+
+
+def test_a_file_gone_from_the_hub_and_the_listing_api(catalog_file, tmp_path):
+    """A 404 on resolve is one line; the tree listing answers the real client too."""
+    upstream = _big_meta_upstream(tmp_path / "upstream", 1024)
+    with FakeHub([FakeRepo(META_REPO, "model", upstream, "c" * 40, gated=True)]) as hub:
+        env = hub_env(hub, tmp_path / "hf-home")
+        hub.vanished.add("7B_1T_4/params.json")
+        result = _run(tmp_path / "s", catalog_file, "models", "download", "meta-llama-mtp", env=env)
+        listing = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from huggingface_hub import HfApi; "
+                f"print(sorted(HfApi().list_repo_files({META_REPO!r}, revision='c' * 40)))",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+    assert result.returncode == 1
+    lines = _error_lines(result)
+    assert len(lines) == 1 and f"a catalog file is missing from {META_REPO}" in lines[0]
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout.strip() == str(
+        sorted(["7B_1T_4/consolidated.pth", "7B_1T_4/params.json", "tokenizer.model"])
+    )
