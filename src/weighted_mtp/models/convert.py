@@ -32,6 +32,7 @@ from weighted_mtp.models.architecture import (
 )
 from weighted_mtp.models.checkpoint import TensorSource, open_files, open_hf_checkpoint
 from weighted_mtp.models.download import recorded_hash
+from weighted_mtp.models.hf_tokenizer import write_hf_tokenizer
 from weighted_mtp.models.metadata import (
     build_metadata,
     folder_relative,
@@ -41,12 +42,7 @@ from weighted_mtp.models.metadata import (
     write_metadata,
 )
 from weighted_mtp.models.safetensors_stream import SafetensorsWriter, TensorSpec, WrittenFile
-from weighted_mtp.models.tokenizer import (
-    TokenizerFacts,
-    shared_with_meta,
-    tokenizer_facts,
-    write_tokenizer_config,
-)
+from weighted_mtp.models.tokenizer import TokenizerFacts, shared_with_meta, tokenizer_facts
 from weighted_mtp.storage import stamps
 from weighted_mtp.storage.atomic import read_json, write_json
 from weighted_mtp.storage.hashing import sha256_file, write_sha256sums
@@ -99,7 +95,7 @@ def _convert_meta(layout: Layout, paths: ModelPaths, dtype: str) -> dict[str, An
         written = stream_convert(source, plan, paths.weights, dtype, paths.name)
     write_sha256sums(paths.sha256sums, {paths.weights.name: written.sha256})
     write_meta_configs(paths, params, dtype, params_source=params_file)
-    write_tokenizer_config(paths.tokenizer_config, paths.tokenizer_model)
+    tokenizer_files = write_hf_tokenizer(paths.tokenizer_dir, paths.tokenizer_model)
     metadata = _metadata(
         paths,
         "meta-mtp",
@@ -107,7 +103,7 @@ def _convert_meta(layout: Layout, paths: ModelPaths, dtype: str) -> dict[str, An
         plan,
         written,
         facts,
-        [paths.params, paths.adapter_config, paths.tokenizer_config],
+        [paths.params, paths.adapter_config, *tokenizer_files],
     )
     write_metadata(paths.metadata, metadata)
     return metadata
@@ -138,7 +134,10 @@ def _convert_reference(layout: Layout, paths: ModelPaths, dtype: str) -> dict[st
         written = stream_convert(source, plan, paths.weights, dtype, paths.name)
     write_sha256sums(paths.sha256sums, {paths.weights.name: written.sha256})
     write_json(paths.hf_config, converted_hf_config(config, dtype))
-    write_tokenizer_config(paths.tokenizer_config, paths.tokenizer_model)
+    # The catalog downloads the reference's own tokenizer.json: kept, and verified.
+    tokenizer_files = write_hf_tokenizer(
+        paths.tokenizer_dir, paths.tokenizer_model, keep_upstream_json=True
+    )
     shared, difference = shared_with_meta(layout, paths.tokenizer_model)
     metadata = _metadata(
         paths,
@@ -147,7 +146,7 @@ def _convert_reference(layout: Layout, paths: ModelPaths, dtype: str) -> dict[st
         plan,
         written,
         facts,
-        [paths.hf_config, paths.tokenizer_config],
+        [paths.hf_config, *tokenizer_files],
         shared_with=shared,
         difference=difference,
     )

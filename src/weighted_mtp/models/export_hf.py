@@ -124,7 +124,7 @@ def hf_tensors(handle: Any, sources: list[TensorSource]):
         yield source.hf_name, tensor
 
 
-def _readme(name: str, params: MetaParams) -> str:
+def _readme(name: str, params: MetaParams, tokenizer_agreement: str) -> str:
     left_out = ", ".join(f"extra_heads.{j}" for j in range(params.n_extra_heads)) or "none"
     return (
         f"# {name}: next-token export\n\n"
@@ -136,7 +136,16 @@ def _readme(name: str, params: MetaParams) -> str:
         f"Left out: the extra prediction heads for tokens t+2 and later ({left_out}). Use"
         " `weighted_mtp.models.adapter.load_mtp_model` on the original folder for them.\n\n"
         "Query and key projections are permuted from Meta's interleaved rotary layout to"
-        " Hugging Face's half-split layout.\n"
+        " Hugging Face's half-split layout.\n\n"
+        "## Tokenizer\n\n"
+        "`tokenizer.model` is the SentencePiece model the data and the model use."
+        " `tokenizer.json` is a fast (Rust `tokenizers`) BPE built by wmtp from that model's"
+        " pieces and scores, not by transformers' Llama conversion (which adds no dummy prefix"
+        " before leading spaces and ranks merges by id). `tokenizer_config.json` loads it as"
+        " `PreTrainedTokenizerFast` with `split_special_tokens` (a `<s>` in text is text, as in"
+        " SentencePiece) and BOS prepended; it keeps the SentencePiece facts under"
+        " `sentencepiece`.\n\n"
+        f"Checked at export: {tokenizer_agreement}.\n"
     )
 
 
@@ -151,35 +160,16 @@ def _staging_dir(out_dir: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}{TEMP_MARKER}", dir=out_dir.parent))
 
 
-def hf_tokenizer_config(tokenizer_model: Path) -> dict[str, Any]:
-    """tokenizer_config.json for transformers' `LlamaTokenizer` (BOS added, as Llama does)."""
-    from weighted_mtp.models.tokenizer import load_sentencepiece
-
-    sp = load_sentencepiece(tokenizer_model)
-
-    def piece(i: int) -> str | None:
-        return sp.IdToPiece(i) if i >= 0 else None
-
-    return {
-        "tokenizer_class": "LlamaTokenizer",
-        "bos_token": piece(sp.bos_id()),
-        "eos_token": piece(sp.eos_id()),
-        "unk_token": piece(sp.unk_id()),
-        "pad_token": piece(sp.pad_id()),
-        "add_bos_token": True,
-        "add_eos_token": False,
-        "legacy": False,
-    }
-
-
-def write_hf_tokenizer(tokenizer_model: Path, out: Path) -> None:
-    """tokenizer.model, its config, and the tokenizer.json transformers converts from them
-    (so loading needs neither sentencepiece nor a conversion)."""
-    from transformers import AutoTokenizer
+def _write_tokenizer(layout: Layout, tokenizer_model: Path, out: Path) -> str:
+    """tokenizer.model, and the tokenizer.json + tokenizer_config.json that transformers
+    loads with SentencePiece's ids (see `hf_tokenizer`); checked before the folder is
+    published. Returns the check's detail."""
+    from weighted_mtp.models.hf_tokenizer import write_hf_tokenizer
+    from weighted_mtp.models.tokenizer_agreement import agreement_corpus, check_agreement
 
     shutil.copyfile(tokenizer_model, out / "tokenizer.model")
-    write_json(out / "tokenizer_config.json", hf_tokenizer_config(tokenizer_model))
-    AutoTokenizer.from_pretrained(out).save_pretrained(out)
+    write_hf_tokenizer(out, out / "tokenizer.model")
+    return check_agreement(out, out / "tokenizer.model", agreement_corpus(layout)).detail()
 
 
 def export_hf(layout: Layout, name: str, out_dir: str | Path) -> Path:
@@ -239,8 +229,8 @@ def export_hf(layout: Layout, name: str, out_dir: str | Path) -> Path:
                 eos_id=facts.eos_id,
             ),
         )
-        write_hf_tokenizer(paths.tokenizer_model, staging)
-        write_text(staging / "README.md", _readme(name, params))
+        agreement = _write_tokenizer(layout, paths.tokenizer_model, staging)
+        write_text(staging / "README.md", _readme(name, params, agreement))
         if out_dir.exists():
             out_dir.rmdir()
         os.replace(staging, out_dir)

@@ -378,6 +378,7 @@ def build_micro(
     written atomically; the old metadata.json is removed first and the new one written
     last, so an interrupted build never looks complete.
     """
+    from weighted_mtp.models.hf_tokenizer import write_hf_tokenizer
     from weighted_mtp.models.metadata import (
         build_metadata,
         folder_relative,
@@ -386,11 +387,7 @@ def build_micro(
         write_metadata,
     )
     from weighted_mtp.models.safetensors_stream import SafetensorsWriter, TensorSpec
-    from weighted_mtp.models.tokenizer import (
-        shared_with_meta,
-        trim_tokenizer,
-        write_tokenizer_config,
-    )
+    from weighted_mtp.models.tokenizer import shared_with_meta, trim_tokenizer
     from weighted_mtp.storage.hashing import sha256_file, write_sha256sums
     from weighted_mtp.storage.stamps import clear_verified
 
@@ -421,7 +418,7 @@ def build_micro(
     clear_verified(layout, paths.root)
     paths.metadata.unlink(missing_ok=True)
     trimmed = trim_tokenizer(base_paths.tokenizer_model, paths.tokenizer_model, size.vocab_size)
-    write_tokenizer_config(paths.tokenizer_config, paths.tokenizer_model)
+    tokenizer_files = write_hf_tokenizer(paths.tokenizer_dir, paths.tokenizer_model)
     specs = [TensorSpec.of(n, DTYPE, shape) for n, shape in plan.shapes.items()]
     with SafetensorsWriter(paths.weights, specs, {"format": "pt"}) as writer:
         for tensor_name, tensor in plan.tensors():
@@ -436,7 +433,7 @@ def build_micro(
     shared_with, difference = shared_with_meta(layout, base_paths.tokenizer_model)
     config_files = [
         p
-        for p in (paths.params, paths.adapter_config, paths.hf_config, paths.tokenizer_config)
+        for p in (paths.params, paths.adapter_config, paths.hf_config, *tokenizer_files)
         if p.is_file()
     ]
     metadata = build_metadata(

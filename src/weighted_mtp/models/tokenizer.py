@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from weighted_mtp.errors import WmtpError
-from weighted_mtp.storage.atomic import write_json
 from weighted_mtp.storage.layout import META_MODEL, Layout
 
 if TYPE_CHECKING:
@@ -66,7 +65,7 @@ def tokenizer_facts(path: str | Path) -> TokenizerFacts:
     )
 
 
-def _model_proto(path: str | Path) -> Any:
+def model_proto(path: str | Path) -> Any:
     from sentencepiece import sentencepiece_model_pb2
 
     proto = sentencepiece_model_pb2.ModelProto()
@@ -83,6 +82,10 @@ _TOKENIZING_TRAINER_FIELDS = (
 )
 
 
+def _piece_key(piece: Any) -> tuple[str, float, int]:
+    return piece.piece, piece.score, piece.type
+
+
 def tokenizer_difference(
     a: str | Path, b: str | Path, *, prefix: bool = False, replaced: dict[int, str] | None = None
 ) -> str | None:
@@ -90,7 +93,8 @@ def tokenizer_difference(
     kinds at the same ids, same special ids and normalization); else the first difference.
 
     With `prefix`, `a` is a trimmed copy of `b` (see `trim_tokenizer`): it may have fewer
-    pieces, and the ids in `replaced` (`{id: b's piece}`) hold the whitespace piece instead.
+    pieces, and the ids in `replaced` (`{id: b's piece}`) hold one of `b`'s single-character
+    pieces instead (same piece, score and kind).
     """
     facts_a, facts_b = tokenizer_facts(a), tokenizer_facts(b)
     for field, value in facts_a.to_dict().items():
@@ -98,17 +102,20 @@ def tokenizer_difference(
             return f"{field.replace('_', ' ')} {value} vs {getattr(facts_b, field)}"
     if facts_a.vocab_size > facts_b.vocab_size:
         return f"vocab size {facts_a.vocab_size} vs {facts_b.vocab_size}"
-    proto_a, proto_b = _model_proto(a), _model_proto(b)
+    proto_a, proto_b = model_proto(a), model_proto(b)
     replaced = replaced or {}
+    base_pieces = {p.piece: p for p in proto_b.pieces}
     for i, (piece_a, piece_b) in enumerate(zip(proto_a.pieces, proto_b.pieces, strict=False)):
         if i in replaced:
-            if (piece_a.piece, piece_b.piece) != (WHITESPACE_PIECE, replaced[i]):
+            moved = base_pieces.get(piece_a.piece)
+            if (
+                piece_b.piece != replaced[i]
+                or len(piece_a.piece) != 1
+                or moved is None
+                or _piece_key(moved) != _piece_key(piece_a)
+            ):
                 return f"piece {i}: {piece_a.piece!r} is not the recorded replacement"
-        elif (piece_a.piece, piece_a.score, piece_a.type) != (
-            piece_b.piece,
-            piece_b.score,
-            piece_b.type,
-        ):
+        elif _piece_key(piece_a) != _piece_key(piece_b):
             return f"piece {i}: {piece_a.piece!r} vs {piece_b.piece!r}"
     for spec in ("normalizer_spec", "denormalizer_spec"):
         if getattr(proto_a, spec) != getattr(proto_b, spec):
@@ -134,38 +141,6 @@ def shared_with_meta(layout: Layout, tokenizer: str | Path) -> tuple[str | None,
     return (META_MODEL, None) if difference is None else (None, difference)
 
 
-def tokenizer_config(facts: TokenizerFacts, sp_path: str | Path) -> dict[str, Any]:
-    """`tokenizer_config.json`: ids and their pieces, as `LlamaTokenizer` expects them."""
-    sp = load_sentencepiece(sp_path)
-
-    def token(i: int | None) -> str | None:
-        return sp.IdToPiece(i) if i is not None else None
-
-    return {
-        "model_type": "sentencepiece",
-        "tokenizer_class": "LlamaTokenizer",
-        "tokenizer_file": Path(sp_path).name,
-        "vocab_size": facts.vocab_size,
-        "bos_token_id": facts.bos_id,
-        "eos_token_id": facts.eos_id,
-        "unk_token_id": facts.unk_id,
-        "pad_token_id": facts.pad_id,
-        "bos_token": token(facts.bos_id),
-        "eos_token": token(facts.eos_id),
-        "unk_token": token(facts.unk_id),
-        "pad_token": token(facts.pad_id),
-        "add_bos_token": True,
-        "add_eos_token": False,
-    }
-
-
-def write_tokenizer_config(out: str | Path, sp_path: str | Path) -> dict[str, Any]:
-    """Write `tokenizer_config.json` for the SentencePiece model at `sp_path`."""
-    config = tokenizer_config(tokenizer_facts(sp_path), sp_path)
-    write_json(out, config)
-    return config
-
-
 WHITESPACE_PIECE = "\u2581"  # SentencePiece's "▁": how spaces look inside pieces
 
 
@@ -184,14 +159,19 @@ def trim_tokenizer(src: str | Path, dst: str | Path, vocab_size: int) -> Trimmed
     Ids, scores and piece kinds are unchanged, so a model with a smaller embedding shares
     the base's ids. Text whose merges are cut off falls back to shorter pieces or bytes, so
     any text still encodes losslessly; that needs every byte-fallback piece and special id
-    below `vocab_size`, and the whitespace piece "▁": its bytes would decode as a literal
-    "▁", not a space. Llama's "▁" sits at id 29871, so when it is cut off it takes the
-    place of the last normal piece kept (the least frequent merge; no kept piece is built
-    from it); that one id is reported in `replaced`.
+    below `vocab_size`.
+
+    A BPE tokenizer's single characters sit at the end (Llama's from id 29871), so the cut
+    removes them. SentencePiece still merges characters it has no piece for, but a
+    `tokenizers` BPE (what transformers runs) cannot: it turns them into bytes first and
+    would give other ids. So every character that a kept piece is made of, and the
+    whitespace piece "▁" (its bytes would decode as a literal "▁", not a space), takes the
+    place of the rarest kept merge, whitespace first, then the base's order; those ids are
+    reported in `replaced` (`{id: base piece}`).
     """
     from weighted_mtp.storage.atomic import write_bytes
 
-    proto = _model_proto(src)
+    proto = model_proto(src)
     total = len(proto.pieces)
     if not 0 < vocab_size <= total:
         raise WmtpError(
@@ -213,20 +193,69 @@ def trim_tokenizer(src: str | Path, dst: str | Path, vocab_size: int) -> Trimmed
             path=src,
             hint=f"choose a vocab size above {needed}",
         )
-    whitespace = next((p for p in proto.pieces if p.piece == WHITESPACE_PIECE), None)
+    characters = _single_characters(proto)
     del proto.pieces[vocab_size:]
-    replaced = {}
-    kept = {p.piece for p in proto.pieces}
-    if whitespace is not None and WHITESPACE_PIECE not in kept:
-        slot = max((i for i, p in enumerate(proto.pieces) if p.type == kinds.NORMAL), default=-1)
-        if slot <= needed:
-            raise WmtpError(
-                f"no room for the whitespace piece in {vocab_size} pieces",
-                path=src,
-                hint="choose a larger vocab size",
-            )
-        replaced[slot] = proto.pieces[slot].piece
-        proto.pieces[slot].CopyFrom(whitespace)
+    replaced = _move_in_characters(proto, characters, after=needed, src=src)
     proto.trainer_spec.vocab_size = vocab_size
     write_bytes(dst, proto.SerializeToString())
     return TrimmedTokenizer(tokenizer_facts(dst), replaced)
+
+
+def _single_characters(proto: Any) -> dict[str, Any]:
+    """The normal single-character pieces, whitespace first, then in id order."""
+    singles = [
+        p for p in proto.pieces if p.type == proto.SentencePiece.NORMAL and len(p.piece) == 1
+    ]
+    singles.sort(key=lambda p: p.piece != WHITESPACE_PIECE)
+    return {p.piece: _copied(p) for p in singles}
+
+
+def _copied(piece: Any) -> Any:
+    copy = type(piece)()
+    copy.CopyFrom(piece)
+    return copy
+
+
+def missing_characters(proto: Any) -> list[str]:
+    """Characters that normal pieces are made of but that have no piece of their own."""
+    have = {p.piece for p in proto.pieces}
+    normal = proto.SentencePiece.NORMAL
+    used = {c for p in proto.pieces if p.type == normal for c in p.piece}
+    return sorted(used - have)
+
+
+def _move_in_characters(
+    proto: Any, characters: dict[str, Any], *, after: int, src: str | Path
+) -> dict[int, str]:
+    """Put each missing character (see `trim_tokenizer`) in place of the rarest kept merge;
+    `{id: the merge it replaced}`."""
+    normal = proto.SentencePiece.NORMAL
+    slots = [
+        i
+        for i in range(len(proto.pieces) - 1, after, -1)
+        if proto.pieces[i].type == normal and len(proto.pieces[i].piece) > 1
+    ]
+    replaced: dict[int, str] = {}
+    while missing := _characters_to_move_in(proto, characters, src):
+        if not slots:
+            raise WmtpError(
+                f"no room for the {len(missing)} single characters the kept pieces need",
+                path=src,
+                hint="choose a larger vocab size",
+            )
+        slot = slots.pop(0)
+        replaced[slot] = proto.pieces[slot].piece
+        proto.pieces[slot].CopyFrom(characters[missing[0]])
+    return replaced
+
+
+def _characters_to_move_in(proto: Any, characters: dict[str, Any], src: str | Path) -> list[str]:
+    missing = set(missing_characters(proto))
+    if WHITESPACE_PIECE in characters and all(p.piece != WHITESPACE_PIECE for p in proto.pieces):
+        missing.add(WHITESPACE_PIECE)
+    absent = sorted(missing - characters.keys())
+    if absent:
+        raise WmtpError(
+            f"pieces use characters the tokenizer has no piece for: {absent[:5]}", path=src
+        )
+    return [c for c in characters if c in missing]

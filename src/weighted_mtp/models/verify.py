@@ -87,6 +87,11 @@ def verify_model(layout: Layout, name: str, *, sha256: FileHash | None = None) -
     check(
         "tokenizer shared", lambda: _check_sharing(layout, paths, metadata), paths.tokenizer_model
     )
+    check(
+        "tokenizer in transformers",
+        lambda: _check_transformers_tokenizer(layout, paths),
+        paths.tokenizer_dir,
+    )
     check("raw files", lambda: _check_raw(paths, metadata, hash_file), paths.raw)
     if header is not None:
         check("no NaN/Inf", lambda: _check_finite(paths.weights), paths.weights)
@@ -359,3 +364,10 @@ def _check_sharing(layout: Layout, paths: ModelPaths, metadata: dict[str, Any]) 
     else:
         details.append(f"same as {shared}'s")
     return "; ".join(details), None
+
+
+def _check_transformers_tokenizer(layout: Layout, paths: ModelPaths) -> tuple[str, None]:
+    from weighted_mtp.models.tokenizer_agreement import agreement_corpus, check_agreement
+
+    corpus = agreement_corpus(layout)
+    return check_agreement(paths.tokenizer_dir, paths.tokenizer_model, corpus).detail(), None

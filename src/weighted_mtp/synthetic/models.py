@@ -137,12 +137,12 @@ def _shard_names(n_shards: int, shard_format: str) -> tuple[list[str], str]:
 
 @functools.cache
 def _hf_tokenizer_files(tokenizer_sha256: str, tokenizer_model: Path) -> dict[str, bytes]:
-    """The tokenizer files transformers writes beside tokenizer.model (tokenizer.json,
-    tokenizer_config.json, ...), converted once per tokenizer and process (~5 s each)."""
-    from weighted_mtp.models.export_hf import write_hf_tokenizer
+    """The transformers tokenizer files beside tokenizer.model (tokenizer.json,
+    tokenizer_config.json, as wmtp writes them), built once per tokenizer and process."""
+    from weighted_mtp.models.hf_tokenizer import write_hf_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
-        write_hf_tokenizer(tokenizer_model, Path(tmp))
+        write_hf_tokenizer(Path(tmp), tokenizer_model)
         return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.name != "tokenizer.model"}
 
 

@@ -85,8 +85,10 @@ def test_meta_outputs_configs_and_checksums(meta_raw):
     assert adapter["intermediate_size"] == 192  # 2/3 * 4 * 64 = 170, rounded up to 32s
     assert adapter["dtype"] == "float16"
     tokenizer_config = json.loads(meta_raw.tokenizer_config.read_text())
-    assert tokenizer_config["model_type"] == "sentencepiece"
-    assert tokenizer_config["vocab_size"] == metadata["tokenizer"]["vocab_size"] == 8320
+    assert "model_type" not in tokenizer_config  # transformers misreads it
+    facts = tokenizer_config["sentencepiece"]
+    assert facts["vocab_size"] == metadata["tokenizer"]["vocab_size"] == 8320
+    assert "tokenizer/tokenizer.json" in metadata["files"]
     assert (
         metadata["source"]["files"]["7B_1T_4/consolidated.pth"]
         == hashlib.sha256(

@@ -172,6 +172,7 @@ def test_micro_metadata_records_source_init_and_trimming(layout, tmp_path, sp_mo
     assert set(metadata["files"]) == {
         "configs/params.json",
         "configs/meta_adapter.yaml",
+        "tokenizer/tokenizer.json",
         "tokenizer/tokenizer_config.json",
     }
     assert metadata["parameter_count"] == sum(t.numel() for t in load_file(paths.weights).values())
@@ -347,17 +348,35 @@ def test_trimming_refuses_cuts_that_would_lose_text(tmp_path, sp_model_path):
     assert not any((tmp_path / n).exists() for n in ("a.model", "b.model", "c.model"))
 
 
-def test_trimming_keeps_the_whitespace_piece_when_it_is_within_the_cut(tmp_path, sp_model_path):
-    from weighted_mtp.models.tokenizer import tokenizer_difference, trim_tokenizer
+def test_trimming_moves_in_the_characters_the_kept_pieces_are_made_of(tmp_path, sp_model_path):
+    from weighted_mtp.models.tokenizer import (
+        WHITESPACE_PIECE,
+        missing_characters,
+        model_proto,
+        tokenizer_difference,
+        trim_tokenizer,
+    )
 
     trimmed = trim_tokenizer(sp_model_path, tmp_path / "full.model", 8320)
     assert trimmed.replaced == {}
     assert tokenizer_difference(tmp_path / "full.model", sp_model_path) is None
     cut = trim_tokenizer(sp_model_path, tmp_path / "cut.model", 8000)
-    assert list(cut.replaced) == [7999]
+    proto, base = model_proto(tmp_path / "cut.model"), model_proto(sp_model_path)
+    # Every character used by a kept piece has a piece of its own, whitespace at the end.
+    assert missing_characters(proto) == [] and missing_characters(base) == []
+    assert proto.pieces[7999].piece == WHITESPACE_PIECE
+    # The slots are the rarest merges, from the end down, and hold the base's characters.
+    assert sorted(cut.replaced) == list(range(8000 - len(cut.replaced), 8000))
+    assert all(base.pieces[i].piece == piece for i, piece in cut.replaced.items())
+    assert all(len(proto.pieces[i].piece) == 1 for i in cut.replaced)
     assert (
         tokenizer_difference(
             tmp_path / "cut.model", sp_model_path, prefix=True, replaced=cut.replaced
         )
         is None
+    )
+    wrong = dict(cut.replaced)
+    wrong[7000] = base.pieces[7000].piece
+    assert "piece 7000" in tokenizer_difference(
+        tmp_path / "cut.model", sp_model_path, prefix=True, replaced=wrong
     )

@@ -1,17 +1,12 @@
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest
 import sentencepiece as spm
 
 from weighted_mtp.errors import WmtpError
-from weighted_mtp.models.tokenizer import (
-    tokenizer_difference,
-    tokenizer_facts,
-    write_tokenizer_config,
-)
+from weighted_mtp.models.tokenizer import tokenizer_difference, tokenizer_facts
 
 from .conftest import edited_tokenizer
 
@@ -53,17 +48,6 @@ def test_a_smaller_vocabulary_is_a_difference(sp_model_path, tmp_path):
     other = tmp_path / "small.model"
     other.write_bytes(proto.SerializeToString())
     assert tokenizer_difference(sp_model_path, other) == "vocab size 8320 vs 8000"
-
-
-def test_tokenizer_config_names_the_special_tokens(sp_model_path, tmp_path):
-    out = tmp_path / "tokenizer_config.json"
-    write_tokenizer_config(out, sp_model_path)
-    config = json.loads(out.read_text())
-    assert config["model_type"] == "sentencepiece"
-    assert config["vocab_size"] == 8320
-    specials = (config["bos_token"], config["eos_token"], config["unk_token"])
-    assert specials == ("<s>", "</s>", "<unk>")
-    assert config["pad_token_id"] is None
 
 
 def test_garbage_is_one_clear_error(tmp_path):
