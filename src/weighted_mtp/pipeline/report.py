@@ -249,13 +249,10 @@ def _model_deviations(layout: Layout) -> Iterator[str]:
             yield (f"- {name}: weights converted from {meta['source_dtype']} to {meta['dtype']}")
         trimmed = meta.get("tokenizer_trimmed")
         if trimmed:
-            replaced = "".join(
-                f"; id {i} holds the whitespace piece instead of {piece!r}"
-                for i, piece in trimmed.get("replaced", {}).items()
-            )
             yield (
                 f"- {name}: tokenizer trimmed from {trimmed['from']}'s "
-                f"{trimmed['base_vocab_size']} to {trimmed['vocab_size']} pieces{replaced}"
+                f"{trimmed['base_vocab_size']} to {trimmed['vocab_size']} pieces"
+                + _moved_characters(trimmed.get("replaced", {}))
             )
         if meta.get("init") == "random":
             yield f"- {name}: randomly initialised (seed {meta.get('seed')}), not sliced"
@@ -263,6 +260,36 @@ def _model_deviations(layout: Layout) -> Iterator[str]:
             yield f"- {name}: tokenizer differs: {meta['tokenizer_difference']}"
         elif name == REFERENCE_MODEL and not meta.get("tokenizer_shared_with"):
             yield f"- {name}: tokenizer not recorded as shared with {META_MODEL}"
+
+
+def _moved_characters(replaced: dict[str, str]) -> str:
+    if not replaced:
+        return ""
+    ids = sorted(int(i) for i in replaced)
+    return (
+        f"; its {len(ids)} rarest merges (ids {ids[0]}-{ids[-1]}) hold the single characters"
+        " its kept pieces are made of instead (the whitespace piece among them), so that"
+        " transformers gives SentencePiece's ids"
+    )
+
+
+def _tokenizer_config_deviation(layout: Layout) -> Iterator[str]:
+    """tokenizer_config.json departs from the plan's literal keys (once for all models)."""
+    from weighted_mtp.models.hf_tokenizer import SENTENCEPIECE_KEY
+
+    names = [
+        name
+        for name in MODELS
+        if SENTENCEPIECE_KEY in (read_json_or_none(layout.model(name).tokenizer_config) or {})
+    ]
+    if names:
+        yield (
+            f"- tokenizer/tokenizer_config.json ({', '.join(names)}): the plan's SentencePiece"
+            f" facts (model type, vocab size, special ids) are under `{SENTENCEPIECE_KEY}`, not"
+            " the plan's top-level `model_type: sentencepiece`, which transformers reads as a"
+            " model type (AutoTokenizer could not load the folder); `tokenizer.json` beside it"
+            " gives SentencePiece's ids in transformers"
+        )
 
 
 def _dataset_deviations(layout: Layout) -> Iterator[str]:
@@ -314,7 +341,12 @@ def people_notes(layout: Layout) -> str:
 def migration_notes(layout: Layout, checklist: Checklist, manifest_sha: str | None) -> str:
     lines = _header("Migration notes", layout, manifest_sha)
     lines += ["## Deviations found automatically", ""]
-    found = [*_model_deviations(layout), *_dataset_deviations(layout), *_source_deviations(layout)]
+    found = [
+        *_model_deviations(layout),
+        *_tokenizer_config_deviation(layout),
+        *_dataset_deviations(layout),
+        *_source_deviations(layout),
+    ]
     lines += found or ["- none"]
     lines += [
         "",

@@ -44,6 +44,7 @@ def test_converted_bases_pass_and_are_stamped(layout, meta, reference):
         "rope_theta",
         "tokenizer",
         "tokenizer shared",
+        "tokenizer in transformers",
         "configs agree",
     } <= names
 
@@ -73,12 +74,25 @@ def test_a_flipped_byte_anywhere_in_the_weights_fails(layout, meta, offset):
         "configs/meta_adapter.yaml",
         "tokenizer/tokenizer.model",
         "tokenizer/tokenizer_config.json",
+        "tokenizer/tokenizer.json",
     ],
 )
 def test_a_flipped_byte_in_configs_or_tokenizer_fails(layout, meta, relpath):
     flip_byte(meta.file(relpath), -2)
     report = verify_model(layout, meta.name)
     assert "recorded file hashes" in _failed(report)
+
+
+def test_a_tokenizer_folder_transformers_reads_differently_fails(layout, meta):
+    """A folder written before issue 15: the plan's literal config, no tokenizer.json."""
+    meta.file("tokenizer/tokenizer.json").unlink()
+    config = json.loads(meta.tokenizer_config.read_text())
+    config["model_type"] = "sentencepiece"
+    meta.tokenizer_config.write_text(json.dumps(config))
+    report = verify_model(layout, meta.name)
+    check = next(c for c in report.checks if c.name == "tokenizer in transformers")
+    assert not check.ok and "transformers cannot load the tokenizer" in check.detail
+    assert check.files == ["models_v2/meta-llama-mtp/tokenizer"]
 
 
 def test_a_changed_raw_file_fails(layout, meta):

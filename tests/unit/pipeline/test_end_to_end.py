@@ -83,9 +83,10 @@ def test_demo_migration_notes_name_the_automatic_deviations(demo):
     notes = Layout(root).report("migration_notes.md").read_text(encoding="utf-8")
     assert "meta-llama-mtp: weights converted from bfloat16 to float16" in notes
     assert (
-        "micro-mtp: tokenizer trimmed from meta-llama-mtp's 8320 to 8000 pieces; id 7999 "
-        "holds the whitespace piece instead of" in notes
+        "micro-mtp: tokenizer trimmed from meta-llama-mtp's 8320 to 8000 pieces; its 83 rarest "
+        "merges (ids 7917-7999) hold the single characters" in notes
     )
+    assert "facts (model type, vocab size, special ids) are under `sentencepiece`" in notes
     assert "taken from the mirror" in notes
     layout = Layout(root)
     checklist = run_checklist(layout)  # again, from the bytes
@@ -317,3 +318,39 @@ def test_demo_refuses_a_root_with_assets_from_elsewhere(demo_copy):
     result = _run("demo", "--root", str(layout.root))
     assert isinstance(result.exception, WmtpError)
     assert "did not make" in str(result.exception)
+
+
+def test_transformers_gives_sentencepiece_ids_for_every_model_and_export(demo, tmp_path):
+    """Acceptance of issue 15: AutoTokenizer on each model's tokenizer/ folder and on the
+    exports of the two Meta-format models gives SentencePiece's ids (BOS first) for every
+    small-set record and every edge case, and decodes them back."""
+    import json
+
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    from weighted_mtp.models.export_hf import export_hf
+    from weighted_mtp.models.tokenizer_agreement import EDGE_CASES
+
+    root, _ = demo
+    layout = Layout(root)
+    texts = list(EDGE_CASES)
+    for path in sorted(layout.small_dir.glob("*/*_small.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            texts += [record["prompt"], record["response"]]
+    assert len(texts) > len(EDGE_CASES) + 300
+    folders = {
+        name: layout.model(name).tokenizer_dir
+        for name in ("meta-llama-mtp", "ref-sheared-llama-2.7b", "micro-mtp", "micro-ref")
+    }
+    for name in ("meta-llama-mtp", "micro-mtp"):
+        folders[f"{name} export"] = export_hf(layout, name, tmp_path / name)
+    for name, folder in folders.items():
+        sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        for text in texts:
+            ids = tokenizer(text)["input_ids"]
+            assert ids == [1, *sp.encode(text)], (name, text[:80])
+            if sp.decode(ids) == text:
+                assert tokenizer.decode(ids, skip_special_tokens=True) == text, (name, text[:80])
