@@ -76,6 +76,8 @@ def test_export_readme_lists_the_left_out_heads(converted_meta, tmp_path):
     out = export_hf(converted_meta, META_MODEL, tmp_path / "export")
     readme = (out / "README.md").read_text()
     assert "extra_heads.0" in readme and "Left out" in readme
+    assert "PreTrainedTokenizerFast" in readme
+    assert "Checked at export: AutoTokenizer gives SentencePiece's ids on" in readme
     config = json.loads((out / "config.json").read_text())
     assert config["rope_theta"] == 500000.0 and config["architectures"] == ["LlamaForCausalLM"]
 
@@ -124,3 +126,15 @@ def test_export_of_a_hugging_face_model_points_to_its_folder(layout, tmp_path):
         export_hf(layout, REFERENCE_MODEL, tmp_path / "export")
     with pytest.raises(WmtpError, match=f"build it first: wmtp models micro {MICRO_MTP}"):
         export_hf(layout, MICRO_MTP, Path(tmp_path / "export"))
+
+
+def test_an_export_whose_tokenizer_disagrees_is_not_published(
+    converted_meta, tmp_path, monkeypatch
+):
+    from weighted_mtp.models import hf_tokenizer
+
+    full = hf_tokenizer._merges
+    monkeypatch.setattr(hf_tokenizer, "_merges", lambda proto: full(proto)[100:])
+    with pytest.raises(WmtpError, match="transformers and SentencePiece disagree on edge case"):
+        export_hf(converted_meta, META_MODEL, tmp_path / "export")
+    assert sorted(p.name for p in tmp_path.iterdir() if "export" in p.name) == []
