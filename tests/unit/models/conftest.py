@@ -53,6 +53,19 @@ def reference_mirror(tmp_path: Path, sp_model_path: Path) -> Path:
     )
 
 
+def hf_folder(sp_path: Path, folder: Path) -> Path:
+    """A tokenizer folder as wmtp writes it: the SentencePiece model and its transformers
+    files (tokenizer.json, tokenizer_config.json)."""
+    import shutil
+
+    from weighted_mtp.models.hf_tokenizer import write_hf_tokenizer
+
+    folder.mkdir(parents=True)
+    shutil.copyfile(sp_path, folder / "tokenizer.model")
+    write_hf_tokenizer(folder, folder / "tokenizer.model")
+    return folder
+
+
 def edited_tokenizer(source: Path, out: Path, piece_id: int, new_piece: str) -> Path:
     """A copy of a SentencePiece model with one piece renamed (a 'different' tokenizer)."""
     from sentencepiece import sentencepiece_model_pb2

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,8 @@ from weighted_mtp.models.hf_tokenizer import write_hf_tokenizer
 from weighted_mtp.models.tokenizer import model_proto, trim_tokenizer
 from weighted_mtp.models.tokenizer_agreement import EDGE_CASES
 
+from .conftest import hf_folder
+
 FRAGMENTS = [" ", "  ", "    ", "\t", "\n", "\r\n", "▁", "<s>", "</s>", "<unk>", "é", "日本", "🎉"]
 FRAGMENTS += ["def", " return", "self", "x", "(", ")", ":", "0", "42", "_", "Q", "^", "ab"]
 
@@ -30,13 +31,6 @@ FRAGMENTS += ["def", " return", "self", "x", "(", ")", ":", "0", "42", "_", "Q",
 def random_texts(count: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     return ["".join(rng.choices(FRAGMENTS, k=rng.randint(1, 24))) for _ in range(count)]
-
-
-def hf_folder(sp_path: Path, folder: Path) -> Path:
-    folder.mkdir(parents=True)
-    shutil.copyfile(sp_path, folder / "tokenizer.model")
-    write_hf_tokenizer(folder, folder / "tokenizer.model")
-    return folder
 
 
 def assert_same_ids_and_round_trips(folder: Path, texts: list[str]) -> None:

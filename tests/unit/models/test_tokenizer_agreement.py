@@ -16,7 +16,7 @@ from weighted_mtp.models.tokenizer_agreement import (
     check_agreement,
 )
 
-from .test_hf_tokenizer import hf_folder
+from .conftest import hf_folder
 
 
 def edge_samples() -> list[Sample]:
