@@ -1,7 +1,8 @@
-"""The asset catalog: where each model and dataset comes from upstream.
+"""The asset catalog: where each downloaded model and dataset's upstream files are.
 
 The packaged `catalog.yaml` is the default; a user file (`--catalog` / `WMTP_CATALOG`) with
-the same schema replaces it, e.g. to pin revisions or point at a fork.
+the same schema replaces it, e.g. to pin revisions or point at a fork. What an asset is
+(format, derivation, gating) is declared in `weighted_mtp.assets`, not here.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path, PurePosixPath
 
-import jsonschema
 import yaml
 
+from weighted_mtp import assets
 from weighted_mtp.errors import WmtpError
-from weighted_mtp.storage.layout import DATASETS, MODELS, safe_relative
+from weighted_mtp.storage.layout import safe_relative
 
 CATALOG_ENV = "WMTP_CATALOG"
 
@@ -36,13 +37,13 @@ _UPSTREAM = {
         "repo": {"type": "string", "pattern": "^[^/\\s]+/[^/\\s]+$"},
         "repo_type": {"enum": ["model", "dataset"]},
         "revision": {"type": "string", "minLength": 1},
-        "format": {"enum": ["meta-mtp", "hf-llama"]},
-        "gated": {"type": "boolean"},
-        "derived_from": {"enum": list(MODELS)},
         "files": {"type": "array", "items": _FILE, "minItems": 1},
     },
     "additionalProperties": False,
 }
+DOWNLOADED = [s for s in assets.ASSETS if "download" in s.build]
+MODELS = tuple(s.name for s in DOWNLOADED if s.is_model)
+DATASETS = tuple(s.name for s in DOWNLOADED if s.is_dataset)
 SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
@@ -85,9 +86,6 @@ class Asset:
     repo_type: str
     revision: str
     files: tuple[FileSpec, ...]
-    format: str | None = None
-    gated: bool = False
-    derived_from: str | None = None
 
     @property
     def downloadable(self) -> bool:
@@ -109,8 +107,8 @@ class Asset:
 
 
 class Catalog:
-    def __init__(self, assets: dict[str, Asset], source: str) -> None:
-        self._assets = assets
+    def __init__(self, entries: dict[str, Asset], source: str) -> None:
+        self._assets = entries
         self.source = source
 
     def model(self, name: str) -> Asset:
@@ -120,6 +118,12 @@ class Catalog:
         return self._get(name, "dataset", DATASETS)
 
     def _get(self, name: str, kind: str, known: tuple[str, ...]) -> Asset:
+        if name in assets.MICRO_MODELS:  # a model built from another one has no upstream
+            base = assets.spec(name).derived_from
+            raise WmtpError(
+                f"{name} is built from {base}, not downloaded",
+                hint=f"run `wmtp models micro {name}`",
+            )
         asset = self._assets.get(f"{kind}:{name}")
         if asset is None:
             raise WmtpError(
@@ -152,6 +156,8 @@ def _file_spec(entry: dict, where: str, source: str) -> FileSpec:
 
 
 def _parse(text: str, source: str) -> Catalog:
+    import jsonschema  # ~0.2 s to import: only when a command reads the catalog
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -163,25 +169,22 @@ def _parse(text: str, source: str) -> Catalog:
     except jsonschema.ValidationError as exc:
         location = "/".join(str(p) for p in exc.absolute_path) or "top level"
         raise WmtpError(f"catalog entry {location}: {exc.message}", path=source) from None
-    assets: dict[str, Asset] = {}
+    entries: dict[str, Asset] = {}
     for kind, group in (("model", data["models"]), ("dataset", data["datasets"])):
         for name, entry in group.items():
             files = [
                 _file_spec(f, f"{kind}s/{name}/files/{i}", source)
                 for i, f in enumerate(entry.get("files", []))
             ]
-            assets[f"{kind}:{name}"] = Asset(
+            entries[f"{kind}:{name}"] = Asset(
                 name=name,
                 kind=kind,
                 repo=entry.get("repo"),
                 repo_type=entry.get("repo_type", kind),
                 revision=entry.get("revision", "main"),
                 files=tuple(files),
-                format=entry.get("format"),
-                gated=entry.get("gated", False),
-                derived_from=entry.get("derived_from"),
             )
-    return Catalog(assets, source)
+    return Catalog(entries, source)
 
 
 def load_catalog(path: str | Path | None = None) -> Catalog:

@@ -22,13 +22,13 @@ from torch import Tensor, nn
 
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.models.architecture import (
+    HfLlamaConfig,
     MetaParams,
     Shapes,
     compare_shapes,
     hf_llama_tensor_shapes,
     meta_tensor_shapes,
 )
-from weighted_mtp.storage.atomic import read_json
 from weighted_mtp.storage.layout import ModelPaths
 
 if TYPE_CHECKING:
@@ -290,10 +290,11 @@ def load_reference_model(
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     paths = _folder(model_dir)
-    config_dict = read_json(paths.hf_config, "config.json")
-    require_matching_shapes(hf_llama_tensor_shapes(config_dict), paths.weights, paths.hf_config)
-    require_tokenizer_fits(paths.tokenizer_model, config_dict["vocab_size"])
-    config = LlamaConfig(**{k: v for k, v in config_dict.items() if k != "transformers_version"})
+    typed = HfLlamaConfig.from_file(paths.hf_config)
+    require_matching_shapes(hf_llama_tensor_shapes(typed), paths.weights, paths.hf_config)
+    require_tokenizer_fits(paths.tokenizer_model, typed.vocab_size)
+    fields = typed.to_dict()
+    config = LlamaConfig(**{k: v for k, v in fields.items() if k != "transformers_version"})
     # The weights live in safetensors/, configs elsewhere: pass both configs explicitly.
     model, info = LlamaForCausalLM.from_pretrained(
         paths.safetensors_dir,

@@ -1,13 +1,15 @@
-"""Architectures as data: the tensor names and shapes a config implies.
+"""Architectures as data: typed configs and the tensor names and shapes they imply.
 
 This is the contract between conversion, verification, the adapter and the micro models:
-each of them asks here which tensors a Meta MTP `params.json` or a Hugging Face Llama
-`config.json` must have, instead of keeping its own list.
+each of them asks here which tensors a Meta MTP `params.json` (`MetaParams`) or a Hugging
+Face Llama `config.json` (`HfLlamaConfig`) must have, instead of keeping its own list. Derived
+sizes (head dimension, key/value heads, feed-forward size) and defaults (rope_theta) are
+computed here and nowhere else.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ _HF_SIZES = (
     "num_hidden_layers",
 )
 _HF_OPTIONAL_SIZES = ("num_key_value_heads", "head_dim")
+DEFAULT_ROPE_THETA = 10000.0  # Llama's, when a config does not say
 
 
 def _positive_int(value: Any) -> bool:
@@ -51,7 +54,7 @@ class MetaParams:
     multiple_of: int = 256
     ffn_dim_multiplier: float | None = None
     norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
+    rope_theta: float = DEFAULT_ROPE_THETA
     max_seq_len: int = 2048
     n_future_tokens: int = 1
 
@@ -150,26 +153,97 @@ def meta_tensor_shapes(p: MetaParams) -> Shapes:
     return shapes
 
 
-def hf_llama_tensor_shapes(config: dict[str, Any]) -> Shapes:
-    """Every tensor of a Hugging Face `LlamaForCausalLM` state dict, from its config.json."""
-    if not isinstance(config, dict):
-        raise WmtpError("config.json is not a JSON object")
-    missing = [key for key in _HF_SIZES if key not in config]
-    if missing:
-        raise WmtpError(f"config.json lacks {missing[0]}")
-    sizes = {key: config[key] for key in _HF_SIZES}
-    sizes.update({key: config[key] for key in _HF_OPTIONAL_SIZES if config.get(key)})
-    for key, value in sizes.items():
-        if not _positive_int(value):
-            raise WmtpError(f"config.json {key} must be a positive integer, not {value!r}")
-    d, n_heads = sizes["hidden_size"], sizes["num_attention_heads"]
-    kv = sizes.get("num_key_value_heads", n_heads)
-    hd = sizes.get("head_dim", d // n_heads)
-    h, vocab, n_layers = (
-        sizes[k] for k in ("intermediate_size", "vocab_size", "num_hidden_layers")
+@dataclass(frozen=True)
+class HfLlamaConfig:
+    """A Hugging Face Llama `config.json`: the sizes wmtp relies on, typed and checked, and
+    the file's fields verbatim (`others`) so that writing it back loses nothing."""
+
+    hidden_size: int
+    num_attention_heads: int
+    intermediate_size: int
+    vocab_size: int
+    num_hidden_layers: int
+    num_key_value_heads: int | None = None
+    explicit_head_dim: int | None = None
+    rope_theta: float = DEFAULT_ROPE_THETA
+    tie_word_embeddings: bool = False
+    others: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str | Path = "config.json") -> HfLlamaConfig:
+        if not isinstance(data, dict):
+            raise WmtpError("config.json is not a JSON object", path=source)
+        missing = [key for key in _HF_SIZES if key not in data]
+        if missing:
+            raise WmtpError(f"config.json lacks {missing[0]}", path=source)
+        sizes = {key: data[key] for key in _HF_SIZES}
+        sizes.update({key: data[key] for key in _HF_OPTIONAL_SIZES if data.get(key)})
+        for key, value in sizes.items():
+            if not _positive_int(value):
+                raise WmtpError(
+                    f"config.json {key} must be a positive integer, not {value!r}", path=source
+                )
+        return cls(
+            hidden_size=sizes["hidden_size"],
+            num_attention_heads=sizes["num_attention_heads"],
+            intermediate_size=sizes["intermediate_size"],
+            vocab_size=sizes["vocab_size"],
+            num_hidden_layers=sizes["num_hidden_layers"],
+            num_key_value_heads=sizes.get("num_key_value_heads"),
+            explicit_head_dim=sizes.get("head_dim"),
+            rope_theta=data.get("rope_theta", DEFAULT_ROPE_THETA),
+            tie_word_embeddings=bool(data.get("tie_word_embeddings", False)),
+            others=dict(data),
+        )
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> HfLlamaConfig:
+        return cls.from_dict(read_json(path, "config.json"), path)
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_key_value_heads or self.num_attention_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.explicit_head_dim or self.hidden_size // self.num_attention_heads
+
+    def updated(self, **changes: Any) -> HfLlamaConfig:
+        """A copy with fields changed, typed (`hidden_size`) or verbatim (`torch_dtype`)."""
+        return HfLlamaConfig.from_dict({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        """config.json content: every field in its original order, typed values updated."""
+        data = dict(self.others)
+        typed: dict[str, Any] = {
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.explicit_head_dim,
+            "vocab_size": self.vocab_size,
+            "rope_theta": self.rope_theta,
+            "tie_word_embeddings": self.tie_word_embeddings,
+        }
+        defaults = {None, DEFAULT_ROPE_THETA, False}
+        for key, value in typed.items():
+            if key in data or value not in defaults:
+                data[key] = value
+        return data
+
+
+def hf_llama_tensor_shapes(config: HfLlamaConfig) -> Shapes:
+    """Every tensor of a Hugging Face `LlamaForCausalLM` state dict, from its config."""
+    d, n_heads, kv, hd = (
+        config.hidden_size,
+        config.num_attention_heads,
+        config.kv_heads,
+        config.head_dim,
     )
+    h, vocab = config.intermediate_size, config.vocab_size
     shapes: Shapes = {"model.embed_tokens.weight": (vocab, d)}
-    for i in range(n_layers):
+    for i in range(config.num_hidden_layers):
         p = f"model.layers.{i}"
         shapes.update(
             {
@@ -185,7 +259,7 @@ def hf_llama_tensor_shapes(config: dict[str, Any]) -> Shapes:
             }
         )
     shapes["model.norm.weight"] = (d,)
-    if not config.get("tie_word_embeddings", False):
+    if not config.tie_word_embeddings:
         shapes["lm_head.weight"] = (vocab, d)
     return shapes
 

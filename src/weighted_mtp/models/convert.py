@@ -20,33 +20,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from weighted_mtp import progress
+from weighted_mtp import assets, progress
 from weighted_mtp.checks import listed
 from weighted_mtp.errors import UsageError, WmtpError
-from weighted_mtp.models.architecture import (
-    MetaParams,
-    Shapes,
-    compare_shapes,
-    hf_llama_tensor_shapes,
-    meta_tensor_shapes,
-)
-from weighted_mtp.models.checkpoint import TensorSource, open_files, open_hf_checkpoint
+from weighted_mtp.models.architecture import Shapes, compare_shapes
+from weighted_mtp.models.checkpoint import TensorSource
 from weighted_mtp.models.download import recorded_hash
+from weighted_mtp.models.formats import format_of, require_upstream
 from weighted_mtp.models.hf_tokenizer import write_hf_tokenizer
 from weighted_mtp.models.metadata import (
     build_metadata,
     folder_relative,
     tokenizer_entry,
     weights_entry,
-    write_meta_configs,
     write_metadata,
 )
 from weighted_mtp.models.safetensors_stream import SafetensorsWriter, TensorSpec, WrittenFile
 from weighted_mtp.models.tokenizer import TokenizerFacts, shared_with_meta, tokenizer_facts
 from weighted_mtp.storage import stamps
-from weighted_mtp.storage.atomic import read_json, write_json
+from weighted_mtp.storage.atomic import read_json
 from weighted_mtp.storage.hashing import sha256_file, write_sha256sums
-from weighted_mtp.storage.layout import META_MODEL, REFERENCE_MODEL, Layout, ModelPaths
+from weighted_mtp.storage.layout import Layout, ModelPaths
 from weighted_mtp.storage.tree import iter_files
 
 if TYPE_CHECKING:
@@ -61,103 +55,54 @@ def convert_model(layout: Layout, name: str, *, dtype: str = "float16") -> dict[
     """Convert a downloaded base model; returns the metadata.json content."""
     if dtype not in TARGET_DTYPES:
         raise UsageError(f"unknown dtype {dtype!r}", hint=f"choose {', '.join(TARGET_DTYPES)}")
-    paths = layout.model(name)
-    converters = {META_MODEL: _convert_meta, REFERENCE_MODEL: _convert_reference}
-    if name not in converters:
+    if "convert" not in assets.spec(name).build:
         raise UsageError(
             f"{name} is not converted from an upstream checkpoint",
             hint=f"build it with `wmtp models micro {name}`",
         )
+    paths = layout.model(name)
     stamps.clear_verified(layout, paths.root)
-    return converters[name](layout, paths, dtype)
-
-
-# --- Meta MTP -------------------------------------------------------------------------------
-
-
-def _convert_meta(layout: Layout, paths: ModelPaths, dtype: str) -> dict[str, Any]:
-    checkpoint = _require(paths.raw_meta_checkpoint)
-    params_file = _require(paths.raw_params)
-    facts = tokenizer_facts(_require(paths.tokenizer_model))
-    params = MetaParams.from_file(params_file)
-    if params.vocab_size <= 0:  # Llama's params.json may leave the vocabulary to the tokenizer
-        params = params.with_vocab_size(facts.vocab_size)
-    _require_same_vocab(facts, params.vocab_size, params_file)
-    with open_files([checkpoint]) as source:
+    fmt = format_of(name)
+    facts = tokenizer_facts(require_upstream(paths.tokenizer_model))
+    upstream = fmt.upstream(paths, facts.vocab_size)
+    config_file = upstream.config_files[0]
+    _require_same_vocab(facts, upstream.vocab_size, config_file)
+    opened, where = fmt.open_checkpoint(paths)
+    with opened as source:
         plan = plan_conversion(
             source,
-            meta_tensor_shapes(params),
-            params.rope_theta,
-            params.head_dim,
-            checkpoint,
-            params_file.name,
-        )
-        written = stream_convert(source, plan, paths.weights, dtype, paths.name)
-    write_sha256sums(paths.sha256sums, {paths.weights.name: written.sha256})
-    write_meta_configs(paths, params, dtype, params_source=params_file)
-    tokenizer_files = write_hf_tokenizer(paths.tokenizer_dir, paths.tokenizer_model)
-    metadata = _metadata(
-        paths,
-        "meta-mtp",
-        dtype,
-        plan,
-        written,
-        facts,
-        [paths.params, paths.adapter_config, *tokenizer_files],
-    )
-    write_metadata(paths.metadata, metadata)
-    return metadata
-
-
-# --- Hugging Face Llama (the Rho-1 reference) -----------------------------------------------
-
-
-def _convert_reference(layout: Layout, paths: ModelPaths, dtype: str) -> dict[str, Any]:
-    config_file = _require(paths.raw_hf_config)
-    config = read_json(config_file, "config.json")
-    facts = tokenizer_facts(_require(paths.tokenizer_model))
-    try:
-        expected = hf_llama_tensor_shapes(config)
-    except WmtpError as exc:
-        raise WmtpError(exc.what, path=config_file) from None
-    _require_same_vocab(facts, config["vocab_size"], config_file)
-    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    with open_hf_checkpoint(paths.raw_checkpoint_dir) as source:
-        plan = plan_conversion(
-            source,
-            expected,
-            config.get("rope_theta", 10000.0),
-            head_dim,
-            paths.raw_checkpoint_dir,
+            upstream.shapes,
+            upstream.rope_theta,
+            upstream.dims.head_dim,
+            where,
             config_file.name,
         )
         written = stream_convert(source, plan, paths.weights, dtype, paths.name)
     write_sha256sums(paths.sha256sums, {paths.weights.name: written.sha256})
-    write_json(paths.hf_config, converted_hf_config(config, dtype))
-    # The catalog downloads the reference's own tokenizer.json: kept, and verified.
+    fmt.write_converted_configs(paths, upstream, dtype)
     tokenizer_files = write_hf_tokenizer(
-        paths.tokenizer_dir, paths.tokenizer_model, keep_upstream_json=True
+        paths.tokenizer_dir,
+        paths.tokenizer_model,
+        keep_upstream_json=assets.spec(name).upstream_tokenizer_json,
     )
-    shared, difference = shared_with_meta(layout, paths.tokenizer_model)
+    shared, difference = (
+        shared_with_meta(layout, paths.tokenizer_model)
+        if assets.compares_tokenizer(name)
+        else (None, None)
+    )
     metadata = _metadata(
         paths,
-        "hf-llama",
+        fmt.name,
         dtype,
         plan,
         written,
         facts,
-        [paths.hf_config, *tokenizer_files],
+        [*fmt.config_files(paths), *tokenizer_files],
         shared_with=shared,
         difference=difference,
     )
     write_metadata(paths.metadata, metadata)
     return metadata
-
-
-def converted_hf_config(config: dict[str, Any], dtype: str) -> dict[str, Any]:
-    """The upstream config.json with its dtype field naming the converted dtype."""
-    keys = [key for key in ("torch_dtype", "dtype") if key in config] or ["torch_dtype"]
-    return {**config, **dict.fromkeys(keys, dtype)}
 
 
 # --- shared steps ---------------------------------------------------------------------------
@@ -284,14 +229,6 @@ def checked_cast(chunk: torch.Tensor, target: torch.dtype, name: str, file: Path
         path=file,
         hint="convert with --dtype bfloat16 (same range as float32)",
     )
-
-
-def _require(path: Path) -> Path:
-    if not path.is_file():
-        raise WmtpError(
-            "upstream file not found", path=path, hint="run `wmtp models download` first"
-        )
-    return path
 
 
 def _require_same_vocab(facts: TokenizerFacts, vocab_size: int, config: Path) -> None:

@@ -97,11 +97,10 @@ class DownloadPlan:
 
 
 def require_downloadable(asset: Asset) -> str:
-    """The asset's upstream repo; a model built from another one has none."""
+    """The asset's upstream repo, which its catalog entry must give."""
     if asset.repo is None:
         raise WmtpError(
-            f"{asset.name} is built from {asset.derived_from}, not downloaded",
-            hint=f"run `wmtp models micro {asset.name}`",
+            f"the catalog gives {asset.name} no repo", hint="add the upstream repo to its entry"
         )
     return asset.repo
 
@@ -134,7 +133,6 @@ def download_model(
     """Fetch a base model's upstream files; returns the SOURCE.json content."""
     asset = catalog.model(name)
     paths = layout.model(name)
-    require_downloadable(asset)
     requested = revision or asset.revision
     if mirror is not None:
         planned, hashes = _fetch_from_mirror(asset, paths, Path(mirror))

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from weighted_mtp import progress
+from weighted_mtp import assets, progress
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.models.architecture import MetaParams
 from weighted_mtp.storage.atomic import TEMP_MARKER, write_json, write_text
-from weighted_mtp.storage.layout import MICRO_MODELS, Layout
+from weighted_mtp.storage.layout import Layout
 
 if TYPE_CHECKING:
     import torch
@@ -189,7 +189,7 @@ def export_hf(layout: Layout, name: str, out_dir: str | Path) -> Path:
 
     paths = layout.model(name)
     if not paths.params.is_file():
-        build = "micro" if name in MICRO_MODELS else "convert"
+        build = assets.spec(name).build[-1]  # the step that writes its configs
         hint = (
             "it is already a Hugging Face Llama: use its configs/ and safetensors/"
             if paths.hf_config.is_file()

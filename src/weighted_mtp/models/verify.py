@@ -9,38 +9,20 @@ the others, and the report says which file to look at.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from weighted_mtp import progress
 from weighted_mtp.checks import Report, listed
 from weighted_mtp.errors import WmtpError
-from weighted_mtp.models.architecture import (
-    MetaParams,
-    Shapes,
-    compare_shapes,
-    hf_llama_tensor_shapes,
-    meta_tensor_shapes,
-)
-from weighted_mtp.models.metadata import adapter_config, read_adapter_config, read_metadata
-from weighted_mtp.storage.atomic import read_json
+from weighted_mtp.models.architecture import compare_shapes
+from weighted_mtp.models.formats import Architecture, format_named
+from weighted_mtp.models.metadata import read_metadata
 from weighted_mtp.storage.hashing import check_sha256sums, read_sha256sums, sha256_file
 from weighted_mtp.storage.layout import Layout, ModelPaths
 from weighted_mtp.storage.stamps import record_verified
 
 MAX_LISTED = 3
-DEFAULT_ROPE_THETA = 10000.0
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """What the folder's configs say the weights must be."""
-
-    shapes: Shapes
-    vocab_size: int
-    rope_theta: float
-    config_files: list[Path]
 
 
 FileHash = Callable[[Path], str]
@@ -239,64 +221,23 @@ def _check_finite(weights: Path) -> tuple[str, None]:
 
 
 def _check_configs(paths: ModelPaths, metadata: dict[str, Any]) -> tuple[str, Architecture]:
-    if metadata["format"] == "meta-mtp":
-        return _meta_architecture(paths, metadata)
-    return _hf_architecture(paths, metadata)
-
-
-def _meta_architecture(paths: ModelPaths, metadata: dict[str, Any]) -> tuple[str, Architecture]:
-    params = MetaParams.from_file(paths.params)
-    if params.vocab_size <= 0:
-        params = params.with_vocab_size(metadata["tokenizer"]["vocab_size"])
-    adapter = read_adapter_config(paths.adapter_config)
-    expected = adapter_config(params, metadata["dtype"])
-    problems = [
-        f"{key} is {adapter.get(key)!r} in meta_adapter.yaml, {value!r} by params.json"
-        + (" and metadata.json" if key == "dtype" else "")
-        for key, value in expected.items()
-        if adapter.get(key) != value
-    ]
-    problems += [
-        f"meta_adapter.yaml has unknown field {key}" for key in adapter if key not in expected
-    ]
-    _problems("configs disagree", problems, paths.adapter_config)
-    arch = Architecture(
-        meta_tensor_shapes(params),
-        params.vocab_size,
-        params.rope_theta,
-        [paths.params, paths.adapter_config],
-    )
-    return "params.json, meta_adapter.yaml and metadata.json agree", arch
-
-
-def _hf_architecture(paths: ModelPaths, metadata: dict[str, Any]) -> tuple[str, Architecture]:
-    config = read_json(paths.hf_config, "config.json")
-    try:
-        shapes = hf_llama_tensor_shapes(config)
-    except WmtpError as exc:
-        raise WmtpError(exc.what, path=paths.hf_config) from None
-    problems = [
-        f"{key} is {config[key]!r} in config.json, {metadata['dtype']!r} in metadata.json"
-        for key in ("torch_dtype", "dtype")
-        if key in config and config[key] != metadata["dtype"]
-    ]
-    _problems("configs disagree", problems, paths.hf_config)
-    arch = Architecture(
-        shapes,
-        config["vocab_size"],
-        config.get("rope_theta", DEFAULT_ROPE_THETA),
-        [paths.hf_config],
-    )
-    return "config.json and metadata.json agree", arch
+    fmt = format_named(metadata["format"])
+    arch = fmt.check_configs(paths, metadata["tokenizer"]["vocab_size"], metadata["dtype"])
+    names = [path.name for path in arch.config_files] + ["metadata.json"]
+    agree = f"{', '.join(names[:-1])} and {names[-1]}"
+    return f"{agree} agree", arch
 
 
 def _upstream_rope_theta(paths: ModelPaths, metadata: dict[str, Any]) -> float | None:
     """rope_theta of the upstream config the folder was converted from, if it is present."""
-    for rel in metadata["source"].get("files", {}):
-        target = paths.raw_file(rel)
-        if target.name in ("params.json", "config.json") and target.is_file():
-            return read_json(target, target.name).get("rope_theta", DEFAULT_ROPE_THETA)
-    return None
+    if not metadata["source"].get("files"):
+        return None
+    fmt = format_named(metadata["format"])
+    try:
+        upstream = fmt.upstream(paths, metadata["tokenizer"]["vocab_size"])
+    except WmtpError:
+        return None  # raw files removed after conversion
+    return upstream.rope_theta
 
 
 def _check_rope_theta(

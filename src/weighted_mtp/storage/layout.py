@@ -18,27 +18,26 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from weighted_mtp import assets
+
+# Asset names are declared in the registry; re-exported here for path-minded callers.
+from weighted_mtp.assets import BASE_MODELS as BASE_MODELS
+from weighted_mtp.assets import DATASETS as DATASETS
+from weighted_mtp.assets import META_MODEL as META_MODEL
+from weighted_mtp.assets import MICRO_MODELS as MICRO_MODELS
+from weighted_mtp.assets import MICRO_MTP as MICRO_MTP
+from weighted_mtp.assets import MICRO_REF as MICRO_REF
+from weighted_mtp.assets import MODELS as MODELS
+from weighted_mtp.assets import REFERENCE_MODEL as REFERENCE_MODEL
 from weighted_mtp.errors import WmtpError
 
 STORAGE_VERSION = "2.0.0"
 
-META_MODEL = "meta-llama-mtp"
-REFERENCE_MODEL = "ref-sheared-llama-2.7b"
-MICRO_MTP = "micro-mtp"
-MICRO_REF = "micro-ref"
-MODELS = (META_MODEL, REFERENCE_MODEL, MICRO_MTP, MICRO_REF)
-BASE_MODELS = (META_MODEL, REFERENCE_MODEL)
-MICRO_MODELS = (MICRO_MTP, MICRO_REF)
-
-DATASETS = ("codecontests", "mbpp", "humaneval")
 SPLITS = ("train", "validation", "test")
 
 MODEL_SUBDIRS = ("raw", "safetensors", "configs", "tokenizer")
 DATASET_SUBDIRS = ("raw", "processed", "stats")
 LEGACY_DIRS = ("models", "datasets")
-
-# Folder inside raw/ that holds each upstream checkpoint, as the upstream repos name it.
-RAW_CHECKPOINT_DIRS = {META_MODEL: "7B_1T_4", REFERENCE_MODEL: "reference_model"}
 
 CACHE_DIR = ".cache"
 
@@ -97,7 +96,7 @@ class ModelPaths:
 
     @property
     def raw_checkpoint_dir(self) -> Path:
-        return self.raw / RAW_CHECKPOINT_DIRS.get(self.name, "checkpoint")
+        return self.raw / (assets.spec(self.name).raw_checkpoint_dir or "checkpoint")
 
     @property
     def raw_meta_checkpoint(self) -> Path:
@@ -317,12 +316,12 @@ class Layout:
         return dirs
 
     def placeholder_files(self) -> list[Path]:
-        """Files the seed creates empty in Step 1."""
-        return [self.model(META_MODEL).sha256sums]
+        """Files the seed's layout creates empty: the large model's SHA256SUMS."""
+        return [self.model(s.name).sha256sums for s in assets.ASSETS if s.keep_raw_on_clean]
 
     def protected_paths(self) -> list[Path]:
         """Paths `clean` never removes: an ongoing 7B download must survive a clean start."""
-        return [self.model(META_MODEL).raw_checkpoint_dir]
+        return [self.model(s.name).raw_checkpoint_dir for s in assets.ASSETS if s.keep_raw_on_clean]
 
     def contains(self, path: str | Path) -> bool:
         """Whether `path`, with symlinks resolved, lies inside the root."""

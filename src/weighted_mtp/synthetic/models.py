@@ -16,10 +16,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from weighted_mtp.models.architecture import MetaParams, hf_llama_tensor_shapes, meta_tensor_shapes
+from weighted_mtp import assets
+from weighted_mtp.models.architecture import (
+    HfLlamaConfig,
+    MetaParams,
+    hf_llama_tensor_shapes,
+    meta_tensor_shapes,
+)
 from weighted_mtp.storage.atomic import atomic_write, write_json
 
-META_CHECKPOINT_DIR = "7B_1T_4"
+META_CHECKPOINT_DIR = assets.spec(assets.META_MODEL).raw_checkpoint_dir or ""
 
 # At least the micro size (dim 512, 8 heads, >= 4 layers), under 100 MB in bfloat16.
 DEFAULT_META_PARAMS = {
@@ -117,11 +123,10 @@ def write_meta_mirror(
     return out_dir
 
 
-def _inv_freq(config: dict[str, Any]) -> Any:
+def _inv_freq(config: HfLlamaConfig) -> Any:
     import torch
 
-    head_dim = config["hidden_size"] // config["num_attention_heads"]
-    theta = config.get("rope_theta", 10000.0)
+    head_dim, theta = config.head_dim, config.rope_theta
     return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
 
 
@@ -178,11 +183,12 @@ def write_reference_mirror(
     dtype = getattr(torch, config.get("torch_dtype", "float32"))
     with_buffers = rotary_buffers if rotary_buffers is not None else shard_format == "bin"
     tensors = {}
-    for name, tensor in _random_tensors(hf_llama_tensor_shapes(config), seed, dtype):
+    typed = HfLlamaConfig.from_dict(config)
+    for name, tensor in _random_tensors(hf_llama_tensor_shapes(typed), seed, dtype):
         tensors[name] = tensor
         if with_buffers and name.endswith(".post_attention_layernorm.weight"):
             layer = name.removesuffix(".post_attention_layernorm.weight")
-            tensors[f"{layer}.self_attn.rotary_emb.inv_freq"] = _inv_freq(config)
+            tensors[f"{layer}.self_attn.rotary_emb.inv_freq"] = _inv_freq(typed)
     shard_names, index_name = _shard_names(n_shards, shard_format)
     names = list(tensors)
     per_shard = -(-len(names) // n_shards)

@@ -1,7 +1,7 @@
 import pytest
 
 from weighted_mtp.errors import WmtpError
-from weighted_mtp.models.architecture import MetaParams, hf_llama_tensor_shapes
+from weighted_mtp.models.architecture import HfLlamaConfig, MetaParams, hf_llama_tensor_shapes
 
 HF_CONFIG = {
     "hidden_size": 64,
@@ -30,7 +30,9 @@ def test_malformed_params_are_one_clear_error(field, value):
 
 
 def test_hf_shapes_follow_the_config():
-    shapes = hf_llama_tensor_shapes({**HF_CONFIG, "num_key_value_heads": 1})
+    shapes = hf_llama_tensor_shapes(
+        HfLlamaConfig.from_dict({**HF_CONFIG, "num_key_value_heads": 1})
+    )
     assert shapes["model.layers.1.self_attn.k_proj.weight"] == (32, 64)
     assert shapes["lm_head.weight"] == (100, 64)
 
@@ -47,4 +49,15 @@ def test_hf_shapes_follow_the_config():
 )
 def test_malformed_hf_configs_are_one_clear_error(config, message):
     with pytest.raises(WmtpError, match=message):
-        hf_llama_tensor_shapes(config)
+        HfLlamaConfig.from_dict(config)
+
+
+def test_hf_config_round_trips_every_field_in_order():
+    upstream = {"architectures": ["LlamaForCausalLM"], **HF_CONFIG, "torch_dtype": "float32"}
+    config = HfLlamaConfig.from_dict(upstream)
+    assert list(config.to_dict().items()) == list(upstream.items())
+    assert config.head_dim == HF_CONFIG["hidden_size"] // HF_CONFIG["num_attention_heads"]
+    assert config.rope_theta == 10000.0  # Llama's default when the file does not say
+    changed = config.updated(vocab_size=7, torch_dtype="float16").to_dict()
+    assert changed["vocab_size"] == 7 and changed["torch_dtype"] == "float16"
+    assert list(changed) == list(upstream)

@@ -60,7 +60,7 @@ def test_user_catalog_overrides_and_is_validated(tmp_path: Path, monkeypatch):
     bad.write_text("models: [\n")
     with pytest.raises(WmtpError, match="not valid YAML"):
         load_catalog(bad)
-    with pytest.raises(WmtpError, match="no model 'micro-mtp'"):
+    with pytest.raises(WmtpError, match="micro-mtp is built from meta-llama-mtp, not downloaded"):
         load_catalog(good).model("micro-mtp")
 
 

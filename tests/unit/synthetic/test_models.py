@@ -6,6 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from weighted_mtp.models.architecture import (
+    HfLlamaConfig,
     MetaParams,
     hf_llama_tensor_shapes,
     meta_tensor_shapes,
@@ -52,7 +53,7 @@ def test_reference_mirror_shards_cover_the_index(tmp_path, sp_model_path):
     tensors = {}
     for shard in sorted(set(index["weight_map"].values())):
         tensors.update(load_file(folder / shard))
-    assert _shapes(tensors) == hf_llama_tensor_shapes(config)
+    assert _shapes(tensors) == hf_llama_tensor_shapes(HfLlamaConfig.from_dict(config))
     assert set(index["weight_map"]) == set(tensors)
     assert sum((folder / s).stat().st_size for s in set(index["weight_map"].values())) < 100e6
     assert (folder / "tokenizer.model").read_bytes() == sp_model_path.read_bytes()
