@@ -317,10 +317,10 @@ def test_micro_tokenizer_is_lossless_and_id_compatible(micro_storage):
         paths = micro_storage.model(name)
         micro = load_sentencepiece(paths.tokenizer_model)
         metadata = read_metadata(paths.metadata)
-        replaced = {int(i) for i in metadata["tokenizer_trimmed"]["replaced"]}
+        replaced = set(metadata.tokenizer_trimmed.replaced)
         moved = {micro.id_to_piece(i) for i in replaced}
         assert micro.get_piece_size() == 8000
-        assert metadata["tokenizer_shared_with"] == META_MODEL
+        assert metadata.tokenizer_shared_with == META_MODEL
         for i in range(8000):
             if i not in replaced:
                 assert micro.id_to_piece(i) == base.id_to_piece(i), i

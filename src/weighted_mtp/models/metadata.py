@@ -7,6 +7,7 @@ values, not a particular asset: the conversion and the micro-model builder both 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import jsonschema
 import yaml
 
 from weighted_mtp import __version__
+from weighted_mtp.assets import FORMAT_NAMES
 from weighted_mtp.clock import utc_now
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.models.architecture import MetaParams
@@ -21,7 +23,6 @@ from weighted_mtp.models.tokenizer import TokenizerFacts
 from weighted_mtp.storage.atomic import read_json, write_bytes, write_json, write_text
 from weighted_mtp.storage.layout import MICRO_MODELS, MODELS, ModelPaths
 
-FORMATS = ("meta-mtp", "hf-llama")
 _SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 _ID = {"type": ["integer", "null"]}
 
@@ -43,7 +44,7 @@ METADATA_SCHEMA: dict[str, Any] = {
     ],
     "properties": {
         "name": {"enum": list(MODELS)},
-        "format": {"enum": list(FORMATS)},
+        "format": {"enum": list(FORMAT_NAMES)},
         "dtype": {"enum": ["float16", "bfloat16", "float32"]},
         "source_dtype": {"type": "string"},
         "parameter_count": {"type": "integer", "minimum": 1},
@@ -154,6 +155,101 @@ def build_metadata(
     return metadata
 
 
+@dataclass(frozen=True)
+class WeightsEntry:
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class TokenizerEntry:
+    path: str
+    sha256: str
+    vocab_size: int
+    bos_id: int | None
+    eos_id: int | None
+    unk_id: int | None
+    pad_id: int | None
+
+    def facts(self) -> dict[str, Any]:
+        """The fields `TokenizerFacts.to_dict()` has, for comparison with the model file."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("path", "sha256")}
+
+
+@dataclass(frozen=True)
+class TrimmedTokenizer:
+    """A micro model's tokenizer: the first `vocab_size` pieces of its base's."""
+
+    base: str
+    base_vocab_size: int
+    vocab_size: int
+    replaced: dict[int, str] = field(default_factory=dict)  # id -> the piece it replaced
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """A validated metadata.json, typed. `raw` is the file's content as written."""
+
+    name: str
+    format: str
+    dtype: str
+    source_dtype: str
+    parameter_count: int
+    weights: WeightsEntry
+    tokenizer: TokenizerEntry
+    tokenizer_shared_with: str | None
+    tokenizer_difference: str | None
+    source: dict[str, Any]
+    files: dict[str, str]
+    tokenizer_trimmed: TrimmedTokenizer | None
+    init: str | None
+    seed: int | None
+    raw: dict[str, Any] = field(compare=False, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], path: str | Path = "metadata.json") -> ModelMetadata:
+        validate_metadata(data, path)
+        trimmed = data.get("tokenizer_trimmed")
+        return cls(
+            name=data["name"],
+            format=data["format"],
+            dtype=data["dtype"],
+            source_dtype=data["source_dtype"],
+            parameter_count=data["parameter_count"],
+            weights=WeightsEntry(**data["weights"]),
+            tokenizer=TokenizerEntry(
+                **{k: data["tokenizer"][k] for k in TokenizerEntry.__dataclass_fields__}
+            ),
+            tokenizer_shared_with=data["tokenizer_shared_with"],
+            tokenizer_difference=data.get("tokenizer_difference"),
+            source=data["source"],
+            files=data.get("files", {}),
+            tokenizer_trimmed=TrimmedTokenizer(
+                trimmed["from"],
+                trimmed["base_vocab_size"],
+                trimmed["vocab_size"],
+                {int(i): p for i, p in trimmed.get("replaced", {}).items()},
+            )
+            if trimmed
+            else None,
+            init=data.get("init"),
+            seed=data.get("seed"),
+            raw=data,
+        )
+
+    @property
+    def raw_files(self) -> dict[str, str]:
+        """SHA-256 of the upstream files it was converted from, keyed by path in raw/."""
+        files = self.source.get("files")
+        return files if isinstance(files, dict) else {}
+
+    @property
+    def derived_from(self) -> str | None:
+        model = self.source.get("model")
+        return model if isinstance(model, str) else None
+
+
 def validate_metadata(metadata: Any, path: str | Path = "metadata.json") -> None:
     try:
         jsonschema.validate(metadata, METADATA_SCHEMA)
@@ -167,10 +263,8 @@ def write_metadata(path: str | Path, metadata: dict[str, Any]) -> None:
     write_json(path, metadata)
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    metadata = read_json(path, "metadata.json")
-    validate_metadata(metadata, path)
-    return metadata
+def read_metadata(path: str | Path) -> ModelMetadata:
+    return ModelMetadata.from_dict(read_json(path, "metadata.json"), path)
 
 
 def adapter_config(params: MetaParams, dtype: str) -> dict[str, Any]:

@@ -189,7 +189,7 @@ def _base_weights_sha256(base_paths: ModelPaths) -> str:
             path=base_paths.metadata,
             hint=f"convert it again: wmtp models convert {base_paths.name}",
         )
-    return str(read_metadata(base_paths.metadata)["weights"]["sha256"])
+    return read_metadata(base_paths.metadata).weights.sha256
 
 
 def build_micro(

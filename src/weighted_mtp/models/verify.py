@@ -17,7 +17,7 @@ from weighted_mtp.checks import Report, listed
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.models.architecture import compare_shapes
 from weighted_mtp.models.formats import Architecture, format_named
-from weighted_mtp.models.metadata import read_metadata
+from weighted_mtp.models.metadata import ModelMetadata, read_metadata
 from weighted_mtp.storage.hashing import check_sha256sums, read_sha256sums, sha256_file
 from weighted_mtp.storage.layout import Layout, ModelPaths
 from weighted_mtp.storage.stamps import record_verified
@@ -45,7 +45,7 @@ def verify_model(layout: Layout, name: str, *, sha256: FileHash | None = None) -
     except WmtpError as exc:
         report.add("metadata.json", False, exc.line(), [layout.relative(paths.metadata)])
         return report
-    report.add("metadata.json", True, f"{metadata['format']}, {metadata['dtype']}")
+    report.add("metadata.json", True, f"{metadata.format}, {metadata.dtype}")
     check = _checker(report, layout)
     check("SHA256SUMS", lambda: _check_sha256sums(paths, metadata, hash_file), paths.sha256sums)
     check(
@@ -60,7 +60,7 @@ def verify_model(layout: Layout, name: str, *, sha256: FileHash | None = None) -
     if header is not None:
         check(
             "tensor dtypes",
-            lambda: _check_dtypes(header, metadata["dtype"], paths.weights),
+            lambda: _check_dtypes(header, metadata.dtype, paths.weights),
             paths.weights,
         )
     if arch is not None:
@@ -110,7 +110,7 @@ def _problems(what: str, problems: list[str], path: Path) -> None:
 
 
 def _check_sha256sums(
-    paths: ModelPaths, metadata: dict[str, Any], hash_file: FileHash
+    paths: ModelPaths, metadata: ModelMetadata, hash_file: FileHash
 ) -> tuple[str, None]:
     results = check_sha256sums(paths.sha256sums, hash_file)
     _problems(
@@ -119,19 +119,19 @@ def _check_sha256sums(
     names = [n for n, _, _ in results]
     if paths.weights.name not in names:
         raise WmtpError(f"SHA256SUMS does not list {paths.weights.name}", path=paths.sha256sums)
-    recorded = metadata["weights"]
+    recorded = metadata.weights
     listed = read_sha256sums(paths.sha256sums)[paths.weights.name]
-    if listed != recorded["sha256"] or paths.weights.stat().st_size != recorded["size"]:
+    if listed != recorded.sha256 or paths.weights.stat().st_size != recorded.size:
         raise WmtpError("weights differ from metadata.json's sha256/size", path=paths.weights)
     return f"{len(names)} file(s) match, as metadata.json records", None
 
 
 def _check_recorded_files(
-    paths: ModelPaths, metadata: dict[str, Any], hash_file: FileHash
+    paths: ModelPaths, metadata: ModelMetadata, hash_file: FileHash
 ) -> tuple[str, None]:
     recorded = {
-        metadata["tokenizer"]["path"]: metadata["tokenizer"]["sha256"],
-        **metadata.get("files", {}),
+        metadata.tokenizer.path: metadata.tokenizer.sha256,
+        **metadata.files,
     }
     problems = []
     for relpath, expected in recorded.items():
@@ -144,12 +144,10 @@ def _check_recorded_files(
     return f"{len(recorded)} config/tokenizer file(s) unchanged", None
 
 
-def _check_raw(
-    paths: ModelPaths, metadata: dict[str, Any], hash_file: FileHash
-) -> tuple[str, None]:
-    recorded = metadata["source"].get("files")
+def _check_raw(paths: ModelPaths, metadata: ModelMetadata, hash_file: FileHash) -> tuple[str, None]:
+    recorded = metadata.raw_files
     if not recorded:
-        return f"derived from {metadata['source'].get('model')}; no raw files", None
+        return f"derived from {metadata.derived_from}; no raw files", None
     present = {rel: h for rel, h in recorded.items() if paths.raw_file(rel).is_file()}
     if not present:
         return "raw files removed after conversion; not checked", None
@@ -220,28 +218,28 @@ def _check_finite(weights: Path) -> tuple[str, None]:
 # --- configs --------------------------------------------------------------------------------
 
 
-def _check_configs(paths: ModelPaths, metadata: dict[str, Any]) -> tuple[str, Architecture]:
-    fmt = format_named(metadata["format"])
-    arch = fmt.check_configs(paths, metadata["tokenizer"]["vocab_size"], metadata["dtype"])
+def _check_configs(paths: ModelPaths, metadata: ModelMetadata) -> tuple[str, Architecture]:
+    fmt = format_named(metadata.format)
+    arch = fmt.check_configs(paths, metadata.tokenizer.vocab_size, metadata.dtype)
     names = [path.name for path in arch.config_files] + ["metadata.json"]
     agree = f"{', '.join(names[:-1])} and {names[-1]}"
     return f"{agree} agree", arch
 
 
-def _upstream_rope_theta(paths: ModelPaths, metadata: dict[str, Any]) -> float | None:
+def _upstream_rope_theta(paths: ModelPaths, metadata: ModelMetadata) -> float | None:
     """rope_theta of the upstream config the folder was converted from, if it is present."""
-    if not metadata["source"].get("files"):
+    if not metadata.raw_files:
         return None
-    fmt = format_named(metadata["format"])
+    fmt = format_named(metadata.format)
     try:
-        upstream = fmt.upstream(paths, metadata["tokenizer"]["vocab_size"])
+        upstream = fmt.upstream(paths, metadata.tokenizer.vocab_size)
     except WmtpError:
         return None  # raw files removed after conversion
     return upstream.rope_theta
 
 
 def _check_rope_theta(
-    paths: ModelPaths, metadata: dict[str, Any], arch: Architecture
+    paths: ModelPaths, metadata: ModelMetadata, arch: Architecture
 ) -> tuple[str, None]:
     upstream = _upstream_rope_theta(paths, metadata)
     if upstream is not None and float(upstream) != float(arch.rope_theta):
@@ -253,12 +251,12 @@ def _check_rope_theta(
 
 
 def _check_tokenizer(
-    paths: ModelPaths, metadata: dict[str, Any], arch: Architecture
+    paths: ModelPaths, metadata: ModelMetadata, arch: Architecture
 ) -> tuple[str, None]:
     from weighted_mtp.models.tokenizer import tokenizer_facts
 
     facts = tokenizer_facts(paths.tokenizer_model).to_dict()
-    recorded = {key: metadata["tokenizer"][key] for key in facts}
+    recorded = metadata.tokenizer.facts()
     problems = [
         f"{key} is {facts[key]} in the model file, {recorded[key]} in metadata.json"
         for key in facts
@@ -273,28 +271,24 @@ def _check_tokenizer(
     return f"vocab {facts['vocab_size']} = model vocab", None
 
 
-def _check_sharing(layout: Layout, paths: ModelPaths, metadata: dict[str, Any]) -> tuple[str, None]:
+def _check_sharing(layout: Layout, paths: ModelPaths, metadata: ModelMetadata) -> tuple[str, None]:
     from weighted_mtp.models.tokenizer import tokenizer_difference
 
-    if "tokenizer_difference" in metadata:
-        raise WmtpError(
-            f"not shared: {metadata['tokenizer_difference']}", path=paths.tokenizer_model
-        )
+    if metadata.tokenizer_difference is not None:
+        raise WmtpError(f"not shared: {metadata.tokenizer_difference}", path=paths.tokenizer_model)
     details = []
     ours = paths.tokenizer_model
-    trimmed = metadata.get("tokenizer_trimmed")
+    trimmed = metadata.tokenizer_trimmed
     if trimmed:
-        base = layout.model(trimmed["from"]).tokenizer_model
+        base = layout.model(trimmed.base).tokenizer_model
         if base.is_file():
-            replaced = {int(i): p for i, p in trimmed.get("replaced", {}).items()}
+            replaced = trimmed.replaced
             difference = tokenizer_difference(ours, base, prefix=True, replaced=replaced)
             if difference:
-                raise WmtpError(
-                    f"not a trimmed copy of {trimmed['from']}'s: {difference}", path=ours
-                )
-            details.append(f"first {trimmed['vocab_size']} pieces of {trimmed['from']}'s")
+                raise WmtpError(f"not a trimmed copy of {trimmed.base}'s: {difference}", path=ours)
+            details.append(f"first {trimmed.vocab_size} pieces of {trimmed.base}'s")
         ours = base
-    shared = metadata["tokenizer_shared_with"]
+    shared = metadata.tokenizer_shared_with
     if shared is None:
         return "; ".join(details) or "own tokenizer", None
     other = layout.model(shared).tokenizer_model

@@ -74,7 +74,7 @@ def _metadata(layout: Layout, name: str) -> dict[str, Any] | None:
 
     path = layout.model(name).metadata
     try:
-        return read_metadata(path) if path.is_file() else None
+        return read_metadata(path).raw if path.is_file() else None
     except WmtpError:
         return None
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from weighted_mtp import assets
 from weighted_mtp.storage import stamps
-from weighted_mtp.storage.layout import DATASETS, MICRO_MODELS, MODELS, SPLITS, Layout
+from weighted_mtp.storage.layout import DATASETS, MODELS, SPLITS, Layout
 from weighted_mtp.storage.tree import iter_files, tree_size
 
 
@@ -28,7 +29,8 @@ def model_state(layout: Layout, name: str) -> str:
     paths = layout.model(name)
     if paths.weights.is_file():
         return "verified" if stamps.is_verified(layout, paths.root) else "converted"
-    if name not in MICRO_MODELS and _has_files(paths.raw, ignore=("SOURCE.json",)):
+    downloaded = "download" in assets.spec(name).build
+    if downloaded and _has_files(paths.raw, ignore=("SOURCE.json",)):
         return "raw-only"
     return "missing"
 

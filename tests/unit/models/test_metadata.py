@@ -61,7 +61,10 @@ def test_metadata_has_the_agreed_fields_and_round_trips(layout, sp_model_path):
     assert metadata["created_at"].endswith("+00:00")
     path = layout.model("meta-llama-mtp").metadata
     write_metadata(path, metadata)
-    assert read_metadata(path) == metadata
+    typed = read_metadata(path)
+    assert typed.raw == metadata
+    assert typed.weights.path == "safetensors/model.safetensors"
+    assert typed.tokenizer.vocab_size == 8320 and typed.tokenizer_trimmed is None
 
 
 def test_micro_metadata_needs_the_micro_fields(layout, sp_model_path):
