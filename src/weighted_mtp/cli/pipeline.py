@@ -16,13 +16,12 @@ from weighted_mtp.cli._console import (
     progress_bars,
     state,
 )
-from weighted_mtp.pipeline.approve import DEFAULT_TAG
-from weighted_mtp.pipeline.checklist import SIGN_OFF_STEP
+from weighted_mtp.pipeline.plan import DEFAULT_TAG, SIGN_OFF_GROUP
 
 if TYPE_CHECKING:
     from weighted_mtp.pipeline.build import BuildResult, Step, StepOutcome
-    from weighted_mtp.pipeline.checklist import Checklist
     from weighted_mtp.pipeline.demo import DemoResult
+    from weighted_mtp.pipeline.records import Checklist
 
 MAX_FILES_SHOWN = 8
 STATUS_MARKS = {
@@ -43,11 +42,11 @@ def print_checklist(checklist: Checklist) -> None:
     """One line per seed step: ✔/✘, title, reason, and the files of failed checks."""
     for step in checklist.steps:
         mark = "[green]✔[/]" if step.ok else "[red]✘[/]"
-        line = f"{mark} Step {step.number}: {step.title} — {escape(step.reason)}"
+        line = f"{mark} {step.label}: {step.title} — {escape(step.reason)}"
         if step.files:
             line += f" [dim]({escape(_files(step.files))})[/]"
         console.print(line, highlight=False, soft_wrap=True)
-        if step.number == SIGN_OFF_STEP and step.ok:  # approval, tag and backup, each shown
+        if step.group == SIGN_OFF_GROUP and step.ok:  # approval, tag and backup, each shown
             for check in step.report.checks[1:]:
                 console.print(f"    {check.name}: {escape(check.detail)}", highlight=False)
     failed = checklist.failed()

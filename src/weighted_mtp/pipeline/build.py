@@ -24,10 +24,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from weighted_mtp import assets
+from weighted_mtp.assets import AssetSpec, BuildStep
 from weighted_mtp.catalog import Asset, Catalog
 from weighted_mtp.checks import Report
 from weighted_mtp.clock import utc_now
+from weighted_mtp.data.download import download_dataset
+from weighted_mtp.data.prepare import prepare_dataset
+from weighted_mtp.data.small import build_small
+from weighted_mtp.data.validate import validate_dataset
 from weighted_mtp.errors import UsageError, WmtpError
+from weighted_mtp.models.convert import convert_model
+from weighted_mtp.models.download import download_model
+from weighted_mtp.models.micro import build_micro
+from weighted_mtp.models.verify import verify_model
+from weighted_mtp.pipeline.checklist import run_checklist
 from weighted_mtp.pipeline.manifest import (
     Hasher,
     ManifestDiff,
@@ -36,18 +47,17 @@ from weighted_mtp.pipeline.manifest import (
     refresh_manifest,
     sha256sums_mismatches,
 )
+from weighted_mtp.pipeline.plan import ASSET_GROUPS, LAST_ASSET_GROUP, plan_step
+from weighted_mtp.pipeline.records import (
+    document_status,
+    last_checklist,
+    saved_checklist,
+)
+from weighted_mtp.pipeline.report import generate_reports
 from weighted_mtp.storage import stamps
 from weighted_mtp.storage.atomic import TEMP_MARKER, read_json_or_none
-from weighted_mtp.storage.layout import (
-    DATASETS,
-    META_MODEL,
-    MICRO_MTP,
-    MICRO_REF,
-    MODELS,
-    REFERENCE_MODEL,
-    SPLITS,
-    Layout,
-)
+from weighted_mtp.storage.init import init_storage
+from weighted_mtp.storage.layout import DATASETS, MODELS, SPLITS, Layout
 
 
 @dataclass
@@ -74,13 +84,20 @@ class BuildContext:
 
 @dataclass(frozen=True)
 class Step:
+    """A build step; `group` is the check group that verifies what it makes."""
+
     name: str
-    seed_step: int
+    group: str
     describe: str
     run: Callable[[BuildContext], None]
     done: Callable[[BuildContext], bool]
     changes_assets: bool = True
     origin: Callable[[BuildContext], str] | None = None  # where kept outputs came from
+
+    @property
+    def seed_step(self) -> int:
+        """The plan's step number of its check group (for the log and the summary)."""
+        return plan_step(self.group).number
 
 
 @dataclass
@@ -151,6 +168,11 @@ def _describe_source(source: dict) -> str:
     return f"kept files from {source.get('repo')}@{commit}{when}"
 
 
+def _origin(source_path: Path) -> str:
+    source = read_json_or_none(source_path, "SOURCE.json")
+    return _describe_source(source) if isinstance(source, dict) else "outputs already verify"
+
+
 def _model_download_done(ctx: BuildContext, name: str, step: str) -> bool:
     paths = ctx.layout.model(name)
     source = _kept_source(ctx, paths.source, ctx.catalog.model(name), step)
@@ -183,8 +205,6 @@ def _dataset_download_done(ctx: BuildContext, name: str, step: str) -> bool:
 
 
 def _model_done(ctx: BuildContext, name: str) -> bool:
-    from weighted_mtp.models.verify import verify_model
-
     paths = ctx.layout.model(name)
     return paths.weights.is_file() and _verified(
         ctx, paths.root, lambda: verify_model(ctx.layout, name)
@@ -202,8 +222,6 @@ def _newer(outputs: list[Path], inputs: list[Path]) -> bool:
 
 def _dataset_done(ctx: BuildContext, name: str) -> bool:
     """Prepared after the latest download, and the processed files verify."""
-    from weighted_mtp.data.validate import validate_dataset
-
     paths = ctx.layout.dataset(name)
     processed = [paths.split(split) for split in SPLITS]
     return _newer(processed, list(paths.raw.glob("*.jsonl"))) and _verified(
@@ -236,8 +254,6 @@ def _must_verify(report: Report, what: str) -> None:
 
 
 def _init(ctx: BuildContext) -> None:
-    from weighted_mtp.storage.init import init_storage
-
     init_storage(ctx.layout)
 
 
@@ -250,8 +266,6 @@ def _init_done(ctx: BuildContext) -> bool:
 
 def _download_model(name: str) -> Callable[[BuildContext], None]:
     def run(ctx: BuildContext) -> None:
-        from weighted_mtp.models.download import download_model
-
         download_model(ctx.layout, ctx.catalog, name, mirror=ctx.mirror_for(name))
 
     return run
@@ -260,8 +274,6 @@ def _download_model(name: str) -> Callable[[BuildContext], None]:
 def _verify_built_model(ctx: BuildContext, name: str) -> None:
     """Verify a model just built; the hashes read are kept, so the manifest refresh that
     follows does not read the weights again."""
-    from weighted_mtp.models.verify import verify_model
-
     hasher = Hasher(ctx.layout, trust_known=False)
     report = verify_model(ctx.layout, name, sha256=hasher.sha256)
     hasher.save()
@@ -270,8 +282,6 @@ def _verify_built_model(ctx: BuildContext, name: str) -> None:
 
 def _convert_model(name: str) -> Callable[[BuildContext], None]:
     def run(ctx: BuildContext) -> None:
-        from weighted_mtp.models.convert import convert_model
-
         convert_model(ctx.layout, name)
         _verify_built_model(ctx, name)
 
@@ -280,8 +290,6 @@ def _convert_model(name: str) -> Callable[[BuildContext], None]:
 
 def _micro_model(name: str) -> Callable[[BuildContext], None]:
     def run(ctx: BuildContext) -> None:
-        from weighted_mtp.models.micro import build_micro
-
         build_micro(ctx.layout, name)
         _verify_built_model(ctx, name)
 
@@ -290,8 +298,6 @@ def _micro_model(name: str) -> Callable[[BuildContext], None]:
 
 def _download_dataset(name: str) -> Callable[[BuildContext], None]:
     def run(ctx: BuildContext) -> None:
-        from weighted_mtp.data.download import download_dataset
-
         download_dataset(ctx.layout, ctx.catalog, name, mirror=ctx.mirror_for(name))
 
     return run
@@ -299,8 +305,6 @@ def _download_dataset(name: str) -> Callable[[BuildContext], None]:
 
 def _prepare_dataset(name: str) -> Callable[[BuildContext], None]:
     def run(ctx: BuildContext) -> None:
-        from weighted_mtp.data.prepare import prepare_dataset
-
         prepare_dataset(ctx.layout, name)
 
     return run
@@ -308,8 +312,6 @@ def _prepare_dataset(name: str) -> Callable[[BuildContext], None]:
 
 def _build_small(name: str) -> Callable[[BuildContext], None]:
     def run(ctx: BuildContext) -> None:
-        from weighted_mtp.data.small import build_small
-
         build_small(ctx.layout, name)
         stamps.record_verified(ctx.layout, ctx.layout.small(name).root)
 
@@ -317,8 +319,6 @@ def _build_small(name: str) -> Callable[[BuildContext], None]:
 
 
 def _validate(ctx: BuildContext) -> None:
-    from weighted_mtp.data.validate import validate_dataset
-
     for name in DATASETS:
         _must_verify(validate_dataset(ctx.layout, name), name)
 
@@ -331,126 +331,117 @@ def _validate_done(ctx: BuildContext) -> bool:
 
 
 def _verify(ctx: BuildContext) -> None:
-    from weighted_mtp.pipeline.checklist import LAST_ASSET_STEP, run_checklist
-
-    checklist = run_checklist(ctx.layout, through=LAST_ASSET_STEP)
+    checklist = run_checklist(ctx.layout, through=LAST_ASSET_GROUP)
     if not checklist.ok:
-        failed = "; ".join(f"Step {s.number}: {s.reason}" for s in checklist.failed())
+        failed = "; ".join(f"{s.label}: {s.reason}" for s in checklist.failed())
         raise WmtpError(f"verification failed: {failed}", hint="see `wmtp verify`")
 
 
 def _verify_done(ctx: BuildContext) -> bool:
-    """Steps 0-9 passed for exactly the current manifest, which the build has just refreshed
-    (so a changed size or mtime anywhere means verifying again). `wmtp verify` itself always
-    re-reads every byte."""
-    from weighted_mtp.pipeline.checklist import LAST_ASSET_STEP, last_checklist
-
+    """The asset checks passed for exactly the current manifest, which the build has just
+    refreshed (so a changed size or mtime anywhere means verifying again). `wmtp verify`
+    itself always re-reads every byte."""
     saved = last_checklist(ctx.layout)
-    return saved is not None and all(
-        step.ok for step in saved.steps if step.number <= LAST_ASSET_STEP
-    )
+    return saved is not None and all(step.ok for step in saved.steps if step.group in ASSET_GROUPS)
 
 
 def _report(ctx: BuildContext) -> None:
-    from weighted_mtp.pipeline.report import generate_reports
-
     generate_reports(ctx.layout)
 
 
 def _report_done(ctx: BuildContext) -> bool:
-    from weighted_mtp.pipeline.report import document_status
-
     return all(ok for _path, ok, _detail in document_status(ctx.layout))
 
 
-def _origin(source_path: Path) -> str:
-    source = read_json_or_none(source_path, "SOURCE.json")
-    return _describe_source(source) if isinstance(source, dict) else "outputs already verify"
+def _asset_step(spec: AssetSpec, kind: BuildStep) -> Step:
+    """The build step of kind `kind` for the asset `spec`, named as the README lists it."""
+    name, short = spec.name, spec.step_prefix
+    raw_group, built_group = spec.checks[0], spec.checks[-1]
+    if kind == "download" and spec.is_model:
+        step = f"download-{short}"
+        return Step(
+            step,
+            raw_group,
+            f"download {name}",
+            _download_model(name),
+            lambda ctx: _model_download_done(ctx, name, step),
+            origin=lambda ctx: _origin(ctx.layout.model(name).source),
+        )
+    if kind == "download":
+        step = f"download-{short}"
+        return Step(
+            step,
+            raw_group,
+            f"download {name}",
+            _download_dataset(name),
+            lambda ctx: _dataset_download_done(ctx, name, step),
+            origin=lambda ctx: _origin(ctx.layout.dataset(name).source),
+        )
+    if kind == "convert":
+        return Step(
+            f"convert-{short}",
+            built_group,
+            f"convert {name}",
+            _convert_model(name),
+            lambda ctx: _model_done(ctx, name),
+        )
+    if kind == "micro":
+        return Step(
+            name,
+            built_group,
+            f"build {name}",
+            _micro_model(name),
+            lambda ctx: _model_done(ctx, name),
+        )
+    if kind == "prepare":
+        return Step(
+            f"prepare-{short}",
+            built_group,
+            f"prepare {name}",
+            _prepare_dataset(name),
+            lambda ctx: _dataset_done(ctx, name),
+        )
+    return Step(
+        f"small-{short}",
+        built_group,
+        f"sample {name}_small",
+        _build_small(name),
+        lambda ctx: _small_done(ctx, name),
+    )
 
 
 def _steps() -> list[Step]:
-    steps = [Step("init", 1, "create the v2 layout", _init, _init_done)]
-    for short, name in (("meta", META_MODEL), ("ref", REFERENCE_MODEL)):
-        steps.append(
-            Step(
-                f"download-{short}",
-                2,
-                f"download {name}",
-                _download_model(name),
-                lambda ctx, n=name, s=f"download-{short}": _model_download_done(ctx, n, s),
-                origin=lambda ctx, n=name: _origin(ctx.layout.model(n).source),
-            )
-        )
-    steps.append(
-        Step(
-            "convert-meta",
-            3,
-            f"convert {META_MODEL}",
-            _convert_model(META_MODEL),
-            lambda ctx: _model_done(ctx, META_MODEL),
-        )
+    """Models before datasets; within each, every asset's first step before any second."""
+    kinds: tuple[BuildStep, ...] = ("download", "convert", "micro", "prepare", "small")
+    ordered = sorted(
+        ((spec, kind) for spec in assets.ASSETS for kind in spec.build),
+        key=lambda pair: (pair[0].is_dataset, kinds.index(pair[1])),
     )
-    steps.append(
+    return [
+        Step("init", "layout", "create the v2 layout", _init, _init_done),
+        *(_asset_step(spec, kind) for spec, kind in ordered),
         Step(
-            "convert-ref",
-            4,
-            f"convert {REFERENCE_MODEL}",
-            _convert_model(REFERENCE_MODEL),
-            lambda ctx: _model_done(ctx, REFERENCE_MODEL),
-        )
-    )
-    for name in (MICRO_MTP, MICRO_REF):
-        steps.append(
-            Step(
-                name,
-                5,
-                f"build {name}",
-                _micro_model(name),
-                lambda ctx, n=name: _model_done(ctx, n),
-            )
-        )
-    for name in DATASETS:
-        steps.append(
-            Step(
-                f"download-{name}",
-                6,
-                f"download {name}",
-                _download_dataset(name),
-                lambda ctx, n=name: _dataset_download_done(ctx, n, f"download-{n}"),
-                origin=lambda ctx, n=name: _origin(ctx.layout.dataset(n).source),
-            )
-        )
-    for name in DATASETS:
-        steps.append(
-            Step(
-                f"prepare-{name}",
-                8,
-                f"prepare {name}",
-                _prepare_dataset(name),
-                lambda ctx, n=name: _dataset_done(ctx, n),
-            )
-        )
-    for name in DATASETS:
-        steps.append(
-            Step(
-                f"small-{name}",
-                8,
-                f"sample {name}_small",
-                _build_small(name),
-                lambda ctx, n=name: _small_done(ctx, n),
-            )
-        )
-    steps += [
-        Step("validate", 8, "validate every dataset", _validate, _validate_done, False),
-        Step("verify", 9, "verify every asset (Steps 0-9)", _verify, _verify_done, False),
-        Step("report", 10, "write reports and the storage README", _report, _report_done, False),
+            "validate",
+            "processed datasets",
+            "validate every dataset",
+            _validate,
+            _validate_done,
+            False,
+        ),
+        Step("verify", LAST_ASSET_GROUP, "verify every asset", _verify, _verify_done, False),
+        Step(
+            "report",
+            "documents",
+            "write reports and the storage README",
+            _report,
+            _report_done,
+            False,
+        ),
     ]
-    return steps
 
 
 STEPS = _steps()
 STEP_NAMES = [step.name for step in STEPS]
-STEP_SEED = {step.name: step.seed_step for step in STEPS}
 
 
 def _matches(step: Step, pattern: str) -> bool:
@@ -504,28 +495,6 @@ def _log(layout: Layout, run_id: str, outcome: StepOutcome) -> None:
         os.fsync(handle.fileno())
 
 
-def read_log(layout: Layout) -> list[dict]:
-    """Build log entries; a line cut short by a kill is ignored."""
-    if not layout.build_log.is_file():
-        return []
-    entries = []
-    text = layout.build_log.read_text(encoding="utf-8", errors="replace")  # a cut character
-    for line in text.splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(entry, dict) and "step" in entry:
-            entries.append(entry)
-    return entries
-
-
-def last_timings(layout: Layout) -> dict[str, dict]:
-    """For each step, the latest time it really ran (skips do not overwrite timings)."""
-    timings = {entry["step"]: entry for entry in read_log(layout) if entry["status"] == "ran"}
-    return {name: timings[name] for name in STEP_NAMES if name in timings}
-
-
 @contextmanager
 def build_lock(layout: Layout) -> Iterator[None]:
     """One build per storage root; the OS drops the lock when the process dies."""
@@ -556,8 +525,6 @@ def _forget_damage(layout: Layout) -> list[str]:
     """What the latest `wmtp verify` found wrong loses its verification stamps and cached
     hashes, so the steps that made it run again even when sizes and mtimes look unchanged
     (e.g. a flipped bit). Returns the assets concerned."""
-    from weighted_mtp.pipeline.checklist import saved_checklist
-
     saved = saved_checklist(layout)
     if saved is None or saved.ok:
         return []

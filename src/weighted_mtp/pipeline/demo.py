@@ -14,17 +14,16 @@ from pathlib import Path
 
 from weighted_mtp.catalog import Catalog
 from weighted_mtp.errors import WmtpError
-from weighted_mtp.pipeline.backup import BackupResult
+from weighted_mtp.pipeline.approve import approve
+from weighted_mtp.pipeline.backup import BackupResult, backup
+from weighted_mtp.pipeline.backup_record import backup_status
 from weighted_mtp.pipeline.build import BuildResult, Listener, build
-from weighted_mtp.pipeline.checklist import Checklist
+from weighted_mtp.pipeline.checklist import run_checklist
+from weighted_mtp.pipeline.manifest import manifest_sha256
+from weighted_mtp.pipeline.plan import DEFAULT_TAG
+from weighted_mtp.pipeline.records import Checklist, approval_status
 from weighted_mtp.storage.atomic import read_json, write_text
-from weighted_mtp.storage.layout import (
-    BASE_MODELS,
-    DATASETS,
-    META_MODEL,
-    REFERENCE_MODEL,
-    Layout,
-)
+from weighted_mtp.storage.layout import META_MODEL, REFERENCE_MODEL, Layout
 
 DEFAULT_ROOT = Path("demo-storage")
 DEMO_APPROVER = "wmtp demo (synthetic sources, approved automatically)"
@@ -68,9 +67,7 @@ def write_demo_mirror(mirror: Path) -> Path:
 def refuse_foreign_root(layout: Layout, mirror: Path) -> None:
     """Never put synthetic assets over real ones: a root whose assets came from anywhere
     but this demo's mirror is refused."""
-    sources = [layout.model(n).source for n in BASE_MODELS]
-    sources += [layout.dataset(n).source for n in DATASETS]
-    for path in sources:
+    for path in layout.sources().values():
         if not path.is_file():
             continue
         recorded = read_json(path, "SOURCE.json").get("mirror")
@@ -95,12 +92,6 @@ class DemoResult:
 def run_demo(root: str | Path, catalog: Catalog, *, listener: Listener | None = None) -> DemoResult:
     """Mirror, build, approve and tag (as the demo: the sources are synthetic), back up
     beside the root, and verify."""
-    from weighted_mtp.pipeline.approve import DEFAULT_TAG, approval_status, approve
-    from weighted_mtp.pipeline.backup import backup
-    from weighted_mtp.pipeline.backup_record import backup_status
-    from weighted_mtp.pipeline.checklist import run_checklist
-    from weighted_mtp.pipeline.manifest import manifest_sha256
-
     layout = Layout(root)
     refuse_foreign_root(layout, mirror_for(layout.root))
     mirror = write_demo_mirror(mirror_for(layout.root))

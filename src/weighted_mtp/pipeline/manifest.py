@@ -14,6 +14,7 @@ from pathlib import Path
 
 import jsonschema
 
+from weighted_mtp import __version__
 from weighted_mtp.clock import utc_now
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import (
@@ -224,8 +225,6 @@ def refresh_manifest(layout: Layout, hasher: Hasher | None = None) -> ManifestUp
     )
     if unchanged:
         return ManifestUpdate(False, diff)
-    from weighted_mtp import __version__
-
     manifest = {
         "storage_version": STORAGE_VERSION,
         "created_at": utc_now(),

@@ -296,6 +296,16 @@ class Layout:
         self.dataset(name)  # validates the name
         return SmallPaths(name, self.small_dir / f"{name}_small")
 
+    def sources(self) -> dict[str, Path]:
+        """The SOURCE.json of every downloaded asset (what the download recorded), by name."""
+        return {
+            spec.name: self.model(spec.name).source
+            if spec.is_model
+            else self.dataset(spec.name).source
+            for spec in assets.ASSETS
+            if "download" in spec.build
+        }
+
     def v2_dirs(self) -> list[Path]:
         """The top-level folders that storage v2 owns (what `clean` removes)."""
         return [self.models_dir, self.datasets_dir, self.small_dir]

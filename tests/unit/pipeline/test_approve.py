@@ -6,8 +6,9 @@ Approving a storage that passes is covered end to end in test_end_to_end.py.
 import pytest
 
 from weighted_mtp.errors import UsageError, WmtpError
-from weighted_mtp.pipeline.approve import approval_status, approve, load_approvals
+from weighted_mtp.pipeline.approve import approve
 from weighted_mtp.pipeline.manifest import load_manifest, manifest_sha256, refresh_manifest
+from weighted_mtp.pipeline.records import approval_status, load_approvals
 from weighted_mtp.storage.atomic import write_json
 
 

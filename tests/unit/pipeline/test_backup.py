@@ -9,10 +9,11 @@ from collections import namedtuple
 import pytest
 
 from weighted_mtp.errors import UsageError, WmtpError
-from weighted_mtp.pipeline.approve import check_tag_is_free, tag_status
+from weighted_mtp.pipeline.approve import check_tag_is_free
 from weighted_mtp.pipeline.backup import backup
 from weighted_mtp.pipeline.backup_record import backup_status, load_backups
 from weighted_mtp.pipeline.manifest import load_manifest, manifest_sha256, refresh_manifest
+from weighted_mtp.pipeline.records import tag_status
 from weighted_mtp.storage.atomic import write_json
 from weighted_mtp.storage.layout import Layout
 

@@ -12,6 +12,7 @@ import pytest
 from weighted_mtp.catalog import load_catalog
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.pipeline import build as b
+from weighted_mtp.pipeline import records
 from weighted_mtp.pipeline.manifest import load_manifest
 from weighted_mtp.storage.atomic import TEMP_MARKER
 
@@ -79,9 +80,9 @@ def test_real_dataset_steps_run_then_skip_and_keep_the_manifest(with_tokenizer, 
     assert not second.changed_anything
     assert layout.manifest.read_bytes() == manifest
 
-    log = b.read_log(layout)
+    log = records.read_log(layout)
     assert [e["status"] for e in log if e["step"] == "prepare-mbpp"] == ["ran", "skipped"]
-    assert set(b.last_timings(layout)) == {"download-mbpp", "prepare-mbpp", "small-mbpp"}
+    assert set(records.last_timings(layout)) == {"download-mbpp", "prepare-mbpp", "small-mbpp"}
 
 
 def test_damaged_output_makes_its_step_run_again(with_tokenizer, mbpp_mirror):
@@ -113,7 +114,7 @@ def test_a_finished_download_is_kept_whatever_its_source_unless_refreshed(
 
 def _replace_action(monkeypatch, name, action):
     steps = [
-        b.Step(s.name, s.seed_step, s.describe, action, lambda ctx: False, s.changes_assets)
+        b.Step(s.name, s.group, s.describe, action, lambda ctx: False, s.changes_assets)
         if s.name == name
         else s
         for s in b.STEPS
@@ -131,7 +132,7 @@ def test_interrupted_step_is_logged_and_the_manifest_catches_up_next_time(layout
     _replace_action(monkeypatch, "micro-mtp", write_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         b.build(layout, load_catalog(), only=["micro-mtp"])
-    assert b.read_log(layout)[-1]["status"] == "interrupted"
+    assert records.read_log(layout)[-1]["status"] == "interrupted"
     assert not layout.manifest.exists()
 
     result = b.build(layout, load_catalog(), only=["init"])
@@ -165,7 +166,7 @@ def test_failed_step_stops_the_build_with_its_error(layout, monkeypatch):
             listener=lambda event, step, outcome: seen.append((event, step.name)),
         )
     assert seen == [("start", "micro-mtp"), ("end", "micro-mtp")]
-    assert b.read_log(layout)[-1]["status"] == "failed"
+    assert records.read_log(layout)[-1]["status"] == "failed"
 
 
 def test_leftover_temp_files_are_removed(layout):
@@ -188,7 +189,7 @@ def test_missing_mirror_folder_for_an_asset_is_named(layout, tmp_path):
     (tmp_path / "mirror").mkdir()
     with pytest.raises(WmtpError, match="no folder for mbpp"):
         b.build(layout, load_catalog(), mirror=tmp_path / "mirror", only=["download-mbpp"])
-    assert b.read_log(layout)[-1]["status"] == "failed"
+    assert records.read_log(layout)[-1]["status"] == "failed"
 
 
 def test_a_catalog_pinning_another_commit_downloads_hub_files_again(
@@ -261,13 +262,13 @@ def test_a_log_line_cut_inside_a_character_is_ignored(layout):
     cut = '{"run": "r", "step": "verify", "status": "failed", "detail": "sha …'.encode()[:-2]
     layout.build_log.parent.mkdir(parents=True, exist_ok=True)
     layout.build_log.write_bytes(whole.encode() + cut)
-    assert [entry["step"] for entry in b.read_log(layout)] == ["init"]
+    assert [entry["step"] for entry in records.read_log(layout)] == ["init"]
 
 
 def test_the_entry_after_a_cut_line_starts_a_line_of_its_own(layout):
     layout.build_log.parent.mkdir(parents=True, exist_ok=True)
     layout.build_log.write_bytes(b'{"run": "r", "step": "verify", "sta')
     b._log(layout, "r2", b.StepOutcome("init", 1, "ran", 0.5))
-    assert [(e["run"], e["step"]) for e in b.read_log(layout)] == [("r2", "init")]
+    assert [(e["run"], e["step"]) for e in records.read_log(layout)] == [("r2", "init")]
     b._log(layout, "r2", b.StepOutcome("report", 10, "ran", 0.1))
-    assert [e["step"] for e in b.read_log(layout)] == ["init", "report"]
+    assert [e["step"] for e in records.read_log(layout)] == ["init", "report"]

@@ -19,9 +19,10 @@ from typer.testing import CliRunner
 
 from weighted_mtp.catalog import load_catalog
 from weighted_mtp.cli import app
-from weighted_mtp.pipeline.build import build, read_log
+from weighted_mtp.pipeline.build import build
 from weighted_mtp.pipeline.checklist import run_checklist
 from weighted_mtp.pipeline.demo import mirror_for
+from weighted_mtp.pipeline.records import read_log
 from weighted_mtp.storage.layout import Layout
 
 pytestmark = pytest.mark.slow
@@ -230,7 +231,7 @@ def test_build_repairs_what_verify_found_even_with_unchanged_size_and_mtime(
     assert result.exit_code == 1 and damaged in result.output
     repaired = build(layout, load_catalog(), mirror=mirror)
     assert {o.name: o.status for o in repaired.outcomes}[step] == "ran"
-    checklist = run_checklist(layout, through=10)
+    checklist = run_checklist(layout, through="documents")
     assert checklist.ok, [s.to_dict() for s in checklist.failed()]
 
 
@@ -285,20 +286,20 @@ def test_killed_build_resumes_to_a_storage_that_verifies(demo_copy, sig):
     statuses = {o.name: o.status for o in resumed.outcomes}
     assert statuses["micro-mtp"] == "skipped"
     assert statuses["download-meta"] == "skipped"
-    checklist = run_checklist(layout, through=10)
+    checklist = run_checklist(layout, through="documents")
     assert checklist.ok, [s.to_dict() for s in checklist.failed()]
     assert Path(layout.small("mbpp").split("train")).is_file()
 
 
 def test_report_and_approve_through_the_cli(demo_copy):
     from weighted_mtp.errors import WmtpError
-    from weighted_mtp.pipeline.approve import load_approvals
+    from weighted_mtp.pipeline.records import load_approvals
 
     layout, _ = demo_copy
     root = str(layout.root)
     result = _run("--root", root, "report")
     assert result.exit_code == 0, result.output
-    assert "wrote reports/phase1_asset_inventory.md" in result.output
+    assert "wrote reports/asset_inventory.md" in result.output
     result = _run("--root", root, "approve", "--by", "Kim Reviewer")
     assert result.exit_code == 0, result.output
     assert [a["by"] for a in load_approvals(layout)][-1] == "Kim Reviewer"
