@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path, PurePosixPath
 
-import yaml
-
 from weighted_mtp import assets
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.layout import safe_relative
@@ -156,7 +154,8 @@ def _file_spec(entry: dict, where: str, source: str) -> FileSpec:
 
 
 def _parse(text: str, source: str) -> Catalog:
-    import jsonschema  # ~0.2 s to import: only when a command reads the catalog
+    import jsonschema  # ~0.3 s with yaml: only when a command reads the catalog, not --help
+    import yaml
 
     try:
         data = yaml.safe_load(text)

@@ -13,16 +13,6 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from weighted_mtp import progress
 from weighted_mtp.catalog import Catalog, load_catalog
@@ -84,6 +74,19 @@ class RichReporter:
 
     @contextmanager
     def task(self, description: str, total: float | None, unit: str) -> Iterator[progress.Advance]:
+        from rich.progress import (  # ~0.1 s: only when something long runs, not for --help
+            BarColumn,
+            DownloadColumn,
+            MofNCompleteColumn,
+            Progress,
+            ProgressColumn,
+            SpinnerColumn,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        columns: list[ProgressColumn]
         if unit == "bytes":
             columns = [
                 SpinnerColumn(),

@@ -29,6 +29,7 @@ from weighted_mtp.models.architecture import (
     hf_llama_tensor_shapes,
     meta_tensor_shapes,
 )
+from weighted_mtp.models.tokenizer import tokenizer_facts
 from weighted_mtp.storage.layout import ModelPaths
 
 if TYPE_CHECKING:
@@ -238,7 +239,6 @@ def require_matching_shapes(expected: Shapes, weights: Path, config: Path) -> No
 
 def require_tokenizer_fits(tokenizer: Path, vocab_size: int) -> None:
     """A token id at or above the model's vocab would index past the embedding."""
-    from weighted_mtp.models.tokenizer import tokenizer_facts
 
     if not tokenizer.is_file():
         return

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from weighted_mtp.errors import WmtpError
+from weighted_mtp.models.safetensors_stream import torch_dtype
 from weighted_mtp.storage.atomic import read_json
 from weighted_mtp.storage.layout import safe_relative
 
@@ -157,8 +158,6 @@ class TensorSource:
 
     def _add_safetensors(self, path: Path) -> list[str]:
         from safetensors import safe_open
-
-        from weighted_mtp.models.safetensors_stream import torch_dtype
 
         try:
             handle = self._stack.enter_context(safe_open(path, framework="pt"))

@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from weighted_mtp import assets, progress
 from weighted_mtp.errors import WmtpError
-from weighted_mtp.models.architecture import MetaParams
+from weighted_mtp.models.architecture import MetaParams, meta_tensor_shapes
+from weighted_mtp.models.safetensors_stream import DTYPES, SafetensorsWriter, TensorSpec
+from weighted_mtp.models.tokenizer import tokenizer_facts
 from weighted_mtp.storage.atomic import TEMP_MARKER, write_json, write_text
 from weighted_mtp.storage.layout import Layout
 
@@ -183,9 +185,6 @@ def export_hf(layout: Layout, name: str, out_dir: str | Path) -> Path:
         require_matching_shapes,
         require_tokenizer_fits,
     )
-    from weighted_mtp.models.architecture import meta_tensor_shapes
-    from weighted_mtp.models.safetensors_stream import DTYPES, SafetensorsWriter, TensorSpec
-    from weighted_mtp.models.tokenizer import tokenizer_facts
 
     paths = layout.model(name)
     if not paths.params.is_file():

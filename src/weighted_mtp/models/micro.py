@@ -33,7 +33,7 @@ from weighted_mtp.models.metadata import (
     weights_entry,
     write_metadata,
 )
-from weighted_mtp.models.safetensors_stream import SafetensorsWriter, TensorSpec
+from weighted_mtp.models.safetensors_stream import DTYPES, SafetensorsWriter, TensorSpec
 from weighted_mtp.models.tokenizer import shared_with_meta, tokenizer_facts, trim_tokenizer
 from weighted_mtp.storage.hashing import sha256_file, write_sha256sums
 from weighted_mtp.storage.layout import Layout, ModelPaths
@@ -139,8 +139,6 @@ def _sliced_tensors(
 
 def _base_dtype(base_paths: ModelPaths) -> str:
     from safetensors import safe_open
-
-    from weighted_mtp.models.safetensors_stream import DTYPES
 
     with safe_open(base_paths.weights, framework="pt") as handle:
         first = next(iter(handle.keys()))

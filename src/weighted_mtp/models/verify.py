@@ -16,8 +16,12 @@ from weighted_mtp import progress
 from weighted_mtp.checks import Report, listed
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.models.architecture import compare_shapes
+from weighted_mtp.models.checkpoint import open_files
+from weighted_mtp.models.convert import all_finite
 from weighted_mtp.models.formats import Architecture, format_named
 from weighted_mtp.models.metadata import ModelMetadata, read_metadata
+from weighted_mtp.models.safetensors_stream import dtype_code
+from weighted_mtp.models.tokenizer import tokenizer_difference, tokenizer_facts
 from weighted_mtp.storage.hashing import check_sha256sums, read_sha256sums, sha256_file
 from weighted_mtp.storage.layout import Layout, ModelPaths
 from weighted_mtp.storage.stamps import record_verified
@@ -188,7 +192,6 @@ def _check_shapes(arch: Architecture, header: dict[str, Any]) -> tuple[str, None
 
 
 def _check_dtypes(header: dict[str, Any], dtype: str, weights: Path) -> tuple[str, None]:
-    from weighted_mtp.models.safetensors_stream import dtype_code
 
     code = dtype_code(dtype)
     wrong = [f"{name} is {d}" for name, (d, _) in header.items() if d != code]
@@ -197,8 +200,6 @@ def _check_dtypes(header: dict[str, Any], dtype: str, weights: Path) -> tuple[st
 
 
 def _check_finite(weights: Path) -> tuple[str, None]:
-    from weighted_mtp.models.checkpoint import open_files
-    from weighted_mtp.models.convert import all_finite
 
     bad = []
     with (
@@ -253,7 +254,6 @@ def _check_rope_theta(
 def _check_tokenizer(
     paths: ModelPaths, metadata: ModelMetadata, arch: Architecture
 ) -> tuple[str, None]:
-    from weighted_mtp.models.tokenizer import tokenizer_facts
 
     facts = tokenizer_facts(paths.tokenizer_model).to_dict()
     recorded = metadata.tokenizer.facts()
@@ -272,7 +272,6 @@ def _check_tokenizer(
 
 
 def _check_sharing(layout: Layout, paths: ModelPaths, metadata: ModelMetadata) -> tuple[str, None]:
-    from weighted_mtp.models.tokenizer import tokenizer_difference
 
     if metadata.tokenizer_difference is not None:
         raise WmtpError(f"not shared: {metadata.tokenizer_difference}", path=paths.tokenizer_model)

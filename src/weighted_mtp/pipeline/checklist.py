@@ -16,7 +16,9 @@ from pathlib import Path
 
 from weighted_mtp import assets
 from weighted_mtp.checks import Report
+from weighted_mtp.data.validate import validate_dataset
 from weighted_mtp.errors import WmtpError
+from weighted_mtp.models.verify import verify_model
 from weighted_mtp.pipeline.backup_record import backup_status
 from weighted_mtp.pipeline.manifest import (
     Hasher,
@@ -171,8 +173,6 @@ def _verify_models(group: str) -> Callable[[_Run, Report], None]:
     """The check group that runs `verify_model` on every model the registry puts in it."""
 
     def check(run: _Run, report: Report) -> None:
-        from weighted_mtp.models.verify import verify_model  # safetensors, torch for NaN scans
-
         for name in assets.checked_by(group):
             run.add_asset_report(
                 report, lambda n=name: verify_model(run.layout, n, sha256=run.hasher.sha256), name
@@ -228,8 +228,6 @@ def _small_present(run: _Run, report: Report, name: str) -> None:
 
 
 def check_processed_datasets(run: _Run, report: Report) -> None:
-    from weighted_mtp.data.validate import validate_dataset  # pyarrow, sentencepiece
-
     for name in assets.checked_by("processed datasets"):
         run.add_asset_report(report, lambda n=name: validate_dataset(run.layout, n), name)
         _small_present(run, report, name)

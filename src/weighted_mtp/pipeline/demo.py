@@ -24,6 +24,13 @@ from weighted_mtp.pipeline.plan import DEFAULT_TAG
 from weighted_mtp.pipeline.records import Checklist, approval_status
 from weighted_mtp.storage.atomic import read_json, write_text
 from weighted_mtp.storage.layout import META_MODEL, REFERENCE_MODEL, Layout
+from weighted_mtp.synthetic.datasets import (
+    write_codecontests_mirror,
+    write_humaneval_mirror,
+    write_mbpp_mirror,
+)
+from weighted_mtp.synthetic.models import write_meta_mirror, write_reference_mirror
+from weighted_mtp.synthetic.tokenizer import train_llama_style_tokenizer
 
 DEFAULT_ROOT = Path("demo-storage")
 DEMO_APPROVER = "wmtp demo (synthetic sources, approved automatically)"
@@ -44,14 +51,6 @@ def backup_for(root: Path) -> Path:
 
 def write_demo_mirror(mirror: Path) -> Path:
     """Upstream-format sources for every asset under `mirror/<asset>/`; written once."""
-    from weighted_mtp.synthetic.datasets import (
-        write_codecontests_mirror,
-        write_humaneval_mirror,
-        write_mbpp_mirror,
-    )
-    from weighted_mtp.synthetic.models import write_meta_mirror, write_reference_mirror
-    from weighted_mtp.synthetic.tokenizer import train_llama_style_tokenizer
-
     if (mirror / MIRROR_COMPLETE).is_file():
         return mirror
     tokenizer = train_llama_style_tokenizer(mirror / "_work" / "tokenizer.model")

@@ -23,6 +23,7 @@ from weighted_mtp.models.architecture import (
     hf_llama_tensor_shapes,
     meta_tensor_shapes,
 )
+from weighted_mtp.models.tokenizer import tokenizer_facts
 from weighted_mtp.storage.atomic import atomic_write, write_json
 
 META_CHECKPOINT_DIR = assets.spec(assets.META_MODEL).raw_checkpoint_dir or ""
@@ -62,7 +63,6 @@ REFERENCE_GENERATION_CONFIG = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_
 
 
 def _vocab_size(tokenizer_model: Path) -> int:
-    from weighted_mtp.models.tokenizer import tokenizer_facts
 
     return tokenizer_facts(tokenizer_model).vocab_size
 
