@@ -31,6 +31,7 @@ _FILE = {
 }
 _UPSTREAM = {
     "type": "object",
+    "required": ["repo"],
     "properties": {
         "repo": {"type": "string", "pattern": "^[^/\\s]+/[^/\\s]+$"},
         "repo_type": {"enum": ["model", "dataset"]},
@@ -80,7 +81,7 @@ class FileSpec:
 class Asset:
     name: str
     kind: str  # "model" or "dataset"
-    repo: str | None
+    repo: str
     repo_type: str
     revision: str
     files: tuple[FileSpec, ...]
@@ -178,7 +179,7 @@ def _parse(text: str, source: str) -> Catalog:
             entries[f"{kind}:{name}"] = Asset(
                 name=name,
                 kind=kind,
-                repo=entry.get("repo"),
+                repo=entry["repo"],
                 repo_type=entry.get("repo_type", kind),
                 revision=entry.get("revision", "main"),
                 files=tuple(files),

@@ -8,14 +8,16 @@ same functions stay silent when called from Python or tests.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
 
 Advance = Callable[[float], None]
 
 
 class Reporter(Protocol):
-    def task(self, description: str, total: float | None, unit: str) -> Iterator[Advance]: ...
+    def task(
+        self, description: str, total: float | None, unit: str
+    ) -> AbstractContextManager[Advance]: ...
 
 
 class _Silent:

@@ -16,7 +16,7 @@ from rich.markup import escape
 
 from weighted_mtp.cli import data, models, pipeline, storage
 from weighted_mtp.cli._console import State, err_console
-from weighted_mtp.errors import WmtpError
+from weighted_mtp.errors import UsageError, WmtpError
 
 INTERRUPTED = 130
 # OS failures the user fixes (permissions, a full or read-only disk): one line, no traceback.
@@ -91,9 +91,8 @@ def main() -> None:
                 hint="check the folder's permissions and free space",
             )
         )
-    except typer.TyperException as exc:  # usage errors: unknown command, bad option
-        exc.show()
-        sys.exit(exc.exit_code)
+    except typer.TyperException as exc:  # typer's own errors (it has no `show()`)
+        _exit_with(UsageError(exc.format_message()))
     except typer.Abort:
         err_console.print("aborted")
         sys.exit(1)

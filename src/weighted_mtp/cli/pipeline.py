@@ -59,7 +59,7 @@ def print_checklist(checklist: Checklist) -> None:
 
 
 def _listener(event: str, step: Step, outcome: StepOutcome | None) -> None:
-    if event == "start":
+    if outcome is None:  # the step starts
         console.print(
             f"[bold]→ {step.name}[/] [dim](Step {step.seed_step})[/] {step.describe}",
             highlight=False,

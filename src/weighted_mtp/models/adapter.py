@@ -296,13 +296,14 @@ def load_reference_model(
     fields = typed.to_dict()
     config = LlamaConfig(**{k: v for k, v in fields.items() if k != "transformers_version"})
     # The weights live in safetensors/, configs elsewhere: pass both configs explicitly.
-    model, info = LlamaForCausalLM.from_pretrained(
+    loaded: Any = LlamaForCausalLM.from_pretrained(  # (model, info): output_loading_info
         paths.safetensors_dir,
         config=config,
         dtype=dtype,
         output_loading_info=True,
         generation_config=GenerationConfig.from_model_config(config),
     )
+    model, info = loaded
     problems = [f"missing tensor {n}" for n in info.get("missing_keys", [])]
     problems += [f"unexpected tensor {n}" for n in info.get("unexpected_keys", [])]
     if problems:

@@ -187,7 +187,7 @@ def stream_convert(
             for chunk in source.chunks(name):
                 writer.write(name, checked_cast(chunk, target, name, source.info[name].file))
                 advance(chunk.numel() * chunk.element_size())
-    return writer.result
+    return writer.written
 
 
 def _nbytes(source: TensorSource, name: str) -> int:

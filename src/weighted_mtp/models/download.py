@@ -96,21 +96,12 @@ class DownloadPlan:
         return asdict(self)
 
 
-def require_downloadable(asset: Asset) -> str:
-    """The asset's upstream repo, which its catalog entry must give."""
-    if asset.repo is None:
-        raise WmtpError(
-            f"the catalog gives {asset.name} no repo", hint="add the upstream repo to its entry"
-        )
-    return asset.repo
-
-
 def plan_download(
     layout: Layout, asset: Asset, asset_root: Path, revision: str | None = None
 ) -> DownloadPlan:
     """What a hub download of `asset` would fetch and where it would land, from the catalog
     alone: no network, nothing written."""
-    repo = require_downloadable(asset)
+    repo = asset.repo
     entries = [
         PlanEntry(
             spec.path,
@@ -213,7 +204,7 @@ def _fetch_from_mirror(
 ) -> tuple[list[PlannedFile], dict[Path, str]]:
     if not mirror.is_dir():
         raise WmtpError("mirror folder not found", path=mirror)
-    available = {
+    available: dict[str, tuple[int | None, str | None]] = {
         path.relative_to(mirror).as_posix(): (path.stat().st_size, None)
         for path in iter_files(mirror)
     }
@@ -309,7 +300,7 @@ def fetch_from_hub(
     (the asset folder); `known_hash` may spare re-reading a file recorded earlier, and
     `also_needed` adds the disk the files' later outputs take to the free-space check.
     Returns the plan, the commit and each destination's SHA-256."""
-    repo = require_downloadable(asset)
+    repo = asset.repo
     with hub_errors(repo, revision):
         commit, available = hub_listing(repo, asset.repo_type, revision)
         planned = plan_files(asset, available, f"{asset.repo}@{commit}")
@@ -369,7 +360,7 @@ def fetch_hub_file(asset: Asset, commit: str, item: PlannedFile, target: Path, c
     from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import build_hf_headers
 
-    repo = require_downloadable(asset)
+    repo = asset.repo
     url = hf_hub_url(repo, item.repo_path, repo_type=asset.repo_type, revision=commit)
     metadata = get_hf_file_metadata(url)
     size = metadata.size if metadata.size is not None else item.size

@@ -238,7 +238,7 @@ def build_micro(
     with SafetensorsWriter(paths.weights, specs, {"format": "pt"}) as writer:
         for tensor_name, tensor in plan.tensors():
             writer.write(tensor_name, tensor)
-    written = writer.result
+    written = writer.written
     write_sha256sums(paths.sha256sums, {paths.weights.name: written.sha256})
     for stale in (paths.params, paths.adapter_config, paths.hf_config):
         stale.unlink(missing_ok=True)

@@ -16,9 +16,11 @@ import queue
 import struct
 import threading
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import atomic_write, ensure_free_space
@@ -120,7 +122,11 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     flat = tensor.detach().contiguous().reshape(-1)
     if flat.dtype == torch.bool:
         flat = flat.view(torch.uint8)
-    return memoryview(flat.view(torch.uint8).numpy())
+    return memoryview(flat.view(torch.uint8).numpy())  # type: ignore[arg-type]  # numpy buffer
+
+
+class _Writable(Protocol):
+    def write(self, data: bytes | bytearray | memoryview, /) -> int: ...
 
 
 class _BackgroundFile:
@@ -129,7 +135,7 @@ class _BackgroundFile:
     the GIL). The queue is bounded: at most `depth` chunks wait, so memory stays a few chunks
     whatever the size."""
 
-    def __init__(self, handle: IO[bytes], depth: int = 3) -> None:
+    def __init__(self, handle: _Writable, depth: int = 3) -> None:
         self._handle = handle
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
@@ -178,7 +184,7 @@ class SafetensorsWriter:
         self.size = len(self._header) + sum(spec.nbytes for spec in self.specs)
         self._index = 0
         self._filled = 0
-        self._file = None
+        self._file: AbstractContextManager[IO[Any]] | None = None
         self._out: HashingWriter | None = None
         self._sink: _BackgroundFile | None = None
         self.result: WrittenFile | None = None
@@ -191,6 +197,18 @@ class SafetensorsWriter:
         self._sink.write(self._header)
         return self
 
+    @property
+    def written(self) -> WrittenFile:
+        """The complete file's size and hash; only after the `with` block ended cleanly."""
+        if self.result is None:
+            raise RuntimeError(f"{self.path} is not completely written")
+        return self.result
+
+    def _opened(self) -> tuple[AbstractContextManager[IO[Any]], HashingWriter, _BackgroundFile]:
+        if self._file is None or self._out is None or self._sink is None:
+            raise RuntimeError("SafetensorsWriter used outside its `with` block")
+        return self._file, self._out, self._sink
+
     def write(self, name: str, data: torch.Tensor) -> None:
         spec = self._current(name)
         if dtype_code(data.dtype) != spec.dtype:
@@ -201,7 +219,7 @@ class SafetensorsWriter:
         chunk = tensor_bytes(data)
         if self._filled + len(chunk) > spec.nbytes:
             raise WmtpError(f"tensor {name} got more data than its shape {list(spec.shape)} holds")
-        self._sink.write(chunk)
+        self._opened()[2].write(chunk)
         self._filled += len(chunk)
 
     def _current(self, name: str) -> TensorSpec:
@@ -226,18 +244,24 @@ class SafetensorsWriter:
                 return self.specs[i].name
         return None
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]:
+        file, out, sink = self._opened()
         try:
-            self._sink.close()
+            sink.close()
         except BaseException as sink_error:
             exc = exc or sink_error
         if exc is None and (missing := self._first_incomplete()) is not None:
             exc = WmtpError(f"tensor {missing} was not fully written", path=self.path)
         if exc is not None:
-            self._file.__exit__(type(exc), exc, exc.__traceback__)
+            file.__exit__(type(exc), exc, exc.__traceback__)
             raise exc
-        self._file.__exit__(None, None, None)
-        self.result = WrittenFile(self.path, self._out.bytes_written, self._out.hexdigest())
+        file.__exit__(None, None, None)
+        self.result = WrittenFile(self.path, out.bytes_written, out.hexdigest())
         return False
 
 
@@ -251,7 +275,7 @@ def write_safetensors(
     with SafetensorsWriter(path, specs, metadata) as writer:
         for name, data in tensors:
             writer.write(name, data)
-    return writer.result
+    return writer.written
 
 
 def save_tensors(

@@ -68,7 +68,7 @@ def tokenizer_facts(path: str | Path) -> TokenizerFacts:
 def model_proto(path: str | Path) -> Any:
     from sentencepiece import sentencepiece_model_pb2
 
-    proto = sentencepiece_model_pb2.ModelProto()
+    proto = sentencepiece_model_pb2.ModelProto()  # type: ignore[attr-defined]  # generated
     proto.ParseFromString(load_sentencepiece(path).serialized_model_proto())
     return proto
 

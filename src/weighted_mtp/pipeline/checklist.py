@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from weighted_mtp import assets
@@ -174,9 +175,8 @@ def _verify_models(group: str) -> Callable[[_Run, Report], None]:
 
     def check(run: _Run, report: Report) -> None:
         for name in assets.checked_by(group):
-            run.add_asset_report(
-                report, lambda n=name: verify_model(run.layout, n, sha256=run.hasher.sha256), name
-            )
+            verify = partial(verify_model, run.layout, name, sha256=run.hasher.sha256)
+            run.add_asset_report(report, verify, name)
 
     return check
 
@@ -229,7 +229,7 @@ def _small_present(run: _Run, report: Report, name: str) -> None:
 
 def check_processed_datasets(run: _Run, report: Report) -> None:
     for name in assets.checked_by("processed datasets"):
-        run.add_asset_report(report, lambda n=name: validate_dataset(run.layout, n), name)
+        run.add_asset_report(report, partial(validate_dataset, run.layout, name), name)
         _small_present(run, report, name)
 
 

@@ -114,8 +114,8 @@ class Hasher:
         stat = path.stat()
         entry = self._known.get(rel)
         current = isinstance(entry, list) and entry[:2] == [stat.st_size, stat.st_mtime_ns]
-        if current and (self.trust_known or rel in self._this_run):
-            return entry[2]
+        if entry is not None and current and (self.trust_known or rel in self._this_run):
+            return str(entry[2])
         digest = sha256_file(path, show_progress=stat.st_size >= SHOW_PROGRESS_FROM)
         self._known[rel] = [stat.st_size, stat.st_mtime_ns, digest]
         self._this_run.add(rel)
