@@ -45,9 +45,3 @@ def prepared(downloaded, sp_model_path):
         prepare_dataset(downloaded, name, tokenizer=sp_model_path)
         build_small(downloaded, name)
     return downloaded
-
-
-def read_records(path: Path) -> list[dict]:
-    import json
-
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]

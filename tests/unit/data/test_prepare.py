@@ -6,13 +6,12 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 
+from tests.helpers import read_records
 from weighted_mtp.data.prepare import fit_prefix, prepare_dataset
 from weighted_mtp.data.template import SHORTENED_MARKER
 from weighted_mtp.data.tokens import Tokenizer
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.hashing import sha256_file
-
-from .conftest import read_records
 
 
 def _raw_solutions(raw: Path) -> dict[str, str]:

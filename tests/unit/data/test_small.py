@@ -1,9 +1,8 @@
 import pytest
 
+from tests.helpers import read_records
 from weighted_mtp.data.small import SMALL_LIMITS, build_small
 from weighted_mtp.errors import WmtpError
-
-from .conftest import read_records
 
 
 def test_limits_kinds_and_disjointness(prepared):

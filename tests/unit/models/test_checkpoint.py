@@ -69,9 +69,8 @@ def test_garbage_and_non_tensors_are_refused(tmp_path):
 def test_sharded_checkpoints_open_with_every_tensor(
     reference_mirror, shard_format, tmp_path, sp_model_path
 ):
+    from tests.helpers import TINY_REFERENCE_CONFIG
     from weighted_mtp.synthetic.models import write_reference_mirror
-
-    from .conftest import TINY_REFERENCE_CONFIG
 
     out = write_reference_mirror(
         tmp_path / shard_format,

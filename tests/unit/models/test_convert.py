@@ -10,10 +10,9 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from tests.helpers import TINY_META_PARAMS, edited_tokenizer
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.models.convert import convert_model
-
-from .conftest import TINY_META_PARAMS, edited_tokenizer
 
 
 def _raw_hashes(paths):
@@ -237,11 +236,10 @@ def test_reference_shards_merge_exactly_without_rotary_buffers(reference_raw, me
 
 
 def test_safetensors_shards_convert_too(layout, sp_model_path, tmp_path):
+    from tests.helpers import TINY_REFERENCE_CONFIG
     from weighted_mtp.catalog import load_catalog
     from weighted_mtp.models.download import download_model
     from weighted_mtp.synthetic.models import write_reference_mirror
-
-    from .conftest import TINY_REFERENCE_CONFIG
 
     mirror = write_reference_mirror(
         tmp_path / "st",

@@ -17,12 +17,11 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 
+from tests.helpers import hf_folder
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.models.hf_tokenizer import write_hf_tokenizer
 from weighted_mtp.models.tokenizer import model_proto, trim_tokenizer
 from weighted_mtp.models.tokenizer_agreement import EDGE_CASES
-
-from .conftest import hf_folder
 
 FRAGMENTS = [" ", "  ", "    ", "\t", "\n", "\r\n", "▁", "<s>", "</s>", "<unk>", "é", "日本", "🎉"]
 FRAGMENTS += ["def", " return", "self", "x", "(", ")", ":", "0", "42", "_", "Q", "^", "ab"]

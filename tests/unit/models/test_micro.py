@@ -282,31 +282,18 @@ def test_verify_passes_on_random_micro_models(layout, sp_model_path):
 def test_micro_command_as_a_user_runs_it(tmp_path, sp_model_path):
     import json
     import shutil
-    import subprocess
-    import sys
 
     from typer.testing import CliRunner
 
+    from tests.helpers import cli_error, invoke
     from weighted_mtp.cli import app
     from weighted_mtp.storage.layout import Layout
 
     root = tmp_path / "storage"
-
-    def wmtp(*args: str) -> subprocess.CompletedProcess:
-        """A real process, for exit codes and one-line errors (these exit before torch)."""
-        return subprocess.run(
-            [sys.executable, "-m", "weighted_mtp", "--root", str(root), *args],
-            capture_output=True,
-            text=True,
-        )
-
-    assert wmtp("storage", "init").returncode == 0
-    no_tokenizer = wmtp("models", "micro", "micro-mtp")
-    assert no_tokenizer.returncode == 1 and "Traceback" not in no_tokenizer.stderr
-    assert len(no_tokenizer.stderr.strip().splitlines()) == 1
-    assert "run `wmtp models download meta-llama-mtp` first" in no_tokenizer.stderr
-    bad_init = wmtp("models", "micro", "micro-mtp", "--init", "zeros")
-    assert bad_init.returncode == 2 and "unknown init 'zeros'" in bad_init.stderr
+    assert invoke("storage", "init", root=root).exit_code == 0
+    no_tokenizer = cli_error("models", "micro", "micro-mtp", root=root)
+    assert no_tokenizer.exit_code == 1
+    assert "run `wmtp models download meta-llama-mtp` first" in no_tokenizer.line()
 
     shutil.copyfile(sp_model_path, Layout(root).model(META_MODEL).tokenizer_model)
     runner = CliRunner()

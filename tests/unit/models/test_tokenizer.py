@@ -5,10 +5,9 @@ import shutil
 import pytest
 import sentencepiece as spm
 
+from tests.helpers import edited_tokenizer
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.models.tokenizer import tokenizer_difference, tokenizer_facts
-
-from .conftest import edited_tokenizer
 
 
 def test_facts_are_read_from_the_model(sp_model_path):

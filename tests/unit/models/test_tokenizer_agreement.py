@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from tests.helpers import hf_folder
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.models.hf_tokenizer import write_hf_tokenizer
 from weighted_mtp.models.tokenizer_agreement import (
@@ -15,8 +16,6 @@ from weighted_mtp.models.tokenizer_agreement import (
     agreement_corpus,
     check_agreement,
 )
-
-from .conftest import hf_folder
 
 
 def edge_samples() -> list[Sample]:

@@ -5,13 +5,12 @@ import json
 import pytest
 import yaml
 
+from tests.helpers import flip_byte
 from weighted_mtp.models.convert import convert_model
 from weighted_mtp.models.safetensors_stream import save_tensors
 from weighted_mtp.models.verify import verify_model
 from weighted_mtp.storage.hashing import sha256_file, write_sha256sums
 from weighted_mtp.storage.stamps import is_verified
-
-from .conftest import flip_byte
 
 
 @pytest.fixture
@@ -184,7 +183,7 @@ def test_hf_config_disagreeing_with_the_weights_fails(layout, reference):
 
 
 def test_a_recorded_tokenizer_difference_fails(layout, meta_raw, reference_raw, tmp_path):
-    from .conftest import edited_tokenizer
+    from tests.helpers import edited_tokenizer
 
     edited = edited_tokenizer(meta_raw.tokenizer_model, tmp_path / "t.model", 4000, "▁qqqq")
     meta_raw.tokenizer_model.write_bytes(edited.read_bytes())
@@ -194,7 +193,7 @@ def test_a_recorded_tokenizer_difference_fails(layout, meta_raw, reference_raw, 
 
 
 def test_a_shared_tokenizer_that_later_differs_fails(layout, reference, meta_raw, tmp_path):
-    from .conftest import edited_tokenizer
+    from tests.helpers import edited_tokenizer
 
     edited = edited_tokenizer(meta_raw.tokenizer_model, tmp_path / "t.model", 4000, "▁qqqq")
     meta_raw.tokenizer_model.write_bytes(edited.read_bytes())

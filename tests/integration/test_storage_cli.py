@@ -1,17 +1,11 @@
 """The storage commands as a user runs them: real process, real exit codes."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
+from tests.helpers import run_wmtp
 
-def wmtp(*args: str, root: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "weighted_mtp", "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-    )
+wmtp = run_wmtp
 
 
 def test_init_clean_status_round_trip(tmp_path: Path):

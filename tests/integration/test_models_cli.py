@@ -1,12 +1,12 @@
 """The model commands as a user runs them: real process, real exit codes, one-line errors."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.helpers import run_wmtp
 
 TINY = {
     "dim": 64,
@@ -18,12 +18,7 @@ TINY = {
 }
 
 
-def wmtp(*args: str, root: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "weighted_mtp", "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-    )
+wmtp = run_wmtp
 
 
 @pytest.fixture
@@ -69,17 +64,3 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, meta_mirror):
     assert "output.weight overflows float16" in result.stderr
     assert "--dtype bfloat16" in result.stderr
     assert not (root / "models_v2/meta-llama-mtp/safetensors/model.safetensors").exists()
-
-
-@pytest.mark.parametrize(
-    ("args", "code", "message"),
-    [
-        (("models", "convert", "nope"), 2, "unknown model 'nope'"),
-        (("models", "download", "micro-mtp"), 2, "unknown model 'micro-mtp'"),
-        (("models", "convert", "meta-llama-mtp", "--dtype", "int4"), 2, "unknown dtype"),
-        (("models", "convert", "meta-llama-mtp"), 1, "wmtp models download"),
-    ],
-)
-def test_usage_errors(tmp_path, args, code, message):
-    result = wmtp(*args, root=tmp_path / "storage")
-    assert result.returncode == code and message in result.stderr, result.stderr

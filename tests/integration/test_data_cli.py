@@ -1,19 +1,13 @@
 """The data commands as a user runs them: real process, real exit codes, one-line errors."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import run_wmtp
 
-def wmtp(*args: str, root: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "weighted_mtp", "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-    )
+wmtp = run_wmtp
 
 
 @pytest.fixture
@@ -44,21 +38,6 @@ def test_download_prepare_small_validate_stats(tmp_path, mbpp_mirror, sp_model_p
     processed.write_text(processed.read_text().replace("a + b", "a+b", 1))
     failed = wmtp("data", "validate", "mbpp", root=root)
     assert failed.returncode == 1 and "✘ checksums" in failed.stdout
-
-
-@pytest.mark.parametrize(
-    ("args", "code", "message"),
-    [
-        (("data", "prepare", "nope"), 2, "unknown dataset 'nope'"),
-        (("data", "prepare", "mbpp"), 1, "or pass --tokenizer PATH"),
-        (("data", "stats", "mbpp"), 1, "run `wmtp data prepare mbpp` first"),
-    ],
-)
-def test_errors_are_one_line(tmp_path, args, code, message):
-    result = wmtp(*args, root=tmp_path / "storage")
-    assert result.returncode == code
-    assert message in result.stderr and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_bad_mirror_line_is_one_line_error(tmp_path):

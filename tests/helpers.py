@@ -1,0 +1,99 @@
+"""Helpers shared by the unit and integration tests (plain functions and constants; fixtures
+live in the conftest files, which import from here, never the other way round)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner, Result
+
+from weighted_mtp.cli import app
+from weighted_mtp.errors import WmtpError
+
+TINY_META_PARAMS = {
+    "dim": 64,
+    "n_layers": 3,
+    "n_heads": 2,
+    "multiple_of": 32,
+    "ffn_dim_multiplier": None,
+    "norm_eps": 1e-05,
+    "rope_theta": 10000.0,
+    "n_future_tokens": 2,
+    "vocab_size": 8320,
+    "max_seq_len": 512,
+}
+TINY_REFERENCE_CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "num_hidden_layers": 2,
+    "max_position_embeddings": 512,
+    "rms_norm_eps": 1e-05,
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": False,
+    "vocab_size": 8320,
+    "torch_dtype": "float32",
+}
+
+
+def edited_tokenizer(source: Path, out: Path, piece_id: int, new_piece: str) -> Path:
+    """A copy of a SentencePiece model with one piece renamed (a 'different' tokenizer)."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(source.read_bytes())
+    proto.pieces[piece_id].piece = new_piece
+    out.write_bytes(proto.SerializeToString())
+    return out
+
+
+def hf_folder(sp_path: Path, folder: Path) -> Path:
+    """A tokenizer folder as wmtp writes it: the SentencePiece model and its transformers
+    files (tokenizer.json, tokenizer_config.json)."""
+    import shutil
+
+    from weighted_mtp.models.hf_tokenizer import write_hf_tokenizer
+
+    folder.mkdir(parents=True)
+    shutil.copyfile(sp_path, folder / "tokenizer.model")
+    write_hf_tokenizer(folder, folder / "tokenizer.model")
+    return folder
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    """Flip every bit of one byte (negative offsets count from the end)."""
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def read_records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def run_wmtp(*args: str, root: Path) -> subprocess.CompletedProcess[str]:
+    """`wmtp --root ROOT ARGS` in a real process: exit codes and stderr as a user sees them."""
+    return subprocess.run(
+        [sys.executable, "-m", "weighted_mtp", "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+    )
+
+
+def invoke(*args: str, root: Path) -> Result:
+    """`wmtp --root ROOT ARGS` in this process, through typer's CliRunner."""
+    return CliRunner().invoke(app, ["--root", str(root), *args])
+
+
+def cli_error(*args: str, root: Path) -> WmtpError:
+    """The user error a command stops with (the CLI prints its `line()` and exits with its
+    `exit_code`; tests/integration checks that printing once, in real processes)."""
+    result = invoke(*args, root=root)
+    assert isinstance(result.exception, WmtpError), (result.exit_code, result.output)
+    return result.exception
