@@ -134,7 +134,7 @@ class BuildResult:
 
 def _verified(ctx: BuildContext, root: Path, verify: Callable[[], Report]) -> bool:
     """Cheap: the asset's verification stamp still fits; else really verify it."""
-    if stamps.is_verified(ctx.layout, root):
+    if stamps.is_current(ctx.layout, root):
         return True
     try:
         return verify().ok
@@ -229,13 +229,14 @@ def _dataset_done(ctx: BuildContext, name: str) -> bool:
     )
 
 
+def _small_inputs(layout: Layout, name: str) -> list[Path]:
+    """What a small set is sampled from: its dataset's processed splits."""
+    return [layout.dataset(name).split(split) for split in SPLITS]
+
+
 def _small_done(ctx: BuildContext, name: str) -> bool:
-    """Sampled after the latest preparation and unchanged since."""
-    small = ctx.layout.small(name)
-    dataset = ctx.layout.dataset(name)
-    return stamps.is_verified(ctx.layout, small.root) and _newer(
-        [small.split(s) for s in SPLITS], [dataset.split(s) for s in SPLITS]
-    )
+    """Sampled from the current processed splits and unchanged since."""
+    return stamps.is_current(ctx.layout, ctx.layout.small(name).root)
 
 
 # ---------------------------------------------------------------- step actions
@@ -313,7 +314,8 @@ def _prepare_dataset(name: str) -> Callable[[BuildContext], None]:
 def _build_small(name: str) -> Callable[[BuildContext], None]:
     def run(ctx: BuildContext) -> None:
         build_small(ctx.layout, name)
-        stamps.record_verified(ctx.layout, ctx.layout.small(name).root)
+        layout = ctx.layout
+        stamps.record_verified(layout, layout.small(name).root, _small_inputs(layout, name))
 
     return run
 
@@ -326,7 +328,7 @@ def _validate(ctx: BuildContext) -> None:
 def _validate_done(ctx: BuildContext) -> bool:
     """Nothing changed in this build, and every dataset is as validated. (Small sets are
     validated again by the verify step whenever the manifest moved.)"""
-    unchanged = all(stamps.is_verified(ctx.layout, ctx.layout.dataset(n).root) for n in DATASETS)
+    unchanged = all(stamps.is_current(ctx.layout, ctx.layout.dataset(n).root) for n in DATASETS)
     return unchanged and not ctx.ran
 
 

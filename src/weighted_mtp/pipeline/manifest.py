@@ -1,8 +1,9 @@
 """MANIFEST.json: every asset file's path, size and SHA-256, so any later change is named.
 
 Hashing a 30 GB storage takes minutes, so hashes are remembered in `.wmtp/hashes.json` with
-the size and modification time each file had when hashed. Refreshing the manifest after a
-build step reuses them; `verify` re-reads every byte (`trust_known=False`).
+the fingerprint (size, mtime, inode: `storage.stamps`) each file had when hashed. Refreshing
+the manifest after a build step reuses them while the fingerprint holds; `verify` re-reads
+every byte (`trust_known=False`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import jsonschema
 from weighted_mtp import __version__
 from weighted_mtp.clock import utc_now
 from weighted_mtp.errors import WmtpError
+from weighted_mtp.storage import stamps
 from weighted_mtp.storage.atomic import (
     TEMP_MARKER,
     read_json,
@@ -112,12 +114,12 @@ class Hasher:
     def sha256(self, path: Path) -> str:
         rel = self.layout.relative(path)
         stat = path.stat()
-        entry = self._known.get(rel)
-        current = isinstance(entry, list) and entry[:2] == [stat.st_size, stat.st_mtime_ns]
+        entry = self._known.get(rel)  # [*fingerprint, sha256]
+        current = isinstance(entry, list) and stamps.unchanged(entry[:-1], stat)
         if entry is not None and current and (self.trust_known or rel in self._this_run):
-            return str(entry[2])
+            return str(entry[-1])
         digest = sha256_file(path, show_progress=stat.st_size >= SHOW_PROGRESS_FROM)
-        self._known[rel] = [stat.st_size, stat.st_mtime_ns, digest]
+        self._known[rel] = [*stamps.fingerprint(stat), digest]
         self._this_run.add(rel)
         return digest
 

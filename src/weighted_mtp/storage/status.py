@@ -28,7 +28,7 @@ def model_state(layout: Layout, name: str) -> str:
     """missing, raw-only, converted or verified."""
     paths = layout.model(name)
     if paths.weights.is_file():
-        return "verified" if stamps.is_verified(layout, paths.root) else "converted"
+        return "verified" if stamps.is_current(layout, paths.root) else "converted"
     downloaded = "download" in assets.spec(name).build
     if downloaded and _has_files(paths.raw, ignore=("SOURCE.json",)):
         return "raw-only"
@@ -39,7 +39,7 @@ def dataset_state(layout: Layout, name: str) -> str:
     """missing, raw-only, prepared or verified."""
     paths = layout.dataset(name)
     if any(paths.split(split).is_file() for split in SPLITS):
-        return "verified" if stamps.is_verified(layout, paths.root) else "prepared"
+        return "verified" if stamps.is_current(layout, paths.root) else "prepared"
     if _has_files(paths.raw, ignore=("SOURCE.json",)):
         return "raw-only"
     return "missing"

@@ -1,7 +1,7 @@
 import json
 
 from weighted_mtp.data.validate import validate_dataset
-from weighted_mtp.storage.stamps import is_verified
+from weighted_mtp.storage.stamps import is_current
 
 
 def _failed(report) -> set[str]:
@@ -12,7 +12,7 @@ def test_freshly_prepared_datasets_pass_and_get_stamped(prepared):
     for name in ("codecontests", "mbpp", "humaneval"):
         report = validate_dataset(prepared, name)
         assert report.ok, report.to_dict()
-        assert is_verified(prepared, prepared.dataset(name).root)
+        assert is_current(prepared, prepared.dataset(name).root)
 
 
 def test_one_changed_character_fails(prepared):

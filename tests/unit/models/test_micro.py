@@ -247,7 +247,7 @@ def test_verify_passes_on_sliced_micro_models_and_catches_tampering(
     layout, tmp_path, sp_model_path
 ):
     from weighted_mtp.models.verify import verify_model
-    from weighted_mtp.storage.stamps import is_verified
+    from weighted_mtp.storage.stamps import is_current
 
     converted(layout, META_MODEL, tmp_path, sp_model_path, GQA_META)
     converted(layout, REFERENCE_MODEL, tmp_path, sp_model_path, dict(TINY_REF))
@@ -257,7 +257,7 @@ def test_verify_passes_on_sliced_micro_models_and_catches_tampering(
     for name in (MICRO_MTP, MICRO_REF):
         report = verify_model(layout, name)
         assert report.ok, report.to_dict()
-        assert is_verified(layout, layout.model(name).root)
+        assert is_current(layout, layout.model(name).root)
 
     weights = layout.model(MICRO_REF).weights
     data = bytearray(weights.read_bytes())

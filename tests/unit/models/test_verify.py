@@ -10,7 +10,7 @@ from weighted_mtp.models.convert import convert_model
 from weighted_mtp.models.safetensors_stream import save_tensors
 from weighted_mtp.models.verify import verify_model
 from weighted_mtp.storage.hashing import sha256_file, write_sha256sums
-from weighted_mtp.storage.stamps import is_verified
+from weighted_mtp.storage.stamps import is_current
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def test_converted_bases_pass_and_are_stamped(layout, meta, reference):
     for paths in (meta, reference):
         report = verify_model(layout, paths.name)
         assert report.ok, report.to_dict()
-        assert is_verified(layout, paths.root)
+        assert is_current(layout, paths.root)
     names = {c.name for c in verify_model(layout, reference.name).checks}
     assert {
         "SHA256SUMS",
@@ -63,7 +63,7 @@ def test_a_flipped_byte_anywhere_in_the_weights_fails(layout, meta, offset):
     report = verify_model(layout, meta.name)
     assert not report.ok
     assert "SHA256SUMS" in _failed(report)
-    assert not is_verified(layout, meta.root)
+    assert not is_current(layout, meta.root)
 
 
 @pytest.mark.parametrize(
