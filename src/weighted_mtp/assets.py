@@ -25,6 +25,8 @@ from weighted_mtp.errors import UsageError
 AssetKind = Literal["model", "dataset", "derived"]
 FormatName = Literal["meta-mtp", "hf-llama"]
 FORMAT_NAMES: tuple[FormatName, ...] = ("meta-mtp", "hf-llama")
+# A dataset's upstream row schema, which decides how its rows become tasks.
+DatasetFormat = Literal["codecontests", "mbpp", "humaneval"]
 BuildStep = Literal["download", "convert", "micro", "prepare", "small"]
 
 META_MODEL = "meta-llama-mtp"
@@ -47,6 +49,8 @@ class AssetSpec:
     checks: tuple[str, ...]
     build: tuple[BuildStep, ...]
     format: FormatName | None = None
+    dataset_format: DatasetFormat | None = None
+    raw_file: str | None = None  # a single-file dataset's raw JSONL name (without .jsonl)
     derived_from: str | None = None
     gated: bool = False
     raw_checkpoint_dir: str | None = None
@@ -115,8 +119,10 @@ ASSETS: tuple[AssetSpec, ...] = (
             "dataset",
             checks=("raw datasets", "processed datasets"),
             build=("download", "prepare", "small"),
+            dataset_format=name,
+            raw_file=raw_file,
         )
-        for name in ("codecontests", "mbpp", "humaneval")
+        for name, raw_file in (("codecontests", None), ("mbpp", "mbpp"), ("humaneval", "HumanEval"))
     ),
 )
 

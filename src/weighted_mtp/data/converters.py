@@ -7,11 +7,12 @@ line; a problem is never held longer than it takes to turn it into its samples.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from weighted_mtp import assets
 from weighted_mtp.data.sources import field as required
 from weighted_mtp.data.sources import iter_jsonl
 from weighted_mtp.data.splits import DisjointSplits, mbpp_split, part_split
@@ -99,11 +100,7 @@ def iter_tasks(
 ) -> Iterator[Task]:
     """Every task of a dataset's raw files, each checked to stay in one split."""
     splits = splits or DisjointSplits()
-    convert = {
-        "codecontests": _codecontests_tasks,
-        "mbpp": _mbpp_tasks,
-        "humaneval": _humaneval_tasks,
-    }[dataset]
+    convert = _CONVERTERS[assets.spec(dataset).dataset_format or ""]
     codes = language_codes(languages)
     seen: set[tuple[str, str]] = set()
     for path in raw_parts(source_dir):
@@ -308,3 +305,11 @@ def _humaneval_tasks(
         },
     )
     return [_dedupe(task, [(f"{task_id}#c0", solution, True)])]
+
+
+# How each upstream row schema (`AssetSpec.dataset_format`) becomes tasks.
+_CONVERTERS: dict[str, Callable[[dict[str, Any], Path, int, int, set[int]], list[Task]]] = {
+    "codecontests": _codecontests_tasks,
+    "mbpp": _mbpp_tasks,
+    "humaneval": _humaneval_tasks,
+}

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from weighted_mtp import __version__, progress
+from weighted_mtp import __version__, assets, progress
 from weighted_mtp.catalog import Asset, Catalog
 from weighted_mtp.clock import utc_now
 from weighted_mtp.data.sources import iter_jsonl, iter_parquet_rows
@@ -31,7 +31,6 @@ _CODECONTESTS_PARTS = {
     "validation": "validation",
     "test": "test",
 }
-_SINGLE_FILE_PARTS = {"mbpp": "mbpp", "humaneval": "HumanEval"}
 _SUFFIXES = (".parquet", ".jsonl.gz", ".jsonl")
 
 # Bytes of raw JSONL per upstream byte, and of prepare's outputs (processed splits) per raw
@@ -58,8 +57,9 @@ def output_space(name: str, upstream: list[tuple[str, int]]) -> int:
 
 def raw_part(dataset: str, upstream_name: str) -> str:
     """The raw file (without `.jsonl`) an upstream file's rows go into."""
-    if dataset in _SINGLE_FILE_PARTS:
-        return _SINGLE_FILE_PARTS[dataset]
+    single = assets.spec(dataset).raw_file
+    if single is not None:
+        return single
     stem = PurePosixPath(upstream_name).name
     for suffix in _SUFFIXES:
         stem = stem.removesuffix(suffix)

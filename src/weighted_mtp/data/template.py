@@ -9,6 +9,8 @@ sequence is the token the tokenizer appends, never text in the response.
 
 from __future__ import annotations
 
+from weighted_mtp import assets
+
 PREAMBLE = (
     "Below is an instruction that describes a programming task, paired with an input that "
     "provides further context. Write a response that solves the task."
@@ -57,7 +59,7 @@ _METADATA = {
             "all samples of one problem and never by two splits.",
         },
         "sample_id": {"type": "string", "minLength": 1, "description": "Unique per record."},
-        "source": {"enum": ["codecontests", "mbpp", "humaneval"]},
+        "source": {"enum": list(assets.DATASETS)},
         "is_correct": {
             "type": "boolean",
             "description": "Whether the response passes the "

@@ -9,9 +9,11 @@ synthetic; every step after them is the production code path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from weighted_mtp import assets
 from weighted_mtp.catalog import Catalog
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.pipeline.approve import approve
@@ -23,7 +25,7 @@ from weighted_mtp.pipeline.manifest import manifest_sha256
 from weighted_mtp.pipeline.plan import DEFAULT_TAG
 from weighted_mtp.pipeline.records import Checklist, approval_status
 from weighted_mtp.storage.atomic import read_json, write_text
-from weighted_mtp.storage.layout import META_MODEL, REFERENCE_MODEL, Layout
+from weighted_mtp.storage.layout import DATASETS, META_MODEL, REFERENCE_MODEL, Layout
 from weighted_mtp.synthetic.datasets import (
     write_codecontests_mirror,
     write_humaneval_mirror,
@@ -33,6 +35,12 @@ from weighted_mtp.synthetic.models import write_meta_mirror, write_reference_mir
 from weighted_mtp.synthetic.tokenizer import train_llama_style_tokenizer
 
 DEFAULT_ROOT = Path("demo-storage")
+# A small upstream-shaped copy of each dataset format.
+MIRROR_WRITERS: dict[str, Callable[[Path], Path]] = {
+    "codecontests": write_codecontests_mirror,
+    "mbpp": write_mbpp_mirror,
+    "humaneval": write_humaneval_mirror,
+}
 DEMO_APPROVER = "wmtp demo (synthetic sources, approved automatically)"
 MIRROR_COMPLETE = "MIRROR_COMPLETE"
 
@@ -56,9 +64,8 @@ def write_demo_mirror(mirror: Path) -> Path:
     tokenizer = train_llama_style_tokenizer(mirror / "_work" / "tokenizer.model")
     write_meta_mirror(mirror / META_MODEL, tokenizer_model=tokenizer)
     write_reference_mirror(mirror / REFERENCE_MODEL, tokenizer_model=tokenizer)
-    write_codecontests_mirror(mirror / "codecontests")
-    write_mbpp_mirror(mirror / "mbpp")
-    write_humaneval_mirror(mirror / "humaneval")
+    for name in DATASETS:
+        MIRROR_WRITERS[assets.spec(name).dataset_format or ""](mirror / name)
     write_text(mirror / MIRROR_COMPLETE, "every asset's upstream files are written\n")
     return mirror
 
