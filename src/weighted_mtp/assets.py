@@ -75,6 +75,18 @@ class AssetSpec:
         return self.short or self.name
 
 
+def _dataset(name: DatasetFormat, raw_file: str | None = None) -> AssetSpec:
+    """A dataset named after its upstream row schema, downloaded, prepared and sampled."""
+    return AssetSpec(
+        name,
+        "dataset",
+        checks=("raw datasets", "processed datasets"),
+        build=("download", "prepare", "small"),
+        dataset_format=name,
+        raw_file=raw_file,
+    )
+
+
 ASSETS: tuple[AssetSpec, ...] = (
     AssetSpec(
         META_MODEL,
@@ -113,17 +125,9 @@ ASSETS: tuple[AssetSpec, ...] = (
         format="hf-llama",
         derived_from=REFERENCE_MODEL,
     ),
-    *(
-        AssetSpec(
-            name,
-            "dataset",
-            checks=("raw datasets", "processed datasets"),
-            build=("download", "prepare", "small"),
-            dataset_format=name,
-            raw_file=raw_file,
-        )
-        for name, raw_file in (("codecontests", None), ("mbpp", "mbpp"), ("humaneval", "HumanEval"))
-    ),
+    _dataset("codecontests"),
+    _dataset("mbpp", raw_file="mbpp"),
+    _dataset("humaneval", raw_file="HumanEval"),
 )
 
 _BY_NAME = {spec.name: spec for spec in ASSETS}
