@@ -154,6 +154,25 @@ def _file_spec(entry: dict, where: str, source: str) -> FileSpec:
     return FileSpec(entry["path"], entry["into"], entry.get("sha256"))
 
 
+MOVED_TO_REGISTRY = ("format", "gated", "derived_from")
+
+
+def _refuse_asset_properties(data: object, source: str) -> None:
+    """Catalogs written for earlier versions declared formats and micro models; say where
+    those went instead of a bare schema error."""
+    models = data.get("models") if isinstance(data, dict) else None
+    for name, entry in (models or {}).items() if isinstance(models, dict) else ():
+        moved = [key for key in MOVED_TO_REGISTRY if isinstance(entry, dict) and key in entry]
+        if moved or (name not in MODELS and name in assets.MODELS):
+            raise WmtpError(
+                f"catalog entry models/{name}: "
+                + (f"{', '.join(moved)} no longer belong" if moved else "a built model has no")
+                + " in the catalog (the asset registry, weighted_mtp/assets.py, declares them)",
+                path=source,
+                hint="remove them; the catalog only says where upstream files are",
+            )
+
+
 def _parse(text: str, source: str) -> Catalog:
     import jsonschema  # ~0.3 s with yaml: only when a command reads the catalog, not --help
     import yaml
@@ -164,6 +183,7 @@ def _parse(text: str, source: str) -> Catalog:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
         raise WmtpError(f"catalog is not valid YAML{where}", path=source) from None
+    _refuse_asset_properties(data, source)
     try:
         jsonschema.validate(data, SCHEMA)
     except jsonschema.ValidationError as exc:

@@ -78,3 +78,16 @@ def test_a_sha256_must_be_hex_and_name_one_file(tmp_path: Path):
     )
     with pytest.raises(WmtpError, match=r"files/0/sha256"):
         load_catalog(bad)
+
+
+def test_an_earlier_catalog_with_formats_or_micro_models_is_refused_with_a_hint(tmp_path: Path):
+    old = tmp_path / "old.yaml"
+    old.write_text(
+        "models:\n  meta-llama-mtp:\n    repo: me/fork\n    format: meta-mtp\n"
+        "    files: [{path: a.pth, into: raw}]\ndatasets: {}\n"
+    )
+    with pytest.raises(WmtpError, match=r"models/meta-llama-mtp: format no longer belong"):
+        load_catalog(old)
+    old.write_text("models:\n  micro-mtp:\n    repo: me/fork\ndatasets: {}\n")
+    with pytest.raises(WmtpError, match=r"models/micro-mtp: a built model has no .*assets\.py"):
+        load_catalog(old)
