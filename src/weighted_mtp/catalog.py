@@ -161,7 +161,9 @@ def _refuse_asset_properties(data: object, source: str) -> None:
     """Catalogs written for earlier versions declared formats and micro models; say where
     those went instead of a bare schema error."""
     models = data.get("models") if isinstance(data, dict) else None
-    for name, entry in (models or {}).items() if isinstance(models, dict) else ():
+    if not isinstance(models, dict):
+        return  # the schema says what is wrong
+    for name, entry in models.items():
         moved = [key for key in MOVED_TO_REGISTRY if isinstance(entry, dict) and key in entry]
         if moved or (name not in MODELS and name in assets.MODELS):
             raise WmtpError(
