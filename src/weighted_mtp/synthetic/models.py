@@ -23,6 +23,7 @@ from weighted_mtp.models.architecture import (
     hf_llama_tensor_shapes,
     meta_tensor_shapes,
 )
+from weighted_mtp.models.hf_tokenizer import write_hf_tokenizer
 from weighted_mtp.models.tokenizer import tokenizer_facts
 from weighted_mtp.storage.atomic import atomic_write, write_json
 
@@ -144,8 +145,6 @@ def _shard_names(n_shards: int, shard_format: str) -> tuple[list[str], str]:
 def _hf_tokenizer_files(tokenizer_sha256: str, tokenizer_model: Path) -> dict[str, bytes]:
     """The transformers tokenizer files beside tokenizer.model (tokenizer.json,
     tokenizer_config.json, as wmtp writes them), built once per tokenizer and process."""
-    from weighted_mtp.models.hf_tokenizer import write_hf_tokenizer
-
     with tempfile.TemporaryDirectory() as tmp:
         write_hf_tokenizer(Path(tmp), tokenizer_model)
         return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.name != "tokenizer.model"}
