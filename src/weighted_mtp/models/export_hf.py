@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING, Any
 from weighted_mtp import assets, progress
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.models.architecture import MetaParams, meta_tensor_shapes
+from weighted_mtp.models.hf_tokenizer import write_hf_tokenizer
 from weighted_mtp.models.safetensors_stream import DTYPES, SafetensorsWriter, TensorSpec
 from weighted_mtp.models.tokenizer import tokenizer_facts
+from weighted_mtp.models.tokenizer_agreement import agreement_corpus, check_agreement
 from weighted_mtp.storage.atomic import TEMP_MARKER, write_json, write_text
 from weighted_mtp.storage.layout import Layout
 
@@ -166,8 +168,6 @@ def _write_tokenizer(layout: Layout, tokenizer_model: Path, out: Path) -> str:
     """tokenizer.model, and the tokenizer.json + tokenizer_config.json that transformers
     loads with SentencePiece's ids (see `hf_tokenizer`); checked before the folder is
     published. Returns the check's detail."""
-    from weighted_mtp.models.hf_tokenizer import write_hf_tokenizer
-    from weighted_mtp.models.tokenizer_agreement import agreement_corpus, check_agreement
 
     shutil.copyfile(tokenizer_model, out / "tokenizer.model")
     write_hf_tokenizer(out, out / "tokenizer.model")

@@ -22,6 +22,7 @@ from weighted_mtp.models.formats import Architecture, format_named
 from weighted_mtp.models.metadata import ModelMetadata, read_metadata
 from weighted_mtp.models.safetensors_stream import dtype_code
 from weighted_mtp.models.tokenizer import tokenizer_difference, tokenizer_facts
+from weighted_mtp.models.tokenizer_agreement import agreement_corpus, check_agreement
 from weighted_mtp.storage.hashing import check_sha256sums, read_sha256sums, sha256_file
 from weighted_mtp.storage.layout import Layout, ModelPaths
 from weighted_mtp.storage.stamps import record_verified
@@ -301,7 +302,6 @@ def _check_sharing(layout: Layout, paths: ModelPaths, metadata: ModelMetadata) -
 
 
 def _check_transformers_tokenizer(layout: Layout, paths: ModelPaths) -> tuple[str, None]:
-    from weighted_mtp.models.tokenizer_agreement import agreement_corpus, check_agreement
 
     corpus = agreement_corpus(layout)
     return check_agreement(paths.tokenizer_dir, paths.tokenizer_model, corpus).detail(), None
