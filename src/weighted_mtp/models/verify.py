@@ -20,6 +20,7 @@ from weighted_mtp.models.architecture import (
     MetaParams,
     Shapes,
     compare_shapes,
+    config_value_problem,
     hf_llama_tensor_shapes,
     meta_tensor_shapes,
 )
@@ -303,6 +304,9 @@ def _check_rope_theta(
     paths: ModelPaths, metadata: dict[str, Any], arch: Architecture
 ) -> tuple[str, None]:
     upstream = _upstream_rope_theta(paths, metadata)
+    problem = config_value_problem("rope_theta", upstream) if upstream is not None else None
+    if problem:
+        raise WmtpError(f"the upstream config's {problem}", path=paths.raw)
     if upstream is not None and float(upstream) != float(arch.rope_theta):
         raise WmtpError(
             f"rope_theta is {arch.rope_theta}, the upstream config says {upstream}",
