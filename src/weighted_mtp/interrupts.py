@@ -4,7 +4,8 @@ An interrupt during `import torch` makes Python raise KeyboardInterrupt in whate
 code the extension's initialisation runs next, and torch's initialisation catches failures
 there (a NumPy import it treats as optional) and carries on: the Ctrl-C is lost and a
 30-second demo runs to its end. Inside `keeping_interrupts()`, a SIGINT is remembered and
-raised again once the block is done, whatever swallowed it.
+raised again once the block is done, whatever swallowed it. `wmtp demo` imports torch
+this way first: its first seconds are spent there.
 """
 
 from __future__ import annotations

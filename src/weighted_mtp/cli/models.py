@@ -21,7 +21,6 @@ from weighted_mtp.cli._console import (
     state,
     writing,
 )
-from weighted_mtp.interrupts import import_torch
 from weighted_mtp.storage.layout import BASE_MODELS, MICRO_MODELS, MODELS
 
 app = typer.Typer(help="Download, convert and verify the model checkpoints.", no_args_is_help=True)
@@ -83,7 +82,6 @@ def convert(
     from weighted_mtp.models.convert import convert_model
 
     st, name = state(ctx), checked_name(name, BASE_MODELS, "model")
-    import_torch()  # keeps a Ctrl-C during the long import
     with writing(ctx), progress_bars(not as_json):
         metadata = convert_model(st.layout, name, dtype=dtype)
     if as_json:
@@ -143,7 +141,6 @@ def micro(
     from weighted_mtp.models.micro import build_micro
 
     name = checked_name(name, MICRO_MODELS, "model")
-    import_torch()  # keeps a Ctrl-C during the long import
     with writing(ctx) as layout, progress_bars(not as_json):
         metadata = build_micro(layout, name, init=init, seed=seed)
     if as_json:

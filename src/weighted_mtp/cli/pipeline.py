@@ -246,8 +246,8 @@ def demo(
         f"writing upstream-format sources to [bold]{mirror_for(root)}[/] (first run only)",
         highlight=False,
     )
-    import_torch()  # the demo needs it at once; a Ctrl-C meanwhile must not be lost
     with writing_to_storage(layout, "wmtp demo"), progress_bars():
+        import_torch()  # the demo needs it at once; a Ctrl-C meanwhile must not be lost
         result = run_demo(layout.root, state(ctx).catalog, listener=_listener)
     _summary(result.build)
     if result.approved_now:

@@ -41,6 +41,7 @@ def iter_parquet_rows(path: Path) -> Iterator[dict[str, Any]]:
 
 
 BLOCK_BYTES = 1 << 20
+_BLANK_BYTES = frozenset(b" \t\r\n\f\v")
 _NON_BLANK = re.compile(rb"[^ \t\r\n\f\v]")
 
 
@@ -130,7 +131,7 @@ def iter_lines(
             buffer += block
             start = 0
             continue
-        if _NON_BLANK.search(buffer, start, newline) is None:
+        if buffer[start] in _BLANK_BYTES and not _NON_BLANK.search(buffer, start, newline):
             following = _NON_BLANK.search(buffer, newline)
             stop = buffer.rfind(b"\n", start, following.start() if following else len(buffer))
             number += buffer.count(b"\n", start, stop + 1)
