@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from weighted_mtp.errors import WmtpError
+from weighted_mtp.limits import current_limits, raise_hint
+from weighted_mtp.storage.regular import open_regular
 
 TEMP_MARKER = ".wmtp-tmp-"
 
@@ -118,15 +120,20 @@ def loads_strict(text: str) -> Any:
 
 
 def read_json(path: str | Path, what: str = "JSON file") -> Any:
-    """Parse a JSON file (standard JSON only), turning the usual failures into one clear
-    error."""
+    """Parse a JSON file (standard JSON only, a regular file within the line-size limit),
+    turning the usual failures into one clear error."""
     path = Path(path)
+    limit = current_limits().max_line_bytes
+    with open_regular(path, what) as handle:
+        if os.fstat(handle.fileno()).st_size > limit:
+            raise WmtpError(
+                f"{what} is larger than {limit:,} bytes",
+                path=path,
+                hint=raise_hint("max_line_bytes", limit),
+            )
+        data = handle.read(limit + 1)
     try:
-        return loads_strict(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise WmtpError(f"{what} not found", path=path) from None
-    except IsADirectoryError:
-        raise WmtpError(f"{what} is a folder, not a file", path=path) from None
+        return loads_strict(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise WmtpError(f"{what} is not UTF-8 (byte {exc.start})", path=path) from None
     except json.JSONDecodeError as exc:

@@ -48,5 +48,22 @@ def test_the_storage_never_writes_them(value):
 
 
 def test_a_folder_is_one_error(tmp_path):
-    with pytest.raises(WmtpError, match="is a folder"):
+    with pytest.raises(WmtpError, match=r"SOURCE\.json is a folder"):
         read_json(tmp_path, "SOURCE.json")
+
+
+def test_a_fifo_is_refused_not_waited_on(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "params.json")
+    with pytest.raises(WmtpError, match=r"params\.json is a FIFO"):
+        read_json(tmp_path / "params.json", "params.json")
+
+
+def test_a_file_beyond_the_size_limit_is_refused_unread(tmp_path, monkeypatch):
+    path = tmp_path / "config.json"
+    path.write_text('{"pad": "' + "x" * 5000 + '"}')
+    assert len(read_json(path)["pad"]) == 5000
+    monkeypatch.setenv("WMTP_MAX_LINE_BYTES", "4096")
+    with pytest.raises(WmtpError, match=r"config\.json is larger than 4,096 bytes"):
+        read_json(path, "config.json")
