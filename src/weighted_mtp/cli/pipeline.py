@@ -168,8 +168,8 @@ def backup(
     MANIFEST.json and record the backup; DEST is a storage root of its own."""
     from weighted_mtp.pipeline.backup import backup as run_backup
 
-    with progress_bars(not as_json):
-        result = run_backup(state(ctx).layout, dest)
+    with writing(ctx) as layout, progress_bars(not as_json):  # records the backup
+        result = run_backup(layout, dest)
     if as_json:
         print_json({**result.record, "copied_files": result.copied, "seconds": result.seconds})
         return
