@@ -19,8 +19,10 @@ from weighted_mtp.cli._console import State, err_console
 from weighted_mtp.errors import UsageError, WmtpError
 
 INTERRUPTED = 130
-# OS failures the user fixes (permissions, a full or read-only disk): one line, no traceback.
+# OS failures the user fixes: one line with a hint, no traceback. Permissions and disks ...
 ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT}
+# ... and paths of the wrong shape (--root naming a file, a file where a folder must be).
+PATH_ERRNOS = {errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP}
 
 app = typer.Typer(
     name="wmtp",
@@ -82,20 +84,22 @@ def main() -> None:
     except WmtpError as exc:
         _exit_with(exc)
     except OSError as exc:
-        if exc.errno not in ENVIRONMENT_ERRNOS:
+        if exc.errno not in ENVIRONMENT_ERRNOS | PATH_ERRNOS:
             raise
-        _exit_with(
-            WmtpError(
-                exc.strerror or str(exc),
-                path=exc.filename,
-                hint="check the folder's permissions and free space",
-            )
+        hint = (
+            "check the folder's permissions and free space"
+            if exc.errno in ENVIRONMENT_ERRNOS
+            else "check --root and the paths given: a file stands where a folder belongs, "
+            "or the reverse"
         )
+        _exit_with(WmtpError(exc.strerror or str(exc), path=exc.filename, hint=hint))
     except typer.TyperException as exc:  # typer's own errors (it has no `show()`)
         _exit_with(UsageError(exc.format_message()))
     except typer.Abort:
         err_console.print("aborted")
         sys.exit(1)
+    except KeyboardInterrupt:  # before a command started (click handles it inside one)
+        code = INTERRUPTED
     if code == INTERRUPTED:
         err_console.print("[yellow]interrupted[/]; rerun the command to resume")
     sys.exit(code)

@@ -17,8 +17,9 @@ from rich.markup import escape
 from weighted_mtp import progress
 from weighted_mtp.catalog import Catalog, load_catalog
 from weighted_mtp.checks import Report
-from weighted_mtp.errors import UsageError
+from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.storage.layout import Layout
+from weighted_mtp.storage.lock import writing_to_storage
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 MirrorOpt = Annotated[
@@ -42,6 +43,18 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def checked_layout(root: Path) -> Layout:
+    """The layout of `root`, which must be a folder if it exists (a file is one line)."""
+    layout = Layout(root)
+    if layout.root.exists() and not layout.root.is_dir():
+        raise WmtpError(
+            "the storage root is not a folder",
+            path=layout.root,
+            hint="give --root (or WMTP_ROOT) a folder; a missing one is created",
+        )
+    return layout
+
+
 @dataclass
 class State:
     root: Path
@@ -49,7 +62,7 @@ class State:
 
     @cached_property
     def layout(self) -> Layout:
-        return Layout(self.root)
+        return checked_layout(self.root)
 
     @cached_property
     def catalog(self) -> Catalog:
@@ -67,6 +80,16 @@ def checked_name(name: str, allowed: tuple[str, ...], kind: str) -> str:
 
 def state(ctx: typer.Context) -> State:
     return ctx.find_root().obj
+
+
+@contextmanager
+def writing(ctx: typer.Context) -> Iterator[Layout]:
+    """For a command that writes to the storage: hold the storage lock (one line naming the
+    running process if another wmtp holds it) and first remove the temporary files that
+    killed runs left in the asset folders."""
+    layout = state(ctx).layout
+    with writing_to_storage(layout, ctx.command_path):
+        yield layout
 
 
 class RichReporter:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from weighted_mtp.cli._console import (
@@ -20,6 +21,7 @@ from weighted_mtp.cli._console import (
     print_plan,
     progress_bars,
     state,
+    writing,
 )
 from weighted_mtp.errors import UsageError
 from weighted_mtp.storage.layout import DATASETS, SPLITS, Layout
@@ -51,7 +53,7 @@ def download(
         )
         print_plan(plan.to_dict(), as_json, mirror)
         return
-    with progress_bars(not as_json):
+    with writing(ctx), progress_bars(not as_json):
         source = download_dataset(st.layout, st.catalog, name, mirror=mirror, revision=revision)
     if as_json:
         print_json(source)
@@ -97,6 +99,13 @@ def _print_summary(summary: dict) -> None:
             if v
         )
         console.print(f"{split} tokens min/p50/p95/max: {lengths}", highlight=False)
+    for kind, reasons in summary.get("rejected", {}).items():
+        for reason, entry in reasons.items():
+            console.print(
+                f"[yellow]rejected {entry['count']} {kind}[/]: {escape(reason)} "
+                f"(first: {escape(entry['first'])})",
+                highlight=False,
+            )
 
 
 @app.command()
@@ -124,9 +133,9 @@ def prepare(
     from weighted_mtp.data.prepare import prepare_dataset
 
     name = checked_name(name, DATASETS, "dataset")
-    with progress_bars(not as_json):
+    with writing(ctx) as layout, progress_bars(not as_json):
         summary = prepare_dataset(
-            state(ctx).layout,
+            layout,
             name,
             max_length=max_length,
             seed=seed,
@@ -160,9 +169,9 @@ def small(
     """Write datasets_local_small/{name}_small/ (<=100 train, <=32 validation/test)."""
     from weighted_mtp.data.small import build_small
 
-    layout = state(ctx).layout
-    names = _named_or_prepared(layout, name)
-    results = {n: build_small(layout, n, seed=seed) for n in names}
+    with writing(ctx) as layout:
+        names = _named_or_prepared(layout, name)
+        results = {n: build_small(layout, n, seed=seed) for n in names}
     if as_json:
         print_json(results)
         return
@@ -186,9 +195,8 @@ def validate(
     from weighted_mtp.checks import Report
     from weighted_mtp.data.validate import validate_dataset
 
-    layout = state(ctx).layout
-    names = _named_or_prepared(layout, name)
-    with progress_bars(not as_json):
+    with writing(ctx) as layout, progress_bars(not as_json):  # records verification stamps
+        names = _named_or_prepared(layout, name)
         reports = [validate_dataset(layout, n) for n in names]
     if len(reports) == 1:
         finish_report(reports[0], as_json)

@@ -19,6 +19,7 @@ from weighted_mtp.cli._console import (
     print_plan,
     progress_bars,
     state,
+    writing,
 )
 from weighted_mtp.storage.layout import BASE_MODELS, MICRO_MODELS, MODELS
 
@@ -48,7 +49,7 @@ def download(
         )
         print_plan(plan.to_dict(), as_json, mirror)
         return
-    with progress_bars(not as_json):
+    with writing(ctx), progress_bars(not as_json):
         source = download_model(
             st.layout,
             st.catalog,
@@ -80,9 +81,9 @@ def convert(
     metadata.json (names and shapes checked first; NaN/Inf and fp16 overflow refused)."""
     from weighted_mtp.models.convert import convert_model
 
-    st = state(ctx)
-    with progress_bars(not as_json):
-        metadata = convert_model(st.layout, checked_name(name, BASE_MODELS, "model"), dtype=dtype)
+    st, name = state(ctx), checked_name(name, BASE_MODELS, "model")
+    with writing(ctx), progress_bars(not as_json):
+        metadata = convert_model(st.layout, name, dtype=dtype)
     if as_json:
         print_json(metadata)
         return
@@ -114,8 +115,9 @@ def verify(ctx: typer.Context, name: ModelArg, as_json: JsonOpt = False) -> None
     """Check a model folder: hashes, configs, names/shapes/dtypes, tokenizer, NaN/Inf."""
     from weighted_mtp.models.verify import verify_model
 
-    with progress_bars(not as_json):
-        report = verify_model(state(ctx).layout, checked_name(name, MODELS, "model"))
+    name = checked_name(name, MODELS, "model")
+    with writing(ctx) as layout, progress_bars(not as_json):  # records a verification stamp
+        report = verify_model(layout, name)
     finish_report(report, as_json)
 
 
@@ -139,8 +141,8 @@ def micro(
     from weighted_mtp.models.micro import build_micro
 
     name = checked_name(name, MICRO_MODELS, "model")
-    with progress_bars(not as_json):
-        metadata = build_micro(state(ctx).layout, name, init=init, seed=seed)
+    with writing(ctx) as layout, progress_bars(not as_json):
+        metadata = build_micro(layout, name, init=init, seed=seed)
     if as_json:
         print_json(metadata)
         return

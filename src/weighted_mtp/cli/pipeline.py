@@ -11,12 +11,16 @@ from rich.table import Table
 
 from weighted_mtp.cli._console import (
     JsonOpt,
+    checked_layout,
     console,
     print_json,
     progress_bars,
     state,
+    writing,
 )
+from weighted_mtp.interrupts import import_torch
 from weighted_mtp.pipeline.plan import DEFAULT_TAG, SIGN_OFF_GROUP
+from weighted_mtp.storage.lock import writing_to_storage
 
 if TYPE_CHECKING:
     from weighted_mtp.pipeline.build import BuildResult, Step, StepOutcome
@@ -114,8 +118,8 @@ def verify(
     """Check every asset and print the seed's checklist, Step 0 to Step 11 (exit 0: all ✔)."""
     from weighted_mtp.pipeline.checklist import run_checklist
 
-    with progress_bars(not as_json):
-        checklist = run_checklist(state(ctx).layout)
+    with writing(ctx) as layout, progress_bars(not as_json):  # records its result
+        checklist = run_checklist(layout)
     if as_json:
         print_json(checklist.to_dict())
     else:
@@ -128,8 +132,7 @@ def report(ctx: typer.Context) -> None:
     """Write reports/ and the storage README from the storage's actual state."""
     from weighted_mtp.pipeline.report import generate_reports
 
-    layout = state(ctx).layout
-    with progress_bars():
+    with writing(ctx) as layout, progress_bars():
         paths = generate_reports(layout)
     for path in paths:
         console.print(f"wrote {layout.relative(path)}", highlight=False)
@@ -146,8 +149,8 @@ def approve(
     verifies)."""
     from weighted_mtp.pipeline.approve import approve as record_approval
 
-    with progress_bars():
-        record = record_approval(state(ctx).layout, by, tag)
+    with writing(ctx) as layout, progress_bars():
+        record = record_approval(layout, by, tag)
     console.print(
         f"approved by {record['by']} at {record['at']}, tag {record['tag']}: MANIFEST.json "
         f"sha256 {record['manifest_sha256']}",
@@ -164,8 +167,8 @@ def backup(
     MANIFEST.json and record the backup; DEST is a storage root of its own."""
     from weighted_mtp.pipeline.backup import backup as run_backup
 
-    with progress_bars(not as_json):
-        result = run_backup(state(ctx).layout, dest)
+    with writing(ctx) as layout, progress_bars(not as_json):  # records the backup
+        result = run_backup(layout, dest)
     if as_json:
         print_json({**result.record, "copied_files": result.copied, "seconds": result.seconds})
         return
@@ -237,12 +240,14 @@ def demo(
     from weighted_mtp.pipeline.demo import DEFAULT_ROOT, mirror_for, run_demo
 
     root = root or DEFAULT_ROOT
+    layout = checked_layout(root)
     console.print(
         f"writing upstream-format sources to [bold]{mirror_for(root)}[/] (first run only)",
         highlight=False,
     )
-    with progress_bars():
-        result = run_demo(root, state(ctx).catalog, listener=_listener)
+    with writing_to_storage(layout, "wmtp demo"), progress_bars():
+        import_torch()  # the demo needs it at once; a Ctrl-C meanwhile must not be lost
+        result = run_demo(layout.root, state(ctx).catalog, listener=_listener)
     _summary(result.build)
     if result.approved_now:
         console.print(

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 from rich.tree import Tree
 
-from weighted_mtp.cli._console import JsonOpt, console, print_json, state
+from weighted_mtp.cli._console import JsonOpt, console, print_json, state, writing
 from weighted_mtp.storage.tree import human_size
+
+if TYPE_CHECKING:
+    from weighted_mtp.storage.clean import CleanPlan
+    from weighted_mtp.storage.layout import Layout
 
 app = typer.Typer(help="Create, inspect and clean the storage layout.", no_args_is_help=True)
 
@@ -20,8 +25,8 @@ def init(ctx: typer.Context) -> None:
     """Create the storage v2 layout (idempotent; never deletes or overwrites)."""
     from weighted_mtp.storage.init import init_storage
 
-    layout = state(ctx).layout
-    result = init_storage(layout)
+    with writing(ctx) as layout:
+        result = init_storage(layout)
     console.print(
         f"storage v2 layout at [bold]{layout.root}[/]: {len(result.created)} created, "
         f"{len(result.existing)} already present"
@@ -42,8 +47,18 @@ def clean(
     """Remove the v2 assets for a clean start, keeping caches and ongoing downloads."""
     from weighted_mtp.storage.clean import execute_clean, plan_clean
 
-    layout = state(ctx).layout
-    plan = plan_clean(layout, legacy=legacy, keep=keep or [])
+    # Deleting takes the storage lock first, so a running build's files are never touched.
+    with writing(ctx) if yes else nullcontext(state(ctx).layout) as layout:
+        plan = plan_clean(layout, legacy=legacy, keep=keep or [])
+        _print_plan(layout, plan, yes)
+        if plan.remove and yes:
+            execute_clean(layout, plan)
+            console.print(
+                f"removed {len(plan.remove)} path(s), freed {human_size(plan.bytes_to_free)}"
+            )
+
+
+def _print_plan(layout: Layout, plan: CleanPlan, yes: bool) -> None:
     table = Table("action", "path", "size", box=None)
     for path, size in plan.remove:
         table.add_row(
@@ -55,15 +70,11 @@ def clean(
         console.print(table)
     if not plan.remove:
         console.print("nothing to remove")
-        return
-    if not yes:
+    elif not yes:
         console.print(
             f"{len(plan.remove)} path(s), {human_size(plan.bytes_to_free)}; "
             "nothing deleted: rerun with --yes to delete"
         )
-        return
-    execute_clean(layout, plan)
-    console.print(f"removed {len(plan.remove)} path(s), freed {human_size(plan.bytes_to_free)}")
 
 
 def _rich_tree(node, parent: Tree) -> None:

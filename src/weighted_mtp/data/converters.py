@@ -6,6 +6,7 @@ line; a problem is never held longer than it takes to turn it into its samples.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -13,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from weighted_mtp import assets
+from weighted_mtp.data.sources import Rejected, iter_jsonl, list_of, non_empty_text, of_type, typed
 from weighted_mtp.data.sources import field as required
-from weighted_mtp.data.sources import iter_jsonl
 from weighted_mtp.data.splits import DisjointSplits, mbpp_split, part_split
-from weighted_mtp.data.template import normalize_newlines
+from weighted_mtp.data.template import PROMPT_TEMPLATE, normalize_newlines
 from weighted_mtp.errors import UsageError, WmtpError
+from weighted_mtp.limits import current_limits
 
 # CodeContests' enums (deepmind/code_contests, contest_problem.proto).
 CC_LANGUAGES = {0: "unknown", 1: "python2", 2: "cpp", 3: "python3", 4: "java"}
@@ -61,6 +63,27 @@ class Task:
     duplicates: int = 0
 
 
+@dataclass
+class Rejections:
+    """Rows and samples dropped because a field has the wrong type (a null where the
+    upstream schema has a string, say) or a text is beyond the size limit: counted by reason,
+    with the first place each reason was seen, for the preparation summary."""
+
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    samples: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def add(self, kind: str, reason: str, path: Path, line: int) -> None:
+        counts = self.rows if kind == "rows" else self.samples
+        entry = counts.setdefault(reason, {"count": 0, "first": f"{path.name} line {line}"})
+        entry["count"] += 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "samples": self.samples}
+
+
+Reject = Callable[[str], None]  # records a rejected sample of the row being converted
+
+
 def language_codes(languages: list[str] | tuple[str, ...] | None) -> set[int]:
     """CodeContests language codes for names like `python3` (or the numbers themselves)."""
     by_name = {name: code for code, name in CC_LANGUAGES.items()}
@@ -97,16 +120,28 @@ def iter_tasks(
     seed: int,
     languages: list[str] | None = None,
     splits: DisjointSplits | None = None,
+    rejections: Rejections | None = None,
 ) -> Iterator[Task]:
-    """Every task of a dataset's raw files, each checked to stay in one split."""
+    """Every task of a dataset's raw files, each checked to stay in one split. Rows and
+    samples of the wrong types or sizes are left out and counted in `rejections`; a file
+    that gives no sample at all because of them is an error."""
     splits = splits or DisjointSplits()
+    rejections = rejections if rejections is not None else Rejections()
     convert = _CONVERTERS[assets.spec(dataset).dataset_format or ""]
     codes = language_codes(languages)
+    max_chars = current_limits().max_text_chars
     seen: set[tuple[str, str]] = set()
     for path in raw_parts(source_dir):
+        usable = 0
+        first_rejected: list[str] = []
         for line, row in iter_jsonl(path):
+            reject = functools.partial(_reject, rejections, first_rejected, path, line)
             try:
-                tasks = convert(row, path, line, seed, codes)
+                tasks = convert(row, path, line, seed, codes, reject)
+                tasks = [_limit_texts(task, max_chars, reject) for task in tasks]
+            except Rejected as exc:
+                reject(exc.reason, "rows")
+                continue
             except (TypeError, ValueError, AttributeError, KeyError) as exc:
                 raise WmtpError(
                     f"line {line}: unexpected value ({type(exc).__name__}: {exc})",
@@ -123,7 +158,40 @@ def iter_tasks(
                         hint="deduplicate the raw files",
                     )
                 seen.add(key)
+                usable += len(task.samples)
                 yield task
+        if not usable and first_rejected:
+            raise WmtpError(
+                "no usable sample: every row or solution was rejected for its types or sizes "
+                f"(first: {first_rejected[0]})",
+                path=path,
+                hint="is this the right dataset file?",
+            )
+
+
+def _reject(
+    rejections: Rejections,
+    first: list[str],
+    path: Path,
+    line: int,
+    reason: str,
+    kind: str = "samples",
+) -> None:
+    rejections.add(kind, reason, path, line)
+    first[:] = first[:1] or [f"line {line}: {reason}"]
+
+
+def _limit_texts(task: Task, max_chars: int, reject: Reject) -> Task:
+    """Texts beyond `max_chars` are never tokenized (memory and time would grow with them):
+    such a prompt rejects the row, such a response its sample."""
+    texts = (task.instruction, task.input_text, task.notes, PROMPT_TEMPLATE)
+    if sum(map(len, texts)) > max_chars:  # at least the rendered prompt's length
+        raise Rejected(f"prompt over {max_chars:,} characters")
+    kept = [sample for sample in task.samples if len(sample.response) <= max_chars]
+    for _ in range(len(task.samples) - len(kept)):
+        reject(f"response over {max_chars:,} characters")
+    task.samples = kept
+    return task
 
 
 def _dedupe(task: Task, candidates: Iterable[tuple[str, str, bool]]) -> Task:
@@ -143,14 +211,22 @@ def _dedupe(task: Task, candidates: Iterable[tuple[str, str, bool]]) -> Task:
 
 # --- CodeContests ----------------------------------------------------------------------
 
-
-def _tests(row: dict[str, Any], key: str) -> list[str]:
-    return list((row.get(key) or {}).get("input") or [])
+_TEST_BLOCKS = ("public_tests", "private_tests", "generated_tests")
 
 
-def _examples(row: dict[str, Any]) -> str:
-    tests = row.get("public_tests") or {}
-    pairs = zip(tests.get("input") or [], tests.get("output") or [], strict=False)
+def _test_block(row: dict[str, Any], key: str) -> dict[str, list[str]]:
+    """A tests struct `{input: [str], output: [str]}`; absent means none, null rejects."""
+    if key not in row:
+        return {"input": [], "output": []}
+    block = of_type(row[key], dict, key)
+    return {
+        part: list_of(block.get(part), str, f"{key}.{part}", optional=True) or []
+        for part in ("input", "output")
+    }
+
+
+def _examples(tests: dict[str, list[str]]) -> str:
+    pairs = zip(tests["input"], tests["output"], strict=False)
     return "\n\n".join(f"Example input:\n{i}\nExample output:\n{o}" for i, o in pairs)
 
 
@@ -163,8 +239,12 @@ def split_description(description: str) -> tuple[str, str]:
     return description[: match.start()], description[match.start() :]
 
 
-def _codecontests_notes(row: dict[str, Any], language: str) -> str:
-    counts = [len(_tests(row, k)) for k in ("public_tests", "private_tests", "generated_tests")]
+def _optional(row: dict[str, Any], key: str, kind: type, default: Any, within: str = "") -> Any:
+    value = of_type(row.get(key), kind, f"{within}{key}", optional=True)
+    return default if value is None else value
+
+
+def _codecontests_notes(row: dict[str, Any], counts: list[int], language: str) -> str:
     lines = []
     if sum(counts):
         lines.append(
@@ -173,51 +253,64 @@ def _codecontests_notes(row: dict[str, Any], language: str) -> str:
         )
     else:
         lines.append("No test cases are available for this problem.")
-    limit = row.get("time_limit") or {}
-    seconds = (limit.get("seconds") or 0) + (limit.get("nanos") or 0) / 1e9
+    limit = _optional(row, "time_limit", dict, {})
+    seconds = _optional(limit, "seconds", int, 0, "time_limit.")
+    seconds += _optional(limit, "nanos", int, 0, "time_limit.") / 1e9
     if seconds:
         lines.append(f"Time limit: {seconds:g} s.")
-    if row.get("memory_limit_bytes"):
-        lines.append(f"Memory limit: {row['memory_limit_bytes'] / 2**20:g} MB.")
-    source_in = row.get("input_file") or "standard input"
-    source_out = row.get("output_file") or "standard output"
+    memory = _optional(row, "memory_limit_bytes", int, 0)
+    if memory:
+        lines.append(f"Memory limit: {memory / 2**20:g} MB.")
+    source_in = _optional(row, "input_file", str, "") or "standard input"
+    source_out = _optional(row, "output_file", str, "") or "standard output"
     lines.append(f"Read from {source_in} and write to {source_out}.")
     lines.append(f"Write the solution in {CC_LANGUAGE_TITLES[language]}.")
     return "\n".join(lines)
 
 
-def _solutions(row, key, task_id, code, is_correct, path, line):
-    block = row.get(key) or {}
-    languages, solutions = block.get("language") or [], block.get("solution") or []
+def _solution_block(row: dict[str, Any], key: str, path: Path, line: int) -> tuple[list, list]:
+    """(languages, solutions) of a `{language: [int], solution: [str]}` struct; a null
+    struct rejects the row (it would silently lose every solution of its kind)."""
+    block = typed(row, key, dict, path, line)
+    languages = list_of(block.get("language"), int, f"{key}.language")
+    solutions = of_type(block.get("solution"), list, f"{key}.solution")
     if len(languages) != len(solutions):
-        raise WmtpError(
-            f"line {line}: {key} has {len(languages)} languages but {len(solutions)} solutions",
-            path=path,
-        )
+        raise Rejected(f"{key} has unequal numbers of languages and solutions")
+    return languages, solutions
+
+
+def _solutions(block, key, task_id, code, is_correct, reject):
     tag = "c" if is_correct else "i"
-    for index, (lang, solution) in enumerate(zip(languages, solutions, strict=True)):
-        if lang == code:
-            yield f"{task_id}#{CC_LANGUAGES.get(code, code)}-{tag}{index}", solution, is_correct
+    for index, (lang, solution) in enumerate(zip(*block, strict=True)):
+        if lang != code:
+            continue
+        try:
+            text = non_empty_text(solution, f"a {key}.solution")
+        except Rejected as exc:
+            reject(exc.reason)
+            continue
+        yield f"{task_id}#{CC_LANGUAGES.get(code, code)}-{tag}{index}", text, is_correct
 
 
 def _codecontests_tasks(
-    row: dict[str, Any], path: Path, line: int, seed: int, codes: set[int]
+    row: dict[str, Any], path: Path, line: int, seed: int, codes: set[int], reject: Reject
 ) -> list[Task]:
     tasks = []
-    task_id = str(required(row, "name", path, line))
-    statement, io_section = split_description(str(required(row, "description", path, line)))
-    required(row, "solutions", path, line)
-    has_tests = any(_tests(row, k) for k in ("public_tests", "private_tests", "generated_tests"))
+    task_id = non_empty_text(required(row, "name", path, line), "name")
+    description = non_empty_text(required(row, "description", path, line), "description")
+    statement, io_section = split_description(description)
+    correct = _solution_block(row, "solutions", path, line)
+    incorrect = _solution_block(row, "incorrect_solutions", path, line)
+    tests = {key: _test_block(row, key) for key in _TEST_BLOCKS}
+    counts = [len(tests[key]["input"]) for key in _TEST_BLOCKS]
     base = {
         "source": "codecontests",
-        "has_tests": has_tests,
-        "difficulty": int(row.get("difficulty") or 0),
-        "origin": CC_ORIGINS.get(row.get("source") or 0, "unknown"),
-        "cf_rating": int(row.get("cf_rating") or 0),
-        "cf_tags": list(row.get("cf_tags") or []),
-        "num_tests": sum(
-            len(_tests(row, k)) for k in ("public_tests", "private_tests", "generated_tests")
-        ),
+        "has_tests": any(counts),
+        "difficulty": _optional(row, "difficulty", int, 0),
+        "origin": CC_ORIGINS.get(_optional(row, "source", int, 0), "unknown"),
+        "cf_rating": _optional(row, "cf_rating", int, 0),
+        "cf_tags": list_of(row.get("cf_tags"), str, "cf_tags", optional=True) or [],
+        "num_tests": sum(counts),
     }
     split = part_split(path.stem, task_id, seed)
     for code in sorted(codes):
@@ -226,13 +319,13 @@ def _codecontests_tasks(
             split,
             task_id,
             statement,
-            io_section or _examples(row),
-            _codecontests_notes(row, language),
+            io_section or _examples(tests["public_tests"]),
+            _codecontests_notes(row, counts, language),
             {**base, "language": language},
         )
         candidates = [
-            *_solutions(row, "solutions", task_id, code, True, path, line),
-            *_solutions(row, "incorrect_solutions", task_id, code, False, path, line),
+            *_solutions(correct, "solutions", task_id, code, True, reject),
+            *_solutions(incorrect, "incorrect_solutions", task_id, code, False, reject),
         ]
         _dedupe(task, candidates)
         if task.samples or task.duplicates:
@@ -243,15 +336,24 @@ def _codecontests_tasks(
 # --- MBPP ------------------------------------------------------------------------------
 
 
+def _sample_text(value: Any, label: str, reject: Reject) -> list[str]:
+    """`[value]` if it is a usable solution text, else `[]` with the sample rejected."""
+    try:
+        return [non_empty_text(value, label)]
+    except Rejected as exc:
+        reject(exc.reason)
+        return []
+
+
 def _mbpp_tasks(
-    row: dict[str, Any], path: Path, line: int, seed: int, codes: set[int]
+    row: dict[str, Any], path: Path, line: int, seed: int, codes: set[int], reject: Reject
 ) -> list[Task]:
-    number = required(row, "task_id", path, line)
-    if not isinstance(number, int):
-        raise WmtpError(f"line {line}: task_id {number!r} is not an integer", path=path)
-    tests = [normalize_newlines(t) for t in required(row, "test_list", path, line)]
-    challenge = row.get("challenge_test_list") or []
-    setup = normalize_newlines(row.get("test_setup_code") or "")
+    number = typed(row, "task_id", int, path, line)
+    listed = list_of(required(row, "test_list", path, line), str, "test_list")
+    tests = [normalize_newlines(t) for t in listed]
+    challenge = list_of(row.get("challenge_test_list"), str, "challenge_test_list", optional=True)
+    challenge = challenge or []
+    setup = normalize_newlines(_optional(row, "test_setup_code", str, ""))
     input_text = "Your code should pass these tests:\n" + "\n".join(tests)
     if setup.strip():
         input_text = f"Test setup code:\n{setup}\n\n{input_text}"
@@ -264,7 +366,7 @@ def _mbpp_tasks(
     task = Task(
         mbpp_split(number, seed),
         task_id,
-        str(required(row, "text", path, line)),
+        non_empty_text(required(row, "text", path, line), "text"),
         input_text,
         notes,
         {
@@ -274,21 +376,23 @@ def _mbpp_tasks(
             "num_tests": len(tests) + len(challenge),
         },
     )
-    code = str(required(row, "code", path, line))
-    return [_dedupe(task, [(f"{task_id}#c0", code, True)])]
+    code = _sample_text(required(row, "code", path, line), "code", reject)
+    return [_dedupe(task, [(f"{task_id}#c0", text, True) for text in code])]
 
 
 # --- HumanEval -------------------------------------------------------------------------
 
 
 def _humaneval_tasks(
-    row: dict[str, Any], path: Path, line: int, seed: int, codes: set[int]
+    row: dict[str, Any], path: Path, line: int, seed: int, codes: set[int], reject: Reject
 ) -> list[Task]:
-    task_id = str(required(row, "task_id", path, line))
-    entry_point = str(required(row, "entry_point", path, line))
-    signature = normalize_newlines(str(required(row, "prompt", path, line)))
-    solution = str(required(row, "canonical_solution", path, line))
-    has_tests = bool(str(row.get("test") or "").strip())
+    task_id = non_empty_text(required(row, "task_id", path, line), "task_id")
+    entry_point = non_empty_text(required(row, "entry_point", path, line), "entry_point")
+    signature = normalize_newlines(non_empty_text(required(row, "prompt", path, line), "prompt"))
+    solution = _sample_text(
+        required(row, "canonical_solution", path, line), "canonical_solution", reject
+    )
+    has_tests = bool(_optional(row, "test", str, "").strip())
     task = Task(
         "test",
         task_id,
@@ -304,11 +408,11 @@ def _humaneval_tasks(
             "entry_point": entry_point,
         },
     )
-    return [_dedupe(task, [(f"{task_id}#c0", solution, True)])]
+    return [_dedupe(task, [(f"{task_id}#c0", text, True) for text in solution])]
 
 
 # How each upstream row schema (`AssetSpec.dataset_format`) becomes tasks.
-_CONVERTERS: dict[str, Callable[[dict[str, Any], Path, int, int, set[int]], list[Task]]] = {
+_CONVERTERS: dict[str, Callable[[dict[str, Any], Path, int, int, set[int], Reject], list[Task]]] = {
     "codecontests": _codecontests_tasks,
     "mbpp": _mbpp_tasks,
     "humaneval": _humaneval_tasks,

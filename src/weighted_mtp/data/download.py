@@ -20,9 +20,11 @@ from weighted_mtp.catalog import Asset, Catalog
 from weighted_mtp.clock import utc_now
 from weighted_mtp.data.sources import iter_jsonl, iter_parquet_rows
 from weighted_mtp.errors import WmtpError
+from weighted_mtp.limits import current_limits, raise_hint
 from weighted_mtp.storage.atomic import atomic_write, ensure_free_space, write_json
 from weighted_mtp.storage.hashing import HashingWriter, sha256_file, write_sha256sums
 from weighted_mtp.storage.layout import DatasetPaths, Layout
+from weighted_mtp.storage.regular import require_regular
 
 # Upstream split names (file-name prefixes) and the raw part each becomes.
 _CODECONTESTS_PARTS = {
@@ -67,12 +69,34 @@ def raw_part(dataset: str, upstream_name: str) -> str:
     return _CODECONTESTS_PARTS.get(split, split)
 
 
-def _iter_rows(path: Path) -> Iterator[dict[str, Any]]:
+def _iter_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """`(where, row)`: "row N" of a Parquet file, "line N" of a JSONL one."""
     if path.name.endswith(".parquet"):
-        yield from iter_parquet_rows(path)
+        for number, row in enumerate(iter_parquet_rows(path), start=1):
+            yield f"row {number}", row
     else:
-        for _line, row in iter_jsonl(path):
-            yield row
+        for line, row in iter_jsonl(path):
+            yield f"line {line}", row
+
+
+def raw_line(row: dict[str, Any], source: Path, where: str, max_bytes: int) -> bytes:
+    """A row as one line of standard JSON; NaN/Infinity (which Python's json would write)
+    and lines beyond the line limit are refused here, not found later by `prepare`."""
+    try:
+        line = json.dumps(row, ensure_ascii=False, allow_nan=False).encode("utf-8") + b"\n"
+    except ValueError:
+        raise WmtpError(
+            f"{where} holds a NaN or Infinity, which JSON cannot represent",
+            path=source,
+            hint="fix the upstream file or use another revision",
+        ) from None
+    if len(line) > max_bytes:
+        raise WmtpError(
+            f"{where} is longer than {max_bytes:,} bytes as JSON",
+            path=source,
+            hint=raise_hint("max_line_bytes", max_bytes),
+        )
+    return line
 
 
 def _mirror_files(asset: Asset, mirror: Path) -> list[tuple[str, Path]]:
@@ -82,12 +106,14 @@ def _mirror_files(asset: Asset, mirror: Path) -> list[tuple[str, Path]]:
     found = {}
     for spec in asset.files:
         for path in mirror.glob(spec.path):
-            if path.is_file():
+            if not path.is_dir():
                 found[path.relative_to(mirror).as_posix()] = path
     if not found:
         for pattern in ("*.jsonl", "*.jsonl.gz"):
             for path in mirror.glob(pattern):
                 found[path.name] = path
+    for path in found.values():
+        require_regular(path, "mirror file")
     if not found:
         patterns = ", ".join(spec.path for spec in asset.files)
         raise WmtpError(
@@ -119,12 +145,12 @@ def _hub_files(
 
 
 def _write_part(target: Path, sources: list[Path], advance) -> dict[str, Any]:
-    rows = 0
+    rows, max_bytes = 0, current_limits().max_line_bytes
     with atomic_write(target, "wb") as handle:
         writer = HashingWriter(handle)
         for source in sources:
-            for row in _iter_rows(source):
-                writer.write(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n")
+            for where, row in _iter_rows(source):
+                writer.write(raw_line(row, source, where, max_bytes))
                 rows += 1
             advance(1)
     return {"rows": rows, "size": writer.bytes_written, "sha256": writer.hexdigest()}

@@ -22,14 +22,14 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from json.encoder import encode_basestring
 from pathlib import Path
 
 from weighted_mtp import __version__, progress
 from weighted_mtp.clock import utc_now
-from weighted_mtp.data.converters import DEFAULT_LANGUAGES, Sample, Task, iter_tasks
+from weighted_mtp.data.converters import DEFAULT_LANGUAGES, Rejections, Sample, Task, iter_tasks
 from weighted_mtp.data.stats import SplitStats
 from weighted_mtp.data.template import (
     PROMPT_TEMPLATE,
@@ -42,6 +42,7 @@ from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.storage.atomic import atomic_write, write_json
 from weighted_mtp.storage.hashing import HashingWriter, sha256_file
 from weighted_mtp.storage.layout import DATASETS, SPLITS, DatasetPaths, Layout
+from weighted_mtp.storage.lock import writing_to_storage
 
 BATCH_SAMPLES = 1024
 MIN_MAX_LENGTH = 64
@@ -338,7 +339,10 @@ def prepare_into(
         raise UsageError(f"--max-length {max_length} is too small (minimum {MIN_MAX_LENGTH})")
     tokenizer = Tokenizer(tokenizer_path)
     preparer = _Preparer(tokenizer, max_length, truncate_code)
-    tasks = iter_tasks(paths.name, Path(source_dir), seed=seed, languages=languages)
+    rejections = Rejections()
+    tasks = iter_tasks(
+        paths.name, Path(source_dir), seed=seed, languages=languages, rejections=rejections
+    )
     with ExitStack() as stack, progress.task(f"prepare {paths.name}") as advance:
         files = _SplitFiles(paths, stack)
         preparer.run(tasks, files, advance)
@@ -370,6 +374,7 @@ def prepare_into(
         "splits": {
             split: preparer.stats[split].to_dict(max_length) for split in SPLITS if split in written
         },
+        "rejected": rejections.to_dict(),
         "files": {
             **{paths.split(s).name: digest for s, digest in written.items()},
             paths.schema.name: sha256_file(paths.schema),
@@ -445,16 +450,19 @@ def main(argv: list[str] | None = None) -> int:
                 path=output,
                 hint="stats/ is written next to it",
             )
-        tokenizer = resolve_tokenizer(Layout(args.root), args.tokenizer)
-        summary = prepare_into(
-            paths,
-            args.source_dir,
-            tokenizer,
-            max_length=args.max_length,
-            seed=args.seed,
-            truncate_code=args.truncate_code,
-            languages=args.languages,
-        )
+        layout = Layout(args.root)
+        tokenizer = resolve_tokenizer(layout, args.tokenizer)
+        in_storage = paths.root == layout.dataset(args.dataset).root
+        with writing_to_storage(layout, "prepare") if in_storage else nullcontext():
+            summary = prepare_into(
+                paths,
+                args.source_dir,
+                tokenizer,
+                max_length=args.max_length,
+                seed=args.seed,
+                truncate_code=args.truncate_code,
+                languages=args.languages,
+            )
     except WmtpError as exc:
         print(f"error: {exc.line()}", file=sys.stderr)
         return exc.exit_code

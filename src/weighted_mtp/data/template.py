@@ -9,6 +9,8 @@ sequence is the token the tokenizer appends, never text in the response.
 
 from __future__ import annotations
 
+import re
+
 from weighted_mtp import assets
 
 PREAMBLE = (
@@ -33,6 +35,24 @@ def render_prompt(instruction: str, input_text: str, notes: str) -> str:
         input=input_text.strip() or "(none)",
         notes=notes.strip(),
     )
+
+
+_SECTIONS = re.compile(
+    r"### Instruction:\n(?P<instruction>.*?)\n\n### Input:\n(?P<input>.*?)\n\n"
+    r"### Evaluation Notes:\n(?P<notes>.*)\n\n### Response:\n\Z",
+    re.DOTALL,
+)
+# What a null becomes when something turns it into text (Python's str(None), JSON's null).
+NULL_TEXTS = frozenset({"None", "null"})
+
+
+def hollow_sections(prompt: str, response: str) -> list[str]:
+    """The sections of a record (instruction, input, notes, response) that are empty or
+    the text of a null: a prompt or an answer that says nothing."""
+    match = _SECTIONS.search(prompt)
+    sections = dict(match.groupdict()) if match else {"prompt": ""}
+    sections["response"] = response
+    return [name for name, text in sections.items() if text.strip() in NULL_TEXTS | {""}]
 
 
 def normalize_newlines(text: str) -> str:

@@ -23,8 +23,10 @@ from weighted_mtp import progress
 from weighted_mtp.checks import Report
 from weighted_mtp.data.small import SMALL_LIMITS
 from weighted_mtp.data.sources import iter_jsonl_range, line_chunks
+from weighted_mtp.data.template import hollow_sections
 from weighted_mtp.data.tokens import SPECIAL_TOKENS, Tokenizer
 from weighted_mtp.errors import WmtpError
+from weighted_mtp.limits import current_limits
 from weighted_mtp.storage.atomic import read_json
 from weighted_mtp.storage.hashing import sha256_file
 from weighted_mtp.storage.layout import DATASETS, META_MODEL, SPLITS, DatasetPaths, Layout
@@ -114,14 +116,27 @@ def _count_lengths(
     pending.clear()
 
 
+def _content_error(record: dict, max_chars: int) -> str | None:
+    """A prompt or response too long to tokenize safely, or with a section that says
+    nothing (empty, or a null turned into text)."""
+    for key in ("prompt", "response"):
+        if len(record[key]) > max_chars:
+            return f"{key} is over {max_chars:,} characters (WMTP_MAX_TEXT_CHARS)"
+    hollow = hollow_sections(record["prompt"], record["response"])
+    if hollow:
+        return f"empty or null-text section(s): {', '.join(hollow)}"
+    return None
+
+
 def _scan_job(job: _Job) -> _Scan:
     validator, tokenizer = _tools(job.schema, job.tokenizer)
+    max_chars = current_limits().max_text_chars
     scan = _Scan()
     pending: list[tuple[int, str, str]] = []
     try:
         for line, record in iter_jsonl_range(job.path, job.start, job.end, job.first_line):
             scan.records += 1
-            problem = _schema_error(validator, record)
+            problem = _schema_error(validator, record) or _content_error(record, max_chars)
             if problem:
                 scan.error(f"{job.path.name} line {line}: {problem}")
                 continue

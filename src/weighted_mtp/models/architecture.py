@@ -9,6 +9,8 @@ computed here and nowhere else.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +31,83 @@ _HF_SIZES = (
 _HF_OPTIONAL_SIZES = ("num_key_value_heads", "head_dim")
 DEFAULT_ROPE_THETA = 10000.0  # Llama's, when a config does not say
 
+# Upper bounds far beyond any Llama-family model, checked before the list of expected
+# tensors is built: a config claiming a million layers is refused, not enumerated.
+MAX_WIDTH = 1 << 17  # dim, hidden_size, intermediate_size
+MAX_LAYERS = 1024
+MAX_HEADS = 1024
+MAX_VOCAB = 1 << 22
+MAX_SEQ_LEN = 1 << 24
+SIZE_BOUNDS = {
+    "dim": MAX_WIDTH,
+    "hidden_size": MAX_WIDTH,
+    "intermediate_size": MAX_WIDTH,
+    "head_dim": MAX_WIDTH,
+    "multiple_of": MAX_WIDTH,
+    "n_layers": MAX_LAYERS,
+    "num_hidden_layers": MAX_LAYERS,
+    "n_future_tokens": MAX_LAYERS,
+    "n_heads": MAX_HEADS,
+    "n_kv_heads": MAX_HEADS,
+    "num_attention_heads": MAX_HEADS,
+    "num_key_value_heads": MAX_HEADS,
+    "vocab_size": MAX_VOCAB,
+    "max_seq_len": MAX_SEQ_LEN,
+}
+# Floats that must be positive and finite (and below a bound where one is physical).
+POSITIVE_FLOATS = {
+    "rope_theta": math.inf,
+    "norm_eps": 1.0,
+    "rms_norm_eps": 1.0,
+    "ffn_dim_multiplier": 64.0,
+}
+
 
 def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def non_finite_key(data: Any, prefix: str = "") -> str | None:
+    """The first key (dotted path) holding a NaN or an infinity anywhere in `data`."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return prefix or "(the value)"
+    children = (
+        data.items()
+        if isinstance(data, dict)
+        else enumerate(data)
+        if isinstance(data, list)
+        else ()
+    )
+    for key, value in children:
+        found = non_finite_key(value, f"{prefix}.{key}" if prefix else str(key))
+        if found:
+            return found
+    return None
+
+
+def config_value_problem(name: str, value: Any) -> str | None:
+    """Why a config value is not physical (a size out of range, an epsilon or rope_theta
+    that is not a positive finite number), or None if it is fine or not one we check."""
+    if name in SIZE_BOUNDS and _positive_int(value) and value > SIZE_BOUNDS[name]:
+        return f"{name} {value} is beyond the sane maximum {SIZE_BOUNDS[name]}"
+    if name in POSITIVE_FLOATS and not (name == "ffn_dim_multiplier" and value is None):
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or not 0 < value < POSITIVE_FLOATS[name]:
+            bound = POSITIVE_FLOATS[name]
+            below = f" below {bound:g}" if math.isfinite(bound) else ""
+            return f"{name} must be a positive finite number{below}, not {value!r}"
+    return None
+
+
+def check_config_values(data: dict[str, Any], fail: Callable[[str], None]) -> None:
+    """Refuse NaN/Infinity anywhere and every non-physical known value, before any work."""
+    key = non_finite_key(data)
+    if key:
+        fail(f"{key} is not a finite number")
+    for name, value in data.items():
+        problem = config_value_problem(name, value)
+        if problem:
+            fail(problem)
 
 
 def llama_intermediate_size(dim: int, multiple_of: int, ffn_dim_multiplier: float | None) -> int:
@@ -61,6 +137,8 @@ class MetaParams:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | Path = "params.json") -> MetaParams:
         known = set(cls.__dataclass_fields__)
+        if not isinstance(data, dict):
+            raise WmtpError("params.json is not a JSON object", path=source)
         missing = [k for k in ("dim", "n_layers", "n_heads") if k not in data]
         if missing:
             raise WmtpError(f"params.json lacks {', '.join(missing)}", path=source)
@@ -94,6 +172,7 @@ class MetaParams:
             fail(f"n_future_tokens {self.n_future_tokens} must be in 1..n_layers")
         if self.head_dim % 2:
             fail(f"head dimension {self.head_dim} must be even for rotary embeddings")
+        check_config_values(asdict(self), fail)
 
     def with_vocab_size(self, vocab_size: int) -> MetaParams:
         """Llama's params.json may say `vocab_size: -1` (take it from the tokenizer)."""
@@ -183,6 +262,11 @@ class HfLlamaConfig:
                 raise WmtpError(
                     f"config.json {key} must be a positive integer, not {value!r}", path=source
                 )
+
+        def fail(why: str) -> None:
+            raise WmtpError(f"config.json is not physical: {why}", path=source)
+
+        check_config_values(data, fail)
         return cls(
             hidden_size=sizes["hidden_size"],
             num_attention_heads=sizes["num_attention_heads"],

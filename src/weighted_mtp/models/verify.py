@@ -15,7 +15,7 @@ from typing import Any
 from weighted_mtp import progress
 from weighted_mtp.checks import Report, listed
 from weighted_mtp.errors import WmtpError
-from weighted_mtp.models.architecture import compare_shapes
+from weighted_mtp.models.architecture import compare_shapes, config_value_problem
 from weighted_mtp.models.checkpoint import open_files
 from weighted_mtp.models.convert import all_finite
 from weighted_mtp.models.formats import Architecture, format_named
@@ -244,6 +244,9 @@ def _check_rope_theta(
     paths: ModelPaths, metadata: ModelMetadata, arch: Architecture
 ) -> tuple[str, None]:
     upstream = _upstream_rope_theta(paths, metadata)
+    problem = config_value_problem("rope_theta", upstream) if upstream is not None else None
+    if problem:
+        raise WmtpError(f"the upstream config's {problem}", path=paths.raw)
     if upstream is not None and float(upstream) != float(arch.rope_theta):
         raise WmtpError(
             f"rope_theta is {arch.rope_theta}, the upstream config says {upstream}",

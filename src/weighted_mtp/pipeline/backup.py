@@ -20,11 +20,11 @@ from weighted_mtp import progress
 from weighted_mtp.clock import utc_now
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.pipeline.backup_record import load_backups
-from weighted_mtp.pipeline.build import build_lock
 from weighted_mtp.pipeline.manifest import is_leftover, load_manifest, manifest_sha256
 from weighted_mtp.storage.atomic import atomic_write, ensure_free_space, write_json
 from weighted_mtp.storage.hashing import CHUNK_SIZE, HashingWriter, sha256_file
 from weighted_mtp.storage.layout import CACHE_DIR, Layout
+from weighted_mtp.storage.lock import storage_lock
 from weighted_mtp.storage.tree import iter_files
 
 
@@ -149,10 +149,10 @@ def _verify_copy(layout: Layout, dest: Path, expected: dict[Path, str]) -> None:
 
 def backup(layout: Layout, dest: str | Path) -> BackupResult:
     """Copy the storage to `dest`, verify the copy and record it (resumable). Holds the
-    build lock, so no build changes the storage while it is copied."""
+    storage lock, so no build changes the storage while it is copied."""
     dest = Path(dest).expanduser().absolute()
     _check_destination(layout, dest)
-    with build_lock(layout):
+    with storage_lock(layout, "wmtp backup"):
         return _backup_locked(layout, dest)
 
 

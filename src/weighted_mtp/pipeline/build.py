@@ -13,13 +13,11 @@ The summary names such files, and an approval given before them goes stale.
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import json
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -43,7 +41,6 @@ from weighted_mtp.pipeline.manifest import (
     Hasher,
     ManifestDiff,
     ManifestUpdate,
-    iter_leftovers,
     refresh_manifest,
     sha256sums_mismatches,
 )
@@ -55,9 +52,10 @@ from weighted_mtp.pipeline.records import (
 )
 from weighted_mtp.pipeline.report import generate_reports
 from weighted_mtp.storage import stamps
-from weighted_mtp.storage.atomic import TEMP_MARKER, read_json_or_none
+from weighted_mtp.storage.atomic import read_json_or_none
 from weighted_mtp.storage.init import init_storage
 from weighted_mtp.storage.layout import DATASETS, MODELS, SPLITS, Layout
+from weighted_mtp.storage.lock import writing_to_storage
 
 
 @dataclass
@@ -497,25 +495,6 @@ def _log(layout: Layout, run_id: str, outcome: StepOutcome) -> None:
         os.fsync(handle.fileno())
 
 
-@contextmanager
-def build_lock(layout: Layout) -> Iterator[None]:
-    """One build per storage root; the OS drops the lock when the process dies."""
-    layout.build_lock.parent.mkdir(parents=True, exist_ok=True)
-    with layout.build_lock.open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise WmtpError(
-                "another `wmtp build` is running on this storage",
-                path=layout.root,
-                hint="wait for it to finish",
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _asset_roots(layout: Layout) -> dict[str, Path]:
     roots = {name: layout.model(name).root for name in MODELS}
     roots.update({name: layout.dataset(name).root for name in DATASETS})
@@ -543,16 +522,6 @@ def _forget_damage(layout: Layout) -> list[str]:
             stamps.clear_verified(layout, root)
             damaged.append(name)
     return damaged
-
-
-def _remove_leftovers(layout: Layout) -> list[str]:
-    """Temporary files of writes that a kill interrupted; never valid outputs."""
-    removed = []
-    for path in list(iter_leftovers(layout)):
-        if TEMP_MARKER in path.name:
-            path.unlink(missing_ok=True)
-            removed.append(layout.relative(path))
-    return removed
 
 
 Listener = Callable[[str, Step, StepOutcome | None], None]
@@ -607,8 +576,8 @@ def build(
     result = BuildResult()
     layout.root.mkdir(parents=True, exist_ok=True)
     run_id = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{os.getpid()}"
-    with build_lock(layout):
-        result.removed_leftovers = _remove_leftovers(layout)
+    with writing_to_storage(layout, "wmtp build") as removed:
+        result.removed_leftovers = removed
         result.recheck = _forget_damage(layout)
         for step in steps:
             if not step.changes_assets:  # checks and documents see the assets as recorded

@@ -29,7 +29,7 @@ from weighted_mtp.storage.atomic import (
 from weighted_mtp.storage.clean import PARTIAL_SUFFIXES
 from weighted_mtp.storage.hashing import format_sha256sums, read_sha256sums, sha256_file
 from weighted_mtp.storage.layout import BASE_MODELS, CACHE_DIR, STORAGE_VERSION, Layout
-from weighted_mtp.storage.tree import iter_files
+from weighted_mtp.storage.tree import iter_files, iter_non_regular
 
 SHOW_PROGRESS_FROM = 64 << 20
 
@@ -67,6 +67,16 @@ def iter_asset_files(layout: Layout) -> Iterator[Path]:
             if CACHE_DIR in path.relative_to(top).parts[:-1] or is_leftover(path):
                 continue
             yield path
+
+
+def non_regular_asset_entries(layout: Layout) -> list[str]:
+    """Symlinks and special files in the asset folders (caches excluded): not part of the
+    storage, since their bytes live elsewhere or nowhere; never silently left out."""
+    return [
+        layout.relative(path)
+        for top in layout.v2_dirs()
+        for path in iter_non_regular(top, CACHE_DIR)
+    ]
 
 
 def iter_leftovers(layout: Layout) -> Iterator[Path]:
@@ -139,13 +149,14 @@ class ManifestDiff:
     changed: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    not_regular: list[str] = field(default_factory=list)  # symlinks, special files
 
     @property
     def ok(self) -> bool:
-        return not (self.changed or self.missing or self.unexpected)
+        return not (self.changed or self.missing or self.unexpected or self.not_regular)
 
     def files(self) -> list[str]:
-        return [*self.changed, *self.missing, *self.unexpected]
+        return [*self.changed, *self.missing, *self.unexpected, *self.not_regular]
 
     def summary(self) -> str:
         parts = [
@@ -154,6 +165,7 @@ class ManifestDiff:
                 ("changed", self.changed),
                 ("missing", self.missing),
                 ("unexpected", self.unexpected),
+                ("not regular files (symlinks or special files are not storage)", self.not_regular),
             )
             if paths
         ]
@@ -211,6 +223,14 @@ def _entries_diff(old: list[dict], new: list[dict]) -> ManifestDiff:
 
 def refresh_manifest(layout: Layout, hasher: Hasher | None = None) -> ManifestUpdate:
     """Rewrite MANIFEST.json and SHA256SUMS if the assets differ from them."""
+    foreign = non_regular_asset_entries(layout)
+    if foreign:
+        raise WmtpError(
+            f"{len(foreign)} asset path(s) are symlinks or special files, which the storage "
+            f"cannot record: {', '.join(foreign[:3])}",
+            path=layout.root,
+            hint="replace each with a real copy of the file (or delete it), then rerun",
+        )
     hasher = hasher or Hasher(layout, trust_known=True)
     entries = current_entries(layout, hasher)
     hasher.save()
@@ -250,6 +270,7 @@ def compare_with_manifest(layout: Layout, manifest: dict, hasher: Hasher) -> Man
         elif path.stat().st_size != entry["size"] or hasher.sha256(path) != entry["sha256"]:
             diff.changed.append(rel)
     diff.unexpected = sorted(set(present) - set(recorded))
+    diff.not_regular = non_regular_asset_entries(layout)
     hasher.save()
     return diff
 

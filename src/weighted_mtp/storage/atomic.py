@@ -8,6 +8,7 @@ survives a power loss. If anything fails, the temporary file is removed.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -17,8 +18,16 @@ from pathlib import Path
 from typing import IO, Any
 
 from weighted_mtp.errors import WmtpError
+from weighted_mtp.limits import current_limits, raise_hint
+from weighted_mtp.storage.regular import open_regular
 
 TEMP_MARKER = ".wmtp-tmp-"
+
+
+def temp_prefix(name: str) -> str:
+    """Hidden, marked as temporary, and carrying the writer's pid, so a clean-up can tell
+    an interrupted write from one a live process is still making."""
+    return f".{name}{TEMP_MARKER}{os.getpid()}-"
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -41,7 +50,7 @@ def atomic_write(path: str | Path, mode: str = "wb", encoding: str | None = None
         raise ValueError(f"atomic_write supports 'w' and 'wb', not {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARKER}", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(path.name), dir=path.parent)
     tmp = Path(tmp_name)
     try:
         text_encoding = (encoding or "utf-8") if mode == "w" else None
@@ -80,27 +89,63 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def dumps_json(obj: Any) -> str:
-    """The project's JSON style for files people read: indented, UTF-8, trailing newline."""
-    return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+    """The project's JSON style for files people read: indented, UTF-8, trailing newline.
+    Standard JSON only: a NaN or Infinity is a ValueError, never written."""
+    return json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 
 def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, dumps_json(obj))
 
 
+class NonStandardJson(ValueError):
+    """A NaN, Infinity or out-of-range number: Python's json accepts them, JSON does not."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise NonStandardJson(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise NonStandardJson(f"{text[:40]} is out of the range of a float")
+    return value
+
+
+def loads_strict(text: str) -> Any:
+    """`json.loads` of standard JSON only: NaN, Infinity and numbers that overflow to them
+    are refused (NonStandardJson), as is an integer too long to parse (ValueError)."""
+    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
 def read_json(path: str | Path, what: str = "JSON file") -> Any:
-    """Parse a JSON file, turning the usual failures into one clear error."""
+    """Parse a JSON file (standard JSON only, a regular file within the line-size limit),
+    turning the usual failures into one clear error."""
     path = Path(path)
+    limit = current_limits().max_line_bytes
+    with open_regular(path, what) as handle:
+        if os.fstat(handle.fileno()).st_size > limit:
+            raise WmtpError(
+                f"{what} is larger than {limit:,} bytes",
+                path=path,
+                hint=raise_hint("max_line_bytes", limit),
+            )
+        data = handle.read(limit + 1)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise WmtpError(f"{what} not found", path=path) from None
+        return loads_strict(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise WmtpError(f"{what} is not UTF-8 (byte {exc.start})", path=path) from None
     except json.JSONDecodeError as exc:
         raise WmtpError(
             f"{what} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})",
             path=path,
+        ) from None
+    except ValueError as exc:  # NonStandardJson, or an integer of thousands of digits
+        raise WmtpError(
+            f"{what} is not standard JSON ({exc})",
+            path=path,
+            hint="NaN, Infinity and numbers beyond a float's range are not allowed",
         ) from None
 
 

@@ -22,6 +22,21 @@ def iter_files(root: Path) -> Iterator[Path]:
             yield path
 
 
+def iter_non_regular(root: Path, skip: str | None = None) -> Iterator[Path]:
+    """Entries under `root` that are neither folders nor regular files (symlinks, FIFOs,
+    sockets, devices), without following symlinks; folders named `skip` are not entered.
+    `iter_files` leaves them out, so whoever lists a tree with it must look at these."""
+    if root.is_symlink() or not root.is_dir():
+        return
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        path = Path(entry.path)
+        if entry.is_dir(follow_symlinks=False):
+            if entry.name != skip:
+                yield from iter_non_regular(path, skip)
+        elif not entry.is_file(follow_symlinks=False):
+            yield path
+
+
 def tree_size(path: Path) -> int:
     """Bytes used by regular files under `path`; symlinks count as nothing."""
     if path.is_symlink():

@@ -92,7 +92,7 @@ def test_wrongly_typed_value_names_file_and_line(tmp_path: Path):
     (tmp_path / "mbpp.jsonl").write_text(
         '{"task_id": 5, "text": "t", "code": "x", "test_list": null}\n'
     )
-    with pytest.raises(WmtpError, match="line 1: unexpected value") as exc:
+    with pytest.raises(WmtpError, match="line 1: test_list is null") as exc:
         list(iter_tasks("mbpp", tmp_path, seed=0))
     assert "mbpp.jsonl" in exc.value.line()
 

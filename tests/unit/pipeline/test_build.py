@@ -180,11 +180,6 @@ def test_leftover_temp_files_are_removed(layout):
     assert not leftover.exists() and cached.exists()
 
 
-def test_a_second_build_on_the_same_root_is_refused(layout):
-    with b.build_lock(layout), pytest.raises(WmtpError, match="another"):
-        b.build(layout, load_catalog(), only=["init"])
-
-
 def test_missing_mirror_folder_for_an_asset_is_named(layout, tmp_path):
     (tmp_path / "mirror").mkdir()
     with pytest.raises(WmtpError, match="no folder for mbpp"):
