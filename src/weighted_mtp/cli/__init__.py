@@ -15,6 +15,7 @@ import typer
 from rich.markup import escape
 
 from weighted_mtp.cli import data, models, pipeline, storage
+from weighted_mtp.cli import eval as evaluation
 from weighted_mtp.cli._console import State, err_console
 from weighted_mtp.errors import WmtpError
 
@@ -35,6 +36,7 @@ app = typer.Typer(
 app.add_typer(storage.app, name="storage")
 app.add_typer(data.app, name="data")
 app.add_typer(models.app, name="models")
+app.add_typer(evaluation.app, name="eval")
 pipeline.register(app)
 
 

@@ -54,6 +54,7 @@ class Job:
     program: str
     tests: tuple[tuple[str, str], ...] | None = None
     timeout: float | None = None
+    memory_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,7 @@ class Sandbox:
             "program": job.program,
             "tests": [list(test) for test in job.tests or ()],
             "timeout": job.timeout or self.limits.timeout,
+            "memory_bytes": job.memory_bytes or self.limits.memory_bytes,
         }
 
     def run(self, job: Job) -> Outcome:
