@@ -2,8 +2,8 @@
 
 Every processed record contributes the parts of its text that belong to the problem: the
 prompt's `### Instruction:` and `### Input:` sections and the response (the template's
-preamble and the generated evaluation notes are shared by all records and would match
-everywhere). Texts are tokenised with the storage's SentencePiece tokenizer (the one
+preamble, the generated evaluation notes and the fixed lines of MBPP's input section are
+shared by all records and would match everywhere). Texts are tokenised with the storage's SentencePiece tokenizer (the one
 `wmtp data prepare` uses by default) or, when it is absent, split on whitespace; the report
 says which. An evaluation task is contaminated when any n-gram of its records (prompt or
 solutions) also occurs in a training record; the report lists those tasks and the training
@@ -29,6 +29,8 @@ from weighted_mtp.storage.layout import DATASETS, META_MODEL, Layout
 TRAIN_SPLITS = ("train",)
 EVAL_SPLITS = ("validation", "test")
 MAX_LISTED_RECORDS = 20  # training records listed per contaminated task
+# Lines that `data.converters` writes into every MBPP input section.
+BOILERPLATE_LINES = {"Your code should pass these tests:", "Test setup code:"}
 _SECTIONS = re.compile(
     r"### Instruction:\n(?P<instruction>.*?)\n\n"
     r"### Input:\n(?P<input>.*?)\n\n### Evaluation Notes:",
@@ -83,7 +85,8 @@ def problem_text(record: dict[str, Any]) -> str:
     """The record's own text: instruction, input and response (no template boilerplate)."""
     match = _SECTIONS.search(record["prompt"])
     parts = [match["instruction"], match["input"]] if match else [record["prompt"]]
-    return "\n".join([*parts, record["response"]])
+    lines = "\n".join([*parts, record["response"]]).split("\n")
+    return "\n".join(line for line in lines if line.strip() not in BOILERPLATE_LINES)
 
 
 def tokenizer_for(layout: Layout) -> tuple[str, Callable[[str], list[Any]]]:
