@@ -3,9 +3,9 @@
 Every processed record contributes the parts of its text that belong to the problem: the
 prompt's `### Instruction:` and `### Input:` sections and the response (the template's
 preamble, the generated evaluation notes and the fixed lines of MBPP's input section are
-shared by all records and would match everywhere). Texts are tokenised with the storage's SentencePiece tokenizer (the one
-`wmtp data prepare` uses by default) or, when it is absent, split on whitespace; the report
-says which. An evaluation task is contaminated when any n-gram of its records (prompt or
+shared by all records and would match everywhere). Texts are tokenised with the storage's
+SentencePiece tokenizer (the one `wmtp data prepare` uses by default) or, when it is
+absent, split on whitespace; the report says which. An evaluation task is contaminated when any n-gram of its records (prompt or
 solutions) also occurs in a training record; the report lists those tasks and the training
 records they share n-grams with.
 """

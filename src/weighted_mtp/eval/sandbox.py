@@ -83,6 +83,18 @@ def unprivileged_ids(user: str) -> tuple[int, int] | None:
     return entry.pw_uid, entry.pw_gid
 
 
+def processes_of_this_user() -> int:
+    """How many processes the current user runs (RLIMIT_NPROC counts them all)."""
+    uid, count = os.getuid(), 0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                count += entry.stat().st_uid == uid
+            except OSError:
+                continue
+    return count
+
+
 class _Worker:
     """One sandbox worker process and the pipes to it."""
 
@@ -134,6 +146,8 @@ class Sandbox:
             raise UsageError(f"--workers must be at least 1, got {workers}")
         self.limits = limits or SandboxLimits()
         self.ids = unprivileged_ids(self.limits.user)
+        # Unprivileged, samples share the user's process count: allow nproc more than now.
+        self.nproc = self.limits.nproc + (0 if self.ids else processes_of_this_user())
         self.n_workers = workers
         self._idle: queue.Queue[_Worker] = queue.Queue()
 
@@ -155,6 +169,7 @@ class Sandbox:
         limits.pop("user")
         return {
             **limits,
+            "nproc": self.nproc,
             "kind": "stdio" if job.tests is not None else "function",
             "program": job.program,
             "tests": [list(test) for test in job.tests or ()],
