@@ -5,9 +5,9 @@ prompt's `### Instruction:` and `### Input:` sections and the response (the temp
 preamble, the generated evaluation notes and the fixed lines of MBPP's input section are
 shared by all records and would match everywhere). Texts are tokenised with the storage's
 SentencePiece tokenizer (the one `wmtp data prepare` uses by default) or, when it is
-absent, split on whitespace; the report says which. An evaluation task is contaminated when any n-gram of its records (prompt or
-solutions) also occurs in a training record; the report lists those tasks and the training
-records they share n-grams with.
+absent, split on whitespace; the report says which. An evaluation task is contaminated
+when any n-gram of its records (prompt or solutions) also occurs in a training record; the
+report lists those tasks and the training records they share n-grams with.
 """
 
 from __future__ import annotations
