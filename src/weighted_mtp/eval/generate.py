@@ -2,7 +2,7 @@
 
 A Meta-format MTP folder decodes with the adapter's cache (`forward_cached`, head 0); a
 Hugging Face-format folder (the reference, micro-ref) through transformers'
-`LlamaForCausalLM` and its `past_key_values`. Both share one loop: the n samples of a prompt
+`LlamaForCausalLM` and its own cache. Both share one loop: the n samples of a prompt
 form one batch, tokens are chosen greedily (temperature 0) or by temperature + top-p
 sampling from a `torch.Generator` seeded per prompt, so a seed fixes every sample. A sample
 ends at EOS, at the first stop sequence (cut from the text) or after `max_new_tokens`.
@@ -146,20 +146,20 @@ class MtpDecoder:
 
 
 class HfDecoder:
-    """transformers' causal LM with its `past_key_values`."""
+    """transformers' causal LM with its own KV cache (`cache`, formerly past_key_values)."""
 
     def __init__(self, model: Any) -> None:
         self.model = model
-        self.past: Any = None
+        self.cache: Any = None
 
     def start(self, tokens: Tensor, max_len: int) -> Tensor:
-        out = self.model(input_ids=tokens, use_cache=True)
-        self.past = out.past_key_values
+        out = self.model(input_ids=tokens, use_cache=True, logits_to_keep=1)
+        self.cache = out.cache
         return out.logits[:, -1].float()
 
     def step(self, tokens: Tensor) -> Tensor:
-        out = self.model(input_ids=tokens, past_key_values=self.past, use_cache=True)
-        self.past = out.past_key_values
+        out = self.model(input_ids=tokens, cache=self.cache, use_cache=True, logits_to_keep=1)
+        self.cache = out.cache
         return out.logits[:, -1].float()
 
 

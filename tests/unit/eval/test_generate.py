@@ -165,3 +165,31 @@ def test_nucleus_keeps_the_smallest_set_reaching_top_p() -> None:
     torch.testing.assert_close(kept[0], torch.tensor([0.0, 0.5, 0.0, 0.25]) / 0.75)
     assert (kept[1] > 0).sum() == 3  # 0.25 + 0.25 < 0.7 <= 0.75
     torch.testing.assert_close(nucleus(probs, 1.0), probs)
+
+
+def test_hugging_face_models_decode_through_their_own_cache(tiny) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=tiny.tokenizer.get_piece_size(),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    loaded = LoadedModel("hf", "hf", model, tiny.tokenizer, tiny.bos_id, tiny.eos_id, "cpu")
+    (sample,), _ = sample_prompt(
+        loaded, PROMPTS[0], 1, SamplingConfig(max_new_tokens=10, temperature=0.0)
+    )
+    ids = loaded.encode_prompt(PROMPTS[0])
+    expected: list[int] = []
+    with torch.no_grad():
+        for _ in range(10):
+            token = int(model(torch.tensor([ids + expected])).logits[0, -1].argmax())
+            if token == loaded.eos_id:
+                break
+            expected.append(token)
+    assert sample.tokens == expected
