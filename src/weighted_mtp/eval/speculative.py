@@ -24,7 +24,7 @@ from weighted_mtp.eval.generate import (
     SamplingConfig,
     nucleus,
 )
-from weighted_mtp.models.adapter import MtpCache, forward_cached
+from weighted_mtp.models.adapter import MtpCache, cached_latents, forward_cached
 
 if TYPE_CHECKING:
     import torch
@@ -99,11 +99,12 @@ def speculative_sample(
             room = config.max_new_tokens - len(sample.tokens)  # drafts past it are wasted
             drafts, proposals = drafts[:room], proposals[:room]
             fed = torch.tensor([[next_token, *drafts]], device=loaded.device)
-            logits = forward_cached(model, fed, cache, n_heads)[0]  # [1 + drafts, heads, vocab]
+            latents = cached_latents(model, fed, cache, n_heads)[0]  # [1 + drafts, heads, dim]
+            verdicts = model.output(latents[:, 0]).float()  # head 0 at each: [1 + drafts, vocab]
             stats.drafted += len(drafts)
             accepted, replacement = 0, None
             for i, draft in enumerate(drafts):
-                replacement = verifier.judge(draft, logits[i, 0], proposals[i])
+                replacement = verifier.judge(draft, verdicts[i], proposals[i])
                 if replacement is not None:
                     break
                 accepted += 1
@@ -112,9 +113,11 @@ def speculative_sample(
             if ended:
                 break
             cache.truncate(cache.length - len(drafts) + accepted)
-            row = logits[accepted]  # head outputs after the last accepted token
-            next_token = replacement if replacement is not None else verifier.pick(row[0])
-            proposals = row[1:]
+            # After the last accepted token: head 0's choice, and only there the drafts.
+            next_token = (
+                replacement if replacement is not None else verifier.pick(verdicts[accepted])
+            )
+            proposals = model.output(latents[accepted, 1:]).float()  # [heads - 1, vocab]
             drafts = [verifier.pick(p) for p in proposals]
     stats.new_tokens = sample.generated
     stats.seconds = time.perf_counter() - start

@@ -378,13 +378,13 @@ class MtpCache:
             cache.length = min(cache.length, length)
 
 
-def forward_cached(
+def cached_latents(
     model: MtpTransformer, tokens: Tensor, cache: MtpCache, n_heads: int = 1
 ) -> Tensor:
-    """float32 logits `[batch, seq, n_heads, vocab]` for `tokens` `[batch, seq]` continuing
-    the cached positions; equal (within float rounding) to the matching rows of
-    `model(all tokens)`. Heads beyond `n_heads` are not run, so their caches fall behind:
-    use one `n_heads` for a whole generation."""
+    """Final-normed hidden states `[batch, seq, n_heads, dim]` of the first `n_heads` heads for
+    `tokens` `[batch, seq]` continuing the cached positions; `model.output` of them gives
+    the logits. Heads beyond `n_heads` are not run, so their caches fall behind: use one
+    `n_heads` for a whole generation."""
     start = cache.length
     end = start + tokens.shape[1]
     cos, sin = cache.cos[start:end], cache.sin[start:end]
@@ -395,4 +395,12 @@ def forward_cached(
     latents = torch.stack(
         [head(h, cos, sin, c) for head, c in zip(heads, cache.heads, strict=False)], dim=-2
     )  # [batch, seq, n_heads, dim]
-    return model.output(model.norm(latents)).float()
+    return model.norm(latents)
+
+
+def forward_cached(
+    model: MtpTransformer, tokens: Tensor, cache: MtpCache, n_heads: int = 1
+) -> Tensor:
+    """float32 logits `[batch, seq, n_heads, vocab]` for `tokens` continuing the cached
+    positions; equal (within float rounding) to the matching rows of `model(all tokens)`."""
+    return model.output(cached_latents(model, tokens, cache, n_heads)).float()

@@ -69,7 +69,7 @@ def test_a_killed_worker_is_replaced_and_its_sample_is_an_error() -> None:
         (victim,) = box.worker_pids()
         killer = threading.Timer(1.0, os.killpg, (victim, signal.SIGKILL))
         killer.start()
-        outcome = box.run(Job("import time\ntime.sleep(20)", timeout=30))
+        outcome = box.run(Job("import time\ntime.sleep(4)", timeout=30))
         assert outcome.result == "error" and "worker died" in outcome.reason
         assert box.run(Job("assert True")).passed
         assert box.worker_pids() != [victim]
