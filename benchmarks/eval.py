@@ -85,7 +85,9 @@ def bench_sandbox(args: argparse.Namespace) -> None:
 
 
 def training_batches(root: Path, tokenizer, seq: int, batch: int, seed: int):
-    """Endless random batches of BOS + prompt + response + EOS from the training splits."""
+    """Endless random batches from the training splits as the training contract has them:
+    BOS + prompt + response + EOS, right-padded, loss on response tokens and EOS only
+    (records longer than `seq` lose the start of their prompt)."""
     import random
 
     import torch
@@ -95,21 +97,19 @@ def training_batches(root: Path, tokenizer, seq: int, batch: int, seed: int):
         path = root / "datasets_v2" / dataset / "processed" / "train.jsonl"
         for line in path.read_text().splitlines():
             record = json.loads(line)
-            ids = [
-                tokenizer.bos_id(),
-                *tokenizer.encode(record["prompt"] + record["response"]),
-                tokenizer.eos_id(),
-            ]
-            rows.append(ids[-seq:] if len(ids) > seq else ids)
+            prompt = [tokenizer.bos_id(), *tokenizer.encode(record["prompt"])]
+            response = [*tokenizer.encode(record["response"]), tokenizer.eos_id()]
+            if len(response) < seq // 2:
+                rows.append((prompt[-(seq - len(response)) :], response))
     rng = random.Random(seed)
     while True:
         picked = [rng.choice(rows) for _ in range(batch)]
-        width = max(map(len, picked))
+        width = max(len(p) + len(r) for p, r in picked)
         tokens = torch.full((batch, width), tokenizer.eos_id())
         mask = torch.zeros((batch, width), dtype=torch.bool)
-        for i, ids in enumerate(picked):
-            tokens[i, : len(ids)] = torch.tensor(ids)
-            mask[i, : len(ids)] = True
+        for i, (prompt, response) in enumerate(picked):
+            tokens[i, : len(prompt) + len(response)] = torch.tensor(prompt + response)
+            mask[i, len(prompt) : len(prompt) + len(response)] = True
         yield tokens, mask
 
 
@@ -131,7 +131,7 @@ def train_small_mtp(root: Path, steps: int, tokenizer):
     torch.manual_seed(0)
     model = MtpTransformer(params)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    batches = training_batches(root, tokenizer, seq=192, batch=4, seed=0)
+    batches = training_batches(root, tokenizer, seq=256, batch=4, seed=0)
     start = time.perf_counter()
     for step in range(1, steps + 1):
         tokens, mask = next(batches)

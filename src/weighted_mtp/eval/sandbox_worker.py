@@ -93,8 +93,9 @@ def preimport_stdlib(code: str) -> None:
 def confine(job: dict, folder: str, uid: int | None, gid: int | None, keep_fd: int) -> None:
     """Own session, no inherited descriptors, limits, private folder, unprivileged user."""
     os.setsid()
+    soft_fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     os.closerange(3, keep_fd)
-    os.closerange(keep_fd + 1, 1 << 16)
+    os.closerange(keep_fd + 1, max(1 << 16, soft_fd_limit if soft_fd_limit > 0 else 0))
     os.chdir(folder)
     cpu = int(job["timeout"]) + 1
     for limit, value in (
