@@ -59,7 +59,8 @@ def score(
     timeout: Annotated[
         float | None,
         typer.Option(
-            help="Seconds per sample (CodeContests: per test; default: the problem's limit)."
+            help="Seconds per sample (default 3; CodeContests uses each problem's time "
+            "limit per test)."
         ),
     ] = None,
     as_json: JsonOpt = False,
