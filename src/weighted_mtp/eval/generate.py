@@ -1,6 +1,6 @@
 """Sampling from a model folder of the storage with a KV cache.
 
-A Meta-format MTP folder decodes with the adapter's cache (`forward_cached`, head 0); a
+A Meta-format MTP folder decodes with the adapter's cache (`cached_latents`, head 0); a
 Hugging Face-format folder (the reference, micro-ref) through transformers'
 `LlamaForCausalLM` and its own cache. Both share one loop: the n samples of a prompt
 form one batch, tokens are chosen greedily (temperature 0) or by temperature + top-p
@@ -134,15 +134,17 @@ class MtpDecoder:
         self.cache: Any = None
 
     def start(self, tokens: Tensor, max_len: int) -> Tensor:
-        from weighted_mtp.models.adapter import MtpCache, forward_cached
+        from weighted_mtp.models.adapter import MtpCache
 
         self.cache = MtpCache(self.model, tokens.shape[0], max_len)
-        return forward_cached(self.model, tokens, self.cache)[:, -1, 0]  # [batch, vocab]
+        return self.step(tokens)
 
     def step(self, tokens: Tensor) -> Tensor:
-        from weighted_mtp.models.adapter import forward_cached
+        """Head 0's logits `[batch, vocab]` after `tokens`, projected at the last one only."""
+        from weighted_mtp.models.adapter import cached_latents
 
-        return forward_cached(self.model, tokens, self.cache)[:, -1, 0]
+        latents = cached_latents(self.model, tokens, self.cache)  # [batch, seq, 1, dim]
+        return self.model.output(latents[:, -1, 0]).float()
 
 
 class HfDecoder:

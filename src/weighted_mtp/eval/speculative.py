@@ -24,7 +24,7 @@ from weighted_mtp.eval.generate import (
     SamplingConfig,
     nucleus,
 )
-from weighted_mtp.models.adapter import MtpCache, cached_latents, forward_cached
+from weighted_mtp.models.adapter import MtpCache, cached_latents
 
 if TYPE_CHECKING:
     import torch
@@ -91,7 +91,9 @@ def speculative_sample(
     with torch.inference_mode():
         cache = MtpCache(model, 1, len(ids) + config.max_new_tokens + n_heads)
         tokens = torch.tensor([ids], device=loaded.device)
-        last = forward_cached(model, tokens, cache, n_heads)[0, -1]  # [heads, vocab]
+        last = model.output(
+            cached_latents(model, tokens, cache, n_heads)[0, -1]
+        ).float()  # [heads, vocab]
         proposals = last[1:]
         next_token = verifier.pick(last[0])
         drafts = [verifier.pick(row) for row in proposals]
