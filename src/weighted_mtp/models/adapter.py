@@ -146,15 +146,32 @@ class MtpTransformer(nn.Module):
         return [self.layers[-1], *self.extra_heads]
 
     def forward(self, tokens: Tensor, return_all_heads: bool = True) -> Tensor:
-        """float32 logits `[batch, seq, heads, vocab]`; head k at position t predicts token
-        t + k + 1. With `return_all_heads=False`, only head 0 (next token) runs."""
+        """float32 logits `[batch, seq, heads, vocab]` (float64 for a float64 model); head k
+        at position t predicts token t + k + 1. With `return_all_heads=False`, only head 0
+        (next token) runs."""
+        h, cos, sin = self.trunk(tokens)
+        heads = self.prediction_heads()[: self.n_future_tokens if return_all_heads else 1]
+        latents = torch.stack([head(h, cos, sin) for head in heads], dim=-2)
+        return _float_logits(self.output(self.norm(latents)))
+
+    def trunk(self, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The shared trunk's output `[batch, seq, dim]` and the rotary tables every head
+        needs; with `head_logits`, lets a trainer run the heads one at a time."""
         h = self.tok_embeddings(tokens)
         cos, sin = rotary_tables(self.params, tokens.shape[1], h.device)
         for layer in self.layers[:-1]:
             h = layer(h, cos, sin)
-        heads = self.prediction_heads()[: self.n_future_tokens if return_all_heads else 1]
-        latents = torch.stack([head(h, cos, sin) for head in heads], dim=-2)
-        return self.output(self.norm(latents)).float()
+        return h, cos, sin
+
+    def head_logits(self, h: Tensor, k: int, cos: Tensor, sin: Tensor) -> Tensor:
+        """float32 logits `[batch, seq, vocab]` of head k (predicting token t + k + 1) from
+        the trunk output `h`: head block, shared norm and output."""
+        return _float_logits(self.output(self.norm(self.prediction_heads()[k](h, cos, sin))))
+
+
+def _float_logits(logits: Tensor) -> Tensor:
+    """float32 logits (float64 stays float64, so gradient tests can run in float64)."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
 class MtpLoss(NamedTuple):
