@@ -47,3 +47,13 @@ def tokens_and_mask():
     mask[1, 3:9] = True
     mask[2, 6:10] = True
     return tokens, mask
+
+
+@pytest.fixture(scope="session")
+def train_storage(tmp_path_factory, sp_model_path):
+    """A storage root with a tiny verified micro-mtp (dim 32, 3 blocks, 2 heads, vocab 1024)
+    and the synthetic CodeContests set prepared with small sets. Tests must not modify it
+    (runs go to their own --out folders)."""
+    from weighted_mtp.synthetic.training import write_training_storage
+
+    return write_training_storage(tmp_path_factory.mktemp("train"), tokenizer_model=sp_model_path)
