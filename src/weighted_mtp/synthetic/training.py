@@ -20,7 +20,7 @@ def write_training_storage(
     vocab_size: int = 1024,
     n_future_tokens: int = 2,
     n_problems: int = 24,
-    max_length: int = 1024,
+    max_length: int = 320,
 ) -> Layout:
     """`root` with micro-mtp and codecontests (processed + small); returns its layout."""
     from weighted_mtp.catalog import load_catalog

@@ -64,9 +64,12 @@ def completed_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def _state_dict_options(policy: Policy) -> Any:
+    """With LoRA, the trainable tensors only; loading them leaves the frozen base as loaded
+    from the model asset (DCP's load has already failed if a saved tensor was missing)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return StateDictOptions(ignore_frozen_params=policy.peft is not None)
+    lora = policy.peft is not None
+    return StateDictOptions(ignore_frozen_params=lora, strict=not lora)
 
 
 def _tensors(
