@@ -131,7 +131,7 @@ def baseline(
     --nproc-per-node N -m weighted_mtp train baseline ... trains on N ranks with FSDP2.
     """
     from weighted_mtp.train.config import load_config
-    from weighted_mtp.train.loop import resolve_run, train
+    from weighted_mtp.train.runs import resolve_run
 
     layout = state(ctx).layout
     overrides = _overrides(
@@ -145,6 +145,8 @@ def baseline(
         out,
         resume,
     )
+    from weighted_mtp.train.loop import train  # imports torch: after the options are checked
+
     main_rank = int(os.environ.get("RANK", "0")) == 0
     bar = _ProgressBar() if main_rank and err_console.is_terminal else None
     try:

@@ -113,7 +113,11 @@ def save_checkpoint(
     if error is not None:
         raise WmtpError(f"{error} (last good checkpoint kept)")
     try:
-        dcp.save(_tensors(policy, optimizer, weighting_state), checkpoint_id=tmp)
+        dcp.save(
+            _tensors(policy, optimizer, weighting_state),
+            checkpoint_id=tmp,
+            no_dist=not dist_info.sharded,
+        )
         dist_info.barrier()
         if dist_info.is_main:
             write_json(tmp / STATE_FILE, asdict(state))
@@ -144,12 +148,13 @@ def load_checkpoint(
 ) -> TrainerState:
     """Load a checkpoint into the (already sharded) policy and optimizer, in place; the
     weighting's state is filled into `weighting_state`."""
+    import torch.distributed
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
     state = read_json(path / STATE_FILE, "trainer state")
     tensors = _tensors(policy, optimizer, weighting_state)
-    dcp.load(tensors, checkpoint_id=path)
+    dcp.load(tensors, checkpoint_id=path, no_dist=not torch.distributed.is_initialized())
     set_state_dict(
         policy.core,
         optimizer,

@@ -472,36 +472,3 @@ def train(
         return trainer.run(stop_at=stop_at, on_step=on_step)
     finally:
         close_distributed()
-
-
-def resolve_run(
-    layout: Layout,
-    experiment: str,
-    fresh_config: Callable[[], TrainConfig],
-    overrides: dict[str, Any],
-    out: Path | None,
-    resume: bool,
-) -> tuple[TrainConfig, Path | None]:
-    """The run's config and folder. A new run: `fresh_config()` with the overrides. A
-    resumed run keeps its saved config.yaml; overrides may only repeat it."""
-    from weighted_mtp.train.config import read_run_config, with_overrides
-    from weighted_mtp.train.runs import latest_run
-
-    if not resume:
-        return with_overrides(fresh_config(), overrides, "options"), out
-    run_dir = out if out is not None else latest_run(layout, experiment)
-    saved_path = run_dir / "config.yaml"
-    if not saved_path.is_file():
-        raise WmtpError(
-            "nothing to resume: no config.yaml", path=run_dir, hint="start the run without --resume"
-        )
-    saved = read_run_config(saved_path)
-    wanted = with_overrides(saved, overrides, "options")
-    changed = [k for k, v in wanted.to_dict().items() if saved.to_dict()[k] != v]
-    if changed:
-        raise WmtpError(
-            f"a resumed run keeps its config; {', '.join(changed)} differ from it",
-            path=saved_path,
-            hint="drop those options, or start a new run",
-        )
-    return saved, run_dir

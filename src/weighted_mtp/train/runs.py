@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import read_json_or_none, write_text
 from weighted_mtp.storage.layout import MODELS, Layout, ModelPaths
+from weighted_mtp.train.config import TrainConfig, read_run_config, with_overrides
 
 RUNS_DIR = "runs"
 
@@ -181,3 +183,33 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             raise WmtpError(f"line {number} of metrics.jsonl is not JSON", path=path) from None
     return records
+
+
+def resolve_run(
+    layout: Layout,
+    experiment: str,
+    fresh_config: Callable[[], TrainConfig],
+    overrides: dict[str, Any],
+    out: Path | None,
+    resume: bool,
+) -> tuple[TrainConfig, Path | None]:
+    """The run's config and folder. A new run: `fresh_config()` with the overrides. A
+    resumed run keeps its saved config.yaml; overrides may only repeat it."""
+    if not resume:
+        return with_overrides(fresh_config(), overrides, "options"), out
+    run_dir = out if out is not None else latest_run(layout, experiment)
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        raise WmtpError(
+            "nothing to resume: no config.yaml", path=run_dir, hint="start the run without --resume"
+        )
+    saved = read_run_config(saved_path)
+    wanted = with_overrides(saved, overrides, "options")
+    changed = [k for k, v in wanted.to_dict().items() if saved.to_dict()[k] != v]
+    if changed:
+        raise WmtpError(
+            f"a resumed run keeps its config; {', '.join(changed)} differ from it",
+            path=saved_path,
+            hint="drop those options, or start a new run",
+        )
+    return saved, run_dir

@@ -204,13 +204,13 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_last_good_one(
 
     real_save, calls = dcp.save, []
 
-    def save_until_full(state, checkpoint_id):
+    def save_until_full(state, checkpoint_id, **options):
         calls.append(checkpoint_id)
         if len(calls) == 2:
             checkpoint_id.mkdir(parents=True, exist_ok=True)
             (checkpoint_id / "__0_0.distcp").write_bytes(b"partial")
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save(state, checkpoint_id=checkpoint_id)
+        return real_save(state, checkpoint_id=checkpoint_id, **options)
 
     monkeypatch.setattr(dcp, "save", save_until_full)
     run = tmp_path / "run"
