@@ -251,7 +251,8 @@ class Trainer:
         self._metric_names = tuple(names)
         total = torch.zeros(len(names), dtype=torch.float64, device=self.dist.device)
         for w in weights:
-            total += torch.tensor([w.metrics.get(n, 0.0) for n in names], dtype=torch.float64)
+            values = [w.metrics.get(n, 0.0) for n in names]
+            total += torch.tensor(values, dtype=torch.float64, device=self.dist.device)
         return total
 
     def _clip(self) -> float:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from weighted_mtp.models.adapter import MtpTransformer
 
 NORMALIZE: tuple[Normalize, ...] = ("count", "weight", "selected")
+IGNORE = -100  # cross_entropy's ignore_index: positions without a target
 
 
 class HeadTargets(NamedTuple):
@@ -92,12 +93,18 @@ def normaliser_terms(
 def head_loss_sum(
     logits: Tensor, tokens: Tensor, loss_mask: Tensor, weights: Tensor | None, k: int
 ) -> Tensor:
-    """sum(weight x CE) of head k's valid targets; `logits` `[B, S, vocab]` are head k's."""
+    """sum(weight x CE) of head k's valid targets; `logits` `[B, S, vocab]` are head k's.
+
+    The last k + 1 positions have no target: they get weight 0 and an ignored target
+    instead of being sliced off, so the backward writes the logits' gradient directly
+    (slicing would allocate and zero a second logits-sized tensor)."""
     t = head_targets(tokens, loss_mask, weights, k)
-    seqlen = tokens.shape[1]
-    scores = at_least_float32(logits[:, : seqlen - k - 1])  # [B, S-k-1, vocab]
-    ce = F.cross_entropy(scores.flatten(0, 1), t.ids.flatten(), reduction="none")
-    return (ce.view_as(t.ids) * t.weight.to(ce.dtype)).sum()
+    pad = (0, k + 1)
+    ids = F.pad(t.ids, pad, value=IGNORE)  # [B, S]
+    weight = F.pad(t.weight, pad)  # [B, S]
+    scores = at_least_float32(logits)  # [B, S, vocab]
+    ce = F.cross_entropy(scores.flatten(0, 1), ids.flatten(), reduction="none", ignore_index=IGNORE)
+    return (ce.view_as(ids) * weight.to(ce.dtype)).sum()
 
 
 def head_scales(normaliser: Tensor) -> Tensor:

@@ -221,3 +221,43 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_last_good_one(
     monkeypatch.setattr(dcp, "save", real_save)
     resumed = train(train_storage, config_of(checkpoint_every=1), run_dir=run, resume=True)
     assert resumed.completed and resumed.steps_done == 3
+
+
+@pytest.mark.parametrize("final_save", ["merged", "adapter"])
+def test_lora_saves_merged_weights_or_the_adapter_alone(train_storage, tmp_path, final_save):
+    from safetensors.torch import load_file
+
+    from weighted_mtp.models.adapter import load_mtp_model
+
+    over = {"max_steps": 1, "lora.enabled": True, "lora.r": 4, "lora.dropout": 0.0}
+    trainer = make_trainer(train_storage, tmp_path / "run", final_save=final_save, **over)
+    with torch.no_grad():  # LoRA B starts at zero: make the adapters change the output
+        for name, p in trainer.policy.core.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    trainer.run()
+    final = tmp_path / "run" / "final"
+    if final_save == "adapter":
+        tensors = load_file(final / "adapter_model.safetensors")
+        assert tensors and all("lora_A" in k or "lora_B" in k for k in tensors)
+        assert json.loads((final / "adapter_config.json").read_text())["r"] == 4
+        return
+    (batch,) = trainer.plan.micro_batches(0, 0)[:1]
+    merged = load_mtp_model(final)
+    trainer.policy.core.eval()
+    with torch.no_grad():
+        want = trainer.policy.core(batch.tokens)
+        got = merged(batch.tokens)
+        base = load_mtp_model(train_storage.model("micro-mtp").root)(batch.tokens)
+    assert (got - want).abs().max() < 0.1 * (base - want).abs().max()
+
+
+def test_a_resumed_run_keeps_its_config(train_storage, tmp_path):
+    from weighted_mtp.train.runs import resolve_run
+
+    run = tmp_path / "run"
+    prepare_run_dir(run, config_of(), SINGLE)
+    config, where = resolve_run(train_storage, "baseline", config_of, {"max_steps": 3}, run, True)
+    assert where == run and config == config_of()
+    with pytest.raises(WmtpError, match="a resumed run keeps its config; lr differ"):
+        resolve_run(train_storage, "baseline", config_of, {"lr": 0.5}, run, True)
