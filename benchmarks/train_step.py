@@ -5,7 +5,7 @@
 A micro-mtp-sized model (dim 512, 8 heads, 4 blocks = head 0 + 3 extra heads, vocab 8000,
 float32, random weights) trains on random tokens, batch 8 x 512, the first quarter of each
 row a masked prompt. Each case runs in its own process (warm-up step, then `--steps` timed
-optimizer steps: forward, backward, AdamW) through the trainer's own
+optimizer steps: forward, backward, fused AdamW) through the trainer's own
 `weighted_mtp.train.losses` functions:
 
 - (a) next-token only: head 0 (`--n-future 1`, the trainer's path: sequential, one head),
@@ -40,7 +40,7 @@ case, batch, seq, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(s
 params = MetaParams(dim=512, n_layers=4, n_heads=8, vocab_size=8000, n_future_tokens=4)
 torch.manual_seed(0)
 model = MtpTransformer(params)
-optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as the trainer
 tokens = torch.randint(0, params.vocab_size, (batch, seq))  # [B, S]
 mask = torch.ones_like(tokens, dtype=torch.bool)
 mask[:, : seq // 4] = False  # the prompt

@@ -165,7 +165,7 @@ class Trainer:
             lr=config.lr,
             betas=(config.beta1, config.beta2),
             weight_decay=config.weight_decay,
-            foreach=True,
+            fused=True,  # one kernel per step: no optimizer-sized temporaries (CPU and CUDA)
         )
         self.step = 0
         self.tokens_seen = 0

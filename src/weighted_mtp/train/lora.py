@@ -38,9 +38,6 @@ class Policy:
     core: MtpTransformer
     peft: PeftModel | None = None
 
-    def named_parameters(self):
-        return self.core.named_parameters()
-
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.core.parameters() if p.requires_grad]
 
