@@ -195,7 +195,7 @@ def test_sequential_backward_equals_naive_with_lora(tokens_and_mask, make_model)
         model = make_model()
         policy = apply_lora(model, LoraSettings(enabled=True, r=4, alpha=8, dropout=0.0), seed=3)
         with torch.no_grad():  # LoRA B starts at zero; make the adapters matter
-            for name, p in policy.named_parameters():
+            for name, p in policy.core.named_parameters():
                 if "lora_B" in name:
                     p.normal_(0, 0.1)
         backward(policy.core, tokens, mask, None, scales)
