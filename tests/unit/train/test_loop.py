@@ -92,8 +92,11 @@ def test_sequential_heads_train_like_the_naive_oracle(train_storage, tmp_path):
         trainer.run()
         results.append((params(trainer), train_lines(tmp_path / f"naive-{naive}")))
     (a, la), (b, lb) = results
+    initial = params(make_trainer(train_storage, tmp_path / "initial", max_steps=2))
     for k in a:
-        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), k
+        # float32 sums in another order; AdamW magnifies differences of near-zero gradients
+        # for a few elements, so compare against the update (float64 equality: test_losses).
+        assert (a[k] - b[k]).norm() <= 0.02 * (a[k] - initial[k]).norm(), k
     for x, y in zip(la, lb, strict=True):
         assert x[1] == pytest.approx(y[1], rel=1e-5)
 
