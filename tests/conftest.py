@@ -30,3 +30,30 @@ def sp_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from weighted_mtp.synthetic.tokenizer import train_llama_style_tokenizer
 
     return train_llama_style_tokenizer(tmp_path_factory.mktemp("tokenizer") / "tokenizer.model")
+
+
+@pytest.fixture(scope="session")
+def eval_layout(tmp_path_factory: pytest.TempPathFactory):
+    """Real HumanEval, synthetic MBPP and CodeContests, downloaded from local mirrors.
+    Shared by the session: tests must not modify it."""
+    from weighted_mtp.catalog import load_catalog
+    from weighted_mtp.data.download import download_dataset
+    from weighted_mtp.storage.init import init_storage
+    from weighted_mtp.storage.layout import Layout
+    from weighted_mtp.synthetic.datasets import (
+        write_codecontests_mirror,
+        write_humaneval_mirror,
+        write_mbpp_mirror,
+    )
+
+    base = tmp_path_factory.mktemp("eval")
+    layout = Layout(base / "storage")
+    init_storage(layout)
+    mirrors = {
+        "humaneval": write_humaneval_mirror(base / "he"),
+        "mbpp": write_mbpp_mirror(base / "mbpp", n_tasks=12),
+        "codecontests": write_codecontests_mirror(base / "cc", n_problems=16),
+    }
+    for name, mirror in mirrors.items():
+        download_dataset(layout, load_catalog(None), name, mirror=mirror)
+    return layout

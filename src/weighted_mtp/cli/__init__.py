@@ -14,7 +14,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from weighted_mtp.cli import data, models, pipeline, storage
+from weighted_mtp.cli import data, models, pipeline, storage, train
+from weighted_mtp.cli import eval as evaluation
 from weighted_mtp.cli._console import State, err_console
 from weighted_mtp.errors import UsageError, WmtpError
 
@@ -35,6 +36,8 @@ app = typer.Typer(
 app.add_typer(storage.app, name="storage")
 app.add_typer(data.app, name="data")
 app.add_typer(models.app, name="models")
+app.add_typer(evaluation.app, name="eval")
+app.add_typer(train.app, name="train")
 pipeline.register(app)
 
 

@@ -234,3 +234,28 @@ def stats(
         written = plot_lengths(summary, plot)
         if not as_json:
             console.print(f"histogram written to {written}")
+
+
+@app.command()
+def contamination(
+    ctx: typer.Context,
+    n: Annotated[int, typer.Option("--n", help="n-gram length in tokens.")] = 13,
+    as_json: JsonOpt = False,
+) -> None:
+    """n-gram overlap of the training splits with the evaluation splits (reports/)."""
+    from weighted_mtp.eval.contamination import contamination_path, find_contamination
+
+    layout = state(ctx).layout
+    with progress_bars(not as_json):
+        report = find_contamination(layout, n)
+    if as_json:
+        print_json(report.to_dict())
+        return
+    console.print(f"tokens: {report.tokenizer}", highlight=False)
+    for line, split in zip(report.summary_lines(), report.splits, strict=True):
+        console.print(line, highlight=False)
+        for task in split.contaminated:
+            records = ", ".join(f"{o.sample_id} ({o.shared_ngrams})" for o in task.listed[:3])
+            more = f" and {task.train_records - 3} more" if task.train_records > 3 else ""
+            console.print(f"  {task.task_id}: {records}{more}", highlight=False)
+    console.print(f"written: {contamination_path(layout)}", highlight=False)

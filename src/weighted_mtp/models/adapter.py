@@ -74,18 +74,26 @@ class Attention(nn.Module):
         self.wv = nn.Linear(p.dim, p.kv_heads * p.head_dim, bias=False)
         self.wo = nn.Linear(p.n_heads * p.head_dim, p.dim, bias=False)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None) -> Tensor:
+        """With `cache`, `x` continues the cached positions (cos/sin are their rows)."""
         bsz, seqlen, _ = x.shape
         q = self.wq(x).view(bsz, seqlen, self.n_heads, self.head_dim)
         k = self.wk(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
         v = self.wv(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
         q, k = rotate_interleaved(q, cos, sin), rotate_interleaved(k, cos, sin)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [batch, heads, seq, head_dim]
+        mask = None
+        if cache is not None:
+            mask = cache.causal_mask(seqlen)
+            k, v = cache.extend(k, v)  # [batch, kv_heads, cached + seq, head_dim]
         repeats = self.n_heads // self.n_kv_heads
         if repeats > 1:  # grouped-query attention: query head h reads kv head h // repeats
             k = k.repeat_interleave(repeats, dim=1)
             v = v.repeat_interleave(repeats, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if cache is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))
 
 
@@ -110,8 +118,8 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(p.dim, p.norm_eps)
         self.ffn_norm = RMSNorm(p.dim, p.norm_eps)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin)
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None) -> Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, cache)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -139,15 +147,32 @@ class MtpTransformer(nn.Module):
         return [self.layers[-1], *self.extra_heads]
 
     def forward(self, tokens: Tensor, return_all_heads: bool = True) -> Tensor:
-        """float32 logits `[batch, seq, heads, vocab]`; head k at position t predicts token
-        t + k + 1. With `return_all_heads=False`, only head 0 (next token) runs."""
+        """float32 logits `[batch, seq, heads, vocab]` (float64 for a float64 model); head k
+        at position t predicts token t + k + 1. With `return_all_heads=False`, only head 0
+        (next token) runs."""
+        h, cos, sin = self.trunk(tokens)
+        heads = self.prediction_heads()[: self.n_future_tokens if return_all_heads else 1]
+        latents = torch.stack([head(h, cos, sin) for head in heads], dim=-2)
+        return _float_logits(self.output(self.norm(latents)))
+
+    def trunk(self, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The shared trunk's output `[batch, seq, dim]` and the rotary tables every head
+        needs; with `head_logits`, lets a trainer run the heads one at a time."""
         h = self.tok_embeddings(tokens)
         cos, sin = rotary_tables(self.params, tokens.shape[1], h.device)
         for layer in self.layers[:-1]:
             h = layer(h, cos, sin)
-        heads = self.prediction_heads()[: self.n_future_tokens if return_all_heads else 1]
-        latents = torch.stack([head(h, cos, sin) for head in heads], dim=-2)
-        return self.output(self.norm(latents)).float()
+        return h, cos, sin
+
+    def head_logits(self, h: Tensor, k: int, cos: Tensor, sin: Tensor) -> Tensor:
+        """float32 logits `[batch, seq, vocab]` of head k (predicting token t + k + 1) from
+        the trunk output `h`: head block, shared norm and output."""
+        return _float_logits(self.output(self.norm(self.prediction_heads()[k](h, cos, sin))))
+
+
+def _float_logits(logits: Tensor) -> Tensor:
+    """float32 logits (float64 stays float64, so gradient tests can run in float64)."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
 class MtpLoss(NamedTuple):
@@ -311,3 +336,90 @@ def load_reference_model(
             f"weights do not load into LlamaForCausalLM: {problems[0]}", path=paths.weights
         )
     return model.to(device).eval()
+
+
+# Incremental decoding --------------------------------------------------------------------
+
+
+class KVCache:
+    """Keys and values of one attention layer for positions `[0, length)`.
+
+    Buffers are allocated once for `max_len` positions; setting `length` back discards the
+    positions after it (speculative decoding rolls back rejected drafts this way).
+    """
+
+    def __init__(self, batch: int, p: MetaParams, max_len: int, device: Any, dtype: torch.dtype):
+        shape = (batch, p.kv_heads, max_len, p.head_dim)
+        self.keys = torch.empty(shape, device=device, dtype=dtype)
+        self.values = torch.empty(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    def causal_mask(self, seqlen: int) -> Tensor | None:
+        """`[seq, length + seq]` bool: new position i sees cached ones and new ones <= i."""
+        if seqlen == 1:
+            return None
+        rows = torch.arange(seqlen, device=self.keys.device)[:, None] + self.length
+        return torch.arange(self.length + seqlen, device=self.keys.device)[None, :] <= rows
+
+    def extend(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Append `[batch, kv_heads, seq, head_dim]`; all cached keys and values so far."""
+        end = self.length + k.shape[2]
+        if end > self.keys.shape[2]:
+            raise ValueError(f"KV cache holds {self.keys.shape[2]} positions, {end} needed")
+        self.keys[:, :, self.length : end] = k
+        self.values[:, :, self.length : end] = v
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+
+class MtpCache:
+    """KV caches for the trunk and every prediction head, plus rotary tables up to `max_len`."""
+
+    def __init__(self, model: MtpTransformer, batch: int, max_len: int) -> None:
+        weight = model.tok_embeddings.weight
+        p = model.params
+        self.trunk = [
+            KVCache(batch, p, max_len, weight.device, weight.dtype) for _ in model.layers[:-1]
+        ]
+        self.heads = [
+            KVCache(batch, p, max_len, weight.device, weight.dtype)
+            for _ in range(p.n_future_tokens)
+        ]
+        self.cos, self.sin = rotary_tables(p, max_len, weight.device)
+
+    @property
+    def length(self) -> int:
+        return self.trunk[0].length if self.trunk else self.heads[0].length
+
+    def truncate(self, length: int) -> None:
+        """Forget every position from `length` on (in the trunk and all heads)."""
+        for cache in (*self.trunk, *self.heads):
+            cache.length = min(cache.length, length)
+
+
+def cached_latents(
+    model: MtpTransformer, tokens: Tensor, cache: MtpCache, n_heads: int = 1
+) -> Tensor:
+    """Final-normed hidden states `[batch, seq, n_heads, dim]` of the first `n_heads` heads for
+    `tokens` `[batch, seq]` continuing the cached positions; `model.output` of them gives
+    the logits. Heads beyond `n_heads` are not run, so their caches fall behind: use one
+    `n_heads` for a whole generation."""
+    start = cache.length
+    end = start + tokens.shape[1]
+    cos, sin = cache.cos[start:end], cache.sin[start:end]
+    h = model.tok_embeddings(tokens)
+    for layer, layer_cache in zip(model.layers[:-1], cache.trunk, strict=True):
+        h = layer(h, cos, sin, layer_cache)
+    heads = model.prediction_heads()[:n_heads]
+    latents = torch.stack(
+        [head(h, cos, sin, c) for head, c in zip(heads, cache.heads, strict=False)], dim=-2
+    )  # [batch, seq, n_heads, dim]
+    return model.norm(latents)
+
+
+def forward_cached(
+    model: MtpTransformer, tokens: Tensor, cache: MtpCache, n_heads: int = 1
+) -> Tensor:
+    """float32 logits `[batch, seq, n_heads, vocab]` for `tokens` continuing the cached
+    positions; equal (within float rounding) to the matching rows of `model(all tokens)`."""
+    return model.output(cached_latents(model, tokens, cache, n_heads)).float()

@@ -245,6 +245,11 @@ class Layout:
         return self.root / "reports"
 
     @property
+    def eval_runs_dir(self) -> Path:
+        """`wmtp eval run` outputs, one folder per model and run."""
+        return self.root / "runs" / "eval"
+
+    @property
     def state_dir(self) -> Path:
         """wmtp's own bookkeeping (build log, verification stamps); not an asset."""
         return self.root / ".wmtp"

@@ -1,0 +1,137 @@
+"""`wmtp eval`: score samples in a sandbox, and generate + score end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from weighted_mtp.cli._console import (
+    JsonOpt,
+    checked_name,
+    console,
+    print_json,
+    progress_bars,
+    state,
+)
+from weighted_mtp.storage.layout import DATASETS
+
+app = typer.Typer(
+    help="Evaluate code models: sandboxed scoring, generation, pass@k.", no_args_is_help=True
+)
+
+
+DatasetOpt = Annotated[str, typer.Option("--dataset", help=f"One of: {', '.join(DATASETS)}.")]
+KOpt = Annotated[str, typer.Option("--k", help="pass@k for these k (comma-separated).")]
+SplitOpt = Annotated[
+    str, typer.Option(help="Split whose raw records hold the tasks (CodeContests).")
+]
+WorkersOpt = Annotated[int, typer.Option(help="Samples executed in parallel.")]
+
+
+def _limits(timeout: float | None):
+    from weighted_mtp.eval.sandbox import SandboxLimits
+
+    return SandboxLimits() if timeout is None else SandboxLimits(timeout=timeout)
+
+
+def print_scores(title: str, pass_at_k: dict, results: dict) -> None:
+    table = Table("metric", "value", box=None, title=title, title_justify="left")
+    for name, value in pass_at_k.items():
+        table.add_row(name, "n/a (fewer samples than k)" if value is None else f"{value:.4f}")
+    for result, count in results.items():
+        table.add_row(result, str(count))
+    console.print(table)
+
+
+@app.command()
+def score(
+    ctx: typer.Context,
+    dataset: DatasetOpt,
+    samples: Annotated[
+        Path, typer.Option("--samples", help="JSONL: task_id + completion per line.")
+    ],
+    k: KOpt = "1,10,100",
+    split: SplitOpt = "test",
+    workers: WorkersOpt = 2,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds per sample (default 3; CodeContests uses each problem's time "
+            "limit per test)."
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Execute samples against the tasks' tests; write per-sample results and pass@k."""
+    from weighted_mtp.eval.scoring import parse_ks, results_path, score_samples
+
+    dataset = checked_name(dataset, DATASETS, "dataset")
+    with progress_bars(not as_json):
+        summary = score_samples(
+            state(ctx).layout,
+            dataset,
+            samples,
+            ks=parse_ks(k),
+            split=split,
+            workers=workers,
+            limits=_limits(timeout),
+        )
+    if as_json:
+        print_json(summary.to_dict())
+        return
+    title = f"{dataset}: {summary.n_samples} samples of {summary.n_tasks} tasks"
+    print_scores(title, summary.pass_at_k, summary.results)
+    console.print(
+        f"executed {summary.samples_per_second:.1f} samples/s with {workers} workers; "
+        f"results: {results_path(samples)}",
+        highlight=False,
+    )
+
+
+@app.command()
+def run(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="A model folder of the storage, e.g. micro-mtp.")],
+    dataset: DatasetOpt = "humaneval",
+    n: Annotated[int, typer.Option("--n", help="Samples per task.")] = 20,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.2,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 0.95,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per sample at most.")] = 512,
+    speculative: Annotated[
+        bool, typer.Option("--speculative", help="Self-speculative decoding with the MTP heads.")
+    ] = False,
+    limit: Annotated[int | None, typer.Option(help="Only the first N tasks.")] = None,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    split: SplitOpt = "test",
+    workers: WorkersOpt = 2,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output folder (default: <root>/runs/eval/...).")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Generate with the training prompt, score in the sandbox, write results.json."""
+    from weighted_mtp.eval.run import RunSettings, run_evaluation
+
+    dataset = checked_name(dataset, DATASETS, "dataset")
+    settings = RunSettings(
+        dataset, n, temperature, top_p, max_new_tokens, speculative, limit, seed, split, workers
+    )
+    with progress_bars(not as_json):
+        results = run_evaluation(state(ctx).layout, model, settings, out, threads=threads)
+    if as_json:
+        print_json(results)
+        return
+    title = f"{model} on {dataset}: {results['n_samples']} samples of {results['n_tasks']} tasks"
+    print_scores(title, results["pass_at_k"], results["results"])
+    gen = results["generation"]
+    rate = gen["acceptance_rate"]
+    console.print(
+        f"generation: {gen['new_tokens']} tokens, {gen['tokens_per_second']:.1f} tokens/s"
+        + (f", draft acceptance {rate:.1%}" if rate is not None else ""),
+        highlight=False,
+    )
+    console.print(f"written: {results['samples']} and results.json", highlight=False)

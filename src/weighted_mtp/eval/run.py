@@ -1,0 +1,218 @@
+"""`wmtp eval run`: prompts from the processed records, generation, scoring, results.json.
+
+The prompt is each task's processed record prompt (the Alpaca template the model was trained
+on, `weighted_mtp.data.template`), so the completion is what a training response is:
+HumanEval's function body, MBPP's and CodeContests' whole program.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from weighted_mtp import __version__, progress
+from weighted_mtp.clock import utc_now
+from weighted_mtp.data.sources import iter_jsonl
+from weighted_mtp.errors import UsageError, WmtpError
+from weighted_mtp.eval.generate import (
+    Continuation,
+    DecodeStats,
+    LoadedModel,
+    SamplingConfig,
+    load_for_generation,
+    sample_prompt,
+)
+from weighted_mtp.eval.scoring import score_samples
+from weighted_mtp.eval.tasks import raw_files
+from weighted_mtp.storage.atomic import atomic_write, read_json, write_json
+from weighted_mtp.storage.hashing import sha256_file
+from weighted_mtp.storage.layout import Layout
+
+# HumanEval completions continue a function: a new top-level statement ends them (Codex).
+STOP_SEQUENCES = {
+    "humaneval": ("\nclass ", "\ndef ", "\n#", "\nif __name__", "\nprint("),
+    "mbpp": (),
+    "codecontests": (),
+}
+PASS_AT = (1, 10, 100)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    dataset: str
+    n: int = 20
+    temperature: float = 0.2
+    top_p: float = 0.95
+    max_new_tokens: int = 512
+    speculative: bool = False
+    limit: int | None = None
+    seed: int = 0
+    split: str = "test"
+    workers: int = 2
+
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(
+            self.max_new_tokens,
+            self.temperature,
+            self.top_p,
+            self.seed,
+            STOP_SEQUENCES[self.dataset],
+        )
+
+
+def eval_prompts(
+    layout: Layout, dataset: str, split: str, limit: int | None
+) -> list[tuple[str, str]]:
+    """(task id, prompt) of each task of a processed split, in file order."""
+    path = layout.dataset(dataset).split(split)
+    if not path.is_file():
+        raise WmtpError(
+            f"processed {dataset} {split} records not found",
+            path=path,
+            hint=f"run `wmtp data prepare {dataset}` first",
+        )
+    prompts: dict[str, str] = {}
+    for _line, record in iter_jsonl(path):
+        prompts.setdefault(record["metadata"]["task_id"], record["prompt"])
+        if limit is not None and len(prompts) >= limit:
+            break
+    return list(prompts.items())
+
+
+def default_out_dir(layout: Layout, model: str, settings: RunSettings) -> Path:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    mode = "-speculative" if settings.speculative else ""
+    return layout.eval_runs_dir / model / f"{settings.dataset}-{stamp}{mode}"
+
+
+def _samples_of_task(
+    loaded: LoadedModel, prompt: str, settings: RunSettings, index: int
+) -> tuple[list[Continuation], DecodeStats]:
+    config = replace(settings.sampling(), seed=settings.seed + index)
+    if not settings.speculative:
+        return sample_prompt(loaded, prompt, settings.n, config)
+    from weighted_mtp.eval.speculative import speculative_sample
+
+    stats, samples = DecodeStats(), []
+    for i in range(settings.n):
+        sample, one = speculative_sample(loaded, prompt, config, seed_offset=i * 7919)
+        samples.append(sample)
+        stats.add(one)
+    return samples, stats
+
+
+def generate_samples(
+    loaded: LoadedModel, prompts: list[tuple[str, str]], settings: RunSettings, samples_path: Path
+) -> DecodeStats:
+    """Generate n samples per task and write them (harness format) atomically."""
+    total = DecodeStats()
+    with (
+        progress.task("generating", len(prompts) * settings.n, "samples") as advance,
+        atomic_write(samples_path, "w") as handle,
+    ):
+        for index, (task_id, prompt) in enumerate(prompts):
+            samples, stats = _samples_of_task(loaded, prompt, settings, index)
+            total.add(stats)
+            for sample_id, sample in enumerate(samples):
+                row = {
+                    "task_id": task_id,
+                    "sample_id": sample_id,
+                    "completion": sample.text,
+                    "finish": sample.finish,
+                    "new_tokens": sample.generated,
+                }
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            advance(len(samples))
+    return total
+
+
+def _model_record(layout: Layout, loaded: LoadedModel) -> dict[str, Any]:
+    paths = layout.model(loaded.name)
+    metadata = read_json(paths.metadata, "metadata.json")
+    return {
+        "name": loaded.name,
+        "folder": str(paths.root),
+        "format": loaded.kind,
+        "weights_sha256": metadata["weights"]["sha256"],
+        "metadata_sha256": sha256_file(paths.metadata),
+    }
+
+
+def _dataset_record(layout: Layout, settings: RunSettings) -> dict[str, Any]:
+    processed = layout.dataset(settings.dataset).split(settings.split)
+    return {
+        "name": settings.dataset,
+        "split": settings.split,
+        "processed": {str(processed): sha256_file(processed)},
+        "raw": {
+            str(p): sha256_file(p) for p in raw_files(layout, settings.dataset, settings.split)
+        },
+    }
+
+
+def run_evaluation(
+    layout: Layout,
+    model: str,
+    settings: RunSettings,
+    out: Path | None = None,
+    device: str = "cpu",
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Verify the model, generate, score; write samples.jsonl and results.json into `out`.
+    `threads` caps torch's intra-op threads (small models on busy cores decode faster
+    with one)."""
+    if settings.n < 1 or settings.max_new_tokens < 1:
+        raise UsageError("--n and --max-new-tokens must be at least 1")
+    prompts = eval_prompts(layout, settings.dataset, settings.split, settings.limit)
+    out = out or default_out_dir(layout, model, settings)
+    if out.exists() and any(out.iterdir()):
+        raise UsageError("output folder is not empty", path=out, hint="choose a new --out")
+    start = time.perf_counter()
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    loaded = load_for_generation(layout, model, device)
+    if settings.speculative and loaded.kind != "mtp":
+        raise UsageError(
+            f"--speculative needs a model with MTP heads; {model!r} is a {loaded.kind} model"
+        )
+    samples_path = out / "samples.jsonl"
+    decode = generate_samples(loaded, prompts, settings, samples_path)
+    summary = score_samples(
+        layout,
+        settings.dataset,
+        samples_path,
+        ks=tuple(k for k in PASS_AT if k <= settings.n),
+        split=settings.split,
+        workers=settings.workers,
+    )
+    results = {
+        "model": _model_record(layout, loaded),
+        "dataset": _dataset_record(layout, settings),
+        "settings": asdict(settings),
+        "stop_sequences": list(STOP_SEQUENCES[settings.dataset]),
+        "pass_at_k": summary.pass_at_k,
+        "results": summary.results,
+        "n_tasks": summary.n_tasks,
+        "n_samples": summary.n_samples,
+        "generation": {
+            "seconds": round(decode.seconds, 3),
+            "new_tokens": decode.new_tokens,
+            "tokens_per_second": round(decode.tokens_per_second, 2),
+            "drafted": decode.drafted,
+            "accepted": decode.accepted,
+            "acceptance_rate": decode.acceptance_rate,
+        },
+        "scoring_seconds": summary.wall_seconds,
+        "wall_seconds": round(time.perf_counter() - start, 3),
+        "samples": str(samples_path),
+        "created_at": utc_now(),
+        "tool_version": __version__,
+    }
+    write_json(out / "results.json", results)
+    return results

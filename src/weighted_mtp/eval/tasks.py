@@ -1,0 +1,135 @@
+"""Evaluation problems read from the raw upstream records in the storage, and how a
+completion for each becomes a sandbox job.
+
+- HumanEval: the completion continues the function `prompt`; the job is
+  `prompt + completion + test + check(entry_point)`, exactly the harness's check program.
+- MBPP: the completion is a whole program; the job is the program, then
+  `test_setup_code`, then the `test_list` asserts (the challenge tests are left out, as in
+  the MBPP paper's evaluation).
+- CodeContests: the completion is a whole program run on the public, private and generated
+  tests via stdin/stdout under the problem's time limit (memory: its limit plus headroom
+  for the interpreter).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from weighted_mtp.data.sources import field, iter_jsonl
+from weighted_mtp.errors import UsageError, WmtpError
+from weighted_mtp.eval.sandbox import Job
+from weighted_mtp.storage.layout import DATASETS, Layout
+
+RAW_FILES = {"humaneval": "HumanEval", "mbpp": "mbpp"}
+CODECONTESTS_TEST_KEYS = ("public_tests", "private_tests", "generated_tests")
+DEFAULT_TIME_LIMIT = 2.0  # seconds, for CodeContests problems that record none
+INTERPRETER_HEADROOM = 512 << 20  # address space Python itself needs beyond a problem's limit
+
+
+@dataclass(frozen=True)
+class Problem:
+    dataset: str
+    task_id: str
+    prompt: str  # HumanEval: the code the completion continues; else ""
+    program_suffix: str  # appended after the completion (function-style datasets)
+    tests: tuple[tuple[str, str], ...] | None = None  # stdin/stdout datasets
+    time_limit: float | None = None
+    memory_bytes: int | None = None
+
+    def job(self, completion: str) -> Job:
+        if self.tests is not None:
+            return Job(completion, self.tests, self.time_limit, self.memory_bytes)
+        return Job(self.prompt + completion + "\n" + self.program_suffix)
+
+
+def raw_files(layout: Layout, dataset: str, split: str) -> list[Path]:
+    """The raw upstream files holding the problems of `dataset` (CodeContests: one split)."""
+    paths = layout.dataset(dataset)
+    path = paths.raw / f"{RAW_FILES.get(dataset, split)}.jsonl"
+    if not path.is_file():
+        raise WmtpError(
+            f"raw {dataset} records not found",
+            path=path,
+            hint=f"run `wmtp data download {dataset}`",
+        )
+    return [path]
+
+
+def canonical_task_id(dataset: str, task_id: Any) -> str:
+    """MBPP ids may be given bare (`11`) or as prepared records name them (`mbpp/11`)."""
+    if dataset == "mbpp" and (isinstance(task_id, int) or str(task_id).isdigit()):
+        return f"mbpp/{int(task_id)}"
+    return str(task_id)
+
+
+def _humaneval(row: dict[str, Any], path: Path, line: int) -> Problem:
+    entry_point = field(row, "entry_point", path, line)
+    return Problem(
+        "humaneval",
+        str(field(row, "task_id", path, line)),
+        field(row, "prompt", path, line),
+        field(row, "test", path, line) + "\n" + f"check({entry_point})\n",
+    )
+
+
+def _mbpp(row: dict[str, Any], path: Path, line: int) -> Problem:
+    setup = row.get("test_setup_code") or ""
+    tests = "\n".join(field(row, "test_list", path, line))
+    return Problem(
+        "mbpp",
+        canonical_task_id("mbpp", field(row, "task_id", path, line)),
+        "",
+        f"{setup}\n{tests}\n",
+    )
+
+
+def _time_limit(row: dict[str, Any]) -> float:
+    limit = row.get("time_limit") or {}
+    seconds = float(limit.get("seconds") or 0) + float(limit.get("nanos") or 0) / 1e9
+    return seconds or DEFAULT_TIME_LIMIT
+
+
+def _codecontests(row: dict[str, Any], path: Path, line: int) -> Problem:
+    tests: list[tuple[str, str]] = []
+    for key in CODECONTESTS_TEST_KEYS:
+        group = row.get(key) or {}
+        tests += zip(group.get("input") or [], group.get("output") or [], strict=True)
+    memory = row.get("memory_limit_bytes") or 0
+    return Problem(
+        "codecontests",
+        str(field(row, "name", path, line)),
+        "",
+        "",
+        tuple(tests),
+        _time_limit(row),
+        memory + INTERPRETER_HEADROOM if memory else None,
+    )
+
+
+_PARSERS = {"humaneval": _humaneval, "mbpp": _mbpp, "codecontests": _codecontests}
+
+
+def load_problems(
+    layout: Layout, dataset: str, split: str = "test", only: Iterable[str] | None = None
+) -> dict[str, Problem]:
+    """Problems by task id; with `only`, just those (CodeContests rows carry MBs of tests)."""
+    if dataset not in _PARSERS:
+        raise UsageError(
+            f"unknown dataset {dataset!r}", hint=f"choose one of: {', '.join(DATASETS)}"
+        )
+    wanted = set(only) if only is not None else None
+    problems: dict[str, Problem] = {}
+    for path in raw_files(layout, dataset, split):
+        for line, row in iter_jsonl(path):
+            try:
+                problem = _PARSERS[dataset](row, path, line)
+            except (TypeError, ValueError, AttributeError) as exc:
+                raise WmtpError(
+                    f"line {line}: unexpected value ({type(exc).__name__}: {exc})", path=path
+                ) from None
+            if wanted is None or problem.task_id in wanted:
+                problems[problem.task_id] = problem
+    return problems

@@ -1,0 +1,100 @@
+"""A finished run's weights, `final/`, written atomically (rank 0, after a gather).
+
+- `model` (full fine-tuning) and `merged` (LoRA merged into the base by peft): a model folder
+  like the source's (`safetensors/model.safetensors` + `SHA256SUMS`, `configs/`,
+  `tokenizer/`), loadable with `load_mtp_model`, in the source's dtype.
+- `adapter`: peft's `save_pretrained` layout (`adapter_model.safetensors`,
+  `adapter_config.json`), the LoRA tensors alone.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from weighted_mtp.storage.atomic import TEMP_MARKER
+
+if TYPE_CHECKING:
+    from weighted_mtp.storage.layout import ModelPaths
+    from weighted_mtp.train.config import TrainConfig
+    from weighted_mtp.train.distributed import Dist
+    from weighted_mtp.train.lora import Policy
+
+
+def full_state(policy: Policy) -> dict[str, torch.Tensor]:
+    """Every parameter, unsharded, on the CPU (a collective: all ranks call it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(policy.core, options=options)
+
+
+def _source_dtype(source: ModelPaths) -> torch.dtype:
+    from safetensors import safe_open
+
+    with safe_open(source.weights, framework="pt") as handle:
+        return handle.get_tensor("norm.weight").dtype
+
+
+def _merged(policy: Policy, state: dict[str, torch.Tensor], config: TrainConfig) -> dict:
+    """peft's merge of the adapters into a CPU copy of the policy."""
+    from weighted_mtp.models.adapter import MtpTransformer
+    from weighted_mtp.train.lora import apply_lora, merged_state_dict
+
+    copy = apply_lora(MtpTransformer(policy.core.params), config.lora, config.seed)
+    copy.core.load_state_dict(state, strict=True)
+    return merged_state_dict(copy)
+
+
+def _write_model_folder(out: Path, tensors: dict[str, torch.Tensor], source: ModelPaths) -> None:
+    from safetensors.torch import save_file
+
+    from weighted_mtp.storage.hashing import sha256_file, write_sha256sums
+
+    weights = out / "safetensors" / "model.safetensors"
+    weights.parent.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, weights, metadata={"format": "pt"})
+    write_sha256sums(weights.parent / "SHA256SUMS", {weights.name: sha256_file(weights)})
+    for sub in ("configs", "tokenizer"):
+        if (source.root / sub).is_dir():
+            shutil.copytree(source.root / sub, out / sub)
+
+
+def _write_adapter(out: Path, policy: Policy, state: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    from weighted_mtp.train.lora import adapter_state_dict
+
+    assert policy.peft is not None
+    out.mkdir(parents=True)
+    adapter = {k: v.contiguous() for k, v in adapter_state_dict(policy, state).items()}
+    save_file(adapter, out / "adapter_model.safetensors", metadata={"format": "pt"})
+    policy.peft.peft_config["default"].save_pretrained(str(out))
+
+
+def save_final(
+    out: Path, policy: Policy, source: ModelPaths, config: TrainConfig, dist_info: Dist
+) -> None:
+    if config.final_save == "none":
+        return
+    state = full_state(policy)
+    if dist_info.is_main:
+        tmp = out.with_name(f".{out.name}{TEMP_MARKER}partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            if config.final_save == "adapter":
+                _write_adapter(tmp, policy, state)
+            else:
+                tensors = _merged(policy, state, config) if config.final_save == "merged" else state
+                dtype = _source_dtype(source)
+                _write_model_folder(tmp, {k: v.to(dtype) for k, v in tensors.items()}, source)
+            if out.exists():
+                shutil.rmtree(out)
+            tmp.rename(out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    dist_info.barrier()

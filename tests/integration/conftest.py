@@ -1,0 +1,14 @@
+"""Fixtures for the end-to-end tests (real processes)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def train_storage(tmp_path_factory, sp_model_path):
+    """A storage root with a tiny verified micro-mtp and the small synthetic CodeContests
+    set (see `weighted_mtp.synthetic.training`). Read-only: runs go to their own --out."""
+    from weighted_mtp.synthetic.training import write_training_storage
+
+    return write_training_storage(tmp_path_factory.mktemp("train"), tokenizer_model=sp_model_path)
