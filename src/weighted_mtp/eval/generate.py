@@ -203,6 +203,7 @@ def load_for_generation(layout: Layout, name: str, device: str = "cpu") -> Loade
         )
     paths = layout.model(name)
     tokenizer = load_sentencepiece(paths.tokenizer_model)
+    model: Any  # an MtpTransformer or a LlamaForCausalLM, as `kind` says
     if paths.params.is_file():
         kind, model = "mtp", load_mtp_model(paths.root, device=device, dtype=torch.float32)
     else:

@@ -79,7 +79,7 @@ def preimport_stdlib(code: str) -> None:
         tree = ast.parse(code)
     except (SyntaxError, ValueError):
         return
-    names = set()
+    names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name.split(".")[0] for alias in node.names)
@@ -182,7 +182,7 @@ class Worker:
 
     def new_folder(self) -> str:
         folder = tempfile.mkdtemp(prefix="wmtp-sandbox-")
-        if self.uid is not None:
+        if self.uid is not None and self.gid is not None:  # as `confine` drops privileges
             os.chown(folder, self.uid, self.gid)
         return folder
 
@@ -212,8 +212,8 @@ class Worker:
         os.close(write_fd)
         return pid, read_fd
 
-    def wait(self, pid: int, seconds: float) -> tuple[int | None, bool]:
-        """(wait status, timed out): the child's status, or None after killing it."""
+    def wait(self, pid: int, seconds: float) -> int | None:
+        """The child's wait status, or None when it timed out and was killed."""
         deadline = time.monotonic() + seconds
         try:
             pidfd = os.pidfd_open(pid)
@@ -223,11 +223,11 @@ class Worker:
             while True:
                 done, status = os.waitpid(pid, os.WNOHANG)
                 if done:
-                    return status, False
+                    return status
                 left = deadline - time.monotonic()
                 if left <= 0:
                     self.kill_descendants()
-                    return None, True
+                    return None
                 if pidfd is not None:
                     select.select([pidfd], [], [], left)
                 else:
@@ -286,10 +286,10 @@ class Worker:
     def run_function(self, job: dict, folder: str) -> dict:
         nonce = secrets.token_hex(16)
         pid, read_fd = self.spawn(job, folder, run_function_sample, nonce)
-        status, timed_out = self.wait(pid, job["timeout"])
+        status = self.wait(pid, job["timeout"])
         self.kill_descendants()
         lines = read_lines(read_fd)
-        if timed_out:
+        if status is None:
             return verdict("timed out", f"no result within {job['timeout']:g} s")
         completed = any(
             line.get("status") == "passed" and line.get("nonce") == nonce for line in lines
@@ -309,11 +309,11 @@ class Worker:
                     handle.write(given)
                 open(stdout, "wb").close()
                 pid, read_fd = self.spawn(job, folder, run_program, stdin, stdout)
-                status, timed_out = self.wait(pid, job["timeout"])
+                status = self.wait(pid, job["timeout"])
                 self.kill_descendants()
                 lines = read_lines(read_fd)
                 where = f"test {index} of {len(job['tests'])}"
-                if timed_out:
+                if status is None:
                     return verdict("timed out", f"{where}: over {job['timeout']:g} s")
                 if os.waitstatus_to_exitcode(status) != 0:
                     failure = explain(status, lines)

@@ -109,7 +109,7 @@ def save_checkpoint(
             ensure_free_space(final.parent, _bytes_needed(policy), "a checkpoint")
         except WmtpError as exc:
             error = exc.line()
-    error = dist_info.broadcast_object(error)  # type: ignore[assignment]
+    error = dist_info.broadcast_object(error)
     if error is not None:
         raise WmtpError(f"{error} (last good checkpoint kept)")
     try:

@@ -164,7 +164,7 @@ def _merge(cls: type, base: Any, updates: dict[str, Any], source: str, prefix: s
         if key not in hints:
             raise _unknown(full, list(hints), source)
         hint = hints[key]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
                 raise WmtpError(f"config key {full!r} wants a mapping of its fields", path=source)
             changes[key] = _merge(hint, getattr(base, key), value, source, f"{full}.")

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 import torch.distributed as dist
 
 if TYPE_CHECKING:
     from weighted_mtp.models.adapter import MtpTransformer
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class Dist:
         if self.sharded:
             dist.barrier()
 
-    def broadcast_object(self, obj: object) -> object:
+    def broadcast_object(self, obj: T) -> T:
         """Rank 0's `obj` on every rank (a run folder name, an error)."""
         if not self.sharded:
             return obj

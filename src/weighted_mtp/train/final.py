@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -29,7 +29,7 @@ def full_state(policy: Policy) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_model_state_dict(policy.core, options=options)
+    return cast("dict[str, torch.Tensor]", get_model_state_dict(policy.core, options=options))
 
 
 def _source_dtype(source: ModelPaths) -> torch.dtype:

@@ -430,7 +430,7 @@ def _everywhere(dist_info: Dist, work: Callable[[], Any]) -> Any:
             outcome = (work(), None)
         except WmtpError as exc:
             outcome = (None, exc.line())
-    result, error = dist_info.broadcast_object(outcome)  # type: ignore[misc]
+    result, error = dist_info.broadcast_object(outcome)
     if error is not None:
         raise WmtpError(error)
     return result

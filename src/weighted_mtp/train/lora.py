@@ -9,7 +9,7 @@ adapters, so the sequential-head backward and sharding work unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     import torch
@@ -59,7 +59,7 @@ def apply_lora(model: MtpTransformer, settings: LoraSettings, seed: int) -> Poli
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         wrapped = get_peft_model(model, config)
-    return Policy(wrapped.base_model.model, wrapped)
+    return Policy(cast("MtpTransformer", wrapped.base_model.model), wrapped)  # `model`, wrapped
 
 
 def adapter_state_dict(policy: Policy, full_state: dict[str, Any]) -> dict[str, Any]:
