@@ -51,6 +51,7 @@ class AssetSpec:
     format: FormatName | None = None
     dataset_format: DatasetFormat | None = None
     raw_file: str | None = None  # a single-file dataset's raw JSONL name (without .jsonl)
+    numbered_tasks: bool = False  # upstream task ids are integers, prepared as `<name>/<n>`
     derived_from: str | None = None
     gated: bool = False
     raw_checkpoint_dir: str | None = None
@@ -75,7 +76,9 @@ class AssetSpec:
         return self.short or self.name
 
 
-def _dataset(name: DatasetFormat, raw_file: str | None = None) -> AssetSpec:
+def _dataset(
+    name: DatasetFormat, raw_file: str | None = None, numbered_tasks: bool = False
+) -> AssetSpec:
     """A dataset named after its upstream row schema, downloaded, prepared and sampled."""
     return AssetSpec(
         name,
@@ -84,6 +87,7 @@ def _dataset(name: DatasetFormat, raw_file: str | None = None) -> AssetSpec:
         build=("download", "prepare", "small"),
         dataset_format=name,
         raw_file=raw_file,
+        numbered_tasks=numbered_tasks,
     )
 
 
@@ -126,7 +130,7 @@ ASSETS: tuple[AssetSpec, ...] = (
         derived_from=REFERENCE_MODEL,
     ),
     _dataset("codecontests"),
-    _dataset("mbpp", raw_file="mbpp"),
+    _dataset("mbpp", raw_file="mbpp", numbered_tasks=True),
     _dataset("humaneval", raw_file="HumanEval"),
 )
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from weighted_mtp import assets
 from weighted_mtp.data.sources import field, iter_jsonl
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.eval.sandbox import Job
@@ -60,8 +61,9 @@ def raw_files(layout: Layout, dataset: str, split: str) -> list[Path]:
 
 def canonical_task_id(dataset: str, task_id: Any) -> str:
     """MBPP ids may be given bare (`11`) or as prepared records name them (`mbpp/11`)."""
-    if dataset == "mbpp" and (isinstance(task_id, int) or str(task_id).isdigit()):
-        return f"mbpp/{int(task_id)}"
+    numbered = assets.spec(dataset).numbered_tasks
+    if numbered and (isinstance(task_id, int) or str(task_id).isdigit()):
+        return f"{dataset}/{int(task_id)}"
     return str(task_id)
 
 
