@@ -202,12 +202,15 @@ class Trainer:
         self.dist.all_reduce_sum(normaliser)
         scales = head_scales(normaliser)
         backward = naive_backward if config.naive_heads else sequential_backward
+        # Each rank's loss is a share of the global sum; FSDP2 averages gradients over the
+        # ranks, so scale by the rank count to make them sum (clipping sees 1 rank's norm).
+        grad_scales = scales * self.dist.world
         sums = torch.zeros(self.n_heads, dtype=torch.float64, device=dev)
         for i, (batch, w) in enumerate(zip(batches, weights, strict=True)):
             set_gradient_sync(self.policy.core, i == len(batches) - 1, self.dist)
             with self._autocast():
                 sums += backward(
-                    self.policy.core, batch.tokens, batch.loss_mask, w.values, scales
+                    self.policy.core, batch.tokens, batch.loss_mask, w.values, grad_scales
                 ).double()
         grad_norm = self._clip()
         self.optimizer.step()
