@@ -45,7 +45,7 @@ def run_steps(rows: slice) -> dict[str, list]:
         out["metrics"].append(metrics)
         out["selected"].append(selected)
         out["selection"].append(selection_statistics(scores, selected, loss_mask))
-    out["whitening"] = [whitening.state_dict()]
+    out["whitening"] = [whitening.as_tensor()]
     return out
 
 

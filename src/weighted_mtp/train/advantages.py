@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -149,13 +148,13 @@ class RunningWhitening:
         whitened = (advantages.to(torch.float64) - self.mean) / math.sqrt(self.var + self.eps)
         return torch.where(loss_mask.bool(), whitened, 0.0)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"updates": self.updates, "mean": self.mean, "var": self.var}
+    def as_tensor(self) -> Tensor:
+        """(updates, mean, var) as float64 `[3]`, the form checkpoints store."""
+        return torch.tensor([self.updates, self.mean, self.var], dtype=torch.float64)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.updates = int(state["updates"])
-        self.mean = float(state["mean"])
-        self.var = float(state["var"])
+    def load_tensor(self, state: Tensor) -> None:
+        updates, mean, var = state.tolist()
+        self.updates, self.mean, self.var = int(updates), float(mean), float(var)
 
 
 def awr_weights(

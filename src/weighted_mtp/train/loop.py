@@ -40,7 +40,7 @@ from weighted_mtp.train.losses import (
     sequential_backward,
 )
 from weighted_mtp.train.runs import Assets, MetricsLog, manifest_hashes
-from weighted_mtp.train.weighting import Baseline, WeighContext, Weighting
+from weighted_mtp.train.weighting import Baseline, StepWeighting, WeighContext, Weighting
 
 
 @dataclass(frozen=True)
@@ -182,6 +182,8 @@ class Trainer:
         ctx = WeighContext(
             self.policy.core, self.step, self.n_heads, self.dist.device, self.dist.all_reduce_sum
         )
+        if isinstance(self.weighting, StepWeighting):
+            return self.weighting.weigh_step(batches, ctx)
         return [self.weighting.weigh(batch, ctx) for batch in batches]
 
     def train_step(self) -> dict[str, Any]:

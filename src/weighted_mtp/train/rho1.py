@@ -128,17 +128,8 @@ def selection_statistics(delta: Tensor, selected: Tensor, loss_mask: Tensor) -> 
 
 
 def rho1_token_weights(
-    policy: nn.Module,
-    reference: nn.Module,
-    tokens: Tensor,
-    loss_mask: Tensor,
-    settings: Rho1Settings,
+    delta: Tensor, loss_mask: Tensor, settings: Rho1Settings
 ) -> tuple[Tensor, dict[str, float]]:
-    """Rho-1's 0/1 `[B, S]` weights for one global batch, and their metrics."""
-    delta = excess_loss(
-        policy_head0_cross_entropy(policy, tokens),
-        reference_cross_entropy(reference, tokens),
-        loss_mask,
-    )
+    """Rho-1's 0/1 `[B, S]` weights from the excess losses of one global batch, and metrics."""
     selected = select_top_fraction(rho1_scores(delta, settings.score), loss_mask, settings.kappa)
     return selected.float(), selection_statistics(delta, selected, loss_mask)

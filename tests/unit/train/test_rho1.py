@@ -21,7 +21,6 @@ from weighted_mtp.train.rho1 import (
     policy_head0_cross_entropy,
     reference_cross_entropy,
     rho1_scores,
-    rho1_token_weights,
     select_top_fraction,
     selected_count,
     selection_statistics,
@@ -145,19 +144,6 @@ def test_scoring_runs_in_eval_mode_and_restores_training(batch, tiny_llama_confi
     assert reference.training and not reference.model.layers[0].training
     assert reference.model.layers[1].training
     assert not first.requires_grad
-
-
-def test_rho1_weights_are_zero_one_and_detached(batch):
-    torch.manual_seed(0)
-    policy = MtpTransformer(TINY)
-    reference = head0_as_llama(MtpTransformer(TINY))
-    weights, metrics = rho1_token_weights(
-        policy, reference, batch.tokens, batch.loss_mask, Rho1Settings(kappa=0.6)
-    )
-    assert not weights.requires_grad
-    assert set(weights.unique().tolist()) == {0.0, 1.0}
-    assert int(weights.sum()) == selected_count(0.6, int(batch.loss_mask.sum()))
-    assert metrics["delta_selected_mean"] > metrics["delta_unselected_mean"]
 
 
 @pytest.mark.parametrize("kappa", [0.0, -0.5, 1.01, float("nan"), float("inf")])
