@@ -60,6 +60,7 @@ class CriticLora:
     rank: int = 64
     alpha: int = 128
     dropout: float = 0.05
+    targets: tuple[str, ...] = HF_LLAMA_LINEARS
 
 
 def add_lora(backbone: nn.Module, lora: CriticLora) -> nn.Module:
@@ -70,7 +71,7 @@ def add_lora(backbone: nn.Module, lora: CriticLora) -> nn.Module:
         r=lora.rank,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=list(HF_LLAMA_LINEARS),
+        target_modules=list(lora.targets),
     )
     backbone = inject_adapter_in_model(config, backbone)
     for name, param in backbone.named_parameters():
