@@ -127,3 +127,27 @@ def llama_config(vocab: int = 50, **overrides):
         max_position_embeddings=64,
     )
     return LlamaConfig(**(settings | overrides))
+
+
+@pytest.fixture(scope="session")
+def weighted_storage(tmp_path_factory, sp_model_path):
+    """`train_storage`'s content plus a random micro-ref (dim 32, 2 layers) whose tokenizer
+    is the same trimmed Meta tokenizer as micro-mtp's, so the storage records it as shared.
+    Tests must not modify it."""
+    import shutil
+
+    from weighted_mtp.models.micro import MicroSize, build_micro
+    from weighted_mtp.models.verify import verify_model
+    from weighted_mtp.storage.layout import META_MODEL, MICRO_REF, REFERENCE_MODEL
+    from weighted_mtp.synthetic.training import write_training_storage
+
+    layout = write_training_storage(
+        tmp_path_factory.mktemp("weighted"), tokenizer_model=sp_model_path
+    )
+    base_tokenizer = layout.model(REFERENCE_MODEL).tokenizer_model
+    base_tokenizer.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(layout.model(META_MODEL).tokenizer_model, base_tokenizer)
+    size = MicroSize(dim=32, n_layers=2, n_heads=2, vocab_size=1024, n_future_tokens=1)
+    build_micro(layout, MICRO_REF, init="random", size=size)
+    assert verify_model(layout, MICRO_REF).ok
+    return layout
