@@ -50,7 +50,7 @@ class ValueModel(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         hidden = self.backbone(input_ids=tokens).last_hidden_state  # [B, S, D]
-        return self.head(hidden.float())  # [B, S]
+        return self.head(hidden).float()  # [B, S]
 
 
 @dataclass(frozen=True)

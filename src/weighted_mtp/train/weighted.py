@@ -31,6 +31,15 @@ if TYPE_CHECKING:
     from weighted_mtp.train.data import Batch
 
 
+def place_helper(module: nn.Module, device: torch.device) -> nn.Module:
+    """The frozen helper on the policy's device: bf16 on GPUs that support it (it only
+    scores), float32 elsewhere. A no-op once there."""
+    from weighted_mtp.train.distributed import bf16_supported
+
+    dtype = torch.bfloat16 if bf16_supported(device) else torch.float32
+    return module.to(device=device, dtype=dtype)
+
+
 def join_rows(parts: list[Tensor]) -> Tensor:
     """`[B_i, S_i]` tensors stacked row-wise into `[ΣB_i, max S_i]`, right-padded with 0."""
     width = max(p.shape[1] for p in parts)
@@ -66,7 +75,7 @@ class VerifiableCritic:
         self.whitening.momentum = self.settings.momentum
 
     def weigh_step(self, batches: list[Batch], ctx: WeighContext) -> list[Weights]:
-        self.critic.to(ctx.device)
+        place_helper(self.critic, ctx.device)
         values = [critic_values(self.critic, b.tokens) for b in batches]  # [B_i, S_i] each
         masks = [b.loss_mask for b in batches]
         weights, metrics = critic_token_weights(
@@ -102,7 +111,7 @@ class Rho1:
         freeze(self.reference)
 
     def weigh_step(self, batches: list[Batch], ctx: WeighContext) -> list[Weights]:
-        self.reference.to(ctx.device)
+        place_helper(self.reference, ctx.device)
         deltas = [
             excess_loss(
                 policy_head0_cross_entropy(ctx.model, b.tokens),
