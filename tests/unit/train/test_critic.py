@@ -160,3 +160,12 @@ def test_lora_leaves_only_adapters_and_the_head_trainable(tiny_llama_config):
     assert any(".q_proj.lora_A" in n for n in trainable)
     assert any(".down_proj.lora_B" in n for n in trainable)
     assert {"head.proj.weight", "head.out.weight"} <= trainable
+
+
+def test_a_bf16_critic_still_returns_float32_values(tiny_llama_config, batch):
+    from transformers import LlamaModel
+
+    critic = ValueModel(LlamaModel(tiny_llama_config()), head_hidden=8).to(torch.bfloat16)
+    values = critic_values(critic, batch.tokens)
+    assert values.dtype == torch.float32 and values.shape == batch.tokens.shape
+    assert ((values > 0) & (values < 1)).all()
