@@ -47,7 +47,7 @@ from weighted_mtp.train.critic import (
 )
 from weighted_mtp.train.data import Batch, Example, collate, read_examples
 from weighted_mtp.train.frozen import scoring_mode
-from weighted_mtp.train.loop import StepReport, learning_rate
+from weighted_mtp.train.loop import StepReport, autocast_dtype, learning_rate
 from weighted_mtp.train.rho1 import target_cross_entropy
 from weighted_mtp.train.runs import Assets, MetricsLog
 
@@ -139,7 +139,14 @@ def next_token_sum(model: nn.Module, batch: Batch) -> tuple[Tensor, int]:
 class StageOne:
     """One critic or ref-tune run in this process."""
 
-    def __init__(self, kind: str, config: TrainConfig, assets: Assets, run_dir: Path) -> None:
+    def __init__(
+        self,
+        kind: str,
+        config: TrainConfig,
+        assets: Assets,
+        run_dir: Path,
+        device: torch.device,
+    ) -> None:
         from weighted_mtp.data.tokens import Tokenizer
 
         if kind == "critic" and config.critic.objective not in OBJECTIVES:
@@ -176,7 +183,9 @@ class StageOne:
             if kind == "critic"
             else build_ref_model(assets.model.root, config)
         )
-        self.model.train()
+        self.model.to(device).train()
+        self.device = device
+        self.autocast = autocast_dtype(config, device)
         per_epoch = len(train) // config.batch_size
         self.total_steps = config.max_steps or config.epochs * per_epoch
         self.optimizer = torch.optim.AdamW(
@@ -197,7 +206,14 @@ class StageOne:
 
     def micro_batches(self, examples: list[Example]) -> list[Batch]:
         size = self.config.micro_batch_size
-        return [collate(examples[i : i + size], self.pad_id) for i in range(0, len(examples), size)]
+        return [
+            collate(examples[i : i + size], self.pad_id).to(self.device)
+            for i in range(0, len(examples), size)
+        ]
+
+    def _autocast(self):
+        dtype = self.autocast
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def loss_terms(self, batch: Batch) -> tuple[Tensor | None, float]:
         """(this micro-batch's summed loss terms, their count)."""
@@ -222,7 +238,8 @@ class StageOne:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         micro = self.micro_batches(self.step_batch(step))
-        terms = [self.loss_terms(b) for b in micro]
+        with self._autocast():
+            terms = [self.loss_terms(b) for b in micro]
         total = sum(count for _, count in terms)
         loss_value = 0.0
         for loss, _count in terms:
@@ -250,20 +267,22 @@ class StageOne:
     def validate(self, step: int) -> dict[str, Any] | None:
         if not self.validation:
             return None
-        batches = [
-            collate(self.validation[i : i + self.config.micro_batch_size], self.pad_id)
-            for i in range(0, len(self.validation), self.config.micro_batch_size)
-        ]
+        batches = self.micro_batches(self.validation)
+        if self.config.eval_batches:
+            batches = batches[: self.config.eval_batches]
         record: dict[str, Any] = {"step": step, "kind": "validation"}
         if self.kind == "ref-tune":
-            with scoring_mode(self.model):
+            with scoring_mode(self.model), self._autocast():
                 sums = [next_token_sum(self.model, b) for b in batches]
             count = sum(n for _, n in sums)
             record["loss"] = float(sum(float(s) for s, _ in sums)) / max(count, 1)
             return record
-        means = [response_mean(critic_values(self.model, b.tokens), b.loss_mask) for b in batches]
-        scores = torch.cat(means)
-        correct = torch.cat([b.is_correct for b in batches])
+        with self._autocast():
+            values = [critic_values(self.model, b.tokens) for b in batches]
+        scores = torch.cat(
+            [response_mean(v, b.loss_mask) for v, b in zip(values, batches, strict=True)]
+        ).cpu()
+        correct = torch.cat([b.is_correct for b in batches]).cpu()
         tasks = [t for b in batches for t in b.task_ids]
         record["pairwise_accuracy"] = pairwise_accuracy(scores, correct, tasks)
         if correct.any() and not correct.all():
@@ -309,14 +328,16 @@ class StageOne:
         try:
             if self.kind == "critic":
                 tmp.mkdir(parents=True)
-                state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
+                state = {
+                    k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()
+                }
                 save_file(state, tmp / CRITIC_WEIGHTS, metadata={"format": "pt"})
                 shutil.copytree(source.root / "tokenizer", tmp / "tokenizer")
             else:
                 model = self.model
                 if hasattr(model, "merge_and_unload"):  # LoRA: merged into the base
                     model = model.merge_and_unload()
-                state = {k: v.detach() for k, v in model.state_dict().items()}
+                state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
                 _write_model_folder(tmp, state, source)
             write_json(tmp / STAGE_FILE, stage_record(self.kind, source, self.config))
             if out.exists():
@@ -370,7 +391,7 @@ def train_stage_one(
             chosen = run_dir or new_run_dir(layout, kind, assets.model.name)
             chosen.mkdir(parents=True, exist_ok=True)
             try:
-                stage = StageOne(kind, config, assets, chosen)
+                stage = StageOne(kind, config, assets, chosen, dist_info.device)
             except BaseException:
                 if not any(chosen.iterdir()):
                     chosen.rmdir()
