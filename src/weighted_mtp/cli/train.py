@@ -295,8 +295,7 @@ def _stage_two(
     resume: bool,
     stop_at: int | None,
 ) -> None:
-    from weighted_mtp.train.loop import resolve_run
-    from weighted_mtp.train.weighted_runs import train_weighted
+    from weighted_mtp.train.runs import resolve_run
 
     layout = state(ctx).layout
     run_config, run_dir = resolve_run(
@@ -307,6 +306,8 @@ def _stage_two(
         out,
         resume,
     )
+    from weighted_mtp.train.weighted_runs import train_weighted  # imports torch
+
     main_rank = int(os.environ.get("RANK", "0")) == 0
     bar = _ProgressBar() if main_rank and err_console.is_terminal else None
     try:
