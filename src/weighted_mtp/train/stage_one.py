@@ -215,37 +215,43 @@ class StageOne:
         dtype = self.autocast
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
-    def loss_terms(self, batch: Batch) -> tuple[Tensor | None, float]:
-        """(this micro-batch's summed loss terms, their count)."""
+    def term_count(self, batch: Batch) -> float:
+        """How many terms the micro-batch adds to the step's loss: targets (ref-tune),
+        records with a response (mc) or same-task (correct, incorrect) pairs (pairwise)."""
         if self.kind == "ref-tune":
-            total, count = next_token_sum(self.model, batch)
-            return total, float(count)
-        logits = self.model(batch.tokens)
-        loss = critic_loss(
-            self.config.critic.objective, logits, batch.loss_mask, batch.is_correct, batch.task_ids
-        )
-        if loss is None:
-            return None, 0.0
+            return float(batch.loss_mask.sum())
         if self.config.critic.objective == "pairwise":
-            count = float(correct_incorrect_pairs(batch.is_correct, batch.task_ids).sum())
-        else:
-            count = float(batch.loss_mask.any(1).sum())
-        return loss * count, count
+            return float(correct_incorrect_pairs(batch.is_correct, batch.task_ids).sum())
+        return float(batch.loss_mask.any(1).sum())
+
+    def loss_sum(self, batch: Batch) -> Tensor:
+        """The micro-batch's loss terms summed (with gradient)."""
+        if self.kind == "ref-tune":
+            return next_token_sum(self.model, batch)[0]
+        logits = self.model(batch.tokens)
+        objective = self.config.critic.objective
+        loss = critic_loss(objective, logits, batch.loss_mask, batch.is_correct, batch.task_ids)
+        assert loss is not None  # term_count was positive
+        return loss * self.term_count(batch)
 
     def train_step(self, step: int) -> dict[str, Any]:
+        """One optimizer step; each micro-batch is forwarded and backwarded in turn, so one
+        micro-batch's activations are in memory at a time."""
         started = time.perf_counter()
         lr = learning_rate(self.config, step, self.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         micro = self.micro_batches(self.step_batch(step))
-        with self._autocast():
-            terms = [self.loss_terms(b) for b in micro]
-        total = sum(count for _, count in terms)
+        counts = [self.term_count(b) for b in micro]
+        total = sum(counts)
         loss_value = 0.0
-        for loss, _count in terms:
-            if loss is not None and total > 0:
-                (loss / total).backward()
-                loss_value += float(loss.detach()) / total
+        for batch, count in zip(micro, counts, strict=True):
+            if count == 0:
+                continue
+            with self._autocast():
+                share = self.loss_sum(batch) / total
+            share.backward()
+            loss_value += float(share.detach())
         params = [p for p in self.model.parameters() if p.requires_grad]
         max_norm = self.config.clip_grad_norm or float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))

@@ -167,3 +167,29 @@ def test_critic_batches_keep_a_task_together_in_a_seeded_order():
         assert [e.task_id for e in batch][0::2] == [e.task_id for e in batch][1::2]
     assert batches != task_grouped_batches(examples, 4, seed=2)
     assert batches == task_grouped_batches(examples, 4, seed=1)
+
+
+def test_a_pairwise_critic_trains_and_logs_its_validation(
+    monkeypatch, capsys, weighted_storage, tmp_path
+):
+    out = tmp_path / "critic"
+    root = ["--root", str(weighted_storage.root), "train", "critic", "--small"]
+    code, stdout, err = wmtp(
+        monkeypatch, capsys, *root, "--objective", "pairwise", "--max-steps", "2",
+        "--out", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    assert "critic run complete: 2 steps" in stdout and "pairwise_accuracy" in stdout
+    record = json.loads((out / "final" / "stage.json").read_text())
+    assert record["objective"] == "pairwise"
+    train = metrics(out, "train")
+    assert [r["step"] for r in train] == [1, 2] and all(r["terms"] > 0 for r in train)
+    assert 0 <= metrics(out, "validation")[-1]["pairwise_accuracy"] <= 1
+
+
+def test_an_unknown_critic_objective_is_refused(monkeypatch, capsys, weighted_storage, tmp_path):
+    out = tmp_path / "critic"
+    root = ["--root", str(weighted_storage.root), "train", "critic", "--small"]
+    code, _, err = wmtp(monkeypatch, capsys, *root, "--objective", "ranking", "--out", str(out))
+    assert code != 0 and "critic.objective must be one of mc, pairwise" in err
+    assert not out.exists()
