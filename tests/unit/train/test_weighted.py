@@ -128,3 +128,46 @@ def test_no_gradient_reaches_the_critic_or_the_reference(helpers, make_model, ma
         assert all(p.grad is None for p in helper.parameters())
         after = parameters(helper)
         assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+class RecordingStepWeighting:
+    """Uniform weights; records how many micro-batches each call received."""
+
+    name = "recording"
+    normalize = "count"
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def weigh_step(self, batches, ctx):
+        from weighted_mtp.train.weighting import Weights
+
+        self.calls.append(len(batches))
+        return [Weights(None) for _ in batches]
+
+    def weigh(self, batch, ctx):
+        raise AssertionError("the trainer must call weigh_step for a StepWeighting")
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def test_the_trainer_hands_a_step_weighting_all_micro_batches_at_once(train_storage, tmp_path):
+    from weighted_mtp.train.config import load_config, with_overrides
+    from weighted_mtp.train.distributed import Dist
+    from weighted_mtp.train.loop import Trainer, prepare_run_dir
+    from weighted_mtp.train.runs import resolve_assets
+
+    single = Dist(rank=0, world=1, device=torch.device("cpu"))
+    over = {"batch_size": 4, "micro_batch_size": 2, "max_steps": 2, "eval_every": 0}
+    config = with_overrides(load_config(None, micro=True), over, "test")
+    assets = resolve_assets(train_storage, config.model, config.data, config.small)
+    prepare_run_dir(tmp_path / "run", config, single)
+    weighting = RecordingStepWeighting()
+    trainer = Trainer(train_storage, config, assets, tmp_path / "run", single, weighting)
+    trainer.train_step()
+    trainer.train_step()
+    assert weighting.calls == [2, 2]
