@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,6 @@ from torch import Tensor, nn
 from weighted_mtp.train.frozen import scoring_mode
 
 Objective = Literal["mc", "pairwise"]
-OBJECTIVES: tuple[Objective, ...] = ("mc", "pairwise")
 HF_LLAMA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -46,7 +45,8 @@ class ValueModel(nn.Module):
     def __init__(self, backbone: nn.Module, head_hidden: int) -> None:
         super().__init__()
         self.backbone = backbone
-        self.head = ValueHead(backbone.config.hidden_size, head_hidden)
+        config: Any = backbone.config  # a transformers LlamaConfig
+        self.head = ValueHead(config.hidden_size, head_hidden)
 
     def forward(self, tokens: Tensor) -> Tensor:
         hidden = self.backbone(input_ids=tokens).last_hidden_state  # [B, S, D]

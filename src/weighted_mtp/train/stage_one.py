@@ -34,7 +34,6 @@ from weighted_mtp.storage.hashing import sha256_file
 from weighted_mtp.storage.layout import Layout, ModelPaths
 from weighted_mtp.train.config import TrainConfig, config_yaml
 from weighted_mtp.train.critic import (
-    OBJECTIVES,
     CriticLora,
     ValueModel,
     add_lora,
@@ -115,7 +114,7 @@ def build_critic(backbone_dir: Path, config: TrainConfig) -> ValueModel:
 def build_ref_model(model_dir: Path, config: TrainConfig) -> nn.Module:
     from weighted_mtp.models.adapter import load_reference_model
 
-    model = load_reference_model(model_dir)
+    model: nn.Module = load_reference_model(model_dir)
     lora = hf_lora(config)
     if lora is not None:
         from peft import LoraConfig, get_peft_model
@@ -149,11 +148,6 @@ class StageOne:
     ) -> None:
         from weighted_mtp.data.tokens import Tokenizer
 
-        if kind == "critic" and config.critic.objective not in OBJECTIVES:
-            raise WmtpError(
-                f"critic.objective must be one of {', '.join(OBJECTIVES)}, "
-                f"not {config.critic.objective!r}"
-            )
         self.kind, self.config, self.assets, self.run_dir = kind, config, assets, run_dir
         tokenizer = Tokenizer(assets.model.tokenizer_model)
         self.pad_id = tokenizer.sp.eos_id()
@@ -340,8 +334,10 @@ class StageOne:
                 save_file(state, tmp / CRITIC_WEIGHTS, metadata={"format": "pt"})
                 shutil.copytree(source.root / "tokenizer", tmp / "tokenizer")
             else:
+                from peft import PeftModel
+
                 model = self.model
-                if hasattr(model, "merge_and_unload"):  # LoRA: merged into the base
+                if isinstance(model, PeftModel):  # LoRA: merged into the base
                     model = model.merge_and_unload()
                 state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
                 _write_model_folder(tmp, state, source)

@@ -5,6 +5,7 @@ config.yaml, `--set critic.beta=0.5`). Their meaning is checked where they are u
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -13,7 +14,7 @@ class CriticConfig:
     verifiable`): the critic run and the advantage/weight hyperparameters."""
 
     run: str = ""  # the critic's run folder (stage 2)
-    objective: str = "mc"  # mc | pairwise
+    objective: Literal["mc", "pairwise"] = "mc"
     head_hidden: int = 256
     gamma: float = 1.0
     lam: float = 0.95
@@ -30,4 +31,4 @@ class Rho1Config:
 
     reference: str = ""
     kappa: float = 0.6
-    score: str = "signed"  # signed | absolute
+    score: Literal["signed", "absolute"] = "signed"

@@ -133,7 +133,7 @@ def build_weighting(layout: Layout, config: TrainConfig, policy: ModelPaths) -> 
         require_shared_tokenizer(policy, helper)
         return VerifiableCritic(load_critic(helper, config), settings)
     if config.experiment == "rho1":
-        rho1 = Rho1Settings(config.rho1.kappa, config.rho1.score)  # type: ignore[arg-type]
+        rho1 = Rho1Settings(config.rho1.kappa, config.rho1.score)
         if not config.rho1.reference:
             raise WmtpError(
                 "no reference given", hint="pass --reference RUN|MODEL (a ref-tune run)"

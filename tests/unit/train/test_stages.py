@@ -191,5 +191,5 @@ def test_an_unknown_critic_objective_is_refused(monkeypatch, capsys, weighted_st
     out = tmp_path / "critic"
     root = ["--root", str(weighted_storage.root), "train", "critic", "--small"]
     code, _, err = wmtp(monkeypatch, capsys, *root, "--objective", "ranking", "--out", str(out))
-    assert code != 0 and "critic.objective must be one of mc, pairwise" in err
+    assert code != 0 and "config key 'critic.objective' wants 'mc' | 'pairwise'" in err
     assert not out.exists()
