@@ -54,6 +54,11 @@ def losses(run: Path) -> list[tuple[str, int, float]]:
     return [(r["kind"], r["step"], r["loss"]) for r in lines]
 
 
+def grad_norms(run: Path) -> list[float]:
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["grad_norm"] for r in lines if r["kind"] == "train"]
+
+
 def checkpoint_model(path: Path, out: Path) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
@@ -85,6 +90,9 @@ def test_two_ranks_train_like_one_and_a_run_resumes_on_another_rank_count(train_
     assert [x[:2] for x in b] == [("train", 1), ("train", 2), ("validation", 2)]
     for x, y in zip(a, b, strict=False):
         assert x[:2] == y[:2] and x[2] == pytest.approx(y[2], rel=1e-5)
+    # Same gradients, not only the same loss: AdamW would hide a gradient scaled by the rank
+    # count, clipping would not.
+    assert grad_norms(two) == pytest.approx(grad_norms(one)[:2], rel=1e-4)
 
     # ... resumed on one rank: the DCP checkpoint reshards.
     resumed = wmtp(root, "train", "baseline", *OPTIONS, "--out", str(two), "--resume")

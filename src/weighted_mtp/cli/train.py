@@ -181,3 +181,231 @@ def plot(
     from weighted_mtp.train.plot import plot_runs
 
     console.print(f"wrote {plot_runs(runs, out)}", highlight=False)
+
+
+# The weighted experiments (stage 1: the helper model; stage 2: the weighted policy) ------
+
+SmallOpt = Annotated[
+    bool, typer.Option("--small/--no-small", help="Micro models and the small dataset.")
+]
+ConfigOpt = Annotated[Path | None, typer.Option(help="A YAML config replacing the packaged one.")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a config key: key=value (repeatable).")
+]
+StepsOpt = Annotated[int | None, typer.Option(help="Optimizer steps (default: one epoch).")]
+SeedOpt = Annotated[int | None, typer.Option(help="Seed of data order, init and dropout.")]
+ModelOpt = Annotated[str | None, typer.Option(help="Storage model name or model folder.")]
+DataOpt = Annotated[str | None, typer.Option(help="Dataset name (codecontests).")]
+
+
+def _experiment_config(
+    experiment: str, config: Path | None, small: bool, overrides: dict[str, Any]
+):
+    """The packaged Baseline config with the experiment's overlay (or --config), then options."""
+    from weighted_mtp.train.config import load_config, with_overrides
+    from weighted_mtp.train.suite import experiment_config
+
+    if config is not None:
+        return with_overrides(
+            load_config(config, micro=small), {"experiment": experiment} | overrides, "options"
+        )
+    return experiment_config(experiment, small, overrides)
+
+
+def _stage_one(
+    ctx: typer.Context,
+    kind: str,
+    model: str | None,
+    data: str | None,
+    small: bool,
+    config: Path | None,
+    sets: list[str] | None,
+    max_steps: int | None,
+    out: Path | None,
+    seed: int | None,
+    extra: dict[str, Any],
+) -> None:
+    from weighted_mtp.train.stage_one import train_stage_one
+
+    overrides = _overrides(model, data, None, max_steps, seed, None, None, None, sets or [])
+    run_config = _experiment_config(kind, config, small, overrides | extra)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    bar = _ProgressBar() if main_rank and err_console.is_terminal else None
+    try:
+        result = train_stage_one(state(ctx).layout, kind, run_config, run_dir=out, on_step=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    if result is None:
+        return
+    validation = result.summary.get("final_validation") or {}
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in validation.items() if isinstance(v, float))
+    console.print(
+        f"{kind} run complete: {result.steps} steps{', ' + shown if shown else ''} "
+        f"-> {result.run_dir}",
+        highlight=False,
+    )
+
+
+@app.command()
+def critic(
+    ctx: typer.Context,
+    model: ModelOpt = None,
+    data: DataOpt = None,
+    small: SmallOpt = False,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    max_steps: StepsOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder.")] = None,
+    seed: SeedOpt = None,
+    objective: Annotated[
+        str | None, typer.Option(help="mc (every position regresses to R) or pairwise.")
+    ] = None,
+) -> None:
+    """Stage 1 of the Verifiable Critic: a value model (reference backbone + value head)
+    trained on correct and incorrect solutions; reports pairwise accuracy and AUROC."""
+    extra = {"critic.objective": objective} if objective is not None else {}
+    _stage_one(ctx, "critic", model, data, small, config, sets, max_steps, out, seed, extra)
+
+
+@app.command("ref-tune")
+def ref_tune(
+    ctx: typer.Context,
+    model: ModelOpt = None,
+    data: DataOpt = None,
+    small: SmallOpt = False,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    max_steps: StepsOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder.")] = None,
+    seed: SeedOpt = None,
+) -> None:
+    """Stage 1 of Rho-1: the reference fine-tuned with next-token loss on the correct
+    training solutions (or --data)."""
+    _stage_one(ctx, "ref-tune", model, data, small, config, sets, max_steps, out, seed, {})
+
+
+def _stage_two(
+    ctx: typer.Context,
+    experiment: str,
+    small: bool,
+    config: Path | None,
+    overrides: dict[str, Any],
+    out: Path | None,
+    resume: bool,
+    stop_at: int | None,
+) -> None:
+    from weighted_mtp.train.runs import resolve_run
+
+    layout = state(ctx).layout
+    run_config, run_dir = resolve_run(
+        layout,
+        experiment,
+        lambda: _experiment_config(experiment, config, small, {}),
+        overrides,
+        out,
+        resume,
+    )
+    from weighted_mtp.train.weighted_runs import train_weighted  # imports torch
+
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    bar = _ProgressBar() if main_rank and err_console.is_terminal else None
+    try:
+        result = train_weighted(
+            layout, run_config, run_dir=run_dir, resume=resume, stop_at=stop_at, on_step=bar
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    if main_rank:
+        state_text = "run complete" if result.completed else "stopped (checkpoint written)"
+        console.print(
+            f"{experiment} {state_text}: {result.steps_done} steps -> {result.run_dir}",
+            highlight=False,
+        )
+
+
+@app.command()
+def verifiable(
+    ctx: typer.Context,
+    critic_run: Annotated[
+        str | None, typer.Option("--critic", help="The critic's run folder (wmtp train critic).")
+    ] = None,
+    model: ModelOpt = None,
+    data: DataOpt = None,
+    small: SmallOpt = False,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    max_steps: StepsOpt = None,
+    stop_at: Annotated[int | None, typer.Option(help="Stop after this step (checkpoint).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
+    seed: SeedOpt = None,
+    include_incorrect: Annotated[
+        bool, typer.Option(help="Train on incorrect solutions too (default: correct only).")
+    ] = False,
+) -> None:
+    """Stage 2 of the Verifiable Critic: the policy weighted by
+    w = clip(exp(A/beta), w_min, w_max) from the frozen critic's GAE advantages."""
+    overrides = _overrides(model, data, None, max_steps, seed, None, None, None, sets or [])
+    if critic_run is not None:
+        overrides["critic.run"] = critic_run
+    if include_incorrect:
+        overrides["correct_only"] = False
+    _stage_two(ctx, "verifiable", small, config, overrides, out, resume, stop_at)
+
+
+@app.command()
+def rho1(
+    ctx: typer.Context,
+    reference: Annotated[
+        str | None,
+        typer.Option(help="A ref-tune run folder, a storage model or a model folder."),
+    ] = None,
+    kappa: Annotated[
+        float | None, typer.Option(help="Fraction of targets trained on, in (0, 1].")
+    ] = None,
+    score: Annotated[str | None, typer.Option(help="signed (default) or absolute.")] = None,
+    model: ModelOpt = None,
+    data: DataOpt = None,
+    small: SmallOpt = False,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    max_steps: StepsOpt = None,
+    stop_at: Annotated[int | None, typer.Option(help="Stop after this step (checkpoint).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
+    seed: SeedOpt = None,
+) -> None:
+    """Stage 2 of Rho-1: the policy trained on the top kappa of the targets by excess loss
+    CE_policy - CE_reference."""
+    overrides = _overrides(model, data, None, max_steps, seed, None, None, None, sets or [])
+    named = {"rho1.reference": reference, "rho1.kappa": kappa, "rho1.score": score}
+    overrides |= {k: v for k, v in named.items() if v is not None}
+    _stage_two(ctx, "rho1", small, config, overrides, out, resume, stop_at)
+
+
+@app.command()
+def suite(
+    ctx: typer.Context,
+    small: SmallOpt = False,
+    max_steps: StepsOpt = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for the five runs and the comparison.")
+    ] = None,
+    seed: SeedOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    """Baseline, critic -> Verifiable Critic, ref-tune -> Rho-1 with the same data order,
+    seed and batch; then comparison.md, comparison.json and validation_loss.png."""
+    from weighted_mtp.train.suite import run_suite
+
+    overrides = _overrides(None, None, None, max_steps, seed, None, None, None, sets or [])
+    folder = run_suite(
+        state(ctx).layout,
+        small=small,
+        overrides=overrides,
+        out=out,
+        on_stage=lambda name: err_console.print(f"suite: {name}", highlight=False),
+    )
+    console.print(f"comparison: {folder / 'comparison.md'}", highlight=False)

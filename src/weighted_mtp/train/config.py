@@ -19,6 +19,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.train.lora import LoraSettings
+from weighted_mtp.train.weighted_config import CriticConfig, Rho1Config
 from weighted_mtp.train.weighting import Normalize
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -59,6 +60,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     final_save: str = "model"  # model (full weights), adapter, merged (LoRA), none
     lora: LoraSettings = field(default_factory=LoraSettings)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    rho1: Rho1Config = field(default_factory=Rho1Config)
 
     def validate(self, source: str) -> None:
         def fail(what: str) -> None:
@@ -206,6 +209,13 @@ def load_config(path: Path | None, *, micro: bool) -> TrainConfig:
     except OSError as exc:
         raise WmtpError(f"cannot read config: {exc.strerror}", path=path) from None
     return _merge(TrainConfig, TrainConfig(), _read_yaml(text, str(path)), str(path))
+
+
+def with_packaged(config: TrainConfig, name: str) -> TrainConfig:
+    """`config` under the keys of the packaged `configs/<name>` (an experiment's differences
+    from the Baseline config, e.g. `verifiable.yaml`)."""
+    text = resources.files("weighted_mtp.train").joinpath("configs", name).read_text()
+    return _merge(TrainConfig, config, _read_yaml(text, name), name)
 
 
 def parse_set(item: str) -> tuple[str, Any]:

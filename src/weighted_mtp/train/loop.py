@@ -40,7 +40,7 @@ from weighted_mtp.train.losses import (
     sequential_backward,
 )
 from weighted_mtp.train.runs import Assets, MetricsLog, manifest_hashes
-from weighted_mtp.train.weighting import Baseline, WeighContext, Weighting
+from weighted_mtp.train.weighting import Baseline, StepWeighting, WeighContext, Weighting
 
 
 @dataclass(frozen=True)
@@ -182,6 +182,8 @@ class Trainer:
         ctx = WeighContext(
             self.policy.core, self.step, self.n_heads, self.dist.device, self.dist.all_reduce_sum
         )
+        if isinstance(self.weighting, StepWeighting):
+            return self.weighting.weigh_step(batches, ctx)
         return [self.weighting.weigh(batch, ctx) for batch in batches]
 
     def train_step(self) -> dict[str, Any]:
@@ -202,12 +204,15 @@ class Trainer:
         self.dist.all_reduce_sum(normaliser)
         scales = head_scales(normaliser)
         backward = naive_backward if config.naive_heads else sequential_backward
+        # Each rank's loss is a share of the global sum; FSDP2 averages gradients over the
+        # ranks, so scale by the rank count to make them sum (clipping sees 1 rank's norm).
+        grad_scales = scales * self.dist.world
         sums = torch.zeros(self.n_heads, dtype=torch.float64, device=dev)
         for i, (batch, w) in enumerate(zip(batches, weights, strict=True)):
             set_gradient_sync(self.policy.core, i == len(batches) - 1, self.dist)
             with self._autocast():
                 sums += backward(
-                    self.policy.core, batch.tokens, batch.loss_mask, w.values, scales
+                    self.policy.core, batch.tokens, batch.loss_mask, w.values, grad_scales
                 ).double()
         grad_norm = self._clip()
         self.optimizer.step()

@@ -18,6 +18,10 @@ gradient of that step, and scales each target's cross-entropy by the returned we
 
 A weighting with state (a trained critic) returns it from `state_dict` so checkpoints carry
 it; a stateless one returns `{}`.
+
+A `StepWeighting` also has `weigh_step`, and the trainer then hands it all micro-batches of
+a step in one call: its statistics span the global batch however it is split into
+micro-batches and ranks (Rho-1's top fraction, the critic's whitening).
 """
 
 from __future__ import annotations
@@ -71,6 +75,13 @@ class Weighting(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class StepWeighting(Weighting, Protocol):
+    def weigh_step(self, batches: list[Batch], ctx: WeighContext) -> list[Weights]:
+        """`weigh` for every micro-batch of this rank's share of one step at once."""
+        ...
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Tiny MTP models for the training tests (float64 where gradients are compared)."""
+"""Tiny models and batches for the training tests (float64 where gradients are compared)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import torch
 
 from weighted_mtp.models.adapter import MtpTransformer
 from weighted_mtp.models.architecture import MetaParams
+from weighted_mtp.train.data import Batch
 
 TINY = MetaParams(
     dim=32,
@@ -57,3 +58,96 @@ def train_storage(tmp_path_factory, sp_model_path):
     from weighted_mtp.synthetic.training import write_training_storage
 
     return write_training_storage(tmp_path_factory.mktemp("train"), tokenizer_model=sp_model_path)
+
+
+def random_batch(
+    rows: int = 6, seqlen: int = 24, vocab: int = 50, seed: int = 0, full_row: bool = True
+) -> Batch:
+    """BOS + prompt + response + EOS, right-padded; one row fills the sequence when
+    `full_row` (its EOS is the last position)."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(3, vocab, (rows, seqlen), generator=g)
+    tokens[:, 0] = 1
+    loss_mask = torch.zeros(rows, seqlen, dtype=torch.bool)
+    for b in range(rows):
+        prompt = int(torch.randint(1, seqlen // 2, (), generator=g))
+        end = (
+            seqlen
+            if full_row and b == 0
+            else int(torch.randint(prompt + 2, seqlen + 1, (), generator=g))
+        )
+        loss_mask[b, prompt + 1 : end] = True
+        tokens[b, end - 1] = 2
+        tokens[b, end:] = 0
+    is_correct = torch.rand(rows, generator=g) < 0.5
+    is_correct[0], is_correct[-1] = True, False
+    task_ids = [f"task-{b // 2}" for b in range(rows)]
+    lengths = torch.tensor([int(row.nonzero().max()) + 1 for row in loss_mask])
+    sample_ids = tuple(f"sample-{b}" for b in range(rows))
+    return Batch(tokens, loss_mask, lengths, is_correct, tuple(task_ids), sample_ids)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine two threads
+    per test process contend badly (measured 20x slower under load). Modules opt in with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def make_batch():
+    return random_batch
+
+
+@pytest.fixture
+def batch() -> Batch:
+    return random_batch()
+
+
+@pytest.fixture
+def tiny_llama_config():
+    return llama_config
+
+
+def llama_config(vocab: int = 50, **overrides):
+    """A transformers LlamaConfig a few thousand parameters large."""
+    from transformers import LlamaConfig
+
+    settings = dict(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    return LlamaConfig(**(settings | overrides))
+
+
+@pytest.fixture(scope="session")
+def weighted_storage(tmp_path_factory, sp_model_path):
+    """`train_storage`'s content plus a random micro-ref (dim 32, 2 layers) whose tokenizer
+    is the same trimmed Meta tokenizer as micro-mtp's, so the storage records it as shared.
+    Tests must not modify it."""
+    import shutil
+
+    from weighted_mtp.models.micro import MicroSize, build_micro
+    from weighted_mtp.models.verify import verify_model
+    from weighted_mtp.storage.layout import META_MODEL, MICRO_REF, REFERENCE_MODEL
+    from weighted_mtp.synthetic.training import write_training_storage
+
+    layout = write_training_storage(
+        tmp_path_factory.mktemp("weighted"), tokenizer_model=sp_model_path
+    )
+    base_tokenizer = layout.model(REFERENCE_MODEL).tokenizer_model
+    base_tokenizer.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(layout.model(META_MODEL).tokenizer_model, base_tokenizer)
+    size = MicroSize(dim=32, n_layers=2, n_heads=2, vocab_size=1024, n_future_tokens=1)
+    build_micro(layout, MICRO_REF, init="random", size=size)
+    assert verify_model(layout, MICRO_REF).ok
+    return layout

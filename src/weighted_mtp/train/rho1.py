@@ -1,0 +1,135 @@
+"""Rho-1 token selection (Lin et al. 2024): train on the targets the policy finds harder than
+a reference model fine-tuned on high-quality data does.
+
+For target y_t (aligned with its TOKEN position, as in the training contract):
+
+    Δ_t = CE_policy_head0(y_t) − CE_reference(y_t)
+
+both next-token predictions of the same target, computed without gradient with the policy in
+eval mode. The top ⌈κ·N⌉ of the N valid targets of the global batch by score (Δ, or |Δ| with
+`score="absolute"`) get weight 1, the rest 0; ties go to the earlier (rank, row, position).
+The selection applies to that target for every head.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from weighted_mtp.errors import WmtpError
+from weighted_mtp.train.collectives import all_gather_1d, all_reduce
+from weighted_mtp.train.frozen import scoring_mode
+
+Score = Literal["signed", "absolute"]
+SCORES: tuple[Score, ...] = ("signed", "absolute")
+
+
+@dataclass(frozen=True)
+class Rho1Settings:
+    """κ, the selected fraction, and how Δ is scored (defaults: the paper's 1B setting)."""
+
+    kappa: float = 0.6
+    score: Score = "signed"
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.kappa, int | float) and 0.0 < self.kappa <= 1.0):
+            raise WmtpError(
+                f"--kappa must be in (0, 1], got {self.kappa}",
+                hint="it is the fraction of target tokens Rho-1 trains on, e.g. 0.6",
+            )
+        if self.score not in SCORES:
+            raise WmtpError(f"--score must be one of {', '.join(SCORES)}, got {self.score!r}")
+
+
+def selected_count(kappa: float, n_valid: int) -> int:
+    """⌈κ·N⌉, with κ taken as the decimal it is written as (0.1 · 10 is 1, not 2)."""
+    return math.ceil(Fraction(str(kappa)) * n_valid)
+
+
+def target_cross_entropy(logits: Tensor, tokens: Tensor) -> Tensor:
+    """ce[b, s] = CE of predicting tokens[b, s] from logits[b, s−1]; ce[:, 0] = 0. `[B, S]`."""
+    bsz, seqlen, vocab = logits.shape
+    ce = F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, vocab), tokens[:, 1:].reshape(-1), reduction="none"
+    ).view(bsz, seqlen - 1)
+    return F.pad(ce, (1, 0))  # [B, S]: aligned with the target token
+
+
+def policy_head0_cross_entropy(policy: nn.Module, tokens: Tensor) -> Tensor:
+    """Head 0's next-token CE per target, policy in eval mode, `[B, S]`."""
+    with scoring_mode(policy):
+        logits = policy(tokens, return_all_heads=False)[:, :, 0]  # [B, S, V]
+        return target_cross_entropy(logits, tokens)
+
+
+def reference_cross_entropy(reference: nn.Module, tokens: Tensor) -> Tensor:
+    """The reference causal LM's next-token CE per target, `[B, S]`."""
+    with scoring_mode(reference):
+        return target_cross_entropy(reference(tokens).logits, tokens)
+
+
+def excess_loss(policy_ce: Tensor, reference_ce: Tensor, loss_mask: Tensor) -> Tensor:
+    """Δ = CE_policy − CE_reference at targets, 0 elsewhere, `[B, S]` float32."""
+    return torch.where(loss_mask.bool(), policy_ce.float() - reference_ce.float(), 0.0).detach()
+
+
+def select_top_fraction(scores: Tensor, loss_mask: Tensor, kappa: float) -> Tensor:
+    """`[B, S]` bool: the top ⌈κ·N⌉ of the N valid targets of the global batch by score.
+
+    All ranks' valid scores are joined in (rank, row, position) order and sorted stably, so
+    equal scores go to the earlier target and every rank agrees on the selection.
+    """
+    mask = loss_mask.bool()
+    joined, offset = all_gather_1d(scores.detach().float()[mask])  # [N] in global order
+    n_selected = selected_count(kappa, joined.numel())
+    order = torch.sort(joined, descending=True, stable=True).indices
+    chosen = torch.zeros_like(joined, dtype=torch.bool)
+    chosen[order[:n_selected]] = True
+    selected = torch.zeros_like(mask)
+    selected[mask] = chosen[offset : offset + int(mask.sum())]
+    return selected
+
+
+def rho1_scores(delta: Tensor, score: Score) -> Tensor:
+    return delta.abs() if score == "absolute" else delta
+
+
+def selection_statistics(delta: Tensor, selected: Tensor, loss_mask: Tensor) -> dict[str, float]:
+    """Selected fraction and mean Δ of selected vs unselected targets, over all ranks."""
+    mask = loss_mask.bool()
+    unselected = mask & ~selected
+    d = delta.detach().to(torch.float64)
+    sums = all_reduce(
+        torch.stack(
+            [
+                mask.sum().to(torch.float64),
+                selected.sum().to(torch.float64),
+                d[selected].sum(),
+                unselected.sum().to(torch.float64),
+                d[unselected].sum(),
+            ]
+        )
+    )
+    count, n_sel, sum_sel, n_unsel, sum_unsel = (float(v) for v in sums)
+    if count == 0:
+        return {}
+    metrics = {"selected_frac": n_sel / count}
+    if n_sel:
+        metrics["delta_selected_mean"] = sum_sel / n_sel
+    if n_unsel:
+        metrics["delta_unselected_mean"] = sum_unsel / n_unsel
+    return metrics
+
+
+def rho1_token_weights(
+    delta: Tensor, loss_mask: Tensor, settings: Rho1Settings
+) -> tuple[Tensor, dict[str, float]]:
+    """Rho-1's 0/1 `[B, S]` weights from the excess losses of one global batch, and metrics."""
+    selected = select_top_fraction(rho1_scores(delta, settings.score), loss_mask, settings.kappa)
+    return selected.float(), selection_statistics(delta, selected, loss_mask)

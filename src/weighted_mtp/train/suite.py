@@ -1,0 +1,163 @@
+"""`wmtp train suite`: the whole comparison in one command.
+
+Baseline, critic → Verifiable Critic, ref-tune → Rho-1, each in `<out>/<experiment>/`, all
+from the same Baseline config (same data order, seed and effective batch; the packaged
+overlay of each experiment changes only what defines it). Then `comparison.json`,
+`comparison.md` and `validation_loss.png` in `<out>`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from weighted_mtp.errors import WmtpError
+from weighted_mtp.storage.atomic import read_json_or_none, write_json, write_text
+from weighted_mtp.storage.layout import Layout
+from weighted_mtp.train.config import TrainConfig, load_config, with_overrides, with_packaged
+from weighted_mtp.train.runs import read_metrics, runs_dir
+
+POLICY_RUNS = ("baseline", "verifiable", "rho1")
+STAGE_OF = {"verifiable": "critic", "rho1": "ref-tune"}
+
+
+def experiment_config(experiment: str, small: bool, overrides: dict[str, Any]) -> TrainConfig:
+    """The Baseline config of the size, the experiment's packaged overlay, then overrides."""
+    config = load_config(None, micro=small)
+    if experiment != "baseline":
+        size = "micro" if small else "7b"
+        config = with_packaged(config, f"{experiment.replace('-', '_')}_{size}.yaml")
+    return with_overrides(config, overrides, "options")
+
+
+def weight_statistics(run_dir: Path) -> dict[str, float]:
+    """The mean over training steps of each weight metric the weighting logged."""
+    steps = [
+        r["weights"] for r in read_metrics(run_dir) if r.get("kind") == "train" and "weights" in r
+    ]
+    names = sorted({name for s in steps for name in s})
+    return {n: sum(s[n] for s in steps if n in s) / sum(n in s for s in steps) for n in names}
+
+
+def experiment_entry(out: Path, experiment: str) -> dict[str, Any]:
+    run_dir = out / experiment
+    summary = read_json_or_none(run_dir / "summary.json", "summary.json") or {}
+    validation = summary.get("final_validation") or {}
+    entry: dict[str, Any] = {
+        "run": str(run_dir),
+        "normalize": summary.get("normalize"),
+        "final_validation_loss": validation.get("loss"),
+        "final_validation_per_head": validation.get("per_head"),
+        "tokens_trained": summary.get("tokens_seen"),
+        "steps": summary.get("steps"),
+        "wall_s": summary.get("wall_s"),
+        "weights": weight_statistics(run_dir),
+    }
+    if experiment in STAGE_OF:
+        stage = read_json_or_none(out / STAGE_OF[experiment] / "summary.json", "summary.json")
+        stage = stage or {}
+        entry["stage_one"] = {
+            "run": str(out / STAGE_OF[experiment]),
+            "wall_s": stage.get("wall_s"),
+            "final_validation": stage.get("final_validation"),
+        }
+        entry["wall_s_with_stage_one"] = round(
+            (entry["wall_s"] or 0.0) + (stage.get("wall_s") or 0.0), 3
+        )
+    return entry
+
+
+def _number(x: Any, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def comparison_markdown(comparison: dict[str, Any]) -> str:
+    experiments = comparison["experiments"]
+    n_heads = max(
+        (len(e["final_validation_per_head"] or []) for e in experiments.values()), default=0
+    )
+    head_cols = "".join(f" head {k} |" for k in range(n_heads))
+    lines = [
+        "# Baseline vs Verifiable Critic vs Rho-1",
+        "",
+        f"Same data order, seed {comparison['seed']} and global batch "
+        f"{comparison['batch_size']}; {comparison['steps']} steps each.",
+        "",
+        f"| experiment | normalize | validation loss |{head_cols} tokens | wall s | weights |",
+        "| --- | --- | --- |" + " --- |" * n_heads + " --- | --- | --- |",
+    ]
+    for name, e in experiments.items():
+        heads = "".join(f" {_number(x)} |" for x in (e["final_validation_per_head"] or []))
+        weights = ", ".join(f"{k} {_number(v, 3)}" for k, v in e["weights"].items()) or "-"
+        wall = e.get("wall_s_with_stage_one", e["wall_s"])
+        lines.append(
+            f"| {name} | {e['normalize']} | {_number(e['final_validation_loss'])} |{heads} "
+            f"{_number(e['tokens_trained'])} | {_number(wall, 1)} | {weights} |"
+        )
+    critic = experiments.get("verifiable", {}).get("stage_one", {}).get("final_validation") or {}
+    lines += [
+        "",
+        "Wall time of the weighted experiments includes their stage 1. Critic validation: "
+        f"pairwise accuracy {_number(critic.get('pairwise_accuracy'))}, "
+        f"AUROC {_number(critic.get('auroc'))}.",
+        "",
+        "![validation loss](validation_loss.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def run_suite(
+    layout: Layout,
+    *,
+    small: bool,
+    overrides: dict[str, Any],
+    out: Path | None,
+    on_stage: Callable[[str], None] | None = None,
+    on_step: Callable[..., None] | None = None,
+) -> Path:
+    """Run the five stages in order into `out`, then write the comparison; returns `out`."""
+    from weighted_mtp.train.loop import train
+    from weighted_mtp.train.plot import plot_runs
+    from weighted_mtp.train.stage_one import train_stage_one
+    from weighted_mtp.train.weighted_runs import train_weighted
+
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    out = out or runs_dir(layout, "suite") / stamp
+    if out.exists() and any(out.iterdir()):
+        raise WmtpError("the suite folder is not empty", path=out, hint="choose a new --out")
+    stage_overrides = {
+        "verifiable": {"critic.run": str(out / "critic")},
+        "rho1": {"rho1.reference": str(out / "ref-tune")},
+    }
+    configs = {
+        name: experiment_config(name, small, overrides | stage_overrides.get(name, {}))
+        for name in ("baseline", "critic", "verifiable", "ref-tune", "rho1")
+    }
+    for name, config in configs.items():
+        config.validate(name)
+    for name, config in configs.items():
+        if on_stage is not None:
+            on_stage(name)
+        if name == "baseline":
+            train(layout, config, run_dir=out / name, on_step=on_step)
+        elif name in ("critic", "ref-tune"):
+            train_stage_one(layout, name, config, run_dir=out / name, on_step=on_step)
+        else:
+            train_weighted(layout, config, run_dir=out / name, on_step=on_step)
+    baseline = configs["baseline"]
+    comparison = {
+        "seed": baseline.seed,
+        "batch_size": baseline.batch_size,
+        "steps": baseline.max_steps or "one epoch of",
+        "experiments": {name: experiment_entry(out, name) for name in POLICY_RUNS},
+    }
+    plot_runs([out / name for name in POLICY_RUNS], out / "validation_loss.png")
+    write_json(out / "comparison.json", comparison)
+    write_text(out / "comparison.md", comparison_markdown(comparison))
+    return out

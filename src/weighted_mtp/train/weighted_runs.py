@@ -1,0 +1,173 @@
+"""Stage 2 of the weighted experiments: the policy trained by the one trainer with the
+Verifiable Critic or Rho-1 weighting, after checking what it weighs with.
+
+The critic (a `wmtp train critic` run) or the reference (a `wmtp train ref-tune` run, or a
+model folder / storage model) must exist and share the policy's tokenizer: its tokenizer
+file has the policy's SHA-256, and the storage recorded `tokenizer_shared_with` for it (the
+piece-by-piece comparison `wmtp models convert` makes). Anything wrong is one error before a
+run folder is made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from weighted_mtp.errors import WmtpError
+from weighted_mtp.storage.atomic import read_json_or_none
+from weighted_mtp.storage.hashing import sha256_file
+from weighted_mtp.storage.layout import MODELS, Layout, ModelPaths
+from weighted_mtp.train.config import TrainConfig
+from weighted_mtp.train.stage_one import CRITIC_WEIGHTS, STAGE_FILE
+from weighted_mtp.train.weighting import Weighting
+
+
+@dataclass(frozen=True)
+class Helper:
+    """A stage-1 model on disk: its folder, tokenizer and what the storage says about it."""
+
+    what: str
+    folder: Path
+    tokenizer: Path
+    shared_with: str | None
+    record: dict[str, Any]
+
+
+def stage_one_run(run: str, kind: str) -> Helper:
+    """A finished `wmtp train <kind>` run, or one clear error."""
+    if not run:
+        raise WmtpError(
+            f"no {kind} run given",
+            hint=f"pass --{'critic' if kind == 'critic' else 'reference'} RUN_DIR "
+            f"(from `wmtp train {kind}`)",
+        )
+    final = Path(run).expanduser() / "final"
+    record = read_json_or_none(final / STAGE_FILE, STAGE_FILE)
+    if not isinstance(record, dict) or record.get("kind") != kind:
+        raise WmtpError(
+            f"{run} is not a finished {kind} run (no final/{STAGE_FILE})",
+            path=run,
+            hint=f"run `wmtp train {kind}` first and pass its run folder",
+        )
+    return Helper(
+        f"{kind} run {run}",
+        final,
+        final / "tokenizer" / "tokenizer.model",
+        record.get("tokenizer_shared_with"),
+        record,
+    )
+
+
+def reference_helper(layout: Layout, reference: str) -> Helper:
+    """`--reference RUN|MODEL`: a ref-tune run folder, a storage model or a model folder."""
+    if reference in MODELS:
+        paths = layout.model(reference)
+    elif (Path(reference).expanduser() / "final" / STAGE_FILE).is_file():
+        return stage_one_run(reference, "ref-tune")
+    elif Path(reference).expanduser().is_dir():
+        folder = Path(reference).expanduser()
+        paths = ModelPaths(folder.name, folder)
+    else:
+        return stage_one_run(reference, "ref-tune")  # the missing-run error
+    metadata = read_json_or_none(paths.metadata, "metadata.json") or {}
+    return Helper(
+        f"reference {reference}",
+        paths.root,
+        paths.tokenizer_model,
+        metadata.get("tokenizer_shared_with"),
+        {},
+    )
+
+
+def require_shared_tokenizer(policy: ModelPaths, helper: Helper) -> None:
+    """The helper reads text with exactly the policy's tokenizer, or one clear error."""
+    if not helper.tokenizer.is_file():
+        raise WmtpError(f"the {helper.what} has no tokenizer", path=helper.tokenizer)
+    if not helper.shared_with:
+        raise WmtpError(
+            f"the {helper.what} does not record a tokenizer shared with the policy "
+            "(tokenizer_shared_with is empty)",
+            path=helper.folder,
+            hint="use a reference whose conversion verified its tokenizer against Meta's",
+        )
+    mine, theirs = sha256_file(policy.tokenizer_model), sha256_file(helper.tokenizer)
+    if mine != theirs:
+        raise WmtpError(
+            f"the {helper.what} uses another tokenizer than the policy {policy.name} "
+            f"(SHA-256 {theirs[:12]}… vs {mine[:12]}…)",
+            path=helper.tokenizer,
+            hint="train the critic / reference from a model that shares the policy's "
+            "tokenizer (micro-ref for micro-mtp, ref-sheared-llama-2.7b for meta-llama-mtp)",
+        )
+
+
+def load_critic(helper: Helper, config: TrainConfig) -> Any:
+    """The trained value model of a critic run, rebuilt on its base and loaded (strict)."""
+    from safetensors.torch import load_file
+
+    from weighted_mtp.train.config import with_overrides
+    from weighted_mtp.train.stage_one import build_critic
+
+    record = helper.record
+    lora = record.get("lora") or {}
+    overrides = {"critic.head_hidden": record["head_hidden"]}
+    overrides |= {f"lora.{k}": v for k, v in lora.items()}
+    built_with = with_overrides(config, overrides, STAGE_FILE)
+    critic = build_critic(Path(record["base_model"]), built_with)
+    critic.load_state_dict(load_file(helper.folder / CRITIC_WEIGHTS), strict=True)
+    return critic
+
+
+def build_weighting(layout: Layout, config: TrainConfig, policy: ModelPaths) -> Weighting:
+    """The experiment's weighting, its settings checked and its helper verified."""
+    from weighted_mtp.train.advantages import AwrSettings
+    from weighted_mtp.train.rho1 import Rho1Settings
+    from weighted_mtp.train.weighted import Rho1, VerifiableCritic
+
+    if config.experiment == "verifiable":
+        c = config.critic
+        settings = AwrSettings(c.gamma, c.lam, c.beta, c.w_min, c.w_max, c.momentum)
+        helper = stage_one_run(c.run, "critic")
+        require_shared_tokenizer(policy, helper)
+        return VerifiableCritic(load_critic(helper, config), settings)
+    if config.experiment == "rho1":
+        rho1 = Rho1Settings(config.rho1.kappa, config.rho1.score)
+        if not config.rho1.reference:
+            raise WmtpError(
+                "no reference given", hint="pass --reference RUN|MODEL (a ref-tune run)"
+            )
+        helper = reference_helper(layout, config.rho1.reference)
+        require_shared_tokenizer(policy, helper)
+        from weighted_mtp.models.adapter import load_reference_model
+
+        return Rho1(load_reference_model(helper.folder), rho1)
+    raise WmtpError(f"experiment {config.experiment!r} has no weighting here")
+
+
+def train_weighted(
+    layout: Layout,
+    config: TrainConfig,
+    *,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    stop_at: int | None = None,
+    on_step: Callable[..., None] | None = None,
+) -> Any:
+    """Stage 2: check the helper, then the one trainer with its weighting."""
+    from weighted_mtp.train.loop import train
+    from weighted_mtp.train.runs import resolve_assets
+
+    config.validate("config")
+    policy = resolve_assets(layout, config.model, config.data, config.small).model
+    weighting = build_weighting(layout, config, policy)
+    return train(
+        layout,
+        config,
+        run_dir=run_dir,
+        resume=resume,
+        stop_at=stop_at,
+        on_step=on_step,
+        weighting=weighting,
+    )
