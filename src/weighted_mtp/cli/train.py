@@ -4,8 +4,9 @@ inside the commands."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -13,6 +14,8 @@ from weighted_mtp.cli._console import console, err_console, state
 
 if TYPE_CHECKING:
     from weighted_mtp.train.loop import StepReport
+
+T = TypeVar("T")
 
 app = typer.Typer(help="Train the experiments on the storage; plot runs.", no_args_is_help=True)
 
@@ -147,16 +150,12 @@ def baseline(
     )
     from weighted_mtp.train.loop import train  # imports torch: after the options are checked
 
-    main_rank = int(os.environ.get("RANK", "0")) == 0
-    bar = _ProgressBar() if main_rank and err_console.is_terminal else None
-    try:
-        result = train(
+    result = _with_progress(
+        lambda bar: train(
             layout, run_config, run_dir=run_dir, resume=resume, stop_at=stop_at, on_step=bar
         )
-    finally:
-        if bar is not None:
-            bar.close()
-    if not main_rank:
+    )
+    if not _on_main_rank():
         return
     if result.completed:
         loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "-"
@@ -198,6 +197,20 @@ ModelOpt = Annotated[str | None, typer.Option(help="Storage model name or model 
 DataOpt = Annotated[str | None, typer.Option(help="Dataset name (codecontests).")]
 
 
+def _on_main_rank() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _with_progress(run: Callable[[_ProgressBar | None], T]) -> T:
+    """Run a training loop with a progress bar, shown on the main rank's terminal only."""
+    bar = _ProgressBar() if _on_main_rank() and err_console.is_terminal else None
+    try:
+        return run(bar)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def _experiment_config(
     experiment: str, config: Path | None, small: bool, overrides: dict[str, Any]
 ):
@@ -229,13 +242,9 @@ def _stage_one(
 
     overrides = _overrides(model, data, None, max_steps, seed, None, None, None, sets or [])
     run_config = _experiment_config(kind, config, small, overrides | extra)
-    main_rank = int(os.environ.get("RANK", "0")) == 0
-    bar = _ProgressBar() if main_rank and err_console.is_terminal else None
-    try:
-        result = train_stage_one(state(ctx).layout, kind, run_config, run_dir=out, on_step=bar)
-    finally:
-        if bar is not None:
-            bar.close()
+    result = _with_progress(
+        lambda bar: train_stage_one(state(ctx).layout, kind, run_config, run_dir=out, on_step=bar)
+    )
     if result is None:
         return
     validation = result.summary.get("final_validation") or {}
@@ -308,16 +317,12 @@ def _stage_two(
     )
     from weighted_mtp.train.weighted_runs import train_weighted  # imports torch
 
-    main_rank = int(os.environ.get("RANK", "0")) == 0
-    bar = _ProgressBar() if main_rank and err_console.is_terminal else None
-    try:
-        result = train_weighted(
+    result = _with_progress(
+        lambda bar: train_weighted(
             layout, run_config, run_dir=run_dir, resume=resume, stop_at=stop_at, on_step=bar
         )
-    finally:
-        if bar is not None:
-            bar.close()
-    if main_rank:
+    )
+    if _on_main_rank():
         state_text = "run complete" if result.completed else "stopped (checkpoint written)"
         console.print(
             f"{experiment} {state_text}: {result.steps_done} steps -> {result.run_dir}",
