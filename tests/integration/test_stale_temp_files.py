@@ -6,20 +6,11 @@ import signal
 import subprocess
 import sys
 
+from tests.helpers import TINY_META_PARAMS
 from weighted_mtp.data.validate import validate_dataset
 from weighted_mtp.models.verify import verify_model
 from weighted_mtp.storage.atomic import TEMP_MARKER
 
-TINY_META = {
-    "dim": 64,
-    "n_layers": 3,
-    "n_heads": 2,
-    "multiple_of": 32,
-    "norm_eps": 1e-05,
-    "rope_theta": 10000.0,
-    "n_future_tokens": 2,
-    "max_seq_len": 512,
-}
 KILL_AFTER_FIRST = """
 import os, signal
 import {module} as target
@@ -70,7 +61,9 @@ def test_a_rerun_of_convert_removes_what_the_killed_run_left(layout, sp_model_pa
     from weighted_mtp.synthetic.models import write_meta_mirror
 
     mirror = write_meta_mirror(
-        tmp_path / "mirror", tokenizer_model=sp_model_path, params={**TINY_META, "vocab_size": -1}
+        tmp_path / "mirror",
+        tokenizer_model=sp_model_path,
+        params={**TINY_META_PARAMS, "vocab_size": -1},
     )
     download_model(layout, load_catalog(), "meta-llama-mtp", mirror=mirror)
     model = layout.model("meta-llama-mtp")

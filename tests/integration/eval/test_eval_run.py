@@ -9,19 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tests.helpers import TINY_META_PARAMS
 from weighted_mtp.cli import app
-
-TINY_META = {
-    "dim": 64,
-    "n_layers": 3,
-    "n_heads": 2,
-    "multiple_of": 32,
-    "norm_eps": 1e-05,
-    "rope_theta": 10000.0,
-    "n_future_tokens": 2,
-    "vocab_size": 8320,
-    "max_seq_len": 512,
-}
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +29,9 @@ def eval_storage(tmp_path_factory, sp_model_path):
     layout = Layout(base / "storage")
     init_storage(layout)
     catalog = load_catalog()
-    meta = write_meta_mirror(base / "meta", tokenizer_model=sp_model_path, params=dict(TINY_META))
+    meta = write_meta_mirror(
+        base / "meta", tokenizer_model=sp_model_path, params=dict(TINY_META_PARAMS)
+    )
     download_model(layout, catalog, "meta-llama-mtp", mirror=meta)
     size = MicroSize(dim=64, n_layers=4, n_heads=2, vocab_size=8000, n_future_tokens=3)
     build_micro(layout, "micro-mtp", init="random", seed=1, size=size)
