@@ -33,6 +33,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from _measure import rss_anon_kib
+
 BENCH_DIM, BENCH_HEADS, BENCH_FUTURE = 2048, 16, 4
 
 CHILD_WMTP = """
@@ -71,17 +73,6 @@ print(json.dumps({"seconds": time.perf_counter() - start}))
 """
 
 
-def _rss_anon_kib(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def settle(*outputs: Path) -> None:
     """Remove the previous run's output and flush dirty pages, so that no run pays for
     freeing or writing back another run's file."""
@@ -99,7 +90,7 @@ def run_measured(args: list[str], *outputs: Path) -> tuple[dict, float, int]:
 
     def sample() -> None:
         while child.poll() is None:
-            kib = _rss_anon_kib(child.pid)
+            kib = rss_anon_kib(child.pid)
             if kib:
                 peak[0] = max(peak[0], kib)
             time.sleep(0.005)

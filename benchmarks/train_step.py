@@ -27,6 +27,8 @@ import sys
 import threading
 import time
 
+from _measure import rss_anon_kib
+
 CHILD = """
 import json, sys, time
 import torch
@@ -70,17 +72,6 @@ CASES = (
 )
 
 
-def _rss_anon_kib(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def run_measured(code: str, *args: str) -> tuple[dict, int]:
     """Run `python -c code args`; returns (its JSON output, peak RssAnon in bytes)."""
     child = subprocess.Popen(
@@ -93,7 +84,7 @@ def run_measured(code: str, *args: str) -> tuple[dict, int]:
 
     def sample() -> None:
         while child.poll() is None:
-            peak[0] = max(peak[0], _rss_anon_kib(child.pid) or 0)
+            peak[0] = max(peak[0], rss_anon_kib(child.pid) or 0)
             time.sleep(0.005)
 
     sampler = threading.Thread(target=sample, daemon=True)
