@@ -62,34 +62,20 @@ def download(
         console.print(f"raw/{file}: {entry['rows']} rows, sha256 {entry['sha256'][:16]}…")
 
 
+SUMMARY_COLUMNS = ("records", "tasks", "correct", "incorrect", "dropped", "shortened", "truncated")
+
+
 def _print_summary(summary: dict) -> None:
     table = Table(
         "split",
-        "records",
-        "tasks",
-        "correct",
-        "incorrect",
-        "dropped",
-        "shortened",
-        "truncated",
+        *SUMMARY_COLUMNS,
         box=None,
         title=f"{summary['dataset']} (max length {summary['max_length']}, seed {summary['seed']})",
     )
     for split, entry in summary["splits"].items():
         table.add_row(
             split,
-            *(
-                str(entry[k])
-                for k in (
-                    "records",
-                    "tasks",
-                    "correct",
-                    "incorrect",
-                    "dropped",
-                    "shortened",
-                    "truncated",
-                )
-            ),
+            *(str(entry[k]) for k in SUMMARY_COLUMNS),
         )
     console.print(table)
     for split, entry in summary["splits"].items():
