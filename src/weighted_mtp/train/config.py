@@ -19,7 +19,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.train.lora import LoraSettings
-from weighted_mtp.train.weighted_config import CriticConfig, Rho1Config
+from weighted_mtp.train.weighted_config import CriticConfig, FrozenConfig, Rho1Config
 from weighted_mtp.train.weighting import Normalize
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -62,6 +62,7 @@ class TrainConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     critic: CriticConfig = field(default_factory=CriticConfig)
     rho1: Rho1Config = field(default_factory=Rho1Config)
+    frozen: FrozenConfig = field(default_factory=FrozenConfig)
 
     def validate(self, source: str) -> None:
         def fail(what: str) -> None:
@@ -82,6 +83,8 @@ class TrainConfig:
             fail("warmup_ratio must be in [0, 1) and min_lr_ratio in [0, 1]")
         if self.clip_grad_norm < 0:
             fail("clip_grad_norm must be >= 0")
+        if self.frozen.shard_min_mib < 0:
+            fail("frozen.shard_min_mib must be >= 0")
         choices = {
             "normalize": ("count", "weight", "selected"),
             "precision": PRECISIONS,

@@ -180,7 +180,12 @@ class Trainer:
 
     def _weigh(self, batches: list[Batch]):
         ctx = WeighContext(
-            self.policy.core, self.step, self.n_heads, self.dist.device, self.dist.all_reduce_sum
+            self.policy.core,
+            self.step,
+            self.n_heads,
+            self.dist.device,
+            self.dist.all_reduce_sum,
+            self.autocast,
         )
         if isinstance(self.weighting, StepWeighting):
             return self.weighting.weigh_step(batches, ctx)

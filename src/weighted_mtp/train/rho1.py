@@ -53,7 +53,8 @@ def selected_count(kappa: float, n_valid: int) -> int:
 
 
 def target_cross_entropy(logits: Tensor, tokens: Tensor) -> Tensor:
-    """ce[b, s] = CE of predicting tokens[b, s] from logits[b, s−1]; ce[:, 0] = 0. `[B, S]`."""
+    """ce[b, s] = CE of predicting tokens[b, s] from logits[b, s−1]; ce[:, 0] = 0. `[B, S]`
+    float32 whatever the logits' dtype: the log-softmax runs on logits upcast to float32."""
     bsz, seqlen, vocab = logits.shape
     ce = F.cross_entropy(
         logits[:, :-1].float().reshape(-1, vocab), tokens[:, 1:].reshape(-1), reduction="none"
@@ -75,8 +76,16 @@ def reference_cross_entropy(reference: nn.Module, tokens: Tensor) -> Tensor:
 
 
 def excess_loss(policy_ce: Tensor, reference_ce: Tensor, loss_mask: Tensor) -> Tensor:
-    """Δ = CE_policy − CE_reference at targets, 0 elsewhere, `[B, S]` float32."""
-    return torch.where(loss_mask.bool(), policy_ce.float() - reference_ce.float(), 0.0).detach()
+    """Δ = CE_policy − CE_reference at targets, 0 elsewhere, `[B, S]` float32.
+
+    Both CEs must already be float32 (`target_cross_entropy` gives that for a policy and a
+    reference of any dtype): a CE computed in bf16 carries bf16's rounding into Δ, so it is
+    refused here rather than cast after the fact.
+    """
+    for name, ce in (("policy", policy_ce), ("reference", reference_ce)):
+        if ce.dtype != torch.float32:
+            raise TypeError(f"the {name} cross-entropy is {ce.dtype}: Δ needs float32 CEs")
+    return torch.where(loss_mask.bool(), policy_ce - reference_ce, 0.0).detach()
 
 
 def select_top_fraction(scores: Tensor, loss_mask: Tensor, kappa: float) -> Tensor:

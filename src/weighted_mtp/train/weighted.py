@@ -5,6 +5,10 @@ rank, statistics all-reduced over ranks), so whitening statistics and Rho-1's to
 are those of the global batch, and 1 rank with accumulation selects exactly what N ranks
 do. Micro-batches are joined row-wise (padded to the widest, padding never a target) in
 (rank, micro-batch, row) order, which is the global batch's order for any split.
+
+The frozen helper is placed at the first step (`frozen.place_frozen`: dtype, device, and
+FSDP2 sharding or a replica by `FrozenConfig`); every rank scores the same number of
+micro-batches, so a sharded helper's all-gathers pair up across ranks.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from torch import Tensor, nn
 
 from weighted_mtp.train.advantages import AwrSettings, RunningWhitening, critic_token_weights
 from weighted_mtp.train.critic import critic_values
-from weighted_mtp.train.frozen import freeze
+from weighted_mtp.train.frozen import Placement, freeze, place_frozen
 from weighted_mtp.train.rho1 import (
     Rho1Settings,
     excess_loss,
@@ -25,19 +29,11 @@ from weighted_mtp.train.rho1 import (
     reference_cross_entropy,
     rho1_token_weights,
 )
+from weighted_mtp.train.weighted_config import FrozenConfig
 from weighted_mtp.train.weighting import Normalize, WeighContext, Weights
 
 if TYPE_CHECKING:
     from weighted_mtp.train.data import Batch
-
-
-def place_helper(module: nn.Module, device: torch.device) -> nn.Module:
-    """The frozen helper on the policy's device: bf16 on GPUs that support it (it only
-    scores), float32 elsewhere. A no-op once there."""
-    from weighted_mtp.train.distributed import bf16_supported
-
-    dtype = torch.bfloat16 if bf16_supported(device) else torch.float32
-    return module.to(device=device, dtype=dtype)
 
 
 def join_rows(parts: list[Tensor]) -> Tensor:
@@ -69,13 +65,16 @@ class VerifiableCritic:
     name: str = "verifiable"
     normalize: Normalize = "weight"
     whitening: RunningWhitening = field(default_factory=RunningWhitening)
+    frozen: FrozenConfig = field(default_factory=FrozenConfig)
+    placement: Placement | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         freeze(self.critic)
         self.whitening.momentum = self.settings.momentum
 
     def weigh_step(self, batches: list[Batch], ctx: WeighContext) -> list[Weights]:
-        place_helper(self.critic, ctx.device)
+        if self.placement is None:
+            self.placement = place_frozen(self.critic, self.frozen, ctx.device, ctx.policy_dtype)
         values = [critic_values(self.critic, b.tokens) for b in batches]  # [B_i, S_i] each
         masks = [b.loss_mask for b in batches]
         weights, metrics = critic_token_weights(
@@ -106,12 +105,15 @@ class Rho1:
     settings: Rho1Settings = field(default_factory=Rho1Settings)
     name: str = "rho1"
     normalize: Normalize = "selected"
+    frozen: FrozenConfig = field(default_factory=FrozenConfig)
+    placement: Placement | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         freeze(self.reference)
 
     def weigh_step(self, batches: list[Batch], ctx: WeighContext) -> list[Weights]:
-        place_helper(self.reference, ctx.device)
+        if self.placement is None:
+            self.placement = place_frozen(self.reference, self.frozen, ctx.device, ctx.policy_dtype)
         deltas = [
             excess_loss(
                 policy_head0_cross_entropy(ctx.model, b.tokens),

@@ -32,3 +32,20 @@ class Rho1Config:
     reference: str = ""
     kappa: float = 0.6
     score: Literal["signed", "absolute"] = "signed"
+
+
+@dataclass(frozen=True)
+class FrozenConfig:
+    """Stage 2: how each rank holds the frozen critic / reference (`frozen:` in config.yaml).
+
+    `shard`: under torchrun, `always` shards it with FSDP2 like the policy (per block, then
+    the root), `never` keeps a full replica on every rank, and `auto` shards when its
+    parameters in the scoring dtype exceed `shard_min_mib` (a replica that small costs less
+    memory than its per-step all-gathers cost time). One process never shards.
+    `dtype`: `auto` scores in the policy's compute dtype (bf16 where the trainer autocasts to
+    bf16, float32 otherwise); `bf16` or `fp32` force one.
+    """
+
+    shard: Literal["auto", "always", "never"] = "auto"
+    shard_min_mib: float = 1024.0
+    dtype: Literal["auto", "bf16", "fp32"] = "auto"

@@ -131,7 +131,7 @@ def build_weighting(layout: Layout, config: TrainConfig, policy: ModelPaths) -> 
         settings = AwrSettings(c.gamma, c.lam, c.beta, c.w_min, c.w_max, c.momentum)
         helper = stage_one_run(c.run, "critic")
         require_shared_tokenizer(policy, helper)
-        return VerifiableCritic(load_critic(helper, config), settings)
+        return VerifiableCritic(load_critic(helper, config), settings, frozen=config.frozen)
     if config.experiment == "rho1":
         rho1 = Rho1Settings(config.rho1.kappa, config.rho1.score)
         if not config.rho1.reference:
@@ -142,7 +142,7 @@ def build_weighting(layout: Layout, config: TrainConfig, policy: ModelPaths) -> 
         require_shared_tokenizer(policy, helper)
         from weighted_mtp.models.adapter import load_reference_model
 
-        return Rho1(load_reference_model(helper.folder), rho1)
+        return Rho1(load_reference_model(helper.folder), rho1, frozen=config.frozen)
     raise WmtpError(f"experiment {config.experiment!r} has no weighting here")
 
 

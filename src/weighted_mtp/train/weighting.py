@@ -53,7 +53,8 @@ class WeighContext:
 
     `model` is the policy being trained (possibly sharded or carrying LoRA layers; call it,
     or its `trunk`/`head_logits`, under `torch.no_grad()`). `all_reduce_sum` sums a tensor
-    over ranks in place and returns it (the identity on one process).
+    over ranks in place and returns it (the identity on one process). `policy_dtype` is the
+    dtype the trainer autocasts the policy to (None: float32), which frozen helpers follow.
     """
 
     model: MtpTransformer
@@ -61,6 +62,7 @@ class WeighContext:
     n_heads: int
     device: torch.device
     all_reduce_sum: Callable[[torch.Tensor], torch.Tensor]
+    policy_dtype: torch.dtype | None = None
 
 
 @runtime_checkable
