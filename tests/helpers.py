@@ -4,14 +4,19 @@ live in the conftest files, which import from here, never the other way round)."
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from typer.testing import CliRunner, Result
 
 from weighted_mtp.cli import app
 from weighted_mtp.errors import WmtpError
+
+if TYPE_CHECKING:
+    from weighted_mtp.storage.layout import Layout
 
 TINY_META_PARAMS = {
     "dim": 64,
@@ -77,13 +82,55 @@ def read_records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def run_wmtp(*args: str, root: Path) -> subprocess.CompletedProcess[str]:
-    """`wmtp --root ROOT ARGS` in a real process: exit codes and stderr as a user sees them."""
+def wmtp_command(*args: str, root: Path, ranks: int = 1) -> list[str]:
+    """The argv of `wmtp --root ROOT ARGS`, under `torchrun --nproc-per-node RANKS` (gloo on
+    CPU) when `ranks` > 1."""
+    launcher = [sys.executable]
+    if ranks > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"]
+    return [*launcher, "-m", "weighted_mtp", "--root", str(root), *args]
+
+
+def run_wmtp(*args: str, root: Path, ranks: int = 1) -> subprocess.CompletedProcess[str]:
+    """`wmtp --root ROOT ARGS` in a real process (or `ranks` torchrun ranks): exit codes and
+    stderr as a user sees them."""
     return subprocess.run(
-        [sys.executable, "-m", "weighted_mtp", "--root", str(root), *args],
+        wmtp_command(*args, root=root, ranks=ranks),
         capture_output=True,
         text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=600,
     )
+
+
+def checkpoint_model(path: Path, out: Path) -> dict[str, Any]:
+    """The model tensors of a DCP training checkpoint (float32, as trained), via `out`."""
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    dcp_to_torch_save(path, out)
+    return torch.load(out, weights_only=True)["model"]
+
+
+def write_weighted_storage(root: Path, tokenizer_model: Path) -> Layout:
+    """A training storage (`write_training_storage`) plus a random micro-ref (dim 32, 2
+    layers) whose tokenizer is micro-mtp's trimmed Meta tokenizer, so the storage records it
+    as shared: what the weighted experiments need."""
+    import shutil
+
+    from weighted_mtp.models.micro import MicroSize, build_micro
+    from weighted_mtp.models.verify import verify_model
+    from weighted_mtp.storage.layout import META_MODEL, MICRO_REF, REFERENCE_MODEL
+    from weighted_mtp.synthetic.training import write_training_storage
+
+    layout = write_training_storage(root, tokenizer_model=tokenizer_model)
+    base_tokenizer = layout.model(REFERENCE_MODEL).tokenizer_model
+    base_tokenizer.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(layout.model(META_MODEL).tokenizer_model, base_tokenizer)
+    size = MicroSize(dim=32, n_layers=2, n_heads=2, vocab_size=1024, n_future_tokens=1)
+    build_micro(layout, MICRO_REF, init="random", size=size)
+    assert verify_model(layout, MICRO_REF).ok
+    return layout
 
 
 def invoke(*args: str, root: Path) -> Result:

@@ -4,13 +4,13 @@ resuming on another number of ranks, plotting, and one-line errors."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.helpers import checkpoint_model, run_wmtp
 
 OPTIONS = [
     "--small",
@@ -36,17 +36,7 @@ OPTIONS = [
 
 
 def wmtp(root: Path, *args: str, ranks: int = 1) -> subprocess.CompletedProcess:
-    launcher = [sys.executable]
-    if ranks > 1:
-        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [*launcher, "-m", "weighted_mtp", "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    return run_wmtp(*args, root=root, ranks=ranks)
 
 
 def losses(run: Path) -> list[tuple[str, int, float]]:
@@ -57,13 +47,6 @@ def losses(run: Path) -> list[tuple[str, int, float]]:
 def grad_norms(run: Path) -> list[float]:
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     return [r["grad_norm"] for r in lines if r["kind"] == "train"]
-
-
-def checkpoint_model(path: Path, out: Path) -> dict[str, torch.Tensor]:
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-    dcp_to_torch_save(path, out)
-    return torch.load(out, weights_only=True)["model"]
 
 
 def initial_weights(layout) -> dict[str, torch.Tensor]:

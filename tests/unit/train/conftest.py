@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.helpers import write_weighted_storage
 from weighted_mtp.models.adapter import MtpTransformer
 from weighted_mtp.models.architecture import MetaParams
 from weighted_mtp.train.data import Batch
@@ -131,23 +132,6 @@ def llama_config(vocab: int = 50, **overrides):
 
 @pytest.fixture(scope="session")
 def weighted_storage(tmp_path_factory, sp_model_path):
-    """`train_storage`'s content plus a random micro-ref (dim 32, 2 layers) whose tokenizer
-    is the same trimmed Meta tokenizer as micro-mtp's, so the storage records it as shared.
-    Tests must not modify it."""
-    import shutil
-
-    from weighted_mtp.models.micro import MicroSize, build_micro
-    from weighted_mtp.models.verify import verify_model
-    from weighted_mtp.storage.layout import META_MODEL, MICRO_REF, REFERENCE_MODEL
-    from weighted_mtp.synthetic.training import write_training_storage
-
-    layout = write_training_storage(
-        tmp_path_factory.mktemp("weighted"), tokenizer_model=sp_model_path
-    )
-    base_tokenizer = layout.model(REFERENCE_MODEL).tokenizer_model
-    base_tokenizer.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(layout.model(META_MODEL).tokenizer_model, base_tokenizer)
-    size = MicroSize(dim=32, n_layers=2, n_heads=2, vocab_size=1024, n_future_tokens=1)
-    build_micro(layout, MICRO_REF, init="random", size=size)
-    assert verify_model(layout, MICRO_REF).ok
-    return layout
+    """`train_storage`'s content plus a random micro-ref sharing micro-mtp's tokenizer
+    (`tests.helpers.write_weighted_storage`). Tests must not modify it."""
+    return write_weighted_storage(tmp_path_factory.mktemp("weighted"), sp_model_path)
