@@ -57,6 +57,14 @@ class Placement:
     mib: float
     sharded: bool
 
+    def as_record(self) -> dict[str, object]:
+        """For summary.json: `{"dtype": "bfloat16", "mib": 5148.2, "sharded": true}`."""
+        return {
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "mib": round(self.mib, 3),
+            "sharded": self.sharded,
+        }
+
 
 def scoring_dtype(choice: str, policy_dtype: torch.dtype | None) -> torch.dtype:
     """The helper's dtype: forced by `choice`, or (`auto`) the policy's compute dtype

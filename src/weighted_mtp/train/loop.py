@@ -419,6 +419,9 @@ class Trainer:
             "final_validation": validation,
             "assets": manifest_hashes(self.layout, [f for f in files if f.is_file()]),
         }
+        placement = getattr(self.weighting, "placement", None)  # a frozen helper's
+        if placement is not None:
+            summary["frozen"] = placement.as_record()
         if self.dist.is_main:
             write_json(self.run_dir / "summary.json", summary)
         return summary
