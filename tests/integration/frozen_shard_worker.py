@@ -15,7 +15,7 @@ from torch.distributed.tensor import DTensor
 
 from weighted_mtp.models.adapter import MtpTransformer
 from weighted_mtp.models.architecture import MetaParams
-from weighted_mtp.train.critic import ValueModel, critic_values
+from weighted_mtp.train.critic import CriticLora, ValueModel, add_lora, critic_values
 from weighted_mtp.train.data import Batch
 from weighted_mtp.train.distributed import shard
 from weighted_mtp.train.frozen import freeze, place_frozen, shard_frozen
@@ -33,7 +33,7 @@ POLICY = MetaParams(
 
 
 def helpers(dtype: torch.dtype) -> tuple[ValueModel, torch.nn.Module]:
-    """A critic with opinions and a reference, identical on every rank."""
+    """A LoRA critic with opinions and a reference, identical on every rank."""
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
 
     config = LlamaConfig(
@@ -41,8 +41,12 @@ def helpers(dtype: torch.dtype) -> tuple[ValueModel, torch.nn.Module]:
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
     )  # fmt: skip
     torch.manual_seed(3)
-    critic = ValueModel(LlamaModel(config), head_hidden=16)
-    torch.nn.init.normal_(critic.head.out.weight)
+    # LoRA on the backbone as the 7B critic has it, its B matrices non-zero so they count
+    backbone = add_lora(LlamaModel(config), CriticLora(rank=4, alpha=8, dropout=0.0))
+    critic = ValueModel(backbone, head_hidden=16)
+    for name, param in critic.named_parameters():
+        if "lora_B" in name or name == "head.out.weight":
+            torch.nn.init.normal_(param, std=0.5)
     reference = LlamaForCausalLM(config)
     return freeze(critic.to(dtype)), freeze(reference.to(dtype))
 
