@@ -2,9 +2,7 @@
 train exactly like one process holding the same global batch of 4 by accumulation.
 
 Why this can fail: the ranks hold different rows with different numbers of target tokens,
-so statistics computed per rank differ from the global batch's. (Checked by hand with
-`collectives.all_reduce` and `all_gather_1d` made rank-local: both tests fail at step 1,
-weight_min 0.3639 vs 0.3625 and delta_selected_mean 0.0995 vs 0.1004.)
+so statistics computed per rank differ from the global batch's:
 
 - Verifiable Critic: per-rank whitening would whiten each rank's advantages with that
   rank's mean/std; `adv_running_mean/std` (the mean of the ranks' values in metrics.jsonl)
@@ -12,6 +10,9 @@ weight_min 0.3639 vs 0.3625 and delta_selected_mean 0.0995 vs 0.1004.)
 - Rho-1: a per-rank top ⌈κ·N_r⌉ selects other targets than the global top ⌈κ·N⌉:
   `delta_selected_mean` and `delta_unselected_mean` change (and `selected_frac`, whenever
   Σ_r ⌈κ·N_r⌉ ≠ ⌈κ·N⌉), and so do the loss and the gradient of every step.
+
+Checked by hand with `collectives.all_reduce` and `all_gather_1d` made rank-local: both
+tests fail at step 1 (weight_min 0.3639 vs 0.3625, delta_selected_mean 0.0995 vs 0.1004).
 
 Metrics are compared per step; the losses and gradient norms to float32 summation order;
 the final parameters relative to the training update (see `assert_same_parameters`).
