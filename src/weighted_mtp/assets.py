@@ -12,27 +12,42 @@ properties of the asset and live here.
 
 To add an asset: declare an `AssetSpec` in `ASSETS`, give it a catalog entry if it is
 downloaded, and name its build steps and check group (see `pipeline/build.py` and
-`pipeline/checklist.py` for what each step and check does).
+`pipeline/checklist.py` for what each step and check does). A dataset in an existing
+`dataset_format` needs nothing else: how its rows become training tasks and evaluation
+problems is chosen by the format, and its evaluation facts (raw file, stop sequences,
+split) are fields here.
+
+What wmtp *makes* from assets is declared here too, as `RunKind`s: the training runs of
+each experiment, the suite, and evaluation results, with the folder under the storage's
+`runs/` that holds them, the files that mark one complete, and what they are made from.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from weighted_mtp.errors import UsageError
 
 AssetKind = Literal["model", "dataset", "derived"]
 FormatName = Literal["meta-mtp", "hf-llama"]
 FORMAT_NAMES: tuple[FormatName, ...] = ("meta-mtp", "hf-llama")
-# A dataset's upstream row schema, which decides how its rows become tasks.
-DatasetFormat = Literal["codecontests", "mbpp", "humaneval"]
+# A dataset's upstream row schema (named after the repo that defines it), which decides how
+# its rows become training tasks and evaluation problems.
+DatasetFormat = Literal["deepmind-code-contests", "google-mbpp", "openai-humaneval"]
+DATASET_FORMATS: tuple[DatasetFormat, ...] = get_args(DatasetFormat)
 BuildStep = Literal["download", "convert", "micro", "prepare", "small"]
 
 META_MODEL = "meta-llama-mtp"
 REFERENCE_MODEL = "ref-sheared-llama-2.7b"
 MICRO_MTP = "micro-mtp"
 MICRO_REF = "micro-ref"
+CODECONTESTS = "codecontests"
+MBPP = "mbpp"
+HUMANEVAL = "humaneval"
+
+# Completions that continue a function end at a new top-level statement (Codex's stops).
+FUNCTION_STOPS = ("\nclass ", "\ndef ", "\n#", "\nif __name__", "\nprint(")
 
 
 @dataclass(frozen=True)
@@ -52,6 +67,15 @@ class AssetSpec:
     dataset_format: DatasetFormat | None = None
     raw_file: str | None = None  # a single-file dataset's raw JSONL name (without .jsonl)
     numbered_tasks: bool = False  # upstream task ids are integers, prepared as `<name>/<n>`
+    stop_sequences: tuple[str, ...] = ()  # where an evaluation completion ends
+    eval_split: str = "test"  # the split `wmtp eval` reads by default
+    # Disk estimates before a download (README, "Disk space"): raw JSONL bytes per upstream
+    # Parquet byte (None: the format's generic factor), and prepare's outputs per JSONL byte.
+    jsonl_per_parquet: float | None = None
+    prepared_per_jsonl: float = 1.5
+    # A policy model's reference: the model its critic and Rho-1 reference start from,
+    # sharing its tokenizer.
+    reference: str | None = None
     derived_from: str | None = None
     gated: bool = False
     raw_checkpoint_dir: str | None = None
@@ -77,17 +101,27 @@ class AssetSpec:
 
 
 def _dataset(
-    name: DatasetFormat, raw_file: str | None = None, numbered_tasks: bool = False
+    name: str,
+    dataset_format: DatasetFormat,
+    *,
+    prepared_per_jsonl: float,
+    raw_file: str | None = None,
+    numbered_tasks: bool = False,
+    stop_sequences: tuple[str, ...] = (),
+    jsonl_per_parquet: float | None = None,
 ) -> AssetSpec:
-    """A dataset named after its upstream row schema, downloaded, prepared and sampled."""
+    """A dataset in an upstream row schema, downloaded, prepared and sampled."""
     return AssetSpec(
         name,
         "dataset",
         checks=("raw datasets", "processed datasets"),
         build=("download", "prepare", "small"),
-        dataset_format=name,
+        dataset_format=dataset_format,
         raw_file=raw_file,
         numbered_tasks=numbered_tasks,
+        stop_sequences=stop_sequences,
+        jsonl_per_parquet=jsonl_per_parquet,
+        prepared_per_jsonl=prepared_per_jsonl,
     )
 
 
@@ -102,6 +136,7 @@ ASSETS: tuple[AssetSpec, ...] = (
         raw_checkpoint_dir="7B_1T_4",
         short="meta",
         keep_raw_on_clean=True,
+        reference=REFERENCE_MODEL,
     ),
     AssetSpec(
         REFERENCE_MODEL,
@@ -120,6 +155,7 @@ ASSETS: tuple[AssetSpec, ...] = (
         build=("micro",),
         format="meta-mtp",
         derived_from=META_MODEL,
+        reference=MICRO_REF,
     ),
     AssetSpec(
         MICRO_REF,
@@ -129,9 +165,15 @@ ASSETS: tuple[AssetSpec, ...] = (
         format="hf-llama",
         derived_from=REFERENCE_MODEL,
     ),
-    _dataset("codecontests"),
-    _dataset("mbpp", raw_file="mbpp", numbered_tasks=True),
-    _dataset("humaneval", raw_file="HumanEval"),
+    _dataset(CODECONTESTS, "deepmind-code-contests", jsonl_per_parquet=2.5, prepared_per_jsonl=1.5),
+    _dataset(MBPP, "google-mbpp", raw_file="mbpp", numbered_tasks=True, prepared_per_jsonl=3.0),
+    _dataset(
+        HUMANEVAL,
+        "openai-humaneval",
+        raw_file="HumanEval",
+        stop_sequences=FUNCTION_STOPS,
+        prepared_per_jsonl=1.5,
+    ),
 )
 
 _BY_NAME = {spec.name: spec for spec in ASSETS}
@@ -143,6 +185,10 @@ DATASETS = tuple(s.name for s in ASSETS if s.is_dataset)
 
 # The model whose tokenizer the datasets are tokenized with and others are compared to.
 TOKENIZER_MODEL = META_MODEL
+# What `wmtp train` trains and `wmtp eval run` evaluates on when not told otherwise.
+TRAIN_MODEL = MICRO_MTP
+TRAIN_DATASET = CODECONTESTS
+EVAL_DATASET = HUMANEVAL
 
 
 def spec(name: str) -> AssetSpec:
@@ -152,11 +198,83 @@ def spec(name: str) -> AssetSpec:
     return found
 
 
+def dataset_format(name: str) -> DatasetFormat:
+    """The row schema of dataset `name`; any other name is one usage error."""
+    found = _BY_NAME.get(name)
+    if found is None or found.dataset_format is None:
+        raise UsageError(f"unknown dataset {name!r}", hint=f"choose one of: {', '.join(DATASETS)}")
+    return found.dataset_format
+
+
 def compares_tokenizer(name: str) -> bool:
     """Whether `name`'s tokenizer is compared with `TOKENIZER_MODEL`'s (all but its own)."""
     return name != TOKENIZER_MODEL
 
 
+def reference_pairs() -> str:
+    """Each policy model's reference, as messages name them ("micro-ref for micro-mtp")."""
+    return ", ".join(f"{s.reference} for {s.name}" for s in ASSETS if s.reference)
+
+
 def checked_by(group: str) -> tuple[str, ...]:
     """The assets that the checklist group `group` verifies, in registry order."""
     return tuple(s.name for s in ASSETS if group in s.checks)
+
+
+RunRole = Literal["training", "suite", "evaluation"]
+
+
+@dataclass(frozen=True)
+class RunKind:
+    """Something wmtp makes from assets, one folder per instance under `<root>/runs/<name>/`
+    (or wherever `--out` puts it).
+
+    `complete_when` are the files, relative to an instance's folder, that exist only once it
+    finished; `made_from` what it reads (asset kinds and other run kinds); `final_model`
+    whether its `final/` holds a generating model (full weights, merged, or a LoRA adapter
+    on its base) that `wmtp eval run` accepts."""
+
+    name: str
+    role: RunRole
+    complete_when: tuple[str, ...]
+    made_from: tuple[str, ...]
+    final_model: bool = False
+
+
+SUMMARY_FILE = "summary.json"
+STAGE_RECORD = "final/stage.json"  # what a stage-1 model is (stage_one.STAGE_FILE)
+SUITE = "suite"
+EVAL_RESULTS = "eval"
+
+RUN_KINDS: tuple[RunKind, ...] = (
+    RunKind("baseline", "training", (SUMMARY_FILE,), ("model", "dataset"), final_model=True),
+    RunKind("critic", "training", (SUMMARY_FILE, STAGE_RECORD), ("model", "dataset")),
+    RunKind(
+        "verifiable", "training", (SUMMARY_FILE,), ("model", "dataset", "critic"), final_model=True
+    ),
+    RunKind(
+        "ref-tune", "training", (SUMMARY_FILE, STAGE_RECORD), ("model", "dataset"), final_model=True
+    ),
+    RunKind(
+        "rho1", "training", (SUMMARY_FILE,), ("model", "dataset", "ref-tune"), final_model=True
+    ),
+    RunKind(
+        SUITE,
+        "suite",
+        ("comparison.json",),
+        ("baseline", "critic", "verifiable", "ref-tune", "rho1"),
+    ),
+    RunKind(EVAL_RESULTS, "evaluation", ("results.json", "samples.jsonl"), ("model", "dataset")),
+)
+
+_RUN_KINDS = {kind.name: kind for kind in RUN_KINDS}
+TRAINING_RUNS = tuple(k.name for k in RUN_KINDS if k.role == "training")
+
+
+def run_kind(name: str) -> RunKind:
+    found = _RUN_KINDS.get(name)
+    if found is None:
+        raise UsageError(
+            f"unknown run kind {name!r}", hint=f"choose one of: {', '.join(_RUN_KINDS)}"
+        )
+    return found

@@ -48,13 +48,82 @@ def _asset_name_comparisons(tree: ast.AST) -> list[int]:
     ]
 
 
-def test_no_module_but_the_registry_compares_asset_names_or_numbers_plan_steps():
+def _tables_keyed_by_asset_names(tree: ast.AST) -> list[int]:
+    """Dict displays with an asset name as a literal key: facts about an asset kept outside
+    the registry (`{"humaneval": ...}`), and dict(...) calls with one as a keyword."""
+    names = {spec.name for spec in assets.ASSETS}
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if (
+            isinstance(node, ast.Dict)
+            and any(isinstance(k, ast.Constant) and k.value in names for k in node.keys)
+        )
+        or (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "dict"
+            and any(k.arg in names for k in node.keywords)
+        )
+    ]
+
+
+def _name_bound_lines(text: str) -> list[int]:
+    tree = ast.parse(text)
+    lines = _asset_name_comparisons(tree) + _tables_keyed_by_asset_names(tree)
+    lines += [i + 1 for i, line in enumerate(text.splitlines()) if re.search(r"_step\d", line)]
+    return sorted(lines)
+
+
+def test_no_module_but_the_registry_compares_asset_names_keys_tables_by_them_or_numbers_steps():
     found = {}
     for path in PACKAGE.rglob("*.py"):
-        text = path.read_text()
-        lines = _asset_name_comparisons(ast.parse(text))
-        lines += [i + 1 for i, line in enumerate(text.splitlines()) if re.search(r"_step\d", line)]
+        lines = _name_bound_lines(path.read_text())
         if lines and path.name != "assets.py":
             found[path.relative_to(PACKAGE).as_posix()] = lines
     assert found == {}
-    assert _asset_name_comparisons(ast.parse('x = name == "micro-mtp"')) == [1]  # it can fail
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        'x = name == "micro-mtp"',
+        'STOPS = {"humaneval": ("\\ndef ",), "mbpp": ()}',
+        "RAW = dict(mbpp='mbpp')",
+        "def _step3(): pass",
+    ],
+)
+def test_the_name_rule_fails_on_a_planted_name_bound_table(planted):
+    assert _name_bound_lines(planted) == [1]
+
+
+def test_format_keyed_tables_are_not_asset_names_and_cover_every_format():
+    from weighted_mtp.data.converters import CONVERTERS
+    from weighted_mtp.eval.tasks import PARSERS
+    from weighted_mtp.pipeline.demo import MIRROR_WRITERS
+
+    assert not set(assets.DATASET_FORMATS) & {spec.name for spec in assets.ASSETS}
+    for table in (CONVERTERS, PARSERS, MIRROR_WRITERS):
+        assert set(table) == set(assets.DATASET_FORMATS)
+    for name in assets.DATASETS:
+        assert assets.dataset_format(name) in assets.DATASET_FORMATS
+    with pytest.raises(UsageError, match="unknown dataset 'micro-mtp'"):
+        assets.dataset_format(assets.MICRO_MTP)
+
+
+def test_run_kinds_say_where_they_live_what_completes_them_and_what_they_read(tmp_path):
+    layout = Layout(tmp_path)
+    known_inputs = {"model", "dataset"} | {k.name for k in assets.RUN_KINDS}
+    for kind in assets.RUN_KINDS:
+        assert kind.complete_when and set(kind.made_from) <= known_inputs
+        assert layout.runs_of(kind.name) == layout.runs_dir / kind.name
+        run = layout.run(kind.name, tmp_path / "one")
+        assert not run.complete and run.missing() == [run.root / f for f in kind.complete_when]
+    assert layout.eval_runs_dir == tmp_path / "runs" / "eval"
+    baseline = layout.run("baseline", tmp_path / "one")
+    baseline.root.mkdir()
+    baseline.summary.write_text("{}")
+    assert baseline.complete
+    assert assets.TRAINING_RUNS == ("baseline", "critic", "verifiable", "ref-tune", "rho1")
+    with pytest.raises(UsageError, match="unknown run kind"):
+        layout.runs_of("nope")

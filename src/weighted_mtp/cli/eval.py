@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from weighted_mtp.assets import DATASETS, EVAL_DATASET, MICRO_MTP, spec
 from weighted_mtp.cli._console import (
     JsonOpt,
     checked_name,
@@ -16,7 +17,6 @@ from weighted_mtp.cli._console import (
     progress_bars,
     state,
 )
-from weighted_mtp.storage.layout import DATASETS
 
 app = typer.Typer(
     help="Evaluate code models: sandboxed scoring, generation, pass@k.", no_args_is_help=True
@@ -26,7 +26,10 @@ app = typer.Typer(
 DatasetOpt = Annotated[str, typer.Option("--dataset", help=f"One of: {', '.join(DATASETS)}.")]
 KOpt = Annotated[str, typer.Option("--k", help="pass@k for these k (comma-separated).")]
 SplitOpt = Annotated[
-    str, typer.Option(help="Split whose raw records hold the tasks (CodeContests).")
+    str | None,
+    typer.Option(
+        help="Split whose records hold the tasks (default: the dataset's evaluation split)."
+    ),
 ]
 WorkersOpt = Annotated[int, typer.Option(help="Samples executed in parallel.")]
 
@@ -54,7 +57,7 @@ def score(
         Path, typer.Option("--samples", help="JSONL: task_id + completion per line.")
     ],
     k: KOpt = "1,10,100",
-    split: SplitOpt = "test",
+    split: SplitOpt = None,
     workers: WorkersOpt = 2,
     timeout: Annotated[
         float | None,
@@ -75,7 +78,7 @@ def score(
             dataset,
             samples,
             ks=parse_ks(k),
-            split=split,
+            split=split or spec(dataset).eval_split,
             workers=workers,
             limits=_limits(timeout),
         )
@@ -94,8 +97,14 @@ def score(
 @app.command()
 def run(
     ctx: typer.Context,
-    model: Annotated[str, typer.Argument(help="A model folder of the storage, e.g. micro-mtp.")],
-    dataset: DatasetOpt = "humaneval",
+    model: Annotated[
+        str,
+        typer.Argument(
+            help=f"A storage model (e.g. {MICRO_MTP}), or a finished training run: its "
+            "folder, <experiment>/<run-id> or its run id under the storage's runs folder."
+        ),
+    ],
+    dataset: DatasetOpt = EVAL_DATASET,
     n: Annotated[int, typer.Option("--n", help="Samples per task.")] = 20,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.2,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 0.95,
@@ -105,7 +114,7 @@ def run(
     ] = False,
     limit: Annotated[int | None, typer.Option(help="Only the first N tasks.")] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
-    split: SplitOpt = "test",
+    split: SplitOpt = None,
     workers: WorkersOpt = 2,
     out: Annotated[
         Path | None, typer.Option("--out", help="Output folder (default: <root>/runs/eval/...).")
@@ -118,7 +127,16 @@ def run(
 
     dataset = checked_name(dataset, DATASETS, "dataset")
     settings = RunSettings(
-        dataset, n, temperature, top_p, max_new_tokens, speculative, limit, seed, split, workers
+        dataset,
+        n,
+        temperature,
+        top_p,
+        max_new_tokens,
+        speculative,
+        limit,
+        seed,
+        split or "",
+        workers,
     )
     with progress_bars(not as_json):
         results = run_evaluation(state(ctx).layout, model, settings, out, threads=threads)

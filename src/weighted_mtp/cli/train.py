@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from weighted_mtp.assets import TRAIN_DATASET
 from weighted_mtp.cli._console import console, err_console, state
 
 if TYPE_CHECKING:
@@ -92,7 +93,9 @@ class _ProgressBar:
 def baseline(
     ctx: typer.Context,
     model: Annotated[str | None, typer.Option(help="Storage model name or model folder.")] = None,
-    data: Annotated[str | None, typer.Option(help="Dataset name (codecontests).")] = None,
+    data: Annotated[
+        str | None, typer.Option(help=f"Dataset name (default {TRAIN_DATASET}).")
+    ] = None,
     small: Annotated[
         bool | None,
         typer.Option("--small/--no-small", help="The small dataset and the micro config."),
@@ -194,7 +197,7 @@ SetOpt = Annotated[
 StepsOpt = Annotated[int | None, typer.Option(help="Optimizer steps (default: one epoch).")]
 SeedOpt = Annotated[int | None, typer.Option(help="Seed of data order, init and dropout.")]
 ModelOpt = Annotated[str | None, typer.Option(help="Storage model name or model folder.")]
-DataOpt = Annotated[str | None, typer.Option(help="Dataset name (codecontests).")]
+DataOpt = Annotated[str | None, typer.Option(help=f"Dataset name (default {TRAIN_DATASET}).")]
 
 
 def _on_main_rank() -> bool:

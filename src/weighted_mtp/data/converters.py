@@ -127,7 +127,7 @@ def iter_tasks(
     that gives no sample at all because of them is an error."""
     splits = splits or DisjointSplits()
     rejections = rejections if rejections is not None else Rejections()
-    convert = _CONVERTERS[assets.spec(dataset).dataset_format or ""]
+    convert = CONVERTERS[assets.dataset_format(dataset)]
     codes = language_codes(languages)
     max_chars = current_limits().max_text_chars
     seen: set[tuple[str, str]] = set()
@@ -412,8 +412,10 @@ def _humaneval_tasks(
 
 
 # How each upstream row schema (`AssetSpec.dataset_format`) becomes tasks.
-_CONVERTERS: dict[str, Callable[[dict[str, Any], Path, int, int, set[int], Reject], list[Task]]] = {
-    "codecontests": _codecontests_tasks,
-    "mbpp": _mbpp_tasks,
-    "humaneval": _humaneval_tasks,
+CONVERTERS: dict[
+    assets.DatasetFormat, Callable[[dict[str, Any], Path, int, int, set[int], Reject], list[Task]]
+] = {
+    "deepmind-code-contests": _codecontests_tasks,
+    "google-mbpp": _mbpp_tasks,
+    "openai-humaneval": _humaneval_tasks,
 }

@@ -35,26 +35,26 @@ _CODECONTESTS_PARTS = {
 }
 _SUFFIXES = (".parquet", ".jsonl.gz", ".jsonl")
 
-# Bytes of raw JSONL per upstream byte, and of prepare's outputs (processed splits) per raw
-# JSONL byte, measured on the synthetic fixtures of each dataset and rounded up to the next
-# 0.5 (README, "Disk space"): JSONL/Parquet 2.10 CodeContests, 2.70 MBPP, 2.69 HumanEval;
-# JSONL/gzip 4.38 (HumanEval); processed/raw 1.24, 2.69, 1.09.
+# Bytes of raw JSONL per upstream byte, measured on the synthetic fixtures of each dataset
+# and rounded up to the next 0.5 (README, "Disk space"): JSONL/Parquet 2.10 CodeContests,
+# 2.70 MBPP, 2.69 HumanEval; JSONL/gzip 4.38 (HumanEval). A dataset's own factors
+# (`AssetSpec.jsonl_per_parquet`, `prepared_per_jsonl`: processed/raw 1.24, 2.69, 1.09)
+# are in the registry.
 JSONL_PER_UPSTREAM = {".parquet": 3.0, ".jsonl.gz": 4.5, ".jsonl": 1.0}
-JSONL_PER_PARQUET_BY_DATASET = {"codecontests": 2.5}
-PREPARED_PER_JSONL = {"codecontests": 1.5, "mbpp": 3.0, "humaneval": 1.5}
 
 
 def output_space(name: str, upstream: list[tuple[str, int]]) -> int:
     """Disk that the raw JSONL and `prepare`'s outputs will take, estimated from the
     upstream files' names and sizes (the JSONL is larger than the Parquet it comes from)."""
+    spec = assets.spec(name)
     jsonl = 0.0
     for upstream_name, size in upstream:
         suffix = next((s for s in _SUFFIXES if upstream_name.endswith(s)), ".jsonl")
         factor = JSONL_PER_UPSTREAM[suffix]
-        if suffix == ".parquet":
-            factor = JSONL_PER_PARQUET_BY_DATASET.get(name, factor)
+        if suffix == ".parquet" and spec.jsonl_per_parquet is not None:
+            factor = spec.jsonl_per_parquet
         jsonl += size * factor
-    return int(jsonl * (1 + PREPARED_PER_JSONL[name]))
+    return int(jsonl * (1 + spec.prepared_per_jsonl))
 
 
 def raw_part(dataset: str, upstream_name: str) -> str:

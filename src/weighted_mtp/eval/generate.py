@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from weighted_mtp.errors import WmtpError
-from weighted_mtp.storage.layout import Layout
+from weighted_mtp.storage.layout import Layout, ModelPaths
 
 if TYPE_CHECKING:
     import sentencepiece as spm
     import torch
     from torch import Tensor
+
+    from weighted_mtp.train.runs import FinishedRun
 
 
 @dataclass(frozen=True)
@@ -187,10 +189,6 @@ class LoadedModel:
 
 def load_for_generation(layout: Layout, name: str, device: str = "cpu") -> LoadedModel:
     """A storage model folder that verifies, its weights in float32 and its tokenizer."""
-    import torch
-
-    from weighted_mtp.models.adapter import load_mtp_model, load_reference_model
-    from weighted_mtp.models.tokenizer import load_sentencepiece
     from weighted_mtp.models.verify import verify_model
 
     report = verify_model(layout, name)
@@ -201,7 +199,50 @@ def load_for_generation(layout: Layout, name: str, device: str = "cpu") -> Loade
             path=layout.model(name).root,
             hint=f"run `wmtp models verify {name}` and rebuild the folder before evaluating it",
         )
-    paths = layout.model(name)
+    return _load_folder(name, layout.model(name), device)
+
+
+def load_run_for_generation(run: FinishedRun, device: str = "cpu") -> LoadedModel:
+    """A training run's `final/` model in float32: its weights checked against their
+    SHA256SUMS, or its LoRA adapter merged onto the base it trained from."""
+    import torch
+
+    from weighted_mtp.models.tokenizer import load_sentencepiece
+
+    if not run.adapter:
+        final = ModelPaths(run.name, run.paths.final)
+        require_sha256sums(final)
+        return _load_folder(run.name, final, device)
+    from weighted_mtp.train.final import load_adapter_merged
+
+    model = load_adapter_merged(run, device, torch.float32)
+    tokenizer = load_sentencepiece(run.base.tokenizer_model)
+    return LoadedModel(
+        run.name, "mtp", model, tokenizer, tokenizer.bos_id(), tokenizer.eos_id(), device
+    )
+
+
+def require_sha256sums(paths: ModelPaths) -> None:
+    """The weights are the bytes their SHA256SUMS names (written with them), or one error."""
+    from weighted_mtp.storage.hashing import check_sha256sums
+
+    for name, ok, reason in check_sha256sums(paths.sha256sums):
+        if not ok:
+            raise WmtpError(
+                f"{name} is {reason} since it was saved (SHA256SUMS)",
+                path=paths.sha256sums.parent / name,
+                hint="the run's final model was modified; train it again",
+            )
+
+
+def _load_folder(name: str, paths: ModelPaths, device: str) -> LoadedModel:
+    """A model folder's weights in float32 (Meta format if it has params.json, else Hugging
+    Face) and its tokenizer."""
+    import torch
+
+    from weighted_mtp.models.adapter import load_mtp_model, load_reference_model
+    from weighted_mtp.models.tokenizer import load_sentencepiece
+
     tokenizer = load_sentencepiece(paths.tokenizer_model)
     model: Any  # an MtpTransformer or a LlamaForCausalLM, as `kind` says
     if paths.params.is_file():

@@ -2,7 +2,12 @@
 
 The prompt is each task's processed record prompt (the Alpaca template the model was trained
 on, `weighted_mtp.data.template`), so the completion is what a training response is:
-HumanEval's function body, MBPP's and CodeContests' whole program.
+HumanEval's function body, MBPP's and CodeContests' whole program. Where a completion
+stops and which split is read by default are the dataset's registry facts.
+
+What is evaluated is a storage model, or a finished training run's `final/` model (a run
+folder, `<experiment>/<run-id>` or a run id under the storage's runs folder); results.json
+records which, with the SHA-256 of the weights and the run's identity.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from weighted_mtp import __version__, progress
+from weighted_mtp import __version__, assets, progress
 from weighted_mtp.clock import utc_now
 from weighted_mtp.data.sources import iter_jsonl
 from weighted_mtp.errors import UsageError, WmtpError
@@ -24,25 +29,23 @@ from weighted_mtp.eval.generate import (
     LoadedModel,
     SamplingConfig,
     load_for_generation,
+    load_run_for_generation,
     sample_prompt,
 )
 from weighted_mtp.eval.scoring import score_samples
 from weighted_mtp.eval.tasks import raw_files
 from weighted_mtp.storage.atomic import atomic_write, read_json, write_json
-from weighted_mtp.storage.hashing import sha256_file
-from weighted_mtp.storage.layout import Layout
+from weighted_mtp.storage.hashing import read_sha256sums, sha256_file
+from weighted_mtp.storage.layout import MODELS, Layout, RunPaths
+from weighted_mtp.train.runs import ADAPTER_WEIGHTS, FinishedRun, find_run, finished_run
 
-# HumanEval completions continue a function: a new top-level statement ends them (Codex).
-STOP_SEQUENCES = {
-    "humaneval": ("\nclass ", "\ndef ", "\n#", "\nif __name__", "\nprint("),
-    "mbpp": (),
-    "codecontests": (),
-}
 PASS_AT = (1, 10, 100)
 
 
 @dataclass(frozen=True)
 class RunSettings:
+    """How to sample and score; `split` "" means the dataset's evaluation split."""
+
     dataset: str
     n: int = 20
     temperature: float = 0.2
@@ -51,17 +54,43 @@ class RunSettings:
     speculative: bool = False
     limit: int | None = None
     seed: int = 0
-    split: str = "test"
+    split: str = ""
     workers: int = 2
+
+    def __post_init__(self) -> None:
+        if not self.split:
+            object.__setattr__(self, "split", assets.spec(self.dataset).eval_split)
+
+    @property
+    def stop_sequences(self) -> tuple[str, ...]:
+        return assets.spec(self.dataset).stop_sequences
 
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(
-            self.max_new_tokens,
-            self.temperature,
-            self.top_p,
-            self.seed,
-            STOP_SEQUENCES[self.dataset],
+            self.max_new_tokens, self.temperature, self.top_p, self.seed, self.stop_sequences
         )
+
+
+def evaluated_model(layout: Layout, name: str) -> str | FinishedRun:
+    """`wmtp eval run NAME`: a storage model's name, or the finished training run NAME
+    names (a folder, `<experiment>/<run-id>`, or a run id under the runs folder)."""
+    if name in MODELS:
+        return name
+    folder = find_run(layout, name)
+    if folder is None:
+        raise UsageError(
+            f"{name!r} is neither a storage model nor a training run",
+            hint=f"use one of {', '.join(MODELS)}, a run folder, or <experiment>/<run-id> "
+            f"under {layout.runs_dir}",
+        )
+    return finished_run(layout, name, folder)
+
+
+def _label(model: str | FinishedRun) -> str:
+    """The folder name of a model's results under the eval runs folder."""
+    if isinstance(model, str):
+        return model
+    return f"{model.config.experiment}-{model.paths.root.name}"
 
 
 def eval_prompts(
@@ -83,10 +112,10 @@ def eval_prompts(
     return list(prompts.items())
 
 
-def default_out_dir(layout: Layout, model: str, settings: RunSettings) -> Path:
+def default_out_dir(layout: Layout, model: str | FinishedRun, settings: RunSettings) -> Path:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     mode = "-speculative" if settings.speculative else ""
-    return layout.eval_runs_dir / model / f"{settings.dataset}-{stamp}{mode}"
+    return layout.eval_runs_dir / _label(model) / f"{settings.dataset}-{stamp}{mode}"
 
 
 def _samples_of_task(
@@ -130,16 +159,57 @@ def generate_samples(
     return total
 
 
-def _model_record(layout: Layout, loaded: LoadedModel) -> dict[str, Any]:
-    paths = layout.model(loaded.name)
+def _storage_model_record(layout: Layout, name: str) -> dict[str, Any]:
+    paths = layout.model(name)
     metadata = read_json(paths.metadata, "metadata.json")
     return {
-        "name": loaded.name,
+        "name": name,
+        "source": "storage",
         "folder": str(paths.root),
-        "format": loaded.kind,
         "weights_sha256": metadata["weights"]["sha256"],
         "metadata_sha256": sha256_file(paths.metadata),
     }
+
+
+def _run_record(layout: Layout, run: FinishedRun) -> dict[str, Any]:
+    """Which run, which of its files, and the weights' SHA-256 (for an adapter, the adapter's
+    and the base's)."""
+    paths: RunPaths = run.paths
+    summary = read_json(paths.summary, paths.summary.name)
+    record: dict[str, Any] = {
+        "name": run.name,
+        "source": "run",
+        "folder": str(paths.final),
+        "run": {
+            "folder": str(paths.root),
+            "experiment": run.config.experiment,
+            "steps": summary.get("steps"),
+            "config_sha256": sha256_file(paths.config),
+            "summary_sha256": sha256_file(paths.summary),
+            "final": "adapter" if run.adapter else "model",
+        },
+    }
+    if run.adapter:
+        record["adapter_sha256"] = sha256_file(paths.final / ADAPTER_WEIGHTS)
+        base = run.base
+        record["base"] = (
+            _storage_model_record(layout, base.name)
+            if run.base_in_storage
+            else {"folder": str(base.root), "weights_sha256": sha256_file(base.weights)}
+        )
+    else:
+        sums = read_sha256sums(paths.final / "safetensors" / "SHA256SUMS")
+        record["weights_sha256"] = sums["model.safetensors"]  # checked before loading
+    return record
+
+
+def _model_record(layout: Layout, model: str | FinishedRun, loaded: LoadedModel) -> dict[str, Any]:
+    record = (
+        _storage_model_record(layout, model)
+        if isinstance(model, str)
+        else _run_record(layout, model)
+    )
+    return record | {"format": loaded.kind}
 
 
 def _dataset_record(layout: Layout, settings: RunSettings) -> dict[str, Any]:
@@ -156,19 +226,21 @@ def _dataset_record(layout: Layout, settings: RunSettings) -> dict[str, Any]:
 
 def run_evaluation(
     layout: Layout,
-    model: str,
+    name: str,
     settings: RunSettings,
     out: Path | None = None,
     device: str = "cpu",
     threads: int | None = None,
 ) -> dict[str, Any]:
-    """Verify the model, generate, score; write samples.jsonl and results.json into `out`.
-    `threads` caps torch's intra-op threads (small models on busy cores decode faster
-    with one)."""
+    """Verify the model (`name`: a storage model or a training run), generate, score; write
+    samples.jsonl and results.json into `out`. `threads` caps torch's intra-op threads
+    (small models on busy cores decode faster with one)."""
     if settings.n < 1 or settings.max_new_tokens < 1:
         raise UsageError("--n and --max-new-tokens must be at least 1")
+    model = evaluated_model(layout, name)
     prompts = eval_prompts(layout, settings.dataset, settings.split, settings.limit)
     out = out or default_out_dir(layout, model, settings)
+    result = layout.run(assets.EVAL_RESULTS, out)
     if out.exists() and any(out.iterdir()):
         raise UsageError("output folder is not empty", path=out, hint="choose a new --out")
     start = time.perf_counter()
@@ -176,12 +248,16 @@ def run_evaluation(
         import torch
 
         torch.set_num_threads(threads)
-    loaded = load_for_generation(layout, model, device)
+    loaded = (
+        load_for_generation(layout, model, device)
+        if isinstance(model, str)
+        else load_run_for_generation(model, device)
+    )
     if settings.speculative and loaded.kind != "mtp":
         raise UsageError(
-            f"--speculative needs a model with MTP heads; {model!r} is a {loaded.kind} model"
+            f"--speculative needs a model with MTP heads; {name!r} is a {loaded.kind} model"
         )
-    samples_path = out / "samples.jsonl"
+    samples_path = result.samples
     decode = generate_samples(loaded, prompts, settings, samples_path)
     summary = score_samples(
         layout,
@@ -192,10 +268,10 @@ def run_evaluation(
         workers=settings.workers,
     )
     results = {
-        "model": _model_record(layout, loaded),
+        "model": _model_record(layout, model, loaded),
         "dataset": _dataset_record(layout, settings),
         "settings": asdict(settings),
-        "stop_sequences": list(STOP_SEQUENCES[settings.dataset]),
+        "stop_sequences": list(settings.stop_sequences),
         "pass_at_k": summary.pass_at_k,
         "results": summary.results,
         "n_tasks": summary.n_tasks,
@@ -214,5 +290,5 @@ def run_evaluation(
         "created_at": utc_now(),
         "tool_version": __version__,
     }
-    write_json(out / "results.json", results)
+    write_json(result.results, results)
     return results

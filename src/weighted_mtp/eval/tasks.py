@@ -1,5 +1,7 @@
 """Evaluation problems read from the raw upstream records in the storage, and how a
-completion for each becomes a sandbox job.
+completion for each becomes a sandbox job. The dataset's row schema
+(`AssetSpec.dataset_format`) chooses how a row becomes a problem; its raw file is the
+registry's `raw_file` (or the split's file).
 
 - HumanEval: the completion continues the function `prompt`; the job is
   `prompt + completion + test + check(entry_point)`, exactly the harness's check program.
@@ -13,18 +15,18 @@ completion for each becomes a sandbox job.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from weighted_mtp import assets
+from weighted_mtp.assets import DatasetFormat
 from weighted_mtp.data.sources import field, iter_jsonl
-from weighted_mtp.errors import UsageError, WmtpError
+from weighted_mtp.errors import WmtpError
 from weighted_mtp.eval.sandbox import Job
-from weighted_mtp.storage.layout import DATASETS, Layout
+from weighted_mtp.storage.layout import Layout
 
-RAW_FILES = {"humaneval": "HumanEval", "mbpp": "mbpp"}
 CODECONTESTS_TEST_KEYS = ("public_tests", "private_tests", "generated_tests")
 DEFAULT_TIME_LIMIT = 2.0  # seconds, for CodeContests problems that record none
 INTERPRETER_HEADROOM = 512 << 20  # address space Python itself needs beyond a problem's limit
@@ -49,7 +51,7 @@ class Problem:
 def raw_files(layout: Layout, dataset: str, split: str) -> list[Path]:
     """The raw upstream files holding the problems of `dataset` (CodeContests: one split)."""
     paths = layout.dataset(dataset)
-    path = paths.raw / f"{RAW_FILES.get(dataset, split)}.jsonl"
+    path = paths.raw / f"{assets.spec(dataset).raw_file or split}.jsonl"
     if not path.is_file():
         raise WmtpError(
             f"raw {dataset} records not found",
@@ -67,22 +69,22 @@ def canonical_task_id(dataset: str, task_id: Any) -> str:
     return str(task_id)
 
 
-def _humaneval(row: dict[str, Any], path: Path, line: int) -> Problem:
+def _humaneval(dataset: str, row: dict[str, Any], path: Path, line: int) -> Problem:
     entry_point = field(row, "entry_point", path, line)
     return Problem(
-        "humaneval",
+        dataset,
         str(field(row, "task_id", path, line)),
         field(row, "prompt", path, line),
         field(row, "test", path, line) + "\n" + f"check({entry_point})\n",
     )
 
 
-def _mbpp(row: dict[str, Any], path: Path, line: int) -> Problem:
+def _mbpp(dataset: str, row: dict[str, Any], path: Path, line: int) -> Problem:
     setup = row.get("test_setup_code") or ""
     tests = "\n".join(field(row, "test_list", path, line))
     return Problem(
-        "mbpp",
-        canonical_task_id("mbpp", field(row, "task_id", path, line)),
+        dataset,
+        canonical_task_id(dataset, field(row, "task_id", path, line)),
         "",
         f"{setup}\n{tests}\n",
     )
@@ -94,14 +96,14 @@ def _time_limit(row: dict[str, Any]) -> float:
     return seconds or DEFAULT_TIME_LIMIT
 
 
-def _codecontests(row: dict[str, Any], path: Path, line: int) -> Problem:
+def _codecontests(dataset: str, row: dict[str, Any], path: Path, line: int) -> Problem:
     tests: list[tuple[str, str]] = []
     for key in CODECONTESTS_TEST_KEYS:
         group = row.get(key) or {}
         tests += zip(group.get("input") or [], group.get("output") or [], strict=True)
     memory = row.get("memory_limit_bytes") or 0
     return Problem(
-        "codecontests",
+        dataset,
         str(field(row, "name", path, line)),
         "",
         "",
@@ -111,23 +113,25 @@ def _codecontests(row: dict[str, Any], path: Path, line: int) -> Problem:
     )
 
 
-_PARSERS = {"humaneval": _humaneval, "mbpp": _mbpp, "codecontests": _codecontests}
+# How a row of each upstream schema becomes a problem.
+PARSERS: dict[DatasetFormat, Callable[[str, dict[str, Any], Path, int], Problem]] = {
+    "openai-humaneval": _humaneval,
+    "google-mbpp": _mbpp,
+    "deepmind-code-contests": _codecontests,
+}
 
 
 def load_problems(
     layout: Layout, dataset: str, split: str = "test", only: Iterable[str] | None = None
 ) -> dict[str, Problem]:
     """Problems by task id; with `only`, just those (CodeContests rows carry MBs of tests)."""
-    if dataset not in _PARSERS:
-        raise UsageError(
-            f"unknown dataset {dataset!r}", hint=f"choose one of: {', '.join(DATASETS)}"
-        )
+    parse = PARSERS[assets.dataset_format(dataset)]
     wanted = set(only) if only is not None else None
     problems: dict[str, Problem] = {}
     for path in raw_files(layout, dataset, split):
         for line, row in iter_jsonl(path):
             try:
-                problem = _PARSERS[dataset](row, path, line)
+                problem = parse(dataset, row, path, line)
             except (TypeError, ValueError, AttributeError) as exc:
                 raise WmtpError(
                     f"line {line}: unexpected value ({type(exc).__name__}: {exc})", path=path

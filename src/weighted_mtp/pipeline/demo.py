@@ -36,10 +36,10 @@ from weighted_mtp.synthetic.tokenizer import train_llama_style_tokenizer
 
 DEFAULT_ROOT = Path("demo-storage")
 # A small upstream-shaped copy of each dataset format.
-MIRROR_WRITERS: dict[str, Callable[[Path], Path]] = {
-    "codecontests": write_codecontests_mirror,
-    "mbpp": write_mbpp_mirror,
-    "humaneval": write_humaneval_mirror,
+MIRROR_WRITERS: dict[assets.DatasetFormat, Callable[[Path], Path]] = {
+    "deepmind-code-contests": write_codecontests_mirror,
+    "google-mbpp": write_mbpp_mirror,
+    "openai-humaneval": write_humaneval_mirror,
 }
 DEMO_APPROVER = "wmtp demo (synthetic sources, approved automatically)"
 MIRROR_COMPLETE = "MIRROR_COMPLETE"
@@ -65,7 +65,7 @@ def write_demo_mirror(mirror: Path) -> Path:
     write_meta_mirror(mirror / META_MODEL, tokenizer_model=tokenizer)
     write_reference_mirror(mirror / REFERENCE_MODEL, tokenizer_model=tokenizer)
     for name in DATASETS:
-        MIRROR_WRITERS[assets.spec(name).dataset_format or ""](mirror / name)
+        MIRROR_WRITERS[assets.dataset_format(name)](mirror / name)
     write_text(mirror / MIRROR_COMPLETE, "every asset's upstream files are written\n")
     return mirror
 

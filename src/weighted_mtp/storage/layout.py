@@ -9,6 +9,10 @@ never assemble storage paths from strings, so moving a file means editing one pl
       datasets_v2/{codecontests,mbpp,humaneval}/{raw,processed,stats}/
       datasets_local_small/{codecontests,mbpp,humaneval}_small/
       MANIFEST.json  APPROVALS.json  README.md  reports/
+      runs/<run kind>/...      what wmtp makes from the assets (`assets.RUN_KINDS`):
+          {baseline,critic,verifiable,ref-tune,rho1}/<run-id>/   training runs
+          suite/<stamp>/                                         `wmtp train suite`
+          eval/<model>/<dataset>-<stamp>/                        `wmtp eval run` results
 """
 
 from __future__ import annotations
@@ -197,6 +201,51 @@ class DatasetPaths:
 
 
 @dataclass(frozen=True)
+class RunPaths:
+    """One instance of a `assets.RunKind`: a training run, a suite or an evaluation."""
+
+    kind: assets.RunKind
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / assets.SUMMARY_FILE
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def final(self) -> Path:
+        """The trained weights: a model folder, a LoRA adapter, or a critic's weights."""
+        return self.root / "final"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results.json"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples.jsonl"
+
+    def missing(self) -> list[Path]:
+        """The files that mark this kind complete and are not (yet) here."""
+        return [self.root / f for f in self.kind.complete_when if not (self.root / f).exists()]
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing()
+
+
+@dataclass(frozen=True)
 class SmallPaths:
     name: str
     root: Path
@@ -245,9 +294,22 @@ class Layout:
         return self.root / "reports"
 
     @property
+    def runs_dir(self) -> Path:
+        """What wmtp makes from the assets, one folder per run kind (`assets.RUN_KINDS`)."""
+        return self.root / "runs"
+
+    def runs_of(self, kind: str) -> Path:
+        """The folder holding every run of `kind` made under this root."""
+        return self.runs_dir / assets.run_kind(kind).name
+
+    def run(self, kind: str, folder: Path) -> RunPaths:
+        """The paths of the run of `kind` in `folder` (under `runs_of(kind)` or anywhere)."""
+        return RunPaths(assets.run_kind(kind), folder)
+
+    @property
     def eval_runs_dir(self) -> Path:
         """`wmtp eval run` outputs, one folder per model and run."""
-        return self.root / "runs" / "eval"
+        return self.runs_of(assets.EVAL_RESULTS)
 
     @property
     def state_dir(self) -> Path:

@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from weighted_mtp.assets import TRAIN_DATASET, TRAIN_MODEL
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.train.lora import LoraSettings
 from weighted_mtp.train.weighted_config import CriticConfig, FrozenConfig, Rho1Config
@@ -33,8 +34,8 @@ class TrainConfig:
     optimizer step (all ranks and accumulation steps together)."""
 
     experiment: str = "baseline"
-    model: str = "micro-mtp"  # a storage model name or a model folder
-    data: str = "codecontests"
+    model: str = TRAIN_MODEL  # a storage model name or a model folder
+    data: str = TRAIN_DATASET
     small: bool = False  # datasets_local_small/<data>_small instead of the processed splits
     correct_only: bool = True  # train on records with metadata.is_correct only
     seq_len: int = 2048  # longest sequence allowed (BOS + prompt + response + EOS)

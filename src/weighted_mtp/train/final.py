@@ -4,7 +4,8 @@
   like the source's (`safetensors/model.safetensors` + `SHA256SUMS`, `configs/`,
   `tokenizer/`), loadable with `load_mtp_model`, in the source's dtype.
 - `adapter`: peft's `save_pretrained` layout (`adapter_model.safetensors`,
-  `adapter_config.json`), the LoRA tensors alone.
+  `adapter_config.json`), the LoRA tensors alone; `load_adapter_merged` puts them back on
+  the run's base model.
 """
 
 from __future__ import annotations
@@ -15,13 +16,16 @@ from typing import TYPE_CHECKING, cast
 
 import torch
 
+from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import TEMP_MARKER
 
 if TYPE_CHECKING:
+    from weighted_mtp.models.adapter import MtpTransformer
     from weighted_mtp.storage.layout import ModelPaths
     from weighted_mtp.train.config import TrainConfig
     from weighted_mtp.train.distributed import Dist
     from weighted_mtp.train.lora import Policy
+    from weighted_mtp.train.runs import FinishedRun
 
 
 def full_state(policy: Policy) -> dict[str, torch.Tensor]:
@@ -98,3 +102,22 @@ def save_final(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     dist_info.barrier()
+
+
+def load_adapter_merged(run: FinishedRun, device: str, dtype: torch.dtype) -> MtpTransformer:
+    """A run's LoRA adapter (`final/`, as `_write_adapter` saved it) loaded by peft onto the
+    base model the run trained from, and merged into it."""
+    from peft import PeftModel
+
+    from weighted_mtp.models.adapter import load_mtp_model
+
+    base = load_mtp_model(run.base.root, device=device, dtype=dtype)
+    try:
+        wrapped = PeftModel.from_pretrained(base, str(run.paths.final), is_trainable=False)
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise WmtpError(
+            f"the LoRA adapter does not load onto {run.base.name}: {exc}".splitlines()[0],
+            path=run.paths.final,
+            hint="the run's base model changed since it trained; evaluate it on that base",
+        ) from None
+    return cast("MtpTransformer", wrapped.merge_and_unload()).eval()

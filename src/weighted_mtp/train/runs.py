@@ -3,7 +3,9 @@
 A run lives in `<root>/runs/<experiment>/<run-id>/` (or `--out DIR`): `config.yaml` (the
 effective configuration), `metrics.jsonl` (one line per step and per validation),
 `checkpoints/step-N/`, `final/` (the trained weights as a model folder) and, when the run
-completes, `summary.json`.
+completes, `summary.json`. Each experiment is a run kind of the registry
+(`assets.RUN_KINDS`: which files mark a run complete, whether `final/` is a model) and the
+layout names its paths (`Layout.runs_of`, `RunPaths`).
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from weighted_mtp import assets as registry
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import read_json_or_none, write_text
-from weighted_mtp.storage.layout import MODELS, Layout, ModelPaths
+from weighted_mtp.storage.layout import MODELS, Layout, ModelPaths, RunPaths
 from weighted_mtp.train.config import TrainConfig, read_run_config, with_overrides
 
-RUNS_DIR = "runs"
+# What a `final/` holds: a model folder (full or merged weights) or peft's adapter files.
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 @dataclass(frozen=True)
@@ -34,22 +39,22 @@ class Assets:
     validation: Path | None
 
 
-def resolve_assets(layout: Layout, model: str, data: str, small: bool) -> Assets:
-    """`--model NAME|DIR` and `--data NAME` to paths, checked to exist and be prepared.
-
-    The one place that maps names to storage paths, to be switched to the typed asset
-    registry when it lands.
-    """
+def model_folder(layout: Layout, model: str) -> tuple[ModelPaths, bool]:
+    """`--model NAME|DIR` to its folder, and whether it is a storage model."""
     if model in MODELS:
-        paths, in_storage = layout.model(model), True
-    elif Path(model).expanduser().is_dir():
+        return layout.model(model), True
+    if Path(model).expanduser().is_dir():
         folder = Path(model).expanduser().absolute()
-        paths, in_storage = ModelPaths(folder.name, folder), False
-    else:
-        raise WmtpError(
-            f"model {model!r} is neither a storage model nor a folder",
-            hint=f"use one of {', '.join(MODELS)} or a model folder path",
-        )
+        return ModelPaths(folder.name, folder), False
+    raise WmtpError(
+        f"model {model!r} is neither a storage model nor a folder",
+        hint=f"use one of {', '.join(MODELS)} or a model folder path",
+    )
+
+
+def resolve_assets(layout: Layout, model: str, data: str, small: bool) -> Assets:
+    """`--model NAME|DIR` and `--data NAME` to paths, checked to exist and be prepared."""
+    paths, in_storage = model_folder(layout, model)
     dataset = layout.dataset(data)
     if not dataset.summaries():
         raise WmtpError(
@@ -102,7 +107,7 @@ def require_verified_model(layout: Layout, assets: Assets) -> None:
 
 
 def runs_dir(layout: Layout, experiment: str) -> Path:
-    return layout.root / RUNS_DIR / experiment
+    return layout.runs_of(experiment)
 
 
 def new_run_dir(layout: Layout, experiment: str, model_name: str) -> Path:
@@ -119,7 +124,8 @@ def latest_run(layout: Layout, experiment: str) -> Path:
     """The most recently started run of `experiment` (for `--resume` without `--out`)."""
     folder = runs_dir(layout, experiment)
     runs = sorted(
-        (p for p in folder.glob("*") if (p / "config.yaml").is_file()), key=lambda p: p.name
+        (p for p in folder.glob("*") if layout.run(experiment, p).config.is_file()),
+        key=lambda p: p.name,
     )
     if not runs:
         raise WmtpError(
@@ -213,3 +219,70 @@ def resolve_run(
             hint="drop those options, or start a new run",
         )
     return saved, run_dir
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """A completed training run whose `final/` is a generating model: a model folder, or a
+    LoRA adapter (`adapter`) on `base`, the model the run trained from."""
+
+    name: str  # as the user named it
+    paths: RunPaths
+    config: TrainConfig
+    base: ModelPaths
+    base_in_storage: bool
+    adapter: bool
+
+
+def find_run(layout: Layout, name: str) -> Path | None:
+    """`name` as a training run folder: a path, `<experiment>/<run-id>` under the storage's
+    runs folder, or a bare run id found under exactly one experiment; None if none is."""
+    given = Path(name).expanduser()
+    if (given / "config.yaml").is_file():
+        return given.absolute()
+    under_runs = layout.runs_dir / name
+    if len(Path(name).parts) == 2 and (under_runs / "config.yaml").is_file():
+        return under_runs
+    found = [
+        layout.runs_of(kind) / name
+        for kind in registry.TRAINING_RUNS
+        if len(Path(name).parts) == 1 and (layout.runs_of(kind) / name / "config.yaml").is_file()
+    ]
+    if len(found) > 1:
+        raise WmtpError(
+            f"run id {name!r} names runs of several experiments",
+            hint="name it as <experiment>/<run-id>: "
+            + ", ".join(layout.relative(f) for f in found),
+        )
+    return found[0] if found else None
+
+
+def finished_run(layout: Layout, name: str, folder: Path) -> FinishedRun:
+    """The training run in `folder`, complete and with a model in `final/`, or one error."""
+    config = read_run_config(folder / "config.yaml")
+    kind = registry.run_kind(config.experiment)
+    paths = layout.run(kind.name, folder)
+    if kind.role != "training" or not kind.final_model:
+        models = [k.name for k in registry.RUN_KINDS if k.final_model]
+        raise WmtpError(
+            f"a {kind.name} run's final/ is not a model that generates",
+            path=folder,
+            hint=f"evaluate a {', '.join(models)} run",
+        )
+    missing = paths.missing()
+    if missing:
+        raise WmtpError(
+            f"run {name} is unfinished (no {missing[0].relative_to(folder).as_posix()})",
+            path=folder,
+            hint="let it finish (baseline, verifiable and rho1 runs continue with "
+            "--resume --out DIR), or evaluate a finished run",
+        )
+    adapter = (paths.final / ADAPTER_WEIGHTS).is_file()
+    if not adapter and not (paths.final / "safetensors" / "model.safetensors").is_file():
+        raise WmtpError(
+            f"run {name} saved no final model (final_save: {config.final_save})",
+            path=paths.final,
+            hint="train with final_save model, merged or adapter to evaluate the result",
+        )
+    base, in_storage = model_folder(layout, config.model)
+    return FinishedRun(name, paths, config, base, in_storage, adapter)

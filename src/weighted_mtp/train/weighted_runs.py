@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from weighted_mtp.assets import reference_pairs
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import read_json_or_none
 from weighted_mtp.storage.hashing import sha256_file
@@ -99,7 +100,7 @@ def require_shared_tokenizer(policy: ModelPaths, helper: Helper) -> None:
             f"(SHA-256 {theirs[:12]}… vs {mine[:12]}…)",
             path=helper.tokenizer,
             hint="train the critic / reference from a model that shares the policy's "
-            "tokenizer (micro-ref for micro-mtp, ref-sheared-llama-2.7b for meta-llama-mtp)",
+            f"tokenizer ({reference_pairs()})",
         )
 
 
