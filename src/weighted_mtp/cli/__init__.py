@@ -68,7 +68,9 @@ def _global_options(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
     ] = False,
 ) -> None:
-    ctx.obj = State(root=root, catalog_path=catalog)
+    source = ctx.get_parameter_source("root")
+    given = source is not None and source.name == "COMMANDLINE"
+    ctx.obj = State(root=root, catalog_path=catalog, root_given=given)
 
 
 def _exit_with(error: WmtpError) -> None:

@@ -59,6 +59,20 @@ def checked_layout(root: Path) -> Layout:
 class State:
     root: Path
     catalog_path: Path | None = None
+    root_given: bool = False  # `wmtp --root X` on the command line (not WMTP_ROOT's default)
+
+    def own_root(self, command_root: Path | None, default: Path) -> Path:
+        """The root of a command with its own `--root` (the demo): that one, else the global
+        `--root` given on the command line, else `default`; both given must agree. WMTP_ROOT
+        does not count: the demo never writes into the storage a user configured."""
+        if command_root is None:
+            return self.root if self.root_given else default
+        if self.root_given and Layout(command_root).root != Layout(self.root).root:
+            raise UsageError(
+                f"--root given twice: {self.root} before the command, {command_root} after it",
+                hint="give it once",
+            )
+        return command_root
 
     @cached_property
     def layout(self) -> Layout:

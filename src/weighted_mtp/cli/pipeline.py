@@ -231,7 +231,8 @@ def demo(
         Path | None,
         typer.Option(
             "--root",
-            help="Storage root for the demo (its mirror goes beside it).",
+            help="Storage root for the demo (its mirror goes beside it); `wmtp --root X demo` "
+            "works too (WMTP_ROOT does not count).",
             show_default="demo-storage",
         ),
     ] = None,
@@ -239,7 +240,7 @@ def demo(
     """Offline end-to-end run: synthetic upstream sources, then the real build and verify."""
     from weighted_mtp.pipeline.demo import DEFAULT_ROOT, mirror_for, run_demo
 
-    root = root or DEFAULT_ROOT
+    root = state(ctx).own_root(root, DEFAULT_ROOT)
     layout = checked_layout(root)
     console.print(
         f"writing upstream-format sources to [bold]{mirror_for(root)}[/] (first run only)",
