@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from weighted_mtp.cli import data, models, pipeline, storage, train
 from weighted_mtp.cli import eval as evaluation
-from weighted_mtp.cli._console import State, err_console
+from weighted_mtp.cli._console import State, err_console, escape
 from weighted_mtp.errors import UsageError, WmtpError
 
 INTERRUPTED = 130

@@ -8,11 +8,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from weighted_mtp import progress
 from weighted_mtp.catalog import Catalog, load_catalog
@@ -20,6 +18,9 @@ from weighted_mtp.checks import Report
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.storage.layout import Layout
 from weighted_mtp.storage.lock import writing_to_storage
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 MirrorOpt = Annotated[
@@ -39,8 +40,36 @@ DryRunOpt = Annotated[
     ),
 ]
 
-console = Console()
-err_console = Console(stderr=True)
+
+class LazyConsole:
+    """A rich `Console` made on first use: importing rich costs about a quarter second of
+    start-up that `wmtp --help` and commands printing nothing do not need."""
+
+    def __init__(self, stderr: bool = False) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    def get(self) -> Console:
+        """The console itself (for rich APIs that take one)."""
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=self._stderr)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
+
+console = LazyConsole()
+err_console = LazyConsole(stderr=True)
+
+
+def escape(text: str) -> str:
+    """rich's markup escape, rich imported on use (see `LazyConsole`)."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
 
 
 def checked_layout(root: Path) -> Layout:
@@ -141,7 +170,7 @@ class RichReporter:
                 MofNCompleteColumn(),
                 TimeRemainingColumn(),
             ]
-        with Progress(*columns, console=err_console, transient=True) as bars:
+        with Progress(*columns, console=err_console.get(), transient=True) as bars:
             task_id = bars.add_task(description, total=total)
             yield lambda n: bars.advance(task_id, n)
 

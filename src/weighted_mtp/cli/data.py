@@ -6,8 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
 from weighted_mtp.cli._console import (
     DryRunOpt,
@@ -16,6 +14,7 @@ from weighted_mtp.cli._console import (
     RevisionOpt,
     checked_name,
     console,
+    escape,
     finish_report,
     print_json,
     print_plan,
@@ -66,6 +65,8 @@ SUMMARY_COLUMNS = ("records", "tasks", "correct", "incorrect", "dropped", "short
 
 
 def _print_summary(summary: dict) -> None:
+    from rich.table import Table  # on use: rich is slow to import
+
     table = Table(
         "split",
         *SUMMARY_COLUMNS,

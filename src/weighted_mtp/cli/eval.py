@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from weighted_mtp.assets import DATASETS, EVAL_DATASET, MICRO_MTP, spec
 from weighted_mtp.cli._console import (
@@ -41,6 +40,8 @@ def _limits(timeout: float | None):
 
 
 def print_scores(title: str, pass_at_k: dict, results: dict) -> None:
+    from rich.table import Table  # on use: rich is slow to import
+
     table = Table("metric", "value", box=None, title=title, title_justify="left")
     for name, value in pass_at_k.items():
         table.add_row(name, "n/a (fewer samples than k)" if value is None else f"{value:.4f}")

@@ -6,13 +6,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
 from weighted_mtp.cli._console import (
     JsonOpt,
     checked_layout,
     console,
+    escape,
     print_json,
     progress_bars,
     state,
@@ -76,6 +75,8 @@ def _listener(event: str, step: Step, outcome: StepOutcome | None) -> None:
 
 
 def _summary(result: BuildResult) -> None:
+    from rich.table import Table  # on use: rich is slow to import
+
     table = Table("step", "seed step", "result", "seconds", title="build summary")
     for outcome in result.outcomes:
         table.add_row(

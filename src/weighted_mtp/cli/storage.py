@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
-from rich.tree import Tree
 
 from weighted_mtp.cli._console import JsonOpt, console, print_json, state, writing
 from weighted_mtp.storage.tree import human_size
 
 if TYPE_CHECKING:
+    from rich.tree import Tree
+
     from weighted_mtp.storage.clean import CleanPlan
     from weighted_mtp.storage.layout import Layout
 
@@ -59,6 +59,8 @@ def clean(
 
 
 def _print_plan(layout: Layout, plan: CleanPlan, yes: bool) -> None:
+    from rich.table import Table  # on use: rich is slow to import
+
     table = Table("action", "path", "size", box=None)
     for path, size in plan.remove:
         table.add_row(
@@ -106,6 +108,9 @@ def status(
             {"root": str(layout.root), "tree": tree.to_dict(), "assets": [vars(a) for a in assets]}
         )
         return
+    from rich.table import Table  # on use: rich is slow to import
+    from rich.tree import Tree
+
     top = Tree(f"[bold]{layout.root}[/] [dim]{human_size(tree.size)}[/]", highlight=False)
     _rich_tree(tree, top)
     console.print(top)

@@ -68,7 +68,7 @@ class _ProgressBar:
             MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}  {task.fields[speed]} tok/s"),
             TimeRemainingColumn(),
-            console=err_console,
+            console=err_console.get(),
             transient=True,
         )
         self.task: Any = None
