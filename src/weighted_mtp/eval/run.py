@@ -36,7 +36,7 @@ from weighted_mtp.eval.scoring import score_samples
 from weighted_mtp.eval.tasks import raw_files
 from weighted_mtp.storage.atomic import atomic_write, read_json, write_json
 from weighted_mtp.storage.hashing import read_sha256sums, sha256_file
-from weighted_mtp.storage.layout import MODELS, Layout, RunPaths
+from weighted_mtp.storage.layout import MODELS, Layout, ModelPaths
 from weighted_mtp.train.runs import ADAPTER_WEIGHTS, FinishedRun, find_run, finished_run
 
 PASS_AT = (1, 10, 100)
@@ -174,7 +174,7 @@ def _storage_model_record(layout: Layout, name: str) -> dict[str, Any]:
 def _run_record(layout: Layout, run: FinishedRun) -> dict[str, Any]:
     """Which run, which of its files, and the weights' SHA-256 (for an adapter, the adapter's
     and the base's)."""
-    paths: RunPaths = run.paths
+    paths = run.paths
     summary = read_json(paths.summary, paths.summary.name)
     record: dict[str, Any] = {
         "name": run.name,
@@ -198,8 +198,9 @@ def _run_record(layout: Layout, run: FinishedRun) -> dict[str, Any]:
             else {"folder": str(base.root), "weights_sha256": sha256_file(base.weights)}
         )
     else:
-        sums = read_sha256sums(paths.final / "safetensors" / "SHA256SUMS")
-        record["weights_sha256"] = sums["model.safetensors"]  # checked before loading
+        final = ModelPaths(run.name, paths.final)
+        sums = read_sha256sums(final.sha256sums)
+        record["weights_sha256"] = sums[final.weights.name]  # checked before loading
     return record
 
 

@@ -278,7 +278,7 @@ def finished_run(layout: Layout, name: str, folder: Path) -> FinishedRun:
             "--resume --out DIR), or evaluate a finished run",
         )
     adapter = (paths.final / ADAPTER_WEIGHTS).is_file()
-    if not adapter and not (paths.final / "safetensors" / "model.safetensors").is_file():
+    if not adapter and not ModelPaths(name, paths.final).weights.is_file():
         raise WmtpError(
             f"run {name} saved no final model (final_save: {config.final_save})",
             path=paths.final,
