@@ -2,6 +2,7 @@
 
 import ast
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,37 @@ def test_run_kinds_say_where_they_live_what_completes_them_and_what_they_read(tm
     assert assets.TRAINING_RUNS == ("baseline", "critic", "verifiable", "ref-tune", "rho1")
     with pytest.raises(UsageError, match="unknown run kind"):
         layout.runs_of("nope")
+
+
+def test_a_dataset_in_a_known_format_needs_only_its_asset_spec(tmp_path, monkeypatch):
+    """A second HumanEval-format dataset, declared by one AssetSpec and nothing else: its
+    rows become training tasks and evaluation problems named after it, with the format's
+    stop sequences and the registry's evaluation split."""
+    import gzip
+
+    from weighted_mtp.data.converters import iter_tasks
+    from weighted_mtp.eval.run import RunSettings
+    from weighted_mtp.eval.tasks import load_problems
+    from weighted_mtp.storage import layout as layout_module
+    from weighted_mtp.synthetic.datasets import humaneval_source
+
+    humaneval = assets.spec(assets.HUMANEVAL)
+    mini = replace(humaneval, name="humaneval-mini")
+    monkeypatch.setattr(assets, "ASSETS", (*assets.ASSETS, mini))
+    monkeypatch.setattr(assets, "_BY_NAME", {**assets._BY_NAME, mini.name: mini})
+    monkeypatch.setattr(assets, "DATASETS", (*assets.DATASETS, mini.name))
+    monkeypatch.setattr(layout_module, "DATASETS", (*layout_module.DATASETS, mini.name))
+
+    layout = Layout(tmp_path)
+    raw = layout.dataset(mini.name).raw / f"{mini.raw_file}.jsonl"
+    raw.parent.mkdir(parents=True)
+    with gzip.open(humaneval_source(), "rt", encoding="utf-8") as rows:
+        raw.write_text("".join(next(rows) for _ in range(3)), encoding="utf-8")
+
+    problems = load_problems(layout, mini.name)
+    assert list(problems) == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
+    assert {p.dataset for p in problems.values()} == {mini.name}
+    tasks = list(iter_tasks(mini.name, raw.parent, seed=0))
+    assert {t.metadata["source"] for t in tasks} == {mini.name} and len(tasks) == 3
+    settings = RunSettings(mini.name)
+    assert settings.split == "test" and settings.sampling().stop == assets.FUNCTION_STOPS

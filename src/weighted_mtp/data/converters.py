@@ -137,7 +137,7 @@ def iter_tasks(
         for line, row in iter_jsonl(path):
             reject = functools.partial(_reject, rejections, first_rejected, path, line)
             try:
-                tasks = convert(row, path, line, seed, codes, reject)
+                tasks = convert(dataset, row, path, line, seed, codes, reject)
                 tasks = [_limit_texts(task, max_chars, reject) for task in tasks]
             except Rejected as exc:
                 reject(exc.reason, "rows")
@@ -293,7 +293,13 @@ def _solutions(block, key, task_id, code, is_correct, reject):
 
 
 def _codecontests_tasks(
-    row: dict[str, Any], path: Path, line: int, seed: int, codes: set[int], reject: Reject
+    dataset: str,
+    row: dict[str, Any],
+    path: Path,
+    line: int,
+    seed: int,
+    codes: set[int],
+    reject: Reject,
 ) -> list[Task]:
     tasks = []
     task_id = non_empty_text(required(row, "name", path, line), "name")
@@ -304,7 +310,7 @@ def _codecontests_tasks(
     tests = {key: _test_block(row, key) for key in _TEST_BLOCKS}
     counts = [len(tests[key]["input"]) for key in _TEST_BLOCKS]
     base = {
-        "source": "codecontests",
+        "source": dataset,
         "has_tests": any(counts),
         "difficulty": _optional(row, "difficulty", int, 0),
         "origin": CC_ORIGINS.get(_optional(row, "source", int, 0), "unknown"),
@@ -346,7 +352,13 @@ def _sample_text(value: Any, label: str, reject: Reject) -> list[str]:
 
 
 def _mbpp_tasks(
-    row: dict[str, Any], path: Path, line: int, seed: int, codes: set[int], reject: Reject
+    dataset: str,
+    row: dict[str, Any],
+    path: Path,
+    line: int,
+    seed: int,
+    codes: set[int],
+    reject: Reject,
 ) -> list[Task]:
     number = typed(row, "task_id", int, path, line)
     listed = list_of(required(row, "test_list", path, line), str, "test_list")
@@ -362,7 +374,7 @@ def _mbpp_tasks(
         + (f" and {len(challenge)} challenge tests" if challenge else "")
         + ".\nWrite the solution in Python 3."
     )
-    task_id = f"mbpp/{number}"
+    task_id = f"{dataset}/{number}"  # `AssetSpec.numbered_tasks`
     task = Task(
         mbpp_split(number, seed),
         task_id,
@@ -370,7 +382,7 @@ def _mbpp_tasks(
         input_text,
         notes,
         {
-            "source": "mbpp",
+            "source": dataset,
             "has_tests": bool(tests),
             "language": "python3",
             "num_tests": len(tests) + len(challenge),
@@ -384,7 +396,13 @@ def _mbpp_tasks(
 
 
 def _humaneval_tasks(
-    row: dict[str, Any], path: Path, line: int, seed: int, codes: set[int], reject: Reject
+    dataset: str,
+    row: dict[str, Any],
+    path: Path,
+    line: int,
+    seed: int,
+    codes: set[int],
+    reject: Reject,
 ) -> list[Task]:
     task_id = non_empty_text(required(row, "task_id", path, line), "task_id")
     entry_point = non_empty_text(required(row, "entry_point", path, line), "entry_point")
@@ -402,7 +420,7 @@ def _humaneval_tasks(
         f"The answer is judged by hidden unit tests (`check({entry_point})`) run on "
         "the completed function.\nWrite the solution in Python 3.",
         {
-            "source": "humaneval",
+            "source": dataset,
             "has_tests": has_tests,
             "language": "python3",
             "entry_point": entry_point,
@@ -411,9 +429,11 @@ def _humaneval_tasks(
     return [_dedupe(task, [(f"{task_id}#c0", text, True) for text in solution])]
 
 
-# How each upstream row schema (`AssetSpec.dataset_format`) becomes tasks.
+# How each upstream row schema (`AssetSpec.dataset_format`) becomes the tasks of a dataset
+# (named by its first argument).
 CONVERTERS: dict[
-    assets.DatasetFormat, Callable[[dict[str, Any], Path, int, int, set[int], Reject], list[Task]]
+    assets.DatasetFormat,
+    Callable[[str, dict[str, Any], Path, int, int, set[int], Reject], list[Task]],
 ] = {
     "deepmind-code-contests": _codecontests_tasks,
     "google-mbpp": _mbpp_tasks,
