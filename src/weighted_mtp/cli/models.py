@@ -21,7 +21,7 @@ from weighted_mtp.cli._console import (
     state,
     writing,
 )
-from weighted_mtp.storage.layout import BASE_MODELS, MICRO_MODELS, MODELS
+from weighted_mtp.storage.layout import BASE_MODELS, META_MODEL, MICRO_MODELS, MODELS
 
 app = typer.Typer(help="Download, convert and verify the model checkpoints.", no_args_is_help=True)
 
@@ -168,7 +168,7 @@ def micro(
 @app.command("export-hf")
 def export_hf(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="A Meta-format MTP model, e.g. meta-llama-mtp.")],
+    name: Annotated[str, typer.Argument(help=f"A Meta-format MTP model, e.g. {META_MODEL}.")],
     out_dir: Annotated[Path, typer.Argument(help="New (or empty) folder to write.")],
     as_json: JsonOpt = False,
 ) -> None:
