@@ -52,9 +52,9 @@ def wmtp(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, sp_model_path):
-    """A training storage with HumanEval and MBPP prepared, a Baseline run in its runs
-    folder (full weights) and a LoRA run elsewhere (adapter only)."""
+def storage(tmp_path_factory, sp_model_path):
+    """A training storage with HumanEval and MBPP prepared (each run below trains on it
+    once per test worker that needs it)."""
     from weighted_mtp.catalog import load_catalog
     from weighted_mtp.data.download import download_dataset
     from weighted_mtp.data.prepare import prepare_dataset
@@ -70,17 +70,29 @@ def trained(tmp_path_factory, sp_model_path):
     for name, mirror in mirrors.items():
         download_dataset(layout, load_catalog(), name, mirror=mirror)
         prepare_dataset(layout, name, tokenizer=sp_model_path)
-    full = wmtp(layout.root, "train", "baseline", *TINY_RUN)
+    return layout
+
+
+@pytest.fixture(scope="module")
+def full_run(storage):
+    """A Baseline run with full weights, in the storage's runs folder (a real process)."""
+    full = wmtp(storage.root, "train", "baseline", *TINY_RUN)
     assert full.returncode == 0, full.stderr
-    (run,) = layout.runs_of("baseline").iterdir()
-    lora = base / "lora-run"
-    adapter = invoke("train", "baseline", *TINY_RUN, *LORA, "--out", str(lora), root=layout.root)
+    (run,) = storage.runs_of("baseline").iterdir()
+    return storage, run
+
+
+@pytest.fixture(scope="module")
+def lora_run(storage, tmp_path_factory):
+    """A Baseline run that saved its LoRA adapter alone, outside the storage."""
+    lora = tmp_path_factory.mktemp("lora") / "run"
+    adapter = invoke("train", "baseline", *TINY_RUN, *LORA, "--out", str(lora), root=storage.root)
     assert adapter.exit_code == 0, adapter.output
-    return layout, run, lora
+    return storage, lora
 
 
-def test_a_trained_run_is_evaluated_by_its_run_id_and_results_name_the_run(trained, tmp_path):
-    layout, run, _ = trained
+def test_a_trained_run_is_evaluated_by_its_run_id_and_results_name_the_run(full_run, tmp_path):
+    layout, run = full_run
     out = tmp_path / "he"
     done = wmtp(
         layout.root, "eval", "run", run.name, "--dataset", "humaneval", *EVAL, "--out", str(out)
@@ -103,14 +115,14 @@ def test_a_trained_run_is_evaluated_by_its_run_id_and_results_name_the_run(train
     ]
 
 
-def test_a_lora_run_is_merged_onto_its_base_and_evaluated_on_mbpp(trained, tmp_path):
+def test_a_lora_run_is_merged_onto_its_base_and_evaluated_on_mbpp(lora_run, tmp_path):
     from safetensors.torch import load_file
 
     from weighted_mtp.eval.generate import load_run_for_generation
     from weighted_mtp.models.adapter import load_mtp_model
     from weighted_mtp.train.runs import finished_run
 
-    layout, _, lora = trained
+    layout, lora = lora_run
     out = tmp_path / "mbpp"
     done = invoke(
         "eval", "run", str(lora), "--dataset", "mbpp", *EVAL, "--out", str(out), root=layout.root
@@ -139,8 +151,8 @@ def test_a_lora_run_is_merged_onto_its_base_and_evaluated_on_mbpp(trained, tmp_p
     assert changed > 0  # the adapter trained, so the merge is visible
 
 
-def test_runs_that_cannot_be_evaluated_are_one_line(trained, tmp_path):
-    layout, run, _ = trained
+def test_runs_that_cannot_be_evaluated_are_one_line(full_run, tmp_path):
+    layout, run = full_run
     unfinished = tmp_path / "unfinished"
     shutil.copytree(run, unfinished)
     (unfinished / "summary.json").unlink()
