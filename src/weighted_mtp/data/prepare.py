@@ -39,6 +39,7 @@ from weighted_mtp.data.template import (
 )
 from weighted_mtp.data.tokens import SPECIAL_TOKENS, Tokenizer, resolve_tokenizer
 from weighted_mtp.errors import UsageError, WmtpError
+from weighted_mtp.storage import stamps
 from weighted_mtp.storage.atomic import atomic_write, write_json
 from weighted_mtp.storage.hashing import HashingWriter, sha256_file
 from weighted_mtp.storage.layout import DATASETS, SPLITS, DatasetPaths, Layout
@@ -394,9 +395,10 @@ def prepare_dataset(
     truncate_code: bool = False,
     languages: list[str] | None = None,
 ) -> dict:
-    """Prepare a downloaded dataset of the storage root; returns the summary."""
+    """Prepare a downloaded dataset of the storage root; returns the summary. The freshness
+    store records the raw files it was prepared from (verified by `validate_dataset`)."""
     paths = layout.dataset(name)
-    return prepare_into(
+    summary = prepare_into(
         paths,
         paths.raw,
         resolve_tokenizer(layout, tokenizer),
@@ -405,6 +407,10 @@ def prepare_dataset(
         truncate_code=truncate_code,
         languages=languages,
     )
+    store = stamps.Store(layout)
+    store.record_built(name)
+    store.save()
+    return summary
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from weighted_mtp.data.sources import field, iter_jsonl
 from weighted_mtp.errors import WmtpError
+from weighted_mtp.storage import stamps
 from weighted_mtp.storage.atomic import write_text
 from weighted_mtp.storage.layout import SPLITS, Layout
 
@@ -54,7 +55,8 @@ def select(path: Path, seed: int, limit: int) -> tuple[list[str], int]:
 
 
 def build_small(layout: Layout, name: str, *, seed: int = 42) -> dict:
-    """Write `datasets_local_small/<name>_small/<split>_small.jsonl`; returns counts."""
+    """Write `datasets_local_small/<name>_small/<split>_small.jsonl`; returns counts. The
+    freshness store records the set as made from the processed splits as they are now."""
     paths, small = layout.dataset(name), layout.small(name)
     present = [split for split in SPLITS if paths.split(split).is_file()]
     if not present:
@@ -77,4 +79,5 @@ def build_small(layout: Layout, name: str, *, seed: int = 42) -> dict:
             "correct": correct,
             "incorrect": len(lines) - correct,
         }
+    stamps.record_verified(layout, stamps.small_key(name), built_now=True)
     return result

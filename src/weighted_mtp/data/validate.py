@@ -27,10 +27,10 @@ from weighted_mtp.data.template import hollow_sections
 from weighted_mtp.data.tokens import SPECIAL_TOKENS, Tokenizer
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.limits import current_limits
+from weighted_mtp.storage import stamps
 from weighted_mtp.storage.atomic import read_json
 from weighted_mtp.storage.hashing import sha256_file
 from weighted_mtp.storage.layout import DATASETS, META_MODEL, SPLITS, DatasetPaths, Layout
-from weighted_mtp.storage.stamps import record_verified
 
 MAX_REPORTED = 5
 TOKEN_BATCH = 2048
@@ -378,7 +378,9 @@ def validate_dataset(layout: Layout, name: str) -> Report:
     scans = _check_splits(report, paths, summary, schema, tokenizer)
     _check_small(report, layout, name, schema, scans)
     if report.ok:
-        record_verified(layout, paths.root)
+        stamps.record_verified(layout, name)
+    else:
+        stamps.clear(layout, name)
     return report
 
 

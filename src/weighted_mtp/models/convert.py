@@ -61,7 +61,7 @@ def convert_model(layout: Layout, name: str, *, dtype: str = "float16") -> dict[
             hint=f"build it with `wmtp models micro {name}`",
         )
     paths = layout.model(name)
-    stamps.clear_verified(layout, paths.root)
+    stamps.clear(layout, name)
     fmt = format_of(name)
     facts = tokenizer_facts(require_upstream(paths.tokenizer_model))
     upstream = fmt.upstream(paths, facts.vocab_size)

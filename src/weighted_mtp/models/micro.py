@@ -35,9 +35,9 @@ from weighted_mtp.models.metadata import (
 )
 from weighted_mtp.models.safetensors_stream import DTYPES, SafetensorsWriter, TensorSpec
 from weighted_mtp.models.tokenizer import shared_with_meta, tokenizer_facts, trim_tokenizer
+from weighted_mtp.storage import stamps
 from weighted_mtp.storage.hashing import sha256_file, write_sha256sums
 from weighted_mtp.storage.layout import Layout, ModelPaths
-from weighted_mtp.storage.stamps import clear_verified
 
 if TYPE_CHECKING:
     import torch
@@ -230,7 +230,7 @@ def build_micro(
     plan = _plan(fmt, base_paths, paths, size, init, seed)
     base_sha = _base_weights_sha256(base_paths) if init == "slice" else None
 
-    clear_verified(layout, paths.root)
+    stamps.clear(layout, name)
     paths.metadata.unlink(missing_ok=True)
     trimmed = trim_tokenizer(base_paths.tokenizer_model, paths.tokenizer_model, size.vocab_size)
     tokenizer_files = write_hf_tokenizer(paths.tokenizer_dir, paths.tokenizer_model)

@@ -23,9 +23,9 @@ from weighted_mtp.models.metadata import ModelMetadata, read_metadata
 from weighted_mtp.models.safetensors_stream import dtype_code
 from weighted_mtp.models.tokenizer import tokenizer_difference, tokenizer_facts
 from weighted_mtp.models.tokenizer_agreement import agreement_corpus, check_agreement
-from weighted_mtp.storage.hashing import check_sha256sums, read_sha256sums, sha256_file
+from weighted_mtp.storage.hashing import check_sha256sums, read_sha256sums
 from weighted_mtp.storage.layout import Layout, ModelPaths
-from weighted_mtp.storage.stamps import record_verified
+from weighted_mtp.storage.stamps import Store
 
 MAX_LISTED = 3
 
@@ -33,16 +33,15 @@ MAX_LISTED = 3
 FileHash = Callable[[Path], str]
 
 
-def _read_and_hash(path: Path) -> str:
-    return sha256_file(path, show_progress=True)
+def verify_model(layout: Layout, name: str, *, store: Store | None = None) -> Report:
+    """Check a model folder, reading every byte; the freshness store records the model as
+    verified if every check passes, and forgets its record if one fails.
 
-
-def verify_model(layout: Layout, name: str, *, sha256: FileHash | None = None) -> Report:
-    """Check a model folder; records a verification stamp if every check passes.
-
-    `sha256` hashes a file (default: read it now); `wmtp verify` passes its per-run hasher so
-    a file that other checks also hash is read once per run."""
-    hash_file = sha256 or _read_and_hash
+    `store` (default: a fresh one that re-reads every file) is shared by callers that hash
+    the same files in other checks (`wmtp verify`), so each is read once per run; such a
+    caller saves it."""
+    records = store or Store(layout, trust_known=False)
+    hash_file = records.sha256
     paths = layout.model(name)
     report = Report(f"model {name}")
     try:
@@ -83,7 +82,11 @@ def verify_model(layout: Layout, name: str, *, sha256: FileHash | None = None) -
     if header is not None:
         check("no NaN/Inf", lambda: _check_finite(paths.weights), paths.weights)
     if report.ok:
-        record_verified(layout, paths.root)
+        records.record_verified(name)
+    else:
+        records.clear(name)
+    if store is None:
+        records.save()
     return report
 
 

@@ -1,6 +1,8 @@
 """`wmtp build`: the seed's steps in order, idempotent and resumable.
 
-Every step knows how to tell whether its outputs already verify; those steps are skipped, so a
+Every step asks the freshness store (`storage.stamps`) whether its outputs are current: verified,
+and neither they nor what they were built from changed since (a raw dataset file rewritten
+reruns that dataset's prepare and small steps, nothing else). Current steps are skipped, so a
 rerun after Ctrl-C or a kill picks up where the storage stands and ends in the state an
 uninterrupted run reaches. Steps write their outputs atomically, so an interruption leaves at
 most temporary files, which the next build removes. Timings go to the build log.
@@ -36,9 +38,8 @@ from weighted_mtp.models.convert import convert_model
 from weighted_mtp.models.download import download_model
 from weighted_mtp.models.micro import build_micro
 from weighted_mtp.models.verify import verify_model
-from weighted_mtp.pipeline.checklist import run_checklist
+from weighted_mtp.pipeline.checklist import damaged_assets, run_checklist
 from weighted_mtp.pipeline.manifest import (
-    Hasher,
     ManifestDiff,
     ManifestUpdate,
     refresh_manifest,
@@ -54,7 +55,7 @@ from weighted_mtp.pipeline.report import generate_reports
 from weighted_mtp.storage import stamps
 from weighted_mtp.storage.atomic import read_json_or_none
 from weighted_mtp.storage.init import init_storage
-from weighted_mtp.storage.layout import DATASETS, MODELS, SPLITS, Layout
+from weighted_mtp.storage.layout import DATASETS, Layout
 from weighted_mtp.storage.lock import writing_to_storage
 
 
@@ -130,9 +131,9 @@ class BuildResult:
 # ---------------------------------------------------------------- "already done?" checks
 
 
-def _verified(ctx: BuildContext, root: Path, verify: Callable[[], Report]) -> bool:
-    """Cheap: the asset's verification stamp still fits; else really verify it."""
-    if stamps.is_current(ctx.layout, root):
+def _verified(ctx: BuildContext, name: str, verify: Callable[[], Report]) -> bool:
+    """Cheap: the store says the asset is current; else really verify it (which records it)."""
+    if stamps.is_current(ctx.layout, name):
         return True
     try:
         return verify().ok
@@ -177,14 +178,14 @@ def _model_download_done(ctx: BuildContext, name: str, step: str) -> bool:
     if source is None:
         return False
     files = source.get("files") or {}
-    hasher = Hasher(ctx.layout, trust_known=True)
+    store = stamps.Store(ctx.layout)
     ok = bool(files) and all(
         isinstance(entry, dict)
         and paths.file(rel).is_file()
-        and hasher.sha256(paths.file(rel)) == entry.get("sha256")
+        and store.sha256(paths.file(rel)) == entry.get("sha256")
         for rel, entry in files.items()
     )
-    hasher.save()
+    store.save()
     return ok
 
 
@@ -193,48 +194,40 @@ def _dataset_download_done(ctx: BuildContext, name: str, step: str) -> bool:
     source = _kept_source(ctx, paths.source, ctx.catalog.dataset(name), step)
     if source is None or not paths.raw_checksums.is_file():
         return False
-    hasher = Hasher(ctx.layout, trust_known=True)
+    store = stamps.Store(ctx.layout)
     try:
-        count, bad = sha256sums_mismatches(ctx.layout, paths.raw_checksums, hasher)
+        count, bad = sha256sums_mismatches(ctx.layout, paths.raw_checksums, store)
     except WmtpError:
         return False
-    hasher.save()
+    store.save()
     return count > 0 and not bad
 
 
 def _model_done(ctx: BuildContext, name: str) -> bool:
     paths = ctx.layout.model(name)
-    return paths.weights.is_file() and _verified(
-        ctx, paths.root, lambda: verify_model(ctx.layout, name)
-    )
+    return paths.weights.is_file() and _verified(ctx, name, lambda: verify_model(ctx.layout, name))
 
 
-def _newer(outputs: list[Path], inputs: list[Path]) -> bool:
-    """Every output exists and none is older than the newest input (make's rule)."""
-    present = [p for p in outputs if p.is_file()]
-    if not present:
-        return False
-    newest_input = max((p.stat().st_mtime_ns for p in inputs if p.is_file()), default=0)
-    return min(p.stat().st_mtime_ns for p in present) >= newest_input
+def _prepared_from_current_raw(ctx: BuildContext, name: str) -> bool:
+    """The store's record says the processed files were made from the raw files there now
+    (same fingerprints, or same hashes where a fingerprint moved); saved when it moved."""
+    store = stamps.Store(ctx.layout)
+    same = store.inputs_unchanged(name)
+    store.save()
+    return same
 
 
 def _dataset_done(ctx: BuildContext, name: str) -> bool:
-    """Prepared after the latest download, and the processed files verify."""
-    paths = ctx.layout.dataset(name)
-    processed = [paths.split(split) for split in SPLITS]
-    return _newer(processed, list(paths.raw.glob("*.jsonl"))) and _verified(
-        ctx, paths.root, lambda: validate_dataset(ctx.layout, name)
+    """Prepared from the raw files there now, and the processed files verify."""
+    return stamps.is_current(ctx.layout, name) or (
+        _prepared_from_current_raw(ctx, name)
+        and _verified(ctx, name, lambda: validate_dataset(ctx.layout, name))
     )
-
-
-def _small_inputs(layout: Layout, name: str) -> list[Path]:
-    """What a small set is sampled from: its dataset's processed splits."""
-    return [layout.dataset(name).split(split) for split in SPLITS]
 
 
 def _small_done(ctx: BuildContext, name: str) -> bool:
     """Sampled from the current processed splits and unchanged since."""
-    return stamps.is_current(ctx.layout, ctx.layout.small(name).root)
+    return stamps.is_current(ctx.layout, stamps.small_key(name))
 
 
 # ---------------------------------------------------------------- step actions
@@ -271,12 +264,9 @@ def _download_model(name: str) -> Callable[[BuildContext], None]:
 
 
 def _verify_built_model(ctx: BuildContext, name: str) -> None:
-    """Verify a model just built; the hashes read are kept, so the manifest refresh that
-    follows does not read the weights again."""
-    hasher = Hasher(ctx.layout, trust_known=False)
-    report = verify_model(ctx.layout, name, sha256=hasher.sha256)
-    hasher.save()
-    _must_verify(report, name)
+    """Verify a model just built; the store keeps the hashes read, so the manifest refresh
+    that follows does not read the weights again."""
+    _must_verify(verify_model(ctx.layout, name), name)
 
 
 def _convert_model(name: str) -> Callable[[BuildContext], None]:
@@ -311,9 +301,7 @@ def _prepare_dataset(name: str) -> Callable[[BuildContext], None]:
 
 def _build_small(name: str) -> Callable[[BuildContext], None]:
     def run(ctx: BuildContext) -> None:
-        build_small(ctx.layout, name)
-        layout = ctx.layout
-        stamps.record_verified(layout, layout.small(name).root, _small_inputs(layout, name))
+        build_small(ctx.layout, name)  # recorded in the store as made from the splits now
 
     return run
 
@@ -326,8 +314,8 @@ def _validate(ctx: BuildContext) -> None:
 def _validate_done(ctx: BuildContext) -> bool:
     """Nothing changed in this build, and every dataset is as validated. (Small sets are
     validated again by the verify step whenever the manifest moved.)"""
-    unchanged = all(stamps.is_current(ctx.layout, ctx.layout.dataset(n).root) for n in DATASETS)
-    return unchanged and not ctx.ran
+    store = stamps.Store(ctx.layout)
+    return all(store.is_current(name) for name in DATASETS) and not ctx.ran
 
 
 def _verify(ctx: BuildContext) -> None:
@@ -338,11 +326,15 @@ def _verify(ctx: BuildContext) -> None:
 
 
 def _verify_done(ctx: BuildContext) -> bool:
-    """The asset checks passed for exactly the current manifest, which the build has just
-    refreshed (so a changed size or mtime anywhere means verifying again). `wmtp verify`
-    itself always re-reads every byte."""
-    saved = last_checklist(ctx.layout)
-    return saved is not None and all(step.ok for step in saved.steps if step.group in ASSET_GROUPS)
+    """Every asset is current in the store, and the asset checks passed for the manifest the
+    build has just refreshed from the store. `wmtp verify` itself always re-reads every byte."""
+    store = stamps.Store(ctx.layout)
+    saved = last_checklist(ctx.layout, store)
+    return (
+        saved is not None
+        and all(step.ok for step in saved.steps if step.group in ASSET_GROUPS)
+        and all(store.is_current(key) for key in stamps.asset_keys())
+    )
 
 
 def _report(ctx: BuildContext) -> None:
@@ -495,33 +487,14 @@ def _log(layout: Layout, run_id: str, outcome: StepOutcome) -> None:
         os.fsync(handle.fileno())
 
 
-def _asset_roots(layout: Layout) -> dict[str, Path]:
-    roots = {name: layout.model(name).root for name in MODELS}
-    roots.update({name: layout.dataset(name).root for name in DATASETS})
-    roots.update({f"{name}_small": layout.small(name).root for name in DATASETS})
-    return roots
-
-
-def _forget_damage(layout: Layout) -> list[str]:
-    """What the latest `wmtp verify` found wrong loses its verification stamps and cached
-    hashes, so the steps that made it run again even when sizes and mtimes look unchanged
-    (e.g. a flipped bit). Returns the assets concerned."""
+def _damaged_by_last_verify(layout: Layout) -> list[str]:
+    """The assets the latest `wmtp verify` found damaged (it dropped their records in the
+    store) that no build has made again since."""
     saved = saved_checklist(layout)
     if saved is None or saved.ok:
         return []
-    checks = [c for step in saved.failed() for c in step.report.failures()]
-    files = [f for c in checks for f in c.files]
-    hasher = Hasher(layout, trust_known=True)
-    hasher.forget(files)
-    hasher.save()
-    damaged = []
-    for name, root in _asset_roots(layout).items():
-        prefix = layout.relative(root) + "/"
-        named = any(c.name.startswith(f"{name}:") or c.name == name for c in checks)
-        if named or any(f.startswith(prefix) for f in files):
-            stamps.clear_verified(layout, root)
-            damaged.append(name)
-    return damaged
+    store = stamps.Store(layout)
+    return [key for key in damaged_assets(layout, saved) if store.record(key) is None]
 
 
 Listener = Callable[[str, Step, StepOutcome | None], None]
@@ -578,7 +551,7 @@ def build(
     run_id = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{os.getpid()}"
     with writing_to_storage(layout, "wmtp build") as removed:
         result.removed_leftovers = removed
-        result.recheck = _forget_damage(layout)
+        result.recheck = _damaged_by_last_verify(layout)
         for step in steps:
             if not step.changes_assets:  # checks and documents see the assets as recorded
                 result.record(refresh_manifest(layout))

@@ -22,7 +22,6 @@ from weighted_mtp.errors import WmtpError
 from weighted_mtp.models.verify import verify_model
 from weighted_mtp.pipeline.backup_record import backup_status
 from weighted_mtp.pipeline.manifest import (
-    Hasher,
     compare_with_manifest,
     iter_leftovers,
     load_manifest,
@@ -42,6 +41,7 @@ from weighted_mtp.pipeline.records import (
     document_status,
     tag_status,
 )
+from weighted_mtp.storage import stamps
 from weighted_mtp.storage.atomic import read_json, write_json
 from weighted_mtp.storage.layout import SPLITS, STORAGE_VERSION, Layout
 
@@ -57,11 +57,12 @@ REQUIRED_PACKAGES = (
 
 
 class _Run:
-    """State shared by the steps of one checklist run: every file is hashed at most once."""
+    """State shared by the steps of one checklist run: every file is read at most once, and
+    what is read is recorded in the freshness store."""
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
-        self.hasher = Hasher(layout, trust_known=False)
+        self.store = stamps.Store(layout, trust_known=False)
         self.differs_from_manifest: list[str] = []
         self.results: list[StepResult] = []  # the groups checked so far
 
@@ -86,7 +87,7 @@ class _Run:
             report.add(name, False, "checksum file missing or empty", [self.rel(sums)])
             return
         try:
-            count, bad = sha256sums_mismatches(self.layout, sums, self.hasher)
+            count, bad = sha256sums_mismatches(self.layout, sums, self.store)
         except WmtpError as exc:
             report.add(name, False, exc.line(), [self.rel(sums)])
             return
@@ -156,7 +157,7 @@ def check_raw_models(run: _Run, report: Report) -> None:
             run.rel(paths.file(rel))
             for rel, entry in files.items()
             if not paths.file(rel).is_file()
-            or run.hasher.sha256(paths.file(rel)) != entry.get("sha256")
+            or run.store.sha256(paths.file(rel)) != entry.get("sha256")
         ]
         detail = (
             f"{len(bad)} of {len(files)} differ from SOURCE.json"
@@ -175,7 +176,7 @@ def _verify_models(group: str) -> Callable[[_Run, Report], None]:
 
     def check(run: _Run, report: Report) -> None:
         for name in assets.checked_by(group):
-            verify = partial(verify_model, run.layout, name, sha256=run.hasher.sha256)
+            verify = partial(verify_model, run.layout, name, store=run.store)
             run.add_asset_report(report, verify, name)
 
     return check
@@ -249,7 +250,7 @@ def check_integrity(run: _Run, report: Report) -> None:
         version == STORAGE_VERSION,
         f"{version}" + ("" if version == STORAGE_VERSION else f", expected {STORAGE_VERSION}"),
     )
-    diff = compare_with_manifest(layout, manifest, run.hasher)
+    diff = compare_with_manifest(layout, manifest, run.store)
     run.differs_from_manifest = diff.files()
     report.add(
         "tree matches MANIFEST.json",
@@ -299,10 +300,34 @@ CHECKS: dict[str, Callable[[_Run, Report], None]] = {
 }
 
 
+def damaged_assets(layout: Layout, checklist: Checklist) -> list[str]:
+    """The assets (store keys) that a failed check of `checklist` names or holds files of."""
+    failures = [c for step in checklist.failed() for c in step.report.failures()]
+    files = {f for c in failures for f in c.files}
+    damaged = []
+    for key in stamps.asset_keys():
+        prefix = layout.relative(stamps.asset_root(layout, key)) + "/"
+        named = any(c.name == key or c.name.startswith(f"{key}:") for c in failures)
+        if named or any(f.startswith(prefix) for f in files):
+            damaged.append(key)
+    return damaged
+
+
+def _record_in_store(run: _Run, checklist: Checklist) -> None:
+    """The freshness store learns what this run read: every hash, the checklist as made from
+    the current MANIFEST.json, and the loss of the records of damaged assets (so the next
+    build makes them again even when their fingerprints look unchanged, e.g. a flipped bit)."""
+    run.store.record_verified(stamps.VERIFICATION, built_now=True)
+    for key in damaged_assets(run.layout, checklist):
+        run.store.clear(key)
+    run.store.save()
+
+
 def run_checklist(layout: Layout, *, through: str = "approval", save: bool = True) -> Checklist:
     """Run the check groups up to `through` in the plan's order, re-reading every asset
     file's bytes once (no hash is trusted from an earlier run); the NaN/Inf scan reads the
-    model weights a second time."""
+    model weights a second time. A run through the asset groups is saved and recorded in the
+    freshness store."""
     if not layout.root.is_dir():
         raise WmtpError(
             "storage root does not exist",
@@ -317,4 +342,7 @@ def run_checklist(layout: Layout, *, through: str = "approval", save: bool = Tru
     checklist = Checklist(run.results, manifest_sha256(layout))
     if save and LAST_ASSET_GROUP in groups_through(through):
         write_json(layout.last_verification, checklist.to_dict())
+        _record_in_store(run, checklist)
+    else:
+        run.store.save()
     return checklist

@@ -1,9 +1,10 @@
 """MANIFEST.json: every asset file's path, size and SHA-256, so any later change is named.
 
-Hashing a 30 GB storage takes minutes, so hashes are remembered in `.wmtp/hashes.json` with
-the fingerprint (size, mtime, inode: `storage.stamps`) each file had when hashed. Refreshing
-the manifest after a build step reuses them while the fingerprint holds; `verify` re-reads
-every byte (`trust_known=False`).
+The hashes come from the freshness store (`storage.stamps.Store`): hashing a 30 GB storage
+takes minutes, so the manifest and SHA256SUMS are written from the hashes the store has
+recorded (by downloads, verifications and earlier refreshes), each reused only while its
+file keeps the fingerprint it had when hashed; only new or changed files are read. `verify`
+re-reads every byte (a store with `trust_known=False`) and records what it read.
 """
 
 from __future__ import annotations
@@ -18,20 +19,12 @@ import jsonschema
 from weighted_mtp import __version__
 from weighted_mtp.clock import utc_now
 from weighted_mtp.errors import WmtpError
-from weighted_mtp.storage import stamps
-from weighted_mtp.storage.atomic import (
-    TEMP_MARKER,
-    read_json,
-    read_json_or_none,
-    write_json,
-    write_text,
-)
+from weighted_mtp.storage.atomic import TEMP_MARKER, read_json, write_json, write_text
 from weighted_mtp.storage.clean import PARTIAL_SUFFIXES
 from weighted_mtp.storage.hashing import format_sha256sums, read_sha256sums, sha256_file
-from weighted_mtp.storage.layout import BASE_MODELS, CACHE_DIR, STORAGE_VERSION, Layout
+from weighted_mtp.storage.layout import CACHE_DIR, STORAGE_VERSION, Layout
+from weighted_mtp.storage.stamps import Store
 from weighted_mtp.storage.tree import iter_files, iter_non_regular
-
-SHOW_PROGRESS_FROM = 64 << 20
 
 SCHEMA = {
     "type": "object",
@@ -87,63 +80,6 @@ def iter_leftovers(layout: Layout) -> Iterator[Path]:
                 yield path
 
 
-class Hasher:
-    """SHA-256 of storage files, each read at most once per run."""
-
-    def __init__(self, layout: Layout, *, trust_known: bool) -> None:
-        self.layout = layout
-        self.trust_known = trust_known
-        self._known: dict[str, list] = self._load()
-        self._this_run: set[str] = set()
-
-    def _load(self) -> dict[str, list]:
-        known = self._from_downloads()
-        data = read_json_or_none(self.layout.hash_cache, "hash cache")  # lost: re-hash
-        known.update(data if isinstance(data, dict) else {})
-        return known
-
-    def _from_downloads(self) -> dict[str, list]:
-        """Model downloads record each file's hash with its size and mtime (SOURCE.json):
-        the 15 GB checkpoint is hashed while it is copied, not once more afterwards."""
-        known = {}
-        for name in BASE_MODELS:
-            paths = self.layout.model(name)
-            try:
-                files = read_json(paths.source, "SOURCE.json").get("files", {})
-            except WmtpError:
-                continue
-            for rel, entry in files.items() if isinstance(files, dict) else ():
-                if isinstance(entry, dict) and {"size", "mtime_ns", "sha256"} <= entry.keys():
-                    known[self.layout.relative(paths.file(rel))] = [
-                        entry["size"],
-                        entry["mtime_ns"],
-                        entry["sha256"],
-                    ]
-        return known
-
-    def sha256(self, path: Path) -> str:
-        rel = self.layout.relative(path)
-        stat = path.stat()
-        entry = self._known.get(rel)  # [*fingerprint, sha256]
-        current = isinstance(entry, list) and stamps.unchanged(entry[:-1], stat)
-        if entry is not None and current and (self.trust_known or rel in self._this_run):
-            return str(entry[-1])
-        digest = sha256_file(path, show_progress=stat.st_size >= SHOW_PROGRESS_FROM)
-        self._known[rel] = [*stamps.fingerprint(stat), digest]
-        self._this_run.add(rel)
-        return digest
-
-    def forget(self, rels: list[str]) -> None:
-        """Drop known hashes, so these files are read again."""
-        for rel in rels:
-            self._known.pop(rel, None)
-
-    def save(self) -> None:
-        """Persist known hashes of files that still exist."""
-        kept = {rel: e for rel, e in self._known.items() if (self.layout.root / rel).is_file()}
-        write_json(self.layout.hash_cache, kept)
-
-
 @dataclass
 class ManifestDiff:
     changed: list[str] = field(default_factory=list)
@@ -172,9 +108,10 @@ class ManifestDiff:
         return "; ".join(parts) or "tree matches the manifest"
 
 
-def current_entries(layout: Layout, hasher: Hasher) -> list[dict]:
+def current_entries(layout: Layout, store: Store) -> list[dict]:
+    """The manifest's entries: every asset file with its hash as the store knows it."""
     return [
-        {"path": layout.relative(path), "size": path.stat().st_size, "sha256": hasher.sha256(path)}
+        {"path": layout.relative(path), "size": path.stat().st_size, "sha256": store.sha256(path)}
         for path in iter_asset_files(layout)
     ]
 
@@ -221,8 +158,9 @@ def _entries_diff(old: list[dict], new: list[dict]) -> ManifestDiff:
     )
 
 
-def refresh_manifest(layout: Layout, hasher: Hasher | None = None) -> ManifestUpdate:
-    """Rewrite MANIFEST.json and SHA256SUMS if the assets differ from them."""
+def refresh_manifest(layout: Layout, store: Store | None = None) -> ManifestUpdate:
+    """Rewrite MANIFEST.json and SHA256SUMS from the store's hashes if the assets differ
+    from them (files the store cannot vouch for are hashed and recorded first)."""
     foreign = non_regular_asset_entries(layout)
     if foreign:
         raise WmtpError(
@@ -231,9 +169,9 @@ def refresh_manifest(layout: Layout, hasher: Hasher | None = None) -> ManifestUp
             path=layout.root,
             hint="replace each with a real copy of the file (or delete it), then rerun",
         )
-    hasher = hasher or Hasher(layout, trust_known=True)
-    entries = current_entries(layout, hasher)
-    hasher.save()
+    store = store or Store(layout)
+    entries = current_entries(layout, store)
+    store.save()
     try:
         old = load_manifest(layout)
     except WmtpError:
@@ -258,7 +196,7 @@ def refresh_manifest(layout: Layout, hasher: Hasher | None = None) -> ManifestUp
     return ManifestUpdate(True, diff)
 
 
-def compare_with_manifest(layout: Layout, manifest: dict, hasher: Hasher) -> ManifestDiff:
+def compare_with_manifest(layout: Layout, manifest: dict, store: Store) -> ManifestDiff:
     """Name every file that changed, went missing or appeared since the manifest was written."""
     diff = ManifestDiff()
     recorded = {entry["path"]: entry for entry in manifest["files"]}
@@ -267,15 +205,15 @@ def compare_with_manifest(layout: Layout, manifest: dict, hasher: Hasher) -> Man
         path = present.get(rel)
         if path is None:
             diff.missing.append(rel)
-        elif path.stat().st_size != entry["size"] or hasher.sha256(path) != entry["sha256"]:
+        elif path.stat().st_size != entry["size"] or store.sha256(path) != entry["sha256"]:
             diff.changed.append(rel)
     diff.unexpected = sorted(set(present) - set(recorded))
     diff.not_regular = non_regular_asset_entries(layout)
-    hasher.save()
+    store.save()
     return diff
 
 
-def sha256sums_mismatches(layout: Layout, sums: Path, hasher: Hasher) -> tuple[int, list[str]]:
+def sha256sums_mismatches(layout: Layout, sums: Path, store: Store) -> tuple[int, list[str]]:
     """(entries, names of files that are missing, outside the root or different) of a
     `sha256sum -c` file; an unreadable one raises WmtpError."""
     entries = read_sha256sums(sums)
@@ -283,6 +221,6 @@ def sha256sums_mismatches(layout: Layout, sums: Path, hasher: Hasher) -> tuple[i
     for name, expected in entries.items():
         target = Path(os.path.normpath(sums.parent / name))
         inside = layout.contains(target)
-        if not (inside and target.is_file() and hasher.sha256(target) == expected):
+        if not (inside and target.is_file() and store.sha256(target) == expected):
             bad.append(layout.relative(target) if inside else name)
     return len(entries), bad

@@ -1,6 +1,7 @@
 """What the storage records about itself, read without running anything.
 
-The saved checklist (`.wmtp/last_verification.json`), the stamps of generated documents,
+The saved checklist (`.wmtp/last_verification.json`, current while the freshness store says
+the manifest it was made from is unchanged), the stamps of generated documents,
 APPROVALS.json and the build log. The checklist, the reports, approval and the build all
 read these; keeping them in this bottom module is what lets those four depend on each
 other one way only (build -> report/approve -> checklist -> records).
@@ -21,6 +22,7 @@ from weighted_mtp.pipeline.manifest import load_manifest, manifest_sha256
 from weighted_mtp.pipeline.plan import label, plan_step
 from weighted_mtp.storage.atomic import read_json
 from weighted_mtp.storage.layout import STORAGE_VERSION, Layout
+from weighted_mtp.storage.stamps import VERIFICATION, Store
 
 MAX_REASON = 120  # longer lists of passed checks are summarised by their count
 
@@ -119,13 +121,13 @@ def saved_checklist(layout: Layout) -> Checklist | None:
         return None  # an older or damaged record: as if none
 
 
-def last_checklist(layout: Layout) -> Checklist | None:
-    """The latest saved run, if it still describes the current manifest."""
+def last_checklist(layout: Layout, store: Store | None = None) -> Checklist | None:
+    """The latest saved run, if the freshness store says it was made from the manifest as it
+    is now (the manifest being written from the store's hashes, an unchanged manifest means
+    unchanged asset bytes)."""
     checklist = saved_checklist(layout)
-    if checklist is None:
-        return None
-    current = manifest_sha256(layout)
-    return checklist if current and checklist.manifest_sha256 == current else None
+    store = store or Store(layout)
+    return checklist if checklist is not None and store.inputs_unchanged(VERIFICATION) else None
 
 
 # ---------------------------------------------------------------- generated documents

@@ -23,7 +23,6 @@ from weighted_mtp.models.hf_tokenizer import SENTENCEPIECE_KEY
 from weighted_mtp.models.metadata import ModelMetadata, read_metadata
 from weighted_mtp.pipeline.checklist import run_checklist
 from weighted_mtp.pipeline.manifest import (
-    Hasher,
     compare_with_manifest,
     load_manifest,
     manifest_sha256,
@@ -40,6 +39,7 @@ from weighted_mtp.pipeline.records import (
 )
 from weighted_mtp.storage.atomic import read_json_or_none, write_text
 from weighted_mtp.storage.layout import DATASETS, MODELS, SPLITS, STORAGE_VERSION, Layout
+from weighted_mtp.storage.stamps import Store
 from weighted_mtp.storage.status import TreeNode, storage_tree
 from weighted_mtp.storage.tree import human_size
 
@@ -371,13 +371,15 @@ def storage_readme(layout: Layout, manifest: dict | None, manifest_sha: str | No
 
 
 def _checklist_for_reports(layout: Layout) -> Checklist:
-    """The latest verification if it still matches the tree, else a fresh one."""
-    saved = last_checklist(layout)
+    """The latest verification if the freshness store says it still describes the tree,
+    else a fresh one."""
+    store = Store(layout)
+    saved = last_checklist(layout, store)
     manifest = load_manifest(layout)
     unchanged = (
         saved is not None
         and manifest is not None
-        and compare_with_manifest(layout, manifest, Hasher(layout, trust_known=True)).ok
+        and compare_with_manifest(layout, manifest, store).ok
     )
     if saved is not None and unchanged:
         saved.steps = [s for s in saved.steps if s.group in ASSET_GROUPS]

@@ -313,7 +313,7 @@ class Layout:
 
     @property
     def state_dir(self) -> Path:
-        """wmtp's own bookkeeping (build log, verification stamps); not an asset."""
+        """wmtp's own bookkeeping (build log, freshness store); not an asset."""
         return self.root / ".wmtp"
 
     @property
@@ -325,8 +325,13 @@ class Layout:
         return self.state_dir / "build.lock"
 
     @property
-    def hash_cache(self) -> Path:
-        """Known SHA-256 of asset files with the size and mtime they had when hashed."""
+    def freshness_store(self) -> Path:
+        """Known file hashes and each asset's build and verification record (`stamps`)."""
+        return self.state_dir / "freshness.json"
+
+    @property
+    def legacy_hash_cache(self) -> Path:
+        """Where storages before the freshness store kept known hashes (read once)."""
         return self.state_dir / "hashes.json"
 
     @property
@@ -338,11 +343,6 @@ class Layout:
     def checksums(self) -> Path:
         """Every asset file's SHA-256 in `sha256sum -c` format, beside MANIFEST.json."""
         return self.root / "SHA256SUMS"
-
-    def verification_stamp(self, asset_root: Path) -> Path:
-        """Where `stamps` records that an asset folder passed verification."""
-        name = self.relative(asset_root).replace("/", "__")
-        return self.state_dir / "verified" / f"{name}.json"
 
     def report(self, name: str) -> Path:
         return self.reports_dir / safe_relative(name)

@@ -1,4 +1,7 @@
-"""What the storage holds: each asset's state, and the tree with sizes."""
+"""What the storage holds: each asset's state, and the tree with sizes.
+
+"verified" is the freshness store's answer (`stamps.Store.is_current`): the asset passed
+verification and neither it nor what it was built from changed since."""
 
 from __future__ import annotations
 
@@ -24,22 +27,24 @@ def _has_files(path: Path, ignore: tuple[str, ...] = ()) -> bool:
     return any(p.name not in ignore for p in iter_files(path))
 
 
-def model_state(layout: Layout, name: str) -> str:
+def model_state(layout: Layout, name: str, store: stamps.Store | None = None) -> str:
     """missing, raw-only, converted or verified."""
     paths = layout.model(name)
     if paths.weights.is_file():
-        return "verified" if stamps.is_current(layout, paths.root) else "converted"
+        current = (store or stamps.Store(layout)).is_current(name)
+        return "verified" if current else "converted"
     downloaded = "download" in assets.spec(name).build
     if downloaded and _has_files(paths.raw, ignore=("SOURCE.json",)):
         return "raw-only"
     return "missing"
 
 
-def dataset_state(layout: Layout, name: str) -> str:
-    """missing, raw-only, prepared or verified."""
+def dataset_state(layout: Layout, name: str, store: stamps.Store | None = None) -> str:
+    """missing, raw-only, prepared or verified (prepared from the raw files there now)."""
     paths = layout.dataset(name)
     if any(paths.split(split).is_file() for split in SPLITS):
-        return "verified" if stamps.is_current(layout, paths.root) else "prepared"
+        current = (store or stamps.Store(layout)).is_current(name)
+        return "verified" if current else "prepared"
     if _has_files(paths.raw, ignore=("SOURCE.json",)):
         return "raw-only"
     return "missing"
@@ -51,21 +56,16 @@ def small_state(layout: Layout, name: str) -> str:
 
 
 def asset_statuses(layout: Layout) -> list[AssetStatus]:
+    store = stamps.Store(layout)
     rows = []
     for name in MODELS:
         root = layout.model(name).root
-        rows.append(
-            AssetStatus(
-                "model", name, model_state(layout, name), tree_size(root), layout.relative(root)
-            )
-        )
+        state = model_state(layout, name, store)
+        rows.append(AssetStatus("model", name, state, tree_size(root), layout.relative(root)))
     for name in DATASETS:
         root = layout.dataset(name).root
-        rows.append(
-            AssetStatus(
-                "dataset", name, dataset_state(layout, name), tree_size(root), layout.relative(root)
-            )
-        )
+        state = dataset_state(layout, name, store)
+        rows.append(AssetStatus("dataset", name, state, tree_size(root), layout.relative(root)))
     for name in DATASETS:
         root = layout.small(name).root
         rows.append(

@@ -94,7 +94,7 @@ def require_verified_model(layout: Layout, assets: Assets) -> None:
             path=paths.weights,
             hint=f"run `wmtp models convert {paths.name}` (or `wmtp models micro {paths.name}`)",
         )
-    if is_current(layout, paths.root):
+    if is_current(layout, paths.name):
         return
     report = verify_model(layout, paths.name)
     if not report.ok:

@@ -12,7 +12,7 @@ def test_freshly_prepared_datasets_pass_and_get_stamped(prepared):
     for name in ("codecontests", "mbpp", "humaneval"):
         report = validate_dataset(prepared, name)
         assert report.ok, report.to_dict()
-        assert is_current(prepared, prepared.dataset(name).root)
+        assert is_current(prepared, name)
 
 
 def test_one_changed_character_fails(prepared):

@@ -33,7 +33,7 @@ def test_converted_bases_pass_and_are_stamped(layout, meta, reference):
     for paths in (meta, reference):
         report = verify_model(layout, paths.name)
         assert report.ok, report.to_dict()
-        assert is_current(layout, paths.root)
+        assert is_current(layout, paths.name)
     names = {c.name for c in verify_model(layout, reference.name).checks}
     assert {
         "SHA256SUMS",
@@ -63,7 +63,7 @@ def test_a_flipped_byte_anywhere_in_the_weights_fails(layout, meta, offset):
     report = verify_model(layout, meta.name)
     assert not report.ok
     assert "SHA256SUMS" in _failed(report)
-    assert not is_current(layout, meta.root)
+    assert not is_current(layout, meta.name)
 
 
 @pytest.mark.parametrize(
@@ -208,11 +208,10 @@ def test_a_folder_without_metadata_fails_with_one_check(layout):
 def test_a_checklist_run_reads_each_model_file_once(layout, meta, monkeypatch):
     from collections import Counter
 
-    import weighted_mtp.models.verify as verify
-    import weighted_mtp.pipeline.manifest as manifest
     import weighted_mtp.storage.hashing as hashing
     from weighted_mtp.pipeline.checklist import run_checklist
     from weighted_mtp.pipeline.manifest import refresh_manifest
+    from weighted_mtp.storage import stamps
 
     refresh_manifest(layout)
     reads, real = Counter(), hashing.sha256_file
@@ -221,7 +220,7 @@ def test_a_checklist_run_reads_each_model_file_once(layout, meta, monkeypatch):
         reads[str(path)] += 1
         return real(path, **kwargs)
 
-    for module in (verify, manifest, hashing):
+    for module in (stamps, hashing):
         monkeypatch.setattr(module, "sha256_file", counting)
     checklist = run_checklist(layout, through="integrity", save=False)
     meta_step = next(step for step in checklist.steps if step.group == "Meta model")

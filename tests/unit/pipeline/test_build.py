@@ -14,6 +14,7 @@ from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.pipeline import build as b
 from weighted_mtp.pipeline import records
 from weighted_mtp.pipeline.manifest import load_manifest
+from weighted_mtp.storage import stamps
 from weighted_mtp.storage.atomic import TEMP_MARKER
 
 MBPP_STEPS = ["init", "download-mbpp", "prepare-mbpp", "small-mbpp"]
@@ -208,14 +209,34 @@ def test_a_catalog_pinning_another_commit_downloads_hub_files_again(
         assert _statuses(again) == {"download-mbpp": status}
 
 
-def test_a_new_download_makes_preparation_run_again(with_tokenizer, mbpp_mirror):
+def test_a_changed_raw_file_reruns_exactly_its_datasets_steps(with_tokenizer, tmp_path):
+    """The store records each prepared dataset's raw inputs: the same bytes rewritten rerun
+    nothing (input hashes), new bytes rerun that dataset's prepare and small steps only."""
+    from weighted_mtp.synthetic.datasets import write_humaneval_mirror, write_mbpp_mirror
+
     layout = with_tokenizer
-    b.build(layout, load_catalog(), mirror=mbpp_mirror, only=MBPP_STEPS)
+    mirror = tmp_path / "mirror"
+    write_mbpp_mirror(mirror / "mbpp", n_tasks=24)
+    write_humaneval_mirror(mirror / "humaneval")
+    steps = [*MBPP_STEPS, "download-humaneval", "prepare-humaneval", "small-humaneval"]
+    b.build(layout, load_catalog(), mirror=mirror, only=steps)
+
     raw = layout.dataset("mbpp").raw / "mbpp.jsonl"
-    raw.write_bytes(raw.read_bytes())  # rewritten after the preparation
-    again = b.build(layout, load_catalog(), mirror=mbpp_mirror, only=MBPP_STEPS)
-    assert _statuses(again)["prepare-mbpp"] == "ran"
-    assert _statuses(again)["small-mbpp"] == "ran"
+    raw.write_bytes(raw.read_bytes())  # a new mtime, the same bytes
+    same = b.build(layout, load_catalog(), mirror=mirror, only=steps)
+    assert set(_statuses(same).values()) == {"skipped"}
+
+    upstream = mirror / "mbpp" / "mbpp.jsonl"  # upstream changed: one task fewer
+    upstream.write_text("".join(upstream.read_text().splitlines(keepends=True)[:-1]))
+    again = b.build(layout, load_catalog(), mirror=mirror, only=steps, refresh=True)
+    assert {name for name, status in _statuses(again).items() if status == "ran"} == {
+        "download-mbpp",
+        "prepare-mbpp",
+        "small-mbpp",
+        "download-humaneval",  # fetched again (--refresh), the same bytes: nothing follows
+    }
+    assert stamps.Store(layout).inputs_unchanged("mbpp")  # verified by the validate step
+    assert stamps.is_current(layout, "mbpp_small")
 
 
 def test_the_manifest_reuses_the_hashes_of_a_converted_models_verification(
@@ -223,9 +244,9 @@ def test_the_manifest_reuses_the_hashes_of_a_converted_models_verification(
 ):
     from collections import Counter
 
-    import weighted_mtp.pipeline.manifest as manifest
     import weighted_mtp.storage.hashing as hashing
     from weighted_mtp.models.download import download_model
+    from weighted_mtp.storage import stamps
     from weighted_mtp.synthetic.models import write_meta_mirror
 
     params = {
@@ -244,7 +265,7 @@ def test_the_manifest_reuses_the_hashes_of_a_converted_models_verification(
         reads[str(path)] += 1
         return real(path, **kwargs)
 
-    for module in (manifest, hashing):
+    for module in (stamps, hashing):
         monkeypatch.setattr(module, "sha256_file", counting)
     result = b.build(layout, load_catalog(), only=["convert-meta"])
     assert _statuses(result) == {"convert-meta": "ran"}

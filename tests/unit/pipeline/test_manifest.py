@@ -6,8 +6,10 @@ import pytest
 
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.pipeline import manifest as mf
+from weighted_mtp.storage import stamps
 from weighted_mtp.storage.atomic import TEMP_MARKER
 from weighted_mtp.storage.hashing import sha256_file, write_sha256sums
+from weighted_mtp.storage.stamps import Store
 
 
 def _populate(layout):
@@ -69,7 +71,7 @@ def test_compare_names_changed_missing_and_unexpected_files(layout):
     extra = layout.dataset("mbpp").raw_split("train")
     extra.write_text("{}\n")
     diff = mf.compare_with_manifest(
-        layout, mf.load_manifest(layout), mf.Hasher(layout, trust_known=False)
+        layout, mf.load_manifest(layout), Store(layout, trust_known=False)
     )
     assert diff.changed == [layout.relative(model.weights)]
     assert diff.missing == [layout.relative(small)]
@@ -82,7 +84,7 @@ def test_intact_tree_matches(layout):
     _populate(layout)
     mf.refresh_manifest(layout)
     diff = mf.compare_with_manifest(
-        layout, mf.load_manifest(layout), mf.Hasher(layout, trust_known=False)
+        layout, mf.load_manifest(layout), Store(layout, trust_known=False)
     )
     assert diff.ok, diff.summary()
 
@@ -91,8 +93,8 @@ def test_known_hashes_are_reused_only_while_size_and_mtime_match(layout, monkeyp
     model, _ = _populate(layout)
     mf.refresh_manifest(layout)
     calls = []
-    real = mf.sha256_file
-    monkeypatch.setattr(mf, "sha256_file", lambda p, **kw: calls.append(p) or real(p, **kw))
+    real = stamps.sha256_file
+    monkeypatch.setattr(stamps, "sha256_file", lambda p, **kw: calls.append(p) or real(p, **kw))
     mf.refresh_manifest(layout)
     assert calls == []
     model.weights.write_bytes(b"new weights")
@@ -126,8 +128,8 @@ def test_hashes_recorded_by_a_model_download_are_reused(layout, monkeypatch):
             }
         )
     )
-    assert mf.Hasher(layout, trust_known=True).sha256(checkpoint) == recorded
-    real = mf.Hasher(layout, trust_known=False).sha256(checkpoint)
+    assert Store(layout, trust_known=True).sha256(checkpoint) == recorded
+    real = Store(layout, trust_known=False).sha256(checkpoint)
     assert real != recorded  # verification never trusts it
 
 
@@ -144,6 +146,6 @@ def test_sha256sums_entries_outside_the_root_never_match(layout):
             "../../../../outside.txt": sha256_file(outside),
         },
     )
-    count, bad = mf.sha256sums_mismatches(layout, sums, mf.Hasher(layout, trust_known=False))
+    count, bad = mf.sha256sums_mismatches(layout, sums, Store(layout, trust_known=False))
     assert count == 2
     assert bad == ["../../../../outside.txt"]

@@ -10,11 +10,11 @@ from weighted_mtp.catalog import load_catalog
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.pipeline import build as b
 from weighted_mtp.pipeline.manifest import (
-    Hasher,
     compare_with_manifest,
     load_manifest,
     refresh_manifest,
 )
+from weighted_mtp.storage.stamps import Store
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def test_verify_names_them_as_not_part_of_the_storage(recorded, tmp_path, make):
     path = make(recorded, tmp_path)
     rel = recorded.relative(path)
     diff = compare_with_manifest(
-        recorded, load_manifest(recorded), Hasher(recorded, trust_known=False)
+        recorded, load_manifest(recorded), Store(recorded, trust_known=False)
     )
     assert not diff.ok and diff.not_regular == [rel]
     assert rel in diff.files() and "not regular files" in diff.summary()
