@@ -283,7 +283,10 @@ class Store:
 
     def save(self) -> None:
         """Merge this store's hashes and records into the file on disk (under the storage
-        lock: one writer at a time); hashes of files that are gone are dropped."""
+        lock: one writer at a time); hashes of files that are gone are dropped. Nothing
+        changed: nothing is written."""
+        if not (self._changed_files or self._changed_assets):
+            return
         files, records = _load(self.layout)
         files.update({rel: self._files[rel] for rel in self._changed_files})
         for key in self._changed_assets:
