@@ -335,6 +335,11 @@ class Layout:
         return self.state_dir / "hashes.json"
 
     @property
+    def legacy_stamps_dir(self) -> Path:
+        """Where storages before the freshness store kept verification stamps (read once)."""
+        return self.state_dir / "verified"
+
+    @property
     def last_verification(self) -> Path:
         """The latest `wmtp verify` result, which the reports cite."""
         return self.state_dir / "last_verification.json"

@@ -35,7 +35,7 @@ from weighted_mtp.clock import utc_now
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import read_json, read_json_or_none, write_json
 from weighted_mtp.storage.hashing import sha256_file
-from weighted_mtp.storage.layout import SPLITS, Layout
+from weighted_mtp.storage.layout import CACHE_DIR, SPLITS, Layout
 from weighted_mtp.storage.tree import iter_files
 
 Fingerprint = list[int]  # [size, mtime_ns, inode]
@@ -103,11 +103,17 @@ def inputs_of(layout: Layout, key: str) -> list[Path]:
 
 
 def outputs_of(layout: Layout, key: str) -> list[Path]:
-    """The files `key` consists of: everything under its folder except its inputs."""
+    """The files `key` consists of: everything under its folder except its inputs and
+    download caches (upstream Parquet is not the asset, and may be tens of GB)."""
     if key == VERIFICATION:
         return [layout.last_verification]
+    root = asset_root(layout, key)
     inputs = set(inputs_of(layout, key))
-    return [path for path in iter_files(asset_root(layout, key)) if path not in inputs]
+    return [
+        path
+        for path in iter_files(root)
+        if path not in inputs and CACHE_DIR not in path.relative_to(root).parts[:-1]
+    ]
 
 
 # ---------------------------------------------------------------- the store
@@ -135,13 +141,33 @@ class AssetRecord:
         return cls(inputs, files, verified_at if isinstance(verified_at, str) else None)
 
 
+def _legacy_records(layout: Layout) -> dict[str, Any]:
+    """The verification stamps of a storage from before the store (one file per asset
+    folder, without hashes), as records: what they fingerprinted among the asset's inputs
+    counts as its inputs, so an upgraded storage is not verified all over again."""
+    records = {}
+    for key in asset_keys():
+        name = layout.relative(asset_root(layout, key)).replace("/", "__")
+        stamp = read_json_or_none(layout.legacy_stamps_dir / f"{name}.json", "verification stamp")
+        if not isinstance(stamp, dict) or not isinstance(stamp.get("files"), dict):
+            continue
+        fingerprints = {**stamp["files"], **(stamp.get("inputs") or {})}
+        inputs = {layout.relative(p) for p in inputs_of(layout, key)}
+        records[key] = {
+            "verified_at": stamp.get("verified_at"),
+            "inputs": {rel: fp for rel, fp in fingerprints.items() if rel in inputs},
+            "files": {rel: fp for rel, fp in stamp["files"].items() if rel not in inputs},
+        }
+    return records
+
+
 def _load(layout: Layout) -> tuple[dict[str, FileRecord], dict[str, AssetRecord]]:
     """The store on disk; a lost or damaged one means re-hashing and re-verifying. A storage
-    from before the store keeps the hashes of its hash cache."""
+    from before the store keeps its hash cache and verification stamps."""
     data = read_json_or_none(layout.freshness_store, "freshness store")
     if not isinstance(data, dict):
         legacy = read_json_or_none(layout.legacy_hash_cache, "hash cache")
-        data = {"files": legacy if isinstance(legacy, dict) else {}}
+        data = {"files": legacy, "assets": _legacy_records(layout)}
     files = data.get("files")
     records = data.get("assets")
     assets_ = {}

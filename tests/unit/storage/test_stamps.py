@@ -146,3 +146,38 @@ def test_a_storage_from_before_the_store_keeps_its_known_hashes(layout, monkeypa
     reads = _count_reads(monkeypatch)
     assert stamps.Store(layout).sha256(path) == "ab" * 32
     assert reads == []
+
+
+def test_download_caches_are_not_part_of_an_asset(layout, monkeypatch):
+    paths = layout.dataset("mbpp")
+    paths.split("train").write_bytes(b"processed\n")
+    paths.cache.mkdir(parents=True, exist_ok=True)
+    parquet = paths.cache / "upstream.parquet"
+    parquet.write_bytes(b"large upstream download")
+    reads = _count_reads(monkeypatch)
+    stamps.record_verified(layout, "mbpp")
+    assert parquet not in reads
+    parquet.write_bytes(b"another upstream download")
+    assert stamps.is_current(layout, "mbpp")
+
+
+def test_a_storage_from_before_the_store_keeps_its_verification_stamps(layout):
+    """Old stamps (per asset folder, fingerprints only) become records: no re-verification
+    after an upgrade, and a small set's old inputs still count."""
+    small, split = layout.small("mbpp"), layout.dataset("mbpp").split("train")
+    small.split("train").write_bytes(b"abc\n")
+    split.write_bytes(b"processed\n")
+    stamp = {
+        "verified_at": "2026-01-01T00:00:00Z",
+        "files": {
+            layout.relative(small.split("train")): stamps.fingerprint(small.split("train").stat())
+        },
+        "inputs": {layout.relative(split): stamps.fingerprint(split.stat())},
+    }
+    layout.legacy_stamps_dir.mkdir(parents=True)
+    (layout.legacy_stamps_dir / "datasets_local_small__mbpp_small.json").write_text(
+        json.dumps(stamp)
+    )
+    assert stamps.is_current(layout, "mbpp_small")
+    split.write_bytes(b"processed again\n")
+    assert not stamps.is_current(layout, "mbpp_small")
