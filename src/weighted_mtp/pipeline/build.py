@@ -226,8 +226,12 @@ def _dataset_done(ctx: BuildContext, name: str) -> bool:
 
 
 def _small_done(ctx: BuildContext, name: str) -> bool:
-    """Sampled from the current processed splits and unchanged since."""
-    return stamps.is_current(ctx.layout, stamps.small_key(name))
+    """Sampled from the processed splits as they are now (or splits prepared again to the
+    same bytes) and unchanged since."""
+    store = stamps.Store(ctx.layout)
+    done = store.current_or_same_inputs(stamps.small_key(name))
+    store.save()
+    return done
 
 
 # ---------------------------------------------------------------- step actions

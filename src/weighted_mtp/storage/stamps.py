@@ -25,6 +25,7 @@ re-reads every byte and records what it found.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -305,6 +306,11 @@ class Store:
             self._changed_assets.add(key)
         return True
 
+    def current_or_same_inputs(self, key: str) -> bool:
+        """`is_current`, or current once the inputs whose fingerprint moved prove to hold
+        the bytes it was built from (e.g. a dataset prepared again to the same splits)."""
+        return self.is_current(key) or (self.inputs_unchanged(key) and self.is_current(key))
+
     # -------------------------------------------------------------- persistence
 
     def save(self) -> None:
@@ -325,6 +331,8 @@ class Store:
             self.layout.freshness_store,
             {"files": kept, "assets": {k: r.to_dict() for k, r in sorted(records.items())}},
         )
+        self.layout.legacy_hash_cache.unlink(missing_ok=True)  # taken over by the store
+        shutil.rmtree(self.layout.legacy_stamps_dir, ignore_errors=True)
         self._changed_files.clear()
         self._changed_assets.clear()
 

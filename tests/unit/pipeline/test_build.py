@@ -94,6 +94,7 @@ def test_damaged_output_makes_its_step_run_again(with_tokenizer, mbpp_mirror):
     again = b.build(layout, load_catalog(), mirror=mbpp_mirror, only=MBPP_STEPS)
     assert _statuses(again)["prepare-mbpp"] == "ran"
     assert _statuses(again)["download-mbpp"] == "skipped"
+    assert _statuses(again)["small-mbpp"] == "skipped"  # prepared again to the same splits
 
 
 def test_a_finished_download_is_kept_whatever_its_source_unless_refreshed(

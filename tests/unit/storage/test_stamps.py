@@ -181,3 +181,6 @@ def test_a_storage_from_before_the_store_keeps_its_verification_stamps(layout):
     assert stamps.is_current(layout, "mbpp_small")
     split.write_bytes(b"processed again\n")
     assert not stamps.is_current(layout, "mbpp_small")
+    stamps.record_verified(layout, "mbpp_small", built_now=True)  # the store takes over
+    assert not layout.legacy_stamps_dir.exists()
+    assert stamps.is_current(layout, "mbpp_small")
