@@ -4,7 +4,10 @@ Each group is a `Report` of concrete checks, so a ✘ always says which check fa
 which files are concerned. Asset-level checks come from the models' `verify_model` and the
 datasets' `validate_dataset`; the registry says which assets each group covers. This
 module adds what only the whole storage can tell (layout, manifest, leftovers, documents,
-approval). The plan's step numbers are `pipeline.plan`'s business.
+approval). The plan's step numbers are `pipeline.plan`'s business. A run re-reads every
+byte and records what it read in the freshness store (`storage.stamps`): every hash, each
+asset that passed, the loss of the records of damaged assets, and the saved checklist as made
+from the current manifest.
 """
 
 from __future__ import annotations

@@ -157,7 +157,11 @@ def _legacy_records(layout: Layout) -> dict[str, Any]:
         records[key] = {
             "verified_at": stamp.get("verified_at"),
             "inputs": {rel: fp for rel, fp in fingerprints.items() if rel in inputs},
-            "files": {rel: fp for rel, fp in stamp["files"].items() if rel not in inputs},
+            "files": {
+                rel: fp
+                for rel, fp in stamp["files"].items()
+                if rel not in inputs and CACHE_DIR not in rel.split("/")  # caches: not assets
+            },
         }
     return records
 
