@@ -182,7 +182,7 @@ def validate(
     from weighted_mtp.checks import Report
     from weighted_mtp.data.validate import validate_dataset
 
-    with writing(ctx) as layout, progress_bars(not as_json):  # records verification stamps
+    with writing(ctx) as layout, progress_bars(not as_json):  # records them in the freshness store
         names = _named_or_prepared(layout, name)
         reports = [validate_dataset(layout, n) for n in names]
     if len(reports) == 1:
