@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -228,6 +229,21 @@ def _experiment_config(
     return experiment_config(experiment, small, overrides)
 
 
+@dataclass(frozen=True)
+class StageRun:
+    """Where a stage-1 run goes and whether it continues or stops early."""
+
+    out: Path | None
+    resume: bool
+    stop_at: int | None
+
+
+StopAtOpt = Annotated[int | None, typer.Option(help="Stop after this step (checkpoint).")]
+ResumeOpt = Annotated[
+    bool, typer.Option(help="Continue the run in --out (or the latest) from its checkpoint.")
+]
+
+
 def _stage_one(
     ctx: typer.Context,
     kind: str,
@@ -237,18 +253,43 @@ def _stage_one(
     config: Path | None,
     sets: list[str] | None,
     max_steps: int | None,
-    out: Path | None,
+    run: StageRun,
     seed: int | None,
     extra: dict[str, Any],
 ) -> None:
-    from weighted_mtp.train.stage_one import train_stage_one
+    from weighted_mtp.train.runs import resolve_run
 
+    layout = state(ctx).layout
     overrides = _overrides(model, data, None, max_steps, seed, None, None, None, sets or [])
-    run_config = _experiment_config(kind, config, small, overrides | extra)
+    run_config, run_dir = resolve_run(
+        layout,
+        kind,
+        lambda: _experiment_config(kind, config, small, {}),
+        overrides | extra,
+        run.out,
+        run.resume,
+    )
+    from weighted_mtp.train.stage_one import train_stage_one  # imports torch
+
     result = _with_progress(
-        lambda bar: train_stage_one(state(ctx).layout, kind, run_config, run_dir=out, on_step=bar)
+        lambda bar: train_stage_one(
+            layout,
+            kind,
+            run_config,
+            run_dir=run_dir,
+            resume=run.resume,
+            stop_at=run.stop_at,
+            on_step=bar,
+        )
     )
     if result is None:
+        return
+    if not result.completed:
+        console.print(
+            f"{kind} stopped after step {result.steps} (checkpoint written); "
+            f"continue with --resume --out {result.run_dir}",
+            highlight=False,
+        )
         return
     validation = result.summary.get("final_validation") or {}
     shown = ", ".join(f"{k} {v:.4f}" for k, v in validation.items() if isinstance(v, float))
@@ -268,7 +309,9 @@ def critic(
     config: ConfigOpt = None,
     sets: SetOpt = None,
     max_steps: StepsOpt = None,
+    stop_at: StopAtOpt = None,
     out: Annotated[Path | None, typer.Option(help="Run folder.")] = None,
+    resume: ResumeOpt = False,
     seed: SeedOpt = None,
     objective: Annotated[
         str | None, typer.Option(help="mc (every position regresses to R) or pairwise.")
@@ -277,7 +320,8 @@ def critic(
     """Stage 1 of the Verifiable Critic: a value model (reference backbone + value head)
     trained on correct and incorrect solutions; reports pairwise accuracy and AUROC."""
     extra = {"critic.objective": objective} if objective is not None else {}
-    _stage_one(ctx, "critic", model, data, small, config, sets, max_steps, out, seed, extra)
+    run = StageRun(out, resume, stop_at)
+    _stage_one(ctx, "critic", model, data, small, config, sets, max_steps, run, seed, extra)
 
 
 @app.command("ref-tune")
@@ -289,12 +333,15 @@ def ref_tune(
     config: ConfigOpt = None,
     sets: SetOpt = None,
     max_steps: StepsOpt = None,
+    stop_at: StopAtOpt = None,
     out: Annotated[Path | None, typer.Option(help="Run folder.")] = None,
+    resume: ResumeOpt = False,
     seed: SeedOpt = None,
 ) -> None:
     """Stage 1 of Rho-1: the reference fine-tuned with next-token loss on the correct
     training solutions (or --data)."""
-    _stage_one(ctx, "ref-tune", model, data, small, config, sets, max_steps, out, seed, {})
+    run = StageRun(out, resume, stop_at)
+    _stage_one(ctx, "ref-tune", model, data, small, config, sets, max_steps, run, seed, {})
 
 
 def _stage_two(

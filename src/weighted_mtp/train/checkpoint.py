@@ -14,7 +14,7 @@ import errno
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import (
@@ -29,10 +29,23 @@ if TYPE_CHECKING:
     import torch
 
     from weighted_mtp.train.distributed import Dist
-    from weighted_mtp.train.lora import Policy
 
 PREFIX = "step-"
 STATE_FILE = "trainer_state.json"
+
+
+class Trained(Protocol):
+    """What a checkpoint saves: the policy (`lora.Policy`) or a stage-1 model."""
+
+    @property
+    def core(self) -> torch.nn.Module: ...
+
+    @property
+    def frozen_base(self) -> bool:
+        """Only the trainable tensors are saved (LoRA): the base is the model asset."""
+        ...
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]: ...
 
 
 @dataclass(frozen=True)
@@ -63,17 +76,17 @@ def completed_checkpoints(run_dir: Path) -> list[Path]:
     )
 
 
-def _state_dict_options(policy: Policy) -> Any:
+def _state_dict_options(policy: Trained) -> Any:
     """With LoRA, the trainable tensors only; loading them leaves the frozen base as loaded
     from the model asset (DCP's load has already failed if a saved tensor was missing)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    lora = policy.peft is not None
+    lora = policy.frozen_base
     return StateDictOptions(ignore_frozen_params=lora, strict=not lora)
 
 
 def _tensors(
-    policy: Policy, optimizer: torch.optim.Optimizer, weighting_state: dict
+    policy: Trained, optimizer: torch.optim.Optimizer, weighting_state: dict
 ) -> dict[str, Any]:
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
@@ -83,16 +96,16 @@ def _tensors(
     return {"model": model_state, "optim": optim_state, "weighting": weighting_state}
 
 
-def _bytes_needed(policy: Policy) -> int:
+def _bytes_needed(policy: Trained) -> int:
     """Saved parameters plus two AdamW moments, float32 (all ranks' shares together)."""
-    saved = policy.trainable_parameters() if policy.peft is not None else policy.core.parameters()
+    saved = policy.trainable_parameters() if policy.frozen_base else policy.core.parameters()
     return sum(p.numel() for p in saved) * 4 * 3
 
 
 def save_checkpoint(
     run_dir: Path,
     state: TrainerState,
-    policy: Policy,
+    policy: Trained,
     optimizer: torch.optim.Optimizer,
     weighting_state: dict,
     dist_info: Dist,
@@ -144,17 +157,23 @@ def prune_checkpoints(run_dir: Path, keep: int, dist_info: Dist) -> None:
 
 
 def load_checkpoint(
-    path: Path, policy: Policy, optimizer: torch.optim.Optimizer, weighting_state: dict
+    path: Path,
+    policy: Trained,
+    optimizer: torch.optim.Optimizer,
+    weighting_state: dict,
+    *,
+    alone: bool = False,
 ) -> TrainerState:
     """Load a checkpoint into the (already sharded) policy and optimizer, in place; the
-    weighting's state is filled into `weighting_state`."""
+    weighting's state is filled into `weighting_state`. `alone`: this process loads it by
+    itself although a process group exists (stage 1 trains on the first rank only)."""
     import torch.distributed
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
     state = read_json(path / STATE_FILE, "trainer state")
     tensors = _tensors(policy, optimizer, weighting_state)
-    dcp.load(tensors, checkpoint_id=path, no_dist=not torch.distributed.is_initialized())
+    dcp.load(tensors, checkpoint_id=path, no_dist=alone or not torch.distributed.is_initialized())
     set_state_dict(
         policy.core,
         optimizer,

@@ -36,11 +36,12 @@ def full_state(policy: Policy) -> dict[str, torch.Tensor]:
     return cast("dict[str, torch.Tensor]", get_model_state_dict(policy.core, options=options))
 
 
-def _source_dtype(source: ModelPaths) -> torch.dtype:
+def source_dtype(source: ModelPaths, tensor: str = "norm.weight") -> torch.dtype:
+    """The dtype the source model stores (read from one of its tensors, `tensor`)."""
     from safetensors import safe_open
 
     with safe_open(source.weights, framework="pt") as handle:
-        return handle.get_tensor("norm.weight").dtype
+        return handle.get_tensor(tensor).dtype
 
 
 def _merged(policy: Policy, state: dict[str, torch.Tensor], config: TrainConfig) -> dict:
@@ -93,7 +94,7 @@ def save_final(
                 _write_adapter(tmp, policy, state)
             else:
                 tensors = _merged(policy, state, config) if config.final_save == "merged" else state
-                dtype = _source_dtype(source)
+                dtype = source_dtype(source)
                 _write_model_folder(tmp, {k: v.to(dtype) for k, v in tensors.items()}, source)
             if out.exists():
                 shutil.rmtree(out)

@@ -38,6 +38,10 @@ class Policy:
     core: MtpTransformer
     peft: PeftModel | None = None
 
+    @property
+    def frozen_base(self) -> bool:
+        return self.peft is not None
+
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.core.parameters() if p.requires_grad]
 

@@ -10,9 +10,13 @@ Both are small next to the policy run and train in one process (the first rank u
 torchrun; the others wait). Records are grouped by task and tasks shuffled by the seed, so
 a pairwise batch holds both sides of its pairs; each micro-batch's loss is its share of
 the step's (records for `mc`/`ref-tune` tokens, pairs for `pairwise`). The run folder holds
-`config.yaml`, `metrics.jsonl`, `summary.json` and `final/` (written under a temporary name
-and renamed when complete) with `stage.json`: what it is, its base model and the SHA-256
-of its tokenizer, which stage 2 checks against the policy's.
+`config.yaml`, `metrics.jsonl`, `checkpoints/step-N/` (the policy trainer's atomic DCP
+checkpoints, every `checkpoint_every` steps and where `--stop-at` stops; `--resume` continues
+exactly: the data order is a function of (seed, step), the RNG is reseeded per step),
+`summary.json` and `final/` (written under a temporary name and renamed when complete) with
+`stage.json`: what it is, its base model and the SHA-256 of its tokenizer, which stage 2
+checks against the policy's. A tuned reference is saved in its source's dtype, so the
+copied `config.json` (`torch_dtype`) states the truth.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import TEMP_MARKER, read_json_or_none, write_json, write_text
 from weighted_mtp.storage.hashing import sha256_file
 from weighted_mtp.storage.layout import Layout, ModelPaths
+from weighted_mtp.train import checkpoint as ckpt
 from weighted_mtp.train.config import TrainConfig, config_yaml
 from weighted_mtp.train.critic import (
     CriticLora,
@@ -45,8 +50,9 @@ from weighted_mtp.train.critic import (
     response_mean,
 )
 from weighted_mtp.train.data import Batch, Example, collate, read_examples
+from weighted_mtp.train.distributed import Dist
 from weighted_mtp.train.frozen import scoring_mode
-from weighted_mtp.train.loop import StepReport, autocast_dtype, learning_rate
+from weighted_mtp.train.loop import StepReport, autocast_dtype, learning_rate, seed_for
 from weighted_mtp.train.rho1 import target_cross_entropy
 from weighted_mtp.train.runs import Assets, MetricsLog
 
@@ -67,7 +73,20 @@ META_TO_HF = {
 class StageResult:
     run_dir: Path
     steps: int
+    completed: bool
     summary: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StageModel:
+    """A stage-1 model as `checkpoint` saves it: with LoRA only the trainable tensors (the
+    adapters and the critic's value head), the base being the model asset."""
+
+    core: nn.Module
+    frozen_base: bool
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.core.parameters() if p.requires_grad]
 
 
 def task_grouped_batches(examples: list[Example], size: int, seed: int) -> list[list[Example]]:
@@ -178,16 +197,20 @@ class StageOne:
             else build_ref_model(assets.model.root, config)
         )
         self.model.to(device).train()
+        self.trained = StageModel(self.model, config.lora.enabled)
         self.device = device
         self.autocast = autocast_dtype(config, device)
         per_epoch = len(train) // config.batch_size
         self.total_steps = config.max_steps or config.epochs * per_epoch
         self.optimizer = torch.optim.AdamW(
-            [p for p in self.model.parameters() if p.requires_grad],
+            self.trained.trainable_parameters(),
             lr=config.lr,
             betas=(config.beta1, config.beta2),
             weight_decay=config.weight_decay,
         )
+        self.step = 0
+        self.tokens_seen = 0
+        self.wall_s = 0.0
         self.metrics = MetricsLog(run_dir / "metrics.jsonl")
 
     def step_batch(self, step: int) -> list[Example]:
@@ -228,9 +251,12 @@ class StageOne:
         assert loss is not None  # term_count was positive
         return loss * self.term_count(batch)
 
-    def train_step(self, step: int) -> dict[str, Any]:
+    def train_step(self) -> dict[str, Any]:
         """One optimizer step; each micro-batch is forwarded and backwarded in turn, so one
-        micro-batch's activations are in memory at a time."""
+        micro-batch's activations are in memory at a time. The RNG (LoRA dropout) is
+        reseeded from (seed, step) as in the policy trainer, so a resumed run repeats it."""
+        step = self.step
+        torch.manual_seed(seed_for(self.config.seed, step, 0))
         started = time.perf_counter()
         lr = learning_rate(self.config, step, self.total_steps)
         for group in self.optimizer.param_groups:
@@ -246,21 +272,25 @@ class StageOne:
                 share = self.loss_sum(batch) / total
             share.backward()
             loss_value += float(share.detach())
-        params = [p for p in self.model.parameters() if p.requires_grad]
         max_norm = self.config.clip_grad_norm or float("inf")
+        params = self.trained.trainable_parameters()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         tokens = sum(b.n_tokens for b in micro)
         elapsed = time.perf_counter() - started
+        self.step += 1
+        self.tokens_seen += tokens
+        self.wall_s += elapsed
         return {
-            "step": step + 1,
+            "step": self.step,
             "kind": "train",
             "loss": loss_value,
             "terms": total,
             "lr": lr,
             "grad_norm": grad_norm,
             "tokens": tokens,
+            "tokens_seen": self.tokens_seen,
             "tokens_per_s": tokens / elapsed,
         }
 
@@ -289,37 +319,79 @@ class StageOne:
             record["auroc"] = auroc(scores, correct)
         return record
 
-    def run(self, on_step: Callable[[StepReport], None] | None = None) -> StageResult:
-        started = time.perf_counter()
-        last_validation = None
-        for step in range(self.total_steps):
-            record = self.train_step(step)
+    # -- checkpoints and the run ---------------------------------------------------------
+
+    def save(self) -> None:
+        """A checkpoint of this step, written like the policy's (DCP, atomic rename)."""
+        alone = Dist(0, 1, self.device)  # the other ranks wait; no collectives
+        state = ckpt.TrainerState(self.step, self.total_steps, self.tokens_seen, self.wall_s, 1)
+        ckpt.save_checkpoint(self.run_dir, state, self.trained, self.optimizer, {}, alone)
+        ckpt.prune_checkpoints(self.run_dir, self.config.keep_checkpoints, alone)
+
+    def resume(self) -> None:
+        """Continue from the run folder's latest checkpoint (none: start at step 0)."""
+        found = ckpt.completed_checkpoints(self.run_dir)
+        if found:
+            state = ckpt.load_checkpoint(found[-1], self.trained, self.optimizer, {}, alone=True)
+            if state.total_steps != self.total_steps:
+                raise WmtpError(
+                    f"the checkpoint planned {state.total_steps} steps, "
+                    f"this run {self.total_steps}",
+                    path=found[-1],
+                    hint="resume with the run's own --max-steps",
+                )
+            self.step, self.tokens_seen, self.wall_s = state.step, state.tokens_seen, state.wall_s
+        self.metrics.rewind(self.step)
+
+    def run(
+        self, stop_at: int | None = None, on_step: Callable[[StepReport], None] | None = None
+    ) -> StageResult:
+        """Train to the planned end, or to `stop_at` steps as an interruption would;
+        checkpoints every `checkpoint_every` steps and where it stops."""
+        config = self.config
+        end = min(self.total_steps, stop_at) if stop_at is not None else self.total_steps
+        last_saved = self.step if ckpt.completed_checkpoints(self.run_dir) else -1
+        while self.step < end:
+            record = self.train_step()
             self.metrics.append(record)
             if on_step is not None:
                 on_step(
-                    StepReport(step + 1, self.total_steps, record["loss"], record["tokens_per_s"])
+                    StepReport(self.step, self.total_steps, record["loss"], record["tokens_per_s"])
                 )
-            every = self.config.eval_every
-            if (every and (step + 1) % every == 0) or step + 1 == self.total_steps:
-                last_validation = self.validate(step + 1)
-                if last_validation is not None:
-                    self.metrics.append(last_validation)
+            every = config.eval_every
+            if every and self.step % every == 0 and self.step < self.total_steps:
+                self._log_validation()
+            if config.checkpoint_every and self.step % config.checkpoint_every == 0:
+                self.save()
+                last_saved = self.step
+        if self.step < self.total_steps:
+            if last_saved != self.step:
+                self.save()
+            return StageResult(self.run_dir, self.step, False, {})
+        last_validation = self._log_validation()
         self.save_final()
         summary = {
             "experiment": self.kind,
             "steps": self.total_steps,
-            "wall_s": round(time.perf_counter() - started, 3),
+            "tokens_seen": self.tokens_seen,
+            "wall_s": round(self.wall_s, 3),
             "final_validation": last_validation,
             "base_model": str(self.assets.model.root),
         }
         write_json(self.run_dir / "summary.json", summary)
-        return StageResult(self.run_dir, self.total_steps, summary)
+        return StageResult(self.run_dir, self.step, True, summary)
+
+    def _log_validation(self) -> dict[str, Any] | None:
+        result = self.validate(self.step)
+        if result is not None:
+            self.metrics.append(result)
+        return result
 
     def save_final(self) -> None:
         """`final/`: the critic's weights, or the tuned reference as a model folder."""
         from safetensors.torch import save_file
 
-        from weighted_mtp.train.final import _write_model_folder
+        from weighted_mtp.train.final import _write_model_folder, source_dtype
 
         out = self.run_dir / "final"
         tmp = out.with_name(f".{out.name}{TEMP_MARKER}partial")
@@ -339,7 +411,8 @@ class StageOne:
                 model = self.model
                 if isinstance(model, PeftModel):  # LoRA: merged into the base
                     model = model.merge_and_unload()
-                state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+                dtype = source_dtype(source, "model.norm.weight")  # config.json's torch_dtype
+                state = {k: v.detach().to("cpu", dtype) for k, v in model.state_dict().items()}
                 _write_model_folder(tmp, state, source)
             write_json(tmp / STAGE_FILE, stage_record(self.kind, source, self.config))
             if out.exists():
@@ -371,9 +444,12 @@ def train_stage_one(
     config: TrainConfig,
     *,
     run_dir: Path | None = None,
+    resume: bool = False,
+    stop_at: int | None = None,
     on_step: Callable[[StepReport], None] | None = None,
 ) -> StageResult | None:
-    """Train a critic or a tuned reference; None on ranks other than the first."""
+    """Train a critic or a tuned reference (or continue one with `resume`, from the latest
+    checkpoint in `run_dir`); None on ranks other than the first."""
     from weighted_mtp.train.distributed import close_distributed, init_distributed
     from weighted_mtp.train.runs import new_run_dir, require_verified_model, resolve_assets
 
@@ -384,9 +460,11 @@ def train_stage_one(
             dist_info.barrier()
             return None
         try:
-            if run_dir is not None and (run_dir / "config.yaml").exists():
+            if run_dir is not None and not resume and (run_dir / "config.yaml").exists():
                 raise WmtpError(
-                    "the run folder already holds a run", path=run_dir, hint="choose a new --out"
+                    "the run folder already holds a run",
+                    path=run_dir,
+                    hint="add --resume or choose a new --out",
                 )
             assets = resolve_assets(layout, config.model, config.data, config.small)
             require_verified_model(layout, assets)
@@ -399,7 +477,9 @@ def train_stage_one(
                     chosen.rmdir()
                 raise
             write_text(chosen / "config.yaml", config_yaml(config))
-            return stage.run(on_step)
+            if resume:
+                stage.resume()
+            return stage.run(stop_at, on_step)
         finally:
             dist_info.barrier()
     finally:
