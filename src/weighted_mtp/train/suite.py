@@ -2,15 +2,22 @@
 
 Baseline, critic → Verifiable Critic, ref-tune → Rho-1, each in `<out>/<experiment>/`, all
 from the same Baseline config (same data order, seed and effective batch; the packaged
-overlay of each experiment changes only what defines it). Then `comparison.json`,
-`comparison.md` and `validation_loss.png` in `<out>`.
+overlay of each experiment changes only what defines it; with `--small` the suite's own
+overlay `suite_micro.yaml` bounds every run to a few CPU minutes). Then `comparison.json`,
+`comparison.md` and `validation_loss.png` in `<out>`. Each stage's wall and CPU time
+(user + sys of this process, all threads) are measured around the whole stage: loading,
+training, validation and saving.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
+import resource
+import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +31,41 @@ POLICY_RUNS = ("baseline", "verifiable", "rho1")
 STAGE_OF = {"verifiable": "critic", "rho1": "ref-tune"}
 
 
-def experiment_config(experiment: str, small: bool, overrides: dict[str, Any]) -> TrainConfig:
-    """The Baseline config of the size, the experiment's packaged overlay, then overrides."""
+SUITE_SMALL = "suite_micro.yaml"
+
+
+def experiment_config(
+    experiment: str, small: bool, overrides: dict[str, Any], *, in_suite: bool = False
+) -> TrainConfig:
+    """The Baseline config of the size (under the small suite's overlay for `wmtp train suite
+    --small`), the experiment's packaged overlay, then overrides."""
     config = load_config(None, micro=small)
+    if in_suite and small:
+        config = with_packaged(config, SUITE_SMALL)
     if experiment != "baseline":
         size = "micro" if small else "7b"
         config = with_packaged(config, f"{experiment.replace('-', '_')}_{size}.yaml")
     return with_overrides(config, overrides, "options")
+
+
+@dataclass(frozen=True)
+class StageTime:
+    """A whole stage's wall time and this process's CPU time (user + sys) during it."""
+
+    wall_s: float
+    cpu_s: float
+
+
+def _clock() -> StageTime:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return StageTime(time.perf_counter(), usage.ru_utime + usage.ru_stime)
+
+
+def timed(work: Callable[[], Any]) -> StageTime:
+    start = _clock()
+    work()
+    end = _clock()
+    return StageTime(round(end.wall_s - start.wall_s, 1), round(end.cpu_s - start.cpu_s, 1))
 
 
 def weight_statistics(run_dir: Path) -> dict[str, float]:
@@ -42,7 +77,9 @@ def weight_statistics(run_dir: Path) -> dict[str, float]:
     return {n: sum(s[n] for s in steps if n in s) / sum(n in s for s in steps) for n in names}
 
 
-def experiment_entry(out: Path, experiment: str) -> dict[str, Any]:
+def experiment_entry(out: Path, experiment: str, times: dict[str, StageTime]) -> dict[str, Any]:
+    """One policy run's results; `wall_s`/`cpu_s` are its whole stage (and with its stage 1
+    for the weighted ones), `train_s` the optimizer steps alone."""
     run_dir = out / experiment
     summary = read_json_or_none(run_dir / "summary.json", "summary.json") or {}
     validation = summary.get("final_validation") or {}
@@ -53,20 +90,22 @@ def experiment_entry(out: Path, experiment: str) -> dict[str, Any]:
         "final_validation_per_head": validation.get("per_head"),
         "tokens_trained": summary.get("tokens_seen"),
         "steps": summary.get("steps"),
-        "wall_s": summary.get("wall_s"),
+        "train_s": summary.get("wall_s"),
         "weights": weight_statistics(run_dir),
+        **asdict(times[experiment]),
     }
     if experiment in STAGE_OF:
-        stage = read_json_or_none(out / STAGE_OF[experiment] / "summary.json", "summary.json")
-        stage = stage or {}
+        name = STAGE_OF[experiment]
+        stage = read_json_or_none(out / name / "summary.json", "summary.json") or {}
         entry["stage_one"] = {
-            "run": str(out / STAGE_OF[experiment]),
-            "wall_s": stage.get("wall_s"),
+            "run": str(out / name),
+            "steps": stage.get("steps"),
+            "train_s": stage.get("wall_s"),
+            **asdict(times[name]),
             "final_validation": stage.get("final_validation"),
         }
-        entry["wall_s_with_stage_one"] = round(
-            (entry["wall_s"] or 0.0) + (stage.get("wall_s") or 0.0), 3
-        )
+        entry["wall_s_with_stage_one"] = round(times[experiment].wall_s + times[name].wall_s, 1)
+        entry["cpu_s_with_stage_one"] = round(times[experiment].cpu_s + times[name].cpu_s, 1)
     return entry
 
 
@@ -88,21 +127,30 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
         f"Same data order, seed {comparison['seed']} and global batch "
         f"{comparison['batch_size']}; {comparison['steps']} steps each.",
         "",
-        f"| experiment | normalize | validation loss |{head_cols} tokens | wall s | weights |",
-        "| --- | --- | --- |" + " --- |" * n_heads + " --- | --- | --- |",
+        f"| experiment | normalize | validation loss |{head_cols} tokens | wall s | CPU s "
+        "| x Baseline wall | weights |",
+        "| --- | --- | --- |" + " --- |" * n_heads + " --- | --- | --- | --- | --- |",
     ]
+    baseline_wall = experiments.get("baseline", {}).get("wall_s")
     for name, e in experiments.items():
         heads = "".join(f" {_number(x)} |" for x in (e["final_validation_per_head"] or []))
         weights = ", ".join(f"{k} {_number(v, 3)}" for k, v in e["weights"].items()) or "-"
         wall = e.get("wall_s_with_stage_one", e["wall_s"])
+        cpu = e.get("cpu_s_with_stage_one", e["cpu_s"])
+        ratio = wall / baseline_wall if baseline_wall else None
         lines.append(
             f"| {name} | {e['normalize']} | {_number(e['final_validation_loss'])} |{heads} "
-            f"{_number(e['tokens_trained'])} | {_number(wall, 1)} | {weights} |"
+            f"{_number(e['tokens_trained'])} | {_number(wall, 1)} | {_number(cpu, 1)} "
+            f"| {_number(ratio, 2)} | {weights} |"
         )
     critic = experiments.get("verifiable", {}).get("stage_one", {}).get("final_validation") or {}
+    total = comparison["total"]
     lines += [
         "",
-        "Wall time of the weighted experiments includes their stage 1. Critic validation: "
+        "Wall and CPU (user + sys) time of a whole stage: loading, training, validation and "
+        "saving; the weighted experiments' include their stage 1. The suite took "
+        f"{_number(total['wall_s'], 1)} s wall, {_number(total['cpu_s'], 1)} s CPU. "
+        "Critic validation: "
         f"pairwise accuracy {_number(critic.get('pairwise_accuracy'))}, "
         f"AUROC {_number(critic.get('auroc'))}.",
         "",
@@ -136,28 +184,42 @@ def run_suite(
         "rho1": {"rho1.reference": str(out / "ref-tune")},
     }
     configs = {
-        name: experiment_config(name, small, overrides | stage_overrides.get(name, {}))
+        name: experiment_config(
+            name, small, overrides | stage_overrides.get(name, {}), in_suite=True
+        )
         for name in ("baseline", "critic", "verifiable", "ref-tune", "rho1")
     }
     for name, config in configs.items():
         config.validate(name)
-    for name, config in configs.items():
-        if on_stage is not None:
-            on_stage(name)
+
+    def run_stage(name: str, config: TrainConfig) -> None:
         if name == "baseline":
             train(layout, config, run_dir=out / name, on_step=on_step)
         elif name in ("critic", "ref-tune"):
             train_stage_one(layout, name, config, run_dir=out / name, on_step=on_step)
         else:
             train_weighted(layout, config, run_dir=out / name, on_step=on_step)
+
+    start = _clock()
+    times: dict[str, StageTime] = {}
+    for name, config in configs.items():
+        if on_stage is not None:
+            on_stage(name)
+        times[name] = timed(partial(run_stage, name, config))
+    plot_runs([out / name for name in POLICY_RUNS], out / "validation_loss.png")
+    end = _clock()
     baseline = configs["baseline"]
     comparison = {
         "seed": baseline.seed,
         "batch_size": baseline.batch_size,
         "steps": baseline.max_steps or "one epoch of",
-        "experiments": {name: experiment_entry(out, name) for name in POLICY_RUNS},
+        "experiments": {name: experiment_entry(out, name, times) for name in POLICY_RUNS},
+        "stages": {name: asdict(t) for name, t in times.items()},
+        "total": {
+            "wall_s": round(end.wall_s - start.wall_s, 1),
+            "cpu_s": round(end.cpu_s - start.cpu_s, 1),
+        },
     }
-    plot_runs([out / name for name in POLICY_RUNS], out / "validation_loss.png")
     write_json(out / "comparison.json", comparison)
     write_text(out / "comparison.md", comparison_markdown(comparison))
     return out
