@@ -176,6 +176,12 @@ class StageOne:
         )
         if kind == "critic":
             require_both_outcomes(train, assets.train)
+            if config.critic.objective == "pairwise" and config.micro_batch_size < 2:
+                raise WmtpError(
+                    "the pairwise critic pairs records within a micro-batch, "
+                    f"micro_batch_size {config.micro_batch_size} holds no pair",
+                    hint="use --set micro_batch_size=4 (or more) with --objective pairwise",
+                )
         if len(train) < config.batch_size:
             raise WmtpError(
                 f"{len(train)} training records, fewer than one batch of {config.batch_size}",

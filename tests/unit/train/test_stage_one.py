@@ -134,3 +134,16 @@ def test_the_tuned_reference_loads_in_transformers_in_its_stated_dtype(weighted_
         assert {handle.get_tensor(k).dtype for k in handle.keys()} == {stated}  # noqa: SIM118
     state = loaded.state_dict()
     assert all(torch.equal(state[k], trained[k].to(stated)) for k in trained)
+
+
+def test_a_pairwise_critic_without_room_for_a_pair_is_refused(weighted_storage, tmp_path):
+    from weighted_mtp.errors import WmtpError
+
+    with pytest.raises(WmtpError, match="micro_batch_size 1 holds no pair"):
+        make_stage(
+            weighted_storage,
+            "critic",
+            tmp_path / "run",
+            micro_batch_size=1,
+            **{"critic.objective": "pairwise"},
+        )
