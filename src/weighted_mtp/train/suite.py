@@ -128,27 +128,31 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
         f"{comparison['batch_size']}; {comparison['steps']} steps each.",
         "",
         f"| experiment | normalize | validation loss |{head_cols} tokens | wall s | CPU s "
-        "| x Baseline wall | weights |",
-        "| --- | --- | --- |" + " --- |" * n_heads + " --- | --- | --- | --- | --- |",
+        "| x Baseline wall | x Baseline CPU | weights |",
+        "| --- | --- | --- |" + " --- |" * n_heads + " --- | --- | --- | --- | --- | --- |",
     ]
-    baseline_wall = experiments.get("baseline", {}).get("wall_s")
+    baseline = experiments.get("baseline", {})
     for name, e in experiments.items():
         heads = "".join(f" {_number(x)} |" for x in (e["final_validation_per_head"] or []))
         weights = ", ".join(f"{k} {_number(v, 3)}" for k, v in e["weights"].items()) or "-"
         wall = e.get("wall_s_with_stage_one", e["wall_s"])
         cpu = e.get("cpu_s_with_stage_one", e["cpu_s"])
-        ratio = wall / baseline_wall if baseline_wall else None
+        ratios = [
+            _number(mine / base, 2) if base else "-"
+            for mine, base in ((wall, baseline.get("wall_s")), (cpu, baseline.get("cpu_s")))
+        ]
         lines.append(
             f"| {name} | {e['normalize']} | {_number(e['final_validation_loss'])} |{heads} "
             f"{_number(e['tokens_trained'])} | {_number(wall, 1)} | {_number(cpu, 1)} "
-            f"| {_number(ratio, 2)} | {weights} |"
+            f"| {ratios[0]} | {ratios[1]} | {weights} |"
         )
     critic = experiments.get("verifiable", {}).get("stage_one", {}).get("final_validation") or {}
     total = comparison["total"]
     lines += [
         "",
         "Wall and CPU (user + sys) time of a whole stage: loading, training, validation and "
-        "saving; the weighted experiments' include their stage 1. The suite took "
+        "saving; the weighted experiments' include their stage 1 (on a shared machine the "
+        "CPU ratio is the steadier one). The suite took "
         f"{_number(total['wall_s'], 1)} s wall, {_number(total['cpu_s'], 1)} s CPU. "
         "Critic validation: "
         f"pairwise accuracy {_number(critic.get('pairwise_accuracy'))}, "

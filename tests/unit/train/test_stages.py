@@ -72,6 +72,19 @@ def test_the_suite_trains_all_three_on_the_same_batches_and_compares(suite_dir):
     assert (suite_dir / "validation_loss.png").stat().st_size > 1000
     table = (suite_dir / "comparison.md").read_text()
     assert "| verifiable | weight |" in table and "| rho1 | selected |" in table
+    # Each stage is timed whole (load, train, validate, save), inside the suite's total.
+    stages = comparison["stages"]
+    assert list(stages) == ["baseline", "critic", "verifiable", "ref-tune", "rho1"]
+    assert all(t["wall_s"] > 0 and t["cpu_s"] > 0 for t in stages.values())
+    assert comparison["total"]["wall_s"] >= sum(t["wall_s"] for t in stages.values()) - 0.5
+    for name, stage_one in (("verifiable", "critic"), ("rho1", "ref-tune")):
+        entry = experiments[name]
+        assert entry["wall_s"] == stages[name]["wall_s"]
+        assert entry["stage_one"]["wall_s"] == stages[stage_one]["wall_s"]
+        assert entry["wall_s_with_stage_one"] == pytest.approx(
+            stages[name]["wall_s"] + stages[stage_one]["wall_s"], abs=0.11
+        )
+        assert entry["train_s"] <= entry["wall_s"] + 0.5
 
 
 def test_stage_one_runs_hold_what_stage_two_checks(suite_dir, weighted_storage):
