@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import errno
 import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -102,6 +105,17 @@ def _bytes_needed(policy: Trained) -> int:
     return sum(p.numel() for p in saved) * 4 * 3
 
 
+@contextmanager
+def _single_process_intended() -> Iterator[None]:
+    """DCP warns whenever it saves or loads without a process group, although `no_dist`
+    is passed on purpose (one process, or stage 1 on the first rank): silence only that."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="torch.distributed is disabled", category=UserWarning
+        )
+        yield
+
+
 def save_checkpoint(
     run_dir: Path,
     state: TrainerState,
@@ -126,11 +140,12 @@ def save_checkpoint(
     if error is not None:
         raise WmtpError(f"{error} (last good checkpoint kept)")
     try:
-        dcp.save(
-            _tensors(policy, optimizer, weighting_state),
-            checkpoint_id=tmp,
-            no_dist=not dist_info.sharded,
-        )
+        with _single_process_intended():
+            dcp.save(
+                _tensors(policy, optimizer, weighting_state),
+                checkpoint_id=tmp,
+                no_dist=not dist_info.sharded,
+            )
         dist_info.barrier()
         if dist_info.is_main:
             write_json(tmp / STATE_FILE, asdict(state))
@@ -173,7 +188,10 @@ def load_checkpoint(
 
     state = read_json(path / STATE_FILE, "trainer state")
     tensors = _tensors(policy, optimizer, weighting_state)
-    dcp.load(tensors, checkpoint_id=path, no_dist=alone or not torch.distributed.is_initialized())
+    with _single_process_intended():
+        dcp.load(
+            tensors, checkpoint_id=path, no_dist=alone or not torch.distributed.is_initialized()
+        )
     set_state_dict(
         policy.core,
         optimizer,
