@@ -252,12 +252,16 @@ def test_micro_mtp_loads_in_float16_and_trains(micro_storage):
     assert model32.extra_heads[2].attention.wq.weight.grad.abs().sum() > 0
 
 
-def test_micro_ref_loads_as_transformers_llama(micro_storage):
+def test_micro_ref_loads_as_transformers_llama(micro_storage, capfd):
     from transformers import LlamaForCausalLM
+    from transformers.utils import logging
 
     paths = micro_storage.model(MICRO_REF)
     assert paths.weights.stat().st_size < 50 * 2**20
     model = load_reference_model(paths.root)
+    # transformers' own loading bar stays off (wmtp reports progress) and is restored after
+    assert "Loading weights" not in capfd.readouterr().err
+    assert logging.is_progress_bar_enabled()
     assert isinstance(model, LlamaForCausalLM) and not model.training
     assert (model.config.hidden_size, model.config.num_hidden_layers) == (512, 4)
     with torch.no_grad():

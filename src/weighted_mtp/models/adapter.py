@@ -12,6 +12,8 @@ are computed with real arithmetic, not complex tensors, so the model also runs o
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -308,6 +310,21 @@ def load_mtp_model(
     return model.eval()
 
 
+@contextmanager
+def _no_loading_bar() -> Iterator[None]:
+    """transformers draws its own tqdm bar while loading weights; wmtp's commands report
+    progress themselves, so the bar is off for the load and restored after."""
+    from transformers.utils import logging
+
+    was_enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            logging.enable_progress_bar()
+
+
 def load_reference_model(
     model_dir: str | Path, device: Any = "cpu", dtype: torch.dtype = torch.float32
 ) -> LlamaForCausalLM:
@@ -321,13 +338,14 @@ def load_reference_model(
     fields = typed.to_dict()
     config = LlamaConfig(**{k: v for k, v in fields.items() if k != "transformers_version"})
     # The weights live in safetensors/, configs elsewhere: pass both configs explicitly.
-    loaded: Any = LlamaForCausalLM.from_pretrained(  # (model, info): output_loading_info
-        paths.safetensors_dir,
-        config=config,
-        dtype=dtype,
-        output_loading_info=True,
-        generation_config=GenerationConfig.from_model_config(config),
-    )
+    with _no_loading_bar():
+        loaded: Any = LlamaForCausalLM.from_pretrained(  # (model, info): output_loading_info
+            paths.safetensors_dir,
+            config=config,
+            dtype=dtype,
+            output_loading_info=True,
+            generation_config=GenerationConfig.from_model_config(config),
+        )
     model, info = loaded
     problems = [f"missing tensor {n}" for n in info.get("missing_keys", [])]
     problems += [f"unexpected tensor {n}" for n in info.get("unexpected_keys", [])]
