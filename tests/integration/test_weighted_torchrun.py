@@ -153,3 +153,25 @@ def test_rho1_on_two_ranks_trains_like_one(weighted_storage, tmp_path):
     assert all(0.6 <= f < 0.61 for f in fractions)  # ⌈0.6·N⌉ / N
     assert_same_parameters(one, two, weighted_storage, tmp_path)
     assert frozen_placement(two)["sharded"] and not frozen_placement(one)["sharded"]
+
+
+def test_stage_one_on_two_ranks_trains_on_the_first_alone(weighted_storage, critic_run, tmp_path):
+    """Under torchrun the first rank trains the critic with no process group (no rank waits
+    in a collective for the whole run) and the other rank ends at once: the critic is the
+    one process's, bit for bit."""
+    from safetensors.torch import load_file
+
+    from tests.helpers import run_wmtp
+    from weighted_mtp.train.stage_one import CRITIC_WEIGHTS
+
+    out = tmp_path / "critic"
+    args = ["train", "critic", "--small", "--max-steps", "1", "--set", "batch_size=4"]
+    result = run_wmtp(*args, "--out", str(out), root=weighted_storage.root, ranks=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = load_file(critic_run / "final" / CRITIC_WEIGHTS)
+    two = load_file(out / "final" / CRITIC_WEIGHTS)
+    assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+    timeless = [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in records(out, "train")]
+    assert timeless == [
+        {k: v for k, v in r.items() if k != "tokens_per_s"} for r in records(critic_run, "train")
+    ]

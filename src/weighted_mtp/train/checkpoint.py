@@ -176,12 +176,9 @@ def load_checkpoint(
     policy: Trained,
     optimizer: torch.optim.Optimizer,
     weighting_state: dict,
-    *,
-    alone: bool = False,
 ) -> TrainerState:
     """Load a checkpoint into the (already sharded) policy and optimizer, in place; the
-    weighting's state is filled into `weighting_state`. `alone`: this process loads it by
-    itself although a process group exists (stage 1 trains on the first rank only)."""
+    weighting's state is filled into `weighting_state`."""
     import torch.distributed
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_state_dict
@@ -189,9 +186,7 @@ def load_checkpoint(
     state = read_json(path / STATE_FILE, "trainer state")
     tensors = _tensors(policy, optimizer, weighting_state)
     with _single_process_intended():
-        dcp.load(
-            tensors, checkpoint_id=path, no_dist=alone or not torch.distributed.is_initialized()
-        )
+        dcp.load(tensors, checkpoint_id=path, no_dist=not torch.distributed.is_initialized())
     set_state_dict(
         policy.core,
         optimizer,

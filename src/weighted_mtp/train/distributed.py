@@ -54,19 +54,32 @@ class Dist:
         return box[0]
 
 
+def _local_device() -> torch.device:
+    """This rank's GPU (torchrun's LOCAL_RANK), else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    torch.cuda.set_device(device)
+    return device
+
+
 def init_distributed() -> Dist:
     """Join torchrun's process group when launched by it (WORLD_SIZE > 1)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
+    device = _local_device()
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=None)
     rank = dist.get_rank() if dist.is_initialized() else 0
     return Dist(rank, dist.get_world_size() if dist.is_initialized() else 1, device)
+
+
+def first_rank_alone() -> Dist | None:
+    """For work one process does (stage 1) under torchrun: the first rank runs it without a
+    process group and the other ranks get None at once. Nobody waits in a collective for
+    the whole run, which NCCL's watchdog would abort after 10 minutes."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None
+    return Dist(0, 1, _local_device())
 
 
 def close_distributed() -> None:

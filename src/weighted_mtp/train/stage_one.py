@@ -6,10 +6,11 @@
 - `ref-tune`: the reference model fine-tuned with next-token loss on the correct training
   solutions (or `--data`), the Rho-1 reference.
 
-Both are small next to the policy run and train in one process (the first rank under
-torchrun; the others wait). Records are grouped by task and tasks shuffled by the seed, so
-a pairwise batch holds both sides of its pairs; each micro-batch's loss is its share of
-the step's (records for `mc`/`ref-tune` tokens, pairs for `pairwise`). The run folder holds
+Both are small next to the policy run and train in one process: under torchrun the first
+rank alone, with no process group, while the other ranks end at once. Records are grouped
+by task and tasks shuffled by the seed, so a pairwise batch holds both sides of its pairs;
+each micro-batch's loss is its share of the step's (records for `mc`/`ref-tune` tokens,
+pairs for `pairwise`). The run folder holds
 `config.yaml`, `metrics.jsonl`, `checkpoints/step-N/` (the policy trainer's atomic DCP
 checkpoints, every `checkpoint_every` steps and where `--stop-at` stops; `--resume` continues
 exactly: the data order is a function of (seed, step), the RNG is reseeded per step),
@@ -329,7 +330,7 @@ class StageOne:
 
     def save(self) -> None:
         """A checkpoint of this step, written like the policy's (DCP, atomic rename)."""
-        alone = Dist(0, 1, self.device)  # the other ranks wait; no collectives
+        alone = Dist(0, 1, self.device)  # stage 1 has no process group (first_rank_alone)
         state = ckpt.TrainerState(self.step, self.total_steps, self.tokens_seen, self.wall_s, 1)
         ckpt.save_checkpoint(self.run_dir, state, self.trained, self.optimizer, {}, alone)
         ckpt.prune_checkpoints(self.run_dir, self.config.keep_checkpoints, alone)
@@ -338,7 +339,7 @@ class StageOne:
         """Continue from the run folder's latest checkpoint (none: start at step 0)."""
         found = ckpt.completed_checkpoints(self.run_dir)
         if found:
-            state = ckpt.load_checkpoint(found[-1], self.trained, self.optimizer, {}, alone=True)
+            state = ckpt.load_checkpoint(found[-1], self.trained, self.optimizer, {})
             if state.total_steps != self.total_steps:
                 raise WmtpError(
                     f"the checkpoint planned {state.total_steps} steps, "
@@ -456,37 +457,30 @@ def train_stage_one(
 ) -> StageResult | None:
     """Train a critic or a tuned reference (or continue one with `resume`, from the latest
     checkpoint in `run_dir`); None on ranks other than the first."""
-    from weighted_mtp.train.distributed import close_distributed, init_distributed
+    from weighted_mtp.train.distributed import first_rank_alone
     from weighted_mtp.train.runs import new_run_dir, require_verified_model, resolve_assets
 
     config.validate("config")
-    dist_info = init_distributed()
+    dist_info = first_rank_alone()
+    if dist_info is None:
+        return None
+    if run_dir is not None and not resume and (run_dir / "config.yaml").exists():
+        raise WmtpError(
+            "the run folder already holds a run",
+            path=run_dir,
+            hint="add --resume or choose a new --out",
+        )
+    assets = resolve_assets(layout, config.model, config.data, config.small)
+    require_verified_model(layout, assets)
+    chosen = run_dir or new_run_dir(layout, kind, assets.model.name)
+    chosen.mkdir(parents=True, exist_ok=True)
     try:
-        if not dist_info.is_main:
-            dist_info.barrier()
-            return None
-        try:
-            if run_dir is not None and not resume and (run_dir / "config.yaml").exists():
-                raise WmtpError(
-                    "the run folder already holds a run",
-                    path=run_dir,
-                    hint="add --resume or choose a new --out",
-                )
-            assets = resolve_assets(layout, config.model, config.data, config.small)
-            require_verified_model(layout, assets)
-            chosen = run_dir or new_run_dir(layout, kind, assets.model.name)
-            chosen.mkdir(parents=True, exist_ok=True)
-            try:
-                stage = StageOne(kind, config, assets, chosen, dist_info.device)
-            except BaseException:
-                if not any(chosen.iterdir()):
-                    chosen.rmdir()
-                raise
-            write_text(chosen / "config.yaml", config_yaml(config))
-            if resume:
-                stage.resume()
-            return stage.run(stop_at, on_step)
-        finally:
-            dist_info.barrier()
-    finally:
-        close_distributed()
+        stage = StageOne(kind, config, assets, chosen, dist_info.device)
+    except BaseException:
+        if not any(chosen.iterdir()):
+            chosen.rmdir()
+        raise
+    write_text(chosen / "config.yaml", config_yaml(config))
+    if resume:
+        stage.resume()
+    return stage.run(stop_at, on_step)
