@@ -37,6 +37,7 @@ from weighted_mtp.eval.tasks import raw_files
 from weighted_mtp.storage.atomic import atomic_write, read_json, write_json
 from weighted_mtp.storage.hashing import read_sha256sums, sha256_file
 from weighted_mtp.storage.layout import MODELS, Layout, ModelPaths
+from weighted_mtp.storage.stamps import Store
 from weighted_mtp.train.runs import ADAPTER_WEIGHTS, FinishedRun, find_run, finished_run
 
 PASS_AT = (1, 10, 100)
@@ -214,13 +215,17 @@ def _model_record(layout: Layout, model: str | FinishedRun, loaded: LoadedModel)
 
 
 def _dataset_record(layout: Layout, settings: RunSettings) -> dict[str, Any]:
+    """The evaluated files' SHA-256, from the freshness store where it vouches for them
+    (a raw CodeContests split is gigabytes); the store is only read, an evaluation does not
+    write into the storage's records."""
+    store = Store(layout)
     processed = layout.dataset(settings.dataset).split(settings.split)
     return {
         "name": settings.dataset,
         "split": settings.split,
-        "processed": {str(processed): sha256_file(processed)},
+        "processed": {str(processed): store.sha256(processed)},
         "raw": {
-            str(p): sha256_file(p) for p in raw_files(layout, settings.dataset, settings.split)
+            str(p): store.sha256(p) for p in raw_files(layout, settings.dataset, settings.split)
         },
     }
 

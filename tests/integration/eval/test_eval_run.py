@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from tests.helpers import TINY_META_PARAMS
 from weighted_mtp.cli import app
+from weighted_mtp.storage.hashing import sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +66,12 @@ def test_speculative_and_plain_greedy_write_identical_samples(eval_storage, tmp_
         results["model"]["weights_sha256"]
         == json.loads(eval_storage.model("micro-mtp").metadata.read_text())["weights"]["sha256"]
     )
-    assert set(results["dataset"]["raw"]) == {
-        str(eval_storage.dataset("humaneval").raw / "HumanEval.jsonl")
-    }
+    raw = eval_storage.dataset("humaneval").raw / "HumanEval.jsonl"
+    processed = eval_storage.dataset("humaneval").split("test")
+    # the hashes come from the freshness store where it vouches for the file: they must be
+    # the bytes' own
+    assert results["dataset"]["raw"] == {str(raw): sha256_file(raw)}
+    assert results["dataset"]["processed"] == {str(processed): sha256_file(processed)}
     assert (tmp_path / "fast" / "samples.jsonl_results.jsonl").is_file()
 
 
