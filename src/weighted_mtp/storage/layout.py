@@ -201,10 +201,9 @@ class DatasetPaths:
 
 
 @dataclass(frozen=True)
-class RunPaths:
-    """One instance of a `assets.RunKind`: a training run, a suite or an evaluation."""
+class RunFolder:
+    """The files of a run folder, whatever made it (a trainer writing it, `--out`)."""
 
-    kind: assets.RunKind
     root: Path
 
     @property
@@ -235,6 +234,13 @@ class RunPaths:
     @property
     def samples(self) -> Path:
         return self.root / "samples.jsonl"
+
+
+@dataclass(frozen=True)
+class RunPaths(RunFolder):
+    """One instance of a `assets.RunKind`: a training run, a suite or an evaluation."""
+
+    kind: assets.RunKind
 
     def missing(self) -> list[Path]:
         """The files that mark this kind complete and are not (yet) here."""
@@ -304,7 +310,7 @@ class Layout:
 
     def run(self, kind: str, folder: Path) -> RunPaths:
         """The paths of the run of `kind` in `folder` (under `runs_of(kind)` or anywhere)."""
-        return RunPaths(assets.run_kind(kind), folder)
+        return RunPaths(folder, assets.run_kind(kind))
 
     @property
     def eval_runs_dir(self) -> Path:

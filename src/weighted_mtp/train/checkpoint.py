@@ -27,6 +27,7 @@ from weighted_mtp.storage.atomic import (
     read_json,
     write_json,
 )
+from weighted_mtp.storage.layout import RunFolder
 
 if TYPE_CHECKING:
     import torch
@@ -64,12 +65,12 @@ class TrainerState:
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
-    return run_dir / "checkpoints" / f"{PREFIX}{step:08d}"
+    return RunFolder(run_dir).checkpoints / f"{PREFIX}{step:08d}"
 
 
 def completed_checkpoints(run_dir: Path) -> list[Path]:
     """Finished checkpoints, oldest first (temporary folders are never listed)."""
-    folder = run_dir / "checkpoints"
+    folder = RunFolder(run_dir).checkpoints
     if not folder.is_dir():
         return []
     return sorted(

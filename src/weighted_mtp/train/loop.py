@@ -26,7 +26,7 @@ import torch
 
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import write_json, write_text
-from weighted_mtp.storage.layout import Layout
+from weighted_mtp.storage.layout import Layout, RunFolder
 from weighted_mtp.train import checkpoint as ckpt
 from weighted_mtp.train.config import TrainConfig, config_yaml
 from weighted_mtp.train.data import Batch, BatchPlan, Sharding, fixed_batches, read_examples
@@ -170,7 +170,7 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.wall_s = 0.0
-        self.metrics = MetricsLog(run_dir / "metrics.jsonl")
+        self.metrics = MetricsLog(RunFolder(run_dir).metrics)
 
     # -- one step ------------------------------------------------------------------------
 
@@ -398,7 +398,8 @@ class Trainer:
         """`final/`: the trained weights (full, merged LoRA or the adapter alone)."""
         from weighted_mtp.train.final import save_final
 
-        save_final(self.run_dir / "final", self.policy, self.assets.model, self.config, self.dist)
+        final = RunFolder(self.run_dir).final
+        save_final(final, self.policy, self.assets.model, self.config, self.dist)
 
     def _summary(
         self, last: dict[str, Any] | None, validation: dict[str, Any] | None
@@ -423,15 +424,16 @@ class Trainer:
         if placement is not None:
             summary["frozen"] = placement.as_record()
         if self.dist.is_main:
-            write_json(self.run_dir / "summary.json", summary)
+            write_json(RunFolder(self.run_dir).summary, summary)
         return summary
 
 
 def prepare_run_dir(run_dir: Path, config: TrainConfig, dist_info: Dist) -> None:
     """Create the run folder with its config.yaml (rank 0)."""
     if dist_info.is_main:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / "config.yaml", config_yaml(config))
+        folder = RunFolder(run_dir)
+        folder.checkpoints.mkdir(parents=True, exist_ok=True)
+        write_text(folder.config, config_yaml(config))
     dist_info.barrier()
 
 
@@ -466,7 +468,7 @@ def train(
     config.validate("config")
     dist_info = init_distributed()
     try:
-        if run_dir is not None and not resume and (run_dir / "config.yaml").exists():
+        if run_dir is not None and not resume and RunFolder(run_dir).config.exists():
             raise WmtpError(
                 "the run folder already holds a run",
                 path=run_dir,

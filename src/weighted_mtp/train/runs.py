@@ -21,7 +21,7 @@ from typing import Any
 from weighted_mtp import assets as registry
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import read_json_or_none, write_text
-from weighted_mtp.storage.layout import MODELS, Layout, ModelPaths, RunPaths
+from weighted_mtp.storage.layout import MODELS, Layout, ModelPaths, RunFolder, RunPaths
 from weighted_mtp.train.config import TrainConfig, read_run_config, with_overrides
 
 # What a `final/` holds: a model folder (full or merged weights) or peft's adapter files.
@@ -179,7 +179,7 @@ def _step_of(line: str) -> int:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
+    path = RunFolder(run_dir).metrics
     if not path.is_file():
         raise WmtpError("no metrics.jsonl in this run folder", path=run_dir)
     records = []
@@ -204,7 +204,7 @@ def resolve_run(
     if not resume:
         return with_overrides(fresh_config(), overrides, "options"), out
     run_dir = out if out is not None else latest_run(layout, experiment)
-    saved_path = run_dir / "config.yaml"
+    saved_path = RunFolder(run_dir).config
     if not saved_path.is_file():
         raise WmtpError(
             "nothing to resume: no config.yaml", path=run_dir, hint="start the run without --resume"
@@ -238,15 +238,15 @@ def find_run(layout: Layout, name: str) -> Path | None:
     """`name` as a training run folder: a path, `<experiment>/<run-id>` under the storage's
     runs folder, or a bare run id found under exactly one experiment; None if none is."""
     given = Path(name).expanduser()
-    if (given / "config.yaml").is_file():
+    if RunFolder(given).config.is_file():
         return given.absolute()
     under_runs = layout.runs_dir / name
-    if len(Path(name).parts) == 2 and (under_runs / "config.yaml").is_file():
+    if len(Path(name).parts) == 2 and RunFolder(under_runs).config.is_file():
         return under_runs
     found = [
         layout.runs_of(kind) / name
         for kind in registry.TRAINING_RUNS
-        if len(Path(name).parts) == 1 and (layout.runs_of(kind) / name / "config.yaml").is_file()
+        if len(Path(name).parts) == 1 and RunFolder(layout.runs_of(kind) / name).config.is_file()
     ]
     if len(found) > 1:
         raise WmtpError(
@@ -259,7 +259,7 @@ def find_run(layout: Layout, name: str) -> Path | None:
 
 def finished_run(layout: Layout, name: str, folder: Path) -> FinishedRun:
     """The training run in `folder`, complete and with a model in `final/`, or one error."""
-    config = read_run_config(folder / "config.yaml")
+    config = read_run_config(RunFolder(folder).config)
     kind = registry.run_kind(config.experiment)
     paths = layout.run(kind.name, folder)
     if kind.role != "training" or not kind.final_model:

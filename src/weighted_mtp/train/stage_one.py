@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import TEMP_MARKER, read_json_or_none, write_json, write_text
 from weighted_mtp.storage.hashing import sha256_file
-from weighted_mtp.storage.layout import Layout, ModelPaths
+from weighted_mtp.storage.layout import Layout, ModelPaths, RunFolder
 from weighted_mtp.train import checkpoint as ckpt
 from weighted_mtp.train.config import TrainConfig, config_yaml
 from weighted_mtp.train.critic import (
@@ -218,7 +218,7 @@ class StageOne:
         self.step = 0
         self.tokens_seen = 0
         self.wall_s = 0.0
-        self.metrics = MetricsLog(run_dir / "metrics.jsonl")
+        self.metrics = MetricsLog(RunFolder(run_dir).metrics)
 
     def step_batch(self, step: int) -> list[Example]:
         per_epoch = len(self.train_examples) // self.config.batch_size
@@ -385,7 +385,7 @@ class StageOne:
             "final_validation": last_validation,
             "base_model": str(self.assets.model.root),
         }
-        write_json(self.run_dir / "summary.json", summary)
+        write_json(RunFolder(self.run_dir).summary, summary)
         return StageResult(self.run_dir, self.step, True, summary)
 
     def _log_validation(self) -> dict[str, Any] | None:
@@ -400,7 +400,7 @@ class StageOne:
 
         from weighted_mtp.train.final import _write_model_folder, source_dtype
 
-        out = self.run_dir / "final"
+        out = RunFolder(self.run_dir).final
         tmp = out.with_name(f".{out.name}{TEMP_MARKER}partial")
         shutil.rmtree(tmp, ignore_errors=True)
         source = self.assets.model
@@ -464,7 +464,7 @@ def train_stage_one(
     dist_info = first_rank_alone()
     if dist_info is None:
         return None
-    if run_dir is not None and not resume and (run_dir / "config.yaml").exists():
+    if run_dir is not None and not resume and RunFolder(run_dir).config.exists():
         raise WmtpError(
             "the run folder already holds a run",
             path=run_dir,
@@ -480,7 +480,7 @@ def train_stage_one(
         if not any(chosen.iterdir()):
             chosen.rmdir()
         raise
-    write_text(chosen / "config.yaml", config_yaml(config))
+    write_text(RunFolder(chosen).config, config_yaml(config))
     if resume:
         stage.resume()
     return stage.run(stop_at, on_step)

@@ -23,7 +23,7 @@ from typing import Any
 
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import read_json_or_none, write_json, write_text
-from weighted_mtp.storage.layout import Layout
+from weighted_mtp.storage.layout import Layout, RunFolder
 from weighted_mtp.train.config import TrainConfig, load_config, with_overrides, with_packaged
 from weighted_mtp.train.runs import read_metrics, runs_dir
 
@@ -81,7 +81,7 @@ def experiment_entry(out: Path, experiment: str, times: dict[str, StageTime]) ->
     """One policy run's results; `wall_s`/`cpu_s` are its whole stage (and with its stage 1
     for the weighted ones), `train_s` the optimizer steps alone."""
     run_dir = out / experiment
-    summary = read_json_or_none(run_dir / "summary.json", "summary.json") or {}
+    summary = read_json_or_none(RunFolder(run_dir).summary, "summary.json") or {}
     validation = summary.get("final_validation") or {}
     entry: dict[str, Any] = {
         "run": str(run_dir),
@@ -96,7 +96,7 @@ def experiment_entry(out: Path, experiment: str, times: dict[str, StageTime]) ->
     }
     if experiment in STAGE_OF:
         name = STAGE_OF[experiment]
-        stage = read_json_or_none(out / name / "summary.json", "summary.json") or {}
+        stage = read_json_or_none(RunFolder(out / name).summary, "summary.json") or {}
         entry["stage_one"] = {
             "run": str(out / name),
             "steps": stage.get("steps"),

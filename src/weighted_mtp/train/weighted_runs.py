@@ -19,7 +19,7 @@ from weighted_mtp.assets import reference_pairs
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import read_json_or_none
 from weighted_mtp.storage.hashing import sha256_file
-from weighted_mtp.storage.layout import MODELS, Layout, ModelPaths
+from weighted_mtp.storage.layout import MODELS, Layout, ModelPaths, RunFolder
 from weighted_mtp.train.config import TrainConfig
 from weighted_mtp.train.stage_one import CRITIC_WEIGHTS, STAGE_FILE
 from weighted_mtp.train.weighting import Weighting
@@ -44,7 +44,7 @@ def stage_one_run(run: str, kind: str) -> Helper:
             hint=f"pass --{'critic' if kind == 'critic' else 'reference'} RUN_DIR "
             f"(from `wmtp train {kind}`)",
         )
-    final = Path(run).expanduser() / "final"
+    final = RunFolder(Path(run).expanduser()).final
     record = read_json_or_none(final / STAGE_FILE, STAGE_FILE)
     if not isinstance(record, dict) or record.get("kind") != kind:
         raise WmtpError(
@@ -65,7 +65,7 @@ def reference_helper(layout: Layout, reference: str) -> Helper:
     """`--reference RUN|MODEL`: a ref-tune run folder, a storage model or a model folder."""
     if reference in MODELS:
         paths = layout.model(reference)
-    elif (Path(reference).expanduser() / "final" / STAGE_FILE).is_file():
+    elif (RunFolder(Path(reference).expanduser()).final / STAGE_FILE).is_file():
         return stage_one_run(reference, "ref-tune")
     elif Path(reference).expanduser().is_dir():
         folder = Path(reference).expanduser()
