@@ -112,10 +112,52 @@ def checkpoint_model(path: Path, out: Path) -> dict[str, Any]:
     return torch.load(out, weights_only=True)["model"]
 
 
+# A Baseline run trained in seconds on `write_training_storage`'s storage (`wmtp train
+# baseline` options); `lr` and `seed` vary it.
+TINY_RUN = [
+    "--small",
+    "--max-steps",
+    "2",
+    "--set",
+    "batch_size=2",
+    "--set",
+    "micro_batch_size=1",
+    "--set",
+    "eval_every=0",
+    "--set",
+    "eval_batches=1",
+    "--set",
+    "checkpoint_every=0",
+    "--set",
+    "warmup_ratio=0",
+    "--set",
+    "lr=1e-2",
+]
+
+
+def add_eval_datasets(layout: Layout, mirrors: Path, tokenizer_model: Path) -> Layout:
+    """The real HumanEval and a 40-task synthetic MBPP, downloaded from mirrors written under
+    `mirrors` and prepared: what `wmtp eval run` and `wmtp eval compare` read."""
+    from weighted_mtp.catalog import load_catalog
+    from weighted_mtp.data.download import download_dataset
+    from weighted_mtp.data.prepare import prepare_dataset
+    from weighted_mtp.synthetic.datasets import write_humaneval_mirror, write_mbpp_mirror
+
+    written = {
+        "humaneval": write_humaneval_mirror(mirrors / "he"),
+        "mbpp": write_mbpp_mirror(mirrors / "mbpp", n_tasks=40),
+    }
+    for name, mirror in written.items():
+        download_dataset(layout, load_catalog(), name, mirror=mirror)
+        prepare_dataset(layout, name, tokenizer=tokenizer_model)
+    return layout
+
+
 def write_weighted_storage(root: Path, tokenizer_model: Path) -> Layout:
     """A training storage (`write_training_storage`) plus a random micro-ref (dim 32, 2
     layers) whose tokenizer is micro-mtp's trimmed Meta tokenizer, so the storage records it
-    as shared: what the weighted experiments need."""
+    as shared: what the weighted experiments need; and HumanEval and MBPP, which the suite
+    ends evaluating on."""
     import shutil
 
     from weighted_mtp.models.micro import MicroSize, build_micro
@@ -130,7 +172,7 @@ def write_weighted_storage(root: Path, tokenizer_model: Path) -> Layout:
     size = MicroSize(dim=32, n_layers=2, n_heads=2, vocab_size=1024, n_future_tokens=1)
     build_micro(layout, MICRO_REF, init="random", size=size)
     assert verify_model(layout, MICRO_REF).ok
-    return layout
+    return add_eval_datasets(layout, root / "eval-mirrors", tokenizer_model)
 
 
 def invoke(*args: str, root: Path) -> Result:

@@ -189,6 +189,8 @@ TOKENIZER_MODEL = META_MODEL
 TRAIN_MODEL = MICRO_MTP
 TRAIN_DATASET = CODECONTESTS
 EVAL_DATASET = HUMANEVAL
+# What `wmtp eval compare` and `wmtp train suite` measure pass@k on.
+COMPARE_DATASETS = (HUMANEVAL, MBPP)
 
 
 def spec(name: str) -> AssetSpec:
@@ -221,7 +223,7 @@ def checked_by(group: str) -> tuple[str, ...]:
     return tuple(s.name for s in ASSETS if group in s.checks)
 
 
-RunRole = Literal["training", "suite", "evaluation"]
+RunRole = Literal["training", "suite", "evaluation", "comparison"]
 
 
 @dataclass(frozen=True)
@@ -245,6 +247,7 @@ SUMMARY_FILE = "summary.json"
 STAGE_RECORD = "final/stage.json"  # what a stage-1 model is (stage_one.STAGE_FILE)
 SUITE = "suite"
 EVAL_RESULTS = "eval"
+COMPARISON = "compare"
 
 RUN_KINDS: tuple[RunKind, ...] = (
     RunKind("baseline", "training", (SUMMARY_FILE,), ("model", "dataset"), final_model=True),
@@ -265,6 +268,12 @@ RUN_KINDS: tuple[RunKind, ...] = (
         ("baseline", "critic", "verifiable", "ref-tune", "rho1"),
     ),
     RunKind(EVAL_RESULTS, "evaluation", ("results.json", "samples.jsonl"), ("model", "dataset")),
+    RunKind(
+        COMPARISON,
+        "comparison",
+        ("comparison.json",),
+        ("model", "dataset", "baseline", "verifiable", "ref-tune", "rho1", EVAL_RESULTS),
+    ),
 )
 
 _RUN_KINDS = {kind.name: kind for kind in RUN_KINDS}

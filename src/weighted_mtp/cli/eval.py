@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from weighted_mtp.assets import DATASETS, EVAL_DATASET, MICRO_MTP, spec
+from weighted_mtp.assets import COMPARE_DATASETS, DATASETS, EVAL_DATASET, MICRO_MTP, spec
 from weighted_mtp.cli._console import (
     JsonOpt,
     checked_name,
     console,
+    err_console,
     print_json,
     progress_bars,
     state,
 )
+
+if TYPE_CHECKING:
+    from weighted_mtp.eval.compare import ComparedRun, Comparison, Evaluation
+    from weighted_mtp.eval.sandbox import SandboxLimits
 
 app = typer.Typer(
     help="Evaluate code models: sandboxed scoring, generation, pass@k.", no_args_is_help=True
@@ -33,13 +38,13 @@ SplitOpt = Annotated[
 WorkersOpt = Annotated[int, typer.Option(help="Samples executed in parallel.")]
 
 
-def _limits(timeout: float | None):
+def _limits(timeout: float | None) -> SandboxLimits:
     from weighted_mtp.eval.sandbox import SandboxLimits
 
     return SandboxLimits() if timeout is None else SandboxLimits(timeout=timeout)
 
 
-def print_scores(title: str, pass_at_k: dict, results: dict) -> None:
+def print_scores(title: str, pass_at_k: dict[str, float | None], results: dict[str, int]) -> None:
     from rich.table import Table  # on use: rich is slow to import
 
     table = Table("metric", "value", box=None, title=title, title_justify="left")
@@ -154,3 +159,131 @@ def run(
         highlight=False,
     )
     console.print(f"written: {results['samples']} and results.json", highlight=False)
+
+
+@app.command()
+def compare(
+    ctx: typer.Context,
+    runs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Two or more finished training runs or storage models, as `eval run` takes "
+            "them; the first is the Baseline the others are compared with.",
+            show_default=False,
+        ),
+    ],
+    dataset: Annotated[
+        str, typer.Option("--dataset", help="Datasets, comma-separated.")
+    ] = ",".join(COMPARE_DATASETS),
+    samples: Annotated[int, typer.Option("-n", "--samples", help="Samples per task.")] = 20,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.2,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 0.95,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per sample at most.")] = 512,
+    speculative: Annotated[
+        bool, typer.Option("--speculative", help="Self-speculative decoding with the MTP heads.")
+    ] = False,
+    limit: Annotated[int | None, typer.Option(help="Only the first N tasks.")] = None,
+    seed: Annotated[int, typer.Option(help="Sampling and bootstrap seed.")] = 0,
+    k: Annotated[
+        str | None,
+        typer.Option("--k", help="pass@k for these k (default: those of 1,10,100 up to -n)."),
+    ] = None,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples of the tasks.")] = 10_000,
+    reuse: Annotated[
+        bool,
+        typer.Option(
+            help="Read a run's finished evaluation (eval run's, or an earlier comparison's) "
+            "where its weights, data and settings match, instead of evaluating again."
+        ),
+    ] = True,
+    workers: WorkersOpt = 2,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Output folder (default: <root>/runs/compare/<stamp>)."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="Where to generate: cpu, cuda or cuda:N.")] = "cpu",
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """pass@k of each run with 95% bootstrap intervals over tasks, and each run against the
+    first: the difference with a paired bootstrap interval (McNemar's exact test with -n 1);
+    writes comparison.md, comparison.json and pass_at_k.png."""
+    from weighted_mtp.eval.compare import (
+        ComparedRun,
+        CompareSettings,
+        compare_runs,
+        comparison_folder,
+        default_ks,
+    )
+    from weighted_mtp.eval.run import RunSettings
+    from weighted_mtp.eval.scoring import parse_ks
+
+    datasets = tuple(name.strip() for name in dataset.split(","))
+    generation = RunSettings(
+        datasets[0],
+        samples,
+        temperature,
+        top_p,
+        max_new_tokens,
+        speculative,
+        limit,
+        seed,
+        "",
+        workers,
+    )
+    ks = default_ks(samples) if k is None else parse_ks(k)
+    settings = CompareSettings(datasets, ks, generation, resamples)
+    layout = state(ctx).layout
+    folder = comparison_folder(layout, out)
+    with progress_bars(not as_json):
+        comparison = compare_runs(
+            layout,
+            [ComparedRun(name, name) for name in runs],
+            settings,
+            folder,
+            reuse=reuse,
+            device=device,
+            threads=threads,
+            on_evaluation=None if as_json else _say_evaluation,
+        )
+    if as_json:
+        print_json({"folder": str(folder.root), **comparison.to_json()})
+        return
+    print_comparison(comparison)
+    console.print(f"written: {folder.markdown}, {folder.json.name}, {folder.figure.name}")
+
+
+def _say_evaluation(run: ComparedRun, dataset: str, evaluation: Evaluation | None) -> None:
+    if evaluation is None:
+        err_console.print(f"evaluating {run.label} on {dataset}", highlight=False)
+    else:
+        err_console.print(f"{run.label} on {dataset}: reusing {evaluation.folder}", highlight=False)
+
+
+def print_comparison(comparison: Comparison) -> None:
+    from rich.table import Table
+
+    labels = comparison.labels
+    level = f"{comparison.settings.confidence:.0%}"
+    for d in comparison.datasets:
+        table = Table(
+            "run",
+            *(f"pass@{k}" for k in d.pass_at_k),
+            *(f"Δ pass@{k} [{level}]" for k in d.differences),
+            *(["McNemar p"] if d.mcnemar is not None else []),
+            box=None,
+            title=f"{d.dataset}: {len(d.tasks)} tasks",
+            title_justify="left",
+        )
+        for i, label in enumerate(labels):
+            scores = [f"{d.pass_at_k[k][i].estimate:.4f}" for k in d.pass_at_k]
+            if i == 0:
+                table.add_row(label + " (Baseline)", *scores)
+                continue
+            deltas = [
+                f"{x.estimate:+.4f} [{x.low:+.4f}, {x.high:+.4f}]"
+                for x in (d.differences[k][i - 1] for k in d.differences)
+            ]
+            tests = [] if d.mcnemar is None else [f"{d.mcnemar[i - 1].p_value:.4g}"]
+            table.add_row(label, *scores, *deltas, *tests)
+        console.print(table)

@@ -230,6 +230,44 @@ def _dataset_record(layout: Layout, settings: RunSettings) -> dict[str, Any]:
     }
 
 
+def evaluation_key(layout: Layout, name: str, settings: RunSettings) -> dict[str, Any]:
+    """What makes two evaluations interchangeable: the weights' and the evaluated files'
+    SHA-256 and every setting that changes a sample or its verdict (all but `workers`).
+    Equal to `recorded_evaluation_key` of the results.json such an evaluation writes."""
+    eval_prompts(layout, settings.dataset, settings.split, 1)  # one line if it is not there
+    model = evaluated_model(layout, name)
+    record = (
+        _storage_model_record(layout, model)
+        if isinstance(model, str)
+        else _run_record(layout, model)
+    )
+    return _evaluation_key(record, _dataset_record(layout, settings), asdict(settings))
+
+
+def recorded_evaluation_key(results: Any) -> dict[str, Any] | None:
+    """`evaluation_key` of what a results.json records; None if it lacks a part of it."""
+    try:
+        return _evaluation_key(results["model"], results["dataset"], results["settings"])
+    except (KeyError, TypeError, AttributeError):
+        return None
+
+
+def _evaluation_key(
+    model: dict[str, Any], dataset: dict[str, Any], settings: dict[str, Any]
+) -> dict[str, Any]:
+    base = model.get("base") or {}
+    weights = {
+        "weights_sha256": model.get("weights_sha256"),
+        "adapter_sha256": model.get("adapter_sha256"),
+        "base_weights_sha256": base.get("weights_sha256"),
+    }
+    return {
+        "weights": {name: sha for name, sha in weights.items() if sha is not None},
+        "dataset_sha256": sorted(dataset["processed"].values()) + sorted(dataset["raw"].values()),
+        "settings": {k: v for k, v in settings.items() if k != "workers"},
+    }
+
+
 def run_evaluation(
     layout: Layout,
     name: str,

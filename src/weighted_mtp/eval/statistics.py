@@ -53,7 +53,7 @@ def task_pass_at_k(counts: Sequence[tuple[int, int]], k: int) -> FloatArray:
     return np.array([pass_at_k(n, c, k) for n, c in counts], dtype=np.float64)
 
 
-def bootstrap_means(values: FloatArray, resamples: int, seed: int | Sequence[int]) -> FloatArray:
+def bootstrap_means(values: FloatArray, resamples: int, seed: int) -> FloatArray:
     """The mean over tasks of each row of `values` [models, tasks] on `resamples` resamples
     of the task ids drawn with replacement, the same resample for every row: [resamples,
     models]. The draws depend only on the seed, the number of tasks and `resamples`."""
@@ -79,6 +79,12 @@ def percentile_interval(estimate: float, draws: FloatArray, level: float) -> Int
     tail = (1 - level) / 2
     low, high = np.quantile(draws, [tail, 1 - tail])
     return Interval(float(estimate), float(low), float(high))
+
+
+def mean_interval(values: FloatArray, resamples: int, seed: int, level: float = 0.95) -> Interval:
+    """The mean of one model's per-task values, with its percentile bootstrap interval."""
+    means = bootstrap_means(values[None, :], resamples, seed)  # [resamples, 1]
+    return percentile_interval(float(values.mean()), means[:, 0], level)
 
 
 def paired_difference(

@@ -13,6 +13,8 @@ never assemble storage paths from strings, so moving a file means editing one pl
           {baseline,critic,verifiable,ref-tune,rho1}/<run-id>/   training runs
           suite/<stamp>/                                         `wmtp train suite`
           eval/<model>/<dataset>-<stamp>/                        `wmtp eval run` results
+          compare/<stamp>/                                       `wmtp eval compare`
+              comparison.{json,md} pass_at_k.png eval/<n>-<run>/<dataset>/
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ DATASET_SUBDIRS = ("raw", "processed", "stats")
 LEGACY_DIRS = ("models", "datasets")
 
 CACHE_DIR = ".cache"
+RESULTS_FILE = "results.json"  # an evaluation's scores and what it evaluated
 
 
 def safe_relative(relpath: str | PurePosixPath) -> PurePosixPath:
@@ -229,7 +232,7 @@ class RunFolder:
 
     @property
     def results(self) -> Path:
-        return self.root / "results.json"
+        return self.root / RESULTS_FILE
 
     @property
     def samples(self) -> Path:
@@ -249,6 +252,42 @@ class RunPaths(RunFolder):
     @property
     def complete(self) -> bool:
         return not self.missing()
+
+
+@dataclass(frozen=True)
+class ComparisonFolder:
+    """What `wmtp eval compare` writes: the comparison, its figure, and the evaluations it
+    made itself (one folder per run and dataset)."""
+
+    root: Path
+
+    @property
+    def json(self) -> Path:
+        return self.root / "comparison.json"
+
+    @property
+    def markdown(self) -> Path:
+        return self.root / "comparison.md"
+
+    @property
+    def figure(self) -> Path:
+        return self.root / "pass_at_k.png"
+
+    @property
+    def evaluations(self) -> Path:
+        return self.root / "eval"
+
+    def name(self, path: Path) -> str:
+        """`path` as the comparison names it: relative to its folder when inside it."""
+        inside = path.is_relative_to(self.root)
+        return path.relative_to(self.root).as_posix() if inside else str(path)
+
+    def evaluation(self, position: int, label: str, dataset: str) -> Path:
+        """The evaluation of the `position`-th run (from 1), `label` as its folder name."""
+        return self.evaluations / f"{position}-{Path(label).name}" / dataset
+
+
+SUITE_COMPARISON = "pass_at_k"  # the pass@k comparison's folder inside a suite's folder
 
 
 @dataclass(frozen=True)
@@ -316,6 +355,31 @@ class Layout:
     def eval_runs_dir(self) -> Path:
         """`wmtp eval run` outputs, one folder per model and run."""
         return self.runs_of(assets.EVAL_RESULTS)
+
+    @property
+    def comparisons_dir(self) -> Path:
+        """`wmtp eval compare` outputs, one folder per comparison."""
+        return self.runs_of(assets.COMPARISON)
+
+    def suite_comparison(self, suite: Path) -> ComparisonFolder:
+        """The pass@k comparison `wmtp train suite` writes into its folder."""
+        return ComparisonFolder(suite / SUITE_COMPARISON)
+
+    def evaluation_results(self) -> list[Path]:
+        """The results.json of every evaluation under the runs folder: `wmtp eval run`'s and
+        those comparisons made (standalone and a suite's), oldest first within each."""
+        comparisons = [
+            *self.comparisons_dir.glob("*"),
+            *(self.suite_comparison(s).root for s in self.runs_of(assets.SUITE).glob("*")),
+        ]
+        return [
+            *sorted(self.eval_runs_dir.glob(f"*/*/{RESULTS_FILE}")),
+            *sorted(
+                found
+                for folder in comparisons
+                for found in ComparisonFolder(folder).evaluations.glob(f"*/*/{RESULTS_FILE}")
+            ),
+        ]
 
     @property
     def state_dir(self) -> Path:

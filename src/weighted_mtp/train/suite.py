@@ -3,7 +3,8 @@
 Baseline, critic → Verifiable Critic, ref-tune → Rho-1, each in `<out>/<experiment>/`, all
 from the same Baseline config (same data order, seed and effective batch; the packaged
 overlay of each experiment changes only what defines it; with `--small` the suite's own
-overlay `suite_micro.yaml` bounds every run to a few CPU minutes). Then `comparison.json`,
+overlay `suite_micro.yaml` bounds every run to a few CPU minutes). Then the three policies'
+pass@k with intervals (`wmtp eval compare`, into `<out>/pass_at_k/`), and `comparison.json`,
 `comparison.md` and `validation_loss.png` in `<out>`. Each stage's wall and CPU time
 (user + sys of this process, all threads) are measured around the whole stage: loading,
 training, validation and saving.
@@ -19,13 +20,17 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from weighted_mtp.assets import COMPARE_DATASETS
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import read_json_or_none, write_json, write_text
 from weighted_mtp.storage.layout import Layout, RunFolder
 from weighted_mtp.train.config import TrainConfig, load_config, with_overrides, with_packaged
 from weighted_mtp.train.runs import read_metrics, runs_dir
+
+if TYPE_CHECKING:
+    from weighted_mtp.eval.compare import CompareSettings
 
 POLICY_RUNS = ("baseline", "verifiable", "rho1")
 STAGE_OF = {"verifiable": "critic", "rho1": "ref-tune"}
@@ -160,6 +165,9 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
         "",
         "![validation loss](validation_loss.png)",
         "",
+        f"pass@k of the three policies, with intervals: [{comparison['pass_at_k']}]"
+        f"({comparison['pass_at_k']}).",
+        "",
     ]
     return "\n".join(lines)
 
@@ -174,6 +182,7 @@ def run_suite(
     on_step: Callable[..., None] | None = None,
 ) -> Path:
     """Run the five stages in order into `out`, then write the comparison; returns `out`."""
+    from weighted_mtp.eval.compare import require_evaluable
     from weighted_mtp.train.loop import train
     from weighted_mtp.train.plot import plot_runs
     from weighted_mtp.train.stage_one import train_stage_one
@@ -195,6 +204,8 @@ def run_suite(
     }
     for name, config in configs.items():
         config.validate(name)
+    evaluation = policy_evaluation(small)
+    require_evaluable(layout, evaluation)
 
     def run_stage(name: str, config: TrainConfig) -> None:
         if name == "baseline":
@@ -211,6 +222,7 @@ def run_suite(
             on_stage(name)
         times[name] = timed(partial(run_stage, name, config))
     plot_runs([out / name for name in POLICY_RUNS], out / "validation_loss.png")
+    pass_at_k = compare_policies(layout, out, evaluation)
     end = _clock()
     baseline = configs["baseline"]
     comparison = {
@@ -219,6 +231,7 @@ def run_suite(
         "steps": baseline.max_steps or "one epoch of",
         "experiments": {name: experiment_entry(out, name, times) for name in POLICY_RUNS},
         "stages": {name: asdict(t) for name, t in times.items()},
+        "pass_at_k": pass_at_k.relative_to(out).as_posix(),
         "total": {
             "wall_s": round(end.wall_s - start.wall_s, 1),
             "cpu_s": round(end.cpu_s - start.cpu_s, 1),
@@ -227,3 +240,30 @@ def run_suite(
     write_json(out / "comparison.json", comparison)
     write_text(out / "comparison.md", comparison_markdown(comparison))
     return out
+
+
+# ------------------------------------------------------------------ pass@k of the policies
+
+
+def policy_evaluation(small: bool) -> CompareSettings:
+    """How the suite measures its policies' pass@k: `wmtp eval compare`'s defaults, or with
+    `--small` greedy pass@1 on a few tasks and short completions (seconds on a micro model)."""
+    from weighted_mtp.eval.compare import CompareSettings, default_ks
+    from weighted_mtp.eval.run import RunSettings
+
+    if small:
+        greedy = RunSettings(COMPARE_DATASETS[0], n=1, temperature=0.0, max_new_tokens=32, limit=6)
+        return CompareSettings(COMPARE_DATASETS, (1,), greedy)
+    sampled = RunSettings(COMPARE_DATASETS[0])
+    return CompareSettings(COMPARE_DATASETS, default_ks(sampled.n), sampled)
+
+
+def compare_policies(layout: Layout, out: Path, settings: CompareSettings) -> Path:
+    """The three policies' pass@k, the Baseline first, written into the suite's folder;
+    returns the comparison's comparison.md."""
+    from weighted_mtp.eval.compare import ComparedRun, compare_runs
+
+    folder = layout.suite_comparison(out)
+    runs = [ComparedRun(str(out / name), name) for name in POLICY_RUNS]
+    compare_runs(layout, runs, settings, folder, reuse=False)
+    return folder.markdown

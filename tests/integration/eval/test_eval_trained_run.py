@@ -15,28 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import cli_error, invoke
+from tests.helpers import TINY_RUN, cli_error, invoke
 from weighted_mtp.storage.hashing import sha256_file
 
-TINY_RUN = [
-    "--small",
-    "--max-steps",
-    "2",
-    "--set",
-    "batch_size=2",
-    "--set",
-    "micro_batch_size=1",
-    "--set",
-    "eval_every=0",
-    "--set",
-    "eval_batches=1",
-    "--set",
-    "checkpoint_every=0",
-    "--set",
-    "warmup_ratio=0",
-    "--set",
-    "lr=1e-2",
-]
 LORA = ["--set", "lora.enabled=true", "--set", "final_save=adapter", "--set", "lora.r=4"]
 EVAL = ["--n", "1", "--temperature", "0", "--limit", "2", "--max-new-tokens", "8"]
 
@@ -49,28 +30,6 @@ def wmtp(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         timeout=600,
     )
-
-
-@pytest.fixture(scope="module")
-def storage(tmp_path_factory, sp_model_path):
-    """A training storage with HumanEval and MBPP prepared (each run below trains on it
-    once per test worker that needs it)."""
-    from weighted_mtp.catalog import load_catalog
-    from weighted_mtp.data.download import download_dataset
-    from weighted_mtp.data.prepare import prepare_dataset
-    from weighted_mtp.synthetic.datasets import write_humaneval_mirror, write_mbpp_mirror
-    from weighted_mtp.synthetic.training import write_training_storage
-
-    base = tmp_path_factory.mktemp("trained")
-    layout = write_training_storage(base, tokenizer_model=sp_model_path)
-    mirrors = {
-        "humaneval": write_humaneval_mirror(base / "he"),
-        "mbpp": write_mbpp_mirror(base / "mbpp", n_tasks=40),
-    }
-    for name, mirror in mirrors.items():
-        download_dataset(layout, load_catalog(), name, mirror=mirror)
-        prepare_dataset(layout, name, tokenizer=sp_model_path)
-    return layout
 
 
 @pytest.fixture(scope="module")

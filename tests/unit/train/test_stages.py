@@ -72,6 +72,16 @@ def test_the_suite_trains_all_three_on_the_same_batches_and_compares(suite_dir):
     assert (suite_dir / "validation_loss.png").stat().st_size > 1000
     table = (suite_dir / "comparison.md").read_text()
     assert "| verifiable | weight |" in table and "| rho1 | selected |" in table
+    # ... and ends with the three policies' pass@k, the Baseline first, named in comparison.md.
+    assert comparison["pass_at_k"] == "pass_at_k/comparison.md"
+    assert "[pass_at_k/comparison.md](pass_at_k/comparison.md)" in table
+    pass_at_k = json.loads((suite_dir / "pass_at_k" / "comparison.json").read_text())
+    assert [run["name"] for run in pass_at_k["runs"]] == [str(suite_dir / n) for n in experiments]
+    assert pass_at_k["baseline"] == "baseline" and pass_at_k["settings"]["ks"] == [1]
+    for dataset in ("humaneval", "mbpp"):
+        entry = pass_at_k["datasets"][dataset]
+        assert entry["n_tasks"] == 6 and list(entry["versus_baseline"]) == ["verifiable", "rho1"]
+        assert "mcnemar" in entry["versus_baseline"]["rho1"]  # greedy: one verdict per task
     # Each stage is timed whole (load, train, validate, save), inside the suite's total.
     stages = comparison["stages"]
     assert list(stages) == ["baseline", "critic", "verifiable", "ref-tune", "rho1"]
@@ -85,6 +95,17 @@ def test_the_suite_trains_all_three_on_the_same_batches_and_compares(suite_dir):
             stages[name]["wall_s"] + stages[stage_one]["wall_s"], abs=0.11
         )
         assert entry["train_s"] <= entry["wall_s"] + 0.5
+
+
+def test_the_suite_refuses_before_training_what_it_could_not_evaluate(
+    monkeypatch, capsys, train_storage, tmp_path
+):
+    out = tmp_path / "suite"
+    argv = ["--root", str(train_storage.root), "train", "suite", "--small", "--out", str(out)]
+    code, _, err = wmtp(monkeypatch, capsys, *argv)
+    assert code == 1 and err.count("error:") == 1, err
+    assert "processed humaneval test records not found" in err
+    assert "wmtp data prepare humaneval" in err and not out.exists()
 
 
 def test_stage_one_runs_hold_what_stage_two_checks(suite_dir, weighted_storage):

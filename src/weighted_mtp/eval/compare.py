@@ -1,0 +1,481 @@
+"""`wmtp eval compare`: pass@k of several models on the same tasks, and whether their
+differences are more than noise.
+
+Each run (a finished training run or a storage model; the first is the Baseline) is
+evaluated on each dataset with the same settings, or its finished evaluation is read where
+one matches them exactly (`run.evaluation_key`: the weights' and the data files' SHA-256 and
+every setting that changes a sample). From the per-sample verdicts: each run's pass@k with a
+percentile bootstrap interval over tasks; each run against the Baseline, the difference with
+a paired bootstrap interval (the same resample of task ids for both, seeded) and, with one
+sample per task, McNemar's exact test. Written into a comparison folder
+(`layout.ComparisonFolder`): comparison.json (the same verdicts give the same bytes),
+comparison.md and pass_at_k.png; comparison.json last, as the mark of a finished one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from importlib import resources
+from pathlib import Path
+from string import Template
+from typing import Any
+
+from weighted_mtp import __version__, assets
+from weighted_mtp.data.sources import iter_jsonl
+from weighted_mtp.errors import UsageError, WmtpError
+from weighted_mtp.eval.passk import mean_pass_at_k
+from weighted_mtp.eval.run import (
+    PASS_AT,
+    RunSettings,
+    eval_prompts,
+    evaluation_key,
+    recorded_evaluation_key,
+    run_evaluation,
+)
+from weighted_mtp.eval.scoring import results_path
+from weighted_mtp.eval.statistics import (
+    Interval,
+    McNemar,
+    mcnemar_exact,
+    mean_interval,
+    paired_difference,
+    task_pass_at_k,
+)
+from weighted_mtp.storage.atomic import read_json, write_json, write_text
+from weighted_mtp.storage.hashing import sha256_file
+from weighted_mtp.storage.layout import ComparisonFolder, Layout, RunFolder
+
+DIGITS = 6  # decimals of the estimates and interval ends in comparison.json
+MIN_RESAMPLES = 1000  # fewer leave the 2.5% tails to a handful of draws
+
+
+@dataclass(frozen=True)
+class ComparedRun:
+    """`name` as `wmtp eval run` takes it (a storage model, a run folder or a run id);
+    `label` how the comparison names it."""
+
+    name: str
+    label: str
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    """`generation` is every evaluation's sampling (its dataset and split are set per
+    dataset: each dataset's evaluation split); the bootstrap is seeded by its seed."""
+
+    datasets: tuple[str, ...]
+    ks: tuple[int, ...]
+    generation: RunSettings
+    resamples: int = 10_000
+    confidence: float = 0.95
+
+    def run_settings(self, dataset: str) -> RunSettings:
+        return replace(self.generation, dataset=dataset, split="")
+
+    @property
+    def paired_verdicts(self) -> bool:
+        """One sample per task: a pass/fail pair per task, for McNemar's test."""
+        return self.generation.n == 1
+
+    def check(self) -> None:
+        """Every setting sound, before anything is evaluated."""
+        unknown = [d for d in self.datasets if d not in assets.DATASETS]
+        if not self.datasets or unknown or len(set(self.datasets)) < len(self.datasets):
+            raise UsageError(
+                f"--dataset {','.join(self.datasets)!r} is not a list of distinct datasets",
+                hint=f"choose from {', '.join(assets.DATASETS)}",
+            )
+        too_large = [k for k in self.ks if k > self.generation.n]
+        if not self.ks or self.ks[0] < 1 or too_large:
+            raise UsageError(
+                f"--k {','.join(map(str, self.ks))}: pass@k needs 1 <= k <= samples per task "
+                f"({self.generation.n})",
+                hint=f"raise -n to at least {max(self.ks, default=1)} or drop the larger k",
+            )
+        if self.resamples < MIN_RESAMPLES:
+            raise UsageError(
+                f"--resamples {self.resamples} is too few for a 95% interval's tails",
+                hint=f"use at least {MIN_RESAMPLES} (default 10000)",
+            )
+        if not 0 < self.confidence < 1:
+            raise UsageError(f"confidence {self.confidence} is not in (0, 1)")
+
+
+def default_ks(n: int) -> tuple[int, ...]:
+    """The k of pass@k reported when none are asked for: `eval run`'s, up to n."""
+    return tuple(k for k in PASS_AT if k <= n)
+
+
+def comparison_folder(layout: Layout, out: Path | None) -> ComparisonFolder:
+    """`out`, or a new stamped folder under the storage's comparisons folder."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    return ComparisonFolder(out if out is not None else layout.comparisons_dir / stamp)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One run's finished evaluation of one dataset: its folder, the SHA-256 of its samples
+    and of its per-sample verdicts, and the verdicts, per task in the dataset's order."""
+
+    folder: Path
+    samples_sha256: str
+    verdicts_sha256: str
+    verdicts: dict[str, list[bool]]
+    reused: bool
+
+    def counts(self, tasks: Sequence[str]) -> list[tuple[int, int]]:
+        """(samples, passed) of each task, in the order of `tasks`."""
+        return [(len(self.verdicts[t]), sum(self.verdicts[t])) for t in tasks]
+
+
+@dataclass(frozen=True)
+class DatasetComparison:
+    """Every run on one dataset: pass@k per k and run, the difference against the Baseline
+    per k and other run, McNemar's test per other run (one sample per task only)."""
+
+    dataset: str
+    split: str
+    tasks: list[str]
+    evaluations: list[Evaluation]
+    pass_at_k: dict[int, list[Interval]]
+    differences: dict[int, list[Interval]]
+    mcnemar: list[McNemar] | None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """`weights` is each run's weights' SHA-256 (or its adapter's and its base's); `folder`
+    where the comparison is written (evaluations inside it are named relative to it)."""
+
+    runs: list[ComparedRun]
+    weights: list[dict[str, str]]
+    settings: CompareSettings
+    datasets: list[DatasetComparison]
+    folder: ComparisonFolder
+
+    @property
+    def labels(self) -> list[str]:
+        return [run.label for run in self.runs]
+
+    def to_json(self) -> dict[str, Any]:
+        generation = asdict(self.settings.generation)
+        for per_dataset in ("dataset", "split", "workers"):
+            generation.pop(per_dataset)
+        return {
+            "baseline": self.labels[0],
+            "runs": [
+                asdict(run) | weights for run, weights in zip(self.runs, self.weights, strict=True)
+            ],
+            "settings": {
+                "datasets": list(self.settings.datasets),
+                "ks": list(self.settings.ks),
+                "generation": generation,
+                "bootstrap": {
+                    "resamples": self.settings.resamples,
+                    "confidence": self.settings.confidence,
+                    "seed": self.settings.generation.seed,
+                    "method": "percentile; task ids resampled with replacement, the same "
+                    "resample for every run",
+                },
+                "test": "McNemar exact (two-sided binomial on the discordant tasks)"
+                if self.settings.paired_verdicts
+                else None,
+            },
+            "datasets": {d.dataset: self._dataset_json(d) for d in self.datasets},
+            "tool_version": __version__,
+        }
+
+    def _dataset_json(self, d: DatasetComparison) -> dict[str, Any]:
+        labels = self.labels
+        versus: dict[str, Any] = {}
+        for i, label in enumerate(labels[1:]):
+            entry = {
+                f"pass@{k}": _interval_json(d.differences[k][i])
+                | {"excludes_zero": d.differences[k][i].excludes_zero}
+                for k in d.differences
+            }
+            if d.mcnemar is not None:
+                entry["mcnemar"] = asdict(d.mcnemar[i])
+            versus[label] = entry
+        return {
+            "split": d.split,
+            "n_tasks": len(d.tasks),
+            "evaluations": {
+                label: {
+                    "folder": self.folder.name(e.folder),
+                    "samples_sha256": e.samples_sha256,
+                    "verdicts_sha256": e.verdicts_sha256,
+                }
+                for label, e in zip(labels, d.evaluations, strict=True)
+            },
+            "pass_at_k": {
+                f"pass@{k}": {
+                    label: _interval_json(interval)
+                    for label, interval in zip(labels, intervals, strict=True)
+                }
+                for k, intervals in d.pass_at_k.items()
+            },
+            "versus_baseline": versus,
+        }
+
+
+def _interval_json(interval: Interval) -> dict[str, Any]:
+    return {
+        "estimate": round(interval.estimate, DIGITS),
+        "low": round(interval.low, DIGITS),
+        "high": round(interval.high, DIGITS),
+    }
+
+
+# ------------------------------------------------------------------ gathering verdicts
+
+
+def read_verdicts(folder: Path, results: dict[str, Any], n: int) -> dict[str, list[bool]]:
+    """Each task's verdicts from the per-sample results beside an evaluation's samples,
+    checked against its results.json: every task has `n` samples and the pass@k recomputed
+    from the verdicts is the one it recorded."""
+    path = results_path(RunFolder(folder).samples)
+    if not path.is_file():
+        raise WmtpError("the evaluation has no per-sample results", path=path)
+    verdicts: dict[str, list[bool]] = {}
+    for line, row in iter_jsonl(path):
+        task, passed = row.get("task_id"), row.get("passed")
+        if not isinstance(task, str) or not isinstance(passed, bool):
+            raise WmtpError(f"line {line}: no task_id string and passed verdict", path=path)
+        verdicts.setdefault(task, []).append(passed)
+    counts = [(len(v), sum(v)) for v in verdicts.values()]
+    recorded = results.get("pass_at_k") or {}
+    recomputed = {
+        name: mean_pass_at_k(counts, int(name.removeprefix("pass@"))) for name in recorded
+    }
+    if (
+        len(verdicts) != results.get("n_tasks")
+        or any(samples != n for samples, _ in counts)
+        or any(
+            (mine is None) != (theirs is None) or (mine is not None and abs(mine - theirs) > 1e-9)
+            for mine, theirs in ((recomputed[k], recorded[k]) for k in recorded)
+        )
+    ):
+        raise WmtpError(
+            f"the per-sample results do not match results.json ({len(verdicts)} tasks, "
+            f"{n} samples each expected)",
+            path=path,
+            hint="evaluate the run again (the folder was changed after it was written)",
+        )
+    return verdicts
+
+
+def _evaluation(folder: Path, n: int, reused: bool) -> Evaluation:
+    results_file = RunFolder(folder).results
+    results = read_json(results_file, results_file.name)
+    verdicts = read_verdicts(folder, results, n)
+    samples = RunFolder(folder).samples
+    return Evaluation(
+        folder,
+        sha256_file(samples),
+        sha256_file(results_path(samples)),
+        verdicts,
+        reused,
+    )
+
+
+def finished_evaluations(layout: Layout) -> list[tuple[Path, dict[str, Any]]]:
+    """(folder, evaluation key) of every complete evaluation under the runs folder."""
+    found = []
+    for path in layout.evaluation_results():
+        if not layout.run(assets.EVAL_RESULTS, path.parent).complete:
+            continue
+        try:
+            key = recorded_evaluation_key(read_json(path, path.name))
+        except WmtpError:
+            continue  # not a results file this version can read: not a match
+        if key is not None:
+            found.append((path.parent, key))
+    return found
+
+
+def require_evaluable(layout: Layout, settings: CompareSettings) -> None:
+    """Every dataset has what an evaluation reads, or one line (before hours of work)."""
+    settings.check()
+    for dataset in settings.datasets:
+        run = settings.run_settings(dataset)
+        eval_prompts(layout, dataset, run.split, 1)
+
+
+# ------------------------------------------------------------------ comparing
+
+
+def compare_dataset(
+    dataset: str, evaluations: list[Evaluation], settings: CompareSettings, split: str
+) -> DatasetComparison:
+    """pass@k, differences and McNemar's test on one dataset, over the Baseline's tasks."""
+    tasks = list(evaluations[0].verdicts)
+    for evaluation in evaluations[1:]:
+        if set(evaluation.verdicts) != set(tasks):
+            raise WmtpError(
+                f"the evaluations of {dataset} hold different tasks",
+                path=evaluation.folder,
+                hint="compare evaluations made with the same --limit and split",
+            )
+    seed, resamples, level = settings.generation.seed, settings.resamples, settings.confidence
+    pass_at_k: dict[int, list[Interval]] = {}
+    differences: dict[int, list[Interval]] = {}
+    for k in settings.ks:
+        values = [task_pass_at_k(e.counts(tasks), k) for e in evaluations]  # each [tasks]
+        pass_at_k[k] = [mean_interval(v, resamples, seed, level) for v in values]
+        differences[k] = [
+            paired_difference(values[0], v, resamples, seed, level) for v in values[1:]
+        ]
+    mcnemar = None
+    if settings.paired_verdicts:
+        first = [evaluations[0].verdicts[t][0] for t in tasks]
+        mcnemar = [mcnemar_exact(first, [e.verdicts[t][0] for t in tasks]) for e in evaluations[1:]]
+    return DatasetComparison(dataset, split, tasks, evaluations, pass_at_k, differences, mcnemar)
+
+
+def _prepare(
+    layout: Layout, runs: Sequence[ComparedRun], settings: CompareSettings, folder: ComparisonFolder
+) -> dict[tuple[int, str], dict[str, Any]]:
+    """Check everything a comparison needs before any evaluation; each (run, dataset)'s
+    evaluation key."""
+    settings.check()
+    if len(runs) < 2:
+        raise UsageError("a comparison needs at least two runs (the first is the Baseline)")
+    labels = [run.label for run in runs]
+    if len(set(labels)) < len(labels):
+        raise UsageError(f"runs are named twice: {', '.join(labels)}")
+    if folder.root.exists() and any(folder.root.iterdir()):
+        raise UsageError("output folder is not empty", path=folder.root, hint="choose a new --out")
+    return {
+        (i, dataset): evaluation_key(layout, run.name, settings.run_settings(dataset))
+        for i, run in enumerate(runs)
+        for dataset in settings.datasets
+    }
+
+
+def compare_runs(
+    layout: Layout,
+    runs: Sequence[ComparedRun],
+    settings: CompareSettings,
+    folder: ComparisonFolder,
+    *,
+    reuse: bool = True,
+    device: str = "cpu",
+    threads: int | None = None,
+    on_evaluation: Callable[[ComparedRun, str, Evaluation | None], None] | None = None,
+) -> Comparison:
+    """Evaluate each run on each dataset (or read a matching finished evaluation when
+    `reuse`), compare them with the first, and write the comparison into `folder`.
+    `on_evaluation(run, dataset, evaluation)` is told before each evaluation is made (None)
+    and when one is reused."""
+    keys = _prepare(layout, runs, settings, folder)
+    finished = finished_evaluations(layout) if reuse else []
+    datasets = []
+    for dataset in settings.datasets:
+        run_settings = settings.run_settings(dataset)
+        evaluations = []
+        for i, run in enumerate(runs):
+            match = next((f for f, key in finished if key == keys[i, dataset]), None)
+            if match is None:
+                if on_evaluation is not None:
+                    on_evaluation(run, dataset, None)
+                out = folder.evaluation(i + 1, run.label, dataset)
+                run_evaluation(layout, run.name, run_settings, out, device, threads)
+                finished.append((out, keys[i, dataset]))  # the same weights named twice
+                evaluations.append(_evaluation(out, run_settings.n, reused=False))
+            else:
+                evaluations.append(_evaluation(match, run_settings.n, reused=True))
+                if on_evaluation is not None:
+                    on_evaluation(run, dataset, evaluations[-1])
+        datasets.append(compare_dataset(dataset, evaluations, settings, run_settings.split))
+    weights = [keys[i, settings.datasets[0]]["weights"] for i in range(len(runs))]
+    comparison = Comparison(list(runs), weights, settings, datasets, folder)
+    write_comparison(comparison)
+    return comparison
+
+
+def write_comparison(comparison: Comparison) -> None:
+    """The figure and comparison.md, then comparison.json (what marks the folder done)."""
+    from weighted_mtp.eval.compare_figure import plot_comparison
+
+    folder = comparison.folder
+    plot_comparison(comparison, folder.figure)
+    write_text(folder.markdown, comparison_markdown(comparison))
+    write_json(folder.json, comparison.to_json())
+
+
+# ------------------------------------------------------------------ comparison.md
+
+
+def _value(interval: Interval, signed: bool = False) -> str:
+    sign = "+" if signed else ""
+    return f"{interval.estimate:{sign}.4f} [{interval.low:{sign}.4f}, {interval.high:{sign}.4f}]"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in rows)])
+
+
+def _dataset_markdown(
+    d: DatasetComparison, labels: list[str], level: str, folder: ComparisonFolder
+) -> str:
+    ks = list(d.pass_at_k)
+    scores = _table(
+        ["run", *(f"pass@{k} [{level} CI]" for k in ks)],
+        [[label, *(_value(d.pass_at_k[k][i]) for k in ks)] for i, label in enumerate(labels)],
+    )
+    header = ["run", *(f"Δ pass@{k} [{level} CI]" for k in ks)]
+    if d.mcnemar is not None:
+        header.append("McNemar: Baseline only / run only, p")
+    rows = []
+    for i, label in enumerate(labels[1:]):
+        cells = [
+            _value(d.differences[k][i], signed=True)
+            + (" **" if d.differences[k][i].excludes_zero else "")
+            for k in ks
+        ]
+        if d.mcnemar is not None:
+            test = d.mcnemar[i]
+            cells.append(f"{test.baseline_only} / {test.other_only}, p = {test.p_value:.4g}")
+        rows.append([label, *cells])
+    sources = "\n".join(
+        f"- {label}: `{folder.name(e.folder)}`" + (" (reused)" if e.reused else "")
+        for label, e in zip(labels, d.evaluations, strict=True)
+    )
+    return (
+        f"## {d.dataset} ({d.split} split, {len(d.tasks)} tasks)\n\n{scores}\n\n"
+        f"Against the Baseline ({labels[0]}):\n\n{_table(header, rows)}\n\n"
+        f"Evaluations:\n\n{sources}\n"
+    )
+
+
+def comparison_markdown(comparison: Comparison) -> str:
+    settings = comparison.settings
+    generation = settings.generation
+    level = f"{settings.confidence:.0%}"
+    text = resources.files(__package__).joinpath("templates", "comparison.md").read_text("utf-8")
+    return Template(text).substitute(
+        runs=", ".join(comparison.labels),
+        baseline=comparison.labels[0],
+        samples="one sample" if generation.n == 1 else f"{generation.n} samples",
+        temperature=generation.temperature,
+        top_p=generation.top_p,
+        max_new_tokens=generation.max_new_tokens,
+        decoding="self-speculative" if generation.speculative else "plain",
+        limit="all tasks" if generation.limit is None else f"the first {generation.limit} tasks",
+        seed=generation.seed,
+        resamples=settings.resamples,
+        level=level,
+        mcnemar=" McNemar's exact test asks whether the tasks only one of the two runs "
+        "passes split more unevenly than chance (p below 0.05: more than noise)."
+        if settings.paired_verdicts
+        else "",
+        datasets="\n".join(
+            _dataset_markdown(d, comparison.labels, level, comparison.folder)
+            for d in comparison.datasets
+        ),
+        figure=comparison.folder.figure.name,
+    )

@@ -1,0 +1,174 @@
+"""`wmtp eval compare` end to end on two tiny trained Baseline runs: every run evaluated on
+HumanEval and MBPP in the sandbox, the comparison written; the same inputs give the same
+comparison.json bytes; matching finished evaluations are reused, others are not; bad input
+is one line before anything is evaluated. In this process (typer's runner) to stay fast."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from scipy import stats
+
+from tests.helpers import TINY_RUN, cli_error, invoke
+from weighted_mtp.eval.scoring import results_path
+from weighted_mtp.storage.hashing import sha256_file
+
+GREEDY = ["-n", "1", "--temperature", "0", "--limit", "3", "--max-new-tokens", "8"]
+
+
+@pytest.fixture(scope="module")
+def runs(storage) -> Iterator[list[str]]:
+    """Two Baseline runs in the storage's runs folder (different learning rates), named
+    `baseline/<run-id>` as a user would. The module runs on one torch thread: tiny models
+    gain nothing from more, which only contend on a shared machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    names = []
+    for lr in ("1e-2", "3e-3"):
+        done = invoke("train", "baseline", *TINY_RUN, "--set", f"lr={lr}", root=storage.root)
+        assert done.exit_code == 0, done.output
+        names.append(f"baseline/{sorted(storage.runs_of('baseline').iterdir())[-1].name}")
+    assert names[0] != names[1]
+    yield names
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def first(storage, runs) -> Path:
+    """The first comparison, into the storage's comparisons folder."""
+    done = invoke("eval", "compare", *runs, *GREEDY, root=storage.root)
+    assert done.exit_code == 0, done.output
+    (folder,) = storage.comparisons_dir.iterdir()
+    return folder
+
+
+def verdicts(folder: Path) -> dict[str, list[bool]]:
+    by_task: dict[str, list[bool]] = {}
+    for line in results_path(folder / "samples.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        by_task.setdefault(row["task_id"], []).append(row["passed"])
+    return by_task
+
+
+def test_two_trained_runs_are_evaluated_and_compared(storage, runs, first):
+    comparison = json.loads((first / "comparison.json").read_text())
+    assert comparison["baseline"] == runs[0]
+    for run, entry in zip(runs, comparison["runs"], strict=True):
+        final = storage.runs_dir / run / "final" / "safetensors" / "model.safetensors"
+        assert entry == {"name": run, "label": run, "weights_sha256": sha256_file(final)}
+    assert comparison["settings"]["generation"]["n"] == 1 and comparison["settings"]["ks"] == [1]
+    assert list(comparison["datasets"]) == ["humaneval", "mbpp"]
+    for dataset, entry in comparison["datasets"].items():
+        assert entry["n_tasks"] == 3 and entry["split"] == "test"
+        evaluated = []
+        for position, run in enumerate(runs, start=1):
+            record = entry["evaluations"][run]
+            folder = first / record["folder"]
+            assert record["folder"] == f"eval/{position}-{Path(run).name}/{dataset}"
+            results = json.loads((folder / "results.json").read_text())
+            assert results["model"]["run"]["folder"] == str(storage.runs_dir / run)
+            assert record["verdicts_sha256"] == sha256_file(results_path(folder / "samples.jsonl"))
+            evaluated.append(verdicts(folder))
+        # pass@1 and McNemar recomputed here from the verdict files.
+        tasks = list(evaluated[0])
+        assert len(tasks) == 3 and all(len(v) == 1 for e in evaluated for v in e.values())
+        passed = [[e[t][0] for t in tasks] for e in evaluated]
+        for run, mine in zip(runs, passed, strict=True):
+            assert entry["pass_at_k"]["pass@1"][run]["estimate"] == pytest.approx(sum(mine) / 3)
+        difference = entry["versus_baseline"][runs[1]]
+        assert difference["pass@1"]["estimate"] == pytest.approx(
+            (sum(passed[1]) - sum(passed[0])) / 3
+        )
+        only = [
+            sum(a and not b for a, b in zip(*pair, strict=True)) for pair in (passed, passed[::-1])
+        ]
+        test = difference["mcnemar"]
+        assert [test["baseline_only"], test["other_only"]] == only
+        expected = 1.0 if sum(only) == 0 else stats.binomtest(only[0], sum(only)).pvalue
+        assert test["p_value"] == pytest.approx(expected)
+    table = (first / "comparison.md").read_text()
+    assert f"Baseline: {runs[0]}." in table and "## mbpp (test split, 3 tasks)" in table
+    assert "McNemar" in table and "![pass@k" in table
+    assert (first / "pass_at_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_same_inputs_give_the_same_comparison_bytes(storage, runs, first, tmp_path):
+    again = tmp_path / "again"
+    done = invoke(
+        "eval", "compare", *runs, *GREEDY, "--no-reuse", "--out", str(again), root=storage.root
+    )
+    assert done.exit_code == 0, done.output
+    assert (again / "eval").is_dir()  # evaluated afresh, not read from the first
+    assert (again / "comparison.json").read_bytes() == (first / "comparison.json").read_bytes()
+
+
+def test_matching_evaluations_are_reused_and_others_are_not(storage, runs, first, tmp_path):
+    reused = tmp_path / "reused"
+    done = invoke("eval", "compare", *runs, *GREEDY, "--out", str(reused), root=storage.root)
+    assert done.exit_code == 0, done.output
+    assert "reusing" in done.output and "evaluating" not in done.output
+    assert not (reused / "eval").exists()
+    comparison = json.loads((reused / "comparison.json").read_text())
+    original = json.loads((first / "comparison.json").read_text())
+    for dataset, entry in comparison["datasets"].items():
+        for run, record in entry["evaluations"].items():
+            assert record["folder"] == str(
+                first / original["datasets"][dataset]["evaluations"][run]["folder"]
+            )
+        assert entry["pass_at_k"] == original["datasets"][dataset]["pass_at_k"]
+    assert "(reused)" in (reused / "comparison.md").read_text()
+
+    # One setting changed: nothing matches, both runs are evaluated again.
+    longer = tmp_path / "longer"
+    changed = [*GREEDY[:-1], "9"]
+    done = invoke(
+        "eval", "compare", *runs, *changed, "--dataset", "humaneval", "--out", str(longer),
+        root=storage.root,
+    )  # fmt: skip
+    assert done.exit_code == 0, done.output
+    assert "reusing" not in done.output
+    assert sorted(p.name for p in (longer / "eval").iterdir()) == [
+        f"{i}-{Path(run).name}" for i, run in enumerate(runs, start=1)
+    ]
+
+
+def test_an_eval_run_result_with_the_same_settings_is_reused(storage, runs, tmp_path):
+    from weighted_mtp.eval.run import RunSettings, run_evaluation
+
+    greedy = RunSettings("mbpp", n=1, temperature=0.0, max_new_tokens=8, limit=3)
+    run_evaluation(storage, runs[1], greedy)  # into the storage's eval runs folder
+    (evaluated,) = storage.eval_runs_dir.glob("*/mbpp-*")
+    out = tmp_path / "mbpp"
+    done = invoke(
+        "eval", "compare", *runs, *GREEDY, "--dataset", "mbpp", "--out", str(out),
+        root=storage.root,
+    )  # fmt: skip
+    assert done.exit_code == 0, done.output
+    records = json.loads((out / "comparison.json").read_text())["datasets"]["mbpp"]
+    assert records["evaluations"][runs[1]]["folder"] == str(evaluated)
+
+
+def test_bad_input_is_one_line_before_anything_is_evaluated(storage, runs, tmp_path):
+    out = tmp_path / "out"
+    cases = [
+        ([runs[0]], "needs at least two runs"),
+        ([runs[0], "baseline/no-such-run"], "neither a storage model nor a training run"),
+        ([*runs, "--k", "10"], "pass@k needs 1 <= k <= samples per task (1)"),
+        ([*runs, "--dataset", "humaneval,nope"], "is not a list of distinct datasets"),
+        ([*runs, "--resamples", "10"], "too few"),
+        ([runs[0], runs[0]], "named twice"),
+    ]
+    for args, message in cases:
+        error = cli_error("eval", "compare", *args, *GREEDY, "--out", str(out), root=storage.root)
+        assert message in error.what, (args, error.what)
+        assert not out.exists()
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    error = cli_error("eval", "compare", *runs, *GREEDY, "--out", str(out), root=storage.root)
+    assert "output folder is not empty" in error.what
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]

@@ -1,0 +1,165 @@
+"""The comparison from verdicts to numbers and files: which run is the Baseline, the sign of
+a difference, each k, McNemar's direction, recomputed here with scipy from the same
+verdicts; an evaluation whose per-sample results disagree with its results.json is refused;
+comparison.json is the same bytes for the same verdicts."""
+
+from __future__ import annotations
+
+import json
+from math import comb
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from weighted_mtp.errors import WmtpError
+from weighted_mtp.eval.compare import (
+    ComparedRun,
+    CompareSettings,
+    Comparison,
+    Evaluation,
+    compare_dataset,
+    read_verdicts,
+    write_comparison,
+)
+from weighted_mtp.eval.run import RunSettings
+from weighted_mtp.eval.scoring import results_path
+from weighted_mtp.storage.layout import ComparisonFolder
+
+LABELS = ["baseline", "verifiable", "rho1"]
+
+
+def evaluation(verdicts: dict[str, list[bool]], folder: str = "x") -> Evaluation:
+    return Evaluation(Path("/evals") / folder, "s" * 64, "v" * 64, verdicts, reused=False)
+
+
+def sampled_verdicts(rates: list[float], n: int, tasks: int, seed: int) -> list[Evaluation]:
+    """Verdicts of models sharing task difficulty (per-model pass rates shift it), tasks
+    listed in a different order by each evaluation."""
+    rng = np.random.default_rng(seed)
+    difficulty = rng.random(tasks)
+    evaluations = []
+    for i, rate in enumerate(rates):
+        p = np.clip(difficulty + rate, 0, 1)
+        order = rng.permutation(tasks) if i else np.arange(tasks)
+        evaluations.append(
+            evaluation({f"T/{t}": [bool(x) for x in rng.random(n) < p[t]] for t in order}, str(i))
+        )
+    return evaluations
+
+
+def settings(n: int, ks: tuple[int, ...], resamples: int = 20_000) -> CompareSettings:
+    return CompareSettings(
+        ("humaneval",), ks, RunSettings("humaneval", n=n, temperature=0.8), resamples
+    )
+
+
+def unbiased(n: int, c: int, k: int) -> float:
+    return 1 - comb(n - c, k) / comb(n, k)
+
+
+def test_each_run_against_the_baseline_on_every_k_matches_scipy() -> None:
+    evaluations = sampled_verdicts([-0.2, 0.0, 0.15], n=5, tasks=60, seed=1)
+    result = compare_dataset("humaneval", evaluations, settings(5, (1, 3)), "test")
+    tasks = list(evaluations[0].verdicts)
+    assert result.tasks == tasks
+    for k in (1, 3):
+        per_task = [
+            np.array([unbiased(5, sum(e.verdicts[t]), k) for t in tasks]) for e in evaluations
+        ]
+        for interval, values in zip(result.pass_at_k[k], per_task, strict=True):
+            reference = stats.bootstrap(
+                (values,), np.mean, method="percentile", n_resamples=20_000,
+                rng=np.random.default_rng(0),
+            )  # fmt: skip
+            assert interval.estimate == pytest.approx(values.mean(), abs=1e-12)
+            tolerance = 0.1 * reference.standard_error
+            assert interval.low == pytest.approx(reference.confidence_interval.low, abs=tolerance)
+            assert interval.high == pytest.approx(reference.confidence_interval.high, abs=tolerance)
+        for interval, values in zip(result.differences[k], per_task[1:], strict=True):
+            reference = stats.bootstrap(
+                (per_task[0], values),
+                lambda a, b, axis: np.mean(b - a, axis=axis),
+                paired=True, method="percentile", n_resamples=20_000,
+                rng=np.random.default_rng(0),
+            )  # fmt: skip
+            # other minus Baseline: the run that passes more is ahead
+            assert interval.estimate == pytest.approx(values.mean() - per_task[0].mean())
+            tolerance = 0.1 * reference.standard_error
+            assert interval.low == pytest.approx(reference.confidence_interval.low, abs=tolerance)
+            assert interval.high == pytest.approx(reference.confidence_interval.high, abs=tolerance)
+    assert result.differences[1][1].excludes_zero  # 0.35 of pass rate apart on 60 tasks
+    assert result.mcnemar is None  # five samples per task: no single paired verdict
+
+
+def test_one_sample_per_task_adds_mcnemar_in_the_baselines_direction() -> None:
+    evaluations = sampled_verdicts([0.0, 0.25, -0.3], n=1, tasks=80, seed=2)
+    result = compare_dataset("humaneval", evaluations, settings(1, (1,), 2000), "test")
+    assert result.mcnemar is not None
+    tasks = result.tasks
+    base = [evaluations[0].verdicts[t][0] for t in tasks]
+    for test, other in zip(result.mcnemar, evaluations[1:], strict=True):
+        mine = [other.verdicts[t][0] for t in tasks]
+        b = sum(x and not y for x, y in zip(base, mine, strict=True))
+        c = sum(y and not x for x, y in zip(base, mine, strict=True))
+        assert (test.baseline_only, test.other_only) == (b, c)
+        assert test.p_value == pytest.approx(stats.binomtest(b, b + c).pvalue, rel=1e-12)
+    assert result.mcnemar[0].other_only > result.mcnemar[0].baseline_only
+    assert result.mcnemar[1].baseline_only > result.mcnemar[1].other_only
+
+
+def test_evaluations_of_different_tasks_are_refused() -> None:
+    evaluations = sampled_verdicts([0.0, 0.1], n=1, tasks=5, seed=3)
+    shorter = evaluation(dict(list(evaluations[1].verdicts.items())[:4]), "short")
+    with pytest.raises(WmtpError, match="hold different tasks"):
+        compare_dataset("humaneval", [evaluations[0], shorter], settings(1, (1,), 2000), "test")
+
+
+def write_evaluation(folder: Path, rows: list[tuple[str, bool]], results: dict) -> None:
+    folder.mkdir(parents=True)
+    (folder / "samples.jsonl").write_text("")
+    lines = [json.dumps({"task_id": t, "sample_id": 0, "passed": p}) for t, p in rows]
+    results_path(folder / "samples.jsonl").write_text("\n".join(lines) + "\n")
+    (folder / "results.json").write_text(json.dumps(results))
+
+
+def test_verdicts_must_agree_with_what_results_json_recorded(tmp_path: Path) -> None:
+    rows = [("T/0", True), ("T/0", False), ("T/1", False), ("T/1", False)]
+    recorded = {"n_tasks": 2, "pass_at_k": {"pass@1": 0.25}}
+    write_evaluation(tmp_path / "good", rows, recorded)
+    assert read_verdicts(tmp_path / "good", recorded, 2) == {
+        "T/0": [True, False],
+        "T/1": [False, False],
+    }
+    flipped = [("T/0", True), ("T/0", False), ("T/1", True), ("T/1", False)]
+    write_evaluation(tmp_path / "edited", flipped, recorded)
+    with pytest.raises(WmtpError, match=r"do not match results\.json"):
+        read_verdicts(tmp_path / "edited", recorded, 2)
+    with pytest.raises(WmtpError, match=r"do not match results\.json"):
+        read_verdicts(tmp_path / "good", recorded, 3)  # not the samples per task asked for
+    write_evaluation(tmp_path / "bad", [("T/0", "yes")], recorded)  # type: ignore[list-item]
+    with pytest.raises(WmtpError, match="line 1: no task_id string and passed verdict"):
+        read_verdicts(tmp_path / "bad", recorded, 1)
+
+
+def test_the_same_verdicts_give_the_same_comparison_files(tmp_path: Path) -> None:
+    evaluations = sampled_verdicts([0.0, 0.1, -0.1], n=1, tasks=30, seed=4)
+    chosen = settings(1, (1,), 2000)
+    runs = [ComparedRun(f"runs/{label}", label) for label in LABELS]
+    weights = [{"weights_sha256": str(i) * 64} for i in range(3)]
+    written = []
+    for name in ("a", "b"):
+        folder = ComparisonFolder(tmp_path / name)
+        result = compare_dataset("humaneval", evaluations, chosen, "test")
+        write_comparison(Comparison(runs, weights, chosen, [result], folder))
+        written.append(folder)
+    first, second = (f.json.read_bytes() for f in written)
+    assert first == second
+    data = json.loads(first)
+    assert data["baseline"] == "baseline" and data["runs"][2]["label"] == "rho1"
+    versus = data["datasets"]["humaneval"]["versus_baseline"]
+    assert list(versus) == ["verifiable", "rho1"] and "mcnemar" in versus["rho1"]
+    markdown = written[0].markdown.read_text()
+    assert "Baseline: baseline." in markdown and "| rho1 |" in markdown
+    assert written[0].figure.read_bytes()[:4] == b"\x89PNG"
