@@ -22,6 +22,8 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+import numpy as np
+
 from weighted_mtp import __version__, assets
 from weighted_mtp.data.sources import iter_jsonl
 from weighted_mtp.errors import UsageError, WmtpError
@@ -38,9 +40,8 @@ from weighted_mtp.eval.scoring import results_path
 from weighted_mtp.eval.statistics import (
     Interval,
     McNemar,
+    against_first,
     mcnemar_exact,
-    mean_interval,
-    paired_difference,
     task_pass_at_k,
 )
 from weighted_mtp.storage.atomic import read_json, write_json, write_text
@@ -323,11 +324,9 @@ def compare_dataset(
     pass_at_k: dict[int, list[Interval]] = {}
     differences: dict[int, list[Interval]] = {}
     for k in settings.ks:
-        values = [task_pass_at_k(e.counts(tasks), k) for e in evaluations]  # each [tasks]
-        pass_at_k[k] = [mean_interval(v, resamples, seed, level) for v in values]
-        differences[k] = [
-            paired_difference(values[0], v, resamples, seed, level) for v in values[1:]
-        ]
+        per_run = [task_pass_at_k(e.counts(tasks), k) for e in evaluations]  # each [tasks]
+        found = against_first(np.stack(per_run), resamples, seed, level)  # [runs, tasks]
+        pass_at_k[k], differences[k] = found.means, found.differences
     mcnemar = None
     if settings.paired_verdicts:
         first = [evaluations[0].verdicts[t][0] for t in tasks]

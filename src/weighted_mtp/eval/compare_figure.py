@@ -46,18 +46,19 @@ def _scores(ax: Axes, d: DatasetComparison, labels: list[str]) -> None:
 
 def _differences(ax: Axes, d: DatasetComparison, labels: list[str]) -> None:
     ks = list(d.differences)
-    rows = [(label, k) for label in labels[1:] for k in ks]
-    intervals = [d.differences[k][labels.index(label) - 1] for label, k in rows]
-    ax.errorbar(
-        [i.estimate for i in intervals],
-        range(len(rows)),
-        xerr=_errors(intervals),
-        fmt="o",
-        capsize=3,
-        color="C3",
-    )
+    for r in range(1, len(labels)):  # each run in its colour on the left, one row per k
+        intervals = [d.differences[k][r - 1] for k in ks]
+        ax.errorbar(
+            [i.estimate for i in intervals],
+            [(r - 1) * len(ks) + j for j in range(len(ks))],
+            xerr=_errors(intervals),
+            fmt="o",
+            capsize=3,
+            color=f"C{r % 10}",
+        )
     ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_yticks(range(len(rows)), [f"{label} pass@{k}" for label, k in rows])
+    names = [f"{label} pass@{k}" for label in labels[1:] for k in ks]
+    ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
     ax.set_title(f"{d.dataset}: difference against {labels[0]}")
     ax.grid(axis="x", alpha=0.3)

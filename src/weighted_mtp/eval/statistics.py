@@ -81,19 +81,29 @@ def percentile_interval(estimate: float, draws: FloatArray, level: float) -> Int
     return Interval(float(estimate), float(low), float(high))
 
 
-def mean_interval(values: FloatArray, resamples: int, seed: int, level: float = 0.95) -> Interval:
-    """The mean of one model's per-task values, with its percentile bootstrap interval."""
-    means = bootstrap_means(values[None, :], resamples, seed)  # [resamples, 1]
-    return percentile_interval(float(values.mean()), means[:, 0], level)
+@dataclass(frozen=True)
+class AgainstFirst:
+    """Each model's mean with its interval, and each later model's difference from the
+    first with its paired interval, all from the same resamples."""
+
+    means: list[Interval]
+    differences: list[Interval]
 
 
-def paired_difference(
-    baseline: FloatArray, other: FloatArray, resamples: int, seed: int, level: float = 0.95
-) -> Interval:
-    """mean(other) - mean(baseline) over tasks, with its paired percentile bootstrap interval."""
-    means = bootstrap_means(np.stack([baseline, other]), resamples, seed)  # [resamples, 2]
-    estimate = float(other.mean() - baseline.mean())
-    return percentile_interval(estimate, means[:, 1] - means[:, 0], level)
+def against_first(
+    values: FloatArray, resamples: int, seed: int, level: float = 0.95
+) -> AgainstFirst:
+    """Per-task values [models, tasks] (the first row the Baseline): each mean over tasks and
+    each `mean(row) - mean(first)`, with percentile bootstrap intervals over tasks."""
+    means = bootstrap_means(values, resamples, seed)  # [resamples, models]
+    estimates = values.mean(axis=1)  # [models]
+    return AgainstFirst(
+        [percentile_interval(estimates[i], means[:, i], level) for i in range(len(values))],
+        [
+            percentile_interval(estimates[i] - estimates[0], means[:, i] - means[:, 0], level)
+            for i in range(1, len(values))
+        ],
+    )
 
 
 def mcnemar_exact(baseline: Sequence[bool], other: Sequence[bool]) -> McNemar:

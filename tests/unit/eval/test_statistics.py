@@ -12,12 +12,20 @@ import pytest
 from scipy import stats
 
 from weighted_mtp.eval.statistics import (
+    Interval,
+    against_first,
     bootstrap_means,
     mcnemar_exact,
-    paired_difference,
     percentile_interval,
     task_pass_at_k,
 )
+
+
+def paired_difference(
+    baseline: np.ndarray, other: np.ndarray, resamples: int, seed: int
+) -> Interval:
+    (difference,) = against_first(np.stack([baseline, other]), resamples, seed).differences
+    return difference
 
 
 def paired(baseline_only: int, other_only: int, both: int, neither: int):
