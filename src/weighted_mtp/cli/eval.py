@@ -189,6 +189,9 @@ def compare(
         typer.Option("--k", help="pass@k for these k (default: those of 1,10,100 up to -n)."),
     ] = None,
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples of the tasks.")] = 10_000,
+    confidence: Annotated[
+        float, typer.Option(help="Interval level (stricter when reading several together).")
+    ] = 0.95,
     reuse: Annotated[
         bool,
         typer.Option(
@@ -205,9 +208,9 @@ def compare(
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """pass@k of each run with 95% bootstrap intervals over tasks, and each run against the
+    """pass@k of each run with bootstrap intervals over tasks, and each run against the
     first: the difference with a paired bootstrap interval (McNemar's exact test with -n 1);
-    writes comparison.md, comparison.json and pass_at_k.png."""
+    writes comparison.md, comparison.json and pass_at_k.png (docs/evaluation-compare.md)."""
     from weighted_mtp.eval.compare import (
         ComparedRun,
         CompareSettings,
@@ -232,7 +235,7 @@ def compare(
         workers,
     )
     ks = default_ks(samples) if k is None else parse_ks(k)
-    settings = CompareSettings(datasets, ks, generation, resamples)
+    settings = CompareSettings(datasets, ks, generation, resamples, confidence)
     layout = state(ctx).layout
     folder = comparison_folder(layout, out)
     with progress_bars(not as_json):
@@ -264,7 +267,7 @@ def print_comparison(comparison: Comparison) -> None:
     from rich.table import Table
 
     labels = comparison.labels
-    level = f"{comparison.settings.confidence:.0%}"
+    level = comparison.settings.level
     for d in comparison.datasets:
         table = Table(
             "run",

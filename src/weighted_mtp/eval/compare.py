@@ -76,6 +76,11 @@ class CompareSettings:
         return replace(self.generation, dataset=dataset, split="")
 
     @property
+    def level(self) -> str:
+        """The intervals' level as people write it ("95%")."""
+        return f"{self.confidence * 100:g}%"
+
+    @property
     def paired_verdicts(self) -> bool:
         """One sample per task: a pass/fail pair per task, for McNemar's test."""
         return self.generation.n == 1
@@ -454,7 +459,7 @@ def _dataset_markdown(
 def comparison_markdown(comparison: Comparison) -> str:
     settings = comparison.settings
     generation = settings.generation
-    level = f"{settings.confidence:.0%}"
+    level = settings.level
     text = resources.files(__package__).joinpath("templates", "comparison.md").read_text("utf-8")
     return Template(text).substitute(
         runs=", ".join(comparison.labels),
