@@ -36,6 +36,15 @@ SplitOpt = Annotated[
     ),
 ]
 WorkersOpt = Annotated[int, typer.Option(help="Samples executed in parallel.")]
+# Generation options `run` and `compare` share.
+TemperatureOpt = Annotated[float, typer.Option(help="0 = greedy.")]
+TopPOpt = Annotated[float, typer.Option(help="Nucleus sampling mass.")]
+MaxNewTokensOpt = Annotated[int, typer.Option(help="Tokens per sample at most.")]
+SpeculativeOpt = Annotated[
+    bool, typer.Option("--speculative", help="Self-speculative decoding with the MTP heads.")
+]
+LimitOpt = Annotated[int | None, typer.Option(help="Only the first N tasks.")]
+ThreadsOpt = Annotated[int | None, typer.Option(help="torch threads (default: torch's).")]
 
 
 def _limits(timeout: float | None) -> SandboxLimits:
@@ -112,20 +121,18 @@ def run(
     ],
     dataset: DatasetOpt = EVAL_DATASET,
     n: Annotated[int, typer.Option("--n", help="Samples per task.")] = 20,
-    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.2,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 0.95,
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens per sample at most.")] = 512,
-    speculative: Annotated[
-        bool, typer.Option("--speculative", help="Self-speculative decoding with the MTP heads.")
-    ] = False,
-    limit: Annotated[int | None, typer.Option(help="Only the first N tasks.")] = None,
+    temperature: TemperatureOpt = 0.2,
+    top_p: TopPOpt = 0.95,
+    max_new_tokens: MaxNewTokensOpt = 512,
+    speculative: SpeculativeOpt = False,
+    limit: LimitOpt = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     split: SplitOpt = None,
     workers: WorkersOpt = 2,
     out: Annotated[
         Path | None, typer.Option("--out", help="Output folder (default: <root>/runs/eval/...).")
     ] = None,
-    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's).")] = None,
+    threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Generate with the training prompt, score in the sandbox, write results.json."""
@@ -176,13 +183,11 @@ def compare(
         str, typer.Option("--dataset", help="Datasets, comma-separated.")
     ] = ",".join(COMPARE_DATASETS),
     samples: Annotated[int, typer.Option("-n", "--samples", help="Samples per task.")] = 20,
-    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.2,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 0.95,
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens per sample at most.")] = 512,
-    speculative: Annotated[
-        bool, typer.Option("--speculative", help="Self-speculative decoding with the MTP heads.")
-    ] = False,
-    limit: Annotated[int | None, typer.Option(help="Only the first N tasks.")] = None,
+    temperature: TemperatureOpt = 0.2,
+    top_p: TopPOpt = 0.95,
+    max_new_tokens: MaxNewTokensOpt = 512,
+    speculative: SpeculativeOpt = False,
+    limit: LimitOpt = None,
     seed: Annotated[int, typer.Option(help="Sampling and bootstrap seed.")] = 0,
     k: Annotated[
         str | None,
@@ -205,7 +210,7 @@ def compare(
         typer.Option("--out", help="Output folder (default: <root>/runs/compare/<stamp>)."),
     ] = None,
     device: Annotated[str, typer.Option(help="Where to generate: cpu, cuda or cuda:N.")] = "cpu",
-    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's).")] = None,
+    threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """pass@k of each run with bootstrap intervals over tasks, and each run against the
