@@ -252,7 +252,7 @@ def policy_evaluation(small: bool) -> CompareSettings:
     from weighted_mtp.eval.run import RunSettings
 
     if small:
-        greedy = RunSettings(COMPARE_DATASETS[0], n=1, temperature=0.0, max_new_tokens=32, limit=6)
+        greedy = RunSettings(COMPARE_DATASETS[0], n=1, temperature=0.0, max_new_tokens=24, limit=4)
         return CompareSettings(COMPARE_DATASETS, (1,), greedy)
     sampled = RunSettings(COMPARE_DATASETS[0])
     return CompareSettings(COMPARE_DATASETS, default_ks(sampled.n), sampled)
