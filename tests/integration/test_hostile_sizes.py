@@ -60,11 +60,11 @@ def _gzip_file(path, pattern: bytes, size: int):
 
 
 READ_JSONL = """
-from weighted_mtp.data.sources import iter_jsonl
+from weighted_mtp.storage.jsonl import iter_jsonl
 for _ in iter_jsonl(Path({path!r})):
     pass
 """
-SETUP_READER = "import weighted_mtp.data.sources\n"
+SETUP_READER = "import weighted_mtp.storage.jsonl\n"
 
 
 @pytest.mark.parametrize("expanded_mib", [16, 48])

@@ -75,7 +75,7 @@ def _as_parquet(jsonl: Path, out: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from weighted_mtp.data.sources import iter_jsonl
+    from weighted_mtp.storage.jsonl import iter_jsonl
 
     out.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist([row for _line, row in iter_jsonl(jsonl)]), out)

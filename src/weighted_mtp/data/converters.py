@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from weighted_mtp import assets
-from weighted_mtp.data.sources import Rejected, iter_jsonl, list_of, non_empty_text, of_type, typed
+from weighted_mtp.data.sources import Rejected, list_of, non_empty_text, of_type, typed
 from weighted_mtp.data.sources import field as required
 from weighted_mtp.data.splits import DisjointSplits, mbpp_split, part_split
 from weighted_mtp.data.template import PROMPT_TEMPLATE, normalize_newlines
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.limits import current_limits
+from weighted_mtp.storage.jsonl import iter_jsonl
 
 # CodeContests' enums (deepmind/code_contests, contest_problem.proto).
 CC_LANGUAGES = {0: "unknown", 1: "python2", 2: "cpp", 3: "python3", 4: "java"}

@@ -18,11 +18,12 @@ from typing import Any
 from weighted_mtp import __version__, assets, progress
 from weighted_mtp.catalog import Asset, Catalog
 from weighted_mtp.clock import utc_now
-from weighted_mtp.data.sources import iter_jsonl, iter_parquet_rows
+from weighted_mtp.data.sources import iter_parquet_rows
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.limits import current_limits, raise_hint
 from weighted_mtp.storage.atomic import atomic_write, ensure_free_space, write_json
 from weighted_mtp.storage.hashing import HashingWriter, sha256_file, write_sha256sums
+from weighted_mtp.storage.jsonl import iter_jsonl
 from weighted_mtp.storage.layout import DatasetPaths, Layout
 from weighted_mtp.storage.regular import require_regular
 

@@ -13,10 +13,11 @@ import heapq
 import json
 from pathlib import Path
 
-from weighted_mtp.data.sources import field, iter_jsonl
+from weighted_mtp.data.sources import field
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage import stamps
 from weighted_mtp.storage.atomic import write_text
+from weighted_mtp.storage.jsonl import iter_jsonl
 from weighted_mtp.storage.layout import SPLITS, Layout
 
 SMALL_LIMITS = {"train": 100, "validation": 32, "test": 32}

@@ -22,7 +22,6 @@ from typing import Any
 from weighted_mtp import progress
 from weighted_mtp.checks import Report
 from weighted_mtp.data.small import SMALL_LIMITS
-from weighted_mtp.data.sources import iter_jsonl_range, line_chunks
 from weighted_mtp.data.template import hollow_sections
 from weighted_mtp.data.tokens import SPECIAL_TOKENS, Tokenizer
 from weighted_mtp.errors import WmtpError
@@ -30,6 +29,7 @@ from weighted_mtp.limits import current_limits
 from weighted_mtp.storage import stamps
 from weighted_mtp.storage.atomic import read_json
 from weighted_mtp.storage.hashing import sha256_file
+from weighted_mtp.storage.jsonl import iter_jsonl_range, line_chunks
 from weighted_mtp.storage.layout import DATASETS, META_MODEL, SPLITS, DatasetPaths, Layout
 
 MAX_REPORTED = 5

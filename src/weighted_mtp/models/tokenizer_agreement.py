@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from weighted_mtp.errors import WmtpError
+from weighted_mtp.storage.jsonl import iter_jsonl
 from weighted_mtp.storage.layout import DATASETS, Layout
 
 # Where SentencePiece and a converted tokenizer tend to part: whitespace runs at either
@@ -82,8 +83,6 @@ def agreement_corpus(layout: Layout) -> list[Sample]:
 
 
 def _small_set_samples(layout: Layout) -> Iterator[Sample]:
-    from weighted_mtp.data.sources import iter_jsonl
-
     for name in DATASETS:
         folder = layout.small(name).root
         for path in sorted(folder.glob("*_small.jsonl")) if folder.is_dir() else []:

@@ -2,18 +2,20 @@
 
 import gzip
 import io
+import itertools
 import random
+from pathlib import Path
 
 import pytest
 
-from weighted_mtp.data.sources import (
+from weighted_mtp.errors import WmtpError
+from weighted_mtp.limits import Limits
+from weighted_mtp.storage.jsonl import (
     iter_jsonl,
     iter_jsonl_range,
     iter_lines,
     line_chunks,
 )
-from weighted_mtp.errors import WmtpError
-from weighted_mtp.limits import Limits
 
 
 def _naive(data: bytes) -> list[tuple[int, bytes]]:
@@ -27,9 +29,9 @@ def _lines(data: bytes, max_line: int = 1 << 20, **kwargs) -> list[tuple[int, by
 
 @pytest.mark.parametrize("seed", range(20))
 def test_lines_and_numbers_match_a_naive_split(seed, monkeypatch):
-    import weighted_mtp.data.sources as sources
+    import weighted_mtp.storage.jsonl as jsonl
 
-    monkeypatch.setattr(sources, "BLOCK_BYTES", 7)  # lines and blank runs cross blocks
+    monkeypatch.setattr(jsonl, "BLOCK_BYTES", 7)  # lines and blank runs cross blocks
     rng = random.Random(seed)
     pieces = [b"\n", b"  \n", b"\r\n", b"\t", b'{"a": 1}', b"x" * 20, b" y ", b"\n\n\n"]
     data = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 60)))
@@ -129,3 +131,60 @@ def test_worker_ranges_and_chunks_refuse_long_lines(tmp_path, monkeypatch):
         list(iter_jsonl_range(path, 0, path.stat().st_size, 1))
     with pytest.raises(WmtpError, match=r"line 1\d is longer than 4,096 bytes"):
         line_chunks(path, 40)
+
+
+def test_jsonl_and_gzip_lines(tmp_path: Path):
+    plain = tmp_path / "a.jsonl"
+    plain.write_text('{"x": 1}\n\n{"x": 2}\n')
+    packed = tmp_path / "a.jsonl.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    expected = [(1, {"x": 1}), (3, {"x": 2})]
+    assert list(iter_jsonl(plain)) == expected
+    assert list(iter_jsonl(packed)) == expected
+
+
+def test_corrupt_gzip_is_one_clear_error(tmp_path: Path):
+    packed = bytearray(gzip.compress(b'{"x": 1}\n' * 10_000))
+    for i in range(30, 60):  # damage the deflate stream, not the gzip header
+        packed[i] ^= 0xFF
+    bad = tmp_path / "a.jsonl.gz"
+    bad.write_bytes(bytes(packed))
+    with pytest.raises(WmtpError, match="corrupt gzip file") as exc:
+        list(iter_jsonl(bad))
+    assert str(bad) in exc.value.line()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"x": 1}\n{"x": \n', "line 2 is not valid JSON"),
+        (b'{"x": 1}\n{"x": "\xff"}\n', "line 2 is not UTF-8"),
+        (b"[1, 2]\n", "line 1 is a JSON list"),
+        (b"", "file is empty"),
+        (b"\n \n", "file is empty"),
+    ],
+)
+def test_bad_lines_name_file_and_line(tmp_path: Path, content: bytes, message: str):
+    path = tmp_path / "raw.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(WmtpError, match=message) as exc:
+        list(iter_jsonl(path))
+    assert str(path) in exc.value.line()
+
+
+@pytest.mark.parametrize("target", [1, 7, 50, 10_000])
+def test_chunks_cover_every_line_once_with_right_numbers(tmp_path: Path, target: int):
+    path = tmp_path / "split.jsonl"
+    path.write_text(
+        "".join(
+            f'{{"i": {i}, "pad": "{"x" * (i % 13)}"}}\n' if i % 5 else "\n" for i in range(1, 60)
+        )
+    )
+    chunks = line_chunks(path, target)
+    assert chunks[0][0] == 0 and chunks[-1][1] == path.stat().st_size
+    assert len(chunks) > 1 if target < 100 else len(chunks) == 1
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(chunks))
+    pieces = [
+        row for start, end, first in chunks for row in iter_jsonl_range(path, start, end, first)
+    ]
+    assert pieces == list(iter_jsonl(path))
