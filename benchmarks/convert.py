@@ -1,4 +1,4 @@
-"""Benchmark: streaming conversion vs the seed's naive method vs the I/O floor.
+"""Benchmark: streaming conversion vs the naive method vs the I/O floor.
 
     uv run python benchmarks/convert.py --size-gb 1.5
 
@@ -10,7 +10,7 @@ measures, each in its own process:
   that writes and hashes a same-sized output must do); also shown with `dd bs=8M
   conv=fsync` instead of `cp`, a copy through user space that is synced like wmtp's output;
 - wmtp: `convert_model(..., dtype="float16")` (streaming, hashed while writing);
-- naive: the seed's snippet, `torch.load` everything then `safetensors.torch.save_file`, with
+- naive: the textbook snippet, `torch.load` everything then `safetensors.torch.save_file`, with
   the float16 cast it asks for and the SHA-256 it takes afterwards.
 
 Memory is peak RssAnon (anonymous memory: what must fit in RAM; file pages of an mmap do not
@@ -223,7 +223,7 @@ def main() -> None:
             ("dd conv=fsync + SHA-256", floor_dd + floor_sha, None),
         ] + [
             (name, min(r[0]["seconds"] for r in runs), max(r[2] for r in runs) - bare)
-            for name, runs in (("wmtp convert (streaming)", wmtp), ("seed's naive method", naive))
+            for name, runs in (("wmtp convert (streaming)", wmtp), ("naive method", naive))
         ]
         print(
             f"floor: cp {floor_cp:.2f} s + SHA-256 {floor_sha:.2f} s (sha256sum "

@@ -14,7 +14,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture
 def layout(tmp_path: Path):
-    """A fresh storage root with the v2 layout created."""
+    """A fresh storage root with the storage layout created."""
     from weighted_mtp.storage.init import init_storage
     from weighted_mtp.storage.layout import Layout
 

@@ -1,4 +1,5 @@
-"""Storage v2 for Weighted Multi-Token Prediction (WMTP) research."""
+"""Weighted Multi-Token Prediction (WMTP) research on code models: a verified storage of
+models and datasets, training experiments on it, and their pass@k evaluation."""
 
 
 def __getattr__(name: str) -> str:

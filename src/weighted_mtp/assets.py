@@ -1,4 +1,4 @@
-"""The asset registry: every model and dataset of storage v2, declared once.
+"""The asset registry: every model and dataset of the storage, declared once.
 
 An `AssetSpec` says what an asset is (model, dataset, or a model derived from another),
 its format, where it comes from (the catalog entry of the same name, or `derived_from`),

@@ -322,7 +322,7 @@ def test_demo_refuses_a_root_with_assets_from_elsewhere(demo_copy):
 
 
 def test_transformers_gives_sentencepiece_ids_for_every_model_and_export(demo, tmp_path):
-    """Acceptance of issue 15: AutoTokenizer on each model's tokenizer/ folder and on the
+    """AutoTokenizer on each model's tokenizer/ folder and on the
     exports of the two Meta-format models gives SentencePiece's ids (BOS first) for every
     small-set record and every edge case, and decodes them back."""
     import json

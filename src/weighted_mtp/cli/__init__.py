@@ -26,7 +26,7 @@ PATH_ERRNOS = {errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, er
 
 app = typer.Typer(
     name="wmtp",
-    help="Build and verify storage v2 for Weighted Multi-Token Prediction research.",
+    help="Weighted Multi-Token Prediction research: build and verify the storage, train, evaluate.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

@@ -42,7 +42,7 @@ def _files(files: list[str]) -> str:
 
 
 def print_checklist(checklist: Checklist) -> None:
-    """One line per seed step: ✔/✘, title, reason, and the files of failed checks."""
+    """One line per checklist step: ✔/✘, title, reason, and the files of failed checks."""
     for step in checklist.steps:
         mark = "[green]✔[/]" if step.ok else "[red]✘[/]"
         line = f"{mark} {step.label}: {step.title} — {escape(step.reason)}"
@@ -64,7 +64,7 @@ def print_checklist(checklist: Checklist) -> None:
 def _listener(event: str, step: Step, outcome: StepOutcome | None) -> None:
     if outcome is None:  # the step starts
         console.print(
-            f"[bold]→ {step.name}[/] [dim](Step {step.seed_step})[/] {step.describe}",
+            f"[bold]→ {step.name}[/] [dim](Step {step.checklist_step})[/] {step.describe}",
             highlight=False,
         )
         return
@@ -77,11 +77,11 @@ def _listener(event: str, step: Step, outcome: StepOutcome | None) -> None:
 def _summary(result: BuildResult) -> None:
     from rich.table import Table  # on use: rich is slow to import
 
-    table = Table("step", "seed step", "result", "seconds", title="build summary")
+    table = Table("step", "checklist step", "result", "seconds", title="build summary")
     for outcome in result.outcomes:
         table.add_row(
             outcome.name,
-            str(outcome.seed_step),
+            str(outcome.checklist_step),
             STATUS_MARKS[outcome.status],
             f"{outcome.seconds:.1f}",
         )
@@ -116,7 +116,7 @@ def verify(
     ctx: typer.Context,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check every asset and print the seed's checklist, Step 0 to Step 11 (exit 0: all ✔)."""
+    """Check every asset and print the completion checklist, Step 0 to Step 11 (exit 0: all ✔)."""
     from weighted_mtp.pipeline.checklist import run_checklist
 
     with writing(ctx) as layout, progress_bars(not as_json):  # records its result
@@ -208,7 +208,7 @@ def build(
         ),
     ] = False,
 ) -> None:
-    """Run the seed's steps in order; finished steps are skipped, interrupted ones resume.
+    """Run the build steps in order; finished steps are skipped, interrupted ones resume.
     Raw files already downloaded are kept whatever their source (mirror or hub)."""
     from weighted_mtp.pipeline.build import build as run_build
 

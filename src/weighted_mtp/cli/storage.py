@@ -22,13 +22,13 @@ app = typer.Typer(help="Create, inspect and clean the storage layout.", no_args_
 
 @app.command()
 def init(ctx: typer.Context) -> None:
-    """Create the storage v2 layout (idempotent; never deletes or overwrites)."""
+    """Create the storage layout (idempotent; never deletes or overwrites)."""
     from weighted_mtp.storage.init import init_storage
 
     with writing(ctx) as layout:
         result = init_storage(layout)
     console.print(
-        f"storage v2 layout at [bold]{layout.root}[/]: {len(result.created)} created, "
+        f"storage layout at [bold]{layout.root}[/]: {len(result.created)} created, "
         f"{len(result.existing)} already present"
     )
 
@@ -44,7 +44,7 @@ def clean(
         list[Path] | None, typer.Option("--keep", help="A path under the root to keep.")
     ] = None,
 ) -> None:
-    """Remove the v2 assets for a clean start, keeping caches and ongoing downloads."""
+    """Remove the assets for a clean start, keeping caches and ongoing downloads."""
     from weighted_mtp.storage.clean import execute_clean, plan_clean
 
     # Deleting takes the storage lock first, so a running build's files are never touched.

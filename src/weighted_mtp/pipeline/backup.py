@@ -82,7 +82,7 @@ def _expected_hashes(layout: Layout, files: list[Path]) -> dict[Path, str]:
             hint="run `wmtp build` first",
         )
     recorded = {e["path"]: e["sha256"] for e in manifest["files"]}
-    asset_tops = tuple(layout.relative(top) + "/" for top in layout.v2_dirs())
+    asset_tops = tuple(layout.relative(top) + "/" for top in layout.asset_dirs())
     expected = {}
     for path in files:
         rel = layout.relative(path)

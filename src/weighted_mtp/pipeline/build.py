@@ -1,4 +1,4 @@
-"""`wmtp build`: the seed's steps in order, idempotent and resumable.
+"""`wmtp build`: every step that makes the storage, in order, idempotent and resumable.
 
 Every step asks the freshness store (`storage.stamps`) whether its outputs are current: verified,
 and neither they nor what they were built from changed since (a raw dataset file rewritten
@@ -94,15 +94,15 @@ class Step:
     origin: Callable[[BuildContext], str] | None = None  # where kept outputs came from
 
     @property
-    def seed_step(self) -> int:
-        """The plan's step number of its check group (for the log and the summary)."""
+    def checklist_step(self) -> int:
+        """The checklist's step number of its check group (for the log and the summary)."""
         return plan_step(self.group).number
 
 
 @dataclass
 class StepOutcome:
     name: str
-    seed_step: int
+    checklist_step: int
     status: str  # "ran", "skipped", "failed" or "interrupted"
     seconds: float = 0.0
     detail: str = ""
@@ -414,7 +414,7 @@ def _steps() -> list[Step]:
         key=lambda pair: (pair[0].is_dataset, kinds.index(pair[1])),
     )
     return [
-        Step("init", "layout", "create the v2 layout", _init, _init_done),
+        Step("init", "layout", "create the storage layout", _init, _init_done),
         *(_asset_step(spec, kind) for spec, kind in ordered),
         Step(
             "validate",
@@ -476,7 +476,7 @@ def _log(layout: Layout, run_id: str, outcome: StepOutcome) -> None:
     entry = {
         "run": run_id,
         "step": outcome.name,
-        "seed_step": outcome.seed_step,
+        "checklist_step": outcome.checklist_step,
         "status": outcome.status,
         "seconds": round(outcome.seconds, 3),
         "detail": outcome.detail,
@@ -524,7 +524,9 @@ def _run_step(ctx: BuildContext, step: Step, run_id: str, listener: Listener) ->
         detail = exc.line()
         raise
     finally:
-        outcome = StepOutcome(step.name, step.seed_step, status, time.monotonic() - started, detail)
+        outcome = StepOutcome(
+            step.name, step.checklist_step, status, time.monotonic() - started, detail
+        )
         _log(ctx.layout, run_id, outcome)
         listener("end", step, outcome)
     return outcome

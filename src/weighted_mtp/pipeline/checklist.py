@@ -4,7 +4,7 @@ Each group is a `Report` of concrete checks, so a ✘ always says which check fa
 which files are concerned. Asset-level checks come from the models' `verify_model` and the
 datasets' `validate_dataset`; the registry says which assets each group covers. This
 module adds what only the whole storage can tell (layout, manifest, leftovers, documents,
-approval). The plan's step numbers are `pipeline.plan`'s business. A run re-reads every
+approval). The step numbers are `pipeline.plan`'s business. A run re-reads every
 byte and records what it read in the freshness store (`storage.stamps`): every hash, each
 asset that passed, the loss of the records of damaged assets, and the saved checklist as made
 from the current manifest.
@@ -132,7 +132,7 @@ def check_layout(run: _Run, report: Report) -> None:
     missing = [run.rel(p) for p in layout.directories() if not p.is_dir()]
     missing += [run.rel(p) for p in layout.placeholder_files() if not p.exists()]
     report.add(
-        "v2 folders present",
+        "layout folders present",
         not missing,
         "run `wmtp storage init`" if missing else f"{len(layout.directories())} folders",
         missing,
@@ -274,7 +274,7 @@ def check_documents(run: _Run, report: Report) -> None:
 
 
 def check_approval(run: _Run, report: Report) -> None:
-    """The plan's sign-off: approval signature, tag and a verified backup, each of exactly
+    """The sign-off: approval signature, tag and a verified backup, each of exactly
     the current manifest (any later change makes them stale)."""
     failed = [s.label for s in run.results if not s.ok]
     first, last = (plan_step(g).number for g in (BEFORE_APPROVAL[0], BEFORE_APPROVAL[-1]))
@@ -327,7 +327,7 @@ def _record_in_store(run: _Run, checklist: Checklist) -> None:
 
 
 def run_checklist(layout: Layout, *, through: str = "approval", save: bool = True) -> Checklist:
-    """Run the check groups up to `through` in the plan's order, re-reading every asset
+    """Run the check groups up to `through` in checklist order, re-reading every asset
     file's bytes once (no hash is trusted from an earlier run); the NaN/Inf scan reads the
     model weights a second time. A run through the asset groups is saved and recorded in the
     freshness store."""

@@ -54,8 +54,8 @@ def is_leftover(path: Path) -> bool:
 
 
 def iter_asset_files(layout: Layout) -> Iterator[Path]:
-    """Asset files: everything under the v2 folders except caches and leftovers."""
-    for top in layout.v2_dirs():
+    """Asset files: everything under the asset folders except caches and leftovers."""
+    for top in layout.asset_dirs():
         for path in iter_files(top):
             if CACHE_DIR in path.relative_to(top).parts[:-1] or is_leftover(path):
                 continue
@@ -67,14 +67,14 @@ def non_regular_asset_entries(layout: Layout) -> list[str]:
     storage, since their bytes live elsewhere or nowhere; never silently left out."""
     return [
         layout.relative(path)
-        for top in layout.v2_dirs()
+        for top in layout.asset_dirs()
         for path in iter_non_regular(top, CACHE_DIR)
     ]
 
 
 def iter_leftovers(layout: Layout) -> Iterator[Path]:
     """Temporary files that an interrupted run left in the asset folders (caches excluded)."""
-    for top in layout.v2_dirs():
+    for top in layout.asset_dirs():
         for path in iter_files(top):
             if CACHE_DIR not in path.relative_to(top).parts[:-1] and is_leftover(path):
                 yield path

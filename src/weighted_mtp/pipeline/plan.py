@@ -1,8 +1,8 @@
-"""The seed plan's completion checklist as data: check groups in the plan's order.
+"""The completion checklist as data: the check groups in the order they print.
 
-Checks are named by what they check (`"Meta model"`, `"integrity"`); the plan's step
-numbers appear only here, to print the checklist in the plan's order ("Step 3: ...").
-Changing the plan means editing this table, nothing else.
+Checks are named by what they check (`"Meta model"`, `"integrity"`); the step numbers
+appear only here, to print the checklist in its order ("Step 3: ..."). Changing the
+checklist means editing this table, nothing else.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from weighted_mtp.assets import BASE_MODELS, DATASETS
 from weighted_mtp.storage.layout import STORAGE_VERSION
 
-DEFAULT_TAG = f"v{STORAGE_VERSION}"  # what the plan's sign-off releases the storage as
+DEFAULT_TAG = f"v{STORAGE_VERSION}"  # what the checklist's sign-off releases the storage as
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class PlanStep:
 
 PLAN: tuple[PlanStep, ...] = (
     PlanStep(0, "environment", "clean start, environment ready"),
-    PlanStep(1, "layout", "v2 directory layout"),
+    PlanStep(1, "layout", "directory layout"),
     PlanStep(2, "raw models", f"raw model downloads ({', '.join(BASE_MODELS)})"),
     PlanStep(3, "Meta model", "Meta MTP model converted and verified"),
     PlanStep(4, "reference", "reference model converted and verified"),
@@ -51,7 +51,7 @@ def plan_step(group: str) -> PlanStep:
 
 
 def groups_through(last: str) -> tuple[str, ...]:
-    """The groups up to and including `last`, in the plan's order."""
+    """The groups up to and including `last`, in checklist order."""
     return GROUPS[: GROUPS.index(last) + 1]
 
 

@@ -31,7 +31,7 @@ MAX_REASON = 120  # longer lists of passed checks are summarised by their count
 
 @dataclass
 class StepResult:
-    """One check group's result; `number` and `title` come from the plan's table."""
+    """One check group's result; `number` and `title` come from `pipeline.plan`."""
 
     group: str
     report: Report

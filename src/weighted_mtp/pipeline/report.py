@@ -165,14 +165,19 @@ def inventory(layout: Layout, manifest: dict | None, manifest_sha: str | None) -
     )
 
 
+def _checklist_step(entry: dict[str, Any]) -> object:
+    """The step number a build log entry records (`seed_step` in logs of wmtp 0.1.0)."""
+    return entry.get("checklist_step", entry.get("seed_step", "?"))
+
+
 def _timings(layout: Layout) -> str:
     timings = last_timings(layout)
     if not timings:
         return _lines(["No build log yet (`wmtp build` writes `.wmtp/build_log.jsonl`).", ""])
-    lines = ["| build step | seed step | seconds | finished at |", "| --- | --- | --- | --- |"]
+    lines = ["| build step | checklist step | seconds | finished at |", "| --- | --- | --- | --- |"]
     for step, entry in timings.items():
         lines.append(
-            f"| {step} | {entry.get('seed_step', '?')} | {entry['seconds']:.1f} | {entry['at']} |"
+            f"| {step} | {_checklist_step(entry)} | {entry['seconds']:.1f} | {entry['at']} |"
         )
     return _lines([*lines, ""])
 
@@ -359,7 +364,7 @@ def storage_readme(layout: Layout, manifest: dict | None, manifest_sha: str | No
     example = layout.model(assets.MODELS[0]).safetensors_dir
     return render(
         "storage_readme.md",
-        header=_header("Storage v2", layout, manifest_sha),
+        header=_header("Storage", layout, manifest_sha),
         storage_version=STORAGE_VERSION,
         file_count=len(manifest["files"]) if manifest else 0,
         manifest_sha=manifest_sha or "none",

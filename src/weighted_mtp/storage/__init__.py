@@ -1,1 +1,1 @@
-"""Storage v2: where every asset lives, and how files are written and hashed safely."""
+"""The storage: where every asset lives, and how files are written and hashed safely."""

@@ -1,4 +1,4 @@
-"""The seed's Step 0: remove the previous storage, but never an ongoing download.
+"""Remove the storage's asset folders for a clean start, but never an ongoing download.
 
 Kept whatever happens: every `.cache` folder, partial download files, the Meta 7B raw
 checkpoint folder, and paths the user names with `--keep`. Symlinks are removed as links,
@@ -78,7 +78,7 @@ def plan_clean(
                 hint=f"give a path under {layout.root}",
             )
         protected[path] = "--keep"
-    targets = layout.v2_dirs() + (layout.legacy_dirs() if legacy else [])
+    targets = layout.asset_dirs() + (layout.legacy_dirs() if legacy else [])
     plan = CleanPlan()
     for target in targets:
         if target.exists() or target.is_symlink():

@@ -1,4 +1,4 @@
-"""The seed's Step 1: create the v2 layout. Idempotent; never deletes or overwrites."""
+"""Create the storage layout's folders. Idempotent; never deletes or overwrites."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The single definition of the storage v2 layout.
+"""The single definition of the storage layout.
 
 Every path under the storage root is named here. Other modules ask a `Layout` for paths and
 never assemble storage paths from strings, so moving a file means editing one place.
@@ -448,16 +448,16 @@ class Layout:
             if "download" in spec.build
         }
 
-    def v2_dirs(self) -> list[Path]:
-        """The top-level folders that storage v2 owns (what `clean` removes)."""
+    def asset_dirs(self) -> list[Path]:
+        """The top-level folders of the assets, which the storage owns (what `clean` removes)."""
         return [self.models_dir, self.datasets_dir, self.small_dir]
 
     def legacy_dirs(self) -> list[Path]:
         return [self.root / name for name in LEGACY_DIRS]
 
     def directories(self) -> list[Path]:
-        """Every folder of the v2 layout, parents before children."""
-        dirs = [*self.v2_dirs()]
+        """Every folder of the layout, parents before children."""
+        dirs = [*self.asset_dirs()]
         for name in MODELS:
             model = self.model(name)
             dirs += [model.root, *model.subdirs()]
@@ -468,7 +468,7 @@ class Layout:
         return dirs
 
     def placeholder_files(self) -> list[Path]:
-        """Files the seed's layout creates empty: the large model's SHA256SUMS."""
+        """Files the layout creates empty: the large model's SHA256SUMS."""
         return [self.model(s.name).sha256sums for s in assets.ASSETS if s.keep_raw_on_clean]
 
     def protected_paths(self) -> list[Path]:

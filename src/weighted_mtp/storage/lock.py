@@ -91,7 +91,7 @@ def stale_temp_files(layout: Layout) -> list[Path]:
     """Temporary files of interrupted atomic writes in the asset folders (download caches,
     where partial downloads resume, excluded)."""
     found = []
-    for top in layout.v2_dirs():
+    for top in layout.asset_dirs():
         for path in iter_files(top):
             inside_cache = CACHE_DIR in path.relative_to(top).parts[:-1]
             if TEMP_MARKER in path.name and not inside_cache and not _writer_alive(path):

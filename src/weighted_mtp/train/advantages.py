@@ -30,7 +30,7 @@ from weighted_mtp.train.collectives import all_reduce
 
 @dataclass(frozen=True)
 class AwrSettings:
-    """The Verifiable Critic's weight hyperparameters (defaults from the issue)."""
+    """The Verifiable Critic's weight hyperparameters (symbols as in the module docstring)."""
 
     gamma: float = 1.0
     lam: float = 0.95

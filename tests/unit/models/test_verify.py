@@ -83,7 +83,7 @@ def test_a_flipped_byte_in_configs_or_tokenizer_fails(layout, meta, relpath):
 
 
 def test_a_tokenizer_folder_transformers_reads_differently_fails(layout, meta):
-    """A folder written before issue 15: the plan's literal config, no tokenizer.json."""
+    """A folder in the older format: top-level `model_type: sentencepiece`, no tokenizer.json."""
     meta.file("tokenizer/tokenizer.json").unlink()
     config = json.loads(meta.tokenizer_config.read_text())
     config["model_type"] = "sentencepiece"

@@ -1,6 +1,8 @@
 """Generated documents: written from whatever state the storage is in, stale when it moves on,
 and people's notes survive regeneration."""
 
+import json
+
 from weighted_mtp.pipeline.manifest import manifest_sha256, refresh_manifest
 from weighted_mtp.pipeline.records import INVENTORY, MIGRATION, document_paths, document_status
 from weighted_mtp.pipeline.report import PEOPLE_MARKER, generate_reports
@@ -80,3 +82,19 @@ def test_an_invalid_metadata_json_is_reported_as_missing_not_a_crash(layout):
     generate_reports(layout)
     inventory = layout.report(INVENTORY).read_text()
     assert "| micro-mtp | missing |" in inventory
+
+
+def test_step_timings_name_each_build_step_s_checklist_step(layout):
+    """A log entry gives its checklist step under `checklist_step`, or `seed_step` in logs
+    written by wmtp 0.1.0; both print in the completion report's timings."""
+    from weighted_mtp.pipeline.build import StepOutcome, _log
+
+    _log(layout, "r1", StepOutcome("init", 1, "ran", 0.5))
+    with layout.build_log.open("a") as handle:
+        entry = {"run": "r0", "step": "download-mbpp", "seed_step": 6, "status": "ran"}
+        handle.write(json.dumps({**entry, "seconds": 2.0, "at": "t"}) + "\n")
+    refresh_manifest(layout)
+    generate_reports(layout)
+    completion = layout.report("completion_report.md").read_text()
+    assert "| build step | checklist step | seconds | finished at |" in completion
+    assert "| init | 1 | 0.5 |" in completion and "| download-mbpp | 6 | 2.0 | t |" in completion
