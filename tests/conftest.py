@@ -13,6 +13,16 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 @pytest.fixture
+def sigint_default():
+    """SIGINT raises KeyboardInterrupt here and kills the processes the test starts, even in
+    a test run started with SIGINT ignored (see `helpers.python_sigint`)."""
+    from helpers import python_sigint
+
+    with python_sigint():
+        yield
+
+
+@pytest.fixture
 def layout(tmp_path: Path):
     """A fresh storage root with the storage layout created."""
     from weighted_mtp.storage.init import init_storage

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -186,3 +189,17 @@ def cli_error(*args: str, root: Path) -> WmtpError:
     result = invoke(*args, root=root)
     assert isinstance(result.exception, WmtpError), (result.exit_code, result.output)
     return result.exception
+
+
+@contextmanager
+def python_sigint() -> Iterator[None]:
+    """Python's own SIGINT handling (KeyboardInterrupt) in this process and SIGINT's default
+    in every process started meanwhile, however the test run was started: a job started in
+    the background by a shell without job control (`cmd &` in a script, `nohup cmd &`)
+    inherits SIGINT ignored, and passes that on to what it starts. An exec resets a caught
+    signal to its default, never an ignored one, so children need the handler set here."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -246,6 +246,7 @@ def _wait_for_log(layout, predicate, process, timeout=120):
     return False
 
 
+@pytest.mark.usefixtures("sigint_default")
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_killed_build_resumes_to_a_storage_that_verifies(demo_copy, sig):
     layout, mirror = demo_copy

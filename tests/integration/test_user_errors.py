@@ -69,6 +69,7 @@ def test_a_file_where_a_folder_belongs_is_one_line(tmp_path, make, args):
     assert "a file stands where a folder belongs" in line
 
 
+@pytest.mark.usefixtures("sigint_default")
 def test_ctrl_c_swallowed_during_import_torch_still_stops_the_demo(tmp_path):
     """A stand-in `torch` that does what torch's initialisation does to a Ctrl-C: the
     interrupt lands in Python code it calls and is caught there."""
