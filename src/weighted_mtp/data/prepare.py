@@ -5,24 +5,18 @@ responses are tokenized in one multi-threaded SentencePiece call. A sample that 
 long has its problem statement shortened (the input/output section and examples stay);
 if its code alone cannot fit it is dropped and counted, or cut with --truncate-code.
 Outputs are written to temporary files and appear under their final names only when the
-whole dataset went through, task-disjointness included.
-
-Also runnable as `python -m weighted_mtp.data.prepare --dataset NAME --source-dir DIR
---output-dir DIR [...]`, which produces the same files as `wmtp data prepare NAME`.
+whole dataset went through, task-disjointness included. `wmtp data prepare NAME` runs it.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import functools
 import hashlib
 import json
-import os
-import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass
 from json.encoder import encode_basestring
 from pathlib import Path
@@ -42,8 +36,7 @@ from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.storage import stamps
 from weighted_mtp.storage.atomic import atomic_write, write_json
 from weighted_mtp.storage.hashing import HashingWriter, sha256_file
-from weighted_mtp.storage.layout import DATASETS, SPLITS, DatasetPaths, Layout
-from weighted_mtp.storage.lock import writing_to_storage
+from weighted_mtp.storage.layout import SPLITS, DatasetPaths, Layout
 
 BATCH_SAMPLES = 1024
 MIN_MAX_LENGTH = 64
@@ -411,71 +404,3 @@ def prepare_dataset(
     store.record_built(name)
     store.save()
     return summary
-
-
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m weighted_mtp.data.prepare", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--dataset", required=True, choices=DATASETS)
-    parser.add_argument("--source-dir", required=True, type=Path, help="the raw/ folder")
-    parser.add_argument(
-        "--output-dir",
-        required=True,
-        type=Path,
-        help="a dataset's processed/ folder (stats go to its sibling stats/)",
-    )
-    parser.add_argument("--max-length", type=int, default=2048)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument(
-        "--tokenizer",
-        type=Path,
-        default=None,
-        help="SentencePiece model (default: the Meta model's in --root)",
-    )
-    parser.add_argument(
-        "--root",
-        type=Path,
-        default=Path(os.environ.get("WMTP_ROOT", "storage")),
-        help="storage root for the default tokenizer (default: $WMTP_ROOT or "
-        "./storage, as for wmtp)",
-    )
-    parser.add_argument("--truncate-code", action="store_true")
-    parser.add_argument("--languages", nargs="+", default=None)
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(argv)
-    try:
-        output = args.output_dir.expanduser().absolute()
-        paths = DatasetPaths(args.dataset, output.parent)
-        if paths.processed != output:
-            raise UsageError(
-                "--output-dir must be a folder named processed/",
-                path=output,
-                hint="stats/ is written next to it",
-            )
-        layout = Layout(args.root)
-        tokenizer = resolve_tokenizer(layout, args.tokenizer)
-        in_storage = paths.root == layout.dataset(args.dataset).root
-        with writing_to_storage(layout, "prepare") if in_storage else nullcontext():
-            summary = prepare_into(
-                paths,
-                args.source_dir,
-                tokenizer,
-                max_length=args.max_length,
-                seed=args.seed,
-                truncate_code=args.truncate_code,
-                languages=args.languages,
-            )
-    except WmtpError as exc:
-        print(f"error: {exc.line()}", file=sys.stderr)
-        return exc.exit_code
-    for split, entry in summary["splits"].items():
-        print(f"{split}: {entry['records']} records ({entry['dropped']} dropped)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,17 +1,17 @@
 import json
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import pytest
 import sentencepiece as spm
 
-from tests.helpers import read_records
+from tests.helpers import invoke, read_records
 from weighted_mtp.data.prepare import fit_prefix, prepare_dataset
 from weighted_mtp.data.template import SHORTENED_MARKER
 from weighted_mtp.data.tokens import Tokenizer
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.hashing import sha256_file
+from weighted_mtp.storage.layout import Layout
 
 
 def _raw_solutions(raw: Path) -> dict[str, str]:
@@ -76,33 +76,14 @@ def test_code_that_cannot_fit_is_dropped_or_cut_on_request(downloaded, sp_model_
         assert original.startswith(record["response"]) and record["response"] != original
 
 
-def test_same_seed_same_bytes_and_module_form_matches(downloaded, sp_model_path, tmp_path):
-    paths = downloaded.dataset("mbpp")
+def test_same_seed_same_bytes_from_the_function_and_the_cli(downloaded, sp_model_path, tmp_path):
+    copy = Layout(shutil.copytree(downloaded.root, tmp_path / "copy"))
     prepare_dataset(downloaded, "mbpp", tokenizer=sp_model_path)
-    first = {p.name: p.read_bytes() for p in paths.processed.iterdir()}
-    out = tmp_path / "copy" / "processed"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "weighted_mtp.data.prepare",
-            "--dataset",
-            "mbpp",
-            "--source-dir",
-            str(paths.raw),
-            "--output-dir",
-            str(out),
-            "--max-length",
-            "2048",
-            "--seed",
-            "42",
-            "--tokenizer",
-            str(sp_model_path),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr
+    first = {p.name: p.read_bytes() for p in downloaded.dataset("mbpp").processed.iterdir()}
+    args = ["--max-length", "2048", "--seed", "42", "--tokenizer", str(sp_model_path)]
+    result = invoke("data", "prepare", "mbpp", *args, root=copy.root)
+    assert result.exit_code == 0, result.output
+    out = copy.dataset("mbpp").processed
     assert {p.name: p.read_bytes() for p in out.iterdir()} == first
     assert list((out.parent / "stats").glob("*_summary.json"))
 
