@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from weighted_mtp import assets
 from weighted_mtp.errors import WmtpError
@@ -133,7 +134,7 @@ class Catalog:
         return asset
 
 
-def _file_spec(entry: dict, where: str, source: str) -> FileSpec:
+def _file_spec(entry: dict[str, Any], where: str, source: str) -> FileSpec:
     """A file entry whose `into` stays inside the asset folder (`.` is the folder itself)."""
     into = entry["into"].strip("/")
     if into not in ("", "."):

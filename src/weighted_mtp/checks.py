@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 
 def listed(problems: list[str], limit: int = 3) -> str:
@@ -36,5 +37,5 @@ class Report:
     def failures(self) -> list[Check]:
         return [c for c in self.checks if not c.ok]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"subject": self.subject, "ok": self.ok, "checks": [asdict(c) for c in self.checks]}

@@ -14,6 +14,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import FrameType
 
 
 @contextmanager
@@ -24,9 +25,9 @@ def keeping_interrupts() -> Iterator[None]:
     if not main or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield
         return
-    received = []
+    received: list[int] = []
 
-    def remember_and_raise(signum, frame):
+    def remember_and_raise(signum: int, frame: FrameType | None) -> None:
         received.append(signum)
         raise KeyboardInterrupt
 

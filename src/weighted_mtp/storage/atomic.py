@@ -13,9 +13,9 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, BinaryIO, Literal, TextIO, overload
 
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.limits import current_limits, raise_hint
@@ -43,19 +43,35 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-@contextmanager
-def atomic_write(path: str | Path, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
+@overload
+def atomic_write(
+    path: str | Path, mode: Literal["wb"] = "wb", encoding: None = None
+) -> AbstractContextManager[BinaryIO]: ...
+@overload
+def atomic_write(
+    path: str | Path, mode: Literal["w"], encoding: str | None = None
+) -> AbstractContextManager[TextIO]: ...
+def atomic_write(
+    path: str | Path, mode: str = "wb", encoding: str | None = None
+) -> AbstractContextManager[BinaryIO | TextIO]:
     """Open a temporary sibling of `path` for writing; rename it to `path` on success."""
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write supports 'w' and 'wb', not {mode!r}")
-    path = Path(path)
+    return _atomic_write(Path(path), mode, encoding)
+
+
+@contextmanager
+def _atomic_write(path: Path, mode: str, encoding: str | None) -> Iterator[BinaryIO | TextIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(path.name), dir=path.parent)
     tmp = Path(tmp_name)
     try:
-        text_encoding = (encoding or "utf-8") if mode == "w" else None
-        newline = "" if mode == "w" else None
-        with os.fdopen(fd, mode, encoding=text_encoding, newline=newline) as handle:
+        handle: BinaryIO | TextIO
+        if mode == "wb":
+            handle = os.fdopen(fd, "wb")
+        else:
+            handle = os.fdopen(fd, "w", encoding=encoding or "utf-8", newline="")
+        with handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from weighted_mtp import assets
 from weighted_mtp.storage import stamps
@@ -83,8 +84,8 @@ class TreeNode:
     is_dir: bool
     children: list[TreeNode]
 
-    def to_dict(self) -> dict:
-        node = {"name": self.name, "size": self.size, "dir": self.is_dir}
+    def to_dict(self) -> dict[str, Any]:
+        node: dict[str, Any] = {"name": self.name, "size": self.size, "dir": self.is_dir}
         if self.is_dir:
             node["children"] = [c.to_dict() for c in self.children]
         return node
