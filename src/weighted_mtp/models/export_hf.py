@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -119,7 +120,7 @@ def hf_llama_config(
     }
 
 
-def hf_tensors(handle: Any, sources: list[TensorSource]):
+def hf_tensors(handle: Any, sources: list[TensorSource]) -> Iterator[tuple[str, torch.Tensor]]:
     """`(hf name, tensor)` pairs read one at a time from an open safetensors file."""
     for source in sources:
         tensor = handle.get_tensor(source.meta_name)

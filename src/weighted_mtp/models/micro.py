@@ -70,7 +70,7 @@ def _head_rows(n_heads: int, base_hd: int, micro_hd: int, layout: str) -> list[i
 def axis_selection(kind: str, base: Dims, micro: Dims, rotary: str) -> list[int] | int:
     """A leading count, or the list of indices, to keep along an axis of `kind`."""
     if kind in ("vocab", "dim", "ffn"):
-        return getattr(micro, kind)
+        return {"vocab": micro.vocab, "dim": micro.dim, "ffn": micro.ffn}[kind]
     heads = micro.n_heads if kind.startswith("q") else micro.kv_heads
     layout = rotary if kind.endswith("+rot") else "plain"
     return _head_rows(heads, base.head_dim, micro.head_dim, layout)
@@ -81,7 +81,7 @@ def read_sliced(handle: Any, name: str, selections: list[list[int] | int]) -> to
     import torch
 
     extents = [s if isinstance(s, int) else max(s) + 1 for s in selections]
-    block = handle.get_slice(name)[tuple(slice(0, e) for e in extents)]
+    block: torch.Tensor = handle.get_slice(name)[tuple(slice(0, e) for e in extents)]
     for axis, selection in enumerate(selections):
         if not isinstance(selection, int):
             block = block.index_select(axis, torch.tensor(selection))

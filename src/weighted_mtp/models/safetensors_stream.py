@@ -137,7 +137,7 @@ class _BackgroundFile:
 
     def __init__(self, handle: _Writable, depth: int = 3) -> None:
         self._handle = handle
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._queue: queue.Queue[bytes | memoryview | None] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._drain, name="safetensors-writer", daemon=True)
         self._thread.start()

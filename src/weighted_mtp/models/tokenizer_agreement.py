@@ -13,10 +13,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.jsonl import iter_jsonl
 from weighted_mtp.storage.layout import DATASETS, Layout
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 # Where SentencePiece and a converted tokenizer tend to part: whitespace runs at either
 # end, tabs and CRLF, nothing at all, characters outside the vocabulary (byte fallback),
@@ -93,7 +97,7 @@ def _small_set_samples(layout: Layout) -> Iterator[Sample]:
                         yield Sample(where, record[key])
 
 
-def load_auto_tokenizer(folder: Path):
+def load_auto_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
     """`AutoTokenizer.from_pretrained(folder)`, offline, or one clear error."""
     from transformers import AutoTokenizer
 

@@ -14,9 +14,12 @@ import random
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from weighted_mtp.storage.atomic import atomic_write, write_bytes
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 PYTHON2, CPP, PYTHON3, JAVA = 1, 2, 3, 4
 _OPS = ("+", "-", "*", "^", "|", "&")
@@ -40,7 +43,7 @@ _WORDS = (
 )
 
 
-def _codecontests_schema():
+def _codecontests_schema() -> pa.Schema:
     import pyarrow as pa
 
     tests = pa.struct([("input", pa.list_(pa.string())), ("output", pa.list_(pa.string()))])

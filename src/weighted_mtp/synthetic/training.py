@@ -27,7 +27,8 @@ def write_training_storage(
     from weighted_mtp.data.download import download_dataset
     from weighted_mtp.data.prepare import prepare_dataset
     from weighted_mtp.data.small import build_small
-    from weighted_mtp.models.micro import MicroSize, build_micro
+    from weighted_mtp.models.formats import MicroSize
+    from weighted_mtp.models.micro import build_micro
     from weighted_mtp.models.verify import verify_model
     from weighted_mtp.storage.init import init_storage
     from weighted_mtp.synthetic.datasets import write_codecontests_mirror
