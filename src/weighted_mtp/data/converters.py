@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from weighted_mtp import assets
 from weighted_mtp.data.sources import Rejected, list_of, non_empty_text, of_type, typed
@@ -82,6 +82,8 @@ class Rejections:
         return {"rows": self.rows, "samples": self.samples}
 
 
+T = TypeVar("T")
+SolutionBlock = tuple[list[int], list[Any]]  # (language codes, solutions), equal lengths
 Reject = Callable[[str], None]  # records a rejected sample of the row being converted
 
 
@@ -240,7 +242,7 @@ def split_description(description: str) -> tuple[str, str]:
     return description[: match.start()], description[match.start() :]
 
 
-def _optional(row: dict[str, Any], key: str, kind: type, default: Any, within: str = "") -> Any:
+def _optional(row: dict[str, Any], key: str, kind: type[T], default: T, within: str = "") -> T:
     value = of_type(row.get(key), kind, f"{within}{key}", optional=True)
     return default if value is None else value
 
@@ -255,8 +257,10 @@ def _codecontests_notes(row: dict[str, Any], counts: list[int], language: str) -
     else:
         lines.append("No test cases are available for this problem.")
     limit = _optional(row, "time_limit", dict, {})
-    seconds = _optional(limit, "seconds", int, 0, "time_limit.")
-    seconds += _optional(limit, "nanos", int, 0, "time_limit.") / 1e9
+    seconds = (
+        _optional(limit, "seconds", int, 0, "time_limit.")
+        + _optional(limit, "nanos", int, 0, "time_limit.") / 1e9
+    )
     if seconds:
         lines.append(f"Time limit: {seconds:g} s.")
     memory = _optional(row, "memory_limit_bytes", int, 0)
@@ -269,7 +273,7 @@ def _codecontests_notes(row: dict[str, Any], counts: list[int], language: str) -
     return "\n".join(lines)
 
 
-def _solution_block(row: dict[str, Any], key: str, path: Path, line: int) -> tuple[list, list]:
+def _solution_block(row: dict[str, Any], key: str, path: Path, line: int) -> SolutionBlock:
     """(languages, solutions) of a `{language: [int], solution: [str]}` struct; a null
     struct rejects the row (it would silently lose every solution of its kind)."""
     block = typed(row, key, dict, path, line)
@@ -280,7 +284,9 @@ def _solution_block(row: dict[str, Any], key: str, path: Path, line: int) -> tup
     return languages, solutions
 
 
-def _solutions(block, key, task_id, code, is_correct, reject):
+def _solutions(
+    block: SolutionBlock, key: str, task_id: str, code: int, is_correct: bool, reject: Reject
+) -> Iterator[tuple[str, str, bool]]:
     tag = "c" if is_correct else "i"
     for index, (lang, solution) in enumerate(zip(*block, strict=True)):
         if lang != code:

@@ -145,7 +145,7 @@ def _hub_files(
     return commit, files, hashes
 
 
-def _write_part(target: Path, sources: list[Path], advance) -> dict[str, Any]:
+def _write_part(target: Path, sources: list[Path], advance: progress.Advance) -> dict[str, Any]:
     rows, max_bytes = 0, current_limits().max_line_bytes
     with atomic_write(target, "wb") as handle:
         writer = HashingWriter(handle)
@@ -157,7 +157,7 @@ def _write_part(target: Path, sources: list[Path], advance) -> dict[str, Any]:
     return {"rows": rows, "size": writer.bytes_written, "sha256": writer.hexdigest()}
 
 
-def write_raw(paths: DatasetPaths, name: str, files: list[tuple[str, Path]]) -> dict:
+def write_raw(paths: DatasetPaths, name: str, files: list[tuple[str, Path]]) -> dict[str, Any]:
     """Stream upstream files into `raw/<part>.jsonl`; returns the SOURCE.json `raw` entry."""
     parts: dict[str, list[Path]] = {}
     for upstream, path in files:
@@ -180,7 +180,7 @@ def download_dataset(
     *,
     mirror: str | Path | None = None,
     revision: str | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Fetch a dataset (hub or mirror) into `raw/`; returns the SOURCE.json content."""
     paths = layout.dataset(name)
     asset = catalog.dataset(name)

@@ -20,6 +20,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from json.encoder import encode_basestring
 from pathlib import Path
+from typing import Any
 
 from weighted_mtp import __version__, progress
 from weighted_mtp.clock import utc_now
@@ -213,7 +214,7 @@ class _Preparer:
         self.held_out: dict[bytes, str] = {}
         self.held_out_prompts: set[bytes] = set()
 
-    def run(self, tasks: Iterator[Task], files: _SplitFiles, advance) -> None:
+    def run(self, tasks: Iterator[Task], files: _SplitFiles, advance: progress.Advance) -> None:
         """Batch k+1 is tokenized in the background (SentencePiece releases the GIL) while
         batch k is fitted and written here."""
         with ThreadPoolExecutor(1) as pool:
@@ -238,7 +239,10 @@ class _Preparer:
         ]
 
     def _emit_batch(
-        self, items: list[tuple[Task, _Prompt, list[int]]], files: _SplitFiles, advance
+        self,
+        items: list[tuple[Task, _Prompt, list[int]]],
+        files: _SplitFiles,
+        advance: progress.Advance,
     ) -> None:
         for (task, full, counts), shorter in zip(items, self.fitter.prompts(items), strict=True):
             self._emit_task(task, (full, *shorter), counts, files)
@@ -327,7 +331,7 @@ def prepare_into(
     seed: int = 42,
     truncate_code: bool = False,
     languages: list[str] | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Prepare `source_dir`'s raw files into `paths.processed`; returns the summary."""
     if max_length < MIN_MAX_LENGTH:
         raise UsageError(f"--max-length {max_length} is too small (minimum {MIN_MAX_LENGTH})")
@@ -387,7 +391,7 @@ def prepare_dataset(
     tokenizer: str | Path | None = None,
     truncate_code: bool = False,
     languages: list[str] | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Prepare a downloaded dataset of the storage root; returns the summary. The freshness
     store records the raw files it was prepared from (verified by `validate_dataset`)."""
     paths = layout.dataset(name)

@@ -12,6 +12,7 @@ import hashlib
 import heapq
 import json
 from pathlib import Path
+from typing import Any
 
 from weighted_mtp.data.sources import field
 from weighted_mtp.errors import WmtpError
@@ -55,7 +56,7 @@ def select(path: Path, seed: int, limit: int) -> tuple[list[str], int]:
     return [line for _rank_value, line in chosen], take_correct
 
 
-def build_small(layout: Layout, name: str, *, seed: int = 42) -> dict:
+def build_small(layout: Layout, name: str, *, seed: int = 42) -> dict[str, Any]:
     """Write `datasets_local_small/<name>_small/<split>_small.jsonl`; returns counts. The
     freshness store records the set as made from the processed splits as they are now."""
     paths, small = layout.dataset(name), layout.small(name)

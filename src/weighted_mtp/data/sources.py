@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, Literal, TypeVar, overload
 
 from weighted_mtp.data.template import NULL_TEXTS
 from weighted_mtp.errors import WmtpError
@@ -19,6 +19,8 @@ from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.jsonl import iter_jsonl as iter_jsonl
 from weighted_mtp.storage.jsonl import parse_json_line as parse_json_line
 from weighted_mtp.storage.regular import open_regular
+
+T = TypeVar("T")
 
 PARQUET_BATCH_ROWS = 8  # CodeContests rows carry MBs of generated tests
 
@@ -48,7 +50,7 @@ class Rejected(Exception):
         self.reason = reason
 
 
-_JSON_TYPES = {
+_JSON_TYPES: dict[type, str] = {
     bool: "a boolean",
     int: "an integer",
     float: "a number",
@@ -64,7 +66,11 @@ def _json_type(value: Any) -> str:
     return next((name for kind, name in _JSON_TYPES.items() if isinstance(value, kind)), "?")
 
 
-def of_type(value: Any, kind: type, label: str, *, optional: bool = False) -> Any:
+@overload
+def of_type(value: object, kind: type[T], label: str, *, optional: Literal[False] = False) -> T: ...
+@overload
+def of_type(value: object, kind: type[T], label: str, *, optional: bool) -> T | None: ...
+def of_type(value: object, kind: type[T], label: str, *, optional: bool = False) -> T | None:
     """`value` if it is a `kind` (a bool is no integer), or None when `optional`; else
     Rejected naming `label`."""
     if value is None:
@@ -78,25 +84,22 @@ def of_type(value: Any, kind: type, label: str, *, optional: bool = False) -> An
 
 @overload
 def list_of(
-    value: Any, kind: type, label: str, *, optional: Literal[False] = False
-) -> list[Any]: ...
+    value: object, kind: type[T], label: str, *, optional: Literal[False] = False
+) -> list[T]: ...
 @overload
-def list_of(value: Any, kind: type, label: str, *, optional: bool) -> list[Any] | None: ...
-def list_of(value: Any, kind: type, label: str, *, optional: bool = False) -> list[Any] | None:
+def list_of(value: object, kind: type[T], label: str, *, optional: bool) -> list[T] | None: ...
+def list_of(value: object, kind: type[T], label: str, *, optional: bool = False) -> list[T] | None:
     """A JSON array whose items are all `kind` (see `of_type`)."""
     items = of_type(value, list, label, optional=optional)
-    for item in items or ():
-        of_type(item, kind, f"an item of {label}")
-    return items
+    if items is None:
+        return None
+    return [of_type(item, kind, f"an item of {label}") for item in items]
 
 
-def typed(
-    row: dict[str, Any], name: str, kind: type, path: Path, line: int, *, optional: bool = False
-) -> Any:
-    """`row[name]` checked to be a `kind`. A missing required field means a wrong file (a
-    WmtpError); null or another type rejects the row."""
-    value = row.get(name) if optional else field(row, name, path, line)
-    return of_type(value, kind, name, optional=optional)
+def typed(row: dict[str, Any], name: str, kind: type[T], path: Path, line: int) -> T:
+    """`row[name]` checked to be a `kind`. A missing field means a wrong file (a WmtpError);
+    null or another type rejects the row."""
+    return of_type(field(row, name, path, line), kind, name)
 
 
 def non_empty_text(value: Any, label: str) -> str:

@@ -21,7 +21,7 @@ LENGTH_KINDS = ("prompt", "response", "total")
 
 @dataclass
 class LengthHistogram:
-    counts: Counter = field(default_factory=Counter)
+    counts: Counter[int] = field(default_factory=Counter)
 
     def add(self, length: int) -> None:
         counts = self.counts
@@ -71,7 +71,7 @@ class SplitStats:
     truncated: int = 0
     duplicates: int = 0
     cross_split_duplicates: int = 0
-    languages: Counter = field(default_factory=Counter)
+    languages: Counter[str] = field(default_factory=Counter)
     lengths: dict[str, LengthHistogram] = field(
         default_factory=lambda: {kind: LengthHistogram() for kind in LENGTH_KINDS}
     )

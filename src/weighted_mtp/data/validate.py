@@ -17,7 +17,7 @@ from array import array
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from weighted_mtp import progress
 from weighted_mtp.checks import Report
@@ -32,9 +32,13 @@ from weighted_mtp.storage.hashing import sha256_file
 from weighted_mtp.storage.jsonl import iter_jsonl_range, line_chunks
 from weighted_mtp.storage.layout import DATASETS, META_MODEL, SPLITS, DatasetPaths, Layout
 
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
+
 MAX_REPORTED = 5
 TOKEN_BATCH = 2048
 CHUNK_BYTES = 64 << 20  # one worker job; files smaller than this are scanned in-process
+JsonSchema = dict[str, Any] | bool  # what a JSON Schema is: an object or a boolean
 
 
 def _hash64(text: str) -> int:
@@ -51,8 +55,8 @@ class _Scan:
     correct: int = 0
     incorrect: int = 0
     tasks: set[str] = field(default_factory=set)
-    sample_ids: array = field(default_factory=lambda: array("Q"))
-    contents: array = field(default_factory=lambda: array("Q"))
+    sample_ids: array[int] = field(default_factory=lambda: array("Q"))
+    contents: array[int] = field(default_factory=lambda: array("Q"))
 
     def error(self, message: str) -> None:
         if len(self.errors) < MAX_REPORTED:
@@ -84,7 +88,7 @@ class _Job:
 
 
 @functools.lru_cache(maxsize=4)
-def _tools(schema: str, tokenizer: str | None):
+def _tools(schema: str, tokenizer: str | None) -> tuple[Draft202012Validator, Tokenizer | None]:
     import jsonschema
 
     return (
@@ -93,7 +97,7 @@ def _tools(schema: str, tokenizer: str | None):
     )
 
 
-def _schema_error(validator, record: dict) -> str | None:
+def _schema_error(validator: Draft202012Validator, record: dict[str, Any]) -> str | None:
     error = next(iter(validator.iter_errors(record)), None)
     if error is None:
         return None
@@ -116,7 +120,7 @@ def _count_lengths(
     pending.clear()
 
 
-def _content_error(record: dict, max_chars: int) -> str | None:
+def _content_error(record: dict[str, Any], max_chars: int) -> str | None:
     """A prompt or response too long to tokenize safely, or with a section that says
     nothing (empty, or a null turned into text)."""
     for key in ("prompt", "response"):
@@ -157,7 +161,7 @@ def _scan_job(job: _Job) -> _Scan:
 
 
 def _scan_files(
-    files: dict[str, Path], schema: dict, tokenizer: Tokenizer | None, max_length: int
+    files: dict[str, Path], schema: JsonSchema, tokenizer: Tokenizer | None, max_length: int
 ) -> dict[str, _Scan]:
     """Scan split files, in parallel over all cores when they are large."""
     schema_text = json.dumps(schema, sort_keys=True)
@@ -199,14 +203,14 @@ def _scan_files(
     return scans
 
 
-def _duplicates(values: array) -> int:
+def _duplicates(values: array[int]) -> int:
     import numpy as np
 
     keys = np.sort(np.frombuffer(values, dtype=np.uint64))
     return int(np.count_nonzero(keys[1:] == keys[:-1]))
 
 
-def _all_in(values: array, pool: array) -> bool:
+def _all_in(values: array[int], pool: array[int]) -> bool:
     import numpy as np
 
     return bool(
@@ -214,7 +218,7 @@ def _all_in(values: array, pool: array) -> bool:
     )
 
 
-def _cross_split_duplicates(contents: array) -> int:
+def _cross_split_duplicates(contents: array[int]) -> int:
     """Identical prompt+response in two splits (the low 2 bits of each hash hold the split)."""
     import numpy as np
 
@@ -256,12 +260,12 @@ def _check_files(report: Report, paths: DatasetPaths, summary: dict[str, Any]) -
     )
 
 
-def _load_schema(report: Report, paths: DatasetPaths) -> dict | None:
+def _load_schema(report: Report, paths: DatasetPaths) -> JsonSchema | None:
     import jsonschema
 
     try:
-        schema = read_json(paths.schema, "record schema")
-        jsonschema.Draft202012Validator.check_schema(schema)
+        schema: JsonSchema = read_json(paths.schema, "record schema")
+        jsonschema.Draft202012Validator.check_schema(schema)  # an object or a boolean
     except (WmtpError, jsonschema.SchemaError) as exc:
         report.add(
             "schema.json", False, str(getattr(exc, "message", exc)), files=[paths.schema.name]
@@ -272,7 +276,11 @@ def _load_schema(report: Report, paths: DatasetPaths) -> dict | None:
 
 
 def _check_splits(
-    report: Report, paths: DatasetPaths, summary: dict, schema: dict, tokenizer: Tokenizer | None
+    report: Report,
+    paths: DatasetPaths,
+    summary: dict[str, Any],
+    schema: JsonSchema,
+    tokenizer: Tokenizer | None,
 ) -> dict[str, _Scan]:
     max_length = int(summary.get("max_length", 0))
     files = {s: paths.split(s) for s in SPLITS if paths.split(s).is_file()}
@@ -325,7 +333,7 @@ def _check_splits(
 
 
 def _check_small(
-    report: Report, layout: Layout, name: str, schema: dict, scans: dict[str, _Scan]
+    report: Report, layout: Layout, name: str, schema: JsonSchema, scans: dict[str, _Scan]
 ) -> None:
     small = layout.small(name)
     present = [s for s in SPLITS if small.split(s).is_file()]
