@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
@@ -122,7 +122,7 @@ def checked_name(name: str, allowed: tuple[str, ...], kind: str) -> str:
 
 
 def state(ctx: typer.Context) -> State:
-    return ctx.find_root().obj
+    return cast(State, ctx.find_root().obj)  # set by the root callback, `main`
 
 
 @contextmanager

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -64,7 +64,7 @@ def download(
 SUMMARY_COLUMNS = ("records", "tasks", "correct", "incorrect", "dropped", "shortened", "truncated")
 
 
-def _print_summary(summary: dict) -> None:
+def _print_summary(summary: dict[str, Any]) -> None:
     from rich.table import Table  # on use: rich is slow to import
 
     table = Table(

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from weighted_mtp.storage.clean import CleanPlan
     from weighted_mtp.storage.layout import Layout
+    from weighted_mtp.storage.status import TreeNode
 
 app = typer.Typer(help="Create, inspect and clean the storage layout.", no_args_is_help=True)
 
@@ -79,7 +80,7 @@ def _print_plan(layout: Layout, plan: CleanPlan, yes: bool) -> None:
         )
 
 
-def _rich_tree(node, parent: Tree) -> None:
+def _rich_tree(node: TreeNode, parent: Tree) -> None:
     for child in node.children:
         label = f"{child.name}{'/' if child.is_dir else ''} [dim]{human_size(child.size)}[/]"
         _rich_tree(child, parent.add(label, highlight=False))

@@ -15,6 +15,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from weighted_mtp import progress
 from weighted_mtp.clock import utc_now
@@ -36,7 +37,7 @@ class BackupResult:
     size: int  # bytes in the backup
     copied_size: int
     seconds: float
-    record: dict
+    record: dict[str, Any]
 
 
 def _files_to_copy(layout: Layout) -> list[Path]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.pipeline.manifest import manifest_sha256
@@ -17,7 +18,7 @@ from weighted_mtp.storage.layout import Layout
 BACKUP_HINT = "run `wmtp backup DEST` (a folder on another disk)"
 
 
-def load_backups(layout: Layout) -> list[dict]:
+def load_backups(layout: Layout) -> list[dict[str, Any]]:
     if not layout.backups.is_file():
         return []
     data = read_json(layout.backups, "backups file")

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from weighted_mtp import assets
 from weighted_mtp.assets import AssetSpec, BuildStep
@@ -141,7 +141,9 @@ def _verified(ctx: BuildContext, name: str, verify: Callable[[], Report]) -> boo
         return False
 
 
-def _kept_source(ctx: BuildContext, source_path: Path, asset: Asset, step: str) -> dict | None:
+def _kept_source(
+    ctx: BuildContext, source_path: Path, asset: Asset, step: str
+) -> dict[str, Any] | None:
     """The SOURCE.json of raw files a build keeps, whatever source they came from (a mirror
     or the hub), unless `--refresh` asks to fetch them again: it names this asset's repo and,
     when the catalog pins a commit and the files came from the hub, that commit."""
@@ -157,7 +159,7 @@ def _kept_source(ctx: BuildContext, source_path: Path, asset: Asset, step: str) 
     return source
 
 
-def _describe_source(source: dict) -> str:
+def _describe_source(source: dict[str, Any]) -> str:
     """Where kept raw files came from, for the build's output and log."""
     when = source.get("downloaded_at")
     when = f", {when}" if when else ""

@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 
@@ -108,7 +109,7 @@ class ManifestDiff:
         return "; ".join(parts) or "tree matches the manifest"
 
 
-def current_entries(layout: Layout, store: Store) -> list[dict]:
+def current_entries(layout: Layout, store: Store) -> list[dict[str, Any]]:
     """The manifest's entries: every asset file with its hash as the store knows it."""
     return [
         {"path": layout.relative(path), "size": path.stat().st_size, "sha256": store.sha256(path)}
@@ -116,11 +117,11 @@ def current_entries(layout: Layout, store: Store) -> list[dict]:
     ]
 
 
-def load_manifest(layout: Layout) -> dict | None:
+def load_manifest(layout: Layout) -> dict[str, Any] | None:
     """The manifest, or None if there is none yet; a malformed one is an error."""
     if not layout.manifest.is_file():
         return None
-    data = read_json(layout.manifest, "manifest")
+    data: dict[str, Any] = read_json(layout.manifest, "manifest")  # SCHEMA: an object
     try:
         jsonschema.validate(data, SCHEMA)
     except jsonschema.ValidationError as exc:
@@ -148,7 +149,7 @@ class ManifestUpdate:
         return self.written
 
 
-def _entries_diff(old: list[dict], new: list[dict]) -> ManifestDiff:
+def _entries_diff(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> ManifestDiff:
     before = {e["path"]: e for e in old}
     after = {e["path"]: e for e in new}
     return ManifestDiff(
@@ -196,7 +197,7 @@ def refresh_manifest(layout: Layout, store: Store | None = None) -> ManifestUpda
     return ManifestUpdate(True, diff)
 
 
-def compare_with_manifest(layout: Layout, manifest: dict, store: Store) -> ManifestDiff:
+def compare_with_manifest(layout: Layout, manifest: dict[str, Any], store: Store) -> ManifestDiff:
     """Name every file that changed, went missing or appeared since the manifest was written."""
     diff = ManifestDiff()
     recorded = {entry["path"]: entry for entry in manifest["files"]}

@@ -71,7 +71,8 @@ def _metadata(layout: Layout, name: str) -> ModelMetadata | None:
 
 def _summary(layout: Layout, name: str) -> dict[str, Any] | None:
     summaries = layout.dataset(name).summaries()
-    return read_json_or_none(summaries[-1] if summaries else None)
+    summary: dict[str, Any] | None = read_json_or_none(summaries[-1] if summaries else None)
+    return summary
 
 
 def _count_lines(path: Path) -> int:
@@ -79,12 +80,12 @@ def _count_lines(path: Path) -> int:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
 
 
-def _files_under(manifest: dict | None, prefix: str) -> list[dict]:
+def _files_under(manifest: dict[str, Any] | None, prefix: str) -> list[dict[str, Any]]:
     entries = manifest["files"] if manifest else []
     return [e for e in entries if e["path"].startswith(prefix + "/")]
 
 
-def _file_table(entries: list[dict]) -> list[str]:
+def _file_table(entries: list[dict[str, Any]]) -> list[str]:
     if not entries:
         return ["(no files recorded in MANIFEST.json)", ""]
     lines = ["| file | size | sha256 |", "| --- | --- | --- |"]
@@ -117,7 +118,7 @@ def _model_row(name: str, meta: ModelMetadata | None) -> str:
     )
 
 
-def _files_sections(layout: Layout, manifest: dict | None, roots: dict[str, Path]) -> str:
+def _files_sections(layout: Layout, manifest: dict[str, Any] | None, roots: dict[str, Path]) -> str:
     lines = []
     for title, root in roots.items():
         lines += [f"### {title}", ""]
@@ -142,7 +143,7 @@ def _dataset_rows(layout: Layout) -> list[str]:
     return rows
 
 
-def inventory(layout: Layout, manifest: dict | None, manifest_sha: str | None) -> str:
+def inventory(layout: Layout, manifest: dict[str, Any] | None, manifest_sha: str | None) -> str:
     small_rows = [
         f"| {name}_small | {split} | {_count_lines(layout.small(name).split(split))} |"
         for name in DATASETS
@@ -358,7 +359,9 @@ def _tree_lines(node: TreeNode, indent: str) -> Iterator[str]:
         yield from _tree_lines(child, indent + "  ")
 
 
-def storage_readme(layout: Layout, manifest: dict | None, manifest_sha: str | None) -> str:
+def storage_readme(
+    layout: Layout, manifest: dict[str, Any] | None, manifest_sha: str | None
+) -> str:
     tree = storage_tree(layout.root, 3)
     tree.children = [c for c in tree.children if c.name != layout.state_dir.name]
     example = layout.model(assets.MODELS[0]).safetensors_dir
