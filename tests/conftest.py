@@ -7,9 +7,21 @@ from pathlib import Path
 
 import pytest
 
-# Any accidental hub access fails fast instead of hanging on this offline machine.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The suite runs alike whatever the shell that starts it exports. Cleared here, before
+# anything reads them, and so for every subprocess: wmtp's own settings (WMTP_ROOT,
+# WMTP_CATALOG, the WMTP_MAX_* limits), the hub's (a token, an endpoint, a cache), a
+# launcher's rank variables, and what makes rich colour or size its output. A test that
+# needs one sets it.
+_INHERITED_PREFIXES = ("WMTP_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TORCHELASTIC_")
+_INHERITED = (
+    *("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"),
+    *("FORCE_COLOR", "NO_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS", "LINES"),
+)
+for _name in [n for n in os.environ if n.startswith(_INHERITED_PREFIXES) or n in _INHERITED]:
+    del os.environ[_name]
+# Any accidental hub access fails at once: no test may touch the network.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
 @pytest.fixture
