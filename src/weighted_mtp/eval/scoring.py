@@ -8,8 +8,10 @@ sample is the same `(task_id, sample_id)` when lines carry a `sample_id` (or the
 `completion_id`), else a byte-identical line.
 
 Output, next to the samples (atomically, like the harness names them):
-`<samples>_results.jsonl` (each input object plus `passed`, `result`, `reason`) and
-`<samples>_summary.json` (`ScoreSummary`).
+`<samples>_results.jsonl` (each input object plus `passed`, `result`, `reason`; a row
+whose text cannot be written as UTF-8, e.g. a lone surrogate, is written with JSON's
+`\\u` escapes instead) and `<samples>_summary.json` (`ScoreSummary`, with the sandbox's
+protections that were in force).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class ScoreSummary:
     samples_per_second: float
     workers: int
     limits: dict[str, Any]
+    sandbox: dict[str, Any]  # which protections were in force (docs/evaluation-sandbox.md)
     scored_at: str = field(default_factory=utc_now)
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,8 +156,17 @@ def pass_at_ks(
     return {f"pass@{k}": mean_pass_at_k(counts, k) for k in ks}
 
 
+def result_line(row: dict[str, Any]) -> bytes:
+    """One results row as a UTF-8 JSON line; rows holding text UTF-8 cannot encode (lone
+    surrogates, which JSON input may carry) keep it as `\\u` escapes."""
+    try:
+        return (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(row) + "\n").encode("ascii")
+
+
 def write_results(path: Path, samples: list[Sample], outcomes: list[Outcome]) -> None:
-    with atomic_write(results_path(path), "w") as handle:
+    with atomic_write(results_path(path), "wb") as handle:
         for sample, outcome in zip(samples, outcomes, strict=True):
             row = {
                 **sample.record,
@@ -162,18 +174,19 @@ def write_results(path: Path, samples: list[Sample], outcomes: list[Outcome]) ->
                 "result": outcome.result,
                 "reason": outcome.reason,
             }
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            handle.write(result_line(row))
 
 
 def execute(
     samples: list[Sample], problems: dict[str, Problem], workers: int, limits: SandboxLimits
-) -> list[Outcome]:
+) -> tuple[list[Outcome], dict[str, Any]]:
+    """Every sample's outcome, and the sandbox's protections that were in force."""
     jobs = [problems[s.task_id].job(s.completion) for s in samples]
     with (
         progress.task("executing samples", len(jobs), "samples") as advance,
         Sandbox(workers, limits) as box,
     ):
-        return box.run_all(jobs, advance)
+        return box.run_all(jobs, advance), box.protections
 
 
 def score_samples(
@@ -192,7 +205,7 @@ def score_samples(
     problems = load_problems(layout, dataset, split, only={s.task_id for s in samples})
     require_known(samples, problems, samples_path, split)
     start = time.perf_counter()
-    outcomes = execute(samples, problems, workers, limits)
+    outcomes, protections = execute(samples, problems, workers, limits)
     wall = time.perf_counter() - start
     write_results(samples_path, samples, outcomes)
     counts = Counter(o.result for o in outcomes)
@@ -210,6 +223,7 @@ def score_samples(
         samples_per_second=round(len(samples) / wall, 2) if wall > 0 else 0.0,
         workers=workers,
         limits=asdict(limits),
+        sandbox=protections,
     )
     write_json(summary_path(samples_path), summary.to_dict())
     return summary

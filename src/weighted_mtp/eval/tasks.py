@@ -3,11 +3,14 @@ completion for each becomes a sandbox job. The dataset's row schema
 (`AssetSpec.dataset_format`) chooses how a row becomes a problem; its raw file is the
 registry's `raw_file` (or the split's file).
 
-- HumanEval: the completion continues the function `prompt`; the job is
-  `prompt + completion + test + check(entry_point)`, exactly the harness's check program.
-- MBPP: the completion is a whole program; the job is the program, then
-  `test_setup_code`, then the `test_list` asserts (the challenge tests are left out, as in
-  the MBPP paper's evaluation).
+- HumanEval: the completion continues the function `prompt`; the sample's program is
+  `prompt + completion`, and its judge runs the prompt's own helpers, then `test +
+  check(entry_point)` with `entry_point` the sample's: the harness's check program, with
+  tests and sample in separate processes.
+- MBPP: the completion is a whole program; the judge runs `test_setup_code`, then the
+  `test_list` asserts (the challenge tests are left out, as in the MBPP paper's
+  evaluation); the names the reference solution defines are taken from the sample even
+  where they are built-ins (task 126 asks for a function named `sum`).
 - CodeContests: the completion is a whole program run on the public, private and generated
   tests via stdin/stdout under the problem's time limit (memory: its limit plus headroom
   for the interpreter).
@@ -15,6 +18,8 @@ registry's `raw_file` (or the split's file).
 
 from __future__ import annotations
 
+import ast
+import builtins
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,15 +42,26 @@ class Problem:
     dataset: str
     task_id: str
     prompt: str  # HumanEval: the code the completion continues; else ""
-    program_suffix: str  # appended after the completion (function-style datasets)
+    program_suffix: str  # the tests, run by the judge after the completion (function-style)
     tests: tuple[tuple[str, str], ...] | None = None  # stdin/stdout datasets
     time_limit: float | None = None
     memory_bytes: int | None = None
+    entry_points: tuple[str, ...] = ()  # names the judge takes from the sample
 
     def job(self, completion: str) -> Job:
         if self.tests is not None:
-            return Job(completion, self.tests, self.time_limit, self.memory_bytes)
-        return Job(self.prompt + completion + "\n" + self.program_suffix)
+            return Job(
+                completion,
+                tests=self.tests,
+                timeout=self.time_limit,
+                memory_bytes=self.memory_bytes,
+            )
+        return Job(
+            self.prompt + completion,
+            test=self.program_suffix,
+            prelude=self.prompt,
+            entry_points=self.entry_points,
+        )
 
 
 def raw_files(layout: Layout, dataset: str, split: str) -> list[Path]:
@@ -76,17 +92,38 @@ def _humaneval(dataset: str, row: dict[str, Any], path: Path, line: int) -> Prob
         str(field(row, "task_id", path, line)),
         field(row, "prompt", path, line),
         field(row, "test", path, line) + "\n" + f"check({entry_point})\n",
+        entry_points=(entry_point,),
     )
+
+
+def defined_builtin_names(reference: str, tests: str) -> tuple[str, ...]:
+    """Top-level names the reference solution defines that the tests use and that are
+    also built-ins: the judge must take those from the sample (plain Python would, since
+    program and tests share one namespace); every other built-in stays the judge's own."""
+    try:
+        program, test = ast.parse(reference), ast.parse(tests)
+    except (SyntaxError, ValueError):
+        return ()
+    defined = set()
+    for node in program.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+        elif isinstance(node, ast.Assign):
+            defined.update(t.id for t in node.targets if isinstance(t, ast.Name))
+    used = {node.id for node in ast.walk(test) if isinstance(node, ast.Name)}
+    return tuple(sorted(name for name in defined & used if hasattr(builtins, name)))
 
 
 def _mbpp(dataset: str, row: dict[str, Any], path: Path, line: int) -> Problem:
     setup = row.get("test_setup_code") or ""
     tests = "\n".join(field(row, "test_list", path, line))
+    program = f"{setup}\n{tests}\n"
     return Problem(
         dataset,
         canonical_task_id(dataset, field(row, "task_id", path, line)),
         "",
-        f"{setup}\n{tests}\n",
+        program,
+        entry_points=defined_builtin_names(str(row.get("code") or ""), program),
     )
 
 

@@ -105,9 +105,13 @@ def test_parse_ks() -> None:
             parse_ks(bad)
 
 
-def test_humaneval_job_is_the_harness_check_program(eval_layout) -> None:
+def test_humaneval_job_is_the_harness_check_program_split_at_the_completion(eval_layout) -> None:
+    """The sample runs prompt + completion; the judge runs the prompt's helpers, then the
+    harness's `test + check(entry_point)` with the sample's entry point."""
     problem = load_problems(eval_layout, "humaneval", only={"HumanEval/0"})["HumanEval/0"]
     job = problem.job("    return True\n")
-    assert job.program.startswith(problem.prompt + "    return True\n\n")
-    assert job.program.rstrip().endswith("check(has_close_elements)")
+    assert job.program == problem.prompt + "    return True\n"
+    assert job.prelude == problem.prompt
+    assert job.test.rstrip().endswith("check(has_close_elements)")
+    assert job.entry_points == ("has_close_elements",)
     assert job.tests is None

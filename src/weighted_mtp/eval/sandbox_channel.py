@@ -1,0 +1,685 @@
+"""The narrow channel between a sample and its judge: plain data and handles, never code.
+
+A function-style sample runs in one process and the tests that judge it in another (see
+`sandbox_worker`), joined by a socket. The judge sends requests ("call this", "give me that
+global"); the sample answers with values. Values cross as tagged JSON:
+
+- None, bool, int, float, str, bytes, bytearray, complex, and the containers list, tuple,
+  set, frozenset, dict, plus the standard library's Counter, OrderedDict, deque, Fraction,
+  Decimal, range, date, time, datetime, timedelta (subclasses cross as their base type;
+  numpy scalars as the Python number they hold), rebuilt on the other side as those exact
+  types, so the judge compares them with the built-in `==`;
+- a standard-library module as its name (the judge imports its own copy);
+- anything else stays where it is and crosses as a handle: the judge can call it, read and
+  set attributes and items, iterate it and ask its length, truth and repr, but a handle is
+  equal only to itself, so an object with a rigged `__eq__` never decides a comparison.
+
+Lists, dicts, sets, bytearrays and deques the judge passed are written back after a call,
+so a function that sorts its argument in place is seen to have done so. Messages are
+length-prefixed and at most `FRAME_LIMIT` bytes; the judge treats anything malformed as the
+sample's error. Standard library only: the sandbox worker's processes import this.
+"""
+
+from __future__ import annotations
+
+import builtins
+import collections
+import contextlib
+import importlib
+import json
+import socket
+import struct
+import sys
+import types
+from base64 import b64decode, b64encode
+from collections.abc import Callable
+from typing import Any
+
+FRAME_LIMIT = 16 << 20  # bytes in one message
+DEPTH_LIMIT = 200  # nesting of one value
+TEXT_LIMIT = 1000  # characters of an exception message or repr that cross
+REASON_LIMIT = 300  # characters of a verdict's reason
+INT_BITS_AS_NUMBER = 12_000  # larger ints cross as hex (decimal text is capped at 4300 digits)
+HEADER = struct.Struct(">I")
+
+Json = Any  # what json.dumps accepts / json.loads returns
+MUTABLE = (list, dict, set, bytearray, collections.deque)
+
+
+class ChannelClosed(Exception):
+    """The other side closed the channel (or died)."""
+
+
+class ProtocolError(Exception):
+    """The other side sent something that is not a valid message or value."""
+
+
+class SampleError(Exception):
+    """An exception the sample raised whose type is not a built-in exception."""
+
+
+class SampleGone(Exception):
+    """The sample's process ended, or broke the protocol, before the tests finished."""
+
+
+def bounded(text: str, limit: int = TEXT_LIMIT) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def describe(exc: BaseException) -> str:
+    """`Type: message` on one line, at most REASON_LIMIT characters."""
+    if isinstance(exc, (SampleError, SampleGone)):
+        text = str(exc)
+    else:
+        try:
+            message = str(exc)
+        except BaseException:  # a rigged __str__
+            message = ""
+        text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return bounded(" ".join(text.split()), REASON_LIMIT)
+
+
+# --- framing ------------------------------------------------------------------------------
+
+
+def send_frame(sock: socket.socket, message: Json) -> None:
+    data = json.dumps(message, separators=(",", ":")).encode()
+    if len(data) > FRAME_LIMIT:
+        raise ProtocolError(f"message of {len(data)} bytes is over {FRAME_LIMIT}")
+    sock.sendall(HEADER.pack(len(data)) + data)
+
+
+def _receive_exactly(sock: socket.socket, size: int) -> bytes:
+    chunks = bytearray()
+    while len(chunks) < size:
+        chunk = sock.recv(min(size - len(chunks), 1 << 20))
+        if not chunk:
+            raise ChannelClosed("the other side closed the channel")
+        chunks += chunk
+    return bytes(chunks)
+
+
+def receive_frame(sock: socket.socket) -> Json:
+    try:
+        (size,) = HEADER.unpack(_receive_exactly(sock, HEADER.size))
+        if size > FRAME_LIMIT:
+            raise ProtocolError(f"a message of {size} bytes is over the {FRAME_LIMIT} limit")
+        return json.loads(_receive_exactly(sock, size))
+    except OSError as exc:
+        raise ChannelClosed(str(exc)) from None
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"malformed message ({type(exc).__name__})") from None
+
+
+# --- values -------------------------------------------------------------------------------
+
+
+def _stdlib_module_name(value: object) -> str | None:
+    name = value.__name__ if isinstance(value, types.ModuleType) else None
+    if isinstance(name, str) and name.partition(".")[0] in sys.stdlib_module_names:
+        return name
+    return None
+
+
+def _numpy_scalar(value: object) -> object | None:
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, numpy.generic):
+        item = value.item()
+        return item if not isinstance(item, numpy.generic) else None
+    return None
+
+
+def encode(value: object, export: Callable[[object], Json], depth: int = 0) -> Json:
+    """`value` as tagged JSON; `export` gives the JSON of anything that is not plain data
+    (a handle) or raises TypeError."""
+    if depth > DEPTH_LIMIT:
+        raise ValueError(f"value nested deeper than {DEPTH_LIMIT}")
+    down = depth + 1
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        number = int.__index__(value)
+        if number.bit_length() <= INT_BITS_AS_NUMBER:
+            return number
+        return ["int", hex(number)]
+    if isinstance(value, float):
+        return float.__float__(value)
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, (bytes, bytearray)):
+        tag = "bytearray" if isinstance(value, bytearray) else "bytes"
+        return [tag, b64encode(bytes(value)).decode()]
+    if isinstance(value, complex):
+        return ["complex", value.real, value.imag]
+    if isinstance(value, (list, tuple, set, frozenset, collections.deque)):
+        items = [encode(item, export, down) for item in value]
+        if isinstance(value, collections.deque):
+            return ["deque", items, value.maxlen]
+        for kind in (list, tuple, frozenset, set):
+            if isinstance(value, kind):
+                return [kind.__name__, items]
+    if isinstance(value, dict):
+        pairs = [[encode(k, export, down), encode(v, export, down)] for k, v in value.items()]
+        if isinstance(value, collections.Counter):
+            return ["Counter", pairs]
+        if isinstance(value, collections.OrderedDict):
+            return ["OrderedDict", pairs]
+        return ["dict", pairs]
+    return _encode_other(value, export, down)
+
+
+def _instance_of(value: object, module: str, name: str) -> bool:
+    """isinstance(value, module.name), without importing the module: a value of a type
+    whose module was never imported is not of that type."""
+    kind = getattr(sys.modules.get(module), name, None)
+    return isinstance(kind, type) and isinstance(value, kind)
+
+
+def _encode_other(value: object, export: Callable[[object], Json], down: int) -> Json:
+    if isinstance(value, range):
+        return ["range", value.start, value.stop, value.step]
+    if _instance_of(value, "fractions", "Fraction"):
+        numerator, denominator = value.numerator, value.denominator  # type: ignore[attr-defined]
+        return ["Fraction", encode(numerator, export, down), encode(denominator, export, down)]
+    if _instance_of(value, "decimal", "Decimal"):
+        return ["Decimal", str(value)]
+    if _instance_of(value, "datetime", "timedelta"):
+        return ["timedelta", value.days, value.seconds, value.microseconds]  # type: ignore[attr-defined]
+    if getattr(value, "tzinfo", None) is None:
+        for name in ("datetime", "date", "time"):  # datetime before its base class date
+            if _instance_of(value, "datetime", name):
+                return [name, value.isoformat()]  # type: ignore[attr-defined]
+    scalar = _numpy_scalar(value)
+    if scalar is not None:
+        return encode(scalar, export, down)
+    return export(value)
+
+
+_SEQUENCES: dict[str, Callable[[list[Any]], Any]] = {
+    "list": list,
+    "tuple": tuple,
+    "set": set,
+    "frozenset": frozenset,
+}
+_MAPPINGS: dict[str, Callable[[list[tuple[Any, Any]]], Any]] = {
+    "dict": dict,
+    "Counter": lambda pairs: collections.Counter(dict(pairs)),
+    "OrderedDict": collections.OrderedDict,
+}
+
+
+def decode(data: Json, resolve: Callable[[str, list[Json]], object], depth: int = 0) -> Any:
+    """Rebuild a value from `encode`'s JSON; `resolve(tag, payload)` rebuilds handles and
+    modules. Anything malformed raises ProtocolError."""
+    if depth > DEPTH_LIMIT:
+        raise ProtocolError(f"value nested deeper than {DEPTH_LIMIT}")
+    if data is None or isinstance(data, (bool, int, float, str)):
+        return data
+    if not isinstance(data, list) or not data or not isinstance(data[0], str):
+        raise ProtocolError("a value that is neither plain nor tagged")
+    tag, payload = data[0], data[1:]
+    try:
+        return _decode_tagged(tag, payload, resolve, depth + 1)
+    except ProtocolError:
+        raise
+    except (TypeError, ValueError, OverflowError, IndexError, ArithmeticError) as exc:
+        raise ProtocolError(f"bad {tag!r} value ({type(exc).__name__})") from None
+
+
+def _decode_tagged(
+    tag: str, payload: list[Json], resolve: Callable[[str, list[Json]], object], down: int
+) -> Any:
+    def item(x: Json) -> Any:
+        return decode(x, resolve, down)
+
+    if tag in _SEQUENCES:
+        (items,) = payload
+        return _SEQUENCES[tag]([item(x) for x in _as_list(items)])
+    if tag in _MAPPINGS:
+        (pairs,) = payload
+        return _MAPPINGS[tag]([(item(k), item(v)) for k, v in _as_list(pairs)])
+    if tag == "deque":
+        items, maxlen = payload
+        if maxlen is not None and not isinstance(maxlen, int):
+            raise TypeError("maxlen")
+        return collections.deque([item(x) for x in _as_list(items)], maxlen)
+    if tag in ("bytes", "bytearray"):
+        (text,) = payload
+        raw = b64decode(_as_str(text), validate=True)
+        return bytearray(raw) if tag == "bytearray" else raw
+    return _decode_scalar(tag, payload, resolve, item)
+
+
+def _decode_scalar(
+    tag: str,
+    payload: list[Json],
+    resolve: Callable[[str, list[Json]], object],
+    item: Callable[[Json], Any],
+) -> Any:
+    if tag == "int":
+        (text,) = payload
+        return int(_as_str(text), 16)
+    if tag == "complex":
+        real, imag = payload
+        return complex(_as_number(real), _as_number(imag))
+    if tag == "Fraction":
+        import fractions
+
+        numerator, denominator = (item(x) for x in payload)
+        return fractions.Fraction(_as_int(numerator), _as_int(denominator))
+    if tag == "Decimal":
+        import decimal
+
+        (text,) = payload
+        return decimal.Decimal(_as_str(text))
+    if tag == "range":
+        start, stop, step = (_as_int(x) for x in payload)
+        return range(start, stop, step)
+    if tag in ("timedelta", "datetime", "date", "time"):
+        import datetime
+
+        if tag == "timedelta":
+            days, seconds, micro = (_as_int(x) for x in payload)
+            return datetime.timedelta(days, seconds, micro)
+        (text,) = payload
+        kind: type[datetime.date | datetime.time] = getattr(datetime, tag)
+        return kind.fromisoformat(_as_str(text))
+    if tag in ("ref", "module"):
+        return resolve(tag, payload)
+    raise ProtocolError(f"unknown value tag {tag!r}")
+
+
+def _as_list(value: Json) -> list[Json]:
+    if not isinstance(value, list):
+        raise TypeError("expected a list")
+    return value
+
+
+def _as_str(value: Json) -> str:
+    if not isinstance(value, str):
+        raise TypeError("expected a string")
+    return value
+
+
+def _as_int(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError("expected an integer")
+    return value
+
+
+def _as_number(value: Json) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError("expected a number")
+    return float(value)
+
+
+# --- the sample's side --------------------------------------------------------------------
+
+
+class Handles:
+    """The sample's objects the judge holds handles to, by number."""
+
+    def __init__(self) -> None:
+        self.objects: list[object] = []
+        self.numbers: dict[int, int] = {}
+
+    def export(self, value: object) -> Json:
+        number = self.numbers.get(id(value))
+        if number is None:
+            number = self.numbers[id(value)] = len(self.objects)
+            self.objects.append(value)  # kept alive, so id(value) stays unique
+        module = _stdlib_module_name(value)
+        if module is not None:
+            return ["module", module, number]
+        return ["ref", number]
+
+    def resolve(self, tag: str, payload: list[Json]) -> object:
+        number = payload[0] if payload else None
+        if tag != "ref" or not isinstance(number, int) or not 0 <= number < len(self.objects):
+            raise ProtocolError(f"no such object {payload!r}")
+        return self.objects[number]
+
+    def encode(self, value: object) -> Json:
+        return encode(value, self.export)
+
+    def decode(self, data: Json) -> Any:
+        return decode(data, self.resolve)
+
+
+def raised(exc: BaseException) -> Json:
+    try:
+        message = str(exc)
+    except BaseException:  # a rigged __str__
+        message = "<unprintable>"
+    return ["raise", bounded(type(exc).__name__, 100), bounded(message)]
+
+
+def _call(handles: Handles, target: object, args: Json, kwargs: Json) -> Json:
+    positional = [handles.decode(a) for a in _as_list(args)]
+    named = {_as_str(k): handles.decode(v) for k, v in _as_list(kwargs)}
+    before = {i: a for i, a in enumerate(_as_list(args)) if isinstance(positional[i], MUTABLE)}
+    before.update({k: v for k, v in _as_list(kwargs) if isinstance(named[k], MUTABLE)})
+    result = target(*positional, **named)  # type: ignore[operator]
+    changed = []
+    for key, original in before.items():
+        value = positional[key] if isinstance(key, int) else named[key]
+        now = handles.encode(value)
+        if now != original:
+            changed.append([key, now])
+    return ["ok", handles.encode(result), changed]
+
+
+def answer(request: Json, namespace: dict[str, Any], handles: Handles) -> Json:
+    """The reply to one request of the judge (run in the sample's process)."""
+    op, *rest = _as_list(request)
+    if op == "global":
+        (name,) = rest
+        if _as_str(name) not in namespace:
+            raise NameError(f"name {name!r} is not defined")
+        return ["ok", handles.encode(namespace[name]), []]
+    target = handles.resolve("ref", [rest[0]])
+    if op == "call":
+        return _call(handles, target, rest[1], rest[2])
+    result: object
+    if op == "getattr":
+        result = getattr(target, _as_str(rest[1]))
+    elif op == "setattr":
+        setattr(target, _as_str(rest[1]), handles.decode(rest[2]))
+        result = None
+    elif op == "getitem":
+        result = target[handles.decode(rest[1])]  # type: ignore[index]
+    elif op == "setitem":
+        target[handles.decode(rest[1])] = handles.decode(rest[2])  # type: ignore[index]
+        result = None
+    elif op == "iter":
+        result = iter(target)  # type: ignore[call-overload]
+    elif op == "next":
+        result = next(target)  # type: ignore[call-overload]
+    elif op == "len":
+        result = len(target)  # type: ignore[arg-type]
+    elif op == "bool":
+        result = bool(target)
+    elif op == "contains":
+        result = handles.decode(rest[1]) in target  # type: ignore[operator]
+    elif op == "repr":
+        result = bounded(repr(target))
+    else:
+        raise ProtocolError(f"unknown request {op!r}")
+    return ["ok", handles.encode(result), []]
+
+
+def run_sample(sock: socket.socket, program: str) -> int:
+    """The sample's side: run the program to its end and say so, with handles to the
+    functions, classes and modules it defined (or say what it raised); then answer the
+    judge until it closes the channel. The exit status for the sample's process."""
+    namespace: dict[str, Any] = {"__name__": "__sample__", "__builtins__": builtins}
+    try:
+        exec(compile(program, "<sample>", "exec"), namespace)
+    except BaseException as exc:  # the program's own failure, SystemExit included
+        with contextlib.suppress(Exception):
+            send_frame(sock, raised(exc))
+        return 1
+    handles = Handles()
+    defined = [
+        [name, handles.encode(value)]
+        for name, value in list(namespace.items())
+        if not name.startswith("__") and (callable(value) or isinstance(value, types.ModuleType))
+    ]
+    send_frame(sock, ["loaded", defined])
+    serve(sock, namespace, handles)
+    return 0
+
+
+def serve(sock: socket.socket, namespace: dict[str, Any], handles: Handles) -> None:
+    """Answer the judge's requests until it closes the channel."""
+    while True:
+        try:
+            request = receive_frame(sock)
+        except (ChannelClosed, ProtocolError):
+            return
+        try:
+            reply = answer(request, namespace, handles)
+            send_frame(sock, reply)
+            continue
+        except (ChannelClosed, OSError):
+            return
+        except BaseException as exc:  # the sample's own exception, or its value is too big
+            reply = raised(exc)
+        try:
+            send_frame(sock, reply)
+        except (ProtocolError, OSError):
+            return
+
+
+# --- the judge's side ---------------------------------------------------------------------
+
+
+def _exception(name: str, message: str) -> Exception:
+    """The judge's own exception for one the sample raised: a built-in exception type by
+    name (so `except ValueError` in a test works), else SampleError."""
+    kind = getattr(builtins, name, None)
+    if isinstance(kind, type) and issubclass(kind, Exception):
+        try:
+            return kind(message)
+        except Exception:  # exception types that need other arguments
+            pass
+    return SampleError(f"{name}: {message}" if message else name)
+
+
+class Channel:
+    """The judge's end: requests to the sample, replies decoded into plain values and
+    `SampleObject` handles."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def resolve(self, tag: str, payload: list[Json]) -> object:
+        if tag == "module" and len(payload) == 2 and isinstance(payload[0], str):
+            name = payload[0]
+            if name.partition(".")[0] in sys.stdlib_module_names:
+                return importlib.import_module(name)
+            payload = payload[1:]
+        (number,) = payload
+        if not isinstance(number, int) or isinstance(number, bool):
+            raise ProtocolError("a handle that is not a number")
+        return SampleObject(self, number)
+
+    def encode(self, value: object) -> Json:
+        return encode(value, _export_handle)
+
+    def receive(self) -> Json:
+        try:
+            return receive_frame(self.sock)
+        except ChannelClosed:
+            raise SampleGone("the sample ended before the tests finished") from None
+        except ProtocolError as exc:
+            raise SampleGone(f"the sample broke the protocol: {exc}") from None
+
+    def request(self, op: str, *args: Json, writeback: dict[Any, Any] | None = None) -> Any:
+        try:
+            send_frame(self.sock, [op, *args])
+        except OSError:
+            raise SampleGone("the sample ended before the tests finished") from None
+        reply = self.receive()
+        try:
+            kind, *rest = _as_list(reply)
+            if kind == "raise" and all(isinstance(x, str) for x in rest) and len(rest) == 2:
+                error = _exception(bounded(rest[0], 100), bounded(rest[1]))
+            elif kind == "ok" and len(rest) == 2:
+                value = decode(rest[0], self.resolve)
+                _write_back(writeback or {}, _as_list(rest[1]), self.resolve)
+                return value
+            else:
+                raise ProtocolError("not a reply")
+        except (ProtocolError, TypeError, ValueError) as exc:
+            raise SampleGone(f"the sample broke the protocol: {exc}") from None
+        raise error
+
+    def wait_loaded(self) -> dict[str, Any]:
+        """Once the sample's program ran to its end, the functions, classes and modules it
+        defined, by name; else raise what it raised."""
+        message = self.receive()
+        if isinstance(message, list) and len(message) == 2 and message[0] == "loaded":
+            try:
+                return {_as_str(k): decode(v, self.resolve) for k, v in _as_list(message[1])}
+            except (ProtocolError, TypeError, ValueError) as exc:
+                raise SampleGone(f"the sample broke the protocol: {exc}") from None
+        if isinstance(message, list) and len(message) == 3 and message[0] == "raise":
+            name, text = bounded(str(message[1]), 100), bounded(str(message[2]))
+            if name == "SystemExit":
+                raise SampleGone(f"the sample exited before the tests finished ({text})")
+            raise _exception(name, text)
+        raise SampleGone("the sample broke the protocol: no 'loaded' message")
+
+    def call(self, number: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        mutable: dict[Any, Any] = {i: a for i, a in enumerate(args) if isinstance(a, MUTABLE)}
+        mutable.update({k: v for k, v in kwargs.items() if isinstance(v, MUTABLE)})
+        return self.request(
+            "call",
+            number,
+            [self.encode(a) for a in args],
+            [[k, self.encode(v)] for k, v in kwargs.items()],
+            writeback=mutable,
+        )
+
+
+def _write_back(
+    targets: dict[Any, Any], changed: list[Json], resolve: Callable[[str, list[Json]], object]
+) -> None:
+    """Make the judge's arguments what the sample's call left them."""
+    for entry in changed:
+        key, data = _as_list(entry)
+        if key not in targets:
+            raise ProtocolError("write-back to an argument that cannot change")
+        target, value = targets[key], decode(data, resolve)
+        if type(value) is not type(target):
+            raise ProtocolError("write-back of another type")
+        if isinstance(target, (list, bytearray)):
+            target[:] = value
+        else:
+            target.clear()
+            (target.update if isinstance(target, (dict, set)) else target.extend)(value)
+
+
+def _export_handle(value: object) -> Json:
+    if isinstance(value, SampleObject):
+        return ["ref", object.__getattribute__(value, "_number")]
+    raise TypeError(f"a {type(value).__name__} cannot be passed to the sample (plain data only)")
+
+
+class SampleObject:
+    """An object that stays in the sample's process. Equal only to itself."""
+
+    __slots__ = ("_channel", "_number")
+
+    def __init__(self, channel: Channel, number: int) -> None:
+        object.__setattr__(self, "_channel", channel)
+        object.__setattr__(self, "_number", number)
+
+    def _ask(self, op: str, *args: Json) -> Any:
+        channel: Channel = object.__getattribute__(self, "_channel")
+        return channel.request(op, object.__getattribute__(self, "_number"), *args)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        channel: Channel = object.__getattribute__(self, "_channel")
+        return channel.call(object.__getattribute__(self, "_number"), args, kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        return self._ask("getattr", name)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        channel: Channel = object.__getattribute__(self, "_channel")
+        self._ask("setattr", name, channel.encode(value))
+
+    def __getitem__(self, key: object) -> Any:
+        channel: Channel = object.__getattribute__(self, "_channel")
+        return self._ask("getitem", channel.encode(key))
+
+    def __setitem__(self, key: object, value: object) -> None:
+        channel: Channel = object.__getattribute__(self, "_channel")
+        self._ask("setitem", channel.encode(key), channel.encode(value))
+
+    def __iter__(self) -> Any:
+        return self._ask("iter")
+
+    def __next__(self) -> Any:
+        return self._ask("next")
+
+    def __len__(self) -> int:
+        length = self._ask("len")
+        if not isinstance(length, int) or isinstance(length, bool) or length < 0:
+            raise TypeError("the sample's __len__ did not give a non-negative int")
+        return length
+
+    def __bool__(self) -> bool:
+        truth = self._ask("bool")
+        if not isinstance(truth, bool):
+            raise TypeError("the sample's __bool__ did not give a bool")
+        return truth
+
+    def __contains__(self, item: object) -> bool:
+        channel: Channel = object.__getattribute__(self, "_channel")
+        found = self._ask("contains", channel.encode(item))
+        if not isinstance(found, bool):
+            raise TypeError("the sample's __contains__ did not give a bool")
+        return found
+
+    def __repr__(self) -> str:
+        try:
+            text = self._ask("repr")
+        except Exception:
+            text = None
+        return text if isinstance(text, str) else "<an object of the sample>"
+
+
+class JudgeNamespace(dict[str, Any]):
+    """The tests' globals: their own names first, then the built-ins, then the sample's
+    module globals, as if tests and program shared a module. The sample's functions,
+    classes and modules come with its 'loaded' message; other values are asked for at each
+    use (they may change)."""
+
+    def __init__(self, channel: Channel) -> None:
+        super().__init__(__name__="__judge__", __builtins__=builtins)
+        self.channel = channel
+        self.defined: dict[str, Any] = {}
+
+    def __missing__(self, name: str) -> Any:
+        if name.startswith("__") or hasattr(builtins, name):
+            raise KeyError(name)
+        return self.sample_global(name)
+
+    def sample_global(self, name: str) -> Any:
+        if name in self.defined:
+            return self.defined[name]
+        try:
+            return self.channel.request("global", name)
+        except NameError:
+            raise KeyError(name) from None
+
+    def take_from_sample(self, name: str) -> None:
+        """Bind `name` to the sample's object even where the tests or built-ins have one
+        (the function under test, e.g. MBPP's `sum`)."""
+        with contextlib.suppress(KeyError):
+            self[name] = self.sample_global(name)
+
+
+def judge(sock: socket.socket, prelude: str, test: str, entry_points: list[str]) -> dict[str, Any]:
+    """The judge's side: the prelude, then the tests against the sample; the verdict
+    (`sample_gone` when the sample vanished, so the worker can say how it ended)."""
+    channel = Channel(sock)
+    namespace = JudgeNamespace(channel)
+    try:
+        exec(compile(prelude, "<prompt>", "exec"), namespace)
+        namespace.defined = channel.wait_loaded()
+        for name in entry_points:
+            namespace.take_from_sample(name)
+        exec(compile(test, "<tests>", "exec"), namespace)
+    except AssertionError as exc:
+        return {"result": "failed", "reason": describe(exc)}
+    except SampleGone as exc:
+        return {"result": "error", "reason": describe(exc), "sample_gone": True}
+    except BaseException as exc:  # the tests' error on the sample's values, or the sample's
+        return {"result": "error", "reason": describe(exc)}
+    return {"result": "passed", "reason": ""}

@@ -1,0 +1,188 @@
+"""Linux isolation for the sandbox worker: namespaces, a private read-only root, prctl.
+
+When the worker runs as root and the kernel allows it, it moves into new mount, PID and
+network namespaces (it is PID 1 of its own: when it dies, every process of its samples
+dies) and replaces its root with a fresh tmpfs that holds only:
+
+- read-only bind mounts of /usr, /etc, /bin, /sbin, /lib* and of the interpreter: its
+  prefixes and every directory on `sys.path` (the standard library, site-packages with
+  numpy and the other installed packages), so every module a plain `python3` imports also
+  imports for the unprivileged sample, wherever Python is installed (e.g. under /root);
+- /dev with null, zero, full, random and urandom;
+- a /proc of its own PID namespace that shows each user only its own processes;
+- empty /tmp and /dev/shm, where each sample gets a fresh size-limited tmpfs.
+
+Nothing else of the host is visible: not the storage, not home folders, not other samples'
+folders; and there is no network (the namespace has only a loopback device, down).
+Standard library only: the worker imports this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import platform
+import sys
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MNT_DETACH = 2
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4
+PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 36, 38
+PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41}  # syscall numbers
+
+SYSTEM_DIRS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+DEVICES = ("null", "zero", "full", "random", "urandom")
+DEVICE_LINKS = {
+    "fd": "/proc/self/fd",
+    "stdin": "/proc/self/fd/0",
+    "stdout": "/proc/self/fd/1",
+    "stderr": "/proc/self/fd/2",
+}
+# Existing directories to build the new root on (hidden in this mount namespace only).
+STAGING = ("/tmp", "/mnt", "/media", "/srv")
+SCRATCH = ("/tmp", "/dev/shm")  # where each sample gets its own tmpfs
+SCRATCH_INODES = 4096
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p]
+_libc.mount.argtypes += [ctypes.c_ulong, ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong]
+_libc.prctl.argtypes += [ctypes.c_ulong, ctypes.c_ulong]
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+
+def _bytes(text: str | None) -> bytes | None:
+    return None if text is None else os.fsencode(text)
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), "unshare")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str = "") -> None:
+    result = _libc.mount(_bytes(source), _bytes(target), _bytes(fstype), flags, _bytes(data))
+    _check(result, f"mount {target}")
+
+
+def umount(target: str) -> None:
+    _check(_libc.umount2(_bytes(target), MNT_DETACH), f"umount {target}")
+
+
+def prctl(option: int, value: int) -> None:
+    _check(_libc.prctl(option, value, 0, 0, 0), f"prctl {option}")
+
+
+def interpreter_paths() -> list[str]:
+    """The directories a program run by this interpreter may import from (real paths)."""
+    wanted = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    wanted.update(path for path in sys.path if path and os.path.isdir(path))
+    return sorted({os.path.realpath(path) for path in wanted} - {"/"})
+
+
+def outermost(paths: list[str]) -> list[str]:
+    """`paths` without those inside another of them."""
+    ordered = sorted(set(paths))
+    return [p for p in ordered if not any(p.startswith(q.rstrip("/") + "/") for q in ordered)]
+
+
+def _staging_point() -> str:
+    for path in STAGING:
+        if os.path.isdir(path) and not os.path.islink(path):
+            return path
+    raise OSError("no directory to build the sandbox's root on (tried /tmp, /mnt, /media, /srv)")
+
+
+def _bind_readonly(source_fd: int, target: str) -> None:
+    mount(f"/proc/self/fd/{source_fd}", target, None, MS_BIND | MS_REC)
+    flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV
+    mount(None, target, None, flags)
+
+
+def _populate(root: str, sources: dict[str, int], links: dict[str, str]) -> None:
+    for path, fd in sources.items():
+        os.makedirs(root + path, mode=0o755, exist_ok=True)
+        _bind_readonly(fd, root + path)
+    for path, target in links.items():
+        parent = os.path.dirname(root + path)
+        os.makedirs(parent, mode=0o755, exist_ok=True)
+        with contextlib.suppress(OSError):  # inside a read-only bind: it resolves there
+            os.symlink(target, root + path)
+
+
+def _populate_dev(root: str, devices: dict[str, int]) -> None:
+    dev = root + "/dev"
+    os.makedirs(dev, mode=0o755)
+    mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k")
+    for name, fd in devices.items():
+        open(f"{dev}/{name}", "w").close()
+        mount(f"/proc/self/fd/{fd}", f"{dev}/{name}", None, MS_BIND)
+    for name, target in DEVICE_LINKS.items():
+        os.symlink(target, f"{dev}/{name}")
+    os.mkdir(f"{dev}/shm", 0o755)
+
+
+def enter_private_root() -> None:
+    """Replace this process's root by the sandbox's (it must be root, alone in new mount and
+    PID namespaces)."""
+    pivot_root = PIVOT_ROOT.get(platform.machine())
+    if pivot_root is None:
+        raise OSError(f"pivot_root: syscall number unknown on {platform.machine()}")
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    links: dict[str, str] = {}
+    sources: list[str] = []
+    for path in SYSTEM_DIRS:
+        if os.path.islink(path):
+            links[path] = os.readlink(path)
+        elif os.path.isdir(path):
+            sources.append(path)
+    wanted = {os.path.abspath(p) for p in (sys.prefix, sys.base_prefix, *sys.path) if p}
+    for path in wanted:
+        if os.path.isdir(path) and os.path.realpath(path) != path:
+            links[path] = os.path.realpath(path)
+    fds = {
+        path: os.open(path, os.O_PATH | os.O_CLOEXEC)
+        for path in outermost(sources + interpreter_paths())
+    }
+    devices = {name: os.open(f"/dev/{name}", os.O_PATH | os.O_CLOEXEC) for name in DEVICES}
+    root = _staging_point()
+    mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
+    try:
+        _populate(root, fds, links)
+        _populate_dev(root, devices)
+        for path in ("/proc", "/tmp"):
+            os.makedirs(root + path, mode=0o755, exist_ok=True)
+    finally:
+        for fd in (*fds.values(), *devices.values()):
+            os.close(fd)
+    os.chdir(root)
+    _check(_libc.syscall(pivot_root, b".", b"."), "pivot_root")
+    umount(".")  # the old root, stacked under the new one
+    os.chdir("/")
+    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2")
+    mount(None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def fresh_scratch(owner: tuple[int, int], size_bytes: int) -> None:
+    """An empty tmpfs at /tmp and /dev/shm, owned by `owner`, for one sample."""
+    uid, gid = owner
+    options = f"size={size_bytes},nr_inodes={SCRATCH_INODES},mode=0700,uid={uid},gid={gid}"
+    for path in SCRATCH:
+        mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, options)
+
+
+def drop_scratch() -> None:
+    for path in SCRATCH:
+        with contextlib.suppress(OSError):  # not mounted: the sample never got that far
+            umount(path)

@@ -1,0 +1,244 @@
+"""Samples that try to fake a pass, or to hurt their siblings, score as what they are.
+
+Each attack is a real completion scored through `score_samples` (real HumanEval, the
+synthetic CodeContests) or run in real sandbox workers; every one of them scored `passed`
+(or took its siblings down) before the judge ran in its own process."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from weighted_mtp.eval.sandbox import Job, Sandbox
+from weighted_mtp.eval.scoring import results_path, score_samples
+from weighted_mtp.eval.tasks import load_problems
+
+AS_ROOT = os.geteuid() == 0
+WRONG_BODY = "    return True\n"  # HumanEval/0 with this body fails its third assert
+
+# Reads the harness's nonce and result descriptor from its caller's frame and reports a pass.
+FRAME_FORGERY = WRONG_BODY + textwrap.dedent(
+    """
+    import json, os, sys
+    def _forge():
+        frame = sys._getframe(0)
+        while frame is not None:
+            seen = frame.f_locals
+            if "nonce" in seen and "result_fd" in seen:
+                line = json.dumps({"status": "passed", "nonce": seen["nonce"]}) + "\\n"
+                os.write(seen["result_fd"], line.encode())
+                os._exit(0)
+            frame = frame.f_back
+    _forge()
+    """
+)
+
+# Replaces the test function `check` with a no-op just before it is called.
+TRACE_SWAP = WRONG_BODY + textwrap.dedent(
+    """
+    import sys
+    def _noop(candidate):
+        return None
+    def _tracer(frame, event, arg):
+        if frame.f_globals.get("check") not in (None, _noop):
+            frame.f_globals["check"] = _noop
+        return _tracer
+    sys.settrace(_tracer)
+    sys._getframe().f_trace = _tracer
+    """
+)
+
+RIGGED_EQ = textwrap.indent(
+    textwrap.dedent(
+        """
+        class Anything:
+            def __eq__(self, other):
+                return True
+            __hash__ = object.__hash__
+        return Anything()
+        """
+    ),
+    "    ",
+)
+
+RIGGED_INT = textwrap.indent(
+    textwrap.dedent(
+        """
+        class Anything(int):
+            def __eq__(self, other):
+                return True
+            __hash__ = int.__hash__
+        return Anything(0)
+        """
+    ),
+    "    ",
+)
+
+# A stdin/stdout program that prints the expected output it finds in its callers' frames.
+EXPECTED_OUTPUT_THEFT = textwrap.dedent(
+    """
+    import gc, sys
+    found = None
+    frame = sys._getframe(0)
+    while frame is not None and found is None:
+        found = frame.f_locals.get("expected")
+        frame = frame.f_back
+    if found is None:
+        for thing in gc.get_objects():
+            if isinstance(thing, dict) and "tests" in thing and thing.get("tests"):
+                found = thing["tests"][0][1]
+                break
+    print(found if isinstance(found, str) else "nothing found")
+    """
+)
+
+
+def write_samples(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def scored(layout, dataset: str, path: Path) -> list[dict]:
+    score_samples(layout, dataset, path, ks=(1,))
+    return [json.loads(line) for line in results_path(path).read_text().splitlines()]
+
+
+@pytest.mark.parametrize(
+    "completion",
+    [FRAME_FORGERY, TRACE_SWAP, RIGGED_EQ, RIGGED_INT],
+    ids=["frame-introspection", "settrace-swaps-check", "rigged-eq", "rigged-int-eq"],
+)
+def test_a_wrong_humaneval_completion_cannot_fake_a_pass(eval_layout, tmp_path, completion):
+    path = write_samples(
+        tmp_path / "samples.jsonl",
+        [
+            {"task_id": "HumanEval/0", "completion": completion, "sample_id": 0},
+            {"task_id": "HumanEval/0", "completion": WRONG_BODY, "sample_id": 1},
+        ],
+    )
+    attack, plain_wrong = scored(eval_layout, "humaneval", path)
+    assert plain_wrong["result"] == "failed"
+    assert attack["result"] in ("failed", "error"), attack
+
+
+def test_a_codecontests_program_cannot_read_the_expected_output(eval_layout, tmp_path):
+    problems = load_problems(eval_layout, "codecontests", "test")
+    task_id = next(t for t, p in problems.items() if p.tests)
+    path = write_samples(
+        tmp_path / "samples.jsonl", [{"task_id": task_id, "completion": EXPECTED_OUTPUT_THEFT}]
+    )
+    (row,) = scored(eval_layout, "codecontests", path)
+    assert row["result"] in ("failed", "error"), row
+
+
+@pytest.mark.parametrize(
+    ("completion", "reason_part"),
+    [
+        ("    raise ValueError('\\ud800')\n", "ValueError"),
+        ("    raise ValueError('a\\x00b')\n", "ValueError"),
+        ("    raise ValueError('x' * 10**8)\n", "ValueError"),
+        (
+            "    import sys\n    block = b'x' * 2**20\n    for _ in range(1024):\n"
+            "        sys.stdout.buffer.write(block)\n"
+            "    return True\n",
+            "AssertionError",
+        ),
+    ],
+    ids=["lone-surrogate", "nul", "100-MB-message", "1-GB-printed"],
+)
+def test_any_text_a_sample_produces_is_that_samples_bounded_verdict(
+    eval_layout, tmp_path, completion, reason_part
+):
+    path = write_samples(
+        tmp_path / "samples.jsonl",
+        [
+            {"task_id": "HumanEval/2", "completion": completion, "sample_id": 0},
+            {"task_id": "HumanEval/2", "completion": "    return number % 1.0\n", "sample_id": 1},
+        ],
+    )
+    bad, good = scored(eval_layout, "humaneval", path)
+    assert good["result"] == "passed"
+    assert bad["result"] in ("failed", "error")
+    assert reason_part in bad["reason"] and len(bad["reason"]) <= 400
+    results_path(path).read_bytes().decode("utf-8")  # the file is valid UTF-8 throughout
+
+
+def test_a_program_printing_a_gigabyte_is_one_bounded_error(eval_layout, tmp_path):
+    problems = load_problems(eval_layout, "codecontests", "test")
+    task_id = next(t for t, p in problems.items() if p.tests)
+    flood = "import sys\nblock = 'x' * 2**20\nfor _ in range(1024):\n    sys.stdout.write(block)\n"
+    path = write_samples(tmp_path / "samples.jsonl", [{"task_id": task_id, "completion": flood}])
+    (row,) = scored(eval_layout, "codecontests", path)
+    assert row["result"] == "error" and len(row["reason"]) <= 400, row
+
+
+# `posix` is `os` without the harness's reliability guard.
+KILL_EVERYONE = """
+import posix, time
+end = time.time() + 2.5
+while time.time() < end:
+    try:
+        posix.kill(-1, 9)
+    except OSError:
+        pass
+    time.sleep(0.01)
+"""
+
+KILL_WHAT_PROC_SHOWS = """
+import posix, time
+me = posix.getpid()
+end = time.time() + 2.5
+while time.time() < end:
+    for name in posix.listdir('/proc'):
+        if name.isdigit() and int(name) != me:
+            try:
+                posix.kill(int(name), 9)
+            except OSError:
+                pass
+    time.sleep(0.01)
+"""
+
+WRITE_INTO_OTHERS = """
+import os, posix, time
+mine = posix.getcwd()
+end = time.time() + 2.5
+while time.time() < end:
+    for top in {'/tmp', os.path.dirname(mine)}:
+        try:
+            names = posix.listdir(top)
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(top, name)
+            if path != mine and os.path.isdir(path):
+                try:
+                    with open(os.path.join(path, 'planted'), 'w') as handle:
+                        handle.write('x')
+                except OSError:
+                    pass
+    time.sleep(0.01)
+"""
+
+# A correct sample that takes a while and checks nobody wrote into its folder.
+VICTIM = """
+import os, time
+time.sleep(1.5)
+assert os.listdir('.') == [], os.listdir('.')
+"""
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="per-sample identities need root (see the docs page)")
+@pytest.mark.parametrize(
+    "attack",
+    [KILL_EVERYONE, KILL_WHAT_PROC_SHOWS, WRITE_INTO_OTHERS],
+    ids=["kill-minus-1", "kill-all-in-proc", "write-into-sibling-folders"],
+)
+def test_a_sample_cannot_touch_its_siblings(attack):
+    jobs = [Job(attack, timeout=10.0)] + [Job(VICTIM, timeout=10.0) for _ in range(3)]
+    with Sandbox(4) as box:
+        outcomes = box.run_all(jobs)
+    assert [o.result for o in outcomes[1:]] == ["passed"] * 3, outcomes
