@@ -1,0 +1,82 @@
+"""Where the sandbox cannot have all its protections it still judges the same way, and
+says which protections were in force; where samples could not import the standard
+library it refuses to score rather than bias every pass@k downward."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from weighted_mtp.errors import WmtpError
+from weighted_mtp.eval.sandbox import Job, Sandbox, SandboxLimits
+from weighted_mtp.eval.sandbox_isolation import interpreter_paths
+
+JOBS = """
+from weighted_mtp.eval.sandbox import Job, Sandbox
+rigged = "def f():\\n    return type('A', (), {'__eq__': lambda s, o: True})()\\n"
+jobs = [
+    Job("def f(x):\\n    return 2 * x\\n", test="assert f(3) == 6"),
+    Job("def f(x):\\n    return x\\n", test="assert f(3) == 6"),
+    Job(rigged, test="assert f() == 1"),
+    Job("print(int(input()) * 2)", tests=(("21", "42"),)),
+    Job("import numpy, urllib.parse, xml.etree.ElementTree"),
+]
+with Sandbox(2) as box:
+    results = [o.result for o in box.run_all(jobs)]
+print(json.dumps({"euid": os.geteuid(), "protections": box.protections, "results": results}))
+"""
+EXPECTED = ["passed", "failed", "failed", "passed", "passed"]
+
+
+def test_without_root_samples_are_judged_the_same_and_the_record_says_what_is_missing():
+    """Run as an unprivileged user (a user namespace without id mappings makes this
+    process uid 65534, with no privileges on the host)."""
+    if shutil.which("unshare") is None:
+        pytest.skip("util-linux unshare is not installed")
+    script = "import json, os\n" + textwrap.dedent(JOBS)
+    done = subprocess.run(
+        ["unshare", "--user", sys.executable, "-c", script], capture_output=True, text=True
+    )
+    if done.returncode != 0 and "unshare failed" in done.stderr:
+        pytest.skip(f"user namespaces are not allowed here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report["euid"] != 0
+    assert report["results"] == EXPECTED
+    assert report["protections"]["separate_judge"] is True
+    assert report["protections"]["own_identities"] is False
+    assert report["protections"]["pid_namespace"] is False
+    assert report["protections"]["namespaces_unavailable"] == "not root"
+
+
+def readable_by_everyone(path: str) -> bool:
+    """Whether every folder from / down to `path` lets other users in."""
+    parts = path.strip("/").split("/")
+    for depth in range(len(parts) + 1):
+        folder = "/" + "/".join(parts[:depth])
+        if not os.stat(folder).st_mode & stat.S_IXOTH:
+            return False
+    return bool(os.stat(path).st_mode & stat.S_IROTH)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="identities of its own need root")
+def test_as_root_without_namespaces_an_unreadable_interpreter_is_refused_up_front():
+    limits = SandboxLimits(namespaces=False)
+    if all(readable_by_everyone(path) for path in interpreter_paths()):
+        with Sandbox(1, limits) as box:
+            outcomes = box.run_all([Job("import urllib.parse", test="assert True")])
+            assert box.protections["own_identities"] and not box.protections["private_root"]
+        assert outcomes[0].passed
+        return
+    with (
+        pytest.raises(WmtpError, match=r"cannot read .* private mount namespaces"),
+        Sandbox(1, limits),
+    ):
+        pass
