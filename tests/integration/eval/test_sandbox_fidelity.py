@@ -6,8 +6,8 @@ evaluation frameworks download it at run time), so MBPP_TASKS below is a fixture
 format that does what MBPP's programs and tests do: module-level helpers and constants,
 classes defined by the solution and built by the tests' setup code, generators, sets,
 tuples, `math.isclose`, standard-library imports, a function named like a built-in (real
-task 126 is `sum`) and a module used by the tests through the solution's import (real task
-596 uses `sys.getsizeof`)."""
+task 126 is `sum`), a module used by the tests through the solution's import (real task
+596 uses `sys.getsizeof`) and built-in types as arguments (real task 533)."""
 
 from __future__ import annotations
 
@@ -215,6 +215,15 @@ MBPP_TASKS = [
         "code": "def sort_desc(items):\n  items.sort(reverse=True)\n  return items",
         "test_setup_code": "data = [3, 1, 2]\nresult = sort_desc(data)",
         "test_list": ["assert data == [3, 2, 1]", "assert result == [3, 2, 1]"],
+    },
+    {
+        "task_id": 13,
+        "code": "def remove_type(items, kind):\n"
+        "  return [x for x in items if not isinstance(x, kind)]",
+        "test_list": [
+            "assert remove_type((4, 7.7, 'a'), int) == [7.7, 'a']",
+            "assert remove_type((1, 2.2), float) == [1]",
+        ],
     },
     {
         "task_id": 12,

@@ -28,9 +28,11 @@ from weighted_mtp.eval.sandbox_channel import (
     Handles,
     ProtocolError,
     SampleObject,
+    by_name,
     decode,
     encode,
     judge,
+    judge_export,
     receive_frame,
     run_sample,
 )
@@ -48,12 +50,15 @@ def no_handles(value: object) -> Any:
 
 
 def no_resolve(tag: str, payload: list[Any]) -> object:
+    if tag == "named":
+        return by_name(payload)
     raise ProtocolError(tag)
 
 
 def across(value: object) -> Any:
-    """`value` after a trip through JSON text, as the channel carries it."""
-    return decode(json.loads(json.dumps(encode(value, no_handles))), no_resolve)
+    """`value` after a trip through JSON text, as the channel carries it from the tests
+    to the sample."""
+    return decode(json.loads(json.dumps(encode(value, judge_export))), no_resolve)
 
 
 def same(a: object, b: object) -> bool:
@@ -99,6 +104,8 @@ PLAIN = [
     datetime.datetime(2024, 2, 29, 13, 5, 1, 7),
     datetime.time(23, 59),
     datetime.timedelta(days=-1, seconds=5),
+    int,
+    [str, float, math.sqrt, collections.Counter],
 ]
 
 
@@ -130,6 +137,30 @@ def test_plain_values_cross_as_the_same_value_of_the_same_type(value):
 )
 def test_subclasses_and_numpy_scalars_cross_as_their_plain_value(value, expected):
     assert same(across(value), expected)
+
+
+def test_classes_and_functions_of_the_standard_library_cross_as_themselves():
+    """MBPP task 533 passes `int`, `str` and `float` to the function under test."""
+    for value in (int, len, math.sqrt, collections.OrderedDict, json.dumps):
+        assert across(value) is value
+    assert encode(math.sqrt, judge_export) == ["named", "math", "sqrt"]
+    assert encode([int, len], Handles().export) == [
+        "list",
+        [["named", "builtins", "int"], ["ref", 0]],
+    ]
+    channel = Channel(socket.socket())  # the judge takes classes by name, not functions
+    assert channel.resolve("named", ["builtins", "int"]) is int
+    for function in (["builtins", "eval"], ["os", "system"]):
+        with pytest.raises(ProtocolError):
+            channel.resolve("named", function)
+    channel.sock.close()
+    for forged in (
+        ["named", "os", "system<"],
+        ["named", "numpy", "array"],
+        ["named", "math", "nope"],
+    ):
+        with pytest.raises(ProtocolError):
+            decode(forged, no_resolve)
 
 
 def test_anything_else_crosses_as_a_handle_only():
