@@ -176,37 +176,39 @@ def test_a_program_printing_a_gigabyte_is_one_bounded_error(eval_layout, tmp_pat
     assert row["result"] == "error" and len(row["reason"]) <= 400, row
 
 
-# `posix` is `os` without the harness's reliability guard.
-KILL_EVERYONE = """
-import posix, time
-end = time.time() + 2.5
-while time.time() < end:
+def for_a_while(action: str) -> str:
+    """A program that repeats `action` for 2.5 s. It uses `posix`, which is `os` without
+    the HumanEval harness's reliability guard (the previous sandbox applied it)."""
+    body = textwrap.indent(textwrap.dedent(action).strip(), "    ")
+    return (
+        "import os, posix, time\nend = time.time() + 2.5\nwhile time.time() < end:\n"
+        f"{body}\n    time.sleep(0.01)\n"
+    )
+
+
+KILL_EVERYONE = for_a_while(
+    """
     try:
         posix.kill(-1, 9)
     except OSError:
         pass
-    time.sleep(0.01)
-"""
+    """
+)
 
-KILL_WHAT_PROC_SHOWS = """
-import posix, time
-me = posix.getpid()
-end = time.time() + 2.5
-while time.time() < end:
+KILL_WHAT_PROC_SHOWS = for_a_while(
+    """
     for name in posix.listdir('/proc'):
-        if name.isdigit() and int(name) != me:
+        if name.isdigit() and int(name) != posix.getpid():
             try:
                 posix.kill(int(name), 9)
             except OSError:
                 pass
-    time.sleep(0.01)
-"""
+    """
+)
 
-WRITE_INTO_OTHERS = """
-import os, posix, time
-mine = posix.getcwd()
-end = time.time() + 2.5
-while time.time() < end:
+WRITE_INTO_OTHERS = for_a_while(
+    """
+    mine = posix.getcwd()
     for top in {'/tmp', os.path.dirname(mine)}:
         try:
             names = posix.listdir(top)
@@ -220,8 +222,8 @@ while time.time() < end:
                         handle.write('x')
                 except OSError:
                     pass
-    time.sleep(0.01)
-"""
+    """
+)
 
 # A correct sample that takes a while and checks nobody wrote into its folder.
 VICTIM = """
