@@ -162,10 +162,14 @@ MBPP_TASKS = [
     },
     {
         "task_id": 5,
-        "code": "import math\ndef sphere(r):\n  return 4 / 3 * math.pi * r ** 3",
+        "code": (
+            "import math\nfrom math import tan\ndef sphere(r):\n  return 4 / 3 * math.pi * r ** 3\n"
+            "def slope(degrees):\n  return tan(math.radians(degrees))"
+        ),
         "test_list": [
             "assert math.isclose(sphere(10), 4188.790204786391, rel_tol=0.001)",
             "assert sphere(1) == 4.1887902047863905",
+            "assert math.isclose(slope(45), 1.0)",
         ],
     },
     {

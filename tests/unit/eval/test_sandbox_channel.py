@@ -252,6 +252,8 @@ def test_mbpp_style_programs_work_through_handles():
     methods, module-level helpers and in-place changes to the tests' arguments."""
     program = """
 import heapq
+from math import sqrt
+from collections import Counter
 R = 3
 class Pair:
     def __init__(self, a, b):
@@ -291,6 +293,8 @@ assert items == [1, 2, 3]
 assert spans([Pair(1, 3), Pair(2, 4)]) == {2}
 assert R == 3
 assert Pair(1, 2).span() == 1
+assert sqrt(16) == 4.0
+assert Counter("aab") == {"a": 2, "b": 1}
 assert math.isclose(Pair(0, 0.1 + 0.2).span(), 0.3)
 """
     outcome = verdict(program, "import math\n" + test)
