@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from weighted_mtp.errors import UsageError, WmtpError
-from weighted_mtp.eval.scoring import parse_ks, results_path, score_samples, summary_path
+from weighted_mtp.eval.scoring import (
+    parse_ks,
+    result_line,
+    results_path,
+    score_samples,
+    summary_path,
+)
 from weighted_mtp.eval.tasks import load_problems
 
 
@@ -115,3 +121,30 @@ def test_humaneval_job_is_the_harness_check_program_split_at_the_completion(eval
     assert job.test.rstrip().endswith("check(has_close_elements)")
     assert job.entry_points == ("has_close_elements",)
     assert job.tests is None
+
+
+def test_a_results_row_is_utf8_whatever_text_it_holds():
+    plain = {"completion": "é\x00", "reason": "ok"}
+    assert json.loads(result_line(plain)) == plain
+    assert "é".encode() in result_line(plain)  # readable where it can be
+    lone = {"completion": "x = '\ud800'", "reason": "ValueError: \udfff"}
+    line = result_line(lone)
+    line.decode("utf-8")
+    assert json.loads(line) == lone  # the surrogates survive as \u escapes
+
+
+def test_every_sample_gets_a_row_even_with_unencodable_text(eval_layout, tmp_path):
+    """A completion holding a lone surrogate (valid JSON, invalid UTF-8) is that sample's
+    error, and its row is written like every other."""
+    path = write_lines(
+        tmp_path / "s.jsonl",
+        [
+            sample("HumanEval/2", "    return '\ud800'\n", sample_id=0),
+            sample("HumanEval/2", "    return number % 1.0\n", sample_id=1),
+        ],
+    )
+    summary = score_samples(eval_layout, "humaneval", path, ks=(1,))
+    assert summary.results["passed"] == 1 and summary.results["error"] == 1
+    rows = [json.loads(line) for line in results_path(path).read_bytes().decode().splitlines()]
+    assert rows[0]["completion"] == "    return '\ud800'\n" and rows[0]["result"] == "error"
+    assert summary.sandbox["separate_judge"] is True
