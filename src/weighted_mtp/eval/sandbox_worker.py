@@ -71,6 +71,7 @@ from weighted_mtp.eval.sandbox_channel import (
 PARKED_FDS = 1000  # kept descriptors move above this before they are renumbered from 3
 JUDGE_FOLDER = "/"  # read-only for the judge; the sample's folder is the sample's alone
 STDERR_TAIL = 4 << 10  # bytes of a program's stderr searched for its error
+SETUP_FAILED = 125  # exit status of a sample's process that could not be confined
 ZYGOTE_GRACE = 10.0  # seconds the zygote may take to clean up after a sample
 JUDGE_MEMORY = 4 << 30  # address space of the judge (it decodes the samples' values)
 SAFE_ENV = {
@@ -180,7 +181,7 @@ def sample_process(job: dict[str, Any], fds: list[int], folder: str, ids: Ids | 
     except BaseException as exc:
         with contextlib.suppress(BaseException):
             os.write(2, f"\nsandbox set-up failed: {describe(exc)}\n".encode())
-    os._exit(1)
+    os._exit(SETUP_FAILED)
 
 
 # --- messages between the worker, its zygote and its judge ---------------------------------
@@ -555,6 +556,8 @@ class Worker:
 
 def how_it_ended(status: int) -> tuple[str, str]:
     code = os.waitstatus_to_exitcode(status)
+    if code == SETUP_FAILED:
+        return "error", "the sandbox could not confine the sample's process"
     if code == -signal.SIGXCPU:
         return "timed out", "CPU time limit"
     if code == -signal.SIGXFSZ:
