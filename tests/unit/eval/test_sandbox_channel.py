@@ -334,6 +334,16 @@ def test_the_samples_exceptions_reach_the_tests():
     assert (custom["result"], custom["reason"]) == ("error", "Odd: odd")
 
 
+def test_only_iteration_may_raise_stop_iteration_in_the_tests():
+    """A call that raised StopIteration would silently end a loop of the tests
+    (`all(map(f, cases))` on no case is True)."""
+    program = "def f(x):\n    raise StopIteration\n"
+    outcome = verdict(program, "assert all(map(f, [1, 2]))")
+    assert outcome["result"] == "error" and "StopIteration" in outcome["reason"]
+    generator = "def g():\n    yield 1\n"
+    assert verdict(generator, "assert list(g()) == [1]")["result"] == "passed"
+
+
 @pytest.mark.parametrize(
     ("program", "reason"),
     [
