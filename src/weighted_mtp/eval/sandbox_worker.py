@@ -319,19 +319,40 @@ def judge_server(sock: socket.socket) -> None:
 
 
 def enter_namespaces() -> str | None:
-    """Move into new mount, PID and network namespaces on a private root; None when done,
-    else why not. The calling process waits here for the namespaces' first process (which
-    returns) and exits with its status."""
+    """Continue in new mount, PID and network namespaces on a private root: None when
+    that worked, else why not (and nothing changed). The process that called this waits,
+    in a first child that unshares, for a second one (the namespaces' first process, which
+    returns from here) and exits with its status; if anything fails on the way, the caller
+    itself returns the reason, untouched by the attempt."""
+    read_fd, write_fd = os.pipe()
+    middle = os.fork()
+    if middle != 0:
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as handle:
+            said = handle.read()
+        if said == b"ok":
+            _, status = os.waitpid(middle, 0)
+            os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+        os.waitpid(middle, 0)
+        return said.decode("utf-8", "replace") or "the namespaces' process died"
+    os.close(read_fd)
     try:
         iso.unshare(iso.CLONE_NEWNS | iso.CLONE_NEWPID | iso.CLONE_NEWNET)
+        first = os.fork()
     except OSError as exc:
-        return str(exc)
-    pid = os.fork()
-    if pid != 0:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        _, status = os.waitpid(pid, 0)
+        os.write(write_fd, str(exc).encode())
+        os._exit(1)
+    if first != 0:
+        os.close(write_fd)
+        _, status = os.waitpid(first, 0)
         os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
-    iso.enter_private_root()
+    try:
+        iso.enter_private_root()
+    except OSError as exc:
+        os.write(write_fd, str(exc).encode())
+        os._exit(1)
+    os.write(write_fd, b"ok")
+    os.close(write_fd)
     return None
 
 

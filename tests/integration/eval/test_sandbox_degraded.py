@@ -80,3 +80,28 @@ def test_as_root_without_namespaces_an_unreadable_interpreter_is_refused_up_fron
         Sandbox(1, limits),
     ):
         pass
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="namespaces are tried only as root")
+@pytest.mark.parametrize("breaks", ["unshare", "enter_private_root"])
+def test_a_refused_namespace_leaves_the_worker_as_it_was(breaks):
+    """If the kernel refuses a step, the worker goes on in its own namespaces, unchanged,
+    with the reason (it records it as `namespaces_unavailable`)."""
+    script = textwrap.dedent(
+        f"""
+        import json, os
+        from weighted_mtp.eval import sandbox_isolation as iso, sandbox_worker as worker
+        def refused(*args):
+            raise OSError(1, "{breaks}: Operation not permitted")
+        iso.{breaks} = refused
+        before = [os.readlink(f"/proc/self/ns/{{kind}}") for kind in ("mnt", "net", "pid")]
+        why = worker.enter_namespaces()
+        after = [os.readlink(f"/proc/self/ns/{{kind}}") for kind in ("mnt", "net", "pid")]
+        print(json.dumps({{"why": why, "same": before == after, "pid": os.getpid()}}))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["why"] == f"[Errno 1] {breaks}: Operation not permitted"
+    assert report["same"] and report["pid"] != 1
