@@ -58,16 +58,17 @@ def check_weights(tokens: Tensor, weights: Tensor | None, n_heads: int) -> None:
 
 
 def head_targets(tokens: Tensor, loss_mask: Tensor, weights: Tensor | None, k: int) -> HeadTargets:
-    """What head k at positions 0 .. S-k-2 is scored against."""
+    """What head k at positions 0 .. S-k-2 is scored against (nothing when S <= k + 1:
+    a micro-batch's longest row may be shorter than the heads reach)."""
     shift, seqlen = k + 1, tokens.shape[1]
-    ids = tokens[:, shift:]  # [B, S-k-1]
+    ids = tokens[:, shift:]  # [B, max(S-k-1, 0)]
     valid = loss_mask[:, shift:].bool()
     if weights is None:
         weight = valid.float()
     elif weights.dim() == 2:
         weight = at_least_float32(weights[:, shift:]) * valid
     else:
-        weight = at_least_float32(weights[:, : seqlen - shift, k]) * valid
+        weight = at_least_float32(weights[:, : max(seqlen - shift, 0), k]) * valid
     return HeadTargets(ids, valid, weight)
 
 
@@ -95,11 +96,11 @@ def head_loss_sum(
 ) -> Tensor:
     """sum(weight x CE) of head k's valid targets; `logits` `[B, S, vocab]` are head k's.
 
-    The last k + 1 positions have no target: they get weight 0 and an ignored target
-    instead of being sliced off, so the backward writes the logits' gradient directly
-    (slicing would allocate and zero a second logits-sized tensor)."""
+    The last k + 1 positions (all of them when S <= k + 1) have no target: they get weight 0
+    and an ignored target instead of being sliced off, so the backward writes the logits'
+    gradient directly (slicing would allocate and zero a second logits-sized tensor)."""
     t = head_targets(tokens, loss_mask, weights, k)
-    pad = (0, k + 1)
+    pad = (0, tokens.shape[1] - t.ids.shape[1])
     ids = F.pad(t.ids, pad, value=IGNORE)  # [B, S]
     weight = F.pad(t.weight, pad)  # [B, S]
     scores = at_least_float32(logits)  # [B, S, vocab]

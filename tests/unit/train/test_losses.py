@@ -206,3 +206,42 @@ def test_sequential_backward_equals_naive_with_lora(tokens_and_mask, make_model)
     for name in naive:
         assert torch.allclose(naive[name], seq[name], rtol=1e-9, atol=1e-13), name
     assert not math.isclose(sum(g.abs().sum().item() for g in naive.values()), 0.0)
+
+
+@pytest.mark.parametrize("seqlen", [1, 2, 3, 4])
+@pytest.mark.parametrize("shape", [None, "2d", "3d"])
+def test_sequences_no_longer_than_the_heads_give_the_brute_force_loss(seqlen, shape):
+    """A micro-batch whose longest row has at most H tokens: the heads that reach past
+    its end have no targets, the others score theirs (nothing raises)."""
+    gen = torch.Generator().manual_seed(seqlen)
+    tokens = torch.randint(3, V, (2, seqlen), generator=gen)
+    mask = torch.ones(2, seqlen, dtype=torch.bool)
+    mask[:, 0] = False  # BOS is never a target
+    logits = random_logits(tokens, seed=seqlen)
+    weights = None
+    if shape is not None:
+        size = tokens.shape if shape == "2d" else (*tokens.shape, H)
+        weights = torch.rand(size, generator=gen, dtype=torch.float64) + 0.5
+    loss, per_head = weighted_mtp_loss(logits, tokens, mask, weights, "weight")
+    if seqlen == 1:  # no head has a target
+        assert loss.item() == 0.0 and per_head.tolist() == [0.0] * H
+        return
+    want, want_heads = brute_force(logits, tokens, mask, weights, "weight")
+    assert loss.item() == pytest.approx(want, rel=1e-12)
+    assert per_head.tolist() == pytest.approx(want_heads, rel=1e-12)
+
+
+def test_the_sequential_backward_takes_a_sequence_shorter_than_the_heads(make_model):
+    tokens = torch.tensor([[1, 7], [1, 9]])  # [B, S] with S = 2 < 3 heads
+    mask = torch.tensor([[False, True], [False, True]])
+    scales = head_scales(normaliser_terms(mask, None, H, "count"))
+    results = []
+    for backward in (naive_backward, sequential_backward):
+        model = make_model()
+        sums = backward(model, tokens, mask, None, scales)
+        results.append((sums, grads_of(model)))
+    (naive_sums, naive), (seq_sums, seq) = results
+    assert naive_sums[1:].eq(0).all() and naive_sums[0] > 0  # heads 1, 2 have no target
+    assert torch.allclose(naive_sums, seq_sums, rtol=1e-12)
+    for name in naive:
+        assert torch.allclose(naive[name], seq[name], rtol=1e-9, atol=1e-13), name
