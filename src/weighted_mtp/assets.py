@@ -244,7 +244,7 @@ class RunKind:
 
 
 SUMMARY_FILE = "summary.json"
-STAGE_RECORD = "final/stage.json"  # what a stage-1 model is (stage_one.STAGE_FILE)
+STAGE_RECORD = "final/stage.json"  # what a stage-1 model is (train.final.STAGE_FILE)
 SUITE = "suite"
 EVAL_RESULTS = "eval"
 COMPARISON = "compare"

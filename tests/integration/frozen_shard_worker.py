@@ -15,15 +15,15 @@ from torch.distributed.tensor import DTensor
 
 from weighted_mtp.models.adapter import MtpTransformer
 from weighted_mtp.models.architecture import MetaParams
-from weighted_mtp.train.critic import CriticLora, ValueModel, add_lora, critic_values
+from weighted_mtp.train.config import FrozenConfig, LoraConfig
+from weighted_mtp.train.critic import ValueModel, critic_values
 from weighted_mtp.train.data import Batch
 from weighted_mtp.train.distributed import shard
 from weighted_mtp.train.frozen import freeze, place_frozen, shard_frozen
+from weighted_mtp.train.lora import inject_lora
 from weighted_mtp.train.losses import head_scales, normaliser_terms, sequential_backward
 from weighted_mtp.train.rho1 import reference_cross_entropy
-from weighted_mtp.train.weighted import Rho1, VerifiableCritic
-from weighted_mtp.train.weighted_config import FrozenConfig
-from weighted_mtp.train.weighting import WeighContext
+from weighted_mtp.train.weightings import Rho1, VerifiableCritic, WeighContext
 
 VOCAB = 61
 POLICY = MetaParams(
@@ -42,7 +42,7 @@ def helpers(dtype: torch.dtype) -> tuple[ValueModel, torch.nn.Module]:
     )  # fmt: skip
     torch.manual_seed(3)
     # LoRA on the backbone as the 7B critic has it, its B matrices non-zero so they count
-    backbone = add_lora(LlamaModel(config), CriticLora(rank=4, alpha=8, dropout=0.0))
+    backbone = inject_lora(LlamaModel(config), LoraConfig(True, 4, 8, 0.0), seed=0)
     critic = ValueModel(backbone, head_hidden=16)
     for name, param in critic.named_parameters():
         if "lora_B" in name or name == "head.out.weight":
@@ -119,8 +119,8 @@ def policy_step(rank: int, batch: Batch) -> dict[str, object]:
     ctx = WeighContext(policy, 0, 2, torch.device("cpu"), all_reduce_sum)
     always, never = FrozenConfig(shard="always"), FrozenConfig(shard="never")
     for name, make in (
-        ("verifiable", lambda m, f: VerifiableCritic(m, frozen=f)),
-        ("rho1", lambda m, f: Rho1(m, frozen=f)),
+        ("verifiable", lambda m, f: VerifiableCritic(m, "weight", frozen=f)),
+        ("rho1", lambda m, f: Rho1(m, "selected", frozen=f)),
     ):
         critic, reference = helpers(torch.float32)
         model = critic if name == "verifiable" else reference

@@ -15,7 +15,8 @@ Checked by hand with `collectives.all_reduce` and `all_gather_1d` made rank-loca
 tests fail at step 1 (weight_min 0.3639 vs 0.3625, delta_selected_mean 0.0995 vs 0.1004).
 
 Metrics are compared per step; the losses and gradient norms to float32 summation order;
-the final parameters relative to the training update (see `assert_same_parameters`).
+the final parameters relative to the training update (see `assert_same_parameters`). The
+critic and the reference (stage 1) are held to the same standard.
 """
 
 from __future__ import annotations
@@ -155,23 +156,52 @@ def test_rho1_on_two_ranks_trains_like_one(weighted_storage, tmp_path):
     assert frozen_placement(two)["sharded"] and not frozen_placement(one)["sharded"]
 
 
-def test_stage_one_on_two_ranks_trains_on_the_first_alone(weighted_storage, critic_run, tmp_path):
-    """Under torchrun the first rank trains the critic with no process group (no rank waits
-    in a collective for the whole run) and the other rank ends at once: the critic is the
-    one process's, bit for bit."""
-    from safetensors.torch import load_file
+def stage_one_start(run: Path, layout) -> dict[str, torch.Tensor]:
+    """A stage-1 run's initial parameters, rebuilt as its builder made them (the seeded
+    value head, the loaded reference)."""
+    from weighted_mtp.train.builders import reference_lm, value_model
+    from weighted_mtp.train.config import read_run_config
 
-    from tests.helpers import run_wmtp
-    from weighted_mtp.train.stage_one import CRITIC_WEIGHTS
+    config = read_run_config(run / "config.yaml")
+    base = layout.model(config.model).root
+    model = (
+        value_model(base, config)
+        if config.experiment == "critic"
+        else reference_lm(base, config).core
+    )
+    return {k: v.detach().float() for k, v in model.state_dict().items()}
 
-    out = tmp_path / "critic"
-    args = ["train", "critic", "--small", "--max-steps", "1", "--set", "batch_size=4"]
-    result = run_wmtp(*args, "--out", str(out), root=weighted_storage.root, ranks=2)
-    assert result.returncode == 0, result.stderr[-3000:]
-    one = load_file(critic_run / "final" / CRITIC_WEIGHTS)
-    two = load_file(out / "final" / CRITIC_WEIGHTS)
-    assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
-    timeless = [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in records(out, "train")]
-    assert timeless == [
-        {k: v for k, v in r.items() if k != "tokens_per_s"} for r in records(critic_run, "train")
-    ]
+
+@pytest.mark.parametrize(
+    "args",
+    [("critic", "--objective", "pairwise"), ("ref-tune",)],
+    ids=["pairwise-critic", "ref-tune"],
+)
+def test_stage_one_on_two_ranks_trains_like_one(weighted_storage, tmp_path, args):
+    """The critic and the reference train data-parallel with FSDP2 like the policy: two
+    ranks equal one process accumulating the same global batch. A pairwise critic's pairs
+    span micro-batches (one record each) and ranks: every same-task pair of the global
+    batch counts (`terms`), however it is split."""
+    one, two = one_and_two_ranks(weighted_storage.root, tmp_path, "train", *args)
+    a, b = records(one, "train"), records(two, "train")
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, STEPS + 1))
+    for x, y in zip(a, b, strict=True):
+        assert (x["tokens"], x["terms"]) == (y["tokens"], y["terms"]) and x["terms"] > 0
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-5)
+        assert y["grad_norm"] == pytest.approx(x["grad_norm"], rel=1e-4)
+    va, vb = records(one, "validation"), records(two, "validation")
+    assert [r["step"] for r in va] == [r["step"] for r in vb] == [2, STEPS]
+    for x, y in zip(va, vb, strict=True):
+        assert x.keys() == y.keys()
+        assert all(y[k] == pytest.approx(x[k], rel=1e-5) for k in x if k != "kind")
+    initial = stage_one_start(one, weighted_storage)
+    step = f"step-{STEPS:08d}"
+    final_one = checkpoint_model(one / "checkpoints" / step, tmp_path / "one.pt")
+    final_two = checkpoint_model(two / "checkpoints" / step, tmp_path / "two.pt")
+    assert final_one.keys() == final_two.keys() == initial.keys()
+    for name in initial:
+        update = (final_one[name] - initial[name]).norm()
+        assert update > 0, name
+        assert (final_one[name] - final_two[name]).norm() <= 1e-4 * update, name
+    summaries = [json.loads((run / "summary.json").read_text()) for run in (one, two)]
+    assert [s["world"] for s in summaries] == [1, 2]

@@ -10,7 +10,8 @@ import sys
 import torch
 import torch.distributed as dist
 
-from weighted_mtp.train.advantages import AwrSettings, RunningWhitening, critic_token_weights
+from weighted_mtp.train.advantages import RunningWhitening, critic_token_weights
+from weighted_mtp.train.config import CriticConfig
 from weighted_mtp.train.rho1 import select_top_fraction, selection_statistics
 
 STEPS = 12
@@ -38,7 +39,7 @@ def run_steps(rows: slice) -> dict[str, list]:
     for step in range(STEPS):
         values, loss_mask, is_correct, scores = (t[rows] for t in step_inputs(step))
         weights, metrics = critic_token_weights(
-            values, loss_mask, is_correct, AwrSettings(), whitening
+            values, loss_mask, is_correct, CriticConfig(), whitening
         )
         selected = select_top_fraction(scores, loss_mask, 0.35)
         out["weights"].append(weights)

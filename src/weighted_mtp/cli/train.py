@@ -1,8 +1,16 @@
-"""`wmtp train`: run an experiment, plot runs. Parsing and printing only; torch is imported
-inside the commands."""
+"""`wmtp train`: run an experiment or the suite, plot runs. Parsing and printing only; torch
+is imported inside the commands.
+
+The five experiment commands are made from one table (`COMMANDS`): every one takes the
+shared options (declared once, in `SHARED`), the MTP policy's take `POLICY` too, and each
+its own (`--objective`, `--critic`, `--kappa`, ...). An option that sets a config key
+becomes a `Setting` naming the option, so a bad value is reported as the user wrote it.
+"""
 
 from __future__ import annotations
 
+import inspect
+import operator
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,40 +23,175 @@ from weighted_mtp.assets import TRAIN_DATASET
 from weighted_mtp.cli._console import console, err_console, state
 
 if TYPE_CHECKING:
-    from weighted_mtp.train.loop import StepReport
+    from weighted_mtp.train.config import Setting
+    from weighted_mtp.train.trainer import RunResult, StepReport
 
 T = TypeVar("T")
 
-app = typer.Typer(help="Train the experiments on the storage; plot runs.", no_args_is_help=True)
+app = typer.Typer(
+    help="Train the experiments and the suite on the storage; plot runs.", no_args_is_help=True
+)
 
 
-def _overrides(
-    model: str | None,
-    data: str | None,
-    small: bool | None,
-    max_steps: int | None,
-    seed: int | None,
-    n_future: int | None,
-    lora: bool | None,
-    naive_heads: bool | None,
-    sets: list[str],
-) -> dict[str, Any]:
-    """Options given on the command line, then `--set key=value`, as config overrides."""
-    from weighted_mtp.train.config import parse_set
+@dataclass(frozen=True)
+class Flag:
+    """One option of the train commands: its declaration, and the config key it sets (None
+    for how to run: --out, --resume, --stop-at, --config, --set)."""
 
-    named = {
-        "model": model,
-        "data": data,
-        "small": small,
-        "max_steps": max_steps,
-        "seed": seed,
-        "n_future": n_future,
-        "lora.enabled": lora,
-        "naive_heads": naive_heads,
-    }
-    overrides = {k: v for k, v in named.items() if v is not None}
-    overrides.update(parse_set(item) for item in sets)
-    return overrides
+    name: str  # the parameter's name
+    decls: str  # typer's declaration: "--kappa", "--lora/--full"
+    type: Any
+    help: str
+    key: str | None = None
+    default: Any = None
+    convert: Callable[[Any], Any] | None = None  # the key's value from the option's
+
+    def parameter(self) -> inspect.Parameter:
+        # Annotated[type, Option] built from values: typer reads it from the signature.
+        annotation = operator.getitem(
+            Annotated, (self.type, typer.Option(self.decls, help=self.help))
+        )
+        return inspect.Parameter(
+            self.name, inspect.Parameter.KEYWORD_ONLY, default=self.default, annotation=annotation
+        )
+
+    def setting(self, value: Any) -> Setting | None:
+        """The config setting of the option's value; None when the option was not given."""
+        from weighted_mtp.train.config import Setting
+
+        if self.key is None:
+            return None
+        if self.convert is not None:
+            value = self.convert(value)
+        return None if value is None else Setting(self.key, value, self.decls.split("/")[0])
+
+
+def _true_or_unset(value: bool) -> bool | None:
+    return True if value else None
+
+
+SMALL = Flag(
+    "small",
+    "--small",
+    bool,
+    "The micro models, the small dataset and their packaged config.",
+    "small",
+    False,
+    _true_or_unset,
+)
+MAX_STEPS = Flag(
+    "max_steps", "--max-steps", int | None, "Optimizer steps (default: one epoch).", "max_steps"
+)
+SEED = Flag("seed", "--seed", int | None, "Seed of data order, init and dropout.", "seed")
+SETS = Flag("sets", "--set", list[str] | None, "Override a config key: key=value (repeatable).")
+SHARED = (
+    Flag("model", "--model", str | None, "Storage model name or model folder.", "model"),
+    Flag("data", "--data", str | None, f"Dataset name (default {TRAIN_DATASET}).", "data"),
+    SMALL,
+    Flag("config", "--config", Path | None, "A YAML config replacing the packaged Baseline one."),
+    SETS,
+    MAX_STEPS,
+    SEED,
+    Flag("lora", "--lora/--full", bool | None, "LoRA or full fine-tuning.", "lora.enabled"),
+    Flag("stop_at", "--stop-at", int | None, "Stop after this step as an interruption would."),
+    Flag("out", "--out", Path | None, "Run folder (default <root>/runs/<experiment>/<id>)."),
+    Flag("resume", "--resume", bool, "Continue the run in --out (or the latest run).", None, False),
+)
+POLICY = (
+    Flag("n_future", "--n-future", int | None, "Heads to train (1 = next token only).", "n_future"),
+    Flag(
+        "naive_heads",
+        "--naive-heads",
+        bool,
+        "All heads' logits at once (the oracle path).",
+        "naive_heads",
+        False,
+        _true_or_unset,
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Command:
+    experiment: str
+    help: str
+    flags: tuple[Flag, ...]
+
+
+COMMANDS = (
+    Command(
+        "baseline",
+        "Train the Baseline MTP experiment (uniform weights on response tokens and EOS).",
+        POLICY,
+    ),
+    Command(
+        "critic",
+        "Stage 1 of the Verifiable Critic: a value model (reference backbone + value head) "
+        "trained on correct and incorrect solutions; reports pairwise accuracy and AUROC.",
+        (
+            Flag(
+                "objective",
+                "--objective",
+                str | None,
+                "mc (every position regresses to R) or pairwise (every same-task pair).",
+                "critic.objective",
+            ),
+        ),
+    ),
+    Command(
+        "ref-tune",
+        "Stage 1 of Rho-1: the reference fine-tuned with next-token loss on the correct "
+        "training solutions (or --data).",
+        (),
+    ),
+    Command(
+        "verifiable",
+        "Stage 2 of the Verifiable Critic: the policy weighted by w = clip(exp(A/beta), "
+        "w_min, w_max) from the frozen critic's GAE advantages.",
+        (
+            *POLICY,
+            Flag(
+                "critic_run",
+                "--critic",
+                str | None,
+                "The critic's run folder (wmtp train critic).",
+                "critic.run",
+            ),
+            Flag(
+                "include_incorrect",
+                "--include-incorrect",
+                bool,
+                "Train on incorrect solutions too (default: correct only).",
+                "correct_only",
+                False,
+                lambda given: False if given else None,
+            ),
+        ),
+    ),
+    Command(
+        "rho1",
+        "Stage 2 of Rho-1: the policy trained on the top kappa of the targets by excess loss "
+        "CE_policy - CE_reference.",
+        (
+            *POLICY,
+            Flag(
+                "reference",
+                "--reference",
+                str | None,
+                "A ref-tune run folder, a storage model or a model folder.",
+                "rho1.reference",
+            ),
+            Flag(
+                "kappa",
+                "--kappa",
+                float | None,
+                "Fraction of targets trained on, in (0, 1].",
+                "rho1.kappa",
+            ),
+            Flag("score", "--score", str | None, "signed (default) or absolute.", "rho1.score"),
+        ),
+    ),
+)
 
 
 class _ProgressBar:
@@ -90,118 +233,8 @@ class _ProgressBar:
             self.bars.stop()
 
 
-@app.command()
-def baseline(
-    ctx: typer.Context,
-    model: Annotated[str | None, typer.Option(help="Storage model name or model folder.")] = None,
-    data: Annotated[
-        str | None, typer.Option(help=f"Dataset name (default {TRAIN_DATASET}).")
-    ] = None,
-    small: Annotated[
-        bool | None,
-        typer.Option("--small/--no-small", help="The small dataset and the micro config."),
-    ] = None,
-    config: Annotated[
-        Path | None, typer.Option(help="A YAML config replacing the packaged one.")
-    ] = None,
-    sets: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a config key: key=value (repeatable)."),
-    ] = None,
-    max_steps: Annotated[
-        int | None, typer.Option(help="Optimizer steps planned (default: one epoch).")
-    ] = None,
-    stop_at: Annotated[
-        int | None, typer.Option(help="Stop after this step as an interruption would (checkpoint).")
-    ] = None,
-    out: Annotated[
-        Path | None, typer.Option(help="Run folder (default <root>/runs/baseline/<id>).")
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option(help="Continue the run in --out (or the latest run).")
-    ] = False,
-    seed: Annotated[int | None, typer.Option(help="Seed of data order, init and dropout.")] = None,
-    n_future: Annotated[
-        int | None, typer.Option(help="Heads to train (1 = next token only).")
-    ] = None,
-    lora: Annotated[
-        bool | None, typer.Option("--lora/--full", help="LoRA or full fine-tuning.")
-    ] = None,
-    naive_heads: Annotated[
-        bool | None,
-        typer.Option("--naive-heads", help="All heads' logits at once (the oracle path)."),
-    ] = None,
-) -> None:
-    """Train the Baseline MTP experiment (uniform weights on response tokens and EOS).
-
-    Defaults come from the packaged config (micro with --small, else 7B); torchrun
-    --nproc-per-node N -m weighted_mtp train baseline ... trains on N ranks with FSDP2.
-    """
-    from weighted_mtp.train.config import load_config
-    from weighted_mtp.train.runs import resolve_run
-
-    layout = state(ctx).layout
-    overrides = _overrides(
-        model, data, small, max_steps, seed, n_future, lora, naive_heads, sets or []
-    )
-    run_config, run_dir = resolve_run(
-        layout,
-        "baseline",
-        lambda: load_config(config, micro=bool(small)),
-        overrides,
-        out,
-        resume,
-    )
-    from weighted_mtp.train.loop import train  # imports torch: after the options are checked
-
-    result = _with_progress(
-        lambda bar: train(
-            layout, run_config, run_dir=run_dir, resume=resume, stop_at=stop_at, on_step=bar
-        )
-    )
-    if not _on_main_rank():
-        return
-    if result.completed:
-        loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "-"
-        console.print(
-            f"run complete: {result.steps_done} steps, loss {loss} -> {result.run_dir}",
-            highlight=False,
-        )
-    else:
-        console.print(
-            f"stopped after step {result.steps_done} (checkpoint written); "
-            f"continue with --resume --out {result.run_dir}",
-            highlight=False,
-        )
-
-
-@app.command()
-def plot(
-    runs: Annotated[list[Path], typer.Argument(help="Run folders (with metrics.jsonl).")],
-    out: Annotated[Path, typer.Option(help="PNG file to write.")],
-) -> None:
-    """Draw loss curves (mean and per head, train and validation) of runs on one figure."""
-    from weighted_mtp.train.plot import plot_runs
-
-    console.print(f"wrote {plot_runs(runs, out)}", highlight=False)
-
-
-# The weighted experiments (stage 1: the helper model; stage 2: the weighted policy) ------
-
-SmallOpt = Annotated[
-    bool, typer.Option("--small/--no-small", help="Micro models and the small dataset.")
-]
-ConfigOpt = Annotated[Path | None, typer.Option(help="A YAML config replacing the packaged one.")]
-SetOpt = Annotated[
-    list[str] | None, typer.Option("--set", help="Override a config key: key=value (repeatable).")
-]
-StepsOpt = Annotated[int | None, typer.Option(help="Optimizer steps (default: one epoch).")]
-SeedOpt = Annotated[int | None, typer.Option(help="Seed of data order, init and dropout.")]
-ModelOpt = Annotated[str | None, typer.Option(help="Storage model name or model folder.")]
-DataOpt = Annotated[str | None, typer.Option(help=f"Dataset name (default {TRAIN_DATASET}).")]
-
-
 def _on_main_rank() -> bool:
+    """Global rank 0 (torchrun's RANK, across machines) prints; the others stay quiet."""
     return int(os.environ.get("RANK", "0")) == 0
 
 
@@ -215,252 +248,118 @@ def _with_progress(run: Callable[[_ProgressBar | None], T]) -> T:
             bar.close()
 
 
-def _experiment_config(
-    experiment: str, config: Path | None, small: bool, overrides: dict[str, Any]
-):
-    """The packaged Baseline config with the experiment's overlay (or --config), then options."""
-    from weighted_mtp.train.config import load_config, with_overrides
-    from weighted_mtp.train.suite import experiment_config
+def _settings(flags: tuple[Flag, ...], values: dict[str, Any]) -> list[Setting]:
+    """The options given, then `--set key=value`, as config settings."""
+    from weighted_mtp.train.config import parse_set
 
-    if config is not None:
-        return with_overrides(
-            load_config(config, micro=small), {"experiment": experiment} | overrides, "options"
-        )
-    return experiment_config(experiment, small, overrides)
+    named = [flag.setting(values[flag.name]) for flag in flags]
+    return [s for s in named if s is not None] + [parse_set(s) for s in values["sets"] or []]
 
 
-@dataclass(frozen=True)
-class StageRun:
-    """Where a stage-1 run goes and whether it continues or stops early."""
-
-    out: Path | None
-    resume: bool
-    stop_at: int | None
-
-
-StopAtOpt = Annotated[int | None, typer.Option(help="Stop after this step (checkpoint).")]
-ResumeOpt = Annotated[
-    bool, typer.Option(help="Continue the run in --out (or the latest) from its checkpoint.")
-]
-
-
-def _stage_one(
-    ctx: typer.Context,
-    kind: str,
-    model: str | None,
-    data: str | None,
-    small: bool,
-    config: Path | None,
-    sets: list[str] | None,
-    max_steps: int | None,
-    run: StageRun,
-    seed: int | None,
-    extra: dict[str, Any],
-) -> None:
-    from weighted_mtp.train.runs import resolve_run
-
-    layout = state(ctx).layout
-    overrides = _overrides(model, data, None, max_steps, seed, None, None, None, sets or [])
-    run_config, run_dir = resolve_run(
-        layout,
-        kind,
-        lambda: _experiment_config(kind, config, small, {}),
-        overrides | extra,
-        run.out,
-        run.resume,
-    )
-    from weighted_mtp.train.stage_one import train_stage_one  # imports torch
-
-    result = _with_progress(
-        lambda bar: train_stage_one(
-            layout,
-            kind,
-            run_config,
-            run_dir=run_dir,
-            resume=run.resume,
-            stop_at=run.stop_at,
-            on_step=bar,
-        )
-    )
-    if result is None:
-        return
+def _report(experiment: str, result: RunResult) -> None:
     if not result.completed:
         console.print(
-            f"{kind} stopped after step {result.steps} (checkpoint written); "
+            f"{experiment} stopped after step {result.steps_done} (checkpoint written); "
             f"continue with --resume --out {result.run_dir}",
             highlight=False,
         )
         return
     validation = result.summary.get("final_validation") or {}
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in validation.items() if isinstance(v, float))
+    shown = [f"{k} {v:.4f}" for k, v in validation.items() if isinstance(v, float)]
     console.print(
-        f"{kind} run complete: {result.steps} steps{', ' + shown if shown else ''} "
-        f"-> {result.run_dir}",
+        f"{experiment} run complete: {result.steps_done} steps"
+        f"{', ' + ', '.join(shown) if shown else ''} -> {result.run_dir}",
         highlight=False,
     )
 
 
-@app.command()
-def critic(
-    ctx: typer.Context,
-    model: ModelOpt = None,
-    data: DataOpt = None,
-    small: SmallOpt = False,
-    config: ConfigOpt = None,
-    sets: SetOpt = None,
-    max_steps: StepsOpt = None,
-    stop_at: StopAtOpt = None,
-    out: Annotated[Path | None, typer.Option(help="Run folder.")] = None,
-    resume: ResumeOpt = False,
-    seed: SeedOpt = None,
-    objective: Annotated[
-        str | None, typer.Option(help="mc (every position regresses to R) or pairwise.")
-    ] = None,
-) -> None:
-    """Stage 1 of the Verifiable Critic: a value model (reference backbone + value head)
-    trained on correct and incorrect solutions; reports pairwise accuracy and AUROC."""
-    extra = {"critic.objective": objective} if objective is not None else {}
-    run = StageRun(out, resume, stop_at)
-    _stage_one(ctx, "critic", model, data, small, config, sets, max_steps, run, seed, extra)
-
-
-@app.command("ref-tune")
-def ref_tune(
-    ctx: typer.Context,
-    model: ModelOpt = None,
-    data: DataOpt = None,
-    small: SmallOpt = False,
-    config: ConfigOpt = None,
-    sets: SetOpt = None,
-    max_steps: StepsOpt = None,
-    stop_at: StopAtOpt = None,
-    out: Annotated[Path | None, typer.Option(help="Run folder.")] = None,
-    resume: ResumeOpt = False,
-    seed: SeedOpt = None,
-) -> None:
-    """Stage 1 of Rho-1: the reference fine-tuned with next-token loss on the correct
-    training solutions (or --data)."""
-    run = StageRun(out, resume, stop_at)
-    _stage_one(ctx, "ref-tune", model, data, small, config, sets, max_steps, run, seed, {})
-
-
-def _stage_two(
-    ctx: typer.Context,
-    experiment: str,
-    small: bool,
-    config: Path | None,
-    overrides: dict[str, Any],
-    out: Path | None,
-    resume: bool,
-    stop_at: int | None,
-) -> None:
+def _train(ctx: typer.Context, experiment: str, flags: tuple[Flag, ...], **values: Any) -> None:
     from weighted_mtp.train.runs import resolve_run
 
     layout = state(ctx).layout
-    run_config, run_dir = resolve_run(
+    config, run_dir = resolve_run(
         layout,
         experiment,
-        lambda: _experiment_config(experiment, config, small, {}),
-        overrides,
-        out,
-        resume,
+        small=values["small"],
+        settings=_settings(flags, values),
+        file=values["config"],
+        out=values["out"],
+        resume=values["resume"],
     )
-    from weighted_mtp.train.weighted_runs import train_weighted  # imports torch
+    from weighted_mtp.train.trainer import train  # imports torch: after the options are checked
 
     result = _with_progress(
-        lambda bar: train_weighted(
-            layout, run_config, run_dir=run_dir, resume=resume, stop_at=stop_at, on_step=bar
+        lambda bar: train(
+            layout,
+            config,
+            run_dir=run_dir,
+            resume=values["resume"],
+            stop_at=values["stop_at"],
+            on_step=bar,
         )
     )
     if _on_main_rank():
-        state_text = "run complete" if result.completed else "stopped (checkpoint written)"
-        console.print(
-            f"{experiment} {state_text}: {result.steps_done} steps -> {result.run_dir}",
-            highlight=False,
-        )
+        _report(experiment, result)
 
 
-@app.command()
-def verifiable(
-    ctx: typer.Context,
-    critic_run: Annotated[
-        str | None, typer.Option("--critic", help="The critic's run folder (wmtp train critic).")
-    ] = None,
-    model: ModelOpt = None,
-    data: DataOpt = None,
-    small: SmallOpt = False,
-    config: ConfigOpt = None,
-    sets: SetOpt = None,
-    max_steps: StepsOpt = None,
-    stop_at: Annotated[int | None, typer.Option(help="Stop after this step (checkpoint).")] = None,
-    out: Annotated[Path | None, typer.Option(help="Run folder.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
-    seed: SeedOpt = None,
-    include_incorrect: Annotated[
-        bool, typer.Option(help="Train on incorrect solutions too (default: correct only).")
-    ] = False,
-) -> None:
-    """Stage 2 of the Verifiable Critic: the policy weighted by
-    w = clip(exp(A/beta), w_min, w_max) from the frozen critic's GAE advantages."""
-    overrides = _overrides(model, data, None, max_steps, seed, None, None, None, sets or [])
-    if critic_run is not None:
-        overrides["critic.run"] = critic_run
-    if include_incorrect:
-        overrides["correct_only"] = False
-    _stage_two(ctx, "verifiable", small, config, overrides, out, resume, stop_at)
+def _add_command(command: Command) -> None:
+    """`wmtp train EXPERIMENT` with the shared options and the experiment's own."""
+    flags = (*SHARED, *command.flags)
+
+    def run(ctx: typer.Context, **values: Any) -> None:
+        _train(ctx, command.experiment, flags, **values)
+
+    context = inspect.Parameter(
+        "ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context
+    )
+    run.__signature__ = inspect.Signature([context, *(f.parameter() for f in flags)])  # type: ignore[attr-defined]
+    run.__doc__ = command.help + (
+        "\n\nDefaults come from the packaged config (micro with --small, else 7B); torchrun "
+        f"--nproc-per-node N -m weighted_mtp train {command.experiment} ... trains on N ranks "
+        "with FSDP2 (--nnodes M: on M machines)."
+    )
+    app.command(command.experiment)(run)
 
 
-@app.command()
-def rho1(
-    ctx: typer.Context,
-    reference: Annotated[
-        str | None,
-        typer.Option(help="A ref-tune run folder, a storage model or a model folder."),
-    ] = None,
-    kappa: Annotated[
-        float | None, typer.Option(help="Fraction of targets trained on, in (0, 1].")
-    ] = None,
-    score: Annotated[str | None, typer.Option(help="signed (default) or absolute.")] = None,
-    model: ModelOpt = None,
-    data: DataOpt = None,
-    small: SmallOpt = False,
-    config: ConfigOpt = None,
-    sets: SetOpt = None,
-    max_steps: StepsOpt = None,
-    stop_at: Annotated[int | None, typer.Option(help="Stop after this step (checkpoint).")] = None,
-    out: Annotated[Path | None, typer.Option(help="Run folder.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
-    seed: SeedOpt = None,
-) -> None:
-    """Stage 2 of Rho-1: the policy trained on the top kappa of the targets by excess loss
-    CE_policy - CE_reference."""
-    overrides = _overrides(model, data, None, max_steps, seed, None, None, None, sets or [])
-    named = {"rho1.reference": reference, "rho1.kappa": kappa, "rho1.score": score}
-    overrides |= {k: v for k, v in named.items() if v is not None}
-    _stage_two(ctx, "rho1", small, config, overrides, out, resume, stop_at)
+for _command in COMMANDS:
+    _add_command(_command)
 
 
 @app.command()
 def suite(
     ctx: typer.Context,
-    small: SmallOpt = False,
-    max_steps: StepsOpt = None,
+    small: Annotated[bool, typer.Option(SMALL.decls, help=SMALL.help)] = False,
+    max_steps: Annotated[int | None, typer.Option(MAX_STEPS.decls, help=MAX_STEPS.help)] = None,
+    seed: Annotated[int | None, typer.Option(SEED.decls, help=SEED.help)] = None,
+    sets: Annotated[list[str] | None, typer.Option(SETS.decls, help=SETS.help)] = None,
     out: Annotated[
         Path | None, typer.Option(help="Folder for the five runs and the comparison.")
     ] = None,
-    seed: SeedOpt = None,
-    sets: SetOpt = None,
 ) -> None:
     """Baseline, critic -> Verifiable Critic, ref-tune -> Rho-1 with the same data order,
-    seed and batch; then comparison.md, comparison.json and validation_loss.png."""
+    seed and batch; then comparison.md, comparison.json and validation_loss.png. Under
+    torchrun every stage trains on all ranks."""
     from weighted_mtp.train.suite import run_suite
 
-    overrides = _overrides(None, None, None, max_steps, seed, None, None, None, sets or [])
+    flags = (SMALL, MAX_STEPS, SEED)
+    values = {"small": small, "max_steps": max_steps, "seed": seed, "sets": sets}
     folder = run_suite(
         state(ctx).layout,
         small=small,
-        overrides=overrides,
+        settings=_settings(flags, values),
         out=out,
         on_stage=lambda name: err_console.print(f"suite: {name}", highlight=False),
     )
-    console.print(f"comparison: {folder / 'comparison.md'}", highlight=False)
+    if _on_main_rank():
+        console.print(f"comparison: {folder / 'comparison.md'}", highlight=False)
+
+
+@app.command()
+def plot(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders (with metrics.jsonl).")],
+    out: Annotated[Path, typer.Option(help="PNG file to write.")],
+) -> None:
+    """Draw loss curves (mean and per head, train and validation) of runs on one figure."""
+    from weighted_mtp.train.plot import plot_runs
+
+    console.print(f"wrote {plot_runs(runs, out)}", highlight=False)

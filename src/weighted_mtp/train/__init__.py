@@ -1,9 +1,13 @@
-"""Training: the one trainer behind the Baseline MTP, Verifiable Critic and Rho-1 experiments.
+"""Training: one trainer behind every experiment (Baseline MTP, Verifiable Critic with its
+critic, Rho-1 with its tuned reference).
 
-Modules: `data` (records to token batches), `weighting` (pluggable per-token weights),
-`losses` (the weighted MTP loss and the sequential-head backward), `config` (typed run
-configuration), `distributed`, `lora`, `checkpoint`, `runs` and `loop` (the trainer); the
-weighted experiments' `advantages` (Verifiable Critic weights), `critic` (the value model),
-`rho1` (Rho-1 selection), with `collectives` (global statistics) and `frozen` (helper models).
+`config` (the one typed configuration), `experiments` (the table: per experiment its model,
+objective and final writer), `trainer` (the one loop: validation, metrics, checkpoints,
+resume), `suite` (all five in order, then the comparison). The table's parts: `builders`
+(one per kind of model), `objectives` (what a step computes), `weightings` (the policy's
+per-token weights: `advantages` for the Verifiable Critic, `rho1` for Rho-1, `critic` the
+value model), `losses` (the weighted MTP loss), `final` (what `final/` holds), and
+`helper_models` / `frozen` (the weighted experiments' frozen helpers). Around them: `data`,
+`distributed`, `collectives`, `lora`, `checkpoint`, `loggers`, `runs`, `plot`.
 Importing this package imports no torch; the modules that need it import it themselves.
 """

@@ -24,35 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from weighted_mtp.errors import WmtpError
 from weighted_mtp.train.collectives import all_reduce
-
-
-@dataclass(frozen=True)
-class AwrSettings:
-    """The Verifiable Critic's weight hyperparameters (symbols as in the module docstring)."""
-
-    gamma: float = 1.0
-    lam: float = 0.95
-    beta: float = 1.0
-    w_min: float = 0.1
-    w_max: float = 3.0
-    momentum: float = 0.1
-
-    def __post_init__(self) -> None:
-        problems = []
-        if not 0.0 <= self.gamma <= 1.0:
-            problems.append(f"gamma must be in [0, 1], got {self.gamma}")
-        if not 0.0 <= self.lam <= 1.0:
-            problems.append(f"lambda must be in [0, 1], got {self.lam}")
-        if not self.beta > 0.0:
-            problems.append(f"beta must be > 0, got {self.beta}")
-        if not 0.0 < self.w_min <= self.w_max:
-            problems.append(f"need 0 < w_min <= w_max, got {self.w_min} and {self.w_max}")
-        if not 0.0 < self.momentum <= 1.0:
-            problems.append(f"whitening momentum must be in (0, 1], got {self.momentum}")
-        if problems:
-            raise WmtpError(f"invalid Verifiable Critic settings: {problems[0]}")
+from weighted_mtp.train.config import CriticConfig
 
 
 def last_target(loss_mask: Tensor) -> Tensor:
@@ -128,7 +101,7 @@ class RunningWhitening:
     EMA with momentum 0.1. A batch without valid tokens leaves the statistics unchanged.
     """
 
-    momentum: float = 0.1
+    momentum: float = CriticConfig.momentum
     eps: float = 1e-8
     updates: int = 0
     mean: float = 0.0
@@ -170,7 +143,7 @@ def awr_weights(
     return torch.where(loss_mask.bool(), weights, 0.0).float()
 
 
-def clipped_fraction_terms(whitened: Tensor, loss_mask: Tensor, settings: AwrSettings) -> Tensor:
+def clipped_fraction_terms(whitened: Tensor, loss_mask: Tensor, settings: CriticConfig) -> Tensor:
     """`[B, S]` bool: targets whose exp(Â/β) fell outside [w_min, w_max] and was clipped."""
     exponent = whitened.detach().to(torch.float64) / settings.beta
     outside = (exponent < math.log(settings.w_min)) | (exponent > math.log(settings.w_max))
@@ -212,7 +185,7 @@ def critic_token_weights(
     values: Tensor,
     loss_mask: Tensor,
     is_correct: Tensor,
-    settings: AwrSettings,
+    settings: CriticConfig,
     whitening: RunningWhitening,
 ) -> tuple[Tensor, dict[str, float]]:
     """The Verifiable Critic's `[B, S]` weights from the frozen critic's values, and metrics.

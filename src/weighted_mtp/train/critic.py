@@ -9,9 +9,8 @@ V_0..V_{T−1} sit at positions p_t − 1: V_0 after the last prompt token, V_t 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -21,7 +20,6 @@ from torch import Tensor, nn
 from weighted_mtp.train.frozen import scoring_mode
 
 Objective = Literal["mc", "pairwise"]
-HF_LLAMA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 class ValueHead(nn.Module):
@@ -36,11 +34,13 @@ class ValueHead(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, h: Tensor) -> Tensor:
-        return self.out(torch.tanh(self.proj(h))).squeeze(-1)
+        logit: Tensor = self.out(torch.tanh(self.proj(h)))
+        return logit.squeeze(-1)
 
 
 class ValueModel(nn.Module):
-    """Backbone + value head; `forward(tokens [B, S])` gives value logits `[B, S]` float32."""
+    """Backbone + value head; `forward(tokens [B, S])` gives value logits `[B, S]` in float32
+    (float64 for a float64 model: the exact tests)."""
 
     def __init__(self, backbone: nn.Module, head_hidden: int) -> None:
         super().__init__()
@@ -50,49 +50,8 @@ class ValueModel(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         hidden = self.backbone(input_ids=tokens).last_hidden_state  # [B, S, D]
-        return self.head(hidden).float()  # [B, S]
-
-
-@dataclass(frozen=True)
-class CriticLora:
-    """LoRA on every linear of the backbone's blocks (the head always trains fully)."""
-
-    rank: int = 64
-    alpha: int = 128
-    dropout: float = 0.05
-    targets: tuple[str, ...] = HF_LLAMA_LINEARS
-
-
-def add_lora(backbone: nn.Module, lora: CriticLora) -> nn.Module:
-    """peft LoRA adapters on the block linears; only the adapters stay trainable."""
-    from peft import LoraConfig, inject_adapter_in_model
-
-    config = LoraConfig(
-        r=lora.rank,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=list(lora.targets),
-    )
-    backbone = inject_adapter_in_model(config, backbone)
-    for name, param in backbone.named_parameters():
-        param.requires_grad_("lora_" in name)
-    return backbone
-
-
-def value_model_from_reference(
-    model_dir: str | Path,
-    *,
-    head_hidden: int = 256,
-    lora: CriticLora | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> ValueModel:
-    """A fresh critic on a Hugging Face-format model folder (e.g. `micro-ref`)."""
-    from weighted_mtp.models.adapter import load_reference_model
-
-    backbone = load_reference_model(model_dir, dtype=dtype).model  # LlamaModel, no LM head
-    if lora is not None:
-        backbone = add_lora(backbone, lora)
-    return ValueModel(backbone, head_hidden).train()
+        logits: Tensor = self.head(hidden)
+        return logits.to(torch.promote_types(logits.dtype, torch.float32))  # [B, S]
 
 
 def value_positions(loss_mask: Tensor) -> Tensor:
@@ -109,20 +68,45 @@ def response_mean(x: Tensor, loss_mask: Tensor) -> Tensor:
     return (x * positions).sum(1) / positions.sum(1).clamp(min=1)
 
 
-def mc_loss(logits: Tensor, loss_mask: Tensor, is_correct: Tensor) -> Tensor:
-    """Mean over records of (mean over t = 1..T of BCE(V_{t−1}, R)), from the logits."""
+def mc_loss_sum(logits: Tensor, loss_mask: Tensor, is_correct: Tensor) -> tuple[Tensor, int]:
+    """Sum over records with a response of (mean over t = 1..T of BCE(V_{t−1}, R)), from
+    the logits, and how many records that is."""
     target = is_correct.to(logits.dtype)[:, None].expand_as(logits)
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")  # [B, S]
     has_response = value_positions(loss_mask).any(1)
-    return response_mean(bce, loss_mask)[has_response].mean()
+    return response_mean(bce, loss_mask)[has_response].sum(), int(has_response.sum())
 
 
-def correct_incorrect_pairs(is_correct: Tensor, task_ids: Sequence[str]) -> Tensor:
-    """`[B, B]` bool: pair[i, j] when i is correct, j incorrect, and both solve one task."""
-    codes = {task: i for i, task in enumerate(dict.fromkeys(task_ids))}
-    task = torch.tensor([codes[t] for t in task_ids], device=is_correct.device)
+def mc_loss(logits: Tensor, loss_mask: Tensor, is_correct: Tensor) -> Tensor:
+    """Mean over records of (mean over t = 1..T of BCE(V_{t−1}, R)), from the logits."""
+    total, count = mc_loss_sum(logits, loss_mask, is_correct)
+    return total / count
+
+
+def task_codes(task_ids: Sequence[str], device: torch.device | str = "cpu") -> Tensor:
+    """`[B]` int64: one code per task id, the same on every rank and in every run (so the
+    records of one task can be matched after their codes are gathered from all ranks)."""
+    codes = [
+        int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "big") >> 1
+        for t in task_ids
+    ]
+    return torch.tensor(codes, dtype=torch.long, device=device)
+
+
+def correct_incorrect_pairs(is_correct: Tensor, tasks: Sequence[str] | Tensor) -> Tensor:
+    """`[B, B]` bool: pair[i, j] when i is correct, j incorrect, and both solve one task
+    (`tasks`: task ids, or their `task_codes`)."""
+    task = tasks if isinstance(tasks, Tensor) else task_codes(tasks, is_correct.device)
     correct = is_correct.bool()
     return (task[:, None] == task[None, :]) & correct[:, None] & ~correct[None, :]
+
+
+def pair_loss(mean_logit: Tensor, pairs: Tensor) -> Tensor:
+    """Mean over the `pairs` `[B, B]` of −log σ(mean logit⁺ − mean logit⁻), from each
+    record's mean logit `[B]`; 0 without pairs."""
+    margin = mean_logit[:, None] - mean_logit[None, :]  # [B, B]
+    terms = F.softplus(-margin)[pairs]  # softplus(-x) = -log sigmoid(x)
+    return terms.sum() / max(int(pairs.sum()), 1)
 
 
 def pairwise_loss(
@@ -133,9 +117,7 @@ def pairwise_loss(
     pairs = correct_incorrect_pairs(is_correct, task_ids)
     if not pairs.any():
         return None
-    mean_logit = response_mean(logits, loss_mask)  # [B]
-    margin = mean_logit[:, None] - mean_logit[None, :]  # [B, B]
-    return F.softplus(-margin)[pairs].mean()  # softplus(-x) = -log sigmoid(x)
+    return pair_loss(response_mean(logits, loss_mask), pairs)
 
 
 def critic_loss(

@@ -121,6 +121,18 @@ def read_examples(
     return examples
 
 
+def require_both_outcomes(examples: list[Example], path: Path) -> None:
+    """A critic learns to tell correct from incorrect: it needs both in its split."""
+    correct = sum(e.is_correct for e in examples)
+    if correct == 0 or correct == len(examples):
+        which = "incorrect" if correct else "correct"
+        raise WmtpError(
+            f"the critic needs correct and incorrect solutions, this dataset has no {which} ones",
+            path=path,
+            hint="train the critic on a split with both (metadata.is_correct true and false)",
+        )
+
+
 def collate(examples: list[Example], pad_id: int) -> Batch:
     """Right-pad to the longest example; padding is never a target."""
     import torch
@@ -145,20 +157,12 @@ def collate(examples: list[Example], pad_id: int) -> Batch:
 @dataclass(frozen=True)
 class Sharding:
     """How one optimizer step's global batch splits: `world` ranks, each taking
-    `accumulation` micro-batches of `micro_batch_size` sequences."""
+    `accumulation` micro-batches of `micro_batch_size` sequences (`batch_size` is a
+    multiple of `micro_batch_size x world`: `config.validate_for_world`)."""
 
     batch_size: int
     micro_batch_size: int
     world: int
-
-    def __post_init__(self) -> None:
-        share = self.micro_batch_size * self.world
-        if self.batch_size <= 0 or self.micro_batch_size <= 0 or self.batch_size % share:
-            raise WmtpError(
-                f"batch_size {self.batch_size} is not a positive multiple of micro_batch_size "
-                f"{self.micro_batch_size} x {self.world} rank(s)",
-                hint="choose batch_size = micro_batch_size x ranks x accumulation steps",
-            )
 
     @property
     def accumulation(self) -> int:
@@ -166,23 +170,45 @@ class Sharding:
 
 
 class BatchPlan:
-    """The deterministic data order: which examples form step n's batches on each rank."""
+    """The deterministic data order: which examples form step n's batches on each rank.
 
-    def __init__(self, examples: list[Example], sharding: Sharding, seed: int, pad_id: int):
+    `by_task` keeps each task's records together (the tasks shuffled, the records of a
+    task in file order), so a global batch holds both sides of a task's (correct,
+    incorrect) pairs: what a pairwise critic trains on."""
+
+    def __init__(
+        self,
+        examples: list[Example],
+        sharding: Sharding,
+        seed: int,
+        pad_id: int,
+        *,
+        by_task: bool = False,
+    ):
         if len(examples) < sharding.batch_size:
             raise WmtpError(
                 f"{len(examples)} training examples do not fill one batch of {sharding.batch_size}",
                 hint="use a smaller --set batch_size or more data",
             )
         self.examples, self.sharding, self.seed, self.pad_id = examples, sharding, seed, pad_id
+        self.by_task = by_task
         self.steps_per_epoch = len(examples) // sharding.batch_size
         self._order: tuple[int, list[int]] | None = None
 
     def epoch_order(self, epoch: int) -> list[int]:
         """A permutation of the example indices, the same for every rank and every run."""
         if self._order is None or self._order[0] != epoch:
-            order = list(range(len(self.examples)))
-            random.Random(f"{self.seed}:{epoch}").shuffle(order)
+            shuffle = random.Random(f"{self.seed}:{epoch}").shuffle
+            if self.by_task:
+                by_task: dict[str, list[int]] = {}
+                for i, example in enumerate(self.examples):
+                    by_task.setdefault(example.task_id, []).append(i)
+                tasks = sorted(by_task)
+                shuffle(tasks)
+                order = [i for task in tasks for i in by_task[task]]
+            else:
+                order = list(range(len(self.examples)))
+                shuffle(order)
             self._order = (epoch, order)
         return self._order[1]
 

@@ -1,22 +1,34 @@
-"""One process or `torchrun --nproc-per-node N`: process group, device, FSDP2 sharding.
+"""One process or `torchrun`: process group, device, precision, FSDP2 sharding.
 
-With more than one rank the policy is sharded with FSDP2 (`fully_shard` on every transformer
-block, then on the root), on CPU (gloo) as on GPUs (NCCL, bf16 parameters with float32
-gradient reductions). `trunk` and `head_logits` are registered as FSDP forward methods so
-the sequential-head backward gathers and frees parameters like `forward` does.
+Every stage trains data-parallel the same way: with more than one rank the trained model is
+sharded with FSDP2 (`fully_shard` on every transformer block, then on the root), on CPU
+(gloo) as on GPUs (NCCL, bf16 parameters with float32 gradient reductions). For the MTP
+policy `trunk` and `head_logits` are registered as FSDP forward methods so the
+sequential-head backward gathers and frees parameters like `forward` does.
+
+torchrun sets RANK (global), WORLD_SIZE and LOCAL_RANK: a rank's device is the GPU of its
+LOCAL_RANK on its machine, and only global rank 0 writes the run folder, so `--nnodes N`
+runs like `--nproc-per-node N` on one machine.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
+from weighted_mtp.errors import WmtpError
+
 if TYPE_CHECKING:
+    from torch import nn
+
     from weighted_mtp.models.adapter import MtpTransformer
+    from weighted_mtp.train.config import TrainConfig
 
 T = TypeVar("T")
 
@@ -53,6 +65,29 @@ class Dist:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def all_gather_object(self, obj: T) -> list[T]:
+        """Every rank's `obj`, in rank order (small things: validation results)."""
+        if not self.sharded:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+
+def on_main(dist_info: Dist, work: Callable[[], T]) -> T:
+    """Run `work` on rank 0 and hand its result, or its WmtpError, to every rank (a choice
+    every rank must share, like a run folder's name)."""
+    outcome: tuple[T | None, str | None] = (None, None)
+    if dist_info.is_main:
+        try:
+            outcome = (work(), None)
+        except WmtpError as exc:
+            outcome = (None, exc.line())
+    result, error = dist_info.broadcast_object(outcome)
+    if error is not None:
+        raise WmtpError(error)
+    return result  # type: ignore[return-value]  # set wherever no error was raised
+
 
 def _local_device() -> torch.device:
     """This rank's GPU (torchrun's LOCAL_RANK), else the CPU."""
@@ -73,22 +108,38 @@ def init_distributed() -> Dist:
     return Dist(rank, dist.get_world_size() if dist.is_initialized() else 1, device)
 
 
-def first_rank_alone() -> Dist | None:
-    """For work one process does (stage 1) under torchrun: the first rank runs it without a
-    process group and the other ranks get None at once. Nobody waits in a collective for
-    the whole run, which NCCL's watchdog would abort after 10 minutes."""
-    if int(os.environ.get("RANK", "0")) != 0:
-        return None
-    return Dist(0, 1, _local_device())
-
-
 def close_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
 
 
+@contextmanager
+def distributed() -> Iterator[Dist]:
+    """This rank in torchrun's process group, joined if it is not yet (and then left at the
+    end): a suite's stages all train in the one group its first stage joined."""
+    joined = not dist.is_initialized()
+    try:
+        yield init_distributed()
+    finally:
+        if joined:
+            close_distributed()
+
+
 def bf16_supported(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where the device supports it (precision auto|bf16), else float32."""
+    if config.precision == "fp32":
+        return None
+    if bf16_supported(device):
+        return torch.bfloat16
+    if config.precision == "bf16":
+        raise WmtpError(
+            f"precision bf16 is not supported on {device}", hint="use --set precision=auto"
+        )
+    return None
 
 
 def shard(model: MtpTransformer, low_precision: bool) -> None:
@@ -111,7 +162,22 @@ def shard(model: MtpTransformer, low_precision: bool) -> None:
         register_fsdp_forward_method(model, method)
 
 
-def set_gradient_sync(model: MtpTransformer, enabled: bool, dist_info: Dist) -> None:
+def set_gradient_sync(model: nn.Module, enabled: bool, dist_info: Dist) -> None:
     """FSDP2's no_sync: gradients reduce across ranks on the last micro-step only."""
     if dist_info.sharded:
         model.set_requires_gradient_sync(enabled)  # type: ignore[operator]
+
+
+def shard_blocks(model: nn.Module, blocks: list[nn.Module], low_precision: bool) -> None:
+    """FSDP2 on a trained transformers model (a value model, a reference LM): each block,
+    then the root, with the policy's mixed precision."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if low_precision
+        else MixedPrecisionPolicy()
+    )
+    for block in blocks:
+        fully_shard(block, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)

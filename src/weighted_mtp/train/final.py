@@ -1,39 +1,54 @@
-"""A finished run's weights, `final/`, written atomically (rank 0, after a gather).
+"""A finished run's weights, `final/`, written atomically (rank 0, after a gather): one
+writer per kind of model a run trains.
 
-- `model` (full fine-tuning) and `merged` (LoRA merged into the base by peft): a model folder
-  like the source's (`safetensors/model.safetensors` + `SHA256SUMS`, `configs/`,
-  `tokenizer/`), loadable with `load_mtp_model`, in the source's dtype.
-- `adapter`: peft's `save_pretrained` layout (`adapter_model.safetensors`,
-  `adapter_config.json`), the LoRA tensors alone; `load_adapter_merged` puts them back on
-  the run's base model.
+- The MTP policy (`save_policy_final`, by `final_save`): `model` (full fine-tuning) and
+  `merged` (LoRA merged into the base by peft) are a model folder like the source's
+  (`safetensors/model.safetensors` + `SHA256SUMS`, `configs/`, `tokenizer/`), loadable with
+  `load_mtp_model`, in the source's dtype; `adapter` is peft's `save_pretrained` layout
+  (`adapter_model.safetensors`, `adapter_config.json`), the LoRA tensors alone;
+  `load_adapter_merged` puts them back on the run's base model.
+- The value model (`save_critic_final`): `critic.safetensors` (every tensor, LoRA layers
+  included, as `frozen.load_critic` rebuilds it), the tokenizer and `stage.json`.
+- The tuned reference (`save_reference_final`): a model folder in the source's dtype (LoRA
+  merged), so the copied `config.json` (`torch_dtype`) states the truth, and `stage.json`.
+
+`stage.json` says what a stage-1 model is: its base model and the SHA-256 of its tokenizer,
+which stage 2 checks against the policy's.
 """
 
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
+from weighted_mtp.assets import STAGE_RECORD
 from weighted_mtp.errors import WmtpError
-from weighted_mtp.storage.atomic import TEMP_MARKER
+from weighted_mtp.storage.atomic import TEMP_MARKER, read_json_or_none, write_json
+from weighted_mtp.storage.hashing import sha256_file
 
 if TYPE_CHECKING:
     from weighted_mtp.models.adapter import MtpTransformer
     from weighted_mtp.storage.layout import ModelPaths
     from weighted_mtp.train.config import TrainConfig
     from weighted_mtp.train.distributed import Dist
-    from weighted_mtp.train.lora import Policy
+    from weighted_mtp.train.lora import TrainedModel
     from weighted_mtp.train.runs import FinishedRun
 
+STAGE_FILE = PurePosixPath(STAGE_RECORD).name
+CRITIC_WEIGHTS = "critic.safetensors"
+FinalWriter = Callable[["Path", "TrainedModel", "ModelPaths", "TrainConfig", "Dist"], None]
 
-def full_state(policy: Policy) -> dict[str, torch.Tensor]:
+
+def full_state(model: TrainedModel) -> dict[str, torch.Tensor]:
     """Every parameter, unsharded, on the CPU (a collective: all ranks call it)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return cast("dict[str, torch.Tensor]", get_model_state_dict(policy.core, options=options))
+    return cast("dict[str, torch.Tensor]", get_model_state_dict(model.core, options=options))
 
 
 def source_dtype(source: ModelPaths, tensor: str = "norm.weight") -> torch.dtype:
@@ -41,23 +56,30 @@ def source_dtype(source: ModelPaths, tensor: str = "norm.weight") -> torch.dtype
     from safetensors import safe_open
 
     with safe_open(source.weights, framework="pt") as handle:
-        return handle.get_tensor(tensor).dtype
+        dtype: torch.dtype = handle.get_tensor(tensor).dtype
+    return dtype
 
 
-def _merged(policy: Policy, state: dict[str, torch.Tensor], config: TrainConfig) -> dict:
-    """peft's merge of the adapters into a CPU copy of the policy."""
-    from weighted_mtp.models.adapter import MtpTransformer
-    from weighted_mtp.train.lora import apply_lora, merged_state_dict
-
-    copy = apply_lora(MtpTransformer(policy.core.params), config.lora, config.seed)
-    copy.core.load_state_dict(state, strict=True)
-    return merged_state_dict(copy)
+def _write_final(out: Path, dist_info: Dist, write: Callable[[Path], None]) -> None:
+    """`write` into a temporary folder on rank 0, renamed to `out` when complete."""
+    if dist_info.is_main:
+        tmp = out.with_name(f".{out.name}{TEMP_MARKER}partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            write(tmp)
+            if out.exists():
+                shutil.rmtree(out)
+            tmp.rename(out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    dist_info.barrier()
 
 
 def _write_model_folder(out: Path, tensors: dict[str, torch.Tensor], source: ModelPaths) -> None:
     from safetensors.torch import save_file
 
-    from weighted_mtp.storage.hashing import sha256_file, write_sha256sums
+    from weighted_mtp.storage.hashing import write_sha256sums
 
     weights = out / "safetensors" / "model.safetensors"
     weights.parent.mkdir(parents=True)
@@ -68,41 +90,100 @@ def _write_model_folder(out: Path, tensors: dict[str, torch.Tensor], source: Mod
             shutil.copytree(source.root / sub, out / sub)
 
 
-def _write_adapter(out: Path, policy: Policy, state: dict[str, torch.Tensor]) -> None:
+def _write_adapter(out: Path, model: TrainedModel, state: dict[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
 
     from weighted_mtp.train.lora import adapter_state_dict
 
-    assert policy.peft is not None
+    assert model.peft is not None
     out.mkdir(parents=True)
-    adapter = {k: v.contiguous() for k, v in adapter_state_dict(policy, state).items()}
+    adapter = {k: v.contiguous() for k, v in adapter_state_dict(model, state).items()}
     save_file(adapter, out / "adapter_model.safetensors", metadata={"format": "pt"})
-    policy.peft.peft_config["default"].save_pretrained(str(out))
+    model.peft.peft_config["default"].save_pretrained(str(out))
 
 
-def save_final(
-    out: Path, policy: Policy, source: ModelPaths, config: TrainConfig, dist_info: Dist
+def _merged(copy: TrainedModel, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """peft's merge of the trained adapters (in `state`) into `copy`, an unsharded CPU copy
+    of the model with the same LoRA layers."""
+    from weighted_mtp.train.lora import merged_state_dict
+
+    copy.core.load_state_dict(state, strict=True)
+    return merged_state_dict(copy)
+
+
+def save_policy_final(
+    out: Path, model: TrainedModel, source: ModelPaths, config: TrainConfig, dist_info: Dist
 ) -> None:
+    """The MTP policy by `final_save`: full weights, merged LoRA, the adapter, or nothing."""
+    from weighted_mtp.models.adapter import MtpTransformer
+    from weighted_mtp.train.lora import apply_lora
+
     if config.final_save == "none":
         return
-    state = full_state(policy)
-    if dist_info.is_main:
-        tmp = out.with_name(f".{out.name}{TEMP_MARKER}partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            if config.final_save == "adapter":
-                _write_adapter(tmp, policy, state)
-            else:
-                tensors = _merged(policy, state, config) if config.final_save == "merged" else state
-                dtype = source_dtype(source)
-                _write_model_folder(tmp, {k: v.to(dtype) for k, v in tensors.items()}, source)
-            if out.exists():
-                shutil.rmtree(out)
-            tmp.rename(out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    dist_info.barrier()
+    state = full_state(model)
+
+    def write(tmp: Path) -> None:
+        if config.final_save == "adapter":
+            _write_adapter(tmp, model, state)
+            return
+        tensors = state
+        if config.final_save == "merged":
+            params = cast("MtpTransformer", model.core).params
+            tensors = _merged(apply_lora(MtpTransformer(params), config.lora, config.seed), state)
+        dtype = source_dtype(source)
+        _write_model_folder(tmp, {k: v.to(dtype) for k, v in tensors.items()}, source)
+
+    _write_final(out, dist_info, write)
+
+
+def save_critic_final(
+    out: Path, model: TrainedModel, source: ModelPaths, config: TrainConfig, dist_info: Dist
+) -> None:
+    """The value model: its tensors, the tokenizer and `stage.json`."""
+    from safetensors.torch import save_file
+
+    state = full_state(model)
+
+    def write(tmp: Path) -> None:
+        tmp.mkdir(parents=True)
+        tensors = {k: v.contiguous() for k, v in state.items()}
+        save_file(tensors, tmp / CRITIC_WEIGHTS, metadata={"format": "pt"})
+        shutil.copytree(source.root / "tokenizer", tmp / "tokenizer")
+        write_json(tmp / STAGE_FILE, stage_record("critic", source, config))
+
+    _write_final(out, dist_info, write)
+
+
+def save_reference_final(
+    out: Path, model: TrainedModel, source: ModelPaths, config: TrainConfig, dist_info: Dist
+) -> None:
+    """The tuned reference as a model folder in its source's dtype (LoRA merged)."""
+    from weighted_mtp.train.builders import reference_lm
+
+    state = full_state(model)
+
+    def write(tmp: Path) -> None:
+        tensors = _merged(reference_lm(source.root, config), state) if model.peft else state
+        dtype = source_dtype(source, "model.norm.weight")  # config.json's torch_dtype
+        _write_model_folder(tmp, {k: v.to(dtype) for k, v in tensors.items()}, source)
+        write_json(tmp / STAGE_FILE, stage_record("ref-tune", source, config))
+
+    _write_final(out, dist_info, write)
+
+
+def stage_record(kind: str, source: ModelPaths, config: TrainConfig) -> dict[str, Any]:
+    """What stage 2 needs to rebuild and trust a stage-1 model."""
+    metadata = read_json_or_none(source.metadata, "metadata.json") or {}
+    return {
+        "kind": kind,
+        "base_model": str(source.root),
+        "base_name": source.name,
+        "tokenizer_sha256": sha256_file(source.tokenizer_model),
+        "tokenizer_shared_with": metadata.get("tokenizer_shared_with"),
+        "head_hidden": config.critic.head_hidden,
+        "objective": config.critic.objective,
+        "lora": config.to_dict()["lora"],
+    }
 
 
 def load_adapter_merged(run: FinishedRun, device: str, dtype: torch.dtype) -> MtpTransformer:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from weighted_mtp.train.collectives import is_distributed
-from weighted_mtp.train.weighted_config import FrozenConfig
+from weighted_mtp.train.config import FrozenConfig
 
 MIB = 2**20
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}

@@ -1,83 +1,115 @@
-"""LoRA through peft on the block linears, and the two ways to save the result.
+"""LoRA through peft, and the model a run trains.
 
 `apply_lora` injects peft's LoRA layers into the named linears of every block (`wq, wk, wv,
 wo, w1, w2, w3` by default) and freezes everything else (embeddings, norms, output). The
-trainer keeps calling the same `MtpTransformer` (`Policy.core`), whose linears now carry the
-adapters, so the sequential-head backward and sharding work unchanged.
+trainer keeps calling the same module (`TrainedModel.core`), whose linears now carry the
+adapters, so the sequential-head backward and sharding work unchanged. A Llama reference or
+critic takes the same settings, Meta's linear names mapped to transformers' (`hf_targets`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
+
+from weighted_mtp.train.config import LoraConfig
 
 if TYPE_CHECKING:
     import torch
     from peft import PeftModel
 
-    from weighted_mtp.models.adapter import MtpTransformer
-
-BLOCK_LINEARS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """LoRA as the 7B fine-tuning used it: r 64, alpha 128, dropout 0.05 on the block linears."""
-
-    enabled: bool = False
-    r: int = 64
-    alpha: int = 128
-    dropout: float = 0.05
-    targets: tuple[str, ...] = BLOCK_LINEARS
+META_TO_HF = {
+    "wq": "q_proj",
+    "wk": "k_proj",
+    "wv": "v_proj",
+    "wo": "o_proj",
+    "w1": "gate_proj",
+    "w2": "down_proj",
+    "w3": "up_proj",
+}
 
 
 @dataclass
-class Policy:
-    """The model being trained: `core` has `trunk`/`head_logits`; `peft` wraps it for LoRA."""
+class TrainedModel:
+    """The model a run trains: `core` is what its forward calls (the MTP transformer, the
+    value model or the reference LM, sharded under torchrun). With LoRA (`frozen_base`) only
+    the adapters (and a critic's value head) train, and checkpoints save those tensors
+    alone, the base being the model asset; `peft` is peft's wrapper where saving the adapter
+    or merging it needs it."""
 
-    core: MtpTransformer
+    core: torch.nn.Module
+    frozen_base: bool = False
     peft: PeftModel | None = None
-
-    @property
-    def frozen_base(self) -> bool:
-        return self.peft is not None
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.core.parameters() if p.requires_grad]
 
 
-def apply_lora(model: MtpTransformer, settings: LoraSettings, seed: int) -> Policy:
-    """Full fine-tuning (`settings.enabled` False) or LoRA adapters initialised from `seed`."""
-    if not settings.enabled:
-        return Policy(model)
-    import torch
-    from peft import LoraConfig, get_peft_model
+def peft_config(settings: LoraConfig, targets: tuple[str, ...]) -> Any:
+    from peft import LoraConfig as PeftLoraConfig
 
-    config = LoraConfig(
+    return PeftLoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
-        target_modules=list(settings.targets),
+        target_modules=list(targets),
         bias="none",
     )
+
+
+def hf_targets(settings: LoraConfig) -> tuple[str, ...]:
+    """The targets under transformers' Llama names (`wq` -> `q_proj`, ...)."""
+    return tuple(META_TO_HF.get(t, t) for t in settings.targets)
+
+
+def apply_lora(
+    model: torch.nn.Module, settings: LoraConfig, seed: int, targets: tuple[str, ...] = ()
+) -> TrainedModel:
+    """Full fine-tuning (`settings.enabled` False) or LoRA adapters initialised from `seed`
+    on `targets` (default: `settings.targets`, Meta's names of the MTP transformer)."""
+    if not settings.enabled:
+        return TrainedModel(model)
+    import torch
+    from peft import get_peft_model
+
+    targets = targets or settings.targets
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        wrapped = get_peft_model(model, config)
-    return Policy(cast("MtpTransformer", wrapped.base_model.model), wrapped)  # `model`, wrapped
+        wrapped = get_peft_model(model, peft_config(settings, targets))
+    return TrainedModel(wrapped.base_model.model, True, wrapped)  # `model`, wrapped
 
 
-def adapter_state_dict(policy: Policy, full_state: dict[str, Any]) -> dict[str, Any]:
+def inject_lora(module: torch.nn.Module, settings: LoraConfig, seed: int) -> torch.nn.Module:
+    """peft's LoRA layers in a transformers backbone (a critic's), with no peft wrapper:
+    only the adapters stay trainable among the backbone's parameters."""
+    import torch
+    from peft import inject_adapter_in_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module = inject_adapter_in_model(peft_config(settings, hf_targets(settings)), module)
+    for name, param in module.named_parameters():
+        param.requires_grad_("lora_" in name)
+    return module
+
+
+def adapter_state_dict(model: TrainedModel, full_state: dict[str, Any]) -> dict[str, Any]:
     """The LoRA tensors alone, named as peft saves them (`save_pretrained` layout)."""
     from peft import get_peft_model_state_dict
 
-    assert policy.peft is not None
-    return get_peft_model_state_dict(policy.peft, state_dict=_peft_names(full_state))
+    assert model.peft is not None
+    adapter: dict[str, Any] = get_peft_model_state_dict(
+        model.peft, state_dict=_peft_names(full_state)
+    )
+    return adapter
 
 
-def merged_state_dict(policy: Policy) -> dict[str, Any]:
-    """Base weights with the adapters merged in by peft, under Meta's tensor names."""
-    assert policy.peft is not None
-    return policy.peft.merge_and_unload().state_dict()
+def merged_state_dict(model: TrainedModel) -> dict[str, Any]:
+    """Base weights with the adapters merged in by peft, under the base's tensor names."""
+    assert model.peft is not None
+    merged: Any = model.peft.merge_and_unload()
+    state: dict[str, Any] = merged.state_dict()
+    return state
 
 
 def _peft_names(core_state: dict[str, Any]) -> dict[str, Any]:

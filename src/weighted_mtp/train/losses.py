@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from weighted_mtp.train.weighting import Normalize
+from weighted_mtp.train.config import Normalize
 
 if TYPE_CHECKING:
     from weighted_mtp.models.adapter import MtpTransformer
@@ -154,7 +154,7 @@ def naive_backward(
     sums = torch.stack(
         [head_loss_sum(logits[:, :, k], tokens, loss_mask, weights, k) for k in range(n_heads)]
     )
-    (sums * scales.to(sums)).sum().backward()
+    torch.autograd.backward((sums * scales.to(sums)).sum())
     return sums.detach()
 
 
@@ -175,9 +175,9 @@ def sequential_backward(
     for k in range(n_heads):
         logits = model.head_logits(h_detached, k, cos, sin)  # [B, S, V]
         head_sum = head_loss_sum(logits, tokens, loss_mask, weights, k)
-        (head_sum * scales[k].to(head_sum)).backward()
+        torch.autograd.backward(head_sum * scales[k].to(head_sum))
         sums.append(head_sum.detach())
         del logits
     if h_detached.grad is not None and h.requires_grad:
-        h.backward(h_detached.grad)
+        torch.autograd.backward(h, h_detached.grad)
     return torch.stack(sums)

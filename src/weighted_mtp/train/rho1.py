@@ -14,37 +14,15 @@ The selection applies to that target for every head.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from fractions import Fraction
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from weighted_mtp.errors import WmtpError
 from weighted_mtp.train.collectives import all_gather_1d, all_reduce
+from weighted_mtp.train.config import Rho1Config, Score
 from weighted_mtp.train.frozen import scoring_mode
-
-Score = Literal["signed", "absolute"]
-SCORES: tuple[Score, ...] = ("signed", "absolute")
-
-
-@dataclass(frozen=True)
-class Rho1Settings:
-    """κ, the selected fraction, and how Δ is scored (defaults: the paper's 1B setting)."""
-
-    kappa: float = 0.6
-    score: Score = "signed"
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.kappa, int | float) and 0.0 < self.kappa <= 1.0):
-            raise WmtpError(
-                f"--kappa must be in (0, 1], got {self.kappa}",
-                hint="it is the fraction of target tokens Rho-1 trains on, e.g. 0.6",
-            )
-        if self.score not in SCORES:
-            raise WmtpError(f"--score must be one of {', '.join(SCORES)}, got {self.score!r}")
 
 
 def selected_count(kappa: float, n_valid: int) -> int:
@@ -137,7 +115,7 @@ def selection_statistics(delta: Tensor, selected: Tensor, loss_mask: Tensor) -> 
 
 
 def rho1_token_weights(
-    delta: Tensor, loss_mask: Tensor, settings: Rho1Settings
+    delta: Tensor, loss_mask: Tensor, settings: Rho1Config
 ) -> tuple[Tensor, dict[str, float]]:
     """Rho-1's 0/1 `[B, S]` weights from the excess losses of one global batch, and metrics."""
     selected = select_top_fraction(rho1_scores(delta, settings.score), loss_mask, settings.kappa)

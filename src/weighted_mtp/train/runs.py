@@ -12,17 +12,22 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from weighted_mtp import assets as registry
 from weighted_mtp.errors import WmtpError
-from weighted_mtp.storage.atomic import read_json_or_none, write_text
+from weighted_mtp.storage.atomic import read_json_or_none
 from weighted_mtp.storage.layout import MODELS, Layout, ModelPaths, RunFolder, RunPaths
-from weighted_mtp.train.config import TrainConfig, read_run_config, with_overrides
+from weighted_mtp.train.config import (
+    Setting,
+    TrainConfig,
+    build_config,
+    read_run_config,
+    with_settings,
+)
 
 # What a `final/` holds: a model folder (full or merged weights) or peft's adapter files.
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -147,37 +152,6 @@ def manifest_hashes(layout: Layout, files: list[Path]) -> dict[str, str | None]:
     return result
 
 
-class MetricsLog:
-    """metrics.jsonl, appended and flushed line by line (rank 0 only)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def rewind(self, step: int) -> None:
-        """Drop lines after `step` (logged after the checkpoint a run resumes from)."""
-        if not self.path.is_file():
-            return
-        kept = [
-            line
-            for line in self.path.read_text(encoding="utf-8").splitlines(keepends=True)
-            if _step_of(line) <= step
-        ]
-        write_text(self.path, "".join(kept))
-
-    def append(self, record: dict[str, Any]) -> None:
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-
-
-def _step_of(line: str) -> int:
-    try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return 1 << 62  # a torn last line is dropped
-
-
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = RunFolder(run_dir).metrics
     if not path.is_file():
@@ -194,15 +168,17 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 def resolve_run(
     layout: Layout,
     experiment: str,
-    fresh_config: Callable[[], TrainConfig],
-    overrides: dict[str, Any],
+    *,
+    small: bool,
+    settings: Sequence[Setting],
+    file: Path | None,
     out: Path | None,
     resume: bool,
 ) -> tuple[TrainConfig, Path | None]:
-    """The run's config and folder. A new run: `fresh_config()` with the overrides. A
-    resumed run keeps its saved config.yaml; overrides may only repeat it."""
+    """The run's config and folder. A new run: `config.build_config`. A resumed run keeps
+    its saved config.yaml; settings may only repeat it."""
     if not resume:
-        return with_overrides(fresh_config(), overrides, "options"), out
+        return build_config(experiment, small=small, settings=settings, file=file), out
     run_dir = out if out is not None else latest_run(layout, experiment)
     saved_path = RunFolder(run_dir).config
     if not saved_path.is_file():
@@ -210,8 +186,14 @@ def resolve_run(
             "nothing to resume: no config.yaml", path=run_dir, hint="start the run without --resume"
         )
     saved = read_run_config(saved_path)
-    wanted = with_overrides(saved, overrides, "options")
-    changed = [k for k, v in wanted.to_dict().items() if saved.to_dict()[k] != v]
+    if saved.experiment != experiment:
+        raise WmtpError(
+            f"the run folder holds a {saved.experiment} run, not {experiment}",
+            path=run_dir,
+            hint=f"resume it with `wmtp train {saved.experiment} --resume`",
+        )
+    wanted = with_settings(saved, settings).to_dict()
+    changed = [k for k, v in wanted.items() if saved.to_dict()[k] != v]
     if changed:
         raise WmtpError(
             f"a resumed run keeps its config; {', '.join(changed)} differ from it",

@@ -8,6 +8,9 @@ pass@k with intervals (`wmtp eval compare`, into `<out>/pass_at_k/`), and `compa
 `comparison.md` and `validation_loss.png` in `<out>`. Each stage's wall and CPU time
 (user + sys of this process, all threads) are measured around the whole stage: loading,
 training, validation and saving.
+
+Under torchrun every stage trains data-parallel on all ranks, in the one process group the
+suite joins for all five; rank 0 writes the comparison.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import datetime as dt
 import math
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -26,7 +29,7 @@ from weighted_mtp.assets import COMPARE_DATASETS
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import read_json_or_none, write_json, write_text
 from weighted_mtp.storage.layout import Layout, RunFolder
-from weighted_mtp.train.config import TrainConfig, load_config, with_overrides, with_packaged
+from weighted_mtp.train.config import Setting, TrainConfig, build_config
 from weighted_mtp.train.runs import read_metrics, runs_dir
 
 if TYPE_CHECKING:
@@ -34,23 +37,7 @@ if TYPE_CHECKING:
 
 POLICY_RUNS = ("baseline", "verifiable", "rho1")
 STAGE_OF = {"verifiable": "critic", "rho1": "ref-tune"}
-
-
-SUITE_SMALL = "suite_micro.yaml"
-
-
-def experiment_config(
-    experiment: str, small: bool, overrides: dict[str, Any], *, in_suite: bool = False
-) -> TrainConfig:
-    """The Baseline config of the size (under the small suite's overlay for `wmtp train suite
-    --small`), the experiment's packaged overlay, then overrides."""
-    config = load_config(None, micro=small)
-    if in_suite and small:
-        config = with_packaged(config, SUITE_SMALL)
-    if experiment != "baseline":
-        size = "micro" if small else "7b"
-        config = with_packaged(config, f"{experiment.replace('-', '_')}_{size}.yaml")
-    return with_overrides(config, overrides, "options")
+STAGES = ("baseline", "critic", "verifiable", "ref-tune", "rho1")
 
 
 @dataclass(frozen=True)
@@ -172,74 +159,82 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def suite_configs(out: Path, small: bool, settings: Sequence[Setting]) -> dict[str, TrainConfig]:
+    """The five stages' configs: the same Baseline config and settings, each experiment's
+    overlay, and the stage-2 runs pointed at their stage-1 runs in `out`."""
+    helpers = {
+        "verifiable": [Setting("critic.run", str(out / "critic"))],
+        "rho1": [Setting("rho1.reference", str(out / "ref-tune"))],
+    }
+    return {
+        name: build_config(
+            name, small=small, settings=[*settings, *helpers.get(name, [])], suite=True
+        )
+        for name in STAGES
+    }
+
+
 def run_suite(
     layout: Layout,
     *,
     small: bool,
-    overrides: dict[str, Any],
+    settings: Sequence[Setting],
     out: Path | None,
     on_stage: Callable[[str], None] | None = None,
     on_step: Callable[..., None] | None = None,
 ) -> Path:
     """Run the five stages in order into `out`, then write the comparison; returns `out`."""
     from weighted_mtp.eval.compare import require_evaluable
-    from weighted_mtp.train.loop import train
+    from weighted_mtp.train.distributed import distributed, on_main
     from weighted_mtp.train.plot import plot_runs
-    from weighted_mtp.train.stage_one import train_stage_one
-    from weighted_mtp.train.weighted_runs import train_weighted
+    from weighted_mtp.train.trainer import train
 
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
-    out = out or runs_dir(layout, "suite") / stamp
-    if out.exists() and any(out.iterdir()):
-        raise WmtpError("the suite folder is not empty", path=out, hint="choose a new --out")
-    stage_overrides = {
-        "verifiable": {"critic.run": str(out / "critic")},
-        "rho1": {"rho1.reference": str(out / "ref-tune")},
-    }
-    configs = {
-        name: experiment_config(
-            name, small, overrides | stage_overrides.get(name, {}), in_suite=True
-        )
-        for name in ("baseline", "critic", "verifiable", "ref-tune", "rho1")
-    }
-    for name, config in configs.items():
-        config.validate(name)
     evaluation = policy_evaluation(small)
-    require_evaluable(layout, evaluation)
+    with distributed() as dist_info:
 
-    def run_stage(name: str, config: TrainConfig) -> None:
-        if name == "baseline":
-            train(layout, config, run_dir=out / name, on_step=on_step)
-        elif name in ("critic", "ref-tune"):
-            train_stage_one(layout, name, config, run_dir=out / name, on_step=on_step)
-        else:
-            train_weighted(layout, config, run_dir=out / name, on_step=on_step)
+        def choose() -> Path:
+            stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+            chosen = out or runs_dir(layout, "suite") / stamp
+            if chosen.exists() and any(chosen.iterdir()):
+                raise WmtpError(
+                    "the suite folder is not empty", path=chosen, hint="choose a new --out"
+                )
+            require_evaluable(layout, evaluation)
+            return chosen
 
-    start = _clock()
-    times: dict[str, StageTime] = {}
-    for name, config in configs.items():
-        if on_stage is not None:
-            on_stage(name)
-        times[name] = timed(partial(run_stage, name, config))
-    plot_runs([out / name for name in POLICY_RUNS], out / "validation_loss.png")
-    pass_at_k = compare_policies(layout, out, evaluation)
+        folder: Path = on_main(dist_info, choose)
+        configs = suite_configs(folder, small, settings)
+        start = _clock()
+        times: dict[str, StageTime] = {}
+        for name, config in configs.items():
+            if on_stage is not None and dist_info.is_main:
+                on_stage(name)
+            times[name] = timed(
+                partial(train, layout, config, run_dir=folder / name, on_step=on_step)
+            )
+        first = dist_info.is_main
+    # The training group is left: the comparison (one process) runs on the first rank.
+    if not first:
+        return folder
+    plot_runs([folder / name for name in POLICY_RUNS], folder / "validation_loss.png")
+    pass_at_k = compare_policies(layout, folder, evaluation)
     end = _clock()
     baseline = configs["baseline"]
     comparison = {
         "seed": baseline.seed,
         "batch_size": baseline.batch_size,
         "steps": baseline.max_steps or "one epoch of",
-        "experiments": {name: experiment_entry(out, name, times) for name in POLICY_RUNS},
+        "experiments": {name: experiment_entry(folder, name, times) for name in POLICY_RUNS},
         "stages": {name: asdict(t) for name, t in times.items()},
-        "pass_at_k": pass_at_k.relative_to(out).as_posix(),
+        "pass_at_k": pass_at_k.relative_to(folder).as_posix(),
         "total": {
             "wall_s": round(end.wall_s - start.wall_s, 1),
             "cpu_s": round(end.cpu_s - start.cpu_s, 1),
         },
     }
-    write_json(out / "comparison.json", comparison)
-    write_text(out / "comparison.md", comparison_markdown(comparison))
-    return out
+    write_json(folder / "comparison.json", comparison)
+    write_text(folder / "comparison.md", comparison_markdown(comparison))
+    return folder
 
 
 # ------------------------------------------------------------------ pass@k of the policies

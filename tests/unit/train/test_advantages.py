@@ -7,15 +7,14 @@ import math
 import pytest
 import torch
 
-from weighted_mtp.errors import WmtpError
 from weighted_mtp.train.advantages import (
-    AwrSettings,
     RunningWhitening,
     awr_weights,
     critic_token_weights,
     gae_advantages,
     td_errors,
 )
+from weighted_mtp.train.config import CriticConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -103,7 +102,7 @@ def test_values_outside_the_response_and_the_terminal_value_change_nothing(batch
     noise = random_values(values.shape, seed=9) * 100 - 50
     perturbed = torch.where(used, values, noise)
     assert not torch.equal(perturbed, values)
-    settings = AwrSettings()
+    settings = CriticConfig()
     for v in (values, perturbed):
         torch.testing.assert_close(
             gae_advantages(v, mask, batch.is_correct, 1.0, 0.95),
@@ -145,7 +144,7 @@ def test_weights_stay_in_bounds_and_rise_with_the_advantage():
 
 def test_critic_weights_order_targets_by_advantage_and_zero_the_rest(batch):
     values = random_values(batch.tokens.shape)
-    settings = AwrSettings()
+    settings = CriticConfig()
     weights, metrics = critic_token_weights(
         values, batch.loss_mask, batch.is_correct, settings, RunningWhitening()
     )
@@ -210,12 +209,3 @@ def test_a_batch_without_targets_leaves_the_statistics_alone(batch):
     restored = RunningWhitening()
     restored.load_tensor(before)
     assert restored == whitening
-
-
-@pytest.mark.parametrize(
-    ("field", "value"),
-    [("gamma", 1.5), ("lam", -0.1), ("beta", 0.0), ("w_min", 0.0), ("w_max", 0.05)],
-)
-def test_bad_settings_are_one_clear_error(field, value):
-    with pytest.raises(WmtpError, match="invalid Verifiable Critic settings"):
-        AwrSettings(**{field: value})

@@ -7,18 +7,22 @@ import pytest
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.train.config import (
     TrainConfig,
+    build_config,
     config_yaml,
     load_config,
     parse_set,
     read_run_config,
+    validate,
+    validate_for_world,
     with_overrides,
+    with_settings,
 )
 
 
 def test_packaged_configs_load_and_validate():
     big, micro = load_config(None, micro=False), load_config(None, micro=True)
     for config in (big, micro):
-        config.validate("packaged")
+        validate(config)
     assert big.model == "meta-llama-mtp" and big.lora.enabled and big.lora.r == 64
     assert big.lora.targets == ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
     assert (big.lr, big.beta2, big.min_lr_ratio, big.seq_len) == (1e-4, 0.95, 0.005, 2048)
@@ -26,11 +30,8 @@ def test_packaged_configs_load_and_validate():
 
 
 def test_set_overrides_are_typed(tmp_path):
-    config = with_overrides(
-        TrainConfig(),
-        dict(parse_set(s) for s in ["lr=1e-3", "lora.r=8", "lora.enabled=true", "small=false"]),
-        "--set",
-    )
+    items = ["lr=1e-3", "lora.r=8", "lora.enabled=true", "small=false"]
+    config = with_settings(TrainConfig(), [parse_set(s) for s in items])
     assert (config.lr, config.lora.r, config.lora.enabled, config.small) == (1e-3, 8, True, False)
     saved = tmp_path / "config.yaml"
     saved.write_text(config_yaml(config))
@@ -52,7 +53,7 @@ def test_set_overrides_are_typed(tmp_path):
 )
 def test_bad_overrides_are_one_line(item, message):
     with pytest.raises(WmtpError, match=message) as error:
-        with_overrides(TrainConfig(), dict([parse_set(item)]), "--set")
+        with_settings(TrainConfig(), [parse_set(item)])
     assert "\n" not in error.value.line()
 
 
@@ -73,6 +74,98 @@ def test_config_file_errors_name_the_file(tmp_path):
 
 def test_values_are_checked_for_meaning():
     with pytest.raises(WmtpError, match="warmup_ratio"):
-        with_overrides(TrainConfig(), {"warmup_ratio": 1.5}, "x").validate("x")
-    with pytest.raises(WmtpError, match=r"final_save adapter needs lora\.enabled"):
-        with_overrides(TrainConfig(), {"final_save": "adapter"}, "x").validate("x")
+        validate(with_overrides(TrainConfig(), {"warmup_ratio": 1.5}, "x"))
+    with pytest.raises(WmtpError, match=r"'final_save' adapter needs lora\.enabled"):
+        validate(with_overrides(TrainConfig(), {"final_save": "adapter"}, "x"))
+
+
+@pytest.mark.parametrize(
+    "item", ["lr=nan", "lr=inf", "lr=-.inf", "lr=.NaN", "rho1.kappa=nan", "rho1.kappa=.inf"]
+)
+def test_nan_and_infinite_values_are_refused_up_front(item):
+    key = item.partition("=")[0]
+    with pytest.raises(WmtpError, match=f"config key '{key}' must be a finite number"):
+        with_settings(TrainConfig(), [parse_set(item)])
+
+
+def test_a_nan_in_a_config_file_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr: .nan\n")
+    with pytest.raises(WmtpError, match=r"config key 'lr' must be a finite number") as error:
+        load_config(bad, micro=True)
+    assert "bad.yaml" in error.value.line()
+
+
+def test_an_error_names_the_key_as_the_user_wrote_it():
+    from weighted_mtp.train.config import Setting
+
+    with pytest.raises(WmtpError, match=r"^--kappa must be in \(0, 1\], not 1\.5"):
+        build_config("rho1", small=True, settings=[Setting("rho1.kappa", 1.5, "--kappa")])
+    with pytest.raises(WmtpError, match=r"^config key 'rho1.kappa' must be in \(0, 1\]"):
+        build_config("rho1", small=True, settings=[parse_set("rho1.kappa=1.5")])
+    with pytest.raises(WmtpError, match=r"^--kappa must be a finite number, not nan"):
+        build_config("rho1", small=True, settings=[Setting("rho1.kappa", float("nan"), "--kappa")])
+    with pytest.raises(WmtpError, match=r"^--score wants 'signed' \| 'absolute', got 'squared'"):
+        build_config("rho1", small=True, settings=[Setting("rho1.score", "squared", "--score")])
+
+
+@pytest.mark.parametrize("kappa", [0.0, -0.5, 1.01])
+def test_kappa_outside_zero_one_is_one_clear_error(kappa):
+    with pytest.raises(WmtpError, match=r"config key 'rho1.kappa' must be in \(0, 1\]"):
+        validate(with_overrides(TrainConfig(), {"rho1.kappa": kappa}, "x"))
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("gamma", 1.5),
+        ("lam", -0.1),
+        ("beta", 0.0),
+        ("w_min", 0.0),
+        ("w_max", 0.05),
+        ("momentum", 0.0),
+    ],
+)
+def test_bad_verifiable_critic_settings_are_one_clear_error(key, value):
+    with pytest.raises(WmtpError, match=f"config key 'critic.{key}' must be"):
+        validate(with_overrides(TrainConfig(), {f"critic.{key}": value}, "x"))
+
+
+def test_the_global_batch_must_split_over_the_ranks():
+    config = with_overrides(TrainConfig(), {"batch_size": 8, "micro_batch_size": 2}, "x")
+    validate_for_world(config, 4)
+    with pytest.raises(WmtpError, match="batch_size 8 is not a multiple of micro_batch_size 2 x 3"):
+        validate_for_world(config, 3)
+    with pytest.raises(
+        WmtpError,
+        match=r"config key 'batch_size' must be a multiple of micro_batch_size \(4\), not 6",
+    ):
+        validate(with_overrides(TrainConfig(), {"batch_size": 6, "micro_batch_size": 4}, "x"))
+
+
+def test_packaged_files_state_only_what_they_change():
+    """Each default lives once, in `TrainConfig`: no packaged file restates a value of the
+    config it is applied over (the defaults, or the Baseline config of its size)."""
+    from importlib import resources
+
+    import yaml
+
+    from weighted_mtp.train.config import SUITE_SMALL, overlay_file, value_at
+    from weighted_mtp.train.experiments import EXPERIMENTS
+
+    def restated(base: TrainConfig, name: str) -> list[str]:
+        text = resources.files("weighted_mtp.train").joinpath("configs", name).read_text()
+        flat = {}
+        for key, value in yaml.safe_load(text).items():
+            items = value.items() if isinstance(value, dict) else [(None, value)]
+            flat |= {f"{key}.{k}" if k else key: v for k, v in items}
+        over = with_overrides(base, flat, name)
+        return [k for k in flat if value_at(base, k) == value_at(over, k)]
+
+    for small in (True, False):
+        assert restated(TrainConfig(), overlay_file("baseline", small)) == []
+        base = load_config(None, micro=small)
+        for name in EXPERIMENTS:
+            if name != "baseline":
+                assert restated(base, overlay_file(name, small)) == [], name
+    assert restated(load_config(None, micro=True), SUITE_SMALL) == []

@@ -8,10 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from weighted_mtp.train.config import LoraConfig
 from weighted_mtp.train.critic import (
-    CriticLora,
     ValueModel,
-    add_lora,
     auroc,
     critic_loss,
     critic_values,
@@ -152,7 +151,10 @@ def test_the_critic_learns_a_one_token_difference(objective, tiny_llama_config):
 def test_lora_leaves_only_adapters_and_the_head_trainable(tiny_llama_config):
     from transformers import LlamaModel
 
-    backbone = add_lora(LlamaModel(tiny_llama_config()), CriticLora(rank=4, alpha=8))
+    from weighted_mtp.train.lora import inject_lora
+
+    lora = LoraConfig(enabled=True, r=4, alpha=8)
+    backbone = inject_lora(LlamaModel(tiny_llama_config()), lora, seed=0)
     critic = ValueModel(backbone, head_hidden=8)
     trainable = {n for n, p in critic.named_parameters() if p.requires_grad}
     assert trainable, "something must train"

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from weighted_mtp.errors import WmtpError
-from weighted_mtp.train.config import TrainConfig, with_overrides
+from weighted_mtp.train.config import FrozenConfig, TrainConfig, validate, with_overrides
 from weighted_mtp.train.critic import ValueModel, critic_values
 from weighted_mtp.train.frozen import (
     MIB,
@@ -26,9 +26,7 @@ from weighted_mtp.train.rho1 import (
     reference_cross_entropy,
     selected_count,
 )
-from weighted_mtp.train.weighted import Rho1
-from weighted_mtp.train.weighted_config import FrozenConfig
-from weighted_mtp.train.weighting import WeighContext
+from weighted_mtp.train.weightings import Rho1, WeighContext
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -117,8 +115,8 @@ def test_frozen_settings_are_typed_config_keys():
     with pytest.raises(WmtpError, match=re.escape("'frozen.dtype' wants 'auto' | 'bf16' | 'fp32'")):
         with_overrides(TrainConfig(), {"frozen.dtype": "fp16"}, "test")
     negative = with_overrides(TrainConfig(), {"frozen.shard_min_mib": -1}, "test")
-    with pytest.raises(WmtpError, match=re.escape("frozen.shard_min_mib must be >= 0")):
-        negative.validate("test")
+    with pytest.raises(WmtpError, match=re.escape("'frozen.shard_min_mib' must be >= 0")):
+        validate(negative)
 
 
 def test_a_bf16_reference_gives_float32_cross_entropies_close_to_float32(reference, batch):
@@ -171,7 +169,7 @@ def test_rho1_follows_a_bf16_policy_with_a_bf16_reference(reference, make_model,
     """`frozen.dtype: auto` with the trainer's bf16 autocast (as on GPUs): the reference is
     cast to bf16 at the first step, and the selection is still exactly ⌈κ·N⌉ targets."""
     policy = make_model(dtype=torch.float32)
-    weighting = Rho1(reference)
+    weighting = Rho1(reference, "selected")
     ctx = WeighContext(policy, 0, 3, torch.device("cpu"), lambda t: t, torch.bfloat16)
     weights = weighting.weigh_step([batch], ctx)[0]
     assert weighting.placement is not None and weighting.placement.dtype == torch.bfloat16

@@ -186,14 +186,15 @@ def test_sequential_backward_equals_naive_in_float64(tokens_and_mask, make_model
 
 
 def test_sequential_backward_equals_naive_with_lora(tokens_and_mask, make_model):
-    from weighted_mtp.train.lora import LoraSettings, apply_lora
+    from weighted_mtp.train.config import LoraConfig
+    from weighted_mtp.train.lora import apply_lora
 
     tokens, mask = tokens_and_mask
     scales = head_scales(normaliser_terms(mask, None, H, "count"))
     results = []
     for backward in (naive_backward, sequential_backward):
         model = make_model()
-        policy = apply_lora(model, LoraSettings(enabled=True, r=4, alpha=8, dropout=0.0), seed=3)
+        policy = apply_lora(model, LoraConfig(enabled=True, r=4, alpha=8, dropout=0.0), seed=3)
         with torch.no_grad():  # LoRA B starts at zero; make the adapters matter
             for name, p in policy.core.named_parameters():
                 if "lora_B" in name:

@@ -12,8 +12,7 @@ import torch
 
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.layout import MICRO_MTP, MICRO_REF
-from weighted_mtp.train.data import Example
-from weighted_mtp.train.stage_one import require_both_outcomes, task_grouped_batches
+from weighted_mtp.train.data import BatchPlan, Example, Sharding, require_both_outcomes
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -195,12 +194,16 @@ def test_a_critic_needs_correct_and_incorrect_solutions(tmp_path):
 
 def test_critic_batches_keep_a_task_together_in_a_seeded_order():
     examples = [example(t, c) for t in "abcdef" for c in (True, False)]
-    batches = task_grouped_batches(examples, 4, seed=1)
-    assert len(batches) == 3
-    for batch in batches:
-        assert [e.task_id for e in batch][0::2] == [e.task_id for e in batch][1::2]
-    assert batches != task_grouped_batches(examples, 4, seed=2)
-    assert batches == task_grouped_batches(examples, 4, seed=1)
+
+    def batches(seed: int) -> list[list[str]]:
+        plan = BatchPlan(examples, Sharding(4, 2, 1), seed, 0, by_task=True)
+        return [sorted(e.sample_id for e in plan.global_batch(i)) for i in range(3)]
+
+    assert len(batches(1)) == 3
+    for batch in batches(1):  # both records of each of two tasks
+        assert [s.split("-")[0] for s in batch][0::2] == [s.split("-")[0] for s in batch][1::2]
+    assert batches(1) != batches(2)
+    assert batches(1) == batches(1)
 
 
 def test_a_pairwise_critic_trains_and_logs_its_validation(
@@ -225,5 +228,5 @@ def test_an_unknown_critic_objective_is_refused(monkeypatch, capsys, weighted_st
     out = tmp_path / "critic"
     root = ["--root", str(weighted_storage.root), "train", "critic", "--small"]
     code, _, err = wmtp(monkeypatch, capsys, *root, "--objective", "ranking", "--out", str(out))
-    assert code != 0 and "config key 'critic.objective' wants 'mc' | 'pairwise'" in err
+    assert code != 0 and "--objective wants 'mc' | 'pairwise'" in err
     assert not out.exists()

@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from weighted_mtp.errors import WmtpError
-from weighted_mtp.train.config import load_config, with_overrides
+from weighted_mtp.train.config import Setting, load_config, with_overrides
 from weighted_mtp.train.distributed import Dist
-from weighted_mtp.train.loop import Trainer, prepare_run_dir, train
+from weighted_mtp.train.experiments import weighted_mtp
 from weighted_mtp.train.losses import weighted_mtp_loss
 from weighted_mtp.train.runs import resolve_assets
-from weighted_mtp.train.weighting import Weights
+from weighted_mtp.train.trainer import Trainer, prepare_run_dir, train
+from weighted_mtp.train.weightings import Weights
 
 SINGLE = Dist(rank=0, world=1, device=torch.device("cpu"))
 FAST = {
@@ -39,11 +40,12 @@ def make_trainer(layout, run_dir, weighting=None, **over):
     config = config_of(**over)
     assets = resolve_assets(layout, config.model, config.data, config.small)
     prepare_run_dir(run_dir, config, SINGLE)
-    return Trainer(layout, config, assets, run_dir, SINGLE, weighting)
+    make = weighted_mtp(lambda setup: weighting) if weighting is not None else None
+    return Trainer(layout, config, assets, run_dir, SINGLE, make)
 
 
 def params(trainer):
-    return {k: v.detach().clone() for k, v in trainer.policy.core.state_dict().items()}
+    return {k: v.detach().clone() for k, v in trainer.model.core.state_dict().items()}
 
 
 def train_lines(run_dir):
@@ -108,7 +110,7 @@ def test_n_future_1_trains_the_next_token_head_only(train_storage, tmp_path):
     after = params(trainer)
     assert len(record["per_head"]) == 1
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    head0 = f"layers.{trainer.policy.core.params.n_trunk_layers}."  # the last block
+    head0 = f"layers.{trainer.model.core.params.n_trunk_layers}."  # the last block
     assert any(k.startswith(head0) for k in changed)
     assert not any(k.startswith("extra_heads.") for k in changed)
 
@@ -139,7 +141,7 @@ def test_a_pluggable_weighting_sets_the_loss(train_storage, tmp_path):
     )
     (batch,) = trainer.plan.micro_batches(0, 0)
     with torch.no_grad():
-        logits = trainer.policy.core(batch.tokens)
+        logits = trainer.model.core(batch.tokens)
     values = weighting.weigh(batch, type("C", (), {"step": 0, "n_heads": 2})()).values
     expected = weighted_mtp_loss(logits, batch.tokens, batch.loss_mask, values, "weight")
     record = trainer.train_step()
@@ -235,7 +237,7 @@ def test_lora_saves_merged_weights_or_the_adapter_alone(train_storage, tmp_path,
     over = {"max_steps": 1, "lora.enabled": True, "lora.r": 4, "lora.dropout": 0.0}
     trainer = make_trainer(train_storage, tmp_path / "run", final_save=final_save, **over)
     with torch.no_grad():  # LoRA B starts at zero: make the adapters change the output
-        for name, p in trainer.policy.core.named_parameters():
+        for name, p in trainer.model.core.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.05)
     trainer.run()
@@ -247,9 +249,9 @@ def test_lora_saves_merged_weights_or_the_adapter_alone(train_storage, tmp_path,
         return
     (batch,) = trainer.plan.micro_batches(0, 0)[:1]
     merged = load_mtp_model(final)
-    trainer.policy.core.eval()
+    trainer.model.core.eval()
     with torch.no_grad():
-        want = trainer.policy.core(batch.tokens)
+        want = trainer.model.core(batch.tokens)
         got = merged(batch.tokens)
         base = load_mtp_model(train_storage.model("micro-mtp").root)(batch.tokens)
     assert (got - want).abs().max() < 0.1 * (base - want).abs().max()
@@ -260,7 +262,49 @@ def test_a_resumed_run_keeps_its_config(train_storage, tmp_path):
 
     run = tmp_path / "run"
     prepare_run_dir(run, config_of(), SINGLE)
-    config, where = resolve_run(train_storage, "baseline", config_of, {"max_steps": 3}, run, True)
+
+    def resume(*settings: Setting, experiment: str = "baseline"):
+        return resolve_run(
+            train_storage, experiment, small=True, settings=settings, file=None, out=run,
+            resume=True,
+        )  # fmt: skip
+
+    config, where = resume(Setting("max_steps", 3))
     assert where == run and config == config_of()
     with pytest.raises(WmtpError, match="a resumed run keeps its config; lr differ"):
-        resolve_run(train_storage, "baseline", config_of, {"lr": 0.5}, run, True)
+        resume(Setting("lr", 0.5))
+    with pytest.raises(WmtpError, match="holds a baseline run, not critic"):
+        resume(experiment="critic")
+
+
+@dataclass
+class NanAtStep:
+    """Uniform weights, NaN on every target from step `bad` (0-based) on."""
+
+    bad: int
+    name: str = "nan"
+    normalize: str = "count"
+
+    def weigh(self, batch, ctx):
+        values = torch.ones(batch.tokens.shape)
+        if ctx.step >= self.bad:
+            values[batch.loss_mask] = float("nan")
+        return Weights(values)
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_step(train_storage, tmp_path):
+    run = tmp_path / "run"
+    make = weighted_mtp(lambda setup: NanAtStep(bad=1))
+    config = config_of(max_steps=3, checkpoint_every=1)
+    with pytest.raises(WmtpError, match=r"^step 2: the loss is nan; the run stops") as error:
+        train(train_storage, config, run_dir=run, make_objective=make)
+    assert "\n" not in error.value.line()
+    assert not (run / "final").exists() and not (run / "summary.json").exists()
+    assert [r[0] for r in train_lines(run)] == [1]  # the bad step is not logged
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000001"]

@@ -1,28 +1,28 @@
-"""Stage 2 of the weighted experiments: the policy trained by the one trainer with the
-Verifiable Critic or Rho-1 weighting, after checking what it weighs with.
+"""The helper models of the weighted experiments: the critic of a `wmtp train critic` run
+(Verifiable Critic), the reference of a `wmtp train ref-tune` run, a storage model or a
+model folder (Rho-1); found, checked and loaded.
 
-The critic (a `wmtp train critic` run) or the reference (a `wmtp train ref-tune` run, or a
-model folder / storage model) must exist and share the policy's tokenizer: its tokenizer
-file has the policy's SHA-256, and the storage recorded `tokenizer_shared_with` for it (the
-piece-by-piece comparison `wmtp models convert` makes). Anything wrong is one error before a
-run folder is made.
+A helper must share the policy's tokenizer: its tokenizer file has the policy's SHA-256,
+and the storage recorded `tokenizer_shared_with` for it (the piece-by-piece comparison
+`wmtp models convert` makes). Anything wrong is one error before a run folder is made.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from weighted_mtp.assets import reference_pairs
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import read_json_or_none
 from weighted_mtp.storage.hashing import sha256_file
 from weighted_mtp.storage.layout import MODELS, Layout, ModelPaths, RunFolder
-from weighted_mtp.train.config import TrainConfig
-from weighted_mtp.train.stage_one import CRITIC_WEIGHTS, STAGE_FILE
-from weighted_mtp.train.weighting import Weighting
+from weighted_mtp.train.config import TrainConfig, with_overrides
+from weighted_mtp.train.final import CRITIC_WEIGHTS, STAGE_FILE
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -104,71 +104,36 @@ def require_shared_tokenizer(policy: ModelPaths, helper: Helper) -> None:
         )
 
 
-def load_critic(helper: Helper, config: TrainConfig) -> Any:
+def critic_helper(config: TrainConfig) -> Helper:
+    """The Verifiable Critic's critic run (`critic.run`, `--critic`)."""
+    return stage_one_run(config.critic.run, "critic")
+
+
+def rho1_helper(layout: Layout, config: TrainConfig) -> Helper:
+    """Rho-1's reference (`rho1.reference`, `--reference`)."""
+    if not config.rho1.reference:
+        raise WmtpError("no reference given", hint="pass --reference RUN|MODEL (a ref-tune run)")
+    return reference_helper(layout, config.rho1.reference)
+
+
+def load_critic(helper: Helper, config: TrainConfig) -> nn.Module:
     """The trained value model of a critic run, rebuilt on its base and loaded (strict)."""
     from safetensors.torch import load_file
 
-    from weighted_mtp.train.config import with_overrides
-    from weighted_mtp.train.stage_one import build_critic
+    from weighted_mtp.train.builders import value_model
 
     record = helper.record
     lora = record.get("lora") or {}
     overrides = {"critic.head_hidden": record["head_hidden"]}
     overrides |= {f"lora.{k}": v for k, v in lora.items()}
     built_with = with_overrides(config, overrides, STAGE_FILE)
-    critic = build_critic(Path(record["base_model"]), built_with)
+    critic = value_model(Path(record["base_model"]), built_with)
     critic.load_state_dict(load_file(helper.folder / CRITIC_WEIGHTS), strict=True)
     return critic
 
 
-def build_weighting(layout: Layout, config: TrainConfig, policy: ModelPaths) -> Weighting:
-    """The experiment's weighting, its settings checked and its helper verified."""
-    from weighted_mtp.train.advantages import AwrSettings
-    from weighted_mtp.train.rho1 import Rho1Settings
-    from weighted_mtp.train.weighted import Rho1, VerifiableCritic
+def load_reference(helper: Helper) -> nn.Module:
+    """The reference causal LM of a ref-tune run or a model folder."""
+    from weighted_mtp.models.adapter import load_reference_model
 
-    if config.experiment == "verifiable":
-        c = config.critic
-        settings = AwrSettings(c.gamma, c.lam, c.beta, c.w_min, c.w_max, c.momentum)
-        helper = stage_one_run(c.run, "critic")
-        require_shared_tokenizer(policy, helper)
-        return VerifiableCritic(load_critic(helper, config), settings, frozen=config.frozen)
-    if config.experiment == "rho1":
-        rho1 = Rho1Settings(config.rho1.kappa, config.rho1.score)
-        if not config.rho1.reference:
-            raise WmtpError(
-                "no reference given", hint="pass --reference RUN|MODEL (a ref-tune run)"
-            )
-        helper = reference_helper(layout, config.rho1.reference)
-        require_shared_tokenizer(policy, helper)
-        from weighted_mtp.models.adapter import load_reference_model
-
-        return Rho1(load_reference_model(helper.folder), rho1, frozen=config.frozen)
-    raise WmtpError(f"experiment {config.experiment!r} has no weighting here")
-
-
-def train_weighted(
-    layout: Layout,
-    config: TrainConfig,
-    *,
-    run_dir: Path | None = None,
-    resume: bool = False,
-    stop_at: int | None = None,
-    on_step: Callable[..., None] | None = None,
-) -> Any:
-    """Stage 2: check the helper, then the one trainer with its weighting."""
-    from weighted_mtp.train.loop import train
-    from weighted_mtp.train.runs import resolve_assets
-
-    config.validate("config")
-    policy = resolve_assets(layout, config.model, config.data, config.small).model
-    weighting = build_weighting(layout, config, policy)
-    return train(
-        layout,
-        config,
-        run_dir=run_dir,
-        resume=resume,
-        stop_at=stop_at,
-        on_step=on_step,
-        weighting=weighting,
-    )
+    return load_reference_model(helper.folder)

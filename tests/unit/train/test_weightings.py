@@ -6,13 +6,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-from weighted_mtp.train.advantages import AwrSettings, RunningWhitening, critic_token_weights
+from weighted_mtp.train.advantages import RunningWhitening, critic_token_weights
+from weighted_mtp.train.config import CriticConfig, Rho1Config, build_config
 from weighted_mtp.train.critic import ValueModel, critic_values
 from weighted_mtp.train.data import Batch
 from weighted_mtp.train.losses import head_scales, normaliser_terms, sequential_backward
-from weighted_mtp.train.rho1 import Rho1Settings, selected_count
-from weighted_mtp.train.weighted import Rho1, VerifiableCritic, join_rows, split_rows
-from weighted_mtp.train.weighting import StepWeighting, WeighContext, Weighting
+from weighted_mtp.train.rho1 import selected_count
+from weighted_mtp.train.weightings import (
+    Rho1,
+    StepWeighting,
+    VerifiableCritic,
+    WeighContext,
+    Weighting,
+    join_rows,
+    split_rows,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -49,10 +57,11 @@ def helpers(tiny_llama_config):
 
 def test_both_weightings_follow_the_protocol(helpers):
     critic, reference = helpers
-    for weighting in (VerifiableCritic(critic), Rho1(reference)):
+    for weighting in (VerifiableCritic(critic, "weight"), Rho1(reference, "selected")):
         assert isinstance(weighting, Weighting) and isinstance(weighting, StepWeighting)
-    assert VerifiableCritic(critic).normalize == "weight"
-    assert Rho1(reference).normalize == "selected"
+    # Each experiment's normaliser is its packaged config's.
+    normalize = {e: build_config(e, small=True).normalize for e in ("verifiable", "rho1")}
+    assert normalize == {"verifiable": "weight", "rho1": "selected"}
 
 
 def test_join_and_split_rows_round_trip(make_batch):
@@ -66,13 +75,13 @@ def test_critic_weights_of_a_split_step_equal_those_of_the_joined_batch(helpers,
     critic, _ = helpers
     batch = make_batch(vocab=VOCAB, rows=6)
     micro = [cut(batch, slice(0, 2)), cut(batch, slice(2, 6))]
-    weighting = VerifiableCritic(critic)
+    weighting = VerifiableCritic(critic, "weight")
     split = weighting.weigh_step(micro, context(None))
     expected, metrics = critic_token_weights(
         critic_values(critic, batch.tokens),
         batch.loss_mask,
         batch.is_correct,
-        AwrSettings(),
+        CriticConfig(),
         RunningWhitening(),
     )
     for part, rows, w in zip(micro, (slice(0, 2), slice(2, 6)), split, strict=True):
@@ -81,7 +90,7 @@ def test_critic_weights_of_a_split_step_equal_those_of_the_joined_batch(helpers,
         assert (expected[rows, width:] == 0).all()
         assert w.metrics == pytest.approx(metrics)
     assert weighting.whitening.updates == 1
-    restored = VerifiableCritic(critic)
+    restored = VerifiableCritic(critic, "weight")
     restored.load_state_dict(weighting.state_dict())
     assert restored.whitening == weighting.whitening
 
@@ -91,7 +100,7 @@ def test_rho1_selects_over_the_whole_step_not_per_micro_batch(helpers, make_mode
     policy = make_model(dtype=torch.float32)
     batch = make_batch(vocab=VOCAB, rows=6)
     micro = [cut(batch, slice(0, 3)), cut(batch, slice(3, 6))]
-    weighting = Rho1(reference, Rho1Settings(kappa=0.3))
+    weighting = Rho1(reference, "selected", Rho1Config(kappa=0.3))
     split = weighting.weigh_step(micro, context(policy))
     whole = weighting.weigh_step([batch], context(policy))[0].values
     joined = torch.cat(
@@ -113,7 +122,8 @@ def test_no_gradient_reaches_the_critic_or_the_reference(helpers, make_model, ma
     critic, reference = helpers
     policy = make_model(dtype=torch.float32)
     batch = make_batch(vocab=VOCAB)
-    for weighting, helper in ((VerifiableCritic(critic), critic), (Rho1(reference), reference)):
+    weightings = (VerifiableCritic(critic, "weight"), Rho1(reference, "selected"))
+    for weighting, helper in zip(weightings, (critic, reference), strict=True):
         assert not any(p.requires_grad for p in helper.parameters())
         helper.requires_grad_(True)  # detachment alone must protect it
         before = parameters(helper)
@@ -140,7 +150,7 @@ class RecordingStepWeighting:
         self.calls: list[int] = []
 
     def weigh_step(self, batches, ctx):
-        from weighted_mtp.train.weighting import Weights
+        from weighted_mtp.train.weightings import Weights
 
         self.calls.append(len(batches))
         return [Weights(None) for _ in batches]
@@ -158,8 +168,9 @@ class RecordingStepWeighting:
 def test_the_trainer_hands_a_step_weighting_all_micro_batches_at_once(train_storage, tmp_path):
     from weighted_mtp.train.config import load_config, with_overrides
     from weighted_mtp.train.distributed import Dist
-    from weighted_mtp.train.loop import Trainer, prepare_run_dir
+    from weighted_mtp.train.experiments import weighted_mtp
     from weighted_mtp.train.runs import resolve_assets
+    from weighted_mtp.train.trainer import Trainer, prepare_run_dir
 
     single = Dist(rank=0, world=1, device=torch.device("cpu"))
     over = {"batch_size": 4, "micro_batch_size": 2, "max_steps": 2, "eval_every": 0}
@@ -167,7 +178,41 @@ def test_the_trainer_hands_a_step_weighting_all_micro_batches_at_once(train_stor
     assets = resolve_assets(train_storage, config.model, config.data, config.small)
     prepare_run_dir(tmp_path / "run", config, single)
     weighting = RecordingStepWeighting()
-    trainer = Trainer(train_storage, config, assets, tmp_path / "run", single, weighting)
+    make = weighted_mtp(lambda setup: weighting)
+    trainer = Trainer(train_storage, config, assets, tmp_path / "run", single, make)
     trainer.train_step()
     trainer.train_step()
     assert weighting.calls == [2, 2]
+
+
+def test_rho1_scores_the_policy_and_the_reference_in_the_trainers_precision(
+    helpers, make_model, make_batch
+):
+    """Under the trainer's bf16 autocast (`WeighContext.policy_dtype`) both cross-entropies
+    come from forwards in that precision: Δ is the policy's CE under the autocast minus the
+    bf16 reference's CE under the autocast, never a float32 policy against a bf16 reference."""
+    import copy
+
+    from weighted_mtp.train.rho1 import (
+        excess_loss,
+        policy_head0_cross_entropy,
+        reference_cross_entropy,
+        rho1_token_weights,
+    )
+
+    _, reference = helpers
+    policy = make_model(dtype=torch.float32)
+    batch = make_batch(vocab=VOCAB)
+    low_reference = copy.deepcopy(reference).bfloat16()  # what `frozen.dtype: auto` places
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        delta = excess_loss(
+            policy_head0_cross_entropy(policy, batch.tokens),
+            reference_cross_entropy(low_reference, batch.tokens),
+            batch.loss_mask,
+        )
+    settings = Rho1Config(kappa=0.5)
+    want_weights, want_metrics = rho1_token_weights(delta, batch.loss_mask, settings)
+    ctx = WeighContext(policy, 0, 3, torch.device("cpu"), lambda t: t, torch.bfloat16)
+    got = Rho1(reference, "selected", settings).weigh_step([batch], ctx)[0]
+    assert torch.equal(got.values, want_weights)
+    assert got.metrics == want_metrics
