@@ -106,6 +106,7 @@ def test_two_ranks_train_like_one_and_a_run_resumes_on_another_rank_count(train_
     [
         ("foo=1", "unknown config key 'foo'"),
         ("lr=fast", "config key 'lr' wants float, got 'fast'"),
+        ("lr=nan", "config key 'lr' must be a finite number, not 'nan'"),
     ],
 )
 def test_bad_settings_are_one_line(tmp_path, option, message):

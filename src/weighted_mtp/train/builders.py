@@ -1,5 +1,5 @@
-"""The model builders: one function per kind of model a run trains, from the run's config
-and this rank's place (`Dist`) to the ready model, on its device and, under torchrun,
+"""The model builders: one function per kind of model a run trains, from its model folder,
+the run's config and this rank's place (`Dist`) to the ready model, on its device and, under torchrun,
 sharded with FSDP2 (`distributed.shard` for the MTP policy, `shard_blocks` for the
 transformers models), so every stage trains data-parallel the same way.
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from weighted_mtp.models.adapter import MtpTransformer
 
 
-def build_policy(config: TrainConfig, paths: ModelPaths, dist_info: Dist) -> TrainedModel:
+def build_policy(paths: ModelPaths, config: TrainConfig, dist_info: Dist) -> TrainedModel:
     """The MTP policy, checked against the config (context, heads), LoRA applied."""
     from weighted_mtp.models.adapter import load_mtp_model
 
@@ -58,7 +58,7 @@ def value_model(base: Path, config: TrainConfig) -> ValueModel:
         return ValueModel(backbone, config.critic.head_hidden)
 
 
-def build_value_model(config: TrainConfig, paths: ModelPaths, dist_info: Dist) -> TrainedModel:
+def build_value_model(paths: ModelPaths, config: TrainConfig, dist_info: Dist) -> TrainedModel:
     """The critic being trained (only its adapters and value head with LoRA)."""
     return _placed(
         TrainedModel(value_model(paths.root, config), config.lora.enabled), config, dist_info
@@ -73,7 +73,7 @@ def reference_lm(base: Path, config: TrainConfig) -> TrainedModel:
     return apply_lora(model, config.lora, config.seed, hf_targets(config.lora))
 
 
-def build_reference(config: TrainConfig, paths: ModelPaths, dist_info: Dist) -> TrainedModel:
+def build_reference(paths: ModelPaths, config: TrainConfig, dist_info: Dist) -> TrainedModel:
     """The reference being fine-tuned (ref-tune)."""
     return _placed(reference_lm(paths.root, config), config, dist_info)
 

@@ -46,7 +46,7 @@ from weighted_mtp.train.weightings import Baseline, Rho1, VerifiableCritic, Weig
 if TYPE_CHECKING:
     from weighted_mtp.models.adapter import MtpTransformer
 
-Builder = Callable[[TrainConfig, ModelPaths, Dist], TrainedModel]
+Builder = Callable[[ModelPaths, TrainConfig, Dist], TrainedModel]
 FinalWriter = Callable[[Path, TrainedModel, ModelPaths, TrainConfig, Dist], None]
 
 

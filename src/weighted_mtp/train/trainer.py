@@ -109,7 +109,7 @@ class Trainer:
         self.layout, self.config, self.assets = layout, config, assets
         self.run_dir, self.dist, self.experiment = run_dir, dist_info, experiment
         validate_for_world(config, dist_info.world)
-        self.model = experiment.model.build(config, assets.model, dist_info)
+        self.model = experiment.model.build(assets.model, config, dist_info)
         make_objective = make_objective or experiment.objective
         self.objective = make_objective(Setup(layout, config, assets.model, self.model))
         tokenizer = Tokenizer(assets.model.tokenizer_model)
