@@ -169,3 +169,25 @@ def test_packaged_files_state_only_what_they_change():
             if name != "baseline":
                 assert restated(base, overlay_file(name, small)) == [], name
     assert restated(load_config(None, micro=True), SUITE_SMALL) == []
+
+
+def test_the_documentation_lists_every_key_with_its_default():
+    """docs/training.md's key table is the config's: every key, its default, nothing else."""
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    def defaults(node, prefix=""):
+        for f in dataclasses.fields(node):
+            value = getattr(node, f.name)
+            if dataclasses.is_dataclass(value):
+                yield from defaults(value, f"{prefix}{f.name}.")
+            else:
+                yield prefix + f.name, list(value) if isinstance(value, tuple) else value
+
+    page = Path(__file__).parents[3] / "docs" / "training.md"
+    rows = re.findall(r"^\| `([a-z0-9_.]+)` \| `([^`]*)` \|", page.read_text(), re.M)
+    documented = {key: yaml.safe_load(default) for key, default in rows}
+    assert documented == dict(defaults(TrainConfig()))
