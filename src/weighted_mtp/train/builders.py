@@ -1,7 +1,7 @@
 """The model builders: one function per kind of model a run trains, from its model folder,
-the run's config and this rank's place (`Dist`) to the ready model, on its device and, under torchrun,
-sharded with FSDP2 (`distributed.shard` for the MTP policy, `shard_blocks` for the
-transformers models), so every stage trains data-parallel the same way.
+the run's config and this rank's place (`Dist`) to the ready model, on its device and,
+under torchrun, sharded with FSDP2 (`distributed.shard` for the MTP policy, `shard_blocks`
+for the transformers models), so every stage trains data-parallel the same way.
 
 - `build_policy`: the MTP transformer of a Meta-format model folder (baseline, verifiable,
   rho1), with LoRA when `lora.enabled`.
