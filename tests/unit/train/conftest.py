@@ -88,6 +88,25 @@ def random_batch(
     return Batch(tokens, loss_mask, lengths, is_correct, tuple(task_ids), sample_ids)
 
 
+def rows_of(batch: Batch, rows: slice) -> Batch:
+    """Rows of a batch, trimmed to their longest sequence like a real micro-batch."""
+    width = int(batch.lengths[rows].max())
+    return Batch(
+        batch.tokens[rows, :width],
+        batch.loss_mask[rows, :width],
+        batch.lengths[rows],
+        batch.is_correct[rows],
+        batch.task_ids[rows],
+        batch.sample_ids[rows],
+    )
+
+
+@pytest.fixture
+def micro_batch():
+    """`micro_batch(batch, rows)`: those rows of `batch` as a micro-batch."""
+    return rows_of
+
+
 @pytest.fixture
 def one_torch_thread():
     """Tiny models gain nothing from threads, and on a shared 2-core machine two threads

@@ -167,17 +167,22 @@ def grads_of(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("n_heads", [1, 3])
-def test_sequential_backward_equals_naive_in_float64(tokens_and_mask, make_model, n_heads):
-    tokens, mask = tokens_and_mask
-    weights = torch.rand((*tokens.shape, n_heads), dtype=torch.float64)
-    scales = head_scales(normaliser_terms(mask, weights, n_heads, "count"))
+def both_backwards(make_model, tokens, mask, weights, scales):
+    """(sums, gradients) of the naive and of the sequential backward, each on a fresh model."""
     results = []
     for backward in (naive_backward, sequential_backward):
         model = make_model()
         sums = backward(model, tokens, mask, weights, scales)
         results.append((sums, grads_of(model)))
-    (naive_sums, naive), (seq_sums, seq) = results
+    return results
+
+
+@pytest.mark.parametrize("n_heads", [1, 3])
+def test_sequential_backward_equals_naive_in_float64(tokens_and_mask, make_model, n_heads):
+    tokens, mask = tokens_and_mask
+    weights = torch.rand((*tokens.shape, n_heads), dtype=torch.float64)
+    scales = head_scales(normaliser_terms(mask, weights, n_heads, "count"))
+    (naive_sums, naive), (seq_sums, seq) = both_backwards(make_model, tokens, mask, weights, scales)
     assert torch.allclose(naive_sums, seq_sums, rtol=1e-12)
     assert naive.keys() == seq.keys()
     assert len(naive) > 10
@@ -236,12 +241,7 @@ def test_the_sequential_backward_takes_a_sequence_shorter_than_the_heads(make_mo
     tokens = torch.tensor([[1, 7], [1, 9]])  # [B, S] with S = 2 < 3 heads
     mask = torch.tensor([[False, True], [False, True]])
     scales = head_scales(normaliser_terms(mask, None, H, "count"))
-    results = []
-    for backward in (naive_backward, sequential_backward):
-        model = make_model()
-        sums = backward(model, tokens, mask, None, scales)
-        results.append((sums, grads_of(model)))
-    (naive_sums, naive), (seq_sums, seq) = results
+    (naive_sums, naive), (seq_sums, seq) = both_backwards(make_model, tokens, mask, None, scales)
     assert naive_sums[1:].eq(0).all() and naive_sums[0] > 0  # heads 1, 2 have no target
     assert torch.allclose(naive_sums, seq_sums, rtol=1e-12)
     for name in naive:

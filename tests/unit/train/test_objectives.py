@@ -29,19 +29,6 @@ VOCAB = 61
 CTX = StepContext(0, Dist(0, 1, torch.device("cpu")), None)
 
 
-def cut(batch: Batch, rows: slice) -> Batch:
-    """Rows of a batch, trimmed to their longest sequence like a real micro-batch."""
-    width = int(batch.lengths[rows].max())
-    return Batch(
-        batch.tokens[rows, :width],
-        batch.loss_mask[rows, :width],
-        batch.lengths[rows],
-        batch.is_correct[rows],
-        batch.task_ids[rows],
-        batch.sample_ids[rows],
-    )
-
-
 def with_tasks(batch: Batch, tasks: list[str]) -> Batch:
     return Batch(
         batch.tokens,
@@ -98,13 +85,13 @@ def same_task_pairs(batch: Batch) -> int:
 
 @pytest.mark.parametrize("micro_size", [1, 2, 4, 16])
 def test_a_pairwise_critic_uses_every_same_task_pair_of_the_global_batch(
-    critic, make_batch, micro_size
+    micro_batch, critic, make_batch, micro_size
 ):
     """Four tasks of four records each, spread over the micro-batches: every same-task
     (correct, incorrect) pair of the 16 records counts, whichever micro-batch holds each
     side; the loss and its gradient are the joined batch's."""
     batch = with_tasks(make_batch(rows=16, vocab=VOCAB), [f"t{b % 4}" for b in range(16)])
-    micro = [cut(batch, slice(i, i + micro_size)) for i in range(0, 16, micro_size)]
+    micro = [micro_batch(batch, slice(i, i + micro_size)) for i in range(0, 16, micro_size)]
     within = sum(same_task_pairs(b) for b in micro)
     total = same_task_pairs(batch)
     assert total > 0 and (within < total or micro_size == 16)  # pairs cross micro-batches
@@ -113,12 +100,12 @@ def test_a_pairwise_critic_uses_every_same_task_pair_of_the_global_batch(
         critic.core(batch.tokens), batch.loss_mask, batch.is_correct, batch.task_ids
     )
     assert record["terms"] == total
-    assert record["loss"] == pytest.approx(float(want), rel=1e-12)
+    assert record["loss"] == pytest.approx(float(want.detach()), rel=1e-12)
     assert_same(grads, gradients(critic.core, want))
 
 
 def test_a_pairwise_critic_with_dropout_backpropagates_the_forward_it_scored(
-    tiny_llama_config, make_batch
+    micro_batch, tiny_llama_config, make_batch
 ):
     """The pair coefficients come from a first forward; the backward repeats it with the
     same dropout (its RNG state restored), so the gradient is still the loss's."""
@@ -129,7 +116,7 @@ def test_a_pairwise_critic_with_dropout_backpropagates_the_forward_it_scored(
     model = TrainedModel(ValueModel(LlamaModel(config), head_hidden=16).double().train())
     torch.nn.init.normal_(model.core.head.out.weight, std=0.5)
     batch = with_tasks(make_batch(rows=8, vocab=VOCAB), [f"t{b % 2}" for b in range(8)])
-    micro = [cut(batch, slice(i, i + 2)) for i in range(0, 8, 2)]
+    micro = [micro_batch(batch, slice(i, i + 2)) for i in range(0, 8, 2)]
     torch.manual_seed(7)
     _, grads = step(ValueObjective("pairwise"), model, micro)
     # The same draws, forward by forward: what the first pass of each micro-batch saw.
@@ -147,31 +134,31 @@ def test_a_pairwise_critic_with_dropout_backpropagates_the_forward_it_scored(
 
 
 @pytest.mark.parametrize("micro_size", [1, 3, 6])
-def test_an_mc_critic_split_equals_the_joined_batch(critic, make_batch, micro_size):
+def test_an_mc_critic_split_equals_the_joined_batch(micro_batch, critic, make_batch, micro_size):
     batch = make_batch(rows=6, vocab=VOCAB)
-    micro = [cut(batch, slice(i, i + micro_size)) for i in range(0, 6, micro_size)]
+    micro = [micro_batch(batch, slice(i, i + micro_size)) for i in range(0, 6, micro_size)]
     record, grads = step(ValueObjective("mc"), critic, micro)
     want = mc_loss(critic.core(batch.tokens), batch.loss_mask, batch.is_correct)
     assert record["terms"] == 6
-    assert record["loss"] == pytest.approx(float(want), rel=1e-12)
+    assert record["loss"] == pytest.approx(float(want.detach()), rel=1e-12)
     assert_same(grads, gradients(critic.core, want))
 
 
 @pytest.mark.parametrize("micro_size", [1, 2, 6])
 def test_next_token_training_split_equals_the_joined_batch(
-    tiny_llama_config, make_batch, micro_size
+    micro_batch, tiny_llama_config, make_batch, micro_size
 ):
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(8)
     reference = TrainedModel(LlamaForCausalLM(tiny_llama_config(vocab=VOCAB)).double())
     batch = make_batch(rows=6, vocab=VOCAB)
-    micro = [cut(batch, slice(i, i + micro_size)) for i in range(0, 6, micro_size)]
+    micro = [micro_batch(batch, slice(i, i + micro_size)) for i in range(0, 6, micro_size)]
     record, grads = step(NextTokenObjective(), reference, micro)
     ce = target_cross_entropy(reference.core(batch.tokens).logits, batch.tokens)
     mask = batch.loss_mask
     want = (ce * mask).sum() / mask.sum()
     assert record["terms"] == int(mask.sum())
-    assert record["loss"] == pytest.approx(float(want), rel=1e-6)
+    assert record["loss"] == pytest.approx(float(want.detach()), rel=1e-6)
     # target_cross_entropy computes the CE in float32 whatever the logits' dtype
     assert_same(grads, gradients(reference.core, want), rtol=1e-5)

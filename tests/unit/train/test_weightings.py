@@ -9,7 +9,6 @@ import torch
 from weighted_mtp.train.advantages import RunningWhitening, critic_token_weights
 from weighted_mtp.train.config import CriticConfig, Rho1Config, build_config
 from weighted_mtp.train.critic import ValueModel, critic_values
-from weighted_mtp.train.data import Batch
 from weighted_mtp.train.losses import head_scales, normaliser_terms, sequential_backward
 from weighted_mtp.train.rho1 import selected_count
 from weighted_mtp.train.weightings import (
@@ -29,19 +28,6 @@ VOCAB = 61  # the conftest's TINY policy
 
 def context(model, n_heads: int = 3) -> WeighContext:
     return WeighContext(model, 0, n_heads, torch.device("cpu"), lambda t: t)
-
-
-def cut(batch: Batch, rows: slice) -> Batch:
-    """Rows of a batch, trimmed to their longest sequence like a real micro-batch."""
-    width = int(batch.lengths[rows].max())
-    return Batch(
-        batch.tokens[rows, :width],
-        batch.loss_mask[rows, :width],
-        batch.lengths[rows],
-        batch.is_correct[rows],
-        batch.task_ids[rows],
-        batch.sample_ids[rows],
-    )
 
 
 @pytest.fixture
@@ -64,17 +50,22 @@ def test_both_weightings_follow_the_protocol(helpers):
     assert normalize == {"verifiable": "weight", "rho1": "selected"}
 
 
-def test_join_and_split_rows_round_trip(make_batch):
-    parts = [cut(make_batch(vocab=VOCAB), slice(0, 2)).tokens, torch.ones(3, 5, dtype=torch.long)]
+def test_join_and_split_rows_round_trip(micro_batch, make_batch):
+    parts = [
+        micro_batch(make_batch(vocab=VOCAB), slice(0, 2)).tokens,
+        torch.ones(3, 5, dtype=torch.long),
+    ]
     joined = join_rows(parts)
     assert joined.shape == (5, max(p.shape[1] for p in parts))
     assert all(torch.equal(a, b) for a, b in zip(split_rows(joined, parts), parts, strict=True))
 
 
-def test_critic_weights_of_a_split_step_equal_those_of_the_joined_batch(helpers, make_batch):
+def test_critic_weights_of_a_split_step_equal_those_of_the_joined_batch(
+    micro_batch, helpers, make_batch
+):
     critic, _ = helpers
     batch = make_batch(vocab=VOCAB, rows=6)
-    micro = [cut(batch, slice(0, 2)), cut(batch, slice(2, 6))]
+    micro = [micro_batch(batch, slice(0, 2)), micro_batch(batch, slice(2, 6))]
     weighting = VerifiableCritic(critic, "weight")
     split = weighting.weigh_step(micro, context(None))
     expected, metrics = critic_token_weights(
@@ -95,11 +86,13 @@ def test_critic_weights_of_a_split_step_equal_those_of_the_joined_batch(helpers,
     assert restored.whitening == weighting.whitening
 
 
-def test_rho1_selects_over_the_whole_step_not_per_micro_batch(helpers, make_model, make_batch):
+def test_rho1_selects_over_the_whole_step_not_per_micro_batch(
+    micro_batch, helpers, make_model, make_batch
+):
     _, reference = helpers
     policy = make_model(dtype=torch.float32)
     batch = make_batch(vocab=VOCAB, rows=6)
-    micro = [cut(batch, slice(0, 3)), cut(batch, slice(3, 6))]
+    micro = [micro_batch(batch, slice(0, 3)), micro_batch(batch, slice(3, 6))]
     weighting = Rho1(reference, "selected", Rho1Config(kappa=0.3))
     split = weighting.weigh_step(micro, context(policy))
     whole = weighting.weigh_step([batch], context(policy))[0].values
