@@ -188,7 +188,13 @@ COMMANDS = (
                 "Fraction of targets trained on, in (0, 1].",
                 "rho1.kappa",
             ),
-            Flag("score", "--score", str | None, "signed (default) or absolute.", "rho1.score"),
+            Flag(
+                "score",
+                "--score",
+                str | None,
+                "Select by the excess loss (signed) or its size (absolute).",
+                "rho1.score",
+            ),
         ),
     ),
 )
