@@ -8,7 +8,7 @@
 | verifiable | MTP policy (build_policy)       | MTP (critic AWR)       | save_policy_final    |
 | rho1       | MTP policy (build_policy)       | MTP (Rho-1 selection)  | save_policy_final    |
 
-Each row's config overlay is `configs/<experiment>_<size>.yaml` (`Experiment.overlay`).
+Each row's config overlay is `configs/<experiment>_<size>.yaml` (`config.overlay_file`).
 The overlays (in `configs/`, over `baseline_<size>.yaml`; `config.build_config`) change
 only what defines the experiment, so the five runs share data order, seed and batch. A new
 experiment is a new row: its overlay, a model kind, and a function making its objective.
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, cast
 
 from weighted_mtp.storage.layout import Layout, ModelPaths
 from weighted_mtp.train.builders import build_policy, build_reference, build_value_model
-from weighted_mtp.train.config import TrainConfig, overlay_file
+from weighted_mtp.train.config import TrainConfig
 from weighted_mtp.train.data import Example, require_both_outcomes
 from weighted_mtp.train.distributed import Dist
 from weighted_mtp.train.final import save_critic_final, save_policy_final, save_reference_final
@@ -66,11 +66,10 @@ REFERENCE_LM = ModelKind("reference LM", build_reference, save_reference_final)
 
 @dataclass(frozen=True)
 class Setup:
-    """What an objective is made from: the run's config, its storage and the trained model."""
+    """What an objective is made from: the storage, the run's config and the trained model."""
 
     layout: Layout
     config: TrainConfig
-    policy: ModelPaths  # the model the run trains
     model: TrainedModel
 
 
@@ -128,9 +127,6 @@ class Experiment:
     check: Callable[[Layout, TrainConfig, ModelPaths], None] = no_check
     check_data: Callable[[list[Example], Path], None] = any_records
     by_task: bool = False  # batches keep a task's records together (pairs for a critic)
-
-    def overlay(self, small: bool) -> str:
-        return overlay_file(self.name, small)
 
 
 EXPERIMENTS: dict[str, Experiment] = {

@@ -111,7 +111,7 @@ class Trainer:
         validate_for_world(config, dist_info.world)
         self.model = experiment.model.build(assets.model, config, dist_info)
         make_objective = make_objective or experiment.objective
-        self.objective = make_objective(Setup(layout, config, assets.model, self.model))
+        self.objective = make_objective(Setup(layout, config, self.model))
         tokenizer = Tokenizer(assets.model.tokenizer_model)
         pad_id = tokenizer.sp.eos_id()
         train = read_examples(
