@@ -31,7 +31,7 @@ from weighted_mtp.storage.atomic import write_json, write_text
 from weighted_mtp.storage.layout import Layout, RunFolder
 from weighted_mtp.train import checkpoint as ckpt
 from weighted_mtp.train.config import TrainConfig, config_yaml, validate, validate_for_world
-from weighted_mtp.train.data import BatchPlan, Sharding, fixed_batches, read_examples
+from weighted_mtp.train.data import BatchPlan, Example, Sharding, fixed_batches, read_examples
 from weighted_mtp.train.distributed import (
     Dist,
     autocast_dtype,
@@ -109,30 +109,24 @@ class Trainer:
         self.layout, self.config, self.assets = layout, config, assets
         self.run_dir, self.dist, self.experiment = run_dir, dist_info, experiment
         validate_for_world(config, dist_info.world)
-        self.model = experiment.model.build(assets.model, config, dist_info)
-        make_objective = make_objective or experiment.objective
-        self.objective = make_objective(Setup(layout, config, self.model))
         tokenizer = Tokenizer(assets.model.tokenizer_model)
         pad_id = tokenizer.sp.eos_id()
-        train = read_examples(
-            assets.train, tokenizer, max_len=config.seq_len, correct_only=config.correct_only
-        )
+
+        def examples(path: Path) -> list[Example]:
+            correct_only = config.correct_only
+            return read_examples(path, tokenizer, max_len=config.seq_len, correct_only=correct_only)
+
+        train = examples(assets.train)
         experiment.check_data(train, assets.train)
         sharding = Sharding(config.batch_size, config.micro_batch_size, dist_info.world)
         self.plan = BatchPlan(train, sharding, config.seed, pad_id, by_task=experiment.by_task)
-        validation = (
-            read_examples(
-                assets.validation,
-                tokenizer,
-                max_len=config.seq_len,
-                correct_only=config.correct_only,
-            )
-            if assets.validation is not None
-            else []
-        )
+        validation = examples(assets.validation) if assets.validation is not None else []
         self.validation = fixed_batches(validation, config.micro_batch_size, pad_id)
         if config.eval_batches:
             self.validation = self.validation[: config.eval_batches]
+        self.model = experiment.model.build(assets.model, config, dist_info)
+        make_objective = make_objective or experiment.objective
+        self.objective = make_objective(Setup(layout, config, self.model))
         self.total_steps = config.max_steps or config.epochs * self.plan.steps_per_epoch
         self.autocast = autocast_dtype(config, dist_info.device)
         self.model.core.train()
