@@ -17,7 +17,7 @@ from weighted_mtp import assets
 from weighted_mtp.data.sources import Rejected, list_of, non_empty_text, of_type, typed
 from weighted_mtp.data.sources import field as required
 from weighted_mtp.data.splits import DisjointSplits, mbpp_split, part_split
-from weighted_mtp.data.template import PROMPT_TEMPLATE, normalize_newlines
+from weighted_mtp.data.template import PROMPT_TEMPLATE, PromptParts, normalize_newlines
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.limits import current_limits
 from weighted_mtp.storage.jsonl import iter_jsonl
@@ -62,6 +62,15 @@ class Task:
     metadata: dict[str, Any]
     samples: list[Sample] = field(default_factory=list)
     duplicates: int = 0
+
+    @property
+    def prompt(self) -> PromptParts:
+        return PromptParts(self.instruction, self.input_text, self.notes)
+
+
+def _fields(prompt: PromptParts) -> tuple[str, str, str]:
+    """A Task's prompt fields, in its order."""
+    return prompt.instruction, prompt.input_text, prompt.notes
 
 
 @dataclass
@@ -299,6 +308,19 @@ def _solutions(
         yield f"{task_id}#{CC_LANGUAGES.get(code, code)}-{tag}{index}", text, is_correct
 
 
+def _codecontests_prompt(row: dict[str, Any], path: Path, line: int, language: str) -> PromptParts:
+    statement, io_section = split_description(
+        non_empty_text(required(row, "description", path, line), "description")
+    )
+    tests = {key: _test_block(row, key) for key in _TEST_BLOCKS}
+    counts = [len(tests[key]["input"]) for key in _TEST_BLOCKS]
+    return PromptParts(
+        statement,
+        io_section or _examples(tests["public_tests"]),
+        _codecontests_notes(row, counts, language),
+    )
+
+
 def _codecontests_tasks(
     dataset: str,
     row: dict[str, Any],
@@ -310,8 +332,6 @@ def _codecontests_tasks(
 ) -> list[Task]:
     tasks = []
     task_id = non_empty_text(required(row, "name", path, line), "name")
-    description = non_empty_text(required(row, "description", path, line), "description")
-    statement, io_section = split_description(description)
     correct = _solution_block(row, "solutions", path, line)
     incorrect = _solution_block(row, "incorrect_solutions", path, line)
     tests = {key: _test_block(row, key) for key in _TEST_BLOCKS}
@@ -328,14 +348,8 @@ def _codecontests_tasks(
     split = part_split(path.stem, task_id, seed)
     for code in sorted(codes):
         language = CC_LANGUAGES[code]
-        task = Task(
-            split,
-            task_id,
-            statement,
-            io_section or _examples(tests["public_tests"]),
-            _codecontests_notes(row, counts, language),
-            {**base, "language": language},
-        )
+        prompt = _codecontests_prompt(row, path, line, language)
+        task = Task(split, task_id, *_fields(prompt), {**base, "language": language})
         candidates = [
             *_solutions(correct, "solutions", task_id, code, True, reject),
             *_solutions(incorrect, "incorrect_solutions", task_id, code, False, reject),
@@ -358,6 +372,29 @@ def _sample_text(value: Any, label: str, reject: Reject) -> list[str]:
         return []
 
 
+def _mbpp_tests(row: dict[str, Any], path: Path, line: int) -> tuple[list[str], list[str]]:
+    """(test_list, challenge_test_list), newlines normalised."""
+    listed = list_of(required(row, "test_list", path, line), str, "test_list")
+    challenge = list_of(row.get("challenge_test_list"), str, "challenge_test_list", optional=True)
+    return [normalize_newlines(t) for t in listed], challenge or []
+
+
+def _mbpp_prompt(row: dict[str, Any], path: Path, line: int, challenge_runs: bool) -> PromptParts:
+    """The shown tests, and notes that name what judges the answer: the asserts, and the
+    challenge tests too where they run."""
+    tests, challenge = _mbpp_tests(row, path, line)
+    setup = normalize_newlines(_optional(row, "test_setup_code", str, ""))
+    input_text = "Your code should pass these tests:\n" + "\n".join(tests)
+    if setup.strip():
+        input_text = f"Test setup code:\n{setup}\n\n{input_text}"
+    notes = (
+        f"The answer is judged by running the {len(tests)} assert statements above"
+        + (f" and {len(challenge)} challenge tests" if challenge and challenge_runs else "")
+        + ".\nWrite the solution in Python 3."
+    )
+    return PromptParts(non_empty_text(required(row, "text", path, line), "text"), input_text, notes)
+
+
 def _mbpp_tasks(
     dataset: str,
     row: dict[str, Any],
@@ -368,26 +405,12 @@ def _mbpp_tasks(
     reject: Reject,
 ) -> list[Task]:
     number = typed(row, "task_id", int, path, line)
-    listed = list_of(required(row, "test_list", path, line), str, "test_list")
-    tests = [normalize_newlines(t) for t in listed]
-    challenge = list_of(row.get("challenge_test_list"), str, "challenge_test_list", optional=True)
-    challenge = challenge or []
-    setup = normalize_newlines(_optional(row, "test_setup_code", str, ""))
-    input_text = "Your code should pass these tests:\n" + "\n".join(tests)
-    if setup.strip():
-        input_text = f"Test setup code:\n{setup}\n\n{input_text}"
-    notes = (
-        f"The answer is judged by running the {len(tests)} assert statements above"
-        + (f" and {len(challenge)} challenge tests" if challenge else "")
-        + ".\nWrite the solution in Python 3."
-    )
+    tests, challenge = _mbpp_tests(row, path, line)
     task_id = f"{dataset}/{number}"  # `AssetSpec.numbered_tasks`
     task = Task(
         mbpp_split(number, seed),
         task_id,
-        non_empty_text(required(row, "text", path, line), "text"),
-        input_text,
-        notes,
+        *_fields(_mbpp_prompt(row, path, line, challenge_runs=True)),
         {
             "source": dataset,
             "has_tests": bool(tests),
@@ -402,6 +425,18 @@ def _mbpp_tasks(
 # --- HumanEval -------------------------------------------------------------------------
 
 
+def _humaneval_prompt(row: dict[str, Any], path: Path, line: int) -> PromptParts:
+    entry_point = non_empty_text(required(row, "entry_point", path, line), "entry_point")
+    signature = normalize_newlines(non_empty_text(required(row, "prompt", path, line), "prompt"))
+    return PromptParts(
+        f"Complete the Python function `{entry_point}` so that it does what its "
+        "docstring says. Respond with the body of the function only.",
+        signature,
+        f"The answer is judged by hidden unit tests (`check({entry_point})`) run on "
+        "the completed function.\nWrite the solution in Python 3.",
+    )
+
+
 def _humaneval_tasks(
     dataset: str,
     row: dict[str, Any],
@@ -413,7 +448,6 @@ def _humaneval_tasks(
 ) -> list[Task]:
     task_id = non_empty_text(required(row, "task_id", path, line), "task_id")
     entry_point = non_empty_text(required(row, "entry_point", path, line), "entry_point")
-    signature = normalize_newlines(non_empty_text(required(row, "prompt", path, line), "prompt"))
     solution = _sample_text(
         required(row, "canonical_solution", path, line), "canonical_solution", reject
     )
@@ -421,11 +455,7 @@ def _humaneval_tasks(
     task = Task(
         "test",
         task_id,
-        f"Complete the Python function `{entry_point}` so that it does what its "
-        "docstring says. Respond with the body of the function only.",
-        signature,
-        f"The answer is judged by hidden unit tests (`check({entry_point})`) run on "
-        "the completed function.\nWrite the solution in Python 3.",
+        *_fields(_humaneval_prompt(row, path, line)),
         {
             "source": dataset,
             "has_tests": has_tests,
@@ -446,3 +476,25 @@ CONVERTERS: dict[
     "google-mbpp": _mbpp_tasks,
     "openai-humaneval": _humaneval_tasks,
 }
+
+
+# The prompt of a raw row for evaluation, by row schema: `(row, path, line, challenge_tests)`.
+EVALUATION_PROMPTS: dict[
+    assets.DatasetFormat, Callable[[dict[str, Any], Path, int, bool], PromptParts]
+] = {
+    "deepmind-code-contests": lambda row, path, line, _: _codecontests_prompt(
+        row, path, line, "python3"
+    ),
+    "google-mbpp": _mbpp_prompt,
+    "openai-humaneval": lambda row, path, line, _: _humaneval_prompt(row, path, line),
+}
+
+
+def evaluation_prompt(
+    dataset: str, row: dict[str, Any], path: Path, line: int, *, challenge_tests: bool
+) -> PromptParts:
+    """The prompt a model is evaluated with on a raw row: its task's training prompt
+    (CodeContests: in Python 3, the language the sandbox runs), whose notes name the tests
+    that run (MBPP's challenge tests only with `challenge_tests`). A field of the wrong
+    type raises `Rejected`."""
+    return EVALUATION_PROMPTS[assets.dataset_format(dataset)](row, path, line, challenge_tests)

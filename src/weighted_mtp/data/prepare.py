@@ -26,12 +26,7 @@ from weighted_mtp import __version__, progress
 from weighted_mtp.clock import utc_now
 from weighted_mtp.data.converters import DEFAULT_LANGUAGES, Rejections, Sample, Task, iter_tasks
 from weighted_mtp.data.stats import SplitStats
-from weighted_mtp.data.template import (
-    PROMPT_TEMPLATE,
-    RECORD_SCHEMA,
-    SHORTENED_MARKER,
-    render_prompt,
-)
+from weighted_mtp.data.template import PROMPT_TEMPLATE, RECORD_SCHEMA
 from weighted_mtp.data.tokens import SPECIAL_TOKENS, Tokenizer, resolve_tokenizer
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.storage import stamps
@@ -97,7 +92,7 @@ class _Fitter:
         self.truncate_code = truncate_code
 
     def _render_shortened(self, task: Task, prefix: str) -> str:
-        return render_prompt(prefix.rstrip() + SHORTENED_MARKER, task.input_text, task.notes)
+        return task.prompt.shortened(prefix)
 
     def prompts(
         self, tasks: list[tuple[Task, _Prompt, list[int]]]
@@ -228,7 +223,7 @@ class _Preparer:
                 self._emit_batch(pending.result(), files, advance)
 
     def _count(self, batch: list[Task]) -> list[tuple[Task, _Prompt, list[int]]]:
-        texts = [render_prompt(t.instruction, t.input_text, t.notes) for t in batch]
+        texts = [t.prompt.render() for t in batch]
         prompt_tokens = self.tokenizer.counts(texts)
         response_tokens = iter(
             self.tokenizer.counts([s.response for t in batch for s in t.samples])

@@ -15,13 +15,15 @@ from weighted_mtp.storage.layout import SPLITS
 
 HASH_FRACTIONS = {"train": 0.90, "validation": 0.05, "test": 0.05}
 
-# MBPP's official split (Austin et al. 2021): tasks 1-10 are the few-shot prompt tasks.
-MBPP_RANGES = (
-    ((1, 10), "train"),
+# MBPP's official splits (Austin et al. 2021), as the benchmark names them: tasks 1-10 are
+# the few-shot prompt tasks. Evaluation reads these splits.
+MBPP_OFFICIAL_RANGES = (
+    ((1, 10), "prompt"),
     ((11, 510), "test"),
     ((511, 600), "validation"),
     ((601, 974), "train"),
 )
+MBPP_OFFICIAL_SPLITS = tuple(split for _range, split in MBPP_OFFICIAL_RANGES)
 
 
 def hash_split(task_id: str, seed: int) -> str:
@@ -35,11 +37,21 @@ def hash_split(task_id: str, seed: int) -> str:
     return SPLITS[-1]
 
 
-def mbpp_split(task_number: int, seed: int) -> str:
-    for (low, high), split in MBPP_RANGES:
+def mbpp_official_split(task_number: int) -> str | None:
+    """The official MBPP split of a task (None for a number beyond the benchmark's)."""
+    for (low, high), split in MBPP_OFFICIAL_RANGES:
         if low <= task_number <= high:
             return split
-    return hash_split(f"mbpp/{task_number}", seed)
+    return None
+
+
+def mbpp_split(task_number: int, seed: int) -> str:
+    """The prepared split: the official one, the prompt tasks trained on; a number beyond
+    the benchmark's is hash-split."""
+    official = mbpp_official_split(task_number)
+    if official is None:
+        return hash_split(f"mbpp/{task_number}", seed)
+    return "train" if official == "prompt" else official
 
 
 def part_split(part: str, task_id: str, seed: int) -> str:

@@ -10,6 +10,7 @@ sequence is the token the tokenizer appends, never text in the response.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from weighted_mtp import assets
 
@@ -35,6 +36,24 @@ def render_prompt(instruction: str, input_text: str, notes: str) -> str:
         input=input_text.strip() or "(none)",
         notes=notes.strip(),
     )
+
+
+@dataclass(frozen=True)
+class PromptParts:
+    """A task's prompt before rendering: the problem statement, its input section, and how
+    an answer is judged."""
+
+    instruction: str
+    input_text: str
+    notes: str
+
+    def render(self) -> str:
+        return render_prompt(self.instruction, self.input_text, self.notes)
+
+    def shortened(self, kept: str) -> str:
+        """The prompt with the statement cut to `kept` (a prefix of it) and marked as
+        shortened; input and notes stay whole."""
+        return render_prompt(kept.rstrip() + SHORTENED_MARKER, self.input_text, self.notes)
 
 
 _SECTIONS = re.compile(
