@@ -203,3 +203,32 @@ def python_sigint() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+# The MBPP-format benchmark below: one task with a test list far beyond any small context
+# (as the real task 493's), one with a challenge test its reference fails, one whose passes.
+MBPP_LONG_TASK = 493
+MBPP_FAILED_CHALLENGE = 11
+MBPP_PASSED_CHALLENGE = 12
+
+
+def write_mbpp_benchmark(out_dir: Path) -> Path:
+    """A mirror folder with `mbpp.jsonl` in MBPP's format, tasks 1-974 like the real
+    benchmark (splits prompt 10, train 374, validation 90, test 500), each an add function
+    with its reference code and three asserts; see the MBPP_* tasks above."""
+    from weighted_mtp.synthetic.datasets import write_mbpp_mirror
+
+    mirror = write_mbpp_mirror(out_dir, n_tasks=974)
+    path = mirror / "mbpp.jsonl"
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    for row in rows:
+        number = row["task_id"]
+        if number == MBPP_LONG_TASK:
+            zeros = ", ".join(str(i) for i in range(4000))
+            first = row["test_list"][0]
+            row["test_list"][0] = f"{first} + 0 * sum([{zeros}])"
+        if number in (MBPP_FAILED_CHALLENGE, MBPP_PASSED_CHALLENGE):
+            wrong = "-1" if number == MBPP_FAILED_CHALLENGE else row["test_list"][0].split("== ")[1]
+            row["challenge_test_list"] = [f"assert add_{number}(1, 2) == {wrong}"]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return mirror

@@ -99,12 +99,12 @@ def test_the_name_rule_fails_on_a_planted_name_bound_table(planted):
 
 
 def test_format_keyed_tables_are_not_asset_names_and_cover_every_format():
-    from weighted_mtp.data.converters import CONVERTERS
-    from weighted_mtp.eval.tasks import PARSERS
+    from weighted_mtp.data.converters import CONVERTERS, EVALUATION_PROMPTS
+    from weighted_mtp.eval.tasks import FORMATS
     from weighted_mtp.pipeline.demo import MIRROR_WRITERS
 
     assert not set(assets.DATASET_FORMATS) & {spec.name for spec in assets.ASSETS}
-    for table in (CONVERTERS, PARSERS, MIRROR_WRITERS):
+    for table in (CONVERTERS, EVALUATION_PROMPTS, FORMATS, MIRROR_WRITERS):
         assert set(table) == set(assets.DATASET_FORMATS)
     for name in assets.DATASETS:
         assert assets.dataset_format(name) in assets.DATASET_FORMATS

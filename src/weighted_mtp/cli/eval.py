@@ -1,7 +1,12 @@
-"""`wmtp eval`: score samples in a sandbox, and generate + score end to end."""
+"""`wmtp eval`: score samples in a sandbox, and generate + score end to end.
+
+Every option is spelled so that `torchrun ... -m weighted_mtp eval run ...` passes it on
+untouched: no option is a prefix of one of torchrun's (torchrun's parser would claim it).
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -32,19 +37,41 @@ KOpt = Annotated[str, typer.Option("--k", help="pass@k for these k (comma-separa
 SplitOpt = Annotated[
     str | None,
     typer.Option(
-        help="Split whose records hold the tasks (default: the dataset's evaluation split)."
+        help="Split of the benchmark whose tasks are evaluated (default: the dataset's "
+        "evaluation split; MBPP: prompt, train, validation, test; HumanEval: test)."
+    ),
+]
+TestsOpt = Annotated[
+    str,
+    typer.Option(
+        "--tests",
+        help="base: the benchmark's standard tests; all: MBPP's challenge tests too (the "
+        "prompt says which run).",
     ),
 ]
 WorkersOpt = Annotated[int, typer.Option(help="Samples executed in parallel.")]
 # Generation options `run` and `compare` share.
+SamplesOpt = Annotated[int, typer.Option("-n", "--samples", help="Samples per task.")]
 TemperatureOpt = Annotated[float, typer.Option(help="0 = greedy.")]
 TopPOpt = Annotated[float, typer.Option(help="Nucleus sampling mass.")]
-MaxNewTokensOpt = Annotated[int, typer.Option(help="Tokens per sample at most.")]
+MaxNewTokensOpt = Annotated[
+    int,
+    typer.Option(
+        help="Tokens per sample at most; prompts are cut to fit the rest of the model's context."
+    ),
+]
 SpeculativeOpt = Annotated[
     bool, typer.Option("--speculative", help="Self-speculative decoding with the MTP heads.")
 ]
 LimitOpt = Annotated[int | None, typer.Option(help="Only the first N tasks.")]
 ThreadsOpt = Annotated[int | None, typer.Option(help="torch threads (default: torch's).")]
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        help="auto, cpu, cuda or cuda:N; auto takes this rank's GPU if there is one. "
+        "Generates in bfloat16 where the device supports it, else float32."
+    ),
+]
 
 
 def _limits(timeout: float | None) -> SandboxLimits:
@@ -73,6 +100,15 @@ def score(
     ],
     k: KOpt = "1,10,100",
     split: SplitOpt = None,
+    tests: TestsOpt = "base",
+    partial: Annotated[
+        bool,
+        typer.Option(
+            "--partial",
+            help="Score a file that leaves tasks of the split unattempted (pass@k over the "
+            "attempted tasks; the summary lists the others).",
+        ),
+    ] = False,
     workers: WorkersOpt = 2,
     timeout: Annotated[
         float | None,
@@ -85,22 +121,29 @@ def score(
 ) -> None:
     """Execute samples against the tasks' tests; write per-sample results and pass@k."""
     from weighted_mtp.eval.scoring import parse_ks, results_path, score_samples
+    from weighted_mtp.eval.tasks import require_split, require_tests
 
     dataset = checked_name(dataset, DATASETS, "dataset")
+    split = split or spec(dataset).eval_split
+    require_split(dataset, split)
     with progress_bars(not as_json):
         summary = score_samples(
             state(ctx).layout,
             dataset,
             samples,
             ks=parse_ks(k),
-            split=split or spec(dataset).eval_split,
+            split=split,
+            tests=require_tests(dataset, tests),
             workers=workers,
             limits=_limits(timeout),
+            partial=partial,
         )
     if as_json:
         print_json(summary.to_dict())
         return
     title = f"{dataset}: {summary.n_samples} samples of {summary.n_tasks} tasks"
+    if summary.unattempted:
+        title += f" ({len(summary.unattempted)} of the split's tasks unattempted)"
     print_scores(title, summary.pass_at_k, summary.results)
     console.print(
         f"executed {summary.samples_per_second:.1f} samples/s with {workers} workers; "
@@ -120,7 +163,7 @@ def run(
         ),
     ],
     dataset: DatasetOpt = EVAL_DATASET,
-    n: Annotated[int, typer.Option("--n", help="Samples per task.")] = 20,
+    samples: SamplesOpt = 20,
     temperature: TemperatureOpt = 0.2,
     top_p: TopPOpt = 0.95,
     max_new_tokens: MaxNewTokensOpt = 512,
@@ -128,31 +171,45 @@ def run(
     limit: LimitOpt = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     split: SplitOpt = None,
+    tests: TestsOpt = "base",
     workers: WorkersOpt = 2,
+    device: DeviceOpt = "auto",
     out: Annotated[
         Path | None, typer.Option("--out", help="Output folder (default: <root>/runs/eval/...).")
     ] = None,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Generate with the training prompt, score in the sandbox, write results.json."""
+    """Generate with the training prompt, score in the sandbox, write results.json.
+
+    Under `torchrun --nproc-per-node N -m weighted_mtp eval run ...` the tasks are dealt
+    out to the N ranks and rank 0 writes the same samples.jsonl as one process.
+    """
+    from weighted_mtp.eval.generate import check_device
     from weighted_mtp.eval.run import RunSettings, run_evaluation
+    from weighted_mtp.eval.tasks import require_tests
 
     dataset = checked_name(dataset, DATASETS, "dataset")
     settings = RunSettings(
         dataset,
-        n,
-        temperature,
-        top_p,
-        max_new_tokens,
-        speculative,
-        limit,
-        seed,
-        split or "",
-        workers,
+        n=samples,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        speculative=speculative,
+        limit=limit,
+        seed=seed,
+        split=split or "",
+        workers=workers,
+        tests=require_tests(dataset, tests),
     )
-    with progress_bars(not as_json):
-        results = run_evaluation(state(ctx).layout, model, settings, out, threads=threads)
+    first_rank = int(os.environ.get("RANK", "0")) == 0
+    with progress_bars(not as_json and first_rank):
+        results = run_evaluation(
+            state(ctx).layout, model, settings, out, device=check_device(device), threads=threads
+        )
+    if results is None:  # another rank than the first under torchrun: rank 0 reports
+        return
     if as_json:
         print_json(results)
         return
@@ -161,10 +218,16 @@ def run(
     gen = results["generation"]
     rate = gen["acceptance_rate"]
     console.print(
-        f"generation: {gen['new_tokens']} tokens, {gen['tokens_per_second']:.1f} tokens/s"
+        f"generation: {gen['new_tokens']} tokens, {gen['tokens_per_second']:.1f} tokens/s "
+        f"on {gen['device']} ({gen['dtype']}, {gen['ranks']} rank(s))"
         + (f", draft acceptance {rate:.1%}" if rate is not None else ""),
         highlight=False,
     )
+    if results["prompts_cut"]:
+        cut = ", ".join(p["task_id"] for p in results["prompts_cut"])
+        console.print(
+            f"prompts cut to fit the {results['context']}-token context: {cut}", highlight=False
+        )
     console.print(f"written: {results['samples']} and results.json", highlight=False)
 
 
@@ -182,7 +245,7 @@ def compare(
     dataset: Annotated[
         str, typer.Option("--dataset", help="Datasets, comma-separated.")
     ] = ",".join(COMPARE_DATASETS),
-    samples: Annotated[int, typer.Option("-n", "--samples", help="Samples per task.")] = 20,
+    samples: SamplesOpt = 20,
     temperature: TemperatureOpt = 0.2,
     top_p: TopPOpt = 0.95,
     max_new_tokens: MaxNewTokensOpt = 512,
@@ -209,7 +272,7 @@ def compare(
         Path | None,
         typer.Option("--out", help="Output folder (default: <root>/runs/compare/<stamp>)."),
     ] = None,
-    device: Annotated[str, typer.Option(help="Where to generate: cpu, cuda or cuda:N.")] = "cpu",
+    device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:

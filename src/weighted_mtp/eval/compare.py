@@ -31,10 +31,10 @@ from weighted_mtp.eval.passk import mean_pass_at_k
 from weighted_mtp.eval.run import (
     PASS_AT,
     RunSettings,
-    eval_prompts,
     evaluation_key,
     recorded_evaluation_key,
     run_evaluation,
+    settings_benchmark,
 )
 from weighted_mtp.eval.scoring import results_path
 from weighted_mtp.eval.statistics import (
@@ -306,8 +306,7 @@ def require_evaluable(layout: Layout, settings: CompareSettings) -> None:
     """Every dataset has what an evaluation reads, or one line (before hours of work)."""
     settings.check()
     for dataset in settings.datasets:
-        run = settings.run_settings(dataset)
-        eval_prompts(layout, dataset, run.split, 1)
+        settings_benchmark(layout, settings.run_settings(dataset))
 
 
 # ------------------------------------------------------------------ comparing
@@ -366,7 +365,7 @@ def compare_runs(
     folder: ComparisonFolder,
     *,
     reuse: bool = True,
-    device: str = "cpu",
+    device: str = "auto",
     threads: int | None = None,
     on_evaluation: Callable[[ComparedRun, str, Evaluation | None], None] | None = None,
 ) -> Comparison:

@@ -4,26 +4,36 @@ A Meta-format MTP folder decodes with the adapter's cache (`cached_latents`, hea
 Hugging Face-format folder (the reference, micro-ref) through transformers'
 `LlamaForCausalLM` and its own cache. Both share one loop: the n samples of a prompt
 form one batch, tokens are chosen greedily (temperature 0) or by temperature + top-p
-sampling from a `torch.Generator` seeded per prompt, so a seed fixes every sample. A sample
-ends at EOS, at the first stop sequence (cut from the text) or after `max_new_tokens`.
+sampling, each sample from its own `torch.Generator` seeded from the prompt's seed and the
+sample's index (`sample_seed`), so a sample is the same whatever else is decoded beside it.
+A sample ends at EOS, at the first stop sequence (cut from the text) or after
+`max_new_tokens`.
+
+Models load on the device `--device` names (`auto`: this rank's GPU when there is one), in
+bfloat16 where that device supports it, else float32.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from weighted_mtp.errors import WmtpError
+from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.storage.layout import Layout, ModelPaths
+from weighted_mtp.storage.runs import FinishedRun
 
 if TYPE_CHECKING:
     import sentencepiece as spm
     import torch
     from torch import Tensor
 
-    from weighted_mtp.train.runs import FinishedRun
+DEVICES = "auto, cpu, cuda or cuda:N"
+_DEVICE = re.compile(r"auto|cpu|cuda(:(0|[1-9][0-9]*))?")
 
 
 @dataclass(frozen=True)
@@ -95,15 +105,23 @@ class Ender:
         return sample.finish is not None
 
 
-def choose(logits: Tensor, config: SamplingConfig, generator: torch.Generator) -> Tensor:
-    """Next tokens `[batch]` from logits `[batch, vocab]`: argmax at temperature 0, else a
-    draw from the top-p nucleus of softmax(logits / temperature)."""
+def sample_seed(seed: int, *parts: object) -> int:
+    """A 63-bit seed that is a function of `seed` and `parts` alone (a task, a sample's
+    index), so a sample draws the same numbers wherever and beside whatever it is decoded."""
+    text = "\0".join(str(part) for part in (seed, *parts))
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") >> 1
+
+
+def choose(logits: Tensor, config: SamplingConfig, generators: list[torch.Generator]) -> Tensor:
+    """Next tokens `[batch]` from logits `[batch, vocab]`: argmax at temperature 0, else row
+    i's draw (with `generators[i]`) from the top-p nucleus of softmax(logits / temperature)."""
     import torch
 
     if config.temperature <= 0:
         return logits.argmax(dim=-1)
     probs = nucleus(torch.softmax(logits.float() / config.temperature, dim=-1), config.top_p)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    rows = [torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators, strict=True)]
+    return torch.cat(rows)
 
 
 def nucleus(probs: Tensor, top_p: float) -> Tensor:
@@ -146,7 +164,8 @@ class MtpDecoder:
         from weighted_mtp.models.adapter import cached_latents
 
         latents = cached_latents(self.model, tokens, self.cache)  # [batch, seq, 1, dim]
-        return self.model.output(latents[:, -1, 0]).float()
+        logits: Tensor = self.model.output(latents[:, -1, 0]).float()
+        return logits
 
 
 class HfDecoder:
@@ -157,14 +176,18 @@ class HfDecoder:
         self.cache: Any = None
 
     def start(self, tokens: Tensor, max_len: int) -> Tensor:
-        out = self.model(input_ids=tokens, use_cache=True, logits_to_keep=1)
-        self.cache = out.cache
-        return out.logits[:, -1].float()
+        return self._last_logits(self.model(input_ids=tokens, use_cache=True, logits_to_keep=1))
 
     def step(self, tokens: Tensor) -> Tensor:
-        out = self.model(input_ids=tokens, cache=self.cache, use_cache=True, logits_to_keep=1)
+        return self._last_logits(
+            self.model(input_ids=tokens, cache=self.cache, use_cache=True, logits_to_keep=1)
+        )
+
+    def _last_logits(self, out: Any) -> Tensor:
+        """Logits `[batch, vocab]` at the last position; the cache kept for the next step."""
         self.cache = out.cache
-        return out.logits[:, -1].float()
+        logits: Tensor = out.logits[:, -1].float()
+        return logits
 
 
 @dataclass
@@ -184,11 +207,76 @@ class LoadedModel:
         return [self.bos_id, *self.tokenizer.encode(prompt)]
 
     def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids)
+        return str(self.tokenizer.decode(ids))
 
 
-def load_for_generation(layout: Layout, name: str, device: str = "cpu") -> LoadedModel:
-    """A storage model folder that verifies, its weights in float32 and its tokenizer."""
+def check_device(spec: str) -> str:
+    """`--device` checked for its form (no torch needed), or one usage error."""
+    if not _DEVICE.fullmatch(spec):
+        raise UsageError(f"--device {spec!r} is not one of {DEVICES}", hint="e.g. --device cuda")
+    return spec
+
+
+def resolve_device(spec: str, ranks: int = 1) -> torch.device:
+    """The device `--device` names, checked to exist. `auto` is this rank's GPU
+    (torchrun's LOCAL_RANK) when there is one, else the CPU; `cuda` is this rank's GPU.
+    Under torchrun (`ranks` > 1) every rank takes its own GPU, so `cuda:N` is refused."""
+    import torch
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if check_device(spec) == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {spec}: no CUDA device is available", hint="use --device cpu")
+    if ":" in spec and ranks > 1:
+        raise UsageError(
+            f"--device {spec} under torchrun: each rank uses its own GPU (LOCAL_RANK)",
+            hint="use --device cuda or auto",
+        )
+    index = int(spec.split(":")[1]) if ":" in spec else local
+    if index >= torch.cuda.device_count():
+        raise UsageError(
+            f"--device {spec}: cuda:{index} does not exist "
+            f"({torch.cuda.device_count()} CUDA devices)"
+        )
+    return torch.device("cuda", index)
+
+
+def generation_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 where the device computes in it natively (CUDA with bf16), else float32."""
+    import torch
+
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def generation_folder(layout: Layout, model: str | FinishedRun) -> ModelPaths:
+    """The model folder whose configs and tokenizer `model` generates with (a run's
+    `final/`, or for a LoRA adapter the base model it trained on)."""
+    if isinstance(model, str):
+        return layout.model(model)
+    return model.base if model.adapter else model.final_model
+
+
+def context_length(paths: ModelPaths) -> int:
+    """The longest sequence the model was built for (Meta's `max_seq_len`, Hugging Face's
+    `max_position_embeddings`), read from its configs alone."""
+    from weighted_mtp.models.architecture import HfLlamaConfig, MetaParams
+
+    if paths.params.is_file():
+        return MetaParams.from_file(paths.params).max_seq_len
+    found = HfLlamaConfig.from_file(paths.hf_config).others.get("max_position_embeddings")
+    if type(found) is not int or found < 1:
+        raise WmtpError("config.json has no max_position_embeddings", path=paths.hf_config)
+    return found
+
+
+def load_for_generation(
+    layout: Layout, name: str, device: Any = "cpu", dtype: torch.dtype | None = None
+) -> LoadedModel:
+    """A storage model folder that verifies, its weights in `dtype` (default float32) and
+    its tokenizer."""
     from weighted_mtp.models.verify import verify_model
 
     report = verify_model(layout, name)
@@ -199,26 +287,26 @@ def load_for_generation(layout: Layout, name: str, device: str = "cpu") -> Loade
             path=layout.model(name).root,
             hint=f"run `wmtp models verify {name}` and rebuild the folder before evaluating it",
         )
-    return _load_folder(name, layout.model(name), device)
+    return _load_folder(name, layout.model(name), device, dtype)
 
 
-def load_run_for_generation(run: FinishedRun, device: str = "cpu") -> LoadedModel:
-    """A training run's `final/` model in float32: its weights checked against their
-    SHA256SUMS, or its LoRA adapter merged onto the base it trained from."""
+def load_run_for_generation(
+    run: FinishedRun, device: Any = "cpu", dtype: torch.dtype | None = None
+) -> LoadedModel:
+    """A training run's `final/` model in `dtype` (default float32): its weights checked
+    against their SHA256SUMS, or its LoRA adapter merged onto the base it trained from."""
     import torch
 
+    from weighted_mtp.models.lora import load_lora_merged
     from weighted_mtp.models.tokenizer import load_sentencepiece
 
     if not run.adapter:
-        final = ModelPaths(run.name, run.paths.final)
-        require_sha256sums(final)
-        return _load_folder(run.name, final, device)
-    from weighted_mtp.train.final import load_adapter_merged
-
-    model = load_adapter_merged(run, device, torch.float32)
+        require_sha256sums(run.final_model)
+        return _load_folder(run.name, run.final_model, device, dtype)
+    model = load_lora_merged(run.paths.final, run.base, device, dtype or torch.float32)
     tokenizer = load_sentencepiece(run.base.tokenizer_model)
     return LoadedModel(
-        run.name, "mtp", model, tokenizer, tokenizer.bos_id(), tokenizer.eos_id(), device
+        run.name, "mtp", model, tokenizer, tokenizer.bos_id(), tokenizer.eos_id(), str(device)
     )
 
 
@@ -235,31 +323,40 @@ def require_sha256sums(paths: ModelPaths) -> None:
             )
 
 
-def _load_folder(name: str, paths: ModelPaths, device: str) -> LoadedModel:
-    """A model folder's weights in float32 (Meta format if it has params.json, else Hugging
-    Face) and its tokenizer."""
+def _load_folder(
+    name: str, paths: ModelPaths, device: Any, dtype: torch.dtype | None
+) -> LoadedModel:
+    """A model folder's weights in `dtype` (default float32; Meta format if it has
+    params.json, else Hugging Face) and its tokenizer."""
     import torch
 
     from weighted_mtp.models.adapter import load_mtp_model, load_reference_model
     from weighted_mtp.models.tokenizer import load_sentencepiece
 
+    dtype = dtype or torch.float32
     tokenizer = load_sentencepiece(paths.tokenizer_model)
     model: Any  # an MtpTransformer or a LlamaForCausalLM, as `kind` says
     if paths.params.is_file():
-        kind, model = "mtp", load_mtp_model(paths.root, device=device, dtype=torch.float32)
+        kind, model = "mtp", load_mtp_model(paths.root, device=device, dtype=dtype)
     else:
-        kind, model = "hf", load_reference_model(paths.root, device=device, dtype=torch.float32)
-    return LoadedModel(name, kind, model, tokenizer, tokenizer.bos_id(), tokenizer.eos_id(), device)
+        kind, model = "hf", load_reference_model(paths.root, device=device, dtype=dtype)
+    return LoadedModel(
+        name, kind, model, tokenizer, tokenizer.bos_id(), tokenizer.eos_id(), str(device)
+    )
 
 
 def sample_prompt(
     loaded: LoadedModel, prompt: str, n: int, config: SamplingConfig
 ) -> tuple[list[Continuation], DecodeStats]:
-    """n samples of one prompt, decoded together as one batch."""
+    """n samples of one prompt, decoded together as one batch; sample i draws from a
+    generator seeded with `sample_seed(config.seed, i)`."""
     import torch
 
     ids = loaded.encode_prompt(prompt)
-    generator = torch.Generator(device=loaded.device).manual_seed(config.seed)
+    generators = [
+        torch.Generator(device=loaded.device).manual_seed(sample_seed(config.seed, i))
+        for i in range(n)
+    ]
     ender = Ender(config, loaded.eos_id, loaded.decode)
     samples = [Continuation() for _ in range(n)]
     decoder = loaded.decoder()
@@ -268,7 +365,7 @@ def sample_prompt(
         tokens = torch.tensor([ids] * n, device=loaded.device)  # [n, prompt]
         logits = decoder.start(tokens, len(ids) + config.max_new_tokens)
         while True:
-            chosen = choose(logits, config, generator)  # [n]
+            chosen = choose(logits, config, generators)  # [n]
             for sample, token in zip(samples, chosen.tolist(), strict=True):
                 if sample.finish is None:
                     ender.push(sample, token)

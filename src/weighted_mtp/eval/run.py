@@ -1,54 +1,79 @@
-"""`wmtp eval run`: prompts from the processed records, generation, scoring, results.json.
+"""`wmtp eval run`: a benchmark's tasks, generation, scoring, results.json.
 
-The prompt is each task's processed record prompt (the Alpaca template the model was trained
-on, `weighted_mtp.data.template`), so the completion is what a training response is:
-HumanEval's function body, MBPP's and CodeContests' whole program. Where a completion
-stops and which split is read by default are the dataset's registry facts.
+The tasks are a split of the benchmark's raw records, whole (`eval.tasks`), and each prompt
+is the task's training prompt (the Alpaca template the model was trained on,
+`weighted_mtp.data.template`), so the completion is what a training response is:
+HumanEval's function body, MBPP's and CodeContests' whole program. A prompt longer than
+the model's context leaves for the completion is cut at its head (`eval.prompts`), and
+results.json names those tasks. Where a completion stops and which split is read by
+default are the dataset's registry facts.
 
 What is evaluated is a storage model, or a finished training run's `final/` model (a run
 folder, `<experiment>/<run-id>` or a run id under the storage's runs folder); results.json
-records which, with the SHA-256 of the weights and the run's identity.
+records which, with the SHA-256 of the weights and the run's identity, and the device and
+dtype it generated in. Under torchrun the tasks are dealt out to the ranks (`eval.ranks`)
+and rank 0 writes the same samples.jsonl one process would: each sample's random draws
+depend only on (seed, task, sample index), never on the rank or the batch beside it.
+
+Every setting is checked when `RunSettings` is made and the model, device and output
+folder before any weights load: a bad value is one line, not a traceback minutes later.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
+import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from weighted_mtp import __version__, assets, progress
 from weighted_mtp.clock import utc_now
-from weighted_mtp.data.sources import iter_jsonl
-from weighted_mtp.errors import UsageError, WmtpError
+from weighted_mtp.errors import UsageError
 from weighted_mtp.eval.generate import (
     Continuation,
     DecodeStats,
     LoadedModel,
     SamplingConfig,
+    check_device,
+    context_length,
+    generation_dtype,
+    generation_folder,
     load_for_generation,
     load_run_for_generation,
+    resolve_device,
     sample_prompt,
+    sample_seed,
 )
-from weighted_mtp.eval.scoring import score_samples
-from weighted_mtp.eval.tasks import raw_files
+from weighted_mtp.eval.prompts import FittedPrompt, fit_prompt
+from weighted_mtp.eval.ranks import gather_dealt, torchrun_ranks
+from weighted_mtp.eval.scoring import require_writable, score_samples
+from weighted_mtp.eval.tasks import (
+    Benchmark,
+    TestChoice,
+    load_benchmark,
+    require_split,
+    require_tests,
+)
 from weighted_mtp.storage.atomic import atomic_write, read_json, write_json
 from weighted_mtp.storage.hashing import read_sha256sums, sha256_file
-from weighted_mtp.storage.layout import MODELS, Layout, ModelPaths
+from weighted_mtp.storage.layout import MODELS, Layout, RunPaths
+from weighted_mtp.storage.runs import ADAPTER_WEIGHTS, FinishedRun, find_run, finished_run
 from weighted_mtp.storage.stamps import Store
-from weighted_mtp.train.runs import ADAPTER_WEIGHTS, FinishedRun, find_run, finished_run
 
 PASS_AT = (1, 10, 100)
 
 
 @dataclass(frozen=True)
 class RunSettings:
-    """How to sample and score; `split` "" means the dataset's evaluation split."""
+    """What to generate and how to score it; `split` "" means the dataset's evaluation
+    split. Checked when made: a bad value is one `UsageError`."""
 
     dataset: str
-    n: int = 20
+    n: int = 20  # samples per task
     temperature: float = 0.2
     top_p: float = 0.95
     max_new_tokens: int = 512
@@ -57,10 +82,30 @@ class RunSettings:
     seed: int = 0
     split: str = ""
     workers: int = 2
+    tests: TestChoice = "base"
 
     def __post_init__(self) -> None:
+        assets.dataset_format(self.dataset)  # an unknown dataset is a usage error
         if not self.split:
             object.__setattr__(self, "split", assets.spec(self.dataset).eval_split)
+        require_split(self.dataset, self.split)
+        object.__setattr__(self, "tests", require_tests(self.dataset, self.tests))
+        for name, value, low in (
+            ("--samples-per-task", self.n, 1),
+            ("--max-new-tokens", self.max_new_tokens, 1),
+            ("--limit", self.limit, 1),
+            ("--workers", self.workers, 1),
+            ("--seed", self.seed, 0),
+        ):
+            if value is not None and value < low:
+                raise UsageError(f"{name} must be at least {low}, not {value}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise UsageError(
+                f"--temperature must be a finite number >= 0, not {self.temperature}",
+                hint="0 decodes greedily",
+            )
+        if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
+            raise UsageError(f"--top-p must be in (0, 1], not {self.top_p}")
 
     @property
     def stop_sequences(self) -> tuple[str, ...]:
@@ -70,6 +115,10 @@ class RunSettings:
         return SamplingConfig(
             self.max_new_tokens, self.temperature, self.top_p, self.seed, self.stop_sequences
         )
+
+    def task_sampling(self, task_id: str) -> SamplingConfig:
+        """The sampling of one task: its seed a function of the run's seed and the task."""
+        return dataclasses.replace(self.sampling(), seed=sample_seed(self.seed, task_id))
 
 
 def evaluated_model(layout: Layout, name: str) -> str | FinishedRun:
@@ -91,26 +140,7 @@ def _label(model: str | FinishedRun) -> str:
     """The folder name of a model's results under the eval runs folder."""
     if isinstance(model, str):
         return model
-    return f"{model.config.experiment}-{model.paths.root.name}"
-
-
-def eval_prompts(
-    layout: Layout, dataset: str, split: str, limit: int | None
-) -> list[tuple[str, str]]:
-    """(task id, prompt) of each task of a processed split, in file order."""
-    path = layout.dataset(dataset).split(split)
-    if not path.is_file():
-        raise WmtpError(
-            f"processed {dataset} {split} records not found",
-            path=path,
-            hint=f"run `wmtp data prepare {dataset}` first",
-        )
-    prompts: dict[str, str] = {}
-    for _line, record in iter_jsonl(path):
-        prompts.setdefault(record["metadata"]["task_id"], record["prompt"])
-        if limit is not None and len(prompts) >= limit:
-            break
-    return list(prompts.items())
+    return f"{model.experiment}-{model.paths.root.name}"
 
 
 def default_out_dir(layout: Layout, model: str | FinishedRun, settings: RunSettings) -> Path:
@@ -119,44 +149,101 @@ def default_out_dir(layout: Layout, model: str | FinishedRun, settings: RunSetti
     return layout.eval_runs_dir / _label(model) / f"{settings.dataset}-{stamp}{mode}"
 
 
+def finished_results(out: Path) -> dict[str, Any] | None:
+    """The results.json of a complete evaluation in `out` (results and samples both
+    written), or None: lets a caller reuse an evaluation instead of repeating it."""
+    paths = RunPaths(out, assets.run_kind(assets.EVAL_RESULTS))
+    if not paths.complete:
+        return None
+    results: dict[str, Any] = read_json(paths.results, paths.results.name)
+    return results
+
+
+def require_room(settings: RunSettings, context: int, model: str) -> None:
+    """BOS, at least one prompt token and `max_new_tokens` fit the model's context."""
+    if settings.max_new_tokens > context - 2:
+        raise UsageError(
+            f"--max-new-tokens {settings.max_new_tokens} leaves no room for a prompt in "
+            f"{model}'s {context}-token context",
+            hint=f"use at most {context - 2} (prompts longer than what is left are cut)",
+        )
+
+
+def require_new_folder(out: Path) -> None:
+    """`out` is absent or an empty folder this process can write in."""
+    if out.exists() and not out.is_dir():
+        raise UsageError("--out is not a folder", path=out, hint="choose a new --out")
+    if out.is_dir() and any(out.iterdir()):
+        raise UsageError("output folder is not empty", path=out, hint="choose a new --out")
+    require_writable(out / assets.SUMMARY_FILE, "evaluation's results")
+
+
+def fitted_prompts(benchmark: Benchmark, folder_tokenizer: Path, budget: int) -> list[FittedPrompt]:
+    """Each selected task's prompt within `budget` tokens of the model's tokenizer."""
+    from weighted_mtp.models.tokenizer import load_sentencepiece
+
+    tokenizer = load_sentencepiece(folder_tokenizer)
+
+    def count(text: str) -> int:
+        return 1 + len(tokenizer.encode(text))  # BOS + the text
+
+    return [
+        fit_prompt(task_id, parts, count, budget) for task_id, parts in benchmark.prompts.items()
+    ]
+
+
+@dataclass(frozen=True)
+class TaskSamples:
+    task_id: str
+    samples: list[Continuation]
+    stats: DecodeStats
+
+
 def _samples_of_task(
-    loaded: LoadedModel, prompt: str, settings: RunSettings, index: int
-) -> tuple[list[Continuation], DecodeStats]:
-    config = replace(settings.sampling(), seed=settings.seed + index)
+    loaded: LoadedModel, prompt: FittedPrompt, settings: RunSettings
+) -> TaskSamples:
+    config = settings.task_sampling(prompt.task_id)
     if not settings.speculative:
-        return sample_prompt(loaded, prompt, settings.n, config)
+        samples, stats = sample_prompt(loaded, prompt.text, settings.n, config)
+        return TaskSamples(prompt.task_id, samples, stats)
     from weighted_mtp.eval.speculative import speculative_sample
 
     stats, samples = DecodeStats(), []
     for i in range(settings.n):
-        sample, one = speculative_sample(loaded, prompt, config, seed_offset=i * 7919)
+        one_config = dataclasses.replace(config, seed=sample_seed(config.seed, i))
+        sample, one = speculative_sample(loaded, prompt.text, one_config)
         samples.append(sample)
         stats.add(one)
-    return samples, stats
+    return TaskSamples(prompt.task_id, samples, stats)
 
 
-def generate_samples(
-    loaded: LoadedModel, prompts: list[tuple[str, str]], settings: RunSettings, samples_path: Path
-) -> DecodeStats:
-    """Generate n samples per task and write them (harness format) atomically."""
+def generate_tasks(
+    loaded: LoadedModel, prompts: list[FittedPrompt], settings: RunSettings
+) -> list[TaskSamples]:
+    """`settings.n` samples of each prompt, in order."""
+    done = []
+    with progress.task("generating", len(prompts) * settings.n, "samples") as advance:
+        for prompt in prompts:
+            done.append(_samples_of_task(loaded, prompt, settings))
+            advance(settings.n)
+    return done
+
+
+def write_samples(path: Path, tasks: list[TaskSamples]) -> DecodeStats:
+    """samples.jsonl in the harness format, atomically; the decoding statistics summed."""
     total = DecodeStats()
-    with (
-        progress.task("generating", len(prompts) * settings.n, "samples") as advance,
-        atomic_write(samples_path, "w") as handle,
-    ):
-        for index, (task_id, prompt) in enumerate(prompts):
-            samples, stats = _samples_of_task(loaded, prompt, settings, index)
-            total.add(stats)
-            for sample_id, sample in enumerate(samples):
+    with atomic_write(path, "w") as handle:
+        for task in tasks:
+            total.add(task.stats)
+            for sample_id, sample in enumerate(task.samples):
                 row = {
-                    "task_id": task_id,
+                    "task_id": task.task_id,
                     "sample_id": sample_id,
                     "completion": sample.text,
                     "finish": sample.finish,
                     "new_tokens": sample.generated,
                 }
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-            advance(len(samples))
     return total
 
 
@@ -183,7 +270,7 @@ def _run_record(layout: Layout, run: FinishedRun) -> dict[str, Any]:
         "folder": str(paths.final),
         "run": {
             "folder": str(paths.root),
-            "experiment": run.config.experiment,
+            "experiment": run.experiment,
             "steps": summary.get("steps"),
             "config_sha256": sha256_file(paths.config),
             "summary_sha256": sha256_file(paths.summary),
@@ -199,7 +286,7 @@ def _run_record(layout: Layout, run: FinishedRun) -> dict[str, Any]:
             else {"folder": str(base.root), "weights_sha256": sha256_file(base.weights)}
         )
     else:
-        final = ModelPaths(run.name, paths.final)
+        final = run.final_model
         sums = read_sha256sums(final.sha256sums)
         record["weights_sha256"] = sums[final.weights.name]  # checked before loading
     return record
@@ -214,19 +301,24 @@ def _model_record(layout: Layout, model: str | FinishedRun, loaded: LoadedModel)
     return record | {"format": loaded.kind}
 
 
-def _dataset_record(layout: Layout, settings: RunSettings) -> dict[str, Any]:
-    """The evaluated files' SHA-256, from the freshness store where it vouches for them
-    (a raw CodeContests split is gigabytes); the store is only read, an evaluation does not
-    write into the storage's records."""
+def settings_benchmark(layout: Layout, settings: RunSettings) -> Benchmark:
+    """The tasks `settings` evaluates: its dataset's split, tests, and first `limit` tasks."""
+    return load_benchmark(
+        layout, settings.dataset, settings.split, tests=settings.tests, limit=settings.limit
+    )
+
+
+def _dataset_record(layout: Layout, benchmark: Benchmark) -> dict[str, Any]:
+    """The benchmark's raw files' SHA-256, from the freshness store where it vouches for
+    them (a raw CodeContests split is gigabytes); the store is only read, an evaluation does
+    not write into the storage's records."""
     store = Store(layout)
-    processed = layout.dataset(settings.dataset).split(settings.split)
     return {
-        "name": settings.dataset,
-        "split": settings.split,
-        "processed": {str(processed): store.sha256(processed)},
-        "raw": {
-            str(p): store.sha256(p) for p in raw_files(layout, settings.dataset, settings.split)
-        },
+        "name": benchmark.dataset,
+        "split": benchmark.split,
+        "tests": benchmark.tests,
+        "tasks": len(benchmark.task_ids),
+        "raw": {str(p): store.sha256(p) for p in benchmark.files},
     }
 
 
@@ -234,14 +326,14 @@ def evaluation_key(layout: Layout, name: str, settings: RunSettings) -> dict[str
     """What makes two evaluations interchangeable: the weights' and the evaluated files'
     SHA-256 and every setting that changes a sample or its verdict (all but `workers`).
     Equal to `recorded_evaluation_key` of the results.json such an evaluation writes."""
-    eval_prompts(layout, settings.dataset, settings.split, 1)  # one line if it is not there
+    benchmark = settings_benchmark(layout, settings)  # one line if it is not there
     model = evaluated_model(layout, name)
     record = (
         _storage_model_record(layout, model)
         if isinstance(model, str)
         else _run_record(layout, model)
     )
-    return _evaluation_key(record, _dataset_record(layout, settings), asdict(settings))
+    return _evaluation_key(record, _dataset_record(layout, benchmark), asdict(settings))
 
 
 def recorded_evaluation_key(results: Any) -> dict[str, Any] | None:
@@ -263,7 +355,7 @@ def _evaluation_key(
     }
     return {
         "weights": {name: sha for name, sha in weights.items() if sha is not None},
-        "dataset_sha256": sorted(dataset["processed"].values()) + sorted(dataset["raw"].values()),
+        "dataset_sha256": sorted(dataset["raw"].values()),
         "settings": {k: v for k, v in settings.items() if k != "workers"},
     }
 
@@ -273,55 +365,77 @@ def run_evaluation(
     name: str,
     settings: RunSettings,
     out: Path | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     threads: int | None = None,
-) -> dict[str, Any]:
-    """Verify the model (`name`: a storage model or a training run), generate, score; write
-    samples.jsonl and results.json into `out`. `threads` caps torch's intra-op threads
-    (small models on busy cores decode faster with one)."""
-    if settings.n < 1 or settings.max_new_tokens < 1:
-        raise UsageError("--n and --max-new-tokens must be at least 1")
+) -> dict[str, Any] | None:
+    """Verify the model (`name`: a storage model or a training run), generate on `device`
+    (`auto`, `cpu`, `cuda`, `cuda:N`), score; write samples.jsonl and results.json into
+    `out` and return results.json's content. Under torchrun every rank generates its share
+    and rank 0 writes and returns; the other ranks return None. `threads` caps torch's
+    intra-op threads (small models on busy cores decode faster with one)."""
+    ranks = torchrun_ranks()
+    check_device(device)
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be at least 1, not {threads}")
     model = evaluated_model(layout, name)
-    prompts = eval_prompts(layout, settings.dataset, settings.split, settings.limit)
-    out = out or default_out_dir(layout, model, settings)
-    result = layout.run(assets.EVAL_RESULTS, out)
-    if out.exists() and any(out.iterdir()):
-        raise UsageError("output folder is not empty", path=out, hint="choose a new --out")
+    folder = generation_folder(layout, model)
+    context = context_length(folder)
+    require_room(settings, context, name)
+    if ranks.is_first:
+        out = out or default_out_dir(layout, model, settings)
+        require_new_folder(out)
+    benchmark = settings_benchmark(layout, settings)
+    prompts = fitted_prompts(benchmark, folder.tokenizer_model, context - settings.max_new_tokens)
+    target = resolve_device(device, ranks.world)
     start = time.perf_counter()
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
+    dtype = generation_dtype(target)
     loaded = (
-        load_for_generation(layout, model, device)
+        load_for_generation(layout, model, target, dtype)
         if isinstance(model, str)
-        else load_run_for_generation(model, device)
+        else load_run_for_generation(model, target, dtype)
     )
     if settings.speculative and loaded.kind != "mtp":
         raise UsageError(
             f"--speculative needs a model with MTP heads; {name!r} is a {loaded.kind} model"
         )
-    samples_path = result.samples
-    decode = generate_samples(loaded, prompts, settings, samples_path)
+    generated = gather_dealt(ranks, generate_tasks(loaded, ranks.deal(prompts), settings))
+    if generated is None or out is None:
+        return None
+    result = layout.run(assets.EVAL_RESULTS, out)
+    decode = write_samples(result.samples, generated)
     summary = score_samples(
         layout,
         settings.dataset,
-        samples_path,
+        result.samples,
         ks=tuple(k for k in PASS_AT if k <= settings.n),
         split=settings.split,
+        tests=settings.tests,
         workers=settings.workers,
+        partial=settings.limit is not None,
     )
     results = {
         "model": _model_record(layout, model, loaded),
-        "dataset": _dataset_record(layout, settings),
+        "dataset": _dataset_record(layout, benchmark),
         "settings": asdict(settings),
         "stop_sequences": list(settings.stop_sequences),
         "pass_at_k": summary.pass_at_k,
         "results": summary.results,
         "sandbox": summary.sandbox,
         "n_tasks": summary.n_tasks,
+        "n_tasks_in_split": summary.n_tasks_in_split,
+        "unattempted": len(summary.unattempted),
         "n_samples": summary.n_samples,
+        "tasks": summary.tasks,
+        "context": context,
+        "prompts_cut": [p.record() for p in prompts if p.fit != "whole"],
         "generation": {
+            "device": str(target),
+            "dtype": str(dtype).removeprefix("torch."),
+            "ranks": ranks.world,
             "seconds": round(decode.seconds, 3),
             "new_tokens": decode.new_tokens,
             "tokens_per_second": round(decode.tokens_per_second, 2),
@@ -331,7 +445,7 @@ def run_evaluation(
         },
         "scoring_seconds": summary.wall_seconds,
         "wall_seconds": round(time.perf_counter() - start, 3),
-        "samples": str(samples_path),
+        "samples": str(result.samples),
         "created_at": utc_now(),
         "tool_version": __version__,
     }

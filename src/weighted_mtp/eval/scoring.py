@@ -1,41 +1,65 @@
 """Score a samples file in the HumanEval harness format: execute, write results, pass@k.
 
 Input: one JSON object per line with `task_id` and `completion` (HumanEval: the function
-body that continues the prompt; MBPP and CodeContests: a whole program). Every line is
-checked before anything runs: a non-JSON line, a missing or non-string field, an unknown
-task id or a repeated sample stops with one line naming the file and line. A repeated
-sample is the same `(task_id, sample_id)` when lines carry a `sample_id` (or the harness's
-`completion_id`), else a byte-identical line.
+body that continues the prompt; MBPP and CodeContests: a whole program). The file must be a
+regular file; it is read line by line under the storage's line limit
+(`weighted_mtp.limits`), never whole. Every line is checked before anything runs: a
+non-JSON line, a missing or non-string field, an unknown task id or a repeated sample stops
+with one line naming the file and line. A repeated sample is the same `(task_id,
+sample_id)` when lines carry a `sample_id` (or the harness's `completion_id`), else a
+byte-identical line. Like the harness's `evaluate_functional_correctness`, a file that
+leaves tasks of the split unattempted is refused unless `partial` (then the summary lists
+them and pass@k is over the attempted tasks).
 
-Output, next to the samples (atomically, like the harness names them):
-`<samples>_results.jsonl` (each input object plus `passed`, `result`, `reason`; a row
-whose text cannot be written as UTF-8, e.g. a lone surrogate, is written with JSON's
-`\\u` escapes instead) and `<samples>_summary.json` (`ScoreSummary`, with the sandbox's
-protections that were in force).
+The file is read again to build the jobs, `JOBS_AT_ONCE` at a time, and to write the
+results, so memory holds a batch of completions whatever the file's size; its SHA-256 before
+and after must agree.
+
+Output, next to the samples (atomically, like the harness names them; both paths are
+checked before any sample runs): `<samples>_results.jsonl` (each input object plus
+`passed`, `result`, `reason`; a row whose text cannot be written as UTF-8, e.g. a lone
+surrogate, is written with JSON's `\\u` escapes instead) and `<samples>_summary.json`
+(`ScoreSummary`, with the sandbox's protections that were in force).
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
+import os
 import time
-from collections import Counter, defaultdict
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from weighted_mtp import progress
 from weighted_mtp.clock import utc_now
-from weighted_mtp.data.sources import parse_json_line
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.eval.passk import mean_pass_at_k
-from weighted_mtp.eval.sandbox import RESULTS, Outcome, Sandbox, SandboxLimits
-from weighted_mtp.eval.tasks import Problem, canonical_task_id, load_problems, raw_files
+from weighted_mtp.eval.sandbox import RESULTS, Job, Outcome, Sandbox, SandboxLimits
+from weighted_mtp.eval.tasks import (
+    Benchmark,
+    Problem,
+    TestChoice,
+    canonical_task_id,
+    load_benchmark,
+    require_split,
+)
+from weighted_mtp.limits import current_limits
 from weighted_mtp.storage.atomic import atomic_write, write_json
 from weighted_mtp.storage.hashing import sha256_file
+from weighted_mtp.storage.jsonl import iter_lines, parse_json_line
 from weighted_mtp.storage.layout import Layout
+from weighted_mtp.storage.regular import open_regular, special_kind
 
 DEFAULT_KS = (1, 10, 100)
 SAMPLE_ID_KEYS = ("sample_id", "completion_id")
+# Jobs built and handed to the sandbox at a time: bounds the completions held in memory;
+# a batch waits for its slowest sample, so it holds many times the workers.
+JOBS_AT_ONCE = 1024
 
 
 @dataclass(frozen=True)
@@ -43,18 +67,22 @@ class Sample:
     line: int
     task_id: str
     completion: str
-    record: dict[str, Any]
 
 
 @dataclass
 class ScoreSummary:
     dataset: str
     split: str
+    tests: str
     samples: str
     samples_sha256: str
     raw_files: dict[str, str]
     n_samples: int
-    n_tasks: int
+    n_tasks: int  # tasks attempted (scored)
+    n_tasks_in_split: int
+    partial: bool
+    unattempted: list[str]  # tasks of the split without samples (only when partial)
+    tasks: dict[str, dict[str, int]]  # per task attempted: samples and passed
     results: dict[str, int]
     pass_at_k: dict[str, float | None]
     wall_seconds: float
@@ -88,6 +116,30 @@ def parse_ks(text: str) -> tuple[int, ...]:
     return ks
 
 
+def require_writable(path: Path, what: str) -> None:
+    """`path` can be written atomically: it is absent or a regular file, and its nearest
+    existing folder is a folder this process may write in. Else one error, before any work."""
+    try:
+        kind = special_kind(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):  # absent, or below a file: see below
+        kind = None
+    if kind is not None:
+        raise WmtpError(
+            f"{what} is {kind}, not a file it can be written to",
+            path=path,
+            hint="move it away, or write elsewhere",
+        )
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise WmtpError(
+            f"cannot write the {what} in {folder}",
+            path=path,
+            hint="choose a folder you can write in",
+        )
+
+
 def _sample(obj: dict[str, Any], dataset: str, path: Path, line: int) -> Sample:
     for key in ("task_id", "completion"):
         if key not in obj:
@@ -98,61 +150,93 @@ def _sample(obj: dict[str, Any], dataset: str, path: Path, line: int) -> Sample:
             )
     if not isinstance(obj["completion"], str):
         raise WmtpError(f"line {line}: 'completion' is not a string", path=path)
-    return Sample(line, canonical_task_id(dataset, obj["task_id"]), obj["completion"], obj)
+    return Sample(line, canonical_task_id(dataset, obj["task_id"]), obj["completion"])
 
 
-def _identity(sample: Sample, raw: bytes) -> tuple[Any, ...]:
+def _identity(sample: Sample, obj: dict[str, Any], raw: bytes) -> bytes:
+    """A digest naming the sample: its task and sample id, else the line's bytes."""
     for key in SAMPLE_ID_KEYS:
-        if key in sample.record:
-            return (sample.task_id, key, json.dumps(sample.record[key]))
-    return (raw.strip(),)
+        if key in obj:
+            named = json.dumps([sample.task_id, key, obj[key]]).encode()
+            return hashlib.blake2b(b"id\0" + named, digest_size=16).digest()
+    return hashlib.blake2b(b"line\0" + raw.strip(), digest_size=16).digest()
 
 
-def read_samples(path: Path, dataset: str) -> list[Sample]:
-    """Every sample of the file, or an error naming the first bad line."""
-    if not path.is_file():
-        raise WmtpError("samples file not found", path=path)
-    samples: list[Sample] = []
-    seen: dict[tuple[Any, ...], int] = {}
-    with path.open("rb") as handle:
-        for line, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            sample = _sample(parse_json_line(raw, path, line), dataset, path, line)
-            identity = _identity(sample, raw)
-            if identity in seen:
-                raise WmtpError(
-                    f"line {line}: duplicate of line {seen[identity]}",
-                    path=path,
-                    hint="give each sample of a task its own sample_id, or drop the copy",
-                )
-            seen[identity] = line
-            samples.append(sample)
-    if not samples:
-        raise WmtpError("samples file has no samples", path=path)
-    return samples
+def iter_samples(path: Path, dataset: str) -> Iterator[tuple[Sample, dict[str, Any], bytes]]:
+    """(sample, its JSON object, its line) for each non-blank line, read under the storage's
+    line limit from a regular file; a bad line is one error naming it."""
+    limits = current_limits()
+    with open_regular(path, "samples file") as handle:
+        for line, raw in iter_lines(handle, path, limits):
+            obj = parse_json_line(raw, path, line)
+            yield _sample(obj, dataset, path, line), obj, raw
 
 
-def require_known(
-    samples: list[Sample], problems: dict[str, Problem], path: Path, split: str
-) -> None:
-    for sample in samples:
-        if sample.task_id not in problems:
+@dataclass(frozen=True)
+class CheckedSamples:
+    task_ids: list[str]  # each sample's task, in the order of the file
+    first_lines: dict[str, int]  # each task's first line, by task id in order
+
+
+def check_samples(path: Path, dataset: str) -> CheckedSamples:
+    """Every line checked (see the module docstring). Only digests are kept, so memory does
+    not grow with the completions' text."""
+    seen: dict[bytes, int] = {}
+    task_ids: list[str] = []
+    first_lines: dict[str, int] = {}
+    for sample, obj, raw in iter_samples(path, dataset):
+        identity = _identity(sample, obj, raw)
+        if identity in seen:
             raise WmtpError(
-                f"line {sample.line}: unknown task id {sample.task_id!r}",
+                f"line {sample.line}: duplicate of line {seen[identity]}",
                 path=path,
-                hint=f"not a task of this dataset's {split} records",
+                hint="give each sample of a task its own sample_id, or drop the copy",
+            )
+        seen[identity] = sample.line
+        task_ids.append(sample.task_id)
+        first_lines.setdefault(sample.task_id, sample.line)
+    if not task_ids:
+        raise WmtpError("samples file has no samples", path=path)
+    return CheckedSamples(task_ids, first_lines)
+
+
+def require_known(first_lines: dict[str, int], benchmark: Benchmark, path: Path) -> None:
+    known = set(benchmark.task_ids)
+    for task_id, line in first_lines.items():
+        if task_id not in known:
+            raise WmtpError(
+                f"line {line}: unknown task id {task_id!r}",
+                path=path,
+                hint=f"not a task of {benchmark.dataset}'s {benchmark.split} split",
             )
 
 
-def pass_at_ks(
-    samples: list[Sample], outcomes: list[Outcome], ks: tuple[int, ...]
-) -> dict[str, float | None]:
+def require_complete(attempted: dict[str, int], benchmark: Benchmark, path: Path) -> None:
+    """Every task of the split has a sample, or one error naming how many have none."""
+    missing = benchmark.unattempted(attempted)
+    if missing:
+        raise WmtpError(
+            f"the samples cover {len(attempted)} of the {len(benchmark.task_ids)} tasks of "
+            f"{benchmark.dataset}'s {benchmark.split} split; {len(missing)} unattempted "
+            f"(first: {missing[0]})",
+            path=path,
+            hint="generate samples for every task, or score only these with --partial",
+        )
+
+
+def per_task(task_ids: list[str], outcomes: list[Outcome]) -> dict[str, dict[str, int]]:
+    """Samples and passes of each task, in the order the tasks first appear."""
+    tasks: dict[str, dict[str, int]] = {}
+    for task_id, outcome in zip(task_ids, outcomes, strict=True):
+        counts = tasks.setdefault(task_id, {"samples": 0, "passed": 0})
+        counts["samples"] += 1
+        counts["passed"] += outcome.passed
+    return tasks
+
+
+def pass_at_ks(tasks: dict[str, dict[str, int]], ks: tuple[int, ...]) -> dict[str, float | None]:
     """pass@k per k over the tasks that have samples; None where a task has fewer than k."""
-    per_task: dict[str, list[bool]] = defaultdict(list)
-    for sample, outcome in zip(samples, outcomes, strict=True):
-        per_task[sample.task_id].append(outcome.passed)
-    counts = [(len(passed), sum(passed)) for passed in per_task.values()]
+    counts = [(counts["samples"], counts["passed"]) for counts in tasks.values()]
     return {f"pass@{k}": mean_pass_at_k(counts, k) for k in ks}
 
 
@@ -165,28 +249,50 @@ def result_line(row: dict[str, Any]) -> bytes:
         return (json.dumps(row) + "\n").encode("ascii")
 
 
-def write_results(path: Path, samples: list[Sample], outcomes: list[Outcome]) -> None:
+def write_results(path: Path, dataset: str, outcomes: list[Outcome], sha256: str) -> None:
+    """Each sample's line again, with its verdict, streamed from the samples file; the file
+    must still be the bytes that were scored."""
+    rows = iter_samples(path, dataset)
     with atomic_write(results_path(path), "wb") as handle:
-        for sample, outcome in zip(samples, outcomes, strict=True):
-            row = {
-                **sample.record,
-                "passed": outcome.passed,
-                "result": outcome.result,
-                "reason": outcome.reason,
-            }
-            handle.write(result_line(row))
+        try:
+            for (_sample, obj, _raw), outcome in zip(rows, outcomes, strict=True):
+                row = {
+                    **obj,
+                    "passed": outcome.passed,
+                    "result": outcome.result,
+                    "reason": outcome.reason,
+                }
+                handle.write(result_line(row))
+        except ValueError:  # zip: another number of lines than was scored
+            sha256 = ""
+        if sha256_file(path) != sha256:
+            raise WmtpError(
+                "the samples file changed while it was scored",
+                path=path,
+                hint="score it again once nothing writes to it",
+            )
+
+
+def jobs_of(path: Path, dataset: str, problems: dict[str, Problem]) -> Iterator[Job]:
+    """The sandbox job of every sample, read again from the file as they are needed."""
+    for sample, _obj, _raw in iter_samples(path, dataset):
+        yield problems[sample.task_id].job(sample.completion)
 
 
 def execute(
-    samples: list[Sample], problems: dict[str, Problem], workers: int, limits: SandboxLimits
+    jobs: Iterator[Job], total: int, workers: int, limits: SandboxLimits
 ) -> tuple[list[Outcome], dict[str, Any]]:
-    """Every sample's outcome, and the sandbox's protections that were in force."""
-    jobs = [problems[s.task_id].job(s.completion) for s in samples]
+    """Outcomes in the order of `jobs`, `JOBS_AT_ONCE` jobs taken from the iterator at a
+    time (memory holds those, not the whole file's completions), and the sandbox's
+    protections that were in force."""
+    outcomes: list[Outcome] = []
     with (
-        progress.task("executing samples", len(jobs), "samples") as advance,
+        progress.task("executing samples", total, "samples") as advance,
         Sandbox(workers, limits) as box,
     ):
-        return box.run_all(jobs, advance), box.protections
+        while chunk := list(itertools.islice(jobs, JOBS_AT_ONCE)):
+            outcomes += box.run_all(chunk, advance)
+        return outcomes, box.protections
 
 
 def score_samples(
@@ -196,31 +302,48 @@ def score_samples(
     *,
     ks: tuple[int, ...] = DEFAULT_KS,
     split: str = "test",
+    tests: TestChoice = "base",
     workers: int = 2,
     limits: SandboxLimits | None = None,
+    partial: bool = False,
 ) -> ScoreSummary:
-    """Check, execute and score a samples file; writes the results and summary beside it."""
+    """Check, execute and score a samples file; writes the results and summary beside it.
+    A file that leaves tasks of the split unattempted is refused unless `partial`."""
     limits = limits or SandboxLimits()
-    samples = read_samples(samples_path, dataset)
-    problems = load_problems(layout, dataset, split, only={s.task_id for s in samples})
-    require_known(samples, problems, samples_path, split)
+    require_split(dataset, split)
+    require_writable(results_path(samples_path), "results file")
+    require_writable(summary_path(samples_path), "summary file")
+    sha256 = sha256_file(samples_path) if samples_path.is_file() else ""
+    checked = check_samples(samples_path, dataset)
+    attempted = checked.first_lines
+    benchmark = load_benchmark(layout, dataset, split, tests=tests, only=attempted)
+    require_known(attempted, benchmark, samples_path)
+    if not partial:
+        require_complete(attempted, benchmark, samples_path)
+    jobs = jobs_of(samples_path, dataset, benchmark.problems)
     start = time.perf_counter()
-    outcomes, protections = execute(samples, problems, workers, limits)
+    outcomes, protections = execute(jobs, len(checked.task_ids), workers, limits)
     wall = time.perf_counter() - start
-    write_results(samples_path, samples, outcomes)
+    write_results(samples_path, dataset, outcomes, sha256)
+    tasks = per_task(checked.task_ids, outcomes)
     counts = Counter(o.result for o in outcomes)
     summary = ScoreSummary(
         dataset=dataset,
         split=split,
+        tests=tests,
         samples=str(samples_path),
-        samples_sha256=sha256_file(samples_path),
-        raw_files={str(p): sha256_file(p) for p in raw_files(layout, dataset, split)},
-        n_samples=len(samples),
-        n_tasks=len({s.task_id for s in samples}),
+        samples_sha256=sha256,
+        raw_files={str(p): sha256_file(p) for p in benchmark.files},
+        n_samples=len(outcomes),
+        n_tasks=len(tasks),
+        n_tasks_in_split=len(benchmark.task_ids),
+        partial=partial,
+        unattempted=benchmark.unattempted(attempted),
+        tasks=tasks,
         results={result: counts.get(result, 0) for result in RESULTS},
-        pass_at_k=pass_at_ks(samples, outcomes, ks),
+        pass_at_k=pass_at_ks(tasks, ks),
         wall_seconds=round(wall, 3),
-        samples_per_second=round(len(samples) / wall, 2) if wall > 0 else 0.0,
+        samples_per_second=round(len(outcomes) / wall, 2) if wall > 0 else 0.0,
         workers=workers,
         limits=asdict(limits),
         sandbox=protections,

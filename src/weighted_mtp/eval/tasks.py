@@ -1,40 +1,57 @@
-"""Evaluation problems read from the raw upstream records in the storage, and how a
-completion for each becomes a sandbox job. The dataset's row schema
-(`AssetSpec.dataset_format`) chooses how a row becomes a problem; its raw file is the
-registry's `raw_file` (or the split's file).
+"""Evaluation benchmarks read from the raw upstream records in the storage: which tasks a
+split holds, the prompt each is generated from, and how a completion for each becomes a
+sandbox job. The dataset's row schema (`AssetSpec.dataset_format`) chooses how a row
+becomes a problem and which splits exist; its raw file is the registry's `raw_file` (or the
+split's file). Tasks come from the raw rows, never from the prepared (length-filtered)
+training records, so a split is the whole benchmark: MBPP's test split is 500 tasks,
+HumanEval 164.
 
-- HumanEval: the completion continues the function `prompt`; the sample's program is
-  `prompt + completion`, and its judge runs the prompt's own helpers, then `test +
-  check(entry_point)` with `entry_point` the sample's: the harness's check program, with
-  tests and sample in separate processes.
-- MBPP: the completion is a whole program; the judge runs `test_setup_code`, then the
-  `test_list` asserts (the challenge tests are left out, as in the MBPP paper's
-  evaluation); the names the reference solution defines are taken from the sample even
-  where they are built-ins (task 126 asks for a function named `sum`).
-- CodeContests: the completion is a whole program run on the public, private and generated
-  tests via stdin/stdout under the problem's time limit (memory: its limit plus headroom
-  for the interpreter).
+- HumanEval (split: test): the completion continues the function `prompt`; the sample's
+  program is `prompt + completion`, and its judge runs the prompt's own helpers, then
+  `test + check(entry_point)` with `entry_point` the sample's: the harness's check program,
+  with tests and sample in separate processes.
+- MBPP (splits: prompt, train, validation, test, by task number as the benchmark defines
+  them): the completion is a whole program; the judge runs `test_setup_code`, then the
+  `test_list` asserts and, with `tests="all"`, the `challenge_test_list` asserts (left out
+  by default, as in the MBPP paper's evaluation); the names the reference solution defines
+  are taken from the sample even where they are built-ins (task 126 asks for a function
+  named `sum`).
+- CodeContests (splits: train, validation, test, one raw file each): the completion is a
+  whole program run on the public, private and generated tests via stdin/stdout under the
+  problem's time limit (memory: its limit plus headroom for the interpreter).
+
+The prompt is the task's training prompt (`data.converters.evaluation_prompt`), whose
+notes name the tests that run.
 """
 
 from __future__ import annotations
 
 import ast
 import builtins
-from collections.abc import Callable, Iterable
+import re
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from weighted_mtp import assets
 from weighted_mtp.assets import DatasetFormat
-from weighted_mtp.data.sources import field, iter_jsonl
-from weighted_mtp.errors import WmtpError
+from weighted_mtp.data.converters import evaluation_prompt
+from weighted_mtp.data.sources import Rejected, field, typed
+from weighted_mtp.data.splits import MBPP_OFFICIAL_SPLITS, mbpp_official_split
+from weighted_mtp.data.template import PromptParts
+from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.eval.sandbox import Job
-from weighted_mtp.storage.layout import Layout
+from weighted_mtp.storage.jsonl import iter_jsonl
+from weighted_mtp.storage.layout import SPLITS, Layout
 
 CODECONTESTS_TEST_KEYS = ("public_tests", "private_tests", "generated_tests")
 DEFAULT_TIME_LIMIT = 2.0  # seconds, for CodeContests problems that record none
 INTERPRETER_HEADROOM = 512 << 20  # address space Python itself needs beyond a problem's limit
+# Which tests judge a sample: the benchmark's standard ones, or with MBPP's challenge tests.
+TestChoice = Literal["base", "all"]
+TEST_CHOICES: tuple[TestChoice, ...] = get_args(TestChoice)
+_DECIMAL = re.compile(r"0|[1-9][0-9]*")  # a task number as JSON would write it
 
 
 @dataclass(frozen=True)
@@ -78,14 +95,19 @@ def raw_files(layout: Layout, dataset: str, split: str) -> list[Path]:
 
 
 def canonical_task_id(dataset: str, task_id: Any) -> str:
-    """MBPP ids may be given bare (`11`) or as prepared records name them (`mbpp/11`)."""
+    """A sample's task id as the benchmark names the task. MBPP numbers tasks: the number
+    (`11`, or its plain ASCII decimal text `"11"`) or the prepared name (`mbpp/11`);
+    anything else (`"011"`, `"١"`, `"²"`, `true`) is compared as given and matches no task."""
     numbered = assets.spec(dataset).numbered_tasks
-    if numbered and (isinstance(task_id, int) or str(task_id).isdigit()):
-        return f"{dataset}/{int(task_id)}"
-    return str(task_id)
+    decimal = type(task_id) is int or (isinstance(task_id, str) and _DECIMAL.fullmatch(task_id))
+    if numbered and decimal:
+        return f"{dataset}/{task_id}"
+    return task_id if isinstance(task_id, str) else repr(task_id)
 
 
-def _humaneval(dataset: str, row: dict[str, Any], path: Path, line: int) -> Problem:
+def _humaneval(
+    dataset: str, row: dict[str, Any], path: Path, line: int, choice: TestChoice
+) -> Problem:
     entry_point = field(row, "entry_point", path, line)
     return Problem(
         dataset,
@@ -114,10 +136,12 @@ def defined_builtin_names(reference: str, tests: str) -> tuple[str, ...]:
     return tuple(sorted(name for name in defined & used if hasattr(builtins, name)))
 
 
-def _mbpp(dataset: str, row: dict[str, Any], path: Path, line: int) -> Problem:
+def _mbpp(dataset: str, row: dict[str, Any], path: Path, line: int, choice: TestChoice) -> Problem:
     setup = row.get("test_setup_code") or ""
-    tests = "\n".join(field(row, "test_list", path, line))
-    program = f"{setup}\n{tests}\n"
+    asserts = list(field(row, "test_list", path, line))
+    if choice == "all":
+        asserts += row.get("challenge_test_list") or []
+    program = f"{setup}\n" + "\n".join(asserts) + "\n"
     return Problem(
         dataset,
         canonical_task_id(dataset, field(row, "task_id", path, line)),
@@ -133,7 +157,9 @@ def _time_limit(row: dict[str, Any]) -> float:
     return seconds or DEFAULT_TIME_LIMIT
 
 
-def _codecontests(dataset: str, row: dict[str, Any], path: Path, line: int) -> Problem:
+def _codecontests(
+    dataset: str, row: dict[str, Any], path: Path, line: int, choice: TestChoice
+) -> Problem:
     tests: list[tuple[str, str]] = []
     for key in CODECONTESTS_TEST_KEYS:
         group = row.get(key) or {}
@@ -150,29 +176,128 @@ def _codecontests(dataset: str, row: dict[str, Any], path: Path, line: int) -> P
     )
 
 
-# How a row of each upstream schema becomes a problem.
-PARSERS: dict[DatasetFormat, Callable[[str, dict[str, Any], Path, int], Problem]] = {
-    "openai-humaneval": _humaneval,
-    "google-mbpp": _mbpp,
-    "deepmind-code-contests": _codecontests,
+@dataclass(frozen=True)
+class BenchmarkFormat:
+    """How the rows of one upstream schema become problems, and which splits they form:
+    `row_split(row, path, line, file_split)` is a row's split (None: in none of them)."""
+
+    parse: Callable[[str, dict[str, Any], Path, int, TestChoice], Problem]
+    splits: tuple[str, ...]
+    row_split: Callable[[dict[str, Any], Path, int, str], str | None]
+    challenge_tests: bool = False  # rows carry extra tests that `tests="all"` adds
+
+
+def _mbpp_row_split(row: dict[str, Any], path: Path, line: int, _file: str) -> str | None:
+    return mbpp_official_split(typed(row, "task_id", int, path, line))
+
+
+FORMATS: dict[DatasetFormat, BenchmarkFormat] = {
+    "openai-humaneval": BenchmarkFormat(_humaneval, ("test",), lambda *_: "test"),
+    "google-mbpp": BenchmarkFormat(
+        _mbpp, MBPP_OFFICIAL_SPLITS, _mbpp_row_split, challenge_tests=True
+    ),
+    "deepmind-code-contests": BenchmarkFormat(
+        _codecontests, SPLITS, lambda _row, _path, _line, file_split: file_split
+    ),
 }
 
 
-def load_problems(
-    layout: Layout, dataset: str, split: str = "test", only: Iterable[str] | None = None
-) -> dict[str, Problem]:
-    """Problems by task id; with `only`, just those (CodeContests rows carry MBs of tests)."""
-    parse = PARSERS[assets.dataset_format(dataset)]
-    wanted = set(only) if only is not None else None
+def benchmark_format(dataset: str) -> BenchmarkFormat:
+    return FORMATS[assets.dataset_format(dataset)]
+
+
+def require_split(dataset: str, split: str) -> None:
+    """`split` is one of the dataset's splits, or one usage error naming them."""
+    splits = benchmark_format(dataset).splits
+    if split not in splits:
+        raise UsageError(
+            f"{dataset} has no split {split!r}", hint=f"its splits: {', '.join(splits)}"
+        )
+
+
+def require_tests(dataset: str, tests: str) -> TestChoice:
+    """`tests` as a choice the dataset has, or one usage error."""
+    if tests not in TEST_CHOICES:
+        raise UsageError(f"--tests {tests!r} is not one of {', '.join(TEST_CHOICES)}")
+    if tests == "all" and not benchmark_format(dataset).challenge_tests:
+        having = [d for d in assets.DATASETS if benchmark_format(d).challenge_tests]
+        raise UsageError(
+            f"{dataset} has no challenge tests; --tests all is for {', '.join(having)}",
+            hint="drop --tests",
+        )
+    return "all" if tests == "all" else "base"
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """The tasks of one split: all their ids in file order, and the problems (with their
+    prompts) of those selected."""
+
+    dataset: str
+    split: str
+    tests: TestChoice
+    files: tuple[Path, ...]
+    task_ids: tuple[str, ...]
+    problems: dict[str, Problem]
+    prompts: dict[str, PromptParts]
+
+    def unattempted(self, attempted: Collection[str]) -> list[str]:
+        """Tasks of the split outside `attempted`, in file order."""
+        return [task_id for task_id in self.task_ids if task_id not in attempted]
+
+
+def load_benchmark(
+    layout: Layout,
+    dataset: str,
+    split: str,
+    *,
+    tests: TestChoice = "base",
+    only: Collection[str] | None = None,
+    limit: int | None = None,
+) -> Benchmark:
+    """Every task of a split, and the problems of those selected: `only` these ids (CodeContests
+    rows carry MBs of tests), or the first `limit`, or all. A row that does not parse is one
+    error naming its file and line."""
+    require_split(dataset, split)
+    fmt = benchmark_format(dataset)
+    files = raw_files(layout, dataset, split)
+    task_ids: list[str] = []
+    seen: set[str] = set()
     problems: dict[str, Problem] = {}
-    for path in raw_files(layout, dataset, split):
+    prompts: dict[str, PromptParts] = {}
+    for path in files:
         for line, row in iter_jsonl(path):
             try:
-                problem = parse(dataset, row, path, line)
+                if fmt.row_split(row, path, line, split) != split:
+                    continue
+                problem = fmt.parse(dataset, row, path, line, tests)
+                if problem.task_id in seen:
+                    raise WmtpError(
+                        f"line {line}: task {problem.task_id!r} appears a second time",
+                        path=path,
+                        hint="deduplicate the raw file (`wmtp data download` it again)",
+                    )
+                seen.add(problem.task_id)
+                task_ids.append(problem.task_id)
+                wanted = (only is None or problem.task_id in only) and (
+                    limit is None or len(problems) < limit
+                )
+                if wanted:
+                    problems[problem.task_id] = problem
+                    prompts[problem.task_id] = evaluation_prompt(
+                        dataset, row, path, line, challenge_tests=tests == "all"
+                    )
+            except Rejected as exc:
+                raise WmtpError(f"line {line}: {exc.reason}", path=path) from None
             except (TypeError, ValueError, AttributeError) as exc:
                 raise WmtpError(
                     f"line {line}: unexpected value ({type(exc).__name__}: {exc})", path=path
                 ) from None
-            if wanted is None or problem.task_id in wanted:
-                problems[problem.task_id] = problem
-    return problems
+    return Benchmark(dataset, split, tests, tuple(files), tuple(task_ids), problems, prompts)
+
+
+def load_problems(
+    layout: Layout, dataset: str, split: str = "test", only: Collection[str] | None = None
+) -> dict[str, Problem]:
+    """Problems by task id (the split's standard tests); with `only`, just those."""
+    return load_benchmark(layout, dataset, split, only=only).problems

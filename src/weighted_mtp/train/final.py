@@ -6,7 +6,7 @@ writer per kind of model a run trains.
   (`safetensors/model.safetensors` + `SHA256SUMS`, `configs/`, `tokenizer/`), loadable with
   `load_mtp_model`, in the source's dtype; `adapter` is peft's `save_pretrained` layout
   (`adapter_model.safetensors`, `adapter_config.json`), the LoRA tensors alone;
-  `load_adapter_merged` puts them back on the run's base model.
+  `models.lora.load_lora_merged` puts them back on the run's base model.
 - The value model (`save_critic_final`): `critic.safetensors` (every tensor, LoRA layers
   included, as `frozen.load_critic` rebuilds it), the tokenizer and `stage.json`.
 - The tuned reference (`save_reference_final`): a model folder in the source's dtype (LoRA
@@ -26,17 +26,15 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 
 from weighted_mtp.assets import STAGE_RECORD
-from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import TEMP_MARKER, read_json_or_none, write_json
 from weighted_mtp.storage.hashing import sha256_file
+from weighted_mtp.storage.runs import ADAPTER_WEIGHTS
 
 if TYPE_CHECKING:
-    from weighted_mtp.models.adapter import MtpTransformer
     from weighted_mtp.storage.layout import ModelPaths
     from weighted_mtp.train.config import TrainConfig
     from weighted_mtp.train.distributed import Dist
     from weighted_mtp.train.lora import TrainedModel
-    from weighted_mtp.train.runs import FinishedRun
 
 STAGE_FILE = PurePosixPath(STAGE_RECORD).name
 CRITIC_WEIGHTS = "critic.safetensors"
@@ -98,7 +96,7 @@ def _write_adapter(out: Path, model: TrainedModel, state: dict[str, torch.Tensor
     assert model.peft is not None
     out.mkdir(parents=True)
     adapter = {k: v.contiguous() for k, v in adapter_state_dict(model, state).items()}
-    save_file(adapter, out / "adapter_model.safetensors", metadata={"format": "pt"})
+    save_file(adapter, out / ADAPTER_WEIGHTS, metadata={"format": "pt"})
     model.peft.peft_config["default"].save_pretrained(str(out))
 
 
@@ -184,22 +182,3 @@ def stage_record(kind: str, source: ModelPaths, config: TrainConfig) -> dict[str
         "objective": config.critic.objective,
         "lora": config.to_dict()["lora"],
     }
-
-
-def load_adapter_merged(run: FinishedRun, device: str, dtype: torch.dtype) -> MtpTransformer:
-    """A run's LoRA adapter (`final/`, as `_write_adapter` saved it) loaded by peft onto the
-    base model the run trained from, and merged into it."""
-    from peft import PeftModel
-
-    from weighted_mtp.models.adapter import load_mtp_model
-
-    base = load_mtp_model(run.base.root, device=device, dtype=dtype)
-    try:
-        wrapped = PeftModel.from_pretrained(base, str(run.paths.final), is_trainable=False)
-    except (ValueError, RuntimeError, KeyError) as exc:
-        raise WmtpError(
-            f"the LoRA adapter does not load onto {run.base.name}: {exc}".splitlines()[0],
-            path=run.paths.final,
-            hint="the run's base model changed since it trained; evaluate it on that base",
-        ) from None
-    return cast("MtpTransformer", wrapped.merge_and_unload()).eval()

@@ -5,7 +5,8 @@ effective configuration), `metrics.jsonl` (one line per step and per validation)
 `checkpoints/step-N/`, `final/` (the trained weights as a model folder) and, when the run
 completes, `summary.json`. Each experiment is a run kind of the registry
 (`assets.RUN_KINDS`: which files mark a run complete, whether `final/` is a model) and the
-layout names its paths (`Layout.runs_of`, `RunPaths`).
+layout names its paths (`Layout.runs_of`, `RunPaths`). Finding a finished run to evaluate
+is the storage's (`storage.runs`).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from weighted_mtp import assets as registry
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import read_json_or_none
-from weighted_mtp.storage.layout import MODELS, Layout, ModelPaths, RunFolder, RunPaths
+from weighted_mtp.storage.layout import Layout, ModelPaths, RunFolder
+from weighted_mtp.storage.runs import model_folder
 from weighted_mtp.train.config import (
     Setting,
     TrainConfig,
@@ -28,10 +29,6 @@ from weighted_mtp.train.config import (
     read_run_config,
     with_settings,
 )
-
-# What a `final/` holds: a model folder (full or merged weights) or peft's adapter files.
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
 
 
 @dataclass(frozen=True)
@@ -42,19 +39,6 @@ class Assets:
     model_in_storage: bool
     train: Path
     validation: Path | None
-
-
-def model_folder(layout: Layout, model: str) -> tuple[ModelPaths, bool]:
-    """`--model NAME|DIR` to its folder, and whether it is a storage model."""
-    if model in MODELS:
-        return layout.model(model), True
-    if Path(model).expanduser().is_dir():
-        folder = Path(model).expanduser().absolute()
-        return ModelPaths(folder.name, folder), False
-    raise WmtpError(
-        f"model {model!r} is neither a storage model nor a folder",
-        hint=f"use one of {', '.join(MODELS)} or a model folder path",
-    )
 
 
 def resolve_assets(layout: Layout, model: str, data: str, small: bool) -> Assets:
@@ -201,70 +185,3 @@ def resolve_run(
             hint="drop those options, or start a new run",
         )
     return saved, run_dir
-
-
-@dataclass(frozen=True)
-class FinishedRun:
-    """A completed training run whose `final/` is a generating model: a model folder, or a
-    LoRA adapter (`adapter`) on `base`, the model the run trained from."""
-
-    name: str  # as the user named it
-    paths: RunPaths
-    config: TrainConfig
-    base: ModelPaths
-    base_in_storage: bool
-    adapter: bool
-
-
-def find_run(layout: Layout, name: str) -> Path | None:
-    """`name` as a training run folder: a path, `<experiment>/<run-id>` under the storage's
-    runs folder, or a bare run id found under exactly one experiment; None if none is."""
-    given = Path(name).expanduser()
-    if RunFolder(given).config.is_file():
-        return given.absolute()
-    under_runs = layout.runs_dir / name
-    if len(Path(name).parts) == 2 and RunFolder(under_runs).config.is_file():
-        return under_runs
-    found = [
-        layout.runs_of(kind) / name
-        for kind in registry.TRAINING_RUNS
-        if len(Path(name).parts) == 1 and RunFolder(layout.runs_of(kind) / name).config.is_file()
-    ]
-    if len(found) > 1:
-        raise WmtpError(
-            f"run id {name!r} names runs of several experiments",
-            hint="name it as <experiment>/<run-id>: "
-            + ", ".join(layout.relative(f) for f in found),
-        )
-    return found[0] if found else None
-
-
-def finished_run(layout: Layout, name: str, folder: Path) -> FinishedRun:
-    """The training run in `folder`, complete and with a model in `final/`, or one error."""
-    config = read_run_config(RunFolder(folder).config)
-    kind = registry.run_kind(config.experiment)
-    paths = layout.run(kind.name, folder)
-    if kind.role != "training" or not kind.final_model:
-        models = [k.name for k in registry.RUN_KINDS if k.final_model]
-        raise WmtpError(
-            f"a {kind.name} run's final/ is not a model that generates",
-            path=folder,
-            hint=f"evaluate a {', '.join(models)} run",
-        )
-    missing = paths.missing()
-    if missing:
-        raise WmtpError(
-            f"run {name} is unfinished (no {missing[0].relative_to(folder).as_posix()})",
-            path=folder,
-            hint="let it finish (baseline, verifiable and rho1 runs continue with "
-            "--resume --out DIR), or evaluate a finished run",
-        )
-    adapter = (paths.final / ADAPTER_WEIGHTS).is_file()
-    if not adapter and not ModelPaths(name, paths.final).weights.is_file():
-        raise WmtpError(
-            f"run {name} saved no final model (final_save: {config.final_save})",
-            path=paths.final,
-            hint="train with final_save model, merged or adapter to evaluate the result",
-        )
-    base, in_storage = model_folder(layout, config.model)
-    return FinishedRun(name, paths, config, base, in_storage, adapter)

@@ -1,15 +1,24 @@
-"""`wmtp eval run` end to end on a tiny micro-mtp built from synthetic sources: prompts from
-the processed records, generation, sandboxed scoring, samples.jsonl and results.json."""
+"""`wmtp eval run` end to end on a tiny micro-mtp built from synthetic sources: tasks and
+prompts from the raw benchmark (nothing prepared), generation, sandboxed scoring,
+samples.jsonl and results.json."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from tests.helpers import TINY_META_PARAMS
+from tests.helpers import (
+    MBPP_LONG_TASK,
+    TINY_META_PARAMS,
+    cli_error,
+    wmtp_command,
+    write_mbpp_benchmark,
+)
 from weighted_mtp.cli import app
 from weighted_mtp.storage.hashing import sha256_file
 
@@ -18,7 +27,6 @@ from weighted_mtp.storage.hashing import sha256_file
 def eval_storage(tmp_path_factory, sp_model_path):
     from weighted_mtp.catalog import load_catalog
     from weighted_mtp.data.download import download_dataset
-    from weighted_mtp.data.prepare import prepare_dataset
     from weighted_mtp.models.download import download_model
     from weighted_mtp.models.micro import MicroSize, build_micro
     from weighted_mtp.storage.init import init_storage
@@ -37,14 +45,23 @@ def eval_storage(tmp_path_factory, sp_model_path):
     size = MicroSize(dim=64, n_layers=4, n_heads=2, vocab_size=8000, n_future_tokens=3)
     build_micro(layout, "micro-mtp", init="random", seed=1, size=size)
     download_dataset(layout, catalog, "humaneval", mirror=write_humaneval_mirror(base / "he"))
-    prepare_dataset(layout, "humaneval", tokenizer=sp_model_path)
+    download_dataset(layout, catalog, "mbpp", mirror=write_mbpp_benchmark(base / "mbpp"))
     return layout
 
 
+GREEDY = ["-n", "1", "--temperature", "0", "--limit", "5", "--max-new-tokens", "20"]
+
+
+def eval_args(out: Path, *options: str) -> list[str]:
+    return ["eval", "run", "micro-mtp", *options, "--threads", "1", "--out", str(out), "--json"]
+
+
+def run_in_process(layout, args: list[str]):
+    return CliRunner().invoke(app, ["--root", str(layout.root), *args])
+
+
 def run(layout, out: Path, *extra: str):
-    args = ["--root", str(layout.root), "eval", "run", "micro-mtp", "--dataset", "humaneval"]
-    args += ["--n", "1", "--temperature", "0", "--limit", "5", "--max-new-tokens", "20"]
-    return CliRunner().invoke(app, [*args, "--threads", "1", "--out", str(out), "--json", *extra])
+    return run_in_process(layout, eval_args(out, "--dataset", "humaneval", *GREEDY, *extra))
 
 
 def completions(out: Path) -> list[tuple[str, str]]:
@@ -67,11 +84,10 @@ def test_speculative_and_plain_greedy_write_identical_samples(eval_storage, tmp_
         == json.loads(eval_storage.model("micro-mtp").metadata.read_text())["weights"]["sha256"]
     )
     raw = eval_storage.dataset("humaneval").raw / "HumanEval.jsonl"
-    processed = eval_storage.dataset("humaneval").split("test")
-    # the hashes come from the freshness store where it vouches for the file: they must be
-    # the bytes' own
+    # the hash comes from the freshness store where it vouches for the file: it must be the
+    # bytes' own
     assert results["dataset"]["raw"] == {str(raw): sha256_file(raw)}
-    assert results["dataset"]["processed"] == {str(processed): sha256_file(processed)}
+    assert results["dataset"]["tasks"] == 164 and results["unattempted"] == 164 - 5
     assert (tmp_path / "fast" / "samples.jsonl_results.jsonl").is_file()
 
 
@@ -88,3 +104,67 @@ def test_a_model_that_does_not_verify_is_refused_before_generating(eval_storage,
         assert not (tmp_path / "out" / "samples.jsonl").exists()
     finally:
         weights.write_bytes(original)
+
+
+def test_the_mbpp_test_split_is_500_tasks_and_a_prompt_over_the_context_is_cut(
+    eval_storage, tmp_path
+):
+    out = tmp_path / "mbpp"
+    options = ["--dataset", "mbpp", "-n", "1", "--temperature", "0", "--max-new-tokens", "1"]
+    done = run_in_process(eval_storage, eval_args(out, *options))
+    assert done.exit_code == 0, done.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["n_tasks"] == results["n_tasks_in_split"] == results["n_samples"] == 500
+    assert results["unattempted"] == 0 and results["dataset"]["tasks"] == 500
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [row["task_id"] for row in rows] == [f"mbpp/{n}" for n in range(11, 511)]
+    cut = {p["task_id"]: p for p in results["prompts_cut"]}
+    long = cut[f"mbpp/{MBPP_LONG_TASK}"]
+    assert long["fit"] == "head dropped" and long["full_tokens"] > results["context"]
+    assert long["tokens"] <= results["context"] - 1
+    summary = json.loads((out / "samples.jsonl_summary.json").read_text())
+    assert summary["n_tasks"] == 500 and not summary["partial"] and summary["tests"] == "base"
+
+    shorter = tmp_path / "499.jsonl"
+    shorter.write_text(
+        "".join(line + "\n" for line in (out / "samples.jsonl").read_text().splitlines()[1:])
+    )
+    error = cli_error(
+        "eval", "score", "--dataset", "mbpp", "--samples", str(shorter), root=eval_storage.root
+    )
+    assert "the samples cover 499 of the 500 tasks of mbpp's test split" in error.line()
+
+
+def test_two_torchrun_ranks_write_the_samples_of_one_process(eval_storage, tmp_path):
+    """Greedy, and seeded sampling: the tasks are dealt out to two gloo ranks on the CPU and
+    rank 0 merges them back; each sample's draws depend on (seed, task, index) only. Both
+    torchrun launches run while this process evaluates the same alone."""
+    sampled = ["-n", "2", "--temperature", "0.8", "--seed", "3", "--limit", "5"]
+    modes = {"greedy": GREEDY, "sampled": [*sampled, "--max-new-tokens", "12"]}
+    launched = {
+        mode: subprocess.Popen(
+            wmtp_command(
+                *eval_args(tmp_path / f"{mode}-two", "--dataset", "humaneval", *options),
+                root=eval_storage.root,
+                ranks=2,
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        for mode, options in modes.items()
+    }
+    for mode, options in modes.items():
+        one, two = tmp_path / f"{mode}-one", tmp_path / f"{mode}-two"
+        single = run_in_process(eval_storage, eval_args(one, "--dataset", "humaneval", *options))
+        assert single.exit_code == 0, single.output
+        log, _ = launched[mode].communicate(timeout=600)
+        assert launched[mode].returncode == 0, log[-3000:]
+        assert (two / "samples.jsonl").read_bytes() == (one / "samples.jsonl").read_bytes()
+        results = json.loads((two / "results.json").read_text())
+        assert results["generation"]["ranks"] == 2 and results["n_tasks"] == 5
+    rows = [
+        json.loads(x) for x in (tmp_path / "sampled-one" / "samples.jsonl").read_text().splitlines()
+    ]
+    assert len(rows) == 10 and len({row["completion"] for row in rows}) > 6  # not greedy

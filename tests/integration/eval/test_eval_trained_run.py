@@ -19,7 +19,7 @@ from tests.helpers import TINY_RUN, cli_error, invoke
 from weighted_mtp.storage.hashing import sha256_file
 
 LORA = ["--set", "lora.enabled=true", "--set", "final_save=adapter", "--set", "lora.r=4"]
-EVAL = ["--n", "1", "--temperature", "0", "--limit", "2", "--max-new-tokens", "8"]
+EVAL = ["-n", "1", "--temperature", "0", "--limit", "2", "--max-new-tokens", "8"]
 
 
 def wmtp(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -79,7 +79,7 @@ def test_a_lora_run_is_merged_onto_its_base_and_evaluated_on_mbpp(lora_run, tmp_
 
     from weighted_mtp.eval.generate import load_run_for_generation
     from weighted_mtp.models.adapter import load_mtp_model
-    from weighted_mtp.train.runs import finished_run
+    from weighted_mtp.storage.runs import finished_run
 
     layout, lora = lora_run
     out = tmp_path / "mbpp"
@@ -97,7 +97,8 @@ def test_a_lora_run_is_merged_onto_its_base_and_evaluated_on_mbpp(lora_run, tmp_
     merged = load_run_for_generation(run).model.state_dict()
     base = load_mtp_model(layout.model("micro-mtp").root).state_dict()
     adapter = load_file(lora / "final" / "adapter_model.safetensors")
-    scale = run.config.lora.alpha / run.config.lora.r
+    peft_config = json.loads((lora / "final" / "adapter_config.json").read_text())
+    scale = peft_config["lora_alpha"] / peft_config["r"]
     changed = 0
     for name, weight in base.items():
         stem = f"base_model.model.{name.removesuffix('.weight')}"

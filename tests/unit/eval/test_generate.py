@@ -3,14 +3,20 @@ checked against recomputing the whole sequence at every step."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from weighted_mtp.eval.generate import (
     LoadedModel,
     SamplingConfig,
+    check_device,
+    generation_dtype,
     nucleus,
+    resolve_device,
     sample_prompt,
+    sample_seed,
 )
 from weighted_mtp.eval.speculative import speculative_sample
 from weighted_mtp.models.adapter import MtpCache, MtpTransformer, forward_cached
@@ -193,3 +199,84 @@ def test_hugging_face_models_decode_through_their_own_cache(tiny) -> None:
                 break
             expected.append(token)
     assert sample.tokens == expected
+
+
+@pytest.mark.parametrize("speculative", [False, True])
+def test_a_tasks_samples_do_not_depend_on_the_tasks_generated_before_it(tiny, speculative) -> None:
+    """What dealing tasks out to torchrun ranks needs: each sample's draws are a function
+    of (seed, task, sample index) alone."""
+    from weighted_mtp.eval.prompts import FittedPrompt
+    from weighted_mtp.eval.run import RunSettings, generate_tasks
+
+    settings = RunSettings(
+        "humaneval", n=3, temperature=1.0, max_new_tokens=8, seed=5, speculative=speculative
+    )
+    prompts = [FittedPrompt(f"T{i}", text, 0, 0, "whole") for i, text in enumerate(PROMPTS)]
+    together = generate_tasks(tiny, prompts, settings)
+    alone = generate_tasks(tiny, prompts[2:3], settings)
+    tokens = [s.tokens for s in together[2].samples]
+    assert tokens == [s.tokens for s in alone[0].samples]
+    assert len({tuple(t) for t in tokens}) > 1  # the samples of a task differ
+    assert [s.tokens for s in together[1].samples] != tokens
+    reseeded = generate_tasks(tiny, prompts[2:3], replace(settings, seed=6))
+    assert [s.tokens for s in reseeded[0].samples] != tokens
+
+
+def test_sample_seeds_are_a_function_of_their_parts_alone() -> None:
+    seeds = {sample_seed(0, task, i) for task in ("HumanEval/0", "HumanEval/1") for i in range(50)}
+    assert len(seeds) == 100 and all(0 <= s < 2**63 for s in seeds)
+    assert sample_seed(3, "HumanEval/0", 1) == sample_seed(3, "HumanEval/0", 1)
+    assert sample_seed(3, "HumanEval/0", 1) != sample_seed(4, "HumanEval/0", 1)
+
+
+@pytest.mark.parametrize("spec", ["gpu", "CUDA", "cuda:", "cuda:01", "cpu:0", "cuda:-1", ""])
+def test_a_device_of_another_form_is_one_usage_error(spec) -> None:
+    from weighted_mtp.errors import UsageError
+
+    with pytest.raises(UsageError, match=f"--device {spec!r} is not one of auto, cpu, cuda"):
+        check_device(spec)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_without_cuda_auto_is_the_cpu_in_float32_and_cuda_is_refused() -> None:
+    from weighted_mtp.errors import UsageError
+
+    assert resolve_device("auto") == torch.device("cpu")
+    assert generation_dtype(torch.device("cpu")) == torch.float32
+    for spec in ("cuda", "cuda:1"):
+        with pytest.raises(UsageError, match=f"--device {spec}: no CUDA device is available"):
+            resolve_device(spec)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_with_cuda_auto_is_this_ranks_gpu_in_bfloat16_where_supported(monkeypatch) -> None:
+    from weighted_mtp.errors import UsageError
+
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    device = resolve_device("auto")
+    assert device == torch.device("cuda", 0) == resolve_device("cuda")
+    expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    assert generation_dtype(device) == expected
+    with pytest.raises(UsageError, match="each rank uses its own GPU"):
+        resolve_device("cuda:0", ranks=2)
+    with pytest.raises(UsageError, match="does not exist"):
+        resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_greedy_decoding_on_the_gpu_in_bfloat16_follows_the_cpu(tiny) -> None:
+    """The same tiny model on the GPU in the generation dtype: greedy tokens agree with the
+    float32 CPU decoding over the first tokens (bf16 rounding may split later on)."""
+    import copy
+
+    device = resolve_device("cuda")
+    dtype = generation_dtype(device)
+    model = copy.deepcopy(tiny.model).to(device=device, dtype=dtype)
+    on_gpu = LoadedModel("gpu", "mtp", model, tiny.tokenizer, tiny.bos_id, tiny.eos_id, str(device))
+    config = SamplingConfig(max_new_tokens=6, temperature=0.0)
+    (gpu,), _ = sample_prompt(on_gpu, PROMPTS[0], 1, config)
+    (cpu,), _ = sample_prompt(tiny, PROMPTS[0], 1, config)
+    assert gpu.tokens[:2] == cpu.tokens[:2]
+    sampled, _ = sample_prompt(on_gpu, PROMPTS[0], 2, replace(config, temperature=1.0, seed=3))
+    again, _ = sample_prompt(on_gpu, PROMPTS[0], 2, replace(config, temperature=1.0, seed=3))
+    assert [s.tokens for s in sampled] == [s.tokens for s in again]

@@ -1,0 +1,61 @@
+"""Generation under `torchrun --nproc-per-node N`: tasks dealt out to the ranks, results
+gathered on the first.
+
+Rank r takes tasks r, r + N, r + 2N, ... of the list (so long and short tasks spread
+evenly), and its results travel to rank 0 as Python objects over a gloo process group (the
+results are text, whichever device generated them). The group is joined once a rank has
+generated, and left right after the gather: rank 0 then scores alone. Gloo has no watchdog,
+so a rank that finishes early waits for the slowest (up to `GATHER_TIMEOUT`). One process
+(no WORLD_SIZE, or 1) needs no group at all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
+GATHER_TIMEOUT = dt.timedelta(days=2)  # the longest a rank waits for the others
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int
+    world: int
+
+    @property
+    def is_first(self) -> bool:
+        return self.rank == 0
+
+    def deal(self, items: Sequence[T]) -> list[T]:
+        """This rank's share of `items`: every `world`-th, from its own rank on."""
+        return list(items[self.rank :: self.world])
+
+
+def torchrun_ranks() -> Ranks:
+    """This process's rank and the number of ranks, as torchrun's environment says."""
+    return Ranks(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")))
+
+
+def gather_dealt(ranks: Ranks, mine: list[T]) -> list[T] | None:
+    """On rank 0, every rank's `mine` merged back into the order `Ranks.deal` took them
+    from; None on the others. Joins and leaves torchrun's process group (gloo)."""
+    if ranks.world == 1:
+        return mine
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", timeout=GATHER_TIMEOUT)
+    try:
+        shares: list[list[T] | None] | None = [None] * ranks.world if ranks.is_first else None
+        dist.gather_object(mine, shares, dst=0)
+    finally:
+        dist.destroy_process_group()
+    if shares is None:
+        return None
+    merged: list[T] = []
+    for index in range(max(len(share or []) for share in shares)):
+        merged += [share[index] for share in shares if share is not None and index < len(share)]
+    return merged

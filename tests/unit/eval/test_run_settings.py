@@ -1,0 +1,105 @@
+"""`eval run`'s settings, model context, device and output folder are checked up front: a bad
+value is one usage error before any weights load (the command never gets to loading here:
+the storage model has its configs and no weights)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from tests.helpers import TINY_META_PARAMS, cli_error
+from weighted_mtp.errors import UsageError, WmtpError
+from weighted_mtp.eval import run as run_module
+from weighted_mtp.eval.run import RunSettings, run_evaluation
+from weighted_mtp.storage.layout import Layout
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"temperature": math.nan}, "--temperature must be a finite number >= 0, not nan"),
+        ({"temperature": math.inf}, "--temperature must be a finite number >= 0, not inf"),
+        ({"temperature": -1.0}, "--temperature must be a finite number >= 0, not -1.0"),
+        ({"top_p": 0.0}, "--top-p must be in (0, 1], not 0.0"),
+        ({"top_p": math.nan}, "--top-p must be in (0, 1], not nan"),
+        ({"n": 0}, "--samples-per-task must be at least 1, not 0"),
+        ({"max_new_tokens": 0}, "--max-new-tokens must be at least 1, not 0"),
+        ({"limit": 0}, "--limit must be at least 1, not 0"),
+        ({"limit": -1}, "--limit must be at least 1, not -1"),
+        ({"workers": 0}, "--workers must be at least 1, not 0"),
+        ({"seed": -1}, "--seed must be at least 0, not -1"),
+        ({"split": "bogus"}, "humaneval has no split 'bogus'"),
+        ({"tests": "all"}, "humaneval has no challenge tests"),
+    ],
+)
+def test_a_bad_setting_is_one_usage_error(changes, message) -> None:
+    with pytest.raises(UsageError) as caught:
+        RunSettings("humaneval", **changes)
+    assert caught.value.line().startswith(message)
+
+
+def test_good_settings_fill_in_the_dataset_facts() -> None:
+    settings = RunSettings("mbpp", temperature=0.0, tests="all", split="validation")
+    assert (settings.split, settings.tests, settings.stop_sequences) == ("validation", "all", ())
+    assert RunSettings("humaneval").split == "test"
+    first, second = (RunSettings("humaneval").task_sampling(t).seed for t in ("A", "B"))
+    assert first != second
+
+
+@pytest.fixture
+def configs_only(tmp_path, monkeypatch) -> Layout:
+    """micro-mtp with its params.json (a 512-token context) and nothing else; loading any
+    model fails the test."""
+    layout = Layout(tmp_path / "storage")
+    params = layout.model("micro-mtp").params
+    params.parent.mkdir(parents=True)
+    params.write_text(json.dumps(TINY_META_PARAMS))
+
+    def never(*_args: object) -> None:
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(run_module, "load_for_generation", never)
+    monkeypatch.setattr(run_module, "load_run_for_generation", never)
+    return layout
+
+
+@pytest.mark.parametrize("max_new_tokens", [511, 2200, 1_000_000_000])
+def test_a_token_budget_that_leaves_no_room_for_a_prompt_is_refused(configs_only, max_new_tokens):
+    settings = RunSettings("humaneval", max_new_tokens=max_new_tokens)
+    with pytest.raises(UsageError) as caught:
+        run_evaluation(configs_only, "micro-mtp", settings, configs_only.root / "out")
+    assert caught.value.line() == (
+        f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in micro-mtp's "
+        "512-token context; use at most 510 (prompts longer than what is left are cut)"
+    )
+
+
+def test_an_output_folder_that_is_a_file_or_not_empty_is_refused(configs_only, tmp_path):
+    settings = RunSettings("humaneval", max_new_tokens=16)
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    with pytest.raises(UsageError, match="--out is not a folder"):
+        run_evaluation(configs_only, "micro-mtp", settings, taken)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    with pytest.raises(UsageError, match="output folder is not empty"):
+        run_evaluation(configs_only, "micro-mtp", settings, tmp_path / "full")
+    with pytest.raises(WmtpError, match="cannot write the evaluation's results in"):
+        run_evaluation(configs_only, "micro-mtp", settings, taken / "below")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--device", "gpu"], "--device 'gpu' is not one of auto, cpu, cuda or cuda:N"),
+        (["--threads", "0"], "--threads must be at least 1, not 0"),
+        (["--temperature", "nan"], "--temperature must be a finite number >= 0, not nan"),
+        (["--split", "bogus"], "humaneval has no split 'bogus'; its splits: test"),
+        (["--tests", "all"], "humaneval has no challenge tests"),
+    ],
+)
+def test_the_command_stops_at_a_bad_value_before_loading(configs_only, args, message) -> None:
+    error = cli_error("eval", "run", "micro-mtp", *args, root=configs_only.root)
+    assert error.line().startswith(message) and error.exit_code == 2
