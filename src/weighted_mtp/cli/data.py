@@ -226,7 +226,7 @@ def stats(
 @app.command()
 def contamination(
     ctx: typer.Context,
-    n: Annotated[int, typer.Option("--n", help="n-gram length in tokens.")] = 13,
+    n: Annotated[int, typer.Option("-n", "--ngram", help="n-gram length in tokens.")] = 13,
     as_json: JsonOpt = False,
 ) -> None:
     """n-gram overlap of the training splits with the evaluation splits (reports/)."""

@@ -122,7 +122,7 @@ def _split_files(layout: Layout, splits: tuple[str, ...]) -> list[tuple[str, str
 def find_contamination(layout: Layout, n: int = 13) -> ContaminationReport:
     """Index every evaluation record's n-grams, then stream the training records past it."""
     if n < 1:
-        raise UsageError(f"--n must be at least 1, got {n}")
+        raise UsageError(f"--ngram must be at least 1, got {n}")
     evaluation = _split_files(layout, EVAL_SPLITS)
     training = _split_files(layout, TRAIN_SPLITS)
     if not evaluation or not training:
