@@ -1,7 +1,9 @@
-"""Evaluation benchmarks (not tests): sandbox throughput and self-speculative decoding.
+"""Evaluation benchmarks (not tests): sandbox throughput, self-speculative decoding, and the
+memory `eval score` takes to read a large samples file.
 
     uv run python benchmarks/eval.py sandbox [--workers 2] [--repeat 1] [--mbpp mbpp.jsonl]
     uv run python benchmarks/eval.py speculative --root demo-storage [--steps 300]
+    uv run python benchmarks/eval.py samples-memory [--mib 1024] [--peer /work/main/src]
 
 `sandbox`: reference programs (HumanEval's 164 canonical solutions, or with `--mbpp` the
 reference programs of an MBPP file in its upstream format, e.g. a storage's
@@ -17,6 +19,14 @@ never touched).
 the storage's processed training records with a minimal loop, then greedy-decodes
 evaluation prompts with plain head-0 decoding and with self-speculative decoding; prints
 the draft acceptance rate, tokens/s of both and the speed-up, and checks the outputs match.
+
+`samples-memory`: writes a HumanEval samples file of `--mib` MiB (many samples with long
+completions, every task covered) and one file of a single line that long; a child process
+then scores each with `score_samples` as `eval score` does, except that the sandbox answers
+"failed" for every job instead of running it (checking every line, loading the problems,
+building the jobs, writing results and summary), and reports its peak RSS. With `--peer
+SRC` the same is measured, interleaved, for the wmtp source tree SRC (e.g. an older
+checkout). Prints peak RSS / file size and the floor (a child that only imports).
 """
 
 from __future__ import annotations
@@ -240,6 +250,103 @@ def bench_speculative(args: argparse.Namespace) -> None:
         )
 
 
+# What the child measures: (peak RSS in KiB, "ok" or the one-line error). VmHWM, not
+# ru_maxrss: the latter carries the parent's peak across fork and exec.
+MEMORY_CHILD = """
+import json, sys
+from pathlib import Path
+from weighted_mtp.errors import WmtpError
+from weighted_mtp.eval import scoring
+from weighted_mtp.eval.sandbox import Outcome, Sandbox
+from weighted_mtp.storage.layout import Layout
+mode, root, path = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+# Everything but running the samples: each job reaches the sandbox and scores "failed".
+Sandbox.run_all = lambda self, jobs, advance=None: [Outcome("failed") for _ in jobs]
+outcome = "ok"
+try:
+    if mode != "floor":
+        scoring.score_samples(Layout(root), "humaneval", path, ks=(1,))
+except WmtpError as exc:
+    outcome = exc.line()[:90]
+status = Path("/proc/self/status").read_text().splitlines()
+peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+print(json.dumps([peak, outcome]))
+"""
+
+
+def _write_samples_file(path: Path, mib: int, tasks: list[str]) -> None:
+    """`mib` MiB of samples, 64 KiB completions, cycling over every task."""
+    body = "    return None  # " + "x" * (64 << 10) + "\n"
+    with path.open("w") as handle:
+        written, index = 0, 0
+        while written < mib << 20:
+            line = json.dumps(
+                {"task_id": tasks[index % len(tasks)], "sample_id": index, "completion": body}
+            )
+            handle.write(line + "\n")
+            written, index = written + len(line) + 1, index + 1
+
+
+def _write_one_line(path: Path, mib: int, task: str) -> None:
+    with path.open("w") as handle:
+        handle.write(json.dumps({"task_id": task, "completion": "#" * (mib << 20)}) + "\n")
+
+
+def bench_samples_memory(args: argparse.Namespace) -> None:
+    import os
+    import subprocess
+
+    from weighted_mtp.catalog import load_catalog
+    from weighted_mtp.data.download import download_dataset
+    from weighted_mtp.storage.init import init_storage
+    from weighted_mtp.storage.layout import Layout
+    from weighted_mtp.synthetic.datasets import humaneval_source, write_humaneval_mirror
+
+    scratch = Path(tempfile.mkdtemp(prefix="wmtp-samples-memory-"))
+    layout = Layout(scratch / "storage")
+    init_storage(layout)
+    download_dataset(layout, load_catalog(), "humaneval", mirror=write_humaneval_mirror(scratch))
+    import gzip
+
+    with gzip.open(humaneval_source(), "rt") as rows:
+        tasks = [json.loads(line)["task_id"] for line in rows]
+    many, one = scratch / "many.jsonl", scratch / "one-line.jsonl"
+    _write_samples_file(many, args.mib, tasks)
+    _write_one_line(one, args.mib, tasks[0])
+    floor = scratch / "floor.jsonl"
+    floor.write_text("")
+    sources = {"current": None, **({"peer": args.peer} if args.peer else {})}
+
+    def measure(mode: str, path: Path) -> tuple[int, str]:
+        env = dict(os.environ)
+        if sources.get(mode):
+            env["PYTHONPATH"] = str(sources[mode])
+        child = [sys.executable, "-c", MEMORY_CHILD, mode if path != floor else "floor"]
+        done = subprocess.run(
+            [*child, str(layout.root), str(path)], capture_output=True, text=True, env=env
+        )
+        if done.returncode != 0:
+            return 0, done.stderr.strip().splitlines()[-1][:90]
+        kib, outcome = json.loads(done.stdout)
+        return kib, outcome
+
+    print(f"load average {os.getloadavg()[0]:.1f}; files of {args.mib} MiB")
+    for round_ in range(args.repeat):
+        for mode in sources:
+            base, _ = measure(mode, floor)
+            for label, path in (("many lines", many), ("one line", one)):
+                kib, outcome = measure(mode, path)
+                size = path.stat().st_size / 1024
+                print(
+                    f"round {round_ + 1} {mode:7} {label:10}: peak RSS {kib / 1024:7.0f} MiB = "
+                    f"{kib / size:.2f}x the file (floor {base / 1024:.0f} MiB) | {outcome}"
+                )
+    print(f"load average {os.getloadavg()[0]:.1f}")
+    import shutil
+
+    shutil.rmtree(scratch)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -259,8 +366,17 @@ def main(argv: list[str] | None = None) -> None:
     spec.add_argument("--prompts", type=int, default=5)
     spec.add_argument("--max-new-tokens", type=int, default=128)
     spec.add_argument("--threads", type=int, default=1)
+    memory = commands.add_parser("samples-memory")
+    memory.add_argument("--mib", type=int, default=1024, help="size of each samples file")
+    memory.add_argument("--peer", help="another wmtp source tree (its src/) to compare")
+    memory.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args(argv)
-    {"sandbox": bench_sandbox, "speculative": bench_speculative}[args.command](args)
+    commands_run = {
+        "sandbox": bench_sandbox,
+        "speculative": bench_speculative,
+        "samples-memory": bench_samples_memory,
+    }
+    commands_run[args.command](args)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ continues; cut there, it would go on writing the prompt instead of answering it.
    then `[... statement shortened ...]`; input and notes whole), the form the model
    was trained on.
 3. Else (the input and notes alone are over the budget, e.g. MBPP task 493's long asserts)
-   the longest tail of the whole prompt that fits: the model still sees the end of the
-   input and `### Response:`.
+   as much of the whole prompt's tail as fits: the model still sees the end of the input
+   and `### Response:`.
 
 results.json lists the tasks of cases 2 and 3 by id.
 """
@@ -60,6 +60,6 @@ def fit_prompt(
     text, tokens = fit_prefix(parts.instruction, parts.shortened, count, budget, budget, ratio)
     if tokens <= budget:
         return FittedPrompt(task_id, text, tokens, whole_tokens, "statement shortened")
-    # The longest tail that fits: the longest prefix of the reversed text whose reversal fits.
+    # A tail that fits: a prefix of the reversed text whose reversal fits.
     text, tokens = fit_prefix(whole[::-1], lambda kept: kept[::-1], count, budget, budget, ratio)
     return FittedPrompt(task_id, text, tokens, whole_tokens, "head dropped")
