@@ -178,11 +178,11 @@ def require_new_folder(out: Path) -> None:
     require_writable(out / assets.SUMMARY_FILE, "evaluation's results")
 
 
-def fitted_prompts(benchmark: Benchmark, folder_tokenizer: Path, budget: int) -> list[FittedPrompt]:
+def fitted_prompts(benchmark: Benchmark, tokenizer_model: Path, budget: int) -> list[FittedPrompt]:
     """Each selected task's prompt within `budget` tokens of the model's tokenizer."""
     from weighted_mtp.models.tokenizer import load_sentencepiece
 
-    tokenizer = load_sentencepiece(folder_tokenizer)
+    tokenizer = load_sentencepiece(tokenizer_model)
 
     def count(text: str) -> int:
         return 1 + len(tokenizer.encode(text))  # BOS + the text

@@ -157,3 +157,15 @@ def test_a_task_id_that_is_no_task_number_is_one_line_naming_it(
     with pytest.raises(WmtpError) as caught:
         score_samples(mbpp_layout, "mbpp", path, partial=True)
     assert caught.value.line().startswith(f"line 1: unknown task id {task_id!r}")
+
+
+def test_a_task_listed_twice_in_the_raw_file_is_one_error(tmp_path) -> None:
+    from weighted_mtp.storage.layout import Layout
+
+    layout = Layout(tmp_path)
+    raw = layout.dataset("mbpp").raw / "mbpp.jsonl"
+    raw.parent.mkdir(parents=True)
+    row = {"task_id": 11, "text": "t", "code": "x = 1", "test_list": ["assert x == 1"]}
+    raw.write_text(json.dumps(row) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(WmtpError, match="line 2: task 'mbpp/11' appears a second time"):
+        load_benchmark(layout, "mbpp", "test")
