@@ -134,17 +134,6 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("__init__",),
 )
 
-# TEMPORARY: upward imports from eval into train that the evaluation rewrite removes (run
-# lookup belongs to storage). Delete these entries when that lands;
-# `test_no_upward_import_is_allowed_that_is_gone` fails once an entry no longer exists.
-KNOWN_UPWARD: frozenset[tuple[str, str]] = frozenset(
-    {
-        ("weighted_mtp.eval.generate", "weighted_mtp.train.runs"),
-        ("weighted_mtp.eval.generate", "weighted_mtp.train.final"),
-        ("weighted_mtp.eval.run", "weighted_mtp.train.runs"),
-    }
-)
-
 
 def layer_of(module: str) -> str:
     """`weighted_mtp.eval.run` -> `eval`; the package itself -> `__init__`."""
@@ -213,10 +202,4 @@ def test_no_module_imports_a_layer_above_its_own():
     graph = import_graph(type_only_too=True)
     assert "weighted_mtp.storage.init" in graph["weighted_mtp.cli.storage"]  # function-local
     found = upward_imports(graph)
-    unexpected = [edge for edge in found if edge not in KNOWN_UPWARD]
-    assert unexpected == [], "upward imports: " + ", ".join(f"{a} -> {b}" for a, b in unexpected)
-
-
-def test_no_upward_import_is_allowed_that_is_gone():
-    gone = KNOWN_UPWARD - set(upward_imports(import_graph(type_only_too=True)))
-    assert not gone, f"delete from KNOWN_UPWARD: {sorted(gone)}"
+    assert found == [], "upward imports: " + ", ".join(f"{a} -> {b}" for a, b in found)

@@ -91,7 +91,7 @@ class RunSettings:
         require_split(self.dataset, self.split)
         object.__setattr__(self, "tests", require_tests(self.dataset, self.tests))
         for name, value, low in (
-            ("--samples-per-task", self.n, 1),
+            ("-n/--samples", self.n, 1),
             ("--max-new-tokens", self.max_new_tokens, 1),
             ("--limit", self.limit, 1),
             ("--workers", self.workers, 1),

@@ -103,7 +103,7 @@ def write_samples(path: Path, rows: list[dict]) -> Path:
 
 
 def scored(layout, dataset: str, path: Path) -> list[dict]:
-    score_samples(layout, dataset, path, ks=(1,))
+    score_samples(layout, dataset, path, ks=(1,), partial=True)
     return [json.loads(line) for line in results_path(path).read_text().splitlines()]
 
 

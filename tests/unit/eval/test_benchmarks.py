@@ -98,8 +98,8 @@ def test_challenge_tests_run_only_with_all_and_the_prompt_says_which_run(mbpp_la
     base = load_benchmark(mbpp_layout, "mbpp", "test", only={task})
     every = load_benchmark(mbpp_layout, "mbpp", "test", tests="all", only={task})
     challenge = f"assert add_{MBPP_FAILED_CHALLENGE}(1, 2) == -1"
-    assert challenge not in base.problems[task].job("").program
-    assert challenge in every.problems[task].job("").program
+    assert challenge not in base.problems[task].job("").test
+    assert challenge in every.problems[task].job("").test
     assert "challenge" not in _notes(base.prompts[task].render())
     assert "and 1 challenge tests" in _notes(every.prompts[task].render())
     plain = load_benchmark(mbpp_layout, "mbpp", "test", tests="all", only={"mbpp/13"})

@@ -24,7 +24,7 @@ from weighted_mtp.storage.layout import Layout
         ({"temperature": -1.0}, "--temperature must be a finite number >= 0, not -1.0"),
         ({"top_p": 0.0}, "--top-p must be in (0, 1], not 0.0"),
         ({"top_p": math.nan}, "--top-p must be in (0, 1], not nan"),
-        ({"n": 0}, "--samples-per-task must be at least 1, not 0"),
+        ({"n": 0}, "-n/--samples must be at least 1, not 0"),
         ({"max_new_tokens": 0}, "--max-new-tokens must be at least 1, not 0"),
         ({"limit": 0}, "--limit must be at least 1, not 0"),
         ({"limit": -1}, "--limit must be at least 1, not -1"),
