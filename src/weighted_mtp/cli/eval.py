@@ -317,6 +317,8 @@ def compare(
             threads=threads,
             on_evaluation=None if as_json else _say_evaluation,
         )
+    if comparison is None:  # a torchrun rank that generated its share; rank 0 reports
+        return
     if as_json:
         print_json({"folder": str(folder.root), **comparison.to_json()})
         return

@@ -28,6 +28,7 @@ from weighted_mtp import __version__, assets
 from weighted_mtp.data.sources import iter_jsonl
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.eval.passk import mean_pass_at_k
+from weighted_mtp.eval.ranks import torchrun_ranks
 from weighted_mtp.eval.run import (
     PASS_AT,
     RunSettings,
@@ -339,17 +340,20 @@ def compare_dataset(
 
 
 def _prepare(
-    layout: Layout, runs: Sequence[ComparedRun], settings: CompareSettings, folder: ComparisonFolder
+    layout: Layout,
+    runs: Sequence[ComparedRun],
+    settings: CompareSettings,
+    folder: ComparisonFolder | None,
 ) -> dict[tuple[int, str], dict[str, Any]]:
-    """Check everything a comparison needs before any evaluation; each (run, dataset)'s
-    evaluation key."""
+    """Check everything a comparison needs before any evaluation (`folder`: where it will
+    be written, None on a rank that writes nothing); each (run, dataset)'s evaluation key."""
     settings.check()
     if len(runs) < 2:
         raise UsageError("a comparison needs at least two runs (the first is the Baseline)")
     labels = [run.label for run in runs]
     if len(set(labels)) < len(labels):
         raise UsageError(f"runs are named twice: {', '.join(labels)}")
-    if folder.root.exists() and any(folder.root.iterdir()):
+    if folder is not None and folder.root.exists() and any(folder.root.iterdir()):
         raise UsageError("output folder is not empty", path=folder.root, hint="choose a new --out")
     return {
         (i, dataset): evaluation_key(layout, run.name, settings.run_settings(dataset))
@@ -368,12 +372,15 @@ def compare_runs(
     device: str = "auto",
     threads: int | None = None,
     on_evaluation: Callable[[ComparedRun, str, Evaluation | None], None] | None = None,
-) -> Comparison:
+) -> Comparison | None:
     """Evaluate each run on each dataset (or read a matching finished evaluation when
     `reuse`), compare them with the first, and write the comparison into `folder`.
     `on_evaluation(run, dataset, evaluation)` is told before each evaluation is made (None)
-    and when one is reused."""
-    keys = _prepare(layout, runs, settings, folder)
+    and when one is reused. Under torchrun every rank generates its share of each
+    evaluation (`run_evaluation`) and rank 0 alone scores, compares, writes and returns;
+    the other ranks return None."""
+    first = torchrun_ranks().is_first
+    keys = _prepare(layout, runs, settings, folder if first else None)
     finished = finished_evaluations(layout) if reuse else []
     datasets = []
     for dataset in settings.datasets:
@@ -382,17 +389,21 @@ def compare_runs(
         for i, run in enumerate(runs):
             match = next((f for f, key in finished if key == keys[i, dataset]), None)
             if match is None:
-                if on_evaluation is not None:
+                if on_evaluation is not None and first:
                     on_evaluation(run, dataset, None)
                 out = folder.evaluation(i + 1, run.label, dataset)
                 run_evaluation(layout, run.name, run_settings, out, device, threads)
                 finished.append((out, keys[i, dataset]))  # the same weights named twice
-                evaluations.append(_evaluation(out, run_settings.n, reused=False))
-            else:
+                if first:
+                    evaluations.append(_evaluation(out, run_settings.n, reused=False))
+            elif first:
                 evaluations.append(_evaluation(match, run_settings.n, reused=True))
                 if on_evaluation is not None:
                     on_evaluation(run, dataset, evaluations[-1])
-        datasets.append(compare_dataset(dataset, evaluations, settings, run_settings.split))
+        if first:
+            datasets.append(compare_dataset(dataset, evaluations, settings, run_settings.split))
+    if not first:
+        return None
     weights = [keys[i, settings.datasets[0]]["weights"] for i in range(len(runs))]
     comparison = Comparison(list(runs), weights, settings, datasets, folder)
     write_comparison(comparison)

@@ -213,11 +213,12 @@ def run_suite(
                 partial(train, layout, config, run_dir=folder / name, on_step=on_step)
             )
         first = dist_info.is_main
-    # The training group is left: the comparison (one process) runs on the first rank.
+    # The training group is left; every rank generates its share of each evaluation
+    # (`eval.ranks` joins its own group) and the first writes the comparison.
+    pass_at_k = compare_policies(layout, folder, evaluation)
     if not first:
         return folder
     plot_runs([folder / name for name in POLICY_RUNS], folder / "validation_loss.png")
-    pass_at_k = compare_policies(layout, folder, evaluation)
     end = _clock()
     baseline = configs["baseline"]
     comparison = {
