@@ -61,7 +61,23 @@ MaxNewTokensOpt = Annotated[
     ),
 ]
 SpeculativeOpt = Annotated[
-    bool, typer.Option("--speculative", help="Self-speculative decoding with the MTP heads.")
+    bool,
+    typer.Option(
+        "--speculative",
+        help="Self-speculative decoding with the MTP heads: samples from the same "
+        "distribution (greedy: the same tokens). Faster only where a pass over a few tokens "
+        "costs about one step and the heads' drafts are often accepted: a model whose trunk "
+        "dwarfs its heads (the 7B), memory-bound. Slower on micro models (no trunk). See "
+        "docs/evaluation-decoding.md.",
+    ),
+]
+DraftHeadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--draft-heads",
+        help="With --speculative: draft tokens per pass, 1..heads-1 (default: from the "
+        "model's shape; all 3 extra heads of the 7B, 1 for a model without a trunk).",
+    ),
 ]
 LimitOpt = Annotated[int | None, typer.Option(help="Only the first N tasks.")]
 ThreadsOpt = Annotated[int | None, typer.Option(help="torch threads (default: torch's).")]
@@ -168,6 +184,7 @@ def run(
     top_p: TopPOpt = 0.95,
     max_new_tokens: MaxNewTokensOpt = 512,
     speculative: SpeculativeOpt = False,
+    draft_heads: DraftHeadsOpt = None,
     limit: LimitOpt = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     split: SplitOpt = None,
@@ -202,6 +219,7 @@ def run(
         split=split or "",
         workers=workers,
         tests=require_tests(dataset, tests),
+        draft_heads=draft_heads,
     )
     first_rank = int(os.environ.get("RANK", "0")) == 0
     with progress_bars(not as_json and first_rank):
@@ -250,6 +268,7 @@ def compare(
     top_p: TopPOpt = 0.95,
     max_new_tokens: MaxNewTokensOpt = 512,
     speculative: SpeculativeOpt = False,
+    draft_heads: DraftHeadsOpt = None,
     limit: LimitOpt = None,
     seed: Annotated[int, typer.Option(help="Sampling and bootstrap seed.")] = 0,
     k: Annotated[
@@ -301,6 +320,7 @@ def compare(
         seed,
         "",
         workers,
+        draft_heads=draft_heads,
     )
     ks = default_ks(samples) if k is None else parse_ks(k)
     settings = CompareSettings(datasets, ks, generation, resamples, confidence)

@@ -44,6 +44,7 @@ from weighted_mtp.eval.generate import (
     generation_folder,
     load_for_generation,
     load_run_for_generation,
+    pack_for_rows,
     resolve_device,
     sample_prompt,
     sample_seed,
@@ -60,7 +61,7 @@ from weighted_mtp.eval.tasks import (
 )
 from weighted_mtp.storage.atomic import atomic_write, read_json, write_json
 from weighted_mtp.storage.hashing import read_sha256sums, sha256_file
-from weighted_mtp.storage.layout import MODELS, Layout, RunPaths
+from weighted_mtp.storage.layout import MODELS, Layout, ModelPaths, RunPaths
 from weighted_mtp.storage.runs import ADAPTER_WEIGHTS, FinishedRun, find_run, finished_run
 from weighted_mtp.storage.stamps import Store
 
@@ -83,6 +84,7 @@ class RunSettings:
     split: str = ""
     workers: int = 2
     tests: TestChoice = "base"
+    draft_heads: int | None = None  # speculative: drafts per pass (None: the model's default)
 
     def __post_init__(self) -> None:
         assets.dataset_format(self.dataset)  # an unknown dataset is a usage error
@@ -96,9 +98,12 @@ class RunSettings:
             ("--limit", self.limit, 1),
             ("--workers", self.workers, 1),
             ("--seed", self.seed, 0),
+            ("--draft-heads", self.draft_heads, 1),
         ):
             if value is not None and value < low:
                 raise UsageError(f"{name} must be at least {low}, not {value}")
+        if self.draft_heads is not None and not self.speculative:
+            raise UsageError("--draft-heads needs --speculative")
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
             raise UsageError(
                 f"--temperature must be a finite number >= 0, not {self.temperature}",
@@ -169,6 +174,23 @@ def require_room(settings: RunSettings, context: int, model: str) -> None:
         )
 
 
+def planned_draft_heads(settings: RunSettings, folder: ModelPaths, model: str) -> int | None:
+    """With --speculative, the draft heads per pass: --draft-heads checked against the
+    model's heads, or the default for its shape, read from params.json before any weights
+    load. None without --speculative."""
+    if not settings.speculative:
+        return None
+    if not folder.params.is_file():
+        raise UsageError(
+            f"--speculative needs a model with MTP heads; {model!r} is a Hugging Face model",
+            hint="decode it without --speculative",
+        )
+    from weighted_mtp.eval.speculative import draft_heads_for
+    from weighted_mtp.models.architecture import MetaParams
+
+    return draft_heads_for(MetaParams.from_file(folder.params), settings.draft_heads)
+
+
 def require_new_folder(out: Path) -> None:
     """`out` is absent or an empty folder this process can write in."""
     if out.exists() and not out.is_dir():
@@ -211,7 +233,9 @@ def _samples_of_task(
     stats, samples = DecodeStats(), []
     for i in range(settings.n):
         one_config = dataclasses.replace(config, seed=sample_seed(config.seed, i))
-        sample, one = speculative_sample(loaded, prompt.text, one_config)
+        sample, one = speculative_sample(
+            loaded, prompt.text, one_config, draft_heads=settings.draft_heads
+        )
         samples.append(sample)
         stats.add(one)
     return TaskSamples(prompt.task_id, samples, stats)
@@ -381,6 +405,7 @@ def run_evaluation(
     folder = generation_folder(layout, model)
     context = context_length(folder)
     require_room(settings, context, name)
+    draft_heads = planned_draft_heads(settings, folder, name)
     if ranks.is_first:
         out = out or default_out_dir(layout, model, settings)
         require_new_folder(out)
@@ -398,10 +423,8 @@ def run_evaluation(
         if isinstance(model, str)
         else load_run_for_generation(model, target, dtype)
     )
-    if settings.speculative and loaded.kind != "mtp":
-        raise UsageError(
-            f"--speculative needs a model with MTP heads; {name!r} is a {loaded.kind} model"
-        )
+    # a pass puts 1 + draft_heads rows through the weights, a batched step settings.n
+    pack_for_rows(loaded, settings.n if draft_heads is None else 1 + draft_heads)
     generated = gather_dealt(ranks, generate_tasks(loaded, ranks.deal(prompts), settings))
     if generated is None or out is None:
         return None
@@ -439,6 +462,8 @@ def run_evaluation(
             "seconds": round(decode.seconds, 3),
             "new_tokens": decode.new_tokens,
             "tokens_per_second": round(decode.tokens_per_second, 2),
+            "passes": decode.passes,
+            "draft_heads": draft_heads,
             "drafted": decode.drafted,
             "accepted": decode.accepted,
             "acceptance_rate": decode.acceptance_rate,

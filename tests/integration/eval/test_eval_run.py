@@ -168,3 +168,43 @@ def test_two_torchrun_ranks_write_the_samples_of_one_process(eval_storage, tmp_p
         json.loads(x) for x in (tmp_path / "sampled-one" / "samples.jsonl").read_text().splitlines()
     ]
     assert len(rows) == 10 and len({row["completion"] for row in rows}) > 6  # not greedy
+
+
+def test_draft_heads_are_recorded_and_checked(eval_storage, tmp_path):
+    """`--draft-heads 1` writes plain greedy's samples and records 1; the default records
+    what the model's shape chooses; a count the model lacks, or one without
+    --speculative, is refused in one line before any sample is written."""
+    from weighted_mtp.eval.speculative import default_draft_heads
+    from weighted_mtp.models.adapter import read_mtp_params
+
+    plain = run(eval_storage, tmp_path / "plain")
+    assert plain.exit_code == 0, plain.output
+    one = run(eval_storage, tmp_path / "one", "--speculative", "--draft-heads", "1")
+    assert one.exit_code == 0, one.output
+    assert completions(tmp_path / "one") == completions(tmp_path / "plain")
+    results = json.loads((tmp_path / "one" / "results.json").read_text())
+    assert results["settings"]["draft_heads"] == 1 and results["settings"]["speculative"]
+    assert results["generation"]["draft_heads"] == 1
+    default = run(eval_storage, tmp_path / "default", "--speculative")
+    assert default.exit_code == 0, default.output
+    recorded = json.loads((tmp_path / "default" / "results.json").read_text())
+    params = read_mtp_params(eval_storage.model("micro-mtp"))
+    # the settings say what was asked (the model's default), the generation what ran
+    assert recorded["settings"]["draft_heads"] is None
+    assert recorded["generation"]["draft_heads"] == default_draft_heads(params)
+    # every pass yields its accepted drafts and one token more, but a sample that ends
+    # inside its drafts (5 samples here) yields no more token
+    gen = recorded["generation"]
+    assert (
+        gen["passes"] + gen["accepted"] - 5 <= gen["new_tokens"] <= gen["passes"] + gen["accepted"]
+    )
+    plain_gen = json.loads((tmp_path / "plain" / "results.json").read_text())["generation"]
+    assert plain_gen["passes"] == plain_gen["new_tokens"]  # one sample: a token per pass
+    for extra, message in (
+        (("--speculative", "--draft-heads", "3"), "--draft-heads must be between 1 and 2"),
+        (("--draft-heads", "1"), "--draft-heads needs --speculative"),
+    ):
+        refused = run(eval_storage, tmp_path / "refused", *extra)
+        assert refused.exit_code != 0, refused.output
+        assert message in str(refused.exception)
+        assert not (tmp_path / "refused" / "samples.jsonl").exists()

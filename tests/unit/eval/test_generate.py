@@ -14,6 +14,7 @@ from weighted_mtp.eval.generate import (
     check_device,
     generation_dtype,
     nucleus,
+    pack_for_rows,
     resolve_device,
     sample_prompt,
     sample_seed,
@@ -21,6 +22,7 @@ from weighted_mtp.eval.generate import (
 from weighted_mtp.eval.speculative import speculative_sample
 from weighted_mtp.models.adapter import MtpCache, MtpTransformer, forward_cached
 from weighted_mtp.models.architecture import MetaParams
+from weighted_mtp.models.packed import PackedLinear, packing_works
 
 PROMPTS = ["def add(a, b):", "Write a function that sorts a list.", "x = 1\ny =", "print("]
 
@@ -91,20 +93,25 @@ def test_cached_greedy_equals_recomputing_everything(tiny) -> None:
         assert stats.new_tokens == sample.generated
 
 
+@pytest.mark.parametrize("draft_heads", [1, 2, None])
 @pytest.mark.parametrize("prompt", PROMPTS)
-def test_speculative_greedy_is_token_for_token_plain_greedy(tiny, prompt) -> None:
+def test_speculative_greedy_is_token_for_token_plain_greedy(tiny, prompt, draft_heads) -> None:
+    """With every number of draft heads the tiny model has (3 heads: 1 or 2 drafts, and the
+    default for its shape)."""
     config = SamplingConfig(max_new_tokens=24, temperature=0.0)
     plain, _ = sample_prompt(tiny, prompt, 3, config)  # a batch of 3 identical rows
-    fast, stats = speculative_sample(tiny, prompt, config)
+    fast, stats = speculative_sample(tiny, prompt, config, draft_heads=draft_heads)
     assert plain[0].tokens == plain[1].tokens == plain[2].tokens
     assert fast.tokens == plain[0].tokens and fast.text == plain[0].text
     assert fast.finish == plain[0].finish
     assert stats.drafted > 0 and 0 <= stats.accepted <= stats.drafted
 
 
-def test_drafts_that_head_0_agrees_with_are_accepted_and_save_passes(tiny) -> None:
+@pytest.mark.parametrize("draft_heads", [1, 2])
+def test_drafts_that_head_0_agrees_with_are_accepted_and_save_passes(tiny, draft_heads) -> None:
     """With the output projection zeroed every head predicts token 0 everywhere, so every
-    draft is right: all are accepted and each pass yields n_heads tokens."""
+    draft is right: all are accepted and each pass yields 1 + draft_heads tokens, through
+    one call of the output projection per pass."""
     import copy
 
     model = copy.deepcopy(tiny.model)
@@ -112,15 +119,42 @@ def test_drafts_that_head_0_agrees_with_are_accepted_and_save_passes(tiny) -> No
         model.output.weight.zero_()
     agreeing = LoadedModel("agree", "mtp", model, tiny.tokenizer, tiny.bos_id, tiny.eos_id, "cpu")
     config = SamplingConfig(max_new_tokens=13, temperature=0.0)
-    (plain,), _ = sample_prompt(agreeing, PROMPTS[0], 1, config)
-    passes = []
+    (plain,), plain_stats = sample_prompt(agreeing, PROMPTS[0], 1, config)
+    passes: list[int] = []
     model.tok_embeddings.register_forward_hook(
         lambda _m, args, _out: passes.append(args[0].shape[1])
     )
-    fast, stats = speculative_sample(agreeing, PROMPTS[0], config)
+    projections: list[tuple[int, ...]] = []
+    model.output.register_forward_hook(
+        lambda _m, args, _out: projections.append(tuple(args[0].shape))
+    )
+    fast, stats = speculative_sample(agreeing, PROMPTS[0], config, draft_heads=draft_heads)
     assert fast.tokens == plain.tokens == [0] * 13
     assert stats.drafted > 0 and stats.acceptance_rate == 1.0
-    assert len(passes) == 1 + 4  # the prompt, then 4 passes of next token + 2 drafts
+    # the prompt, then passes of the next token + draft_heads drafts (fewer at the end)
+    fed = 1 + draft_heads
+    assert passes[1:] == [fed] * (12 // fed) + ([12 % fed] if 12 % fed else [])
+    assert len(projections) == len(passes) == stats.passes
+    heads = 1 + draft_heads
+    assert projections[0] == (heads, 64)  # the prompt's last position, every head
+    assert projections[1:] == [(n, heads, 64) for n in passes[1:]]  # every row at once
+    assert plain_stats.passes == 13 and plain_stats.tokens_per_pass == 1.0
+    assert stats.tokens_per_pass == 13 / len(passes)
+
+
+@pytest.mark.skipif(not packing_works(), reason="no oneDNN in this torch build")
+def test_weights_are_packed_only_where_a_pass_has_several_rows(tiny) -> None:
+    import copy
+    from dataclasses import replace
+
+    loaded = replace(tiny, model=copy.deepcopy(tiny.model))
+    assert not pack_for_rows(loaded, 1) and type(loaded.model.output) is torch.nn.Linear
+    assert not pack_for_rows(replace(loaded, kind="hf"), 3)
+    assert pack_for_rows(loaded, 3) and type(loaded.model.output) is PackedLinear
+    config = SamplingConfig(max_new_tokens=16, temperature=0.0)
+    (plain,), _ = sample_prompt(tiny, PROMPTS[1], 1, config)
+    fast, _ = speculative_sample(loaded, PROMPTS[1], config)
+    assert fast.tokens == plain.tokens
 
 
 def test_sampling_is_deterministic_per_seed(tiny) -> None:

@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from tests.helpers import TINY_META_PARAMS, cli_error
+from tests.helpers import TINY_META_PARAMS, TINY_REFERENCE_CONFIG, cli_error
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.eval import run as run_module
 from weighted_mtp.eval.run import RunSettings, run_evaluation
@@ -32,6 +32,8 @@ from weighted_mtp.storage.layout import Layout
         ({"seed": -1}, "--seed must be at least 0, not -1"),
         ({"split": "bogus"}, "humaneval has no split 'bogus'"),
         ({"tests": "all"}, "humaneval has no challenge tests"),
+        ({"speculative": True, "draft_heads": 0}, "--draft-heads must be at least 1, not 0"),
+        ({"draft_heads": 1}, "--draft-heads needs --speculative"),
     ],
 )
 def test_a_bad_setting_is_one_usage_error(changes, message) -> None:
@@ -98,8 +100,26 @@ def test_an_output_folder_that_is_a_file_or_not_empty_is_refused(configs_only, t
         (["--temperature", "nan"], "--temperature must be a finite number >= 0, not nan"),
         (["--split", "bogus"], "humaneval has no split 'bogus'; its splits: test"),
         (["--tests", "all"], "humaneval has no challenge tests"),
+        (["--draft-heads", "1"], "--draft-heads needs --speculative"),
+        (
+            ["--speculative", "--draft-heads", "2", "--max-new-tokens", "16"],
+            "--draft-heads must be between 1 and 1 for this model (2 prediction heads), not 2",
+        ),
     ],
 )
 def test_the_command_stops_at_a_bad_value_before_loading(configs_only, args, message) -> None:
     error = cli_error("eval", "run", "micro-mtp", *args, root=configs_only.root)
     assert error.line().startswith(message) and error.exit_code == 2
+
+
+def test_speculative_decoding_of_a_model_without_mtp_heads_is_refused_before_loading(
+    configs_only,
+) -> None:
+    config = configs_only.model("micro-ref").hf_config
+    config.parent.mkdir(parents=True)
+    config.write_text(json.dumps(TINY_REFERENCE_CONFIG))
+    args = ["micro-ref", "--speculative", "--max-new-tokens", "16"]
+    error = cli_error("eval", "run", *args, root=configs_only.root)
+    assert error.line().startswith(
+        "--speculative needs a model with MTP heads; 'micro-ref' is a Hugging Face model"
+    )
