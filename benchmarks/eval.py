@@ -48,6 +48,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 
 def harness_module():
@@ -264,11 +265,7 @@ def hf_export_in_memory(model):
     from transformers import LlamaConfig, LlamaForCausalLM
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-    from weighted_mtp.models.export_hf import (
-        hf_llama_config,
-        hf_tensor_sources,
-        interleaved_to_half_split,
-    )
+    from weighted_mtp.models.export_hf import hf_llama_config, hf_tensor_sources, hf_tensors
 
     params = model.params
     config = LlamaConfig(
@@ -276,13 +273,8 @@ def hf_export_in_memory(model):
     )
     with torch.device("meta"):
         hf = LlamaForCausalLM(config)
-    state = model.state_dict()
-    hf_state = {}
-    for source in hf_tensor_sources(params, 0):
-        tensor = state[source.meta_name]
-        if source.rotary_heads:
-            tensor = interleaved_to_half_split(tensor, source.rotary_heads)
-        hf_state[source.hf_name] = tensor
+    state = SimpleNamespace(get_tensor=model.state_dict().__getitem__)  # as a safetensors file
+    hf_state = dict(hf_tensors(state, hf_tensor_sources(params, 0)))
     hf.load_state_dict(hf_state, strict=True, assign=True)
     hf.model.rotary_emb = LlamaRotaryEmbedding(config)  # its buffers are not in the state
     return hf.eval()

@@ -24,16 +24,9 @@ from weighted_mtp.models.adapter import MtpCache, MtpTransformer, forward_cached
 from weighted_mtp.models.architecture import MetaParams
 from weighted_mtp.models.packed import PackedLinear, packing_works
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PROMPTS = ["def add(a, b):", "Write a function that sorts a list.", "x = 1\ny =", "print("]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: torch's intra-op threads only cost synchronisation on busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -24,17 +24,10 @@ from weighted_mtp.eval.speculative import (
 from weighted_mtp.models.adapter import MtpTransformer
 from weighted_mtp.models.architecture import MetaParams
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SEVEN_B = MetaParams(dim=4096, n_layers=32, n_heads=32, vocab_size=32000, n_future_tokens=4)
 MICRO = MetaParams(dim=512, n_layers=4, n_heads=8, vocab_size=8000, n_future_tokens=4)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: torch's intra-op threads only cost synchronisation on busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def parameters_of(params: MetaParams) -> tuple[int, int, int]:
