@@ -474,10 +474,11 @@ def bench_pass_cost(args: argparse.Namespace, tokenizer) -> dict[int, float]:
         best = pass_costs(runs, name, [PLAIN, PACKED], cpu=True)
         if "stock" not in name:
             costs[k] = median(best)
+        bases = [PLAIN, PACKED]
         print(
             f"  {name}: speculative / best plain greedy tokens/s: wall "
-            f"{summary(speedups(runs, name, [PLAIN, PACKED], cpu=False))}, CPU "
-            f"{summary(speedups(runs, name, [PLAIN, PACKED], cpu=True))}; "
+            f"{summary(speedups(runs, name, bases, cpu=False))}, CPU "
+            f"{summary(speedups(runs, name, bases, cpu=True))}; "
             f"{first.stats.tokens_per_pass:.2f} tokens per pass; pass / step cost (CPU): "
             f"{summary(best)} against the best plain step, {median(same_kernels):.2f}x "
             f"against a step with the same kernels; memory-bound model "
@@ -548,7 +549,7 @@ def bench_decoding(args: argparse.Namespace) -> None:
 
     import torch
 
-    from weighted_mtp.eval.speculative import default_draft_heads
+    from weighted_mtp.eval.speculative import default_draft_heads, pass_cost
     from weighted_mtp.models.architecture import MetaParams
     from weighted_mtp.models.tokenizer import load_sentencepiece
 
@@ -560,14 +561,22 @@ def bench_decoding(args: argparse.Namespace) -> None:
     )
     costs = bench_pass_cost(args, tokenizer) if "pass-cost" in args.parts else {}
     per_pass = bench_acceptance(args, root, tokenizer) if "acceptance" in args.parts else {}
-    default = default_draft_heads(MetaParams(**SEVEN_B))
+    seven_b = MetaParams(**SEVEN_B)
+    default = default_draft_heads(seven_b)
     if costs and per_pass:
-        print("projected 7B speedup = micro-mtp's tokens per pass / the large model's pass cost:")
-    for k in costs.keys() & per_pass.keys():
         print(
-            f"  K={k}{' (the default for the 7B)' if k == default else ''}: "
+            "projected 7B speedup = micro-mtp's tokens per verification pass / pass cost, "
+            "the pass cost measured on the large model (this CPU) or the memory-bound model's "
+            "for the 7B's shape (a GPU):"
+        )
+    for k in costs.keys() & per_pass.keys():
+        bound = pass_cost(seven_b, k)
+        print(
+            f"  K={k}{' (the default for the 7B)' if k == default else ''}: this CPU "
             f"{per_pass[k]:.2f} / {costs[k]:.2f} = {per_pass[k] / costs[k]:.2f}x "
-            f"(every draft accepted: {(k + 1) / costs[k]:.2f}x)"
+            f"(every draft accepted: {(k + 1) / costs[k]:.2f}x); memory-bound "
+            f"{per_pass[k]:.2f} / {bound:.2f} = {per_pass[k] / bound:.2f}x "
+            f"(every draft accepted: {(k + 1) / bound:.2f}x)"
         )
     print(f"load average {os.getloadavg()[0]:.1f}")
 
