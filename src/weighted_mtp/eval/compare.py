@@ -36,6 +36,7 @@ from weighted_mtp.eval.run import (
     recorded_evaluation_key,
     run_evaluation,
     settings_benchmark,
+    speculative_plan,
 )
 from weighted_mtp.eval.scoring import results_path
 from weighted_mtp.eval.statistics import (
@@ -355,6 +356,8 @@ def _prepare(
         raise UsageError(f"runs are named twice: {', '.join(labels)}")
     if folder is not None and folder.root.exists() and any(folder.root.iterdir()):
         raise UsageError("output folder is not empty", path=folder.root, hint="choose a new --out")
+    for run in runs:  # --speculative and --draft-heads against each model's heads
+        speculative_plan(layout, run.name, settings.generation)
     return {
         (i, dataset): evaluation_key(layout, run.name, settings.run_settings(dataset))
         for i, run in enumerate(runs)
@@ -466,6 +469,14 @@ def _dataset_markdown(
     )
 
 
+def _decoding(generation: RunSettings) -> str:
+    if not generation.speculative:
+        return "plain"
+    if generation.draft_heads is None:
+        return "self-speculative"
+    return f"self-speculative ({generation.draft_heads} drafts per pass)"
+
+
 def comparison_markdown(comparison: Comparison) -> str:
     settings = comparison.settings
     generation = settings.generation
@@ -478,7 +489,7 @@ def comparison_markdown(comparison: Comparison) -> str:
         temperature=generation.temperature,
         top_p=generation.top_p,
         max_new_tokens=generation.max_new_tokens,
-        decoding="self-speculative" if generation.speculative else "plain",
+        decoding=_decoding(generation),
         limit="all tasks" if generation.limit is None else f"the first {generation.limit} tasks",
         seed=generation.seed,
         resamples=settings.resamples,

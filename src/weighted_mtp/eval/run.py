@@ -174,6 +174,15 @@ def require_room(settings: RunSettings, context: int, model: str) -> None:
         )
 
 
+def speculative_plan(layout: Layout, name: str, settings: RunSettings) -> int | None:
+    """With --speculative, the draft heads the model `name` (a storage model or a run)
+    decodes with, from its configs alone; None without. Lets `eval compare` check every run
+    before it evaluates any."""
+    return planned_draft_heads(
+        settings, generation_folder(layout, evaluated_model(layout, name)), name
+    )
+
+
 def planned_draft_heads(settings: RunSettings, folder: ModelPaths, model: str) -> int | None:
     """With --speculative, the draft heads per pass: --draft-heads checked against the
     model's heads, or the default for its shape, read from params.json before any weights

@@ -162,6 +162,8 @@ def test_bad_input_is_one_line_before_anything_is_evaluated(storage, runs, tmp_p
         ([*runs, "--dataset", "humaneval,nope"], "is not a list of distinct datasets"),
         ([*runs, "--resamples", "10"], "too few"),
         ([runs[0], runs[0]], "named twice"),
+        ([*runs, "--draft-heads", "1"], "--draft-heads needs --speculative"),
+        ([*runs, "--speculative", "--draft-heads", "9"], "--draft-heads must be between 1 and"),
     ]
     for args, message in cases:
         error = cli_error("eval", "compare", *args, *GREEDY, "--out", str(out), root=storage.root)

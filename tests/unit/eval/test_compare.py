@@ -20,6 +20,7 @@ from weighted_mtp.eval.compare import (
     Comparison,
     Evaluation,
     compare_dataset,
+    comparison_markdown,
     read_verdicts,
     write_comparison,
 )
@@ -163,3 +164,24 @@ def test_the_same_verdicts_give_the_same_comparison_files(tmp_path: Path) -> Non
     markdown = written[0].markdown.read_text()
     assert "Baseline: baseline." in markdown and "| rho1 |" in markdown
     assert written[0].figure.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    ("speculative", "draft_heads", "said"),
+    [
+        (False, None, "plain decoding"),
+        (True, None, "self-speculative decoding"),
+        (True, 2, "self-speculative (2 drafts per pass) decoding"),
+    ],
+)
+def test_the_markdown_names_the_decoding(speculative, draft_heads, said) -> None:
+    generation = RunSettings(
+        "humaneval", n=1, speculative=speculative, draft_heads=draft_heads, temperature=0.0
+    )
+    chosen = CompareSettings(("humaneval",), (1,), generation, 200)
+    evaluations = sampled_verdicts([0.0, 0.1], n=1, tasks=10, seed=1)
+    runs = [ComparedRun(f"runs/{label}", label) for label in LABELS[:2]]
+    weights = [{"weights_sha256": str(i) * 64} for i in range(2)]
+    result = compare_dataset("humaneval", evaluations, chosen, "test")
+    comparison = Comparison(runs, weights, chosen, [result], ComparisonFolder(Path("/cmp")))
+    assert said in " ".join(comparison_markdown(comparison).split())
