@@ -13,20 +13,22 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from weighted_mtp.errors import WmtpError
+from tests.helpers import TINY_META_PARAMS, TINY_REFERENCE_CONFIG
+from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.eval.compare import (
     ComparedRun,
     CompareSettings,
     Comparison,
     Evaluation,
     compare_dataset,
+    compare_runs,
     comparison_markdown,
     read_verdicts,
     write_comparison,
 )
 from weighted_mtp.eval.run import RunSettings
 from weighted_mtp.eval.scoring import results_path
-from weighted_mtp.storage.layout import ComparisonFolder
+from weighted_mtp.storage.layout import ComparisonFolder, Layout
 
 LABELS = ["baseline", "verifiable", "rho1"]
 
@@ -185,3 +187,31 @@ def test_the_markdown_names_the_decoding(speculative, draft_heads, said) -> None
     result = compare_dataset("humaneval", evaluations, chosen, "test")
     comparison = Comparison(runs, weights, chosen, [result], ComparisonFolder(Path("/cmp")))
     assert said in " ".join(comparison_markdown(comparison).split())
+
+
+@pytest.mark.parametrize(
+    ("names", "draft_heads", "message"),
+    [
+        (["micro-mtp", "micro-ref"], None, "'micro-ref' is a Hugging Face model"),
+        (["micro-mtp", "micro-mtp"], 2, "--draft-heads must be between 1 and 1 for this model"),
+    ],
+)
+def test_speculative_decoding_is_checked_on_every_run_before_any_evaluation(
+    tmp_path: Path, names, draft_heads, message
+) -> None:
+    """The storage holds the models' configs only (no weights, no datasets): the refusal
+    comes from the configs, before anything is evaluated or read."""
+    layout = Layout(tmp_path / "storage")
+    for config, content in (
+        (layout.model("micro-mtp").params, TINY_META_PARAMS),
+        (layout.model("micro-ref").hf_config, TINY_REFERENCE_CONFIG),
+    ):
+        config.parent.mkdir(parents=True)
+        config.write_text(json.dumps(content))
+    generation = RunSettings(
+        "humaneval", n=1, temperature=0.0, speculative=True, draft_heads=draft_heads
+    )
+    chosen = CompareSettings(("humaneval",), (1,), generation, 1000)
+    runs = [ComparedRun(name, str(i)) for i, name in enumerate(names)]
+    with pytest.raises(UsageError, match=message):
+        compare_runs(layout, runs, chosen, ComparisonFolder(tmp_path / "out"))
