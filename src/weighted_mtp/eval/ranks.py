@@ -12,6 +12,7 @@ so a rank that finishes early waits for the slowest (up to `GATHER_TIMEOUT`). On
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 GATHER_TIMEOUT = dt.timedelta(days=2)  # the longest a rank waits for the others
+_GATHERS = itertools.count()  # this process's gathers, numbered alike on every rank
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,26 @@ def torchrun_ranks() -> Ranks:
     return Ranks(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")))
 
 
+def _join_gather_group() -> None:
+    """Join a fresh gloo group for one gather, its keys in torchrun's store under their own
+    prefix: torch names every new default group "0", so a group joined after an earlier one
+    was left (the suite's training group) would otherwise read that group's stale addresses
+    and wait forever. Every rank gathers the same number of times, so the n-th gathers of
+    all ranks share a prefix."""
+    import torch.distributed as dist
+    from torch.distributed import PrefixStore  # type: ignore[attr-defined]  # re-exported C type
+    from torch.distributed.rendezvous import rendezvous
+
+    store, rank, world = next(rendezvous("env://"))
+    dist.init_process_group(
+        "gloo",
+        store=PrefixStore(f"wmtp-eval-gather-{next(_GATHERS)}", store),
+        rank=rank,
+        world_size=world,
+        timeout=GATHER_TIMEOUT,
+    )
+
+
 def gather_dealt(ranks: Ranks, mine: list[T]) -> list[T] | None:
     """On rank 0, every rank's `mine` merged back into the order `Ranks.deal` took them
     from; None on the others. Joins and leaves torchrun's process group (gloo)."""
@@ -47,7 +69,7 @@ def gather_dealt(ranks: Ranks, mine: list[T]) -> list[T] | None:
         return mine
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", timeout=GATHER_TIMEOUT)
+    _join_gather_group()
     try:
         shares: list[list[T] | None] | None = [None] * ranks.world if ranks.is_first else None
         dist.gather_object(mine, shares, dst=0)
