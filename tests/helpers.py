@@ -50,6 +50,19 @@ TINY_REFERENCE_CONFIG = {
 }
 
 
+# Tiny models with uneven shapes (61 rows shard 31 + 30) and grouped-query attention, for
+# loading tests that build model folders with `synthetic.models.write_model_folder`.
+LOADING_POLICY = {
+    "dim": 32, "n_layers": 3, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 61,
+    "multiple_of": 16, "n_future_tokens": 2, "max_seq_len": 64,
+}  # fmt: skip
+LOADING_REFERENCE = {
+    "hidden_size": 32, "intermediate_size": 48, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "num_hidden_layers": 2, "vocab_size": 61,
+    "max_position_embeddings": 64, "rope_theta": 500.0, "model_type": "llama",
+}  # fmt: skip
+
+
 def edited_tokenizer(source: Path, out: Path, piece_id: int, new_piece: str) -> Path:
     """A copy of a SentencePiece model with one piece renamed (a 'different' tokenizer)."""
     from sentencepiece import sentencepiece_model_pb2

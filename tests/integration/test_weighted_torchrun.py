@@ -165,17 +165,14 @@ def test_rho1_on_two_ranks_trains_like_one(weighted_storage, tmp_path):
 def stage_one_start(run: Path, layout) -> dict[str, torch.Tensor]:
     """A stage-1 run's initial parameters, rebuilt as its builder made them (the seeded
     value head, the loaded reference)."""
-    from weighted_mtp.train.builders import reference_lm, value_model
     from weighted_mtp.train.config import read_run_config
+    from weighted_mtp.train.distributed import Dist
+    from weighted_mtp.train.experiments import EXPERIMENTS
 
     config = read_run_config(run / "config.yaml")
-    base = layout.model(config.model).root
-    model = (
-        value_model(base, config)
-        if config.experiment == "critic"
-        else reference_lm(base, config).core
-    )
-    return {k: v.detach().float() for k, v in model.state_dict().items()}
+    build = EXPERIMENTS[config.experiment].model.build
+    model = build(layout.model(config.model), config, Dist(0, 1, torch.device("cpu")))
+    return {k: v.detach().float() for k, v in model.core.state_dict().items()}
 
 
 @pytest.mark.parametrize(

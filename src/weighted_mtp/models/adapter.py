@@ -35,7 +35,7 @@ from weighted_mtp.models.tokenizer import tokenizer_facts
 from weighted_mtp.storage.layout import ModelPaths
 
 if TYPE_CHECKING:
-    from transformers import LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
 
 class RMSNorm(nn.Module):
@@ -289,6 +289,14 @@ def read_mtp_params(paths: ModelPaths) -> MetaParams:
     return params
 
 
+def read_checked_mtp_params(paths: ModelPaths) -> MetaParams:
+    """`read_mtp_params`, checked against the folder's weights (names, shapes) and tokenizer."""
+    params = read_mtp_params(paths)
+    require_matching_shapes(meta_tensor_shapes(params), paths.weights, paths.params)
+    require_tokenizer_fits(paths.tokenizer_model, params.vocab_size)
+    return params
+
+
 def load_mtp_model(
     model_dir: str | Path, device: Any = "cpu", dtype: torch.dtype = torch.float32
 ) -> MtpTransformer:
@@ -298,9 +306,7 @@ def load_mtp_model(
     on the meta device, so peak memory is the model's size in `dtype` (float32 by default).
     """
     paths = _folder(model_dir)
-    params = read_mtp_params(paths)
-    require_matching_shapes(meta_tensor_shapes(params), paths.weights, paths.params)
-    require_tokenizer_fits(paths.tokenizer_model, params.vocab_size)
+    params = read_checked_mtp_params(paths)
     with torch.device("meta"):
         model = MtpTransformer(params)
     with safe_open(paths.weights, framework="pt", device="cpu") as handle:
@@ -325,18 +331,31 @@ def _no_loading_bar() -> Iterator[None]:
             logging.enable_progress_bar()
 
 
+def llama_config(typed: HfLlamaConfig) -> LlamaConfig:
+    """transformers' LlamaConfig of a checked `config.json`."""
+    from transformers import LlamaConfig
+
+    fields = typed.to_dict()
+    return LlamaConfig(**{k: v for k, v in fields.items() if k != "transformers_version"})
+
+
+def read_checked_llama_config(paths: ModelPaths) -> HfLlamaConfig:
+    """A Hugging Face-format folder's config.json, checked against its weights (names,
+    shapes) and tokenizer."""
+    typed = HfLlamaConfig.from_file(paths.hf_config)
+    require_matching_shapes(hf_llama_tensor_shapes(typed), paths.weights, paths.hf_config)
+    require_tokenizer_fits(paths.tokenizer_model, typed.vocab_size)
+    return typed
+
+
 def load_reference_model(
     model_dir: str | Path, device: Any = "cpu", dtype: torch.dtype = torch.float32
 ) -> LlamaForCausalLM:
     """transformers' LlamaForCausalLM from a Hugging Face-format model folder, in eval mode."""
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import GenerationConfig, LlamaForCausalLM
 
     paths = _folder(model_dir)
-    typed = HfLlamaConfig.from_file(paths.hf_config)
-    require_matching_shapes(hf_llama_tensor_shapes(typed), paths.weights, paths.hf_config)
-    require_tokenizer_fits(paths.tokenizer_model, typed.vocab_size)
-    fields = typed.to_dict()
-    config = LlamaConfig(**{k: v for k, v in fields.items() if k != "transformers_version"})
+    config = llama_config(read_checked_llama_config(paths))
     # The weights live in safetensors/, configs elsewhere: pass both configs explicitly.
     with _no_loading_bar():
         loaded: Any = LlamaForCausalLM.from_pretrained(  # (model, info): output_loading_info

@@ -26,6 +26,7 @@ from weighted_mtp.models.architecture import (
 from weighted_mtp.models.hf_tokenizer import write_hf_tokenizer
 from weighted_mtp.models.tokenizer import tokenizer_facts
 from weighted_mtp.storage.atomic import atomic_write, write_json
+from weighted_mtp.storage.layout import ModelPaths
 
 META_CHECKPOINT_DIR = assets.spec(assets.META_MODEL).raw_checkpoint_dir or ""
 
@@ -207,3 +208,33 @@ def write_reference_mirror(
     _copy_tokenizer(tokenizer_model, out_dir / "tokenizer.model")
     _write_hf_tokenizer_files(tokenizer_model, out_dir)
     return out_dir
+
+
+def write_model_folder(
+    root: str | Path,
+    architecture: MetaParams | HfLlamaConfig,
+    *,
+    seed: int = 0,
+    dtype: str = "float16",
+) -> ModelPaths:
+    """A model folder as the storage holds one (`configs/params.json` or
+    `configs/config.json`, `safetensors/model.safetensors`) with random weights, written
+    tensor by tensor: any size, in memory one tensor at a time. No tokenizer: the loaders
+    check one only when it is there."""
+    import torch
+
+    from weighted_mtp.models.safetensors_stream import TensorSpec, write_safetensors
+
+    root = Path(root)
+    paths = ModelPaths(root.name, root)
+    if isinstance(architecture, MetaParams):
+        shapes = meta_tensor_shapes(architecture)
+        write_json(paths.params, architecture.to_dict())
+    else:
+        shapes = hf_llama_tensor_shapes(architecture)
+        write_json(paths.hf_config, architecture.to_dict())
+    paths.safetensors_dir.mkdir(parents=True, exist_ok=True)
+    specs = [TensorSpec.of(name, dtype, shape) for name, shape in shapes.items()]
+    tensors = _random_tensors(shapes, seed, getattr(torch, dtype))
+    write_safetensors(paths.weights, specs, tensors, {"format": "pt"})
+    return paths

@@ -34,6 +34,7 @@ from weighted_mtp.errors import UsageError, WmtpError
 
 Normalize = Literal["count", "weight", "selected"]
 Precision = Literal["auto", "bf16", "fp32"]
+ActivationCheckpointing = Literal["none", "blocks"]
 FinalSave = Literal["model", "adapter", "merged", "none"]
 Logger = Literal["jsonl", "tensorboard", "wandb", "mlflow"]
 Objective = Literal["mc", "pairwise"]
@@ -126,6 +127,8 @@ class TrainConfig:
     normalize: Normalize = "count"
     naive_heads: bool = False  # all heads' logits at once (the oracle), not one at a time
     precision: Precision = "auto"  # auto: bf16 autocast where the device supports it
+    # blocks: each transformer block recomputes its activations in the backward
+    activation_checkpointing: ActivationCheckpointing = "none"
     eval_every: int = 100  # steps between validation losses; 0 = only at the end
     eval_batches: int = 0  # validation batches per evaluation; 0 = the whole split
     checkpoint_every: int = 100  # 0 = only at the end (and at --stop-at)

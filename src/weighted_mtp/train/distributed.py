@@ -4,7 +4,8 @@ Every stage trains data-parallel the same way: with more than one rank the train
 sharded with FSDP2 (`fully_shard` on every transformer block, then on the root), on CPU
 (gloo) as on GPUs (NCCL, bf16 parameters with float32 gradient reductions). For the MTP
 policy `trunk` and `head_logits` are registered as FSDP forward methods so the
-sequential-head backward gathers and frees parameters like `forward` does.
+sequential-head backward gathers and frees parameters like `forward` does. Blocks may first
+be wrapped for activation checkpointing (`checkpoint_blocks`).
 
 torchrun sets RANK (global), WORLD_SIZE and LOCAL_RANK: a rank's device is the GPU of its
 LOCAL_RANK on its machine, and only global rank 0 writes the run folder, so `--nnodes N`
@@ -21,13 +22,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from weighted_mtp.errors import WmtpError
 
 if TYPE_CHECKING:
-    from torch import nn
+    from torch.distributed.fsdp import MixedPrecisionPolicy
 
-    from weighted_mtp.models.adapter import MtpTransformer
     from weighted_mtp.train.config import TrainConfig
 
 T = TypeVar("T")
@@ -142,42 +143,64 @@ def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | N
     return None
 
 
-def shard(model: MtpTransformer, low_precision: bool) -> None:
-    """FSDP2: each block, then the root (embeddings, final norm, output)."""
-    from torch.distributed.fsdp import (
-        MixedPrecisionPolicy,
-        fully_shard,
-        register_fsdp_forward_method,
-    )
+BLOCK_LISTS = ("layers", "extra_heads")  # ModuleLists of transformer blocks (Meta, HF)
 
-    policy = (
-        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-        if low_precision
-        else MixedPrecisionPolicy()
-    )
-    for block in [*model.layers, *model.extra_heads]:
+
+def transformer_blocks(module: nn.Module) -> list[nn.Module]:
+    """The blocks of every `layers` / `extra_heads` ModuleList: the MTP trunk and heads, a
+    transformers Llama's `model.layers`."""
+    return [
+        block
+        for name, child in module.named_modules()
+        if name.rpartition(".")[2] in BLOCK_LISTS and isinstance(child, nn.ModuleList)
+        for block in child
+    ]
+
+
+def checkpoint_blocks(module: nn.Module) -> None:
+    """Activation checkpointing per transformer block: each block keeps only its input
+    through the forward and recomputes its activations in the backward (torch's
+    non-reentrant `checkpoint_wrapper`, RNG state preserved so LoRA dropout replays the
+    same mask). Applied before sharding, so FSDP2 gathers the block again for the
+    recomputation. `state_dict()` names are unchanged."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    for name, child in list(module.named_modules()):
+        if name.rpartition(".")[2] in BLOCK_LISTS and isinstance(child, nn.ModuleList):
+            for i, block in enumerate(child):
+                child[i] = checkpoint_wrapper(block)
+
+
+def mixed_precision(low_precision: bool) -> MixedPrecisionPolicy:
+    """bf16 parameters with float32 gradient reductions (GPUs), or float32 throughout."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    if low_precision:
+        return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    return MixedPrecisionPolicy()
+
+
+def shard(model: nn.Module, low_precision: bool, *, reshard_root: bool | None = None) -> None:
+    """FSDP2: each transformer block, then the root (embeddings, final norm, output, a value
+    head). `reshard_root` frees the root's gathered parameters after its forward (a frozen
+    helper: no backward follows); None keeps FSDP2's default. An MTP model's `trunk` and
+    `head_logits` become FSDP forward methods, so the sequential-head backward gathers and
+    frees parameters as `forward` does."""
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    blocks = transformer_blocks(model)
+    if not blocks:
+        raise ValueError(f"{type(model).__name__} has no transformer blocks to shard")
+    policy = mixed_precision(low_precision)
+    for block in blocks:
         fully_shard(block, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
+    fully_shard(model, mp_policy=policy, reshard_after_forward=reshard_root)
     for method in ("trunk", "head_logits"):
-        register_fsdp_forward_method(model, method)
+        if hasattr(model, method):
+            register_fsdp_forward_method(model, method)
 
 
 def set_gradient_sync(model: nn.Module, enabled: bool, dist_info: Dist) -> None:
     """FSDP2's no_sync: gradients reduce across ranks on the last micro-step only."""
     if dist_info.sharded:
         model.set_requires_gradient_sync(enabled)  # type: ignore[operator]
-
-
-def shard_blocks(model: nn.Module, blocks: list[nn.Module], low_precision: bool) -> None:
-    """FSDP2 on a trained transformers model (a value model, a reference LM): each block,
-    then the root, with the policy's mixed precision."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-    policy = (
-        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-        if low_precision
-        else MixedPrecisionPolicy()
-    )
-    for block in blocks:
-        fully_shard(block, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)

@@ -66,11 +66,13 @@ REFERENCE_LM = ModelKind("reference LM", build_reference, save_reference_final)
 
 @dataclass(frozen=True)
 class Setup:
-    """What an objective is made from: the storage, the run's config and the trained model."""
+    """What an objective is made from: the storage, the run's config, the trained model and
+    this rank's place (where a frozen helper is built)."""
 
     layout: Layout
     config: TrainConfig
     model: TrainedModel
+    dist: Dist
 
 
 def weighted_mtp(make_weighting: Callable[[Setup], Weighting]) -> Callable[[Setup], MtpObjective]:
@@ -90,14 +92,18 @@ def uniform(setup: Setup) -> Weighting:
 
 def critic_weights(setup: Setup) -> Weighting:
     config = setup.config
-    critic = load_critic(critic_helper(config), config)
-    return VerifiableCritic(critic, config.normalize, config.critic, frozen=config.frozen)
+    critic, placement = load_critic(critic_helper(config), config, setup.dist)
+    weighting = VerifiableCritic(critic, config.normalize, config.critic, frozen=config.frozen)
+    weighting.placement = placement
+    return weighting
 
 
 def rho1_selection(setup: Setup) -> Weighting:
     config = setup.config
-    reference = load_reference(rho1_helper(setup.layout, config))
-    return Rho1(reference, config.normalize, config.rho1, frozen=config.frozen)
+    reference, placement = load_reference(rho1_helper(setup.layout, config), config, setup.dist)
+    weighting = Rho1(reference, config.normalize, config.rho1, frozen=config.frozen)
+    weighting.placement = placement
+    return weighting
 
 
 def check_critic(layout: Layout, config: TrainConfig, policy: ModelPaths) -> None:

@@ -109,6 +109,17 @@ def _merged(copy: TrainedModel, state: dict[str, torch.Tensor]) -> dict[str, tor
     return merged_state_dict(copy)
 
 
+def _reference_copy(source: ModelPaths, config: TrainConfig) -> TrainedModel:
+    """The tuned reference's structure, unsharded on the CPU, its values to be loaded."""
+    from weighted_mtp.models.architecture import HfLlamaConfig
+    from weighted_mtp.train.builders import reference_structure
+
+    with torch.device("meta"):
+        copy = reference_structure(HfLlamaConfig.from_file(source.hf_config), config)
+    copy.core.to_empty(device="cpu")
+    return copy
+
+
 def save_policy_final(
     out: Path, model: TrainedModel, source: ModelPaths, config: TrainConfig, dist_info: Dist
 ) -> None:
@@ -156,12 +167,10 @@ def save_reference_final(
     out: Path, model: TrainedModel, source: ModelPaths, config: TrainConfig, dist_info: Dist
 ) -> None:
     """The tuned reference as a model folder in its source's dtype (LoRA merged)."""
-    from weighted_mtp.train.builders import reference_lm
-
     state = full_state(model)
 
     def write(tmp: Path) -> None:
-        tensors = _merged(reference_lm(source.root, config), state) if model.peft else state
+        tensors = _merged(_reference_copy(source, config), state) if model.peft else state
         dtype = source_dtype(source, "model.norm.weight")  # config.json's torch_dtype
         _write_model_folder(tmp, {k: v.to(dtype) for k, v in tensors.items()}, source)
         write_json(tmp / STAGE_FILE, stage_record("ref-tune", source, config))

@@ -11,6 +11,8 @@ Placement, once, at the first scoring pass (when the device and the process grou
   rank or sharded with FSDP2 like the policy (`fully_shard` per transformer block, then the
   root), all of it resharded after every forward since no backward follows. It has no
   optimizer and no gradient; sharding changes where its parameters live, not its values.
+- loading: a helper built on the meta device (`train.builders`) is cast and sharded there
+  and only then read from its weights, each rank its own shard (`models.sharded_load`).
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from weighted_mtp.models.sharded_load import Weights, fresh_tensors, materialize
 from weighted_mtp.train.collectives import is_distributed
 from weighted_mtp.train.config import FrozenConfig
+from weighted_mtp.train.distributed import shard
 
 MIB = 2**20
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -88,27 +92,24 @@ def shard_decision(config: FrozenConfig, mib: float, world: int) -> bool:
     return config.shard == "always" or mib > config.shard_min_mib
 
 
-def transformer_blocks(module: nn.Module) -> list[nn.Module]:
-    """The blocks of every `layers` ModuleList (transformers' Llama: `model.layers`)."""
-    return [
-        block
-        for name, child in module.named_modules()
-        if name.rpartition(".")[2] == "layers" and isinstance(child, nn.ModuleList)
-        for block in child
-    ]
-
-
 def shard_frozen(module: nn.Module) -> None:
     """FSDP2 on a frozen helper: each transformer block, then the root; every unit frees its
     gathered parameters after its forward (the root too: no backward will need them)."""
-    from torch.distributed.fsdp import fully_shard
+    shard(module, low_precision=False, reshard_root=True)
 
-    blocks = transformer_blocks(module)
-    if not blocks:
-        raise ValueError(f"{type(module).__name__} has no transformer blocks to shard")
-    for block in blocks:
-        fully_shard(block, reshard_after_forward=True)
-    fully_shard(module, reshard_after_forward=True)
+
+def frozen_structure(
+    module: nn.Module, config: FrozenConfig, world: int, policy_dtype: torch.dtype | None
+) -> Placement:
+    """Cast `module` to its scoring dtype and shard it when the rule says so; where its
+    tensors live (a device, or the meta device) does not change."""
+    dtype = scoring_dtype(config.dtype, policy_dtype)
+    mib = parameter_mib(module, dtype)
+    sharded = shard_decision(config, mib, world)
+    module.to(dtype=dtype)
+    if sharded:
+        shard_frozen(module)
+    return Placement(dtype, mib, sharded)
 
 
 def place_frozen(
@@ -116,14 +117,19 @@ def place_frozen(
     config: FrozenConfig,
     device: torch.device,
     policy_dtype: torch.dtype | None,
+    weights: Weights | None = None,
 ) -> Placement:
-    """Cast and move the (already frozen) `module` to `device`, then shard it when the rule
-    says so."""
-    dtype = scoring_dtype(config.dtype, policy_dtype)
-    module.to(device=device, dtype=dtype)
+    """Cast the (frozen) `module` to its scoring dtype, shard it when the rule says so, and
+    put it on `device`. A module built on the meta device is loaded from `weights` only
+    then, each rank reading its own shard; a built one is moved, then sharded."""
     world = torch.distributed.get_world_size() if is_distributed() else 1
-    mib = parameter_mib(module, dtype)
-    sharded = shard_decision(config, mib, world)
-    if sharded:
-        shard_frozen(module)
-    return Placement(dtype, mib, sharded)
+    if weights is None:
+        module.to(device=device)
+        placement = frozen_structure(module, config, world, policy_dtype)
+    else:
+        fresh = fresh_tensors(module)
+        placement = frozen_structure(module, config, world, policy_dtype)
+        fresh = {name: t.to(placement.dtype) for name, t in fresh.items()}
+        materialize(module, device, weights, fresh)
+    freeze(module)
+    return placement

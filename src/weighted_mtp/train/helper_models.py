@@ -1,6 +1,7 @@
 """The helper models of the weighted experiments: the critic of a `wmtp train critic` run
 (Verifiable Critic), the reference of a `wmtp train ref-tune` run, a storage model or a
-model folder (Rho-1); found, checked and loaded.
+model folder (Rho-1); found, checked, and built frozen on this rank (`builders`: each rank
+reads only its shard when the helper is sharded).
 
 A helper must share the policy's tokenizer: its tokenizer file has the policy's SHA-256,
 and the storage recorded `tokenizer_shared_with` for it (the piece-by-piece comparison
@@ -23,6 +24,9 @@ from weighted_mtp.train.final import CRITIC_WEIGHTS, STAGE_FILE
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from weighted_mtp.train.distributed import Dist
+    from weighted_mtp.train.frozen import Placement
 
 
 @dataclass(frozen=True)
@@ -116,24 +120,28 @@ def rho1_helper(layout: Layout, config: TrainConfig) -> Helper:
     return reference_helper(layout, config.rho1.reference)
 
 
-def load_critic(helper: Helper, config: TrainConfig) -> nn.Module:
-    """The trained value model of a critic run, rebuilt on its base and loaded (strict)."""
-    from safetensors.torch import load_file
-
-    from weighted_mtp.train.builders import value_model
+def load_critic(
+    helper: Helper, config: TrainConfig, dist_info: Dist
+) -> tuple[nn.Module, Placement]:
+    """The trained value model of a critic run, built as it trained (its recorded LoRA and
+    head) and read from its `critic.safetensors`, placed for scoring on this rank."""
+    from weighted_mtp.train.builders import build_frozen_critic
 
     record = helper.record
     lora = record.get("lora") or {}
     overrides = {"critic.head_hidden": record["head_hidden"]}
     overrides |= {f"lora.{k}": v for k, v in lora.items()}
     built_with = with_overrides(config, overrides, STAGE_FILE)
-    critic = value_model(Path(record["base_model"]), built_with)
-    critic.load_state_dict(load_file(helper.folder / CRITIC_WEIGHTS), strict=True)
-    return critic
+    base = Path(record["base_model"])
+    base_config = ModelPaths(base.name, base).hf_config
+    return build_frozen_critic(base_config, helper.folder / CRITIC_WEIGHTS, built_with, dist_info)
 
 
-def load_reference(helper: Helper) -> nn.Module:
-    """The reference causal LM of a ref-tune run or a model folder."""
-    from weighted_mtp.models.adapter import load_reference_model
+def load_reference(
+    helper: Helper, config: TrainConfig, dist_info: Dist
+) -> tuple[nn.Module, Placement]:
+    """The reference causal LM of a ref-tune run or a model folder, placed for scoring."""
+    from weighted_mtp.train.builders import build_frozen_reference
 
-    return load_reference_model(helper.folder)
+    folder = ModelPaths(helper.folder.name, helper.folder)
+    return build_frozen_reference(folder, config, dist_info)

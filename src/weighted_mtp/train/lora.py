@@ -9,15 +9,19 @@ critic takes the same settings, Meta's linear names mapped to transformers' (`hf
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from weighted_mtp.train.config import LoraConfig
 
 if TYPE_CHECKING:
     import torch
     from peft import PeftModel
+    from torch import nn
 
+ADAPTER = "default"  # peft's name for the one adapter a model gets
+T = TypeVar("T")
 META_TO_HF = {
     "wq": "q_proj",
     "wk": "k_proj",
@@ -75,7 +79,8 @@ def apply_lora(
     targets = targets or settings.targets
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        wrapped = get_peft_model(model, peft_config(settings, targets))
+        config = peft_config(settings, targets)
+        wrapped = with_adapter_values(model, lambda: get_peft_model(model, config))
     return TrainedModel(wrapped.base_model.model, True, wrapped)  # `model`, wrapped
 
 
@@ -87,10 +92,44 @@ def inject_lora(module: torch.nn.Module, settings: LoraConfig, seed: int) -> tor
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        module = inject_adapter_in_model(peft_config(settings, hf_targets(settings)), module)
+        config = peft_config(settings, hf_targets(settings))
+        module = with_adapter_values(module, lambda: inject_adapter_in_model(config, module))
     for name, param in module.named_parameters():
         param.requires_grad_("lora_" in name)
     return module
+
+
+def with_adapter_values(model: nn.Module, inject: Callable[[], T]) -> T:
+    """`inject()` LoRA adapters into `model`; on a meta-built model, give them values too.
+
+    peft initialises a new adapter on the CPU and then moves it to its base layer's device,
+    the meta device for a model built there, which drops the values. They are replayed
+    from the RNG state the injection started from, with peft's own initialisers, in the
+    order peft draws them (per layer, in module order: the `nn.Linear` constructions of A
+    and B, then `reset_lora_parameters`), so a meta-built model gets exactly the adapters
+    an eagerly built one does, whole, on the CPU, before it is sharded. Under
+    `torch.device("meta")` (a memory plan) they stay on the meta device."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    rng = torch.random.get_rng_state()
+    injected = inject()
+    if torch.get_default_device().type == "meta":
+        return injected  # built wholly on the meta device: shapes wanted, not values
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    if not any(p.is_meta for layer in layers for p in layer.lora_A.parameters()):
+        return injected
+    after = torch.random.get_rng_state()
+    torch.random.set_rng_state(rng)
+    for layer in layers:
+        pair = (layer.lora_A[ADAPTER], layer.lora_B[ADAPTER])
+        for linear in cast("tuple[nn.Linear, nn.Linear]", pair):
+            linear.to_empty(device="cpu")
+            linear.reset_parameters()
+        cast("Any", layer).reset_lora_parameters(ADAPTER, init_lora_weights=True)
+    if not torch.equal(torch.random.get_rng_state(), after):
+        raise RuntimeError("peft's adapter initialisation drew other random numbers than replayed")
+    return injected
 
 
 def adapter_state_dict(model: TrainedModel, full_state: dict[str, Any]) -> dict[str, Any]:

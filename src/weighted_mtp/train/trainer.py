@@ -31,7 +31,14 @@ from weighted_mtp.storage.atomic import write_json, write_text
 from weighted_mtp.storage.layout import Layout, RunFolder
 from weighted_mtp.train import checkpoint as ckpt
 from weighted_mtp.train.config import TrainConfig, config_yaml, validate, validate_for_world
-from weighted_mtp.train.data import BatchPlan, Example, Sharding, fixed_batches, read_examples
+from weighted_mtp.train.data import (
+    Batch,
+    BatchPlan,
+    Example,
+    Sharding,
+    fixed_batches,
+    read_examples,
+)
 from weighted_mtp.train.distributed import (
     Dist,
     autocast_dtype,
@@ -41,6 +48,7 @@ from weighted_mtp.train.distributed import (
 )
 from weighted_mtp.train.experiments import EXPERIMENTS, Setup
 from weighted_mtp.train.loggers import Loggers, open_loggers, require_logger
+from weighted_mtp.train.lora import TrainedModel
 from weighted_mtp.train.objectives import StepContext, TrainingObjective
 from weighted_mtp.train.runs import Assets, manifest_hashes
 
@@ -91,6 +99,56 @@ def require_finite(what: str, value: float | None, step: int) -> None:
         )
 
 
+def step_autocast(ctx: StepContext) -> AbstractContextManager[Any]:
+    """The trainer's autocast on the step's device (disabled in float32)."""
+    dtype = ctx.autocast
+    return torch.autocast(ctx.dist.device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def accumulate_gradients(
+    objective: TrainingObjective,
+    model: TrainedModel,
+    batches: list[Batch],
+    ctx: StepContext,
+) -> tuple[Any, torch.Tensor]:
+    """The gradients of one step's loss from this rank's micro-batches: the objective's
+    `prepare` over all of them, then each micro-batch's forward and backward, gradients
+    synchronised across ranks on the last one only. Returns what `prepare` made and the
+    float64 sums of the backward terms on this rank (`wmtp train plan` traces this too)."""
+    with step_autocast(ctx):
+        prepared = objective.prepare(model, batches, ctx)
+    sums: torch.Tensor | None = None
+    for i, batch in enumerate(batches):
+        set_gradient_sync(model.core, i == len(batches) - 1, ctx.dist)
+        with step_autocast(ctx):
+            terms = objective.backward(model, batch, i, prepared, ctx)
+        sums = terms if sums is None else sums + terms
+    assert sums is not None  # a rank holds at least one micro-batch
+    return prepared, sums
+
+
+def make_optimizer(model: TrainedModel, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the trained parameters."""
+    return torch.optim.AdamW(
+        model.trainable_parameters(),
+        lr=config.lr,
+        betas=(config.beta1, config.beta2),
+        weight_decay=config.weight_decay,
+        fused=True,  # one kernel per step: no optimizer-sized temporaries (CPU and CUDA)
+    )
+
+
+def clip_gradients(model: TrainedModel, config: TrainConfig) -> torch.Tensor:
+    """Clip the trained parameters' gradients to `clip_grad_norm` (0: none); their norm
+    before clipping (a 0-dim tensor)."""
+    params = model.trainable_parameters()
+    max_norm = config.clip_grad_norm or float("inf")
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+    if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2
+        norm = norm.full_tensor()
+    return norm
+
+
 class Trainer:
     """One run, on one rank. Build it, then `run()`."""
 
@@ -126,27 +184,17 @@ class Trainer:
             self.validation = self.validation[: config.eval_batches]
         self.model = experiment.model.build(assets.model, config, dist_info)
         make_objective = make_objective or experiment.objective
-        self.objective = make_objective(Setup(layout, config, self.model))
+        self.objective = make_objective(Setup(layout, config, self.model, dist_info))
         self.total_steps = config.max_steps or config.epochs * self.plan.steps_per_epoch
         self.autocast = autocast_dtype(config, dist_info.device)
         self.model.core.train()
-        self.optimizer = torch.optim.AdamW(
-            self.model.trainable_parameters(),
-            lr=config.lr,
-            betas=(config.beta1, config.beta2),
-            weight_decay=config.weight_decay,
-            fused=True,  # one kernel per step: no optimizer-sized temporaries (CPU and CUDA)
-        )
+        self.optimizer = make_optimizer(self.model, config)
         self.step = 0
         self.tokens_seen = 0
         self.wall_s = 0.0
         self.loggers: Loggers | None = None  # rank 0's, opened when the run starts
 
     # -- one step ------------------------------------------------------------------------
-
-    def _autocast(self) -> AbstractContextManager[Any]:
-        dtype = self.autocast
-        return torch.autocast(self.dist.device.type, dtype=dtype, enabled=dtype is not None)
 
     def _context(self) -> StepContext:
         return StepContext(self.step, self.dist, self.autocast)
@@ -159,24 +207,15 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         started = time.perf_counter()
-        ctx = self._context()
         batches = [b.to(dev) for b in self.plan.micro_batches(self.step, self.dist.rank)]
-        with self._autocast():
-            prepared = self.objective.prepare(self.model, batches, ctx)
-        sums: torch.Tensor | None = None
-        for i, batch in enumerate(batches):
-            set_gradient_sync(self.model.core, i == len(batches) - 1, self.dist)
-            with self._autocast():
-                terms = self.objective.backward(self.model, batch, i, prepared, ctx)
-            sums = terms if sums is None else sums + terms
-        assert sums is not None  # a rank holds at least one micro-batch
+        prepared, sums = accumulate_gradients(self.objective, self.model, batches, self._context())
         tokens = torch.tensor(
             [float(sum(b.n_tokens for b in batches))], dtype=torch.float64, device=dev
         )
         stats = self.dist.all_reduce_sum(torch.cat([sums, tokens]))
         record = self.objective.train_record(prepared, stats[:-1])
         require_finite("loss", record["loss"], self.step + 1)
-        grad_norm = self._clip()
+        grad_norm = float(clip_gradients(self.model, self.config))
         require_finite("gradient norm", grad_norm, self.step + 1)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -196,14 +235,6 @@ class Trainer:
             "tokens_per_s": tokens_global / elapsed,
         }
 
-    def _clip(self) -> float:
-        params = self.model.trainable_parameters()
-        max_norm = self.config.clip_grad_norm or float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
-        if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2
-            norm = norm.full_tensor()
-        return float(norm)
-
     # -- validation ----------------------------------------------------------------------
 
     @torch.no_grad()
@@ -220,7 +251,7 @@ class Trainer:
         for i in range(math.ceil(len(self.validation) / world)):
             index = i * world + rank
             batch = self.validation[index if index < len(self.validation) else 0]
-            with self._autocast():
+            with step_autocast(self._context()):
                 terms = self.objective.validation_terms(self.model, batch.to(self.dist.device))
             if index < len(self.validation):
                 mine.append((index, terms))

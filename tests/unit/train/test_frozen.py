@@ -12,13 +12,13 @@ import torch
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.train.config import FrozenConfig, TrainConfig, validate, with_overrides
 from weighted_mtp.train.critic import ValueModel, critic_values
+from weighted_mtp.train.distributed import transformer_blocks
 from weighted_mtp.train.frozen import (
     MIB,
     parameter_mib,
     place_frozen,
     scoring_dtype,
     shard_decision,
-    transformer_blocks,
 )
 from weighted_mtp.train.rho1 import (
     excess_loss,
