@@ -183,6 +183,36 @@ BASE_MODELS = tuple(s.name for s in ASSETS if s.kind == "model")
 MICRO_MODELS = tuple(s.name for s in ASSETS if s.is_derived)
 DATASETS = tuple(s.name for s in ASSETS if s.is_dataset)
 
+# The base models' published architectures (the upstream params.json / config.json sizes),
+# for what needs a model's shape before its files are downloaded (`wmtp train plan`). A
+# downloaded or converted model's own config files take precedence.
+PUBLISHED_ARCHITECTURES: dict[str, dict[str, object]] = {
+    META_MODEL: {  # facebook/multi-token-prediction 7B_1T_4/params.json
+        "dim": 4096,
+        "n_layers": 32,
+        "n_heads": 32,
+        "vocab_size": 32000,
+        "multiple_of": 256,
+        "norm_eps": 1e-05,
+        "rope_theta": 10000.0,
+        "max_seq_len": 2048,
+        "n_future_tokens": 4,
+    },
+    REFERENCE_MODEL: {  # princeton-nlp/Sheared-LLaMA-2.7B config.json
+        "model_type": "llama",
+        "hidden_size": 2560,
+        "intermediate_size": 6912,
+        "num_attention_heads": 20,
+        "num_key_value_heads": 20,
+        "num_hidden_layers": 32,
+        "vocab_size": 32000,
+        "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-05,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
+    },
+}
+
 # The model whose tokenizer the datasets are tokenized with and others are compared to.
 TOKENIZER_MODEL = META_MODEL
 # What `wmtp train` trains and `wmtp eval run` evaluates on when not told otherwise.

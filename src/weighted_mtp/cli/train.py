@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from weighted_mtp.assets import TRAIN_DATASET
-from weighted_mtp.cli._console import console, err_console, state
+from weighted_mtp.cli._console import console, err_console, print_json, state
 
 if TYPE_CHECKING:
     from weighted_mtp.train.config import Setting
@@ -369,3 +369,114 @@ def plot(
     from weighted_mtp.train.plot import plot_runs
 
     console.print(f"wrote {plot_runs(runs, out)}", highlight=False)
+
+
+def _own_flag(experiment: str, name: str) -> Flag:
+    """An experiment command's own option, by its parameter name."""
+    command = next(c for c in COMMANDS if c.experiment == experiment)
+    return next(f for f in command.flags if f.name == name)
+
+
+PLAN = (
+    *(f for f in SHARED if f.name not in ("stop_at", "out", "resume")),
+    *POLICY,
+    _own_flag("verifiable", "critic_run"),
+    _own_flag("rho1", "reference"),
+    Flag("ranks", "--ranks", int, "Ranks (GPUs) the run shards over.", None, 1),
+    Flag(
+        "device_memory",
+        "--device-memory",
+        float | None,
+        "Memory of one device in GiB, for a verdict and what to change.",
+    ),
+    Flag(
+        "device",
+        "--device",
+        str,
+        "What the run trains on: cuda (bf16) or cpu (float32).",
+        None,
+        "cuda",
+    ),
+    Flag("as_json", "--json", bool, "Machine-readable output.", None, False),
+)
+
+
+def plan(ctx: typer.Context, experiment: str, **values: Any) -> None:
+    """Plan a run's peak memory per rank before running it: one training step of the
+    configured models traced without allocating them (fake tensors, a fake process group of
+    --ranks ranks), split into parameters, gradients, optimizer state, activations, logits
+    and the frozen helper; with --device-memory, whether it fits and what to change. The
+    config is built as `wmtp train EXPERIMENT` builds it from the same options."""
+    from weighted_mtp.train.config import build_config
+
+    run_config = build_config(
+        experiment, small=values["small"], settings=_settings(PLAN, values), file=values["config"]
+    )
+    from weighted_mtp.train.memory_plan import plan_memory  # imports torch
+
+    ranks = values["ranks"]
+    with err_console.status(f"tracing a {experiment} step on {ranks} rank(s)"):
+        result = plan_memory(
+            state(ctx).layout,
+            run_config,
+            ranks=ranks,
+            device=values["device"],
+            device_gib=values["device_memory"],
+        )
+    if values["as_json"]:
+        print_json(result.as_record())
+        return
+    _print_memory_plan(result.as_record())
+
+
+def _add_plan() -> None:
+    context = inspect.Parameter(
+        "ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context
+    )
+    experiment = inspect.Parameter(
+        "experiment",
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        annotation=Annotated[str, typer.Argument(help="baseline, verifiable or rho1.")],
+    )
+    parameters = [context, experiment, *(f.parameter() for f in PLAN)]
+    plan.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    app.command("plan")(plan)
+
+
+_add_plan()
+
+
+def _print_memory_plan(record: dict[str, Any]) -> None:
+    from rich.table import Table  # on use: rich is slow to import
+
+    helper = record["helper"]
+    batch = record["micro_batch"]
+    title = (
+        f"{record['experiment']}: {record['policy']}"
+        + (f" + frozen {helper['kind']} {helper['model']}" if helper else "")
+        + f", {record['ranks']} rank(s), {record['device']}, micro-batch "
+        f"{batch['rows']} x {batch['tokens']} tokens, {record['accumulation']} per step"
+    )
+    console.print(title, highlight=False)
+    table = Table()
+    table.add_column("per rank")
+    table.add_column("GiB", justify="right")
+    for name, value in record["per_rank_gib"].items():
+        table.add_row(name, f"{value:.2f}")
+    console.print(table)
+    if record["fits"] is None:
+        console.print("give --device-memory GiB for a verdict", highlight=False)
+        return
+    verdict = "fits" if record["fits"] else "does not fit"
+    console.print(
+        f"{verdict}: {record['per_rank_gib']['total']:.2f} GiB of a "
+        f"{record['budget_gib']:.2f} GiB budget ({record['headroom']:.0%} of "
+        f"{record['device_memory_gib']:g} GiB)",
+        highlight=False,
+    )
+    for suggestion in record["suggestions"]:
+        mark = "fits" if suggestion["fits"] else "still too large"
+        console.print(
+            f"  {suggestion['change']}: {suggestion['total_gib']:.2f} GiB ({mark})",
+            highlight=False,
+        )

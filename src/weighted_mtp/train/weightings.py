@@ -167,11 +167,15 @@ class VerifiableCritic:
         freeze(self.critic)
         self.whitening.momentum = self.settings.momentum
 
-    def weigh_step(self, batches: list[Batch], ctx: WeighContext) -> list[Weights]:
+    def scores(self, batches: list[Batch], ctx: WeighContext) -> list[Tensor]:
+        """The frozen critic's values of each micro-batch, `[B_i, S_i]` (placed first)."""
         if self.placement is None:
             self.placement = place_frozen(self.critic, self.frozen, ctx.device, ctx.policy_dtype)
         with policy_autocast(ctx):
-            values = [critic_values(self.critic, b.tokens) for b in batches]  # [B_i, S_i] each
+            return [critic_values(self.critic, b.tokens) for b in batches]
+
+    def weigh_step(self, batches: list[Batch], ctx: WeighContext) -> list[Weights]:
+        values = self.scores(batches, ctx)
         masks = [b.loss_mask for b in batches]
         weights, metrics = critic_token_weights(
             join_rows(values),
@@ -207,11 +211,13 @@ class Rho1:
     def __post_init__(self) -> None:
         freeze(self.reference)
 
-    def weigh_step(self, batches: list[Batch], ctx: WeighContext) -> list[Weights]:
+    def scores(self, batches: list[Batch], ctx: WeighContext) -> list[Tensor]:
+        """Each micro-batch's excess loss Δ of the policy over the frozen reference,
+        `[B_i, S_i]` (the reference placed first)."""
         if self.placement is None:
             self.placement = place_frozen(self.reference, self.frozen, ctx.device, ctx.policy_dtype)
         with policy_autocast(ctx):
-            deltas = [
+            return [
                 excess_loss(
                     policy_head0_cross_entropy(ctx.model, b.tokens),
                     reference_cross_entropy(self.reference, b.tokens),
@@ -219,6 +225,9 @@ class Rho1:
                 )
                 for b in batches
             ]
+
+    def weigh_step(self, batches: list[Batch], ctx: WeighContext) -> list[Weights]:
+        deltas = self.scores(batches, ctx)
         masks = [b.loss_mask for b in batches]
         weights, metrics = rho1_token_weights(join_rows(deltas), join_rows(masks), self.settings)
         return [Weights(w, metrics) for w in split_rows(weights, masks)]
