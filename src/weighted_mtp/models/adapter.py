@@ -60,7 +60,7 @@ def rotary_tables(params: MetaParams, seqlen: int, device: Any) -> tuple[Tensor,
 
 def rotate_interleaved(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate `[batch, seq, heads, head_dim]` by pairs (2i, 2i+1), computed in float32."""
-    pairs = x.float().unflatten(-1, (-1, 2))
+    pairs = x.float().reshape(*x.shape[:-1], -1, 2)  # [..., head_dim / 2, 2]
     even, odd = pairs[..., 0], pairs[..., 1]
     cos, sin = cos[:, None, :], sin[:, None, :]
     rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
@@ -96,7 +96,8 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))
+        projected: Tensor = self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))
+        return projected
 
 
 class FeedForward(nn.Module):
@@ -109,7 +110,8 @@ class FeedForward(nn.Module):
         self.w3 = nn.Linear(p.dim, p.intermediate_size, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        out: Tensor = self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return out
 
 
 class TransformerBlock(nn.Module):
@@ -121,8 +123,9 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(p.dim, p.norm_eps)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None) -> Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin, cache)
-        return h + self.feed_forward(self.ffn_norm(h))
+        h: Tensor = x + self.attention(self.attention_norm(x), cos, sin, cache)
+        out: Tensor = h + self.feed_forward(self.ffn_norm(h))
+        return out
 
 
 class MtpTransformer(nn.Module):
@@ -323,12 +326,12 @@ def _no_loading_bar() -> Iterator[None]:
     from transformers.utils import logging
 
     was_enabled = logging.is_progress_bar_enabled()
-    logging.disable_progress_bar()
+    logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # untyped in transformers
     try:
         yield
     finally:
         if was_enabled:
-            logging.enable_progress_bar()
+            logging.enable_progress_bar()  # type: ignore[no-untyped-call]  # untyped in transformers
 
 
 def llama_config(typed: HfLlamaConfig) -> LlamaConfig:
@@ -372,7 +375,8 @@ def load_reference_model(
         raise WmtpError(
             f"weights do not load into LlamaForCausalLM: {problems[0]}", path=paths.weights
         )
-    return model.to(device).eval()
+    loaded_model: LlamaForCausalLM = model.to(device).eval()
+    return loaded_model
 
 
 # Incremental decoding --------------------------------------------------------------------
@@ -451,7 +455,8 @@ def cached_latents(
     latents = torch.stack(
         [head(h, cos, sin, c) for head, c in zip(heads, cache.heads, strict=False)], dim=-2
     )  # [batch, seq, n_heads, dim]
-    return model.norm(latents)
+    normed: Tensor = model.norm(latents)
+    return normed
 
 
 def forward_cached(
@@ -459,4 +464,5 @@ def forward_cached(
 ) -> Tensor:
     """float32 logits `[batch, seq, n_heads, vocab]` for `tokens` continuing the cached
     positions; equal (within float rounding) to the matching rows of `model(all tokens)`."""
-    return model.output(cached_latents(model, tokens, cache, n_heads)).float()
+    logits: Tensor = model.output(cached_latents(model, tokens, cache, n_heads))
+    return logits.float()
