@@ -83,6 +83,39 @@ def _atomic_write(path: Path, mode: str, encoding: str | None) -> Iterator[Binar
     _fsync_dir(path.parent)
 
 
+@contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `path` to fill; when the block ends without
+    error it takes `path`'s name, else it is removed. A folder already at `path` (what an
+    earlier, interrupted finish of the same run wrote) is replaced: moved to a temporary
+    name, and removed once the new one is in place; anything else there (a file, a
+    symlink) is refused, untouched. Only for folders inside one the caller owns and has
+    locked (a run folder)."""
+    tmp = path.with_name(f"{temp_prefix(path.name)}partial")
+    old = path.with_name(f"{temp_prefix(path.name)}replaced")
+    tmp.mkdir()
+    try:
+        yield tmp
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            raise WmtpError(
+                f"{path.name} is not a folder this run wrote",
+                path=path,
+                hint="move it out of the run folder, then rerun with --resume",
+            )
+        _fsync_dir(tmp)
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+    except BaseException:
+        if old.exists() and not path.exists():
+            old.rename(path)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(path.parent)
+    if old.exists():
+        shutil.rmtree(old)
+
+
 def move_into_place(finished: Path, path: Path) -> None:
     """Give a complete file written elsewhere on the same filesystem (e.g. a resumable
     download) its final name atomically, durable across a power loss."""

@@ -210,6 +210,17 @@ class RunFolder:
     root: Path
 
     @property
+    def identity(self) -> Path:
+        """`run.json`, the first file a run writes: which kind of run the folder holds
+        (`storage.run_folder`)."""
+        return self.root / "run.json"
+
+    @property
+    def lock(self) -> Path:
+        """The lock a run holds while it writes the folder."""
+        return self.root / ".run.lock"
+
+    @property
     def config(self) -> Path:
         return self.root / "config.yaml"
 

@@ -4,7 +4,8 @@ writes to the storage take.
 The lock is an `flock` on `.wmtp/build.lock`, which the OS drops when its process dies, so
 a kill never leaves it stuck. The holder writes its pid and command into the file, so a
 refused command can say what is running. Within one process the lock is re-entrant: `wmtp
-demo` holds it and runs the build, which takes it again.
+demo` holds it and runs the build, which takes it again. A run folder's lock
+(`storage.run_folder`) is the same kind of lock (`exclusive`).
 
 Once the lock is held, temporary files that interrupted writes left in the asset folders
 are removed: no other wmtp process can be writing them. A temporary file whose name
@@ -13,9 +14,11 @@ carries the pid of a live process (a library user writing without the lock) is k
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
-from collections.abc import Iterator
+import socket
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,22 +30,27 @@ from weighted_mtp.storage.tree import iter_files
 _held: dict[Path, int] = {}  # lock files this process holds, with their nesting depth
 
 
-def lock_holder(layout: Layout) -> str:
-    """Who holds the storage lock, as its holder recorded it ("`wmtp build` (pid 42)")."""
+def holder_of(path: Path) -> str:
+    """Who holds the lock file `path`, as its holder recorded it ("`wmtp build` (pid 42)",
+    with the host when it is another machine's)."""
     try:
-        pid, _, command = layout.build_lock.read_text(encoding="utf-8").strip().partition(" ")
+        first, _, host = path.read_text(encoding="utf-8").strip().partition("\n")
     except (OSError, UnicodeDecodeError):
-        pid = command = ""
+        first = host = ""
+    pid, _, command = first.partition(" ")
     if not pid.isdigit():
         return "another wmtp process"
-    return f"`{command or 'wmtp'}` (pid {pid})"
+    where = f" on {host}" if host and host != socket.gethostname() else ""
+    return f"`{command or 'wmtp'}` (pid {pid}{where})"
 
 
 @contextmanager
-def storage_lock(layout: Layout, command: str) -> Iterator[None]:
-    """Hold the storage root's lock while `command` writes to it; if another process
-    holds it, one WmtpError naming that process (nothing waits or is touched)."""
-    path = layout.build_lock
+def exclusive(path: Path, command: str, refusal: Callable[[str], WmtpError]) -> Iterator[None]:
+    """Hold the `flock` on `path` (created if absent, never through a symlink) while
+    `command` runs, its pid, command and host recorded in the file. If another process
+    holds it, `refusal(holder_of(path))` is raised at once (nothing waits). The OS drops the
+    lock when its process dies, so a killed holder never leaves it stuck. Re-entrant within
+    a process."""
     if path in _held:
         _held[path] += 1
         try:
@@ -50,19 +58,20 @@ def storage_lock(layout: Layout, command: str) -> Iterator[None]:
         finally:
             _held[path] -= 1
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+", encoding="utf-8") as handle:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise WmtpError("the lock file is a symlink", path=path, hint="remove it") from None
+    with os.fdopen(fd, "r+", encoding="utf-8") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise WmtpError(
-                f"another wmtp process is writing to this storage: {lock_holder(layout)}",
-                path=layout.root,
-                hint="wait for it to finish, then rerun",
-            ) from None
+            raise refusal(holder_of(path)) from None
         handle.seek(0)
         handle.truncate()
-        handle.write(f"{os.getpid()} {command}\n")
+        handle.write(f"{os.getpid()} {command}\n{socket.gethostname()}\n")
         handle.flush()
         _held[path] = 1
         try:
@@ -71,6 +80,28 @@ def storage_lock(layout: Layout, command: str) -> Iterator[None]:
             del _held[path]
             handle.truncate(0)
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def lock_holder(layout: Layout) -> str:
+    """Who holds the storage lock, as its holder recorded it ("`wmtp build` (pid 42)")."""
+    return holder_of(layout.build_lock)
+
+
+@contextmanager
+def storage_lock(layout: Layout, command: str) -> Iterator[None]:
+    """Hold the storage root's lock while `command` writes to it; if another process
+    holds it, one WmtpError naming that process (nothing waits or is touched)."""
+    layout.build_lock.parent.mkdir(parents=True, exist_ok=True)
+
+    def refusal(holder: str) -> WmtpError:
+        return WmtpError(
+            f"another wmtp process is writing to this storage: {holder}",
+            path=layout.root,
+            hint="wait for it to finish, then rerun",
+        )
+
+    with exclusive(layout.build_lock, command, refusal):
+        yield
 
 
 def _writer_alive(path: Path) -> bool:
