@@ -7,6 +7,7 @@ same functions stay silent when called from Python or tests.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
@@ -39,3 +40,9 @@ def task(description: str, total: float | None = None, unit: str = "items") -> I
     """A unit of long work; `unit="bytes"` shows transfer speed and sizes."""
     with _reporter.task(description, total, unit) as advance:
         yield advance
+
+
+def note(message: str) -> None:
+    """One line the user should read although the work goes on (a damaged checkpoint
+    skipped), on stderr whoever is watching: it must not vanish with the progress bars."""
+    print(f"note: {message}", file=sys.stderr, flush=True)

@@ -67,7 +67,8 @@ class Dist:
         return box[0]
 
     def all_gather_object(self, obj: T) -> list[T]:
-        """Every rank's `obj`, in rank order (small things: validation results)."""
+        """Every rank's `obj`, in rank order (small things: validation results, checkpoint
+        file hashes)."""
         if not self.sharded:
             return [obj]
         out: list[Any] = [None] * self.world
