@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from weighted_mtp.data.sources import field
+from weighted_mtp.data.sources import record_field
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage import stamps
 from weighted_mtp.storage.atomic import write_text
@@ -34,9 +34,8 @@ def _lowest_ranked(path: Path, seed: int, limit: int) -> dict[bool, list[tuple[i
     """Up to `limit` lowest-ranked (rank, line) pairs for correct and for incorrect records."""
     heaps: dict[bool, list[tuple[int, str]]] = {True: [], False: []}
     for line, record in iter_jsonl(path):
-        metadata = field(record, "metadata", path, line)
-        heap = heaps[bool(field(metadata, "is_correct", path, line))]
-        rank = _rank(seed, str(field(metadata, "sample_id", path, line)))
+        heap = heaps[record_field(record, "metadata.is_correct", path, line)]
+        rank = _rank(seed, record_field(record, "metadata.sample_id", path, line))
         entry = (-rank, json.dumps(record, ensure_ascii=False))
         if len(heap) < limit:
             heapq.heappush(heap, entry)

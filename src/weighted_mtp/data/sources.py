@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, TypeVar, overload
 
-from weighted_mtp.data.template import NULL_TEXTS
+from weighted_mtp.data.template import NULL_TEXTS, RECORD_SCHEMA
 from weighted_mtp.errors import WmtpError
 
 # TEMPORARY: train/ and eval/ still import the JSON-lines reader from here; point them at
@@ -105,7 +105,7 @@ def typed(row: dict[str, Any], name: str, kind: type[T], path: Path, line: int) 
 def non_empty_text(value: Any, label: str) -> str:
     """A string with more than white space that is not the text of a null ("None"): neither
     is a problem statement or an answer."""
-    text = of_type(value, str, label)
+    text: str = of_type(value, str, label)
     if not text.strip():
         raise Rejected(f"{label} is empty")
     if text.strip() in NULL_TEXTS:
@@ -123,3 +123,37 @@ def field(row: dict[str, Any], name: str, path: Path, line: int) -> Any:
             path=path,
             hint="is this the right dataset file?",
         ) from None
+
+
+_SCHEMA_TYPES: dict[str, type] = {
+    "string": str,
+    "boolean": bool,
+    "integer": int,
+    "object": dict,
+    "array": list,
+}
+
+
+def record_field(record: dict[str, Any], key: str, path: Path, line: int) -> Any:
+    """A processed record's field (`metadata.is_correct` for a nested one) of the JSON type
+    `RECORD_SCHEMA` gives it; one error naming the file, line and key when it is missing or
+    of another type (the string "false" is not false)."""
+    value: Any = record
+    schema: dict[str, Any] = RECORD_SCHEMA
+    names = key.split(".")
+    for depth, name in enumerate(names, start=1):
+        schema = schema["properties"][name]
+        value = field(value, name, path, line)  # a dict: the level above was checked
+        kind = _SCHEMA_TYPES.get(schema.get("type", ""))
+        if kind is None:
+            continue
+        try:
+            of_type(value, kind, ".".join(names[:depth]))
+        except Rejected as exc:
+            raise WmtpError(
+                f"line {line}: {exc.reason}",
+                path=path,
+                hint="the record does not follow the processed-record schema; prepare the "
+                "dataset again (wmtp data prepare) or fix the line",
+            ) from None
+    return value

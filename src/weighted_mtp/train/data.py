@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from weighted_mtp.data.sources import field, iter_jsonl
+from weighted_mtp.data.sources import record_field
 from weighted_mtp.errors import WmtpError
+from weighted_mtp.storage.jsonl import iter_jsonl
 
 if TYPE_CHECKING:
     import torch
@@ -80,22 +81,20 @@ def read_examples(
     max_len: int,
     correct_only: bool,
 ) -> list[Example]:
-    """Tokenize a processed split; a record longer than `max_len` is one clear error."""
+    """Tokenize a processed split; a record longer than `max_len`, or whose fields lack the
+    schema's types, is one clear error."""
     rows = []
     for line, record in iter_jsonl(path):
-        metadata = field(record, "metadata", path, line)
-        is_correct = bool(field(metadata, "is_correct", path, line))
+        is_correct = record_field(record, "metadata.is_correct", path, line)
         if correct_only and not is_correct:
             continue
         prompt, response = (
-            field(record, "prompt", path, line),
-            field(record, "response", path, line),
+            record_field(record, "prompt", path, line),
+            record_field(record, "response", path, line),
         )
-        if not isinstance(prompt, str) or not isinstance(response, str):
-            raise WmtpError(f"line {line}: prompt and response must be strings", path=path)
         ids = (
-            str(field(metadata, "task_id", path, line)),
-            str(field(metadata, "sample_id", path, line)),
+            record_field(record, "metadata.task_id", path, line),
+            record_field(record, "metadata.sample_id", path, line),
         )
         rows.append((line, prompt, response, is_correct, ids))
     if not rows:
