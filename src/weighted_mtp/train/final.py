@@ -1,5 +1,6 @@
-"""A finished run's weights, `final/`, written atomically (rank 0, after a gather): one
-writer per kind of model a run trains.
+"""A finished run's weights, `final/`, written atomically (rank 0, after a gather): built
+under a temporary name inside the run folder and renamed (`storage.atomic.atomic_folder`),
+one writer per kind of model a run trains.
 
 - The MTP policy (`save_policy_final`, by `final_save`): `model` (full fine-tuning) and
   `merged` (LoRA merged into the base by peft) are a model folder like the source's
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 
 from weighted_mtp.assets import STAGE_RECORD
-from weighted_mtp.storage.atomic import TEMP_MARKER, read_json_or_none, write_json
+from weighted_mtp.storage.atomic import atomic_folder, read_json_or_none, write_json
 from weighted_mtp.storage.hashing import sha256_file
 from weighted_mtp.storage.runs import ADAPTER_WEIGHTS
 
@@ -59,18 +60,12 @@ def source_dtype(source: ModelPaths, tensor: str = "norm.weight") -> torch.dtype
 
 
 def _write_final(out: Path, dist_info: Dist, write: Callable[[Path], None]) -> None:
-    """`write` into a temporary folder on rank 0, renamed to `out` when complete."""
+    """`write` fills an empty temporary folder on rank 0, renamed to `out` when complete
+    (`atomic_folder`: only a `final/` folder an earlier finish of this run wrote is
+    replaced)."""
     if dist_info.is_main:
-        tmp = out.with_name(f".{out.name}{TEMP_MARKER}partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
+        with atomic_folder(out) as tmp:
             write(tmp)
-            if out.exists():
-                shutil.rmtree(out)
-            tmp.rename(out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     dist_info.barrier()
 
 
@@ -94,7 +89,6 @@ def _write_adapter(out: Path, model: TrainedModel, state: dict[str, torch.Tensor
     from weighted_mtp.train.lora import adapter_state_dict
 
     assert model.peft is not None
-    out.mkdir(parents=True)
     adapter = {k: v.contiguous() for k, v in adapter_state_dict(model, state).items()}
     save_file(adapter, out / ADAPTER_WEIGHTS, metadata={"format": "pt"})
     model.peft.peft_config["default"].save_pretrained(str(out))
@@ -154,7 +148,6 @@ def save_critic_final(
     state = full_state(model)
 
     def write(tmp: Path) -> None:
-        tmp.mkdir(parents=True)
         tensors = {k: v.contiguous() for k, v in state.items()}
         save_file(tensors, tmp / CRITIC_WEIGHTS, metadata={"format": "pt"})
         shutil.copytree(source.root / "tokenizer", tmp / "tokenizer")

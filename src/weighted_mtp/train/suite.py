@@ -20,15 +20,16 @@ import math
 import resource
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from weighted_mtp.assets import COMPARE_DATASETS
-from weighted_mtp.errors import WmtpError
+from weighted_mtp.assets import COMPARE_DATASETS, SUITE
 from weighted_mtp.storage.atomic import read_json_or_none, write_json, write_text
 from weighted_mtp.storage.layout import Layout, RunFolder
+from weighted_mtp.storage.run_folder import claim_run_folder
 from weighted_mtp.train.config import Setting, TrainConfig, build_config
 from weighted_mtp.train.runs import read_metrics, runs_dir
 
@@ -183,41 +184,52 @@ def run_suite(
     on_stage: Callable[[str], None] | None = None,
     on_step: Callable[..., None] | None = None,
 ) -> Path:
-    """Run the five stages in order into `out`, then write the comparison; returns `out`."""
+    """Run the five stages in order into `out` (a new or empty folder, locked by rank 0
+    until the comparison is written), then write the comparison; returns the folder."""
     from weighted_mtp.eval.compare import require_evaluable
     from weighted_mtp.train.distributed import distributed, on_main
-    from weighted_mtp.train.plot import plot_runs
     from weighted_mtp.train.trainer import train
 
     evaluation = policy_evaluation(small)
-    with distributed() as dist_info:
+    with ExitStack() as held:  # rank 0 holds the suite folder until the comparison is written
+        with distributed() as dist_info:
 
-        def choose() -> Path:
-            stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
-            chosen = out or runs_dir(layout, "suite") / stamp
-            if chosen.exists() and any(chosen.iterdir()):
-                raise WmtpError(
-                    "the suite folder is not empty", path=chosen, hint="choose a new --out"
+            def claim() -> Path:
+                stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+                chosen = out or runs_dir(layout, SUITE) / stamp
+                require_evaluable(layout, evaluation)
+                claimed = claim_run_folder(chosen, SUITE, resume=False, command="wmtp train suite")
+                return held.enter_context(claimed)
+
+            folder: Path = on_main(dist_info, claim)
+            configs = suite_configs(folder, small, settings)
+            start = _clock()
+            times: dict[str, StageTime] = {}
+            for name, config in configs.items():
+                if on_stage is not None and dist_info.is_main:
+                    on_stage(name)
+                times[name] = timed(
+                    partial(train, layout, config, run_dir=folder / name, on_step=on_step)
                 )
-            require_evaluable(layout, evaluation)
-            return chosen
+            first = dist_info.is_main
+        # The training group is left; every rank generates its share of each evaluation
+        # (`eval.ranks` joins its own group) and the first writes the comparison.
+        pass_at_k = compare_policies(layout, folder, evaluation)
+        if first:
+            write_comparison(folder, configs, times, start, pass_at_k)
+    return folder
 
-        folder: Path = on_main(dist_info, choose)
-        configs = suite_configs(folder, small, settings)
-        start = _clock()
-        times: dict[str, StageTime] = {}
-        for name, config in configs.items():
-            if on_stage is not None and dist_info.is_main:
-                on_stage(name)
-            times[name] = timed(
-                partial(train, layout, config, run_dir=folder / name, on_step=on_step)
-            )
-        first = dist_info.is_main
-    # The training group is left; every rank generates its share of each evaluation
-    # (`eval.ranks` joins its own group) and the first writes the comparison.
-    pass_at_k = compare_policies(layout, folder, evaluation)
-    if not first:
-        return folder
+
+def write_comparison(
+    folder: Path,
+    configs: dict[str, TrainConfig],
+    times: dict[str, StageTime],
+    start: StageTime,
+    pass_at_k: Path,
+) -> None:
+    """The policies' validation-loss plot, `comparison.json` and `comparison.md`."""
+    from weighted_mtp.train.plot import plot_runs
+
     plot_runs([folder / name for name in POLICY_RUNS], folder / "validation_loss.png")
     end = _clock()
     baseline = configs["baseline"]
@@ -235,7 +247,6 @@ def run_suite(
     }
     write_json(folder / "comparison.json", comparison)
     write_text(folder / "comparison.md", comparison_markdown(comparison))
-    return folder
 
 
 # ------------------------------------------------------------------ pass@k of the policies

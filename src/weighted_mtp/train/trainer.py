@@ -19,7 +19,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ import torch
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import write_json, write_text
 from weighted_mtp.storage.layout import Layout, RunFolder
+from weighted_mtp.storage.run_folder import claim_run_folder
 from weighted_mtp.train import checkpoint as ckpt
 from weighted_mtp.train.config import TrainConfig, config_yaml, validate, validate_for_world
 from weighted_mtp.train.data import (
@@ -281,17 +282,18 @@ class Trainer:
         return path
 
     def resume(self) -> None:
-        """Continue from the run folder's latest checkpoint (none: start at step 0)."""
-        found = ckpt.completed_checkpoints(self.run_dir)
-        if not found:
+        """Continue from the run folder's newest checkpoint that verifies (none: start at
+        step 0)."""
+        found = ckpt.resume_point(self.run_dir, self.dist)
+        if found is None:
             return
         objective_state = self.objective.state_dict()
-        state = ckpt.load_checkpoint(found[-1], self.model, self.optimizer, objective_state)
+        state = ckpt.load_checkpoint(found, self.model, self.optimizer, objective_state)
         self.objective.load_state_dict(objective_state)
         if state.total_steps != self.total_steps:
             raise WmtpError(
                 f"the checkpoint planned {state.total_steps} steps, this run {self.total_steps}",
-                path=found[-1],
+                path=found,
                 hint="resume with the run's own --max-steps",
             )
         self.step, self.tokens_seen, self.wall_s = state.step, state.tokens_seen, state.wall_s
@@ -396,20 +398,18 @@ def train(
 
     validate(config)
     experiment = EXPERIMENTS[config.experiment]
-    with distributed() as dist_info:
-        if run_dir is not None and not resume and RunFolder(run_dir).config.exists():
-            raise WmtpError(
-                "the run folder already holds a run",
-                path=run_dir,
-                hint="add --resume or choose a new --out",
-            )
+    # Rank 0 holds the run folder (its lock) until the run ends.
+    with ExitStack() as held, distributed() as dist_info:
 
         def check() -> tuple[Assets, Path]:
             assets = resolve_assets(layout, config.model, config.data, config.small)
             require_verified_model(layout, assets)
             experiment.check(layout, config, assets.model)
             require_logger(config)
-            return assets, run_dir or new_run_dir(layout, config.experiment, assets.model.name)
+            folder = run_dir or new_run_dir(layout, config.experiment, assets.model.name)
+            command = f"wmtp train {config.experiment}"
+            claimed = claim_run_folder(folder, config.experiment, resume=resume, command=command)
+            return assets, held.enter_context(claimed)
 
         assets, chosen = on_main(dist_info, check)
         prepare_run_dir(chosen, config, dist_info)

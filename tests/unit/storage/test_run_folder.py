@@ -68,9 +68,9 @@ def test_an_absent_folder_becomes_a_run_folder_marked_first(tmp_path):
 def test_a_folder_that_is_no_run_is_refused_untouched(user_folder):
     before = snapshot(user_folder)
     for resume in (False, True):
-        with pytest.raises(WmtpError, match="not empty and holds no wmtp run") as error:
-            with claim(user_folder, resume=resume):
-                pytest.fail("claimed")
+        refusal = pytest.raises(WmtpError, match="not empty and holds no wmtp run")
+        with refusal as error, claim(user_folder, resume=resume):
+            pytest.fail("claimed")
         assert "\n" not in error.value.line()
     assert snapshot(user_folder) == before
 
@@ -79,9 +79,8 @@ def test_a_symlinked_folder_is_judged_by_its_target(tmp_path, user_folder):
     link = tmp_path / "link"
     link.symlink_to(user_folder)
     before = snapshot(user_folder)
-    with pytest.raises(WmtpError, match="holds no wmtp run"):
-        with claim(link):
-            pytest.fail("claimed")
+    with pytest.raises(WmtpError, match="holds no wmtp run"), claim(link):
+        pytest.fail("claimed")
     assert snapshot(user_folder) == before
     empty = tmp_path / "scratch"
     empty.mkdir()
@@ -93,28 +92,26 @@ def test_a_symlinked_folder_is_judged_by_its_target(tmp_path, user_folder):
 
 def test_a_file_is_refused(tmp_path):
     (tmp_path / "out").write_text("x")
-    with pytest.raises(WmtpError, match="the run folder is a file"):
-        with claim(tmp_path / "out"):
-            pytest.fail("claimed")
+    with pytest.raises(WmtpError, match="the run folder is a file"), claim(tmp_path / "out"):
+        pytest.fail("claimed")
     assert (tmp_path / "out").read_text() == "x"
 
 
 def test_only_a_run_of_the_same_kind_with_resume_continues(tmp_path):
     folder = tmp_path / "run"
-    with pytest.raises(WmtpError, match="nothing to resume"):
-        with claim(folder, resume=True):
-            pytest.fail("claimed")
+    with pytest.raises(WmtpError, match="nothing to resume"), claim(folder, resume=True):
+        pytest.fail("claimed")
     assert not folder.exists()
     with claim(folder):
         (folder / "config.yaml").write_text("experiment: baseline\n")
         (folder / "checkpoints" / "step-00000001").mkdir(parents=True)
     before = snapshot(folder)
-    with pytest.raises(WmtpError, match="already holds a baseline run.*add --resume"):
-        with claim(folder):
-            pytest.fail("claimed")
-    with pytest.raises(WmtpError, match="holds a baseline run, not a critic run"):
-        with claim(folder, "critic", resume=True):
-            pytest.fail("claimed")
+    refusal = pytest.raises(WmtpError, match=r"already holds a baseline run.*add --resume")
+    with refusal, claim(folder):
+        pytest.fail("claimed")
+    refusal = pytest.raises(WmtpError, match="holds a baseline run, not a critic run")
+    with refusal, claim(folder, "critic", resume=True):
+        pytest.fail("claimed")
     assert snapshot(folder) == before
     with claim(folder, resume=True) as root:
         assert root == folder.resolve()
@@ -124,9 +121,8 @@ def test_a_run_folder_from_before_run_json_resumes(tmp_path):
     folder = tmp_path / "old"
     (folder / "checkpoints").mkdir(parents=True)
     (folder / "config.yaml").write_text("experiment: baseline\n")
-    with pytest.raises(WmtpError, match="holds no wmtp run"):
-        with claim(folder):
-            pytest.fail("claimed")
+    with pytest.raises(WmtpError, match="holds no wmtp run"), claim(folder):
+        pytest.fail("claimed")
     with claim(folder, resume=True):
         pass
     assert read_identity(folder).kind == "baseline"
@@ -140,9 +136,8 @@ def test_a_second_run_is_refused_naming_the_holder_until_it_dies(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "claimed"
         for resume in (False, True):
-            with pytest.raises(WmtpError) as error:
-                with claim(folder, resume=resume):
-                    pytest.fail("claimed")
+            with pytest.raises(WmtpError) as error, claim(folder, resume=resume):
+                pytest.fail("claimed")
             assert error.value.line().startswith(
                 f"another run is writing this run folder: `wmtp train baseline` (pid {holder.pid})"
             )
@@ -177,23 +172,20 @@ def test_leftovers_of_killed_writes_are_removed_and_nothing_else(tmp_path):
 
 def test_a_fresh_run_that_fails_before_training_gives_its_folder_back(tmp_path):
     created = tmp_path / "new"
-    with pytest.raises(RuntimeError):
-        with claim(created):
-            (created / "config.yaml").write_text("experiment: baseline\n")
-            (created / "checkpoints").mkdir()
-            raise RuntimeError("the model did not load")
+    with pytest.raises(RuntimeError), claim(created):
+        (created / "config.yaml").write_text("experiment: baseline\n")
+        (created / "checkpoints").mkdir()
+        raise RuntimeError("the model did not load")
     assert not created.exists()
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(RuntimeError):
-        with claim(empty):
-            raise RuntimeError("the model did not load")
+    with pytest.raises(RuntimeError), claim(empty):
+        raise RuntimeError("the model did not load")
     assert empty.is_dir() and not os.listdir(empty)
     trained = tmp_path / "trained"
-    with pytest.raises(RuntimeError):
-        with claim(trained):
-            (trained / "metrics.jsonl").write_text('{"step": 1}\n')
-            raise RuntimeError("killed later")
+    with pytest.raises(RuntimeError), claim(trained):
+        (trained / "metrics.jsonl").write_text('{"step": 1}\n')
+        raise RuntimeError("killed later")
     assert (trained / "metrics.jsonl").is_file() and read_identity(trained).kind == "baseline"
 
 
@@ -203,10 +195,9 @@ def test_an_atomic_folder_replaces_only_a_folder(tmp_path):
         assert TEMP_MARKER in tmp.name and tmp.parent == tmp_path
         (tmp / "a").write_text("1")
     assert (target / "a").read_text() == "1"
-    with pytest.raises(RuntimeError):
-        with atomic_folder(target) as tmp:
-            (tmp / "b").write_text("2")
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError), atomic_folder(target) as tmp:
+        (tmp / "b").write_text("2")
+        raise RuntimeError("interrupted")
     assert os.listdir(tmp_path) == ["final"] and os.listdir(target) == ["a"]
     with atomic_folder(target) as tmp:
         (tmp / "b").write_text("2")
@@ -216,8 +207,8 @@ def test_an_atomic_folder_replaces_only_a_folder(tmp_path):
     (outside / "precious").write_text("keep")
     target.rename(tmp_path / "old")
     target.symlink_to(outside)
-    with pytest.raises(WmtpError, match="final is not a folder this run wrote"):
-        with atomic_folder(target) as tmp:
-            (tmp / "c").write_text("3")
+    refusal = pytest.raises(WmtpError, match="final is not a folder this run wrote")
+    with refusal, atomic_folder(target) as tmp:
+        (tmp / "c").write_text("3")
     assert target.is_symlink() and os.listdir(outside) == ["precious"]
     assert sorted(os.listdir(tmp_path)) == ["final", "old", "outside"]

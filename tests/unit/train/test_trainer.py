@@ -164,7 +164,7 @@ def test_a_completed_run_has_its_folder(train_storage, tmp_path):
     assert summary["steps"] == 2 and summary["tokens_seen"] > 0
     assert "models_v2/micro-mtp/safetensors/model.safetensors" in summary["assets"]
     assert load_mtp_model(run / "final").params.n_future_tokens == 2
-    with pytest.raises(WmtpError, match="already holds a run"):
+    with pytest.raises(WmtpError, match="already holds a baseline run"):
         train(train_storage, config, run_dir=run)
 
 
@@ -205,9 +205,9 @@ def test_a_dataset_that_is_not_prepared_is_refused(storage_copy, tmp_path):
 def test_a_full_disk_during_a_checkpoint_keeps_the_last_good_one(
     train_storage, tmp_path, monkeypatch
 ):
-    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import state_dict_saver
 
-    real_save, calls = dcp.save, []
+    real_save, calls = state_dict_saver.save, []
 
     def save_until_full(state, checkpoint_id, **options):
         calls.append(checkpoint_id)
@@ -217,13 +217,13 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_last_good_one(
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(state, checkpoint_id=checkpoint_id, **options)
 
-    monkeypatch.setattr(dcp, "save", save_until_full)
+    monkeypatch.setattr(state_dict_saver, "save", save_until_full)
     run = tmp_path / "run"
     with pytest.raises(WmtpError, match="cannot write checkpoint step 2: No space left") as error:
         train(train_storage, config_of(checkpoint_every=1), run_dir=run)
     assert "last good checkpoint is intact" in error.value.line()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000001"]
-    monkeypatch.setattr(dcp, "save", real_save)
+    monkeypatch.setattr(state_dict_saver, "save", real_save)
     resumed = train(train_storage, config_of(checkpoint_every=1), run_dir=run, resume=True)
     assert resumed.completed and resumed.steps_done == 3
 
