@@ -118,6 +118,9 @@ class Hashed:
     size: int
 
 
+_PIECE = 1 << 20  # bytes written, then hashed while cached
+
+
 class _HashingStream:
     """A file DCP writes sequentially, hashed on the way. A seek makes the hash unusable
     (`sequential` False): that file is then hashed again from disk."""
@@ -130,8 +133,10 @@ class _HashingStream:
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         view = memoryview(data).cast("B")
-        self.raw.write(view)
-        self.digest.update(view)  # releases the GIL on large buffers: threads write at once
+        for start in range(0, len(view), _PIECE):
+            piece = view[start : start + _PIECE]
+            self.raw.write(piece)
+            self.digest.update(piece)  # still in the CPU cache; hashlib releases the GIL
         self.size += len(view)
         return len(view)
 
