@@ -30,6 +30,17 @@ def baseline(out: Path, steps: int, *extra: str) -> list[str]:
     return [*OPTIONS, "--max-steps", str(steps), "--out", str(out), *extra]
 
 
+def start(args: list[str], root: Path) -> subprocess.Popen[str]:
+    """`wmtp --root ROOT ARGS` started in the background (its output piped)."""
+    return subprocess.Popen(
+        wmtp_command(*args, root=root),
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def error_line(done: subprocess.CompletedProcess[str]) -> str:
     """The one line a refused command prints (and nothing else on stderr)."""
     assert done.returncode == 1, done.stdout + done.stderr
@@ -66,13 +77,7 @@ def test_a_folder_that_is_no_run_and_a_link_to_it_are_refused_untouched(train_st
 
 def test_a_second_run_into_the_same_folder_is_refused_naming_the_first(train_storage, tmp_path):
     run = tmp_path / "run"
-    first = subprocess.Popen(
-        wmtp_command(*baseline(run, 6), root=train_storage.root),
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    first = start(baseline(run, 6), train_storage.root)
     try:
         deadline = time.monotonic() + 300
         while not (run / "metrics.jsonl").is_file() or not train_steps(run):
@@ -116,13 +121,7 @@ def test_killed_mid_checkpoint_with_the_last_one_damaged_resumes_from_the_good_o
     from weighted_mtp.train.distributed import Dist
 
     run = tmp_path / "run"
-    child = subprocess.Popen(
-        wmtp_command(*baseline(run, 5), root=train_storage.root),
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    child = start(baseline(run, 5), train_storage.root)
     try:
         partial = stop_mid_checkpoint(child, run / "checkpoints")
         child.send_signal(signal.SIGKILL)
