@@ -19,21 +19,17 @@ from torch.distributed.fsdp import fully_shard
 
 from weighted_mtp.train import checkpoint as ckpt
 from weighted_mtp.train.distributed import Dist
+from weighted_mtp.train.lora import TrainedModel
 
 
-class Sharded:
-    """A `checkpoint.Trained` of two linear layers, each sharded across the ranks."""
-
-    def __init__(self) -> None:
-        torch.manual_seed(0)
-        self.core = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Linear(64, 32))
-        for layer in self.core:
-            fully_shard(layer)
-        fully_shard(self.core)
-        self.frozen_base = False
-
-    def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return list(self.core.parameters())
+def sharded() -> TrainedModel:
+    """Two linear layers, each sharded across the ranks."""
+    torch.manual_seed(0)
+    core = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Linear(64, 32))
+    for layer in core:
+        fully_shard(layer)
+    fully_shard(core)
+    return TrainedModel(core)
 
 
 def main(rank: int, world: int, rendezvous: str, run: Path, out: Path) -> None:
@@ -41,7 +37,7 @@ def main(rank: int, world: int, rendezvous: str, run: Path, out: Path) -> None:
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     try:
         here = Dist(rank, world, torch.device("cpu"))
-        model = Sharded()
+        model = sharded()
         optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=0.1)
         for step in (1, 2):
             model.core(torch.randn(4, 32)).sum().backward()

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from torch.distributed.checkpoint import state_dict_loader, state_dict_saver
 from torch.distributed.checkpoint.filesystem import FileSystem, FileSystemWriter
@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     import torch
 
     from weighted_mtp.train.distributed import Dist
+    from weighted_mtp.train.lora import TrainedModel
 
 PREFIX = "step-"
 STATE_FILE = "trainer_state.json"
@@ -58,20 +59,6 @@ MANIFEST = "SHA256SUMS"
 DCP_METADATA = ".metadata"
 DAMAGED = ".damaged"
 _FOLDER = re.compile(rf"{PREFIX}\d{{8}}")
-
-
-class Trained(Protocol):
-    """What a checkpoint saves: the policy (`lora.Policy`) or a stage-1 model."""
-
-    @property
-    def core(self) -> torch.nn.Module: ...
-
-    @property
-    def frozen_base(self) -> bool:
-        """Only the trainable tensors are saved (LoRA): the base is the model asset."""
-        ...
-
-    def trainable_parameters(self) -> list[torch.nn.Parameter]: ...
 
 
 @dataclass(frozen=True)
@@ -208,36 +195,36 @@ def _checksums(folder: Path, hashed: dict[str, Hashed]) -> dict[str, str]:
     return sums
 
 
-def _state_dict_options(policy: Trained) -> Any:
+def _state_dict_options(model: TrainedModel) -> Any:
     """With LoRA, the trainable tensors only; loading them leaves the frozen base as loaded
     from the model asset (DCP's load has already failed if a saved tensor was missing)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    lora = policy.frozen_base
+    lora = model.frozen_base
     return StateDictOptions(ignore_frozen_params=lora, strict=not lora)
 
 
 def _tensors(
-    policy: Trained, optimizer: torch.optim.Optimizer, weighting_state: dict[str, Any]
+    model: TrainedModel, optimizer: torch.optim.Optimizer, objective_state: dict[str, Any]
 ) -> dict[str, Any]:
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model_state, optim_state = get_state_dict(
-        policy.core, optimizer, options=_state_dict_options(policy)
+        model.core, optimizer, options=_state_dict_options(model)
     )
-    return {"model": model_state, "optim": optim_state, "weighting": weighting_state}
+    return {"model": model_state, "optim": optim_state, "objective": objective_state}
 
 
-def _bytes_needed(policy: Trained) -> int:
+def _bytes_needed(model: TrainedModel) -> int:
     """Saved parameters plus two AdamW moments, float32 (all ranks' shares together)."""
-    saved = policy.trainable_parameters() if policy.frozen_base else policy.core.parameters()
+    saved = model.trainable_parameters() if model.frozen_base else model.core.parameters()
     return sum(p.numel() for p in saved) * 4 * 3
 
 
 @contextmanager
 def _single_process_intended() -> Iterator[None]:
     """DCP warns whenever it saves or loads without a process group, although `no_dist`
-    is passed on purpose (one process, or stage 1 on the first rank): silence only that."""
+    is passed on purpose (one process): silence only that."""
     with warnings.catch_warnings():
         warnings.filterwarnings(
             "ignore", message="torch.distributed is disabled", category=UserWarning
@@ -248,9 +235,9 @@ def _single_process_intended() -> Iterator[None]:
 def save_checkpoint(
     run_dir: Path,
     state: TrainerState,
-    policy: Trained,
+    model: TrainedModel,
     optimizer: torch.optim.Optimizer,
-    weighting_state: dict[str, Any],
+    objective_state: dict[str, Any],
     dist_info: Dist,
 ) -> Path:
     """Write step `state.step`'s checkpoint atomically on every rank; returns its folder."""
@@ -260,7 +247,7 @@ def save_checkpoint(
     if dist_info.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            ensure_free_space(final.parent, _bytes_needed(policy), "a checkpoint")
+            ensure_free_space(final.parent, _bytes_needed(model), "a checkpoint")
         except WmtpError as exc:
             error = exc.line()
     error = dist_info.broadcast_object(error)
@@ -270,7 +257,7 @@ def save_checkpoint(
     try:
         with _single_process_intended():
             state_dict_saver.save(
-                _tensors(policy, optimizer, weighting_state),
+                _tensors(model, optimizer, objective_state),
                 checkpoint_id=tmp,
                 storage_writer=writer,
                 no_dist=not dist_info.sharded,
@@ -410,27 +397,27 @@ def resume_point(run_dir: Path, dist_info: Dist) -> Path | None:
 
 def load_checkpoint(
     path: Path,
-    policy: Trained,
+    model: TrainedModel,
     optimizer: torch.optim.Optimizer,
-    weighting_state: dict[str, Any],
+    objective_state: dict[str, Any],
 ) -> TrainerState:
-    """Load a checkpoint into the (already sharded) policy and optimizer, in place; the
-    weighting's state is filled into `weighting_state`."""
+    """Load a checkpoint into the (already sharded) model and optimizer, in place; the
+    objective's state is filled into `objective_state`."""
     import torch.distributed
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
     state = read_json(path / STATE_FILE, "trainer state")
-    tensors = _tensors(policy, optimizer, weighting_state)
+    tensors = _tensors(model, optimizer, objective_state)
     with _single_process_intended():
         state_dict_loader.load(
             tensors, checkpoint_id=path, no_dist=not torch.distributed.is_initialized()
         )
     set_state_dict(
-        policy.core,
+        model.core,
         optimizer,
         model_state_dict=tensors["model"],
         optim_state_dict=tensors["optim"],
-        options=_state_dict_options(policy),
+        options=_state_dict_options(model),
     )
     try:
         return TrainerState(**state)

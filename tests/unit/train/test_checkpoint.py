@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,25 +18,17 @@ from weighted_mtp.storage.hashing import read_sha256sums, sha256_file
 from weighted_mtp.storage.run_folder import claim_run_folder
 from weighted_mtp.train import checkpoint as ckpt
 from weighted_mtp.train.distributed import Dist
+from weighted_mtp.train.lora import TrainedModel
 
 SINGLE = Dist(rank=0, world=1, device=torch.device("cpu"))
 GARBAGE = 64 << 10
 
 
-@dataclass
-class Tiny:
-    """A `checkpoint.Trained`: every parameter saved."""
-
-    core: torch.nn.Module
-    frozen_base: bool = False
-
-    def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return list(self.core.parameters())
-
-
-def tiny(seed: int) -> tuple[Tiny, torch.optim.Optimizer]:
+def tiny(seed: int) -> tuple[TrainedModel, torch.optim.Optimizer]:
+    """Two linear layers, every parameter trained and saved."""
     torch.manual_seed(seed)
-    model = Tiny(torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.Linear(256, 64)))
+    core = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.Linear(256, 64))
+    model = TrainedModel(core)
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=0.1)
     model.core(torch.randn(2, 64)).sum().backward()
     optimizer.step()  # AdamW's moments exist, so they are saved
