@@ -37,7 +37,7 @@ _CODECONTESTS_PARTS = {
 _SUFFIXES = (".parquet", ".jsonl.gz", ".jsonl")
 
 # Bytes of raw JSONL per upstream byte, measured on the synthetic fixtures of each dataset
-# and rounded up to the next 0.5 (README, "Disk space"): JSONL/Parquet 2.10 CodeContests,
+# and rounded up to the next 0.5 (docs/datasets.md, "Disk space"): JSONL/Parquet 2.10 CodeContests,
 # 2.70 MBPP, 2.69 HumanEval; JSONL/gzip 4.38 (HumanEval). A dataset's own factors
 # (`AssetSpec.jsonl_per_parquet`, `prepared_per_jsonl`: processed/raw 1.24, 2.69, 1.09)
 # are in the registry.
