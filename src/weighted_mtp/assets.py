@@ -69,8 +69,9 @@ class AssetSpec:
     numbered_tasks: bool = False  # upstream task ids are integers, prepared as `<name>/<n>`
     stop_sequences: tuple[str, ...] = ()  # where an evaluation completion ends
     eval_split: str = "test"  # the split `wmtp eval` reads by default
-    # Disk estimates before a download (docs/datasets.md, "Disk space"): raw JSONL bytes per upstream
-    # Parquet byte (None: the format's generic factor), and prepare's outputs per JSONL byte.
+    # Disk estimates before a download (docs/datasets.md, "Disk space"): raw JSONL bytes per
+    # upstream Parquet byte (None: the format's generic factor), and prepare's outputs per
+    # JSONL byte.
     jsonl_per_parquet: float | None = None
     prepared_per_jsonl: float = 1.5
     # A policy model's reference: the model its critic and Rho-1 reference start from,

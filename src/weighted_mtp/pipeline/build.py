@@ -352,7 +352,7 @@ def _report_done(ctx: BuildContext) -> bool:
 
 
 def _asset_step(spec: AssetSpec, kind: BuildStep) -> Step:
-    """The build step of kind `kind` for the asset `spec`, named as the build lists it in docs/storage.md."""
+    """The build step of kind `kind` for the asset `spec`, named as docs/storage.md lists it."""
     name, short = spec.name, spec.step_prefix
     raw_group, built_group = spec.checks[0], spec.checks[-1]
     if kind == "download" and spec.is_model:
