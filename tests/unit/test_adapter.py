@@ -1,7 +1,8 @@
 """The MTP adapter: architecture against transformers' Llama, the loss, the micro models.
 
-`pytest tests/unit/test_adapter.py -k micro` checks the micro models (checklist Step 5): the
-tests whose names contain `micro` load them and check shapes, the loss and the tokenizer.
+`pytest tests/unit/test_adapter.py -k micro` checks the micro models (the checklist's micro
+group): the tests whose names contain `micro` load them and check shapes, the loss and the
+tokenizer.
 """
 
 from __future__ import annotations

@@ -13,11 +13,6 @@ from typing import Any, Literal, TypeVar, overload
 
 from weighted_mtp.data.template import NULL_TEXTS, RECORD_SCHEMA
 from weighted_mtp.errors import WmtpError
-
-# TEMPORARY: train/ and eval/ still import the JSON-lines reader from here; point them at
-# `weighted_mtp.storage.jsonl` once their rewrites land, then delete this re-export.
-from weighted_mtp.storage.jsonl import iter_jsonl as iter_jsonl
-from weighted_mtp.storage.jsonl import parse_json_line as parse_json_line
 from weighted_mtp.storage.regular import open_regular
 
 T = TypeVar("T")

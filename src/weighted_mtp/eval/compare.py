@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from weighted_mtp import __version__, assets
-from weighted_mtp.data.sources import iter_jsonl
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.eval.passk import mean_pass_at_k
 from weighted_mtp.eval.ranks import torchrun_ranks
@@ -48,6 +47,7 @@ from weighted_mtp.eval.statistics import (
 )
 from weighted_mtp.storage.atomic import read_json, write_json, write_text
 from weighted_mtp.storage.hashing import sha256_file
+from weighted_mtp.storage.jsonl import iter_jsonl
 from weighted_mtp.storage.layout import ComparisonFolder, Layout, RunFolder
 
 DIGITS = 6  # decimals of the estimates and interval ends in comparison.json

@@ -21,9 +21,9 @@ from typing import Any
 
 from weighted_mtp import progress
 from weighted_mtp.clock import utc_now
-from weighted_mtp.data.sources import iter_jsonl
 from weighted_mtp.errors import UsageError
 from weighted_mtp.storage.atomic import write_json
+from weighted_mtp.storage.jsonl import iter_jsonl
 from weighted_mtp.storage.layout import DATASETS, META_MODEL, Layout
 
 TRAIN_SPLITS = ("train",)

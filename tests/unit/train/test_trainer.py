@@ -117,7 +117,7 @@ def test_n_future_1_trains_the_next_token_head_only(train_storage, tmp_path):
 
 @dataclass
 class RandomPerHead:
-    """A weighting like the next issue's: [B, S, H] weights, normalised by their sum."""
+    """A per-head weighting: [B, S, H] weights, normalised by their sum."""
 
     name: str = "random"
     normalize: str = "weight"
