@@ -10,7 +10,8 @@ dies) and replaces its root with a fresh tmpfs that holds only:
   imports for the unprivileged sample, wherever Python is installed (e.g. under /root);
 - /dev with null, zero, full, random and urandom;
 - a /proc of its own PID namespace that shows each user only its own processes;
-- empty /tmp and /dev/shm, where each sample gets a fresh size-limited tmpfs.
+- empty /tmp and /dev/shm, where each sample gets a fresh size-limited tmpfs (with the
+  interpreter's folders that lie there, e.g. a virtual environment in /tmp, bound again).
 
 Nothing else of the host is visible: not the storage, not home folders, not other samples'
 folders; and there is no network (the namespace has only a loopback device, down).
@@ -175,11 +176,24 @@ def enter_private_root() -> None:
 
 
 def fresh_scratch(owner: tuple[int, int], size_bytes: int) -> None:
-    """An empty tmpfs at /tmp and /dev/shm, owned by `owner`, for one sample."""
+    """An empty tmpfs at /tmp and /dev/shm, owned by `owner`, for one sample. The
+    interpreter's directories under one of them (a virtual environment in /tmp) are bound
+    into it again, read-only: the tmpfs would hide them and the sample could not import."""
     uid, gid = owner
     options = f"size={size_bytes},nr_inodes={SCRATCH_INODES},mode=0700,uid={uid},gid={gid}"
+    interpreter = outermost(interpreter_paths())
     for path in SCRATCH:
-        mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, options)
+        hidden = {
+            p: os.open(p, os.O_PATH | os.O_CLOEXEC) for p in interpreter if p.startswith(path + "/")
+        }
+        try:
+            mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, options)
+            for inner, fd in hidden.items():
+                os.makedirs(inner, mode=0o755, exist_ok=True)
+                _bind_readonly(fd, inner)
+        finally:
+            for fd in hidden.values():
+                os.close(fd)
 
 
 def drop_scratch() -> None:

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -74,6 +76,40 @@ def test_every_standard_library_module_that_imports_plainly_imports_in_a_sample(
     with Sandbox(1) as box:
         (outcome,) = box.run_all([Job(program, test=test, timeout=120.0)])
     assert outcome.passed, outcome.reason
+
+
+def test_an_interpreter_in_tmp_keeps_its_packages_importable_by_samples():
+    """Each sample gets a fresh tmpfs at /tmp; a virtual environment that lives under /tmp
+    (a CI clone, a scratch checkout) must stay visible to it, read-only."""
+    folder = tempfile.mkdtemp(prefix="wmtp-venv-", dir="/tmp")
+    try:
+        venv = os.path.join(folder, "venv")
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+        python = os.path.join(venv, "bin", "python")
+        site = subprocess.run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        with open(os.path.join(site, "wmtp_probe.py"), "w") as probe:
+            probe.write("VALUE = 42\n")
+        with open(os.path.join(site, "project.pth"), "w") as pth:  # this project's packages
+            pth.write("\n".join(p for p in sys.path if p and os.path.isdir(p)) + "\n")
+        script = textwrap.dedent(
+            """
+            from weighted_mtp.eval.sandbox import Job, Sandbox
+            program = "import wmtp_probe"
+            with Sandbox(1) as box:
+                (outcome,) = box.run_all([Job(program, test="assert wmtp_probe.VALUE == 42")])
+            print(outcome.passed, outcome.reason)
+            """
+        )
+        done = subprocess.run(
+            [python, "-c", script], capture_output=True, text=True, cwd="/", timeout=300
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.split()[0] == "True", done.stdout
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 SUBMODULE_USERS = """
