@@ -47,6 +47,7 @@ DEVICE_LINKS = {
 # Existing directories to build the new root on (hidden in this mount namespace only).
 STAGING = ("/tmp", "/mnt", "/media", "/srv")
 SCRATCH = ("/tmp", "/dev/shm")  # where each sample gets its own tmpfs
+SAMPLE_FOLDER = "/tmp/sample"  # the sample's working folder, empty when it starts
 SCRATCH_INODES = 4096
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -175,10 +176,11 @@ def enter_private_root() -> None:
     mount(None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
-def fresh_scratch(owner: tuple[int, int], size_bytes: int) -> None:
-    """An empty tmpfs at /tmp and /dev/shm, owned by `owner`, for one sample. The
-    interpreter's directories under one of them (a virtual environment in /tmp) are bound
-    into it again, read-only: the tmpfs would hide them and the sample could not import."""
+def fresh_scratch(owner: tuple[int, int], size_bytes: int) -> str:
+    """An empty tmpfs at /tmp and /dev/shm, owned by `owner`, for one sample; returns the
+    sample's working folder, an empty folder of its own in /tmp. The interpreter's
+    directories under /tmp or /dev/shm (a virtual environment in /tmp) are bound into the
+    new tmpfs again, read-only: it would hide them and the sample could not import."""
     uid, gid = owner
     options = f"size={size_bytes},nr_inodes={SCRATCH_INODES},mode=0700,uid={uid},gid={gid}"
     interpreter = outermost(interpreter_paths())
@@ -194,6 +196,9 @@ def fresh_scratch(owner: tuple[int, int], size_bytes: int) -> None:
         finally:
             for fd in hidden.values():
                 os.close(fd)
+    os.mkdir(SAMPLE_FOLDER, 0o700)
+    os.chown(SAMPLE_FOLDER, uid, gid)
+    return SAMPLE_FOLDER
 
 
 def drop_scratch() -> None:

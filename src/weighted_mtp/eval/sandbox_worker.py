@@ -467,8 +467,7 @@ class Worker:
     def prepare(self, job: dict[str, Any]) -> str:
         """A fresh empty folder owned by the sample's identity."""
         if self.isolated:
-            iso.fresh_scratch(self.sample_ids or (0, 0), 4 * job["file_bytes"])
-            return "/tmp"
+            return iso.fresh_scratch(self.sample_ids or (0, 0), 4 * job["file_bytes"])
         import tempfile
 
         folder = tempfile.mkdtemp(prefix="wmtp-sandbox-")
