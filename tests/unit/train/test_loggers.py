@@ -7,27 +7,18 @@ from typing import ClassVar
 
 import pytest
 
+from tests.unit.train.test_trainer import config_of as fast_config
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.train import loggers
-from weighted_mtp.train.config import load_config, with_overrides
 from weighted_mtp.train.loggers import TensorBoardLogger, scalars
 from weighted_mtp.train.trainer import train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-TINY = {
-    "batch_size": 2,
-    "micro_batch_size": 2,
-    "max_steps": 2,
-    "warmup_ratio": 0.0,
-    "eval_every": 1,
-    "eval_batches": 1,
-    "checkpoint_every": 0,
-}
-
 
 def config_of(**over):
-    return with_overrides(load_config(None, micro=True), {**TINY, **over}, "test")
+    """The trainer tests' fast micro config: two steps of one micro-batch, each validated."""
+    return fast_config(**{"batch_size": 2, "max_steps": 2, "eval_every": 1, **over})
 
 
 def lines(run):
