@@ -58,7 +58,10 @@ def open_regular(path: Path, what: str = "file") -> BinaryIO:
         if kind:
             raise WmtpError(f"{what} is {kind}, not a regular file", path=path, hint=REGULAR_HINT)
         os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
+    # Outside the cleanup: fdopen owns the descriptor as soon as its file object exists, so
+    # an interrupt inside it must not close the descriptor a second time (EBADF would hide
+    # the KeyboardInterrupt, or close a descriptor reused by then).
+    return os.fdopen(fd, "rb")

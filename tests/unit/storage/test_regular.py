@@ -58,3 +58,20 @@ def test_a_device_is_refused():
 def test_a_missing_file_is_named(tmp_path):
     with pytest.raises(WmtpError, match="file not found"):
         open_regular(tmp_path / "nothing")
+
+
+def test_an_interrupt_while_the_file_object_is_made_stays_an_interrupt(tmp_path, monkeypatch):
+    """Ctrl-C can land inside `os.fdopen` after its file object took the descriptor (and
+    closed it on the way out): the interrupt must reach the caller, not an EBADF from
+    closing the descriptor a second time."""
+    path = tmp_path / "metadata.json"
+    path.write_text("{}")
+    real_fdopen = os.fdopen
+
+    def interrupted_fdopen(fd, *args, **kwargs):
+        real_fdopen(fd, *args, **kwargs).close()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fdopen", interrupted_fdopen)
+    with pytest.raises(KeyboardInterrupt):
+        open_regular(path)
