@@ -345,6 +345,9 @@ class Trainer:
                 final, self.model, self.assets.model, config, self.dist
             )
             summary = self._summary(record, validation)
+        # No rank returns before rank 0 has written the run's last file: what a rank does
+        # next (a suite's comparison) may read the run folder.
+        self.dist.barrier()
         loss = record["loss"] if record else None
         return RunResult(self.run_dir, self.step, completed, loss, summary)
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from weighted_mtp.errors import WmtpError
+from weighted_mtp.train import trainer as trainer_module
 from weighted_mtp.train.config import Setting, load_config, with_overrides
 from weighted_mtp.train.distributed import Dist
 from weighted_mtp.train.experiments import weighted_mtp
@@ -308,3 +309,18 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step(train_storage, tmp_path
     assert not (run / "final").exists() and not (run / "summary.json").exists()
     assert [r[0] for r in train_lines(run)] == [1]  # the bad step is not logged
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000001"]
+
+
+def test_every_rank_returns_after_the_run_folder_is_written(train_storage, tmp_path, monkeypatch):
+    """A rank that returned before rank 0 wrote summary.json found the run unfinished when
+    the suite went on to evaluate it: the run ends with a barrier after the last write."""
+    events = []
+    monkeypatch.setattr(Dist, "barrier", lambda self: events.append("barrier"))
+    written = trainer_module.write_json
+    monkeypatch.setattr(
+        trainer_module,
+        "write_json",
+        lambda path, value: (written(path, value), events.append(path.name)),
+    )
+    make_trainer(train_storage, tmp_path / "run", max_steps=1).run()
+    assert "barrier" in events[events.index("summary.json") :]
