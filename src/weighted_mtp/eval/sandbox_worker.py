@@ -230,15 +230,18 @@ class Reaper:
     def __init__(self) -> None:
         self.statuses: dict[int, int] = {}
 
-    def reap(self) -> None:
+    def reap(self, block: bool = False) -> bool:
+        """Collect the children that ended (blocking: at least one); whether any is left."""
+        flags = 0 if block else os.WNOHANG
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status = os.waitpid(-1, flags)
             except ChildProcessError:
-                return
+                return False
             if pid == 0:
-                return
+                return True
             self.statuses[pid] = status
+            flags = os.WNOHANG
 
     @staticmethod
     def children() -> list[int]:
@@ -249,17 +252,17 @@ class Reaper:
         return pids
 
     def kill_descendants(self) -> None:
+        """Kill and reap until no child is left. Then no descendant is left either: a
+        process's children become this one's before that process can be reaped."""
         for _round in range(1000):
-            self.reap()
-            children = self.children()
-            if not children:
+            if not self.reap():
                 return
-            for pid in children:
+            for pid in self.children():
                 with contextlib.suppress(OSError):
                     os.killpg(pid, signal.SIGKILL)  # its own session/group, if it leads one
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
-            time.sleep(0.0005)  # let the kills land before reaping
+            self.reap(block=True)  # a killed child's end (its orphans are children now)
 
 
 def zygote(sock: socket.socket, ids: Ids | None) -> None:
