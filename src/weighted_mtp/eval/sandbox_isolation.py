@@ -176,32 +176,92 @@ def enter_private_root() -> None:
     mount(None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
-def fresh_scratch(owner: tuple[int, int], size_bytes: int) -> str:
-    """An empty tmpfs at /tmp and /dev/shm, owned by `owner`, for one sample; returns the
-    sample's working folder, an empty folder of its own in /tmp. The interpreter's
-    directories under /tmp or /dev/shm (a virtual environment in /tmp) are bound into the
-    new tmpfs again, read-only: it would hide them and the sample could not import."""
-    uid, gid = owner
-    options = f"size={size_bytes},nr_inodes={SCRATCH_INODES},mode=0700,uid={uid},gid={gid}"
-    interpreter = outermost(interpreter_paths())
-    for path in SCRATCH:
-        hidden = {
-            p: os.open(p, os.O_PATH | os.O_CLOEXEC) for p in interpreter if p.startswith(path + "/")
-        }
-        try:
-            mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, options)
-            for inner, fd in hidden.items():
-                os.makedirs(inner, mode=0o755, exist_ok=True)
-                _bind_readonly(fd, inner)
-        finally:
-            for fd in hidden.values():
+class Scratch:
+    """The samples' /tmp and /dev/shm: a fresh size-limited tmpfs at each, owned by the
+    sample's identity, with its working folder /tmp/sample (the interpreter's directories
+    under /tmp or /dev/shm, such as a virtual environment in /tmp, are bound into the new
+    tmpfs again, read-only: it would hide them and the sample could not import).
+
+    Unmounting costs the kernel an RCU grace period (milliseconds per sample), so a sample
+    that left its scratch exactly as it found it hands the same mounts to the next one:
+    `prepare` compares every place a sample can write (the three folders, all the others
+    are read-only) with their state right after mounting: entries, identity, owner, mode,
+    link count, size, access, change and modification times, extended attributes. Any
+    difference (a file written, even if deleted again; a folder listed or chmod-ed)
+    means fresh mounts, as before. It is called only once every process of the previous
+    sample is gone."""
+
+    WRITABLE = (*SCRATCH, SAMPLE_FOLDER)
+
+    def __init__(self, owner: tuple[int, int]) -> None:
+        self.owner = owner
+        self.interpreter = outermost(interpreter_paths())
+        self.size_bytes = 0
+        self.mounted: tuple[object, ...] | None = None  # the state right after mounting
+
+    def prepare(self, size_bytes: int) -> str:
+        """The sample's working folder, in a scratch as fresh as a new tmpfs."""
+        if self.mounted is None or size_bytes != self.size_bytes or self.state() != self.mounted:
+            self.drop()
+            self._mount(size_bytes)
+            self.size_bytes = size_bytes
+            self.mounted = self.state()
+        return SAMPLE_FOLDER
+
+    def drop(self) -> None:
+        self.mounted = None
+        for path in SCRATCH:
+            with contextlib.suppress(OSError):  # not mounted: the sample never got that far
+                umount(path)
+
+    def state(self) -> tuple[object, ...]:
+        """What a sample could observe of the writable folders (reading them as root with
+        O_NOATIME, which leaves their access times as they were)."""
+        seen: list[object] = []
+        for path in self.WRITABLE:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOATIME | os.O_CLOEXEC)
+            except OSError as exc:  # gone or replaced: the scratch is not as it was
+                seen.append(exc.errno)
+                continue
+            try:
+                info = os.fstat(fd)
+                seen.append(
+                    (
+                        info.st_dev,
+                        info.st_ino,
+                        info.st_mode,
+                        info.st_uid,
+                        info.st_gid,
+                        info.st_nlink,
+                        info.st_size,
+                        info.st_atime_ns,
+                        info.st_mtime_ns,
+                        info.st_ctime_ns,
+                        sorted(os.listdir(fd)),
+                        sorted(os.listxattr(fd)),
+                    )
+                )
+            finally:
                 os.close(fd)
-    os.mkdir(SAMPLE_FOLDER, 0o700)
-    os.chown(SAMPLE_FOLDER, uid, gid)
-    return SAMPLE_FOLDER
+        return tuple(seen)
 
-
-def drop_scratch() -> None:
-    for path in SCRATCH:
-        with contextlib.suppress(OSError):  # not mounted: the sample never got that far
-            umount(path)
+    def _mount(self, size_bytes: int) -> None:
+        uid, gid = self.owner
+        options = f"size={size_bytes},nr_inodes={SCRATCH_INODES},mode=0700,uid={uid},gid={gid}"
+        for path in SCRATCH:
+            hidden = {
+                p: os.open(p, os.O_PATH | os.O_CLOEXEC)
+                for p in self.interpreter
+                if p.startswith(path + "/")
+            }
+            try:
+                mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, options)
+                for inner, fd in hidden.items():
+                    os.makedirs(inner, mode=0o755, exist_ok=True)
+                    _bind_readonly(fd, inner)
+            finally:
+                for fd in hidden.values():
+                    os.close(fd)
+        os.mkdir(SAMPLE_FOLDER, 0o700)
+        os.chown(SAMPLE_FOLDER, uid, gid)

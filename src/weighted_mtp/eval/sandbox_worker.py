@@ -411,6 +411,7 @@ class Worker:
             "private_root": self.isolated,
             "namespaces_unavailable": "" if self.isolated else why_not,
         }
+        self.scratch = iso.Scratch(self.sample_ids or (0, 0)) if self.isolated else None
         self.reaper = Reaper()
         self.jobs = 0
         self.folder = ""  # of the job in progress
@@ -469,8 +470,8 @@ class Worker:
 
     def prepare(self, job: dict[str, Any]) -> str:
         """A fresh empty folder owned by the sample's identity."""
-        if self.isolated:
-            return iso.fresh_scratch(self.sample_ids or (0, 0), 4 * job["file_bytes"])
+        if self.scratch is not None:
+            return self.scratch.prepare(4 * job["file_bytes"])
         import tempfile
 
         folder = tempfile.mkdtemp(prefix="wmtp-sandbox-")
@@ -520,12 +521,11 @@ class Worker:
         return self.run_function(job)
 
     def finish(self) -> None:
-        """Kill the sample's processes, empty its folder, reap; RuntimeError if this
+        """Kill the sample's processes, remove its folder (a private root's scratch is
+        checked, and renewed if need be, by the next `prepare`), reap; RuntimeError if this
         worker cannot go on (its zygote died or hangs)."""
         self.stop_sample()
-        if self.isolated:
-            iso.drop_scratch()
-        elif self.folder:
+        if self.scratch is None and self.folder:
             import shutil
 
             shutil.rmtree(self.folder, ignore_errors=True)

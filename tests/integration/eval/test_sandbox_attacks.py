@@ -244,3 +244,54 @@ def test_a_sample_cannot_touch_its_siblings(attack):
     with Sandbox(4) as box:
         outcomes = box.run_all(jobs)
     assert [o.result for o in outcomes[1:]] == ["passed"] * 3, outcomes
+
+
+# Everything a sample can leave behind in its slot: files in each writable folder (one
+# written and deleted again), changed modes, an extended attribute, an access time, a
+# process still running.
+LITTER = """
+import contextlib, os, posix, time
+open('kept', 'w').write('x')
+open('/tmp/kept', 'w').write('x')
+open('/dev/shm/kept', 'w').write('x')
+open('gone', 'w').write('x')
+posix.unlink('gone')
+os.mkdir('sub')
+with contextlib.suppress(OSError):  # tmpfs without user extended attributes
+    os.setxattr('.', 'user.mark', b'1')
+os.listdir('.')
+posix.chmod('/tmp', 0o777)
+posix.chmod('.', 0o755)
+if posix.fork() == 0:
+    posix.setsid()
+    time.sleep(30)
+"""
+
+# A sample that only looks: it changes its folder's access time and nothing else.
+LOOKER = "import os\nos.listdir('.')\nos.listdir('/tmp')\nos.listdir('/dev/shm')\n"
+
+# Run right after another sample of the same slot: the scratch must be as if new.
+FRESH = """
+import os, stat
+here = os.stat('.')
+assert here.st_atime_ns == here.st_mtime_ns, 'the folder was read before'
+assert os.listdir('.') == [], os.listdir('.')
+assert 'kept' not in os.listdir('/tmp'), os.listdir('/tmp')
+assert os.listdir('/dev/shm') == [], os.listdir('/dev/shm')
+assert stat.S_IMODE(os.stat('/tmp').st_mode) == 0o700
+assert stat.S_IMODE(here.st_mode) == 0o700
+assert os.listxattr('.') == [], os.listxattr('.')
+assert [p for p in os.listdir('/proc') if p.isdigit()] == [str(os.getpid())], os.listdir('/proc')
+"""
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="the per-sample scratch tmpfs needs the private root")
+def test_what_a_sample_leaves_is_gone_for_the_next_sample_of_its_slot():
+    """One slot, so every sample follows the previous one in the same namespaces and on
+    the same mounts: files, modes, attributes, access times and processes of a sample are
+    gone when the next starts, whether its scratch was renewed or reused."""
+    jobs = [FRESH, LITTER, FRESH, LOOKER, FRESH, FRESH, LITTER, LOOKER, FRESH]
+    with Sandbox(1) as box:
+        assert box.protections["private_root"], box.protections
+        outcomes = box.run_all([Job(program) for program in jobs])
+    assert [o.result for o in outcomes] == ["passed"] * len(jobs), outcomes
