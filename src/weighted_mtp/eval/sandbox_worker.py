@@ -105,10 +105,17 @@ class Confinement(NamedTuple):
     file_bytes: int
     nproc: int | None  # None: no process limit (the judge)
     cpu: bool = True  # RLIMIT_CPU of timeout + 1 s (not for the judge, which serves many)
+    own_ipc: bool = False  # a System V IPC namespace of its own (needs root)
 
     def apply(self, keep: list[int]) -> None:
         """Own session; only fds 0-2 and `keep` (renumbered from 3); limits; the folder;
-        the unprivileged identity; no new privileges; a scrubbed environment."""
+        the unprivileged identity; no new privileges; a scrubbed environment. With
+        `own_ipc`, System V shared memory, semaphores and message queues (and POSIX message
+        queues) it makes are its own, and the kernel frees them when its processes end:
+        they would otherwise outlive it in the host's namespace, beyond its memory limit,
+        seen by every later sample."""
+        if self.own_ipc:
+            iso.unshare(iso.CLONE_NEWIPC)
         os.setsid()
         parked = [fcntl.fcntl(fd, fcntl.F_DUPFD, PARKED_FDS) for fd in keep]
         for index, fd in enumerate(parked):
@@ -166,7 +173,13 @@ def run_program(program: str) -> None:
 def sample_process(job: dict[str, Any], fds: list[int], folder: str, ids: Ids | None) -> None:
     """The body of a sample's process (forked by the zygote); never returns."""
     confinement = Confinement(
-        folder, ids, job["timeout"], job["memory_bytes"], job["file_bytes"], job["nproc"]
+        folder,
+        ids,
+        job["timeout"],
+        job["memory_bytes"],
+        job["file_bytes"],
+        job["nproc"],
+        own_ipc=job["own_ipc"],
     )
     try:
         if job["kind"] == "function":
@@ -408,6 +421,7 @@ class Worker:
             "separate_judge": True,
             "pid_namespace": self.isolated,
             "network_namespace": self.isolated,
+            "ipc_namespace": self.isolated,
             "private_root": self.isolated,
             "namespaces_unavailable": "" if self.isolated else why_not,
         }
@@ -445,7 +459,14 @@ class Worker:
                 self.zygote_socket.close()
                 null_stdio()
                 confinement = Confinement(
-                    JUDGE_FOLDER, self.judge_ids, 0, JUDGE_MEMORY, 1 << 20, None, cpu=False
+                    JUDGE_FOLDER,
+                    self.judge_ids,
+                    0,
+                    JUDGE_MEMORY,
+                    1 << 20,
+                    None,
+                    cpu=False,
+                    own_ipc=self.isolated,
                 )
                 confinement.apply(keep=[theirs.fileno()])
                 iso.prctl(iso.PR_SET_DUMPABLE, 0)
@@ -481,7 +502,7 @@ class Worker:
 
     def start_sample(self, job: dict[str, Any], fds: list[int]) -> None:
         self.jobs += 1
-        message = {**job, "folder": self.folder, "job": self.jobs}
+        message = {**job, "folder": self.folder, "job": self.jobs, "own_ipc": self.isolated}
         send_message(self.zygote_socket, message, fds)
         self.sample_done = False
 

@@ -295,3 +295,48 @@ def test_what_a_sample_leaves_is_gone_for_the_next_sample_of_its_slot():
         assert box.protections["private_root"], box.protections
         outcomes = box.run_all([Job(program) for program in jobs])
     assert [o.result for o in outcomes] == ["passed"] * len(jobs), outcomes
+
+
+# A System V shared memory segment outlives its process: in the host's IPC namespace it
+# would hold memory beyond the sample's limit and be visible to every later sample.
+LEAVES_SHARED_MEMORY = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+segment = libc.shmget(0, 1 << 20, 0o1000 | 0o666)  # IPC_PRIVATE, IPC_CREAT, rw for all
+assert segment >= 0, ctypes.get_errno()
+"""
+SEES_NO_SHARED_MEMORY = """
+with open('/proc/sysvipc/shm') as table:
+    rows = table.read().splitlines()[1:]
+assert rows == [], rows
+"""
+
+
+def sandbox_segments() -> list[int]:
+    """Ids of the host's shared memory segments owned by the sandbox's reserved uids."""
+    rows = Path("/proc/sysvipc/shm").read_text().splitlines()
+    header = rows[0].split()
+    ids = []
+    for row in rows[1:]:
+        fields = dict(zip(header, row.split(), strict=False))
+        if int(fields["uid"]) >= 0x70000000:
+            ids.append(int(fields["shmid"]))
+    return ids
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="own IPC namespaces need root")
+def test_a_samples_shared_memory_is_freed_with_it_and_unseen_by_the_next():
+    before = set(sandbox_segments())
+    try:
+        with Sandbox(1) as box:
+            assert box.protections["ipc_namespace"], box.protections
+            jobs = [LEAVES_SHARED_MEMORY, SEES_NO_SHARED_MEMORY]
+            outcomes = box.run_all([Job(program) for program in jobs])
+        assert [o.result for o in outcomes] == ["passed", "passed"], outcomes
+        assert set(sandbox_segments()) <= before
+    finally:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        for segment in set(sandbox_segments()) - before:  # what a failing run leaked
+            libc.shmctl(segment, 0, None)  # IPC_RMID
