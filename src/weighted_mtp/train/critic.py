@@ -68,13 +68,15 @@ def response_mean(x: Tensor, loss_mask: Tensor) -> Tensor:
     return (x * positions).sum(1) / positions.sum(1).clamp(min=1)
 
 
-def mc_loss_sum(logits: Tensor, loss_mask: Tensor, is_correct: Tensor) -> tuple[Tensor, int]:
+def mc_loss_sum(logits: Tensor, loss_mask: Tensor, is_correct: Tensor) -> tuple[Tensor, Tensor]:
     """Sum over records with a response of (mean over t = 1..T of BCE(V_{t−1}, R)), from
-    the logits, and how many records that is."""
+    the logits, and how many records that is (0-dim). Masked, not indexed: every shape
+    follows from the batch's, so `wmtp train plan` traces it on fake tensors."""
     target = is_correct.to(logits.dtype)[:, None].expand_as(logits)
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")  # [B, S]
     has_response = value_positions(loss_mask).any(1)
-    return response_mean(bce, loss_mask)[has_response].sum(), int(has_response.sum())
+    per_record = torch.where(has_response, response_mean(bce, loss_mask), 0.0)
+    return per_record.sum(), has_response.sum()
 
 
 def mc_loss(logits: Tensor, loss_mask: Tensor, is_correct: Tensor) -> Tensor:

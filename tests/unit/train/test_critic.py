@@ -15,6 +15,7 @@ from weighted_mtp.train.critic import (
     critic_loss,
     critic_values,
     mc_loss,
+    mc_loss_sum,
     pairwise_accuracy,
     pairwise_loss,
     response_mean,
@@ -73,6 +74,24 @@ def test_mc_loss_is_the_mean_over_records_of_the_per_token_bce(batch):
     torch.testing.assert_close(
         mc_loss(logits, batch.loss_mask, batch.is_correct), torch.stack(expected).mean()
     )
+
+
+def test_mc_loss_sum_leaves_out_a_record_without_response_and_has_static_shapes(batch):
+    """A record with no target adds nothing and is not counted, and every shape follows
+    from the batch's: `wmtp train plan` traces the loss on fake tensors."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    logits = torch.randn(batch.tokens.shape, generator=torch.Generator().manual_seed(0)).double()
+    mask = batch.loss_mask.clone()
+    mask[0] = False
+    logits[0] = float("nan")  # never read: the record has no response
+    total, count = mc_loss_sum(logits, mask, batch.is_correct)
+    rest, rest_count = mc_loss_sum(logits[1:], mask[1:], batch.is_correct[1:])
+    assert int(count) == int(rest_count) == len(mask) - 1
+    torch.testing.assert_close(total, rest)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        fake_total, fake_count = mc_loss_sum(logits, mask, batch.is_correct)
+    assert fake_total.shape == fake_count.shape == ()
 
 
 def test_pairwise_loss_is_the_mean_over_same_task_pairs(batch):
