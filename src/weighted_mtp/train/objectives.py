@@ -270,11 +270,7 @@ class ValueObjective:
             with_response = sum(int(response_rows(b).sum()) for b in batches)
             return ValueStep(float(ctx.global_sum([with_response])[0]))
         device = ctx.dist.device
-        states, means = [], []
-        with torch.no_grad():
-            for batch in batches:
-                states.append(rng_state(device))
-                means.append(response_mean(model.core(batch.tokens), batch.loss_mask))
+        states, means = self.forward_without_gradient(model, batches, device)
         mine = torch.cat(means).double()  # [rows of this rank]
         m, offset = all_gather_1d(mine)  # [rows of the global batch]
         correct, _ = all_gather_1d(torch.cat([b.is_correct for b in batches]).long())
@@ -286,7 +282,20 @@ class ValueObjective:
             (coefficients,) = torch.autograd.grad(loss, m)
         rows = [len(b.task_ids) for b in batches]
         mine_c = torch.split(coefficients[offset : offset + sum(rows)], rows)
-        return ValueStep(float(pairs.sum()), float(loss.detach()), tuple(mine_c), tuple(states))
+        return ValueStep(float(pairs.sum()), float(loss.detach()), tuple(mine_c), states)
+
+    @staticmethod
+    def forward_without_gradient(
+        model: TrainedModel, batches: list[Batch], device: torch.device
+    ) -> tuple[tuple[RngState, ...], list[Tensor]]:
+        """Pairwise: each micro-batch's RNG state before its forward, and its records' mean
+        value logits m `[B]`, from a forward without gradient."""
+        states, means = [], []
+        with torch.no_grad():
+            for batch in batches:
+                states.append(rng_state(device))
+                means.append(response_mean(model.core(batch.tokens), batch.loss_mask))
+        return tuple(states), means
 
     def backward(
         self, model: TrainedModel, batch: Batch, index: int, prepared: ValueStep, ctx: StepContext
