@@ -21,7 +21,8 @@ Frozen (stage 2's helpers, in their scoring dtype, replicated or sharded by `Fro
 - `build_frozen_reference`: Rho-1's reference.
 
 The `*_structure` functions are the models without weights, for `final/`'s merge copy and
-for the memory plan (`memory_plan`), which builds them under `torch.device("meta")`.
+for the memory plan (`memory_plan`), which builds them under `torch.device("meta")`; each
+trained kind's is its `experiments.ModelKind.structure`.
 """
 
 from __future__ import annotations
@@ -109,11 +110,15 @@ def value_structure(typed: HfLlamaConfig, config: TrainConfig) -> ValueModel:
         return ValueModel(backbone, config.critic.head_hidden)
 
 
+def value_model_structure(typed: HfLlamaConfig, config: TrainConfig) -> TrainedModel:
+    """The critic a critic run trains (only its adapters and value head with LoRA), on the
+    meta device (`value_structure`)."""
+    return TrainedModel(value_structure(typed, config), config.lora.enabled)
+
+
 def build_value_model(paths: ModelPaths, config: TrainConfig, dist: Dist) -> TrainedModel:
-    """The critic being trained (only its adapters and value head with LoRA): the reference
-    folder's backbone and a fresh value head."""
-    critic = value_structure(read_checked_llama_config(paths), config)
-    trained = TrainedModel(critic, config.lora.enabled)
+    """The critic being trained: the reference folder's backbone and a fresh value head."""
+    trained = value_model_structure(read_checked_llama_config(paths), config)
     _load_trained(trained, config, dist, Weights(paths.weights, _backbone_name))
     return trained
 

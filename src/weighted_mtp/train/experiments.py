@@ -19,10 +19,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from weighted_mtp.storage.layout import Layout, ModelPaths
-from weighted_mtp.train.builders import build_policy, build_reference, build_value_model
+from weighted_mtp.train.builders import (
+    build_policy,
+    build_reference,
+    build_value_model,
+    policy_structure,
+    reference_structure,
+    value_model_structure,
+)
 from weighted_mtp.train.config import TrainConfig
 from weighted_mtp.train.data import Example, require_both_outcomes
 from weighted_mtp.train.distributed import Dist
@@ -48,20 +55,25 @@ if TYPE_CHECKING:
 
 Builder = Callable[[ModelPaths, TrainConfig, Dist], TrainedModel]
 FinalWriter = Callable[[Path, TrainedModel, ModelPaths, TrainConfig, Dist], None]
+# The model on the meta device from its architecture (MetaParams, or HfLlamaConfig for a
+# Hugging Face model) and the run's config: what `build` loads, what `wmtp train plan` traces.
+Structure = Callable[[Any, TrainConfig], TrainedModel]
 
 
 @dataclass(frozen=True)
 class ModelKind:
-    """A kind of model a run trains: how it is built, and what `final/` holds of it."""
+    """A kind of model a run trains: how it is built (and its structure without weights),
+    and what `final/` holds of it."""
 
     name: str
     build: Builder
+    structure: Structure
     write_final: FinalWriter
 
 
-POLICY = ModelKind("MTP policy", build_policy, save_policy_final)
-VALUE_MODEL = ModelKind("value model", build_value_model, save_critic_final)
-REFERENCE_LM = ModelKind("reference LM", build_reference, save_reference_final)
+POLICY = ModelKind("MTP policy", build_policy, policy_structure, save_policy_final)
+VALUE_MODEL = ModelKind("value model", build_value_model, value_model_structure, save_critic_final)
+REFERENCE_LM = ModelKind("reference LM", build_reference, reference_structure, save_reference_final)
 
 
 @dataclass(frozen=True)
