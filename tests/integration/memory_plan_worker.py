@@ -3,11 +3,11 @@ CASES OUT` measures the peak tensor memory of real training steps on this rank.
 
 For each case (an experiment and its `--set` overrides, JSON), the one trainer is built as
 `wmtp train` builds it (`build_config`, `Trainer` with the experiment's model and objective,
-its frozen helper included) on the storage's micro models; its data plan hands out
-full-length micro-batches (`micro_batch_size` rows of `seq_len` tokens, as the plan
-assumes), and two `train_step`s run under `TensorMemory`, which counts the policy's and the
-frozen helper's tensors and everything the steps allocate. The measured peak of each case
-goes to OUT."""
+a policy run's frozen helper included) on the storage's micro models; its data plan hands
+out full-length micro-batches (`micro_batch_size` rows of `seq_len` tokens, as the plan
+assumes), and two `train_step`s run under `TensorMemory` (`step_memory`, as the plan
+counts), which counts the trained model's and the frozen helper's tensors and everything
+the steps allocate. The measured peak of each case goes to OUT."""
 
 from __future__ import annotations
 
@@ -23,15 +23,9 @@ import torch.distributed as dist
 from weighted_mtp.storage.layout import Layout
 from weighted_mtp.train.config import Setting, TrainConfig, build_config
 from weighted_mtp.train.distributed import Dist
-from weighted_mtp.train.memory_plan import full_batch
+from weighted_mtp.train.memory_plan import full_batch, run_models, step_memory
 from weighted_mtp.train.runs import resolve_assets
-from weighted_mtp.train.tensor_memory import (
-    PARAMETERS,
-    TensorMemory,
-    watch_frozen,
-    watch_model,
-    watch_optimizer,
-)
+from weighted_mtp.train.tensor_memory import watch_optimizer
 from weighted_mtp.train.trainer import Trainer
 
 
@@ -46,7 +40,7 @@ def measured_peak(layout: Layout, experiment: str, overrides: dict, dist_info: D
     assets = resolve_assets(layout, config.model, config.data, config.small)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(layout, config, assets, Path(run_dir), dist_info)
-        vocab = trainer.model.core.params.vocab_size
+        vocab = run_models(layout, config).architecture.vocab_size
         rows, tokens = config.micro_batch_size, config.seq_len
         accumulation = trainer.plan.sharding.accumulation
 
@@ -55,12 +49,9 @@ def measured_peak(layout: Layout, experiment: str, overrides: dict, dist_info: D
 
         trainer.plan.micro_batches = full_length  # type: ignore[method-assign]
         gc.collect()
-        memory = TensorMemory(vocab_size=vocab)
-        watch_model(memory, trainer.model.core, PARAMETERS)
         weighting = getattr(trainer.objective, "weighting", None)
         helper = getattr(weighting, "reference", None) or getattr(weighting, "critic", None)
-        if helper is not None:
-            watch_frozen(memory, helper)
+        memory = step_memory(trainer.model.core, vocab, helper)
         watch_optimizer(memory, trainer.optimizer)
         with memory:
             trainer.train_step()

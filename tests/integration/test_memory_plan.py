@@ -2,11 +2,11 @@
 
 The measured peak of a case is the largest number of bytes held at once by live tensor
 storages during two real `Trainer.train_step`s of the one trainer on rank 0 (`TensorMemory`
-around them; `test_tensor_memory` checks that count against torch's profiler): the
-policy's and the frozen helper's tensors and everything the steps allocate, with
-full-length micro-batches (what the plan assumes). The plan traces the same configuration
-with fake tensors and a fake process group; its total must be within 15% of the measured
-peak, on 1 and 2 ranks.
+around them; `test_tensor_memory` checks that count against torch's profiler): the trained
+model's (policy, critic or reference) and the frozen helper's tensors and everything the
+steps allocate, with full-length micro-batches (what the plan assumes). The plan traces the
+same configuration with fake tensors and a fake process group; its total must be within 15%
+of the measured peak, on 1 and 2 ranks: Baseline, Rho-1, the critic and ref-tune.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 from tests.helpers import cli_error, invoke
 from tests.integration.memory_plan_worker import micro_config
 from weighted_mtp.assets import MICRO_REF
-from weighted_mtp.train.memory_plan import plan_memory
+from weighted_mtp.train.memory_plan import alternatives, plan_memory
 
 WORKER = Path(__file__).with_name("memory_plan_worker.py")
 SHAPE = {"seq_len": 512, "batch_size": 4, "micro_batch_size": 2}
@@ -29,6 +29,8 @@ CASES = {
     1: {
         "baseline": ("baseline", SHAPE),
         "rho1": ("rho1", {**SHAPE, "rho1.reference": MICRO_REF}),
+        "critic": ("critic", SHAPE),
+        "ref-tune": ("ref-tune", SHAPE),
     },
     2: {
         "baseline-checkpointed": ("baseline", {**SHAPE, "activation_checkpointing": "blocks"}),
@@ -36,9 +38,15 @@ CASES = {
             "rho1",
             {**SHAPE, "rho1.reference": MICRO_REF, "lora.enabled": True, "frozen.shard": "always"},
         ),
+        "critic-pairwise-lora": (
+            "critic",
+            {**SHAPE, "critic.objective": "pairwise", "lora.enabled": True},
+        ),
+        "ref-tune-checkpointed": ("ref-tune", {**SHAPE, "activation_checkpointing": "blocks"}),
     },
 }
 TOLERANCE = 0.15
+STAGE_ONE = ("critic", "ref-tune")
 
 
 def measure(storage: Path, world: int, folder: Path) -> dict:
@@ -65,8 +73,13 @@ def test_the_plan_is_within_15_percent_of_the_measured_peak(weighted_storage, tm
         real = measured[name]["peak"]
         print(name, world, plan.peak, real, plan.peak / real, plan.split, measured[name]["split"])
         assert abs(plan.peak - real) <= TOLERANCE * real, (name, plan.split, measured[name])
+        assert sum(plan.split.values()) == plan.peak
         if experiment == "rho1":
             assert plan.split["frozen helper"] > 0 and plan.placement is not None
+        if experiment in STAGE_ONE:  # no frozen helper; a critic has no vocabulary logits
+            assert plan.models.helper is None and "frozen helper" not in plan.split
+            assert ("logits" in plan.split) == (experiment == "ref-tune")
+            assert ("value head" in plan.split) == (experiment == "critic")
 
 
 def test_the_7b_plan_needs_no_weights_and_gives_a_verdict(tmp_path):
@@ -77,7 +90,7 @@ def test_the_7b_plan_needs_no_weights_and_gives_a_verdict(tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     record = json.loads(result.output)
-    assert record["policy"] == "meta-llama-mtp" and record["settings"]["lora"] is True
+    assert record["model"] == "meta-llama-mtp" and record["settings"]["lora"] is True
     per_rank = record["per_rank_gib"]
     assert set(per_rank) == {
         "parameters", "gradients", "optimizer state", "activations", "logits",
@@ -100,6 +113,27 @@ def test_a_plan_that_does_not_fit_says_what_to_change(weighted_storage):
     assert all(s.peak < tight.peak for s in tight.suggestions)
 
 
-def test_stage_one_is_not_planned(weighted_storage):
-    error = cli_error("train", "plan", "critic", "--small", root=weighted_storage.root)
-    assert "covers baseline, verifiable, rho1" in error.line()
+def test_a_critic_plan_splits_by_what_a_critic_holds(weighted_storage):
+    """`wmtp train plan critic`: the value model on the reference, no frozen helper, its
+    value head's tensors where a policy has vocabulary logits; no change to suggest for a
+    frozen helper it does not have."""
+    result = invoke(
+        "train", "plan", "critic", "--small", "--set", "seq_len=256", "--device", "cpu",
+        "--json", root=weighted_storage.root,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)
+    assert record["model"] == MICRO_REF and record["helper"] is None
+    assert set(record["per_rank_bytes"]) == {
+        "parameters", "gradients", "optimizer state", "activations", "value head", "total",
+    }  # fmt: skip
+    assert record["settings"]["critic.objective"] == "mc" and record["frozen"] is None
+    config = micro_config("critic", SHAPE)
+    changes = [change for change, _, _ in alternatives(config, 2, helper=False)]
+    assert "--set activation_checkpointing=blocks" in changes
+    assert not any("frozen" in change for change in changes)
+
+
+def test_an_unknown_experiment_is_one_clear_line(weighted_storage):
+    error = cli_error("train", "plan", "critics", "--small", root=weighted_storage.root)
+    assert "unknown experiment 'critics'" in error.line()

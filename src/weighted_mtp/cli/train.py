@@ -402,11 +402,13 @@ PLAN = (
 
 
 def plan(ctx: typer.Context, experiment: str, **values: Any) -> None:
-    """Plan a run's peak memory per rank before running it: one training step of the
-    configured models traced without allocating them (fake tensors, a fake process group of
-    --ranks ranks), split into parameters, gradients, optimizer state, activations, logits
-    and the frozen helper; with --device-memory, whether it fits and what to change. The
-    config is built as `wmtp train EXPERIMENT` builds it from the same options."""
+    """Plan a run's peak memory per rank before running it, for every experiment of the
+    suite (stage 1 too): one training step of the configured models traced without
+    allocating them (fake tensors, a fake process group of --ranks ranks), split into
+    parameters, gradients, optimizer state, activations, logits (a critic: its value head)
+    and, for a policy run, the frozen helper; with --device-memory, whether it fits and what
+    to change. The config is built as `wmtp train EXPERIMENT` builds it from the same
+    options."""
     from weighted_mtp.train.config import build_config
 
     run_config = build_config(
@@ -436,7 +438,9 @@ def _add_plan() -> None:
     experiment = inspect.Parameter(
         "experiment",
         inspect.Parameter.POSITIONAL_OR_KEYWORD,
-        annotation=Annotated[str, typer.Argument(help="baseline, verifiable or rho1.")],
+        annotation=Annotated[
+            str, typer.Argument(help="baseline, critic, ref-tune, verifiable or rho1.")
+        ],
     )
     parameters = [context, experiment, *(f.parameter() for f in PLAN)]
     plan.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
@@ -452,7 +456,7 @@ def _print_memory_plan(record: dict[str, Any]) -> None:
     helper = record["helper"]
     batch = record["micro_batch"]
     title = (
-        f"{record['experiment']}: {record['policy']}"
+        f"{record['experiment']}: {record['model']}"
         + (f" + frozen {helper['kind']} {helper['model']}" if helper else "")
         + f", {record['ranks']} rank(s), {record['device']}, micro-batch "
         f"{batch['rows']} x {batch['tokens']} tokens, {record['accumulation']} per step"

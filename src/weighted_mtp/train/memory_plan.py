@@ -1,6 +1,9 @@
 """`wmtp train plan`: a run's peak device memory per rank, from a traced step, before the run.
 
-The run's models are built as the builders build them (meta device, LoRA, activation
+Every experiment of the table (`experiments.EXPERIMENTS`) is planned: the stage-2 policy
+runs (baseline, verifiable, rho1) and stage 1 (critic: a value model; ref-tune: the
+reference LM). The run's trained model is its row's `ModelKind.structure`, built as the
+builders build it (meta device, LoRA, activation
 checkpointing, FSDP2 over a fake process group of `ranks` ranks,
 `torch.testing._internal.distributed.fake_pg`, as torchtitan's memory estimator does), given
 fake storage (`FakeTensorMode`: shapes and dtypes, no memory, no arithmetic), the
@@ -15,14 +18,17 @@ split by what is held. No weights are read: only the models' `params.json` /
 
 A step is traced with the trainer's own code (`trainer.accumulate_gradients`,
 `clip_gradients`, the optimizer of `make_optimizer`) on the objective the experiment table
-makes for the same config (`experiments.weighted_mtp`): the weighting's scoring of the
-step's micro-batches (the frozen critic's values, or Rho-1's two cross-entropies), then each
-micro-batch's forward and backward (the sequential-head backward; gradients synchronised on
-the last micro-batch only, so FSDP2 holds unsharded gradients between), clipping and AdamW.
-Only the weights computed from the scores are replaced by ones (`ScoresOnly`): their
-arithmetic on `[batch, seq]` tensors is data-dependent (a top-k count, a whitening) and
-fake tensors hold no data. Of n accumulated micro-batches the first two are traced: the
-third and later ones repeat the second's memory exactly.
+makes for the same config: for a policy run `experiments.weighted_mtp`, the weighting's
+scoring of the step's micro-batches (the frozen critic's values, or Rho-1's two
+cross-entropies), then each micro-batch's forward and backward (the sequential-head
+backward); for stage 1 the row's `ValueObjective` (a pairwise critic's forward without
+gradient of every micro-batch first) or `NextTokenObjective`. Gradients are synchronised on
+the last micro-batch only, so FSDP2 holds unsharded gradients between; then clipping and
+AdamW. Only what is computed from the data on small `[batch, seq]` tensors is set to ones
+(`ScoresOnly`, `CountsOnly`): the weights computed from the scores (a top-k count, a
+whitening), the counts a stage-1 loss is divided by, a pairwise critic's pair
+coefficients; fake tensors hold no data. Of n accumulated micro-batches the first two are
+traced: the third and later ones repeat the second's memory exactly.
 
 `device` is what the run will train on: `cuda` (bf16 autocast and bf16 FSDP2 parameters
 when precision is auto or bf16, as on A100/H100) or `cpu` (float32). A run fits when its
@@ -36,7 +42,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 from torch import nn
@@ -45,17 +51,37 @@ from weighted_mtp import assets
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.models.architecture import HfLlamaConfig, MetaParams
 from weighted_mtp.storage.layout import MODELS, Layout, ModelPaths
-from weighted_mtp.train.builders import policy_structure, trained_structure, value_structure
+from weighted_mtp.train.builders import trained_structure, value_structure
 from weighted_mtp.train.config import TrainConfig, validate, with_overrides
+from weighted_mtp.train.critic import ValueModel
 from weighted_mtp.train.data import Batch, Sharding
 from weighted_mtp.train.distributed import Dist
-from weighted_mtp.train.experiments import Setup, uniform, weighted_mtp
+from weighted_mtp.train.experiments import (
+    EXPERIMENTS,
+    POLICY,
+    VALUE_MODEL,
+    ModelKind,
+    Setup,
+    uniform,
+    weighted_mtp,
+)
 from weighted_mtp.train.final import STAGE_FILE
 from weighted_mtp.train.frozen import Placement, frozen_structure
-from weighted_mtp.train.objectives import StepContext, TrainingObjective
+from weighted_mtp.train.objectives import (
+    NextTokenObjective,
+    StepContext,
+    TrainingObjective,
+    ValueObjective,
+    ValueStep,
+)
 from weighted_mtp.train.tensor_memory import (
-    CATEGORIES,
+    ACTIVATIONS,
+    FROZEN,
+    GRADIENTS,
+    LOGITS,
+    OPTIMIZER,
     PARAMETERS,
+    VALUE_HEAD,
     TensorMemory,
     watch_frozen,
     watch_model,
@@ -69,7 +95,6 @@ if TYPE_CHECKING:
 
 Device = Literal["cuda", "cpu"]
 DEVICES: tuple[Device, ...] = ("cuda", "cpu")
-PLANNED = ("baseline", "verifiable", "rho1")
 HEADROOM = 0.9  # of the device memory, for tensors; the rest is not tensors (see above)
 GIB = 2**30
 TRACED_MICRO_BATCHES = 2
@@ -88,11 +113,21 @@ class Helper:
 
 @dataclass(frozen=True)
 class Models:
-    """What a run trains and scores with, without weights."""
+    """What a run trains (its kind, name and architecture) and scores with, without
+    weights."""
 
-    policy_name: str
-    policy: MetaParams
+    kind: ModelKind
+    name: str
+    architecture: MetaParams | HfLlamaConfig
     helper: Helper | None
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        """The plan's split: a value model's outputs are its value head's, an LM's its
+        vocabulary logits; only a policy run scores with a frozen helper."""
+        output = VALUE_HEAD if self.kind is VALUE_MODEL else LOGITS
+        helper = (FROZEN,) if self.kind is POLICY else ()
+        return (PARAMETERS, GRADIENTS, OPTIMIZER, ACTIVATIONS, output, *helper)
 
 
 @dataclass(frozen=True)
@@ -137,7 +172,7 @@ class MemoryPlan:
         helper = self.models.helper
         return {
             "experiment": self.experiment,
-            "policy": self.models.policy_name,
+            "model": self.models.name,
             "helper": None if helper is None else {"kind": helper.kind, "model": helper.name},
             "ranks": self.ranks,
             "device": self.device,
@@ -239,8 +274,14 @@ def helper_model(layout: Layout, config: TrainConfig, policy: str) -> Helper | N
 
 
 def run_models(layout: Layout, config: TrainConfig) -> Models:
-    name, params = policy_params(layout, config.model)
-    return Models(name, params, helper_model(layout, config, name))
+    kind = EXPERIMENTS[config.experiment].model
+    if kind is POLICY:
+        name, params = policy_params(layout, config.model)
+        return Models(kind, name, params, helper_model(layout, config, name))
+    from weighted_mtp.storage.runs import model_folder
+
+    paths, _ = model_folder(layout, config.model)
+    return Models(kind, paths.name, llama_config(paths), None)
 
 
 # The traced step ---------------------------------------------------------------------------
@@ -319,6 +360,65 @@ class ScoresOnly:
         """Nothing to restore: a plan runs one step."""
 
 
+@dataclass
+class CountsOnly:
+    """A stage-1 objective as the plan traces it: its own forwards and backward (a pairwise
+    critic's forward without gradient of every micro-batch included); only what `prepare`
+    computes from the data is 1: the count the loss is divided by and each record's pair
+    coefficient."""
+
+    objective: ValueObjective | NextTokenObjective
+
+    def __getattr__(self, name: str) -> Any:
+        """Everything but the step's arithmetic is the objective's own (its name, ...)."""
+        if name == "objective":  # not set yet (a copy): no recursion
+            raise AttributeError(name)
+        return getattr(self.objective, name)
+
+    def prepare(self, model: TrainedModel, batches: list[Batch], ctx: StepContext) -> Any:
+        if isinstance(self.objective, NextTokenObjective):
+            return 1.0
+        if self.objective.objective == "mc":
+            return ValueStep(1.0)
+        states, means = self.objective.forward_without_gradient(model, batches, ctx.dist.device)
+        return ValueStep(1.0, 0.0, tuple(torch.ones_like(m) for m in means), states)
+
+    def backward(
+        self, model: TrainedModel, batch: Batch, index: int, prepared: Any, ctx: StepContext
+    ) -> torch.Tensor:
+        return self.objective.backward(model, batch, index, prepared, ctx)
+
+
+def planned_objective(
+    config: TrainConfig, helper: nn.Module | None, placement: Placement | None
+) -> Callable[[Setup], TrainingObjective]:
+    """The experiment's objective as the plan traces it: the table's, its data-dependent
+    arithmetic replaced (`ScoresOnly`, `CountsOnly`)."""
+    if EXPERIMENTS[config.experiment].model is POLICY:
+        return weighted_mtp(planned_weighting(config, helper, placement))
+    made = EXPERIMENTS[config.experiment].objective
+
+    def objective(setup: Setup) -> TrainingObjective:
+        return CountsOnly(cast("ValueObjective | NextTokenObjective", made(setup)))
+
+    return objective
+
+
+def step_memory(core: nn.Module, vocab_size: int, helper: nn.Module | None) -> TensorMemory:
+    """A `TensorMemory` for a training step of the trained `core` (and its frozen `helper`),
+    its tensors counted: a value model's outputs are what its value head allocates, an
+    LM's those whose last dimension is its `vocab_size`. The plan and its test use it."""
+    if isinstance(core, ValueModel):
+        memory = TensorMemory()
+        memory.tag_forward(core.head, VALUE_HEAD)
+    else:
+        memory = TensorMemory(vocab_size=vocab_size)
+    watch_model(memory, core, PARAMETERS)
+    if helper is not None:
+        watch_frozen(memory, helper)
+    return memory
+
+
 def planned_weighting(
     config: TrainConfig, helper: nn.Module | None, placement: Placement | None
 ) -> Callable[[Setup], Weighting]:
@@ -349,15 +449,15 @@ def make_state(optimizer: torch.optim.Optimizer) -> None:
 
 def traced_step(
     objective: TrainingObjective,
-    policy: TrainedModel,
+    model: TrainedModel,
     optimizer: torch.optim.Optimizer,
     batches: list[Batch],
     config: TrainConfig,
     ctx: StepContext,
 ) -> None:
     """One optimizer step as `Trainer.train_step` takes it (no metrics: fake numbers)."""
-    accumulate_gradients(objective, policy, batches, ctx)
-    clip_gradients(policy, config)
+    accumulate_gradients(objective, model, batches, ctx)
+    clip_gradients(model, config)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
@@ -377,36 +477,32 @@ def trace(
         dist_info = Dist(0, ranks, traced)
         placement = None
         helper = None
+        vocab = models.architecture.vocab_size
         with torch.device("meta"):
-            policy = policy_structure(models.policy, config)
-            trained_structure(policy.core, config, dist_info, compute is not None)
+            model = models.kind.structure(models.architecture, config)
+            trained_structure(model.core, config, dist_info, compute is not None)
             if models.helper is not None:
                 helper = _helper_structure(models.helper)
                 placement = frozen_structure(helper, config.frozen, ranks, compute)
         with FakeTensorMode(allow_non_fake_inputs=True):
-            policy.core.to_empty(device=traced)
-            policy.core.train()
+            model.core.to_empty(device=traced)
+            model.core.train()
             if helper is not None:
                 helper.to_empty(device=traced)
                 helper.requires_grad_(False)
-            memory = TensorMemory(vocab_size=models.policy.vocab_size)
-            watch_model(memory, policy.core, PARAMETERS)
-            if helper is not None:
-                watch_frozen(memory, helper)
-            optimizer = make_optimizer(policy, config)
+            memory = step_memory(model.core, vocab, helper)
+            optimizer = make_optimizer(model, config)
             make_state(optimizer)
             watch_optimizer(memory, optimizer)
-            setup = Setup(layout, config, policy, dist_info)
-            objective = weighted_mtp(planned_weighting(config, helper, placement))(setup)
+            setup = Setup(layout, config, model, dist_info)
+            objective = planned_objective(config, helper, placement)(setup)
             with memory:
                 batches = [
-                    full_batch(
-                        config.micro_batch_size, config.seq_len, models.policy.vocab_size, traced
-                    )
+                    full_batch(config.micro_batch_size, config.seq_len, vocab, traced)
                     for _ in range(min(accumulation, TRACED_MICRO_BATCHES))
                 ]
                 ctx = StepContext(0, dist_info, compute)
-                traced_step(objective, policy, optimizer, batches, config, ctx)
+                traced_step(objective, model, optimizer, batches, config, ctx)
     return memory, placement, accumulation
 
 
@@ -416,24 +512,27 @@ def trace(
 def _check(config: TrainConfig, models: Models, ranks: int) -> None:
     if ranks < 1:
         raise WmtpError(f"--ranks must be at least 1, not {ranks}")
-    if config.seq_len > models.policy.max_seq_len:
+    context = getattr(models.architecture, "max_seq_len", None)  # an MTP policy's
+    if context is not None and config.seq_len > context:
         raise WmtpError(
-            f"seq_len {config.seq_len} is longer than the model's context "
-            f"{models.policy.max_seq_len}",
-            hint=f"use --set seq_len={models.policy.max_seq_len} or less",
+            f"seq_len {config.seq_len} is longer than the model's context {context}",
+            hint=f"use --set seq_len={context} or less",
         )
 
 
-def _settings(config: TrainConfig) -> dict[str, Any]:
-    return {
+def _settings(config: TrainConfig, models: Models) -> dict[str, Any]:
+    settings: dict[str, Any] = {
         "micro_batch_size": config.micro_batch_size,
         "batch_size": config.batch_size,
         "activation_checkpointing": config.activation_checkpointing,
         "lora": config.lora.enabled,
         "precision": config.precision,
-        "n_future": config.n_future,
-        "frozen.shard": config.frozen.shard,
     }
+    if models.kind is POLICY:
+        settings |= {"n_future": config.n_future, "frozen.shard": config.frozen.shard}
+    if models.kind is VALUE_MODEL:
+        settings |= {"critic.objective": config.critic.objective}
+    return settings
 
 
 def measure(
@@ -456,14 +555,16 @@ def measure(
         config.micro_batch_size,
         config.seq_len,
         accumulation,
-        _settings(config),
-        {category: memory.at_peak[category] for category in CATEGORIES},
+        _settings(config, models),
+        {category: memory.at_peak[category] for category in models.categories},
         memory.peak,
         placement,
     )
 
 
-def alternatives(config: TrainConfig, ranks: int) -> list[tuple[str, TrainConfig, int]]:
+def alternatives(
+    config: TrainConfig, ranks: int, helper: bool
+) -> list[tuple[str, TrainConfig, int]]:
     """Single changes that lower the peak, each a valid run: (as typed, config, ranks)."""
     options: list[tuple[str, TrainConfig, int]] = []
     if config.activation_checkpointing == "none":
@@ -477,7 +578,7 @@ def alternatives(config: TrainConfig, ranks: int) -> list[tuple[str, TrainConfig
     if not config.lora.enabled:
         lora = replace(config, lora=replace(config.lora, enabled=True))
         options.append(("--set lora.enabled=true", lora, ranks))
-    if config.experiment != "baseline" and config.frozen.shard != "always" and ranks > 1:
+    if helper and config.frozen.shard != "always" and ranks > 1:
         sharded = replace(config, frozen=replace(config.frozen, shard="always"))
         options.append(("--set frozen.shard=always", sharded, ranks))
     if config.batch_size % (config.micro_batch_size * ranks * 2) == 0:
@@ -496,11 +597,6 @@ def plan_memory(
     """The plan of `config` on `ranks` ranks on `device` (cuda or cpu); when it does not
     fit, each single change that lowers the peak, planned too (those that fit first)."""
     validate(config)
-    if config.experiment not in PLANNED:
-        raise WmtpError(
-            f"wmtp train plan covers {', '.join(PLANNED)}, not {config.experiment!r}",
-            hint="stage 1 (critic, ref-tune) trains a smaller model than its stage 2",
-        )
     if device not in DEVICES:
         raise WmtpError(f"--device must be one of {', '.join(DEVICES)}, not {device!r}")
     models = run_models(layout, config)
@@ -508,7 +604,7 @@ def plan_memory(
     if plan.fits is not False:
         return plan
     found = []
-    for change, changed, changed_ranks in alternatives(config, ranks):
+    for change, changed, changed_ranks in alternatives(config, ranks, models.helper is not None):
         tried = measure(layout, changed, models, changed_ranks, plan.device, device_gib)
         found.append(Suggestion(change, tried.peak, bool(tried.fits)))
     ranked = sorted(found, key=lambda s: (not s.fits, s.peak))

@@ -21,6 +21,8 @@ that moment:
   log-probabilities and their gradients);
 - `frozen helper`: the frozen critic's or reference's parameters and everything its
   scoring forward allocates;
+- `value head`: what a trained value model's head allocates in its forward (its hidden
+  layer and the value logits; a critic has no vocabulary-sized tensors);
 - `activations`: everything else (the forward's saved tensors, the backward's
   temporaries).
 
@@ -50,7 +52,8 @@ OPTIMIZER = "optimizer state"
 ACTIVATIONS = "activations"
 LOGITS = "logits"
 FROZEN = "frozen helper"
-CATEGORIES = (PARAMETERS, GRADIENTS, OPTIMIZER, ACTIVATIONS, LOGITS, FROZEN)
+VALUE_HEAD = "value head"
+CATEGORIES = (PARAMETERS, GRADIENTS, OPTIMIZER, ACTIVATIONS, LOGITS, FROZEN, VALUE_HEAD)
 # FSDPParamGroup methods that allocate, and what they allocate.
 FSDP_SCOPES = {
     "unshard": PARAMETERS,
