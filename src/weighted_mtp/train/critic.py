@@ -34,8 +34,10 @@ class ValueHead(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, h: Tensor) -> Tensor:
-        logit: Tensor = self.out(torch.tanh(self.proj(h)))
-        return logit.squeeze(-1)
+        logit: Tensor = self.out(torch.tanh(self.proj(h)))  # [..., 1]
+        # A new tensor, not squeeze's view: FSDP2 warns when a sharded model returns a view
+        # (an in-place op on it would skip its backward hook).
+        return logit.sum(-1)
 
 
 class ValueModel(nn.Module):
