@@ -22,6 +22,7 @@ from weighted_mtp.cli._console import (
     progress_bars,
     state,
 )
+from weighted_mtp.eval import defaults
 
 if TYPE_CHECKING:
     from weighted_mtp.eval.compare import ComparedRun, Comparison, Evaluation
@@ -125,7 +126,7 @@ def score(
             "attempted tasks; the summary lists the others).",
         ),
     ] = False,
-    workers: WorkersOpt = 2,
+    workers: WorkersOpt = defaults.SANDBOX_WORKERS,
     timeout: Annotated[
         float | None,
         typer.Option(
@@ -179,17 +180,17 @@ def run(
         ),
     ],
     dataset: DatasetOpt = EVAL_DATASET,
-    samples: SamplesOpt = 20,
-    temperature: TemperatureOpt = 0.2,
-    top_p: TopPOpt = 0.95,
-    max_new_tokens: MaxNewTokensOpt = 512,
+    samples: SamplesOpt = defaults.SAMPLES_PER_TASK,
+    temperature: TemperatureOpt = defaults.TEMPERATURE,
+    top_p: TopPOpt = defaults.TOP_P,
+    max_new_tokens: MaxNewTokensOpt = defaults.MAX_NEW_TOKENS,
     speculative: SpeculativeOpt = False,
     draft_heads: DraftHeadsOpt = None,
     limit: LimitOpt = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     split: SplitOpt = None,
     tests: TestsOpt = "base",
-    workers: WorkersOpt = 2,
+    workers: WorkersOpt = defaults.SANDBOX_WORKERS,
     device: DeviceOpt = "auto",
     out: Annotated[
         Path | None, typer.Option("--out", help="Output folder (default: <root>/runs/eval/...).")
@@ -263,10 +264,10 @@ def compare(
     dataset: Annotated[
         str, typer.Option("--dataset", help="Datasets, comma-separated.")
     ] = ",".join(COMPARE_DATASETS),
-    samples: SamplesOpt = 20,
-    temperature: TemperatureOpt = 0.2,
-    top_p: TopPOpt = 0.95,
-    max_new_tokens: MaxNewTokensOpt = 512,
+    samples: SamplesOpt = defaults.SAMPLES_PER_TASK,
+    temperature: TemperatureOpt = defaults.TEMPERATURE,
+    top_p: TopPOpt = defaults.TOP_P,
+    max_new_tokens: MaxNewTokensOpt = defaults.MAX_NEW_TOKENS,
     speculative: SpeculativeOpt = False,
     draft_heads: DraftHeadsOpt = None,
     limit: LimitOpt = None,
@@ -275,10 +276,12 @@ def compare(
         str | None,
         typer.Option("--k", help="pass@k for these k (default: those of 1,10,100 up to -n)."),
     ] = None,
-    resamples: Annotated[int, typer.Option(help="Bootstrap resamples of the tasks.")] = 10_000,
+    resamples: Annotated[
+        int, typer.Option(help="Bootstrap resamples of the tasks.")
+    ] = defaults.BOOTSTRAP_RESAMPLES,
     confidence: Annotated[
         float, typer.Option(help="Interval level (stricter when reading several together).")
-    ] = 0.95,
+    ] = defaults.CONFIDENCE,
     reuse: Annotated[
         bool,
         typer.Option(
@@ -286,7 +289,7 @@ def compare(
             "where its weights, data and settings match, instead of evaluating again."
         ),
     ] = True,
-    workers: WorkersOpt = 2,
+    workers: WorkersOpt = defaults.SANDBOX_WORKERS,
     out: Annotated[
         Path | None,
         typer.Option("--out", help="Output folder (default: <root>/runs/compare/<stamp>)."),

@@ -26,6 +26,7 @@ import numpy as np
 
 from weighted_mtp import __version__, assets
 from weighted_mtp.errors import UsageError, WmtpError
+from weighted_mtp.eval import defaults
 from weighted_mtp.eval.passk import mean_pass_at_k
 from weighted_mtp.eval.ranks import torchrun_ranks
 from weighted_mtp.eval.run import (
@@ -71,8 +72,8 @@ class CompareSettings:
     datasets: tuple[str, ...]
     ks: tuple[int, ...]
     generation: RunSettings
-    resamples: int = 10_000
-    confidence: float = 0.95
+    resamples: int = defaults.BOOTSTRAP_RESAMPLES
+    confidence: float = defaults.CONFIDENCE
 
     def run_settings(self, dataset: str) -> RunSettings:
         return replace(self.generation, dataset=dataset, split="")
@@ -105,7 +106,7 @@ class CompareSettings:
         if self.resamples < MIN_RESAMPLES:
             raise UsageError(
                 f"--resamples {self.resamples} is too few for a 95% interval's tails",
-                hint=f"use at least {MIN_RESAMPLES} (default 10000)",
+                hint=f"use at least {MIN_RESAMPLES} (default {defaults.BOOTSTRAP_RESAMPLES})",
             )
         if not 0 < self.confidence < 1:
             raise UsageError(f"confidence {self.confidence} is not in (0, 1)")

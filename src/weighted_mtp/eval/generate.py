@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from weighted_mtp.errors import UsageError, WmtpError
+from weighted_mtp.eval import defaults
 from weighted_mtp.storage.layout import Layout, ModelPaths
 from weighted_mtp.storage.runs import FinishedRun
 
@@ -38,9 +39,9 @@ _DEVICE = re.compile(r"auto|cpu|cuda(:(0|[1-9][0-9]*))?")
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    max_new_tokens: int = 512
-    temperature: float = 0.2
-    top_p: float = 0.95
+    max_new_tokens: int = defaults.MAX_NEW_TOKENS
+    temperature: float = defaults.TEMPERATURE
+    top_p: float = defaults.TOP_P
     seed: int = 0
     stop: tuple[str, ...] = ()
 

@@ -33,6 +33,7 @@ from typing import Any
 from weighted_mtp import __version__, assets, progress
 from weighted_mtp.clock import utc_now
 from weighted_mtp.errors import UsageError
+from weighted_mtp.eval import defaults
 from weighted_mtp.eval.generate import (
     Continuation,
     DecodeStats,
@@ -74,15 +75,15 @@ class RunSettings:
     split. Checked when made: a bad value is one `UsageError`."""
 
     dataset: str
-    n: int = 20  # samples per task
-    temperature: float = 0.2
-    top_p: float = 0.95
-    max_new_tokens: int = 512
+    n: int = defaults.SAMPLES_PER_TASK
+    temperature: float = defaults.TEMPERATURE
+    top_p: float = defaults.TOP_P
+    max_new_tokens: int = defaults.MAX_NEW_TOKENS
     speculative: bool = False
     limit: int | None = None
     seed: int = 0
     split: str = ""
-    workers: int = 2
+    workers: int = defaults.SANDBOX_WORKERS
     tests: TestChoice = "base"
     draft_heads: int | None = None  # speculative: drafts per pass (None: the model's default)
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from weighted_mtp.errors import UsageError, WmtpError
+from weighted_mtp.eval import defaults
 
 WORKER_MODULE = "weighted_mtp.eval.sandbox_worker"
 RESULTS = ("passed", "failed", "timed out", "error")
@@ -269,7 +270,9 @@ class _Worker:
 class Sandbox:
     """`with Sandbox(workers=2) as box: outcomes = box.run_all(jobs)`."""
 
-    def __init__(self, workers: int = 2, limits: SandboxLimits | None = None) -> None:
+    def __init__(
+        self, workers: int = defaults.SANDBOX_WORKERS, limits: SandboxLimits | None = None
+    ) -> None:
         if workers < 1:
             raise UsageError(f"--workers must be at least 1, got {workers}")
         self.limits = limits or SandboxLimits()

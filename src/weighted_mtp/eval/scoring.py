@@ -38,6 +38,7 @@ from typing import Any
 from weighted_mtp import progress
 from weighted_mtp.clock import utc_now
 from weighted_mtp.errors import UsageError, WmtpError
+from weighted_mtp.eval import defaults
 from weighted_mtp.eval.passk import mean_pass_at_k
 from weighted_mtp.eval.sandbox import RESULTS, Job, Outcome, Sandbox, SandboxLimits
 from weighted_mtp.eval.tasks import (
@@ -303,7 +304,7 @@ def score_samples(
     ks: tuple[int, ...] = DEFAULT_KS,
     split: str = "test",
     tests: TestChoice = "base",
-    workers: int = 2,
+    workers: int = defaults.SANDBOX_WORKERS,
     limits: SandboxLimits | None = None,
     partial: bool = False,
 ) -> ScoreSummary:
