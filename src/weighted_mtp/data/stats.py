@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from weighted_mtp.errors import WmtpError
-from weighted_mtp.storage.atomic import read_json
+from weighted_mtp.figures import png_bytes, pyplot
+from weighted_mtp.storage.atomic import read_json, write_bytes
 from weighted_mtp.storage.layout import DatasetPaths
 
 PLOT_BINS = 64
@@ -127,15 +128,8 @@ def latest_summary(paths: DatasetPaths) -> tuple[Path, dict[str, Any]]:
 
 def plot_lengths(summary: dict[str, Any], out: str | Path) -> Path:
     """A PNG histogram of total token lengths, one series per split."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from weighted_mtp.storage.atomic import atomic_write
-
     out = Path(out)
-    figure, axes = plt.subplots(figsize=(8, 4.5))
+    figure, axes = pyplot().subplots(figsize=(8, 4.5))
     for split, entry in summary["splits"].items():
         histogram = entry["total_histogram"]
         width = histogram["bin_width"]
@@ -152,8 +146,5 @@ def plot_lengths(summary: dict[str, Any], out: str | Path) -> Path:
     axes.set_ylabel("records")
     axes.set_title(f"{summary['dataset']}: token lengths (max {summary['max_length']})")
     axes.legend()
-    figure.tight_layout()
-    with atomic_write(out, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=100)
-    plt.close(figure)
+    write_bytes(out, png_bytes(figure))
     return out

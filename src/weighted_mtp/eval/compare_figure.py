@@ -3,10 +3,10 @@ right, each run's difference against the Baseline with its paired interval and a
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from weighted_mtp.figures import png_bytes, pyplot
 from weighted_mtp.storage.atomic import write_bytes
 
 if TYPE_CHECKING:
@@ -66,19 +66,10 @@ def _differences(ax: Axes, d: DatasetComparison, labels: list[str]) -> None:
 
 def plot_comparison(comparison: Comparison, out: Path) -> Path:
     """Written atomically as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = len(comparison.datasets)
-    fig, axes = plt.subplots(rows, 2, figsize=(12, 3.5 * rows), squeeze=False)
+    fig, axes = pyplot().subplots(rows, 2, figsize=(12, 3.5 * rows), squeeze=False)
     for (ax_scores, ax_differences), d in zip(axes, comparison.datasets, strict=True):
         _scores(ax_scores, d, comparison.labels)
         _differences(ax_differences, d, comparison.labels)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    write_bytes(out, buffer.getvalue())
+    write_bytes(out, png_bytes(fig))
     return out

@@ -3,9 +3,9 @@ validation, read from the runs' metrics.jsonl."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
+from weighted_mtp.figures import png_bytes, pyplot
 from weighted_mtp.storage.atomic import write_bytes
 from weighted_mtp.train.runs import read_metrics
 
@@ -13,12 +13,7 @@ from weighted_mtp.train.runs import read_metrics
 def plot_runs(run_dirs: list[Path], out: Path) -> Path:
     """Left: the loss of every run (train line, validation markers); right: each head's
     train loss. Written atomically as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_heads) = plt.subplots(1, 2, figsize=(13, 5))
+    fig, (ax_loss, ax_heads) = pyplot().subplots(1, 2, figsize=(13, 5))
     for index, run_dir in enumerate(run_dirs):
         records = read_metrics(run_dir)
         color = f"C{index % 10}"
@@ -55,9 +50,5 @@ def plot_runs(run_dirs: list[Path], out: Path) -> Path:
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    write_bytes(out, buffer.getvalue())
+    write_bytes(out, png_bytes(fig))
     return out
