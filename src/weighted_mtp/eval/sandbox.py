@@ -8,8 +8,10 @@ comes back here and is compared with the expected output by this process, which 
 untrusted code. When root, every slot has identities of its own (a uid/gid pair for its
 samples, another for its judges, from a reserved range, locked so concurrent evaluations
 never share them) and lives in its own PID, mount and network namespaces on a private
-read-only root (`sandbox_isolation`), where the kernel allows. A worker that dies or stops
-answering is replaced and the sample counts as an error, so an evaluation always finishes.
+read-only root (`sandbox_isolation`), with a cgroup that bounds the memory and tasks of
+all a sample's processes together (`sandbox_cgroup`), where the kernel allows. A worker
+that dies or stops answering is replaced and the sample counts as an error, so an
+evaluation always finishes.
 What holds where is listed in docs/evaluation-sandbox.md.
 """
 
@@ -34,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from weighted_mtp.errors import UsageError, WmtpError
-from weighted_mtp.eval import defaults
+from weighted_mtp.eval import defaults, sandbox_cgroup
 
 WORKER_MODULE = "weighted_mtp.eval.sandbox_worker"
 RESULTS = ("passed", "failed", "timed out", "error")
@@ -57,13 +59,16 @@ class SandboxLimits:
     """Per-sample limits. `timeout` is wall-clock seconds for a function sample, or for
     each test of a stdin/stdout program (a job may carry its own, e.g. a problem's limit).
     `namespaces`: use PID, mount and network namespaces and a private root where the
-    kernel allows (root only)."""
+    kernel allows (root only). `cgroups`: bound a sample's processes together to
+    `memory_bytes` and `nproc` tasks in a cgroup of its slot where the kernel allows (root
+    only); `memory_bytes` and `nproc` bound each process in any case."""
 
     timeout: float = 3.0
     memory_bytes: int = 2 << 30
     file_bytes: int = 16 << 20
     nproc: int = 64
     namespaces: bool = True
+    cgroups: bool = True
 
 
 @dataclass(frozen=True)
@@ -282,22 +287,56 @@ class Sandbox:
         self.n_workers = workers
         self._identities: Identities | None = None
         self._idle: queue.Queue[tuple[int, _Worker]] = queue.Queue()
+        self._cgroups: list[sandbox_cgroup.SlotCgroup] = []
+        self._cgroups_unavailable = "not root" if not self.as_root else "turned off"
         self.protections: dict[str, Any] = {}
 
     def _config(self, slot: int) -> dict[str, Any]:
         sample, judge = self._identities.slots[slot] if self._identities else (None, None)
-        return {"sample": sample, "judge": judge, "namespaces": self.limits.namespaces}
+        cgroup = self._cgroups[slot].worker_config() if self._cgroups else None
+        return {
+            "sample": sample,
+            "judge": judge,
+            "namespaces": self.limits.namespaces,
+            "cgroup": cgroup,
+            "cgroup_unavailable": self._cgroups_unavailable,
+        }
 
     def _start(self, slot: int) -> _Worker:
         if self._identities is not None and not self.protections.get("pid_namespace", True):
             sample, judge = self._identities.slots[slot]
             kill_everything_of(sample[0])  # what a dead worker's samples may have left
             kill_everything_of(judge[0])
+        if self._cgroups:
+            self._cgroups[slot].kill()
         return _Worker(self._config(slot))
+
+    def _make_cgroups(self) -> None:
+        """A cgroup per slot where the kernel lets root make them; else none, and why."""
+        try:
+            for slot in range(self.n_workers):
+                name = f"{sandbox_cgroup.NAME_PREFIX}-{os.getpid()}-{slot}"
+                group = sandbox_cgroup.create(name, self.limits.nproc, self.limits.memory_bytes)
+                self._cgroups.append(group)
+            self._cgroups_unavailable = ""
+        except OSError as exc:
+            self._remove_cgroups()
+            self._cgroups_unavailable = sandbox_cgroup.describe_failure(exc)
+
+    def _remove_cgroups(self) -> None:
+        for group in self._cgroups:
+            group.remove()
+        self._cgroups.clear()
+
+    def cgroup_folders(self) -> list[str]:
+        """The slots' cgroup directories (for monitoring and tests; empty without)."""
+        return [folder for group in self._cgroups for folder in group.folders]
 
     def __enter__(self) -> Sandbox:
         if self.as_root:
             self._identities = Identities(self.n_workers)
+            if self.limits.cgroups:
+                self._make_cgroups()
         try:
             for slot in range(self.n_workers):
                 worker = self._start(slot)
@@ -311,6 +350,7 @@ class Sandbox:
     def __exit__(self, *exc_info: object) -> None:
         while not self._idle.empty():
             self._idle.get()[1].stop(gracefully=True)
+        self._remove_cgroups()
         if self._identities is not None:
             self._identities.release()
 
@@ -330,11 +370,11 @@ class Sandbox:
         slot, worker = self._idle.get()
         try:
             try:
-                outcome, healthy = self._judge(worker, job)
+                outcome, healthy = self._judge(worker, job, slot)
             except _Retired:  # it never started this job: start it on a new worker
                 worker.stop()
                 worker = self._start(slot)
-                outcome, healthy = self._judge(worker, job)
+                outcome, healthy = self._judge(worker, job, slot)
             if not healthy:
                 worker.stop()
                 worker = self._start(slot)
@@ -342,10 +382,12 @@ class Sandbox:
         finally:
             self._idle.put((slot, worker))
 
-    def _judge(self, worker: _Worker, job: Job) -> tuple[Outcome, bool]:
+    def _judge(self, worker: _Worker, job: Job, slot: int) -> tuple[Outcome, bool]:
         """The job's outcome, and whether the worker is still fit for the next one."""
         limits = self._limits(job)
         budget = limits["timeout"] + WORKER_GRACE_SECONDS
+        if self._cgroups:
+            self._cgroups[slot].limit_memory(limits["memory_bytes"])
         if job.tests is None:
             request = {
                 "kind": "function",

@@ -59,6 +59,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from weighted_mtp.eval import sandbox_isolation as iso
+from weighted_mtp.eval.sandbox_cgroup import SampleCgroup
 from weighted_mtp.eval.sandbox_channel import (
     HEADER,
     REASON_LIMIT,
@@ -170,8 +171,11 @@ def run_program(program: str) -> None:
     os._exit(status)
 
 
-def sample_process(job: dict[str, Any], fds: list[int], folder: str, ids: Ids | None) -> None:
-    """The body of a sample's process (forked by the zygote); never returns."""
+def sample_process(
+    job: dict[str, Any], fds: list[int], folder: str, ids: Ids | None, cgroup: SampleCgroup | None
+) -> None:
+    """The body of a sample's process (forked by the zygote); never returns. It joins
+    the slot's cgroup first, while root, so every process it makes is charged there."""
     confinement = Confinement(
         folder,
         ids,
@@ -182,6 +186,8 @@ def sample_process(job: dict[str, Any], fds: list[int], folder: str, ids: Ids | 
         own_ipc=job["own_ipc"],
     )
     try:
+        if cgroup is not None:
+            cgroup.join()
         if job["kind"] == "function":
             null_stdio()
             confinement.apply(keep=fds)
@@ -278,7 +284,7 @@ class Reaper:
             self.reap(block=True)  # a killed child's end (its orphans are children now)
 
 
-def zygote(sock: socket.socket, ids: Ids | None) -> None:
+def zygote(sock: socket.socket, ids: Ids | None, cgroup: SampleCgroup | None) -> None:
     """Fork a sample's process per job; once it ended (or the worker said stop), kill its
     descendants and report `{"done": wait status, "job": n}`. Never returns."""
     try:
@@ -290,18 +296,23 @@ def zygote(sock: socket.socket, ids: Ids | None) -> None:
         while True:
             job, fds = receive_message(sock)
             if "stop" not in job:  # a stop that crossed its job's "done" needs nothing
-                run_one_sample(sock, job, fds, ids, reaper)
+                run_one_sample(sock, job, fds, ids, reaper, cgroup)
     except BaseException:  # the worker is gone (or broke): so is the zygote
         os._exit(0)
 
 
 def run_one_sample(
-    sock: socket.socket, job: dict[str, Any], fds: list[int], ids: Ids | None, reaper: Reaper
+    sock: socket.socket,
+    job: dict[str, Any],
+    fds: list[int],
+    ids: Ids | None,
+    reaper: Reaper,
+    cgroup: SampleCgroup | None,
 ) -> None:
     pid = os.fork()
     if pid == 0:
         sock.close()
-        sample_process(job, fds, job["folder"], ids)
+        sample_process(job, fds, job["folder"], ids, cgroup)
     for fd in fds:
         os.close(fd)
     pidfd = os.pidfd_open(pid)
@@ -400,6 +411,13 @@ class Worker:
         self.sample_ids = as_ids(config["sample"])
         self.judge_ids = as_ids(config["judge"])
         self.isolated = False
+        self.cgroup: SampleCgroup | None = None
+        cgroup_why_not = str(config["cgroup_unavailable"])
+        if config["cgroup"]:
+            try:  # before /sys is hidden by the private root
+                self.cgroup = SampleCgroup(config["cgroup"])
+            except OSError as exc:
+                cgroup_why_not = f"the worker cannot use its cgroup: {describe(exc)}"
         why_not = "not root" if os.geteuid() != 0 else "turned off"
         if os.geteuid() == 0 and config["namespaces"]:
             failure = enter_namespaces()
@@ -424,6 +442,8 @@ class Worker:
             "ipc_namespace": self.isolated,
             "private_root": self.isolated,
             "namespaces_unavailable": "" if self.isolated else why_not,
+            "sample_cgroup": self.cgroup is not None,
+            "cgroup_unavailable": "" if self.cgroup is not None else cgroup_why_not,
         }
         self.scratch = iso.Scratch(self.sample_ids or (0, 0)) if self.isolated else None
         self.reaper = Reaper()
@@ -434,7 +454,7 @@ class Worker:
         self.zygote_pid = os.fork()
         if self.zygote_pid == 0:
             self.zygote_socket.close()
-            zygote(theirs, self.sample_ids)
+            zygote(theirs, self.sample_ids, self.cgroup)
         theirs.close()
         self.judge_socket: socket.socket | None = None
         self.judge_pid = 0
@@ -537,15 +557,20 @@ class Worker:
         """The job's answer. What is left of the sample is cleaned up by `finish`, after
         the answer went out (while the evaluator reads it and sends the next job)."""
         self.folder = self.prepare(job)
-        if job["kind"] == "stdio":
-            return self.run_stdio(job)
-        return self.run_function(job)
+        answer = self.run_stdio(job) if job["kind"] == "stdio" else self.run_function(job)
+        if self.cgroup is not None and self.cgroup.new_oom_kills():
+            together = f"its processes together used over {job['memory_bytes']} bytes"
+            return {"result": "error", "reason": f"out of memory: {together}"}
+        return answer
 
     def finish(self) -> None:
         """Kill the sample's processes, remove its folder (a private root's scratch is
         checked, and renewed if need be, by the next `prepare`), reap; RuntimeError if this
         worker cannot go on (its zygote died or hangs)."""
         self.stop_sample()
+        if self.cgroup is not None:
+            self.cgroup.wait_empty()
+            self.cgroup.new_oom_kills()  # what happened after its verdict is not the next one's
         if self.scratch is None and self.folder:
             import shutil
 
