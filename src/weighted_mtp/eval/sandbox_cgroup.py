@@ -30,6 +30,10 @@ PROC_CGROUP = "/proc/self/cgroup"
 MOUNTINFO = "/proc/self/mountinfo"
 REMOVE_SECONDS = 5.0  # how long closing waits for the last killed tasks to leave
 EMPTY_SECONDS = 1.0  # how long a worker waits for a finished sample's cgroup to empty
+SETTLE_SECONDS = 1.0  # how long it waits for memory the kernel frees after a sample's end
+SETTLE_SLACK = 4 << 20  # memory that cannot be reclaimed a sample may find charged
+# memory.stat's memory that reclaim cannot free without swap (v2 names, then v1's)
+UNRECLAIMABLE = ("anon", "shmem", "rss")
 
 
 @dataclass(frozen=True)
@@ -219,7 +223,11 @@ class SlotCgroup:
 
     def worker_config(self) -> dict[str, object]:
         events = "memory.events" if self.version == 2 else "memory.oom_control"
-        return {"folders": self.folders, "events": f"{self.memory}/{events}"}
+        return {
+            "folders": self.folders,
+            "events": f"{self.memory}/{events}",
+            "stat": f"{self.memory}/memory.stat",
+        }
 
     def kill(self) -> None:
         for folder in self.folders:
@@ -316,7 +324,9 @@ class SampleCgroup:
         self.join_fds = [os.open(f"{f}/cgroup.procs", os.O_WRONLY | flags) for f in folders]
         self.list_fds = [os.open(f"{f}/cgroup.procs", os.O_RDONLY | flags) for f in folders]
         self.events_fd = os.open(str(config["events"]), os.O_RDONLY | flags)
+        self.stat_fd = os.open(str(config["stat"]), os.O_RDONLY | flags)
         self.oom_kills_seen = self.oom_kills()
+        self.floor = 0  # unreclaimable memory that did not go away when waited for
 
     def join(self) -> None:
         """Move the calling process (a sample's, still root) into the cgroup."""
@@ -335,6 +345,30 @@ class SampleCgroup:
         """Whether an OOM kill happened in the cgroup since the last call."""
         seen, self.oom_kills_seen = self.oom_kills_seen, self.oom_kills()
         return self.oom_kills_seen > seen
+
+    def unreclaimable(self) -> int:
+        """Bytes charged to the cgroup that reclaim cannot free (without swap)."""
+        total = 0
+        for line in os.pread(self.stat_fd, 1 << 16, 0).decode().splitlines():
+            key, _, value = line.partition(" ")
+            if key in UNRECLAIMABLE:
+                total += int(value)
+        return total
+
+    def settle(self) -> None:
+        """Wait, briefly, until what the last sample left charged that reclaim cannot free
+        is gone, so the next one gets its whole limit. Its processes' memory is freed as
+        they end and its scratch's when that is unmounted, but the System V shared memory
+        of its IPC namespace only once the kernel frees the namespace, a grace period
+        later, from a work queue (tens of milliseconds here). What stays (a file a sample
+        without a private root left in the host's /dev/shm) is waited for only once."""
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while (left := self.unreclaimable()) > self.floor + SETTLE_SLACK:
+            if time.monotonic() > deadline:
+                self.floor = left
+                return
+            time.sleep(0.001)
+        self.floor = min(self.floor, left)
 
     def is_empty(self) -> bool:
         return not any(os.pread(fd, 64, 0).split() for fd in self.list_fds)

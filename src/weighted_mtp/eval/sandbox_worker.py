@@ -557,6 +557,8 @@ class Worker:
         """The job's answer. What is left of the sample is cleaned up by `finish`, after
         the answer went out (while the evaluator reads it and sends the next job)."""
         self.folder = self.prepare(job)
+        if self.cgroup is not None:
+            self.cgroup.settle()  # after `prepare`, which may unmount the last scratch
         answer = self.run_stdio(job) if job["kind"] == "stdio" else self.run_function(job)
         if self.cgroup is not None and self.cgroup.new_oom_kills():
             together = f"its processes together used over {job['memory_bytes']} bytes"
