@@ -54,6 +54,8 @@ def test_without_root_samples_are_judged_the_same_and_the_record_says_what_is_mi
     assert report["protections"]["own_identities"] is False
     assert report["protections"]["pid_namespace"] is False
     assert report["protections"]["namespaces_unavailable"] == "not root"
+    assert report["protections"]["sample_cgroup"] is False
+    assert report["protections"]["cgroup_unavailable"] == "not root"
 
 
 def readable_by_everyone(path: str) -> bool:

@@ -1,0 +1,162 @@
+"""A sample's processes together get one sample's memory: the slot's cgroup stops a
+sample whose children each stay under the per-process limits, as that sample's verdict,
+while the other slot and the next sample on the same slot go on. Real sandbox processes,
+real cgroups (root only; skipped where the kernel lets root make none)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from weighted_mtp.eval import sandbox_cgroup
+from weighted_mtp.eval.sandbox import Job, Sandbox, SandboxLimits
+
+MiB = 1 << 20
+LIMIT = 256 * MiB  # per sample here, and per process (RLIMIT_AS)
+# Four children of 128 MiB each, alive together: each under RLIMIT_AS, 512 MiB in all.
+CHILDREN = """
+import os, time
+pids = []
+for _ in range(4):
+    pid = os.fork()
+    if pid == 0:
+        block = b"x" * (128 << 20)
+        time.sleep(1.0)
+        os._exit(0)
+    pids.append(pid)
+for pid in pids:
+    os.waitpid(pid, 0)
+"""
+HOG_PROGRAM = Job(CHILDREN + "print('done')", tests=(("", "done"),), timeout=20)
+HOG_FUNCTION = Job(CHILDREN + "def f():\n    return 1\n", test="assert f() == 1", timeout=20)
+DOUBLE = Job("def f(x):\n    return 2 * x\n", test="assert f(3) == 6")
+ECHO = Job("print(int(input()) * 2)", tests=(("21", "42"),))
+BIG = Job("block = b'x' * (200 << 20)\nprint('ok')", tests=(("", "ok"),), timeout=20)
+
+
+def cgroups_unavailable() -> str:
+    """Why this process cannot make the sandbox's cgroups ('' when it can)."""
+    if os.geteuid() != 0:
+        return "cgroups need root"
+    try:
+        group = sandbox_cgroup.create(f"wmtp-sandbox-probe-{os.getpid()}", 8, LIMIT)
+    except OSError as exc:
+        return f"no cgroups here: {sandbox_cgroup.describe_failure(exc)}"
+    group.remove()
+    return ""
+
+
+WHY_NOT = cgroups_unavailable()
+needs_cgroups = pytest.mark.skipif(bool(WHY_NOT), reason=WHY_NOT)
+
+
+def wait_empty(folders: list[str], seconds: float = 10.0) -> bool:
+    """Whether every cgroup in `folders` is empty within `seconds` (the worker cleans up
+    after a sample once its verdict went out)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if all(not Path(f, "cgroup.procs").read_text().split() for f in folders):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@needs_cgroups
+@pytest.mark.parametrize("hog", [HOG_PROGRAM, HOG_FUNCTION], ids=["program", "function"])
+def test_a_sample_over_its_memory_in_all_its_processes_is_stopped_alone(hog: Job) -> None:
+    limits = SandboxLimits(memory_bytes=LIMIT)
+    with Sandbox(2, limits) as box:
+        assert box.protections["sample_cgroup"] is True
+        assert box.protections["cgroup_unavailable"] == ""
+        workers = sorted(box.worker_pids())
+        outcomes = box.run_all([hog, DOUBLE, ECHO, DOUBLE, ECHO, DOUBLE])
+        assert sorted(box.worker_pids()) == workers  # no worker died or was replaced
+    stopped, *others = outcomes
+    assert stopped.result == "error"
+    assert f"out of memory: its processes together used over {LIMIT} bytes" in stopped.reason
+    assert all(outcome.passed for outcome in others), others
+
+
+@needs_cgroups
+def test_without_the_cgroup_the_same_sample_stays_under_every_process_limit() -> None:
+    """What the cgroup closes: per-process limits alone let the sample take 512 MiB."""
+    limits = SandboxLimits(memory_bytes=LIMIT, cgroups=False)
+    with Sandbox(1, limits) as box:
+        (outcome,) = box.run_all([HOG_PROGRAM])
+        assert box.protections["sample_cgroup"] is False
+        assert box.protections["cgroup_unavailable"] == "turned off"
+    assert outcome.passed
+
+
+@needs_cgroups
+def test_samples_run_in_their_slot_cgroup_which_goes_with_the_sandbox() -> None:
+    with Sandbox(2) as box:
+        folders = box.cgroup_folders()
+        assert folders and all(os.path.isdir(folder) for folder in folders)
+        names = sorted({os.path.basename(folder) for folder in folders})
+        assert names == [f"wmtp-sandbox-{os.getpid()}-{slot}" for slot in (0, 1)]
+        prefix = f"/wmtp-sandbox-{os.getpid()}-"
+        where = Job(
+            "def f():\n    return open('/proc/self/cgroup').read()\n",
+            test=f"lines = [l for l in f().splitlines() if ':memory:' in l or l.startswith('0::')]"
+            f"\nassert any({prefix!r} in l for l in lines), lines",
+        )
+        outcomes = box.run_all([where] * 4)
+        assert all(outcome.passed for outcome in outcomes), outcomes
+        # Between samples nothing is left in them: not the sample's processes, and
+        # never the worker, its zygote or its judge, which are alive.
+        assert wait_empty(folders)
+        assert all(pid > 0 for pid in box.worker_pids())
+    assert not any(os.path.exists(folder) for folder in folders)
+
+
+@needs_cgroups
+def test_memory_a_sample_left_charged_does_not_count_against_the_next() -> None:
+    """Scratch files (tmpfs pages are charged to the cgroup that wrote them) and System V
+    shared memory (freed with the sample's IPC namespace, late) of one sample, then a
+    sample that needs most of the limit, on the same slot, several times over."""
+    scratch = Job(
+        "for i in range(3):\n"
+        "    for where in ('/tmp/sample', '/dev/shm'):\n"
+        "        with open(f'{where}/fill{i}', 'wb') as out:\n"
+        "            out.write(b'x' * (15 << 20))\n"
+        "print('ok')",
+        tests=(("", "ok"),),
+    )
+    shared = Job(
+        "import ctypes\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "libc.shmget.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_int]\n"
+        "libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]\n"
+        "libc.shmat.restype = ctypes.c_void_p\n"
+        "segment = libc.shmget(0, 150 << 20, 0o1000 | 0o600)\n"
+        "assert segment >= 0, ctypes.get_errno()\n"
+        "ctypes.memset(libc.shmat(segment, None, 0), 1, 150 << 20)\n"
+        "print('ok')",
+        tests=(("", "ok"),),
+    )
+    with Sandbox(1, SandboxLimits(memory_bytes=LIMIT)) as box:
+        if not box.protections["private_root"]:
+            pytest.skip("scratch and IPC namespaces of their own need the private root")
+        outcomes = box.run_all([scratch, BIG, shared, BIG] * 3)
+    assert all(outcome.passed for outcome in outcomes), outcomes
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox makes cgroups only as root")
+def test_without_cgroups_samples_run_and_the_record_says_why(monkeypatch, tmp_path) -> None:
+    """No cgroup file system mounted (simulated): the evaluation runs as before."""
+    empty = tmp_path / "mountinfo"
+    empty.write_text("")
+    monkeypatch.setattr(sandbox_cgroup, "MOUNTINFO", str(empty))
+    with Sandbox(2) as box:
+        outcomes = box.run_all(
+            [DOUBLE, ECHO, Job("def f(x):\n    return x\n", test="assert f(3) == 6")]
+        )
+        assert box.cgroup_folders() == []
+        assert box.protections["sample_cgroup"] is False
+        why = box.protections["cgroup_unavailable"]
+    assert [o.result for o in outcomes] == ["passed", "passed", "failed"]
+    assert why == "no cgroup hierarchy with the memory controller"
