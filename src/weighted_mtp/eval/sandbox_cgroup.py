@@ -322,7 +322,7 @@ class SampleCgroup:
         assert isinstance(folders, list)
         flags = os.O_CLOEXEC
         self.join_fds = [os.open(f"{f}/cgroup.procs", os.O_WRONLY | flags) for f in folders]
-        self.list_fds = [os.open(f"{f}/cgroup.procs", os.O_RDONLY | flags) for f in folders]
+        self.folder_fds = [os.open(f, os.O_PATH | os.O_DIRECTORY | flags) for f in folders]
         self.events_fd = os.open(str(config["events"]), os.O_RDONLY | flags)
         self.stat_fd = os.open(str(config["stat"]), os.O_RDONLY | flags)
         self.oom_kills_seen = self.oom_kills()
@@ -371,7 +371,17 @@ class SampleCgroup:
         self.floor = min(self.floor, left)
 
     def is_empty(self) -> bool:
-        return not any(os.pread(fd, 64, 0).split() for fd in self.list_fds)
+        """Whether no process is in the cgroup. `cgroup.procs` is opened anew each time:
+        cgroup v1 keeps the list it read for an open file (and any other reader in the
+        same PID namespace) for a second, so reading an open one again can be stale."""
+        for folder_fd in self.folder_fds:
+            fd = os.open("cgroup.procs", os.O_RDONLY | os.O_CLOEXEC, dir_fd=folder_fd)
+            try:
+                if os.read(fd, 64).split():
+                    return False
+            finally:
+                os.close(fd)
+        return True
 
     def wait_empty(self) -> None:
         """Return once no process is left in the cgroup (the zygote killed the sample's);

@@ -160,3 +160,39 @@ def test_without_cgroups_samples_run_and_the_record_says_why(monkeypatch, tmp_pa
         why = box.protections["cgroup_unavailable"]
     assert [o.result for o in outcomes] == ["passed", "passed", "failed"]
     assert why == "no cgroup hierarchy with the memory controller"
+
+
+def joined_child(cgroup: sandbox_cgroup.SampleCgroup) -> int:
+    """A child in the cgroup (joined as a sample's process does), sleeping."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        cgroup.join()
+        os.write(write_fd, b"in")
+        time.sleep(60)
+        os._exit(0)
+    os.close(write_fd)
+    assert os.read(read_fd, 2) == b"in"
+    os.close(read_fd)
+    return pid
+
+
+@needs_cgroups
+def test_the_worker_sees_each_process_in_the_cgroup_and_closing_kills_them() -> None:
+    """Cgroup v1 hands a reader of an open `cgroup.procs` the list it read before for a
+    second: the worker's check must not miss a process that joined since."""
+    group = sandbox_cgroup.create(f"wmtp-sandbox-test-{os.getpid()}", 8, LIMIT)
+    try:
+        worker_side = sandbox_cgroup.SampleCgroup(group.worker_config())
+        assert worker_side.is_empty()
+        pid = joined_child(worker_side)
+        assert not worker_side.is_empty()
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        assert worker_side.is_empty()
+        left = joined_child(worker_side)  # for closing to kill
+    finally:
+        group.remove()
+    assert not any(os.path.exists(folder) for folder in group.folders)
+    _, status = os.waitpid(left, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9
