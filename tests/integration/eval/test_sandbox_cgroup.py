@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from weighted_mtp.errors import WmtpError
 from weighted_mtp.eval import sandbox_cgroup
 from weighted_mtp.eval.sandbox import Job, Sandbox, SandboxLimits
 
@@ -77,6 +78,22 @@ def test_a_sample_over_its_memory_in_all_its_processes_is_stopped_alone(hog: Job
     stopped, *others = outcomes
     assert stopped.result == "error"
     assert f"out of memory: its processes together used over {LIMIT} bytes" in stopped.reason
+    assert all(outcome.passed for outcome in others), others
+
+
+@needs_cgroups
+def test_without_namespaces_the_cgroup_still_stops_it() -> None:
+    """Root without namespaces (a container that refuses unshare): pids are the host's."""
+    try:
+        box = Sandbox(2, SandboxLimits(memory_bytes=LIMIT, namespaces=False)).__enter__()
+    except WmtpError as exc:  # the sandbox's users cannot read this interpreter
+        pytest.skip(str(exc))
+    try:
+        assert box.protections["sample_cgroup"] and not box.protections["pid_namespace"]
+        stopped, *others = box.run_all([HOG_PROGRAM, DOUBLE, ECHO, DOUBLE])
+    finally:
+        box.__exit__()
+    assert stopped.result == "error" and "out of memory" in stopped.reason
     assert all(outcome.passed for outcome in others), others
 
 
