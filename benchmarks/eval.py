@@ -457,8 +457,60 @@ def _tree_cpu_seconds(pid: int) -> float:
     return total / ticks
 
 
+def _time_cgroup_steps() -> None:
+    """The cgroup steps alone: a forked child joining (through v1's `tasks` and through
+    `cgroup.procs`, after short and long pauses) and the worker's reads."""
+    import struct
+
+    from weighted_mtp.eval import sandbox_cgroup
+
+    try:
+        group = sandbox_cgroup.create(f"wmtp-sandbox-bench-{os.getpid()}", 64, 2 << 30)
+    except OSError as exc:
+        print(f"no cgroups: {sandbox_cgroup.describe_failure(exc)}")
+        return
+    try:
+        side = sandbox_cgroup.SampleCgroup(group.worker_config())
+        procs = [os.open(f"{f}/cgroup.procs", os.O_WRONLY) for f in group.folders]
+        read_fd, write_fd = os.pipe()
+        joins = "+".join(sorted({os.path.basename(path) for path in group.join_files}))
+        for name, fds in ((joins, side.join_fds), ("cgroup.procs", procs)):
+            for pause in (0.005, 0.05):
+                seconds = []
+                for _ in range(40):
+                    pid = os.fork()
+                    if pid == 0:
+                        start = time.perf_counter()
+                        for fd in fds:
+                            os.write(fd, b"0")
+                        os.write(write_fd, struct.pack("d", time.perf_counter() - start))
+                        os._exit(0)
+                    os.waitpid(pid, 0)
+                    seconds += struct.unpack("d", os.read(read_fd, 8))
+                    time.sleep(pause)
+                print(
+                    f"join through {name}, "
+                    f"{1e3 * pause:.0f} ms apart: median {1e3 * statistics.median(seconds):.3f} ms"
+                )
+        for name, step in (
+            ("settle", side.settle),
+            ("new_oom_kills", side.new_oom_kills),
+            ("is_empty", side.is_empty),
+        ):
+            start = time.perf_counter()
+            for _ in range(2000):
+                step()
+            print(f"{name}: {1e3 * (time.perf_counter() - start) / 2000:.4f} ms")
+        for fd in procs:
+            os.close(fd)
+    finally:
+        group.remove()
+
+
 def bench_sandbox_slot(args: argparse.Namespace) -> None:
     from weighted_mtp.eval.sandbox import Sandbox, SandboxLimits
+
+    _time_cgroup_steps()
 
     programs = reference_programs(None, None)
     jobs = [problem.job(reference) for _, problem, reference, _ in programs]
