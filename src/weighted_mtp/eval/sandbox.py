@@ -370,11 +370,11 @@ class Sandbox:
         slot, worker = self._idle.get()
         try:
             try:
-                outcome, healthy = self._judge(worker, job, slot)
+                outcome, healthy = self._judge(worker, job)
             except _Retired:  # it never started this job: start it on a new worker
                 worker.stop()
                 worker = self._start(slot)
-                outcome, healthy = self._judge(worker, job, slot)
+                outcome, healthy = self._judge(worker, job)
             if not healthy:
                 worker.stop()
                 worker = self._start(slot)
@@ -382,12 +382,10 @@ class Sandbox:
         finally:
             self._idle.put((slot, worker))
 
-    def _judge(self, worker: _Worker, job: Job, slot: int) -> tuple[Outcome, bool]:
+    def _judge(self, worker: _Worker, job: Job) -> tuple[Outcome, bool]:
         """The job's outcome, and whether the worker is still fit for the next one."""
         limits = self._limits(job)
         budget = limits["timeout"] + WORKER_GRACE_SECONDS
-        if self._cgroups:
-            self._cgroups[slot].limit_memory(limits["memory_bytes"])
         if job.tests is None:
             request = {
                 "kind": "function",

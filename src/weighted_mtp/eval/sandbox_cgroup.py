@@ -10,10 +10,11 @@ hierarchy is mounted). Each sample's process joins its slot's cgroup while still
 before it forks anything, so all its descendants are charged together; the zygote, the
 worker and the judge stay outside (an OOM kill there ends the sample only).
 
-The evaluator (`SlotCgroups`) creates, limits and removes the cgroups; the worker
+The evaluator (`create`, `SlotCgroup`) makes and removes the cgroups; the worker
 (`SampleCgroup`) holds descriptors opened before it hides /sys behind its private root:
-to join, to check the cgroup is empty between samples, and to count OOM kills. Standard
-library only: the worker imports this.
+to join, to set each job's memory limit while the cgroup is empty, to check that it is
+empty between samples, and to count OOM kills. Standard library only: the worker imports
+this.
 """
 
 from __future__ import annotations
@@ -190,7 +191,7 @@ class SlotCgroup:
     version: int
     memory: str  # the folder with the memory controller
     pids: str | None  # the folder with the pids controller (the same one in v2)
-    memory_bytes: int = 0  # the limit in force
+    memory_bytes: int = 0  # the limit it was made with
 
     @property
     def folders(self) -> list[str]:
@@ -204,36 +205,24 @@ class SlotCgroup:
         here, unless another migration happened in the last few milliseconds)."""
         return [join_file(folder) for folder in self.folders]
 
-    def limit_memory(self, memory_bytes: int) -> None:
-        """The limit for the next sample's processes together (swap included where the
-        kernel accounts it, so none of it goes to swap)."""
-        if memory_bytes == self.memory_bytes:
-            return
-        value = str(memory_bytes)
+    @property
+    def limit_files(self) -> list[str]:
+        """The memory limit's files, the plain limit first (v1 with swap accounting: the
+        memory + swap limit too, which must never be below the plain one)."""
         if self.version == 2:
-            _write(self.memory + "/memory.max", value)
-        else:
-            files = ["memory.limit_in_bytes"]
-            if os.path.exists(self.memory + "/memory.memsw.limit_in_bytes"):
-                # memsw must stay >= the plain limit at every step (0: both unlimited)
-                files.append("memory.memsw.limit_in_bytes")
-                if 0 < self.memory_bytes < memory_bytes:
-                    files.reverse()
-            for name in files:
-                try:
-                    _write(f"{self.memory}/{name}", value)
-                except OSError as exc:  # below what earlier samples left in the cache
-                    if exc.errno != errno.EBUSY:
-                        raise
-                    _write(self.memory + "/memory.force_empty", "0")
-                    _write(f"{self.memory}/{name}", value)
-        self.memory_bytes = memory_bytes
+            return [self.memory + "/memory.max"]
+        files = [self.memory + "/memory.limit_in_bytes"]
+        if os.path.exists(self.memory + "/memory.memsw.limit_in_bytes"):
+            files.append(self.memory + "/memory.memsw.limit_in_bytes")
+        return files
 
     def worker_config(self) -> dict[str, object]:
         events = "memory.events" if self.version == 2 else "memory.oom_control"
         return {
             "folders": self.folders,
             "join": self.join_files,
+            "limits": self.limit_files,
+            "memory_bytes": self.memory_bytes,
             "events": f"{self.memory}/{events}",
             "stat": f"{self.memory}/memory.stat",
         }
@@ -288,7 +277,12 @@ def create(name: str, nproc: int, memory_bytes: int) -> SlotCgroup:
             created.append(group.pids)
         if group.pids is not None:
             _write(group.pids + "/pids.max", str(nproc))
-        group.limit_memory(memory_bytes)
+        limit = MemoryLimit(group.limit_files)
+        try:
+            limit.set(memory_bytes)
+        finally:
+            limit.close()
+        group.memory_bytes = memory_bytes
         _probe(group)
     except OSError:
         for folder in reversed(created):
@@ -296,6 +290,42 @@ def create(name: str, nproc: int, memory_bytes: int) -> SlotCgroup:
                 os.rmdir(folder)
         raise
     return group
+
+
+class MemoryLimit:
+    """Sets a cgroup's memory limit (with swap where the kernel accounts it, so none of it
+    goes to swap) through descriptors, so the worker can once /sys is hidden."""
+
+    def __init__(self, files: list[str], value: int = 0) -> None:
+        self.fds = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in files]
+        self.folder_fd = os.open(os.path.dirname(files[0]), os.O_PATH | os.O_CLOEXEC)
+        self.value = value  # the limit in force (0: as the kernel made it, unlimited)
+
+    def set(self, memory_bytes: int) -> None:
+        """To be called while no process is in the cgroup."""
+        if memory_bytes == self.value:
+            return
+        fds = list(reversed(self.fds)) if 0 < self.value < memory_bytes else self.fds
+        for fd in fds:
+            try:
+                os.write(fd, str(memory_bytes).encode())
+            except OSError as exc:  # v1: below what is charged (page cache of earlier ones)
+                if exc.errno != errno.EBUSY:
+                    raise
+                self._force_empty()
+                os.write(fd, str(memory_bytes).encode())
+        self.value = memory_bytes
+
+    def _force_empty(self) -> None:
+        fd = os.open("memory.force_empty", os.O_WRONLY | os.O_CLOEXEC, dir_fd=self.folder_fd)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        for fd in (*self.fds, self.folder_fd):
+            os.close(fd)
 
 
 def join_file(folder: str) -> str:
@@ -339,6 +369,9 @@ class SampleCgroup:
         self.folder_fds = [os.open(f, os.O_PATH | os.O_DIRECTORY | flags) for f in folders]
         self.events_fd = os.open(str(config["events"]), os.O_RDONLY | flags)
         self.stat_fd = os.open(str(config["stat"]), os.O_RDONLY | flags)
+        limits, memory_bytes = config["limits"], config["memory_bytes"]
+        assert isinstance(limits, list) and isinstance(memory_bytes, int)
+        self.limit = MemoryLimit(limits, memory_bytes)
         self.oom_kills_seen = self.oom_kills()
         self.floor = 0  # unreclaimable memory that did not go away when waited for
 

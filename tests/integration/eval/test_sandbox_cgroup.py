@@ -82,6 +82,19 @@ def test_a_sample_over_its_memory_in_all_its_processes_is_stopped_alone(hog: Job
 
 
 @needs_cgroups
+def test_each_job_gets_its_own_memory_limit_for_all_its_processes() -> None:
+    """A job's own limit (CodeContests: the problem's) holds for the sample as a whole,
+    raised and lowered again from one job to the next on the same slot."""
+    three = CHILDREN.replace("range(4)", "range(3)") + "print('done')"  # 384 MiB in all
+    roomy = Job(three, tests=(("", "done"),), timeout=20, memory_bytes=768 * MiB)
+    tight = Job(three, tests=(("", "done"),), timeout=20)
+    with Sandbox(1, SandboxLimits(memory_bytes=LIMIT)) as box:
+        outcomes = box.run_all([roomy, tight, roomy, tight])
+    assert [o.result for o in outcomes] == ["passed", "error", "passed", "error"], outcomes
+    assert f"over {LIMIT} bytes" in outcomes[1].reason
+
+
+@needs_cgroups
 def test_without_namespaces_the_cgroup_still_stops_it() -> None:
     """Root without namespaces (a container that refuses unshare): pids are the host's."""
     try:

@@ -8,6 +8,7 @@ not offer its controllers in. The kernel's side is in the integration tests."""
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,27 @@ from weighted_mtp.eval import sandbox_cgroup
 
 V2_MOUNT = "30 23 0:27 / {root} rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
 V1_MOUNT = "35 31 0:32 {inner} {root}/{name} rw - cgroup cgroup rw,{name}\n"
+# What the kernel puts in a new cgroup's folder (of those the sandbox writes)
+V2_FILES = ("cgroup.procs", "memory.max", "pids.max")
+V1_FILES = ("cgroup.procs", "tasks", "memory.limit_in_bytes", "pids.max")
 
 
 def layout(monkeypatch, tmp_path: Path, proc_cgroup: str, mountinfo: str) -> Path:
+    """A cgroup tree in `tmp_path` whose new folders get their interface files."""
+    make = sandbox_cgroup._make
+
+    def make_with_files(parent: str, name: str) -> str:
+        folder = make(parent, name)
+        v1 = os.path.basename(parent) in ("memory", "pids") or "/memory/" in folder
+        for file in V1_FILES if v1 else V2_FILES:
+            Path(folder, file).write_text("")
+        return folder
+
+    monkeypatch.setattr(sandbox_cgroup, "_make", make_with_files)
+    return _layout(monkeypatch, tmp_path, proc_cgroup, mountinfo)
+
+
+def _layout(monkeypatch, tmp_path: Path, proc_cgroup: str, mountinfo: str) -> Path:
     root = tmp_path / "cgroup"
     root.mkdir()
     (tmp_path / "self_cgroup").write_text(proc_cgroup)
@@ -44,6 +63,7 @@ def test_pure_v2_limits_a_child_of_the_evaluators_cgroup(monkeypatch, tmp_path) 
     assert (own / "cgroup.subtree_control").read_text() == "+memory +pids"
     assert (own / "wmtp-sandbox-7-0" / "memory.max").read_text() == str(256 << 20)
     assert (own / "wmtp-sandbox-7-0" / "pids.max").read_text() == "64"
+    assert group.join_files == [slot + "/cgroup.procs"]
     assert group.worker_config()["events"] == str(own / "wmtp-sandbox-7-0" / "memory.events")
 
 
@@ -99,6 +119,7 @@ def test_v1_in_a_container_whose_hierarchies_are_bind_mounted(monkeypatch, tmp_p
     assert (group.version, group.folders) == (1, [str(memory), str(pids)])
     assert (memory / "memory.limit_in_bytes").read_text() == str(256 << 20)
     assert (pids / "pids.max").read_text() == "64"
+    assert group.join_files == [str(memory / "tasks"), str(pids / "tasks")]
     # a second sandbox of the same process gets a name of its own
     again = sandbox_cgroup.create("wmtp-sandbox-7-0", 64, 256 << 20)
     assert again.folders == [f"{memory}-1", f"{pids}-1"]
