@@ -319,7 +319,7 @@ class Sandbox:
                 group = sandbox_cgroup.create(name, self.limits.nproc, self.limits.memory_bytes)
                 self._cgroups.append(group)
             self._cgroups_unavailable = ""
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # not allowed here, or a layout not understood
             self._remove_cgroups()
             self._cgroups_unavailable = sandbox_cgroup.describe_failure(exc)
 

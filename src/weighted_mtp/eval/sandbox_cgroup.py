@@ -353,8 +353,10 @@ def _probe(group: SlotCgroup) -> None:
         raise OSError(errno.EPERM, f"cannot join it: {said}")
 
 
-def describe_failure(exc: OSError) -> str:
+def describe_failure(exc: OSError | ValueError) -> str:
     """One line saying why a cgroup could not be made."""
+    if isinstance(exc, ValueError):  # a cgroup file this code does not read as expected
+        return f"unexpected cgroup file contents: {exc}"
     return _why(exc) if exc.filename else (exc.strerror or str(exc))
 
 

@@ -192,6 +192,19 @@ def test_without_cgroups_samples_run_and_the_record_says_why(monkeypatch, tmp_pa
     assert why == "no cgroup hierarchy with the memory controller"
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox makes cgroups only as root")
+def test_a_cgroup_layout_not_understood_leaves_the_evaluation_running(monkeypatch) -> None:
+    def unreadable(*_args: object) -> sandbox_cgroup.SlotCgroup:
+        raise ValueError("invalid literal for int() with base 10: 'max'")
+
+    monkeypatch.setattr(sandbox_cgroup, "create", unreadable)
+    with Sandbox(1) as box:
+        (outcome,) = box.run_all([DOUBLE])
+        why = box.protections["cgroup_unavailable"]
+    assert outcome.passed, outcome
+    assert why == "unexpected cgroup file contents: invalid literal for int() with base 10: 'max'"
+
+
 def joined_child(cgroup: sandbox_cgroup.SampleCgroup) -> int:
     """A child in the cgroup (joined as a sample's process does), sleeping."""
     read_fd, write_fd = os.pipe()
