@@ -562,6 +562,7 @@ class Worker:
         if self.cgroup is not None:
             self.cgroup.settle()  # after `prepare`, which may unmount the last scratch
             self.cgroup.limit.set(job["memory_bytes"])  # the cgroup is empty now
+            self.cgroup.new_oom_kills()  # one after the last answer was not this sample's
         answer = self.run_stdio(job) if job["kind"] == "stdio" else self.run_function(job)
         if self.cgroup is not None and self.cgroup.new_oom_kills():
             together = f"its processes together used over {job['memory_bytes']} bytes"
