@@ -51,6 +51,7 @@ from weighted_mtp import assets
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.models.architecture import HfLlamaConfig, MetaParams
 from weighted_mtp.storage.layout import MODELS, Layout, ModelPaths
+from weighted_mtp.storage.runs import model_folder
 from weighted_mtp.train.builders import trained_structure, value_structure
 from weighted_mtp.train.config import TrainConfig, validate, with_overrides
 from weighted_mtp.train.critic import ValueModel
@@ -214,7 +215,6 @@ def _published(name: str, kind: str, path: Any) -> dict[str, object]:
 def policy_params(layout: Layout, model: str) -> tuple[str, MetaParams]:
     """The policy's params.json (its folder's, else the published one of a base model)."""
     from weighted_mtp.models.adapter import read_mtp_params
-    from weighted_mtp.storage.runs import model_folder
 
     paths, _ = model_folder(layout, model)
     if paths.params.is_file():
@@ -278,8 +278,6 @@ def run_models(layout: Layout, config: TrainConfig) -> Models:
     if kind is POLICY:
         name, params = policy_params(layout, config.model)
         return Models(kind, name, params, helper_model(layout, config, name))
-    from weighted_mtp.storage.runs import model_folder
-
     paths, _ = model_folder(layout, config.model)
     return Models(kind, paths.name, llama_config(paths), None)
 
