@@ -147,12 +147,12 @@ def bench_params(size_bytes: int, vocab: int) -> dict:
 def prepare(work: Path, size_gb: float) -> tuple[Path, Path]:
     """A storage root with the synthetic checkpoint downloaded; returns (root, checkpoint)."""
     from weighted_mtp.catalog import load_catalog
-    from weighted_mtp.models.download import download_model
     from weighted_mtp.models.tokenizer import tokenizer_facts
+    from weighted_mtp.models.upstream_download import download_model
     from weighted_mtp.storage.init import init_storage
     from weighted_mtp.storage.layout import Layout
-    from weighted_mtp.synthetic.models import write_meta_mirror
-    from weighted_mtp.synthetic.tokenizer import train_llama_style_tokenizer
+    from weighted_mtp.synthetic.llama_tokenizer import train_llama_style_tokenizer
+    from weighted_mtp.synthetic.model_mirrors import write_meta_mirror
 
     tokenizer = train_llama_style_tokenizer(work / "tokenizer.model")
     params = bench_params(int(size_gb * 1e9), tokenizer_facts(tokenizer).vocab_size)

@@ -22,8 +22,8 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaModel
 
+from weighted_mtp.train.batches import Batch
 from weighted_mtp.train.critic import ValueModel
-from weighted_mtp.train.data import Batch
 from weighted_mtp.train.distributed import Dist
 from weighted_mtp.train.lora import TrainedModel
 from weighted_mtp.train.objectives import StepContext, ValueObjective

@@ -151,7 +151,7 @@ def main() -> None:
     workdir = Path(args.keep or tempfile.mkdtemp(prefix="wmtp-bench-"))
     tokenizer = args.tokenizer
     if tokenizer is None:
-        from weighted_mtp.synthetic.tokenizer import train_llama_style_tokenizer
+        from weighted_mtp.synthetic.llama_tokenizer import train_llama_style_tokenizer
 
         tokenizer = train_llama_style_tokenizer(workdir / "tokenizer.model")
     print(f"cores: {os.cpu_count()}; tokenizer: {tokenizer}")

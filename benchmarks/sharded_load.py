@@ -158,7 +158,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from weighted_mtp.models.architecture import MetaParams, meta_tensor_shapes
-    from weighted_mtp.synthetic.models import write_model_folder
+    from weighted_mtp.synthetic.model_mirrors import write_model_folder
 
     params = MetaParams(
         dim=args.dim,

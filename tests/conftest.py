@@ -49,7 +49,7 @@ def layout(tmp_path: Path):
 def sp_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Llama-2-style SentencePiece model (unk 0, bos 1, eos 2, byte fallback, >8000
     pieces), trained once per session on local text. Tests must not modify it."""
-    from weighted_mtp.synthetic.tokenizer import train_llama_style_tokenizer
+    from weighted_mtp.synthetic.llama_tokenizer import train_llama_style_tokenizer
 
     return train_llama_style_tokenizer(tmp_path_factory.mktemp("tokenizer") / "tokenizer.model")
 

@@ -51,7 +51,7 @@ TINY_REFERENCE_CONFIG = {
 
 
 # Tiny models with uneven shapes (61 rows shard 31 + 30) and grouped-query attention, for
-# loading tests that build model folders with `synthetic.models.write_model_folder`.
+# loading tests that build model folders with `synthetic.model_mirrors.write_model_folder`.
 LOADING_POLICY = {
     "dim": 32, "n_layers": 3, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 61,
     "multiple_of": 16, "n_future_tokens": 2, "max_seq_len": 64,

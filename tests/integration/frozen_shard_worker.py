@@ -15,9 +15,9 @@ from torch.distributed.tensor import DTensor
 
 from weighted_mtp.models.adapter import MtpTransformer
 from weighted_mtp.models.architecture import MetaParams
+from weighted_mtp.train.batches import Batch
 from weighted_mtp.train.config import FrozenConfig, LoraConfig
 from weighted_mtp.train.critic import ValueModel, critic_values
-from weighted_mtp.train.data import Batch
 from weighted_mtp.train.distributed import shard
 from weighted_mtp.train.frozen import freeze, place_frozen, shard_frozen
 from weighted_mtp.train.lora import inject_lora

@@ -24,7 +24,7 @@ from weighted_mtp.storage.layout import Layout
 from weighted_mtp.train.config import Setting, TrainConfig, build_config
 from weighted_mtp.train.distributed import Dist
 from weighted_mtp.train.memory_plan import full_batch, run_models, step_memory
-from weighted_mtp.train.runs import resolve_assets
+from weighted_mtp.train.run_setup import resolve_assets
 from weighted_mtp.train.tensor_memory import watch_optimizer
 from weighted_mtp.train.trainer import Trainer
 

@@ -23,7 +23,7 @@ wmtp = run_wmtp
 
 @pytest.fixture
 def meta_mirror(tmp_path: Path, sp_model_path: Path) -> Path:
-    from weighted_mtp.synthetic.models import write_meta_mirror
+    from weighted_mtp.synthetic.model_mirrors import write_meta_mirror
 
     return write_meta_mirror(tmp_path / "mirror", tokenizer_model=sp_model_path, params=TINY)
 

@@ -14,7 +14,7 @@ import torch
 
 from tests.helpers import LOADING_POLICY, LOADING_REFERENCE
 from weighted_mtp.models.architecture import HfLlamaConfig, MetaParams
-from weighted_mtp.synthetic.models import write_model_folder
+from weighted_mtp.synthetic.model_mirrors import write_model_folder
 
 WORKER = Path(__file__).with_name("sharded_load_worker.py")
 POLICY = MetaParams.from_dict(LOADING_POLICY)

@@ -57,8 +57,8 @@ def test_a_rerun_of_prepare_removes_what_the_killed_run_left(layout, sp_model_pa
 
 def test_a_rerun_of_convert_removes_what_the_killed_run_left(layout, sp_model_path, tmp_path):
     from weighted_mtp.catalog import load_catalog
-    from weighted_mtp.models.download import download_model
-    from weighted_mtp.synthetic.models import write_meta_mirror
+    from weighted_mtp.models.upstream_download import download_model
+    from weighted_mtp.synthetic.model_mirrors import write_meta_mirror
 
     mirror = write_meta_mirror(
         tmp_path / "mirror",

@@ -130,7 +130,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("models",),
     ("catalog",),
     ("storage",),
-    ("limits", "assets", "interrupts", "progress", "errors", "checks", "clock", "figures"),
+    ("limits", "registry", "interrupts", "progress", "errors", "checks", "clock", "figures"),
     ("__init__",),
 )
 
@@ -203,3 +203,13 @@ def test_no_module_imports_a_layer_above_its_own():
     assert "weighted_mtp.storage.init" in graph["weighted_mtp.cli.storage"]  # function-local
     found = upward_imports(graph)
     assert found == [], "upward imports: " + ", ".join(f"{a} -> {b}" for a, b in found)
+
+
+def test_no_module_name_is_used_in_two_packages():
+    """One name per concept: `train/checkpoint.py` and `models/checkpoint.py` would be two
+    things called the same (`__init__` and `__main__` excepted)."""
+    packages_of: dict[str, list[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        if path.name not in ("__init__.py", "__main__.py"):
+            packages_of.setdefault(path.stem, []).append(str(path.parent.relative_to(PACKAGE)))
+    assert {name: where for name, where in packages_of.items() if len(where) > 1} == {}

@@ -43,7 +43,7 @@ def download(
 ) -> None:
     """Fetch a dataset (hub or --mirror) and write raw/*.jsonl, SOURCE.json, checksums."""
     from weighted_mtp.data.download import download_dataset
-    from weighted_mtp.models.download import plan_download
+    from weighted_mtp.models.upstream_download import plan_download
 
     st, name = state(ctx), checked_name(name, DATASETS, "dataset")
     if dry_run:

@@ -39,7 +39,7 @@ def download(
     as_json: JsonOpt = False,
 ) -> None:
     """Fetch the upstream files into raw/ and tokenizer/ (resumes), recording SOURCE.json."""
-    from weighted_mtp.models.download import download_model, plan_download
+    from weighted_mtp.models.upstream_download import download_model, plan_download
 
     st = state(ctx)
     if dry_run:

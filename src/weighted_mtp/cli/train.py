@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from weighted_mtp.assets import TRAIN_DATASET
 from weighted_mtp.cli._console import console, err_console, print_json, state
+from weighted_mtp.registry import TRAIN_DATASET
 
 if TYPE_CHECKING:
     from weighted_mtp.train.config import Setting
@@ -280,7 +280,7 @@ def _report(experiment: str, result: RunResult) -> None:
 
 
 def _train(ctx: typer.Context, experiment: str, flags: tuple[Flag, ...], **values: Any) -> None:
-    from weighted_mtp.train.runs import resolve_run
+    from weighted_mtp.train.run_setup import resolve_run
 
     layout = state(ctx).layout
     config, run_dir = resolve_run(

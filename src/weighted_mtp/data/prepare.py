@@ -29,7 +29,7 @@ from weighted_mtp.data.stats import SplitStats
 from weighted_mtp.data.template import PROMPT_TEMPLATE, RECORD_SCHEMA
 from weighted_mtp.data.tokens import SPECIAL_TOKENS, Tokenizer, resolve_tokenizer
 from weighted_mtp.errors import UsageError, WmtpError
-from weighted_mtp.storage import stamps
+from weighted_mtp.storage import freshness
 from weighted_mtp.storage.atomic import atomic_write, write_json
 from weighted_mtp.storage.hashing import HashingWriter, sha256_file
 from weighted_mtp.storage.layout import SPLITS, DatasetPaths, Layout
@@ -399,7 +399,7 @@ def prepare_dataset(
         truncate_code=truncate_code,
         languages=languages,
     )
-    store = stamps.Store(layout)
+    store = freshness.Store(layout)
     store.record_built(name)
     store.save()
     return summary

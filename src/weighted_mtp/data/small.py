@@ -16,7 +16,7 @@ from typing import Any
 
 from weighted_mtp.data.sources import record_field
 from weighted_mtp.errors import WmtpError
-from weighted_mtp.storage import stamps
+from weighted_mtp.storage import freshness
 from weighted_mtp.storage.atomic import write_text
 from weighted_mtp.storage.jsonl import iter_jsonl
 from weighted_mtp.storage.layout import SPLITS, Layout
@@ -80,5 +80,5 @@ def build_small(layout: Layout, name: str, *, seed: int = 42) -> dict[str, Any]:
             "correct": correct,
             "incorrect": len(lines) - correct,
         }
-    stamps.record_verified(layout, stamps.small_key(name), built_now=True)
+    freshness.record_verified(layout, freshness.small_key(name), built_now=True)
     return result

@@ -26,7 +26,7 @@ from weighted_mtp.data.template import hollow_sections
 from weighted_mtp.data.tokens import SPECIAL_TOKENS, Tokenizer
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.limits import current_limits
-from weighted_mtp.storage import stamps
+from weighted_mtp.storage import freshness
 from weighted_mtp.storage.atomic import read_json
 from weighted_mtp.storage.hashing import sha256_file
 from weighted_mtp.storage.jsonl import iter_jsonl_range, line_chunks
@@ -386,9 +386,9 @@ def validate_dataset(layout: Layout, name: str) -> Report:
     scans = _check_splits(report, paths, summary, schema, tokenizer)
     _check_small(report, layout, name, schema, scans)
     if report.ok:
-        stamps.record_verified(layout, name)
+        freshness.record_verified(layout, name)
     else:
-        stamps.clear(layout, name)
+        freshness.clear(layout, name)
     return report
 
 

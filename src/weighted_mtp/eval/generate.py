@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.eval import defaults
+from weighted_mtp.storage.finished_runs import FinishedRun
 from weighted_mtp.storage.layout import Layout, ModelPaths
-from weighted_mtp.storage.runs import FinishedRun
 
 if TYPE_CHECKING:
     import sentencepiece as spm
@@ -306,7 +306,7 @@ def load_run_for_generation(
     against their SHA256SUMS, or its LoRA adapter merged onto the base it trained from."""
     import torch
 
-    from weighted_mtp.models.lora import load_lora_merged
+    from weighted_mtp.models.lora_merge import load_lora_merged
     from weighted_mtp.models.tokenizer import load_sentencepiece
 
     if not run.adapter:

@@ -20,12 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from weighted_mtp import assets, progress
+from weighted_mtp import progress, registry
 from weighted_mtp.checks import listed
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.models.architecture import Shapes, compare_shapes
-from weighted_mtp.models.checkpoint import TensorSource
-from weighted_mtp.models.download import recorded_hash
 from weighted_mtp.models.formats import format_of, require_upstream
 from weighted_mtp.models.hf_tokenizer import write_hf_tokenizer
 from weighted_mtp.models.metadata import (
@@ -37,7 +35,9 @@ from weighted_mtp.models.metadata import (
 )
 from weighted_mtp.models.safetensors_stream import SafetensorsWriter, TensorSpec, WrittenFile
 from weighted_mtp.models.tokenizer import TokenizerFacts, shared_with_meta, tokenizer_facts
-from weighted_mtp.storage import stamps
+from weighted_mtp.models.upstream_download import recorded_hash
+from weighted_mtp.models.upstream_reader import TensorSource
+from weighted_mtp.storage import freshness
 from weighted_mtp.storage.atomic import read_json
 from weighted_mtp.storage.hashing import sha256_file, write_sha256sums
 from weighted_mtp.storage.layout import Layout, ModelPaths
@@ -55,13 +55,13 @@ def convert_model(layout: Layout, name: str, *, dtype: str = "float16") -> dict[
     """Convert a downloaded base model; returns the metadata.json content."""
     if dtype not in TARGET_DTYPES:
         raise UsageError(f"unknown dtype {dtype!r}", hint=f"choose {', '.join(TARGET_DTYPES)}")
-    if "convert" not in assets.spec(name).build:
+    if "convert" not in registry.spec(name).build:
         raise UsageError(
             f"{name} is not converted from an upstream checkpoint",
             hint=f"build it with `wmtp models micro {name}`",
         )
     paths = layout.model(name)
-    stamps.clear(layout, name)
+    freshness.clear(layout, name)
     fmt = format_of(name)
     facts = tokenizer_facts(require_upstream(paths.tokenizer_model))
     upstream = fmt.upstream(paths, facts.vocab_size)
@@ -83,11 +83,11 @@ def convert_model(layout: Layout, name: str, *, dtype: str = "float16") -> dict[
     tokenizer_files = write_hf_tokenizer(
         paths.tokenizer_dir,
         paths.tokenizer_model,
-        keep_upstream_json=assets.spec(name).upstream_tokenizer_json,
+        keep_upstream_json=registry.spec(name).upstream_tokenizer_json,
     )
     shared, difference = (
         shared_with_meta(layout, paths.tokenizer_model)
-        if assets.compares_tokenizer(name)
+        if registry.compares_tokenizer(name)
         else (None, None)
     )
     metadata = _metadata(

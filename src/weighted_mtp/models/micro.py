@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from weighted_mtp import assets
+from weighted_mtp import registry
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.models.architecture import Shapes
 from weighted_mtp.models.formats import Architecture, Dims, MicroSize, ModelFormat, format_of
@@ -35,7 +35,7 @@ from weighted_mtp.models.metadata import (
 )
 from weighted_mtp.models.safetensors_stream import DTYPES, SafetensorsWriter, TensorSpec
 from weighted_mtp.models.tokenizer import shared_with_meta, tokenizer_facts, trim_tokenizer
-from weighted_mtp.storage import stamps
+from weighted_mtp.storage import freshness
 from weighted_mtp.storage.hashing import sha256_file, write_sha256sums
 from weighted_mtp.storage.layout import Layout, ModelPaths
 
@@ -204,12 +204,12 @@ def build_micro(
     written atomically; the old metadata.json is removed first and the new one written
     last, so an interrupted build never looks complete.
     """
-    if name not in assets.MICRO_MODELS:
+    if name not in registry.MICRO_MODELS:
         raise UsageError(
             f"{name!r} is not a micro model",
-            hint=f"choose one of: {', '.join(assets.MICRO_MODELS)}",
+            hint=f"choose one of: {', '.join(registry.MICRO_MODELS)}",
         )
-    base_name = assets.spec(name).derived_from or ""
+    base_name = registry.spec(name).derived_from or ""
     base_paths, paths = layout.model(base_name), layout.model(name)
     init = init or ("slice" if base_paths.weights.is_file() else "random")
     if init not in INITS:
@@ -230,7 +230,7 @@ def build_micro(
     plan = _plan(fmt, base_paths, paths, size, init, seed)
     base_sha = _base_weights_sha256(base_paths) if init == "slice" else None
 
-    stamps.clear(layout, name)
+    freshness.clear(layout, name)
     paths.metadata.unlink(missing_ok=True)
     trimmed = trim_tokenizer(base_paths.tokenizer_model, paths.tokenizer_model, size.vocab_size)
     tokenizer_files = write_hf_tokenizer(paths.tokenizer_dir, paths.tokenizer_model)

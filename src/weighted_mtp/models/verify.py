@@ -16,16 +16,16 @@ from weighted_mtp import progress
 from weighted_mtp.checks import Report, listed
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.models.architecture import compare_shapes, config_value_problem
-from weighted_mtp.models.checkpoint import open_files
 from weighted_mtp.models.convert import all_finite
 from weighted_mtp.models.formats import Architecture, format_named
 from weighted_mtp.models.metadata import ModelMetadata, read_metadata
 from weighted_mtp.models.safetensors_stream import dtype_code
 from weighted_mtp.models.tokenizer import tokenizer_difference, tokenizer_facts
 from weighted_mtp.models.tokenizer_agreement import agreement_corpus, check_agreement
+from weighted_mtp.models.upstream_reader import open_files
+from weighted_mtp.storage.freshness import Store
 from weighted_mtp.storage.hashing import check_sha256sums, read_sha256sums
 from weighted_mtp.storage.layout import Layout, ModelPaths
-from weighted_mtp.storage.stamps import Store
 
 MAX_LISTED = 3
 

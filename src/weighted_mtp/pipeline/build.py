@@ -1,6 +1,6 @@
 """`wmtp build`: every step that makes the storage, in order, idempotent and resumable.
 
-Every step asks the freshness store (`storage.stamps`) whether its outputs are current: verified,
+Every step asks the freshness store (`storage.freshness`) whether its outputs are current: verified,
 and neither they nor what they were built from changed since (a raw dataset file rewritten
 reruns that dataset's prepare and small steps, nothing else). Current steps are skipped, so a
 rerun after Ctrl-C or a kill picks up where the storage stands and ends in the state an
@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from weighted_mtp import assets
-from weighted_mtp.assets import AssetSpec, BuildStep
+from weighted_mtp import registry
 from weighted_mtp.catalog import Asset, Catalog
 from weighted_mtp.checks import Report
 from weighted_mtp.clock import utc_now
@@ -35,8 +34,8 @@ from weighted_mtp.data.small import build_small
 from weighted_mtp.data.validate import validate_dataset
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.models.convert import convert_model
-from weighted_mtp.models.download import download_model
 from weighted_mtp.models.micro import build_micro
+from weighted_mtp.models.upstream_download import download_model
 from weighted_mtp.models.verify import verify_model
 from weighted_mtp.pipeline.checklist import damaged_assets, run_checklist
 from weighted_mtp.pipeline.manifest import (
@@ -52,7 +51,8 @@ from weighted_mtp.pipeline.records import (
     saved_checklist,
 )
 from weighted_mtp.pipeline.report import generate_reports
-from weighted_mtp.storage import stamps
+from weighted_mtp.registry import AssetSpec, BuildStep
+from weighted_mtp.storage import freshness
 from weighted_mtp.storage.atomic import read_json_or_none
 from weighted_mtp.storage.init import init_storage
 from weighted_mtp.storage.layout import DATASETS, Layout
@@ -133,7 +133,7 @@ class BuildResult:
 
 def _verified(ctx: BuildContext, name: str, verify: Callable[[], Report]) -> bool:
     """Cheap: the store says the asset is current; else really verify it (which records it)."""
-    if stamps.is_current(ctx.layout, name):
+    if freshness.is_current(ctx.layout, name):
         return True
     try:
         return verify().ok
@@ -180,7 +180,7 @@ def _model_download_done(ctx: BuildContext, name: str, step: str) -> bool:
     if source is None:
         return False
     files = source.get("files") or {}
-    store = stamps.Store(ctx.layout)
+    store = freshness.Store(ctx.layout)
     ok = bool(files) and all(
         isinstance(entry, dict)
         and paths.file(rel).is_file()
@@ -196,7 +196,7 @@ def _dataset_download_done(ctx: BuildContext, name: str, step: str) -> bool:
     source = _kept_source(ctx, paths.source, ctx.catalog.dataset(name), step)
     if source is None or not paths.raw_checksums.is_file():
         return False
-    store = stamps.Store(ctx.layout)
+    store = freshness.Store(ctx.layout)
     try:
         count, bad = sha256sums_mismatches(ctx.layout, paths.raw_checksums, store)
     except WmtpError:
@@ -213,7 +213,7 @@ def _model_done(ctx: BuildContext, name: str) -> bool:
 def _prepared_from_current_raw(ctx: BuildContext, name: str) -> bool:
     """The store's record says the processed files were made from the raw files there now
     (same fingerprints, or same hashes where a fingerprint moved); saved when it moved."""
-    store = stamps.Store(ctx.layout)
+    store = freshness.Store(ctx.layout)
     same = store.inputs_unchanged(name)
     store.save()
     return same
@@ -221,7 +221,7 @@ def _prepared_from_current_raw(ctx: BuildContext, name: str) -> bool:
 
 def _dataset_done(ctx: BuildContext, name: str) -> bool:
     """Prepared from the raw files there now, and the processed files verify."""
-    return stamps.is_current(ctx.layout, name) or (
+    return freshness.is_current(ctx.layout, name) or (
         _prepared_from_current_raw(ctx, name)
         and _verified(ctx, name, lambda: validate_dataset(ctx.layout, name))
     )
@@ -230,8 +230,8 @@ def _dataset_done(ctx: BuildContext, name: str) -> bool:
 def _small_done(ctx: BuildContext, name: str) -> bool:
     """Sampled from the processed splits as they are now (or splits prepared again to the
     same bytes) and unchanged since."""
-    store = stamps.Store(ctx.layout)
-    done = store.current_or_same_inputs(stamps.small_key(name))
+    store = freshness.Store(ctx.layout)
+    done = store.current_or_same_inputs(freshness.small_key(name))
     store.save()
     return done
 
@@ -320,7 +320,7 @@ def _validate(ctx: BuildContext) -> None:
 def _validate_done(ctx: BuildContext) -> bool:
     """Nothing changed in this build, and every dataset is as validated. (Small sets are
     validated again by the verify step whenever the manifest moved.)"""
-    store = stamps.Store(ctx.layout)
+    store = freshness.Store(ctx.layout)
     return all(store.is_current(name) for name in DATASETS) and not ctx.ran
 
 
@@ -334,12 +334,12 @@ def _verify(ctx: BuildContext) -> None:
 def _verify_done(ctx: BuildContext) -> bool:
     """Every asset is current in the store, and the asset checks passed for the manifest the
     build has just refreshed from the store. `wmtp verify` itself always re-reads every byte."""
-    store = stamps.Store(ctx.layout)
+    store = freshness.Store(ctx.layout)
     saved = last_checklist(ctx.layout, store)
     return (
         saved is not None
         and all(step.ok for step in saved.steps if step.group in ASSET_GROUPS)
-        and all(store.is_current(key) for key in stamps.asset_keys())
+        and all(store.is_current(key) for key in freshness.asset_keys())
     )
 
 
@@ -412,7 +412,7 @@ def _steps() -> list[Step]:
     """Models before datasets; within each, every asset's first step before any second."""
     kinds: tuple[BuildStep, ...] = ("download", "convert", "micro", "prepare", "small")
     ordered = sorted(
-        ((spec, kind) for spec in assets.ASSETS for kind in spec.build),
+        ((spec, kind) for spec in registry.ASSETS for kind in spec.build),
         key=lambda pair: (pair[0].is_dataset, kinds.index(pair[1])),
     )
     return [
@@ -499,7 +499,7 @@ def _damaged_by_last_verify(layout: Layout) -> list[str]:
     saved = saved_checklist(layout)
     if saved is None or saved.ok:
         return []
-    store = stamps.Store(layout)
+    store = freshness.Store(layout)
     return [key for key in damaged_assets(layout, saved) if store.record(key) is None]
 
 

@@ -5,7 +5,7 @@ which files are concerned. Asset-level checks come from the models' `verify_mode
 datasets' `validate_dataset`; the registry says which assets each group covers. This
 module adds what only the whole storage can tell (layout, manifest, leftovers, documents,
 approval). The step numbers are `pipeline.plan`'s business. A run re-reads every
-byte and records what it read in the freshness store (`storage.stamps`): every hash, each
+byte and records what it read in the freshness store (`storage.freshness`): every hash, each
 asset that passed, the loss of the records of damaged assets, and the saved checklist as made
 from the current manifest.
 """
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from weighted_mtp import assets
+from weighted_mtp import registry
 from weighted_mtp.checks import Report
 from weighted_mtp.data.validate import validate_dataset
 from weighted_mtp.errors import WmtpError
@@ -44,7 +44,7 @@ from weighted_mtp.pipeline.records import (
     document_status,
     tag_status,
 )
-from weighted_mtp.storage import stamps
+from weighted_mtp.storage import freshness
 from weighted_mtp.storage.atomic import read_json, write_json
 from weighted_mtp.storage.layout import SPLITS, STORAGE_VERSION, Layout
 
@@ -65,7 +65,7 @@ class _Run:
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
-        self.store = stamps.Store(layout, trust_known=False)
+        self.store = freshness.Store(layout, trust_known=False)
         self.differs_from_manifest: list[str] = []
         self.results: list[StepResult] = []  # the groups checked so far
 
@@ -141,7 +141,7 @@ def check_layout(run: _Run, report: Report) -> None:
 
 def check_raw_models(run: _Run, report: Report) -> None:
     """Every file the download recorded in SOURCE.json is present with its recorded hash."""
-    for name in assets.checked_by("raw models"):
+    for name in registry.checked_by("raw models"):
         paths = run.layout.model(name)
         if not paths.source.is_file():
             report.add(
@@ -178,7 +178,7 @@ def _verify_models(group: str) -> Callable[[_Run, Report], None]:
     """The check group that runs `verify_model` on every model the registry puts in it."""
 
     def check(run: _Run, report: Report) -> None:
-        for name in assets.checked_by(group):
+        for name in registry.checked_by(group):
             verify = partial(verify_model, run.layout, name, store=run.store)
             run.add_asset_report(report, verify, name)
 
@@ -186,7 +186,7 @@ def _verify_models(group: str) -> Callable[[_Run, Report], None]:
 
 
 def check_raw_datasets(run: _Run, report: Report) -> None:
-    for name in assets.checked_by("raw datasets"):
+    for name in registry.checked_by("raw datasets"):
         paths = run.layout.dataset(name)
         report.add(
             f"{name}: SOURCE.json",
@@ -211,7 +211,7 @@ def check_dataset_code(run: _Run, report: Report) -> None:
         report.add(f"{module}.{function}", ok, "" if ok else "missing")
     missing = [
         run.rel(run.layout.dataset(n).schema)
-        for n in assets.DATASETS
+        for n in registry.DATASETS
         if not run.layout.dataset(n).schema.is_file()
     ]
     report.add("processed schema.json written", not missing, "", missing)
@@ -232,7 +232,7 @@ def _small_present(run: _Run, report: Report, name: str) -> None:
 
 
 def check_processed_datasets(run: _Run, report: Report) -> None:
-    for name in assets.checked_by("processed datasets"):
+    for name in registry.checked_by("processed datasets"):
         run.add_asset_report(report, partial(validate_dataset, run.layout, name), name)
         _small_present(run, report, name)
 
@@ -263,7 +263,7 @@ def check_integrity(run: _Run, report: Report) -> None:
         else f"{len(manifest['files'])} files",
         diff.files(),
     )
-    for name in assets.MODELS:
+    for name in registry.MODELS:
         run.hashes_match(report, f"{name}: safetensors/SHA256SUMS", layout.model(name).sha256sums)
     run.hashes_match(report, "SHA256SUMS (whole storage)", layout.checksums)
 
@@ -308,8 +308,8 @@ def damaged_assets(layout: Layout, checklist: Checklist) -> list[str]:
     failures = [c for step in checklist.failed() for c in step.report.failures()]
     files = {f for c in failures for f in c.files}
     damaged = []
-    for key in stamps.asset_keys():
-        prefix = layout.relative(stamps.asset_root(layout, key)) + "/"
+    for key in freshness.asset_keys():
+        prefix = layout.relative(freshness.asset_root(layout, key)) + "/"
         named = any(c.name == key or c.name.startswith(f"{key}:") for c in failures)
         if named or any(f.startswith(prefix) for f in files):
             damaged.append(key)
@@ -320,7 +320,7 @@ def _record_in_store(run: _Run, checklist: Checklist) -> None:
     """The freshness store learns what this run read: every hash, the checklist as made from
     the current MANIFEST.json, and the loss of the records of damaged assets (so the next
     build makes them again even when their fingerprints look unchanged, e.g. a flipped bit)."""
-    run.store.record_verified(stamps.VERIFICATION, built_now=True)
+    run.store.record_verified(freshness.VERIFICATION, built_now=True)
     for key in damaged_assets(run.layout, checklist):
         run.store.clear(key)
     run.store.save()

@@ -1,6 +1,6 @@
 """MANIFEST.json: every asset file's path, size and SHA-256, so any later change is named.
 
-The hashes come from the freshness store (`storage.stamps.Store`): hashing a 30 GB storage
+The hashes come from the freshness store (`storage.freshness.Store`): hashing a 30 GB storage
 takes minutes, so the manifest and SHA256SUMS are written from the hashes the store has
 recorded (by downloads, verifications and earlier refreshes), each reused only while its
 file keeps the fingerprint it had when hashed; only new or changed files are read. `verify`
@@ -22,9 +22,9 @@ from weighted_mtp.clock import utc_now
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import TEMP_MARKER, read_json, write_json, write_text
 from weighted_mtp.storage.clean import PARTIAL_SUFFIXES
+from weighted_mtp.storage.freshness import Store
 from weighted_mtp.storage.hashing import format_sha256sums, read_sha256sums, sha256_file
 from weighted_mtp.storage.layout import CACHE_DIR, STORAGE_VERSION, Layout
-from weighted_mtp.storage.stamps import Store
 from weighted_mtp.storage.tree import iter_files, iter_non_regular
 
 SCHEMA = {

@@ -21,8 +21,8 @@ from weighted_mtp.errors import WmtpError
 from weighted_mtp.pipeline.manifest import load_manifest, manifest_sha256
 from weighted_mtp.pipeline.plan import label, plan_step
 from weighted_mtp.storage.atomic import read_json
+from weighted_mtp.storage.freshness import VERIFICATION, Store
 from weighted_mtp.storage.layout import STORAGE_VERSION, Layout
-from weighted_mtp.storage.stamps import VERIFICATION, Store
 
 MAX_REASON = 120  # longer lists of passed checks are summarised by their count
 

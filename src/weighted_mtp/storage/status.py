@@ -1,6 +1,6 @@
 """What the storage holds: each asset's state, and the tree with sizes.
 
-"verified" is the freshness store's answer (`stamps.Store.is_current`): the asset passed
+"verified" is the freshness store's answer (`freshness.Store.is_current`): the asset passed
 verification and neither it nor what it was built from changed since."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from weighted_mtp import assets
-from weighted_mtp.storage import stamps
+from weighted_mtp import registry
+from weighted_mtp.storage import freshness
 from weighted_mtp.storage.layout import DATASETS, MODELS, SPLITS, Layout
 from weighted_mtp.storage.tree import iter_files, tree_size
 
@@ -28,23 +28,23 @@ def _has_files(path: Path, ignore: tuple[str, ...] = ()) -> bool:
     return any(p.name not in ignore for p in iter_files(path))
 
 
-def model_state(layout: Layout, name: str, store: stamps.Store | None = None) -> str:
+def model_state(layout: Layout, name: str, store: freshness.Store | None = None) -> str:
     """missing, raw-only, converted or verified."""
     paths = layout.model(name)
     if paths.weights.is_file():
-        current = (store or stamps.Store(layout)).is_current(name)
+        current = (store or freshness.Store(layout)).is_current(name)
         return "verified" if current else "converted"
-    downloaded = "download" in assets.spec(name).build
+    downloaded = "download" in registry.spec(name).build
     if downloaded and _has_files(paths.raw, ignore=("SOURCE.json",)):
         return "raw-only"
     return "missing"
 
 
-def dataset_state(layout: Layout, name: str, store: stamps.Store | None = None) -> str:
+def dataset_state(layout: Layout, name: str, store: freshness.Store | None = None) -> str:
     """missing, raw-only, prepared or verified (prepared from the raw files there now)."""
     paths = layout.dataset(name)
     if any(paths.split(split).is_file() for split in SPLITS):
-        current = (store or stamps.Store(layout)).is_current(name)
+        current = (store or freshness.Store(layout)).is_current(name)
         return "verified" if current else "prepared"
     if _has_files(paths.raw, ignore=("SOURCE.json",)):
         return "raw-only"
@@ -57,7 +57,7 @@ def small_state(layout: Layout, name: str) -> str:
 
 
 def asset_statuses(layout: Layout) -> list[AssetStatus]:
-    store = stamps.Store(layout)
+    store = freshness.Store(layout)
     rows = []
     for name in MODELS:
         root = layout.model(name).root

@@ -32,7 +32,7 @@ def write_training_storage(
     from weighted_mtp.models.verify import verify_model
     from weighted_mtp.storage.init import init_storage
     from weighted_mtp.synthetic.datasets import write_codecontests_mirror
-    from weighted_mtp.synthetic.tokenizer import train_llama_style_tokenizer
+    from weighted_mtp.synthetic.llama_tokenizer import train_llama_style_tokenizer
 
     root = Path(root)
     layout = Layout(root / "storage")

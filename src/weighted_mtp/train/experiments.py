@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from weighted_mtp.storage.layout import Layout, ModelPaths
+from weighted_mtp.train.batches import Example, require_both_outcomes
 from weighted_mtp.train.builders import (
     build_policy,
     build_reference,
@@ -31,7 +32,6 @@ from weighted_mtp.train.builders import (
     value_model_structure,
 )
 from weighted_mtp.train.config import TrainConfig
-from weighted_mtp.train.data import Example, require_both_outcomes
 from weighted_mtp.train.distributed import Dist
 from weighted_mtp.train.final import save_critic_final, save_policy_final, save_reference_final
 from weighted_mtp.train.helper_models import (

@@ -7,7 +7,7 @@ one writer per kind of model a run trains.
   (`safetensors/model.safetensors` + `SHA256SUMS`, `configs/`, `tokenizer/`), loadable with
   `load_mtp_model`, in the source's dtype; `adapter` is peft's `save_pretrained` layout
   (`adapter_model.safetensors`, `adapter_config.json`), the LoRA tensors alone;
-  `models.lora.load_lora_merged` puts them back on the run's base model.
+  `models.lora_merge.load_lora_merged` puts them back on the run's base model.
 - The value model (`save_critic_final`): `critic.safetensors` (every tensor, LoRA layers
   included, as `frozen.load_critic` rebuilds it), the tokenizer and `stage.json`.
 - The tuned reference (`save_reference_final`): a model folder in the source's dtype (LoRA
@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-from weighted_mtp.assets import STAGE_RECORD
+from weighted_mtp.registry import STAGE_RECORD
 from weighted_mtp.storage.atomic import atomic_folder, read_json_or_none, write_json
+from weighted_mtp.storage.finished_runs import ADAPTER_WEIGHTS
 from weighted_mtp.storage.hashing import sha256_file
-from weighted_mtp.storage.runs import ADAPTER_WEIGHTS
 
 if TYPE_CHECKING:
     from weighted_mtp.storage.layout import ModelPaths

@@ -55,7 +55,7 @@ from weighted_mtp.train.weightings import StepWeighting, WeighContext, Weighting
 
 if TYPE_CHECKING:
     from weighted_mtp.models.adapter import MtpTransformer
-    from weighted_mtp.train.data import Batch
+    from weighted_mtp.train.batches import Batch
     from weighted_mtp.train.distributed import Dist
     from weighted_mtp.train.lora import TrainedModel
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from weighted_mtp.figures import png_bytes, pyplot
 from weighted_mtp.storage.atomic import write_bytes
-from weighted_mtp.train.runs import read_metrics
+from weighted_mtp.train.run_setup import read_metrics
 
 
 def plot_runs(run_dirs: list[Path], out: Path) -> Path:

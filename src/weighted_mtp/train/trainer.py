@@ -31,8 +31,7 @@ from weighted_mtp.storage.atomic import write_json, write_text
 from weighted_mtp.storage.layout import Layout, RunFolder
 from weighted_mtp.storage.run_folder import claim_run_folder
 from weighted_mtp.train import checkpoint as ckpt
-from weighted_mtp.train.config import TrainConfig, config_yaml, validate, validate_for_world
-from weighted_mtp.train.data import (
+from weighted_mtp.train.batches import (
     Batch,
     BatchPlan,
     Example,
@@ -40,6 +39,7 @@ from weighted_mtp.train.data import (
     fixed_batches,
     read_examples,
 )
+from weighted_mtp.train.config import TrainConfig, config_yaml, validate, validate_for_world
 from weighted_mtp.train.distributed import (
     Dist,
     autocast_dtype,
@@ -51,7 +51,7 @@ from weighted_mtp.train.experiments import EXPERIMENTS, Setup
 from weighted_mtp.train.loggers import Loggers, open_loggers, require_logger
 from weighted_mtp.train.lora import TrainedModel
 from weighted_mtp.train.objectives import StepContext, TrainingObjective
-from weighted_mtp.train.runs import Assets, manifest_hashes
+from weighted_mtp.train.run_setup import Assets, manifest_hashes
 
 
 @dataclass(frozen=True)
@@ -397,7 +397,7 @@ def train(
 ) -> RunResult:
     """Train one run of `config.experiment` on this rank (all ranks of a torchrun call this
     the same way); `make_objective` replaces the experiment's objective (tests)."""
-    from weighted_mtp.train.runs import new_run_dir, require_verified_model, resolve_assets
+    from weighted_mtp.train.run_setup import new_run_dir, require_verified_model, resolve_assets
 
     validate(config)
     experiment = EXPERIMENTS[config.experiment]

@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
     from weighted_mtp.models.adapter import MtpTransformer
-    from weighted_mtp.train.data import Batch
+    from weighted_mtp.train.batches import Batch
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,12 @@ from weighted_mtp.storage.hashing import sha256_file
 def eval_storage(tmp_path_factory, sp_model_path):
     from weighted_mtp.catalog import load_catalog
     from weighted_mtp.data.download import download_dataset
-    from weighted_mtp.models.download import download_model
     from weighted_mtp.models.micro import MicroSize, build_micro
+    from weighted_mtp.models.upstream_download import download_model
     from weighted_mtp.storage.init import init_storage
     from weighted_mtp.storage.layout import Layout
     from weighted_mtp.synthetic.datasets import write_humaneval_mirror
-    from weighted_mtp.synthetic.models import write_meta_mirror
+    from weighted_mtp.synthetic.model_mirrors import write_meta_mirror
 
     base = tmp_path_factory.mktemp("evalrun")
     layout = Layout(base / "storage")

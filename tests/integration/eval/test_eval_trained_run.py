@@ -79,7 +79,7 @@ def test_a_lora_run_is_merged_onto_its_base_and_evaluated_on_mbpp(lora_run, tmp_
 
     from weighted_mtp.eval.generate import load_run_for_generation
     from weighted_mtp.models.adapter import load_mtp_model
-    from weighted_mtp.storage.runs import finished_run
+    from weighted_mtp.storage.finished_runs import finished_run
 
     layout, lora = lora_run
     out = tmp_path / "mbpp"

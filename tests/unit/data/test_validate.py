@@ -1,7 +1,7 @@
 import json
 
 from weighted_mtp.data.validate import validate_dataset
-from weighted_mtp.storage.stamps import is_current
+from weighted_mtp.storage.freshness import is_current
 
 
 def _failed(report) -> set[str]:

@@ -11,7 +11,7 @@ from tests.helpers import TINY_META_PARAMS, TINY_REFERENCE_CONFIG
 
 @pytest.fixture
 def meta_mirror(tmp_path: Path, sp_model_path: Path) -> Path:
-    from weighted_mtp.synthetic.models import write_meta_mirror
+    from weighted_mtp.synthetic.model_mirrors import write_meta_mirror
 
     return write_meta_mirror(
         tmp_path / "meta-mirror", tokenizer_model=sp_model_path, params=dict(TINY_META_PARAMS)
@@ -20,7 +20,7 @@ def meta_mirror(tmp_path: Path, sp_model_path: Path) -> Path:
 
 @pytest.fixture
 def reference_mirror(tmp_path: Path, sp_model_path: Path) -> Path:
-    from weighted_mtp.synthetic.models import write_reference_mirror
+    from weighted_mtp.synthetic.model_mirrors import write_reference_mirror
 
     return write_reference_mirror(
         tmp_path / "ref-mirror", tokenizer_model=sp_model_path, config=dict(TINY_REFERENCE_CONFIG)
@@ -37,7 +37,7 @@ def catalog():
 @pytest.fixture
 def meta_raw(layout, catalog, meta_mirror):
     """The tiny Meta model downloaded (from its mirror) into `layout`; returns its paths."""
-    from weighted_mtp.models.download import download_model
+    from weighted_mtp.models.upstream_download import download_model
 
     download_model(layout, catalog, "meta-llama-mtp", mirror=meta_mirror)
     return layout.model("meta-llama-mtp")
@@ -45,7 +45,7 @@ def meta_raw(layout, catalog, meta_mirror):
 
 @pytest.fixture
 def reference_raw(layout, catalog, reference_mirror):
-    from weighted_mtp.models.download import download_model
+    from weighted_mtp.models.upstream_download import download_model
 
     download_model(layout, catalog, "ref-sheared-llama-2.7b", mirror=reference_mirror)
     return layout.model("ref-sheared-llama-2.7b")

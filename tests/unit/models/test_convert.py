@@ -238,8 +238,8 @@ def test_reference_shards_merge_exactly_without_rotary_buffers(reference_raw, me
 def test_safetensors_shards_convert_too(layout, sp_model_path, tmp_path):
     from tests.helpers import TINY_REFERENCE_CONFIG
     from weighted_mtp.catalog import load_catalog
-    from weighted_mtp.models.download import download_model
-    from weighted_mtp.synthetic.models import write_reference_mirror
+    from weighted_mtp.models.upstream_download import download_model
+    from weighted_mtp.synthetic.model_mirrors import write_reference_mirror
 
     mirror = write_reference_mirror(
         tmp_path / "st",

@@ -30,8 +30,8 @@ GQA_META = {
 def converted_meta(layout, tmp_path, sp_model_path):
     from weighted_mtp.catalog import load_catalog
     from weighted_mtp.models.convert import convert_model
-    from weighted_mtp.models.download import download_model
-    from weighted_mtp.synthetic.models import write_meta_mirror
+    from weighted_mtp.models.upstream_download import download_model
+    from weighted_mtp.synthetic.model_mirrors import write_meta_mirror
 
     mirror = write_meta_mirror(
         tmp_path / "mirror", tokenizer_model=sp_model_path, params=dict(GQA_META)

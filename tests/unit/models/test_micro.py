@@ -50,8 +50,8 @@ def converted(layout, name: str, tmp_path: Path, sp_model_path: Path, spec=None)
     """Download `name` from a synthetic mirror and convert it, as `wmtp build` would."""
     from weighted_mtp.catalog import load_catalog
     from weighted_mtp.models.convert import convert_model
-    from weighted_mtp.models.download import download_model
-    from weighted_mtp.synthetic.models import write_meta_mirror, write_reference_mirror
+    from weighted_mtp.models.upstream_download import download_model
+    from weighted_mtp.synthetic.model_mirrors import write_meta_mirror, write_reference_mirror
 
     if name == META_MODEL:
         mirror = write_meta_mirror(
@@ -247,7 +247,7 @@ def test_verify_passes_on_sliced_micro_models_and_catches_tampering(
     layout, tmp_path, sp_model_path
 ):
     from weighted_mtp.models.verify import verify_model
-    from weighted_mtp.storage.stamps import is_current
+    from weighted_mtp.storage.freshness import is_current
 
     converted(layout, META_MODEL, tmp_path, sp_model_path, GQA_META)
     converted(layout, REFERENCE_MODEL, tmp_path, sp_model_path, dict(TINY_REF))

@@ -9,8 +9,8 @@ from tests.helpers import flip_byte
 from weighted_mtp.models.convert import convert_model
 from weighted_mtp.models.safetensors_stream import save_tensors
 from weighted_mtp.models.verify import verify_model
+from weighted_mtp.storage.freshness import is_current
 from weighted_mtp.storage.hashing import sha256_file, write_sha256sums
-from weighted_mtp.storage.stamps import is_current
 
 
 @pytest.fixture
@@ -211,7 +211,7 @@ def test_a_checklist_run_reads_each_model_file_once(layout, meta, monkeypatch):
     import weighted_mtp.storage.hashing as hashing
     from weighted_mtp.pipeline.checklist import run_checklist
     from weighted_mtp.pipeline.manifest import refresh_manifest
-    from weighted_mtp.storage import stamps
+    from weighted_mtp.storage import freshness
 
     refresh_manifest(layout)
     reads, real = Counter(), hashing.sha256_file
@@ -220,7 +220,7 @@ def test_a_checklist_run_reads_each_model_file_once(layout, meta, monkeypatch):
         reads[str(path)] += 1
         return real(path, **kwargs)
 
-    for module in (stamps, hashing):
+    for module in (freshness, hashing):
         monkeypatch.setattr(module, "sha256_file", counting)
     checklist = run_checklist(layout, through="integrity", save=False)
     meta_step = next(step for step in checklist.steps if step.group == "Meta model")

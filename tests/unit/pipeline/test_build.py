@@ -14,7 +14,7 @@ from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.pipeline import build as b
 from weighted_mtp.pipeline import records
 from weighted_mtp.pipeline.manifest import load_manifest
-from weighted_mtp.storage import stamps
+from weighted_mtp.storage import freshness
 from weighted_mtp.storage.atomic import TEMP_MARKER
 
 MBPP_STEPS = ["init", "download-mbpp", "prepare-mbpp", "small-mbpp"]
@@ -236,8 +236,8 @@ def test_a_changed_raw_file_reruns_exactly_its_datasets_steps(with_tokenizer, tm
         "small-mbpp",
         "download-humaneval",  # fetched again (--refresh), the same bytes: nothing follows
     }
-    assert stamps.Store(layout).inputs_unchanged("mbpp")  # verified by the validate step
-    assert stamps.is_current(layout, "mbpp_small")
+    assert freshness.Store(layout).inputs_unchanged("mbpp")  # verified by the validate step
+    assert freshness.is_current(layout, "mbpp_small")
 
 
 def test_the_manifest_reuses_the_hashes_of_a_converted_models_verification(
@@ -246,9 +246,9 @@ def test_the_manifest_reuses_the_hashes_of_a_converted_models_verification(
     from collections import Counter
 
     import weighted_mtp.storage.hashing as hashing
-    from weighted_mtp.models.download import download_model
-    from weighted_mtp.storage import stamps
-    from weighted_mtp.synthetic.models import write_meta_mirror
+    from weighted_mtp.models.upstream_download import download_model
+    from weighted_mtp.storage import freshness
+    from weighted_mtp.synthetic.model_mirrors import write_meta_mirror
 
     params = {
         "dim": 64,
@@ -266,7 +266,7 @@ def test_the_manifest_reuses_the_hashes_of_a_converted_models_verification(
         reads[str(path)] += 1
         return real(path, **kwargs)
 
-    for module in (stamps, hashing):
+    for module in (freshness, hashing):
         monkeypatch.setattr(module, "sha256_file", counting)
     result = b.build(layout, load_catalog(), only=["convert-meta"])
     assert _statuses(result) == {"convert-meta": "ran"}

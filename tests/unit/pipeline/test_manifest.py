@@ -6,10 +6,10 @@ import pytest
 
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.pipeline import manifest as mf
-from weighted_mtp.storage import stamps
+from weighted_mtp.storage import freshness
 from weighted_mtp.storage.atomic import TEMP_MARKER
+from weighted_mtp.storage.freshness import Store
 from weighted_mtp.storage.hashing import sha256_file, write_sha256sums
-from weighted_mtp.storage.stamps import Store
 
 
 def _populate(layout):
@@ -93,8 +93,8 @@ def test_known_hashes_are_reused_only_while_size_and_mtime_match(layout, monkeyp
     model, _ = _populate(layout)
     mf.refresh_manifest(layout)
     calls = []
-    real = stamps.sha256_file
-    monkeypatch.setattr(stamps, "sha256_file", lambda p, **kw: calls.append(p) or real(p, **kw))
+    real = freshness.sha256_file
+    monkeypatch.setattr(freshness, "sha256_file", lambda p, **kw: calls.append(p) or real(p, **kw))
     mf.refresh_manifest(layout)
     assert calls == []
     model.weights.write_bytes(b"new weights")

@@ -14,7 +14,7 @@ from weighted_mtp.pipeline.manifest import (
     load_manifest,
     refresh_manifest,
 )
-from weighted_mtp.storage.stamps import Store
+from weighted_mtp.storage.freshness import Store
 
 
 @pytest.fixture

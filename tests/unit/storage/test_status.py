@@ -1,4 +1,4 @@
-from weighted_mtp.storage import stamps
+from weighted_mtp.storage import freshness
 from weighted_mtp.storage.status import asset_statuses, model_state, storage_tree
 
 
@@ -10,7 +10,7 @@ def test_model_states_follow_the_files(layout):
     assert model_state(layout, "meta-llama-mtp") == "raw-only"
     meta.weights.write_bytes(b"w")
     assert model_state(layout, "meta-llama-mtp") == "converted"
-    stamps.record_verified(layout, meta.name)
+    freshness.record_verified(layout, meta.name)
     assert model_state(layout, "meta-llama-mtp") == "verified"
     meta.weights.write_bytes(b"changed")
     assert model_state(layout, "meta-llama-mtp") == "converted"

@@ -8,7 +8,7 @@ import torch
 from tests.helpers import write_weighted_storage
 from weighted_mtp.models.adapter import MtpTransformer
 from weighted_mtp.models.architecture import MetaParams
-from weighted_mtp.train.data import Batch
+from weighted_mtp.train.batches import Batch
 
 TINY = MetaParams(
     dim=32,

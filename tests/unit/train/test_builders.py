@@ -14,7 +14,7 @@ from tests.helpers import LOADING_POLICY, LOADING_REFERENCE
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.models.adapter import load_mtp_model, load_reference_model
 from weighted_mtp.models.architecture import HfLlamaConfig, MetaParams
-from weighted_mtp.synthetic.models import write_model_folder
+from weighted_mtp.synthetic.model_mirrors import write_model_folder
 from weighted_mtp.train.builders import (
     build_frozen_critic,
     build_frozen_reference,

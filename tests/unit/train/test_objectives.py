@@ -9,6 +9,7 @@ import itertools
 import pytest
 import torch
 
+from weighted_mtp.train.batches import Batch
 from weighted_mtp.train.critic import (
     ValueModel,
     correct_incorrect_pairs,
@@ -17,7 +18,6 @@ from weighted_mtp.train.critic import (
     pairwise_loss,
     response_mean,
 )
-from weighted_mtp.train.data import Batch
 from weighted_mtp.train.distributed import Dist
 from weighted_mtp.train.lora import TrainedModel
 from weighted_mtp.train.objectives import NextTokenObjective, StepContext, ValueObjective

@@ -13,7 +13,7 @@ from weighted_mtp.storage.layout import MICRO_REF
 from weighted_mtp.train import checkpoint as ckpt
 from weighted_mtp.train.config import Setting, build_config
 from weighted_mtp.train.distributed import Dist
-from weighted_mtp.train.runs import resolve_assets
+from weighted_mtp.train.run_setup import resolve_assets
 from weighted_mtp.train.trainer import Trainer, prepare_run_dir
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -12,7 +12,7 @@ import torch
 
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.layout import MICRO_MTP, MICRO_REF
-from weighted_mtp.train.data import BatchPlan, Example, Sharding, require_both_outcomes
+from weighted_mtp.train.batches import BatchPlan, Example, Sharding, require_both_outcomes
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -16,7 +16,7 @@ from weighted_mtp.train.config import Setting, load_config, with_overrides
 from weighted_mtp.train.distributed import Dist
 from weighted_mtp.train.experiments import weighted_mtp
 from weighted_mtp.train.losses import weighted_mtp_loss
-from weighted_mtp.train.runs import resolve_assets
+from weighted_mtp.train.run_setup import resolve_assets
 from weighted_mtp.train.trainer import Trainer, prepare_run_dir, train
 from weighted_mtp.train.weightings import Weights
 
@@ -259,7 +259,7 @@ def test_lora_saves_merged_weights_or_the_adapter_alone(train_storage, tmp_path,
 
 
 def test_a_resumed_run_keeps_its_config(train_storage, tmp_path):
-    from weighted_mtp.train.runs import resolve_run
+    from weighted_mtp.train.run_setup import resolve_run
 
     run = tmp_path / "run"
     prepare_run_dir(run, config_of(), SINGLE)

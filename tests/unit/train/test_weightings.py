@@ -162,7 +162,7 @@ def test_the_trainer_hands_a_step_weighting_all_micro_batches_at_once(train_stor
     from weighted_mtp.train.config import load_config, with_overrides
     from weighted_mtp.train.distributed import Dist
     from weighted_mtp.train.experiments import weighted_mtp
-    from weighted_mtp.train.runs import resolve_assets
+    from weighted_mtp.train.run_setup import resolve_assets
     from weighted_mtp.train.trainer import Trainer, prepare_run_dir
 
     single = Dist(rank=0, world=1, device=torch.device("cpu"))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from weighted_mtp.errors import WmtpError
-from weighted_mtp.models.checkpoint import load_torch_state, open_files, open_hf_checkpoint
+from weighted_mtp.models.upstream_reader import load_torch_state, open_files, open_hf_checkpoint
 
 
 class _RunsCode:
@@ -70,7 +70,7 @@ def test_sharded_checkpoints_open_with_every_tensor(
     reference_mirror, shard_format, tmp_path, sp_model_path
 ):
     from tests.helpers import TINY_REFERENCE_CONFIG
-    from weighted_mtp.synthetic.models import write_reference_mirror
+    from weighted_mtp.synthetic.model_mirrors import write_reference_mirror
 
     out = write_reference_mirror(
         tmp_path / shard_format,

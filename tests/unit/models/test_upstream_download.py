@@ -7,7 +7,7 @@ import pytest
 from huggingface_hub import errors
 
 from weighted_mtp.errors import WmtpError
-from weighted_mtp.models.download import download_model, recorded_hash
+from weighted_mtp.models.upstream_download import download_model, recorded_hash
 
 COMMIT = "c0ffee" * 6 + "abcd"
 

@@ -11,7 +11,7 @@ from weighted_mtp.models.architecture import (
     hf_llama_tensor_shapes,
     meta_tensor_shapes,
 )
-from weighted_mtp.synthetic.models import write_meta_mirror, write_reference_mirror
+from weighted_mtp.synthetic.model_mirrors import write_meta_mirror, write_reference_mirror
 
 TINY = {
     "dim": 64,

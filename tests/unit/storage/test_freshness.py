@@ -5,7 +5,7 @@ import json
 import os
 import subprocess
 
-from weighted_mtp.storage import stamps
+from weighted_mtp.storage import freshness
 from weighted_mtp.storage.layout import Layout
 
 
@@ -20,32 +20,32 @@ def _same_size_and_mtime_rewrite(path, data: bytes) -> None:
 
 def _count_reads(monkeypatch) -> list:
     reads = []
-    real = stamps.sha256_file
-    monkeypatch.setattr(stamps, "sha256_file", lambda p, **k: reads.append(p) or real(p, **k))
+    real = freshness.sha256_file
+    monkeypatch.setattr(freshness, "sha256_file", lambda p, **k: reads.append(p) or real(p, **k))
     return reads
 
 
 def test_a_record_holds_until_a_file_changes_and_survives_a_copy(layout):
     small = layout.small("mbpp")
     small.split("train").write_bytes(b"abc\n")
-    stamps.record_verified(layout, "mbpp_small")
-    assert stamps.is_current(layout, "mbpp_small")
+    freshness.record_verified(layout, "mbpp_small")
+    assert freshness.is_current(layout, "mbpp_small")
     _same_size_and_mtime_rewrite(small.split("train"), b"abc\n")  # a copy keeping times
-    assert stamps.is_current(layout, "mbpp_small")
+    assert freshness.is_current(layout, "mbpp_small")
     small.split("train").write_bytes(b"abcd\n")
-    assert not stamps.is_current(layout, "mbpp_small")
-    stamps.record_verified(layout, "mbpp_small")
+    assert not freshness.is_current(layout, "mbpp_small")
+    freshness.record_verified(layout, "mbpp_small")
     (small.root / "extra.jsonl").write_text("{}\n")
-    assert not stamps.is_current(layout, "mbpp_small")
-    stamps.clear(layout, "mbpp_small")
+    assert not freshness.is_current(layout, "mbpp_small")
+    freshness.clear(layout, "mbpp_small")
     (small.root / "extra.jsonl").unlink()
-    assert not stamps.is_current(layout, "mbpp_small")
+    assert not freshness.is_current(layout, "mbpp_small")
 
 
 def test_records_are_keyed_by_asset_name_and_hold_output_hashes(layout):
     small = layout.small("mbpp")
     small.split("train").write_bytes(b"abc\n")
-    stamps.record_verified(layout, "mbpp_small")
+    freshness.record_verified(layout, "mbpp_small")
     data = json.loads(layout.freshness_store.read_text())
     record = data["assets"]["mbpp_small"]
     rel = layout.relative(small.split("train"))
@@ -58,16 +58,16 @@ def test_a_known_hash_is_reused_only_for_the_same_file(layout, monkeypatch):
     """Size and mtime kept through a rewrite-and-rename: the new inode forces a re-hash."""
     path = layout.small("mbpp").split("train")
     path.write_bytes(b"abc\n")
-    known = stamps.Store(layout)
+    known = freshness.Store(layout)
     known.sha256(path)
     known.save()
     reads = _count_reads(monkeypatch)
-    first = stamps.Store(layout).sha256(path)
+    first = freshness.Store(layout).sha256(path)
     assert reads == []
     _same_size_and_mtime_rewrite(path, b"abd\n")
-    second = stamps.Store(layout).sha256(path)
+    second = freshness.Store(layout).sha256(path)
     assert reads == [path] and second != first
-    assert stamps.Store(layout, trust_known=False).sha256(path) == second  # verify re-reads
+    assert freshness.Store(layout, trust_known=False).sha256(path) == second  # verify re-reads
     assert reads == [path, path]
 
 
@@ -75,26 +75,26 @@ def test_a_changed_or_removed_input_makes_the_asset_stale(layout):
     small, source = layout.small("mbpp"), layout.dataset("mbpp").split("train")
     small.split("train").write_bytes(b"sample\n")
     source.write_bytes(b"processed\n")
-    stamps.record_verified(layout, "mbpp_small", built_now=True)
-    assert stamps.is_current(layout, "mbpp_small")
+    freshness.record_verified(layout, "mbpp_small", built_now=True)
+    assert freshness.is_current(layout, "mbpp_small")
     source.write_bytes(b"processed again\n")
-    assert not stamps.is_current(layout, "mbpp_small")
-    stamps.record_verified(layout, "mbpp_small", built_now=True)
+    assert not freshness.is_current(layout, "mbpp_small")
+    freshness.record_verified(layout, "mbpp_small", built_now=True)
     source.unlink()
-    assert not stamps.is_current(layout, "mbpp_small")
+    assert not freshness.is_current(layout, "mbpp_small")
 
 
 def test_verification_keeps_the_inputs_recorded_at_build_time(layout):
     """Verifying again does not bless outputs as made from inputs that changed since."""
     raw = layout.dataset("mbpp").raw_split("train")
     raw.write_bytes(b'{"a": 1}\n')
-    store = stamps.Store(layout)
+    store = freshness.Store(layout)
     store.record_built("mbpp")
     store.save()
     raw.write_bytes(b'{"a": 2}\n')
-    stamps.record_verified(layout, "mbpp")
-    assert not stamps.is_current(layout, "mbpp")
-    assert not stamps.Store(layout).inputs_unchanged("mbpp")
+    freshness.record_verified(layout, "mbpp")
+    assert not freshness.is_current(layout, "mbpp")
+    assert not freshness.Store(layout).inputs_unchanged("mbpp")
 
 
 def test_an_input_rewritten_with_the_same_bytes_is_unchanged_by_hash(layout, monkeypatch):
@@ -102,49 +102,49 @@ def test_an_input_rewritten_with_the_same_bytes_is_unchanged_by_hash(layout, mon
     other = layout.dataset("mbpp").raw_split("test")
     raw.write_bytes(b'{"a": 1}\n')
     other.write_bytes(b'{"b": 1}\n')
-    stamps.record_verified(layout, "mbpp", built_now=True)
+    freshness.record_verified(layout, "mbpp", built_now=True)
     reads = _count_reads(monkeypatch)
     raw.write_bytes(b'{"a": 1}\n')  # new mtime, same bytes
     os.utime(raw, ns=(1, 1))
-    store = stamps.Store(layout)
+    store = freshness.Store(layout)
     assert not store.is_current("mbpp")
     assert store.inputs_unchanged("mbpp")
     assert reads == [raw]  # only the input whose fingerprint moved is read
     store.save()
-    assert stamps.is_current(layout, "mbpp")  # the record took the new fingerprint
+    assert freshness.is_current(layout, "mbpp")  # the record took the new fingerprint
 
 
 def test_a_cp_a_copy_of_the_storage_stays_current(layout, tmp_path):
     small = layout.small("mbpp")
     small.split("train").write_bytes(b"abc\n")
     layout.dataset("mbpp").split("train").write_bytes(b"processed\n")
-    stamps.record_verified(layout, "mbpp_small", built_now=True)
+    freshness.record_verified(layout, "mbpp_small", built_now=True)
     copy = tmp_path / "copy"
     subprocess.run(["cp", "-a", str(layout.root), str(copy)], check=True)
     copied = Layout(copy)
-    assert stamps.is_current(copied, "mbpp_small")
-    assert not stamps.is_current(copied, "humaneval_small")
+    assert freshness.is_current(copied, "mbpp_small")
+    assert not freshness.is_current(copied, "humaneval_small")
 
 
 def test_stores_opened_by_nested_steps_merge_on_save(layout):
     layout.small("mbpp").split("train").write_bytes(b"m\n")
     layout.small("humaneval").split("train").write_bytes(b"h\n")
-    outer = stamps.Store(layout)
-    stamps.record_verified(layout, "mbpp_small")  # e.g. a verification inside the checklist
+    outer = freshness.Store(layout)
+    freshness.record_verified(layout, "mbpp_small")  # e.g. a verification inside the checklist
     outer.record_verified("humaneval_small")
     outer.save()
-    assert stamps.is_current(layout, "mbpp_small")
-    assert stamps.is_current(layout, "humaneval_small")
+    assert freshness.is_current(layout, "mbpp_small")
+    assert freshness.is_current(layout, "humaneval_small")
 
 
 def test_a_storage_from_before_the_store_keeps_its_known_hashes(layout, monkeypatch):
     path = layout.small("mbpp").split("train")
     path.write_bytes(b"abc\n")
-    known = [*stamps.fingerprint(path.stat()), "ab" * 32]
+    known = [*freshness.fingerprint(path.stat()), "ab" * 32]
     layout.legacy_hash_cache.parent.mkdir(parents=True, exist_ok=True)
     layout.legacy_hash_cache.write_text(json.dumps({layout.relative(path): known}))
     reads = _count_reads(monkeypatch)
-    assert stamps.Store(layout).sha256(path) == "ab" * 32
+    assert freshness.Store(layout).sha256(path) == "ab" * 32
     assert reads == []
 
 
@@ -155,10 +155,10 @@ def test_download_caches_are_not_part_of_an_asset(layout, monkeypatch):
     parquet = paths.cache / "upstream.parquet"
     parquet.write_bytes(b"large upstream download")
     reads = _count_reads(monkeypatch)
-    stamps.record_verified(layout, "mbpp")
+    freshness.record_verified(layout, "mbpp")
     assert parquet not in reads
     parquet.write_bytes(b"another upstream download")
-    assert stamps.is_current(layout, "mbpp")
+    assert freshness.is_current(layout, "mbpp")
 
 
 def test_a_storage_from_before_the_store_keeps_its_verification_stamps(layout):
@@ -170,17 +170,19 @@ def test_a_storage_from_before_the_store_keeps_its_verification_stamps(layout):
     stamp = {
         "verified_at": "2026-01-01T00:00:00Z",
         "files": {
-            layout.relative(small.split("train")): stamps.fingerprint(small.split("train").stat())
+            layout.relative(small.split("train")): freshness.fingerprint(
+                small.split("train").stat()
+            )
         },
-        "inputs": {layout.relative(split): stamps.fingerprint(split.stat())},
+        "inputs": {layout.relative(split): freshness.fingerprint(split.stat())},
     }
     layout.legacy_stamps_dir.mkdir(parents=True)
     (layout.legacy_stamps_dir / "datasets_local_small__mbpp_small.json").write_text(
         json.dumps(stamp)
     )
-    assert stamps.is_current(layout, "mbpp_small")
+    assert freshness.is_current(layout, "mbpp_small")
     split.write_bytes(b"processed again\n")
-    assert not stamps.is_current(layout, "mbpp_small")
-    stamps.record_verified(layout, "mbpp_small", built_now=True)  # the store takes over
+    assert not freshness.is_current(layout, "mbpp_small")
+    freshness.record_verified(layout, "mbpp_small", built_now=True)  # the store takes over
     assert not layout.legacy_stamps_dir.exists()
-    assert stamps.is_current(layout, "mbpp_small")
+    assert freshness.is_current(layout, "mbpp_small")

@@ -9,7 +9,7 @@ import torch
 
 from weighted_mtp.data.tokens import Tokenizer
 from weighted_mtp.errors import WmtpError
-from weighted_mtp.train.data import BatchPlan, Example, Sharding, collate, read_examples
+from weighted_mtp.train.batches import BatchPlan, Example, Sharding, collate, read_examples
 
 
 def write_records(path, records):

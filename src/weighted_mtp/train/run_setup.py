@@ -4,9 +4,9 @@ A run lives in `<root>/runs/<experiment>/<run-id>/` (or `--out DIR`): `config.ya
 effective configuration), `metrics.jsonl` (one line per step and per validation),
 `checkpoints/step-N/`, `final/` (the trained weights as a model folder) and, when the run
 completes, `summary.json`. Each experiment is a run kind of the registry
-(`assets.RUN_KINDS`: which files mark a run complete, whether `final/` is a model) and the
+(`registry.RUN_KINDS`: which files mark a run complete, whether `final/` is a model) and the
 layout names its paths (`Layout.runs_of`, `RunPaths`). Finding a finished run to evaluate
-is the storage's (`storage.runs`).
+is the storage's (`storage.finished_runs`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import read_json_or_none
+from weighted_mtp.storage.finished_runs import model_folder
 from weighted_mtp.storage.layout import Layout, ModelPaths, RunFolder
-from weighted_mtp.storage.runs import model_folder
 from weighted_mtp.train.config import (
     Setting,
     TrainConfig,
@@ -74,7 +74,7 @@ def require_verified_model(layout: Layout, assets: Assets) -> None:
     if not assets.model_in_storage:
         return
     from weighted_mtp.models.verify import verify_model
-    from weighted_mtp.storage.stamps import is_current
+    from weighted_mtp.storage.freshness import is_current
 
     paths = assets.model
     if not paths.weights.is_file():
