@@ -79,7 +79,9 @@ class FileSpec:
 
 
 @dataclass(frozen=True)
-class Asset:
+class CatalogEntry:
+    """Where one downloaded asset's upstream files are: repository, revision and files."""
+
     name: str
     kind: str  # "model" or "dataset"
     repo: str
@@ -107,17 +109,17 @@ class Asset:
 
 
 class Catalog:
-    def __init__(self, entries: dict[str, Asset], source: str) -> None:
+    def __init__(self, entries: dict[str, CatalogEntry], source: str) -> None:
         self._assets = entries
         self.source = source
 
-    def model(self, name: str) -> Asset:
+    def model(self, name: str) -> CatalogEntry:
         return self._get(name, "model", MODELS)
 
-    def dataset(self, name: str) -> Asset:
+    def dataset(self, name: str) -> CatalogEntry:
         return self._get(name, "dataset", DATASETS)
 
-    def _get(self, name: str, kind: str, known: tuple[str, ...]) -> Asset:
+    def _get(self, name: str, kind: str, known: tuple[str, ...]) -> CatalogEntry:
         if name in registry.MICRO_MODELS:  # a model built from another one has no upstream
             base = registry.spec(name).derived_from
             raise WmtpError(
@@ -192,14 +194,14 @@ def _parse(text: str, source: str) -> Catalog:
     except jsonschema.ValidationError as exc:
         location = "/".join(str(p) for p in exc.absolute_path) or "top level"
         raise WmtpError(f"catalog entry {location}: {exc.message}", path=source) from None
-    entries: dict[str, Asset] = {}
+    entries: dict[str, CatalogEntry] = {}
     for kind, group in (("model", data["models"]), ("dataset", data["datasets"])):
         for name, entry in group.items():
             files = [
                 _file_spec(f, f"{kind}s/{name}/files/{i}", source)
                 for i, f in enumerate(entry.get("files", []))
             ]
-            entries[f"{kind}:{name}"] = Asset(
+            entries[f"{kind}:{name}"] = CatalogEntry(
                 name=name,
                 kind=kind,
                 repo=entry["repo"],

@@ -24,7 +24,7 @@ from weighted_mtp.storage.layout import Layout
 from weighted_mtp.train.config import Setting, TrainConfig, build_config
 from weighted_mtp.train.distributed import Dist
 from weighted_mtp.train.memory_plan import full_batch, run_models, step_memory
-from weighted_mtp.train.run_setup import resolve_assets
+from weighted_mtp.train.run_setup import resolve_inputs
 from weighted_mtp.train.tensor_memory import watch_optimizer
 from weighted_mtp.train.trainer import Trainer
 
@@ -37,7 +37,7 @@ def micro_config(experiment: str, overrides: dict) -> TrainConfig:
 
 def measured_peak(layout: Layout, experiment: str, overrides: dict, dist_info: Dist) -> dict:
     config = micro_config(experiment, overrides)
-    assets = resolve_assets(layout, config.model, config.data, config.small)
+    assets = resolve_inputs(layout, config.model, config.data, config.small)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(layout, config, assets, Path(run_dir), dist_info)
         vocab = run_models(layout, config).architecture.vocab_size

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from weighted_mtp import __version__, progress, registry
-from weighted_mtp.catalog import Asset, Catalog
+from weighted_mtp.catalog import Catalog, CatalogEntry
 from weighted_mtp.clock import utc_now
 from weighted_mtp.data.sources import iter_parquet_rows
 from weighted_mtp.errors import WmtpError
@@ -100,7 +100,7 @@ def raw_line(row: dict[str, Any], source: Path, where: str, max_bytes: int) -> b
     return line
 
 
-def _mirror_files(asset: Asset, mirror: Path) -> list[tuple[str, Path]]:
+def _mirror_files(asset: CatalogEntry, mirror: Path) -> list[tuple[str, Path]]:
     """`(upstream name, path)` of the mirror's files: the upstream Parquet layout, else JSONL."""
     if not mirror.is_dir():
         raise WmtpError("mirror folder not found", path=mirror)
@@ -126,7 +126,7 @@ def _mirror_files(asset: Asset, mirror: Path) -> list[tuple[str, Path]]:
 
 
 def _hub_files(
-    asset: Asset, paths: DatasetPaths, revision: str
+    asset: CatalogEntry, paths: DatasetPaths, revision: str
 ) -> tuple[str, list[tuple[str, Path]], dict[Path, str]]:
     """Download the catalog's files into the dataset folder; returns the resolved commit,
     `(upstream name, path)` of each file and the SHA-256s taken while downloading."""

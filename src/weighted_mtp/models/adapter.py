@@ -457,12 +457,3 @@ def cached_latents(
     )  # [batch, seq, n_heads, dim]
     normed: Tensor = model.norm(latents)
     return normed
-
-
-def forward_cached(
-    model: MtpTransformer, tokens: Tensor, cache: MtpCache, n_heads: int = 1
-) -> Tensor:
-    """float32 logits `[batch, seq, n_heads, vocab]` for `tokens` continuing the cached
-    positions; equal (within float rounding) to the matching rows of `model(all tokens)`."""
-    logits: Tensor = model.output(cached_latents(model, tokens, cache, n_heads))
-    return logits.float()

@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from weighted_mtp import __version__, progress
-from weighted_mtp.catalog import Asset, Catalog
+from weighted_mtp.catalog import Catalog, CatalogEntry
 from weighted_mtp.clock import utc_now
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import (
@@ -48,7 +48,7 @@ class PlannedFile:
 
 
 def plan_files(
-    asset: Asset, available: dict[str, tuple[int | None, str | None]], where: str
+    asset: CatalogEntry, available: dict[str, tuple[int | None, str | None]], where: str
 ) -> list[PlannedFile]:
     """The catalog's files among `available` (`{repo path: (size, lfs sha256)}`); every
     catalog entry must match at least one file, and a hash the source reports must be the
@@ -97,7 +97,7 @@ class DownloadPlan:
 
 
 def plan_download(
-    layout: Layout, asset: Asset, asset_root: Path, revision: str | None = None
+    layout: Layout, asset: CatalogEntry, asset_root: Path, revision: str | None = None
 ) -> DownloadPlan:
     """What a hub download of `asset` would fetch and where it would land, from the catalog
     alone: no network, nothing written."""
@@ -200,7 +200,7 @@ def recorded_hash(paths: ModelPaths, path: Path) -> str | None:
 
 
 def _fetch_from_mirror(
-    asset: Asset, paths: ModelPaths, mirror: Path
+    asset: CatalogEntry, paths: ModelPaths, mirror: Path
 ) -> tuple[list[PlannedFile], dict[Path, str]]:
     if not mirror.is_dir():
         raise WmtpError("mirror folder not found", path=mirror)
@@ -289,7 +289,7 @@ def hub_errors(repo: str, revision: str) -> Iterator[None]:
 
 
 def fetch_from_hub(
-    asset: Asset,
+    asset: CatalogEntry,
     revision: str,
     root: Path,
     cache: Path,
@@ -352,7 +352,9 @@ def partial_path(cache: Path, item: PlannedFile, etag: str) -> Path:
     return cache / "downloads" / item.destination.parent / name
 
 
-def fetch_hub_file(asset: Asset, commit: str, item: PlannedFile, target: Path, cache: Path) -> str:
+def fetch_hub_file(
+    asset: CatalogEntry, commit: str, item: PlannedFile, target: Path, cache: Path
+) -> str:
     """Download one repo file at `commit` to `target`, resuming its partial file with an
     HTTP Range request; returns its SHA-256. Bytes that differ from the hub's LFS hash or
     the catalog's SHA-256 are deleted and refused; nothing unverified gets the final name."""

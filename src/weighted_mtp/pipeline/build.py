@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from weighted_mtp import registry
-from weighted_mtp.catalog import Asset, Catalog
+from weighted_mtp.catalog import Catalog, CatalogEntry
 from weighted_mtp.checks import Report
 from weighted_mtp.clock import utc_now
 from weighted_mtp.data.download import download_dataset
@@ -142,7 +142,7 @@ def _verified(ctx: BuildContext, name: str, verify: Callable[[], Report]) -> boo
 
 
 def _kept_source(
-    ctx: BuildContext, source_path: Path, asset: Asset, step: str
+    ctx: BuildContext, source_path: Path, asset: CatalogEntry, step: str
 ) -> dict[str, Any] | None:
     """The SOURCE.json of raw files a build keeps, whatever source they came from (a mirror
     or the hub), unless `--refresh` asks to fetch them again: it names this asset's repo and,

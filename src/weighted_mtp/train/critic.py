@@ -124,18 +124,6 @@ def pairwise_loss(
     return pair_loss(response_mean(logits, loss_mask), pairs)
 
 
-def critic_loss(
-    objective: Objective,
-    logits: Tensor,
-    loss_mask: Tensor,
-    is_correct: Tensor,
-    task_ids: Sequence[str],
-) -> Tensor | None:
-    if objective == "mc":
-        return mc_loss(logits, loss_mask, is_correct)
-    return pairwise_loss(logits, loss_mask, is_correct, task_ids)
-
-
 def critic_values(critic: nn.Module, tokens: Tensor) -> Tensor:
     """V = sigmoid(logit) at every position, from a frozen critic, `[B, S]` float32."""
     with scoring_mode(critic):

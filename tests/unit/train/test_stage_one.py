@@ -13,7 +13,7 @@ from weighted_mtp.storage.layout import MICRO_REF
 from weighted_mtp.train import checkpoint as ckpt
 from weighted_mtp.train.config import Setting, build_config
 from weighted_mtp.train.distributed import Dist
-from weighted_mtp.train.run_setup import resolve_assets
+from weighted_mtp.train.run_setup import resolve_inputs
 from weighted_mtp.train.trainer import Trainer, prepare_run_dir
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -36,7 +36,7 @@ SINGLE = Dist(rank=0, world=1, device=torch.device("cpu"))
 def make_stage(layout, kind: str, run_dir: Path, **over) -> Trainer:
     settings = [Setting(k, v) for k, v in (FAST | over).items()]
     config = build_config(kind, small=True, settings=settings)
-    assets = resolve_assets(layout, config.model, config.data, config.small)
+    assets = resolve_inputs(layout, config.model, config.data, config.small)
     prepare_run_dir(run_dir, config, SINGLE)
     return Trainer(layout, config, assets, run_dir, SINGLE)
 

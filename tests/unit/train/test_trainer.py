@@ -9,14 +9,14 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from reference import weighted_mtp_loss
 
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.train import trainer as trainer_module
 from weighted_mtp.train.config import Setting, load_config, with_overrides
 from weighted_mtp.train.distributed import Dist
 from weighted_mtp.train.experiments import weighted_mtp
-from weighted_mtp.train.losses import weighted_mtp_loss
-from weighted_mtp.train.run_setup import resolve_assets
+from weighted_mtp.train.run_setup import resolve_inputs
 from weighted_mtp.train.trainer import Trainer, prepare_run_dir, train
 from weighted_mtp.train.weightings import Weights
 
@@ -39,7 +39,7 @@ def config_of(**over):
 
 def make_trainer(layout, run_dir, weighting=None, **over):
     config = config_of(**over)
-    assets = resolve_assets(layout, config.model, config.data, config.small)
+    assets = resolve_inputs(layout, config.model, config.data, config.small)
     prepare_run_dir(run_dir, config, SINGLE)
     make = weighted_mtp(lambda setup: weighting) if weighting is not None else None
     return Trainer(layout, config, assets, run_dir, SINGLE, make)

@@ -162,13 +162,13 @@ def test_the_trainer_hands_a_step_weighting_all_micro_batches_at_once(train_stor
     from weighted_mtp.train.config import load_config, with_overrides
     from weighted_mtp.train.distributed import Dist
     from weighted_mtp.train.experiments import weighted_mtp
-    from weighted_mtp.train.run_setup import resolve_assets
+    from weighted_mtp.train.run_setup import resolve_inputs
     from weighted_mtp.train.trainer import Trainer, prepare_run_dir
 
     single = Dist(rank=0, world=1, device=torch.device("cpu"))
     over = {"batch_size": 4, "micro_batch_size": 2, "max_steps": 2, "eval_every": 0}
     config = with_overrides(load_config(None, micro=True), over, "test")
-    assets = resolve_assets(train_storage, config.model, config.data, config.small)
+    assets = resolve_inputs(train_storage, config.model, config.data, config.small)
     prepare_run_dir(tmp_path / "run", config, single)
     weighting = RecordingStepWeighting()
     make = weighted_mtp(lambda setup: weighting)
