@@ -2,7 +2,7 @@
 
 The packaged `catalog.yaml` is the default; a user file (`--catalog` / `WMTP_CATALOG`) with
 the same schema replaces it, e.g. to pin revisions or point at a fork. What an asset is
-(format, derivation, gating) is declared in `weighted_mtp.registry`, not here.
+(format, derivation, gating) is declared in `weighted_mtp.assets`, not here.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from weighted_mtp import registry
+from weighted_mtp import assets
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.layout import safe_relative
 
@@ -41,7 +41,7 @@ _UPSTREAM = {
     },
     "additionalProperties": False,
 }
-DOWNLOADED = [s for s in registry.ASSETS if "download" in s.build]
+DOWNLOADED = [s for s in assets.ASSETS if "download" in s.build]
 MODELS = tuple(s.name for s in DOWNLOADED if s.is_model)
 DATASETS = tuple(s.name for s in DOWNLOADED if s.is_dataset)
 SCHEMA = {
@@ -120,8 +120,8 @@ class Catalog:
         return self._get(name, "dataset", DATASETS)
 
     def _get(self, name: str, kind: str, known: tuple[str, ...]) -> CatalogEntry:
-        if name in registry.MICRO_MODELS:  # a model built from another one has no upstream
-            base = registry.spec(name).derived_from
+        if name in assets.MICRO_MODELS:  # a model built from another one has no upstream
+            base = assets.spec(name).derived_from
             raise WmtpError(
                 f"{name} is built from {base}, not downloaded",
                 hint=f"run `wmtp models micro {name}`",
@@ -168,11 +168,11 @@ def _refuse_asset_properties(data: object, source: str) -> None:
         return  # the schema says what is wrong
     for name, entry in models.items():
         moved = [key for key in MOVED_TO_REGISTRY if isinstance(entry, dict) and key in entry]
-        if moved or (name not in MODELS and name in registry.MODELS):
+        if moved or (name not in MODELS and name in assets.MODELS):
             raise WmtpError(
                 f"catalog entry models/{name}: "
                 + (f"{', '.join(moved)} no longer belong" if moved else "a built model has no")
-                + " in the catalog (the asset registry, weighted_mtp/registry.py, declares them)",
+                + " in the catalog (the asset registry, weighted_mtp/assets.py, declares them)",
                 path=source,
                 hint="remove them; the catalog only says where upstream files are",
             )

@@ -20,7 +20,7 @@ import pytest
 
 from tests.helpers import cli_error, invoke
 from tests.integration.memory_plan_worker import micro_config
-from weighted_mtp.registry import MICRO_REF
+from weighted_mtp.assets import MICRO_REF
 from weighted_mtp.train.memory_plan import alternatives, plan_memory
 
 WORKER = Path(__file__).with_name("memory_plan_worker.py")

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from tests.helpers import checkpoint_model, run_wmtp
-from weighted_mtp.registry import COMPARE_DATASETS
+from weighted_mtp.assets import COMPARE_DATASETS
 
 STEPS = 2
 OPTIONS = [

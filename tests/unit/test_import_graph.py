@@ -130,7 +130,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("models",),
     ("catalog",),
     ("storage",),
-    ("limits", "registry", "interrupts", "progress", "errors", "checks", "clock", "figures"),
+    ("limits", "assets", "interrupts", "progress", "errors", "checks", "clock", "figures"),
     ("__init__",),
 )
 

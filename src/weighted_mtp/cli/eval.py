@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from weighted_mtp.assets import COMPARE_DATASETS, DATASETS, EVAL_DATASET, MICRO_MTP, spec
 from weighted_mtp.cli._console import (
     JsonOpt,
     checked_name,
@@ -22,7 +23,6 @@ from weighted_mtp.cli._console import (
     state,
 )
 from weighted_mtp.eval import defaults
-from weighted_mtp.registry import COMPARE_DATASETS, DATASETS, EVAL_DATASET, MICRO_MTP, spec
 
 if TYPE_CHECKING:
     from weighted_mtp.eval.compare import ComparedRun, Comparison, Evaluation

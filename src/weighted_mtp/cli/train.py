@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from weighted_mtp.assets import TRAIN_DATASET
 from weighted_mtp.cli._console import console, err_console, print_json, state
-from weighted_mtp.registry import TRAIN_DATASET
 
 if TYPE_CHECKING:
     from weighted_mtp.train.config import Setting

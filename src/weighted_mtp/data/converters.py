@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from weighted_mtp import registry
+from weighted_mtp import assets
 from weighted_mtp.data.sources import Rejected, list_of, non_empty_text, of_type, typed
 from weighted_mtp.data.sources import field as required
 from weighted_mtp.data.splits import DisjointSplits, mbpp_split, part_split
@@ -139,7 +139,7 @@ def iter_tasks(
     that gives no sample at all because of them is an error."""
     splits = splits or DisjointSplits()
     rejections = rejections if rejections is not None else Rejections()
-    convert = CONVERTERS[registry.dataset_format(dataset)]
+    convert = CONVERTERS[assets.dataset_format(dataset)]
     codes = language_codes(languages)
     max_chars = current_limits().max_text_chars
     seen: set[tuple[str, str]] = set()
@@ -469,7 +469,7 @@ def _humaneval_tasks(
 # How each upstream row schema (`AssetSpec.dataset_format`) becomes the tasks of a dataset
 # (named by its first argument).
 CONVERTERS: dict[
-    registry.DatasetFormat,
+    assets.DatasetFormat,
     Callable[[str, dict[str, Any], Path, int, int, set[int], Reject], list[Task]],
 ] = {
     "deepmind-code-contests": _codecontests_tasks,
@@ -480,7 +480,7 @@ CONVERTERS: dict[
 
 # The prompt of a raw row for evaluation, by row schema: `(row, path, line, challenge_tests)`.
 EVALUATION_PROMPTS: dict[
-    registry.DatasetFormat, Callable[[dict[str, Any], Path, int, bool], PromptParts]
+    assets.DatasetFormat, Callable[[dict[str, Any], Path, int, bool], PromptParts]
 ] = {
     "deepmind-code-contests": lambda row, path, line, _: _codecontests_prompt(
         row, path, line, "python3"
@@ -497,4 +497,4 @@ def evaluation_prompt(
     (CodeContests: in Python 3, the language the sandbox runs), whose notes name the tests
     that run (MBPP's challenge tests only with `challenge_tests`). A field of the wrong
     type raises `Rejected`."""
-    return EVALUATION_PROMPTS[registry.dataset_format(dataset)](row, path, line, challenge_tests)
+    return EVALUATION_PROMPTS[assets.dataset_format(dataset)](row, path, line, challenge_tests)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from weighted_mtp import __version__, progress, registry
+from weighted_mtp import __version__, assets, progress
 from weighted_mtp.catalog import Catalog, CatalogEntry
 from weighted_mtp.clock import utc_now
 from weighted_mtp.data.sources import iter_parquet_rows
@@ -47,7 +47,7 @@ JSONL_PER_UPSTREAM = {".parquet": 3.0, ".jsonl.gz": 4.5, ".jsonl": 1.0}
 def output_space(name: str, upstream: list[tuple[str, int]]) -> int:
     """Disk that the raw JSONL and `prepare`'s outputs will take, estimated from the
     upstream files' names and sizes (the JSONL is larger than the Parquet it comes from)."""
-    spec = registry.spec(name)
+    spec = assets.spec(name)
     jsonl = 0.0
     for upstream_name, size in upstream:
         suffix = next((s for s in _SUFFIXES if upstream_name.endswith(s)), ".jsonl")
@@ -60,7 +60,7 @@ def output_space(name: str, upstream: list[tuple[str, int]]) -> int:
 
 def raw_part(dataset: str, upstream_name: str) -> str:
     """The raw file (without `.jsonl`) an upstream file's rows go into."""
-    single = registry.spec(dataset).raw_file
+    single = assets.spec(dataset).raw_file
     if single is not None:
         return single
     stem = PurePosixPath(upstream_name).name

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from weighted_mtp import registry
+from weighted_mtp import assets
 
 PREAMBLE = (
     "Below is an instruction that describes a programming task, paired with an input that "
@@ -98,7 +98,7 @@ _METADATA = {
             "all samples of one problem and never by two splits.",
         },
         "sample_id": {"type": "string", "minLength": 1, "description": "Unique per record."},
-        "source": {"enum": list(registry.DATASETS)},
+        "source": {"enum": list(assets.DATASETS)},
         "is_correct": {
             "type": "boolean",
             "description": "Whether the response passes the "

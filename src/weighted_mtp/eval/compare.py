@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from weighted_mtp import __version__, registry
+from weighted_mtp import __version__, assets
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.eval import defaults
 from weighted_mtp.eval.passk import mean_pass_at_k
@@ -90,11 +90,11 @@ class CompareSettings:
 
     def check(self) -> None:
         """Every setting sound, before anything is evaluated."""
-        unknown = [d for d in self.datasets if d not in registry.DATASETS]
+        unknown = [d for d in self.datasets if d not in assets.DATASETS]
         if not self.datasets or unknown or len(set(self.datasets)) < len(self.datasets):
             raise UsageError(
                 f"--dataset {','.join(self.datasets)!r} is not a list of distinct datasets",
-                hint=f"choose from {', '.join(registry.DATASETS)}",
+                hint=f"choose from {', '.join(assets.DATASETS)}",
             )
         too_large = [k for k in self.ks if k > self.generation.n]
         if not self.ks or self.ks[0] < 1 or too_large:
@@ -294,7 +294,7 @@ def finished_evaluations(layout: Layout) -> list[tuple[Path, dict[str, Any]]]:
     """(folder, evaluation key) of every complete evaluation under the runs folder."""
     found = []
     for path in layout.evaluation_results():
-        if not layout.run(registry.EVAL_RESULTS, path.parent).complete:
+        if not layout.run(assets.EVAL_RESULTS, path.parent).complete:
             continue
         try:
             key = recorded_evaluation_key(read_json(path, path.name))

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from weighted_mtp import __version__, progress, registry
+from weighted_mtp import __version__, assets, progress
 from weighted_mtp.clock import utc_now
 from weighted_mtp.errors import UsageError
 from weighted_mtp.eval import defaults
@@ -88,9 +88,9 @@ class RunSettings:
     draft_heads: int | None = None  # speculative: drafts per pass (None: the model's default)
 
     def __post_init__(self) -> None:
-        registry.dataset_format(self.dataset)  # an unknown dataset is a usage error
+        assets.dataset_format(self.dataset)  # an unknown dataset is a usage error
         if not self.split:
-            object.__setattr__(self, "split", registry.spec(self.dataset).eval_split)
+            object.__setattr__(self, "split", assets.spec(self.dataset).eval_split)
         require_split(self.dataset, self.split)
         object.__setattr__(self, "tests", require_tests(self.dataset, self.tests))
         for name, value, low in (
@@ -115,7 +115,7 @@ class RunSettings:
 
     @property
     def stop_sequences(self) -> tuple[str, ...]:
-        return registry.spec(self.dataset).stop_sequences
+        return assets.spec(self.dataset).stop_sequences
 
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(
@@ -158,7 +158,7 @@ def default_out_dir(layout: Layout, model: str | FinishedRun, settings: RunSetti
 def finished_results(out: Path) -> dict[str, Any] | None:
     """The results.json of a complete evaluation in `out` (results and samples both
     written), or None: lets a caller reuse an evaluation instead of repeating it."""
-    paths = RunPaths(out, registry.run_kind(registry.EVAL_RESULTS))
+    paths = RunPaths(out, assets.run_kind(assets.EVAL_RESULTS))
     if not paths.complete:
         return None
     results: dict[str, Any] = read_json(paths.results, paths.results.name)
@@ -207,7 +207,7 @@ def require_new_folder(out: Path) -> None:
         raise UsageError("--out is not a folder", path=out, hint="choose a new --out")
     if out.is_dir() and any(out.iterdir()):
         raise UsageError("output folder is not empty", path=out, hint="choose a new --out")
-    require_writable(out / registry.SUMMARY_FILE, "evaluation's results")
+    require_writable(out / assets.SUMMARY_FILE, "evaluation's results")
 
 
 def fitted_prompts(benchmark: Benchmark, tokenizer_model: Path, budget: int) -> list[FittedPrompt]:
@@ -438,7 +438,7 @@ def run_evaluation(
     generated = gather_dealt(ranks, generate_tasks(loaded, ranks.deal(prompts), settings))
     if generated is None or out is None:
         return None
-    result = layout.run(registry.EVAL_RESULTS, out)
+    result = layout.run(assets.EVAL_RESULTS, out)
     decode = write_samples(result.samples, generated)
     summary = score_samples(
         layout,

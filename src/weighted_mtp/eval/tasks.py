@@ -34,14 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from weighted_mtp import registry
+from weighted_mtp import assets
+from weighted_mtp.assets import DatasetFormat
 from weighted_mtp.data.converters import evaluation_prompt
 from weighted_mtp.data.sources import Rejected, field, typed
 from weighted_mtp.data.splits import MBPP_OFFICIAL_SPLITS, mbpp_official_split
 from weighted_mtp.data.template import PromptParts
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.eval.sandbox import Job
-from weighted_mtp.registry import DatasetFormat
 from weighted_mtp.storage.jsonl import iter_jsonl
 from weighted_mtp.storage.layout import SPLITS, Layout
 
@@ -84,7 +84,7 @@ class Problem:
 def raw_files(layout: Layout, dataset: str, split: str) -> list[Path]:
     """The raw upstream files holding the problems of `dataset` (CodeContests: one split)."""
     paths = layout.dataset(dataset)
-    path = paths.raw / f"{registry.spec(dataset).raw_file or split}.jsonl"
+    path = paths.raw / f"{assets.spec(dataset).raw_file or split}.jsonl"
     if not path.is_file():
         raise WmtpError(
             f"raw {dataset} records not found",
@@ -98,7 +98,7 @@ def canonical_task_id(dataset: str, task_id: Any) -> str:
     """A sample's task id as the benchmark names the task. MBPP numbers tasks: the number
     (`11`, or its plain ASCII decimal text `"11"`) or the prepared name (`mbpp/11`);
     anything else (`"011"`, `"١"`, `"²"`, `true`) is compared as given and matches no task."""
-    numbered = registry.spec(dataset).numbered_tasks
+    numbered = assets.spec(dataset).numbered_tasks
     decimal = type(task_id) is int or (isinstance(task_id, str) and _DECIMAL.fullmatch(task_id))
     if numbered and decimal:
         return f"{dataset}/{task_id}"
@@ -203,7 +203,7 @@ FORMATS: dict[DatasetFormat, BenchmarkFormat] = {
 
 
 def benchmark_format(dataset: str) -> BenchmarkFormat:
-    return FORMATS[registry.dataset_format(dataset)]
+    return FORMATS[assets.dataset_format(dataset)]
 
 
 def require_split(dataset: str, split: str) -> None:
@@ -220,7 +220,7 @@ def require_tests(dataset: str, tests: str) -> TestChoice:
     if tests not in TEST_CHOICES:
         raise UsageError(f"--tests {tests!r} is not one of {', '.join(TEST_CHOICES)}")
     if tests == "all" and not benchmark_format(dataset).challenge_tests:
-        having = [d for d in registry.DATASETS if benchmark_format(d).challenge_tests]
+        having = [d for d in assets.DATASETS if benchmark_format(d).challenge_tests]
         raise UsageError(
             f"{dataset} has no challenge tests; --tests all is for {', '.join(having)}",
             hint="drop --tests",

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from weighted_mtp import progress, registry
+from weighted_mtp import assets, progress
 from weighted_mtp.checks import listed
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.models.architecture import Shapes, compare_shapes
@@ -55,7 +55,7 @@ def convert_model(layout: Layout, name: str, *, dtype: str = "float16") -> dict[
     """Convert a downloaded base model; returns the metadata.json content."""
     if dtype not in TARGET_DTYPES:
         raise UsageError(f"unknown dtype {dtype!r}", hint=f"choose {', '.join(TARGET_DTYPES)}")
-    if "convert" not in registry.spec(name).build:
+    if "convert" not in assets.spec(name).build:
         raise UsageError(
             f"{name} is not converted from an upstream checkpoint",
             hint=f"build it with `wmtp models micro {name}`",
@@ -83,11 +83,11 @@ def convert_model(layout: Layout, name: str, *, dtype: str = "float16") -> dict[
     tokenizer_files = write_hf_tokenizer(
         paths.tokenizer_dir,
         paths.tokenizer_model,
-        keep_upstream_json=registry.spec(name).upstream_tokenizer_json,
+        keep_upstream_json=assets.spec(name).upstream_tokenizer_json,
     )
     shared, difference = (
         shared_with_meta(layout, paths.tokenizer_model)
-        if registry.compares_tokenizer(name)
+        if assets.compares_tokenizer(name)
         else (None, None)
     )
     metadata = _metadata(

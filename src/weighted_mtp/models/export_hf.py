@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from weighted_mtp import progress, registry
+from weighted_mtp import assets, progress
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.models.architecture import MetaParams, meta_tensor_shapes
 from weighted_mtp.models.hf_tokenizer import write_hf_tokenizer
@@ -189,7 +189,7 @@ def export_hf(layout: Layout, name: str, out_dir: str | Path) -> Path:
 
     paths = layout.model(name)
     if not paths.params.is_file():
-        build = registry.spec(name).build[-1]  # the step that writes its configs
+        build = assets.spec(name).build[-1]  # the step that writes its configs
         hint = (
             "it is already a Hugging Face Llama: use its configs/ and safetensors/"
             if paths.hf_config.is_file()

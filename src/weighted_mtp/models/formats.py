@@ -16,7 +16,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from weighted_mtp import registry
+from weighted_mtp import assets
+from weighted_mtp.assets import FormatName
 from weighted_mtp.checks import listed
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.models.architecture import (
@@ -29,7 +30,6 @@ from weighted_mtp.models.architecture import (
 from weighted_mtp.models.export_hf import hf_llama_config
 from weighted_mtp.models.metadata import adapter_config, read_adapter_config, write_meta_configs
 from weighted_mtp.models.upstream_reader import TensorSource, open_files, open_hf_checkpoint
-from weighted_mtp.registry import FormatName
 from weighted_mtp.storage.atomic import write_json
 from weighted_mtp.storage.layout import ModelPaths
 
@@ -378,7 +378,7 @@ def format_named(name: str) -> ModelFormat:
 
 def format_of(asset: str) -> ModelFormat:
     """The format of the registry's model `asset`."""
-    spec = registry.spec(asset)
+    spec = assets.spec(asset)
     if spec.format is None:
         raise WmtpError(f"{asset} is not a model")
     return FORMATS[spec.format]

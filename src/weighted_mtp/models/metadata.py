@@ -15,11 +15,11 @@ import jsonschema
 import yaml
 
 from weighted_mtp import __version__
+from weighted_mtp.assets import FORMAT_NAMES
 from weighted_mtp.clock import utc_now
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.models.architecture import MetaParams
 from weighted_mtp.models.tokenizer import TokenizerFacts
-from weighted_mtp.registry import FORMAT_NAMES
 from weighted_mtp.storage.atomic import read_json, write_bytes, write_json, write_text
 from weighted_mtp.storage.layout import MICRO_MODELS, MODELS, ModelPaths
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from weighted_mtp import registry
+from weighted_mtp import assets
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.models.architecture import Shapes
 from weighted_mtp.models.formats import Architecture, Dims, MicroSize, ModelFormat, format_of
@@ -204,12 +204,12 @@ def build_micro(
     written atomically; the old metadata.json is removed first and the new one written
     last, so an interrupted build never looks complete.
     """
-    if name not in registry.MICRO_MODELS:
+    if name not in assets.MICRO_MODELS:
         raise UsageError(
             f"{name!r} is not a micro model",
-            hint=f"choose one of: {', '.join(registry.MICRO_MODELS)}",
+            hint=f"choose one of: {', '.join(assets.MICRO_MODELS)}",
         )
-    base_name = registry.spec(name).derived_from or ""
+    base_name = assets.spec(name).derived_from or ""
     base_paths, paths = layout.model(base_name), layout.model(name)
     init = init or ("slice" if base_paths.weights.is_file() else "random")
     if init not in INITS:

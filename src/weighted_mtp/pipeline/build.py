@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from weighted_mtp import registry
+from weighted_mtp import assets
+from weighted_mtp.assets import AssetSpec, BuildStep
 from weighted_mtp.catalog import Catalog, CatalogEntry
 from weighted_mtp.checks import Report
 from weighted_mtp.clock import utc_now
@@ -51,7 +52,6 @@ from weighted_mtp.pipeline.records import (
     saved_checklist,
 )
 from weighted_mtp.pipeline.report import generate_reports
-from weighted_mtp.registry import AssetSpec, BuildStep
 from weighted_mtp.storage import freshness
 from weighted_mtp.storage.atomic import read_json_or_none
 from weighted_mtp.storage.init import init_storage
@@ -412,7 +412,7 @@ def _steps() -> list[Step]:
     """Models before datasets; within each, every asset's first step before any second."""
     kinds: tuple[BuildStep, ...] = ("download", "convert", "micro", "prepare", "small")
     ordered = sorted(
-        ((spec, kind) for spec in registry.ASSETS for kind in spec.build),
+        ((spec, kind) for spec in assets.ASSETS for kind in spec.build),
         key=lambda pair: (pair[0].is_dataset, kinds.index(pair[1])),
     )
     return [

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from weighted_mtp import registry
+from weighted_mtp import assets
 from weighted_mtp.checks import Report
 from weighted_mtp.data.validate import validate_dataset
 from weighted_mtp.errors import WmtpError
@@ -141,7 +141,7 @@ def check_layout(run: _Run, report: Report) -> None:
 
 def check_raw_models(run: _Run, report: Report) -> None:
     """Every file the download recorded in SOURCE.json is present with its recorded hash."""
-    for name in registry.checked_by("raw models"):
+    for name in assets.checked_by("raw models"):
         paths = run.layout.model(name)
         if not paths.source.is_file():
             report.add(
@@ -178,7 +178,7 @@ def _verify_models(group: str) -> Callable[[_Run, Report], None]:
     """The check group that runs `verify_model` on every model the registry puts in it."""
 
     def check(run: _Run, report: Report) -> None:
-        for name in registry.checked_by(group):
+        for name in assets.checked_by(group):
             verify = partial(verify_model, run.layout, name, store=run.store)
             run.add_asset_report(report, verify, name)
 
@@ -186,7 +186,7 @@ def _verify_models(group: str) -> Callable[[_Run, Report], None]:
 
 
 def check_raw_datasets(run: _Run, report: Report) -> None:
-    for name in registry.checked_by("raw datasets"):
+    for name in assets.checked_by("raw datasets"):
         paths = run.layout.dataset(name)
         report.add(
             f"{name}: SOURCE.json",
@@ -211,7 +211,7 @@ def check_dataset_code(run: _Run, report: Report) -> None:
         report.add(f"{module}.{function}", ok, "" if ok else "missing")
     missing = [
         run.rel(run.layout.dataset(n).schema)
-        for n in registry.DATASETS
+        for n in assets.DATASETS
         if not run.layout.dataset(n).schema.is_file()
     ]
     report.add("processed schema.json written", not missing, "", missing)
@@ -232,7 +232,7 @@ def _small_present(run: _Run, report: Report, name: str) -> None:
 
 
 def check_processed_datasets(run: _Run, report: Report) -> None:
-    for name in registry.checked_by("processed datasets"):
+    for name in assets.checked_by("processed datasets"):
         run.add_asset_report(report, partial(validate_dataset, run.layout, name), name)
         _small_present(run, report, name)
 
@@ -263,7 +263,7 @@ def check_integrity(run: _Run, report: Report) -> None:
         else f"{len(manifest['files'])} files",
         diff.files(),
     )
-    for name in registry.MODELS:
+    for name in assets.MODELS:
         run.hashes_match(report, f"{name}: safetensors/SHA256SUMS", layout.model(name).sha256sums)
     run.hashes_match(report, "SHA256SUMS (whole storage)", layout.checksums)
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from weighted_mtp import registry
+from weighted_mtp import assets
 from weighted_mtp.catalog import Catalog
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.pipeline.approve import approve
@@ -36,7 +36,7 @@ from weighted_mtp.synthetic.model_mirrors import write_meta_mirror, write_refere
 
 DEFAULT_ROOT = Path("demo-storage")
 # A small upstream-shaped copy of each dataset format.
-MIRROR_WRITERS: dict[registry.DatasetFormat, Callable[[Path], Path]] = {
+MIRROR_WRITERS: dict[assets.DatasetFormat, Callable[[Path], Path]] = {
     "deepmind-code-contests": write_codecontests_mirror,
     "google-mbpp": write_mbpp_mirror,
     "openai-humaneval": write_humaneval_mirror,
@@ -65,7 +65,7 @@ def write_demo_mirror(mirror: Path) -> Path:
     write_meta_mirror(mirror / META_MODEL, tokenizer_model=tokenizer)
     write_reference_mirror(mirror / REFERENCE_MODEL, tokenizer_model=tokenizer)
     for name in DATASETS:
-        MIRROR_WRITERS[registry.dataset_format(name)](mirror / name)
+        MIRROR_WRITERS[assets.dataset_format(name)](mirror / name)
     write_text(mirror / MIRROR_COMPLETE, "every asset's upstream files are written\n")
     return mirror
 

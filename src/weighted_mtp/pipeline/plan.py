@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from weighted_mtp.registry import BASE_MODELS, DATASETS
+from weighted_mtp.assets import BASE_MODELS, DATASETS
 from weighted_mtp.storage.layout import STORAGE_VERSION
 
 DEFAULT_TAG = f"v{STORAGE_VERSION}"  # what the checklist's sign-off releases the storage as

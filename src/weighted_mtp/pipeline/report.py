@@ -16,7 +16,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from weighted_mtp import __version__, registry
+from weighted_mtp import __version__, assets
 from weighted_mtp.clock import utc_now
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.models.hf_tokenizer import SENTENCEPIECE_KEY
@@ -243,8 +243,8 @@ def _model_deviations(layout: Layout) -> Iterator[str]:
             yield f"- {name}: randomly initialised (seed {meta.seed}), not sliced"
         if meta.tokenizer_difference:
             yield f"- {name}: tokenizer differs: {meta.tokenizer_difference}"
-        elif registry.compares_tokenizer(name) and not meta.tokenizer_shared_with:
-            yield f"- {name}: tokenizer not recorded as shared with {registry.TOKENIZER_MODEL}"
+        elif assets.compares_tokenizer(name) and not meta.tokenizer_shared_with:
+            yield f"- {name}: tokenizer not recorded as shared with {assets.TOKENIZER_MODEL}"
 
 
 def _moved_characters(replaced: dict[int, str]) -> str:
@@ -364,7 +364,7 @@ def storage_readme(
 ) -> str:
     tree = storage_tree(layout.root, 3)
     tree.children = [c for c in tree.children if c.name != layout.state_dir.name]
-    example = layout.model(registry.MODELS[0]).safetensors_dir
+    example = layout.model(assets.MODELS[0]).safetensors_dir
     return render(
         "storage_readme.md",
         header=_header("Storage", layout, manifest_sha),

@@ -2,7 +2,7 @@
 
 A run is named by its folder, `<experiment>/<run-id>` under the storage's runs folder, or a
 bare run id found under exactly one experiment. A finished run has the files its run kind
-marks complete (`registry.RUN_KINDS`) and a `final/` that is a model folder or a LoRA adapter
+marks complete (`assets.RUN_KINDS`) and a `final/` that is a model folder or a LoRA adapter
 (peft's files) on the model it trained from. Only the run's identity is read from its
 `config.yaml` (`experiment`, `model`); the trainer owns the rest of that file.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from weighted_mtp import registry
+from weighted_mtp import assets
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.layout import MODELS, Layout, ModelPaths, RunFolder, RunPaths
 
@@ -64,7 +64,7 @@ def find_run(layout: Layout, name: str) -> Path | None:
         return under_runs
     found = [
         layout.runs_of(kind) / name
-        for kind in registry.TRAINING_RUNS
+        for kind in assets.TRAINING_RUNS
         if len(Path(name).parts) == 1 and RunFolder(layout.runs_of(kind) / name).config.is_file()
     ]
     if len(found) > 1:
@@ -97,10 +97,10 @@ def run_identity(folder: Path) -> tuple[str, str]:
 def finished_run(layout: Layout, name: str, folder: Path) -> FinishedRun:
     """The training run in `folder`, complete and with a model in `final/`, or one error."""
     experiment, model = run_identity(folder)
-    kind = registry.run_kind(experiment)
+    kind = assets.run_kind(experiment)
     paths = layout.run(kind.name, folder)
     if kind.role != "training" or not kind.final_model:
-        models = [k.name for k in registry.RUN_KINDS if k.final_model]
+        models = [k.name for k in assets.RUN_KINDS if k.final_model]
         raise WmtpError(
             f"a {kind.name} run's final/ is not a model that generates",
             path=folder,

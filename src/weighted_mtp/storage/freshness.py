@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from weighted_mtp import registry
+from weighted_mtp import assets
 from weighted_mtp.clock import utc_now
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import read_json, read_json_or_none, write_json
@@ -69,20 +69,20 @@ def small_key(dataset: str) -> str:
 
 def asset_keys() -> tuple[str, ...]:
     """Every asset the store keeps a record for, in registry order (small sets last)."""
-    small = tuple(small_key(s.name) for s in registry.ASSETS if "small" in s.build)
-    return (*registry.MODELS, *registry.DATASETS, *small)
+    small = tuple(small_key(s.name) for s in assets.ASSETS if "small" in s.build)
+    return (*assets.MODELS, *assets.DATASETS, *small)
 
 
 def _small_dataset(key: str) -> str | None:
     name = key.removesuffix(SMALL_SUFFIX)
-    return name if key != name and name in registry.DATASETS else None
+    return name if key != name and name in assets.DATASETS else None
 
 
 def asset_root(layout: Layout, key: str) -> Path:
     """The folder of an asset key (a model, a dataset or `<dataset>_small`)."""
-    if key in registry.MODELS:
+    if key in assets.MODELS:
         return layout.model(key).root
-    if key in registry.DATASETS:
+    if key in assets.DATASETS:
         return layout.dataset(key).root
     dataset = _small_dataset(key)
     if dataset is None:
@@ -95,7 +95,7 @@ def inputs_of(layout: Layout, key: str) -> list[Path]:
     splits, the checklist's manifest. Models check their raw files themselves (verify)."""
     if key == VERIFICATION:
         return [layout.manifest]
-    if key in registry.DATASETS:
+    if key in assets.DATASETS:
         return sorted(layout.dataset(key).raw.glob("*.jsonl"))
     dataset = _small_dataset(key)
     if dataset is not None:
@@ -187,7 +187,7 @@ def _from_downloads(layout: Layout) -> dict[str, FileRecord]:
     """Model downloads record each file's hash with its size and mtime (SOURCE.json): the
     15 GB checkpoint is hashed while it is copied, not once more afterwards."""
     known = {}
-    for name in registry.BASE_MODELS:
+    for name in assets.BASE_MODELS:
         paths = layout.model(name)
         try:
             files = read_json(paths.source, "SOURCE.json").get("files", {})

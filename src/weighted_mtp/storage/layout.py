@@ -9,7 +9,7 @@ never assemble storage paths from strings, so moving a file means editing one pl
       datasets_v2/{codecontests,mbpp,humaneval}/{raw,processed,stats}/
       datasets_local_small/{codecontests,mbpp,humaneval}_small/
       MANIFEST.json  APPROVALS.json  README.md  reports/
-      runs/<run kind>/...      what wmtp makes from the assets (`registry.RUN_KINDS`):
+      runs/<run kind>/...      what wmtp makes from the assets (`assets.RUN_KINDS`):
           {baseline,critic,verifiable,ref-tune,rho1}/<run-id>/   training runs
           suite/<stamp>/                                         `wmtp train suite`
           eval/<model>/<dataset>-<stamp>/                        `wmtp eval run` results
@@ -24,18 +24,18 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from weighted_mtp import registry
-from weighted_mtp.errors import WmtpError
+from weighted_mtp import assets
 
 # Asset names are declared in the registry; re-exported here for path-minded callers.
-from weighted_mtp.registry import BASE_MODELS as BASE_MODELS
-from weighted_mtp.registry import DATASETS as DATASETS
-from weighted_mtp.registry import META_MODEL as META_MODEL
-from weighted_mtp.registry import MICRO_MODELS as MICRO_MODELS
-from weighted_mtp.registry import MICRO_MTP as MICRO_MTP
-from weighted_mtp.registry import MICRO_REF as MICRO_REF
-from weighted_mtp.registry import MODELS as MODELS
-from weighted_mtp.registry import REFERENCE_MODEL as REFERENCE_MODEL
+from weighted_mtp.assets import BASE_MODELS as BASE_MODELS
+from weighted_mtp.assets import DATASETS as DATASETS
+from weighted_mtp.assets import META_MODEL as META_MODEL
+from weighted_mtp.assets import MICRO_MODELS as MICRO_MODELS
+from weighted_mtp.assets import MICRO_MTP as MICRO_MTP
+from weighted_mtp.assets import MICRO_REF as MICRO_REF
+from weighted_mtp.assets import MODELS as MODELS
+from weighted_mtp.assets import REFERENCE_MODEL as REFERENCE_MODEL
+from weighted_mtp.errors import WmtpError
 
 STORAGE_VERSION = "2.0.0"
 
@@ -103,7 +103,7 @@ class ModelPaths:
 
     @property
     def raw_checkpoint_dir(self) -> Path:
-        return self.raw / (registry.spec(self.name).raw_checkpoint_dir or "checkpoint")
+        return self.raw / (assets.spec(self.name).raw_checkpoint_dir or "checkpoint")
 
     @property
     def raw_meta_checkpoint(self) -> Path:
@@ -230,7 +230,7 @@ class RunFolder:
 
     @property
     def summary(self) -> Path:
-        return self.root / registry.SUMMARY_FILE
+        return self.root / assets.SUMMARY_FILE
 
     @property
     def checkpoints(self) -> Path:
@@ -252,9 +252,9 @@ class RunFolder:
 
 @dataclass(frozen=True)
 class RunPaths(RunFolder):
-    """One instance of a `registry.RunKind`: a training run, a suite or an evaluation."""
+    """One instance of a `assets.RunKind`: a training run, a suite or an evaluation."""
 
-    kind: registry.RunKind
+    kind: assets.RunKind
 
     def missing(self) -> list[Path]:
         """The files that mark this kind complete and are not (yet) here."""
@@ -351,26 +351,26 @@ class Layout:
 
     @property
     def runs_dir(self) -> Path:
-        """What wmtp makes from the assets, one folder per run kind (`registry.RUN_KINDS`)."""
+        """What wmtp makes from the assets, one folder per run kind (`assets.RUN_KINDS`)."""
         return self.root / "runs"
 
     def runs_of(self, kind: str) -> Path:
         """The folder holding every run of `kind` made under this root."""
-        return self.runs_dir / registry.run_kind(kind).name
+        return self.runs_dir / assets.run_kind(kind).name
 
     def run(self, kind: str, folder: Path) -> RunPaths:
         """The paths of the run of `kind` in `folder` (under `runs_of(kind)` or anywhere)."""
-        return RunPaths(folder, registry.run_kind(kind))
+        return RunPaths(folder, assets.run_kind(kind))
 
     @property
     def eval_runs_dir(self) -> Path:
         """`wmtp eval run` outputs, one folder per model and run."""
-        return self.runs_of(registry.EVAL_RESULTS)
+        return self.runs_of(assets.EVAL_RESULTS)
 
     @property
     def comparisons_dir(self) -> Path:
         """`wmtp eval compare` outputs, one folder per comparison."""
-        return self.runs_of(registry.COMPARISON)
+        return self.runs_of(assets.COMPARISON)
 
     def suite_comparison(self, suite: Path) -> ComparisonFolder:
         """The pass@k comparison `wmtp train suite` writes into its folder."""
@@ -381,7 +381,7 @@ class Layout:
         those comparisons made (standalone and a suite's), oldest first within each."""
         comparisons = [
             *self.comparisons_dir.glob("*"),
-            *(self.suite_comparison(s).root for s in self.runs_of(registry.SUITE).glob("*")),
+            *(self.suite_comparison(s).root for s in self.runs_of(assets.SUITE).glob("*")),
         ]
         return [
             *sorted(self.eval_runs_dir.glob(f"*/*/{RESULTS_FILE}")),
@@ -455,7 +455,7 @@ class Layout:
             spec.name: self.model(spec.name).source
             if spec.is_model
             else self.dataset(spec.name).source
-            for spec in registry.ASSETS
+            for spec in assets.ASSETS
             if "download" in spec.build
         }
 
@@ -480,13 +480,11 @@ class Layout:
 
     def placeholder_files(self) -> list[Path]:
         """Files the layout creates empty: the large model's SHA256SUMS."""
-        return [self.model(s.name).sha256sums for s in registry.ASSETS if s.keep_raw_on_clean]
+        return [self.model(s.name).sha256sums for s in assets.ASSETS if s.keep_raw_on_clean]
 
     def protected_paths(self) -> list[Path]:
         """Paths `clean` never removes: an ongoing 7B download must survive a clean start."""
-        return [
-            self.model(s.name).raw_checkpoint_dir for s in registry.ASSETS if s.keep_raw_on_clean
-        ]
+        return [self.model(s.name).raw_checkpoint_dir for s in assets.ASSETS if s.keep_raw_on_clean]
 
     def contains(self, path: str | Path) -> bool:
         """Whether `path`, with symlinks resolved, lies inside the root."""

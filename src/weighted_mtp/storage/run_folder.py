@@ -1,6 +1,6 @@
 """Run folders that never lose a file: which folders a run may write, and one run at a time.
 
-A run folder is marked by `run.json` (`RunFolder.identity`: its run kind, `registry.RUN_KINDS`),
+A run folder is marked by `run.json` (`RunFolder.identity`: its run kind, `assets.RUN_KINDS`),
 the first file a run writes. A run writes only into a folder that is absent, empty, or, with
 `--resume`, a run folder of its own kind; anything else is refused in one line before
 anything is written, and nothing in it is touched. A symlink is resolved first and its
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from weighted_mtp import registry
+from weighted_mtp import assets
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import TEMP_MARKER, read_json, write_json
 from weighted_mtp.storage.layout import RunFolder
@@ -154,7 +154,7 @@ def claim_run_folder(folder: Path, kind: str, *, resume: bool, command: str) -> 
     continue) and hold its lock until the run ends. Yields the resolved folder, where the
     run must write. One error, before any write, when the folder is not one the run may
     write, or another run (`command` names this one) holds it."""
-    registry.run_kind(kind)  # a known run kind
+    assets.run_kind(kind)  # a known run kind
     root = _resolved(folder)
     paths = RunFolder(root)
     if not paths.lock.is_file():  # else a run folder: its lock first (a run may hold it)

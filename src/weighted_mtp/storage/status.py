@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from weighted_mtp import registry
+from weighted_mtp import assets
 from weighted_mtp.storage import freshness
 from weighted_mtp.storage.layout import DATASETS, MODELS, SPLITS, Layout
 from weighted_mtp.storage.tree import iter_files, tree_size
@@ -34,7 +34,7 @@ def model_state(layout: Layout, name: str, store: freshness.Store | None = None)
     if paths.weights.is_file():
         current = (store or freshness.Store(layout)).is_current(name)
         return "verified" if current else "converted"
-    downloaded = "download" in registry.spec(name).build
+    downloaded = "download" in assets.spec(name).build
     if downloaded and _has_files(paths.raw, ignore=("SOURCE.json",)):
         return "raw-only"
     return "missing"

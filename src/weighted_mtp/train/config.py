@@ -29,8 +29,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
+from weighted_mtp.assets import TRAIN_DATASET, TRAIN_MODEL, TRAINING_RUNS
 from weighted_mtp.errors import UsageError, WmtpError
-from weighted_mtp.registry import TRAIN_DATASET, TRAIN_MODEL, TRAINING_RUNS
 
 Normalize = Literal["count", "weight", "selected"]
 Precision = Literal["auto", "bf16", "fp32"]

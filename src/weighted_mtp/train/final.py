@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-from weighted_mtp.registry import STAGE_RECORD
+from weighted_mtp.assets import STAGE_RECORD
 from weighted_mtp.storage.atomic import atomic_folder, read_json_or_none, write_json
 from weighted_mtp.storage.finished_runs import ADAPTER_WEIGHTS
 from weighted_mtp.storage.hashing import sha256_file

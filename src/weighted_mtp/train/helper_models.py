@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from weighted_mtp.assets import reference_pairs
 from weighted_mtp.errors import WmtpError
-from weighted_mtp.registry import reference_pairs
 from weighted_mtp.storage.atomic import read_json_or_none
 from weighted_mtp.storage.hashing import sha256_file
 from weighted_mtp.storage.layout import MODELS, Layout, ModelPaths, RunFolder

@@ -14,7 +14,7 @@ runs forward and backward).
 `TensorMemory` follows every tensor; the plan is rank 0's peak (its shards are the largest)
 split by what is held. No weights are read: only the models' `params.json` /
 `config.json`, or, for a base model not downloaded yet, its published architecture
-(`registry.PUBLISHED_ARCHITECTURES`).
+(`assets.PUBLISHED_ARCHITECTURES`).
 
 A step is traced with the trainer's own code (`trainer.accumulate_gradients`,
 `clip_gradients`, the optimizer of `make_optimizer`) on the objective the experiment table
@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import torch
 from torch import nn
 
-from weighted_mtp import registry
+from weighted_mtp import assets
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.models.architecture import HfLlamaConfig, MetaParams
 from weighted_mtp.storage.finished_runs import model_folder
@@ -202,7 +202,7 @@ def gib(n: int) -> float:
 
 
 def _published(name: str, kind: str, path: Any) -> dict[str, object]:
-    published = registry.PUBLISHED_ARCHITECTURES.get(name)
+    published = assets.PUBLISHED_ARCHITECTURES.get(name)
     if published is None:
         raise WmtpError(
             f"model {name} has no {kind}",
@@ -243,7 +243,7 @@ def _reference_of(layout: Layout, config: TrainConfig, policy: str) -> ModelPath
             return layout.model(config.rho1.reference)
         folder = reference_helper(layout, config.rho1.reference).folder
         return ModelPaths(folder.name, folder)
-    reference = registry.spec(policy).reference if policy in MODELS else None
+    reference = assets.spec(policy).reference if policy in MODELS else None
     if reference is None:
         raise WmtpError(
             f"the policy {policy} has no registered reference model",

@@ -4,7 +4,7 @@ A run lives in `<root>/runs/<experiment>/<run-id>/` (or `--out DIR`): `config.ya
 effective configuration), `metrics.jsonl` (one line per step and per validation),
 `checkpoints/step-N/`, `final/` (the trained weights as a model folder) and, when the run
 completes, `summary.json`. Each experiment is a run kind of the registry
-(`registry.RUN_KINDS`: which files mark a run complete, whether `final/` is a model) and the
+(`assets.RUN_KINDS`: which files mark a run complete, whether `final/` is a model) and the
 layout names its paths (`Layout.runs_of`, `RunPaths`). Finding a finished run to evaluate
 is the storage's (`storage.finished_runs`).
 """

@@ -26,7 +26,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from weighted_mtp.registry import COMPARE_DATASETS, SUITE
+from weighted_mtp.assets import COMPARE_DATASETS, SUITE
 from weighted_mtp.storage.atomic import read_json_or_none, write_json, write_text
 from weighted_mtp.storage.layout import Layout, RunFolder
 from weighted_mtp.storage.run_folder import claim_run_folder

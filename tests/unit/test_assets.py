@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import weighted_mtp
-from weighted_mtp import registry
+from weighted_mtp import assets
 from weighted_mtp.errors import UsageError
 from weighted_mtp.storage.layout import Layout
 
@@ -16,28 +16,28 @@ PACKAGE = Path(weighted_mtp.__file__).parent
 
 
 def test_every_asset_is_declared_once_with_what_builds_and_checks_it():
-    names = [spec.name for spec in registry.ASSETS]
+    names = [spec.name for spec in assets.ASSETS]
     assert len(names) == len(set(names))
-    for spec in registry.ASSETS:
+    for spec in assets.ASSETS:
         assert spec.build and spec.checks
         if spec.is_derived:
-            assert registry.spec(spec.derived_from or "").kind == "model"
-            assert registry.spec(spec.derived_from or "").format == spec.format
-    assert registry.checked_by("micro") == (registry.MICRO_MTP, registry.MICRO_REF)
+            assert assets.spec(spec.derived_from or "").kind == "model"
+            assert assets.spec(spec.derived_from or "").format == spec.format
+    assert assets.checked_by("micro") == (assets.MICRO_MTP, assets.MICRO_REF)
     with pytest.raises(UsageError, match="unknown asset"):
-        registry.spec("nope")
+        assets.spec("nope")
 
 
 def test_the_layout_takes_raw_folders_and_protected_paths_from_the_registry(tmp_path):
     layout = Layout(tmp_path)
-    meta = registry.spec(registry.META_MODEL)
+    meta = assets.spec(assets.META_MODEL)
     assert layout.model(meta.name).raw_checkpoint_dir.name == meta.raw_checkpoint_dir
     assert layout.protected_paths() == [layout.model(meta.name).raw_checkpoint_dir]
-    assert set(layout.sources()) == {s.name for s in registry.ASSETS if "download" in s.build}
+    assert set(layout.sources()) == {s.name for s in assets.ASSETS if "download" in s.build}
 
 
 def _asset_name_comparisons(tree: ast.AST) -> list[int]:
-    names = {spec.name for spec in registry.ASSETS}
+    names = {spec.name for spec in assets.ASSETS}
     return [
         node.lineno
         for node in ast.walk(tree)
@@ -52,7 +52,7 @@ def _asset_name_comparisons(tree: ast.AST) -> list[int]:
 def _tables_keyed_by_asset_names(tree: ast.AST) -> list[int]:
     """Dict displays with an asset name as a literal key: facts about an asset kept outside
     the registry (`{"humaneval": ...}`), and dict(...) calls with one as a keyword."""
-    names = {spec.name for spec in registry.ASSETS}
+    names = {spec.name for spec in assets.ASSETS}
     return [
         node.lineno
         for node in ast.walk(tree)
@@ -80,7 +80,7 @@ def test_no_module_but_the_registry_compares_asset_names_keys_tables_by_them_or_
     found = {}
     for path in PACKAGE.rglob("*.py"):
         lines = _name_bound_lines(path.read_text())
-        if lines and path.name != "registry.py":
+        if lines and path.name != "assets.py":
             found[path.relative_to(PACKAGE).as_posix()] = lines
     assert found == {}
 
@@ -103,19 +103,19 @@ def test_format_keyed_tables_are_not_asset_names_and_cover_every_format():
     from weighted_mtp.eval.tasks import FORMATS
     from weighted_mtp.pipeline.demo import MIRROR_WRITERS
 
-    assert not set(registry.DATASET_FORMATS) & {spec.name for spec in registry.ASSETS}
+    assert not set(assets.DATASET_FORMATS) & {spec.name for spec in assets.ASSETS}
     for table in (CONVERTERS, EVALUATION_PROMPTS, FORMATS, MIRROR_WRITERS):
-        assert set(table) == set(registry.DATASET_FORMATS)
-    for name in registry.DATASETS:
-        assert registry.dataset_format(name) in registry.DATASET_FORMATS
+        assert set(table) == set(assets.DATASET_FORMATS)
+    for name in assets.DATASETS:
+        assert assets.dataset_format(name) in assets.DATASET_FORMATS
     with pytest.raises(UsageError, match="unknown dataset 'micro-mtp'"):
-        registry.dataset_format(registry.MICRO_MTP)
+        assets.dataset_format(assets.MICRO_MTP)
 
 
 def test_run_kinds_say_where_they_live_what_completes_them_and_what_they_read(tmp_path):
     layout = Layout(tmp_path)
-    known_inputs = {"model", "dataset"} | {k.name for k in registry.RUN_KINDS}
-    for kind in registry.RUN_KINDS:
+    known_inputs = {"model", "dataset"} | {k.name for k in assets.RUN_KINDS}
+    for kind in assets.RUN_KINDS:
         assert kind.complete_when and set(kind.made_from) <= known_inputs
         assert layout.runs_of(kind.name) == layout.runs_dir / kind.name
         run = layout.run(kind.name, tmp_path / "one")
@@ -125,7 +125,7 @@ def test_run_kinds_say_where_they_live_what_completes_them_and_what_they_read(tm
     baseline.root.mkdir()
     baseline.summary.write_text("{}")
     assert baseline.complete
-    assert registry.TRAINING_RUNS == ("baseline", "critic", "verifiable", "ref-tune", "rho1")
+    assert assets.TRAINING_RUNS == ("baseline", "critic", "verifiable", "ref-tune", "rho1")
     with pytest.raises(UsageError, match="unknown run kind"):
         layout.runs_of("nope")
 
@@ -142,11 +142,11 @@ def test_a_dataset_in_a_known_format_needs_only_its_asset_spec(tmp_path, monkeyp
     from weighted_mtp.storage import layout as layout_module
     from weighted_mtp.synthetic.datasets import humaneval_source
 
-    humaneval = registry.spec(registry.HUMANEVAL)
+    humaneval = assets.spec(assets.HUMANEVAL)
     mini = replace(humaneval, name="humaneval-mini")
-    monkeypatch.setattr(registry, "ASSETS", (*registry.ASSETS, mini))
-    monkeypatch.setattr(registry, "_BY_NAME", {**registry._BY_NAME, mini.name: mini})
-    monkeypatch.setattr(registry, "DATASETS", (*registry.DATASETS, mini.name))
+    monkeypatch.setattr(assets, "ASSETS", (*assets.ASSETS, mini))
+    monkeypatch.setattr(assets, "_BY_NAME", {**assets._BY_NAME, mini.name: mini})
+    monkeypatch.setattr(assets, "DATASETS", (*assets.DATASETS, mini.name))
     monkeypatch.setattr(layout_module, "DATASETS", (*layout_module.DATASETS, mini.name))
 
     layout = Layout(tmp_path)
@@ -161,4 +161,4 @@ def test_a_dataset_in_a_known_format_needs_only_its_asset_spec(tmp_path, monkeyp
     tasks = list(iter_tasks(mini.name, raw.parent, seed=0))
     assert {t.metadata["source"] for t in tasks} == {mini.name} and len(tasks) == 3
     settings = RunSettings(mini.name)
-    assert settings.split == "test" and settings.sampling().stop == registry.FUNCTION_STOPS
+    assert settings.split == "test" and settings.sampling().stop == assets.FUNCTION_STOPS
