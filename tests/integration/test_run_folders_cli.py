@@ -137,7 +137,7 @@ def test_killed_mid_checkpoint_with_the_last_one_damaged_resumes_from_the_good_o
     resumed = run_wmtp(*baseline(run, 5, "--resume"), root=train_storage.root)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "run complete: 5 steps" in resumed.stdout
-    notes = [line for line in resumed.stderr.splitlines() if line.startswith("note: ")]
+    notes = [line for line in resumed.stderr.splitlines() if line.startswith("warning: ")]
     assert len(notes) == 1 and f"checkpoint step {ckpt.step_of(newest)} is damaged" in notes[0]
     assert "__0_0.distcp does not match its SHA-256" in notes[0]
     assert train_steps(run) == [1, 2, 3, 4, 5]

@@ -15,7 +15,7 @@ import typer
 
 from weighted_mtp.cli import data, models, pipeline, storage, train
 from weighted_mtp.cli import eval as evaluation
-from weighted_mtp.cli._console import State, err_console, escape
+from weighted_mtp.cli._console import State, configure_logging, err_console, escape
 from weighted_mtp.errors import UsageError, WmtpError
 
 INTERRUPTED = 130
@@ -63,10 +63,28 @@ def _global_options(
             help="Asset catalog YAML replacing the packaged one.",
         ),
     ] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Also show debug lines: phases and timings.")
+    ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", help="Only warnings and errors: no notes, no progress."),
+    ] = False,
+    all_ranks: Annotated[
+        bool,
+        typer.Option(
+            "--log-all-ranks",
+            envvar="WMTP_LOG_ALL_RANKS",
+            help="Under torchrun, log on every rank (each line names it), not only rank 0.",
+        ),
+    ] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
     ] = False,
 ) -> None:
+    if verbose and quiet:
+        raise UsageError("-v and -q both given", hint="give one of them")
+    configure_logging(1 if verbose else -1 if quiet else 0, all_ranks)
     source = ctx.get_parameter_source("root")
     given = source is not None and source.name == "COMMANDLINE"
     ctx.obj = State(root=root, catalog_path=catalog, root_given=given)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -135,8 +136,48 @@ def writing(ctx: typer.Context) -> Iterator[Layout]:
         yield layout
 
 
+LOG_LABELS = {  # each level's mark; a level between two takes the lower one's
+    logging.DEBUG: "[dim]debug:[/]",
+    logging.INFO: "[cyan]note:[/]",
+    logging.WARNING: "[yellow]warning:[/]",
+    logging.ERROR: "[bold red]error:[/]",
+}
+
+
+class ConsoleHandler(logging.Handler):
+    """The package's log records on the stderr console that draws the progress bars (rich
+    keeps a live bar below the lines printed meanwhile), one record a line: `note: ...`,
+    `debug: ...`, `warning: ...`. rich's own `RichHandler` wraps a message at the terminal's
+    width and folds a long path mid-word; these lines are never wrapped by rich, so a path
+    stays whole to copy."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level = max((n for n in LOG_LABELS if n <= record.levelno), default=logging.DEBUG)
+            label = LOG_LABELS[level]
+            err_console.print(
+                f"{label} {escape(self.format(record))}", highlight=False, soft_wrap=True
+            )
+        except Exception:
+            self.handleError(record)
+
+
+def configure_logging(verbosity: int, all_ranks: bool) -> None:
+    """The CLI's log: `-q` -> -1, `-v` -> 1 (see `progress.configure_logging`)."""
+    progress.configure_logging(ConsoleHandler(), verbosity, all_ranks)
+
+
 class RichReporter:
-    """Progress bars on stderr; one bar per task, removed when it finishes."""
+    """Progress bars and status lines on stderr; each removed when its work finishes."""
+
+    @contextmanager
+    def status(self, description: str) -> Iterator[None]:
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+        with Progress(*columns, console=err_console.get(), transient=True) as line:
+            line.add_task(description, total=None)
+            yield
 
     @contextmanager
     def task(self, description: str, total: float | None, unit: str) -> Iterator[progress.Advance]:
@@ -177,8 +218,9 @@ class RichReporter:
 
 @contextmanager
 def progress_bars(enabled: bool = True) -> Iterator[None]:
-    """Show library progress while a command runs (not with --json or off a terminal)."""
-    if enabled and err_console.is_terminal:
+    """Show library progress while a command runs (not with --json or -q, not off a
+    terminal, not on a torchrun rank that does not log)."""
+    if enabled and progress.shows() and err_console.is_terminal:
         progress.use_reporter(RichReporter())
     try:
         yield

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from weighted_mtp import progress
 from weighted_mtp.cli._console import (
     JsonOpt,
     checked_layout,
@@ -74,6 +75,13 @@ def _listener(event: str, step: Step, outcome: StepOutcome | None) -> None:
     console.print(line, highlight=False, soft_wrap=True)
 
 
+def _log_listener(event: str, step: Step, outcome: StepOutcome | None) -> None:
+    """With --json, where stdout is the JSON alone: each step's outcome as a note."""
+    if outcome is not None:
+        detail = f": {outcome.detail}" if outcome.status == "skipped" else ""
+        progress.logger.info(f"{step.name} {outcome.status} in {outcome.seconds:.1f} s{detail}")
+
+
 def _summary(result: BuildResult) -> None:
     from rich.table import Table  # on use: rich is slow to import
 
@@ -90,10 +98,6 @@ def _summary(result: BuildResult) -> None:
         console.print(
             f"re-checked what the last `wmtp verify` found damaged: {', '.join(result.recheck)}",
             highlight=False,
-        )
-    if result.removed_leftovers:
-        console.print(
-            f"removed {len(result.removed_leftovers)} temporary file(s) left by an interrupted run"
         )
     if not result.manifest_written:
         console.print("MANIFEST.json unchanged")
@@ -171,7 +175,7 @@ def backup(
     with writing(ctx) as layout, progress_bars(not as_json):  # records the backup
         result = run_backup(layout, dest)
     if as_json:
-        print_json({**result.record, "copied_files": result.copied, "seconds": result.seconds})
+        print_json(result.to_dict())
         return
     rate = result.copied_size / max(result.seconds, 1e-9) / 1e6
     console.print(
@@ -207,13 +211,14 @@ def build(
             "when the raw files already match their SOURCE.json.",
         ),
     ] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Run the build steps in order; finished steps are skipped, interrupted ones resume.
     Raw files already downloaded are kept whatever their source (mirror or hub)."""
     from weighted_mtp.pipeline.build import build as run_build
 
     app_state = state(ctx)
-    with progress_bars():
+    with progress_bars(not as_json):
         result = run_build(
             app_state.layout,
             app_state.catalog,
@@ -221,9 +226,12 @@ def build(
             only=only or [],
             start=start,
             refresh=refresh,
-            listener=_listener,
+            listener=_log_listener if as_json else _listener,
         )
-    _summary(result)
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        _summary(result)
 
 
 def demo(
@@ -237,19 +245,22 @@ def demo(
             show_default="demo-storage",
         ),
     ] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Offline end-to-end run: synthetic upstream sources, then the real build and verify."""
-    from weighted_mtp.pipeline.demo import DEFAULT_ROOT, mirror_for, run_demo
+    from weighted_mtp.pipeline.demo import DEFAULT_ROOT, run_demo
 
     root = state(ctx).own_root(root, DEFAULT_ROOT)
     layout = checked_layout(root)
-    console.print(
-        f"writing upstream-format sources to [bold]{mirror_for(root)}[/] (first run only)",
-        highlight=False,
-    )
-    with writing_to_storage(layout, "wmtp demo"), progress_bars():
+    with writing_to_storage(layout, "wmtp demo"), progress_bars(not as_json):
         import_torch()  # the demo needs it at once; a Ctrl-C meanwhile must not be lost
-        result = run_demo(layout.root, state(ctx).catalog, listener=_listener)
+        listener = _log_listener if as_json else _listener
+        result = run_demo(layout.root, state(ctx).catalog, listener=listener)
+    if as_json:
+        print_json(result.to_dict())
+        if not result.checklist.ok:
+            raise typer.Exit(1)
+        return
     _summary(result.build)
     if result.approved_now:
         console.print(

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from weighted_mtp import progress
 from weighted_mtp.assets import TRAIN_DATASET
-from weighted_mtp.cli._console import console, err_console, print_json, state
+from weighted_mtp.cli._console import console, err_console, print_json, progress_bars, state
 
 if TYPE_CHECKING:
     from weighted_mtp.train.config import Setting
@@ -245,10 +246,14 @@ def _on_main_rank() -> bool:
 
 
 def _with_progress(run: Callable[[_ProgressBar | None], T]) -> T:
-    """Run a training loop with a progress bar, shown on the main rank's terminal only."""
-    bar = _ProgressBar() if _on_main_rank() and err_console.is_terminal else None
+    """Run a training loop with a progress bar and status lines (loading, validating,
+    writing final/), shown on the main rank's terminal only."""
+    bar = (
+        _ProgressBar() if _on_main_rank() and progress.shows() and err_console.is_terminal else None
+    )
     try:
-        return run(bar)
+        with progress_bars():
+            return run(bar)
     finally:
         if bar is not None:
             bar.close()
@@ -349,13 +354,14 @@ def suite(
 
     flags = (SMALL, MAX_STEPS, SEED)
     values = {"small": small, "max_steps": max_steps, "seed": seed, "sets": sets}
-    folder = run_suite(
-        state(ctx).layout,
-        small=small,
-        settings=_settings(flags, values),
-        out=out,
-        on_stage=lambda name: err_console.print(f"suite: {name}", highlight=False),
-    )
+    with progress_bars():
+        folder = run_suite(
+            state(ctx).layout,
+            small=small,
+            settings=_settings(flags, values),
+            out=out,
+            on_stage=lambda name: progress.logger.info(f"suite: {name}"),
+        )
     if _on_main_rank():
         console.print(f"comparison: {folder / 'comparison.md'}", highlight=False)
 

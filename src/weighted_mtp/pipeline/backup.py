@@ -39,6 +39,10 @@ class BackupResult:
     seconds: float
     record: dict[str, Any]
 
+    def to_dict(self) -> dict[str, Any]:
+        """The backups record's entry with what this run copied (`--json`)."""
+        return {**self.record, "copied_files": self.copied, "seconds": self.seconds}
+
 
 def _files_to_copy(layout: Layout) -> list[Path]:
     """Everything under the root but caches, partial downloads, temporary files, the lock

@@ -20,7 +20,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -115,6 +115,16 @@ class BuildResult:
     recheck: list[str] = field(default_factory=list)  # assets the last verify found damaged
     manifest_written: bool = False
     manifest_diff: ManifestDiff = field(default_factory=ManifestDiff)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What `wmtp build --json` prints: each step's outcome and what the manifest got."""
+        return {
+            "steps": [asdict(o) for o in self.outcomes],
+            "removed_leftovers": self.removed_leftovers,
+            "recheck": self.recheck,
+            "manifest_written": self.manifest_written,
+            "manifest_diff": asdict(self.manifest_diff),
+        }
 
     @property
     def changed_anything(self) -> bool:

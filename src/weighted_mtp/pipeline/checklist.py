@@ -18,7 +18,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from weighted_mtp import assets
+from weighted_mtp import assets, progress
 from weighted_mtp.checks import Report
 from weighted_mtp.data.validate import validate_dataset
 from weighted_mtp.errors import WmtpError
@@ -340,7 +340,8 @@ def run_checklist(layout: Layout, *, through: str = "approval", save: bool = Tru
     run = _Run(layout)
     for group in groups_through(through):
         report = Report(group)
-        CHECKS[group](run, report)
+        with progress.status(f"checking {group}"):
+            CHECKS[group](run, report)
         run.results.append(StepResult(group, report))
     checklist = Checklist(run.results, manifest_sha256(layout))
     if save and LAST_ASSET_GROUP in groups_through(through):

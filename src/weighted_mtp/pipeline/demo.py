@@ -9,11 +9,13 @@ synthetic; every step after them is the production code path.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from weighted_mtp import assets
+from weighted_mtp import assets, progress
 from weighted_mtp.catalog import Catalog
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.pipeline.approve import approve
@@ -33,6 +35,8 @@ from weighted_mtp.synthetic.datasets import (
 )
 from weighted_mtp.synthetic.llama_tokenizer import train_llama_style_tokenizer
 from weighted_mtp.synthetic.model_mirrors import write_meta_mirror, write_reference_mirror
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ROOT = Path("demo-storage")
 # A small upstream-shaped copy of each dataset format.
@@ -61,11 +65,13 @@ def write_demo_mirror(mirror: Path) -> Path:
     """Upstream-format sources for every asset under `mirror/<asset>/`; written once."""
     if (mirror / MIRROR_COMPLETE).is_file():
         return mirror
-    tokenizer = train_llama_style_tokenizer(mirror / "_work" / "tokenizer.model")
-    write_meta_mirror(mirror / META_MODEL, tokenizer_model=tokenizer)
-    write_reference_mirror(mirror / REFERENCE_MODEL, tokenizer_model=tokenizer)
-    for name in DATASETS:
-        MIRROR_WRITERS[assets.dataset_format(name)](mirror / name)
+    log.info(f"writing upstream-format sources to {mirror} (first run only)")
+    with progress.status("writing the upstream-format sources"):
+        tokenizer = train_llama_style_tokenizer(mirror / "_work" / "tokenizer.model")
+        write_meta_mirror(mirror / META_MODEL, tokenizer_model=tokenizer)
+        write_reference_mirror(mirror / REFERENCE_MODEL, tokenizer_model=tokenizer)
+        for name in DATASETS:
+            MIRROR_WRITERS[assets.dataset_format(name)](mirror / name)
     write_text(mirror / MIRROR_COMPLETE, "every asset's upstream files are written\n")
     return mirror
 
@@ -93,6 +99,17 @@ class DemoResult:
     checklist: Checklist
     approved_now: bool
     backed_up: BackupResult | None  # None when a verified backup of this state existed
+
+    def to_dict(self) -> dict[str, Any]:
+        """What `wmtp demo --json` prints."""
+        return {
+            "root": str(self.layout.root),
+            "mirror": str(self.mirror),
+            "build": self.build.to_dict(),
+            "approved_now": self.approved_now,
+            "backup": None if self.backed_up is None else self.backed_up.to_dict(),
+            "checklist": self.checklist.to_dict(),
+        }
 
 
 def run_demo(root: str | Path, catalog: Catalog, *, listener: Listener | None = None) -> DemoResult:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import socket
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from weighted_mtp.storage.atomic import TEMP_MARKER
 from weighted_mtp.storage.layout import CACHE_DIR, Layout
 from weighted_mtp.storage.tree import iter_files
 
+log = logging.getLogger(__name__)
 _held: dict[Path, int] = {}  # lock files this process holds, with their nesting depth
 
 
@@ -139,6 +141,12 @@ def remove_stale_temp_files(layout: Layout) -> list[str]:
     for path in stale_temp_files(layout):
         path.unlink(missing_ok=True)
         removed.append(layout.relative(path))
+    if removed:
+        more = f" and {len(removed) - 5} more" if len(removed) > 5 else ""
+        log.info(
+            f"removed {len(removed)} temporary file(s) a killed run left: "
+            f"{', '.join(removed[:5])}{more}"
+        )
     return removed
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import logging
 import os
 import re
 import shutil
@@ -34,7 +35,6 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from torch.distributed.checkpoint import state_dict_loader, state_dict_saver
 from torch.distributed.checkpoint.filesystem import FileSystem, FileSystemWriter
 
-from weighted_mtp import progress
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import (
     TEMP_MARKER,
@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 
     from weighted_mtp.train.distributed import Dist
     from weighted_mtp.train.lora import TrainedModel
+
+log = logging.getLogger(__name__)
 
 PREFIX = "step-"
 STATE_FILE = "trainer_state.json"
@@ -378,7 +380,7 @@ def resume_point(run_dir: Path, dist_info: Dist) -> Path | None:
             if dist_info.is_main:
                 for bad, why in damaged:
                     kept = _set_aside(bad)
-                    progress.note(
+                    log.warning(
                         f"checkpoint step {step_of(bad)} is damaged: {why} [{bad}]; kept as "
                         f"{kept.name}, resuming from step {step_of(path)}"
                     )

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from weighted_mtp import progress
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import write_json, write_text
 from weighted_mtp.storage.layout import Layout, RunFolder
@@ -175,17 +176,20 @@ class Trainer:
             correct_only = config.correct_only
             return read_examples(path, tokenizer, max_len=config.seq_len, correct_only=correct_only)
 
-        train = examples(inputs.train)
-        experiment.check_data(train, inputs.train)
+        with progress.status("reading and tokenizing the data"):
+            train = examples(inputs.train)
+            experiment.check_data(train, inputs.train)
+            validation = examples(inputs.validation) if inputs.validation is not None else []
         sharding = Sharding(config.batch_size, config.micro_batch_size, dist_info.world)
         self.plan = BatchPlan(train, sharding, config.seed, pad_id, by_task=experiment.by_task)
-        validation = examples(inputs.validation) if inputs.validation is not None else []
         self.validation = fixed_batches(validation, config.micro_batch_size, pad_id)
         if config.eval_batches:
             self.validation = self.validation[: config.eval_batches]
-        self.model = experiment.model.build(inputs.model, config, dist_info)
+        with progress.status(f"loading {config.model}"):
+            self.model = experiment.model.build(inputs.model, config, dist_info)
         make_objective = make_objective or experiment.objective
-        self.objective = make_objective(Setup(layout, config, self.model, dist_info))
+        with progress.status(f"preparing the {config.experiment} objective"):  # its helper
+            self.objective = make_objective(Setup(layout, config, self.model, dist_info))
         self.total_steps = config.max_steps or config.epochs * self.plan.steps_per_epoch
         self.autocast = autocast_dtype(config, dist_info.device)
         self.model.core.train()
@@ -243,6 +247,10 @@ class Trainer:
         """The objective's validation metrics over the validation batches (all ranks)."""
         if not self.validation:
             return None
+        with progress.status(f"validating on {len(self.validation)} batch(es)"):
+            return self._validate()
+
+    def _validate(self) -> dict[str, Any]:
         world, rank = self.dist.world, self.dist.rank
         mine: list[tuple[int, Any]] = []
         core = self.model.core
@@ -270,25 +278,28 @@ class Trainer:
         )
 
     def save(self) -> Path:
-        path = ckpt.save_checkpoint(
-            self.run_dir,
-            self._state(),
-            self.model,
-            self.optimizer,
-            self.objective.state_dict(),
-            self.dist,
-        )
-        ckpt.prune_checkpoints(self.run_dir, self.config.keep_checkpoints, self.dist)
+        with progress.status(f"writing the checkpoint of step {self.step}"):
+            path = ckpt.save_checkpoint(
+                self.run_dir,
+                self._state(),
+                self.model,
+                self.optimizer,
+                self.objective.state_dict(),
+                self.dist,
+            )
+            ckpt.prune_checkpoints(self.run_dir, self.config.keep_checkpoints, self.dist)
         return path
 
     def resume(self) -> None:
         """Continue from the run folder's newest checkpoint that verifies (none: start at
         step 0)."""
-        found = ckpt.resume_point(self.run_dir, self.dist)
+        with progress.status("verifying the run's checkpoints"):
+            found = ckpt.resume_point(self.run_dir, self.dist)
         if found is None:
             return
         objective_state = self.objective.state_dict()
-        state = ckpt.load_checkpoint(found, self.model, self.optimizer, objective_state)
+        with progress.status(f"loading {found.name}"):
+            state = ckpt.load_checkpoint(found, self.model, self.optimizer, objective_state)
         self.objective.load_state_dict(objective_state)
         if state.total_steps != self.total_steps:
             raise WmtpError(
@@ -341,9 +352,10 @@ class Trainer:
             validation = self.validate()
             self._log(validation)
             final = RunFolder(self.run_dir).final
-            self.experiment.model.write_final(
-                final, self.model, self.inputs.model, config, self.dist
-            )
+            with progress.status(f"writing {final.name}/"):
+                self.experiment.model.write_final(
+                    final, self.model, self.inputs.model, config, self.dist
+                )
             summary = self._summary(record, validation)
         # No rank returns before rank 0 has written the run's last file: what a rank does
         # next (a suite's comparison) may read the run folder.
@@ -414,7 +426,8 @@ def train(
             claimed = claim_run_folder(folder, config.experiment, resume=resume, command=command)
             return inputs, held.enter_context(claimed)
 
-        inputs, chosen = on_main(dist_info, check)
+        with progress.status("checking the model and the data"):
+            inputs, chosen = on_main(dist_info, check)
         prepare_run_dir(chosen, config, dist_info)
         trainer = Trainer(layout, config, inputs, chosen, dist_info, make_objective)
         if resume:

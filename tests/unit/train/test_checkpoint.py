@@ -100,15 +100,18 @@ def test_verification_names_the_damaged_file(tmp_path, damage, named):
     assert named in ckpt.verify(folder, SINGLE)
 
 
-def test_resume_falls_back_to_the_newest_good_checkpoint(tmp_path, capfd):
+def test_resume_falls_back_to_the_newest_good_checkpoint(tmp_path, caplog):
     run = tmp_path / "run"
     good = save(run, 1)
     want = loaded(good)
     bad = save(run, 2)
     garbage(bad / "__0_0.distcp")
-    assert ckpt.resume_point(run, SINGLE) == good
-    line = capfd.readouterr().err
-    assert line.count("\n") == 1 and line.startswith("note: checkpoint step 2 is damaged")
+    with caplog.at_level("INFO", logger="weighted_mtp"):
+        assert ckpt.resume_point(run, SINGLE) == good
+    [record] = [r for r in caplog.records if r.name.startswith("weighted_mtp")]
+    line = record.getMessage()
+    assert record.levelname == "WARNING"  # shown even with -q
+    assert line.startswith("checkpoint step 2 is damaged")
     assert "__0_0.distcp" in line and "resuming from step 1" in line
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert names == ["step-00000001", "step-00000002.damaged"]  # kept, out of the list
