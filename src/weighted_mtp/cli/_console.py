@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -60,6 +61,38 @@ class LazyConsole:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.get(), name)
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        """rich's `print`, except that a line of text wraps only between words: rich folds a
+        word longer than the rest of the line (a path, a command) mid-word, which makes it
+        unreadable and impossible to copy; here it moves whole to a line of its own, and one
+        longer than the terminal runs past its edge. Tables and other renderables, and text
+        printed with `soft_wrap`, are rich's."""
+        console = self.get()
+        if len(objects) != 1 or not isinstance(objects[0], str) or "soft_wrap" in kwargs:
+            console.print(*objects, **kwargs)
+            return
+        text = console.render_str(
+            objects[0], highlight=kwargs.pop("highlight", None), markup=kwargs.pop("markup", None)
+        )
+        for line in text.split(allow_blank=True):
+            for part in line.divide(word_breaks(line.plain, console.width)):
+                part.rstrip()
+                console.print(part, soft_wrap=True, **kwargs)
+
+
+def word_breaks(line: str, width: int) -> list[int]:
+    """Where a line of text breaks to fit `width` columns: before a word that would cross
+    the edge, never inside one."""
+    from rich.cells import cell_len
+
+    breaks: list[int] = []
+    start = 0
+    for word in re.finditer(r"\S+", line):
+        if word.start() > start and cell_len(line[start : word.end()]) > width:
+            breaks.append(word.start())
+            start = word.start()
+    return breaks
 
 
 console = LazyConsole()

@@ -100,7 +100,8 @@ def _limits(timeout: float | None) -> SandboxLimits:
 def print_scores(title: str, pass_at_k: dict[str, float | None], results: dict[str, int]) -> None:
     from rich.table import Table  # on use: rich is slow to import
 
-    table = Table("metric", "value", box=None, title=title, title_justify="left")
+    console.print(title, highlight=False)  # as a table's title it would fold at its width
+    table = Table("metric", "value", box=None)
     for name, value in pass_at_k.items():
         table.add_row(name, "n/a (fewer samples than k)" if value is None else f"{value:.4f}")
     for result, count in results.items():
