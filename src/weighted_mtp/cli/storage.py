@@ -112,7 +112,9 @@ def status(
     from rich.table import Table  # on use: rich is slow to import
     from rich.tree import Tree
 
-    top = Tree(f"[bold]{layout.root}[/] [dim]{human_size(tree.size)}[/]", highlight=False)
+    # The root on a line of its own: as the tree's label it would fold at the tree's width.
+    console.print(f"[bold]{layout.root}[/] [dim]{human_size(tree.size)}[/]", highlight=False)
+    top = Tree("", hide_root=True)
     _rich_tree(tree, top)
     console.print(top)
     colors = {"missing": "red", "raw-only": "yellow", "verified": "green", "present": "green"}
