@@ -110,6 +110,19 @@ def test_verify_json_reports_every_step(demo):
     assert [s["step"] for s in data["steps"]] == list(range(12))
 
 
+def test_demo_json_is_the_only_thing_on_stdout(demo):
+    import json
+
+    root, _ = demo
+    result = _run("demo", "--root", str(root), "--json")  # a rerun: every step is done
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["root"] == str(root) and data["checklist"]["ok"]
+    assert {s["status"] for s in data["build"]["steps"]} == {"skipped"}
+    assert not data["approved_now"] and data["backup"] is None  # both done the first time
+    assert "note: verify skipped in" in result.stderr  # the steps, on stderr
+
+
 def test_second_build_changes_nothing(demo_copy):
     layout, mirror = demo_copy
     before = _asset_snapshot(layout)
