@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from weighted_mtp import progress
 from weighted_mtp.assets import COMPARE_DATASETS, DATASETS, EVAL_DATASET, MICRO_MTP, spec
 from weighted_mtp.cli._console import (
     JsonOpt,
     checked_name,
     console,
-    err_console,
     print_json,
     progress_bars,
     state,
@@ -352,9 +352,9 @@ def compare(
 
 def _say_evaluation(run: ComparedRun, dataset: str, evaluation: Evaluation | None) -> None:
     if evaluation is None:
-        err_console.print(f"evaluating {run.label} on {dataset}", highlight=False)
+        progress.logger.info(f"evaluating {run.label} on {dataset}")
     else:
-        err_console.print(f"{run.label} on {dataset}: reusing {evaluation.folder}", highlight=False)
+        progress.logger.info(f"{run.label} on {dataset}: reusing {evaluation.folder}")
 
 
 def print_comparison(comparison: Comparison) -> None:
