@@ -89,8 +89,10 @@ def test_build_json_is_the_only_thing_on_stdout(layout):
 
 
 def _words(text: str) -> set[str]:
-    """The words of a command's output, table borders apart."""
-    return set(re.split(r"[\s│┃┏┓┗┛┡┩└┘┌┐├┤┬┴┼━─╇╈┳┻╋]+", text)) - {""}
+    """The words of a command's output, table borders and measured numbers (a rate, a
+    duration: they differ between two runs) apart."""
+    words = set(re.split(r"[\s│┃┏┓┗┛┡┩└┘┌┐├┤┬┴┼━─╇╈┳┻╋]+", text))
+    return {w for w in words if w and not re.fullmatch(r"[\d.,:]+", w)}
 
 
 def broken_words(narrow: str, wide: str) -> set[str]:
@@ -113,3 +115,25 @@ def test_no_word_breaks_at_80_columns(tmp_path, args):
     assert str(root) in wide.stdout + wide.stderr  # the output names the long paths
     assert broken_words(narrow.stdout, wide.stdout) == set()
     assert broken_words(narrow.stderr, wide.stderr) == set()
+
+
+def test_a_score_table_and_its_results_path_stay_whole_at_80_columns(eval_layout, tmp_path):
+    raw = eval_layout.dataset("humaneval").raw / "HumanEval.jsonl"
+    rows = [json.loads(line) for line in raw.read_text().splitlines()[:2]]
+    folder = tmp_path / ("samples-in-a-folder-with-a-long-name-" * 3)
+    folder.mkdir()
+    samples = folder / "samples.jsonl"
+    samples.write_text(
+        "".join(
+            json.dumps({"task_id": r["task_id"], "completion": r["canonical_solution"]}) + "\n"
+            for r in rows
+        )
+    )
+    args = ["eval", "score", "--dataset", "humaneval", "--samples", str(samples), "--partial"]
+    args += ["--k", "1", "--workers", "1"]
+    runs = [_wmtp("--root", str(eval_layout.root), *args, COLUMNS=c) for c in ("1000", "80")]
+    wide, narrow = runs
+    assert wide.returncode == narrow.returncode == 0, wide.stderr + narrow.stderr
+    assert "humaneval: 2 samples of 2 tasks (162 of the split's tasks" in wide.stdout
+    assert f"{samples}_results.jsonl" in narrow.stdout  # the path whole
+    assert broken_words(narrow.stdout, wide.stdout) == set()
