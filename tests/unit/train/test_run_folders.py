@@ -44,7 +44,9 @@ def test_a_folder_that_is_no_run_is_left_as_it_was(train_storage, tmp_path):
     assert (notes / "metrics.jsonl").read_text() == "my log\n"
 
 
-def test_a_damaged_newest_checkpoint_resumes_from_the_last_good_one(train_storage, tmp_path, capfd):
+def test_a_damaged_newest_checkpoint_resumes_from_the_last_good_one(
+    train_storage, tmp_path, caplog
+):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     train(train_storage, config_of(), run_dir=whole)
     train(train_storage, config_of(), run_dir=parts, stop_at=2)
@@ -52,9 +54,10 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_last_good_one(train_storag
     with damaged.open("r+b") as handle:  # 64 KiB of garbage, as a failing disk writes it
         handle.seek(256)
         handle.write(os.urandom(64 << 10))
-    capfd.readouterr()
-    result = train(train_storage, config_of(), run_dir=parts, resume=True)
-    note = capfd.readouterr().err.strip().splitlines()
+    with caplog.at_level("INFO", logger="weighted_mtp"):
+        result = train(train_storage, config_of(), run_dir=parts, resume=True)
+    ours = [r for r in caplog.records if r.name.startswith("weighted_mtp")]
+    note = [r.getMessage() for r in ours if r.levelname == "WARNING"]
     assert len(note) == 1 and "checkpoint step 2 is damaged: __0_0.distcp" in note[0]
     assert "resuming from step 1" in note[0]
     assert result.completed and result.final_loss is not None
