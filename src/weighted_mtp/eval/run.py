@@ -428,11 +428,12 @@ def run_evaluation(
 
         torch.set_num_threads(threads)
     dtype = generation_dtype(target)
-    loaded = (
-        load_for_generation(layout, model, target, dtype)
-        if isinstance(model, str)
-        else load_run_for_generation(model, target, dtype)
-    )
+    with progress.status(f"loading {name} on {target}"):
+        loaded = (
+            load_for_generation(layout, model, target, dtype)
+            if isinstance(model, str)
+            else load_run_for_generation(model, target, dtype)
+        )
     # a pass puts 1 + draft_heads rows through the weights, a batched step settings.n
     pack_for_rows(loaded, settings.n if draft_heads is None else 1 + draft_heads)
     generated = gather_dealt(ranks, generate_tasks(loaded, ranks.deal(prompts), settings))
