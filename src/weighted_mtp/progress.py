@@ -7,8 +7,9 @@ status lines on a terminal, and routes the log with `configure_logging` (`-v`/`-
 the same functions stay silent when called from Python or tests.
 
 Log levels: `debug` is what `-v` adds (phases and their durations), `info` a note the user
-should read although the work goes on (a damaged checkpoint set aside; `-q` hides it),
-`warning` and above always shown.
+should read although the work goes on (a killed run's temporary files removed; `-q` hides
+it), `warning` what must not be missed (a damaged checkpoint set aside), shown even with
+`-q`.
 """
 
 from __future__ import annotations
