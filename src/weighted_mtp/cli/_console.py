@@ -252,8 +252,8 @@ class RichReporter:
 @contextmanager
 def progress_bars(enabled: bool = True) -> Iterator[None]:
     """Show library progress while a command runs (not with --json or -q, not off a
-    terminal, not on a torchrun rank that does not log)."""
-    if enabled and progress.shows() and err_console.is_terminal:
+    terminal, and under torchrun on global rank 0 only, even with --log-all-ranks)."""
+    if enabled and progress.shows() and progress.global_rank() == 0 and err_console.is_terminal:
         progress.use_reporter(RichReporter())
     try:
         yield
