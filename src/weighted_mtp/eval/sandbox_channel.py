@@ -64,6 +64,11 @@ class SampleGone(Exception):
     """The sample's process ended, or broke the protocol, before the tests finished."""
 
 
+class SampleBrokeProtocol(SampleGone):
+    """The sample sent something that is not a valid message or value: its verdict is
+    final, whether or not its process ends."""
+
+
 def bounded(text: str, limit: int = TEXT_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -546,7 +551,7 @@ class Channel:
         except ChannelClosed:
             raise SampleGone("the sample ended before the tests finished") from None
         except ProtocolError as exc:
-            raise SampleGone(f"the sample broke the protocol: {exc}") from None
+            raise SampleBrokeProtocol(f"the sample broke the protocol: {exc}") from None
 
     def request(self, op: str, *args: Json, writeback: dict[Any, Any] | None = None) -> Any:
         try:
@@ -568,7 +573,7 @@ class Channel:
             else:
                 raise ProtocolError("not a reply")
         except (ProtocolError, TypeError, ValueError) as exc:
-            raise SampleGone(f"the sample broke the protocol: {exc}") from None
+            raise SampleBrokeProtocol(f"the sample broke the protocol: {exc}") from None
         raise error
 
     def wait_loaded(self) -> dict[str, Any]:
@@ -579,13 +584,13 @@ class Channel:
             try:
                 return {_as_str(k): decode(v, self.resolve) for k, v in _as_list(message[1])}
             except (ProtocolError, TypeError, ValueError) as exc:
-                raise SampleGone(f"the sample broke the protocol: {exc}") from None
+                raise SampleBrokeProtocol(f"the sample broke the protocol: {exc}") from None
         if isinstance(message, list) and len(message) == 3 and message[0] == "raise":
             name, text = bounded(str(message[1]), 100), bounded(str(message[2]))
             if name == "SystemExit":
                 raise SampleGone(f"the sample exited before the tests finished ({text})")
             raise _exception(name, text)
-        raise SampleGone("the sample broke the protocol: no 'loaded' message")
+        raise SampleBrokeProtocol("the sample broke the protocol: no 'loaded' message")
 
     def call(self, number: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         mutable: dict[Any, Any] = {i: a for i, a in enumerate(args) if isinstance(a, MUTABLE)}
@@ -695,11 +700,19 @@ class SampleObject:
         return text if isinstance(text, str) else "<an object of the sample>"
 
 
+def is_module_name(name: str) -> bool:
+    """A top-level module of the standard library (`math`, `sys`, `collections`)."""
+    return name in sys.stdlib_module_names
+
+
 class JudgeNamespace(dict[str, Any]):
-    """The tests' globals: their own names first, then the built-ins, then the sample's
-    module globals, as if tests and program shared a module. The sample's functions,
-    classes and modules come with its 'loaded' message; other values are asked for at each
-    use (they may change)."""
+    """The tests' globals: their own names first, then the built-ins and the standard
+    library's modules (the judge's own: `math.isclose` in a test that does not import
+    `math` is the real one, whatever the sample bound to `math`), then the sample's module
+    globals, as if tests and program shared a module. Names the benchmark's program defines
+    that are also built-ins or module names are bound to the sample's objects beforehand
+    (`take_from_sample`). The sample's functions, classes and modules come with its
+    'loaded' message; other values are asked for at each use (they may change)."""
 
     def __init__(self, channel: Channel) -> None:
         super().__init__(__name__="__judge__", __builtins__=builtins)
@@ -709,6 +722,9 @@ class JudgeNamespace(dict[str, Any]):
     def __missing__(self, name: str) -> Any:
         if name.startswith("__") or hasattr(builtins, name):
             raise KeyError(name)
+        if is_module_name(name):
+            module = self[name] = importlib.import_module(name)
+            return module
         return self.sample_global(name)
 
     def sample_global(self, name: str) -> Any:
@@ -728,7 +744,8 @@ class JudgeNamespace(dict[str, Any]):
 
 def judge(sock: socket.socket, prelude: str, test: str, entry_points: list[str]) -> dict[str, Any]:
     """The judge's side: the prelude, then the tests against the sample; the verdict
-    (`sample_gone` when the sample vanished, so the worker can say how it ended)."""
+    (`sample_gone` when the sample closed its channel, so the worker can say how it ended;
+    a sample that broke the protocol is that sample's error, however it ends)."""
     channel = Channel(sock)
     namespace = JudgeNamespace(channel)
     try:
@@ -739,6 +756,8 @@ def judge(sock: socket.socket, prelude: str, test: str, entry_points: list[str])
         exec(compile(test, "<tests>", "exec"), namespace)
     except AssertionError as exc:
         return {"result": "failed", "reason": describe(exc)}
+    except SampleBrokeProtocol as exc:
+        return {"result": "error", "reason": describe(exc)}
     except SampleGone as exc:
         return {"result": "error", "reason": describe(exc), "sample_gone": True}
     except BaseException as exc:  # the tests' error on the sample's values, or the sample's

@@ -9,10 +9,17 @@ Processes of one slot:
 - the worker (root when the evaluator is, then PID 1 of its own PID, mount and network
   namespaces on a private read-only root, see `sandbox_isolation`): reads jobs, hands them
   out, enforces the wall-clock limit and cleans up after every job;
-- the zygote: forked from the worker before the first job, so its memory never held a test
-  or an expected output; it forks the process of every sample and reports its end;
+- the zygote: forked from the worker before the worker reads its first job, so it starts
+  with no job in its memory; the worker sends it only what a sample needs (`SAMPLE_KEYS`:
+  the program and its limits, with its folder), never a test, a prelude or an expected output, so
+  neither its live objects nor its freed heap, nor any sample forked from it, can hold
+  one. It forks the process of every sample and reports its end: its wait status, its CPU
+  time and whether it was confined before the sample's code ran (a pipe the sample's
+  process writes to and closes before it runs any of it), so the sandbox's own failures
+  are never read from an exit status or a signal a sample can choose;
 - the judge: forked from the worker, confined once as the slot's judge identity and not
-  dumpable; for each function-style job (HumanEval, MBPP) it runs the trusted tests and
+  dumpable; the only process that receives tests (`JUDGE_KEYS`). For each function-style
+  job (HumanEval, MBPP) it runs the trusted tests and
   calls the sample's functions through a socket that carries plain data only
   (`sandbox_channel`), and answers with the verdict. Frame introspection,
   `sys.settrace`, rigged `__eq__` and the like in the sample cannot reach it. A judge that
@@ -74,8 +81,10 @@ from weighted_mtp.eval.sandbox_channel import (
 PARKED_FDS = 1000  # kept descriptors move above this before they are renumbered from 3
 JUDGE_FOLDER = "/"  # read-only for the judge; the sample's folder is the sample's alone
 STDERR_TAIL = 4 << 10  # bytes of a program's stderr searched for its error
-SETUP_FAILED = 125  # exit status of a sample's process that could not be confined
+CONFINED = b"confined"  # what a sample's process says once confined, before the sample runs
 ZYGOTE_GRACE = 10.0  # seconds the zygote may take to clean up after a sample
+END_SLACK = 0.5  # seconds a sample that broke its channel may take to end, past its timeout
+CPU_SLACK = 0.05  # seconds of measured CPU time under the limit still read as the limit
 JUDGE_MEMORY = 4 << 30  # address space of the judge (it decodes the samples' values)
 SAFE_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -86,6 +95,17 @@ SAFE_ENV = {
     "MKL_NUM_THREADS": "1",
 }
 Ids = tuple[int, int]
+
+
+# What the worker sends: the zygote (and so every sample) gets a job's `SAMPLE_KEYS` only,
+# the judge its `JUDGE_KEYS` only; the tests never reach a process that runs a sample.
+SAMPLE_KEYS = ("kind", "program", "timeout", "memory_bytes", "file_bytes", "nproc")
+JUDGE_KEYS = ("prelude", "test", "entry_points")
+
+
+def cpu_limit(timeout: float) -> int:
+    """RLIMIT_CPU of a sample (seconds): its wall-clock timeout + 1 s."""
+    return int(timeout) + 1
 
 
 def short(text: str) -> str:
@@ -133,7 +153,7 @@ class Confinement(NamedTuple):
             (resource.RLIMIT_CORE, 0),
         ]
         if self.cpu:
-            limits.append((resource.RLIMIT_CPU, int(self.timeout) + 1))
+            limits.append((resource.RLIMIT_CPU, cpu_limit(self.timeout)))
         if self.nproc is not None:
             limits.append((resource.RLIMIT_NPROC, self.nproc))
         for limit, value in limits:
@@ -174,12 +194,14 @@ def run_program(program: str) -> None:
 
 
 def sample_process(
-    job: dict[str, Any], fds: list[int], folder: str, ids: Ids | None, cgroup: SampleCgroup | None
+    job: dict[str, Any], fds: list[int], started: int, ids: Ids | None, cgroup: SampleCgroup | None
 ) -> None:
     """The body of a sample's process (forked by the zygote); never returns. It joins
-    the slot's cgroup first, while root, so every process it makes is charged there."""
+    the slot's cgroup first, while root, so every process it makes is charged there. Once
+    confined it writes CONFINED to `started` and closes it, before the sample's code runs:
+    a process that never said so was the sandbox's failure, whatever its exit status."""
     confinement = Confinement(
-        folder,
+        job["folder"],
         ids,
         job["timeout"],
         job["memory_bytes"],
@@ -192,17 +214,24 @@ def sample_process(
             cgroup.join()
         if job["kind"] == "function":
             null_stdio()
-            confinement.apply(keep=fds)
+            confinement.apply(keep=[*fds, started])
+            say_confined(3 + len(fds))
             os._exit(run_sample(socket.socket(fileno=3), job["program"]))
         else:
             for target, fd in enumerate(fds):  # stdin, stdout, stderr
                 os.dup2(fd, target)
-            confinement.apply(keep=[])
+            confinement.apply(keep=[started])
+            say_confined(3)
             run_program(job["program"])
     except BaseException as exc:
         with contextlib.suppress(BaseException):
             os.write(2, f"\nsandbox set-up failed: {describe(exc)}\n".encode())
-    os._exit(SETUP_FAILED)
+    os._exit(1)
+
+
+def say_confined(fd: int) -> None:
+    os.write(fd, CONFINED)
+    os.close(fd)
 
 
 # --- messages between the worker, its zygote and its judge ---------------------------------
@@ -244,24 +273,32 @@ def wait_message(sock: socket.socket, seconds: float) -> dict[str, Any] | None:
 # --- the zygote ----------------------------------------------------------------------------
 
 
+class Ended(NamedTuple):
+    """How a sample's process ended, as the zygote saw it."""
+
+    status: int  # its wait status
+    cpu: float  # seconds of CPU time it (and the children it reaped) used
+    confined: bool  # it said it was confined before the sample's code ran
+
+
 class Reaper:
-    """Wait statuses of this process's children, and SIGKILL for all its descendants
-    (orphans come back to it: it is their subreaper or PID 1)."""
+    """Wait statuses (and CPU seconds) of this process's children, and SIGKILL for all its
+    descendants (orphans come back to it: it is their subreaper or PID 1)."""
 
     def __init__(self) -> None:
-        self.statuses: dict[int, int] = {}
+        self.statuses: dict[int, tuple[int, float]] = {}
 
     def reap(self, block: bool = False) -> bool:
         """Collect the children that ended (blocking: at least one); whether any is left."""
         flags = 0 if block else os.WNOHANG
         while True:
             try:
-                pid, status = os.waitpid(-1, flags)
+                pid, status, usage = os.wait4(-1, flags)
             except ChildProcessError:
                 return False
             if pid == 0:
                 return True
-            self.statuses[pid] = status
+            self.statuses[pid] = (status, usage.ru_utime + usage.ru_stime)
             flags = os.WNOHANG
 
     @staticmethod
@@ -288,7 +325,8 @@ class Reaper:
 
 def zygote(sock: socket.socket, ids: Ids | None, cgroup: SampleCgroup | None) -> None:
     """Fork a sample's process per job; once it ended (or the worker said stop), kill its
-    descendants and report `{"done": wait status, "job": n}`. Never returns."""
+    descendants and report `{"done": wait status, "cpu": s, "confined": bool, "job": n}`.
+    Never returns."""
     try:
         null_stdio()  # the evaluator's pipes stay with the worker
         iso.prctl(iso.PR_SET_CHILD_SUBREAPER, 1)
@@ -311,10 +349,13 @@ def run_one_sample(
     reaper: Reaper,
     cgroup: SampleCgroup | None,
 ) -> None:
+    said, started = os.pipe()
     pid = os.fork()
     if pid == 0:
         sock.close()
-        sample_process(job, fds, job["folder"], ids, cgroup)
+        os.close(said)
+        sample_process(job, fds, started, ids, cgroup)
+    os.close(started)
     for fd in fds:
         os.close(fd)
     pidfd = os.pidfd_open(pid)
@@ -324,8 +365,14 @@ def run_one_sample(
         os.close(pidfd)
     if sock.fileno() in ready:
         receive_message(sock)  # "stop"
-    reaper.kill_descendants()
-    send_message(sock, {"done": reaper.statuses.pop(pid, None), "job": job["job"]})
+    reaper.kill_descendants()  # nothing can hold `started` open now
+    try:
+        confined = os.read(said, len(CONFINED) + 1) == CONFINED
+    finally:
+        os.close(said)
+    status, cpu = reaper.statuses.pop(pid, (None, 0.0))
+    done = {"done": status, "cpu": cpu, "confined": confined, "job": job["job"]}
+    send_message(sock, done)
     reaper.statuses.clear()
 
 
@@ -336,7 +383,7 @@ def judge_server(sock: socket.socket) -> None:
     """Judge one job per message (its channel to the sample comes with it); never returns."""
     try:
         while True:
-            job, (fd,) = receive_message(sock)
+            job, (fd,) = receive_message(sock)  # JUDGE_KEYS: the prelude and tests
             with socket.socket(fileno=fd) as channel:
                 verdict = judge(channel, job["prelude"], job["test"], job["entry_points"])
             send_message(sock, verdict)
@@ -452,6 +499,8 @@ class Worker:
         self.jobs = 0
         self.folder = ""  # of the job in progress
         self.sample_done = True
+        # Forked before the first job is read (`main` reads none before this returns): the
+        # zygote's memory, and so every sample's, starts without a test in it.
         self.zygote_socket, theirs = socket.socketpair()
         self.zygote_pid = os.fork()
         if self.zygote_pid == 0:
@@ -523,14 +572,17 @@ class Worker:
         return folder
 
     def start_sample(self, job: dict[str, Any], fds: list[int]) -> None:
+        """Hand the zygote the sample's spec: the job's SAMPLE_KEYS and where it runs,
+        nothing else of the job (no test, prelude or stdin: stdin comes in `fds`)."""
         self.jobs += 1
-        message = {**job, "folder": self.folder, "job": self.jobs, "own_ipc": self.isolated}
+        spec = {key: job[key] for key in SAMPLE_KEYS}
+        message = {**spec, "folder": self.folder, "job": self.jobs, "own_ipc": self.isolated}
         send_message(self.zygote_socket, message, fds)
         self.sample_done = False
 
-    def sample_ended(self, seconds: float) -> int | None:
-        """The sample's wait status once the zygote reports its end within `seconds`,
-        else None (it is still running)."""
+    def sample_ended(self, seconds: float) -> Ended | None:
+        """How the sample ended once the zygote reports it within `seconds`, else None
+        (it is still running, or it ended without a wait status)."""
         deadline = time.monotonic() + seconds
         while not self.sample_done:
             message = wait_message(self.zygote_socket, deadline - time.monotonic())
@@ -539,11 +591,13 @@ class Worker:
             if message.get("job") == self.jobs:
                 self.sample_done = True
                 status = message.get("done")
-                return status if isinstance(status, int) else None
+                if not isinstance(status, int):
+                    return None
+                return Ended(status, float(message["cpu"]), message["confined"] is True)
         return None
 
-    def stop_sample(self) -> int | None:
-        """Kill what is left of the sample; its wait status (None if it never ended)."""
+    def stop_sample(self) -> Ended | None:
+        """Kill what is left of the sample; how it ended (None if it never did)."""
         if self.sample_done:
             return None
         status = self.sample_ended(0)  # it may have just ended
@@ -593,7 +647,8 @@ class Worker:
         judge_end, sample_end = socket.socketpair()
         try:
             self.start_sample(job, [sample_end.fileno()])
-            send_message(judge, job, [judge_end.fileno()])
+            spec = {key: job[key] for key in JUDGE_KEYS}
+            send_message(judge, spec, [judge_end.fileno()])
         finally:
             sample_end.close()
             judge_end.close()
@@ -606,9 +661,11 @@ class Worker:
             self.stop_judge()  # it may be waiting on the sample: a fresh one for the next job
             return {"result": "timed out", "reason": f"no result within {job['timeout']:g} s"}
         if verdict.get("sample_gone"):
-            status = self.sample_ended(ZYGOTE_GRACE)  # it is gone: its end is on its way
-            if status is not None:
-                return refine(verdict, status)
+            # It closed its channel: its end (if it ended) is on its way. One that lives
+            # on is waited for until its timeout only, then killed by `finish`.
+            end = self.sample_ended(max(deadline - time.monotonic(), END_SLACK))
+            if end is not None:
+                return refine(verdict, end, job["timeout"])
         return {"result": verdict["result"], "reason": verdict["reason"]}
 
     def run_stdio(self, job: dict[str, Any]) -> dict[str, Any]:
@@ -618,47 +675,57 @@ class Worker:
             os.write(stdin, job["stdin"].encode("utf-8", "surrogateescape"))
             os.lseek(stdin, 0, os.SEEK_SET)
             self.start_sample(job, [stdin, *outputs])
-            status = self.sample_ended(job["timeout"])
-            if status is None:
+            end = self.sample_ended(job["timeout"])
+            if end is None:
                 return {"result": "timed out", "reason": f"over {job['timeout']:g} s"}
             stdout = os.pread(outputs[0], job["file_bytes"], 0)
             stderr_size = os.fstat(outputs[1]).st_size
             stderr = os.pread(outputs[1], STDERR_TAIL, max(0, stderr_size - STDERR_TAIL))
-            return program_result(status, stdout, stderr, job["file_bytes"])
+            return program_result(end, job["timeout"], stdout, stderr, job["file_bytes"])
         finally:
             for fd in (stdin, *outputs):
                 os.close(fd)
 
 
-def how_it_ended(status: int) -> tuple[str, str]:
-    code = os.waitstatus_to_exitcode(status)
-    if code == SETUP_FAILED:
-        return "error", "the sandbox could not confine the sample's process"
-    if code == -signal.SIGXCPU:
-        return "timed out", "CPU time limit"
-    if code == -signal.SIGXFSZ:
-        return "error", "file size limit"
+def sandbox_failed(end: Ended) -> bool:
+    return not end.confined
+
+
+def how_it_ended(end: Ended, timeout: float) -> tuple[str, str]:
+    """Result and reason of a sample's process that ended (not cleanly). Only what the
+    sample cannot choose counts: the sandbox's failure is the zygote's word (never an exit
+    status), and a signal means its CPU time limit only when its measured CPU time reached
+    that limit (a signal it sent itself is just a signal)."""
+    if sandbox_failed(end):
+        return "error", "sandbox failure: the sample's process could not be confined"
+    code = os.waitstatus_to_exitcode(end.status)
+    limit = cpu_limit(timeout)
+    if code < 0 and end.cpu >= limit - CPU_SLACK:
+        return "timed out", f"CPU time limit ({limit} s)"
     if code < 0:
         return "error", f"killed by {signal.Signals(-code).name}"
     return "error", f"exit status {code}"
 
 
-def refine(verdict: dict[str, Any], status: int) -> dict[str, Any]:
+def refine(verdict: dict[str, Any], end: Ended, timeout: float) -> dict[str, Any]:
     """A verdict that the sample vanished, told more precisely by how it ended."""
-    if os.waitstatus_to_exitcode(status) in (0, 1):  # it exited, or reported its own error
+    exited = os.waitstatus_to_exitcode(end.status) in (0, 1)  # or reported its own error
+    if exited and not sandbox_failed(end):
         return {"result": verdict["result"], "reason": verdict["reason"]}
-    result, reason = how_it_ended(status)
+    result, reason = how_it_ended(end, timeout)
     return {"result": result, "reason": reason}
 
 
-def program_result(status: int, stdout: bytes, stderr: bytes, file_bytes: int) -> dict[str, Any]:
-    code = os.waitstatus_to_exitcode(status)
-    if len(stdout) >= file_bytes:
+def program_result(
+    end: Ended, timeout: float, stdout: bytes, stderr: bytes, file_bytes: int
+) -> dict[str, Any]:
+    code = os.waitstatus_to_exitcode(end.status)
+    if len(stdout) >= file_bytes and not sandbox_failed(end):
         return {"result": "error", "reason": f"output over {file_bytes} bytes"}
-    if code != 0:
+    if code != 0 or sandbox_failed(end):
         lines = [line for line in stderr.decode("utf-8", "replace").splitlines() if line.strip()]
-        result, reason = how_it_ended(status)
-        if code > 0 and lines:
+        result, reason = how_it_ended(end, timeout)
+        if code > 0 and lines and not sandbox_failed(end):
             reason = short(lines[-1])
         return {"result": result, "reason": reason}
     return {"result": "ran", "reason": "", "stdout": stdout.decode("utf-8", "replace")}

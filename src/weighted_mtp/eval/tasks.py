@@ -42,6 +42,7 @@ from weighted_mtp.data.splits import MBPP_OFFICIAL_SPLITS, mbpp_official_split
 from weighted_mtp.data.template import PromptParts
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.eval.sandbox import Job
+from weighted_mtp.eval.sandbox_channel import is_module_name
 from weighted_mtp.storage.jsonl import iter_jsonl
 from weighted_mtp.storage.layout import SPLITS, Layout
 
@@ -118,10 +119,11 @@ def _humaneval(
     )
 
 
-def defined_builtin_names(reference: str, tests: str) -> tuple[str, ...]:
+def names_taken_from_sample(reference: str, tests: str) -> tuple[str, ...]:
     """Top-level names the reference solution defines that the tests use and that are
-    also built-ins: the judge must take those from the sample (plain Python would, since
-    program and tests share one namespace); every other built-in stays the judge's own."""
+    also built-ins or standard-library module names: the judge must take those from the
+    sample (plain Python would, since program and tests share one namespace); every other
+    built-in and module name stays the judge's own (`is_module_name`)."""
     try:
         program, test = ast.parse(reference), ast.parse(tests)
     except (SyntaxError, ValueError):
@@ -133,7 +135,8 @@ def defined_builtin_names(reference: str, tests: str) -> tuple[str, ...]:
         elif isinstance(node, ast.Assign):
             defined.update(t.id for t in node.targets if isinstance(t, ast.Name))
     used = {node.id for node in ast.walk(test) if isinstance(node, ast.Name)}
-    return tuple(sorted(name for name in defined & used if hasattr(builtins, name)))
+    judges = {name for name in defined & used if hasattr(builtins, name) or is_module_name(name)}
+    return tuple(sorted(judges))
 
 
 def _mbpp(dataset: str, row: dict[str, Any], path: Path, line: int, choice: TestChoice) -> Problem:
@@ -147,7 +150,7 @@ def _mbpp(dataset: str, row: dict[str, Any], path: Path, line: int, choice: Test
         canonical_task_id(dataset, field(row, "task_id", path, line)),
         "",
         program,
-        entry_points=defined_builtin_names(str(row.get("code") or ""), program),
+        entry_points=names_taken_from_sample(str(row.get("code") or ""), program),
     )
 
 
