@@ -6,14 +6,22 @@ synthetic CodeContests) or run in real sandbox workers; every one of them scored
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import textwrap
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from weighted_mtp.eval.sandbox import Job, Sandbox
+from tests.integration.eval.test_sandbox_fidelity import (  # the MBPP-format fixture
+    MBPP_TASKS,
+    in_test_split,
+    mbpp_layout,  # noqa: F401
+)
+from weighted_mtp.eval.sandbox import Job, Outcome, Sandbox
 from weighted_mtp.eval.scoring import results_path, score_samples
 from weighted_mtp.eval.tasks import load_problems
 
@@ -340,3 +348,304 @@ def test_a_samples_shared_memory_is_freed_with_it_and_unseen_by_the_next():
         libc = ctypes.CDLL(None)
         for segment in set(sandbox_segments()) - before:  # what a failing run leaked
             libc.shmctl(segment, 0, None)  # IPC_RMID
+
+
+# --- tests never reach a sample ------------------------------------------------------------
+#
+# Before the zygote received a job's program only, it received the whole job: a sample could
+# read its tests from its callers' frames (`job`), from `gc`, or from the zygote's heap it
+# inherited (its own job's and earlier jobs'). The stealers below are generic: they know the
+# name of the function the tests call (the prompt shows it) and nothing else of the task.
+
+# Finds strings of tests in `scopes`, parses their asserts `f(args) == expected` and answers
+# every call from that table (None where it found nothing).
+STEALER_TABLE = textwrap.dedent(
+    """
+    import ast as _ast, gc as _gc, sys as _sys
+
+    def _strings(value, found, depth=0):
+        if isinstance(value, str):
+            if "assert" in value or "check(" in value:
+                found.append(value)
+        elif depth < 5 and isinstance(value, dict):
+            for item in list(value.values()):
+                _strings(item, found, depth + 1)
+        elif depth < 5 and isinstance(value, (list, tuple, set, frozenset)):
+            for item in list(value):
+                _strings(item, found, depth + 1)
+
+    def _table(texts):
+        table = {}
+        for text in texts:
+            try:
+                tree = _ast.parse(text)
+            except Exception:
+                continue
+            for node in _ast.walk(tree):
+                if (
+                    isinstance(node, _ast.Compare)
+                    and len(node.ops) == 1
+                    and isinstance(node.ops[0], _ast.Eq)
+                    and isinstance(node.left, _ast.Call)
+                ):
+                    try:
+                        args = tuple(_ast.literal_eval(a) for a in node.left.args)
+                        table[repr(args)] = _ast.literal_eval(node.comparators[0])
+                    except Exception:
+                        pass
+        return table
+    """
+)
+
+STEALER_BY_FRAMES = STEALER_TABLE + textwrap.dedent(
+    """
+    def _stolen():
+        found = []
+        frame = _sys._getframe(1)
+        while frame is not None:
+            _strings(frame.f_locals, found)
+            _strings(frame.f_globals, found)
+            frame = frame.f_back
+        return _table(found)
+    """
+)
+
+STEALER_BY_GC = STEALER_TABLE + textwrap.dedent(
+    """
+    def _stolen():
+        found = []
+        for thing in _gc.get_objects():
+            if isinstance(thing, (dict, list, tuple)):
+                _strings(thing, found, depth=4)
+        return _table(found)
+    """
+)
+
+
+def stealer(kind: str, names: list[str]) -> str:
+    """A program defining each of `names` as a function that answers from stolen tests."""
+    functions = "".join(
+        f"def {name}(*args):\n    return _stolen().get(repr(args))\n" for name in names
+    )
+    return kind + functions
+
+
+STEALERS = {"frames": STEALER_BY_FRAMES, "gc": STEALER_BY_GC}
+
+
+@pytest.mark.parametrize("kind", sorted(STEALERS))
+def test_a_stealer_fails_every_humaneval_task(eval_layout, kind):
+    """All 164 real HumanEval tasks: the stealer's answers come from nothing; the canonical
+    solutions, in the same run, all pass (so the tests ran)."""
+    problems = load_problems(eval_layout, "humaneval")
+    rows = {
+        json.loads(line)["task_id"]: json.loads(line)
+        for line in (eval_layout.dataset("humaneval").raw / "HumanEval.jsonl")
+        .read_text()
+        .splitlines()
+    }
+    assert len(problems) == 164
+    jobs = []
+    for task_id, problem in problems.items():
+        (entry_point,) = problem.entry_points
+        # The prompt's function gets a body; the stealer follows at module level.
+        jobs.append(problem.job("    pass\n" + stealer(STEALERS[kind], [entry_point])))
+        jobs.append(problem.job(rows[task_id]["canonical_solution"]))
+    with Sandbox(2) as box:
+        outcomes = box.run_all(jobs)
+    stolen = [o for o in outcomes[0::2] if o.result == "passed"]
+    assert outcomes[1::2] == [Outcome("passed")] * 164
+    assert stolen == [], f"{len(stolen)} of 164 passed by stealing"
+
+
+# Scans the whole readable address space of its process for needles. The needles are
+# embedded shifted by one (each byte + 1) and memory is shifted before it is searched, so
+# the program itself never holds a needle's text; CANARY's text is made at run time, to
+# show the scan finds what is there.
+MEMORY_SCAN = textwrap.dedent(
+    """
+    import ctypes, re
+    SHIFT = bytes((b + 1) % 256 for b in range(256))
+    ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE: /proc/self/mem is ours again
+    canary = "".join(chr(c) for c in [99, 97, 110, 97, 114, 121, 45, 113, 122, 106]) * 3
+
+    def scan():
+        needles = {name: bytes.fromhex(text) for name, text in NEEDLES.items()}
+        longest = max(len(n) for n in needles.values())
+        found = set()
+        with open("/proc/self/maps") as maps:
+            regions = maps.read().splitlines()
+        with open("/proc/self/mem", "rb", buffering=0) as mem:
+            for line in regions:
+                fields = line.split()
+                if "r" not in fields[1] or fields[-1] in ("[vvar]", "[vsyscall]", "[vvar_vclock]"):
+                    continue
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                at = start
+                while at < end:
+                    size = min(1 << 20, end - at)
+                    try:
+                        mem.seek(at)
+                        chunk = mem.read(size + longest).translate(SHIFT)
+                    except OSError:
+                        break
+                    for name, needle in needles.items():
+                        if needle in chunk:
+                            found.add(name)
+                    at += size
+        return sorted(found)
+    """
+)
+
+
+def shifted_hex(text: str) -> str:
+    return bytes((b + 1) % 256 for b in text.encode()).hex()
+
+
+def memory_scanner(needles: dict[str, str]) -> str:
+    table = {name: shifted_hex(text) for name, text in needles.items()}
+    return f"NEEDLES = {table!r}\n" + MEMORY_SCAN
+
+
+def first_assert(test: str) -> str:
+    return next(line.strip() for line in test.splitlines() if "assert" in line and len(line) > 30)
+
+
+def test_no_test_is_anywhere_in_a_samples_memory(eval_layout):
+    """One slot runs 40 HumanEval tasks' canonical solutions (their tests go to that slot's
+    judge), then a sample whose own tests hold a secret: reading every readable byte of its
+    own process, it finds neither its tests nor any of the earlier tasks' (and it does
+    find the canary it made itself)."""
+    problems = list(load_problems(eval_layout, "humaneval").values())[:40]
+    raw = (eval_layout.dataset("humaneval").raw / "HumanEval.jsonl").read_text().splitlines()
+    solutions = {
+        json.loads(line)["task_id"]: json.loads(line)["canonical_solution"] for line in raw
+    }
+    secret = "secret-" + os.urandom(12).hex()
+    needles = {p.task_id: first_assert(p.program_suffix) for p in problems}
+    needles["own test"] = secret
+    needles["own test line"] = "assert found == ['canary'], found"
+    needles["canary"] = "canary-qzj" * 3
+    jobs = [p.job(solutions[p.task_id]) for p in problems]
+    test = f"SECRET = {secret!r}\nfound = scan()\nassert found == ['canary'], found\n"
+    scanner = Job(memory_scanner(needles), test=test)
+    with Sandbox(1) as box:
+        outcomes = box.run_all([*jobs, scanner])
+    assert outcomes[:-1] == [Outcome("passed")] * len(jobs)
+    assert outcomes[-1] == Outcome("passed"), outcomes[-1].reason
+
+
+def called_names(test: str) -> list[str]:
+    """The functions the asserts of `test` call and compare (what MBPP's prompt shows)."""
+    names = set()
+    for node in ast.walk(ast.parse(test)):
+        call = node.left if isinstance(node, ast.Compare) else None
+        if isinstance(call, ast.Call) and isinstance(call.func, ast.Name):
+            names.add(call.func.id)
+    return sorted(names)
+
+
+@pytest.mark.parametrize("kind", sorted(STEALERS))
+def test_a_stealer_fails_every_mbpp_task(mbpp_layout, kind):  # noqa: F811
+    """The MBPP-format tasks of the fidelity suite (setup code, classes, `math.isclose`,
+    `sys.getsizeof`): the stealer fails each, the references pass each."""
+    problems = load_problems(mbpp_layout, "mbpp")
+    references = {f"mbpp/{in_test_split(t['task_id'])}": t["code"] for t in MBPP_TASKS}
+    assert sorted(problems) == sorted(references)
+    jobs = []
+    for task_id, problem in problems.items():
+        names = called_names(problem.program_suffix)
+        jobs += [problem.job(stealer(STEALERS[kind], names)), problem.job(references[task_id])]
+    with Sandbox(2) as box:
+        outcomes = box.run_all(jobs)
+    assert outcomes[1::2] == [Outcome("passed")] * len(problems)
+    stolen = [task for task, o in zip(problems, outcomes[0::2], strict=True) if o.passed]
+    assert stolen == []
+
+
+# --- names of the tests are the judge's; reasons are the sandbox's ---------------------------
+#
+# ATTACKS: each a sample and the verdict it must get, run beside an honest sibling that must
+# pass. `reason_lacks`: words of a reason the sample tried to choose for itself.
+
+ISCLOSE_TEST = "assert math.isclose(area(2), 12.566, rel_tol=1e-3)"
+GETSIZEOF_TEST = "assert tuple_size((1, 'a', 2.5)) == sys.getsizeof((1, 'a', 2.5))"
+CORRECT_AREA = "import math\ndef area(r):\n    return math.pi * r * r\n"
+CORRECT_TUPLE_SIZE = "import sys\ndef tuple_size(t):\n    return sys.getsizeof(t)\n"
+FAKE_MATH = (
+    "class _Math:\n    pi = 3\n    def isclose(self, *args, **kwargs):\n        return True\n"
+    "math = _Math()\ndef area(r):\n    return 0\n"
+)
+FAKE_MATH_MODULE = (
+    "import types\nmath = types.ModuleType('math')\nmath.isclose = lambda *a, **k: True\n"
+    "def area(r):\n    return 0\n"
+)
+FAKE_SYS = (
+    "class _Sys:\n    def getsizeof(self, value):\n        return 1\n"
+    "sys = _Sys()\ndef tuple_size(t):\n    return 1\n"
+)
+SELF_SIGXCPU = "import os, signal\nos.kill(os.getpid(), signal.SIGXCPU)\n"
+SELF_SIGXCPU_IN_CALL = "import os, signal\ndef f(x):\n    os.kill(os.getpid(), signal.SIGXCPU)\n"
+EXIT_125 = "import os\nos._exit(125)\n"
+PROTOCOL_GARBAGE = (
+    "import socket, time\nsocket.socket(fileno=3).sendall(b'\\xff' * 64)\ntime.sleep(60)\n"
+)
+CHANNEL_CLOSED_THEN_SLEEP = "import os, time\nos.close(3)\ntime.sleep(60)\n"
+
+
+@dataclass(frozen=True)
+class Attack:
+    job: Job
+    result: str  # its verdict
+    reason_has: str = ""
+    reason_lacks: tuple[str, ...] = ()
+
+
+NOT_THE_SANDBOX = ("sandbox", "confine")
+ATTACKS = {
+    "fake-math-object": Attack(Job(FAKE_MATH, test=ISCLOSE_TEST), "failed"),
+    "fake-math-module": Attack(Job(FAKE_MATH_MODULE, test=ISCLOSE_TEST), "failed"),
+    "fake-sys-object": Attack(Job(FAKE_SYS, test=GETSIZEOF_TEST), "failed"),
+    "exit-125": Attack(Job(EXIT_125, test="assert True"), "error", "125", NOT_THE_SANDBOX),
+    "exit-125-program": Attack(Job(EXIT_125, tests=(("", ""),)), "error", "125", NOT_THE_SANDBOX),
+    "sigxcpu-to-itself": Attack(
+        Job(SELF_SIGXCPU, test="assert True"), "error", "SIGXCPU", ("CPU time",)
+    ),
+    "sigxcpu-to-itself-in-a-call": Attack(
+        Job(SELF_SIGXCPU_IN_CALL, test="assert f(1) == 1"), "error", "SIGXCPU", ("CPU time",)
+    ),
+    "sigxcpu-to-itself-program": Attack(
+        Job(SELF_SIGXCPU, tests=(("", ""),)), "error", "SIGXCPU", ("CPU time",)
+    ),
+    "protocol-garbage": Attack(
+        Job(PROTOCOL_GARBAGE, test="assert True", timeout=2.0), "error", "protocol"
+    ),
+    "channel-closed-then-sleeps": Attack(
+        Job(CHANNEL_CLOSED_THEN_SLEEP, test="assert True", timeout=2.0), "error"
+    ),
+}
+HONEST = Job("def f(x):\n    return x + 1\n", test="assert f(1) == 2")
+SLACK_SECONDS = 1.5  # past a sample's timeout, for its verdict to come back
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_an_attack_gets_its_own_verdict_and_no_more_time(name):
+    attack = ATTACKS[name]
+    timeout = attack.job.timeout or 3.0
+    with Sandbox(2) as box:
+        start = time.monotonic()
+        outcome, *honest = box.run_all([attack.job, HONEST, HONEST])
+        seconds = time.monotonic() - start
+    assert outcome.result == attack.result, outcome
+    assert attack.reason_has in outcome.reason, outcome
+    assert not any(word in outcome.reason for word in attack.reason_lacks), outcome
+    assert honest == [Outcome("passed")] * 2
+    assert seconds < timeout + SLACK_SECONDS
+
+
+@pytest.mark.parametrize(
+    ("program", "test"), [(CORRECT_AREA, ISCLOSE_TEST), (CORRECT_TUPLE_SIZE, GETSIZEOF_TEST)]
+)
+def test_tests_using_a_module_they_do_not_import_pass_correct_code(program, test):
+    with Sandbox(1) as box:
+        assert box.run_all([Job(program, test=test)]) == [Outcome("passed")]
