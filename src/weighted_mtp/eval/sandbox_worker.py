@@ -10,10 +10,11 @@ Processes of one slot:
   namespaces on a private read-only root, see `sandbox_isolation`): reads jobs, hands them
   out, enforces the wall-clock limit and cleans up after every job;
 - the zygote: forked from the worker before the worker reads its first job, so it starts
-  with no job in its memory; the worker sends it only what a sample needs (`SAMPLE_KEYS`:
-  the program and its limits, with its folder), never a test, a prelude or an expected output, so
-  neither its live objects nor its freed heap, nor any sample forked from it, can hold
-  one. It forks the process of every sample and reports its end: its wait status, its CPU
+  with no job in its memory; the worker sends it only a sample's limits and folder
+  (`SAMPLE_KEYS`) and its program as a file (a memfd) that only the sample's process
+  reads, never a test, a prelude or an expected output, so neither its live objects nor
+  its freed heap, nor any sample forked from it, can hold one (or another sample's
+  program). It forks the process of every sample and reports its end: its wait status, its CPU
   time and whether it was confined before the sample's code ran (a pipe the sample's
   process writes to and closes before it runs any of it), so the sandbox's own failures
   are never read from an exit status or a signal a sample can choose;
@@ -99,7 +100,7 @@ Ids = tuple[int, int]
 
 # What the worker sends: the zygote (and so every sample) gets a job's `SAMPLE_KEYS` only,
 # the judge its `JUDGE_KEYS` only; the tests never reach a process that runs a sample.
-SAMPLE_KEYS = ("kind", "program", "timeout", "memory_bytes", "file_bytes", "nproc")
+SAMPLE_KEYS = ("kind", "timeout", "memory_bytes", "file_bytes", "nproc")
 JUDGE_KEYS = ("prelude", "test", "entry_points")
 
 
@@ -193,10 +194,17 @@ def run_program(program: str) -> None:
     os._exit(status)
 
 
+def read_text(fd: int) -> str:
+    """The whole text of the file `fd` (from its start), which is closed."""
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read().decode("utf-8", "surrogatepass")
+
+
 def sample_process(
     job: dict[str, Any], fds: list[int], started: int, ids: Ids | None, cgroup: SampleCgroup | None
 ) -> None:
-    """The body of a sample's process (forked by the zygote); never returns. It joins
+    """The body of a sample's process (forked by the zygote); never returns. Its program is
+    the file `fds[-1]` (the zygote never reads it), its channel or stdio the others. It joins
     the slot's cgroup first, while root, so every process it makes is charged there. Once
     confined it writes CONFINED to `started` and closes it, before the sample's code runs:
     a process that never said so was the sandbox's failure, whatever its exit status."""
@@ -210,19 +218,20 @@ def sample_process(
         own_ipc=job["own_ipc"],
     )
     try:
+        program = read_text(fds.pop())
         if cgroup is not None:
             cgroup.join()
         if job["kind"] == "function":
             null_stdio()
             confinement.apply(keep=[*fds, started])
             say_confined(3 + len(fds))
-            os._exit(run_sample(socket.socket(fileno=3), job["program"]))
+            os._exit(run_sample(socket.socket(fileno=3), program))
         else:
             for target, fd in enumerate(fds):  # stdin, stdout, stderr
                 os.dup2(fd, target)
             confinement.apply(keep=[started])
             say_confined(3)
-            run_program(job["program"])
+            run_program(program)
     except BaseException as exc:
         with contextlib.suppress(BaseException):
             os.write(2, f"\nsandbox set-up failed: {describe(exc)}\n".encode())
@@ -572,12 +581,19 @@ class Worker:
         return folder
 
     def start_sample(self, job: dict[str, Any], fds: list[int]) -> None:
-        """Hand the zygote the sample's spec: the job's SAMPLE_KEYS and where it runs,
-        nothing else of the job (no test, prelude or stdin: stdin comes in `fds`)."""
+        """Hand the zygote the sample's spec: the job's SAMPLE_KEYS and where it runs, with
+        `fds` and the program as a file; nothing else of the job (no test, prelude or
+        stdin: stdin is one of `fds`)."""
         self.jobs += 1
         spec = {key: job[key] for key in SAMPLE_KEYS}
         message = {**spec, "folder": self.folder, "job": self.jobs, "own_ipc": self.isolated}
-        send_message(self.zygote_socket, message, fds)
+        program = os.memfd_create("program", os.MFD_CLOEXEC)
+        try:
+            write_all(program, job["program"].encode("utf-8", "surrogatepass"))
+            os.lseek(program, 0, os.SEEK_SET)
+            send_message(self.zygote_socket, message, [*fds, program])
+        finally:
+            os.close(program)
         self.sample_done = False
 
     def sample_ended(self, seconds: float) -> Ended | None:
@@ -672,7 +688,7 @@ class Worker:
         stdin = os.memfd_create("stdin", os.MFD_CLOEXEC)
         outputs = [os.memfd_create(name, os.MFD_CLOEXEC) for name in ("stdout", "stderr")]
         try:
-            os.write(stdin, job["stdin"].encode("utf-8", "surrogateescape"))
+            write_all(stdin, job["stdin"].encode("utf-8", "surrogateescape"))
             os.lseek(stdin, 0, os.SEEK_SET)
             self.start_sample(job, [stdin, *outputs])
             end = self.sample_ended(job["timeout"])
@@ -689,6 +705,12 @@ class Worker:
 
 def sandbox_failed(end: Ended) -> bool:
     return not end.confined
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def how_it_ended(end: Ended, timeout: float) -> tuple[str, str]:

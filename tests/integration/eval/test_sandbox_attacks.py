@@ -514,8 +514,8 @@ def first_assert(test: str) -> str:
 def test_no_test_is_anywhere_in_a_samples_memory(eval_layout):
     """One slot runs 40 HumanEval tasks' canonical solutions (their tests go to that slot's
     judge), then a sample whose own tests hold a secret: reading every readable byte of its
-    own process, it finds neither its tests nor any of the earlier tasks' (and it does
-    find the canary it made itself)."""
+    own process, it finds neither its tests nor any of the earlier tasks', nor the earlier
+    samples' programs (and it does find the canary it made itself)."""
     problems = list(load_problems(eval_layout, "humaneval").values())[:40]
     raw = (eval_layout.dataset("humaneval").raw / "HumanEval.jsonl").read_text().splitlines()
     solutions = {
@@ -523,10 +523,13 @@ def test_no_test_is_anywhere_in_a_samples_memory(eval_layout):
     }
     secret = "secret-" + os.urandom(12).hex()
     needles = {p.task_id: first_assert(p.program_suffix) for p in problems}
+    mark = os.urandom(12).hex()
+    marks = {p.task_id: f"program of {p.task_id} {mark}" for p in problems}
+    needles.update({f"program of {task}": mark for task, mark in marks.items()})
     needles["own test"] = secret
     needles["own test line"] = "assert found == ['canary'], found"
     needles["canary"] = "canary-qzj" * 3
-    jobs = [p.job(solutions[p.task_id]) for p in problems]
+    jobs = [p.job(f"{solutions[p.task_id]}    # {marks[p.task_id]}\n") for p in problems]
     test = f"SECRET = {secret!r}\nfound = scan()\nassert found == ['canary'], found\n"
     scanner = Job(memory_scanner(needles), test=test)
     with Sandbox(1) as box:
