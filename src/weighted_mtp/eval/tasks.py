@@ -119,24 +119,70 @@ def _humaneval(
     )
 
 
-def names_taken_from_sample(reference: str, tests: str) -> tuple[str, ...]:
-    """Top-level names the reference solution defines that the tests use and that are
-    also built-ins or standard-library module names: the judge must take those from the
-    sample (plain Python would, since program and tests share one namespace); every other
-    built-in and module name stays the judge's own (`is_module_name`)."""
+def _reference_and_test_names(reference: str, tests: str) -> tuple[ast.Module, set[str]] | None:
+    """The reference solution's syntax tree and the names the tests use (None: either does
+    not parse)."""
     try:
         program, test = ast.parse(reference), ast.parse(tests)
     except (SyntaxError, ValueError):
-        return ()
+        return None
+    return program, {node.id for node in ast.walk(test) if isinstance(node, ast.Name)}
+
+
+def _defined_names(program: ast.Module) -> set[str]:
     defined = set()
     for node in program.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             defined.add(node.name)
         elif isinstance(node, ast.Assign):
             defined.update(t.id for t in node.targets if isinstance(t, ast.Name))
-    used = {node.id for node in ast.walk(test) if isinstance(node, ast.Name)}
-    judges = {name for name in defined & used if hasattr(builtins, name) or is_module_name(name)}
+    return defined
+
+
+def names_taken_from_sample(reference: str, tests: str) -> tuple[str, ...]:
+    """Top-level names the reference solution defines that the tests use and that are
+    also built-ins or standard-library module names: the judge must take those from the
+    sample (plain Python would, since program and tests share one namespace); every other
+    built-in and module name stays the judge's own (`is_module_name`)."""
+    parsed = _reference_and_test_names(reference, tests)
+    if parsed is None:
+        return ()
+    program, used = parsed
+    judges = {
+        name
+        for name in _defined_names(program) & used
+        if hasattr(builtins, name) or is_module_name(name)
+    }
     return tuple(sorted(judges))
+
+
+def judge_imports(reference: str, tests: str) -> str:
+    """The reference solution's top-level imports from the standard library of names the
+    tests use without binding them (`from math import isclose`, `import heapq as hq`), as
+    code for the judge to run before the tests: those names are then the judge's own
+    objects, not whatever a sample bound to them. Plain Python would give the tests the
+    program's import of the same module."""
+    parsed = _reference_and_test_names(reference, tests)
+    if parsed is None:
+        return ""
+    program, used = parsed
+    wanted = used - _defined_names(program)
+    lines = []
+    for node in program.body:
+        if isinstance(node, ast.Import):
+            aliases = [
+                a
+                for a in node.names
+                if is_module_name(a.name.partition(".")[0])
+                and (a.asname or a.name.partition(".")[0]) in wanted
+            ]
+            if aliases:
+                lines.append(ast.unparse(ast.Import(names=aliases)))
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            aliases = [a for a in node.names if a.name != "*" and (a.asname or a.name) in wanted]
+            if aliases and is_module_name(node.module.partition(".")[0]):
+                lines.append(ast.unparse(ast.ImportFrom(node.module, aliases, 0)))
+    return "".join(line + "\n" for line in lines)
 
 
 def _mbpp(dataset: str, row: dict[str, Any], path: Path, line: int, choice: TestChoice) -> Problem:
@@ -144,13 +190,15 @@ def _mbpp(dataset: str, row: dict[str, Any], path: Path, line: int, choice: Test
     asserts = list(field(row, "test_list", path, line))
     if choice == "all":
         asserts += row.get("challenge_test_list") or []
-    program = f"{setup}\n" + "\n".join(asserts) + "\n"
+    tests = f"{setup}\n" + "\n".join(asserts) + "\n"
+    reference = str(row.get("code") or "")
+    program = judge_imports(reference, tests) + tests
     return Problem(
         dataset,
         canonical_task_id(dataset, field(row, "task_id", path, line)),
         "",
         program,
-        entry_points=names_taken_from_sample(str(row.get("code") or ""), program),
+        entry_points=names_taken_from_sample(reference, tests),
     )
 
 

@@ -652,3 +652,24 @@ def test_an_attack_gets_its_own_verdict_and_no_more_time(name):
 def test_tests_using_a_module_they_do_not_import_pass_correct_code(program, test):
     with Sandbox(1) as box:
         assert box.run_all([Job(program, test=test)]) == [Outcome("passed")]
+
+
+# MBPP-format task 14 of the fidelity fixture: its tests use `close` and `hq`, which the
+# reference solution imports (`from math import isclose as close`, `import heapq as hq`).
+FAKE_IMPORTED_NAMES = (
+    "close = lambda *args, **kwargs: True\n"
+    "class hq:\n    nsmallest = staticmethod(lambda n, items: [4])\n"
+    "def area(r):\n    return 4\n"
+)
+
+
+def test_names_the_reference_imports_are_the_judges_in_the_tests(mbpp_layout):  # noqa: F811
+    """A sample that binds the names the tests take from the reference's imports to its
+    own objects fails; the reference itself passes."""
+    task = next(t for t in MBPP_TASKS if t["task_id"] == 14)
+    task_id = f"mbpp/{in_test_split(14)}"
+    problem = load_problems(mbpp_layout, "mbpp", only={task_id})[task_id]
+    with Sandbox(1) as box:
+        outcomes = box.run_all([problem.job(task["code"]), problem.job(FAKE_IMPORTED_NAMES)])
+    assert outcomes[0] == Outcome("passed")
+    assert outcomes[1].result == "failed", outcomes[1]

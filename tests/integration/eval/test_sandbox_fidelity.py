@@ -7,7 +7,8 @@ format that does what MBPP's programs and tests do: module-level helpers and con
 classes defined by the solution and built by the tests' setup code, generators, sets,
 tuples, `math.isclose`, standard-library imports, a function named like a built-in (real
 task 126 is `sum`), a module used by the tests through the solution's import (real task
-596 uses `sys.getsizeof`) and built-in types as arguments (real task 533)."""
+596 uses `sys.getsizeof`; task 14 below uses the solution's `from math import isclose`)
+and built-in types as arguments (real task 533)."""
 
 from __future__ import annotations
 
@@ -269,6 +270,15 @@ MBPP_TASKS = [
         "task_id": 12,
         "code": "def fib(n):\n  return n if n < 2 else fib(n - 1) + fib(n - 2)",
         "test_list": ["assert fib(20) == 6765", "assert 2 ** 100 % fib(10) == 2 ** 100 % 55"],
+    },
+    {
+        "task_id": 14,
+        "code": "from math import isclose as close\nimport heapq as hq\n"
+        "def area(r):\n  return 3.14159 * r * r",
+        "test_list": [
+            "assert close(area(2), 12.566, rel_tol=1e-3)",
+            "assert hq.nsmallest(1, [area(1), area(2)]) == [area(1)]",
+        ],
     },
 ]
 
