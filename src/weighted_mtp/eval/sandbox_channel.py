@@ -507,6 +507,12 @@ def serve(sock: socket.socket, namespace: dict[str, Any], handles: Handles) -> N
 # --- the judge's side ---------------------------------------------------------------------
 
 
+def exception_name(name: str) -> str:
+    """The name of an exception the sample raised, as its reason may show it: an
+    identifier (a class named `sandbox failure` would pass for the sandbox's reason)."""
+    return bounded(name, 100) if name.isidentifier() else "Exception"
+
+
 def _exception(name: str, message: str) -> Exception:
     """The judge's own exception for one the sample raised: a built-in exception type by
     name (so `except ValueError` in a test works), else SampleError."""
@@ -562,7 +568,7 @@ class Channel:
         try:
             kind, *rest = _as_list(reply)
             if kind == "raise" and all(isinstance(x, str) for x in rest) and len(rest) == 2:
-                name = bounded(rest[0], 100)
+                name = exception_name(rest[0])
                 if name == "StopIteration" and op != "next":  # it would end the tests' loops
                     name = "StopIteration raised by a call"
                 error = _exception(name, bounded(rest[1]))
@@ -586,7 +592,7 @@ class Channel:
             except (ProtocolError, TypeError, ValueError) as exc:
                 raise SampleBrokeProtocol(f"the sample broke the protocol: {exc}") from None
         if isinstance(message, list) and len(message) == 3 and message[0] == "raise":
-            name, text = bounded(str(message[1]), 100), bounded(str(message[2]))
+            name, text = exception_name(str(message[1])), bounded(str(message[2]))
             if name == "SystemExit":
                 raise SampleGone(f"the sample exited before the tests finished ({text})")
             raise _exception(name, text)

@@ -191,6 +191,8 @@ def run_program(program: str) -> None:
         sys.stdout.flush()
     except BaseException:  # e.g. the output limit was reached
         status = status or 1
+    with contextlib.suppress(BaseException):
+        sys.stderr.flush()  # its last words, even without a newline
     os._exit(status)
 
 
@@ -748,7 +750,7 @@ def program_result(
         lines = [line for line in stderr.decode("utf-8", "replace").splitlines() if line.strip()]
         result, reason = how_it_ended(end, timeout)
         if code > 0 and lines and not sandbox_failed(end):
-            reason = short(lines[-1])
+            reason = short(f"{reason}: {lines[-1]}")  # what it printed, after what it did
         return {"result": result, "reason": reason}
     return {"result": "ran", "reason": "", "stdout": stdout.decode("utf-8", "replace")}
 

@@ -594,6 +594,12 @@ PROTOCOL_GARBAGE = (
     "import socket, time\nsocket.socket(fileno=3).sendall(b'\\xff' * 64)\ntime.sleep(60)\n"
 )
 CHANNEL_CLOSED_THEN_SLEEP = "import os, time\nos.close(3)\ntime.sleep(60)\n"
+SANDBOX_WORDS = "sandbox failure: the sample's process could not be confined"
+RAISES_THE_SANDBOX_WORDS = (  # an exception class named "sandbox failure"
+    "def f(x):\n    raise type('sandbox failure', (Exception,), {})(\n"
+    '        "the sample\'s process could not be confined")\n'
+)
+PRINTS_THE_SANDBOX_WORDS = f"import sys\nsys.stderr.write({SANDBOX_WORDS!r})\nsys.exit(3)\n"
 
 
 @dataclass(frozen=True)
@@ -622,6 +628,17 @@ ATTACKS = {
     ),
     "protocol-garbage": Attack(
         Job(PROTOCOL_GARBAGE, test="assert True", timeout=2.0), "error", "protocol"
+    ),
+    "exception-named-like-the-sandbox": Attack(
+        Job(RAISES_THE_SANDBOX_WORDS, test="assert f(1) == 1"),
+        "error",
+        "Exception: the sample's process",
+        ("sandbox failure",),
+    ),
+    "stderr-like-the-sandbox": Attack(
+        Job(PRINTS_THE_SANDBOX_WORDS, tests=(("", ""),)),
+        "error",
+        f"test 1 of 1: exit status 3: {SANDBOX_WORDS}",
     ),
     "channel-closed-then-sleeps": Attack(
         Job(CHANNEL_CLOSED_THEN_SLEEP, test="assert True", timeout=2.0), "error"
