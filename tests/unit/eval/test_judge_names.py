@@ -1,0 +1,40 @@
+"""Which names of an MBPP task's tests the judge binds itself, and which it takes from the
+sample, decided from the task's reference solution."""
+
+from __future__ import annotations
+
+from weighted_mtp.eval.tasks import judge_imports, names_taken_from_sample
+
+REFERENCE = """
+import math, numpy as np, os.path
+import heapq as hq
+from math import isclose as close, pi
+from collections import *
+from .local import helper
+from itertools import combinations
+def sum(a, b):
+    return a + b
+string = "abc"
+combinations = 3
+"""
+TESTS = """
+assert close(sum(1, 2), 3.0)
+assert math.floor(pi) == 3 and hq.nlargest(1, [1]) == [1]
+assert np.sum([1]) == 1 and helper(1) and os.path.sep == "/"
+assert string == "abc" and combinations == 3
+"""
+
+
+def test_the_judge_imports_what_the_reference_imports_from_the_standard_library():
+    assert judge_imports(REFERENCE, TESTS) == (
+        "import math, os.path\nimport heapq as hq\nfrom math import isclose as close, pi\n"
+    )
+
+
+def test_names_the_reference_defines_stay_the_samples():
+    assert names_taken_from_sample(REFERENCE, TESTS) == ("string", "sum")
+
+
+def test_nothing_when_the_reference_or_the_tests_do_not_parse():
+    assert judge_imports("def (", TESTS) == ""
+    assert names_taken_from_sample(REFERENCE, "assert (") == ()
