@@ -682,8 +682,9 @@ class Worker:
             # It closed its channel: its end (if it ended) is on its way. One that lives
             # on is waited for until its timeout only, then killed by `finish`.
             end = self.sample_ended(max(deadline - time.monotonic(), END_SLACK))
-            if end is not None:
-                return refine(verdict, end, job["timeout"])
+            if end is None:
+                return {"result": "error", "reason": "the sample closed its channel to the tests"}
+            return refine(verdict, end, job["timeout"])
         return {"result": verdict["result"], "reason": verdict["reason"]}
 
     def run_stdio(self, job: dict[str, Any]) -> dict[str, Any]:

@@ -641,7 +641,9 @@ ATTACKS = {
         f"test 1 of 1: exit status 3: {SANDBOX_WORDS}",
     ),
     "channel-closed-then-sleeps": Attack(
-        Job(CHANNEL_CLOSED_THEN_SLEEP, test="assert True", timeout=2.0), "error"
+        Job(CHANNEL_CLOSED_THEN_SLEEP, test="assert True", timeout=2.0),
+        "error",
+        "closed its channel",
     ),
 }
 HONEST = Job("def f(x):\n    return x + 1\n", test="assert f(1) == 2")
