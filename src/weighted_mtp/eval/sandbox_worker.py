@@ -220,9 +220,9 @@ def sample_process(
         own_ipc=job["own_ipc"],
     )
     try:
-        program = read_text(fds.pop())
         if cgroup is not None:
             cgroup.join()
+        program = read_text(fds.pop())  # in the cgroup: its memory is charged there
         if job["kind"] == "function":
             null_stdio()
             confinement.apply(keep=[*fds, started])
