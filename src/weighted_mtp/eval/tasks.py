@@ -130,12 +130,21 @@ def _reference_and_test_names(reference: str, tests: str) -> tuple[ast.Module, s
 
 
 def _defined_names(program: ast.Module) -> set[str]:
-    defined = set()
-    for node in program.body:
+    """Names the program's module level binds other than by import: functions, classes
+    and every assignment target (`a, b = ...`, `for x in ...`, `with ... as f`)."""
+    defined: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            defined.add(node.name)
-        elif isinstance(node, ast.Assign):
-            defined.update(t.id for t in node.targets if isinstance(t, ast.Name))
+            defined.add(node.name)  # its body is its own scope
+            return
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            defined.add(node.id)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    for statement in program.body:
+        visit(statement)
     return defined
 
 

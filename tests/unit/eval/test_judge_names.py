@@ -14,14 +14,16 @@ from .local import helper
 from itertools import combinations
 def sum(a, b):
     return a + b
-string = "abc"
+string, total = "abc", 0
 combinations = 3
+for queue in range(1):
+    pass
 """
 TESTS = """
 assert close(sum(1, 2), 3.0)
 assert math.floor(pi) == 3 and hq.nlargest(1, [1]) == [1]
 assert np.sum([1]) == 1 and helper(1) and os.path.sep == "/"
-assert string == "abc" and combinations == 3
+assert string == "abc" and combinations == 3 and queue == 0
 """
 
 
@@ -32,7 +34,7 @@ def test_the_judge_imports_what_the_reference_imports_from_the_standard_library(
 
 
 def test_names_the_reference_defines_stay_the_samples():
-    assert names_taken_from_sample(REFERENCE, TESTS) == ("string", "sum")
+    assert names_taken_from_sample(REFERENCE, TESTS) == ("queue", "string", "sum")
 
 
 def test_nothing_when_the_reference_or_the_tests_do_not_parse():
