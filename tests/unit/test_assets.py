@@ -160,5 +160,5 @@ def test_a_dataset_in_a_known_format_needs_only_its_asset_spec(tmp_path, monkeyp
     assert {p.dataset for p in problems.values()} == {mini.name}
     tasks = list(iter_tasks(mini.name, raw.parent, seed=0))
     assert {t.metadata["source"] for t in tasks} == {mini.name} and len(tasks) == 3
-    settings = RunSettings(mini.name)
-    assert settings.split == "test" and settings.sampling().stop == assets.FUNCTION_STOPS
+    settings = RunSettings(dataset=mini.name)
+    assert settings.split == "test" and settings.sampling.stop == assets.FUNCTION_STOPS

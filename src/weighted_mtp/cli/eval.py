@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from weighted_mtp import progress
-from weighted_mtp.assets import COMPARE_DATASETS, DATASETS, EVAL_DATASET, MICRO_MTP, spec
+from weighted_mtp.assets import COMPARE_DATASETS, DATASETS, EVAL_DATASET, MICRO_MTP
 from weighted_mtp.cli._console import (
     JsonOpt,
     checked_name,
@@ -139,19 +139,18 @@ def score(
 ) -> None:
     """Execute samples against the tasks' tests; write per-sample results and pass@k."""
     from weighted_mtp.eval.scoring import parse_ks, results_path, score_samples
-    from weighted_mtp.eval.tasks import require_split, require_tests
+    from weighted_mtp.eval.tasks import choose_benchmark
 
     dataset = checked_name(dataset, DATASETS, "dataset")
-    split = split or spec(dataset).eval_split
-    require_split(dataset, split)
+    choice = choose_benchmark(dataset, split or "", tests)
     with progress_bars(not as_json):
         summary = score_samples(
             state(ctx).layout,
-            dataset,
+            choice.dataset,
             samples,
             ks=parse_ks(k),
-            split=split,
-            tests=require_tests(dataset, tests),
+            split=choice.split,
+            tests=choice.tests,
             workers=workers,
             limits=_limits(timeout),
             partial=partial,
@@ -204,24 +203,23 @@ def run(
     Under `torchrun --nproc-per-node N -m weighted_mtp eval run ...` the tasks are dealt
     out to the N ranks and rank 0 writes the same samples.jsonl as one process.
     """
-    from weighted_mtp.eval.generate import check_device
+    from weighted_mtp.eval.generate import SamplingConfig, check_device
     from weighted_mtp.eval.run import RunSettings, run_evaluation
     from weighted_mtp.eval.tasks import require_tests
 
     dataset = checked_name(dataset, DATASETS, "dataset")
     settings = RunSettings(
-        dataset,
+        dataset=dataset,
+        sampling=SamplingConfig(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
+        ),
         n=samples,
-        temperature=temperature,
-        top_p=top_p,
-        max_new_tokens=max_new_tokens,
         speculative=speculative,
-        limit=limit,
-        seed=seed,
-        split=split or "",
-        workers=workers,
-        tests=require_tests(dataset, tests),
         draft_heads=draft_heads,
+        limit=limit,
+        split=split or "",
+        tests=require_tests(dataset, tests),
+        workers=workers,
     )
     first_rank = int(os.environ.get("RANK", "0")) == 0
     with progress_bars(not as_json and first_rank):
@@ -231,24 +229,24 @@ def run(
     if results is None:  # another rank than the first under torchrun: rank 0 reports
         return
     if as_json:
-        print_json(results)
+        print_json(results.to_json())
         return
-    title = f"{model} on {dataset}: {results['n_samples']} samples of {results['n_tasks']} tasks"
-    print_scores(title, results["pass_at_k"], results["results"])
-    gen = results["generation"]
-    rate = gen["acceptance_rate"]
+    title = f"{model} on {dataset}: {results.n_samples} samples of {results.n_tasks} tasks"
+    print_scores(title, results.pass_at_k, results.results)
+    gen = results.generation
+    rate = gen.acceptance_rate
     console.print(
-        f"generation: {gen['new_tokens']} tokens, {gen['tokens_per_second']:.1f} tokens/s "
-        f"on {gen['device']} ({gen['dtype']}, {gen['ranks']} rank(s))"
+        f"generation: {gen.new_tokens} tokens, {gen.tokens_per_second:.1f} tokens/s "
+        f"on {gen.device} ({gen.dtype}, {gen.ranks} rank(s))"
         + (f", draft acceptance {rate:.1%}" if rate is not None else ""),
         highlight=False,
     )
-    if results["prompts_cut"]:
-        cut = ", ".join(p["task_id"] for p in results["prompts_cut"])
+    if results.prompts_cut:
+        cut = ", ".join(p.task_id for p in results.prompts_cut)
         console.print(
-            f"prompts cut to fit the {results['context']}-token context: {cut}", highlight=False
+            f"prompts cut to fit the {results.context}-token context: {cut}", highlight=False
         )
-    console.print(f"written: {results['samples']} and results.json", highlight=False)
+    console.print(f"written: {results.samples} and results.json", highlight=False)
 
 
 @app.command()
@@ -309,22 +307,21 @@ def compare(
         comparison_folder,
         default_ks,
     )
+    from weighted_mtp.eval.generate import SamplingConfig
     from weighted_mtp.eval.run import RunSettings
     from weighted_mtp.eval.scoring import parse_ks
 
     datasets = tuple(name.strip() for name in dataset.split(","))
     generation = RunSettings(
-        datasets[0],
-        samples,
-        temperature,
-        top_p,
-        max_new_tokens,
-        speculative,
-        limit,
-        seed,
-        "",
-        workers,
+        dataset=datasets[0],
+        sampling=SamplingConfig(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
+        ),
+        n=samples,
+        speculative=speculative,
         draft_heads=draft_heads,
+        limit=limit,
+        workers=workers,
     )
     ks = default_ks(samples) if k is None else parse_ks(k)
     settings = CompareSettings(datasets, ks, generation, resamples, confidence)
@@ -344,7 +341,7 @@ def compare(
     if comparison is None:  # a torchrun rank that generated its share; rank 0 reports
         return
     if as_json:
-        print_json({"folder": str(folder.root), **comparison.to_json()})
+        print_json({"folder": str(folder.root), **comparison.record().to_json()})
         return
     print_comparison(comparison)
     console.print(f"written: {folder.markdown}, {folder.json.name}, {folder.figure.name}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 from string import Template
@@ -29,11 +29,25 @@ from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.eval import defaults
 from weighted_mtp.eval.passk import mean_pass_at_k
 from weighted_mtp.eval.ranks import torchrun_ranks
+from weighted_mtp.eval.records import (
+    BootstrapRecord,
+    ComparedRunRecord,
+    CompareSettingsRecord,
+    ComparisonRecord,
+    DatasetComparisonRecord,
+    DifferenceRecord,
+    EvaluationResults,
+    EvaluationSource,
+    GenerationSettingsRecord,
+    IntervalRecord,
+    McNemarRecord,
+    VersusBaseline,
+    read_record,
+)
 from weighted_mtp.eval.run import (
     PASS_AT,
     RunSettings,
     evaluation_key,
-    recorded_evaluation_key,
     run_evaluation,
     settings_benchmark,
     speculative_plan,
@@ -46,7 +60,8 @@ from weighted_mtp.eval.statistics import (
     mcnemar_exact,
     task_pass_at_k,
 )
-from weighted_mtp.storage.atomic import read_json, write_json, write_text
+from weighted_mtp.eval.tasks import Benchmark
+from weighted_mtp.storage.atomic import write_json, write_text
 from weighted_mtp.storage.hashing import sha256_file
 from weighted_mtp.storage.jsonl import iter_jsonl
 from weighted_mtp.storage.layout import ComparisonFolder, Layout, RunFolder
@@ -76,7 +91,7 @@ class CompareSettings:
     confidence: float = defaults.CONFIDENCE
 
     def run_settings(self, dataset: str) -> RunSettings:
-        return replace(self.generation, dataset=dataset, split="")
+        return self.generation.for_dataset(dataset)
 
     @property
     def level(self) -> str:
@@ -168,83 +183,99 @@ class Comparison:
     def labels(self) -> list[str]:
         return [run.label for run in self.runs]
 
-    def to_json(self) -> dict[str, Any]:
-        generation = asdict(self.settings.generation)
-        for per_dataset in ("dataset", "split", "workers"):
-            generation.pop(per_dataset)
-        return {
-            "baseline": self.labels[0],
-            "runs": [
-                asdict(run) | weights for run, weights in zip(self.runs, self.weights, strict=True)
+    def record(self) -> ComparisonRecord:
+        """comparison.json."""
+        settings = self.settings
+        generation = settings.generation.record()
+        return ComparisonRecord(
+            baseline=self.labels[0],
+            runs=[
+                ComparedRunRecord(name=run.name, label=run.label, **weights)
+                for run, weights in zip(self.runs, self.weights, strict=True)
             ],
-            "settings": {
-                "datasets": list(self.settings.datasets),
-                "ks": list(self.settings.ks),
-                "generation": generation,
-                "bootstrap": {
-                    "resamples": self.settings.resamples,
-                    "confidence": self.settings.confidence,
-                    "seed": self.settings.generation.seed,
-                    "method": "percentile; task ids resampled with replacement, the same "
+            settings=CompareSettingsRecord(
+                datasets=list(settings.datasets),
+                ks=list(settings.ks),
+                generation=GenerationSettingsRecord(
+                    n=generation.n,
+                    temperature=generation.temperature,
+                    top_p=generation.top_p,
+                    max_new_tokens=generation.max_new_tokens,
+                    speculative=generation.speculative,
+                    limit=generation.limit,
+                    seed=generation.seed,
+                    tests=generation.tests,
+                    draft_heads=generation.draft_heads,
+                ),
+                bootstrap=BootstrapRecord(
+                    resamples=settings.resamples,
+                    confidence=settings.confidence,
+                    seed=generation.seed,
+                    method="percentile; task ids resampled with replacement, the same "
                     "resample for every run",
-                },
-                "test": "McNemar exact (two-sided binomial on the discordant tasks)"
-                if self.settings.paired_verdicts
+                ),
+                test="McNemar exact (two-sided binomial on the discordant tasks)"
+                if settings.paired_verdicts
                 else None,
-            },
-            "datasets": {d.dataset: self._dataset_json(d) for d in self.datasets},
-            "tool_version": __version__,
-        }
+            ),
+            datasets={d.dataset: self._dataset_record(d) for d in self.datasets},
+            tool_version=__version__,
+        )
 
-    def _dataset_json(self, d: DatasetComparison) -> dict[str, Any]:
+    def _dataset_record(self, d: DatasetComparison) -> DatasetComparisonRecord:
         labels = self.labels
-        versus: dict[str, Any] = {}
-        for i, label in enumerate(labels[1:]):
-            entry = {
-                f"pass@{k}": _interval_json(d.differences[k][i])
-                | {"excludes_zero": d.differences[k][i].excludes_zero}
-                for k in d.differences
-            }
-            if d.mcnemar is not None:
-                entry["mcnemar"] = asdict(d.mcnemar[i])
-            versus[label] = entry
-        return {
-            "split": d.split,
-            "n_tasks": len(d.tasks),
-            "evaluations": {
-                label: {
-                    "folder": self.folder.name(e.folder),
-                    "samples_sha256": e.samples_sha256,
-                    "verdicts_sha256": e.verdicts_sha256,
-                }
+        versus = {
+            label: VersusBaseline(
+                pass_at_k={
+                    f"pass@{k}": DifferenceRecord(
+                        *_rounded(d.differences[k][i]), d.differences[k][i].excludes_zero
+                    )
+                    for k in d.differences
+                },
+                mcnemar=None if d.mcnemar is None else McNemarRecord(**asdict(d.mcnemar[i])),
+            )
+            for i, label in enumerate(labels[1:])
+        }
+        return DatasetComparisonRecord(
+            split=d.split,
+            n_tasks=len(d.tasks),
+            evaluations={
+                label: EvaluationSource(
+                    folder=self.folder.name(e.folder),
+                    samples_sha256=e.samples_sha256,
+                    verdicts_sha256=e.verdicts_sha256,
+                )
                 for label, e in zip(labels, d.evaluations, strict=True)
             },
-            "pass_at_k": {
+            pass_at_k={
                 f"pass@{k}": {
-                    label: _interval_json(interval)
+                    label: IntervalRecord(*_rounded(interval))
                     for label, interval in zip(labels, intervals, strict=True)
                 }
                 for k, intervals in d.pass_at_k.items()
             },
-            "versus_baseline": versus,
-        }
+            versus_baseline=versus,
+        )
 
 
-def _interval_json(interval: Interval) -> dict[str, Any]:
-    return {
-        "estimate": round(interval.estimate, DIGITS),
-        "low": round(interval.low, DIGITS),
-        "high": round(interval.high, DIGITS),
-    }
+def _rounded(interval: Interval) -> tuple[float, float, float]:
+    """An interval's estimate and ends to `DIGITS` decimals."""
+    return (
+        round(interval.estimate, DIGITS),
+        round(interval.low, DIGITS),
+        round(interval.high, DIGITS),
+    )
 
 
 # ------------------------------------------------------------------ gathering verdicts
 
 
-def read_verdicts(folder: Path, results: dict[str, Any], n: int) -> dict[str, list[bool]]:
+def read_verdicts(
+    folder: Path, n_tasks: int, recorded: dict[str, float | None], n: int
+) -> dict[str, list[bool]]:
     """Each task's verdicts from the per-sample results beside an evaluation's samples,
-    checked against its results.json: every task has `n` samples and the pass@k recomputed
-    from the verdicts is the one it recorded."""
+    checked against what its results.json recorded (`n_tasks` and pass@k): every task has
+    `n` samples and the pass@k recomputed from the verdicts is the one recorded."""
     path = results_path(RunFolder(folder).samples)
     if not path.is_file():
         raise WmtpError("the evaluation has no per-sample results", path=path)
@@ -255,15 +286,14 @@ def read_verdicts(folder: Path, results: dict[str, Any], n: int) -> dict[str, li
             raise WmtpError(f"line {line}: no task_id string and passed verdict", path=path)
         verdicts.setdefault(task, []).append(passed)
     counts = [(len(v), sum(v)) for v in verdicts.values()]
-    recorded = results.get("pass_at_k") or {}
     recomputed = {
         name: mean_pass_at_k(counts, int(name.removeprefix("pass@"))) for name in recorded
     }
     if (
-        len(verdicts) != results.get("n_tasks")
+        len(verdicts) != n_tasks
         or any(samples != n for samples, _ in counts)
         or any(
-            (mine is None) != (theirs is None) or (mine is not None and abs(mine - theirs) > 1e-9)
+            mine != theirs if mine is None or theirs is None else abs(mine - theirs) > 1e-9
             for mine, theirs in ((recomputed[k], recorded[k]) for k in recorded)
         )
     ):
@@ -277,9 +307,8 @@ def read_verdicts(folder: Path, results: dict[str, Any], n: int) -> dict[str, li
 
 
 def _evaluation(folder: Path, n: int, reused: bool) -> Evaluation:
-    results_file = RunFolder(folder).results
-    results = read_json(results_file, results_file.name)
-    verdicts = read_verdicts(folder, results, n)
+    results = read_record(EvaluationResults, RunFolder(folder).results)
+    verdicts = read_verdicts(folder, results.n_tasks, results.pass_at_k, n)
     samples = RunFolder(folder).samples
     return Evaluation(
         folder,
@@ -297,11 +326,10 @@ def finished_evaluations(layout: Layout) -> list[tuple[Path, dict[str, Any]]]:
         if not layout.run(assets.EVAL_RESULTS, path.parent).complete:
             continue
         try:
-            key = recorded_evaluation_key(read_json(path, path.name))
+            key = read_record(EvaluationResults, path).evaluation_key()
         except WmtpError:
             continue  # not a results file this version can read: not a match
-        if key is not None:
-            found.append((path.parent, key))
+        found.append((path.parent, key))
     return found
 
 
@@ -327,7 +355,8 @@ def compare_dataset(
                 path=evaluation.folder,
                 hint="compare evaluations made with the same --limit and split",
             )
-    seed, resamples, level = settings.generation.seed, settings.resamples, settings.confidence
+    seed, resamples = settings.generation.sampling.seed, settings.resamples
+    level = settings.confidence
     pass_at_k: dict[int, list[Interval]] = {}
     differences: dict[int, list[Interval]] = {}
     for k in settings.ks:
@@ -346,9 +375,10 @@ def _prepare(
     runs: Sequence[ComparedRun],
     settings: CompareSettings,
     folder: ComparisonFolder | None,
-) -> dict[tuple[int, str], dict[str, Any]]:
+) -> tuple[dict[str, Benchmark], dict[tuple[int, str], dict[str, Any]]]:
     """Check everything a comparison needs before any evaluation (`folder`: where it will
-    be written, None on a rank that writes nothing); each (run, dataset)'s evaluation key."""
+    be written, None on a rank that writes nothing); each dataset's benchmark, read once for
+    every run, and each (run, dataset)'s evaluation key."""
     settings.check()
     if len(runs) < 2:
         raise UsageError("a comparison needs at least two runs (the first is the Baseline)")
@@ -359,11 +389,18 @@ def _prepare(
         raise UsageError("output folder is not empty", path=folder.root, hint="choose a new --out")
     for run in runs:  # --speculative and --draft-heads against each model's heads
         speculative_plan(layout, run.name, settings.generation)
-    return {
-        (i, dataset): evaluation_key(layout, run.name, settings.run_settings(dataset))
+    benchmarks = {
+        dataset: settings_benchmark(layout, settings.run_settings(dataset))
+        for dataset in settings.datasets
+    }
+    keys = {
+        (i, dataset): evaluation_key(
+            layout, run.name, settings.run_settings(dataset), benchmarks[dataset]
+        )
         for i, run in enumerate(runs)
         for dataset in settings.datasets
     }
+    return benchmarks, keys
 
 
 def compare_runs(
@@ -384,7 +421,7 @@ def compare_runs(
     evaluation (`run_evaluation`) and rank 0 alone scores, compares, writes and returns;
     the other ranks return None."""
     first = torchrun_ranks().is_first
-    keys = _prepare(layout, runs, settings, folder if first else None)
+    benchmarks, keys = _prepare(layout, runs, settings, folder if first else None)
     finished = finished_evaluations(layout) if reuse else []
     datasets = []
     for dataset in settings.datasets:
@@ -396,7 +433,9 @@ def compare_runs(
                 if on_evaluation is not None and first:
                     on_evaluation(run, dataset, None)
                 out = folder.evaluation(i + 1, run.label, dataset)
-                run_evaluation(layout, run.name, run_settings, out, device, threads)
+                run_evaluation(
+                    layout, run.name, run_settings, out, device, threads, benchmarks[dataset]
+                )
                 finished.append((out, keys[i, dataset]))  # the same weights named twice
                 if first:
                     evaluations.append(_evaluation(out, run_settings.n, reused=False))
@@ -421,7 +460,7 @@ def write_comparison(comparison: Comparison) -> None:
     folder = comparison.folder
     plot_comparison(comparison, folder.figure)
     write_text(folder.markdown, comparison_markdown(comparison))
-    write_json(folder.json, comparison.to_json())
+    write_json(folder.json, comparison.record().to_json())
 
 
 # ------------------------------------------------------------------ comparison.md
@@ -481,18 +520,19 @@ def _decoding(generation: RunSettings) -> str:
 def comparison_markdown(comparison: Comparison) -> str:
     settings = comparison.settings
     generation = settings.generation
+    sampling = generation.sampling
     level = settings.level
     text = resources.files(__package__).joinpath("templates", "comparison.md").read_text("utf-8")
     return Template(text).substitute(
         runs=", ".join(comparison.labels),
         baseline=comparison.labels[0],
         samples="one sample" if generation.n == 1 else f"{generation.n} samples",
-        temperature=generation.temperature,
-        top_p=generation.top_p,
-        max_new_tokens=generation.max_new_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        max_new_tokens=sampling.max_new_tokens,
         decoding=_decoding(generation),
         limit="all tasks" if generation.limit is None else f"the first {generation.limit} tasks",
-        seed=generation.seed,
+        seed=sampling.seed,
         resamples=settings.resamples,
         level=level,
         mcnemar=" McNemar's exact test asks whether the tasks only one of the two runs "

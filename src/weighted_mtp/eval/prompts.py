@@ -38,15 +38,6 @@ class FittedPrompt:
     full_tokens: int  # the whole prompt's, BOS included
     fit: Fit
 
-    def record(self) -> dict[str, object]:
-        """How results.json names a cut prompt."""
-        return {
-            "task_id": self.task_id,
-            "fit": self.fit,
-            "tokens": self.tokens,
-            "full_tokens": self.full_tokens,
-        }
-
 
 def fit_prompt(
     task_id: str, parts: PromptParts, count: Callable[[str], int], budget: int

@@ -23,17 +23,18 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from weighted_mtp import __version__, assets, progress
 from weighted_mtp.clock import utc_now
 from weighted_mtp.errors import UsageError
-from weighted_mtp.eval import defaults
+from weighted_mtp.eval import defaults, records
 from weighted_mtp.eval.generate import (
     Continuation,
     DecodeStats,
@@ -52,79 +53,102 @@ from weighted_mtp.eval.generate import (
 )
 from weighted_mtp.eval.prompts import FittedPrompt, fit_prompt
 from weighted_mtp.eval.ranks import gather_dealt, torchrun_ranks
-from weighted_mtp.eval.scoring import require_writable, score_samples
-from weighted_mtp.eval.tasks import (
-    Benchmark,
-    TestChoice,
-    load_benchmark,
-    require_split,
-    require_tests,
+from weighted_mtp.eval.records import (
+    BaseModelRecord,
+    CutPrompt,
+    DatasetRecord,
+    EvaluationResults,
+    GenerationRecord,
+    ModelRecord,
+    SettingsRecord,
+    TrainingRunRecord,
 )
+from weighted_mtp.eval.scoring import (
+    Sample,
+    SamplesFile,
+    ScoreOptions,
+    require_writable,
+    score_generated,
+)
+from weighted_mtp.eval.tasks import Benchmark, TestChoice, choose_benchmark, load_benchmark
 from weighted_mtp.storage.atomic import atomic_write, read_json, write_json
 from weighted_mtp.storage.finished_runs import ADAPTER_WEIGHTS, FinishedRun, find_run, finished_run
-from weighted_mtp.storage.freshness import Store
 from weighted_mtp.storage.hashing import read_sha256sums, sha256_file
-from weighted_mtp.storage.layout import MODELS, Layout, ModelPaths, RunPaths
+from weighted_mtp.storage.layout import MODELS, Layout, ModelPaths
 
 PASS_AT = (1, 10, 100)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunSettings:
-    """What to generate and how to score it; `split` "" means the dataset's evaluation
-    split. Checked when made: a bad value is one `UsageError`."""
+    """What to generate and how to score it, built by keyword. `sampling` holds the
+    sampling settings once (its seed the run's; its stop sequences are the dataset's, set
+    when made); `split` "" means the dataset's evaluation split. Checked when made: a bad
+    value is one `UsageError`."""
 
     dataset: str
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     n: int = defaults.SAMPLES_PER_TASK
-    temperature: float = defaults.TEMPERATURE
-    top_p: float = defaults.TOP_P
-    max_new_tokens: int = defaults.MAX_NEW_TOKENS
     speculative: bool = False
-    limit: int | None = None
-    seed: int = 0
-    split: str = ""
-    workers: int = defaults.SANDBOX_WORKERS
-    tests: TestChoice = "base"
     draft_heads: int | None = None  # speculative: drafts per pass (None: the model's default)
+    limit: int | None = None
+    split: str = ""
+    tests: TestChoice = "base"
+    workers: int = defaults.SANDBOX_WORKERS
 
     def __post_init__(self) -> None:
-        assets.dataset_format(self.dataset)  # an unknown dataset is a usage error
-        if not self.split:
-            object.__setattr__(self, "split", assets.spec(self.dataset).eval_split)
-        require_split(self.dataset, self.split)
-        object.__setattr__(self, "tests", require_tests(self.dataset, self.tests))
+        choice = choose_benchmark(self.dataset, self.split, self.tests)
+        object.__setattr__(self, "split", choice.split)
+        object.__setattr__(self, "tests", choice.tests)
+        object.__setattr__(
+            self, "sampling", dataclasses.replace(self.sampling, stop=choice.stop_sequences)
+        )
+        sampling = self.sampling
         for name, value, low in (
             ("-n/--samples", self.n, 1),
-            ("--max-new-tokens", self.max_new_tokens, 1),
+            ("--max-new-tokens", sampling.max_new_tokens, 1),
             ("--limit", self.limit, 1),
             ("--workers", self.workers, 1),
-            ("--seed", self.seed, 0),
+            ("--seed", sampling.seed, 0),
             ("--draft-heads", self.draft_heads, 1),
         ):
             if value is not None and value < low:
                 raise UsageError(f"{name} must be at least {low}, not {value}")
         if self.draft_heads is not None and not self.speculative:
             raise UsageError("--draft-heads needs --speculative")
-        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+        if not (math.isfinite(sampling.temperature) and sampling.temperature >= 0):
             raise UsageError(
-                f"--temperature must be a finite number >= 0, not {self.temperature}",
+                f"--temperature must be a finite number >= 0, not {sampling.temperature}",
                 hint="0 decodes greedily",
             )
-        if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
-            raise UsageError(f"--top-p must be in (0, 1], not {self.top_p}")
-
-    @property
-    def stop_sequences(self) -> tuple[str, ...]:
-        return assets.spec(self.dataset).stop_sequences
-
-    def sampling(self) -> SamplingConfig:
-        return SamplingConfig(
-            self.max_new_tokens, self.temperature, self.top_p, self.seed, self.stop_sequences
-        )
+        if not (math.isfinite(sampling.top_p) and 0 < sampling.top_p <= 1):
+            raise UsageError(f"--top-p must be in (0, 1], not {sampling.top_p}")
 
     def task_sampling(self, task_id: str) -> SamplingConfig:
         """The sampling of one task: its seed a function of the run's seed and the task."""
-        return dataclasses.replace(self.sampling(), seed=sample_seed(self.seed, task_id))
+        return dataclasses.replace(self.sampling, seed=sample_seed(self.sampling.seed, task_id))
+
+    def for_dataset(self, dataset: str) -> RunSettings:
+        """The same settings on another dataset, on its evaluation split."""
+        return dataclasses.replace(self, dataset=dataset, split="")
+
+    def record(self) -> SettingsRecord:
+        """The settings as results.json records them (flat, as the command line names them)."""
+        sampling = self.sampling
+        return SettingsRecord(
+            dataset=self.dataset,
+            n=self.n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_new_tokens=sampling.max_new_tokens,
+            speculative=self.speculative,
+            limit=self.limit,
+            seed=sampling.seed,
+            split=self.split,
+            workers=self.workers,
+            tests=self.tests,
+            draft_heads=self.draft_heads,
+        )
 
 
 def evaluated_model(layout: Layout, name: str) -> str | FinishedRun:
@@ -155,21 +179,12 @@ def default_out_dir(layout: Layout, model: str | FinishedRun, settings: RunSetti
     return layout.eval_runs_dir / _label(model) / f"{settings.dataset}-{stamp}{mode}"
 
 
-def finished_results(out: Path) -> dict[str, Any] | None:
-    """The results.json of a complete evaluation in `out` (results and samples both
-    written), or None: lets a caller reuse an evaluation instead of repeating it."""
-    paths = RunPaths(out, assets.run_kind(assets.EVAL_RESULTS))
-    if not paths.complete:
-        return None
-    results: dict[str, Any] = read_json(paths.results, paths.results.name)
-    return results
-
-
 def require_room(settings: RunSettings, context: int, model: str) -> None:
     """BOS, at least one prompt token and `max_new_tokens` fit the model's context."""
-    if settings.max_new_tokens > context - 2:
+    max_new_tokens = settings.sampling.max_new_tokens
+    if max_new_tokens > context - 2:
         raise UsageError(
-            f"--max-new-tokens {settings.max_new_tokens} leaves no room for a prompt in "
+            f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in "
             f"{model}'s {context}-token context",
             hint=f"use at most {context - 2} (prompts longer than what is left are cut)",
         )
@@ -270,69 +285,92 @@ def write_samples(path: Path, tasks: list[TaskSamples]) -> DecodeStats:
         for task in tasks:
             total.add(task.stats)
             for sample_id, sample in enumerate(task.samples):
-                row = {
-                    "task_id": task.task_id,
-                    "sample_id": sample_id,
-                    "completion": sample.text,
-                    "finish": sample.finish,
-                    "new_tokens": sample.generated,
-                }
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+                handle.write(sample_line(sample_row(task.task_id, sample_id, sample)))
     return total
 
 
-def _storage_model_record(layout: Layout, name: str) -> dict[str, Any]:
-    paths = layout.model(name)
-    metadata = read_json(paths.metadata, "metadata.json")
+def sample_row(task_id: str, sample_id: int, sample: Continuation) -> dict[str, Any]:
+    """A sample's line of samples.jsonl, as an object."""
     return {
-        "name": name,
-        "source": "storage",
-        "folder": str(paths.root),
-        "weights_sha256": metadata["weights"]["sha256"],
-        "metadata_sha256": sha256_file(paths.metadata),
+        "task_id": task_id,
+        "sample_id": sample_id,
+        "completion": sample.text,
+        "finish": sample.finish,
+        "new_tokens": sample.generated,
     }
 
 
-def _run_record(layout: Layout, run: FinishedRun) -> dict[str, Any]:
+def sample_line(row: dict[str, Any]) -> str:
+    return json.dumps(row, ensure_ascii=False) + "\n"
+
+
+def generated_samples(tasks: list[TaskSamples]) -> tuple[list[Sample], str]:
+    """The samples `write_samples` writes, as scoring takes them, and the SHA-256 of the
+    file it writes: what was generated goes to scoring in memory, never read back."""
+    digest = hashlib.sha256()
+    samples: list[Sample] = []
+    for task in tasks:
+        for sample_id, sample in enumerate(task.samples):
+            row = sample_row(task.task_id, sample_id, sample)
+            digest.update(sample_line(row).encode("utf-8"))
+            samples.append(Sample(len(samples) + 1, task.task_id, sample.text, row))
+    return samples, digest.hexdigest()
+
+
+def _storage_model_record(layout: Layout, name: str) -> ModelRecord:
+    paths = layout.model(name)
+    metadata = read_json(paths.metadata, "metadata.json")
+    return ModelRecord(
+        name=name,
+        source="storage",
+        folder=str(paths.root),
+        weights_sha256=metadata["weights"]["sha256"],
+        metadata_sha256=sha256_file(paths.metadata),
+    )
+
+
+def _run_record(layout: Layout, run: FinishedRun) -> ModelRecord:
     """Which run, which of its files, and the weights' SHA-256 (for an adapter, the adapter's
     and the base's)."""
     paths = run.paths
     summary = read_json(paths.summary, paths.summary.name)
-    record: dict[str, Any] = {
-        "name": run.name,
-        "source": "run",
-        "folder": str(paths.final),
-        "run": {
-            "folder": str(paths.root),
-            "experiment": run.experiment,
-            "steps": summary.get("steps"),
-            "config_sha256": sha256_file(paths.config),
-            "summary_sha256": sha256_file(paths.summary),
-            "final": "adapter" if run.adapter else "model",
-        },
-    }
-    if run.adapter:
-        record["adapter_sha256"] = sha256_file(paths.final / ADAPTER_WEIGHTS)
-        base = run.base
-        record["base"] = (
-            _storage_model_record(layout, base.name)
-            if run.base_in_storage
-            else {"folder": str(base.root), "weights_sha256": sha256_file(base.weights)}
-        )
-    else:
-        final = run.final_model
-        sums = read_sha256sums(final.sha256sums)
-        record["weights_sha256"] = sums[final.weights.name]  # checked before loading
-    return record
-
-
-def _model_record(layout: Layout, model: str | FinishedRun, loaded: LoadedModel) -> dict[str, Any]:
-    record = (
-        _storage_model_record(layout, model)
-        if isinstance(model, str)
-        else _run_record(layout, model)
+    training = TrainingRunRecord(
+        folder=str(paths.root),
+        experiment=run.experiment,
+        steps=summary.get("steps"),
+        config_sha256=sha256_file(paths.config),
+        summary_sha256=sha256_file(paths.summary),
+        final="adapter" if run.adapter else "model",
     )
-    return record | {"format": loaded.kind}
+    record = ModelRecord(name=run.name, source="run", folder=str(paths.final), run=training)
+    if run.adapter:
+        base = run.base
+        if run.base_in_storage:
+            stored = _storage_model_record(layout, base.name)
+            assert stored.weights_sha256 is not None  # a storage model's always is
+            base_record = BaseModelRecord(
+                folder=stored.folder,
+                weights_sha256=stored.weights_sha256,
+                name=stored.name,
+                source="storage",
+                metadata_sha256=stored.metadata_sha256,
+            )
+        else:
+            base_record = BaseModelRecord(
+                folder=str(base.root), weights_sha256=sha256_file(base.weights)
+            )
+        adapter = sha256_file(paths.final / ADAPTER_WEIGHTS)
+        return dataclasses.replace(record, adapter_sha256=adapter, base=base_record)
+    final = run.final_model
+    sums = read_sha256sums(final.sha256sums)
+    return dataclasses.replace(record, weights_sha256=sums[final.weights.name])  # checked
+
+
+def model_record(layout: Layout, model: str | FinishedRun) -> ModelRecord:
+    """Which weights `model` is (before it loads: without its format)."""
+    if isinstance(model, str):
+        return _storage_model_record(layout, model)
+    return _run_record(layout, model)
 
 
 def settings_benchmark(layout: Layout, settings: RunSettings) -> Benchmark:
@@ -342,56 +380,26 @@ def settings_benchmark(layout: Layout, settings: RunSettings) -> Benchmark:
     )
 
 
-def _dataset_record(layout: Layout, benchmark: Benchmark) -> dict[str, Any]:
-    """The benchmark's raw files' SHA-256, from the freshness store where it vouches for
-    them (a raw CodeContests split is gigabytes); the store is only read, an evaluation does
-    not write into the storage's records."""
-    store = Store(layout)
-    return {
-        "name": benchmark.dataset,
-        "split": benchmark.split,
-        "tests": benchmark.tests,
-        "tasks": len(benchmark.task_ids),
-        "raw": {str(p): store.sha256(p) for p in benchmark.files},
-    }
+def dataset_record(benchmark: Benchmark) -> DatasetRecord:
+    """The benchmark and its raw files' SHA-256 (of the bytes its tasks were read from)."""
+    return DatasetRecord(
+        name=benchmark.dataset,
+        split=benchmark.split,
+        tests=benchmark.tests,
+        tasks=len(benchmark.task_ids),
+        raw=benchmark.raw_sha256,
+    )
 
 
-def evaluation_key(layout: Layout, name: str, settings: RunSettings) -> dict[str, Any]:
+def evaluation_key(
+    layout: Layout, name: str, settings: RunSettings, benchmark: Benchmark
+) -> dict[str, Any]:
     """What makes two evaluations interchangeable: the weights' and the evaluated files'
     SHA-256 and every setting that changes a sample or its verdict (all but `workers`).
-    Equal to `recorded_evaluation_key` of the results.json such an evaluation writes."""
-    benchmark = settings_benchmark(layout, settings)  # one line if it is not there
-    model = evaluated_model(layout, name)
-    record = (
-        _storage_model_record(layout, model)
-        if isinstance(model, str)
-        else _run_record(layout, model)
-    )
-    return _evaluation_key(record, _dataset_record(layout, benchmark), asdict(settings))
-
-
-def recorded_evaluation_key(results: Any) -> dict[str, Any] | None:
-    """`evaluation_key` of what a results.json records; None if it lacks a part of it."""
-    try:
-        return _evaluation_key(results["model"], results["dataset"], results["settings"])
-    except (KeyError, TypeError, AttributeError):
-        return None
-
-
-def _evaluation_key(
-    model: dict[str, Any], dataset: dict[str, Any], settings: dict[str, Any]
-) -> dict[str, Any]:
-    base = model.get("base") or {}
-    weights = {
-        "weights_sha256": model.get("weights_sha256"),
-        "adapter_sha256": model.get("adapter_sha256"),
-        "base_weights_sha256": base.get("weights_sha256"),
-    }
-    return {
-        "weights": {name: sha for name, sha in weights.items() if sha is not None},
-        "dataset_sha256": sorted(dataset["raw"].values()),
-        "settings": {k: v for k, v in settings.items() if k != "workers"},
-    }
+    Equal to the `evaluation_key()` of the results.json such an evaluation writes.
+    `benchmark` is `settings`' (`settings_benchmark`)."""
+    model = model_record(layout, evaluated_model(layout, name))
+    return records.evaluation_key(model, dataset_record(benchmark), settings.record())
 
 
 def run_evaluation(
@@ -401,12 +409,15 @@ def run_evaluation(
     out: Path | None = None,
     device: str = "auto",
     threads: int | None = None,
-) -> dict[str, Any] | None:
+    benchmark: Benchmark | None = None,
+) -> EvaluationResults | None:
     """Verify the model (`name`: a storage model or a training run), generate on `device`
     (`auto`, `cpu`, `cuda`, `cuda:N`), score; write samples.jsonl and results.json into
     `out` and return results.json's content. Under torchrun every rank generates its share
     and rank 0 writes and returns; the other ranks return None. `threads` caps torch's
-    intra-op threads (small models on busy cores decode faster with one)."""
+    intra-op threads (small models on busy cores decode faster with one). The benchmark is
+    read once (or given: `settings_benchmark(layout, settings)`, as `eval compare` shares
+    it between runs) and the generated samples are scored as they are in memory."""
     ranks = torchrun_ranks()
     check_device(device)
     if threads is not None and threads < 1:
@@ -419,8 +430,10 @@ def run_evaluation(
     if ranks.is_first:
         out = out or default_out_dir(layout, model, settings)
         require_new_folder(out)
-    benchmark = settings_benchmark(layout, settings)
-    prompts = fitted_prompts(benchmark, folder.tokenizer_model, context - settings.max_new_tokens)
+    if benchmark is None:
+        benchmark = settings_benchmark(layout, settings)
+    budget = context - settings.sampling.max_new_tokens
+    prompts = fitted_prompts(benchmark, folder.tokenizer_model, budget)
     target = resolve_device(device, ranks.world)
     start = time.perf_counter()
     if threads is not None:
@@ -441,49 +454,55 @@ def run_evaluation(
         return None
     result = layout.run(assets.EVAL_RESULTS, out)
     decode = write_samples(result.samples, generated)
-    summary = score_samples(
-        layout,
-        settings.dataset,
-        result.samples,
-        ks=tuple(k for k in PASS_AT if k <= settings.n),
-        split=settings.split,
-        tests=settings.tests,
-        workers=settings.workers,
-        partial=settings.limit is not None,
+    samples, samples_sha256 = generated_samples(generated)
+    dataset = dataset_record(benchmark)
+    summary = score_generated(
+        benchmark,
+        samples,
+        SamplesFile(result.samples, samples_sha256, dataset.raw),
+        ScoreOptions(
+            ks=tuple(k for k in PASS_AT if k <= settings.n),
+            workers=settings.workers,
+            partial=settings.limit is not None,
+        ),
     )
-    results = {
-        "model": _model_record(layout, model, loaded),
-        "dataset": _dataset_record(layout, benchmark),
-        "settings": asdict(settings),
-        "stop_sequences": list(settings.stop_sequences),
-        "pass_at_k": summary.pass_at_k,
-        "results": summary.results,
-        "sandbox": summary.sandbox,
-        "n_tasks": summary.n_tasks,
-        "n_tasks_in_split": summary.n_tasks_in_split,
-        "unattempted": len(summary.unattempted),
-        "n_samples": summary.n_samples,
-        "tasks": summary.tasks,
-        "context": context,
-        "prompts_cut": [p.record() for p in prompts if p.fit != "whole"],
-        "generation": {
-            "device": str(target),
-            "dtype": str(dtype).removeprefix("torch."),
-            "ranks": ranks.world,
-            "seconds": round(decode.seconds, 3),
-            "new_tokens": decode.new_tokens,
-            "tokens_per_second": round(decode.tokens_per_second, 2),
-            "passes": decode.passes,
-            "draft_heads": draft_heads,
-            "drafted": decode.drafted,
-            "accepted": decode.accepted,
-            "acceptance_rate": decode.acceptance_rate,
-        },
-        "scoring_seconds": summary.wall_seconds,
-        "wall_seconds": round(time.perf_counter() - start, 3),
-        "samples": str(result.samples),
-        "created_at": utc_now(),
-        "tool_version": __version__,
-    }
-    write_json(result.results, results)
+    results = EvaluationResults(
+        model=dataclasses.replace(model_record(layout, model), format=loaded.kind),
+        dataset=dataset,
+        settings=settings.record(),
+        stop_sequences=list(settings.sampling.stop),
+        pass_at_k=summary.pass_at_k,
+        results=summary.results,
+        sandbox=summary.sandbox,
+        n_tasks=summary.n_tasks,
+        n_tasks_in_split=summary.n_tasks_in_split,
+        unattempted=len(summary.unattempted),
+        n_samples=summary.n_samples,
+        tasks=summary.tasks,
+        context=context,
+        prompts_cut=[
+            CutPrompt(p.task_id, p.fit, p.tokens, p.full_tokens)
+            for p in prompts
+            if p.fit != "whole"
+        ],
+        generation=GenerationRecord(
+            device=str(target),
+            dtype=str(dtype).removeprefix("torch."),
+            ranks=ranks.world,
+            seconds=round(decode.seconds, 3),
+            new_tokens=decode.new_tokens,
+            tokens_per_second=round(decode.tokens_per_second, 2),
+            passes=decode.passes,
+            draft_heads=draft_heads,
+            drafted=decode.drafted,
+            accepted=decode.accepted,
+            acceptance_rate=decode.acceptance_rate,
+        ),
+        scoring_seconds=summary.wall_seconds,
+        wall_seconds=round(time.perf_counter() - start, 3),
+        samples=str(result.samples),
+        created_at=utc_now(),
+        tool_version=__version__,
+    )
+    write_json(result.results, results.to_json())
     return results

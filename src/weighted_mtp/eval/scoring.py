@@ -13,7 +13,8 @@ them and pass@k is over the attempted tasks).
 
 The file is read again to build the jobs, `JOBS_AT_ONCE` at a time, and to write the
 results, so memory holds a batch of completions whatever the file's size; its SHA-256 before
-and after must agree.
+and after must agree. `wmtp eval run` scores the samples it generated as they are in memory
+(`score_generated`): it reads no samples file back.
 
 Output, next to the samples (atomically, like the harness names them; both paths are
 checked before any sample runs): `<samples>_results.jsonl` (each input object plus
@@ -30,7 +31,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from weighted_mtp.clock import utc_now
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.eval import defaults
 from weighted_mtp.eval.passk import mean_pass_at_k
+from weighted_mtp.eval.records import TaskCount
 from weighted_mtp.eval.sandbox import RESULTS, Job, Outcome, Sandbox, SandboxLimits
 from weighted_mtp.eval.tasks import (
     Benchmark,
@@ -65,9 +67,13 @@ JOBS_AT_ONCE = 1024
 
 @dataclass(frozen=True)
 class Sample:
+    """One sample: its line in the samples file (1-based), its task as the benchmark names
+    it, its completion, and the line's JSON object (written again with its verdict)."""
+
     line: int
     task_id: str
     completion: str
+    row: dict[str, Any]
 
 
 @dataclass
@@ -83,7 +89,7 @@ class ScoreSummary:
     n_tasks_in_split: int
     partial: bool
     unattempted: list[str]  # tasks of the split without samples (only when partial)
-    tasks: dict[str, dict[str, int]]  # per task attempted: samples and passed
+    tasks: dict[str, TaskCount]  # per task attempted: samples and passed
     results: dict[str, int]
     pass_at_k: dict[str, float | None]
     wall_seconds: float
@@ -151,26 +157,26 @@ def _sample(obj: dict[str, Any], dataset: str, path: Path, line: int) -> Sample:
             )
     if not isinstance(obj["completion"], str):
         raise WmtpError(f"line {line}: 'completion' is not a string", path=path)
-    return Sample(line, canonical_task_id(dataset, obj["task_id"]), obj["completion"])
+    return Sample(line, canonical_task_id(dataset, obj["task_id"]), obj["completion"], obj)
 
 
-def _identity(sample: Sample, obj: dict[str, Any], raw: bytes) -> bytes:
+def _identity(sample: Sample, raw: bytes) -> bytes:
     """A digest naming the sample: its task and sample id, else the line's bytes."""
     for key in SAMPLE_ID_KEYS:
-        if key in obj:
-            named = json.dumps([sample.task_id, key, obj[key]]).encode()
+        if key in sample.row:
+            named = json.dumps([sample.task_id, key, sample.row[key]]).encode()
             return hashlib.blake2b(b"id\0" + named, digest_size=16).digest()
     return hashlib.blake2b(b"line\0" + raw.strip(), digest_size=16).digest()
 
 
-def iter_samples(path: Path, dataset: str) -> Iterator[tuple[Sample, dict[str, Any], bytes]]:
-    """(sample, its JSON object, its line) for each non-blank line, read under the storage's
-    line limit from a regular file; a bad line is one error naming it."""
+def iter_samples(path: Path, dataset: str) -> Iterator[tuple[Sample, bytes]]:
+    """(sample, its line) for each non-blank line, read under the storage's line limit from
+    a regular file; a bad line is one error naming it."""
     limits = current_limits()
     with open_regular(path, "samples file") as handle:
         for line, raw in iter_lines(handle, path, limits):
             obj = parse_json_line(raw, path, line)
-            yield _sample(obj, dataset, path, line), obj, raw
+            yield _sample(obj, dataset, path, line), raw
 
 
 @dataclass(frozen=True)
@@ -185,8 +191,8 @@ def check_samples(path: Path, dataset: str) -> CheckedSamples:
     seen: dict[bytes, int] = {}
     task_ids: list[str] = []
     first_lines: dict[str, int] = {}
-    for sample, obj, raw in iter_samples(path, dataset):
-        identity = _identity(sample, obj, raw)
+    for sample, raw in iter_samples(path, dataset):
+        identity = _identity(sample, raw)
         if identity in seen:
             raise WmtpError(
                 f"line {sample.line}: duplicate of line {seen[identity]}",
@@ -225,19 +231,19 @@ def require_complete(attempted: dict[str, int], benchmark: Benchmark, path: Path
         )
 
 
-def per_task(task_ids: list[str], outcomes: list[Outcome]) -> dict[str, dict[str, int]]:
+def per_task(task_ids: list[str], outcomes: list[Outcome]) -> dict[str, TaskCount]:
     """Samples and passes of each task, in the order the tasks first appear."""
-    tasks: dict[str, dict[str, int]] = {}
+    samples: Counter[str] = Counter()
+    passed: Counter[str] = Counter()
     for task_id, outcome in zip(task_ids, outcomes, strict=True):
-        counts = tasks.setdefault(task_id, {"samples": 0, "passed": 0})
-        counts["samples"] += 1
-        counts["passed"] += outcome.passed
-    return tasks
+        samples[task_id] += 1
+        passed[task_id] += outcome.passed
+    return {task_id: TaskCount(samples[task_id], passed[task_id]) for task_id in samples}
 
 
-def pass_at_ks(tasks: dict[str, dict[str, int]], ks: tuple[int, ...]) -> dict[str, float | None]:
+def pass_at_ks(tasks: dict[str, TaskCount], ks: tuple[int, ...]) -> dict[str, float | None]:
     """pass@k per k over the tasks that have samples; None where a task has fewer than k."""
-    counts = [(counts["samples"], counts["passed"]) for counts in tasks.values()]
+    counts = [(task.samples, task.passed) for task in tasks.values()]
     return {f"pass@{k}": mean_pass_at_k(counts, k) for k in ks}
 
 
@@ -250,23 +256,26 @@ def result_line(row: dict[str, Any]) -> bytes:
         return (json.dumps(row) + "\n").encode("ascii")
 
 
-def write_results(path: Path, dataset: str, outcomes: list[Outcome], sha256: str) -> None:
-    """Each sample's line again, with its verdict, streamed from the samples file; the file
-    must still be the bytes that were scored."""
-    rows = iter_samples(path, dataset)
+def write_results(
+    path: Path, samples: Iterable[Sample], outcomes: list[Outcome], sha256: str | None = None
+) -> None:
+    """Each sample's object again, with its verdict, beside the samples file `path`. With
+    `sha256`, `samples` are streamed from that file, which must still be the bytes that
+    were scored."""
     with atomic_write(results_path(path), "wb") as handle:
+        intact = True
         try:
-            for (_sample, obj, _raw), outcome in zip(rows, outcomes, strict=True):
+            for sample, outcome in zip(samples, outcomes, strict=True):
                 row = {
-                    **obj,
+                    **sample.row,
                     "passed": outcome.passed,
                     "result": outcome.result,
                     "reason": outcome.reason,
                 }
                 handle.write(result_line(row))
         except ValueError:  # zip: another number of lines than was scored
-            sha256 = ""
-        if sha256_file(path) != sha256:
+            intact = False
+        if not intact or (sha256 is not None and sha256_file(path) != sha256):
             raise WmtpError(
                 "the samples file changed while it was scored",
                 path=path,
@@ -274,10 +283,15 @@ def write_results(path: Path, dataset: str, outcomes: list[Outcome], sha256: str
             )
 
 
-def jobs_of(path: Path, dataset: str, problems: dict[str, Problem]) -> Iterator[Job]:
-    """The sandbox job of every sample, read again from the file as they are needed."""
-    for sample, _obj, _raw in iter_samples(path, dataset):
+def jobs_of(samples: Iterable[Sample], problems: dict[str, Problem]) -> Iterator[Job]:
+    """The sandbox job of every sample, made as they are needed."""
+    for sample in samples:
         yield problems[sample.task_id].job(sample.completion)
+
+
+def samples_of(path: Path, dataset: str) -> Iterator[Sample]:
+    """The samples of a samples file, read again as they are needed."""
+    return (sample for sample, _raw in iter_samples(path, dataset))
 
 
 def execute(
@@ -310,10 +324,8 @@ def score_samples(
 ) -> ScoreSummary:
     """Check, execute and score a samples file; writes the results and summary beside it.
     A file that leaves tasks of the split unattempted is refused unless `partial`."""
-    limits = limits or SandboxLimits()
     require_split(dataset, split)
-    require_writable(results_path(samples_path), "results file")
-    require_writable(summary_path(samples_path), "summary file")
+    require_outputs(samples_path)
     sha256 = sha256_file(samples_path) if samples_path.is_file() else ""
     checked = check_samples(samples_path, dataset)
     attempted = checked.first_lines
@@ -321,33 +333,90 @@ def score_samples(
     require_known(attempted, benchmark, samples_path)
     if not partial:
         require_complete(attempted, benchmark, samples_path)
-    jobs = jobs_of(samples_path, dataset, benchmark.problems)
+    return _score(
+        benchmark,
+        checked.task_ids,
+        lambda: samples_of(samples_path, dataset),
+        SamplesFile(samples_path, sha256, benchmark.raw_sha256),
+        ScoreOptions(ks, workers, limits or SandboxLimits(), partial),
+        reread=True,
+    )
+
+
+def require_outputs(samples_path: Path) -> None:
+    """The results and summary beside `samples_path` can be written, before anything runs."""
+    require_writable(results_path(samples_path), "results file")
+    require_writable(summary_path(samples_path), "summary file")
+
+
+@dataclass(frozen=True)
+class SamplesFile:
+    """Where the samples are (the results and summary are written beside it), its SHA-256
+    and the SHA-256 of the benchmark's raw files they are scored against."""
+
+    path: Path
+    sha256: str
+    raw_files: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    ks: tuple[int, ...] = DEFAULT_KS
+    workers: int = defaults.SANDBOX_WORKERS
+    limits: SandboxLimits = field(default_factory=SandboxLimits)
+    partial: bool = False
+
+
+def score_generated(
+    benchmark: Benchmark, samples: list[Sample], written: SamplesFile, options: ScoreOptions
+) -> ScoreSummary:
+    """Score samples held in memory, of the tasks of `benchmark` (loaded with their
+    problems), that are also written in `written.path`: nothing is read back from it. The
+    results and summary are written beside it, as `score_samples` writes them."""
+    require_outputs(written.path)
+    task_ids = [sample.task_id for sample in samples]
+    require_known(dict.fromkeys(task_ids, 0), benchmark, written.path)
+    return _score(benchmark, task_ids, lambda: samples, written, options, reread=False)
+
+
+def _score(
+    benchmark: Benchmark,
+    task_ids: list[str],
+    samples: Callable[[], Iterable[Sample]],
+    written: SamplesFile,
+    options: ScoreOptions,
+    *,
+    reread: bool,
+) -> ScoreSummary:
+    """Execute every sample (`samples()` gives them, once for the jobs and once for the
+    results), write the results and the summary."""
     start = time.perf_counter()
-    outcomes, protections = execute(jobs, len(checked.task_ids), workers, limits)
+    jobs = jobs_of(samples(), benchmark.problems)
+    outcomes, protections = execute(jobs, len(task_ids), options.workers, options.limits)
     wall = time.perf_counter() - start
-    write_results(samples_path, dataset, outcomes, sha256)
-    tasks = per_task(checked.task_ids, outcomes)
+    write_results(written.path, samples(), outcomes, written.sha256 if reread else None)
+    tasks = per_task(task_ids, outcomes)
     counts = Counter(o.result for o in outcomes)
     summary = ScoreSummary(
-        dataset=dataset,
-        split=split,
-        tests=tests,
-        samples=str(samples_path),
-        samples_sha256=sha256,
-        raw_files={str(p): sha256_file(p) for p in benchmark.files},
+        dataset=benchmark.dataset,
+        split=benchmark.split,
+        tests=benchmark.tests,
+        samples=str(written.path),
+        samples_sha256=written.sha256,
+        raw_files=written.raw_files,
         n_samples=len(outcomes),
         n_tasks=len(tasks),
         n_tasks_in_split=len(benchmark.task_ids),
-        partial=partial,
-        unattempted=benchmark.unattempted(attempted),
+        partial=options.partial,
+        unattempted=benchmark.unattempted(tasks),
         tasks=tasks,
         results={result: counts.get(result, 0) for result in RESULTS},
-        pass_at_k=pass_at_ks(tasks, ks),
+        pass_at_k=pass_at_ks(tasks, options.ks),
         wall_seconds=round(wall, 3),
         samples_per_second=round(len(outcomes) / wall, 2) if wall > 0 else 0.0,
-        workers=workers,
-        limits=asdict(limits),
+        workers=options.workers,
+        limits=asdict(options.limits),
         sandbox=protections,
     )
-    write_json(summary_path(samples_path), summary.to_dict())
+    write_json(summary_path(written.path), summary.to_dict())
     return summary

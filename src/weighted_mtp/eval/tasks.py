@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import ast
 import builtins
+import hashlib
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, BinaryIO, Literal, get_args
 
 from weighted_mtp import assets
 from weighted_mtp.assets import DatasetFormat
@@ -43,8 +44,10 @@ from weighted_mtp.data.template import PromptParts
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.eval.sandbox import Job
 from weighted_mtp.eval.sandbox_channel import is_module_name
-from weighted_mtp.storage.jsonl import iter_jsonl
+from weighted_mtp.limits import current_limits
+from weighted_mtp.storage.jsonl import iter_lines, parse_json_line
 from weighted_mtp.storage.layout import SPLITS, Layout
+from weighted_mtp.storage.regular import open_regular
 
 CODECONTESTS_TEST_KEYS = ("public_tests", "private_tests", "generated_tests")
 DEFAULT_TIME_LIMIT = 2.0  # seconds, for CodeContests problems that record none
@@ -268,18 +271,25 @@ def benchmark_format(dataset: str) -> BenchmarkFormat:
 
 def require_split(dataset: str, split: str) -> None:
     """`split` is one of the dataset's splits, or one usage error naming them."""
-    splits = benchmark_format(dataset).splits
-    if split not in splits:
+    _require_split(dataset, benchmark_format(dataset), split)
+
+
+def _require_split(dataset: str, fmt: BenchmarkFormat, split: str) -> None:
+    if split not in fmt.splits:
         raise UsageError(
-            f"{dataset} has no split {split!r}", hint=f"its splits: {', '.join(splits)}"
+            f"{dataset} has no split {split!r}", hint=f"its splits: {', '.join(fmt.splits)}"
         )
 
 
 def require_tests(dataset: str, tests: str) -> TestChoice:
     """`tests` as a choice the dataset has, or one usage error."""
+    return _require_tests(dataset, benchmark_format(dataset), tests)
+
+
+def _require_tests(dataset: str, fmt: BenchmarkFormat, tests: str) -> TestChoice:
     if tests not in TEST_CHOICES:
         raise UsageError(f"--tests {tests!r} is not one of {', '.join(TEST_CHOICES)}")
-    if tests == "all" and not benchmark_format(dataset).challenge_tests:
+    if tests == "all" and not fmt.challenge_tests:
         having = [d for d in assets.DATASETS if benchmark_format(d).challenge_tests]
         raise UsageError(
             f"{dataset} has no challenge tests; --tests all is for {', '.join(having)}",
@@ -289,9 +299,32 @@ def require_tests(dataset: str, tests: str) -> TestChoice:
 
 
 @dataclass(frozen=True)
+class BenchmarkChoice:
+    """What an evaluation reads of a dataset, checked against the registry in one look-up:
+    the split ("" chose the dataset's evaluation split), the tests, and where a completion
+    stops."""
+
+    dataset: str
+    split: str
+    tests: TestChoice
+    stop_sequences: tuple[str, ...]
+
+
+def choose_benchmark(dataset: str, split: str = "", tests: str = "base") -> BenchmarkChoice:
+    """`dataset`'s split and tests, each checked; an unknown dataset, a split or tests it
+    lacks is one usage error."""
+    fmt = FORMATS[assets.dataset_format(dataset)]  # an unknown dataset is a usage error
+    spec = assets.spec(dataset)
+    split = split or spec.eval_split
+    _require_split(dataset, fmt, split)
+    return BenchmarkChoice(dataset, split, _require_tests(dataset, fmt, tests), spec.stop_sequences)
+
+
+@dataclass(frozen=True)
 class Benchmark:
     """The tasks of one split: all their ids in file order, and the problems (with their
-    prompts) of those selected."""
+    prompts) of those selected; `raw_sha256` is the SHA-256 of each raw file's bytes as
+    they were read (by path)."""
 
     dataset: str
     split: str
@@ -300,6 +333,7 @@ class Benchmark:
     task_ids: tuple[str, ...]
     problems: dict[str, Problem]
     prompts: dict[str, PromptParts]
+    raw_sha256: dict[str, str]
 
     def unattempted(self, attempted: Collection[str]) -> list[str]:
         """Tasks of the split outside `attempted`, in file order."""
@@ -316,17 +350,19 @@ def load_benchmark(
     limit: int | None = None,
 ) -> Benchmark:
     """Every task of a split, and the problems of those selected: `only` these ids (CodeContests
-    rows carry MBs of tests), or the first `limit`, or all. A row that does not parse is one
-    error naming its file and line."""
-    require_split(dataset, split)
+    rows carry MBs of tests), or the first `limit`, or all. Each raw file is read once,
+    parsed and hashed together. A row that does not parse is one error naming its file and
+    line."""
     fmt = benchmark_format(dataset)
+    _require_split(dataset, fmt, split)
     files = raw_files(layout, dataset, split)
+    digests = {str(path): hashlib.sha256() for path in files}
     task_ids: list[str] = []
     seen: set[str] = set()
     problems: dict[str, Problem] = {}
     prompts: dict[str, PromptParts] = {}
     for path in files:
-        for line, row in iter_jsonl(path):
+        for line, row in _hashed_rows(path, digests[str(path)]):
             try:
                 if fmt.row_split(row, path, line, split) != split:
                     continue
@@ -353,7 +389,37 @@ def load_benchmark(
                 raise WmtpError(
                     f"line {line}: unexpected value ({type(exc).__name__}: {exc})", path=path
                 ) from None
-    return Benchmark(dataset, split, tests, tuple(files), tuple(task_ids), problems, prompts)
+    raw_sha256 = {name: digest.hexdigest() for name, digest in digests.items()}
+    return Benchmark(
+        dataset, split, tests, tuple(files), tuple(task_ids), problems, prompts, raw_sha256
+    )
+
+
+class _Hashing:
+    """A binary stream whose bytes are fed to `digest` as they are read."""
+
+    def __init__(self, handle: BinaryIO, digest: hashlib._Hash) -> None:
+        self.handle, self.digest = handle, digest
+
+    def read(self, size: int, /) -> bytes:
+        data = self.handle.read(size)
+        self.digest.update(data)
+        return data
+
+
+def _hashed_rows(path: Path, digest: hashlib._Hash) -> Iterator[tuple[int, dict[str, Any]]]:
+    """`(line, object)` of each row of a raw JSONL file, read under the storage's limits,
+    every byte of it fed to `digest`."""
+    limits = current_limits()
+    seen = False
+    with open_regular(path) as handle:
+        for line, raw in iter_lines(_Hashing(handle, digest), path, limits):
+            yield line, parse_json_line(raw, path, line)
+            seen = True
+    if not seen:
+        raise WmtpError(
+            "file is empty: no JSON records", path=path, hint="download the dataset again"
+        )
 
 
 def load_problems(

@@ -256,12 +256,18 @@ def policy_evaluation(small: bool) -> CompareSettings:
     """How the suite measures its policies' pass@k: `wmtp eval compare`'s defaults, or with
     `--small` greedy pass@1 on a few tasks and short completions (seconds on a micro model)."""
     from weighted_mtp.eval.compare import CompareSettings, default_ks
+    from weighted_mtp.eval.generate import SamplingConfig
     from weighted_mtp.eval.run import RunSettings
 
     if small:
-        greedy = RunSettings(COMPARE_DATASETS[0], n=1, temperature=0.0, max_new_tokens=24, limit=4)
+        greedy = RunSettings(
+            dataset=COMPARE_DATASETS[0],
+            sampling=SamplingConfig(max_new_tokens=24, temperature=0.0),
+            n=1,
+            limit=4,
+        )
         return CompareSettings(COMPARE_DATASETS, (1,), greedy)
-    sampled = RunSettings(COMPARE_DATASETS[0])
+    sampled = RunSettings(dataset=COMPARE_DATASETS[0])
     return CompareSettings(COMPARE_DATASETS, default_ks(sampled.n), sampled)
 
 

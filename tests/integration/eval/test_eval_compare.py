@@ -60,7 +60,13 @@ def test_two_trained_runs_are_evaluated_and_compared(storage, runs, first):
     assert comparison["baseline"] == runs[0]
     for run, entry in zip(runs, comparison["runs"], strict=True):
         final = storage.runs_dir / run / "final" / "safetensors" / "model.safetensors"
-        assert entry == {"name": run, "label": run, "weights_sha256": sha256_file(final)}
+        assert entry == {
+            "name": run,
+            "label": run,
+            "weights_sha256": sha256_file(final),
+            "adapter_sha256": None,
+            "base_weights_sha256": None,
+        }
     assert comparison["settings"]["generation"]["n"] == 1 and comparison["settings"]["ks"] == [1]
     assert list(comparison["datasets"]) == ["humaneval", "mbpp"]
     for dataset, entry in comparison["datasets"].items():
@@ -81,7 +87,7 @@ def test_two_trained_runs_are_evaluated_and_compared(storage, runs, first):
         for run, mine in zip(runs, passed, strict=True):
             assert entry["pass_at_k"]["pass@1"][run]["estimate"] == pytest.approx(sum(mine) / 3)
         difference = entry["versus_baseline"][runs[1]]
-        assert difference["pass@1"]["estimate"] == pytest.approx(
+        assert difference["pass_at_k"]["pass@1"]["estimate"] == pytest.approx(
             (sum(passed[1]) - sum(passed[0])) / 3
         )
         only = [
@@ -138,9 +144,11 @@ def test_matching_evaluations_are_reused_and_others_are_not(storage, runs, first
 
 
 def test_an_eval_run_result_with_the_same_settings_is_reused(storage, runs, tmp_path):
+    from weighted_mtp.eval.generate import SamplingConfig
     from weighted_mtp.eval.run import RunSettings, run_evaluation
 
-    greedy = RunSettings("mbpp", n=1, temperature=0.0, max_new_tokens=8, limit=3)
+    sampling = SamplingConfig(temperature=0.0, max_new_tokens=8)
+    greedy = RunSettings(dataset="mbpp", n=1, sampling=sampling, limit=3)
     run_evaluation(storage, runs[1], greedy)  # into the storage's eval runs folder
     (evaluated,) = storage.eval_runs_dir.glob("*/mbpp-*")
     out = tmp_path / "mbpp"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from tests.helpers import (
     wmtp_command,
     write_mbpp_benchmark,
 )
+from tests.schemas import assert_matches_schema
 from weighted_mtp.cli import app
 from weighted_mtp.storage.hashing import sha256_file
 
@@ -76,6 +78,7 @@ def test_speculative_and_plain_greedy_write_identical_samples(eval_storage, tmp_
     assert fast.exit_code == 0, fast.output
     assert completions(tmp_path / "plain") == completions(tmp_path / "fast")
     assert [t for t, _ in completions(tmp_path / "plain")] == [f"HumanEval/{i}" for i in range(5)]
+    assert_matches_schema(tmp_path / "fast" / "results.json", "results.schema.json")
     results = json.loads((tmp_path / "fast" / "results.json").read_text())
     assert results["n_samples"] == 5 and set(results["pass_at_k"]) == {"pass@1"}
     assert results["generation"]["drafted"] > 0
@@ -84,11 +87,80 @@ def test_speculative_and_plain_greedy_write_identical_samples(eval_storage, tmp_
         == json.loads(eval_storage.model("micro-mtp").metadata.read_text())["weights"]["sha256"]
     )
     raw = eval_storage.dataset("humaneval").raw / "HumanEval.jsonl"
-    # the hash comes from the freshness store where it vouches for the file: it must be the
-    # bytes' own
+    # the hash is of the bytes the tasks were read from, hashed as they were read
     assert results["dataset"]["raw"] == {str(raw): sha256_file(raw)}
     assert results["dataset"]["tasks"] == 164 and results["unattempted"] == 164 - 5
     assert (tmp_path / "fast" / "samples.jsonl_results.jsonl").is_file()
+
+
+def is_read(args: tuple) -> bool:
+    """An `open` audit event's (path, mode, flags) opens for reading only."""
+    _path, mode, flags = args
+    if mode is not None:
+        return not any(c in mode for c in "wax+")
+    return flags & (os.O_WRONLY | os.O_RDWR) == 0
+
+
+def test_eval_run_reads_the_benchmark_once_and_writes_the_samples_once(eval_storage, tmp_path):
+    """The evaluation path is one way: the process's file opens and renames are watched (an
+    audit hook) while it runs. The raw benchmark is read once; samples.jsonl is moved into
+    place once and never opened to be read (the samples go to scoring in memory); its
+    SHA-256 in the summary is its bytes'. The verdicts are the ones `eval score` gives the
+    same file, and results.json validates against its published schema."""
+    out = tmp_path / "counted"
+    samples = out / "samples.jsonl"
+    raw = eval_storage.dataset("humaneval").raw
+    events: list[tuple[str, tuple]] = []
+    watching = [True]
+
+    def hook(event: str, args: tuple) -> None:
+        if watching and event in ("open", "os.rename"):
+            events.append((event, args))
+
+    sys.addaudithook(hook)  # stays for the process: `watching` turns it off
+    try:
+        done = run(eval_storage, out, "--temperature", "0.8", "-n", "2")
+    finally:
+        watching.clear()
+    assert done.exit_code == 0, done.output
+
+    def opened(reading: bool) -> list[Path]:
+        return [
+            Path(args[0]).resolve()
+            for event, args in events
+            if event == "open" and isinstance(args[0], (str, Path)) and is_read(args) == reading
+        ]
+
+    read = opened(reading=True)
+    benchmark = (raw / "HumanEval.jsonl").resolve()
+    assert [p for p in read if p.is_relative_to(raw.resolve())] == [benchmark]
+    assert samples.resolve() not in read
+    moved = [Path(args[1]) for event, args in events if event == "os.rename"]
+    assert moved.count(samples) == 1
+
+    assert_matches_schema(out / "results.json", "results.schema.json")
+    summary = json.loads((out / "samples.jsonl_summary.json").read_text())
+    assert summary["samples_sha256"] == sha256_file(samples) and summary["n_samples"] == 10
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    verdicts = [
+        json.loads(x) for x in (out / "samples.jsonl_results.jsonl").read_text().splitlines()
+    ]
+    assert [{k: v[k] for k in rows[0]} for v in verdicts] == rows
+
+    again = tmp_path / "again" / "samples.jsonl"
+    again.parent.mkdir()
+    again.write_bytes(samples.read_bytes())
+    scored = run_in_process(
+        eval_storage, ["eval", "score", "--dataset", "humaneval", "--samples", str(again),
+                       "--partial", "--k", "1"],
+    )  # fmt: skip
+    assert scored.exit_code == 0, scored.output
+    assert (again.parent / "samples.jsonl_results.jsonl").read_bytes() == (
+        out / "samples.jsonl_results.jsonl"
+    ).read_bytes()
+    results = json.loads((out / "results.json").read_text())
+    rescored = json.loads((again.parent / "samples.jsonl_summary.json").read_text())
+    assert results["tasks"] == rescored["tasks"] and results["pass_at_k"] == rescored["pass_at_k"]
 
 
 def test_a_model_that_does_not_verify_is_refused_before_generating(eval_storage, tmp_path):

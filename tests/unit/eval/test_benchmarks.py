@@ -17,6 +17,7 @@ from tests.helpers import (
     write_mbpp_benchmark,
 )
 from weighted_mtp.errors import UsageError, WmtpError
+from weighted_mtp.eval.records import TaskCount
 from weighted_mtp.eval.scoring import score_samples
 from weighted_mtp.eval.tasks import canonical_task_id, load_benchmark, require_tests
 
@@ -119,7 +120,7 @@ def test_the_scorer_runs_the_challenge_tests_with_all(mbpp_layout, tmp_path) -> 
     assert base.results["passed"] == 2 and base.tests == "base"
     every = score_samples(mbpp_layout, "mbpp", path, ks=(1,), tests="all", partial=True)
     assert every.results["passed"] == 1 and every.results["failed"] == 1
-    assert every.tasks[f"mbpp/{MBPP_FAILED_CHALLENGE}"] == {"samples": 1, "passed": 0}
+    assert every.tasks[f"mbpp/{MBPP_FAILED_CHALLENGE}"] == TaskCount(samples=1, passed=0)
 
 
 @pytest.mark.parametrize("dataset", ["humaneval", "codecontests"])

@@ -26,6 +26,7 @@ from weighted_mtp.eval.compare import (
     read_verdicts,
     write_comparison,
 )
+from weighted_mtp.eval.generate import SamplingConfig
 from weighted_mtp.eval.run import RunSettings
 from weighted_mtp.eval.scoring import results_path
 from weighted_mtp.storage.layout import ComparisonFolder, Layout
@@ -54,7 +55,10 @@ def sampled_verdicts(rates: list[float], n: int, tasks: int, seed: int) -> list[
 
 def settings(n: int, ks: tuple[int, ...], resamples: int = 20_000) -> CompareSettings:
     return CompareSettings(
-        ("humaneval",), ks, RunSettings("humaneval", n=n, temperature=0.8), resamples
+        ("humaneval",),
+        ks,
+        RunSettings(dataset="humaneval", n=n, sampling=SamplingConfig(temperature=0.8)),
+        resamples,
     )
 
 
@@ -131,19 +135,19 @@ def test_verdicts_must_agree_with_what_results_json_recorded(tmp_path: Path) -> 
     rows = [("T/0", True), ("T/0", False), ("T/1", False), ("T/1", False)]
     recorded = {"n_tasks": 2, "pass_at_k": {"pass@1": 0.25}}
     write_evaluation(tmp_path / "good", rows, recorded)
-    assert read_verdicts(tmp_path / "good", recorded, 2) == {
+    assert read_verdicts(tmp_path / "good", 2, {"pass@1": 0.25}, 2) == {
         "T/0": [True, False],
         "T/1": [False, False],
     }
     flipped = [("T/0", True), ("T/0", False), ("T/1", True), ("T/1", False)]
     write_evaluation(tmp_path / "edited", flipped, recorded)
     with pytest.raises(WmtpError, match=r"do not match results\.json"):
-        read_verdicts(tmp_path / "edited", recorded, 2)
+        read_verdicts(tmp_path / "edited", 2, {"pass@1": 0.25}, 2)
     with pytest.raises(WmtpError, match=r"do not match results\.json"):
-        read_verdicts(tmp_path / "good", recorded, 3)  # not the samples per task asked for
+        read_verdicts(tmp_path / "good", 2, {"pass@1": 0.25}, 3)  # not the samples per task
     write_evaluation(tmp_path / "bad", [("T/0", "yes")], recorded)  # type: ignore[list-item]
     with pytest.raises(WmtpError, match="line 1: no task_id string and passed verdict"):
-        read_verdicts(tmp_path / "bad", recorded, 1)
+        read_verdicts(tmp_path / "bad", 2, {"pass@1": 0.25}, 1)
 
 
 def test_the_same_verdicts_give_the_same_comparison_files(tmp_path: Path) -> None:
@@ -162,7 +166,7 @@ def test_the_same_verdicts_give_the_same_comparison_files(tmp_path: Path) -> Non
     data = json.loads(first)
     assert data["baseline"] == "baseline" and data["runs"][2]["label"] == "rho1"
     versus = data["datasets"]["humaneval"]["versus_baseline"]
-    assert list(versus) == ["verifiable", "rho1"] and "mcnemar" in versus["rho1"]
+    assert list(versus) == ["verifiable", "rho1"] and versus["rho1"]["mcnemar"] is not None
     markdown = written[0].markdown.read_text()
     assert "Baseline: baseline." in markdown and "| rho1 |" in markdown
     assert written[0].figure.read_bytes()[:4] == b"\x89PNG"
@@ -178,7 +182,11 @@ def test_the_same_verdicts_give_the_same_comparison_files(tmp_path: Path) -> Non
 )
 def test_the_markdown_names_the_decoding(speculative, draft_heads, said) -> None:
     generation = RunSettings(
-        "humaneval", n=1, speculative=speculative, draft_heads=draft_heads, temperature=0.0
+        dataset="humaneval",
+        n=1,
+        speculative=speculative,
+        draft_heads=draft_heads,
+        sampling=SamplingConfig(temperature=0.0),
     )
     chosen = CompareSettings(("humaneval",), (1,), generation, 200)
     evaluations = sampled_verdicts([0.0, 0.1], n=1, tasks=10, seed=1)
@@ -209,7 +217,11 @@ def test_speculative_decoding_is_checked_on_every_run_before_any_evaluation(
         config.parent.mkdir(parents=True)
         config.write_text(json.dumps(content))
     generation = RunSettings(
-        "humaneval", n=1, temperature=0.0, speculative=True, draft_heads=draft_heads
+        dataset="humaneval",
+        n=1,
+        sampling=SamplingConfig(temperature=0.0),
+        speculative=True,
+        draft_heads=draft_heads,
     )
     chosen = CompareSettings(("humaneval",), (1,), generation, 1000)
     runs = [ComparedRun(name, str(i)) for i, name in enumerate(names)]

@@ -237,7 +237,10 @@ def test_a_tasks_samples_do_not_depend_on_the_tasks_generated_before_it(tiny, sp
     from weighted_mtp.eval.run import RunSettings, generate_tasks
 
     settings = RunSettings(
-        "humaneval", n=3, temperature=1.0, max_new_tokens=8, seed=5, speculative=speculative
+        dataset="humaneval",
+        n=3,
+        sampling=SamplingConfig(temperature=1.0, max_new_tokens=8, seed=5),
+        speculative=speculative,
     )
     prompts = [FittedPrompt(f"T{i}", text, 0, 0, "whole") for i, text in enumerate(PROMPTS)]
     together = generate_tasks(tiny, prompts, settings)
@@ -246,7 +249,9 @@ def test_a_tasks_samples_do_not_depend_on_the_tasks_generated_before_it(tiny, sp
     assert tokens == [s.tokens for s in alone[0].samples]
     assert len({tuple(t) for t in tokens}) > 1  # the samples of a task differ
     assert [s.tokens for s in together[1].samples] != tokens
-    reseeded = generate_tasks(tiny, prompts[2:3], replace(settings, seed=6))
+    reseeded = generate_tasks(
+        tiny, prompts[2:3], replace(settings, sampling=replace(settings.sampling, seed=6))
+    )
     assert [s.tokens for s in reseeded[0].samples] != tokens
 
 

@@ -4,14 +4,17 @@ the storage model has its configs and no weights)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
 import pytest
 
 from tests.helpers import TINY_META_PARAMS, TINY_REFERENCE_CONFIG, cli_error
+from weighted_mtp import assets
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.eval import run as run_module
+from weighted_mtp.eval.generate import SamplingConfig, sample_seed
 from weighted_mtp.eval.run import RunSettings, run_evaluation
 from weighted_mtp.storage.layout import Layout
 
@@ -37,17 +40,53 @@ from weighted_mtp.storage.layout import Layout
     ],
 )
 def test_a_bad_setting_is_one_usage_error(changes, message) -> None:
+    sampling = {k: changes.pop(k) for k in SAMPLING if k in changes}
     with pytest.raises(UsageError) as caught:
-        RunSettings("humaneval", **changes)
+        RunSettings(dataset="humaneval", sampling=SamplingConfig(**sampling), **changes)
     assert caught.value.line().startswith(message)
 
 
+SAMPLING = ("temperature", "top_p", "max_new_tokens", "seed")
+
+
 def test_good_settings_fill_in_the_dataset_facts() -> None:
-    settings = RunSettings("mbpp", temperature=0.0, tests="all", split="validation")
-    assert (settings.split, settings.tests, settings.stop_sequences) == ("validation", "all", ())
-    assert RunSettings("humaneval").split == "test"
-    first, second = (RunSettings("humaneval").task_sampling(t).seed for t in ("A", "B"))
-    assert first != second
+    mbpp = RunSettings(
+        dataset="mbpp", sampling=SamplingConfig(temperature=0.0), tests="all", split="validation"
+    )
+    assert (mbpp.split, mbpp.tests, mbpp.sampling.stop) == ("validation", "all", ())
+    humaneval = RunSettings(dataset="humaneval", sampling=SamplingConfig(seed=3))
+    assert humaneval.split == "test" and humaneval.sampling.stop == assets.FUNCTION_STOPS
+    first, second = (humaneval.task_sampling(t) for t in ("A", "B"))
+    assert first.seed != second.seed and first.stop == assets.FUNCTION_STOPS
+    assert first == dataclasses.replace(humaneval.sampling, seed=sample_seed(3, "A"))
+    # on another dataset the stop sequences are that dataset's, the rest the same
+    moved = humaneval.for_dataset("mbpp")
+    assert (moved.split, moved.sampling.stop, moved.sampling.seed) == ("test", (), 3)
+
+
+def test_settings_are_built_by_keyword_and_recorded_flat() -> None:
+    with pytest.raises(TypeError):
+        RunSettings("humaneval")  # type: ignore[misc]
+    settings = RunSettings(
+        dataset="humaneval",
+        sampling=SamplingConfig(max_new_tokens=7, temperature=0.5, top_p=0.9, seed=2),
+        n=4,
+        workers=3,
+    )
+    assert dataclasses.asdict(settings.record()) == {
+        "dataset": "humaneval",
+        "n": 4,
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "max_new_tokens": 7,
+        "speculative": False,
+        "limit": None,
+        "seed": 2,
+        "split": "test",
+        "workers": 3,
+        "tests": "base",
+        "draft_heads": None,
+    }
 
 
 @pytest.fixture
@@ -69,7 +108,9 @@ def configs_only(tmp_path, monkeypatch) -> Layout:
 
 @pytest.mark.parametrize("max_new_tokens", [511, 2200, 1_000_000_000])
 def test_a_token_budget_that_leaves_no_room_for_a_prompt_is_refused(configs_only, max_new_tokens):
-    settings = RunSettings("humaneval", max_new_tokens=max_new_tokens)
+    settings = RunSettings(
+        dataset="humaneval", sampling=SamplingConfig(max_new_tokens=max_new_tokens)
+    )
     with pytest.raises(UsageError) as caught:
         run_evaluation(configs_only, "micro-mtp", settings, configs_only.root / "out")
     assert caught.value.line() == (
@@ -79,7 +120,7 @@ def test_a_token_budget_that_leaves_no_room_for_a_prompt_is_refused(configs_only
 
 
 def test_an_output_folder_that_is_a_file_or_not_empty_is_refused(configs_only, tmp_path):
-    settings = RunSettings("humaneval", max_new_tokens=16)
+    settings = RunSettings(dataset="humaneval", sampling=SamplingConfig(max_new_tokens=16))
     taken = tmp_path / "taken"
     taken.write_text("")
     with pytest.raises(UsageError, match="--out is not a folder"):

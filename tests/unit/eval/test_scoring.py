@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from weighted_mtp.errors import UsageError, WmtpError
+from weighted_mtp.eval.records import TaskCount
 from weighted_mtp.eval.scoring import (
     parse_ks,
     result_line,
@@ -185,9 +186,9 @@ def test_partial_scores_the_attempted_tasks_and_names_the_others(eval_layout, tm
     assert summary.partial and (summary.n_tasks, summary.n_tasks_in_split) == (3, 164)
     assert summary.unattempted == [f"HumanEval/{i}" for i in range(3, 164)]
     assert summary.tasks == {
-        "HumanEval/0": {"samples": 1, "passed": 1},
-        "HumanEval/1": {"samples": 1, "passed": 1},
-        "HumanEval/2": {"samples": 1, "passed": 0},
+        "HumanEval/0": TaskCount(samples=1, passed=1),
+        "HumanEval/1": TaskCount(samples=1, passed=1),
+        "HumanEval/2": TaskCount(samples=1, passed=0),
     }
     assert summary.pass_at_k == {"pass@1": pytest.approx(2 / 3)}
     written = json.loads(summary_path(tmp_path / "s.jsonl").read_text())
