@@ -4,10 +4,10 @@ Baseline, critic → Verifiable Critic, ref-tune → Rho-1, each in `<out>/<expe
 from the same Baseline config (same data order, seed and effective batch; the packaged
 overlay of each experiment changes only what defines it; with `--small` the suite's own
 overlay `suite_micro.yaml` bounds every run to a few CPU minutes). Then the three policies'
-pass@k with intervals (`wmtp eval compare`, into `<out>/pass_at_k/`), and `comparison.json`,
-`comparison.md` and `validation_loss.png` in `<out>`. Each stage's wall and CPU time
-(user + sys of this process, all threads) are measured around the whole stage: loading,
-training, validation and saving.
+pass@k with intervals (`wmtp eval compare`, into `<out>/pass_at_k/`), and `comparison.json`
+(a `SuiteComparison`), `comparison.md` and `validation_loss.png` in `<out>`. Each stage's
+wall and CPU time (user + sys of this process, all threads) are measured around the whole
+stage: loading, training, validation and saving.
 
 Under torchrun every stage trains data-parallel on all ranks, in the one process group the
 suite joins for all five; rank 0 writes the comparison.
@@ -21,7 +21,7 @@ import resource
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,36 +70,95 @@ def weight_statistics(run_dir: Path) -> dict[str, float]:
     return {n: sum(s[n] for s in steps if n in s) / sum(n in s for s in steps) for n in names}
 
 
-def experiment_entry(out: Path, experiment: str, times: dict[str, StageTime]) -> dict[str, Any]:
-    """One policy run's results; `wall_s`/`cpu_s` are its whole stage (and with its stage 1
-    for the weighted ones), `train_s` the optimizer steps alone."""
+@dataclass(frozen=True)
+class StageOne:
+    """A weighted experiment's stage 1 (the critic, the reference tune): its run, steps,
+    optimizer time, whole-stage times and final validation."""
+
+    run: str
+    steps: int | None
+    train_s: float | None
+    wall_s: float
+    cpu_s: float
+    final_validation: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class ExperimentEntry:
+    """One policy run's results; `wall_s`/`cpu_s` are its whole stage (the `_with_stage_one`
+    times add its stage 1's, for the weighted ones), `train_s` the optimizer steps alone."""
+
+    run: str
+    normalize: str | None
+    final_validation_loss: float | None
+    final_validation_per_head: list[float] | None
+    tokens_trained: int | None
+    steps: int | None
+    train_s: float | None
+    weights: dict[str, float]
+    wall_s: float
+    cpu_s: float
+    stage_one: StageOne | None = None
+    wall_s_with_stage_one: float | None = None
+    cpu_s_with_stage_one: float | None = None
+
+    @property
+    def total(self) -> StageTime:
+        """Its times with its stage 1's, where it has one."""
+        return StageTime(
+            self.wall_s if self.wall_s_with_stage_one is None else self.wall_s_with_stage_one,
+            self.cpu_s if self.cpu_s_with_stage_one is None else self.cpu_s_with_stage_one,
+        )
+
+
+@dataclass(frozen=True)
+class SuiteComparison:
+    """The suite's comparison.json: the shared training settings, each policy's results,
+    each stage's times, where the policies' pass@k comparison is, and the suite's total."""
+
+    seed: int
+    batch_size: int
+    steps: int | str  # max_steps, or "one epoch of"
+    experiments: dict[str, ExperimentEntry]
+    stages: dict[str, StageTime]
+    pass_at_k: str
+    total: StageTime
+
+
+def experiment_entry(out: Path, experiment: str, times: dict[str, StageTime]) -> ExperimentEntry:
+    """One policy run's results, from its summary and metrics and the stages' times."""
     run_dir = out / experiment
     summary = read_json_or_none(RunFolder(run_dir).summary, "summary.json") or {}
     validation = summary.get("final_validation") or {}
-    entry: dict[str, Any] = {
-        "run": str(run_dir),
-        "normalize": summary.get("normalize"),
-        "final_validation_loss": validation.get("loss"),
-        "final_validation_per_head": validation.get("per_head"),
-        "tokens_trained": summary.get("tokens_seen"),
-        "steps": summary.get("steps"),
-        "train_s": summary.get("wall_s"),
-        "weights": weight_statistics(run_dir),
-        **asdict(times[experiment]),
-    }
-    if experiment in STAGE_OF:
-        name = STAGE_OF[experiment]
-        stage = read_json_or_none(RunFolder(out / name).summary, "summary.json") or {}
-        entry["stage_one"] = {
-            "run": str(out / name),
-            "steps": stage.get("steps"),
-            "train_s": stage.get("wall_s"),
-            **asdict(times[name]),
-            "final_validation": stage.get("final_validation"),
-        }
-        entry["wall_s_with_stage_one"] = round(times[experiment].wall_s + times[name].wall_s, 1)
-        entry["cpu_s_with_stage_one"] = round(times[experiment].cpu_s + times[name].cpu_s, 1)
-    return entry
+    entry = ExperimentEntry(
+        run=str(run_dir),
+        normalize=summary.get("normalize"),
+        final_validation_loss=validation.get("loss"),
+        final_validation_per_head=validation.get("per_head"),
+        tokens_trained=summary.get("tokens_seen"),
+        steps=summary.get("steps"),
+        train_s=summary.get("wall_s"),
+        weights=weight_statistics(run_dir),
+        wall_s=times[experiment].wall_s,
+        cpu_s=times[experiment].cpu_s,
+    )
+    if experiment not in STAGE_OF:
+        return entry
+    name = STAGE_OF[experiment]
+    stage = read_json_or_none(RunFolder(out / name).summary, "summary.json") or {}
+    return replace(
+        entry,
+        stage_one=StageOne(
+            run=str(out / name),
+            steps=stage.get("steps"),
+            train_s=stage.get("wall_s"),
+            wall_s=times[name].wall_s,
+            cpu_s=times[name].cpu_s,
+            final_validation=stage.get("final_validation"),
+        ),
+        wall_s_with_stage_one=round(times[experiment].wall_s + times[name].wall_s, 1),
+        cpu_s_with_stage_one=round(times[experiment].cpu_s + times[name].cpu_s, 1),
+    )
 
 
 def _number(x: Any, digits: int = 4) -> str:
@@ -108,53 +167,55 @@ def _number(x: Any, digits: int = 4) -> str:
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
-def comparison_markdown(comparison: dict[str, Any]) -> str:
-    experiments = comparison["experiments"]
-    n_heads = max(
-        (len(e["final_validation_per_head"] or []) for e in experiments.values()), default=0
-    )
+def comparison_markdown(comparison: SuiteComparison) -> str:
+    experiments = comparison.experiments
+    n_heads = max((len(e.final_validation_per_head or []) for e in experiments.values()), default=0)
     head_cols = "".join(f" head {k} |" for k in range(n_heads))
     lines = [
         "# Baseline vs Verifiable Critic vs Rho-1",
         "",
-        f"Same data order, seed {comparison['seed']} and global batch "
-        f"{comparison['batch_size']}; {comparison['steps']} steps each.",
+        f"Same data order, seed {comparison.seed} and global batch "
+        f"{comparison.batch_size}; {comparison.steps} steps each.",
         "",
         f"| experiment | normalize | validation loss |{head_cols} tokens | wall s | CPU s "
         "| x Baseline wall | x Baseline CPU | weights |",
         "| --- | --- | --- |" + " --- |" * n_heads + " --- | --- | --- | --- | --- | --- |",
     ]
-    baseline = experiments.get("baseline", {})
+    baseline = experiments.get("baseline")
     for name, e in experiments.items():
-        heads = "".join(f" {_number(x)} |" for x in (e["final_validation_per_head"] or []))
-        weights = ", ".join(f"{k} {_number(v, 3)}" for k, v in e["weights"].items()) or "-"
-        wall = e.get("wall_s_with_stage_one", e["wall_s"])
-        cpu = e.get("cpu_s_with_stage_one", e["cpu_s"])
+        heads = "".join(f" {_number(x)} |" for x in (e.final_validation_per_head or []))
+        weights = ", ".join(f"{k} {_number(v, 3)}" for k, v in e.weights.items()) or "-"
+        mine = e.total
         ratios = [
-            _number(mine / base, 2) if base else "-"
-            for mine, base in ((wall, baseline.get("wall_s")), (cpu, baseline.get("cpu_s")))
+            _number(own / base, 2) if base else "-"
+            for own, base in (
+                (mine.wall_s, baseline.wall_s if baseline else None),
+                (mine.cpu_s, baseline.cpu_s if baseline else None),
+            )
         ]
         lines.append(
-            f"| {name} | {e['normalize']} | {_number(e['final_validation_loss'])} |{heads} "
-            f"{_number(e['tokens_trained'])} | {_number(wall, 1)} | {_number(cpu, 1)} "
+            f"| {name} | {e.normalize} | {_number(e.final_validation_loss)} |{heads} "
+            f"{_number(e.tokens_trained)} | {_number(mine.wall_s, 1)} | {_number(mine.cpu_s, 1)} "
             f"| {ratios[0]} | {ratios[1]} | {weights} |"
         )
-    critic = experiments.get("verifiable", {}).get("stage_one", {}).get("final_validation") or {}
-    total = comparison["total"]
+    verifiable = experiments.get("verifiable")
+    stage_one = verifiable.stage_one if verifiable else None
+    critic = (stage_one.final_validation if stage_one else None) or {}
+    total = comparison.total
     lines += [
         "",
         "Wall and CPU (user + sys) time of a whole stage: loading, training, validation and "
         "saving; the weighted experiments' include their stage 1 (on a shared machine the "
         "CPU ratio is the steadier one). The suite took "
-        f"{_number(total['wall_s'], 1)} s wall, {_number(total['cpu_s'], 1)} s CPU. "
+        f"{_number(total.wall_s, 1)} s wall, {_number(total.cpu_s, 1)} s CPU. "
         "Critic validation: "
         f"pairwise accuracy {_number(critic.get('pairwise_accuracy'))}, "
         f"AUROC {_number(critic.get('auroc'))}.",
         "",
         "![validation loss](validation_loss.png)",
         "",
-        f"pass@k of the three policies, with intervals: [{comparison['pass_at_k']}]"
-        f"({comparison['pass_at_k']}).",
+        f"pass@k of the three policies, with intervals: [{comparison.pass_at_k}]"
+        f"({comparison.pass_at_k}).",
         "",
     ]
     return "\n".join(lines)
@@ -233,19 +294,16 @@ def write_comparison(
     plot_runs([folder / name for name in POLICY_RUNS], folder / "validation_loss.png")
     end = _clock()
     baseline = configs["baseline"]
-    comparison = {
-        "seed": baseline.seed,
-        "batch_size": baseline.batch_size,
-        "steps": baseline.max_steps or "one epoch of",
-        "experiments": {name: experiment_entry(folder, name, times) for name in POLICY_RUNS},
-        "stages": {name: asdict(t) for name, t in times.items()},
-        "pass_at_k": pass_at_k.relative_to(folder).as_posix(),
-        "total": {
-            "wall_s": round(end.wall_s - start.wall_s, 1),
-            "cpu_s": round(end.cpu_s - start.cpu_s, 1),
-        },
-    }
-    write_json(folder / "comparison.json", comparison)
+    comparison = SuiteComparison(
+        seed=baseline.seed,
+        batch_size=baseline.batch_size,
+        steps=baseline.max_steps or "one epoch of",
+        experiments={name: experiment_entry(folder, name, times) for name in POLICY_RUNS},
+        stages=dict(times),
+        pass_at_k=pass_at_k.relative_to(folder).as_posix(),
+        total=StageTime(round(end.wall_s - start.wall_s, 1), round(end.cpu_s - start.cpu_s, 1)),
+    )
+    write_json(folder / "comparison.json", asdict(comparison))
     write_text(folder / "comparison.md", comparison_markdown(comparison))
 
 

@@ -13,6 +13,7 @@ import pytest
 from scipy import stats
 
 from tests.helpers import TINY_RUN, cli_error, invoke
+from tests.schemas import assert_matches_schema
 from weighted_mtp.eval.scoring import results_path
 from weighted_mtp.storage.hashing import sha256_file
 
@@ -56,6 +57,7 @@ def verdicts(folder: Path) -> dict[str, list[bool]]:
 
 
 def test_two_trained_runs_are_evaluated_and_compared(storage, runs, first):
+    assert_matches_schema(first / "comparison.json", "comparison.schema.json")
     comparison = json.loads((first / "comparison.json").read_text())
     assert comparison["baseline"] == runs[0]
     for run, entry in zip(runs, comparison["runs"], strict=True):
@@ -76,6 +78,7 @@ def test_two_trained_runs_are_evaluated_and_compared(storage, runs, first):
             record = entry["evaluations"][run]
             folder = first / record["folder"]
             assert record["folder"] == f"eval/{position}-{Path(run).name}/{dataset}"
+            assert_matches_schema(folder / "results.json", "results.schema.json")
             results = json.loads((folder / "results.json").read_text())
             assert results["model"]["run"]["folder"] == str(storage.runs_dir / run)
             assert record["verdicts_sha256"] == sha256_file(results_path(folder / "samples.jsonl"))

@@ -14,6 +14,7 @@ import pytest
 from scipy import stats
 
 from tests.helpers import TINY_META_PARAMS, TINY_REFERENCE_CONFIG
+from tests.schemas import assert_matches_schema
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.eval.compare import (
     ComparedRun,
@@ -163,6 +164,7 @@ def test_the_same_verdicts_give_the_same_comparison_files(tmp_path: Path) -> Non
         written.append(folder)
     first, second = (f.json.read_bytes() for f in written)
     assert first == second
+    assert_matches_schema(written[0].json, "comparison.schema.json")
     data = json.loads(first)
     assert data["baseline"] == "baseline" and data["runs"][2]["label"] == "rho1"
     versus = data["datasets"]["humaneval"]["versus_baseline"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.schemas import assert_matches_schema
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.layout import MICRO_MTP, MICRO_REF
 from weighted_mtp.train.batches import BatchPlan, Example, Sharding, require_both_outcomes
@@ -74,6 +75,7 @@ def test_the_suite_trains_all_three_on_the_same_batches_and_compares(suite_dir):
     # ... and ends with the three policies' pass@k, the Baseline first, named in comparison.md.
     assert comparison["pass_at_k"] == "pass_at_k/comparison.md"
     assert "[pass_at_k/comparison.md](pass_at_k/comparison.md)" in table
+    assert_matches_schema(suite_dir / "pass_at_k" / "comparison.json", "comparison.schema.json")
     pass_at_k = json.loads((suite_dir / "pass_at_k" / "comparison.json").read_text())
     assert [run["name"] for run in pass_at_k["runs"]] == [str(suite_dir / n) for n in experiments]
     assert pass_at_k["baseline"] == "baseline" and pass_at_k["settings"]["ks"] == [1]
