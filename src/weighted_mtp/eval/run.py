@@ -15,6 +15,11 @@ dtype it generated in. Under torchrun the tasks are dealt out to the ranks (`eva
 and rank 0 writes the same samples.jsonl one process would: each sample's random draws
 depend only on (seed, task, sample index), never on the rank or the batch beside it.
 
+The path goes one way: the benchmark is read once (its tasks, prompts and tests, its raw
+files hashed as they are read), samples.jsonl is written once, and the samples go to
+scoring as they are in memory; results.json is an `EvaluationResults` record
+(`eval.records`, whose schema docs/schemas/ publishes).
+
 Every setting is checked when `RunSettings` is made and the model, device and output
 folder before any weights load: a bad value is one line, not a traceback minutes later.
 """
