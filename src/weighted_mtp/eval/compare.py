@@ -29,7 +29,7 @@ from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.eval import defaults
 from weighted_mtp.eval.passk import mean_pass_at_k
 from weighted_mtp.eval.ranks import torchrun_ranks
-from weighted_mtp.eval.records import (
+from weighted_mtp.eval.result_files import (
     BootstrapRecord,
     ComparedRunRecord,
     CompareSettingsRecord,

@@ -18,7 +18,7 @@ depend only on (seed, task, sample index), never on the rank or the batch beside
 The path goes one way: the benchmark is read once (its tasks, prompts and tests, its raw
 files hashed as they are read), samples.jsonl is written once, and the samples go to
 scoring as they are in memory; results.json is an `EvaluationResults` record
-(`eval.records`, whose schema docs/schemas/ publishes).
+(`eval.result_files`, whose schema docs/schemas/ publishes).
 
 Every setting is checked when `RunSettings` is made and the model, device and output
 folder before any weights load: a bad value is one line, not a traceback minutes later.
@@ -39,7 +39,7 @@ from typing import Any
 from weighted_mtp import __version__, assets, progress
 from weighted_mtp.clock import utc_now
 from weighted_mtp.errors import UsageError
-from weighted_mtp.eval import defaults, records
+from weighted_mtp.eval import defaults, result_files
 from weighted_mtp.eval.generate import (
     Continuation,
     DecodeStats,
@@ -58,7 +58,7 @@ from weighted_mtp.eval.generate import (
 )
 from weighted_mtp.eval.prompts import FittedPrompt, fit_prompt
 from weighted_mtp.eval.ranks import gather_dealt, torchrun_ranks
-from weighted_mtp.eval.records import (
+from weighted_mtp.eval.result_files import (
     BaseModelRecord,
     CutPrompt,
     DatasetRecord,
@@ -404,7 +404,7 @@ def evaluation_key(
     Equal to the `evaluation_key()` of the results.json such an evaluation writes.
     `benchmark` is `settings`' (`settings_benchmark`)."""
     model = model_record(layout, evaluated_model(layout, name))
-    return records.evaluation_key(model, dataset_record(benchmark), settings.record())
+    return result_files.evaluation_key(model, dataset_record(benchmark), settings.record())
 
 
 def run_evaluation(

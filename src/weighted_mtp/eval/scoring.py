@@ -41,7 +41,7 @@ from weighted_mtp.clock import utc_now
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.eval import defaults
 from weighted_mtp.eval.passk import mean_pass_at_k
-from weighted_mtp.eval.records import TaskCount
+from weighted_mtp.eval.result_files import TaskCount
 from weighted_mtp.eval.sandbox import RESULTS, Job, Outcome, Sandbox, SandboxLimits
 from weighted_mtp.eval.tasks import (
     Benchmark,

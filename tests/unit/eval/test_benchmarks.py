@@ -17,7 +17,7 @@ from tests.helpers import (
     write_mbpp_benchmark,
 )
 from weighted_mtp.errors import UsageError, WmtpError
-from weighted_mtp.eval.records import TaskCount
+from weighted_mtp.eval.result_files import TaskCount
 from weighted_mtp.eval.scoring import score_samples
 from weighted_mtp.eval.tasks import canonical_task_id, load_benchmark, require_tests
 

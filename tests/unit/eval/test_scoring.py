@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from weighted_mtp.errors import UsageError, WmtpError
-from weighted_mtp.eval.records import TaskCount
+from weighted_mtp.eval.result_files import TaskCount
 from weighted_mtp.eval.scoring import (
     parse_ks,
     result_line,

@@ -12,15 +12,20 @@ import pytest
 
 from tests.schemas import SCHEMAS, assert_matches_schema
 from weighted_mtp.errors import WmtpError
-from weighted_mtp.eval import records
-from weighted_mtp.eval.records import ComparisonRecord, EvaluationResults, read_record, schema_text
+from weighted_mtp.eval import result_files
+from weighted_mtp.eval.result_files import (
+    ComparisonRecord,
+    EvaluationResults,
+    read_record,
+    schema_text,
+)
 
 
-@pytest.mark.parametrize("name", list(records.SCHEMAS))
+@pytest.mark.parametrize("name", list(result_files.SCHEMAS))
 def test_the_published_schemas_are_the_ones_the_types_generate(name) -> None:
     published = (SCHEMAS / name).read_text(encoding="utf-8")
-    assert published == schema_text(records.SCHEMAS[name]), (
-        f"docs/schemas/{name} is stale: run `uv run python -m weighted_mtp.eval.records`"
+    assert published == schema_text(result_files.SCHEMAS[name]), (
+        f"docs/schemas/{name} is stale: run `uv run python -m weighted_mtp.eval.result_files`"
     )
     jsonschema.Draft202012Validator.check_schema(json.loads(published))
 

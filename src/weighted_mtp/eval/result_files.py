@@ -5,7 +5,7 @@ They are plain dataclasses, written with `to_json` and read back with `read_reco
 checks a file against the type (a file of another shape is one error naming it). Their JSON
 Schemas are generated from the types (`json_schema`) and published under `docs/schemas/`;
 a test regenerates them and compares, and validates what the commands write against them.
-Regenerate after changing a record: `uv run python -m weighted_mtp.eval.records`.
+Regenerate after changing a record: `uv run python -m weighted_mtp.eval.result_files`.
 """
 
 from __future__ import annotations
