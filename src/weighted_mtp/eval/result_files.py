@@ -3,15 +3,13 @@
 
 They are plain dataclasses, written with `to_json` and read back with `read_record`, which
 checks a file against the type (a file of another shape is one error naming it). Their JSON
-Schemas are generated from the types (`json_schema`) and published under `docs/schemas/`;
-a test regenerates them and compares, and validates what the commands write against them.
-Regenerate after changing a record: `uv run python -m weighted_mtp.eval.result_files`.
+Schemas are generated from the types and published under `docs/schemas/`; a test
+regenerates them and compares, and tests validate what the commands write against them.
+Regenerate after changing a record: `uv run python -m tests.schemas`.
 """
 
 from __future__ import annotations
 
-import json
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -299,13 +297,8 @@ class ComparisonRecord:
         return asdict(self)
 
 
-# ------------------------------------------------------------------ reading and schemas
+# ------------------------------------------------------------------ reading back
 
-SCHEMAS: dict[str, type[EvaluationResults | ComparisonRecord]] = {
-    "results.schema.json": EvaluationResults,
-    "comparison.schema.json": ComparisonRecord,
-}
-SCHEMA_FOLDER = Path("docs") / "schemas"  # relative to the repository
 R = TypeVar("R", EvaluationResults, ComparisonRecord)
 
 
@@ -325,35 +318,3 @@ def read_record(kind: type[R], path: Path) -> R:
             f"({exc.error_count()} problem(s))",
             path=path,
         ) from None
-
-
-def json_schema(kind: type[EvaluationResults | ComparisonRecord]) -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of a record, generated from its type. A record is
-    written whole (`to_json`), so every field of every record is required, and no other
-    key is allowed: a key written outside the types fails the schema."""
-    from pydantic import TypeAdapter
-
-    schema: dict[str, Any] = TypeAdapter(kind).json_schema(mode="serialization")
-    for record in [schema, *schema.get("$defs", {}).values()]:
-        if "properties" in record:
-            record["required"] = list(record["properties"])
-            record["additionalProperties"] = False
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
-
-
-def schema_text(kind: type[EvaluationResults | ComparisonRecord]) -> str:
-    return json.dumps(json_schema(kind), indent=2, ensure_ascii=False) + "\n"
-
-
-def main(argv: list[str]) -> int:
-    """Write the schemas into the folder named (default docs/schemas)."""
-    folder = Path(argv[0]) if argv else SCHEMA_FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, kind in SCHEMAS.items():
-        (folder / name).write_text(schema_text(kind), encoding="utf-8")
-        print(folder / name)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

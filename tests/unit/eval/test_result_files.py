@@ -1,6 +1,6 @@
-"""The typed records of results.json and comparison.json: the schemas published under
-docs/schemas/ are the ones the types generate, a record validates against its schema, and a
-file of another shape is one error when read back."""
+"""The typed records of results.json and comparison.json (and the suite's comparison.json):
+the schemas published under docs/schemas/ are the ones the types generate, a record
+validates against its schema, and a file of another shape is one error when read back."""
 
 from __future__ import annotations
 
@@ -10,22 +10,16 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from tests.schemas import SCHEMAS, assert_matches_schema
+from tests.schemas import PUBLISHED, SCHEMAS, assert_matches_schema, schema_text
 from weighted_mtp.errors import WmtpError
-from weighted_mtp.eval import result_files
-from weighted_mtp.eval.result_files import (
-    ComparisonRecord,
-    EvaluationResults,
-    read_record,
-    schema_text,
-)
+from weighted_mtp.eval.result_files import ComparisonRecord, EvaluationResults, read_record
 
 
-@pytest.mark.parametrize("name", list(result_files.SCHEMAS))
+@pytest.mark.parametrize("name", list(PUBLISHED))
 def test_the_published_schemas_are_the_ones_the_types_generate(name) -> None:
     published = (SCHEMAS / name).read_text(encoding="utf-8")
-    assert published == schema_text(result_files.SCHEMAS[name]), (
-        f"docs/schemas/{name} is stale: run `uv run python -m weighted_mtp.eval.result_files`"
+    assert published == schema_text(PUBLISHED[name]), (
+        f"docs/schemas/{name} is stale: run `uv run python -m tests.schemas`"
     )
     jsonschema.Draft202012Validator.check_schema(json.loads(published))
 

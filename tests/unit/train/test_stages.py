@@ -54,6 +54,7 @@ def metrics(run: Path, kind: str) -> list[dict]:
 
 
 def test_the_suite_trains_all_three_on_the_same_batches_and_compares(suite_dir):
+    assert_matches_schema(suite_dir / "comparison.json", "suite-comparison.schema.json")
     comparison = json.loads((suite_dir / "comparison.json").read_text())
     experiments = comparison["experiments"]
     assert list(experiments) == ["baseline", "verifiable", "rho1"]
