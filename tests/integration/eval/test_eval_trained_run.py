@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from tests.helpers import TINY_RUN, cli_error, invoke
+from tests.schemas import assert_matches_schema
 from weighted_mtp.storage.hashing import sha256_file
 
 LORA = ["--set", "lora.enabled=true", "--set", "final_save=adapter", "--set", "lora.r=4"]
@@ -57,6 +58,7 @@ def test_a_trained_run_is_evaluated_by_its_run_id_and_results_name_the_run(full_
         layout.root, "eval", "run", run.name, "--dataset", "humaneval", *EVAL, "--out", str(out)
     )
     assert done.returncode == 0, done.stderr
+    assert_matches_schema(out / "results.json", "results.schema.json")
     results = json.loads((out / "results.json").read_text())
     model = results["model"]
     assert model["source"] == "run" and model["format"] == "mtp"
@@ -87,8 +89,10 @@ def test_a_lora_run_is_merged_onto_its_base_and_evaluated_on_mbpp(lora_run, tmp_
         "eval", "run", str(lora), "--dataset", "mbpp", *EVAL, "--out", str(out), root=layout.root
     )
     assert done.exit_code == 0, done.output
+    assert_matches_schema(out / "results.json", "results.schema.json")
     model = json.loads((out / "results.json").read_text())["model"]
     assert model["run"]["final"] == "adapter" and model["base"]["name"] == "micro-mtp"
+    assert model["weights_sha256"] is None and model["base"]["weights_sha256"]
     assert model["adapter_sha256"] == sha256_file(lora / "final" / "adapter_model.safetensors")
     assert json.loads((out / "results.json").read_text())["dataset"]["split"] == "test"
 
