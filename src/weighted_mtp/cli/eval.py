@@ -80,6 +80,16 @@ DraftHeadsOpt = Annotated[
         "model's shape; all 3 extra heads of the 7B, 1 for a model without a trunk).",
     ),
 ]
+BatchSizeOpt = Annotated[
+    str,
+    typer.Option(
+        "--batch-size",
+        help="Rows decoded together, across tasks and samples (continuous batching): N, or "
+        "auto (as many as half the free GPU memory, or available RAM, holds caches for; at "
+        "most 256 on a GPU, 32 on a CPU). The samples are the same for every value (on a "
+        "CPU bit for bit). Not with --speculative, which decodes one row at a time.",
+    ),
+]
 LimitOpt = Annotated[int | None, typer.Option(help="Only the first N tasks.")]
 ThreadsOpt = Annotated[int | None, typer.Option(help="torch threads (default: torch's).")]
 DeviceOpt = Annotated[
@@ -197,6 +207,7 @@ def run(
         Path | None, typer.Option("--out", help="Output folder (default: <root>/runs/eval/...).")
     ] = None,
     threads: ThreadsOpt = None,
+    batch_size: BatchSizeOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Generate with the training prompt, score in the sandbox, write results.json.
@@ -204,11 +215,12 @@ def run(
     Under `torchrun --nproc-per-node N -m weighted_mtp eval run ...` the tasks are dealt
     out to the N ranks and rank 0 writes the same samples.jsonl as one process.
     """
-    from weighted_mtp.eval.generate import check_device
+    from weighted_mtp.eval.generate import check_batch_size, check_device
     from weighted_mtp.eval.run import RunSettings, run_evaluation
     from weighted_mtp.eval.tasks import require_tests
 
     dataset = checked_name(dataset, DATASETS, "dataset")
+    rows = check_batch_size(batch_size)
     settings = RunSettings(
         dataset,
         n=samples,
@@ -226,7 +238,13 @@ def run(
     first_rank = int(os.environ.get("RANK", "0")) == 0
     with progress_bars(not as_json and first_rank):
         results = run_evaluation(
-            state(ctx).layout, model, settings, out, device=check_device(device), threads=threads
+            state(ctx).layout,
+            model,
+            settings,
+            out,
+            device=check_device(device),
+            threads=threads,
+            batch_size=rows,
         )
     if results is None:  # another rank than the first under torchrun: rank 0 reports
         return
@@ -239,7 +257,8 @@ def run(
     rate = gen["acceptance_rate"]
     console.print(
         f"generation: {gen['new_tokens']} tokens, {gen['tokens_per_second']:.1f} tokens/s "
-        f"on {gen['device']} ({gen['dtype']}, {gen['ranks']} rank(s))"
+        f"on {gen['device']} ({gen['dtype']}, {gen['ranks']} rank(s)), "
+        f"batch {gen['batch_size']} ({gen['batch_size_reason']})"
         + (f", draft acceptance {rate:.1%}" if rate is not None else ""),
         highlight=False,
     )
@@ -297,6 +316,7 @@ def compare(
     ] = None,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
+    batch_size: BatchSizeOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """pass@k of each run with bootstrap intervals over tasks, and each run against the
@@ -309,9 +329,11 @@ def compare(
         comparison_folder,
         default_ks,
     )
+    from weighted_mtp.eval.generate import check_batch_size
     from weighted_mtp.eval.run import RunSettings
     from weighted_mtp.eval.scoring import parse_ks
 
+    rows = check_batch_size(batch_size)
     datasets = tuple(name.strip() for name in dataset.split(","))
     generation = RunSettings(
         datasets[0],
@@ -339,6 +361,7 @@ def compare(
             reuse=reuse,
             device=device,
             threads=threads,
+            batch_size=rows,
             on_evaluation=None if as_json else _say_evaluation,
         )
     if comparison is None:  # a torchrun rank that generated its share; rank 0 reports

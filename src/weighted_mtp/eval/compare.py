@@ -375,6 +375,7 @@ def compare_runs(
     reuse: bool = True,
     device: str = "auto",
     threads: int | None = None,
+    batch_size: int | None = None,
     on_evaluation: Callable[[ComparedRun, str, Evaluation | None], None] | None = None,
 ) -> Comparison | None:
     """Evaluate each run on each dataset (or read a matching finished evaluation when
@@ -382,7 +383,7 @@ def compare_runs(
     `on_evaluation(run, dataset, evaluation)` is told before each evaluation is made (None)
     and when one is reused. Under torchrun every rank generates its share of each
     evaluation (`run_evaluation`) and rank 0 alone scores, compares, writes and returns;
-    the other ranks return None."""
+    the other ranks return None. `batch_size`: the rows decoded together (None: auto)."""
     first = torchrun_ranks().is_first
     keys = _prepare(layout, runs, settings, folder if first else None)
     finished = finished_evaluations(layout) if reuse else []
@@ -396,7 +397,7 @@ def compare_runs(
                 if on_evaluation is not None and first:
                     on_evaluation(run, dataset, None)
                 out = folder.evaluation(i + 1, run.label, dataset)
-                run_evaluation(layout, run.name, run_settings, out, device, threads)
+                run_evaluation(layout, run.name, run_settings, out, device, threads, batch_size)
                 finished.append((out, keys[i, dataset]))  # the same weights named twice
                 if first:
                     evaluations.append(_evaluation(out, run_settings.n, reused=False))
