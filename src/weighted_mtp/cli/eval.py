@@ -68,8 +68,9 @@ SpeculativeOpt = Annotated[
         help="Self-speculative decoding with the MTP heads: samples from the same "
         "distribution (greedy: the same tokens). Faster only where a pass over a few tokens "
         "costs about one step and the heads' drafts are often accepted: a model whose trunk "
-        "dwarfs its heads (the 7B), memory-bound. Slower on micro models (no trunk). See "
-        "docs/evaluation-decoding.md.",
+        "dwarfs its heads (the 7B), memory-bound. Slower on micro models (no trunk). Decodes "
+        "one row at a time (no --batch-size): for many tasks or samples, batching (the "
+        "default) gains more. See docs/evaluation-decoding.md.",
     ),
 ]
 DraftHeadsOpt = Annotated[

@@ -1,13 +1,15 @@
-"""Sampling from a model folder of the storage with a KV cache.
+"""Sampling from a model folder of the storage with a KV cache, in continuous batches.
 
-A Meta-format MTP folder decodes with the adapter's cache (`cached_latents`, head 0); a
-Hugging Face-format folder (the reference, micro-ref) through transformers'
-`LlamaForCausalLM` and its own cache. Both share one loop: the n samples of a prompt
-form one batch, tokens are chosen greedily (temperature 0) or by temperature + top-p
-sampling, each sample from its own `torch.Generator` seeded from the prompt's seed and the
-sample's index (`sample_seed`), so a sample is the same whatever else is decoded beside it.
-A sample ends at EOS, at the first stop sequence (cut from the text) or after
-`max_new_tokens`.
+A Meta-format MTP folder decodes with head 0; a Hugging Face-format Llama (the reference,
+micro-ref) is loaded as a one-head MTP model (`models.batched.load_llama_for_decoding`),
+so both go through one engine (`generate`): up to `batch` rows in flight across prompts
+and their samples, each prompt prefilled once alone and copied into its samples' rows, a
+row that ends replaced by the next sample at once (`models.batched`). Tokens are chosen
+greedily (temperature 0) or by temperature + top-p sampling, each sample from its own
+`torch.Generator` seeded from its prompt's seed and the sample's index (`sample_seed`).
+On a CPU in float32 the model's layers are packed and batch-invariant, so a sample is the
+same bits whatever is decoded beside it and whatever the batch size. A sample ends at
+EOS, at the first stop sequence (cut from the text) or after `max_new_tokens`.
 
 Models load on the device `--device` names (`auto`: this rank's GPU when there is one), in
 bfloat16 where that device supports it, else float32.

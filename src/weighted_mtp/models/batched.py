@@ -148,10 +148,17 @@ def decode_step_rows(
         span = max(starts) + 1
         visible = torch.arange(span, device=device)[None, :] <= positions[:, None]
         mask = visible[:, None, None, :]  # [rows, 1, 1, span]
+        first = slots[0]
+        # Running rows are usually a run of neighbouring slots: a view then, not a copy.
+        rows: slice | Tensor = (
+            slice(first, first + len(slots))
+            if slots == list(range(first, first + len(slots)))
+            else index
+        )
 
         def attend(block: int, q: Tensor) -> Tensor:
-            k = _repeat_kv(keys[block][index, :, :span], q.shape[2])
-            v = _repeat_kv(values[block][index, :, :span], q.shape[2])
+            k = _repeat_kv(keys[block][rows, :, :span], q.shape[2])
+            v = _repeat_kv(values[block][rows, :, :span], q.shape[2])
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask)
             return out.transpose(1, 2).reshape(len(slots), 1, -1)
 
