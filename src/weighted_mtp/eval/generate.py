@@ -21,6 +21,7 @@ import hashlib
 import os
 import re
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -390,10 +391,9 @@ def _free_memory(device: torch.device) -> int:
 
 @dataclass
 class _Row:
-    prompt: int
     sample: Continuation
     generator: torch.Generator
-    token: int
+    token: int  # the last token chosen, fed at the next step
 
 
 def generate(
@@ -408,56 +408,54 @@ def generate(
     the prompts; a row that ends is replaced by the next sample at once. A prompt is
     prefilled once, alone, and its cache copied into each of its samples' rows.
     `config.seed` is unused: each prompt carries its own. With a packed, batch-invariant
-    model (a CPU in float32) every sample is the same bits for every `batch`."""
+    model (a CPU in float32) every sample is the same bits for every `batch`.
+    `on_sample()` is called as each sample ends."""
     import torch
 
     from weighted_mtp.models.batched import SlotCache, copy_prompt, decode_step, prefill
     from weighted_mtp.models.packed import batch_invariant, fully_packed
 
     model = loaded.model
-    total = sum(p.n for p in prompts)
-    samples: list[list[Continuation]] = [[Continuation() for _ in range(p.n)] for p in prompts]
+    samples = [[Continuation() for _ in range(p.n)] for p in prompts]
+    queue = deque((p, i) for p, prompt in enumerate(prompts) for i in range(prompt.n))
     stats = DecodeStats()
-    if total == 0:
+    if not queue:
         return samples, stats
+    slots = min(batch, len(queue))
     capacity = max(len(p.ids) for p in prompts) + config.max_new_tokens
-    exact = fully_packed(model) and batch_invariant()
     ender = Ender(config, loaded.eos_id, loaded.decode)
-    pending = iter([(p, i) for p, prompt in enumerate(prompts) for i in range(prompt.n)])
-    slots = min(batch, total)
-    running: dict[int, _Row] = {}
-    prefilled, prompt_logits = -1, None
+    running: dict[int, _Row] = {}  # slot -> its row
+    prefilled: tuple[int, Tensor] | None = None  # the prompt in the prompt slot, its logits
     start = time.perf_counter()
 
-    def ended(row: _Row, token: int) -> bool:
-        if not ender.push(row.sample, token):
+    def ended(row: _Row) -> bool:
+        if not ender.push(row.sample, row.token):
             return False
         if on_sample is not None:
             on_sample()
         return True
 
+    def fill(slot: int) -> None:
+        """Give `slot` the next samples until one runs past its first token."""
+        nonlocal prefilled
+        while queue and slot not in running:
+            p, i = queue.popleft()
+            if prefilled is None or prefilled[0] != p:
+                prefilled = p, prefill(model, cache, prompts[p].ids)
+                stats.passes += 1
+            generator = torch.Generator(device=loaded.device)
+            generator.manual_seed(sample_seed(prompts[p].seed, i))
+            first = int(choose(prefilled[1][None], config, [generator])[0])
+            row = _Row(samples[p][i], generator, first)
+            if not ended(row):
+                copy_prompt(cache, slot)
+                running[slot] = row
+
     with torch.inference_mode():
-        cache = SlotCache(model, slots, capacity, exact)
-        more = True
-        while more or running:
+        cache = SlotCache(model, slots, capacity, fully_packed(model) and batch_invariant())
+        while queue or running:
             for slot in range(slots):
-                while more and slot not in running:
-                    found = next(pending, None)
-                    if found is None:
-                        more = False
-                        break
-                    p, i = found
-                    if p != prefilled:
-                        prompt_logits, prefilled = prefill(model, cache, prompts[p].ids), p
-                        stats.passes += 1
-                    assert prompt_logits is not None
-                    generator = torch.Generator(device=loaded.device)
-                    generator.manual_seed(sample_seed(prompts[p].seed, i))
-                    row = _Row(p, samples[p][i], generator, 0)
-                    row.token = int(choose(prompt_logits[None], config, [generator])[0])
-                    if not ended(row, row.token):
-                        copy_prompt(cache, slot)
-                        running[slot] = row
+                fill(slot)
             if not running:
                 continue
             active = sorted(running)
@@ -466,9 +464,8 @@ def generate(
             stats.passes += 1
             chosen = choose(logits, config, [running[s].generator for s in active]).tolist()
             for slot, token in zip(active, chosen, strict=True):
-                row = running[slot]
-                row.token = int(token)
-                if ended(row, row.token):
+                running[slot].token = int(token)
+                if ended(running[slot]):
                     del running[slot]
     stats.seconds = time.perf_counter() - start
     stats.new_tokens = sum(s.generated for task in samples for s in task)
