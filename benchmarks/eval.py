@@ -835,13 +835,13 @@ def bench_batching(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
     import torch
-    from weighted_mtp.synthetic.tokenizer import train_llama_style_tokenizer
 
     from weighted_mtp.eval.generate import LoadedModel, pack_for_decoding
     from weighted_mtp.models.adapter import MtpTransformer
     from weighted_mtp.models.architecture import MetaParams
     from weighted_mtp.models.packed import batch_invariant
     from weighted_mtp.models.tokenizer import load_sentencepiece
+    from weighted_mtp.synthetic.llama_tokenizer import train_llama_style_tokenizer
 
     torch.set_num_threads(args.threads)
     shape = {**PROXY_7B, "dim": args.dim, "n_heads": args.dim // 128}
