@@ -9,8 +9,9 @@ keep their caches.
 Exact mode (`SlotCache.exact`, for a CPU model whose linear layers are oneDNN-packed and
 batch-invariant, see `models.packed.batch_invariant`): a row's logits are the same bits
 whatever rows are decoded beside it. The packed layers give each row of a product of two
-or more rows the same bits (a one-row step runs its row twice), and attention runs row by
-row over the row's own length (a padded batched attention sums in another order). Without
+or more rows the same bits (a one-row step runs its row twice), and attention runs over
+each row's own length, rows of equal length together (a padded batched attention sums in
+another order). Without
 it (a GPU, bfloat16), attention is one masked product over all rows, and a row's logits
 can differ from its one-row logits in the last bits.
 """
@@ -135,14 +136,28 @@ def decode_step_rows(
         values[block][index, :, positions] = v[:, 0]
 
     if cache.exact:
+        # Rows of one length (the samples of a prompt) attend together: the same bits as
+        # one at a time, where padding to a longer row would sum in another order.
+        groups: dict[int, list[int]] = {}
+        for row, start in enumerate(starts):
+            groups.setdefault(start + 1, []).append(row)
+        gathers = [
+            (
+                length,
+                torch.tensor(rows, device=device),
+                torch.tensor([slots[r] for r in rows], device=device),
+            )
+            for length, rows in groups.items()
+        ]
 
         def attend(block: int, q: Tensor) -> Tensor:
-            outs = []
-            for row, (slot, start) in enumerate(zip(slots, starts, strict=True)):
-                k = _repeat_kv(keys[block][slot : slot + 1, :, : start + 1], q.shape[2])
-                v = _repeat_kv(values[block][slot : slot + 1, :, : start + 1], q.shape[2])
-                outs.append(F.scaled_dot_product_attention(q[row : row + 1].transpose(1, 2), k, v))
-            return torch.cat(outs).transpose(1, 2).reshape(len(slots), 1, -1)
+            out = torch.empty_like(q)  # [rows, 1, heads, head_dim]
+            for length, rows, members in gathers:
+                k = _repeat_kv(keys[block][members, :, :length], q.shape[2])
+                v = _repeat_kv(values[block][members, :, :length], q.shape[2])
+                attended = F.scaled_dot_product_attention(q[rows].transpose(1, 2), k, v)
+                out[rows] = attended.transpose(1, 2)
+            return out.reshape(len(slots), 1, -1)
 
     else:
         span = max(starts) + 1
