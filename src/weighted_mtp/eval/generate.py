@@ -309,8 +309,8 @@ def pack_for_decoding(loaded: LoadedModel) -> bool:
     on a CPU): a batched step puts its rows through every weight once, where MKL pays for
     each row again, and packed layers are batch-invariant (`batch_invariant`), which makes
     a sample the same bits whatever is decoded beside it. One-row steps run two rows (the
-    packed kernels round one row differently): they cost ~1.2x MKL's one row. True if
-    packed."""
+    packed kernels round one row differently): a layer then costs 1.1-1.5x MKL's one row.
+    True if packed."""
     from weighted_mtp.models.packed import pack_linear_layers
 
     return pack_linear_layers(loaded.model) > 0
