@@ -87,8 +87,10 @@ BatchSizeOpt = Annotated[
         "--batch-size",
         help="Rows decoded together, across tasks and samples (continuous batching): N, or "
         "auto (as many as half the free GPU memory, or available RAM, holds caches for; at "
-        "most 256 on a GPU, 32 on a CPU). The samples are the same for every value (on a "
-        "CPU bit for bit). Not with --speculative, which decodes one row at a time.",
+        "most 256 on a GPU, 32 on a CPU). On a CPU the samples are the same bit for bit for "
+        "every value; on a GPU a greedy near-tie can go either way. Not with --speculative, "
+        "which decodes one row at a time.",
+        metavar="N|auto",
     ),
 ]
 LimitOpt = Annotated[int | None, typer.Option(help="Only the first N tasks.")]
