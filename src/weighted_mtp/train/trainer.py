@@ -423,7 +423,9 @@ def train(
             require_logger(config)
             folder = run_dir or new_run_dir(layout, config.experiment, inputs.model.name)
             command = f"wmtp train {config.experiment}"
-            claimed = claim_run_folder(folder, config.experiment, resume=resume, command=command)
+            claimed = claim_run_folder(
+                folder, config.experiment, resume=resume, command=command, layout=layout
+            )
             return inputs, held.enter_context(claimed)
 
         with progress.status("checking the model and the data"):

@@ -15,6 +15,7 @@ from tests.helpers import flip_byte
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import TEMP_MARKER
 from weighted_mtp.storage.hashing import read_sha256sums, sha256_file
+from weighted_mtp.storage.layout import Layout
 from weighted_mtp.storage.run_folder import claim_run_folder
 from weighted_mtp.train import checkpoint as ckpt
 from weighted_mtp.train.distributed import Dist
@@ -155,7 +156,8 @@ def test_pruning_keeps_the_last_checkpoint_whose_checksums_are_complete(tmp_path
     leftover = run / "checkpoints" / f".step-00000001{TEMP_MARKER}pruned"
     assert leftover.is_dir()  # never listed; the next run's claim removes it
     (run / "config.yaml").write_text("experiment: baseline\n")
-    with claim_run_folder(run, "baseline", resume=True, command="test") as root:
+    layout = Layout(run.parent / "storage")
+    with claim_run_folder(run, "baseline", resume=True, command="test", layout=layout) as root:
         assert not leftover.exists()
         ckpt.prune_checkpoints(root, 1, SINGLE)
     assert [p.name for p in ckpt.completed_checkpoints(run)] == ["step-00000003"]
