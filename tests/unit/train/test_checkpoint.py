@@ -55,6 +55,13 @@ def garbage(path: Path, offset: int = 512) -> None:
         handle.write(os.urandom(GARBAGE))
 
 
+def unlist(folder: Path, name: str) -> None:
+    """Drop `name`'s line from the checkpoint's SHA256SUMS (the file itself stays)."""
+    manifest = folder / ckpt.MANIFEST
+    lines = manifest.read_text().splitlines(keepends=True)
+    manifest.write_text("".join(line for line in lines if not line.rstrip().endswith(name)))
+
+
 def test_every_file_is_hashed_as_written_with_no_second_read(tmp_path, monkeypatch):
     def no_read(path: Path, **_: object) -> str:
         raise AssertionError(f"{path.name} was read again")
@@ -92,8 +99,19 @@ def test_a_file_written_with_a_seek_is_read_again(tmp_path):
         (lambda f: flip_byte(f / ckpt.STATE_FILE, 20), "trainer_state.json does not match"),
         (lambda f: (f / ckpt.MANIFEST).unlink(), "SHA256SUMS is missing"),
         (lambda f: (f / ckpt.MANIFEST).write_text("nonsense\n"), "SHA256SUMS is unreadable"),
+        (lambda f: unlist(f, "__0_0.distcp"), "SHA256SUMS does not list __0_0.distcp"),
+        (lambda f: (f / "__1_0.distcp").write_bytes(b"x"), "does not list __1_0.distcp"),
     ],
-    ids=["garbage", "truncated", "no-metadata", "state", "no-manifest", "bad-manifest"],
+    ids=[
+        "garbage",
+        "truncated",
+        "no-metadata",
+        "state",
+        "no-manifest",
+        "bad-manifest",
+        "shard-unlisted",
+        "extra-file",
+    ],
 )
 def test_verification_names_the_damaged_file(tmp_path, damage, named):
     folder = save(tmp_path / "run", 1)
@@ -161,3 +179,32 @@ def test_pruning_keeps_the_last_checkpoint_whose_checksums_are_complete(tmp_path
         assert not leftover.exists()
         ckpt.prune_checkpoints(root, 1, SINGLE)
     assert [p.name for p in ckpt.completed_checkpoints(run)] == ["step-00000003"]
+
+
+def test_a_checkpoint_that_omits_a_damaged_shard_from_its_sums_is_not_resumed(tmp_path, capfd):
+    """The shard is garbage and unlisted: only a list of every held file catches it."""
+    run = tmp_path / "run"
+    good = save(run, 1)
+    bad = save(run, 2)
+    garbage(bad / "__0_0.distcp")
+    unlist(bad, "__0_0.distcp")
+    assert ckpt.resume_point(run, SINGLE) == good
+    assert "SHA256SUMS does not list __0_0.distcp" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["file", "symlink", "other-file"])
+def test_a_non_folder_in_checkpoints_is_one_error_naming_it(tmp_path, kind):
+    run = tmp_path / "run"
+    save(run, 1)
+    folder = run / "checkpoints"
+    name = "notes.txt" if kind == "other-file" else "step-00000002"
+    if kind == "symlink":
+        (folder / name).symlink_to(folder / "step-00000001")
+    else:
+        (folder / name).write_text("not a checkpoint")
+    before = sorted(p.name for p in folder.iterdir())
+    for call in (ckpt.completed_checkpoints, lambda r: ckpt.resume_point(r, SINGLE)):
+        with pytest.raises(WmtpError, match=f"checkpoints/{name} is a") as error:
+            call(run)
+        assert "\n" not in error.value.line() and str(folder / name) in error.value.line()
+    assert sorted(p.name for p in folder.iterdir()) == before
