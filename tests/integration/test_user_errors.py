@@ -12,7 +12,7 @@ def wmtp(*args, env=None) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "weighted_mtp", *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
         env=env,
     )
 
