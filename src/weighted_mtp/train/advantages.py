@@ -101,7 +101,7 @@ class RunningWhitening:
     EMA with momentum 0.1. A batch without valid tokens leaves the statistics unchanged.
     """
 
-    momentum: float = CriticConfig.momentum
+    momentum: float = CriticConfig().momentum
     eps: float = 1e-8
     updates: int = 0
     mean: float = 0.0

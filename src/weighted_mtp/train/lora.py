@@ -39,11 +39,12 @@ class TrainedModel:
     value model or the reference LM, sharded under torchrun). With LoRA (`frozen_base`) only
     the adapters (and a critic's value head) train, and checkpoints save those tensors
     alone, the base being the model asset; `peft` is peft's wrapper where saving the adapter
-    or merging it needs it."""
+    or merging it needs it; `heads` is the prediction heads a policy trains."""
 
     core: torch.nn.Module
     frozen_base: bool = False
     peft: PeftModel | None = None
+    heads: int = 1
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.core.parameters() if p.requires_grad]

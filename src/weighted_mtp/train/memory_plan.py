@@ -55,7 +55,7 @@ from weighted_mtp.storage.finished_runs import model_folder
 from weighted_mtp.storage.layout import MODELS, Layout, ModelPaths
 from weighted_mtp.train.batches import Batch, Sharding
 from weighted_mtp.train.builders import trained_structure, value_structure
-from weighted_mtp.train.config import TrainConfig, validate, validate_for_world, with_overrides
+from weighted_mtp.train.config import TrainConfig, validate_for_world, with_overrides
 from weighted_mtp.train.critic import ValueModel
 from weighted_mtp.train.distributed import Dist
 from weighted_mtp.train.experiments import (
@@ -594,21 +594,21 @@ def alternatives(
     config: TrainConfig, ranks: int, helper: bool
 ) -> list[tuple[str, TrainConfig, int]]:
     """Single changes that lower the peak, each a valid run: (as typed, config, ranks)."""
-    options: list[tuple[str, TrainConfig, int]] = []
+    changes: dict[str, Any] = {}
     if config.activation_checkpointing == "none":
-        blocks = replace(config, activation_checkpointing="blocks")
-        options.append(("--set activation_checkpointing=blocks", blocks, ranks))
+        changes["activation_checkpointing"] = "blocks"
     half = config.micro_batch_size // 2
     if half >= 1 and config.batch_size % (half * ranks) == 0:
-        options.append(
-            (f"--set micro_batch_size={half}", replace(config, micro_batch_size=half), ranks)
-        )
+        changes["micro_batch_size"] = half
     if not config.lora.enabled:
-        lora = replace(config, lora=replace(config.lora, enabled=True))
-        options.append(("--set lora.enabled=true", lora, ranks))
+        changes["lora.enabled"] = True
     if helper and config.frozen.shard != "always" and ranks > 1:
-        sharded = replace(config, frozen=replace(config.frozen, shard="always"))
-        options.append(("--set frozen.shard=always", sharded, ranks))
+        changes["frozen.shard"] = "always"
+    options = [
+        (f"--set {key}={'true' if value is True else value}", changed, ranks)
+        for key, value in changes.items()
+        for changed in [with_overrides(config, {key: value}, "plan")]
+    ]
     if ranks * 2 <= MAX_RANKS and config.batch_size % (config.micro_batch_size * ranks * 2) == 0:
         options.append((f"--ranks {ranks * 2}", config, ranks * 2))
     return options
@@ -624,7 +624,6 @@ def plan_memory(
 ) -> MemoryPlan:
     """The plan of `config` on `ranks` ranks on `device` (cuda or cpu); when it does not
     fit, each single change that lowers the peak, planned too (those that fit first)."""
-    validate(config)
     checked = check_request(config, ranks, device, device_gib)
     models = run_models(layout, config)
     plan = measure(layout, config, models, ranks, checked, device_gib)
