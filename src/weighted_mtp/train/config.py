@@ -1,21 +1,12 @@
 """Typed training configuration: the one object every experiment is run from.
 
-`TrainConfig` is the whole of a run's configuration, a pydantic model with typed sections
-(`lora`, `critic`, `rho1`, `frozen`). Each key is one field: its type, default, bounds and
-description, and, where the train commands offer it by name, its `Option`. The commands'
-options, the key table of docs/training.md and the JSON Schema of config files are made
-from these fields (`cli/train.py`, `train/config_docs.py`).
-
-A run's config is built in one place (`build_config`): the packaged Baseline config of the
-size (`configs/baseline_<size>.yaml`, or `--config FILE`), the experiment's overlay
-(`configs/<experiment>_<size>.yaml`), the small suite's overlay inside `wmtp train suite
---small`, then the user's settings (`--set key=value` and the named options such as
-`--kappa`). The effective config is saved as the run's `config.yaml`, so a run can be
-repeated or resumed from it.
-
-A config is checked once, when it is made: an unknown key, a wrong type, a NaN or a value
-out of its bounds is one error naming the key as the user wrote it (`--kappa` for an
-option, `config key 'rho1.kappa'` for `--set` or a file).
+`TrainConfig` (pydantic; sections `lora`, `critic`, `rho1`, `frozen`) holds each key once, as
+a field with its type, default, bounds, description and, where a train command takes it by
+name, its `Option`: the options (`cli/train.py`), the docs table and the JSON Schema
+(`config_docs.py`) are made from the fields. `build_config` builds a run's config: the
+packaged Baseline config of the size (or `--config FILE`), the suite's and the experiment's
+overlays (`configs/`), then the user's settings. A config is checked once, when it is made;
+an error names the key as the user wrote it (`--kappa`, or `config key 'rho1.kappa'`).
 """
 
 from __future__ import annotations
@@ -432,11 +423,7 @@ def load_config(path: Path | None, *, micro: bool) -> TrainConfig:
     """`path`'s config, or the packaged Baseline one (micro or 7B), over the defaults."""
     if path is None:
         return with_packaged(TrainConfig(), overlay_file("baseline", micro))
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise WmtpError(f"cannot read config: {exc.strerror}", path=path) from None
-    return with_data(TrainConfig(), _read_yaml(text, str(path)), str(path))
+    return read_run_config(path, legacy=False)
 
 
 def parse_set(item: str) -> Setting:
@@ -481,9 +468,16 @@ def config_yaml(config: TrainConfig) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
 
 
-def read_run_config(path: Path) -> TrainConfig:
-    """A run's saved config.yaml (for --resume and for reading a finished run)."""
-    return load_config(path, micro=True)
+def read_run_config(path: Path, *, legacy: bool = True) -> TrainConfig:
+    """A run's saved config.yaml (for --resume and for reading a finished run); runs saved
+    before `n_future`, `max_steps` and `eval_batches` could be unset wrote 0 for unset."""
+    try:
+        data = _read_yaml(path.read_text(encoding="utf-8"), str(path))
+    except OSError as exc:
+        raise WmtpError(f"cannot read config: {exc.strerror}", path=path) from None
+    zeros = ("n_future", "max_steps", "eval_batches") if legacy else ()
+    unset = {k: None for k in zeros if data.get(k) == 0}
+    return with_data(TrainConfig(), data | unset, str(path))
 
 
 # -- against the world and the model ---------------------------------------------------------

@@ -195,3 +195,14 @@ def test_the_unset_values_are_resolved_where_they_are_known():
     config = with_settings(config, [parse_set(s) for s in ["n_future=2", "max_steps=3"]])
     assert (config.heads(4), config.total_steps(7)) == (2, 3)
     assert with_settings(TrainConfig(), [parse_set("epochs=3")]).total_steps(7) == 21
+
+
+def test_a_run_saved_with_zero_for_unset_still_reads(tmp_path):
+    """Runs saved before `n_future`, `max_steps` and `eval_batches` could be unset wrote 0;
+    their config.yaml reads as unset (a new config file with 0 is refused)."""
+    saved = tmp_path / "config.yaml"
+    saved.write_text(config_yaml(TrainConfig()).replace("n_future: null", "n_future: 0"))
+    assert "n_future: 0" in saved.read_text()
+    assert read_run_config(saved) == TrainConfig()
+    with pytest.raises(WmtpError, match="config key 'n_future' must be positive, not 0"):
+        load_config(saved, micro=True)
