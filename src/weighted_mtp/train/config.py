@@ -283,9 +283,9 @@ def key_name(key: str, names: Names) -> str:
     return names.get(key) or f"config key {key!r}"
 
 
-def fields(model: type[Section] = Section, prefix: str = "") -> Iterator[tuple[str, FieldInfo]]:
+def fields(model: type[Section] | None = None, prefix: str = "") -> Iterator[tuple[str, FieldInfo]]:
     """Every key of `TrainConfig` (a section's dotted) and its field, in declaration order."""
-    for name, field in (TrainConfig if model is Section else model).model_fields.items():
+    for name, field in (model or TrainConfig).model_fields.items():
         if isinstance(field.annotation, type) and issubclass(field.annotation, Section):
             yield from fields(field.annotation, f"{prefix}{name}.")
         else:
