@@ -604,11 +604,10 @@ def alternatives(
         changes["lora.enabled"] = True
     if helper and config.frozen.shard != "always" and ranks > 1:
         changes["frozen.shard"] = "always"
-    options = [
-        (f"--set {key}={'true' if value is True else value}", changed, ranks)
-        for key, value in changes.items()
-        for changed in [with_overrides(config, {key: value}, "plan")]
-    ]
+    options: list[tuple[str, TrainConfig, int]] = []
+    for key, value in changes.items():
+        typed = f"--set {key}={'true' if value is True else value}"
+        options.append((typed, with_overrides(config, {key: value}, typed), ranks))
     if ranks * 2 <= MAX_RANKS and config.batch_size % (config.micro_batch_size * ranks * 2) == 0:
         options.append((f"--ranks {ranks * 2}", config, ranks * 2))
     return options
