@@ -68,7 +68,8 @@ def config_option(key: str, field: FieldInfo, option: Option) -> Any:
 
     def given(ctx: typer.Context, value: Any) -> None:
         if value is not None and not (one_way and value is False):
-            setting = Setting(key, option.flag_value if one_way else value, option.decls)
+            written = option.decls.split("/")[-1 if value is False else 0]  # --lora or --full
+            setting = Setting(key, option.flag_value if one_way else value, written)
             ctx.meta.setdefault(GIVEN, []).append(setting)
 
     bounds = bounds_text(field)

@@ -9,7 +9,7 @@ import typer
 
 from tests.helpers import cli_error, invoke
 from weighted_mtp.assets import TRAINING_RUNS
-from weighted_mtp.cli.train import app
+from weighted_mtp.cli.train import GIVEN, app
 from weighted_mtp.train.config import POLICY_RUNS, bounds_text, fields, option_of
 
 
@@ -50,6 +50,31 @@ def test_help_shows_set_key_value(tmp_path):
     assert shown.exit_code == 0, shown.output
     text = " ".join(shown.output.split())
     assert "--set KEY=VALUE" in text and "--lr <float>" in text and "[lr: positive]" in text
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "given"),
+    [
+        ("baseline", [], []),
+        (
+            "baseline",
+            ["--full", "--small", "--lr", "3e-4", "--n-future", "2"],
+            [("lora.enabled", False, "--full"), ("small", True, "--small"),
+             ("lr", 3e-4, "--lr"), ("n_future", 2, "--n-future")],
+        ),
+        (
+            "verifiable",
+            ["--include-incorrect", "--lora", "--critic", "runs/critic/x"],
+            [("correct_only", False, "--include-incorrect"), ("lora.enabled", True, "--lora"),
+             ("critic.run", "runs/critic/x", "--critic")],
+        ),
+    ],
+)  # fmt: skip
+def test_an_option_given_becomes_a_setting_naming_it(command, args, given):
+    found = typer.main.get_command(app).commands[command]  # type: ignore[attr-defined]
+    ctx = found.make_context(command, args)
+    settings = ctx.meta.get(GIVEN, [])
+    assert [(s.key, s.value, s.given_as) for s in settings] == given
 
 
 @pytest.mark.parametrize(
