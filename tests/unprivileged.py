@@ -79,3 +79,18 @@ def run_unprivileged(
         check=False,
         preexec_fn=lambda: _enter(covers, user.pw_uid, user.pw_gid),
     )
+
+
+def sandbox_isolates() -> bool:
+    """Whether samples here get their namespaces and private root: as root, or where
+    bubblewrap can make user namespaces."""
+    if os.geteuid() == 0:
+        return True
+    from weighted_mtp.errors import UsageError
+    from weighted_mtp.eval.sandbox import bwrap_command
+
+    try:
+        bwrap_command()
+    except UsageError:
+        return False
+    return True

@@ -179,7 +179,7 @@ def bwrap_arguments(bwrap: str) -> list[str]:
     CAP_SYS_ADMIN (and only that) to mount each sample's scratch and give each sample its
     own IPC namespace; samples and the judge drop every capability (`drop_capabilities`)."""
     binds, links = root_layout()
-    arguments = [bwrap, "--unshare-all", "--die-with-parent", "--new-session"]
+    arguments = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--as-pid-1"]
     arguments += ["--cap-drop", "ALL", "--cap-add", "CAP_SYS_ADMIN", "--tmpfs", "/tmp"]
     for path in binds:  # after /tmp: an interpreter under /tmp stays visible
         arguments += ["--ro-bind", path, path]
