@@ -51,6 +51,14 @@ TestsOpt = Annotated[
     ),
 ]
 WorkersOpt = Annotated[int, typer.Option(help="Samples executed in parallel.")]
+NoIsolationOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-isolation",
+        help="Not root and no user namespaces: run the samples as yourself, unconfined (the "
+        "results say so on their first line). See docs/evaluation-sandbox.md.",
+    ),
+]
 # Generation options `run` and `compare` share.
 SamplesOpt = Annotated[int, typer.Option("-n", "--samples", help="Samples per task.")]
 TemperatureOpt = Annotated[float, typer.Option(help="0 = greedy.")]
@@ -104,10 +112,22 @@ DeviceOpt = Annotated[
 ]
 
 
-def _limits(timeout: float | None) -> SandboxLimits:
+def _isolation(no_isolation: bool) -> bool:
+    """Whether samples are isolated; refuses up front (one line) where they cannot be."""
+    from weighted_mtp.eval.sandbox import require_isolation
+
+    if not no_isolation:
+        require_isolation()
+    return not no_isolation
+
+
+def _limits(timeout: float | None, no_isolation: bool) -> SandboxLimits:
     from weighted_mtp.eval.sandbox import SandboxLimits
 
-    return SandboxLimits() if timeout is None else SandboxLimits(timeout=timeout)
+    isolation = _isolation(no_isolation)
+    if timeout is None:
+        return SandboxLimits(namespaces=isolation)
+    return SandboxLimits(timeout=timeout, namespaces=isolation)
 
 
 def print_scores(title: str, pass_at_k: dict[str, float | None], results: dict[str, int]) -> None:
@@ -148,6 +168,7 @@ def score(
             "limit per test)."
         ),
     ] = None,
+    no_isolation: NoIsolationOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Execute samples against the tasks' tests; write per-sample results and pass@k."""
@@ -166,7 +187,7 @@ def score(
             split=split,
             tests=require_tests(dataset, tests),
             workers=workers,
-            limits=_limits(timeout),
+            limits=_limits(timeout, no_isolation),
             partial=partial,
         )
     if as_json:
@@ -211,6 +232,7 @@ def run(
     ] = None,
     threads: ThreadsOpt = None,
     batch_size: BatchSizeOpt = "auto",
+    no_isolation: NoIsolationOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Generate with the training prompt, score in the sandbox, write results.json.
@@ -237,6 +259,7 @@ def run(
         workers=workers,
         tests=require_tests(dataset, tests),
         draft_heads=draft_heads,
+        isolation=_isolation(no_isolation),
     )
     first_rank = int(os.environ.get("RANK", "0")) == 0
     with progress_bars(not as_json and first_rank):
@@ -320,6 +343,7 @@ def compare(
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
     batch_size: BatchSizeOpt = "auto",
+    no_isolation: NoIsolationOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """pass@k of each run with bootstrap intervals over tasks, and each run against the
@@ -350,6 +374,7 @@ def compare(
         "",
         workers,
         draft_heads=draft_heads,
+        isolation=_isolation(no_isolation),
     )
     ks = default_ks(samples) if k is None else parse_ks(k)
     settings = CompareSettings(datasets, ks, generation, resamples, confidence)

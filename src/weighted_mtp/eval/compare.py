@@ -38,6 +38,7 @@ from weighted_mtp.eval.run import (
     settings_benchmark,
     speculative_plan,
 )
+from weighted_mtp.eval.sandbox import UNCONFINED
 from weighted_mtp.eval.scoring import results_path
 from weighted_mtp.eval.statistics import (
     Interval,
@@ -484,6 +485,8 @@ def comparison_markdown(comparison: Comparison) -> str:
     generation = settings.generation
     level = settings.level
     text = resources.files(__package__).joinpath("templates", "comparison.md").read_text("utf-8")
+    if not generation.isolation:  # every evaluation in it ran so (the reuse key says)
+        text = f"**{UNCONFINED}**\n\n" + text
     return Template(text).substitute(
         runs=", ".join(comparison.labels),
         baseline=comparison.labels[0],

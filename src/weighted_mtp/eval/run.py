@@ -56,6 +56,7 @@ from weighted_mtp.eval.generate import (
 )
 from weighted_mtp.eval.prompts import FittedPrompt, fit_prompt
 from weighted_mtp.eval.ranks import Ranks, gather, torchrun_ranks, undeal
+from weighted_mtp.eval.sandbox import SandboxLimits, unconfined_warning
 from weighted_mtp.eval.scoring import require_writable, score_samples
 from weighted_mtp.eval.tasks import (
     Benchmark,
@@ -90,6 +91,7 @@ class RunSettings:
     workers: int = defaults.SANDBOX_WORKERS
     tests: TestChoice = "base"
     draft_heads: int | None = None  # speculative: drafts per pass (None: the model's default)
+    isolation: bool = True  # False: --no-isolation (not root, no user namespaces)
 
     def __post_init__(self) -> None:
         assets.dataset_format(self.dataset)  # an unknown dataset is a usage error
@@ -430,7 +432,7 @@ def _evaluation_key(
     return {
         "weights": {name: sha for name, sha in weights.items() if sha is not None},
         "dataset_sha256": sorted(dataset["raw"].values()),
-        "settings": {k: v for k, v in settings.items() if k != "workers"},
+        "settings": {k: v for k, v in ({"isolation": True} | settings).items() if k != "workers"},
     }
 
 
@@ -492,9 +494,12 @@ def run_evaluation(
         split=settings.split,
         tests=settings.tests,
         workers=settings.workers,
+        limits=SandboxLimits(namespaces=settings.isolation),
         partial=settings.limit is not None,
     )
+    warning = unconfined_warning(summary.sandbox)
     results = {
+        **({"warning": warning} if warning else {}),  # the first line that says anything
         "model": _model_record(layout, model, loaded),
         "dataset": _dataset_record(layout, benchmark),
         "settings": asdict(settings),

@@ -198,6 +198,26 @@ def bwrap_command() -> list[str]:
     return command
 
 
+def require_isolation() -> None:
+    """Up front, before hours of generation: UsageError (one line: what this machine
+    lacks) where samples could not be isolated, i.e. not root and no user namespaces."""
+    if os.geteuid() != 0:
+        bwrap_command()
+
+
+UNCONFINED = (
+    "UNCONFINED: the samples ran as the evaluating user without isolation (--no-isolation): "
+    "they could read and write its files, use the network and signal its processes"
+)
+
+
+def unconfined_warning(protections: dict[str, Any]) -> str:
+    """The warning every record of an evaluation whose samples ran unconfined starts with
+    (not root, no user namespaces: `SandboxLimits(namespaces=False)`); else empty."""
+    confined = ("own_identities", "user_namespace", "pid_namespace")
+    return "" if any(protections.get(name) for name in confined) else UNCONFINED
+
+
 def _lock_dir() -> Path:
     """A root-only folder shared by every evaluation on this machine, for the id locks."""
     for base in ("/run", tempfile.gettempdir()):

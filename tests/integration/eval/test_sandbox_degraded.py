@@ -120,3 +120,31 @@ def test_a_refused_namespace_leaves_the_worker_as_it_was(breaks):
     report = json.loads(done.stdout)
     assert report["why"] == f"[Errno 1] {breaks}: Operation not permitted"
     assert report["same"] and report["pid"] != 1
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["score", "--dataset", "humaneval", "--samples", "samples.jsonl"],
+        ["run", "micro-mtp", "--dataset", "humaneval"],
+        ["compare", "micro-mtp", "micro-mtp", "--dataset", "humaneval"],
+    ],
+    ids=["score", "run", "compare"],
+)
+def test_without_root_nor_user_namespaces_the_cli_refuses_in_one_line(command, tmp_path):
+    """Before anything is generated or read, one line says what the machine lacks."""
+    if shutil.which("unshare") is None:
+        pytest.skip("util-linux unshare is not installed")
+    done = subprocess.run(
+        ["unshare", "--user", sys.executable, "-m", "weighted_mtp", "eval", *command],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    if "unshare failed" in done.stderr:
+        pytest.skip(f"user namespaces are not allowed here: {done.stderr.strip()}")
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith("error: cannot isolate the samples: not root, and bubblewrap")
+    assert "--no-isolation" in lines[0]
