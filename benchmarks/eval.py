@@ -4,6 +4,7 @@
     uv run python benchmarks/eval.py sandbox [--workers 2] [--repeat 1] [--mbpp mbpp.jsonl]
         [--no-cgroups]
     uv run python benchmarks/eval.py sandbox-slot [--blocks 20] [--block-size 32]
+    uv run python benchmarks/eval.py sandbox-modes [--workers 2] [--rounds 3]
     uv run python benchmarks/eval.py decoding [--root STORAGE] [--steps 40] [--rounds 3]
     uv run python benchmarks/eval.py batching [--prompts 64] [--max-new-tokens 64] [--dim 1152]
         [--rows 8,16,32] [--hf-rows 16] [--rounds 1]
@@ -24,6 +25,12 @@ never touched).
 take turns on blocks of HumanEval's canonical solutions; per sample, the CPU time of the
 sandbox's processes (the worker's process tree, from /proc) and the slot's wall time,
 medians and quartiles over the blocks.
+
+`sandbox-modes` (root): the unprivileged path (each slot in bubblewrap, user namespaces)
+against root's (own uids, namespaces, private root, slot cgroups): HumanEval's 164
+canonical solutions through `Sandbox` (start-up included), as root and as `nobody` (in a
+child process started as the attack suite's unprivileged run is), alternating, `--rounds`
+times. Prints samples/s of each and the ratio (target: unprivileged >= 0.8x root).
 
 `decoding`: what self-speculative decoding gains, as two separate factors. (a) The cost of
 a verification pass against a plain decoding step, on a random 583M-parameter model with
@@ -156,6 +163,52 @@ def bench_sandbox(args: argparse.Namespace) -> None:
         print(line)
         differ = [programs[i][0] for i in range(len(jobs)) if ours[i] != plain[i]]
         print(f"  verdicts that differ from the plain process: {differ or 'none'}")
+
+
+def sandbox_throughput(workers: int) -> dict:
+    """HumanEval's canonical solutions through one `Sandbox` as this user: samples/s."""
+    from weighted_mtp.eval.sandbox import Sandbox
+
+    jobs = [problem.job(reference) for _, problem, reference, _ in reference_programs(None, None)]
+    start = time.perf_counter()
+    with Sandbox(workers) as box:
+        passed = sum(o.passed for o in box.run_all(jobs))
+    seconds = time.perf_counter() - start
+    return {"samples_per_second": len(jobs) / seconds, "passed": passed, "jobs": len(jobs)}
+
+
+def bench_sandbox_modes(args: argparse.Namespace) -> None:
+    if args.as_child:
+        print(json.dumps(sandbox_throughput(args.workers)))
+        return
+    if os.geteuid() != 0:
+        sys.exit("sandbox-modes compares with root's path: run it as root")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from unprivileged import run_unprivileged
+
+    checkout = str(Path(__file__).resolve().parents[1])
+    child = [sys.executable, __file__, "sandbox-modes", "--as-child", "--workers"]
+    child.append(str(args.workers))
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+    print(
+        f"164 HumanEval canonical solutions, {args.workers} workers, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+    ratios = []
+    for round_ in range(args.rounds):
+        root = sandbox_throughput(args.workers)
+        done = run_unprivileged(child, [checkout], checkout, env, timeout=600)
+        if done.returncode != 0:
+            sys.exit(f"the unprivileged run failed: {done.stderr.strip()[-2000:]}")
+        user = json.loads(done.stdout.splitlines()[-1])
+        ratios.append(user["samples_per_second"] / root["samples_per_second"])
+        print(
+            f"round {round_ + 1}: root {root['samples_per_second']:.1f} samples/s "
+            f"({root['passed']} passed) | unprivileged (bubblewrap) "
+            f"{user['samples_per_second']:.1f} samples/s ({user['passed']} passed) | "
+            f"ratio {ratios[-1]:.2f}x (target >= 0.8)"
+        )
+    print(f"median ratio {statistics.median(ratios):.2f}x")
 
 
 def time_the_harness(harness, workers: int) -> str:
@@ -1010,6 +1063,10 @@ def main(argv: list[str] | None = None) -> None:
     slot = commands.add_parser("sandbox-slot")
     slot.add_argument("--blocks", type=int, default=20)
     slot.add_argument("--block-size", type=int, default=32)
+    modes = commands.add_parser("sandbox-modes")
+    modes.add_argument("--workers", type=int, default=2)
+    modes.add_argument("--rounds", type=int, default=3)
+    modes.add_argument("--as-child", action="store_true", help=argparse.SUPPRESS)
     decoding = commands.add_parser("decoding")
     decoding.add_argument(
         "--root", help="storage with processed datasets and micro-mtp (default: a new demo)"
@@ -1051,6 +1108,7 @@ def main(argv: list[str] | None = None) -> None:
     commands_run = {
         "sandbox": bench_sandbox,
         "sandbox-slot": bench_sandbox_slot,
+        "sandbox-modes": bench_sandbox_modes,
         "decoding": bench_decoding,
         "batching": bench_batching,
         "samples-memory": bench_samples_memory,
