@@ -46,8 +46,9 @@ def _blocked(paths: Sequence[str], uid: int, gid: int) -> dict[str, list[str]]:
     return {cover: covers[cover] for cover in iso.outermost(list(covers))}
 
 
-def _enter(covers: dict[str, list[str]], uid: int, gid: int) -> None:
-    """In the child, before exec: a private mount namespace with the covers, then `uid`."""
+def _enter(covers: dict[str, list[str]], uid: int | None, gid: int) -> None:
+    """In the child, before exec: a private mount namespace with the covers, then `uid`
+    (None: stay root)."""
     iso.unshare(iso.CLONE_NEWNS)
     iso.mount(None, "/", None, iso.MS_REC | iso.MS_PRIVATE)
     for cover, inside in covers.items():
@@ -57,18 +58,27 @@ def _enter(covers: dict[str, list[str]], uid: int, gid: int) -> None:
             os.makedirs(path, mode=0o755, exist_ok=True)
             iso.mount(f"/proc/self/fd/{fd}", path, None, iso.MS_BIND | iso.MS_REC)
             os.close(fd)
-    os.setgroups([])
-    os.setgid(gid)
-    os.setuid(uid)
+    if uid is not None:
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
 
 
 def run_unprivileged(
-    command: Sequence[str], needs: Sequence[str], cwd: str, env: dict[str, str], timeout: float
+    command: Sequence[str],
+    needs: Sequence[str],
+    cwd: str,
+    env: dict[str, str],
+    timeout: float,
+    stay_root: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """`command` as `nobody`, able to read `needs` and the interpreter's directories."""
+    """`command` as `nobody`, able to read `needs` and the interpreter's directories.
+    `stay_root`: as root, with those readable by every user (e.g. for the sandbox's own
+    uids, when it runs without the private root that would show them the interpreter)."""
     user = pwd.getpwnam(USER)
     binds, _links = iso.root_layout()
     covers = _blocked([*binds, *needs], user.pw_uid, user.pw_gid)
+    uid = None if stay_root else user.pw_uid
     return subprocess.run(
         list(command),
         cwd=cwd,
@@ -77,7 +87,7 @@ def run_unprivileged(
         text=True,
         timeout=timeout,
         check=False,
-        preexec_fn=lambda: _enter(covers, user.pw_uid, user.pw_gid),
+        preexec_fn=lambda: _enter(covers, uid, user.pw_gid),
     )
 
 
