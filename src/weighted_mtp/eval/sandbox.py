@@ -9,9 +9,12 @@ untrusted code. When root, every slot has identities of its own (a uid/gid pair 
 samples, another for its judges, from a reserved range, locked so concurrent evaluations
 never share them) and lives in its own PID, mount and network namespaces on a private
 read-only root (`sandbox_isolation`), with a cgroup that bounds the memory and tasks of
-all a sample's processes together (`sandbox_cgroup`), where the kernel allows. A worker
-that dies or stops answering is replaced and the sample counts as an error, so an
-evaluation always finishes.
+all a sample's processes together (`sandbox_cgroup`), where the kernel allows. Not root,
+each slot's worker runs inside bubblewrap (`bwrap`, user namespaces) on the same root
+layout; where that is impossible the sandbox refuses to start unless told to run
+unconfined. In both, every sample and judge runs under a seccomp filter
+(`sandbox_seccomp`). A worker that dies or stops answering is replaced and the sample
+counts as an error, so an evaluation always finishes.
 What holds where is listed in docs/evaluation-sandbox.md.
 """
 

@@ -7,7 +7,8 @@ answer per job. Standard library (and this package's other sandbox modules) only
 Processes of one slot:
 
 - the worker (root when the evaluator is, then PID 1 of its own PID, mount and network
-  namespaces on a private read-only root, see `sandbox_isolation`): reads jobs, hands them
+  namespaces on a private read-only root, see `sandbox_isolation`; not root, PID 1 of
+  the namespaces bubblewrap made, with CAP_SYS_ADMIN there only): reads jobs, hands them
   out, enforces the wall-clock limit and cleans up after every job;
 - the zygote: forked from the worker before the worker reads its first job, so it starts
   with no job in its memory; the worker sends it only a sample's limits and folder
@@ -32,8 +33,9 @@ Processes of one slot:
   expected output it never sent.
 
 Samples and judges run in their own sessions, without inherited descriptors, with
-resource limits (samples: RLIMIT_CPU/AS/DATA/FSIZE/NPROC/CORE), no new privileges, a
-scrubbed environment; samples in an empty private folder. When root, each runs under the
+resource limits (samples: RLIMIT_CPU/AS/DATA/FSIZE/NPROC/CORE), no new privileges, no
+capabilities, a seccomp filter (`sandbox_seccomp`), a scrubbed environment; samples in an
+empty private folder. When root, each runs under the
 slot's own uids (given by the evaluator), so a sample can signal or write nothing of
 another sample, of its judge, or of the worker.
 """
