@@ -12,11 +12,14 @@ skipped."""
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
-from unprivileged import run_unprivileged
+from unprivileged import USER, run_unprivileged
 
 CHECKOUT = Path(__file__).resolve().parents[3]
 SUITE = [
@@ -35,10 +38,16 @@ def test_the_attack_and_fidelity_suites_give_the_same_verdicts_unprivileged():
         [sys.executable, "-c", PROBE], [str(CHECKOUT)], str(CHECKOUT), ENV, timeout=60
     )
     if probe.returncode != 0:
-        pytest.skip(f"no user namespaces for {'nobody'} here: {probe.stderr.strip()[-300:]}")
+        pytest.skip(f"no user namespaces for {USER} here: {probe.stderr.strip()[-300:]}")
+    scratch = tempfile.mkdtemp(prefix="wmtp-unprivileged-suite-")
+    user = pwd.getpwnam(USER)
+    os.chown(scratch, user.pw_uid, user.pw_gid)
     command = [sys.executable, "-m", "pytest", "-p", "no:xdist", "-p", "no:cacheprovider"]
-    command += ["-q", "-rs", "--basetemp", "/tmp/wmtp-unprivileged-suite", *SUITE]
-    done = run_unprivileged(command, [str(CHECKOUT)], str(CHECKOUT), ENV, timeout=600)
+    command += ["-q", "-rs", "--basetemp", f"{scratch}/tmp", *SUITE]
+    try:
+        done = run_unprivileged(command, [str(CHECKOUT)], str(CHECKOUT), ENV, timeout=600)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     summary = done.stdout[-4000:]
     assert done.returncode == 0, summary + done.stderr[-2000:]
     # Skipped only where a test needs root itself (its cgroups, its reserved uids).
