@@ -33,15 +33,21 @@ def _traversable(path: str, uid: int, gid: int) -> bool:
 
 
 def _blocked(paths: Sequence[str], uid: int, gid: int) -> dict[str, list[str]]:
-    """For each outermost directory `uid` cannot enter on the way to `paths`, the paths
+    """For each outermost directory `uid` cannot enter on the way to `paths` (or that is
+    one of them, e.g. a checkout made by `mktemp -d`: then its entries), what to bind
     below it."""
     covers: dict[str, list[str]] = {}
     for path in iso.outermost([os.path.realpath(p) for p in paths]):
         parts = Path(path).parts
-        for depth in range(1, len(parts)):
+        for depth in range(1, len(parts) + 1):
             ancestor = str(Path(*parts[:depth]))
             if not _traversable(ancestor, uid, gid):
-                covers.setdefault(ancestor, []).append(path)
+                inside = (
+                    [path]
+                    if depth < len(parts)
+                    else sorted(os.path.join(path, name) for name in os.listdir(path))
+                )
+                covers.setdefault(ancestor, []).extend(inside)
                 break
     return {cover: covers[cover] for cover in iso.outermost(list(covers))}
 
@@ -55,7 +61,11 @@ def _enter(covers: dict[str, list[str]], uid: int | None, gid: int) -> None:
         fds = {path: os.open(path, os.O_PATH | os.O_CLOEXEC) for path in inside}
         iso.mount("tmpfs", cover, "tmpfs", iso.MS_NOSUID | iso.MS_NODEV, "mode=0755,size=1m")
         for path, fd in fds.items():
-            os.makedirs(path, mode=0o755, exist_ok=True)
+            if os.path.isdir(f"/proc/self/fd/{fd}"):
+                os.makedirs(path, mode=0o755, exist_ok=True)
+            else:  # a file: its mount point is an empty file
+                os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+                open(path, "w").close()
             iso.mount(f"/proc/self/fd/{fd}", path, None, iso.MS_BIND | iso.MS_REC)
             os.close(fd)
     if uid is not None:
