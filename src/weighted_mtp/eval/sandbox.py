@@ -5,13 +5,13 @@ session, with a scrubbed environment and no inherited descriptors. A worker runs
 function-style sample in one process and its tests in another (the judge), joined by a
 channel that carries plain data only (`sandbox_channel`); a stdin/stdout program's output
 comes back here and is compared with the expected output by this process, which runs no
-untrusted code. When root, every slot has identities of its own (a uid/gid pair for its
-samples, another for its judges, from a reserved range, locked so concurrent evaluations
-never share them) and lives in its own PID, mount and network namespaces on a private
-read-only root (`sandbox_isolation`), with a cgroup that bounds the memory and tasks of
-all a sample's processes together (`sandbox_cgroup`), where the kernel allows. Not root,
-each slot's worker runs inside bubblewrap (`bwrap`, user namespaces) on the same root
-layout; where that is impossible the sandbox refuses to start unless told to run
+untrusted code. Each slot's worker runs inside bubblewrap (`bwrap`), in its own PID,
+mount, network, IPC and UTS namespaces on a private read-only root (`sandbox_isolation`).
+When root, every slot also has identities of its own (a uid/gid pair for its samples,
+another for its judges, from a reserved range, locked so concurrent evaluations never
+share them) and a cgroup that bounds the memory and tasks of all a sample's processes
+together (`sandbox_cgroup`), where the kernel allows; not root, bubblewrap adds a user
+namespace, and where it cannot the sandbox refuses to start unless told to run
 unconfined. In both, every sample and judge runs under a seccomp filter
 (`sandbox_seccomp`). A worker that dies or stops answering is replaced and the sample
 counts as an error, so an evaluation always finishes.
