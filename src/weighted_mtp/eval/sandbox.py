@@ -149,7 +149,7 @@ def _bwrap_version(path: str) -> tuple[int, ...]:
         said = subprocess.run(
             [path, "--version"], capture_output=True, text=True, timeout=10, check=False
         ).stdout
-    except OSError:
+    except (OSError, subprocess.TimeoutExpired):
         return ()
     found = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", said)
     return tuple(int(part or 0) for part in found.groups()) if found else ()
