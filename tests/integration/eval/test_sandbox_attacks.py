@@ -24,7 +24,7 @@ from tests.integration.eval.test_sandbox_fidelity import (  # the MBPP-format fi
     mbpp_layout,  # noqa: F401
 )
 from weighted_mtp.eval import sandbox_seccomp
-from weighted_mtp.eval.sandbox import Job, Outcome, Sandbox
+from weighted_mtp.eval.sandbox import Job, Outcome, Sandbox, unconfined_warning
 from weighted_mtp.eval.scoring import results_path, score_samples
 from weighted_mtp.eval.tasks import load_problems
 
@@ -795,4 +795,5 @@ def test_seccomp_denies_tracing_keyrings_and_namespaces_to_samples_and_judges():
     with Sandbox(1) as box:
         (outcome,) = box.run_all([Job(PROBES, test=JUDGE_PROBE)])
         assert box.protections["seccomp"] is True
+        assert unconfined_warning(box.protections) == ""  # root's or bubblewrap's isolation
     assert outcome.passed, outcome.reason

@@ -20,7 +20,7 @@ from weighted_mtp.eval.sandbox_isolation import interpreter_paths
 
 JOBS = """
 from weighted_mtp.errors import UsageError
-from weighted_mtp.eval.sandbox import Job, Sandbox, SandboxLimits
+from weighted_mtp.eval.sandbox import Job, Sandbox, SandboxLimits, unconfined_warning
 rigged = "def f():\\n    return type('A', (), {'__eq__': lambda s, o: True})()\\n"
 jobs = [
     Job("def f(x):\\n    return 2 * x\\n", test="assert f(3) == 6"),
@@ -37,6 +37,7 @@ except UsageError as exc:
 with Sandbox(2, SandboxLimits(namespaces=False)) as box:  # wmtp's --no-isolation
     results = [o.result for o in box.run_all(jobs)]
 report = {"refused": refused, "protections": box.protections, "results": results}
+report["warning"] = unconfined_warning(box.protections)
 print(json.dumps({"euid": os.geteuid(), **report}))
 """
 EXPECTED = ["passed", "failed", "failed", "passed", "passed"]
@@ -61,6 +62,7 @@ def test_without_root_nor_user_namespaces_isolation_is_refused_unless_turned_off
     assert report["refused"].startswith("cannot isolate the samples: not root, and ")
     assert "user namespaces" in report["refused"]
     assert report["results"] == EXPECTED
+    assert report["warning"].startswith("UNCONFINED: the samples ran as the evaluating user")
     assert report["protections"]["separate_judge"] is True
     assert report["protections"]["own_identities"] is False
     assert report["protections"]["pid_namespace"] is False
