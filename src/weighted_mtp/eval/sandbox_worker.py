@@ -6,10 +6,10 @@ answer per job. Standard library (and this package's other sandbox modules) only
 
 Processes of one slot:
 
-- the worker (root when the evaluator is, then PID 1 of its own PID, mount and network
-  namespaces on a private read-only root, see `sandbox_isolation`; not root, PID 1 of
-  the namespaces bubblewrap made, with CAP_SYS_ADMIN there only): reads jobs, hands them
-  out, enforces the wall-clock limit and cleans up after every job;
+- the worker (PID 1 of the PID, mount, network, IPC and UTS namespaces bubblewrap made
+  for its slot, on a private read-only root, see `sandbox_isolation`; root when the
+  evaluator is, else holding CAP_SYS_ADMIN in the slot's user namespace only): reads
+  jobs, hands them out, enforces the wall-clock limit and cleans up after every job;
 - the zygote: forked from the worker before the worker reads its first job, so it starts
   with no job in its memory; the worker sends it only a sample's limits and folder
   (`SAMPLE_KEYS`) and its program as a file (a memfd) that only the sample's process
@@ -35,9 +35,9 @@ Processes of one slot:
 Samples and judges run in their own sessions, without inherited descriptors, with
 resource limits (samples: RLIMIT_CPU/AS/DATA/FSIZE/NPROC/CORE), no new privileges, no
 capabilities, a seccomp filter (`sandbox_seccomp`), a scrubbed environment; samples in an
-empty private folder. When root, each runs under the
-slot's own uids (given by the evaluator), so a sample can signal or write nothing of
-another sample, of its judge, or of the worker.
+empty private folder. When root, each runs under the slot's own uids (given by the
+evaluator), so a sample can signal or write nothing of another sample, of its judge, or
+of the worker.
 """
 
 from __future__ import annotations
