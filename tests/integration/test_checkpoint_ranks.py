@@ -31,7 +31,7 @@ def damage_when_saved(run: Path, workers: list[subprocess.Popen[str]]) -> list[s
         handle.seek(100)
         handle.write(os.urandom(4096))
     (run / "damaged").touch()
-    errors = [w.communicate(timeout=120)[1] for w in workers]
+    errors = [w.communicate(timeout=600)[1] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
     return errors
 

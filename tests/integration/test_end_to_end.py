@@ -248,7 +248,7 @@ def test_build_repairs_what_verify_found_even_with_unchanged_size_and_mtime(
     assert checklist.ok, [s.to_dict() for s in checklist.failed()]
 
 
-def _wait_for_log(layout, predicate, process, timeout=120):
+def _wait_for_log(layout, predicate, process, timeout=600):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate(read_log(layout)):
@@ -288,7 +288,7 @@ def test_killed_build_resumes_to_a_storage_that_verifies(demo_copy, sig):
         process,
     )
     process.send_signal(sig)
-    output = process.communicate(timeout=120)[0].decode()
+    output = process.communicate(timeout=600)[0].decode()
     assert reached, output
     if sig == signal.SIGINT:
         assert process.returncode == 130, output

@@ -75,6 +75,27 @@ def test_a_folder_that_is_no_run_and_a_link_to_it_are_refused_untouched(train_st
     assert tree(notes) == before
 
 
+def listing(root: Path) -> dict[str, tuple[int, int]]:
+    """Every entry under `root` with its size and modification time (nothing read)."""
+    return {
+        p.relative_to(root).as_posix(): (p.lstat().st_size, p.lstat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if not p.is_dir()
+    }
+
+
+def test_an_out_inside_the_storage_but_not_under_its_runs_is_refused_untouched(train_storage):
+    """`--out` into an asset would fail `wmtp verify` and stale the approval; a new folder
+    at the root would fail its layout check (and `storage clean` would delete the run)."""
+    root = train_storage.root
+    before = listing(root)
+    for out in (root / "models_v2" / "micro-mtp" / "run-x", root / "models", root / "runs"):
+        line = error_line(run_wmtp(*baseline(out, 1), root=root))
+        assert "inside the storage" in line and str(out) in line
+        assert not out.exists() or out == root / "runs"
+    assert listing(root) == before
+
+
 def test_a_second_run_into_the_same_folder_is_refused_naming_the_first(train_storage, tmp_path):
     run = tmp_path / "run"
     first = start(baseline(run, 6), train_storage.root)

@@ -14,7 +14,7 @@ from weighted_mtp.storage.layout import Layout
 from weighted_mtp.storage.lock import storage_lock
 with storage_lock(Layout(sys.argv[1]), "wmtp build"):
     print("locked", flush=True)
-    time.sleep(120)
+    time.sleep(3600)  # killed by the fixture: no deadline a loaded machine could reach
 """
 
 
@@ -23,7 +23,7 @@ def wmtp(root, *args, **kwargs) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "weighted_mtp", "--root", str(root), *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
         **kwargs,
     )
 

@@ -78,8 +78,14 @@ def test_two_ranks_train_like_one_and_a_run_resumes_on_another_rank_count(train_
     assert grad_norms(two) == pytest.approx(grad_norms(one)[:2], rel=1e-4)
 
     # ... resumed on one rank: the DCP checkpoint reshards.
-    resumed = wmtp(root, "train", "baseline", *OPTIONS, "--out", str(two), "--resume")
+    resumed = wmtp(root, "train", "baseline", *OPTIONS, "--out", str(two), "--resume", "--json")
     assert resumed.returncode == 0, resumed.stderr
+    record = json.loads(resumed.stdout)  # one JSON object and nothing else
+    assert (record["run"], record["completed"], record["steps"]) == (str(two), True, 3)
+    assert (
+        record["final_validation"]
+        == json.loads((two / "summary.json").read_text())["final_validation"]
+    )
     assert [x[:2] for x in losses(two)] == [x[:2] for x in a]
     for x, y in zip(a, losses(two), strict=True):
         assert x[2] == pytest.approx(y[2], rel=1e-5)

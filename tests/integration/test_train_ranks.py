@@ -81,11 +81,12 @@ def test_the_suite_trains_every_stage_on_every_rank(weighted_storage, tmp_path):
     out = tmp_path / "suite"
     result = run_wmtp(
         "train", "suite", "--small", "--max-steps", "1", "--set", "eval_batches=2",
-        "--out", str(out), root=weighted_storage.root, ranks=2,
+        "--out", str(out), "--json", root=weighted_storage.root, ranks=2,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("comparison:") == 1
+    printed = json.loads(result.stdout)  # rank 0's one JSON object, nothing else
     comparison = json.loads((out / "comparison.json").read_text())
+    assert printed == {"folder": str(out), "comparison": comparison}
     assert list(comparison["stages"]) == ["baseline", "critic", "verifiable", "ref-tune", "rho1"]
     for stage in comparison["stages"]:
         summary = json.loads((out / stage / "summary.json").read_text())

@@ -12,7 +12,7 @@ def wmtp(*args, env=None) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "weighted_mtp", *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
         env=env,
     )
 
@@ -88,3 +88,12 @@ def test_ctrl_c_swallowed_during_import_torch_still_stops_the_demo(tmp_path):
     assert out.returncode == 130, out.stdout + out.stderr
     assert "interrupted" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "demo-mirror").exists()
+
+
+@pytest.mark.parametrize("args", [("--device-memory", "nan"), ("--ranks", "1000000")])
+def test_a_plan_of_an_impossible_device_or_rank_count_is_one_line(tmp_path, args):
+    """A traceback (nan, 1e308) and minutes of tracing (a million ranks) before: now one
+    line, before anything is read or traced, nothing written."""
+    line = _one_error_line(wmtp("--root", str(tmp_path), "train", "plan", "baseline", *args))
+    assert line.startswith(f"error: {args[0]}")
+    assert list(tmp_path.iterdir()) == []

@@ -15,13 +15,15 @@ Checked by hand with `collectives.all_reduce` and `all_gather_1d` made rank-loca
 tests fail at step 1 (weight_min 0.3639 vs 0.3625, delta_selected_mean 0.0995 vs 0.1004).
 
 Metrics are compared per step; the losses and gradient norms to float32 summation order;
-the final parameters relative to the training update (see `assert_same_parameters`). The
+the final parameters relative to the training update, bar the few elements AdamW moves by
+rounding (see `assert_same_parameters`). The
 critic and the reference (stage 1) are held to the same standard.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -69,6 +71,7 @@ def one_and_two_ranks(root: Path, folder: Path, *args: str) -> tuple[Path, Path]
     with log.open("w") as sink:
         ranks = subprocess.Popen(
             wmtp_command(*args, *OPTIONS, "--out", str(two), root=root, ranks=2),
+            env={**os.environ, "OMP_NUM_THREADS": "1"},  # one thread per rank, as in here
             stdout=sink,
             stderr=subprocess.STDOUT,
         )
@@ -112,16 +115,29 @@ def policy_start(layout) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in load_file(layout.model("micro-mtp").weights).items()}
 
 
+LR = 1e-3  # OPTIONS' lr
+# AdamW normalises each element's step (m / (sqrt(v) + eps), eps = 1e-8) to about lr whatever
+# the gradient's size. An element whose summed gradient is within float32 rounding of zero
+# or of eps (a sum of terms that cancel) therefore moves by an amount set by rounding: the
+# two summation orders can move it differently by up to a few lr per step. Measured (pairwise
+# critic, 3 steps): 1 such element among 1024 in one tensor (o_proj of layer 0, differing by
+# 1.84e-6, 1.6e-4 of the tensor's update norm), every other element within 5.4e-7.
+ROUNDING_SET = 1e-3  # at most this fraction of a tensor's elements, each within the bound:
+ROUNDING_SET_BOUND = 2 * 2 * LR * STEPS  # both runs, each up to ~2 lr per step
+
+
 def assert_same_parameters(
     one: Path, two: Path, initial: dict[str, torch.Tensor], scratch: Path
 ) -> None:
     """The final float32 parameters (DCP checkpoints) agree relative to the update.
 
     The runs sum the same gradients in another order (4 accumulated micro-batches vs 2 per
-    rank and a reduce-scatter), ~1e-7 relative; measured, no tensor differs by more than
-    1e-6 of its update after 3 steps. A wrong, missing or doubled gradient moves a tensor by
-    about its whole update, and one target selected or weighted differently out of ~1800 by
-    ~1e-3 of it, so each tensor's difference must stay below 1e-4 of its update.
+    rank and a reduce-scatter), ~1e-7 relative. A wrong, missing or doubled gradient moves a
+    tensor by about its whole update, and one target selected or weighted differently out of
+    ~1800 by ~1e-3 of it, so each tensor's difference must stay below 1e-4 of its update,
+    once the few elements whose step AdamW made of rounding (`ROUNDING_SET`, each within
+    `ROUNDING_SET_BOUND`) are set aside. Deterministic: the same two runs give the same
+    bits whatever the machine's load (1 thread in this process, torchrun's 1 per rank).
     """
     step = f"step-{STEPS:08d}"
     final_one = checkpoint_model(one / "checkpoints" / step, scratch / "one.pt")
@@ -130,7 +146,11 @@ def assert_same_parameters(
     for name in initial:
         update = (final_one[name] - initial[name]).norm()
         assert update > 0, name
-        assert (final_one[name] - final_two[name]).norm() <= 1e-4 * update, name
+        difference = (final_one[name] - final_two[name]).abs().flatten()
+        rounding_set = difference.topk(int(ROUNDING_SET * difference.numel()))
+        assert all(rounding_set.values <= ROUNDING_SET_BOUND), name
+        difference[rounding_set.indices] = 0
+        assert difference.norm() <= 1e-4 * update, name
 
 
 def frozen_placement(run: Path) -> dict:

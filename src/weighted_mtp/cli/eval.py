@@ -51,6 +51,14 @@ TestsOpt = Annotated[
     ),
 ]
 WorkersOpt = Annotated[int, typer.Option(help="Samples executed in parallel.")]
+NoIsolationOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-isolation",
+        help="Not root and no user namespaces: run the samples as yourself, unconfined (the "
+        "results say so on their first line). See docs/evaluation-sandbox.md.",
+    ),
+]
 # Generation options `run` and `compare` share.
 SamplesOpt = Annotated[int, typer.Option("-n", "--samples", help="Samples per task.")]
 TemperatureOpt = Annotated[float, typer.Option(help="0 = greedy.")]
@@ -68,8 +76,9 @@ SpeculativeOpt = Annotated[
         help="Self-speculative decoding with the MTP heads: samples from the same "
         "distribution (greedy: the same tokens). Faster only where a pass over a few tokens "
         "costs about one step and the heads' drafts are often accepted: a model whose trunk "
-        "dwarfs its heads (the 7B), memory-bound. Slower on micro models (no trunk). See "
-        "docs/evaluation-decoding.md.",
+        "dwarfs its heads (the 7B), memory-bound. Slower on micro models (no trunk). Decodes "
+        "one row at a time (no --batch-size): for many tasks or samples, batching (the "
+        "default) gains more. See docs/evaluation-decoding.md.",
     ),
 ]
 DraftHeadsOpt = Annotated[
@@ -78,6 +87,18 @@ DraftHeadsOpt = Annotated[
         "--draft-heads",
         help="With --speculative: draft tokens per pass, 1..heads-1 (default: from the "
         "model's shape; all 3 extra heads of the 7B, 1 for a model without a trunk).",
+    ),
+]
+BatchSizeOpt = Annotated[
+    str,
+    typer.Option(
+        "--batch-size",
+        help="Rows decoded together, across tasks and samples (continuous batching): N, or "
+        "auto (as many as half the free GPU memory, or available RAM, holds caches for; at "
+        "most 256 on a GPU, 32 on a CPU). On a CPU the samples are the same bit for bit for "
+        "every value; on a GPU a greedy near-tie can go either way. Not with --speculative, "
+        "which decodes one row at a time.",
+        metavar="N|auto",
     ),
 ]
 LimitOpt = Annotated[int | None, typer.Option(help="Only the first N tasks.")]
@@ -91,10 +112,22 @@ DeviceOpt = Annotated[
 ]
 
 
-def _limits(timeout: float | None) -> SandboxLimits:
+def _isolation(no_isolation: bool) -> bool:
+    """Whether samples are isolated; refuses up front (one line) where they cannot be."""
+    from weighted_mtp.eval.sandbox import require_isolation
+
+    if not no_isolation:
+        require_isolation()
+    return not no_isolation
+
+
+def _limits(timeout: float | None, no_isolation: bool) -> SandboxLimits:
     from weighted_mtp.eval.sandbox import SandboxLimits
 
-    return SandboxLimits() if timeout is None else SandboxLimits(timeout=timeout)
+    isolation = _isolation(no_isolation)
+    if timeout is None:
+        return SandboxLimits(namespaces=isolation)
+    return SandboxLimits(timeout=timeout, namespaces=isolation)
 
 
 def print_scores(title: str, pass_at_k: dict[str, float | None], results: dict[str, int]) -> None:
@@ -135,6 +168,7 @@ def score(
             "limit per test)."
         ),
     ] = None,
+    no_isolation: NoIsolationOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Execute samples against the tasks' tests; write per-sample results and pass@k."""
@@ -152,7 +186,7 @@ def score(
             split=choice.split,
             tests=choice.tests,
             workers=workers,
-            limits=_limits(timeout),
+            limits=_limits(timeout, no_isolation),
             partial=partial,
         )
     if as_json:
@@ -196,6 +230,8 @@ def run(
         Path | None, typer.Option("--out", help="Output folder (default: <root>/runs/eval/...).")
     ] = None,
     threads: ThreadsOpt = None,
+    batch_size: BatchSizeOpt = "auto",
+    no_isolation: NoIsolationOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Generate with the training prompt, score in the sandbox, write results.json.
@@ -203,11 +239,12 @@ def run(
     Under `torchrun --nproc-per-node N -m weighted_mtp eval run ...` the tasks are dealt
     out to the N ranks and rank 0 writes the same samples.jsonl as one process.
     """
-    from weighted_mtp.eval.generate import SamplingConfig, check_device
+    from weighted_mtp.eval.generate import SamplingConfig, check_batch_size, check_device
     from weighted_mtp.eval.run import RunSettings, run_evaluation
     from weighted_mtp.eval.tasks import require_tests
 
     dataset = checked_name(dataset, DATASETS, "dataset")
+    rows = check_batch_size(batch_size)
     settings = RunSettings(
         dataset=dataset,
         sampling=SamplingConfig(
@@ -220,11 +257,18 @@ def run(
         split=split or "",
         tests=require_tests(dataset, tests),
         workers=workers,
+        isolation=_isolation(no_isolation),
     )
     first_rank = int(os.environ.get("RANK", "0")) == 0
     with progress_bars(not as_json and first_rank):
         results = run_evaluation(
-            state(ctx).layout, model, settings, out, device=check_device(device), threads=threads
+            state(ctx).layout,
+            model,
+            settings,
+            out,
+            device=check_device(device),
+            threads=threads,
+            batch_size=rows,
         )
     if results is None:  # another rank than the first under torchrun: rank 0 reports
         return
@@ -237,7 +281,8 @@ def run(
     rate = gen.acceptance_rate
     console.print(
         f"generation: {gen.new_tokens} tokens, {gen.tokens_per_second:.1f} tokens/s "
-        f"on {gen.device} ({gen.dtype}, {gen.ranks} rank(s))"
+        f"on {gen.device} ({gen.dtype}, {gen.ranks} rank(s)), "
+        f"batch {gen.batch_size} ({gen.batch_size_reason})"
         + (f", draft acceptance {rate:.1%}" if rate is not None else ""),
         highlight=False,
     )
@@ -295,6 +340,8 @@ def compare(
     ] = None,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
+    batch_size: BatchSizeOpt = "auto",
+    no_isolation: NoIsolationOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """pass@k of each run with bootstrap intervals over tasks, and each run against the
@@ -307,10 +354,11 @@ def compare(
         comparison_folder,
         default_ks,
     )
-    from weighted_mtp.eval.generate import SamplingConfig
+    from weighted_mtp.eval.generate import SamplingConfig, check_batch_size
     from weighted_mtp.eval.run import RunSettings
     from weighted_mtp.eval.scoring import parse_ks
 
+    rows = check_batch_size(batch_size)
     datasets = tuple(name.strip() for name in dataset.split(","))
     generation = RunSettings(
         dataset=datasets[0],
@@ -322,6 +370,7 @@ def compare(
         draft_heads=draft_heads,
         limit=limit,
         workers=workers,
+        isolation=_isolation(no_isolation),
     )
     ks = default_ks(samples) if k is None else parse_ks(k)
     settings = CompareSettings(datasets, ks, generation, resamples, confidence)
@@ -336,6 +385,7 @@ def compare(
             reuse=reuse,
             device=device,
             threads=threads,
+            batch_size=rows,
             on_evaluation=None if as_json else _say_evaluation,
         )
     if comparison is None:  # a torchrun rank that generated its share; rank 0 reports

@@ -1,204 +1,108 @@
-"""`wmtp train`: run an experiment or the suite, plot runs. Parsing and printing only; torch
-is imported inside the commands.
+"""`wmtp train`: run an experiment or the suite, plan a run's memory, plot runs. Parsing and
+printing only; torch is imported inside the commands.
 
-The five experiment commands are made from one table (`COMMANDS`): every one takes the
-shared options (declared once, in `SHARED`), the MTP policy's take `POLICY` too, and each
-its own (`--objective`, `--critic`, `--kappa`, ...). An option that sets a config key
-becomes a `Setting` naming the option, so a bad value is reported as the user wrote it.
+The options that set a config key are made from `TrainConfig`'s fields (`config.Option`,
+the description and the bounds) by `ConfigCommand` when a command is parsed or its help is
+shown, so `wmtp --help` imports no pydantic. An option's value becomes a `Setting` naming
+the option, so a bad value is reported as the user wrote it.
 """
 
 from __future__ import annotations
 
-import inspect
-import operator
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import typer
+from typer.core import TyperCommand
+from typer.models import ParamMeta
 
 from weighted_mtp import progress
-from weighted_mtp.assets import TRAIN_DATASET
+from weighted_mtp.assets import TRAINING_RUNS
 from weighted_mtp.cli._console import console, err_console, print_json, progress_bars, state
 
 if TYPE_CHECKING:
-    from weighted_mtp.train.config import Setting
+    from pydantic.fields import FieldInfo
+
+    from weighted_mtp.train.config import Option, Setting
     from weighted_mtp.train.trainer import RunResult, StepReport
 
 T = TypeVar("T")
+GIVEN = "wmtp.train.settings"  # ctx.meta: the config options given, as settings
 
 app = typer.Typer(
     help="Train the experiments and the suite on the storage; plot runs.", no_args_is_help=True
 )
 
 
-@dataclass(frozen=True)
-class Flag:
-    """One option of the train commands: its declaration, and the config key it sets (None
-    for how to run: --out, --resume, --stop-at, --config, --set)."""
+class ConfigCommand(TyperCommand):
+    """A train command with an option for each config field whose `Option` names it (`plan`:
+    every such field), made by typer from the field when the command is first parsed or its
+    help shown."""
 
-    name: str  # the parameter's name
-    decls: str  # typer's declaration: "--kappa", "--lora/--full"
-    type: Any
-    help: str
-    key: str | None = None
-    default: Any = None
-    convert: Callable[[Any], Any] | None = None  # the key's value from the option's
+    def get_params(self, ctx: Any) -> list[Any]:
+        if not getattr(self, "with_config", False):
+            from weighted_mtp.train.config import fields, option_of
 
-    def parameter(self) -> inspect.Parameter:
-        # Annotated[type, Option] built from values: typer reads it from the signature.
-        annotation = operator.getitem(
-            Annotated, (self.type, typer.Option(self.decls, help=self.help))
-        )
-        return inspect.Parameter(
-            self.name, inspect.Parameter.KEYWORD_ONLY, default=self.default, annotation=annotation
-        )
-
-    def setting(self, value: Any) -> Setting | None:
-        """The config setting of the option's value; None when the option was not given."""
-        from weighted_mtp.train.config import Setting
-
-        if self.key is None:
-            return None
-        if self.convert is not None:
-            value = self.convert(value)
-        return None if value is None else Setting(self.key, value, self.decls.split("/")[0])
+            options = ((key, field, option_of(field)) for key, field in fields())
+            self.params[:0] = [
+                config_option(key, field, option)
+                for key, field, option in options
+                if option is not None and (self.name == "plan" or self.name in option.commands)
+            ]
+            self.with_config = True
+        return super().get_params(ctx)
 
 
-def _true_or_unset(value: bool) -> bool | None:
-    return True if value else None
+def config_option(key: str, field: FieldInfo, option: Option) -> Any:
+    """typer's option of a config key (`ParamMeta`, as typer reads a function's parameter);
+    a value given goes to `ctx.meta[GIVEN]` as a setting naming the option."""
+    from weighted_mtp.train.config import Setting, bounds_text
+
+    kind: Any = field.annotation
+    if type(None) in get_args(kind):  # int | None
+        kind = next(a for a in get_args(kind) if a is not type(None))
+    one_way = kind is bool and "/" not in option.decls  # --small, --include-incorrect
+    choices = "|".join(get_args(kind)) if get_origin(kind) is Literal else None
+
+    def given(ctx: typer.Context, value: Any) -> None:
+        if value is not None and not (one_way and value is False):
+            written = option.decls.split("/")[-1 if value is False else 0]  # --lora or --full
+            setting = Setting(key, option.flag_value if one_way else value, written)
+            ctx.meta.setdefault(GIVEN, []).append(setting)
+
+    bounds = bounds_text(field)
+    info = typer.Option(
+        False if one_way else None,
+        option.decls,
+        metavar=choices,
+        help=f"{field.description} [{key}{': ' + bounds if bounds else ''}]".replace("`", ""),
+        callback=given,
+        expose_value=False,
+    )
+    annotation: Any = bool if one_way else (str if choices else kind) | None
+    meta = ParamMeta(name=key.replace(".", "_"), default=info, annotation=annotation)
+    return typer.main._get_param(meta)  # what typer makes of a function's parameter
 
 
-SMALL = Flag(
-    "small",
-    "--small",
-    bool,
-    "The micro models, the small dataset and their packaged config.",
-    "small",
-    False,
-    _true_or_unset,
-)
-MAX_STEPS = Flag(
-    "max_steps", "--max-steps", int | None, "Optimizer steps (default: one epoch).", "max_steps"
-)
-SEED = Flag("seed", "--seed", int | None, "Seed of data order, init and dropout.", "seed")
-SETS = Flag("sets", "--set", list[str] | None, "Override a config key: key=value (repeatable).")
-SHARED = (
-    Flag("model", "--model", str | None, "Storage model name or model folder.", "model"),
-    Flag("data", "--data", str | None, f"Dataset name (default {TRAIN_DATASET}).", "data"),
-    SMALL,
-    Flag("config", "--config", Path | None, "A YAML config replacing the packaged Baseline one."),
-    SETS,
-    MAX_STEPS,
-    SEED,
-    Flag("lora", "--lora/--full", bool | None, "LoRA or full fine-tuning.", "lora.enabled"),
-    Flag("stop_at", "--stop-at", int | None, "Stop after this step as an interruption would."),
-    Flag("out", "--out", Path | None, "Run folder (default <root>/runs/<experiment>/<id>)."),
-    Flag("resume", "--resume", bool, "Continue the run in --out (or the latest run).", None, False),
-)
-POLICY = (
-    Flag("n_future", "--n-future", int | None, "Heads to train (1 = next token only).", "n_future"),
-    Flag(
-        "naive_heads",
-        "--naive-heads",
-        bool,
-        "All heads' logits at once (the oracle path).",
-        "naive_heads",
-        False,
-        _true_or_unset,
-    ),
-)
+ConfigFile = Annotated[
+    Path | None, typer.Option(help="A YAML config replacing the packaged Baseline one.")
+]
+Sets = Annotated[
+    list[str] | None,
+    typer.Option("--set", metavar="KEY=VALUE", help="Set a config key (repeatable)."),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
-@dataclass(frozen=True)
-class Command:
-    experiment: str
-    help: str
-    flags: tuple[Flag, ...]
+def _settings(ctx: typer.Context, sets: list[str] | None) -> tuple[bool, list[Setting]]:
+    """`--small`, and the config options given, then `--set key=value`, as settings."""
+    from weighted_mtp.train.config import parse_set
 
-
-COMMANDS = (
-    Command(
-        "baseline",
-        "Train the Baseline MTP experiment (uniform weights on response tokens and EOS).",
-        POLICY,
-    ),
-    Command(
-        "critic",
-        "Stage 1 of the Verifiable Critic: a value model (reference backbone + value head) "
-        "trained on correct and incorrect solutions; reports pairwise accuracy and AUROC.",
-        (
-            Flag(
-                "objective",
-                "--objective",
-                str | None,
-                "mc (every position regresses to R) or pairwise (every same-task pair).",
-                "critic.objective",
-            ),
-        ),
-    ),
-    Command(
-        "ref-tune",
-        "Stage 1 of Rho-1: the reference fine-tuned with next-token loss on the correct "
-        "training solutions (or --data).",
-        (),
-    ),
-    Command(
-        "verifiable",
-        "Stage 2 of the Verifiable Critic: the policy weighted by w = clip(exp(A/beta), "
-        "w_min, w_max) from the frozen critic's GAE advantages.",
-        (
-            *POLICY,
-            Flag(
-                "critic_run",
-                "--critic",
-                str | None,
-                "The critic's run folder (wmtp train critic).",
-                "critic.run",
-            ),
-            Flag(
-                "include_incorrect",
-                "--include-incorrect",
-                bool,
-                "Train on incorrect solutions too (default: correct only).",
-                "correct_only",
-                False,
-                lambda given: False if given else None,
-            ),
-        ),
-    ),
-    Command(
-        "rho1",
-        "Stage 2 of Rho-1: the policy trained on the top kappa of the targets by excess loss "
-        "CE_policy - CE_reference.",
-        (
-            *POLICY,
-            Flag(
-                "reference",
-                "--reference",
-                str | None,
-                "A ref-tune run folder, a storage model or a model folder.",
-                "rho1.reference",
-            ),
-            Flag(
-                "kappa",
-                "--kappa",
-                float | None,
-                "Fraction of targets trained on, in (0, 1].",
-                "rho1.kappa",
-            ),
-            Flag(
-                "score",
-                "--score",
-                str | None,
-                "Select by the excess loss (signed) or its size (absolute).",
-                "rho1.score",
-            ),
-        ),
-    ),
-)
+    named: list[Setting] = ctx.meta.get(GIVEN, [])
+    small = any(s.key == "small" and s.value for s in named)
+    return small, [*named, *(parse_set(s) for s in sets or [])]
 
 
 class _ProgressBar:
@@ -259,110 +163,119 @@ def _with_progress(run: Callable[[_ProgressBar | None], T]) -> T:
             bar.close()
 
 
-def _settings(flags: tuple[Flag, ...], values: dict[str, Any]) -> list[Setting]:
-    """The options given, then `--set key=value`, as config settings."""
-    from weighted_mtp.train.config import parse_set
-
-    named = [flag.setting(values[flag.name]) for flag in flags]
-    return [s for s in named if s is not None] + [parse_set(s) for s in values["sets"] or []]
-
-
-def _report(experiment: str, result: RunResult) -> None:
-    if not result.completed:
+def _report(experiment: str, result: RunResult, as_json: bool) -> None:
+    validation = result.summary.get("final_validation") or {}
+    if as_json:
+        print_json(
+            {
+                "experiment": experiment,
+                "run": str(result.run_dir),
+                "completed": result.completed,
+                "steps": result.steps_done,
+                "final_loss": result.final_loss,
+                "final_validation": validation,
+            }
+        )
+    elif not result.completed:
         console.print(
             f"{experiment} stopped after step {result.steps_done} (checkpoint written); "
             f"continue with --resume --out {result.run_dir}",
             highlight=False,
         )
-        return
-    validation = result.summary.get("final_validation") or {}
-    shown = [f"{k} {v:.4f}" for k, v in validation.items() if isinstance(v, float)]
-    console.print(
-        f"{experiment} run complete: {result.steps_done} steps"
-        f"{', ' + ', '.join(shown) if shown else ''} -> {result.run_dir}",
-        highlight=False,
-    )
+    else:
+        shown = [f"{k} {v:.4f}" for k, v in validation.items() if isinstance(v, float)]
+        console.print(
+            f"{experiment} run complete: {result.steps_done} steps"
+            f"{', ' + ', '.join(shown) if shown else ''} -> {result.run_dir}",
+            highlight=False,
+        )
 
 
-def _train(ctx: typer.Context, experiment: str, flags: tuple[Flag, ...], **values: Any) -> None:
+def train_experiment(
+    ctx: typer.Context,
+    config: ConfigFile = None,
+    sets: Sets = None,
+    stop_at: Annotated[
+        int | None, typer.Option(help="Stop after this step as an interruption would.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Run folder (default <root>/runs/<experiment>/<id>).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out (or the latest run).")
+    ] = False,
+    as_json: AsJson = False,
+) -> None:
     from weighted_mtp.train.run_setup import resolve_run
 
-    layout = state(ctx).layout
-    config, run_dir = resolve_run(
-        layout,
-        experiment,
-        small=values["small"],
-        settings=_settings(flags, values),
-        file=values["config"],
-        out=values["out"],
-        resume=values["resume"],
+    experiment, layout = str(ctx.info_name), state(ctx).layout
+    small, settings = _settings(ctx, sets)
+    run_config, run_dir = resolve_run(
+        layout, experiment, small=small, settings=settings, file=config, out=out, resume=resume
     )
     from weighted_mtp.train.trainer import train  # imports torch: after the options are checked
 
     result = _with_progress(
         lambda bar: train(
-            layout,
-            config,
-            run_dir=run_dir,
-            resume=values["resume"],
-            stop_at=values["stop_at"],
-            on_step=bar,
+            layout, run_config, run_dir=run_dir, resume=resume, stop_at=stop_at, on_step=bar
         )
     )
     if _on_main_rank():
-        _report(experiment, result)
+        _report(experiment, result, as_json)
 
 
-def _add_command(command: Command) -> None:
-    """`wmtp train EXPERIMENT` with the shared options and the experiment's own."""
-    flags = (*SHARED, *command.flags)
-
-    def run(ctx: typer.Context, **values: Any) -> None:
-        _train(ctx, command.experiment, flags, **values)
-
-    context = inspect.Parameter(
-        "ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context
-    )
-    run.__signature__ = inspect.Signature([context, *(f.parameter() for f in flags)])  # type: ignore[attr-defined]
-    run.__doc__ = command.help + (
-        "\n\nDefaults come from the packaged config (micro with --small, else 7B); torchrun "
-        f"--nproc-per-node N -m weighted_mtp train {command.experiment} ... trains on N ranks "
-        "with FSDP2 (--nnodes M: on M machines)."
-    )
-    app.command(command.experiment)(run)
-
-
-for _command in COMMANDS:
-    _add_command(_command)
+EXPERIMENTS = {
+    "baseline": "Train the Baseline MTP experiment (uniform weights on response tokens and EOS).",
+    "critic": "Stage 1 of the Verifiable Critic: a value model (reference backbone + value "
+    "head) trained on correct and incorrect solutions; reports pairwise accuracy and AUROC.",
+    "ref-tune": "Stage 1 of Rho-1: the reference fine-tuned with next-token loss on the "
+    "correct training solutions (or --data).",
+    "verifiable": "Stage 2 of the Verifiable Critic: the policy weighted by w = clip(exp(A/beta), "
+    "w_min, w_max) from the frozen critic's GAE advantages.",
+    "rho1": "Stage 2 of Rho-1: the policy trained on the top kappa of the targets by excess loss "
+    "CE_policy - CE_reference.",
+}
+DEFAULTS = (
+    "\n\nDefaults come from the packaged config (micro with --small, else 7B); torchrun "
+    "--nproc-per-node N -m weighted_mtp train {} ... trains on N ranks with FSDP2 (--nnodes "
+    "M: on M machines)."
+)
+for _name in TRAINING_RUNS:  # each experiment needs its help here
+    _help = EXPERIMENTS[_name] + DEFAULTS.format(_name)
+    app.command(_name, cls=ConfigCommand, help=_help)(train_experiment)
 
 
-@app.command()
+@app.command(cls=ConfigCommand)
 def suite(
     ctx: typer.Context,
-    small: Annotated[bool, typer.Option(SMALL.decls, help=SMALL.help)] = False,
-    max_steps: Annotated[int | None, typer.Option(MAX_STEPS.decls, help=MAX_STEPS.help)] = None,
-    seed: Annotated[int | None, typer.Option(SEED.decls, help=SEED.help)] = None,
-    sets: Annotated[list[str] | None, typer.Option(SETS.decls, help=SETS.help)] = None,
+    sets: Sets = None,
     out: Annotated[
         Path | None, typer.Option(help="Folder for the five runs and the comparison.")
     ] = None,
+    as_json: AsJson = False,
 ) -> None:
     """Baseline, critic -> Verifiable Critic, ref-tune -> Rho-1 with the same data order,
     seed and batch; then comparison.md, comparison.json and validation_loss.png. Under
     torchrun every stage trains on all ranks."""
     from weighted_mtp.train.suite import run_suite
 
-    flags = (SMALL, MAX_STEPS, SEED)
-    values = {"small": small, "max_steps": max_steps, "seed": seed, "sets": sets}
+    small, settings = _settings(ctx, sets)
     with progress_bars():
         folder = run_suite(
             state(ctx).layout,
             small=small,
-            settings=_settings(flags, values),
+            settings=settings,
             out=out,
             on_stage=lambda name: progress.logger.info(f"suite: {name}"),
         )
-    if _on_main_rank():
+    if not _on_main_rank():
+        return
+    if as_json:
+        import json
+
+        comparison = json.loads((folder / "comparison.json").read_text(encoding="utf-8"))
+        print_json({"folder": str(folder), "comparison": comparison})
+    else:
         console.print(f"comparison: {folder / 'comparison.md'}", highlight=False)
 
 
@@ -377,37 +290,24 @@ def plot(
     console.print(f"wrote {plot_runs(runs, out)}", highlight=False)
 
 
-def _own_flag(experiment: str, name: str) -> Flag:
-    """An experiment command's own option, by its parameter name."""
-    command = next(c for c in COMMANDS if c.experiment == experiment)
-    return next(f for f in command.flags if f.name == name)
-
-
-PLAN = (
-    *(f for f in SHARED if f.name not in ("stop_at", "out", "resume")),
-    *POLICY,
-    _own_flag("verifiable", "critic_run"),
-    _own_flag("rho1", "reference"),
-    Flag("ranks", "--ranks", int, "Ranks (GPUs) the run shards over.", None, 1),
-    Flag(
-        "device_memory",
-        "--device-memory",
+@app.command(cls=ConfigCommand)
+def plan(
+    ctx: typer.Context,
+    experiment: Annotated[
+        str, typer.Argument(help="baseline, critic, ref-tune, verifiable or rho1.")
+    ],
+    config: ConfigFile = None,
+    sets: Sets = None,
+    ranks: Annotated[int, typer.Option(help="Ranks (GPUs) the run shards over.")] = 1,
+    device_memory: Annotated[
         float | None,
-        "Memory of one device in GiB, for a verdict and what to change.",
-    ),
-    Flag(
-        "device",
-        "--device",
-        str,
-        "What the run trains on: cuda (bf16) or cpu (float32).",
-        None,
-        "cuda",
-    ),
-    Flag("as_json", "--json", bool, "Machine-readable output.", None, False),
-)
-
-
-def plan(ctx: typer.Context, experiment: str, **values: Any) -> None:
+        typer.Option(help="Memory of one device in GiB, for a verdict and what to change."),
+    ] = None,
+    device: Annotated[
+        str, typer.Option(help="What the run trains on: cuda (bf16) or cpu (float32).")
+    ] = "cuda",
+    as_json: AsJson = False,
+) -> None:
     """Plan a run's peak memory per rank before running it, for every experiment of the
     suite (stage 1 too): one training step of the configured models traced without
     allocating them (fake tensors, a fake process group of --ranks ranks), split into
@@ -417,43 +317,18 @@ def plan(ctx: typer.Context, experiment: str, **values: Any) -> None:
     options."""
     from weighted_mtp.train.config import build_config
 
-    run_config = build_config(
-        experiment, small=values["small"], settings=_settings(PLAN, values), file=values["config"]
-    )
+    small, settings = _settings(ctx, sets)
+    run_config = build_config(experiment, small=small, settings=settings, file=config)
     from weighted_mtp.train.memory_plan import plan_memory  # imports torch
 
-    ranks = values["ranks"]
     with err_console.status(f"tracing a {experiment} step on {ranks} rank(s)"):
         result = plan_memory(
-            state(ctx).layout,
-            run_config,
-            ranks=ranks,
-            device=values["device"],
-            device_gib=values["device_memory"],
+            state(ctx).layout, run_config, ranks=ranks, device=device, device_gib=device_memory
         )
-    if values["as_json"]:
+    if as_json:
         print_json(result.as_record())
         return
     _print_memory_plan(result.as_record())
-
-
-def _add_plan() -> None:
-    context = inspect.Parameter(
-        "ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context
-    )
-    experiment = inspect.Parameter(
-        "experiment",
-        inspect.Parameter.POSITIONAL_OR_KEYWORD,
-        annotation=Annotated[
-            str, typer.Argument(help="baseline, critic, ref-tune, verifiable or rho1.")
-        ],
-    )
-    parameters = [context, experiment, *(f.parameter() for f in PLAN)]
-    plan.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
-    app.command("plan")(plan)
-
-
-_add_plan()
 
 
 def _print_memory_plan(record: dict[str, Any]) -> None:

@@ -52,6 +52,7 @@ from weighted_mtp.eval.run import (
     settings_benchmark,
     speculative_plan,
 )
+from weighted_mtp.eval.sandbox import UNCONFINED
 from weighted_mtp.eval.scoring import results_path
 from weighted_mtp.eval.statistics import (
     Interval,
@@ -206,6 +207,7 @@ class Comparison:
                     seed=generation.seed,
                     tests=generation.tests,
                     draft_heads=generation.draft_heads,
+                    isolation=generation.isolation,
                 ),
                 bootstrap=BootstrapRecord(
                     resamples=settings.resamples,
@@ -412,6 +414,7 @@ def compare_runs(
     reuse: bool = True,
     device: str = "auto",
     threads: int | None = None,
+    batch_size: int | None = None,
     on_evaluation: Callable[[ComparedRun, str, Evaluation | None], None] | None = None,
 ) -> Comparison | None:
     """Evaluate each run on each dataset (or read a matching finished evaluation when
@@ -419,7 +422,7 @@ def compare_runs(
     `on_evaluation(run, dataset, evaluation)` is told before each evaluation is made (None)
     and when one is reused. Under torchrun every rank generates its share of each
     evaluation (`run_evaluation`) and rank 0 alone scores, compares, writes and returns;
-    the other ranks return None."""
+    the other ranks return None. `batch_size`: the rows decoded together (None: auto)."""
     first = torchrun_ranks().is_first
     benchmarks, keys = _prepare(layout, runs, settings, folder if first else None)
     finished = finished_evaluations(layout) if reuse else []
@@ -434,7 +437,14 @@ def compare_runs(
                     on_evaluation(run, dataset, None)
                 out = folder.evaluation(i + 1, run.label, dataset)
                 run_evaluation(
-                    layout, run.name, run_settings, out, device, threads, benchmarks[dataset]
+                    layout,
+                    run.name,
+                    run_settings,
+                    out,
+                    device,
+                    threads,
+                    benchmarks[dataset],
+                    batch_size,
                 )
                 finished.append((out, keys[i, dataset]))  # the same weights named twice
                 if first:
@@ -523,6 +533,8 @@ def comparison_markdown(comparison: Comparison) -> str:
     sampling = generation.sampling
     level = settings.level
     text = resources.files(__package__).joinpath("templates", "comparison.md").read_text("utf-8")
+    if not generation.isolation:  # every evaluation in it ran so (the reuse key says)
+        text = f"**{UNCONFINED}**\n\n" + text
     return Template(text).substitute(
         runs=", ".join(comparison.labels),
         baseline=comparison.labels[0],

@@ -1,13 +1,15 @@
-"""Sampling from a model folder of the storage with a KV cache.
+"""Sampling from a model folder of the storage with a KV cache, in continuous batches.
 
-A Meta-format MTP folder decodes with the adapter's cache (`cached_latents`, head 0); a
-Hugging Face-format folder (the reference, micro-ref) through transformers'
-`LlamaForCausalLM` and its own cache. Both share one loop: the n samples of a prompt
-form one batch, tokens are chosen greedily (temperature 0) or by temperature + top-p
-sampling, each sample from its own `torch.Generator` seeded from the prompt's seed and the
-sample's index (`sample_seed`), so a sample is the same whatever else is decoded beside it.
-A sample ends at EOS, at the first stop sequence (cut from the text) or after
-`max_new_tokens`.
+A Meta-format MTP folder decodes with head 0; a Hugging Face-format Llama (the reference,
+micro-ref) is loaded as a one-head MTP model (`models.batched.load_llama_for_decoding`),
+so both go through one engine (`generate`): up to `batch` rows in flight across prompts
+and their samples, each prompt prefilled once alone and copied into its samples' rows, a
+row that ends replaced by the next sample at once (`models.batched`). Tokens are chosen
+greedily (temperature 0) or by temperature + top-p sampling, each sample from its own
+`torch.Generator` seeded from its prompt's seed and the sample's index (`sample_seed`).
+On a CPU in float32 the model's layers are packed and batch-invariant, so a sample is the
+same bits whatever is decoded beside it and whatever the batch size. A sample ends at
+EOS, at the first stop sequence (cut from the text) or after `max_new_tokens`.
 
 Models load on the device `--device` names (`auto`: this rank's GPU when there is one), in
 bfloat16 where that device supports it, else float32.
@@ -19,9 +21,10 @@ import hashlib
 import os
 import re
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.eval import defaults
@@ -32,6 +35,8 @@ if TYPE_CHECKING:
     import sentencepiece as spm
     import torch
     from torch import Tensor
+
+    from weighted_mtp.models.adapter import MtpTransformer
 
 DEVICES = "auto, cpu, cuda or cuda:N"
 _DEVICE = re.compile(r"auto|cpu|cuda(:(0|[1-9][0-9]*))?")
@@ -147,70 +152,15 @@ def nucleus(probs: Tensor, top_p: float) -> Tensor:
     return kept / kept.sum(dim=-1, keepdim=True)
 
 
-class Decoder(Protocol):
-    """Incremental next-token logits for a batch of equal-length prompts."""
-
-    def start(self, tokens: Tensor, max_len: int) -> Tensor: ...
-
-    def step(self, tokens: Tensor) -> Tensor: ...
-
-
-class MtpDecoder:
-    """Head-0 decoding of the MTP adapter with its KV cache."""
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        self.cache: Any = None
-
-    def start(self, tokens: Tensor, max_len: int) -> Tensor:
-        from weighted_mtp.models.adapter import MtpCache
-
-        self.cache = MtpCache(self.model, tokens.shape[0], max_len)
-        return self.step(tokens)
-
-    def step(self, tokens: Tensor) -> Tensor:
-        """Head 0's logits `[batch, vocab]` after `tokens`, projected at the last one only."""
-        from weighted_mtp.models.adapter import cached_latents
-
-        latents = cached_latents(self.model, tokens, self.cache)  # [batch, seq, 1, dim]
-        logits: Tensor = self.model.output(latents[:, -1, 0]).float()
-        return logits
-
-
-class HfDecoder:
-    """transformers' causal LM with its own KV cache (`cache`, formerly past_key_values)."""
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        self.cache: Any = None
-
-    def start(self, tokens: Tensor, max_len: int) -> Tensor:
-        return self._last_logits(self.model(input_ids=tokens, use_cache=True, logits_to_keep=1))
-
-    def step(self, tokens: Tensor) -> Tensor:
-        return self._last_logits(
-            self.model(input_ids=tokens, cache=self.cache, use_cache=True, logits_to_keep=1)
-        )
-
-    def _last_logits(self, out: Any) -> Tensor:
-        """Logits `[batch, vocab]` at the last position; the cache kept for the next step."""
-        self.cache = out.cache
-        logits: Tensor = out.logits[:, -1].float()
-        return logits
-
-
 @dataclass
 class LoadedModel:
     name: str
-    kind: str  # "mtp" (Meta format) or "hf"
-    model: Any
+    kind: str  # the folder's format: "mtp" (Meta) or "hf" (decoded as a one-head MTP model)
+    model: MtpTransformer
     tokenizer: spm.SentencePieceProcessor
     bos_id: int
     eos_id: int
     device: str
-
-    def decoder(self) -> Decoder:
-        return MtpDecoder(self.model) if self.kind == "mtp" else HfDecoder(self.model)
 
     def encode_prompt(self, prompt: str) -> list[int]:
         return [self.bos_id, *self.tokenizer.encode(prompt)]
@@ -336,62 +286,197 @@ def _load_folder(
     name: str, paths: ModelPaths, device: Any, dtype: torch.dtype | None
 ) -> LoadedModel:
     """A model folder's weights in `dtype` (default float32; Meta format if it has
-    params.json, else Hugging Face) and its tokenizer."""
+    params.json, else a Hugging Face Llama, as a one-head MTP model) and its tokenizer."""
     import torch
 
-    from weighted_mtp.models.adapter import load_mtp_model, load_reference_model
+    from weighted_mtp.models.adapter import load_mtp_model
+    from weighted_mtp.models.batched import load_llama_for_decoding
     from weighted_mtp.models.tokenizer import load_sentencepiece
 
     dtype = dtype or torch.float32
     tokenizer = load_sentencepiece(paths.tokenizer_model)
-    model: Any  # an MtpTransformer or a LlamaForCausalLM, as `kind` says
     if paths.params.is_file():
         kind, model = "mtp", load_mtp_model(paths.root, device=device, dtype=dtype)
     else:
-        kind, model = "hf", load_reference_model(paths.root, device=device, dtype=dtype)
+        kind, model = "hf", load_llama_for_decoding(paths.root, device=device, dtype=dtype)
     return LoadedModel(
         name, kind, model, tokenizer, tokenizer.bos_id(), tokenizer.eos_id(), str(device)
     )
 
 
-def pack_for_rows(loaded: LoadedModel, rows_per_pass: int) -> bool:
-    """Pack an MTP model's linear layers for oneDNN (`models.packed`) where each decoding
-    pass puts several rows through them (speculative verification, a batch of samples):
-    there MKL pays for every row. With one row its matrix-vector product is as fast or
-    faster (micro-mtp: 16%), so the weights stay as they are. True if packed."""
+def pack_for_decoding(loaded: LoadedModel) -> bool:
+    """Pack the model's linear layers for oneDNN (`models.packed`) where that works (float32
+    on a CPU): a batched step puts its rows through every weight once, where MKL pays for
+    each row again, and packed layers are batch-invariant (`batch_invariant`), which makes
+    a sample the same bits whatever is decoded beside it. One-row steps run two rows (the
+    packed kernels round one row differently): a layer then costs 1.1-1.5x MKL's one row.
+    True if packed."""
     from weighted_mtp.models.packed import pack_linear_layers
 
-    return loaded.kind == "mtp" and rows_per_pass > 1 and pack_linear_layers(loaded.model) > 0
+    return pack_linear_layers(loaded.model) > 0
+
+
+@dataclass(frozen=True)
+class PromptSamples:
+    """`n` samples of one prompt (`ids`, BOS included); sample i draws from a generator
+    seeded with `sample_seed(seed, i)`."""
+
+    ids: list[int]
+    n: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How many rows decode together, and why (`auto`: what it was sized from)."""
+
+    rows: int
+    reason: str
+
+
+AUTO_BATCH_CAP = {"cpu": 32, "cuda": 256}  # beyond these a step gains nothing more per row
+AUTO_MEMORY_SHARE = 0.5  # of the free memory, for the cache (activations take the rest)
+
+
+def check_batch_size(spec: str) -> int | None:
+    """`--batch-size`: a positive integer, or `auto` (None); else one usage error."""
+    if spec == "auto":
+        return None
+    if not spec.isdigit() or int(spec) < 1:
+        raise UsageError(
+            f"--batch-size must be a positive integer or auto, not {spec!r}",
+            hint="e.g. --batch-size 16, or auto to size it from the free memory",
+        )
+    return int(spec)
+
+
+def plan_batch(
+    loaded: LoadedModel, requested: int | None, samples: int, positions: int
+) -> BatchPlan:
+    """The rows in flight: `requested`, or for `auto` (None) as many as the cache of
+    `positions` positions per row fits in half the device's free memory (CPU: available
+    RAM), at most `AUTO_BATCH_CAP`; never more than the `samples` to generate."""
+    from weighted_mtp.models.batched import SlotCache
+
+    if requested is not None:
+        return BatchPlan(max(1, min(requested, samples)), f"--batch-size {requested}")
+    device = loaded.model.tok_embeddings.weight.device
+    free = _free_memory(device)
+    per_row = SlotCache.bytes_per_token(loaded.model) * positions
+    cap = AUTO_BATCH_CAP["cuda" if device.type == "cuda" else "cpu"]
+    fits = int(free * AUTO_MEMORY_SHARE) // per_row - 1  # one slot holds the prompt
+    rows = max(1, min(cap, fits, samples))
+    return BatchPlan(
+        rows,
+        f"auto: {per_row / 2**20:.1f} MiB of cache per row ({positions} positions), "
+        f"{free / 2**30:.1f} GiB free on {device.type}, at most {cap} rows",
+    )
+
+
+def _free_memory(device: torch.device) -> int:
+    """Free bytes on a CUDA device, or the RAM the kernel says is available."""
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+
+
+@dataclass
+class _Row:
+    sample: Continuation
+    generator: torch.Generator
+    token: int  # the last token chosen, fed at the next step
+
+
+def generate(
+    loaded: LoadedModel,
+    prompts: list[PromptSamples],
+    config: SamplingConfig,
+    batch: int,
+    on_sample: Callable[[], None] | None = None,
+) -> tuple[list[list[Continuation]], DecodeStats]:
+    """Every prompt's samples, in order, and the decoding statistics: up to `batch` rows in
+    flight (continuous batching, `models.batched`), taken in order from the samples of
+    the prompts; a row that ends is replaced by the next sample at once. A prompt is
+    prefilled once, alone, and its cache copied into each of its samples' rows.
+    `config.seed` is unused: each prompt carries its own. With a packed, batch-invariant
+    model (a CPU in float32) every sample is the same bits for every `batch`.
+    `on_sample()` is called as each sample ends."""
+    import torch
+
+    from weighted_mtp.models.batched import SlotCache, copy_prompt, decode_step, prefill
+    from weighted_mtp.models.packed import batch_invariant, fully_packed
+
+    model = loaded.model
+    samples = [[Continuation() for _ in range(p.n)] for p in prompts]
+    queue = deque((p, i) for p, prompt in enumerate(prompts) for i in range(prompt.n))
+    stats = DecodeStats()
+    if not queue:
+        return samples, stats
+    slots = min(batch, len(queue))
+    capacity = max(len(p.ids) for p in prompts) + config.max_new_tokens
+    ender = Ender(config, loaded.eos_id, loaded.decode)
+    running: dict[int, _Row] = {}  # slot -> its row
+    prefilled: tuple[int, Tensor] | None = None  # the prompt in the prompt slot, its logits
+    start = time.perf_counter()
+
+    def ended(row: _Row) -> bool:
+        if not ender.push(row.sample, row.token):
+            return False
+        if on_sample is not None:
+            on_sample()
+        return True
+
+    def fill(slot: int) -> None:
+        """Give `slot` the next samples until one runs past its first token."""
+        nonlocal prefilled
+        while queue and slot not in running:
+            p, i = queue.popleft()
+            if prefilled is None or prefilled[0] != p:
+                prefilled = p, prefill(model, cache, prompts[p].ids)
+                stats.passes += 1
+            generator = torch.Generator(device=loaded.device)
+            generator.manual_seed(sample_seed(prompts[p].seed, i))
+            first = int(choose(prefilled[1][None], config, [generator])[0])
+            row = _Row(samples[p][i], generator, first)
+            if not ended(row):
+                copy_prompt(cache, slot)
+                running[slot] = row
+
+    with torch.inference_mode():
+        cache = SlotCache(model, slots, capacity, fully_packed(model) and batch_invariant())
+        while queue or running:
+            for slot in range(slots):
+                fill(slot)
+            if not running:
+                continue
+            active = sorted(running)
+            fed = torch.tensor([running[s].token for s in active], device=loaded.device)
+            logits = decode_step(model, cache, active, fed)
+            stats.passes += 1
+            chosen = choose(logits, config, [running[s].generator for s in active]).tolist()
+            for slot, token in zip(active, chosen, strict=True):
+                running[slot].token = int(token)
+                if ended(running[slot]):
+                    del running[slot]
+    stats.seconds = time.perf_counter() - start
+    stats.new_tokens = sum(s.generated for task in samples for s in task)
+    return samples, stats
 
 
 def sample_prompt(
-    loaded: LoadedModel, prompt: str, n: int, config: SamplingConfig
+    loaded: LoadedModel, prompt: str, n: int, config: SamplingConfig, batch: int | None = None
 ) -> tuple[list[Continuation], DecodeStats]:
-    """n samples of one prompt, decoded together as one batch; sample i draws from a
+    """n samples of one prompt, `batch` (default all n) at a time; sample i draws from a
     generator seeded with `sample_seed(config.seed, i)`."""
-    import torch
-
-    ids = loaded.encode_prompt(prompt)
-    generators = [
-        torch.Generator(device=loaded.device).manual_seed(sample_seed(config.seed, i))
-        for i in range(n)
-    ]
-    ender = Ender(config, loaded.eos_id, loaded.decode)
-    samples = [Continuation() for _ in range(n)]
-    decoder = loaded.decoder()
-    passes = 1  # the prompt's
-    start = time.perf_counter()
-    with torch.inference_mode():
-        tokens = torch.tensor([ids] * n, device=loaded.device)  # [n, prompt]
-        logits = decoder.start(tokens, len(ids) + config.max_new_tokens)
-        while True:
-            chosen = choose(logits, config, generators)  # [n]
-            for sample, token in zip(samples, chosen.tolist(), strict=True):
-                if sample.finish is None:
-                    ender.push(sample, token)
-            if all(s.finish is not None for s in samples):
-                break
-            logits = decoder.step(chosen[:, None])
-            passes += 1
-    stats = DecodeStats(sum(s.generated for s in samples), time.perf_counter() - start, passes)
+    request = PromptSamples(loaded.encode_prompt(prompt), n, config.seed)
+    (samples,), stats = generate(loaded, [request], config, batch or n)
     return samples, stats

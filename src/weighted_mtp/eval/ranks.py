@@ -62,22 +62,26 @@ def _join_gather_group() -> None:
     )
 
 
-def gather_dealt(ranks: Ranks, mine: list[T]) -> list[T] | None:
-    """On rank 0, every rank's `mine` merged back into the order `Ranks.deal` took them
-    from; None on the others. Joins and leaves torchrun's process group (gloo)."""
+def gather(ranks: Ranks, mine: T) -> list[T] | None:
+    """On rank 0, every rank's `mine` in rank order; None on the others. Joins and leaves
+    torchrun's process group (gloo)."""
     if ranks.world == 1:
-        return mine
+        return [mine]
     import torch.distributed as dist
 
     _join_gather_group()
     try:
-        shares: list[list[T] | None] | None = [None] * ranks.world if ranks.is_first else None
+        shares: list[T | None] | None = [None] * ranks.world if ranks.is_first else None
         dist.gather_object(mine, shares, dst=0)
     finally:
         dist.destroy_process_group()
-    if shares is None:
-        return None
+    return None if shares is None else [share for share in shares if share is not None]
+
+
+def undeal(shares: list[list[T]]) -> list[T]:
+    """Every rank's share of a list (`Ranks.deal`, in rank order) merged back into the
+    order they were dealt from."""
     merged: list[T] = []
-    for index in range(max(len(share or []) for share in shares)):
-        merged += [share[index] for share in shares if share is not None and index < len(share)]
+    for index in range(max((len(share) for share in shares), default=0)):
+        merged += [share[index] for share in shares if index < len(share)]
     return merged

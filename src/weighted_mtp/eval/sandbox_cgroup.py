@@ -11,10 +11,10 @@ before it forks anything, so all its descendants are charged together; the zygot
 worker and the judge stay outside (an OOM kill there ends the sample only).
 
 The evaluator (`create`, `SlotCgroup`) makes and removes the cgroups; the worker
-(`SampleCgroup`) holds descriptors opened before it hides /sys behind its private root:
-to join, to set each job's memory limit while the cgroup is empty, to check that it is
-empty between samples, and to count OOM kills. Standard library only: the worker imports
-this.
+(`SampleCgroup`) holds descriptors of its slot's cgroup, whose folders are bound into its
+bubblewrap root: to join, to set each job's memory limit while the cgroup is empty, to
+check that it is empty between samples, and to count OOM kills. Standard library only:
+the worker imports this.
 """
 
 from __future__ import annotations

@@ -1,17 +1,18 @@
-"""Linux isolation for the sandbox worker: namespaces, a private read-only root, prctl.
+"""Linux isolation for the sandbox: the root a slot sees, its scratch, capabilities, prctl.
 
-When the worker runs as root and the kernel allows it, it moves into new mount, PID and
-network namespaces (it is PID 1 of its own: when it dies, every process of its samples
-dies) and replaces its root with a fresh tmpfs that holds only:
+Each slot's worker runs inside bubblewrap (`bwrap_arguments`), as root or not: in new
+PID, mount, network, IPC and UTS namespaces (not root: and a user namespace), PID 1 there
+(when it dies, every process of its samples dies), on a root that holds only:
 
 - read-only bind mounts of /usr, /etc, /bin, /sbin, /lib* and of the interpreter: its
   prefixes and every directory on `sys.path` (the standard library, site-packages with
   numpy and the other installed packages), so every module a plain `python3` imports also
   imports for the unprivileged sample, wherever Python is installed (e.g. under /root);
-- /dev with null, zero, full, random and urandom;
-- a /proc of its own PID namespace that shows each user only its own processes;
-- empty /tmp and /dev/shm, where each sample gets a fresh size-limited tmpfs (with the
-  interpreter's folders that lie there, e.g. a virtual environment in /tmp, bound again).
+- a minimal /dev and a /proc of its own PID namespace;
+- as root, the slot's cgroup folders;
+- empty /tmp and /dev/shm, where each sample gets a fresh size-limited tmpfs (`Scratch`,
+  with the interpreter's folders that lie there, e.g. a virtual environment in /tmp,
+  bound again).
 
 Nothing else of the host is visible: not the storage, not home folders, not other samples'
 folders; and there is no network (the namespace has only a loopback device, down).
@@ -23,30 +24,21 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import platform
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWIPC = 0x08000000
-CLONE_NEWPID = 0x20000000
-CLONE_NEWNET = 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4
 PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 36, 38
-PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41}  # syscall numbers
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 SYSTEM_DIRS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-DEVICES = ("null", "zero", "full", "random", "urandom")
-DEVICE_LINKS = {
-    "fd": "/proc/self/fd",
-    "stdin": "/proc/self/fd/0",
-    "stdout": "/proc/self/fd/1",
-    "stderr": "/proc/self/fd/2",
-}
-# Existing directories to build the new root on (hidden in this mount namespace only).
-STAGING = ("/tmp", "/mnt", "/media", "/srv")
 SCRATCH = ("/tmp", "/dev/shm")  # where each sample gets its own tmpfs
 SAMPLE_FOLDER = "/tmp/sample"  # the sample's working folder, empty when it starts
 SCRATCH_INODES = 4096
@@ -87,6 +79,16 @@ def prctl(option: int, value: int) -> None:
     _check(_libc.prctl(option, value, 0, 0, 0), f"prctl {option}")
 
 
+def drop_capabilities() -> None:
+    """Give up every capability (ambient, effective, permitted, inheritable), as a worker
+    in a user namespace of its own holds some there (to mount each sample's scratch). A
+    process whose uid is not 0 in its namespace gets none back on execve."""
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    header = (ctypes.c_uint32 * 2)(LINUX_CAPABILITY_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()  # two struct __user_cap_data_struct, all zero
+    _check(_libc.capset(header, data), "capset")
+
+
 def interpreter_paths() -> list[str]:
     """The directories a program run by this interpreter may import from (real paths)."""
     wanted = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
@@ -100,49 +102,16 @@ def outermost(paths: list[str]) -> list[str]:
     return [p for p in ordered if not any(p.startswith(q.rstrip("/") + "/") for q in ordered)]
 
 
-def _staging_point() -> str:
-    for path in STAGING:
-        if os.path.isdir(path) and not os.path.islink(path):
-            return path
-    raise OSError("no directory to build the sandbox's root on (tried /tmp, /mnt, /media, /srv)")
-
-
 def _bind_readonly(source_fd: int, target: str) -> None:
     mount(f"/proc/self/fd/{source_fd}", target, None, MS_BIND | MS_REC)
     flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV
     mount(None, target, None, flags)
 
 
-def _populate(root: str, sources: dict[str, int], links: dict[str, str]) -> None:
-    for path, fd in sources.items():
-        os.makedirs(root + path, mode=0o755, exist_ok=True)
-        _bind_readonly(fd, root + path)
-    for path, target in links.items():
-        parent = os.path.dirname(root + path)
-        os.makedirs(parent, mode=0o755, exist_ok=True)
-        with contextlib.suppress(OSError):  # inside a read-only bind: it resolves there
-            os.symlink(target, root + path)
-
-
-def _populate_dev(root: str, devices: dict[str, int]) -> None:
-    dev = root + "/dev"
-    os.makedirs(dev, mode=0o755)
-    mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k")
-    for name, fd in devices.items():
-        open(f"{dev}/{name}", "w").close()
-        mount(f"/proc/self/fd/{fd}", f"{dev}/{name}", None, MS_BIND)
-    for name, target in DEVICE_LINKS.items():
-        os.symlink(target, f"{dev}/{name}")
-    os.mkdir(f"{dev}/shm", 0o755)
-
-
-def enter_private_root() -> None:
-    """Replace this process's root by the sandbox's (it must be root, alone in new mount and
-    PID namespaces)."""
-    pivot_root = PIVOT_ROOT.get(platform.machine())
-    if pivot_root is None:
-        raise OSError(f"pivot_root: syscall number unknown on {platform.machine()}")
-    mount(None, "/", None, MS_REC | MS_PRIVATE)
+def root_layout() -> tuple[list[str], dict[str, str]]:
+    """What the sandbox's root shows of the host: the directories to bind read-only (the
+    system's and the interpreter's, outermost only) and the symbolic links to recreate
+    (/bin -> usr/bin, an interpreter path reached through a link)."""
     links: dict[str, str] = {}
     sources: list[str] = []
     for path in SYSTEM_DIRS:
@@ -154,27 +123,43 @@ def enter_private_root() -> None:
     for path in wanted:
         if os.path.isdir(path) and os.path.realpath(path) != path:
             links[path] = os.path.realpath(path)
-    fds = {
-        path: os.open(path, os.O_PATH | os.O_CLOEXEC)
-        for path in outermost(sources + interpreter_paths())
-    }
-    devices = {name: os.open(f"/dev/{name}", os.O_PATH | os.O_CLOEXEC) for name in DEVICES}
-    root = _staging_point()
-    mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
-    try:
-        _populate(root, fds, links)
-        _populate_dev(root, devices)
-        for path in ("/proc", "/tmp"):
-            os.makedirs(root + path, mode=0o755, exist_ok=True)
-    finally:
-        for fd in (*fds.values(), *devices.values()):
-            os.close(fd)
-    os.chdir(root)
-    _check(_libc.syscall(pivot_root, b".", b"."), "pivot_root")
-    umount(".")  # the old root, stacked under the new one
-    os.chdir("/")
-    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2")
-    mount(None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    binds = outermost(sources + interpreter_paths())
+    inside = [p for p in links if any(p.startswith(q.rstrip("/") + "/") for q in binds)]
+    for path in inside:  # already there, as the bind shows it
+        del links[path]
+    return binds, links
+
+
+def bwrap_arguments(bwrap: str, as_root: bool, writable: Sequence[str] = ()) -> list[str]:
+    """The command line that starts a slot's worker inside bubblewrap: new PID, mount,
+    network, IPC and UTS namespaces; a read-only root of `root_layout`, a /proc of its PID
+    namespace, a minimal /dev and an empty /tmp, and `writable` bound as they are (the
+    slot's cgroup folders); it is PID 1 there, dies with the evaluator and has no
+    controlling terminal. As root it keeps root's capabilities (to become the slot's uids
+    and mount each sample's scratch); not root, it runs in a user namespace of its own
+    (and a cgroup namespace) with CAP_SYS_ADMIN there only, to mount each sample's scratch
+    and give each sample its own IPC namespace. Samples and the judge drop every
+    capability (`drop_capabilities`)."""
+    binds, links = root_layout()
+    arguments = [bwrap, "--die-with-parent", "--new-session", "--as-pid-1"]
+    arguments += ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts"]
+    if not as_root:
+        arguments += ["--unshare-user", "--unshare-cgroup-try"]
+        arguments += ["--cap-drop", "ALL", "--cap-add", "CAP_SYS_ADMIN"]
+    arguments += ["--dir", "/tmp"]  # each sample's scratch is mounted there
+    made = {"/", "/tmp"}
+    for path in binds:
+        for parent in reversed(Path(path).parents):  # open to all (bwrap would copy
+            if str(parent) not in made:  # the host's modes: /root is 0700)
+                arguments += ["--perms", "0755", "--dir", str(parent)]
+                made.add(str(parent))
+        arguments += ["--ro-bind", path, path]
+    for path, target in sorted(links.items()):
+        arguments += ["--symlink", target, path]
+    for path in writable:
+        arguments += ["--bind", path, path]
+    arguments += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/", "--chdir", "/"]
+    return arguments
 
 
 class Scratch:

@@ -6,9 +6,10 @@ answer per job. Standard library (and this package's other sandbox modules) only
 
 Processes of one slot:
 
-- the worker (root when the evaluator is, then PID 1 of its own PID, mount and network
-  namespaces on a private read-only root, see `sandbox_isolation`): reads jobs, hands them
-  out, enforces the wall-clock limit and cleans up after every job;
+- the worker (PID 1 of the PID, mount, network, IPC and UTS namespaces bubblewrap made
+  for its slot, on a private read-only root, see `sandbox_isolation`; root when the
+  evaluator is, else holding CAP_SYS_ADMIN in the slot's user namespace only): reads
+  jobs, hands them out, enforces the wall-clock limit and cleans up after every job;
 - the zygote: forked from the worker before the worker reads its first job, so it starts
   with no job in its memory; the worker sends it only a sample's limits and folder
   (`SAMPLE_KEYS`) and its program as a file (a memfd) that only the sample's process
@@ -32,10 +33,11 @@ Processes of one slot:
   expected output it never sent.
 
 Samples and judges run in their own sessions, without inherited descriptors, with
-resource limits (samples: RLIMIT_CPU/AS/DATA/FSIZE/NPROC/CORE), no new privileges, a
-scrubbed environment; samples in an empty private folder. When root, each runs under the
-slot's own uids (given by the evaluator), so a sample can signal or write nothing of
-another sample, of its judge, or of the worker.
+resource limits (samples: RLIMIT_CPU/AS/DATA/FSIZE/NPROC/CORE), no new privileges, no
+capabilities, a seccomp filter (`sandbox_seccomp`), a scrubbed environment; samples in an
+empty private folder. When root, each runs under the slot's own uids (given by the
+evaluator), so a sample can signal or write nothing of another sample, of its judge, or
+of the worker.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ from weighted_mtp.eval.sandbox_channel import (
     judge,
     run_sample,
 )
+from weighted_mtp.eval.sandbox_seccomp import Filter
 
 PARKED_FDS = 1000  # kept descriptors move above this before they are renumbered from 3
 JUDGE_FOLDER = "/"  # read-only for the judge; the sample's folder is the sample's alone
@@ -96,6 +99,7 @@ SAFE_ENV = {
     "MKL_NUM_THREADS": "1",
 }
 Ids = tuple[int, int]
+SECCOMP = Filter()  # built once; installed in every sample and judge process
 
 
 # What the worker sends: the zygote (and so every sample) gets a job's `SAMPLE_KEYS` only,
@@ -165,6 +169,9 @@ class Confinement(NamedTuple):
             os.setuid(self.ids[0])
         iso.prctl(iso.PR_SET_NO_NEW_PRIVS, 1)
         iso.prctl(iso.PR_SET_PDEATHSIG, signal.SIGKILL)  # after setuid, which clears it
+        iso.drop_capabilities()  # those a worker in a user namespace holds there
+        if SECCOMP.available:
+            SECCOMP.install()
         os.environ.clear()
         os.environ.update(SAFE_ENV, HOME=self.folder, TMPDIR=self.folder)
 
@@ -405,44 +412,6 @@ def judge_server(sock: socket.socket) -> None:
 # --- the worker ----------------------------------------------------------------------------
 
 
-def enter_namespaces() -> str | None:
-    """Continue in new mount, PID and network namespaces on a private root: None when
-    that worked, else why not (and nothing changed). The process that called this waits,
-    in a first child that unshares, for a second one (the namespaces' first process, which
-    returns from here) and exits with its status; if anything fails on the way, the caller
-    itself returns the reason, untouched by the attempt."""
-    read_fd, write_fd = os.pipe()
-    middle = os.fork()
-    if middle != 0:
-        os.close(write_fd)
-        with os.fdopen(read_fd, "rb") as handle:
-            said = handle.read()
-        if said == b"ok":
-            _, status = os.waitpid(middle, 0)
-            os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
-        os.waitpid(middle, 0)
-        return said.decode("utf-8", "replace") or "the namespaces' process died"
-    os.close(read_fd)
-    try:
-        iso.unshare(iso.CLONE_NEWNS | iso.CLONE_NEWPID | iso.CLONE_NEWNET)
-        first = os.fork()
-    except OSError as exc:
-        os.write(write_fd, str(exc).encode())
-        os._exit(1)
-    if first != 0:
-        os.close(write_fd)
-        _, status = os.waitpid(first, 0)
-        os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
-    try:
-        iso.enter_private_root()
-    except OSError as exc:
-        os.write(write_fd, str(exc).encode())
-        os._exit(1)
-    os.write(write_fd, b"ok")
-    os.close(write_fd)
-    return None
-
-
 def unreadable_for(ids: Ids) -> list[str]:
     """The interpreter's directories that `ids` cannot list (probed in a child)."""
     read_fd, write_fd = os.pipe()
@@ -474,24 +443,25 @@ class Worker:
         self.cgroup: SampleCgroup | None = None
         cgroup_why_not = str(config["cgroup_unavailable"])
         if config["cgroup"]:
-            try:  # before /sys is hidden by the private root
+            try:  # its folders are bound into bubblewrap's root
                 self.cgroup = SampleCgroup(config["cgroup"])
             except OSError as exc:
                 cgroup_why_not = f"the worker cannot use its cgroup: {describe(exc)}"
-        why_not = "not root" if os.geteuid() != 0 else "turned off"
-        if os.geteuid() == 0 and config["namespaces"]:
-            failure = enter_namespaces()
-            self.isolated = failure is None
-            why_not = failure or ""
-        if not self.isolated:
+        why_not = str(config["namespaces_unavailable"])
+        if config["bwrap"]:  # bubblewrap made the namespaces and the root
+            iso.unshare(iso.CLONE_NEWNS)  # one of its own, where it mounts each scratch
+            iso.mount(None, "/", None, iso.MS_REC | iso.MS_PRIVATE)
+            self.isolated, why_not = True, ""
+        if os.getpid() != 1:  # orphans come back to it, as to PID 1
             iso.prctl(iso.PR_SET_CHILD_SUBREAPER, 1)
+        if not self.isolated:
             for ids in (self.sample_ids, self.judge_ids):
                 unreadable = unreadable_for(ids) if ids is not None else []
                 if unreadable:
                     raise RuntimeError(
                         f"the sandbox's user cannot read {unreadable[0]} and private mount "
                         f"namespaces are unavailable ({why_not}): samples could not import "
-                        "the standard library. Allow unshare(2) for root, or install "
+                        "the standard library. Allow bubblewrap its namespaces, or install "
                         "Python where every user can read it"
                     )
         self.protections = {
@@ -504,8 +474,12 @@ class Worker:
             "namespaces_unavailable": "" if self.isolated else why_not,
             "sample_cgroup": self.cgroup is not None,
             "cgroup_unavailable": "" if self.cgroup is not None else cgroup_why_not,
+            "user_namespace": bool(config["user_namespace"]),
+            "seccomp": SECCOMP.available,
+            "seccomp_unavailable": SECCOMP.why,
         }
-        self.scratch = iso.Scratch(self.sample_ids or (0, 0)) if self.isolated else None
+        owner = self.sample_ids or (os.getuid(), os.getgid())
+        self.scratch = iso.Scratch(owner) if self.isolated else None
         self.reaper = Reaper()
         self.jobs = 0
         self.folder = ""  # of the job in progress

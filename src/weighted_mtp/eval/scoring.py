@@ -42,7 +42,14 @@ from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.eval import defaults
 from weighted_mtp.eval.passk import mean_pass_at_k
 from weighted_mtp.eval.result_files import TaskCount
-from weighted_mtp.eval.sandbox import RESULTS, Job, Outcome, Sandbox, SandboxLimits
+from weighted_mtp.eval.sandbox import (
+    RESULTS,
+    Job,
+    Outcome,
+    Sandbox,
+    SandboxLimits,
+    unconfined_warning,
+)
 from weighted_mtp.eval.tasks import (
     Benchmark,
     Problem,
@@ -100,7 +107,9 @@ class ScoreSummary:
     scored_at: str = field(default_factory=utc_now)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Its fields; first a `warning` when the samples ran unconfined (--no-isolation)."""
+        warning = unconfined_warning(self.sandbox)
+        return {**({"warning": warning} if warning else {}), **asdict(self)}
 
 
 def results_path(samples: Path) -> Path:

@@ -8,7 +8,8 @@ Rejected positions are dropped from the cache. Under greedy decoding this yields
 tokens of plain head-0 greedy decoding; with temperature > 0 drafts are accepted with
 probability min(1, p/q) and a rejection is resampled from max(0, p - q) (speculative
 sampling), so samples follow head 0's distribution. One sequence at a time: sequences of a
-batch accept different numbers of drafts.
+batch accept different numbers of drafts. Where there are many sequences to decode,
+continuous batching (`eval.generate.generate`) gains more (docs/evaluation-decoding.md).
 
 When it pays: a pass runs the trunk and K + 1 head blocks over K + 1 tokens where a plain
 step runs the trunk and one head block over one token. Where decoding is memory-bound (the

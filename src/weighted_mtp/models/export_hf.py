@@ -88,6 +88,13 @@ def interleaved_to_half_split(weight: torch.Tensor, n_heads: int) -> torch.Tenso
     return weight.view(n_heads, half, 2, cols).transpose(1, 2).reshape(rows, cols)
 
 
+def half_split_to_interleaved(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """The inverse of `interleaved_to_half_split`: pairs (i, i + head_dim/2) to (2i, 2i+1)."""
+    rows, cols = weight.shape
+    half = rows // n_heads // 2
+    return weight.view(n_heads, 2, half, cols).transpose(1, 2).reshape(rows, cols)
+
+
 def hf_llama_config(
     params: MetaParams,
     *,

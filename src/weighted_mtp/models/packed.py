@@ -80,3 +80,29 @@ def _packable(linear: nn.Linear) -> bool:
         and weight.dtype == torch.float32
         and weight.device.type == "cpu"
     )
+
+
+@functools.cache
+def batch_invariant() -> bool:
+    """Packed layers give each row of a product of 2..33 rows the same bits, whatever the
+    other rows are, on a probe as wide as a model's (oneDNN's kernels for one row sum in
+    another order, so one row is not included: a caller runs it twice). What makes batched
+    decoding reproduce one-row decoding exactly; checked on this machine, as kernels
+    differ between CPUs."""
+    if not packing_works():
+        return False
+    generator = torch.Generator().manual_seed(0)
+    probe = nn.Linear(1024, 96, bias=False, device="meta").to_empty(device="cpu")
+    with torch.no_grad():
+        probe.weight.copy_(torch.randn(96, 1024, generator=generator))
+    x = torch.randn(33, 1024, generator=generator)  # [rows, in]
+    with torch.inference_mode():
+        packed = PackedLinear(probe)
+        alone = torch.cat([packed(x[i : i + 1].expand(2, -1))[:1] for i in range(33)])
+        return all(torch.equal(packed(x[:rows]), alone[:rows]) for rows in range(2, 34))
+
+
+def fully_packed(model: nn.Module) -> bool:
+    """Every linear layer of `model` is packed (and there is at least one)."""
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear | PackedLinear)]
+    return bool(layers) and all(isinstance(m, PackedLinear) for m in layers)

@@ -1,15 +1,17 @@
 """Run folders that never lose a file: which folders a run may write, and one run at a time.
 
-A run folder is marked by `run.json` (`RunFolder.identity`: its run kind, `assets.RUN_KINDS`),
-the first file a run writes. A run writes only into a folder that is absent, empty, or, with
-`--resume`, a run folder of its own kind; anything else is refused in one line before
-anything is written, and nothing in it is touched. A symlink is resolved first and its
-target judged by the same rules, so the run writes (and deletes) only inside the resolved
-folder. While a run writes, it holds the folder's lock (`RunFolder.lock`, an `flock` like the
-storage lock: the OS drops it when the holder dies); a second run is refused naming the
-holder. Once locked, the temporary names a killed run left (a partial checkpoint, a partial
-`final/`, an atomic write's temporary file) are removed: only a run of this folder makes
-them. A fresh run that fails before it has trained anything takes its folder back.
+A run folder is marked by `run.json` (`RunFolder.identity`: its run kind,
+`assets.RUN_KINDS`), the first file a run writes. A run writes only into a folder that is
+absent, empty, or, with `--resume`, a run folder of its own kind; anything else is refused
+in one line before anything is written, and nothing in it is touched. Inside the storage a
+run writes only under its runs folder (`runs/<kind>/<name>`): the rest is the assets `wmtp
+verify` checks. A symlink is resolved first and its target judged by the same rules, so the
+run writes (and deletes) only inside the resolved folder. While a run writes, it holds the
+folder's lock (`RunFolder.lock`, an `flock` like the storage lock: the OS drops it when the
+holder dies); a second run is refused naming the holder. Once locked, the temporary names a
+killed run left (a partial checkpoint, a partial `final/`, an atomic write's temporary file)
+are removed: only a run of this folder makes them. A fresh run that fails before it has
+trained anything takes its folder back.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 from weighted_mtp import assets
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import TEMP_MARKER, read_json, write_json
-from weighted_mtp.storage.layout import RunFolder
+from weighted_mtp.storage.layout import Layout, RunFolder
 from weighted_mtp.storage.lock import exclusive
 
 
@@ -62,6 +64,28 @@ def _resolved(folder: Path) -> Path:
         return folder.expanduser().resolve()
     except (OSError, RuntimeError) as exc:  # a symlink loop
         raise WmtpError(f"cannot resolve the run folder: {exc}", path=folder) from None
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _outside_managed_trees(root: Path, layout: Layout) -> None:
+    """Refuse a run folder (resolved) inside the storage anywhere but a run's place under
+    its runs folder (`runs/<kind>/<name>` or deeper): the rest is what `wmtp build` makes
+    and `wmtp verify` checks, and a run there would fail the checklist or be cleaned away."""
+    storage, runs = _resolved(layout.root), _resolved(layout.runs_dir)
+    if _inside(root, runs) and len(root.relative_to(runs).parts) >= 2:
+        return
+    if not _inside(root, storage) and not _inside(root, runs):
+        return
+    where = "the storage's runs folder itself" if _inside(root, runs) else "the storage"
+    raise WmtpError(
+        f"the run folder is inside {where}, which only wmtp build and wmtp verify manage; "
+        "nothing was written",
+        path=root,
+        hint=f"choose a folder under {layout.runs_dir}/<experiment>/ or outside {layout.root}",
+    )
 
 
 def _entries(root: Path) -> list[str]:
@@ -149,13 +173,17 @@ def _give_back(folder: RunFolder, created: bool) -> None:
 
 
 @contextmanager
-def claim_run_folder(folder: Path, kind: str, *, resume: bool, command: str) -> Iterator[Path]:
+def claim_run_folder(
+    folder: Path, kind: str, *, resume: bool, command: str, layout: Layout
+) -> Iterator[Path]:
     """Take `folder` for a run of `kind` (a new one, or with `resume` a run of this kind to
     continue) and hold its lock until the run ends. Yields the resolved folder, where the
     run must write. One error, before any write, when the folder is not one the run may
-    write, or another run (`command` names this one) holds it."""
+    write (inside `layout`'s storage, only under its runs folder), or another run
+    (`command` names this one) holds it."""
     assets.run_kind(kind)  # a known run kind
     root = _resolved(folder)
+    _outside_managed_trees(root, layout)
     paths = RunFolder(root)
     if not paths.lock.is_file():  # else a run folder: its lock first (a run may hold it)
         _judge(root, kind, resume)

@@ -101,7 +101,7 @@ class RunningWhitening:
     EMA with momentum 0.1. A batch without valid tokens leaves the statistics unchanged.
     """
 
-    momentum: float = CriticConfig.momentum
+    momentum: float = CriticConfig().momentum
     eps: float = 1e-8
     updates: int = 0
     mean: float = 0.0
@@ -143,10 +143,10 @@ def awr_weights(
     return torch.where(loss_mask.bool(), weights, 0.0).float()
 
 
-def clipped_fraction_terms(whitened: Tensor, loss_mask: Tensor, settings: CriticConfig) -> Tensor:
+def clipped_fraction_terms(whitened: Tensor, loss_mask: Tensor, critic: CriticConfig) -> Tensor:
     """`[B, S]` bool: targets whose exp(Â/β) fell outside [w_min, w_max] and was clipped."""
-    exponent = whitened.detach().to(torch.float64) / settings.beta
-    outside = (exponent < math.log(settings.w_min)) | (exponent > math.log(settings.w_max))
+    exponent = whitened.detach().to(torch.float64) / critic.beta
+    outside = (exponent < math.log(critic.w_min)) | (exponent > math.log(critic.w_max))
     return outside & loss_mask.bool()
 
 
@@ -185,17 +185,17 @@ def critic_token_weights(
     values: Tensor,
     loss_mask: Tensor,
     is_correct: Tensor,
-    settings: CriticConfig,
+    critic: CriticConfig,
     whitening: RunningWhitening,
 ) -> tuple[Tensor, dict[str, float]]:
     """The Verifiable Critic's `[B, S]` weights from the frozen critic's values, and metrics.
 
     Updates `whitening` with this global batch.
     """
-    advantages = gae_advantages(values, loss_mask, is_correct, settings.gamma, settings.lam)
+    advantages = gae_advantages(values, loss_mask, is_correct, critic.gamma, critic.lam)
     whitened = whitening.whiten(advantages, loss_mask)
-    weights = awr_weights(whitened, loss_mask, settings.beta, settings.w_min, settings.w_max)
-    clipped = clipped_fraction_terms(whitened, loss_mask, settings)
+    weights = awr_weights(whitened, loss_mask, critic.beta, critic.w_min, critic.w_max)
+    clipped = clipped_fraction_terms(whitened, loss_mask, critic)
     metrics = weight_statistics(weights, clipped, loss_mask)
     metrics |= {"adv_running_mean": whitening.mean, "adv_running_std": math.sqrt(whitening.var)}
     return weights, metrics

@@ -79,7 +79,9 @@ def _load_trained(model: TrainedModel, config: TrainConfig, dist: Dist, weights:
 def policy_structure(params: MetaParams, config: TrainConfig) -> TrainedModel:
     """The policy of `params` on the meta device with its LoRA adapters (their values on the
     CPU unless built under `torch.device("meta")`)."""
-    return apply_lora(meta_mtp_model(params), config.lora, config.seed)
+    policy = apply_lora(meta_mtp_model(params), config.lora, config.seed)
+    policy.heads = config.heads(params.n_future_tokens)
+    return policy
 
 
 def build_policy(paths: ModelPaths, config: TrainConfig, dist: Dist) -> TrainedModel:

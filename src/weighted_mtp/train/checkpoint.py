@@ -81,15 +81,27 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
 
 def completed_checkpoints(run_dir: Path) -> list[Path]:
     """Checkpoints under their final name, oldest first: renamed there only when complete
-    (temporary and damaged ones are never listed; whether one verifies is `verify`'s)."""
+    (temporary and damaged ones are never listed; whether one verifies is `verify`'s). Only
+    folders belong in `checkpoints/`: anything else (a file, a symlink) is one error naming
+    it, never skipped (a file in place of the newest checkpoint would have the step trained
+    again and every later resume fail)."""
     folder = RunFolder(run_dir).checkpoints
     if not folder.is_dir():
         return []
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if _FOLDER.fullmatch(p.name) and p.is_dir() and not p.is_symlink()
-    )
+    found = []
+    for entry in sorted(folder.iterdir()):
+        if TEMP_MARKER in entry.name:
+            continue  # a killed write's leftover: the run's claim removes it
+        if entry.is_symlink() or not entry.is_dir():
+            what = "a symlink" if entry.is_symlink() else "a file"
+            raise WmtpError(
+                f"checkpoints/{entry.name} is {what}, not a checkpoint folder",
+                path=entry,
+                hint="move it out of the run's checkpoints folder, then run again",
+            )
+        if _FOLDER.fullmatch(entry.name):
+            found.append(entry)
+    return found
 
 
 def step_of(path: Path) -> int:
@@ -338,6 +350,14 @@ def _verify_names(path: Path) -> tuple[dict[str, str], str | None]:
     for required in (DCP_METADATA, STATE_FILE):
         if required not in sums:
             return {}, f"{MANIFEST} does not list {required}"
+    held = sorted(
+        entry.relative_to(path).as_posix()
+        for entry in path.rglob("*")
+        if entry.is_symlink() or not entry.is_dir()
+    )
+    unlisted = [name for name in held if name != MANIFEST and name not in sums]
+    if unlisted:
+        return {}, f"{MANIFEST} does not list {unlisted[0]}, which the checkpoint holds"
     return sums, None
 
 
@@ -372,7 +392,15 @@ def resume_point(run_dir: Path, dist_info: Dist) -> Path | None:
     """The newest checkpoint that verifies, the same on every rank; None when the run has
     none yet. Each newer damaged one is named in one line and set aside (kept); when none
     verifies, one error and nothing is changed."""
-    found = dist_info.broadcast_object(completed_checkpoints(run_dir) if dist_info.is_main else [])
+    listed: tuple[list[Path], str | None] = ([], None)
+    if dist_info.is_main:
+        try:
+            listed = (completed_checkpoints(run_dir), None)
+        except WmtpError as exc:
+            listed = ([], exc.line())
+    found, error = dist_info.broadcast_object(listed)
+    if error is not None:
+        raise WmtpError(error)
     damaged: list[tuple[Path, str]] = []
     for path in reversed(found):
         problem = verify(path, dist_info)

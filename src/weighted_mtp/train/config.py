@@ -1,152 +1,269 @@
 """Typed training configuration: the one object every experiment is run from.
 
-`TrainConfig` is the whole of a run's configuration, with typed sections (`lora`, `critic`,
-`rho1`, `frozen`); each default is written once, in these dataclasses. A run's config is
-built in one place (`build_config`): the packaged Baseline config of the size
-(`configs/baseline_<size>.yaml`, or `--config FILE`), the experiment's overlay
-(`configs/<experiment>_<size>.yaml`), the small suite's overlay inside `wmtp train suite
---small`, then the user's settings (`--set key=value` and the named options such as
-`--kappa`). The effective config is saved as the run's `config.yaml`, so a run can be
-repeated or resumed from it.
-
-Values are checked here and nowhere else: their types while they are read (an unknown key,
-a wrong type or a NaN/infinite number is one error), then their meaning (`validate`). An
-error names the key as the user wrote it: `--kappa` for an option, `config key
-'rho1.kappa'` for `--set` or a file.
+`TrainConfig` (pydantic; sections `lora`, `critic`, `rho1`, `frozen`) holds each key once, as
+a field with its type, default, bounds, description and, where a train command takes it by
+name, its `Option`: the options (`cli/train.py`), the docs table and the JSON Schema
+(`config_docs.py`) are made from the fields. `build_config` builds a run's config: the
+packaged Baseline config of the size (or `--config FILE`), the suite's and the experiment's
+overlays (`configs/`), then the user's settings. A config is checked once, when it is made;
+an error names the key as the user wrote it (`--kappa`, or `config key 'rho1.kappa'`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import difflib
 import math
-import types
-import typing
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
 from weighted_mtp.assets import TRAIN_DATASET, TRAIN_MODEL, TRAINING_RUNS
 from weighted_mtp.errors import UsageError, WmtpError
 
 Normalize = Literal["count", "weight", "selected"]
-Precision = Literal["auto", "bf16", "fp32"]
-ActivationCheckpointing = Literal["none", "blocks"]
-FinalSave = Literal["model", "adapter", "merged", "none"]
-Logger = Literal["jsonl", "tensorboard", "wandb", "mlflow"]
 Objective = Literal["mc", "pairwise"]
 Score = Literal["signed", "absolute"]
 BLOCK_LINEARS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")  # Meta's names for a block's linears
 SIZES = {True: "micro", False: "7b"}
 SUITE_SMALL = "suite_micro.yaml"
+POLICY_RUNS = ("baseline", "verifiable", "rho1")  # the experiments that train the MTP policy
 
 
 @dataclass(frozen=True)
-class LoraConfig:
+class Option:
+    """A key the train commands take by name: `decls` as click takes them (`--kappa`,
+    `--lora/--full`), the commands that offer it (`wmtp train plan` offers every one), and
+    what a one-way flag sets."""
+
+    decls: str
+    commands: tuple[str, ...] = TRAINING_RUNS
+    flag_value: bool = True
+
+
+def _number(value: Any) -> Any:
+    """An int as a float; a string that reads as one (YAML 1.1 reads 1e-3 as a string)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        if not math.isfinite(number):
+            raise PydanticCustomError("finite_number", "not finite")
+        return number
+    return value
+
+
+Float = Annotated[float, BeforeValidator(_number)]
+EVERY = (*TRAINING_RUNS, "suite")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+class LoraConfig(Section):
     """LoRA as the 7B fine-tuning used it: r 64, alpha 128, dropout 0.05 on the block
     linears (Meta's names; mapped to transformers' for a Llama reference or critic)."""
 
-    enabled: bool = False
-    r: int = 64
-    alpha: int = 128
-    dropout: float = 0.05
-    targets: tuple[str, ...] = BLOCK_LINEARS
+    enabled: Annotated[bool, Option("--lora/--full")] = Field(
+        False, description="LoRA instead of full fine-tuning"
+    )
+    r: int = Field(64, gt=0, description="LoRA rank")
+    alpha: int = Field(128, gt=0, description="LoRA alpha")
+    dropout: Float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
+    targets: tuple[str, ...] = Field(
+        BLOCK_LINEARS,
+        min_length=1,
+        strict=False,
+        description="the block linears (Meta's names; a Llama reference or critic maps them "
+        "to `q_proj`, ...)",
+    )
 
 
-@dataclass(frozen=True)
-class CriticConfig:
+class CriticConfig(Section):
     """Stage 1 (`wmtp train critic`): objective and value-head width. Stage 2 (`wmtp train
     verifiable`): the critic run, and the advantage and weight hyperparameters of
     `advantages` (GAE γ and λ, AWR β, the weight clip, the whitening EMA)."""
 
-    run: str = ""  # the critic's run folder (stage 2)
-    objective: Objective = "mc"
-    head_hidden: int = 256
-    gamma: float = 1.0
-    lam: float = 0.95
-    beta: float = 1.0
-    w_min: float = 0.1
-    w_max: float = 3.0
-    momentum: float = 0.1  # whitening EMA; the first 1/momentum updates average
+    run: Annotated[str, Option("--critic", ("verifiable",))] = Field(
+        "", description="the critic's run folder (verifiable)"
+    )
+    objective: Annotated[Objective, Option("--objective", ("critic",))] = Field(
+        "mc", description="`mc` (every position regresses to R) or `pairwise` (same-task pairs)"
+    )
+    head_hidden: int = Field(256, gt=0, description="the value head's width")
+    gamma: Float = Field(1.0, ge=0, le=1, description="GAE γ")
+    lam: Float = Field(0.95, ge=0, le=1, description="GAE λ")
+    beta: Float = Field(1.0, gt=0, description="AWR temperature β")
+    w_min: Float = Field(0.1, gt=0, description="smallest weight")
+    w_max: Float = Field(3.0, description="largest weight, at least `w_min`")
+    momentum: Float = Field(0.1, gt=0, le=1, description="whitening EMA (first 1/momentum average)")
 
 
-@dataclass(frozen=True)
-class Rho1Config:
+class Rho1Config(Section):
     """Stage 2 (`wmtp train rho1`): the reference (a ref-tune run folder or a model) and the
     selection: the top κ of the targets by excess loss, signed or absolute."""
 
-    reference: str = ""
-    kappa: float = 0.6
-    score: Score = "signed"
+    reference: Annotated[str, Option("--reference", ("rho1",))] = Field(
+        "", description="a ref-tune run folder, a storage model or a model folder (rho1)"
+    )
+    kappa: Annotated[Float, Option("--kappa", ("rho1",))] = Field(
+        0.6, gt=0, le=1, description="fraction of the global batch's targets trained on"
+    )
+    score: Annotated[Score, Option("--score", ("rho1",))] = Field(
+        "signed", description="select by the excess loss Δ (`signed`) or its size (`absolute`)"
+    )
 
 
-@dataclass(frozen=True)
-class FrozenConfig:
-    """Stage 2: how each rank holds the frozen critic / reference (`frozen:` in config.yaml).
+class FrozenConfig(Section):
+    """Stage 2: how each rank holds the frozen critic / reference. One process never shards;
+    a replica smaller than `shard_min_mib` costs less memory than its all-gathers cost time."""
 
-    `shard`: under torchrun, `always` shards it with FSDP2 like the policy (per block, then
-    the root), `never` keeps a full replica on every rank, and `auto` shards when its
-    parameters in the scoring dtype exceed `shard_min_mib` (a replica that small costs less
-    memory than its per-step all-gathers cost time). One process never shards.
-    `dtype`: `auto` scores in the policy's compute dtype (bf16 where the trainer autocasts to
-    bf16, float32 otherwise); `bf16` or `fp32` force one.
-    """
-
-    shard: Literal["auto", "always", "never"] = "auto"
-    shard_min_mib: float = 1024.0
-    dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    shard: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="under torchrun: `always` sharded (FSDP2), `never` (a replica), `auto` by size",
+    )
+    shard_min_mib: Float = Field(1024.0, ge=0, description="`auto` shards a larger helper")
+    dtype: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="the helper's dtype: the policy's compute dtype, or `bf16`, `fp32`"
+    )
 
 
-@dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Section):
     """One training run. Sizes count sequences; `batch_size` is the GLOBAL batch per
     optimizer step (all ranks and accumulation steps together)."""
 
-    experiment: str = "baseline"  # a row of `train.experiments.EXPERIMENTS`
-    model: str = TRAIN_MODEL  # a storage model name or a model folder
-    data: str = TRAIN_DATASET
-    small: bool = False  # datasets_local_small/<data>_small instead of the processed splits
-    correct_only: bool = True  # train on records with metadata.is_correct only
-    seq_len: int = 2048  # longest sequence allowed (BOS + prompt + response + EOS)
-    n_future: int = 0  # heads trained: 1 = next token only; 0 = all of the model's heads
-    batch_size: int = 32
-    micro_batch_size: int = 1  # per rank and forward pass
-    epochs: int = 1
-    max_steps: int = 0  # 0 = as many as `epochs` epochs give
-    lr: float = 1e-4
-    beta1: float = 0.9
-    beta2: float = 0.95
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.03
-    min_lr_ratio: float = 0.005
-    clip_grad_norm: float = 1.0  # 0 = no clipping
-    seed: int = 42
-    normalize: Normalize = "count"
-    naive_heads: bool = False  # all heads' logits at once (the oracle), not one at a time
-    precision: Precision = "auto"  # auto: bf16 autocast where the device supports it
-    # blocks: each transformer block recomputes its activations in the backward
-    activation_checkpointing: ActivationCheckpointing = "none"
-    eval_every: int = 100  # steps between validation losses; 0 = only at the end
-    eval_batches: int = 0  # validation batches per evaluation; 0 = the whole split
-    checkpoint_every: int = 100  # 0 = only at the end (and at --stop-at)
-    keep_checkpoints: int = 2
-    final_save: FinalSave = "model"  # model (full weights), adapter, merged (LoRA), none
-    logger: Logger = "jsonl"  # metrics.jsonl always; tensorboard, wandb or mlflow mirror it
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    critic: CriticConfig = field(default_factory=CriticConfig)
-    rho1: Rho1Config = field(default_factory=Rho1Config)
-    frozen: FrozenConfig = field(default_factory=FrozenConfig)
+    experiment: str = Field(
+        "baseline",
+        description="the row of the experiment table (set by the command)",
+        json_schema_extra={"enum": list(TRAINING_RUNS)},
+    )
+    model: Annotated[str, Option("--model")] = Field(
+        TRAIN_MODEL, description="a storage model name or a model folder"
+    )
+    data: Annotated[str, Option("--data")] = Field(TRAIN_DATASET, description="the dataset")
+    small: Annotated[bool, Option("--small", EVERY)] = Field(
+        False,
+        description="the micro models, `datasets_local_small/<data>_small` and their "
+        "packaged config",
+    )
+    correct_only: Annotated[bool, Option("--include-incorrect", ("verifiable",), False)] = Field(
+        True, description="train on records with `metadata.is_correct` only"
+    )
+    seq_len: int = Field(
+        2048,
+        gt=0,
+        description="longest sequence (BOS + prompt + response + EOS), at most the model's context",
+    )
+    n_future: Annotated[int | None, Option("--n-future", POLICY_RUNS)] = Field(
+        None, gt=0, description="heads trained (1 = next token only); unset: all of the model's"
+    )
+    batch_size: int = Field(
+        32, gt=0, description="GLOBAL batch: ranks × `micro_batch_size` × accumulation steps"
+    )
+    micro_batch_size: int = Field(1, gt=0, description="sequences per rank and forward pass")
+    epochs: int = Field(1, gt=0, description="epochs trained when `max_steps` is unset")
+    max_steps: Annotated[int | None, Option("--max-steps", EVERY)] = Field(
+        None, gt=0, description="optimizer steps; unset: as many as `epochs` give"
+    )
+    lr: Annotated[Float, Option("--lr", EVERY)] = Field(
+        1e-4, gt=0, description="peak learning rate (AdamW)"
+    )
+    beta1: Float = Field(0.9, ge=0, lt=1, description="AdamW β1")
+    beta2: Float = Field(0.95, ge=0, lt=1, description="AdamW β2")
+    weight_decay: Float = Field(0.01, ge=0, description="AdamW weight decay")
+    warmup_ratio: Float = Field(
+        0.03, ge=0, lt=1, description="linear warmup over this fraction of the steps, then cosine"
+    )
+    min_lr_ratio: Float = Field(
+        0.005, ge=0, le=1, description="the cosine ends at `lr × min_lr_ratio`"
+    )
+    clip_grad_norm: Float = Field(1.0, ge=0, description="gradient norm clip; 0 = none")
+    seed: Annotated[int, Option("--seed", EVERY)] = Field(
+        42, description="data order, initialisation (LoRA, value head), dropout"
+    )
+    normalize: Normalize = Field("count", description="what each head's weighted sum is divided by")
+    naive_heads: Annotated[bool, Option("--naive-heads", POLICY_RUNS)] = Field(
+        False, description="all heads' logits at once (the oracle), not one at a time"
+    )
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="`auto`: bf16 autocast where the GPU supports it"
+    )
+    activation_checkpointing: Literal["none", "blocks"] = Field(
+        "none",
+        description="`blocks`: each transformer block keeps only its input and "
+        "recomputes its activations in the backward ([memory plan](memory-plan.md))",
+    )
+    eval_every: int = Field(100, ge=0, description="steps between validations; 0 = at the end")
+    eval_batches: int | None = Field(
+        None, gt=0, description="validation batches per validation; unset: the whole split"
+    )
+    checkpoint_every: int = Field(
+        100, ge=0, description="steps between checkpoints; 0 = at the end (and at `--stop-at`)"
+    )
+    keep_checkpoints: int = Field(2, gt=0, description="checkpoints kept")
+    final_save: Literal["model", "adapter", "merged", "none"] = Field(
+        "model",
+        description="the policy's `final/`: `model`, `merged` (LoRA merged), `adapter`, `none`",
+    )
+    logger: Literal["jsonl", "tensorboard", "wandb", "mlflow"] = Field(
+        "jsonl", description="`metrics.jsonl` only, or mirrored to one more logger"
+    )
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    critic: CriticConfig = Field(default_factory=CriticConfig)
+    rho1: Rho1Config = Field(default_factory=Rho1Config)
+    frozen: FrozenConfig = Field(default_factory=FrozenConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.experiment not in TRAINING_RUNS:
+            raise Invalid("experiment", f"must be one of {', '.join(TRAINING_RUNS)}")
+        if self.critic.w_max < self.critic.w_min:
+            raise Invalid("critic.w_max", f"must be >= critic.w_min ({self.critic.w_min})")
+        if self.batch_size % self.micro_batch_size:
+            raise Invalid(
+                "batch_size",
+                f"must be a multiple of micro_batch_size ({self.micro_batch_size}), "
+                f"not {self.batch_size}",
+                hint="choose batch_size = micro_batch_size x ranks x accumulation steps",
+            )
+        if self.final_save in ("adapter", "merged") and not self.lora.enabled:
+            raise Invalid(
+                "final_save",
+                f"{self.final_save} needs lora.enabled",
+                hint="--set lora.enabled=true, or final_save model",
+            )
+        return self
+
+    def heads(self, model_heads: int) -> int:
+        """The prediction heads trained on a model with `model_heads`."""
+        return model_heads if self.n_future is None else self.n_future
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """The optimizer steps planned when an epoch is `steps_per_epoch` steps."""
+        return self.epochs * steps_per_epoch if self.max_steps is None else self.max_steps
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["lora"]["targets"] = list(self.lora.targets)
-        return data
+        return self.model_dump(mode="json")
 
 
-# -- reading values ------------------------------------------------------------------------
+# -- errors --------------------------------------------------------------------------------
+
+
+class Invalid(WmtpError):
+    """A key whose value contradicts another's; `build_config` names it as the user did."""
+
+    def __init__(self, key: str, problem: str, hint: str | None = None) -> None:
+        self.key, self.problem = key, problem
+        super().__init__(f"config key {key!r} {problem}", hint=hint)
 
 
 @dataclass(frozen=True)
@@ -158,10 +275,6 @@ class Setting:
     value: Any
     given_as: str = ""
 
-    @property
-    def name(self) -> str:
-        return self.given_as or f"config key {self.key!r}"
-
 
 Names = Mapping[str, str]  # dotted key -> how the user wrote it
 
@@ -170,56 +283,38 @@ def key_name(key: str, names: Names) -> str:
     return names.get(key) or f"config key {key!r}"
 
 
-def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+def fields(model: type[Section] | None = None, prefix: str = "") -> Iterator[tuple[str, FieldInfo]]:
+    """Every key of `TrainConfig` (a section's dotted) and its field, in declaration order."""
+    for name, field in (model or TrainConfig).model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, Section):
+            yield from fields(field.annotation, f"{prefix}{name}.")
+        else:
+            yield prefix + name, field
 
 
-def _coerce(value: Any, hint: Any, name: str, source: str) -> Any:
-    """`value` as type `hint`, or one error naming the key and the expected type."""
-    origin = get_origin(hint)
-    if origin is typing.Literal:
-        if value in get_args(hint):
-            return value
-    elif origin is tuple:
-        item = get_args(hint)[0]
-        if isinstance(value, list | tuple):
-            return tuple(_coerce(v, item, name, source) for v in value)
-    elif origin in (typing.Union, types.UnionType):
-        for option in get_args(hint):
-            if option is type(None) and value is None:
-                return None
-            if option is not type(None):
-                return _coerce(value, option, name, source)
-    elif hint is float:
-        number: float | None = None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            number = float(value)
-        elif isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            with contextlib.suppress(ValueError):
-                number = float(value)
-        if number is not None:
-            if not math.isfinite(number):
-                raise WmtpError(
-                    f"{name} must be a finite number, not {value!r}",
-                    path=source,
-                    hint="NaN and infinity are not training settings",
-                )
-            return number
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif isinstance(value, hint):
-        return value
-    expected = (
-        " | ".join(repr(a) for a in get_args(hint))
-        if origin is typing.Literal
-        else _type_name(hint)
-    )
-    raise WmtpError(f"{name} wants {expected}, got {value!r} ({type(value).__name__})", path=source)
+def option_of(field: FieldInfo) -> Option | None:
+    return next((m for m in field.metadata if isinstance(m, Option)), None)
 
 
-def _unknown(key: str, known: list[str], source: str) -> WmtpError:
+def bounds_text(field: FieldInfo) -> str:
+    """The field's bounds in words: `positive`, `>= 0`, `in (0, 1]`; "" for none."""
+    b = {
+        k: getattr(m, k) for m in field.metadata for k in ("gt", "ge", "lt", "le") if hasattr(m, k)
+    }
+    low = [f"{'(' if k == 'gt' else '['}{b[k]:g}" for k in ("gt", "ge") if k in b]
+    high = [f"{b[k]:g}{')' if k == 'lt' else ']'}" for k in ("lt", "le") if k in b]
+    if low and high:
+        return f"in {low[0]}, {high[0]}"
+    if b == {"gt": 0}:
+        return "positive"
+    signs = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+    return " ".join(f"{signs[k]} {v:g}" for k, v in b.items())
+
+
+def _unknown(key: str, source: str) -> WmtpError:
     prefix, _, leaf = key.rpartition(".")
+    section = TrainConfig.model_fields.get(prefix)  # sections are one level deep
+    known = list((section.annotation if section else TrainConfig).model_fields)  # type: ignore[union-attr]
     close = difflib.get_close_matches(leaf, known, n=1)
     hint = (
         f"did you mean {(prefix + '.' if prefix else '') + close[0]!r}?"
@@ -229,26 +324,72 @@ def _unknown(key: str, known: list[str], source: str) -> WmtpError:
     return WmtpError(f"unknown config key {key!r}", path=source, hint=hint)
 
 
-def _merge(
-    cls: type, base: Any, updates: dict[str, Any], source: str, names: Names, prefix: str = ""
-) -> Any:
-    """A copy of dataclass `base` with `updates` (nested dicts for nested dataclasses)."""
-    hints = get_type_hints(cls)
-    changes = {}
+def _error(error: Any, source: str, names: Names) -> WmtpError:
+    """One pydantic error as one line naming the key as the user wrote it."""
+    key = ".".join(part for part in error["loc"] if isinstance(part, str))  # no list indices
+    name, kind, value = key_name(key, names), error["type"], error["input"]
+    if kind == "extra_forbidden":
+        return _unknown(key, source)
+    if kind == "model_type":
+        return WmtpError(f"{name} wants a mapping of its fields", path=source)
+    if kind == "finite_number":
+        hint = "NaN and infinity are not training settings"
+        return WmtpError(f"{name} must be a finite number, not {value!r}", path=source, hint=hint)
+    field = dict(fields())[key]
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return WmtpError(f"{name} must be {bounds_text(field)}, not {value!r}", path=source)
+    if kind == "too_short":
+        return WmtpError(f"{name} must not be empty", path=source)
+    if kind == "literal_error":
+        wanted = " | ".join(repr(c) for c in get_args(field.annotation))
+    else:  # int_type, float_parsing, bool_type, string_type, tuple_type, ...
+        wanted = {"string": "str", "tuple": "a list"}.get(kind.split("_")[0], kind.split("_")[0])
+    return WmtpError(f"{name} wants {wanted}, got {value!r} ({type(value).__name__})", path=source)
+
+
+# -- building ------------------------------------------------------------------------------
+
+
+def _merged(base: dict[str, Any], updates: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
     for key, value in updates.items():
-        full = f"{prefix}{key}"
-        if key not in hints:
-            raise _unknown(full, list(hints), source)
-        hint = hints[key]
-        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-            if not isinstance(value, dict):
-                raise WmtpError(
-                    f"{key_name(full, names)} wants a mapping of its fields", path=source
-                )
-            changes[key] = _merge(hint, getattr(base, key), value, source, names, f"{full}.")
-        else:
-            changes[key] = _coerce(value, hint, key_name(full, names), source)
-    return dataclasses.replace(base, **changes)
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merged(out[key], value) if nested else value
+    return out
+
+
+def with_data(
+    config: TrainConfig, data: Mapping[str, Any], source: str, names: Names | None = None
+) -> TrainConfig:
+    """`config` under the keys of `data` (nested mappings for the sections), checked."""
+    names = names or {}
+    try:
+        return TrainConfig.model_validate(_merged(config.model_dump(), data))
+    except ValidationError as exc:
+        raise _error(exc.errors()[0], source, names) from None
+    except Invalid as exc:
+        raise WmtpError(
+            f"{key_name(exc.key, names)} {exc.problem}", path=source, hint=exc.hint
+        ) from None
+
+
+def with_overrides(
+    config: TrainConfig, overrides: Mapping[str, Any], source: str, names: Names | None = None
+) -> TrainConfig:
+    """Apply dotted `key: value` overrides, checked like a config file."""
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        for part in reversed(parents):
+            value = {leaf: value}
+            leaf = part
+        nested = _merged(nested, {leaf: value})
+    return with_data(config, nested, source, names)
+
+
+def with_settings(config: TrainConfig, settings: Sequence[Setting]) -> TrainConfig:
+    names = {s.key: s.given_as for s in settings if s.given_as}
+    return with_overrides(config, {s.key: s.value for s in settings}, "options", names)
 
 
 def _read_yaml(text: str, source: str) -> dict[str, Any]:
@@ -267,10 +408,6 @@ def _read_yaml(text: str, source: str) -> dict[str, Any]:
     return data
 
 
-def _packaged_text(name: str) -> str:
-    return resources.files("weighted_mtp.train").joinpath("configs", name).read_text()
-
-
 def overlay_file(experiment: str, small: bool) -> str:
     """The packaged file of an experiment at a size: `configs/<experiment>_<size>.yaml`."""
     return f"{experiment.replace('-', '_')}_{SIZES[small]}.yaml"
@@ -278,24 +415,15 @@ def overlay_file(experiment: str, small: bool) -> str:
 
 def with_packaged(config: TrainConfig, name: str) -> TrainConfig:
     """`config` under the keys of the packaged `configs/<name>`."""
-    merged: TrainConfig = _merge(
-        TrainConfig, config, _read_yaml(_packaged_text(name), name), name, {}
-    )
-    return merged
+    text = resources.files("weighted_mtp.train").joinpath("configs", name).read_text()
+    return with_data(config, _read_yaml(text, name), name)
 
 
 def load_config(path: Path | None, *, micro: bool) -> TrainConfig:
     """`path`'s config, or the packaged Baseline one (micro or 7B), over the defaults."""
     if path is None:
         return with_packaged(TrainConfig(), overlay_file("baseline", micro))
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise WmtpError(f"cannot read config: {exc.strerror}", path=path) from None
-    loaded: TrainConfig = _merge(
-        TrainConfig, TrainConfig(), _read_yaml(text, str(path)), str(path), {}
-    )
-    return loaded
+    return read_run_config(path, legacy=False)
 
 
 def parse_set(item: str) -> Setting:
@@ -312,28 +440,6 @@ def parse_set(item: str) -> Setting:
     return Setting(key.strip(), value)
 
 
-def with_overrides(
-    config: TrainConfig, overrides: Mapping[str, Any], source: str, names: Names | None = None
-) -> TrainConfig:
-    """Apply dotted `key: value` overrides, type-checked like a config file."""
-    nested: dict[str, Any] = {}
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        node = nested
-        for parent in parents:
-            node = node.setdefault(parent, {})
-            if not isinstance(node, dict):
-                raise _unknown(key, list(get_type_hints(TrainConfig)), source)
-        node[leaf] = value
-    merged: TrainConfig = _merge(TrainConfig, config, nested, source, names or {})
-    return merged
-
-
-def with_settings(config: TrainConfig, settings: Sequence[Setting]) -> TrainConfig:
-    names = {s.key: s.given_as for s in settings if s.given_as}
-    return with_overrides(config, {s.key: s.value for s in settings}, "options", names)
-
-
 def build_config(
     experiment: str,
     *,
@@ -342,24 +448,18 @@ def build_config(
     file: Path | None = None,
     suite: bool = False,
 ) -> TrainConfig:
-    """A new run's config, validated: the Baseline config of the size (or `file`), under
-    the small suite's overlay (`suite`), the experiment's overlay, then `settings`."""
+    """A new run's config: the Baseline config of the size (or `file`), under the small
+    suite's overlay (`suite`), the experiment's overlay, then `settings`."""
     if experiment not in TRAINING_RUNS:
         raise UsageError(
             f"unknown experiment {experiment!r}", hint=f"choose one of {', '.join(TRAINING_RUNS)}"
         )
-    if file is not None:
-        config = load_config(file, micro=small)
-        config = dataclasses.replace(config, experiment=experiment)
-    else:
-        config = load_config(None, micro=small)
-        if suite and small:
-            config = with_packaged(config, SUITE_SMALL)
-        if experiment != "baseline":
-            config = with_packaged(config, overlay_file(experiment, small))
-    config = with_settings(config, settings)
-    validate(config, {s.key: s.given_as for s in settings if s.given_as})
-    return config
+    config = load_config(file, micro=small)
+    if file is None and suite and small:
+        config = with_packaged(config, SUITE_SMALL)
+    if file is None and experiment != "baseline":
+        config = with_packaged(config, overlay_file(experiment, small))
+    return with_settings(config, [Setting("experiment", experiment), *settings])
 
 
 def config_yaml(config: TrainConfig) -> str:
@@ -368,93 +468,19 @@ def config_yaml(config: TrainConfig) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
 
 
-def read_run_config(path: Path) -> TrainConfig:
-    """A run's saved config.yaml (for --resume and for reading a finished run)."""
-    config = load_config(path, micro=True)
-    validate(config, {}, source=str(path))
-    return config
+def read_run_config(path: Path, *, legacy: bool = True) -> TrainConfig:
+    """A run's saved config.yaml (for --resume and for reading a finished run); runs saved
+    before `n_future`, `max_steps` and `eval_batches` could be unset wrote 0 for unset."""
+    try:
+        data = _read_yaml(path.read_text(encoding="utf-8"), str(path))
+    except OSError as exc:
+        raise WmtpError(f"cannot read config: {exc.strerror}", path=path) from None
+    zeros = ("n_future", "max_steps", "eval_batches") if legacy else ()
+    unset = {k: None for k in zeros if data.get(k) == 0}
+    return with_data(TrainConfig(), data | unset, str(path))
 
 
-# -- meaning ------------------------------------------------------------------------------
-
-
-def _positive(x: Any) -> bool:
-    return bool(x > 0)
-
-
-def _not_negative(x: Any) -> bool:
-    return bool(x >= 0)
-
-
-def _fraction(x: Any) -> bool:
-    return bool(0 <= x < 1)
-
-
-def _unit(x: Any) -> bool:
-    return bool(0 <= x <= 1)
-
-
-Rule = tuple[str, Callable[[Any], bool], str]
-RULES: tuple[Rule, ...] = (
-    *((k, _positive, "must be positive") for k in ("seq_len", "batch_size", "micro_batch_size")),
-    *((k, _positive, "must be positive") for k in ("epochs", "keep_checkpoints", "lr")),
-    *(
-        (k, _not_negative, "must be >= 0")
-        for k in ("n_future", "max_steps", "eval_every", "eval_batches", "checkpoint_every")
-    ),
-    *((k, _not_negative, "must be >= 0") for k in ("weight_decay", "clip_grad_norm")),
-    *((k, _fraction, "must be in [0, 1)") for k in ("beta1", "beta2", "warmup_ratio")),
-    ("min_lr_ratio", _unit, "must be in [0, 1]"),
-    ("lora.r", _positive, "must be positive"),
-    ("lora.alpha", _positive, "must be positive"),
-    ("lora.dropout", _fraction, "must be in [0, 1)"),
-    ("lora.targets", bool, "must name at least one linear"),
-    ("critic.head_hidden", _positive, "must be positive"),
-    ("critic.gamma", _unit, "must be in [0, 1]"),
-    ("critic.lam", _unit, "must be in [0, 1]"),
-    ("critic.beta", _positive, "must be positive"),
-    ("critic.w_min", _positive, "must be positive"),
-    ("critic.momentum", lambda x: 0 < x <= 1, "must be in (0, 1]"),
-    ("rho1.kappa", lambda x: 0 < x <= 1, "must be in (0, 1]"),
-    ("frozen.shard_min_mib", _not_negative, "must be >= 0"),
-)
-
-
-def value_at(config: TrainConfig, key: str) -> Any:
-    node: Any = config
-    for part in key.split("."):
-        node = getattr(node, part)
-    return node
-
-
-def validate(config: TrainConfig, names: Names | None = None, source: str = "config") -> None:
-    """Every value's meaning, or one error naming the first bad key as the user wrote it."""
-    names = names or {}
-
-    def fail(key: str, problem: str, hint: str | None = None) -> None:
-        raise WmtpError(f"{key_name(key, names)} {problem}", path=source, hint=hint)
-
-    if config.experiment not in TRAINING_RUNS:
-        fail("experiment", f"must be one of {', '.join(TRAINING_RUNS)}")
-    for key, holds, problem in RULES:
-        value = value_at(config, key)
-        if not holds(value):
-            fail(key, f"{problem}, not {value!r}")
-    if config.critic.w_max < config.critic.w_min:
-        fail("critic.w_max", f"must be >= critic.w_min ({config.critic.w_min})")
-    if config.batch_size % config.micro_batch_size:
-        fail(
-            "batch_size",
-            f"must be a multiple of micro_batch_size ({config.micro_batch_size}), "
-            f"not {config.batch_size}",
-            hint="choose batch_size = micro_batch_size x ranks x accumulation steps",
-        )
-    if config.final_save in ("adapter", "merged") and not config.lora.enabled:
-        fail(
-            "final_save",
-            f"{config.final_save} needs lora.enabled",
-            hint="--set lora.enabled=true, or final_save model",
-        )
+# -- against the world and the model ---------------------------------------------------------
 
 
 def validate_for_world(config: TrainConfig, world: int) -> None:
@@ -476,7 +502,7 @@ def validate_for_model(config: TrainConfig, context: int, heads: int, source: Pa
             path=source,
             hint=f"use --set seq_len={context} or less",
         )
-    if config.n_future > heads:
+    if config.heads(heads) > heads:
         raise WmtpError(
             f"n_future {config.n_future} exceeds the model's {heads} heads",
             path=source,

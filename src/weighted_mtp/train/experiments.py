@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 from weighted_mtp.storage.layout import Layout, ModelPaths
 from weighted_mtp.train.batches import Example, require_both_outcomes
@@ -49,9 +49,6 @@ from weighted_mtp.train.objectives import (
     ValueObjective,
 )
 from weighted_mtp.train.weightings import Baseline, Rho1, VerifiableCritic, Weighting
-
-if TYPE_CHECKING:
-    from weighted_mtp.models.adapter import MtpTransformer
 
 Builder = Callable[[ModelPaths, TrainConfig, Dist], TrainedModel]
 FinalWriter = Callable[[Path, TrainedModel, ModelPaths, TrainConfig, Dist], None]
@@ -91,9 +88,7 @@ def weighted_mtp(make_weighting: Callable[[Setup], Weighting]) -> Callable[[Setu
     """The MTP objective with the experiment's weighting, on the policy's heads."""
 
     def objective(setup: Setup) -> MtpObjective:
-        config = setup.config
-        heads = config.n_future or cast("MtpTransformer", setup.model.core).params.n_future_tokens
-        return MtpObjective(make_weighting(setup), heads, config.naive_heads)
+        return MtpObjective(make_weighting(setup), setup.model.heads, setup.config.naive_heads)
 
     return objective
 

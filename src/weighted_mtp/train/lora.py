@@ -4,7 +4,7 @@
 wo, w1, w2, w3` by default) and freezes everything else (embeddings, norms, output). The
 trainer keeps calling the same module (`TrainedModel.core`), whose linears now carry the
 adapters, so the sequential-head backward and sharding work unchanged. A Llama reference or
-critic takes the same settings, Meta's linear names mapped to transformers' (`hf_targets`).
+critic takes the same LoRA config, Meta's linear names mapped to transformers' (`hf_targets`).
 """
 
 from __future__ import annotations
@@ -39,52 +39,53 @@ class TrainedModel:
     value model or the reference LM, sharded under torchrun). With LoRA (`frozen_base`) only
     the adapters (and a critic's value head) train, and checkpoints save those tensors
     alone, the base being the model asset; `peft` is peft's wrapper where saving the adapter
-    or merging it needs it."""
+    or merging it needs it; `heads` is the prediction heads a policy trains."""
 
     core: torch.nn.Module
     frozen_base: bool = False
     peft: PeftModel | None = None
+    heads: int = 1
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.core.parameters() if p.requires_grad]
 
 
-def peft_config(settings: LoraConfig, targets: tuple[str, ...]) -> Any:
+def peft_config(lora: LoraConfig, targets: tuple[str, ...]) -> Any:
     from peft import LoraConfig as PeftLoraConfig
 
     return PeftLoraConfig(
-        r=settings.r,
-        lora_alpha=settings.alpha,
-        lora_dropout=settings.dropout,
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
         target_modules=list(targets),
         bias="none",
     )
 
 
-def hf_targets(settings: LoraConfig) -> tuple[str, ...]:
+def hf_targets(lora: LoraConfig) -> tuple[str, ...]:
     """The targets under transformers' Llama names (`wq` -> `q_proj`, ...)."""
-    return tuple(META_TO_HF.get(t, t) for t in settings.targets)
+    return tuple(META_TO_HF.get(t, t) for t in lora.targets)
 
 
 def apply_lora(
-    model: torch.nn.Module, settings: LoraConfig, seed: int, targets: tuple[str, ...] = ()
+    model: torch.nn.Module, lora: LoraConfig, seed: int, targets: tuple[str, ...] = ()
 ) -> TrainedModel:
-    """Full fine-tuning (`settings.enabled` False) or LoRA adapters initialised from `seed`
-    on `targets` (default: `settings.targets`, Meta's names of the MTP transformer)."""
-    if not settings.enabled:
+    """Full fine-tuning (`lora.enabled` False) or LoRA adapters initialised from `seed`
+    on `targets` (default: `lora.targets`, Meta's names of the MTP transformer)."""
+    if not lora.enabled:
         return TrainedModel(model)
     import torch
     from peft import get_peft_model
 
-    targets = targets or settings.targets
+    targets = targets or lora.targets
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        config = peft_config(settings, targets)
+        config = peft_config(lora, targets)
         wrapped = with_adapter_values(model, lambda: get_peft_model(model, config))
     return TrainedModel(wrapped.base_model.model, True, wrapped)  # `model`, wrapped
 
 
-def inject_lora(module: torch.nn.Module, settings: LoraConfig, seed: int) -> torch.nn.Module:
+def inject_lora(module: torch.nn.Module, lora: LoraConfig, seed: int) -> torch.nn.Module:
     """peft's LoRA layers in a transformers backbone (a critic's), with no peft wrapper:
     only the adapters stay trainable among the backbone's parameters."""
     import torch
@@ -92,7 +93,7 @@ def inject_lora(module: torch.nn.Module, settings: LoraConfig, seed: int) -> tor
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        config = peft_config(settings, hf_targets(settings))
+        config = peft_config(lora, hf_targets(lora))
         module = with_adapter_values(module, lambda: inject_adapter_in_model(config, module))
     for name, param in module.named_parameters():
         param.requires_grad_("lora_" in name)

@@ -38,6 +38,7 @@ CUDA context, the caching allocator's rounding and fragmentation, NCCL's buffers
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -54,7 +55,7 @@ from weighted_mtp.storage.finished_runs import model_folder
 from weighted_mtp.storage.layout import MODELS, Layout, ModelPaths
 from weighted_mtp.train.batches import Batch, Sharding
 from weighted_mtp.train.builders import trained_structure, value_structure
-from weighted_mtp.train.config import TrainConfig, validate, with_overrides
+from weighted_mtp.train.config import TrainConfig, validate_for_world, with_overrides
 from weighted_mtp.train.critic import ValueModel
 from weighted_mtp.train.distributed import Dist
 from weighted_mtp.train.experiments import (
@@ -96,6 +97,13 @@ if TYPE_CHECKING:
 
 Device = Literal["cuda", "cpu"]
 DEVICES: tuple[Device, ...] = ("cuda", "cpu")
+# The trace shards every parameter over each rank of the fake group, so its time grows with
+# the ranks (measured for the 7B policy: +16 s at 1024 ranks, +60 s at 4096, on a loaded
+# 2-core machine); 1024 ranks keeps any plan within seconds of a one-rank plan.
+MAX_RANKS = 1024
+# One device's memory in GiB: above 0, and at most 16 TiB (more than any accelerator or
+# host a run trains on), so the budget stays a finite number of bytes.
+MAX_DEVICE_GIB = 16384
 HEADROOM = 0.9  # of the device memory, for tensors; the rest is not tensors (see above)
 GIB = 2**30
 TRACED_MICRO_BATCHES = 2
@@ -507,9 +515,31 @@ def trace(
 # The plan ----------------------------------------------------------------------------------
 
 
+def check_request(config: TrainConfig, ranks: int, device: str, device_gib: float | None) -> Device:
+    """The plan's own options, checked before anything is read or traced: one error each.
+    Returns the device."""
+    if device not in DEVICES:
+        raise WmtpError(f"--device must be one of {', '.join(DEVICES)}, not {device!r}")
+    if not 1 <= ranks <= MAX_RANKS:
+        raise WmtpError(
+            f"--ranks must be between 1 and {MAX_RANKS}, not {ranks}",
+            hint=f"plan at most {MAX_RANKS} ranks (the trace shards every parameter over each)",
+        )
+    if device_gib is not None and not (math.isfinite(device_gib) and device_gib > 0):
+        raise WmtpError(
+            f"--device-memory must be a positive number of GiB, not {device_gib}",
+            hint="give one device's memory, e.g. --device-memory 80",
+        )
+    if device_gib is not None and device_gib > MAX_DEVICE_GIB:
+        raise WmtpError(
+            f"--device-memory {device_gib:g} GiB is more than any device ({MAX_DEVICE_GIB} GiB)",
+            hint="give one device's memory in GiB, e.g. --device-memory 80",
+        )
+    validate_for_world(config, ranks)
+    return device
+
+
 def _check(config: TrainConfig, models: Models, ranks: int) -> None:
-    if ranks < 1:
-        raise WmtpError(f"--ranks must be at least 1, not {ranks}")
     context = getattr(models.architecture, "max_seq_len", None)  # an MTP policy's
     if context is not None and config.seq_len > context:
         raise WmtpError(
@@ -564,22 +594,21 @@ def alternatives(
     config: TrainConfig, ranks: int, helper: bool
 ) -> list[tuple[str, TrainConfig, int]]:
     """Single changes that lower the peak, each a valid run: (as typed, config, ranks)."""
-    options: list[tuple[str, TrainConfig, int]] = []
+    changes: dict[str, Any] = {}
     if config.activation_checkpointing == "none":
-        blocks = replace(config, activation_checkpointing="blocks")
-        options.append(("--set activation_checkpointing=blocks", blocks, ranks))
+        changes["activation_checkpointing"] = "blocks"
     half = config.micro_batch_size // 2
     if half >= 1 and config.batch_size % (half * ranks) == 0:
-        options.append(
-            (f"--set micro_batch_size={half}", replace(config, micro_batch_size=half), ranks)
-        )
+        changes["micro_batch_size"] = half
     if not config.lora.enabled:
-        lora = replace(config, lora=replace(config.lora, enabled=True))
-        options.append(("--set lora.enabled=true", lora, ranks))
+        changes["lora.enabled"] = True
     if helper and config.frozen.shard != "always" and ranks > 1:
-        sharded = replace(config, frozen=replace(config.frozen, shard="always"))
-        options.append(("--set frozen.shard=always", sharded, ranks))
-    if config.batch_size % (config.micro_batch_size * ranks * 2) == 0:
+        changes["frozen.shard"] = "always"
+    options: list[tuple[str, TrainConfig, int]] = []
+    for key, value in changes.items():
+        typed = f"--set {key}={'true' if value is True else value}"
+        options.append((typed, with_overrides(config, {key: value}, typed), ranks))
+    if ranks * 2 <= MAX_RANKS and config.batch_size % (config.micro_batch_size * ranks * 2) == 0:
         options.append((f"--ranks {ranks * 2}", config, ranks * 2))
     return options
 
@@ -594,11 +623,9 @@ def plan_memory(
 ) -> MemoryPlan:
     """The plan of `config` on `ranks` ranks on `device` (cuda or cpu); when it does not
     fit, each single change that lowers the peak, planned too (those that fit first)."""
-    validate(config)
-    if device not in DEVICES:
-        raise WmtpError(f"--device must be one of {', '.join(DEVICES)}, not {device!r}")
+    checked = check_request(config, ranks, device, device_gib)
     models = run_models(layout, config)
-    plan = measure(layout, config, models, ranks, device, device_gib)
+    plan = measure(layout, config, models, ranks, checked, device_gib)
     if plan.fits is not False:
         return plan
     found = []

@@ -259,7 +259,9 @@ def run_suite(
                 stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
                 chosen = out or runs_dir(layout, SUITE) / stamp
                 require_evaluable(layout, evaluation)
-                claimed = claim_run_folder(chosen, SUITE, resume=False, command="wmtp train suite")
+                claimed = claim_run_folder(
+                    chosen, SUITE, resume=False, command="wmtp train suite", layout=layout
+                )
                 return held.enter_context(claimed)
 
             folder: Path = on_main(dist_info, claim)

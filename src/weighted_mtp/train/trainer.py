@@ -40,7 +40,7 @@ from weighted_mtp.train.batches import (
     fixed_batches,
     read_examples,
 )
-from weighted_mtp.train.config import TrainConfig, config_yaml, validate, validate_for_world
+from weighted_mtp.train.config import TrainConfig, config_yaml, validate_for_world
 from weighted_mtp.train.distributed import (
     Dist,
     autocast_dtype,
@@ -183,14 +183,13 @@ class Trainer:
         sharding = Sharding(config.batch_size, config.micro_batch_size, dist_info.world)
         self.plan = BatchPlan(train, sharding, config.seed, pad_id, by_task=experiment.by_task)
         self.validation = fixed_batches(validation, config.micro_batch_size, pad_id)
-        if config.eval_batches:
-            self.validation = self.validation[: config.eval_batches]
+        self.validation = self.validation[: config.eval_batches]  # None: all of them
         with progress.status(f"loading {config.model}"):
             self.model = experiment.model.build(inputs.model, config, dist_info)
         make_objective = make_objective or experiment.objective
         with progress.status(f"preparing the {config.experiment} objective"):  # its helper
             self.objective = make_objective(Setup(layout, config, self.model, dist_info))
-        self.total_steps = config.max_steps or config.epochs * self.plan.steps_per_epoch
+        self.total_steps = config.total_steps(self.plan.steps_per_epoch)
         self.autocast = autocast_dtype(config, dist_info.device)
         self.model.core.train()
         self.optimizer = make_optimizer(self.model, config)
@@ -411,7 +410,6 @@ def train(
     the same way); `make_objective` replaces the experiment's objective (tests)."""
     from weighted_mtp.train.run_setup import new_run_dir, require_verified_model, resolve_inputs
 
-    validate(config)
     experiment = EXPERIMENTS[config.experiment]
     # Rank 0 holds the run folder (its lock) until the run ends.
     with ExitStack() as held, distributed() as dist_info:
@@ -423,7 +421,9 @@ def train(
             require_logger(config)
             folder = run_dir or new_run_dir(layout, config.experiment, inputs.model.name)
             command = f"wmtp train {config.experiment}"
-            claimed = claim_run_folder(folder, config.experiment, resume=resume, command=command)
+            claimed = claim_run_folder(
+                folder, config.experiment, resume=resume, command=command, layout=layout
+            )
             return inputs, held.enter_context(claimed)
 
         with progress.status("checking the model and the data"):

@@ -207,12 +207,15 @@ def test_the_mbpp_test_split_is_500_tasks_and_a_prompt_over_the_context_is_cut(
     assert "the samples cover 499 of the 500 tasks of mbpp's test split" in error.line()
 
 
-def test_two_torchrun_ranks_write_the_samples_of_one_process(eval_storage, tmp_path):
-    """Greedy, and seeded sampling: the tasks are dealt out to two gloo ranks on the CPU and
-    rank 0 merges them back; each sample's draws depend on (seed, task, index) only. Both
-    torchrun launches run while this process evaluates the same alone."""
-    sampled = ["-n", "2", "--temperature", "0.8", "--seed", "3", "--limit", "5"]
-    modes = {"greedy": GREEDY, "sampled": [*sampled, "--max-new-tokens", "12"]}
+def test_samples_are_the_same_for_every_batch_size_and_two_torchrun_ranks(eval_storage, tmp_path):
+    """Greedy (12 tasks) and seeded sampling (5 tasks x 4 samples): one process decoding 1,
+    7 and 16 rows at a time, and two gloo ranks on the CPU (tasks dealt out, rank 0 merges
+    them back, `--batch-size auto`), write byte-identical samples.jsonl. Both torchrun
+    launches run while this process evaluates alone."""
+    greedy = ["-n", "1", "--temperature", "0", "--limit", "12", "--max-new-tokens", "20"]
+    sampled = ["-n", "4", "--temperature", "0.8", "--seed", "3", "--limit", "5"]
+    modes = {"greedy": greedy, "sampled": [*sampled, "--max-new-tokens", "12"]}
+    samples = {"greedy": 12, "sampled": 20}
     launched = {
         mode: subprocess.Popen(
             wmtp_command(
@@ -228,18 +231,26 @@ def test_two_torchrun_ranks_write_the_samples_of_one_process(eval_storage, tmp_p
         for mode, options in modes.items()
     }
     for mode, options in modes.items():
-        one, two = tmp_path / f"{mode}-one", tmp_path / f"{mode}-two"
-        single = run_in_process(eval_storage, eval_args(one, "--dataset", "humaneval", *options))
-        assert single.exit_code == 0, single.output
+        written = {}
+        for rows in ("1", "7", "16"):
+            one = tmp_path / f"{mode}-{rows}"
+            args = eval_args(one, "--dataset", "humaneval", *options, "--batch-size", rows)
+            single = run_in_process(eval_storage, args)
+            assert single.exit_code == 0, single.output
+            written[rows] = (one / "samples.jsonl").read_bytes()
+            generation = json.loads((one / "results.json").read_text())["generation"]
+            assert generation["batch_size"] == min(int(rows), samples[mode])
         log, _ = launched[mode].communicate(timeout=600)
         assert launched[mode].returncode == 0, log[-3000:]
-        assert (two / "samples.jsonl").read_bytes() == (one / "samples.jsonl").read_bytes()
+        two = tmp_path / f"{mode}-two"
+        assert written["1"] == written["7"] == written["16"] == (two / "samples.jsonl").read_bytes()
         results = json.loads((two / "results.json").read_text())
-        assert results["generation"]["ranks"] == 2 and results["n_tasks"] == 5
+        assert results["generation"]["ranks"] == 2
+        assert results["generation"]["batch_size_reason"].startswith("auto:")
     rows = [
-        json.loads(x) for x in (tmp_path / "sampled-one" / "samples.jsonl").read_text().splitlines()
+        json.loads(x) for x in (tmp_path / "sampled-1" / "samples.jsonl").read_text().splitlines()
     ]
-    assert len(rows) == 10 and len({row["completion"] for row in rows}) > 6  # not greedy
+    assert len(rows) == 20 and len({row["completion"] for row in rows}) > 12  # not greedy
 
 
 def test_draft_heads_are_recorded_and_checked(eval_storage, tmp_path):
@@ -271,7 +282,9 @@ def test_draft_heads_are_recorded_and_checked(eval_storage, tmp_path):
         gen["passes"] + gen["accepted"] - 5 <= gen["new_tokens"] <= gen["passes"] + gen["accepted"]
     )
     plain_gen = json.loads((tmp_path / "plain" / "results.json").read_text())["generation"]
-    assert plain_gen["passes"] == plain_gen["new_tokens"]  # one sample: a token per pass
+    # the 5 tasks decode together: a prefill per prompt, then a step per token of the
+    # longest sample (20 at most), each step a token of every running row
+    assert plain_gen["batch_size"] == 5 and plain_gen["passes"] <= 5 + 19
     for extra, message in (
         (("--speculative", "--draft-heads", "3"), "--draft-heads must be between 1 and 2"),
         (("--draft-heads", "1"), "--draft-heads needs --speculative"),

@@ -9,23 +9,27 @@ from __future__ import annotations
 import ast
 import json
 import os
+import platform
 import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from unprivileged import sandbox_isolates
 
 from tests.integration.eval.test_sandbox_fidelity import (  # the MBPP-format fixture
     MBPP_TASKS,
     in_test_split,
     mbpp_layout,  # noqa: F401
 )
-from weighted_mtp.eval.sandbox import Job, Outcome, Sandbox
+from weighted_mtp.eval import sandbox_seccomp
+from weighted_mtp.eval.sandbox import Job, Outcome, Sandbox, unconfined_warning
 from weighted_mtp.eval.scoring import results_path, score_samples
 from weighted_mtp.eval.tasks import load_problems
 
-AS_ROOT = os.geteuid() == 0
+ISOLATED = sandbox_isolates()
+NOT_ISOLATED = "not root, and no user namespaces here (the sandbox refuses to start)"
 WRONG_BODY = "    return True\n"  # HumanEval/0 with this body fails its third assert
 
 # Reads the harness's nonce and result descriptor from its caller's frame and reports a pass.
@@ -241,7 +245,7 @@ assert os.listdir('.') == [], os.listdir('.')
 """
 
 
-@pytest.mark.skipif(not AS_ROOT, reason="per-sample identities need root (see the docs page)")
+@pytest.mark.skipif(not ISOLATED, reason=NOT_ISOLATED)
 @pytest.mark.parametrize(
     "attack",
     [KILL_EVERYONE, KILL_WHAT_PROC_SHOWS, WRITE_INTO_OTHERS],
@@ -289,11 +293,18 @@ assert os.listdir('/dev/shm') == [], os.listdir('/dev/shm')
 assert stat.S_IMODE(os.stat('/tmp').st_mode) == 0o700
 assert stat.S_IMODE(here.st_mode) == 0o700
 assert os.listxattr('.') == [], os.listxattr('.')
-assert [p for p in os.listdir('/proc') if p.isdigit()] == [str(os.getpid())], os.listdir('/proc')
+def reachable(pid):  # a process this one could trace (hidden or out of reach otherwise)
+    try:
+        open(f'/proc/{pid}/environ').close()
+    except OSError:
+        return False
+    return True
+others = [p for p in os.listdir('/proc') if p.isdigit() and p != str(os.getpid())]
+assert [p for p in others if reachable(p)] == [], others
 """
 
 
-@pytest.mark.skipif(not AS_ROOT, reason="the per-sample scratch tmpfs needs the private root")
+@pytest.mark.skipif(not ISOLATED, reason=NOT_ISOLATED)
 def test_what_a_sample_leaves_is_gone_for_the_next_sample_of_its_slot():
     """One slot, so every sample follows the previous one in the same namespaces and on
     the same mounts: files, modes, attributes, access times and processes of a sample are
@@ -321,18 +332,19 @@ assert rows == [], rows
 
 
 def sandbox_segments() -> list[int]:
-    """Ids of the host's shared memory segments owned by the sandbox's reserved uids."""
+    """Ids of the host's shared memory segments owned by the sandbox's uids (as root, its
+    reserved ones; else this user's)."""
     rows = Path("/proc/sysvipc/shm").read_text().splitlines()
     header = rows[0].split()
     ids = []
     for row in rows[1:]:
         fields = dict(zip(header, row.split(), strict=False))
-        if int(fields["uid"]) >= 0x70000000:
+        if int(fields["uid"]) >= 0x70000000 or int(fields["uid"]) == os.getuid() != 0:
             ids.append(int(fields["shmid"]))
     return ids
 
 
-@pytest.mark.skipif(not AS_ROOT, reason="own IPC namespaces need root")
+@pytest.mark.skipif(not ISOLATED, reason=NOT_ISOLATED)
 def test_a_samples_shared_memory_is_freed_with_it_and_unseen_by_the_next():
     before = set(sandbox_segments())
     try:
@@ -692,3 +704,96 @@ def test_names_the_reference_imports_are_the_judges_in_the_tests(mbpp_layout):  
         outcomes = box.run_all([problem.job(task["code"]), problem.job(FAKE_IMPORTED_NAMES)])
     assert outcomes[0] == Outcome("passed")
     assert outcomes[1].result == "failed", outcomes[1]
+
+
+NUMBERS = sandbox_seccomp.ARCHES[platform.machine()][1]
+# A key in every keyring a sample can name (session, user, user-session), for a later
+# sample of the same slot (the same uid) to find; and what it finds.
+PLANT_KEY = f"""
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+planted = []
+for keyring in (-3, -4, -5):
+    key = libc.syscall({NUMBERS["add_key"]}, b"user", b"wmtp-leak", b"secret", 6, keyring)
+    planted.append((key, ctypes.get_errno()))
+def f():
+    return planted
+"""
+FIND_KEY = f"""
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+found = libc.syscall({NUMBERS["request_key"]}, b"user", b"wmtp-leak", None, 0)
+errno = ctypes.get_errno()
+with open("/proc/keys") as listing:
+    visible = listing.read()
+def f():
+    return found, errno, visible
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_no_keyring_entry_survives_into_the_next_sample(workers):
+    """The kernel keeps keyrings per uid, beyond a sample's processes (and beyond an
+    evaluation): no sample can put a key anywhere, nor see one."""
+    jobs = [
+        Job(PLANT_KEY, test="assert any(key > 0 for key, _ in f()), f()"),
+        Job(FIND_KEY, test="assert f()[0] > 0 or 'wmtp-leak' in f()[2], f()"),
+        Job(PLANT_KEY, test="assert all(err == 1 for _, err in f()), f()"),
+        Job(FIND_KEY, test="assert f()[:2] == (-1, 1) and f()[2] == '', f()"),
+    ]
+    with Sandbox(workers) as box:
+        outcomes = box.run_all(jobs)
+    assert [o.result for o in outcomes] == ["failed", "failed", "passed", "passed"], outcomes
+
+
+# System calls the seccomp filter denies (EPERM; clone3 ENOSYS so that libc uses clone),
+# made with arguments that would otherwise succeed or fail otherwise; and what still works.
+PROBES = f"""
+import ctypes, os, subprocess, sys, threading
+libc = ctypes.CDLL(None, use_errno=True)
+def errno_of(name, *args):
+    result = libc.syscall(NUMBERS[name], *args)
+    return result, ctypes.get_errno()
+NUMBERS = {dict(NUMBERS)!r}
+child = os.fork()
+if child == 0:
+    import time
+    time.sleep(5)
+    os._exit(0)
+denied = {{
+    "ptrace": errno_of("ptrace", 16, child, 0, 0),  # PTRACE_ATTACH to its own child
+    "keyctl": errno_of("keyctl", 0, -3, 1),  # the session keyring's id, made if need be
+    "unshare": errno_of("unshare", 0x10000000),  # a user namespace: no privilege needed
+    "clone": errno_of("clone", 0x10000000 | 17, 0, 0, 0, 0),  # the same, by clone
+    "userfaultfd": errno_of("userfaultfd", 0),
+    "perf_event_open": errno_of("perf_event_open", 0, 0, -1, -1, 0),
+    "clone3": errno_of("clone3", 0, 0),
+}}
+os.kill(child, 9)
+os.waitpid(child, 0)
+thread = threading.Thread(target=lambda: None)
+thread.start()
+thread.join()
+ran = subprocess.run([sys.executable, "-c", "print(6 * 7)"], capture_output=True, text=True)
+def f():
+    return denied, ran.stdout
+"""
+DENIED = {name: (-1, 1) for name in ("ptrace", "keyctl", "unshare", "clone")}
+DENIED |= {"userfaultfd": (-1, 1), "perf_event_open": (-1, 1), "clone3": (-1, 38)}
+# The judge runs under the same filter: the tests themselves try a user namespace.
+JUDGE_PROBE = f"""
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.syscall({NUMBERS["unshare"]}, 0x10000000) == -1 and ctypes.get_errno() == 1
+denied, output = f()
+assert denied == {DENIED!r}, denied
+assert output == "42\\n", output
+"""
+
+
+def test_seccomp_denies_tracing_keyrings_and_namespaces_to_samples_and_judges():
+    with Sandbox(1) as box:
+        (outcome,) = box.run_all([Job(PROBES, test=JUDGE_PROBE)])
+        assert box.protections["seccomp"] is True
+        assert unconfined_warning(box.protections) == ""  # root's or bubblewrap's isolation
+    assert outcome.passed, outcome.reason

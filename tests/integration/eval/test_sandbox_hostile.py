@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+from unprivileged import sandbox_isolates
 
 from weighted_mtp.eval.sandbox import Job, Outcome, Sandbox, SandboxLimits
 
-AS_ROOT = os.geteuid() == 0
+ISOLATED = sandbox_isolates()
 SLEEP_MARK = "7777.25"  # argv of the spawner's children, to find leftovers
 
 
@@ -106,7 +107,7 @@ def test_process_spawning_is_bounded_and_cleaned_up() -> None:
     assert _leftover_sleepers() == []
 
 
-@pytest.mark.skipif(not AS_ROOT, reason="file permissions protect only when dropping from root")
+@pytest.mark.skipif(not ISOLATED, reason="not root, and no user namespaces here")
 def test_files_outside_the_sandbox_survive(tmp_path: Path) -> None:
     import tempfile
 
@@ -141,7 +142,7 @@ def test_sample_runs_unprivileged_in_an_empty_folder_with_a_clean_environment() 
         "import os\n"
         "assert os.listdir('.') == [], os.listdir('.')\n"
         "assert 'WMTP_SECRET' not in os.environ, 'environment leaked'\n"
-        f"assert (os.getuid() != 0) == {AS_ROOT}, os.getuid()\n"
+        "assert os.getuid() != 0, os.getuid()\n"
         "fds = os.listdir('/proc/self/fd')\n"
         "assert len(fds) <= 5, fds  # stdin/out/err, the result pipe, listdir's own\n"
     )

@@ -44,7 +44,8 @@ def spellings(path: tuple[str, ...]) -> Iterator[list[str]]:
     """Each way an option of the command at `path` is written: `--opt VALUE`,
     `--opt=VALUE`, `-o VALUE`, a flag alone; and `--help`."""
     yield ["--help"]
-    for param in command_at(path).params:
+    command = command_at(path)
+    for param in command.get_params(typer.Context(command)):  # a train command's config too
         if param.param_type_name != "option":
             continue
         for name in [*param.opts, *param.secondary_opts]:
@@ -76,7 +77,9 @@ def test_the_walk_reaches_every_group_command_and_option() -> None:
     assert ("eval", "run") in ALL_COMMANDS and ("train", "baseline") in ALL_COMMANDS
     assert len(ALL_COMMANDS) > 30
     options = [o[0] for path in ALL_COMMANDS for o in spellings(path)]
-    assert {"--root", "--max-new-tokens", "--temperature", "--resume", "--set"} <= set(options)
+    assert {"--root", "--max-new-tokens", "--temperature", "--resume", "--set", "--kappa"} <= set(
+        options
+    )
     assert len(options) > 150
 
 

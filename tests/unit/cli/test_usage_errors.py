@@ -42,3 +42,28 @@ def test_help_lists_the_command_groups(tmp_path):
     assert result.exit_code == 0
     for group in ("storage", "data", "models", "build", "verify", "demo"):
         assert group in result.output
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--device-memory", "nan", "--device-memory must be a positive number of GiB, not nan"),
+        ("--device-memory", "inf", "--device-memory must be a positive number of GiB, not inf"),
+        ("--device-memory", "-1", "--device-memory must be a positive number of GiB, not -1"),
+        ("--device-memory", "0", "--device-memory must be a positive number of GiB, not 0"),
+        ("--device-memory", "1e308", "--device-memory 1e+308 GiB is more than any device"),
+        ("--ranks", "0", "--ranks must be between 1 and 1024, not 0"),
+        ("--ranks", "-3", "--ranks must be between 1 and 1024, not -3"),
+        ("--ranks", "1000000", "--ranks must be between 1 and 1024, not 1000000"),
+        ("--ranks", "64", "batch_size 32 is not a multiple of micro_batch_size 1 x 64 rank(s)"),
+        ("--device", "tpu", "--device must be one of cuda, cpu, not 'tpu'"),
+    ],
+)
+def test_the_plan_refuses_values_it_cannot_plan_before_tracing(tmp_path, option, value, message):
+    """Each in one line, before the models are read (the root is empty) or a step traced."""
+    from weighted_mtp.train import memory_plan
+
+    assert memory_plan.MAX_RANKS == 1024  # the bound docs/memory-plan.md states
+    error = cli_error("train", "plan", "baseline", option, value, root=tmp_path)
+    assert error.exit_code == 1 and message in error.line() and "\n" not in error.line()
+    assert list(tmp_path.iterdir()) == []  # nothing written

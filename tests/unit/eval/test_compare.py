@@ -199,6 +199,21 @@ def test_the_markdown_names_the_decoding(speculative, draft_heads, said) -> None
     assert said in " ".join(comparison_markdown(comparison).split())
 
 
+@pytest.mark.parametrize("isolation", [True, False])
+def test_an_unconfined_comparison_says_so_on_its_first_line(isolation) -> None:
+    generation = RunSettings(
+        dataset="humaneval", n=1, sampling=SamplingConfig(temperature=0.0), isolation=isolation
+    )
+    chosen = CompareSettings(("humaneval",), (1,), generation, 200)
+    evaluations = sampled_verdicts([0.0, 0.1], n=1, tasks=10, seed=1)
+    runs = [ComparedRun(f"runs/{label}", label) for label in LABELS[:2]]
+    weights = [{"weights_sha256": str(i) * 64} for i in range(2)]
+    result = compare_dataset("humaneval", evaluations, chosen, "test")
+    comparison = Comparison(runs, weights, chosen, [result], ComparisonFolder(Path("/cmp")))
+    first = comparison_markdown(comparison).splitlines()[0]
+    assert first.startswith("**UNCONFINED: the samples ran") != isolation, first
+
+
 @pytest.mark.parametrize(
     ("names", "draft_heads", "message"),
     [

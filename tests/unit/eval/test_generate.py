@@ -1,5 +1,6 @@
-"""Decoding with the KV cache and self-speculative decoding on a tiny random MTP model:
-checked against recomputing the whole sequence at every step."""
+"""Decoding with the KV cache (continuous batching) and self-speculative decoding on a tiny
+random MTP model: checked against recomputing the whole sequence at every step, and
+batched decoding against one-row decoding, bit for bit."""
 
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ from reference import forward_cached
 
 from weighted_mtp.eval.generate import (
     LoadedModel,
+    PromptSamples,
     SamplingConfig,
+    check_batch_size,
     check_device,
+    generate,
     generation_dtype,
     nucleus,
-    pack_for_rows,
+    pack_for_decoding,
+    plan_batch,
     resolve_device,
     sample_prompt,
     sample_seed,
@@ -23,7 +28,7 @@ from weighted_mtp.eval.generate import (
 from weighted_mtp.eval.speculative import speculative_sample
 from weighted_mtp.models.adapter import MtpCache, MtpTransformer
 from weighted_mtp.models.architecture import MetaParams
-from weighted_mtp.models.packed import PackedLinear, packing_works
+from weighted_mtp.models.packed import PackedLinear, batch_invariant, fully_packed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -136,19 +141,86 @@ def test_drafts_that_head_0_agrees_with_are_accepted_and_save_passes(tiny, draft
     assert stats.tokens_per_pass == 13 / len(passes)
 
 
-@pytest.mark.skipif(not packing_works(), reason="no oneDNN in this torch build")
-def test_weights_are_packed_only_where_a_pass_has_several_rows(tiny) -> None:
+@pytest.fixture(scope="module")
+def packed(tiny) -> LoadedModel:
+    """The tiny model with its linear layers packed, as `eval run` decodes on a CPU."""
     import copy
-    from dataclasses import replace
 
     loaded = replace(tiny, model=copy.deepcopy(tiny.model))
-    assert not pack_for_rows(loaded, 1) and type(loaded.model.output) is torch.nn.Linear
-    assert not pack_for_rows(replace(loaded, kind="hf"), 3)
-    assert pack_for_rows(loaded, 3) and type(loaded.model.output) is PackedLinear
+    if not pack_for_decoding(loaded):
+        pytest.skip("no oneDNN in this torch build")
+    return loaded
+
+
+def test_decoding_packs_every_linear_layer_and_keeps_the_tokens(tiny, packed) -> None:
+    assert fully_packed(packed.model) and not fully_packed(tiny.model)
+    assert type(packed.model.output) is PackedLinear
     config = SamplingConfig(max_new_tokens=16, temperature=0.0)
     (plain,), _ = sample_prompt(tiny, PROMPTS[1], 1, config)
-    fast, _ = speculative_sample(loaded, PROMPTS[1], config)
-    assert fast.tokens == plain.tokens
+    (batched,), _ = sample_prompt(packed, PROMPTS[1], 1, config)
+    fast, _ = speculative_sample(packed, PROMPTS[1], config)
+    assert fast.tokens == plain.tokens == batched.tokens
+
+
+MIXED = [*PROMPTS, "import os\n" * 6, "a", "def f(x):\n    return"]
+
+
+def requests(loaded: LoadedModel, n: int, seed: int = 5) -> list[PromptSamples]:
+    return [
+        PromptSamples(loaded.encode_prompt(p), n, sample_seed(seed, i)) for i, p in enumerate(MIXED)
+    ]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_samples_are_the_same_bits_for_every_batch_size(packed, temperature) -> None:
+    """Prompts of 2 to 30 tokens, 3 samples each (24 rows): with the packed, batch-invariant
+    layers of a CPU, every batch size gives every sample the same tokens, texts and ends
+    as one-row decoding; rows end at different steps (stop sequences, EOS, the budget) and
+    are replaced mid-flight."""
+    if not batch_invariant():
+        pytest.skip("this CPU's packed kernels are not batch-invariant")
+    config = SamplingConfig(max_new_tokens=14, temperature=temperature, top_p=0.95, stop=(")",))
+    outcomes = {}
+    for batch in (1, 7, 16):
+        samples, stats = generate(packed, requests(packed, 3), config, batch)
+        outcomes[batch] = [[(s.tokens, s.text, s.finish) for s in task] for task in samples]
+        assert stats.new_tokens == sum(s.generated for task in samples for s in task)
+        assert stats.passes > len(MIXED)  # a prefill per prompt, then shared steps
+    assert outcomes[1] == outcomes[7] == outcomes[16]
+    finishes = {finish for task in outcomes[1] for _, _, finish in task}
+    assert {"stop", "length"} <= finishes  # rows leave the batch early and at the end
+    if temperature > 0:
+        assert len({tuple(t) for task in outcomes[1] for t, _, _ in task}) > len(MIXED)
+
+
+def test_batched_greedy_is_recomputing_everything(tiny, packed) -> None:
+    """Continuous batching (7 rows, exact and fast attention) against the whole sequence
+    recomputed at every step, one prompt at a time."""
+    config = SamplingConfig(max_new_tokens=10, temperature=0.0)
+    expected = [naive_greedy(tiny, p, 10) for p in MIXED]
+    for loaded in (tiny, packed):
+        samples, _ = generate(loaded, requests(loaded, 1), config, 7)
+        assert [task[0].tokens for task in samples] == expected
+
+
+def test_a_batch_of_steps_costs_fewer_passes(packed) -> None:
+    config = SamplingConfig(max_new_tokens=8, temperature=0.0)
+    _, one = generate(packed, requests(packed, 2), config, 1)
+    _, many = generate(packed, requests(packed, 2), config, 16)
+    assert one.new_tokens == many.new_tokens
+    assert many.passes < one.passes / 4
+
+
+def test_batch_sizes_are_checked_and_auto_fits_the_memory(tiny) -> None:
+    from weighted_mtp.errors import UsageError
+
+    assert check_batch_size("auto") is None and check_batch_size("16") == 16
+    for bad in ("0", "-3", "x", "1.5", ""):
+        with pytest.raises(UsageError, match="--batch-size must be a positive integer or auto"):
+            check_batch_size(bad)
+    assert plan_batch(tiny, 16, 5, 100).rows == 5  # never more rows than samples
+    auto = plan_batch(tiny, None, 10_000, 100)
+    assert 1 <= auto.rows <= 32 and auto.reason.startswith("auto:")
 
 
 def test_sampling_is_deterministic_per_seed(tiny) -> None:
@@ -201,28 +273,48 @@ def test_nucleus_keeps_the_smallest_set_reaching_top_p() -> None:
     torch.testing.assert_close(nucleus(probs, 1.0), probs)
 
 
-def test_hugging_face_models_decode_through_their_own_cache(tiny) -> None:
+def test_hugging_face_llamas_decode_as_one_head_mtp_models(tiny, tmp_path) -> None:
+    """A Hugging Face Llama folder (grouped-query attention, tied embeddings) loads as a
+    one-head MTP model: transformers' logits up to float rounding, the same greedy tokens."""
+    import json
+
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=tiny.tokenizer.get_piece_size(),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-    )
+    from weighted_mtp.models.batched import load_llama_for_decoding
+
+    fields = {
+        "vocab_size": tiny.tokenizer.get_piece_size(),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "tie_word_embeddings": True,
+        "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 256,
+    }
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
+    reference = LlamaForCausalLM(LlamaConfig(**fields)).eval()
+    (tmp_path / "safetensors").mkdir()
+    reference.save_pretrained(tmp_path / "safetensors")
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "config.json").write_text(json.dumps(fields))
+    model = load_llama_for_decoding(tmp_path)
     loaded = LoadedModel("hf", "hf", model, tiny.tokenizer, tiny.bos_id, tiny.eos_id, "cpu")
+    ids = torch.tensor([loaded.encode_prompt(PROMPTS[0])])
+    with torch.no_grad():
+        ours = model(ids, return_all_heads=False)[0, :, 0]
+        theirs = reference(ids).logits[0]
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
     (sample,), _ = sample_prompt(
         loaded, PROMPTS[0], 1, SamplingConfig(max_new_tokens=10, temperature=0.0)
     )
-    ids = loaded.encode_prompt(PROMPTS[0])
     expected: list[int] = []
     with torch.no_grad():
         for _ in range(10):
-            token = int(model(torch.tensor([ids + expected])).logits[0, -1].argmax())
+            token = int(
+                reference(torch.tensor([ids[0].tolist() + expected])).logits[0, -1].argmax()
+            )
             if token == loaded.eos_id:
                 break
             expected.append(token)
@@ -230,7 +322,9 @@ def test_hugging_face_models_decode_through_their_own_cache(tiny) -> None:
 
 
 @pytest.mark.parametrize("speculative", [False, True])
-def test_a_tasks_samples_do_not_depend_on_the_tasks_generated_before_it(tiny, speculative) -> None:
+def test_a_tasks_samples_do_not_depend_on_the_tasks_generated_before_it(
+    packed, speculative
+) -> None:
     """What dealing tasks out to torchrun ranks needs: each sample's draws are a function
     of (seed, task, sample index) alone."""
     from weighted_mtp.eval.prompts import FittedPrompt
@@ -243,15 +337,15 @@ def test_a_tasks_samples_do_not_depend_on_the_tasks_generated_before_it(tiny, sp
         speculative=speculative,
     )
     prompts = [FittedPrompt(f"T{i}", text, 0, 0, "whole") for i, text in enumerate(PROMPTS)]
-    together = generate_tasks(tiny, prompts, settings)
-    alone = generate_tasks(tiny, prompts[2:3], settings)
+    together = generate_tasks(packed, prompts, settings, 3).tasks
+    alone = generate_tasks(packed, prompts[2:3], settings, 1).tasks
     tokens = [s.tokens for s in together[2].samples]
     assert tokens == [s.tokens for s in alone[0].samples]
     assert len({tuple(t) for t in tokens}) > 1  # the samples of a task differ
     assert [s.tokens for s in together[1].samples] != tokens
     reseeded = generate_tasks(
-        tiny, prompts[2:3], replace(settings, sampling=replace(settings.sampling, seed=6))
-    )
+        packed, prompts[2:3], replace(settings, sampling=replace(settings.sampling, seed=6))
+    ).tasks
     assert [s.tokens for s in reseeded[0].samples] != tokens
 
 

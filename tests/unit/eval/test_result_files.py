@@ -36,7 +36,7 @@ def test_a_schema_refuses_a_missing_a_mistyped_and_an_unknown_key(tmp_path: Path
             "datasets": ["humaneval"], "ks": [1],
             "generation": {"n": 1, "temperature": 0.0, "top_p": 0.95, "max_new_tokens": 8,
                            "speculative": False, "limit": 3, "seed": 0, "tests": "base",
-                           "draft_heads": None},
+                           "draft_heads": None, "isolation": True},
             "bootstrap": {"resamples": 1000, "confidence": 0.95, "seed": 0, "method": "p"},
             "test": None,
         },

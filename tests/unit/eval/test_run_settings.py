@@ -86,6 +86,7 @@ def test_settings_are_built_by_keyword_and_recorded_flat() -> None:
         "workers": 3,
         "tests": "base",
         "draft_heads": None,
+        "isolation": True,
     }
 
 

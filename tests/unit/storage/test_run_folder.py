@@ -13,14 +13,18 @@ import pytest
 
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import TEMP_MARKER, atomic_folder
-from weighted_mtp.storage.layout import RunFolder
+from weighted_mtp.storage.layout import Layout, RunFolder
 from weighted_mtp.storage.run_folder import claim_run_folder, read_identity
 
 HOLDER = """
 import sys, time
 from pathlib import Path
+from weighted_mtp.storage.layout import Layout
 from weighted_mtp.storage.run_folder import claim_run_folder
-with claim_run_folder(Path(sys.argv[1]), "baseline", resume=False, command="wmtp train baseline"):
+with claim_run_folder(
+    Path(sys.argv[1]), "baseline", resume=False, command="wmtp train baseline",
+    layout=Layout(sys.argv[2]),
+):
     print("claimed", flush=True)
     time.sleep(120)
 """
@@ -40,8 +44,12 @@ def snapshot(root: Path) -> dict[str, bytes | str]:
     return found
 
 
-def claim(folder: Path, kind: str = "baseline", resume: bool = False):
-    return claim_run_folder(folder, kind, resume=resume, command=f"wmtp train {kind}")
+def claim(folder: Path, kind: str = "baseline", resume: bool = False, storage: Path | None = None):
+    """Claim `folder` with a storage root elsewhere (`storage`, or a fresh path)."""
+    layout = Layout(storage if storage is not None else folder.parent / "elsewhere-storage")
+    return claim_run_folder(
+        folder, kind, resume=resume, command=f"wmtp train {kind}", layout=layout
+    )
 
 
 @pytest.fixture
@@ -131,7 +139,9 @@ def test_a_run_folder_from_before_run_json_resumes(tmp_path):
 def test_a_second_run_is_refused_naming_the_holder_until_it_dies(tmp_path):
     folder = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(folder)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", HOLDER, str(folder), str(folder.parent / "elsewhere-storage")],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "claimed"
@@ -212,3 +222,48 @@ def test_an_atomic_folder_replaces_only_a_folder(tmp_path):
         (tmp / "c").write_text("3")
     assert target.is_symlink() and os.listdir(outside) == ["precious"]
     assert sorted(os.listdir(tmp_path)) == ["final", "old", "outside"]
+
+
+@pytest.mark.parametrize(
+    "inside",
+    [
+        "models_v2/micro-mtp/run-x",  # trains into an asset: verify fails, approval goes stale
+        "models",  # a new top-level folder: the layout check fails, clean would delete it
+        ".",  # the root itself
+        "runs",  # the runs folder itself
+        "runs/baseline",  # a run kind's folder, not a run's
+        "datasets_v2",
+    ],
+)
+def test_a_folder_inside_the_storage_but_outside_its_runs_is_refused_untouched(tmp_path, inside):
+    storage = tmp_path / "storage"
+    (storage / "models_v2" / "micro-mtp").mkdir(parents=True)
+    (storage / "models_v2" / "micro-mtp" / "metadata.json").write_text("{}\n")
+    (storage / "runs").mkdir()
+    before = snapshot(tmp_path)
+    with (
+        pytest.raises(WmtpError, match="inside the storage") as refused,
+        claim(storage / inside, storage=storage),
+    ):
+        pytest.fail("the claim must be refused")
+    assert "\n" not in str(refused.value) and "runs" in str(refused.value)
+    assert snapshot(tmp_path) == before
+
+
+def test_a_symlink_into_the_storage_is_judged_by_its_target(tmp_path):
+    storage = tmp_path / "storage"
+    (storage / "models_v2").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(storage / "models_v2")
+    with (
+        pytest.raises(WmtpError, match="inside the storage"),
+        claim(tmp_path / "link" / "run-x", storage=storage),
+    ):
+        pytest.fail("the claim must be refused")
+    assert not (storage / "models_v2" / "run-x").exists()
+
+
+def test_a_run_under_the_storage_runs_folder_or_a_suite_inside_it_is_claimed(tmp_path):
+    storage = tmp_path / "storage"
+    for folder in (storage / "runs" / "baseline" / "mine", storage / "runs" / "suite" / "s" / "x"):
+        with claim(folder, storage=storage) as root:
+            assert root == folder

@@ -4,8 +4,6 @@ value heads for a seed; bad weights are one clear error."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -22,7 +20,7 @@ from weighted_mtp.train.builders import (
     build_reference,
     build_value_model,
 )
-from weighted_mtp.train.config import LoraConfig, TrainConfig
+from weighted_mtp.train.config import LoraConfig, TrainConfig, with_overrides
 from weighted_mtp.train.critic import ValueModel, critic_values
 from weighted_mtp.train.distributed import Dist
 from weighted_mtp.train.lora import apply_lora, hf_targets, inject_lora
@@ -53,7 +51,7 @@ def assert_same_parameters(built: torch.nn.Module, eager: torch.nn.Module) -> No
 
 @pytest.mark.parametrize("lora", [False, True])
 def test_the_policy_equals_the_eager_load_with_its_adapters(folders, lora):
-    config = TrainConfig(lora=dataclasses.replace(LORA, enabled=lora), seed=7, seq_len=64)
+    config = TrainConfig(lora=LORA.model_copy(update={"enabled": lora}), seed=7, seq_len=64)
     policy = build_policy(folders[0], config, ONE)
     eager = apply_lora(load_mtp_model(folders[0].root), config.lora, config.seed)
     assert policy.core.training
@@ -84,7 +82,7 @@ def test_a_frozen_reference_equals_transformers_own_load(folders):
 
 @pytest.mark.parametrize("lora", [False, True])
 def test_a_critic_to_train_has_the_eager_critics_numbers(folders, lora):
-    config = TrainConfig(lora=dataclasses.replace(LORA, enabled=lora), seed=11)
+    config = TrainConfig(lora=LORA.model_copy(update={"enabled": lora}), seed=11)
     critic = build_value_model(folders[1], config, ONE).core
     # built eagerly: load, adapters from the seed, then the head from the seed
     backbone = load_reference_model(folders[1].root).model
@@ -124,7 +122,7 @@ def test_a_frozen_critic_reads_every_tensor_from_its_run(folders, tmp_path):
     critic, _ = build_frozen_critic(folders[1].hf_config, weights, config, ONE)
     assert_same_parameters(critic, trained)
     torch.testing.assert_close(critic_values(critic, TOKENS), critic_values(trained, TOKENS))
-    narrow = dataclasses.replace(config, critic=dataclasses.replace(config.critic, head_hidden=16))
+    narrow = with_overrides(config, {"critic.head_hidden": 16}, "test")
     with pytest.raises(WmtpError, match=r"tensor head\.proj\.weight has shape \[256, 32\]"):
         build_frozen_critic(folders[1].hf_config, weights, narrow, ONE)
 

@@ -15,6 +15,7 @@ from tests.helpers import flip_byte
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.atomic import TEMP_MARKER
 from weighted_mtp.storage.hashing import read_sha256sums, sha256_file
+from weighted_mtp.storage.layout import Layout
 from weighted_mtp.storage.run_folder import claim_run_folder
 from weighted_mtp.train import checkpoint as ckpt
 from weighted_mtp.train.distributed import Dist
@@ -54,6 +55,13 @@ def garbage(path: Path, offset: int = 512) -> None:
         handle.write(os.urandom(GARBAGE))
 
 
+def unlist(folder: Path, name: str) -> None:
+    """Drop `name`'s line from the checkpoint's SHA256SUMS (the file itself stays)."""
+    manifest = folder / ckpt.MANIFEST
+    lines = manifest.read_text().splitlines(keepends=True)
+    manifest.write_text("".join(line for line in lines if not line.rstrip().endswith(name)))
+
+
 def test_every_file_is_hashed_as_written_with_no_second_read(tmp_path, monkeypatch):
     def no_read(path: Path, **_: object) -> str:
         raise AssertionError(f"{path.name} was read again")
@@ -91,8 +99,19 @@ def test_a_file_written_with_a_seek_is_read_again(tmp_path):
         (lambda f: flip_byte(f / ckpt.STATE_FILE, 20), "trainer_state.json does not match"),
         (lambda f: (f / ckpt.MANIFEST).unlink(), "SHA256SUMS is missing"),
         (lambda f: (f / ckpt.MANIFEST).write_text("nonsense\n"), "SHA256SUMS is unreadable"),
+        (lambda f: unlist(f, "__0_0.distcp"), "SHA256SUMS does not list __0_0.distcp"),
+        (lambda f: (f / "__1_0.distcp").write_bytes(b"x"), "does not list __1_0.distcp"),
     ],
-    ids=["garbage", "truncated", "no-metadata", "state", "no-manifest", "bad-manifest"],
+    ids=[
+        "garbage",
+        "truncated",
+        "no-metadata",
+        "state",
+        "no-manifest",
+        "bad-manifest",
+        "shard-unlisted",
+        "extra-file",
+    ],
 )
 def test_verification_names_the_damaged_file(tmp_path, damage, named):
     folder = save(tmp_path / "run", 1)
@@ -155,7 +174,39 @@ def test_pruning_keeps_the_last_checkpoint_whose_checksums_are_complete(tmp_path
     leftover = run / "checkpoints" / f".step-00000001{TEMP_MARKER}pruned"
     assert leftover.is_dir()  # never listed; the next run's claim removes it
     (run / "config.yaml").write_text("experiment: baseline\n")
-    with claim_run_folder(run, "baseline", resume=True, command="test") as root:
+    layout = Layout(run.parent / "storage")
+    with claim_run_folder(run, "baseline", resume=True, command="test", layout=layout) as root:
         assert not leftover.exists()
         ckpt.prune_checkpoints(root, 1, SINGLE)
     assert [p.name for p in ckpt.completed_checkpoints(run)] == ["step-00000003"]
+
+
+def test_a_checkpoint_that_omits_a_damaged_shard_from_its_sums_is_not_resumed(tmp_path, caplog):
+    """The shard is garbage and unlisted: only a list of every held file catches it."""
+    run = tmp_path / "run"
+    good = save(run, 1)
+    bad = save(run, 2)
+    garbage(bad / "__0_0.distcp")
+    unlist(bad, "__0_0.distcp")
+    with caplog.at_level("INFO", logger="weighted_mtp"):
+        assert ckpt.resume_point(run, SINGLE) == good
+    [record] = [r for r in caplog.records if r.name.startswith("weighted_mtp")]
+    assert "SHA256SUMS does not list __0_0.distcp" in record.getMessage()
+
+
+@pytest.mark.parametrize("kind", ["file", "symlink", "other-file"])
+def test_a_non_folder_in_checkpoints_is_one_error_naming_it(tmp_path, kind):
+    run = tmp_path / "run"
+    save(run, 1)
+    folder = run / "checkpoints"
+    name = "notes.txt" if kind == "other-file" else "step-00000002"
+    if kind == "symlink":
+        (folder / name).symlink_to(folder / "step-00000001")
+    else:
+        (folder / name).write_text("not a checkpoint")
+    before = sorted(p.name for p in folder.iterdir())
+    for call in (ckpt.completed_checkpoints, lambda r: ckpt.resume_point(r, SINGLE)):
+        with pytest.raises(WmtpError, match=f"checkpoints/{name} is a") as error:
+            call(run)
+        assert "\n" not in error.value.line() and str(folder / name) in error.value.line()
+    assert sorted(p.name for p in folder.iterdir()) == before

@@ -12,7 +12,6 @@ from weighted_mtp.train.config import (
     load_config,
     parse_set,
     read_run_config,
-    validate,
     validate_for_world,
     with_overrides,
     with_settings,
@@ -21,8 +20,6 @@ from weighted_mtp.train.config import (
 
 def test_packaged_configs_load_and_validate():
     big, micro = load_config(None, micro=False), load_config(None, micro=True)
-    for config in (big, micro):
-        validate(config)
     assert big.model == "meta-llama-mtp" and big.lora.enabled and big.lora.r == 64
     assert big.lora.targets == ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
     assert (big.lr, big.beta2, big.min_lr_ratio, big.seq_len) == (1e-4, 0.95, 0.005, 2048)
@@ -74,9 +71,9 @@ def test_config_file_errors_name_the_file(tmp_path):
 
 def test_values_are_checked_for_meaning():
     with pytest.raises(WmtpError, match="warmup_ratio"):
-        validate(with_overrides(TrainConfig(), {"warmup_ratio": 1.5}, "x"))
+        with_overrides(TrainConfig(), {"warmup_ratio": 1.5}, "x")
     with pytest.raises(WmtpError, match=r"'final_save' adapter needs lora\.enabled"):
-        validate(with_overrides(TrainConfig(), {"final_save": "adapter"}, "x"))
+        with_overrides(TrainConfig(), {"final_save": "adapter"}, "x")
 
 
 @pytest.mark.parametrize(
@@ -112,7 +109,7 @@ def test_an_error_names_the_key_as_the_user_wrote_it():
 @pytest.mark.parametrize("kappa", [0.0, -0.5, 1.01])
 def test_kappa_outside_zero_one_is_one_clear_error(kappa):
     with pytest.raises(WmtpError, match=r"config key 'rho1.kappa' must be in \(0, 1\]"):
-        validate(with_overrides(TrainConfig(), {"rho1.kappa": kappa}, "x"))
+        with_overrides(TrainConfig(), {"rho1.kappa": kappa}, "x")
 
 
 @pytest.mark.parametrize(
@@ -128,7 +125,7 @@ def test_kappa_outside_zero_one_is_one_clear_error(kappa):
 )
 def test_bad_verifiable_critic_settings_are_one_clear_error(key, value):
     with pytest.raises(WmtpError, match=f"config key 'critic.{key}' must be"):
-        validate(with_overrides(TrainConfig(), {f"critic.{key}": value}, "x"))
+        with_overrides(TrainConfig(), {f"critic.{key}": value}, "x")
 
 
 def test_the_global_batch_must_split_over_the_ranks():
@@ -140,7 +137,7 @@ def test_the_global_batch_must_split_over_the_ranks():
         WmtpError,
         match=r"config key 'batch_size' must be a multiple of micro_batch_size \(4\), not 6",
     ):
-        validate(with_overrides(TrainConfig(), {"batch_size": 6, "micro_batch_size": 4}, "x"))
+        with_overrides(TrainConfig(), {"batch_size": 6, "micro_batch_size": 4}, "x")
 
 
 def test_packaged_files_state_only_what_they_change():
@@ -150,7 +147,7 @@ def test_packaged_files_state_only_what_they_change():
 
     import yaml
 
-    from weighted_mtp.train.config import SUITE_SMALL, overlay_file, value_at
+    from weighted_mtp.train.config import SUITE_SMALL, overlay_file
     from weighted_mtp.train.experiments import EXPERIMENTS
 
     def restated(base: TrainConfig, name: str) -> list[str]:
@@ -162,6 +159,10 @@ def test_packaged_files_state_only_what_they_change():
         over = with_overrides(base, flat, name)
         return [k for k in flat if value_at(base, k) == value_at(over, k)]
 
+    def value_at(config: TrainConfig, key: str) -> object:
+        section, _, leaf = key.rpartition(".")
+        return getattr(getattr(config, section) if section else config, leaf)
+
     for small in (True, False):
         assert restated(TrainConfig(), overlay_file("baseline", small)) == []
         base = load_config(None, micro=small)
@@ -171,23 +172,37 @@ def test_packaged_files_state_only_what_they_change():
     assert restated(load_config(None, micro=True), SUITE_SMALL) == []
 
 
-def test_the_documentation_lists_every_key_with_its_default():
-    """docs/training.md's key table is the config's: every key, its default, nothing else."""
-    import dataclasses
-    import re
-    from pathlib import Path
+def test_a_config_is_checked_when_it_is_made():
+    """No config exists with a value out of its bounds: constructing one is the check."""
+    with pytest.raises(WmtpError, match=r"config key 'critic.w_max' must be >= critic.w_min"):
+        TrainConfig(critic={"w_min": 2.0, "w_max": 1.0})
+    with pytest.raises(ValueError, match="greater than 0"):
+        TrainConfig(lr=0.0)
 
-    import yaml
 
-    def defaults(node, prefix=""):
-        for f in dataclasses.fields(node):
-            value = getattr(node, f.name)
-            if dataclasses.is_dataclass(value):
-                yield from defaults(value, f"{prefix}{f.name}.")
-            else:
-                yield prefix + f.name, list(value) if isinstance(value, tuple) else value
+@pytest.mark.parametrize("key", ["n_future", "max_steps", "eval_batches"])
+def test_unset_is_none_and_zero_is_refused(key):
+    """`None` means "as the model, the epochs or the split give"; no zero stands for it."""
+    assert getattr(TrainConfig(), key) is None
+    with pytest.raises(WmtpError, match=f"config key '{key}' must be positive, not 0"):
+        with_settings(TrainConfig(), [parse_set(f"{key}=0")])
+    assert with_settings(TrainConfig(), [parse_set(f"{key}=null")]) == TrainConfig()
 
-    page = Path(__file__).parents[3] / "docs" / "training.md"
-    rows = re.findall(r"^\| `([a-z0-9_.]+)` \| `([^`]*)` \|", page.read_text(), re.M)
-    documented = {key: yaml.safe_load(default) for key, default in rows}
-    assert documented == dict(defaults(TrainConfig()))
+
+def test_the_unset_values_are_resolved_where_they_are_known():
+    config = TrainConfig()
+    assert (config.heads(4), config.total_steps(7)) == (4, 7)
+    config = with_settings(config, [parse_set(s) for s in ["n_future=2", "max_steps=3"]])
+    assert (config.heads(4), config.total_steps(7)) == (2, 3)
+    assert with_settings(TrainConfig(), [parse_set("epochs=3")]).total_steps(7) == 21
+
+
+def test_a_run_saved_with_zero_for_unset_still_reads(tmp_path):
+    """Runs saved before `n_future`, `max_steps` and `eval_batches` could be unset wrote 0;
+    their config.yaml reads as unset (a new config file with 0 is refused)."""
+    saved = tmp_path / "config.yaml"
+    saved.write_text(config_yaml(TrainConfig()).replace("n_future: null", "n_future: 0"))
+    assert "n_future: 0" in saved.read_text()
+    assert read_run_config(saved) == TrainConfig()
+    with pytest.raises(WmtpError, match="config key 'n_future' must be positive, not 0"):
+        load_config(saved, micro=True)

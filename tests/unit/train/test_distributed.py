@@ -67,7 +67,7 @@ def _grads_after_backward(model, backward, tokens, mask, scales) -> dict[str, to
 def test_activation_checkpointing_keeps_every_gradient(make_model, tokens_and_mask, backward):
     """float64, LoRA with dropout: the checkpointed blocks recompute their forward in the
     backward, with the dropout masks replayed; every gradient equals the plain model's."""
-    plain = apply_lora(make_model(), LoraConfig(True, r=4, alpha=8, dropout=0.3), seed=1)
+    plain = apply_lora(make_model(), LoraConfig(enabled=True, r=4, alpha=8, dropout=0.3), seed=1)
     checkpointed = copy.deepcopy(plain)
     checkpoint_blocks(checkpointed.core)
     wrapped = [n for n, _ in checkpointed.core.named_modules() if n.endswith(CHECKPOINT_WRAPPER)]
