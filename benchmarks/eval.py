@@ -132,7 +132,7 @@ def plain_process(program: str, timeout: float) -> bool:
 
 
 def bench_sandbox(args: argparse.Namespace) -> None:
-    from weighted_mtp.eval.sandbox import Sandbox, SandboxLimits
+    from weighted_mtp.eval.sandbox.pool import Sandbox, SandboxLimits
 
     programs = reference_programs(Path(args.mbpp) if args.mbpp else None, args.limit)
     jobs = [problem.job(reference) for _, problem, reference, _ in programs]
@@ -167,7 +167,7 @@ def bench_sandbox(args: argparse.Namespace) -> None:
 
 def sandbox_throughput(workers: int) -> dict:
     """HumanEval's canonical solutions through one `Sandbox` as this user: samples/s."""
-    from weighted_mtp.eval.sandbox import Sandbox
+    from weighted_mtp.eval.sandbox.pool import Sandbox
 
     jobs = [problem.job(reference) for _, problem, reference, _ in reference_programs(None, None)]
     start = time.perf_counter()
@@ -526,15 +526,15 @@ def _time_cgroup_steps() -> None:
     `cgroup.procs`, after short and long pauses) and the worker's reads."""
     import struct
 
-    from weighted_mtp.eval import sandbox_cgroup
+    from weighted_mtp.eval.sandbox import cgroup
 
     try:
-        group = sandbox_cgroup.create(f"wmtp-sandbox-bench-{os.getpid()}", 64, 2 << 30)
+        group = cgroup.create(f"wmtp-sandbox-bench-{os.getpid()}", 64, 2 << 30)
     except OSError as exc:
-        print(f"no cgroups: {sandbox_cgroup.describe_failure(exc)}")
+        print(f"no cgroups: {cgroup.describe_failure(exc)}")
         return
     try:
-        side = sandbox_cgroup.SampleCgroup(group.worker_config())
+        side = cgroup.SampleCgroup(group.worker_config())
         procs = [os.open(f"{f}/cgroup.procs", os.O_WRONLY) for f in group.folders]
         read_fd, write_fd = os.pipe()
         joins = "+".join(sorted({os.path.basename(path) for path in group.join_files}))
@@ -572,7 +572,7 @@ def _time_cgroup_steps() -> None:
 
 
 def bench_sandbox_slot(args: argparse.Namespace) -> None:
-    from weighted_mtp.eval.sandbox import Sandbox, SandboxLimits
+    from weighted_mtp.eval.sandbox.pool import Sandbox, SandboxLimits
 
     _time_cgroup_steps()
 
@@ -958,7 +958,7 @@ import json, sys
 from pathlib import Path
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.eval import scoring
-from weighted_mtp.eval.sandbox import Outcome, Sandbox
+from weighted_mtp.eval.sandbox.pool import Outcome, Sandbox
 from weighted_mtp.storage.layout import Layout
 mode, root, path = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 # Everything but running the samples: each job reaches the sandbox and scores "failed".

@@ -17,7 +17,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from weighted_mtp.eval import sandbox_isolation as iso
+from weighted_mtp.eval.sandbox import isolation as iso
 
 USER = "nobody"
 
@@ -107,7 +107,7 @@ def sandbox_isolates() -> bool:
     if os.geteuid() == 0:
         return True
     from weighted_mtp.errors import UsageError
-    from weighted_mtp.eval.sandbox import bwrap_command
+    from weighted_mtp.eval.sandbox.pool import bwrap_command
 
     try:
         bwrap_command()

@@ -26,7 +26,7 @@ from weighted_mtp.eval import defaults
 
 if TYPE_CHECKING:
     from weighted_mtp.eval.compare import ComparedRun, Comparison, Evaluation
-    from weighted_mtp.eval.sandbox import SandboxLimits
+    from weighted_mtp.eval.sandbox.pool import SandboxLimits
 
 app = typer.Typer(
     help="Evaluate code models: sandboxed scoring, generation, pass@k.", no_args_is_help=True
@@ -114,7 +114,7 @@ DeviceOpt = Annotated[
 
 def _isolation(no_isolation: bool) -> bool:
     """Whether samples are isolated; refuses up front (one line) where they cannot be."""
-    from weighted_mtp.eval.sandbox import require_isolation
+    from weighted_mtp.eval.sandbox.pool import require_isolation
 
     if not no_isolation:
         require_isolation()
@@ -122,7 +122,7 @@ def _isolation(no_isolation: bool) -> bool:
 
 
 def _limits(timeout: float | None, no_isolation: bool) -> SandboxLimits:
-    from weighted_mtp.eval.sandbox import SandboxLimits
+    from weighted_mtp.eval.sandbox.pool import SandboxLimits
 
     isolation = _isolation(no_isolation)
     if timeout is None:

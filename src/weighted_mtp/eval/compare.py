@@ -52,7 +52,7 @@ from weighted_mtp.eval.run import (
     settings_benchmark,
     speculative_plan,
 )
-from weighted_mtp.eval.sandbox import UNCONFINED
+from weighted_mtp.eval.sandbox.pool import UNCONFINED
 from weighted_mtp.eval.scoring import results_path
 from weighted_mtp.eval.statistics import (
     Interval,

@@ -72,7 +72,7 @@ from weighted_mtp.eval.result_files import (
     SettingsRecord,
     TrainingRunRecord,
 )
-from weighted_mtp.eval.sandbox import SandboxLimits, unconfined_warning
+from weighted_mtp.eval.sandbox.pool import SandboxLimits, unconfined_warning
 from weighted_mtp.eval.scoring import (
     Sample,
     SamplesFile,

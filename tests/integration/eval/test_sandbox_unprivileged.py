@@ -29,7 +29,7 @@ SUITE = [
     "tests/integration/eval/test_score_cli.py::test_canonical_solutions_score_1_and_pass_bodies_score_0",
 ]
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
-PROBE = "from weighted_mtp.eval.sandbox import bwrap_command; bwrap_command()"
+PROBE = "from weighted_mtp.eval.sandbox.pool import bwrap_command; bwrap_command()"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="not root: those files run unprivileged already")

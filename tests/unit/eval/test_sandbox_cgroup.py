@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from weighted_mtp.eval import sandbox_cgroup
+from weighted_mtp.eval.sandbox import cgroup
 
 V2_MOUNT = "30 23 0:27 / {root} rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
 V1_MOUNT = "35 31 0:32 {inner} {root}/{name} rw - cgroup cgroup rw,{name}\n"
@@ -24,7 +24,7 @@ V1_FILES = ("cgroup.procs", "tasks", "memory.limit_in_bytes", "pids.max")
 
 def layout(monkeypatch, tmp_path: Path, proc_cgroup: str, mountinfo: str) -> Path:
     """A cgroup tree in `tmp_path` whose new folders get their interface files."""
-    make = sandbox_cgroup._make
+    make = cgroup._make
 
     def make_with_files(parent: str, name: str) -> str:
         folder = make(parent, name)
@@ -33,7 +33,7 @@ def layout(monkeypatch, tmp_path: Path, proc_cgroup: str, mountinfo: str) -> Pat
             Path(folder, file).write_text("")
         return folder
 
-    monkeypatch.setattr(sandbox_cgroup, "_make", make_with_files)
+    monkeypatch.setattr(cgroup, "_make", make_with_files)
     return _layout(monkeypatch, tmp_path, proc_cgroup, mountinfo)
 
 
@@ -42,8 +42,8 @@ def _layout(monkeypatch, tmp_path: Path, proc_cgroup: str, mountinfo: str) -> Pa
     root.mkdir()
     (tmp_path / "self_cgroup").write_text(proc_cgroup)
     (tmp_path / "mountinfo").write_text(mountinfo.replace("{root}", str(root)))
-    monkeypatch.setattr(sandbox_cgroup, "PROC_CGROUP", str(tmp_path / "self_cgroup"))
-    monkeypatch.setattr(sandbox_cgroup, "MOUNTINFO", str(tmp_path / "mountinfo"))
+    monkeypatch.setattr(cgroup, "PROC_CGROUP", str(tmp_path / "self_cgroup"))
+    monkeypatch.setattr(cgroup, "MOUNTINFO", str(tmp_path / "mountinfo"))
     return root
 
 
@@ -57,7 +57,7 @@ def cgroup_dir(path: Path, controllers: str = "", subtree: str = "") -> Path:
 def test_pure_v2_limits_a_child_of_the_evaluators_cgroup(monkeypatch, tmp_path) -> None:
     root = layout(monkeypatch, tmp_path, "0::/job.scope\n", V2_MOUNT)
     own = cgroup_dir(root / "job.scope", "cpu memory pids")
-    group = sandbox_cgroup.create("wmtp-sandbox-7-0", 64, 256 << 20)
+    group = cgroup.create("wmtp-sandbox-7-0", 64, 256 << 20)
     slot = str(own / "wmtp-sandbox-7-0")
     assert (group.version, group.memory, group.pids) == (2, slot, slot)
     assert (own / "cgroup.subtree_control").read_text() == "+memory +pids"
@@ -72,15 +72,15 @@ def test_v2_next_to_the_evaluator_when_its_cgroup_holds_processes(monkeypatch, t
     root = layout(monkeypatch, tmp_path, "0::/system.slice/ci.service\n", V2_MOUNT)
     parent = cgroup_dir(root / "system.slice", "memory pids", "memory pids")
     own = cgroup_dir(parent / "ci.service", "memory pids")
-    write = sandbox_cgroup._write
+    write = cgroup._write
 
     def busy(path: str, value: str) -> None:
         if path == str(own / "cgroup.subtree_control"):
             raise OSError(errno.EBUSY, "Device or resource busy", path)
         write(path, value)
 
-    monkeypatch.setattr(sandbox_cgroup, "_write", busy)
-    group = sandbox_cgroup.create("wmtp-sandbox-7-0", 64, 256 << 20)
+    monkeypatch.setattr(cgroup, "_write", busy)
+    group = cgroup.create("wmtp-sandbox-7-0", 64, 256 << 20)
     assert group.folders == [str(parent / "wmtp-sandbox-7-0")]
     assert (parent / "cgroup.subtree_control").read_text() == "memory pids"  # untouched
 
@@ -95,9 +95,9 @@ def test_v2_at_the_top_of_a_cgroup_namespace_with_processes_is_no_place(
     def busy(path: str, value: str) -> None:
         raise OSError(errno.EBUSY, "Device or resource busy", path)
 
-    monkeypatch.setattr(sandbox_cgroup, "_write", busy)
+    monkeypatch.setattr(cgroup, "_write", busy)
     with pytest.raises(OSError, match="no parent of it offers one"):
-        sandbox_cgroup.create("wmtp-sandbox-7-0", 64, 256 << 20)
+        cgroup.create("wmtp-sandbox-7-0", 64, 256 << 20)
     assert [p.name for p in root.iterdir() if p.is_dir()] == []
 
 
@@ -114,14 +114,14 @@ def test_v1_in_a_container_whose_hierarchies_are_bind_mounted(monkeypatch, tmp_p
     cgroup_dir(root / "unified", "hugetlb")
     for name in ("memory", "pids"):
         (root / name).mkdir()
-    group = sandbox_cgroup.create("wmtp-sandbox-7-0", 64, 256 << 20)
+    group = cgroup.create("wmtp-sandbox-7-0", 64, 256 << 20)
     memory, pids = root / "memory" / "wmtp-sandbox-7-0", root / "pids" / "wmtp-sandbox-7-0"
     assert (group.version, group.folders) == (1, [str(memory), str(pids)])
     assert (memory / "memory.limit_in_bytes").read_text() == str(256 << 20)
     assert (pids / "pids.max").read_text() == "64"
     assert group.join_files == [str(memory / "tasks"), str(pids / "tasks")]
     # a second sandbox of the same process gets a name of its own
-    again = sandbox_cgroup.create("wmtp-sandbox-7-0", 64, 256 << 20)
+    again = cgroup.create("wmtp-sandbox-7-0", 64, 256 << 20)
     assert again.folders == [f"{memory}-1", f"{pids}-1"]
 
 
@@ -129,8 +129,8 @@ def test_no_memory_controller_anywhere_is_one_reason(monkeypatch, tmp_path) -> N
     root = layout(monkeypatch, tmp_path, "0::/\n", V2_MOUNT)
     cgroup_dir(root, "cpu io")
     with pytest.raises(OSError) as caught:
-        sandbox_cgroup.create("wmtp-sandbox-7-0", 64, 256 << 20)
-    assert sandbox_cgroup.describe_failure(caught.value) == (
+        cgroup.create("wmtp-sandbox-7-0", 64, 256 << 20)
+    assert cgroup.describe_failure(caught.value) == (
         "no cgroup hierarchy with the memory controller"
     )
 
@@ -141,7 +141,7 @@ def test_mountinfo_escapes_are_read(monkeypatch, tmp_path) -> None:
     (tmp_path / "self_cgroup").write_text("0::/a\n")
     escaped = str(spaced).replace(" ", "\\040")
     (tmp_path / "mountinfo").write_text(V2_MOUNT.replace("{root}", escaped))
-    monkeypatch.setattr(sandbox_cgroup, "PROC_CGROUP", str(tmp_path / "self_cgroup"))
-    monkeypatch.setattr(sandbox_cgroup, "MOUNTINFO", str(tmp_path / "mountinfo"))
+    monkeypatch.setattr(cgroup, "PROC_CGROUP", str(tmp_path / "self_cgroup"))
+    monkeypatch.setattr(cgroup, "MOUNTINFO", str(tmp_path / "mountinfo"))
     cgroup_dir(spaced / "a", "memory")
-    assert sandbox_cgroup.locate("memory") == sandbox_cgroup.Place(2, str(spaced / "a"), False)
+    assert cgroup.locate("memory") == cgroup.Place(2, str(spaced / "a"), False)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from weighted_mtp.eval.sandbox_channel import (
+from weighted_mtp.eval.sandbox.channel import (
     FRAME_LIMIT,
     Channel,
     Handles,

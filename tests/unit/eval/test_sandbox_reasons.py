@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import signal
 
-from weighted_mtp.eval.sandbox_worker import Ended, cpu_limit, how_it_ended, program_result
+from weighted_mtp.eval.sandbox.worker import Ended, cpu_limit, how_it_ended, program_result
 
 TIMEOUT = 3.0
 

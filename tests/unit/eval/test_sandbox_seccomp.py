@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from weighted_mtp.eval import sandbox_seccomp as sc
+from weighted_mtp.eval.sandbox import seccomp as sc
 
 ALLOW = sc.SECCOMP_RET_ALLOW
 
@@ -85,7 +85,7 @@ def test_every_denied_call_has_a_number_on_every_architecture():
 PROBE = textwrap.dedent(
     """
     import ctypes, json, os, subprocess, sys, threading
-    from weighted_mtp.eval import sandbox_seccomp as sc
+    from weighted_mtp.eval.sandbox import seccomp as sc
     numbers = sc.ARCHES[sc.platform.machine()][1]
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS

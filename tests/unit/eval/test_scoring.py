@@ -241,7 +241,7 @@ def test_scoring_holds_a_batch_of_completions_whatever_the_file_size(
     import tracemalloc
 
     from weighted_mtp.eval import scoring
-    from weighted_mtp.eval.sandbox import Outcome, Sandbox
+    from weighted_mtp.eval.sandbox.pool import Outcome, Sandbox
     from weighted_mtp.eval.scoring import check_samples
 
     batches = []

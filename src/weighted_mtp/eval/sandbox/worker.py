@@ -1,4 +1,4 @@
-"""The sandbox's worker: `python -I -B -m weighted_mtp.eval.sandbox_worker CONFIG`.
+"""The sandbox's worker: `python -I -B -m weighted_mtp.eval.sandbox.worker CONFIG`.
 
 The evaluator keeps one worker per parallel slot and talks to it in JSON lines on
 stdin/stdout: first the worker's `{"ready": protections}` (or `{"fatal": why}`), then one
@@ -7,7 +7,7 @@ answer per job. Standard library (and this package's other sandbox modules) only
 Processes of one slot:
 
 - the worker (PID 1 of the PID, mount, network, IPC and UTS namespaces bubblewrap made
-  for its slot, on a private read-only root, see `sandbox_isolation`; root when the
+  for its slot, on a private read-only root, see `sandbox.isolation`; root when the
   evaluator is, else holding CAP_SYS_ADMIN in the slot's user namespace only): reads
   jobs, hands them out, enforces the wall-clock limit and cleans up after every job;
 - the zygote: forked from the worker before the worker reads its first job, so it starts
@@ -23,18 +23,18 @@ Processes of one slot:
   dumpable; the only process that receives tests (`JUDGE_KEYS`). For each function-style
   job (HumanEval, MBPP) it runs the trusted tests and
   calls the sample's functions through a socket that carries plain data only
-  (`sandbox_channel`), and answers with the verdict. Frame introspection,
+  (`sandbox.channel`), and answers with the verdict. Frame introspection,
   `sys.settrace`, rigged `__eq__` and the like in the sample cannot reach it. A judge that
   misses the deadline is killed and replaced;
 - a sample's process (per function-style sample, or per test of a stdin/stdout program):
-  forked by the zygote, it joins the slot's cgroup where there is one (`sandbox_cgroup`:
+  forked by the zygote, it joins the slot's cgroup where there is one (`sandbox.cgroup`:
   the memory of all its processes together is bounded) and runs the untrusted program;
   a stdin/stdout program's output goes back to the evaluator, which compares it with the
   expected output it never sent.
 
 Samples and judges run in their own sessions, without inherited descriptors, with
 resource limits (samples: RLIMIT_CPU/AS/DATA/FSIZE/NPROC/CORE), no new privileges, no
-capabilities, a seccomp filter (`sandbox_seccomp`), a scrubbed environment; samples in an
+capabilities, a seccomp filter (`sandbox.seccomp`), a scrubbed environment; samples in an
 empty private folder. When root, each runs under the slot's own uids (given by the
 evaluator), so a sample can signal or write nothing of another sample, of its judge, or
 of the worker.
@@ -70,9 +70,9 @@ import typing  # noqa: F401
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from weighted_mtp.eval import sandbox_isolation as iso
-from weighted_mtp.eval.sandbox_cgroup import SampleCgroup
-from weighted_mtp.eval.sandbox_channel import (
+from weighted_mtp.eval.sandbox import isolation as iso
+from weighted_mtp.eval.sandbox.cgroup import SampleCgroup
+from weighted_mtp.eval.sandbox.channel import (
     HEADER,
     REASON_LIMIT,
     bounded,
@@ -80,7 +80,7 @@ from weighted_mtp.eval.sandbox_channel import (
     judge,
     run_sample,
 )
-from weighted_mtp.eval.sandbox_seccomp import Filter
+from weighted_mtp.eval.sandbox.seccomp import Filter
 
 PARKED_FDS = 1000  # kept descriptors move above this before they are renumbered from 3
 JUDGE_FOLDER = "/"  # read-only for the judge; the sample's folder is the sample's alone

@@ -1,7 +1,7 @@
 """The narrow channel between a sample and its judge: plain data and handles, never code.
 
 A function-style sample runs in one process and the tests that judge it in another (see
-`sandbox_worker`), joined by a socket. The judge sends requests ("call this", "give me that
+`sandbox.worker`), joined by a socket. The judge sends requests ("call this", "give me that
 global"); the sample answers with values. Values cross as tagged JSON:
 
 - None, bool, int, float, str, bytes, bytearray, complex, and the containers list, tuple,

@@ -1,19 +1,19 @@
 """Run untrusted code samples in confined processes, several at a time.
 
-The evaluator starts one worker process (`sandbox_worker`) per parallel slot, in its own
+The evaluator starts one worker process (`sandbox.worker`) per parallel slot, in its own
 session, with a scrubbed environment and no inherited descriptors. A worker runs each
 function-style sample in one process and its tests in another (the judge), joined by a
-channel that carries plain data only (`sandbox_channel`); a stdin/stdout program's output
+channel that carries plain data only (`sandbox.channel`); a stdin/stdout program's output
 comes back here and is compared with the expected output by this process, which runs no
 untrusted code. Each slot's worker runs inside bubblewrap (`bwrap`), in its own PID,
-mount, network, IPC and UTS namespaces on a private read-only root (`sandbox_isolation`).
+mount, network, IPC and UTS namespaces on a private read-only root (`sandbox.isolation`).
 When root, every slot also has identities of its own (a uid/gid pair for its samples,
 another for its judges, from a reserved range, locked so concurrent evaluations never
 share them) and a cgroup that bounds the memory and tasks of all a sample's processes
-together (`sandbox_cgroup`), where the kernel allows; not root, bubblewrap adds a user
+together (`sandbox.cgroup`), where the kernel allows; not root, bubblewrap adds a user
 namespace, and where it cannot the sandbox refuses to start unless told to run
 unconfined. In both, every sample and judge runs under a seccomp filter
-(`sandbox_seccomp`). A worker that dies or stops answering is replaced and the sample
+(`sandbox.seccomp`). A worker that dies or stops answering is replaced and the sample
 counts as an error, so an evaluation always finishes.
 What holds where is listed in docs/evaluation-sandbox.md.
 """
@@ -41,10 +41,11 @@ from pathlib import Path
 from typing import Any
 
 from weighted_mtp.errors import UsageError, WmtpError
-from weighted_mtp.eval import defaults, sandbox_cgroup
-from weighted_mtp.eval import sandbox_isolation as iso
+from weighted_mtp.eval import defaults
+from weighted_mtp.eval.sandbox import cgroup
+from weighted_mtp.eval.sandbox import isolation as iso
 
-WORKER_MODULE = "weighted_mtp.eval.sandbox_worker"
+WORKER_MODULE = "weighted_mtp.eval.sandbox.worker"
 RESULTS = ("passed", "failed", "timed out", "error")
 # Beyond the samples' own limits: how long the evaluator waits for a worker's answer.
 WORKER_GRACE_SECONDS = 30.0
@@ -391,7 +392,7 @@ class Sandbox:
         self.n_workers = workers
         self._identities: Identities | None = None
         self._idle: queue.Queue[tuple[int, _Worker]] = queue.Queue()
-        self._cgroups: list[sandbox_cgroup.SlotCgroup] = []
+        self._cgroups: list[cgroup.SlotCgroup] = []
         self._cgroups_unavailable = "not root" if not self.as_root else "turned off"
         self._bwrap: list[str] = []  # the command that starts a slot in bubblewrap
         self._no_bwrap = "turned off"  # why there is none
@@ -399,14 +400,14 @@ class Sandbox:
 
     def _config(self, slot: int) -> dict[str, Any]:
         sample, judge = self._identities.slots[slot] if self._identities else (None, None)
-        cgroup = self._cgroups[slot].worker_config() if self._cgroups else None
+        slot_cgroup = self._cgroups[slot].worker_config() if self._cgroups else None
         return {
             "sample": sample,
             "judge": judge,
             "bwrap": bool(self._bwrap),
             "namespaces_unavailable": self._no_bwrap,
             "user_namespace": bool(self._bwrap) and not self.as_root,
-            "cgroup": cgroup,
+            "cgroup": slot_cgroup,
             "cgroup_unavailable": self._cgroups_unavailable,
         }
 
@@ -423,13 +424,13 @@ class Sandbox:
         """A cgroup per slot where the kernel lets root make them; else none, and why."""
         try:
             for slot in range(self.n_workers):
-                name = f"{sandbox_cgroup.NAME_PREFIX}-{os.getpid()}-{slot}"
-                group = sandbox_cgroup.create(name, self.limits.nproc, self.limits.memory_bytes)
+                name = f"{cgroup.NAME_PREFIX}-{os.getpid()}-{slot}"
+                group = cgroup.create(name, self.limits.nproc, self.limits.memory_bytes)
                 self._cgroups.append(group)
             self._cgroups_unavailable = ""
         except (OSError, ValueError) as exc:  # not allowed here, or a layout not understood
             self._remove_cgroups()
-            self._cgroups_unavailable = sandbox_cgroup.describe_failure(exc)
+            self._cgroups_unavailable = cgroup.describe_failure(exc)
 
     def _remove_cgroups(self) -> None:
         for group in self._cgroups:
