@@ -9,7 +9,6 @@ the option, so a bad value is reported as the user wrote it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, get_args, get_origin
@@ -144,16 +143,13 @@ class _ProgressBar:
             self.bars.stop()
 
 
-def _on_main_rank() -> bool:
-    """Global rank 0 (torchrun's RANK, across machines) prints; the others stay quiet."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def _with_progress(run: Callable[[_ProgressBar | None], T]) -> T:
     """Run a training loop with a progress bar and status lines (loading, validating,
     writing final/), shown on the main rank's terminal only."""
     bar = (
-        _ProgressBar() if _on_main_rank() and progress.shows() and err_console.is_terminal else None
+        _ProgressBar()
+        if progress.global_rank() == 0 and progress.shows() and err_console.is_terminal
+        else None
     )
     try:
         with progress_bars():
@@ -220,7 +216,7 @@ def train_experiment(
             layout, run_config, run_dir=run_dir, resume=resume, stop_at=stop_at, on_step=bar
         )
     )
-    if _on_main_rank():
+    if progress.global_rank() == 0:
         _report(experiment, result, as_json)
 
 
@@ -268,7 +264,7 @@ def suite(
             out=out,
             on_stage=lambda name: progress.logger.info(f"suite: {name}"),
         )
-    if not _on_main_rank():
+    if progress.global_rank() != 0:
         return
     if as_json:
         import json
@@ -321,7 +317,10 @@ def plan(
     run_config = build_config(experiment, small=small, settings=settings, file=config)
     from weighted_mtp.train.memory_plan import plan_memory  # imports torch
 
-    with err_console.status(f"tracing a {experiment} step on {ranks} rank(s)"):
+    with (
+        progress_bars(not as_json),
+        progress.status(f"tracing a {experiment} step on {ranks} rank(s)"),
+    ):
         result = plan_memory(
             state(ctx).layout, run_config, ranks=ranks, device=device, device_gib=device_memory
         )
