@@ -42,7 +42,7 @@ from weighted_mtp.data.sources import Rejected, field, typed
 from weighted_mtp.data.splits import MBPP_OFFICIAL_SPLITS, mbpp_official_split
 from weighted_mtp.data.template import PromptParts
 from weighted_mtp.errors import UsageError, WmtpError
-from weighted_mtp.eval.sandbox.channel import is_module_name
+from weighted_mtp.eval.sandbox.judge import is_module_name
 from weighted_mtp.eval.sandbox.pool import Job
 from weighted_mtp.limits import current_limits
 from weighted_mtp.storage.jsonl import iter_lines, parse_json_line

@@ -22,18 +22,20 @@ from typing import Any
 import numpy as np
 import pytest
 
-from weighted_mtp.eval.sandbox.channel import (
+from weighted_mtp.eval.sandbox.codec import (
     FRAME_LIMIT,
-    Channel,
-    Handles,
     ProtocolError,
-    SampleObject,
     by_name,
     decode,
     encode,
+    receive_frame,
+)
+from weighted_mtp.eval.sandbox.judge import (
+    Channel,
+    Handles,
+    SampleObject,
     judge,
     judge_export,
-    receive_frame,
     run_sample,
 )
 

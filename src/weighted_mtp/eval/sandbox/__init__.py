@@ -4,7 +4,8 @@
   `SandboxLimits`), bubblewrap's discovery, the slots' identities and the unconfined warning;
 - `worker`: the process each slot runs (`python -I -B -m weighted_mtp.eval.sandbox.worker`),
   which confines and runs the samples and their judges;
-- `channel`: the value codec and the judge protocol between a sample and its tests;
+- `codec`: the wire format between a sample and its judge (frames, values as tagged JSON);
+- `judge`: the protocol over it: the sample's side serves, the judge's side runs the tests;
 - `isolation`: the namespaces and private read-only root (bubblewrap's arguments);
 - `seccomp`: the system-call filter of samples and judges;
 - `cgroup`: the per-slot cgroups that bound a sample's processes together.

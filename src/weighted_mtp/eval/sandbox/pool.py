@@ -3,7 +3,7 @@
 The evaluator starts one worker process (`sandbox.worker`) per parallel slot, in its own
 session, with a scrubbed environment and no inherited descriptors. A worker runs each
 function-style sample in one process and its tests in another (the judge), joined by a
-channel that carries plain data only (`sandbox.channel`); a stdin/stdout program's output
+channel that carries plain data only (`sandbox.judge`); a stdin/stdout program's output
 comes back here and is compared with the expected output by this process, which runs no
 untrusted code. Each slot's worker runs inside bubblewrap (`bwrap`), in its own PID,
 mount, network, IPC and UTS namespaces on a private read-only root (`sandbox.isolation`).

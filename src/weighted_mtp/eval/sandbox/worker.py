@@ -23,7 +23,7 @@ Processes of one slot:
   dumpable; the only process that receives tests (`JUDGE_KEYS`). For each function-style
   job (HumanEval, MBPP) it runs the trusted tests and
   calls the sample's functions through a socket that carries plain data only
-  (`sandbox.channel`), and answers with the verdict. Frame introspection,
+  (`sandbox.judge`), and answers with the verdict. Frame introspection,
   `sys.settrace`, rigged `__eq__` and the like in the sample cannot reach it. A judge that
   misses the deadline is killed and replaced;
 - a sample's process (per function-style sample, or per test of a stdin/stdout program):
@@ -72,14 +72,8 @@ from typing import Any, NamedTuple
 
 from weighted_mtp.eval.sandbox import isolation as iso
 from weighted_mtp.eval.sandbox.cgroup import SampleCgroup
-from weighted_mtp.eval.sandbox.channel import (
-    HEADER,
-    REASON_LIMIT,
-    bounded,
-    describe,
-    judge,
-    run_sample,
-)
+from weighted_mtp.eval.sandbox.codec import HEADER
+from weighted_mtp.eval.sandbox.judge import REASON_LIMIT, bounded, describe, judge, run_sample
 from weighted_mtp.eval.sandbox.seccomp import Filter
 
 PARKED_FDS = 1000  # kept descriptors move above this before they are renumbered from 3
