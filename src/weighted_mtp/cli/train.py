@@ -143,16 +143,17 @@ class _ProgressBar:
             self.bars.stop()
 
 
-def _with_progress(run: Callable[[_ProgressBar | None], T]) -> T:
+def _with_progress(run: Callable[[_ProgressBar | None], T], shown: bool) -> T:
     """Run a training loop with a progress bar and status lines (loading, validating,
-    writing final/), shown on the main rank's terminal only."""
+    writing final/), shown on the main rank's terminal only, and not when `shown` is false
+    (--json)."""
     bar = (
         _ProgressBar()
-        if progress.global_rank() == 0 and progress.shows() and err_console.is_terminal
+        if shown and progress.global_rank() == 0 and progress.shows() and err_console.is_terminal
         else None
     )
     try:
-        with progress_bars():
+        with progress_bars(shown):
             return run(bar)
     finally:
         if bar is not None:
@@ -214,7 +215,8 @@ def train_experiment(
     result = _with_progress(
         lambda bar: train(
             layout, run_config, run_dir=run_dir, resume=resume, stop_at=stop_at, on_step=bar
-        )
+        ),
+        shown=not as_json,
     )
     if progress.global_rank() == 0:
         _report(experiment, result, as_json)
@@ -256,7 +258,7 @@ def suite(
     from weighted_mtp.train.suite import run_suite
 
     small, settings = _settings(ctx, sets)
-    with progress_bars():
+    with progress_bars(not as_json):
         folder = run_suite(
             state(ctx).layout,
             small=small,
