@@ -197,18 +197,7 @@ class Comparison:
             settings=CompareSettingsRecord(
                 datasets=list(settings.datasets),
                 ks=list(settings.ks),
-                generation=GenerationSettingsRecord(
-                    n=generation.n,
-                    temperature=generation.temperature,
-                    top_p=generation.top_p,
-                    max_new_tokens=generation.max_new_tokens,
-                    speculative=generation.speculative,
-                    limit=generation.limit,
-                    seed=generation.seed,
-                    tests=generation.tests,
-                    draft_heads=generation.draft_heads,
-                    isolation=generation.isolation,
-                ),
+                generation=GenerationSettingsRecord.of(generation),
                 bootstrap=BootstrapRecord(
                     resamples=settings.resamples,
                     confidence=settings.confidence,

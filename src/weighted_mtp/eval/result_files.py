@@ -10,7 +10,7 @@ Regenerate after changing a record: `uv run python -m tests.schemas`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -269,6 +269,13 @@ class GenerationSettingsRecord:
     tests: Literal["base", "all"]
     draft_heads: int | None
     isolation: bool = True  # False: --no-isolation
+
+    @classmethod
+    def of(cls, settings: SettingsRecord) -> GenerationSettingsRecord:
+        """An evaluation's settings less those that are per dataset or do not change a
+        sample (dataset, split, workers)."""
+        kept = {field.name for field in fields(cls)}
+        return cls(**{name: v for name, v in asdict(settings).items() if name in kept})
 
 
 @dataclass(frozen=True)
