@@ -1,12 +1,11 @@
 """Typed training configuration: the one object every experiment is run from.
 
-`TrainConfig` (pydantic; sections `lora`, `critic`, `rho1`, `frozen`) holds each key once, as
-a field with its type, default, bounds, description and, where a train command takes it by
-name, its `Option`: the options (`cli/train.py`), the docs table and the JSON Schema
-(`config_docs.py`) are made from the fields. `build_config` builds a run's config: the
-packaged Baseline config of the size (or `--config FILE`), the suite's and the experiment's
-overlays (`configs/`), then the user's settings. A config is checked once, when it is made;
-an error names the key as the user wrote it (`--kappa`, or `config key 'rho1.kappa'`).
+`TrainConfig` (pydantic; sections `lora`, `critic`, `rho1`, `frozen`) declares each key
+once, as a field with its type, default, bounds, description (the docstring under it) and,
+where a train command takes it by name, its `Option`. The options (`cli/train.py`), the docs
+table and the JSON Schema (`config_docs.py`) are made from the fields. A config is checked
+once, when it is made; an error names the key as the user wrote it (`--kappa`, or
+`config key 'rho1.kappa'`).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticCustomError
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from weighted_mtp.assets import TRAIN_DATASET, TRAIN_MODEL, TRAINING_RUNS
 from weighted_mtp.errors import UsageError, WmtpError
@@ -30,15 +29,15 @@ Normalize = Literal["count", "weight", "selected"]
 Objective = Literal["mc", "pairwise"]
 Score = Literal["signed", "absolute"]
 BLOCK_LINEARS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")  # Meta's names for a block's linears
-SIZES = {True: "micro", False: "7b"}
 SUITE_SMALL = "suite_micro.yaml"
 POLICY_RUNS = ("baseline", "verifiable", "rho1")  # the experiments that train the MTP policy
+EVERY = (*TRAINING_RUNS, "suite")
 
 
 @dataclass(frozen=True)
 class Option:
     """A key the train commands take by name: `decls` as click takes them (`--kappa`,
-    `--lora/--full`), the commands that offer it (`wmtp train plan` offers every one), and
+    `--lora/--full`), the commands offering it (`wmtp train plan` offers every one), and
     what a one-way flag sets."""
 
     decls: str
@@ -47,45 +46,42 @@ class Option:
 
 
 def _number(value: Any) -> Any:
-    """An int as a float; a string that reads as one (YAML 1.1 reads 1e-3 as a string)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            return value
-        if not math.isfinite(number):
-            raise PydanticCustomError("finite_number", "not finite")
-        return number
-    return value
+    """An int, or a string that reads as a number (YAML 1.1 reads 1e-3 as a string), as a
+    float; NaN and infinity refused here, so that the error shows the value as written."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    if not math.isfinite(number):
+        raise PydanticCustomError("finite_number", "not finite")
+    return number
 
 
 Float = Annotated[float, BeforeValidator(_number)]
-EVERY = (*TRAINING_RUNS, "suite")
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, allow_inf_nan=False, use_attribute_docstrings=True
+    )
 
 
 class LoraConfig(Section):
     """LoRA as the 7B fine-tuning used it: r 64, alpha 128, dropout 0.05 on the block
     linears (Meta's names; mapped to transformers' for a Llama reference or critic)."""
 
-    enabled: Annotated[bool, Option("--lora/--full")] = Field(
-        False, description="LoRA instead of full fine-tuning"
-    )
-    r: int = Field(64, gt=0, description="LoRA rank")
-    alpha: int = Field(128, gt=0, description="LoRA alpha")
-    dropout: Float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
-    targets: tuple[str, ...] = Field(
-        BLOCK_LINEARS,
-        min_length=1,
-        strict=False,
-        description="the block linears (Meta's names; a Llama reference or critic maps them "
-        "to `q_proj`, ...)",
-    )
+    enabled: Annotated[bool, Option("--lora/--full")] = False
+    """LoRA instead of full fine-tuning"""
+    r: int = Field(64, gt=0)
+    """LoRA rank"""
+    alpha: int = Field(128, gt=0)
+    """LoRA alpha"""
+    dropout: Float = Field(0.05, ge=0, lt=1)
+    """LoRA dropout"""
+    targets: tuple[str, ...] = Field(BLOCK_LINEARS, min_length=1, strict=False)
+    """the block linears (Meta's names; a Llama reference or critic maps them to `q_proj`, ...)"""
 
 
 class CriticConfig(Section):
@@ -93,134 +89,116 @@ class CriticConfig(Section):
     verifiable`): the critic run, and the advantage and weight hyperparameters of
     `advantages` (GAE γ and λ, AWR β, the weight clip, the whitening EMA)."""
 
-    run: Annotated[str, Option("--critic", ("verifiable",))] = Field(
-        "", description="the critic's run folder (verifiable)"
-    )
-    objective: Annotated[Objective, Option("--objective", ("critic",))] = Field(
-        "mc", description="`mc` (every position regresses to R) or `pairwise` (same-task pairs)"
-    )
-    head_hidden: int = Field(256, gt=0, description="the value head's width")
-    gamma: Float = Field(1.0, ge=0, le=1, description="GAE γ")
-    lam: Float = Field(0.95, ge=0, le=1, description="GAE λ")
-    beta: Float = Field(1.0, gt=0, description="AWR temperature β")
-    w_min: Float = Field(0.1, gt=0, description="smallest weight")
-    w_max: Float = Field(3.0, description="largest weight, at least `w_min`")
-    momentum: Float = Field(0.1, gt=0, le=1, description="whitening EMA (first 1/momentum average)")
+    run: Annotated[str, Option("--critic", ("verifiable",))] = ""
+    """the critic's run folder (verifiable)"""
+    objective: Annotated[Objective, Option("--objective", ("critic",))] = "mc"
+    """`mc` (every position regresses to R) or `pairwise` (same-task pairs)"""
+    head_hidden: int = Field(256, gt=0)
+    """the value head's width"""
+    gamma: Float = Field(1.0, ge=0, le=1)
+    """GAE γ"""
+    lam: Float = Field(0.95, ge=0, le=1)
+    """GAE λ"""
+    beta: Float = Field(1.0, gt=0)
+    """AWR temperature β"""
+    w_min: Float = Field(0.1, gt=0)
+    """smallest weight"""
+    w_max: Float = 3.0
+    """largest weight, at least `w_min`"""
+    momentum: Float = Field(0.1, gt=0, le=1)
+    """whitening EMA (first 1/momentum average)"""
 
 
 class Rho1Config(Section):
     """Stage 2 (`wmtp train rho1`): the reference (a ref-tune run folder or a model) and the
     selection: the top κ of the targets by excess loss, signed or absolute."""
 
-    reference: Annotated[str, Option("--reference", ("rho1",))] = Field(
-        "", description="a ref-tune run folder, a storage model or a model folder (rho1)"
-    )
-    kappa: Annotated[Float, Option("--kappa", ("rho1",))] = Field(
-        0.6, gt=0, le=1, description="fraction of the global batch's targets trained on"
-    )
-    score: Annotated[Score, Option("--score", ("rho1",))] = Field(
-        "signed", description="select by the excess loss Δ (`signed`) or its size (`absolute`)"
-    )
+    reference: Annotated[str, Option("--reference", ("rho1",))] = ""
+    """a ref-tune run folder, a storage model or a model folder (rho1)"""
+    kappa: Annotated[Float, Option("--kappa", ("rho1",))] = Field(0.6, gt=0, le=1)
+    """fraction of the global batch's targets trained on"""
+    score: Annotated[Score, Option("--score", ("rho1",))] = "signed"
+    """select by the excess loss Δ (`signed`) or its size (`absolute`)"""
 
 
 class FrozenConfig(Section):
     """Stage 2: how each rank holds the frozen critic / reference. One process never shards;
     a replica smaller than `shard_min_mib` costs less memory than its all-gathers cost time."""
 
-    shard: Literal["auto", "always", "never"] = Field(
-        "auto",
-        description="under torchrun: `always` sharded (FSDP2), `never` (a replica), `auto` by size",
-    )
-    shard_min_mib: Float = Field(1024.0, ge=0, description="`auto` shards a larger helper")
-    dtype: Literal["auto", "bf16", "fp32"] = Field(
-        "auto", description="the helper's dtype: the policy's compute dtype, or `bf16`, `fp32`"
-    )
+    shard: Literal["auto", "always", "never"] = "auto"
+    """under torchrun: `always` sharded (FSDP2), `never` (a replica), `auto` by size"""
+    shard_min_mib: Float = Field(1024.0, ge=0)
+    """`auto` shards a larger helper"""
+    dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    """the helper's dtype: the policy's compute dtype, or `bf16`, `fp32`"""
 
 
 class TrainConfig(Section):
     """One training run. Sizes count sequences; `batch_size` is the GLOBAL batch per
     optimizer step (all ranks and accumulation steps together)."""
 
-    experiment: str = Field(
-        "baseline",
-        description="the row of the experiment table (set by the command)",
-        json_schema_extra={"enum": list(TRAINING_RUNS)},
-    )
-    model: Annotated[str, Option("--model")] = Field(
-        TRAIN_MODEL, description="a storage model name or a model folder"
-    )
-    data: Annotated[str, Option("--data")] = Field(TRAIN_DATASET, description="the dataset")
-    small: Annotated[bool, Option("--small", EVERY)] = Field(
-        False,
-        description="the micro models, `datasets_local_small/<data>_small` and their "
-        "packaged config",
-    )
-    correct_only: Annotated[bool, Option("--include-incorrect", ("verifiable",), False)] = Field(
-        True, description="train on records with `metadata.is_correct` only"
-    )
-    seq_len: int = Field(
-        2048,
-        gt=0,
-        description="longest sequence (BOS + prompt + response + EOS), at most the model's context",
-    )
-    n_future: Annotated[int | None, Option("--n-future", POLICY_RUNS)] = Field(
-        None, gt=0, description="heads trained (1 = next token only); unset: all of the model's"
-    )
-    batch_size: int = Field(
-        32, gt=0, description="GLOBAL batch: ranks × `micro_batch_size` × accumulation steps"
-    )
-    micro_batch_size: int = Field(1, gt=0, description="sequences per rank and forward pass")
-    epochs: int = Field(1, gt=0, description="epochs trained when `max_steps` is unset")
-    max_steps: Annotated[int | None, Option("--max-steps", EVERY)] = Field(
-        None, gt=0, description="optimizer steps; unset: as many as `epochs` give"
-    )
-    lr: Annotated[Float, Option("--lr", EVERY)] = Field(
-        1e-4, gt=0, description="peak learning rate (AdamW)"
-    )
-    beta1: Float = Field(0.9, ge=0, lt=1, description="AdamW β1")
-    beta2: Float = Field(0.95, ge=0, lt=1, description="AdamW β2")
-    weight_decay: Float = Field(0.01, ge=0, description="AdamW weight decay")
-    warmup_ratio: Float = Field(
-        0.03, ge=0, lt=1, description="linear warmup over this fraction of the steps, then cosine"
-    )
-    min_lr_ratio: Float = Field(
-        0.005, ge=0, le=1, description="the cosine ends at `lr × min_lr_ratio`"
-    )
-    clip_grad_norm: Float = Field(1.0, ge=0, description="gradient norm clip; 0 = none")
-    seed: Annotated[int, Option("--seed", EVERY)] = Field(
-        42, description="data order, initialisation (LoRA, value head), dropout"
-    )
-    normalize: Normalize = Field("count", description="what each head's weighted sum is divided by")
-    naive_heads: Annotated[bool, Option("--naive-heads", POLICY_RUNS)] = Field(
-        False, description="all heads' logits at once (the oracle), not one at a time"
-    )
-    precision: Literal["auto", "bf16", "fp32"] = Field(
-        "auto", description="`auto`: bf16 autocast where the GPU supports it"
-    )
-    activation_checkpointing: Literal["none", "blocks"] = Field(
-        "none",
-        description="`blocks`: each transformer block keeps only its input and "
-        "recomputes its activations in the backward ([memory plan](memory-plan.md))",
-    )
-    eval_every: int = Field(100, ge=0, description="steps between validations; 0 = at the end")
-    eval_batches: int | None = Field(
-        None, gt=0, description="validation batches per validation; unset: the whole split"
-    )
-    checkpoint_every: int = Field(
-        100, ge=0, description="steps between checkpoints; 0 = at the end (and at `--stop-at`)"
-    )
-    keep_checkpoints: int = Field(2, gt=0, description="checkpoints kept")
-    final_save: Literal["model", "adapter", "merged", "none"] = Field(
-        "model",
-        description="the policy's `final/`: `model`, `merged` (LoRA merged), `adapter`, `none`",
-    )
-    logger: Literal["jsonl", "tensorboard", "wandb", "mlflow"] = Field(
-        "jsonl", description="`metrics.jsonl` only, or mirrored to one more logger"
-    )
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    critic: CriticConfig = Field(default_factory=CriticConfig)
-    rho1: Rho1Config = Field(default_factory=Rho1Config)
-    frozen: FrozenConfig = Field(default_factory=FrozenConfig)
+    experiment: str = Field("baseline", json_schema_extra={"enum": list(TRAINING_RUNS)})
+    """the row of the experiment table (set by the command)"""
+    model: Annotated[str, Option("--model")] = TRAIN_MODEL
+    """a storage model name or a model folder"""
+    data: Annotated[str, Option("--data")] = TRAIN_DATASET
+    """the dataset"""
+    small: Annotated[bool, Option("--small", EVERY)] = False
+    """the micro models, `datasets_local_small/<data>_small` and their packaged config"""
+    correct_only: Annotated[bool, Option("--include-incorrect", ("verifiable",), False)] = True
+    """train on records with `metadata.is_correct` only"""
+    seq_len: int = Field(2048, gt=0)
+    """longest sequence (BOS + prompt + response + EOS), at most the model's context"""
+    n_future: Annotated[int | None, Option("--n-future", POLICY_RUNS)] = Field(None, gt=0)
+    """heads trained (1 = next token only); unset: all of the model's"""
+    batch_size: int = Field(32, gt=0)
+    """GLOBAL batch: ranks × `micro_batch_size` × accumulation steps"""
+    micro_batch_size: int = Field(1, gt=0)
+    """sequences per rank and forward pass"""
+    epochs: int = Field(1, gt=0)
+    """epochs trained when `max_steps` is unset"""
+    max_steps: Annotated[int | None, Option("--max-steps", EVERY)] = Field(None, gt=0)
+    """optimizer steps; unset: as many as `epochs` give"""
+    lr: Annotated[Float, Option("--lr", EVERY)] = Field(1e-4, gt=0)
+    """peak learning rate (AdamW)"""
+    beta1: Float = Field(0.9, ge=0, lt=1)
+    """AdamW β1"""
+    beta2: Float = Field(0.95, ge=0, lt=1)
+    """AdamW β2"""
+    weight_decay: Float = Field(0.01, ge=0)
+    """AdamW weight decay"""
+    warmup_ratio: Float = Field(0.03, ge=0, lt=1)
+    """linear warmup over this fraction of the steps, then cosine"""
+    min_lr_ratio: Float = Field(0.005, ge=0, le=1)
+    """the cosine ends at `lr × min_lr_ratio`"""
+    clip_grad_norm: Float = Field(1.0, ge=0)
+    """gradient norm clip; 0 = none"""
+    seed: Annotated[int, Option("--seed", EVERY)] = 42
+    """data order, initialisation (LoRA, value head), dropout"""
+    normalize: Normalize = "count"
+    """what each head's weighted sum is divided by"""
+    naive_heads: Annotated[bool, Option("--naive-heads", POLICY_RUNS)] = False
+    """all heads' logits at once (the oracle), not one at a time"""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """`auto`: bf16 autocast where the GPU supports it"""
+    activation_checkpointing: Literal["none", "blocks"] = "none"
+    """`blocks`: recompute block activations in the backward ([memory plan](memory-plan.md))"""
+    eval_every: int = Field(100, ge=0)
+    """steps between validations; 0 = at the end"""
+    eval_batches: int | None = Field(None, gt=0)
+    """validation batches per validation; unset: the whole split"""
+    checkpoint_every: int = Field(100, ge=0)
+    """steps between checkpoints; 0 = at the end (and at `--stop-at`)"""
+    keep_checkpoints: int = Field(2, gt=0)
+    """checkpoints kept"""
+    final_save: Literal["model", "adapter", "merged", "none"] = "model"
+    """the policy's `final/`: `model`, `merged` (LoRA merged), `adapter`, `none`"""
+    logger: Literal["jsonl", "tensorboard", "wandb", "mlflow"] = "jsonl"
+    """`metrics.jsonl` only, or mirrored to one more logger"""
+    lora: LoraConfig = LoraConfig()
+    critic: CriticConfig = CriticConfig()
+    rho1: Rho1Config = Rho1Config()
+    frozen: FrozenConfig = FrozenConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
@@ -255,37 +233,17 @@ class TrainConfig(Section):
         return self.model_dump(mode="json")
 
 
-# -- errors --------------------------------------------------------------------------------
-
-
 class Invalid(WmtpError):
-    """A key whose value contradicts another's; `build_config` names it as the user did."""
+    """A key whose value contradicts another's; `with_overrides` names it as the user did."""
 
     def __init__(self, key: str, problem: str, hint: str | None = None) -> None:
         self.key, self.problem = key, problem
         super().__init__(f"config key {key!r} {problem}", hint=hint)
 
 
-@dataclass(frozen=True)
-class Setting:
-    """One value the user gave: its dotted config key and how they wrote it (`--kappa` for
-    a named option, the key itself for `--set` or a file)."""
-
-    key: str
-    value: Any
-    given_as: str = ""
-
-
-Names = Mapping[str, str]  # dotted key -> how the user wrote it
-
-
-def key_name(key: str, names: Names) -> str:
-    return names.get(key) or f"config key {key!r}"
-
-
-def fields(model: type[Section] | None = None, prefix: str = "") -> Iterator[tuple[str, FieldInfo]]:
-    """Every key of `TrainConfig` (a section's dotted) and its field, in declaration order."""
-    for name, field in (model or TrainConfig).model_fields.items():
+def fields(model: type[Section] = TrainConfig, prefix: str = "") -> Iterator[tuple[str, FieldInfo]]:
+    """Every key of `model` (a section's dotted) and its field, in declaration order."""
+    for name, field in model.model_fields.items():
         if isinstance(field.annotation, type) and issubclass(field.annotation, Section):
             yield from fields(field.annotation, f"{prefix}{name}.")
         else:
@@ -305,125 +263,88 @@ def bounds_text(field: FieldInfo) -> str:
     high = [f"{b[k]:g}{')' if k == 'lt' else ']'}" for k in ("lt", "le") if k in b]
     if low and high:
         return f"in {low[0]}, {high[0]}"
-    if b == {"gt": 0}:
-        return "positive"
     signs = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
-    return " ".join(f"{signs[k]} {v:g}" for k, v in b.items())
+    return "positive" if b == {"gt": 0} else " ".join(f"{signs[k]} {v:g}" for k, v in b.items())
 
 
-def _unknown(key: str, source: str) -> WmtpError:
-    prefix, _, leaf = key.rpartition(".")
-    section = TrainConfig.model_fields.get(prefix)  # sections are one level deep
-    known = list((section.annotation if section else TrainConfig).model_fields)  # type: ignore[union-attr]
-    close = difflib.get_close_matches(leaf, known, n=1)
-    hint = (
-        f"did you mean {(prefix + '.' if prefix else '') + close[0]!r}?"
-        if close
-        else f"known keys: {', '.join(known)}"
-    )
-    return WmtpError(f"unknown config key {key!r}", path=source, hint=hint)
+# -- building, and errors naming the key as the user wrote it ------------------------------
 
 
-def _error(error: Any, source: str, names: Names) -> WmtpError:
+@dataclass(frozen=True)
+class Setting:
+    """One value the user gave: its dotted config key and how they wrote it (`--kappa` for
+    a named option; unset for `--set` or a file, named `config key '...'`)."""
+
+    key: str
+    value: Any
+    given_as: str = ""
+
+
+def _error(error: ErrorDetails, source: str, names: Mapping[str, str]) -> WmtpError:
     """One pydantic error as one line naming the key as the user wrote it."""
     key = ".".join(part for part in error["loc"] if isinstance(part, str))  # no list indices
-    name, kind, value = key_name(key, names), error["type"], error["input"]
+    name, kind, value = names.get(key) or f"config key {key!r}", error["type"], error["input"]
     if kind == "extra_forbidden":
-        return _unknown(key, source)
+        prefix, _, leaf = key.rpartition(".")
+        section = TrainConfig.model_fields.get(prefix)  # sections are one level deep
+        known = list((section.annotation if section else TrainConfig).model_fields)  # type: ignore[union-attr]
+        close = [
+            f"did you mean {(prefix + '.' if prefix else '') + c!r}?"
+            for c in difflib.get_close_matches(leaf, known, n=1)
+        ]
+        hint = close[0] if close else f"known keys: {', '.join(known)}"
+        return WmtpError(f"unknown config key {key!r}", path=source, hint=hint)
+    field, hint = dict(fields()).get(key), "NaN and infinity are not training settings"
     if kind == "model_type":
-        return WmtpError(f"{name} wants a mapping of its fields", path=source)
-    if kind == "finite_number":
-        hint = "NaN and infinity are not training settings"
-        return WmtpError(f"{name} must be a finite number, not {value!r}", path=source, hint=hint)
-    field = dict(fields())[key]
-    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        return WmtpError(f"{name} must be {bounds_text(field)}, not {value!r}", path=source)
-    if kind == "too_short":
-        return WmtpError(f"{name} must not be empty", path=source)
-    if kind == "literal_error":
-        wanted = " | ".join(repr(c) for c in get_args(field.annotation))
-    else:  # int_type, float_parsing, bool_type, string_type, tuple_type, ...
-        wanted = {"string": "str", "tuple": "a list"}.get(kind.split("_")[0], kind.split("_")[0])
-    return WmtpError(f"{name} wants {wanted}, got {value!r} ({type(value).__name__})", path=source)
-
-
-# -- building ------------------------------------------------------------------------------
+        problem = "wants a mapping of its fields"
+    elif kind == "finite_number":
+        problem = f"must be a finite number, not {value!r}"
+    elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        problem = f"must be {bounds_text(field)}, not {value!r}"  # type: ignore[arg-type]
+    elif kind == "too_short":
+        problem = "must not be empty"
+    else:  # literal_error, int_type, float_parsing, bool_type, string_type, tuple_type, ...
+        simple = {"string": "str", "tuple": "a list"}.get(kind.split("_")[0], kind.split("_")[0])
+        choices = get_args(field.annotation) if kind == "literal_error" and field else ()
+        wanted = " | ".join(repr(c) for c in choices) or simple
+        problem = f"wants {wanted}, got {value!r} ({type(value).__name__})"
+    return WmtpError(
+        f"{name} {problem}", path=source, hint=hint if kind == "finite_number" else None
+    )
 
 
 def _merged(base: dict[str, Any], updates: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` under `updates`: nested mappings or dotted keys (`lora.r`) for the sections."""
     out = dict(base)
     for key, value in updates.items():
-        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = _merged(out[key], value) if nested else value
+        head, dot, rest = str(key).partition(".")
+        value = {rest: value} if dot else value
+        nested = isinstance(value, dict) and isinstance(out.get(head), dict)
+        out[head] = _merged(out[head], value) if nested else value
     return out
 
 
-def with_data(
-    config: TrainConfig, data: Mapping[str, Any], source: str, names: Names | None = None
+def with_overrides(
+    config: TrainConfig,
+    overrides: Mapping[str, Any],
+    source: str,
+    names: Mapping[str, str] | None = None,
 ) -> TrainConfig:
-    """`config` under the keys of `data` (nested mappings for the sections), checked."""
+    """`config` under `overrides` (nested mappings or dotted keys), checked; an error names
+    a key as `names` says the user wrote it (else `config key '...'`) and `source`."""
     names = names or {}
     try:
-        return TrainConfig.model_validate(_merged(config.model_dump(), data))
+        return TrainConfig.model_validate(_merged(config.model_dump(), overrides))
     except ValidationError as exc:
         raise _error(exc.errors()[0], source, names) from None
     except Invalid as exc:
-        raise WmtpError(
-            f"{key_name(exc.key, names)} {exc.problem}", path=source, hint=exc.hint
-        ) from None
-
-
-def with_overrides(
-    config: TrainConfig, overrides: Mapping[str, Any], source: str, names: Names | None = None
-) -> TrainConfig:
-    """Apply dotted `key: value` overrides, checked like a config file."""
-    nested: dict[str, Any] = {}
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        for part in reversed(parents):
-            value = {leaf: value}
-            leaf = part
-        nested = _merged(nested, {leaf: value})
-    return with_data(config, nested, source, names)
+        name = names.get(exc.key) or f"config key {exc.key!r}"
+        raise WmtpError(f"{name} {exc.problem}", path=source, hint=exc.hint) from None
 
 
 def with_settings(config: TrainConfig, settings: Sequence[Setting]) -> TrainConfig:
     names = {s.key: s.given_as for s in settings if s.given_as}
     return with_overrides(config, {s.key: s.value for s in settings}, "options", names)
-
-
-def _read_yaml(text: str, source: str) -> dict[str, Any]:
-    import yaml
-
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise WmtpError(f"config is not valid YAML{where}", path=source) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise WmtpError("config must be a YAML mapping of keys to values", path=source)
-    return data
-
-
-def overlay_file(experiment: str, small: bool) -> str:
-    """The packaged file of an experiment at a size: `configs/<experiment>_<size>.yaml`."""
-    return f"{experiment.replace('-', '_')}_{SIZES[small]}.yaml"
-
-
-def with_packaged(config: TrainConfig, name: str) -> TrainConfig:
-    """`config` under the keys of the packaged `configs/<name>`."""
-    text = resources.files("weighted_mtp.train").joinpath("configs", name).read_text()
-    return with_data(config, _read_yaml(text, name), name)
-
-
-def load_config(path: Path | None, *, micro: bool) -> TrainConfig:
-    """`path`'s config, or the packaged Baseline one (micro or 7B), over the defaults."""
-    if path is None:
-        return with_packaged(TrainConfig(), overlay_file("baseline", micro))
-    return read_run_config(path, legacy=False)
 
 
 def parse_set(item: str) -> Setting:
@@ -438,6 +359,38 @@ def parse_set(item: str) -> Setting:
     except yaml.YAMLError:
         value = raw
     return Setting(key.strip(), value)
+
+
+def _read_yaml(text: str, source: str) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise WmtpError(f"config is not valid YAML{where}", path=source) from None
+    if not isinstance(data, dict | None):
+        raise WmtpError("config must be a YAML mapping of keys to values", path=source)
+    return data or {}
+
+
+def overlay_file(experiment: str, small: bool) -> str:
+    """The packaged file of an experiment at a size: `configs/<experiment>_<size>.yaml`."""
+    return f"{experiment.replace('-', '_')}_{'micro' if small else '7b'}.yaml"
+
+
+def with_packaged(config: TrainConfig, name: str) -> TrainConfig:
+    """`config` under the keys of the packaged `configs/<name>`."""
+    text = resources.files("weighted_mtp.train").joinpath("configs", name).read_text()
+    return with_overrides(config, _read_yaml(text, name), name)
+
+
+def load_config(path: Path | None, *, micro: bool) -> TrainConfig:
+    """`path`'s config, or the packaged Baseline one (micro or 7B), over the defaults."""
+    if path is None:
+        return with_packaged(TrainConfig(), overlay_file("baseline", micro))
+    return read_run_config(path, legacy=False)
 
 
 def build_config(
@@ -476,17 +429,14 @@ def read_run_config(path: Path, *, legacy: bool = True) -> TrainConfig:
     except OSError as exc:
         raise WmtpError(f"cannot read config: {exc.strerror}", path=path) from None
     zeros = ("n_future", "max_steps", "eval_batches") if legacy else ()
-    unset = {k: None for k in zeros if data.get(k) == 0}
-    return with_data(TrainConfig(), data | unset, str(path))
-
-
-# -- against the world and the model ---------------------------------------------------------
+    return with_overrides(
+        TrainConfig(), data | {k: None for k in zeros if data.get(k) == 0}, str(path)
+    )
 
 
 def validate_for_world(config: TrainConfig, world: int) -> None:
     """The global batch splits evenly over `world` ranks of `micro_batch_size` sequences."""
-    share = config.micro_batch_size * world
-    if config.batch_size % share:
+    if config.batch_size % (config.micro_batch_size * world):
         raise WmtpError(
             f"batch_size {config.batch_size} is not a multiple of micro_batch_size "
             f"{config.micro_batch_size} x {world} rank(s)",
