@@ -17,11 +17,16 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
 
-Advance = Callable[[float], None]
+
+class Advance(Protocol):
+    """Moves a task on by `n` units; `note` is shown beside its bar (a training step's loss)."""
+
+    def __call__(self, n: float, /, note: str = "") -> None: ...
+
 
 logger = logging.getLogger("weighted_mtp")
 
@@ -37,7 +42,7 @@ class Reporter(Protocol):
 class _Silent:
     @contextmanager
     def task(self, description: str, total: float | None, unit: str) -> Iterator[Advance]:
-        yield lambda _n: None
+        yield lambda _n, note="": None
 
     @contextmanager
     def status(self, description: str) -> Iterator[None]:

@@ -243,10 +243,11 @@ class RichReporter:
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeRemainingColumn(),
+                TextColumn("{task.fields[note]}"),
             ]
         with Progress(*columns, console=err_console.get(), transient=True) as bars:
-            task_id = bars.add_task(description, total=total)
-            yield lambda n: bars.advance(task_id, n)
+            task_id = bars.add_task(description, total=total, note="")
+            yield lambda n, note="": bars.update(task_id, advance=n, note=note)
 
 
 @contextmanager

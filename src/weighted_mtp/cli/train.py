@@ -1,17 +1,16 @@
 """`wmtp train`: run an experiment or the suite, plan a run's memory, plot runs. Parsing and
 printing only; torch is imported inside the commands.
 
-The options that set a config key are made from `TrainConfig`'s fields (`config.Option`,
-the description and the bounds) by `ConfigCommand` when a command is parsed or its help is
-shown, so `wmtp --help` imports no pydantic. An option's value becomes a `Setting` naming
-the option, so a bad value is reported as the user wrote it.
+A config key's option is made from its field in `TrainConfig` (`config.Option`, the
+description and the bounds) by `ConfigCommand` when a command is parsed or its help shown,
+so `wmtp --help` imports no pydantic. A value given becomes a `Setting` naming the option,
+so a bad value is reported as the user wrote it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args, get_origin
 
 import typer
 from typer.core import TyperCommand
@@ -19,15 +18,13 @@ from typer.models import ParamMeta
 
 from weighted_mtp import progress
 from weighted_mtp.assets import TRAINING_RUNS
-from weighted_mtp.cli._console import console, err_console, print_json, progress_bars, state
+from weighted_mtp.cli._console import JsonOpt, console, print_json, progress_bars, state
 
 if TYPE_CHECKING:
     from pydantic.fields import FieldInfo
 
     from weighted_mtp.train.config import Option, Setting
-    from weighted_mtp.train.trainer import RunResult, StepReport
 
-T = TypeVar("T")
 GIVEN = "wmtp.train.settings"  # ctx.meta: the config options given, as settings
 
 app = typer.Typer(
@@ -36,9 +33,8 @@ app = typer.Typer(
 
 
 class ConfigCommand(TyperCommand):
-    """A train command with an option for each config field whose `Option` names it (`plan`:
-    every such field), made by typer from the field when the command is first parsed or its
-    help shown."""
+    """A train command with an option for each config field whose `Option` offers it to
+    the command (`plan`: every one), made when the command is first parsed or its help shown."""
 
     def get_params(self, ctx: Any) -> list[Any]:
         if not getattr(self, "with_config", False):
@@ -48,15 +44,15 @@ class ConfigCommand(TyperCommand):
             self.params[:0] = [
                 config_option(key, field, option)
                 for key, field, option in options
-                if option is not None and (self.name == "plan" or self.name in option.commands)
+                if option and (self.name == "plan" or self.name in option.commands)
             ]
             self.with_config = True
         return super().get_params(ctx)
 
 
 def config_option(key: str, field: FieldInfo, option: Option) -> Any:
-    """typer's option of a config key (`ParamMeta`, as typer reads a function's parameter);
-    a value given goes to `ctx.meta[GIVEN]` as a setting naming the option."""
+    """typer's option of a config key (made as typer makes a function parameter's); a value
+    given goes to `ctx.meta[GIVEN]` as a setting naming the option as written."""
     from weighted_mtp.train.config import Setting, bounds_text
 
     kind: Any = field.annotation
@@ -82,17 +78,7 @@ def config_option(key: str, field: FieldInfo, option: Option) -> Any:
     )
     annotation: Any = bool if one_way else (str if choices else kind) | None
     meta = ParamMeta(name=key.replace(".", "_"), default=info, annotation=annotation)
-    return typer.main._get_param(meta)  # what typer makes of a function's parameter
-
-
-ConfigFile = Annotated[
-    Path | None, typer.Option(help="A YAML config replacing the packaged Baseline one.")
-]
-Sets = Annotated[
-    list[str] | None,
-    typer.Option("--set", metavar="KEY=VALUE", help="Set a config key (repeatable)."),
-]
-AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+    return typer.main._get_param(meta)
 
 
 def _settings(ctx: typer.Context, sets: list[str] | None) -> tuple[bool, list[Setting]]:
@@ -104,64 +90,60 @@ def _settings(ctx: typer.Context, sets: list[str] | None) -> tuple[bool, list[Se
     return small, [*named, *(parse_set(s) for s in sets or [])]
 
 
-class _ProgressBar:
-    """Steps, loss and tokens/s on stderr (rank 0, on a terminal)."""
-
-    def __init__(self) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bars = Progress(
-            TextColumn("train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}  {task.fields[speed]} tok/s"),
-            TimeRemainingColumn(),
-            console=err_console.get(),
-            transient=True,
-        )
-        self.task: Any = None
-
-    def __call__(self, report: StepReport) -> None:
-        if self.task is None:
-            self.bars.start()
-            self.task = self.bars.add_task("train", total=report.total_steps, loss="-", speed="-")
-        self.bars.update(
-            self.task,
-            completed=report.step,
-            loss=f"{report.loss:.4f}",
-            speed=f"{report.tokens_per_s:,.0f}",
-        )
-
-    def close(self) -> None:
-        if self.task is not None:
-            self.bars.stop()
+ConfigFile = Annotated[
+    Path | None, typer.Option(help="A YAML config replacing the packaged Baseline one.")
+]
+Sets = Annotated[
+    list[str] | None,
+    typer.Option("--set", metavar="KEY=VALUE", help="Set a config key (repeatable)."),
+]
+EXPERIMENTS = {
+    "baseline": "Train the Baseline MTP experiment (uniform weights on response tokens and EOS).",
+    "critic": "Stage 1 of the Verifiable Critic: a value model (reference backbone + value "
+    "head) trained on correct and incorrect solutions; reports pairwise accuracy and AUROC.",
+    "ref-tune": "Stage 1 of Rho-1: the reference fine-tuned with next-token loss on the "
+    "correct training solutions (or --data).",
+    "verifiable": "Stage 2 of the Verifiable Critic: the policy weighted by w = clip(exp(A/beta), "
+    "w_min, w_max) from the frozen critic's GAE advantages.",
+    "rho1": "Stage 2 of Rho-1: the policy trained on the top kappa of the targets by excess loss "
+    "CE_policy - CE_reference.",
+}
+DEFAULTS = (
+    "\n\nDefaults come from the packaged config (micro with --small, else 7B); torchrun "
+    "--nproc-per-node N -m weighted_mtp train {} ... trains on N ranks with FSDP2 (--nnodes "
+    "M: on M machines)."
+)
 
 
-def _with_progress(run: Callable[[_ProgressBar | None], T], shown: bool) -> T:
-    """Run a training loop with a progress bar and status lines (loading, validating,
-    writing final/), shown on the main rank's terminal only, and not when `shown` is false
-    (--json)."""
-    bar = (
-        _ProgressBar()
-        if shown and progress.global_rank() == 0 and progress.shows() and err_console.is_terminal
-        else None
+def train_experiment(
+    ctx: typer.Context,
+    config: ConfigFile = None,
+    sets: Sets = None,
+    stop_at: Annotated[
+        int | None, typer.Option(help="Stop after this step as an interruption would.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Run folder (default <root>/runs/<experiment>/<id>).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out (or the latest run).")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    from weighted_mtp.train.run_setup import resolve_run
+
+    experiment, layout = str(ctx.info_name), state(ctx).layout
+    small, settings = _settings(ctx, sets)
+    run_config, run_dir = resolve_run(
+        layout, experiment, small=small, settings=settings, file=config, out=out, resume=resume
     )
-    try:
-        with progress_bars(shown):
-            return run(bar)
-    finally:
-        if bar is not None:
-            bar.close()
+    from weighted_mtp.train.trainer import train  # imports torch: after the options are checked
 
-
-def _report(experiment: str, result: RunResult, as_json: bool) -> None:
+    with progress_bars(not as_json):
+        result = train(layout, run_config, run_dir=run_dir, resume=resume, stop_at=stop_at)
     validation = result.summary.get("final_validation") or {}
+    if progress.global_rank() != 0:
+        return
     if as_json:
         print_json(
             {
@@ -180,65 +162,14 @@ def _report(experiment: str, result: RunResult, as_json: bool) -> None:
             highlight=False,
         )
     else:
-        shown = [f"{k} {v:.4f}" for k, v in validation.items() if isinstance(v, float)]
+        shown = "".join(f", {k} {v:.4f}" for k, v in validation.items() if isinstance(v, float))
         console.print(
-            f"{experiment} run complete: {result.steps_done} steps"
-            f"{', ' + ', '.join(shown) if shown else ''} -> {result.run_dir}",
+            f"{experiment} run complete: {result.steps_done} steps{shown} -> {result.run_dir}",
             highlight=False,
         )
 
 
-def train_experiment(
-    ctx: typer.Context,
-    config: ConfigFile = None,
-    sets: Sets = None,
-    stop_at: Annotated[
-        int | None, typer.Option(help="Stop after this step as an interruption would.")
-    ] = None,
-    out: Annotated[
-        Path | None, typer.Option(help="Run folder (default <root>/runs/<experiment>/<id>).")
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in --out (or the latest run).")
-    ] = False,
-    as_json: AsJson = False,
-) -> None:
-    from weighted_mtp.train.run_setup import resolve_run
-
-    experiment, layout = str(ctx.info_name), state(ctx).layout
-    small, settings = _settings(ctx, sets)
-    run_config, run_dir = resolve_run(
-        layout, experiment, small=small, settings=settings, file=config, out=out, resume=resume
-    )
-    from weighted_mtp.train.trainer import train  # imports torch: after the options are checked
-
-    result = _with_progress(
-        lambda bar: train(
-            layout, run_config, run_dir=run_dir, resume=resume, stop_at=stop_at, on_step=bar
-        ),
-        shown=not as_json,
-    )
-    if progress.global_rank() == 0:
-        _report(experiment, result, as_json)
-
-
-EXPERIMENTS = {
-    "baseline": "Train the Baseline MTP experiment (uniform weights on response tokens and EOS).",
-    "critic": "Stage 1 of the Verifiable Critic: a value model (reference backbone + value "
-    "head) trained on correct and incorrect solutions; reports pairwise accuracy and AUROC.",
-    "ref-tune": "Stage 1 of Rho-1: the reference fine-tuned with next-token loss on the "
-    "correct training solutions (or --data).",
-    "verifiable": "Stage 2 of the Verifiable Critic: the policy weighted by w = clip(exp(A/beta), "
-    "w_min, w_max) from the frozen critic's GAE advantages.",
-    "rho1": "Stage 2 of Rho-1: the policy trained on the top kappa of the targets by excess loss "
-    "CE_policy - CE_reference.",
-}
-DEFAULTS = (
-    "\n\nDefaults come from the packaged config (micro with --small, else 7B); torchrun "
-    "--nproc-per-node N -m weighted_mtp train {} ... trains on N ranks with FSDP2 (--nnodes "
-    "M: on M machines)."
-)
-for _name in TRAINING_RUNS:  # each experiment needs its help here
+for _name in TRAINING_RUNS:
     _help = EXPERIMENTS[_name] + DEFAULTS.format(_name)
     app.command(_name, cls=ConfigCommand, help=_help)(train_experiment)
 
@@ -250,7 +181,7 @@ def suite(
     out: Annotated[
         Path | None, typer.Option(help="Folder for the five runs and the comparison.")
     ] = None,
-    as_json: AsJson = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Baseline, critic -> Verifiable Critic, ref-tune -> Rho-1 with the same data order,
     seed and batch; then comparison.md, comparison.json and validation_loss.png. Under
@@ -304,7 +235,7 @@ def plan(
     device: Annotated[
         str, typer.Option(help="What the run trains on: cuda (bf16) or cpu (float32).")
     ] = "cuda",
-    as_json: AsJson = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Plan a run's peak memory per rank before running it, for every experiment of the
     suite (stage 1 too): one training step of the configured models traced without
@@ -317,7 +248,7 @@ def plan(
 
     small, settings = _settings(ctx, sets)
     run_config = build_config(experiment, small=small, settings=settings, file=config)
-    from weighted_mtp.train.memory_plan import plan_memory  # imports torch
+    from weighted_mtp.train.memory_plan import HEADROOM, gib, plan_memory  # imports torch
 
     with (
         progress_bars(not as_json),
@@ -329,40 +260,28 @@ def plan(
     if as_json:
         print_json(result.as_record())
         return
-    _print_memory_plan(result.as_record())
+    from rich.table import Column, Table  # on use: rich is slow to import
 
-
-def _print_memory_plan(record: dict[str, Any]) -> None:
-    from rich.table import Table  # on use: rich is slow to import
-
-    helper = record["helper"]
-    batch = record["micro_batch"]
-    title = (
-        f"{record['experiment']}: {record['model']}"
-        + (f" + frozen {helper['kind']} {helper['model']}" if helper else "")
-        + f", {record['ranks']} rank(s), {record['device']}, micro-batch "
-        f"{batch['rows']} x {batch['tokens']} tokens, {record['accumulation']} per step"
-    )
-    console.print(title, highlight=False)
-    table = Table()
-    table.add_column("per rank")
-    table.add_column("GiB", justify="right")
-    for name, value in record["per_rank_gib"].items():
-        table.add_row(name, f"{value:.2f}")
-    console.print(table)
-    if record["fits"] is None:
-        console.print("give --device-memory GiB for a verdict", highlight=False)
-        return
-    verdict = "fits" if record["fits"] else "does not fit"
+    helper = result.models.helper
     console.print(
-        f"{verdict}: {record['per_rank_gib']['total']:.2f} GiB of a "
-        f"{record['budget_gib']:.2f} GiB budget ({record['headroom']:.0%} of "
-        f"{record['device_memory_gib']:g} GiB)",
+        f"{experiment}: {result.models.name}"
+        + (f" + frozen {helper.kind} {helper.name}" if helper else "")
+        + f", {ranks} rank(s), {result.device}, micro-batch {result.rows} x "
+        f"{result.seq_len} tokens, {result.accumulation} per step",
         highlight=False,
     )
-    for suggestion in record["suggestions"]:
-        mark = "fits" if suggestion["fits"] else "still too large"
-        console.print(
-            f"  {suggestion['change']}: {suggestion['total_gib']:.2f} GiB ({mark})",
-            highlight=False,
-        )
+    table = Table("per rank", Column("GiB", justify="right"))
+    for name, size in {**result.split, "total": result.peak}.items():
+        table.add_row(name, f"{gib(size):.2f}")
+    console.print(table)
+    if result.budget is None or result.device_gib is None:
+        console.print("give --device-memory GiB for a verdict", highlight=False)
+        return
+    console.print(
+        f"{'fits' if result.fits else 'does not fit'}: {gib(result.peak):.2f} GiB of a "
+        f"{gib(result.budget):.2f} GiB budget ({HEADROOM:.0%} of {result.device_gib:g} GiB)",
+        highlight=False,
+    )
+    for change in result.suggestions:
+        mark = "fits" if change.fits else "still too large"
+        console.print(f"  {change.change}: {gib(change.peak):.2f} GiB ({mark})", highlight=False)

@@ -243,7 +243,6 @@ def run_suite(
     settings: Sequence[Setting],
     out: Path | None,
     on_stage: Callable[[str], None] | None = None,
-    on_step: Callable[..., None] | None = None,
 ) -> Path:
     """Run the five stages in order into `out` (a new or empty folder, locked by rank 0
     until the comparison is written), then write the comparison; returns the folder."""
@@ -271,9 +270,7 @@ def run_suite(
             for name, config in configs.items():
                 if on_stage is not None and dist_info.is_main:
                     on_stage(name)
-                times[name] = timed(
-                    partial(train, layout, config, run_dir=folder / name, on_step=on_step)
-                )
+                times[name] = timed(partial(train, layout, config, run_dir=folder / name))
             first = dist_info.is_main
         # The training group is left; every rank generates its share of each evaluation
         # (`eval.ranks` joins its own group) and the first writes the comparison.

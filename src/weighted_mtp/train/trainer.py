@@ -56,16 +56,6 @@ from weighted_mtp.train.run_setup import RunInputs, manifest_hashes
 
 
 @dataclass(frozen=True)
-class StepReport:
-    """What the progress display shows after each step."""
-
-    step: int
-    total_steps: int
-    loss: float
-    tokens_per_s: float
-
-
-@dataclass(frozen=True)
 class RunResult:
     run_dir: Path
     steps_done: int
@@ -312,37 +302,33 @@ class Trainer:
         if record is not None and self.loggers is not None:
             self.loggers.log(record)
 
-    def run(
-        self, stop_at: int | None = None, on_step: Callable[[StepReport], None] | None = None
-    ) -> RunResult:
+    def run(self, stop_at: int | None = None) -> RunResult:
         """Train to the planned end, or to `stop_at` steps as an interruption would."""
         if self.dist.is_main:
             self.loggers = open_loggers(self.config, self.run_dir, self.step)
         try:
-            return self._run(stop_at, on_step)
+            return self._run(stop_at)
         finally:
             if self.loggers is not None:
                 self.loggers.close()
 
-    def _run(self, stop_at: int | None, on_step: Callable[[StepReport], None] | None) -> RunResult:
+    def _run(self, stop_at: int | None) -> RunResult:
         config = self.config
         end = min(self.total_steps, stop_at) if stop_at is not None else self.total_steps
         last_saved = self.step if ckpt.completed_checkpoints(self.run_dir) else -1
         record: dict[str, Any] | None = None
-        while self.step < end:
-            record = self.train_step()
-            self._log(record)
-            if on_step is not None and self.dist.is_main:
-                report = StepReport(
-                    self.step, self.total_steps, record["loss"], record["tokens_per_s"]
-                )
-                on_step(report)
-            every = config.eval_every
-            if every and self.step % every == 0 and self.step < self.total_steps:
-                self._log(self.validate())
-            if config.checkpoint_every and self.step % config.checkpoint_every == 0:
-                self.save()
-                last_saved = self.step
+        with progress.task("train", self.total_steps, "steps") as advance:
+            advance(self.step)  # a resumed run's bar starts where it stopped
+            while self.step < end:
+                record = self.train_step()
+                self._log(record)
+                advance(1, f"loss {record['loss']:.4f}  {record['tokens_per_s']:,.0f} tok/s")
+                every = config.eval_every
+                if every and self.step % every == 0 and self.step < self.total_steps:
+                    self._log(self.validate())
+                if config.checkpoint_every and self.step % config.checkpoint_every == 0:
+                    self.save()
+                    last_saved = self.step
         completed = self.step >= self.total_steps
         if last_saved != self.step:
             self.save()
@@ -403,7 +389,6 @@ def train(
     run_dir: Path | None = None,
     resume: bool = False,
     stop_at: int | None = None,
-    on_step: Callable[[StepReport], None] | None = None,
     make_objective: Callable[[Setup], TrainingObjective] | None = None,
 ) -> RunResult:
     """Train one run of `config.experiment` on this rank (all ranks of a torchrun call this
@@ -432,4 +417,4 @@ def train(
         trainer = Trainer(layout, config, inputs, chosen, dist_info, make_objective)
         if resume:
             trainer.resume()
-        return trainer.run(stop_at=stop_at, on_step=on_step)
+        return trainer.run(stop_at=stop_at)

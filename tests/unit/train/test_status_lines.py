@@ -1,5 +1,6 @@
-"""What a training run shows while no step runs: a status line for each phase (loading,
-validating, writing checkpoints and `final/`), through `progress.status`."""
+"""What a training run shows: a status line for each phase outside the steps (loading,
+validating, writing checkpoints and `final/`), through `progress.status`, and the steps as a
+task whose note is the loss, through `progress.task`."""
 
 from __future__ import annotations
 
@@ -12,14 +13,16 @@ from weighted_mtp.train.trainer import train
 
 
 class Recorder:
-    """A reporter that keeps the status lines shown, in order."""
+    """A reporter that keeps the status lines shown, in order, and each task's advances."""
 
     def __init__(self) -> None:
         self.shown: list[str] = []
+        self.tasks: dict[str, list[tuple[float, str]]] = {}
 
     @contextmanager
     def task(self, description: str, total: float | None, unit: str) -> Iterator[progress.Advance]:
-        yield lambda _n: None
+        advances = self.tasks.setdefault(f"{description} of {total} {unit}", [])
+        yield lambda n, note="": advances.append((n, note))
 
     @contextmanager
     def status(self, description: str) -> Iterator[None]:
@@ -45,3 +48,6 @@ def test_every_phase_of_a_run_outside_its_steps_has_a_status_line(train_storage,
         "validating on 1 batch(es)",  # the last one
         "writing final/",
     ]
+    (start, _), *steps = recorder.tasks["train of 2 steps"]
+    assert start == 0 and [n for n, _ in steps] == [1, 1]
+    assert all(note.startswith("loss ") and note.endswith(" tok/s") for _, note in steps)
