@@ -8,13 +8,13 @@ sample of a task lands in the same split by construction.
 
 from __future__ import annotations
 
-import hashlib
-
 SPLITS = ("train", "validation", "test")
 HASH_FRACTIONS = {"train": 0.90, "validation": 0.05, "test": 0.05}
 
 
 def hash_split(task_id: str, seed: int) -> str:
+    import hashlib  # here: the registry is imported by `wmtp --help`, which needs no hashing
+
     digest = hashlib.sha256(f"{seed}:{task_id}".encode()).digest()
     position = int.from_bytes(digest[:8], "big") / 2**64
     cumulative = 0.0
