@@ -50,8 +50,18 @@ class ProtocolError(Exception):
 # --- framing ------------------------------------------------------------------------------
 
 
+def dumps(message: Json) -> str:
+    """`message` as the compact JSON text of a frame."""
+    return json.dumps(message, separators=(",", ":"))
+
+
 def send_frame(sock: socket.socket, message: Json) -> None:
-    data = json.dumps(message, separators=(",", ":")).encode()
+    send_text(sock, dumps(message))
+
+
+def send_text(sock: socket.socket, text: str) -> None:
+    """A frame whose JSON text is `text` (made by `dumps`, or joined from its pieces)."""
+    data = text.encode()
     if len(data) > FRAME_LIMIT:
         raise ProtocolError(f"message of {len(data)} bytes is over {FRAME_LIMIT}")
     sock.sendall(HEADER.pack(len(data)) + data)
