@@ -68,6 +68,22 @@ class Problem:
     time_limit: float | None = None
     memory_bytes: int | None = None
     entry_points: tuple[str, ...] = ()  # names the judge takes from the sample
+    # Tests reported beside the base ones (EvalPlus's `plus`), run only on samples that
+    # passed the base tests, with their own time limit (None: the sandbox's default).
+    plus_suffix: str | None = None
+    plus_timeout: float | None = None
+
+    def plus_job(self, completion: str) -> Job | None:
+        """The job that judges `completion` by the plus tests (None: there are none)."""
+        if self.plus_suffix is None:
+            return None
+        return Job(
+            self.prompt + completion,
+            test=self.plus_suffix,
+            prelude=self.prompt,
+            entry_points=self.entry_points,
+            timeout=self.plus_timeout,
+        )
 
     def job(self, completion: str) -> Job:
         if self.tests is not None:
