@@ -37,10 +37,17 @@ from pathlib import Path
 from typing import Any
 
 from weighted_mtp import progress
+from weighted_mtp.assets.benchmark import TestChoice
 from weighted_mtp.clock import utc_now
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.eval import defaults
 from weighted_mtp.eval.passk import mean_pass_at_k
+from weighted_mtp.eval.problems import (
+    SplitProblems,
+    canonical_task_id,
+    load_split,
+    require_split,
+)
 from weighted_mtp.eval.result_files import TaskCount
 from weighted_mtp.eval.sandbox.pool import (
     RESULTS,
@@ -49,14 +56,6 @@ from weighted_mtp.eval.sandbox.pool import (
     Sandbox,
     SandboxLimits,
     unconfined_warning,
-)
-from weighted_mtp.eval.tasks import (
-    Benchmark,
-    Problem,
-    TestChoice,
-    canonical_task_id,
-    load_benchmark,
-    require_split,
 )
 from weighted_mtp.limits import current_limits
 from weighted_mtp.storage.atomic import atomic_write, write_json
@@ -216,7 +215,7 @@ def check_samples(path: Path, dataset: str) -> CheckedSamples:
     return CheckedSamples(task_ids, first_lines)
 
 
-def require_known(first_lines: dict[str, int], benchmark: Benchmark, path: Path) -> None:
+def require_known(first_lines: dict[str, int], benchmark: SplitProblems, path: Path) -> None:
     known = set(benchmark.task_ids)
     for task_id, line in first_lines.items():
         if task_id not in known:
@@ -227,7 +226,7 @@ def require_known(first_lines: dict[str, int], benchmark: Benchmark, path: Path)
             )
 
 
-def require_complete(attempted: dict[str, int], benchmark: Benchmark, path: Path) -> None:
+def require_complete(attempted: dict[str, int], benchmark: SplitProblems, path: Path) -> None:
     """Every task of the split has a sample, or one error naming how many have none."""
     missing = benchmark.unattempted(attempted)
     if missing:
@@ -292,10 +291,10 @@ def write_results(
             )
 
 
-def jobs_of(samples: Iterable[Sample], problems: dict[str, Problem]) -> Iterator[Job]:
+def jobs_of(samples: Iterable[Sample], split: SplitProblems) -> Iterator[Job]:
     """The sandbox job of every sample, made as they are needed."""
     for sample in samples:
-        yield problems[sample.task_id].job(sample.completion)
+        yield split.job(sample.task_id, sample.completion)
 
 
 def samples_of(path: Path, dataset: str) -> Iterator[Sample]:
@@ -338,7 +337,7 @@ def score_samples(
     sha256 = sha256_file(samples_path) if samples_path.is_file() else ""
     checked = check_samples(samples_path, dataset)
     attempted = checked.first_lines
-    benchmark = load_benchmark(layout, dataset, split, tests=tests, only=attempted)
+    benchmark = load_split(layout, dataset, split, tests=tests, only=attempted)
     require_known(attempted, benchmark, samples_path)
     if not partial:
         require_complete(attempted, benchmark, samples_path)
@@ -377,7 +376,7 @@ class ScoreOptions:
 
 
 def score_generated(
-    benchmark: Benchmark, samples: list[Sample], written: SamplesFile, options: ScoreOptions
+    benchmark: SplitProblems, samples: list[Sample], written: SamplesFile, options: ScoreOptions
 ) -> ScoreSummary:
     """Score samples held in memory, of the tasks of `benchmark` (loaded with their
     problems), that are also written in `written.path`: nothing is read back from it. The
@@ -389,7 +388,7 @@ def score_generated(
 
 
 def _score(
-    benchmark: Benchmark,
+    benchmark: SplitProblems,
     task_ids: list[str],
     samples: Callable[[], Iterable[Sample]],
     written: SamplesFile,
@@ -400,7 +399,7 @@ def _score(
     """Execute every sample (`samples()` gives them, once for the jobs and once for the
     results), write the results and the summary."""
     start = time.perf_counter()
-    jobs = jobs_of(samples(), benchmark.problems)
+    jobs = jobs_of(samples(), benchmark)
     outcomes, protections = execute(jobs, len(task_ids), options.workers, options.limits)
     wall = time.perf_counter() - start
     write_results(written.path, samples(), outcomes, written.sha256 if reread else None)
