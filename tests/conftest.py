@@ -58,23 +58,22 @@ def sp_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def eval_layout(tmp_path_factory: pytest.TempPathFactory):
     """Real HumanEval, synthetic MBPP and CodeContests, downloaded from local mirrors.
     Shared by the session: tests must not modify it."""
+    from weighted_mtp.assets.benchmarks.codecontests import write_codecontests_mirror
+    from weighted_mtp.assets.benchmarks.humaneval import write_humaneval_mirror
+    from weighted_mtp.assets.benchmarks.mbpp import write_mbpp_mirror
     from weighted_mtp.catalog import load_catalog
     from weighted_mtp.data.download import download_dataset
+    from weighted_mtp.storage.atomic import atomic_write
     from weighted_mtp.storage.init import init_storage
     from weighted_mtp.storage.layout import Layout
-    from weighted_mtp.synthetic.datasets import (
-        write_codecontests_mirror,
-        write_humaneval_mirror,
-        write_mbpp_mirror,
-    )
 
     base = tmp_path_factory.mktemp("eval")
     layout = Layout(base / "storage")
     init_storage(layout)
     mirrors = {
-        "humaneval": write_humaneval_mirror(base / "he"),
-        "mbpp": write_mbpp_mirror(base / "mbpp", n_tasks=12),
-        "codecontests": write_codecontests_mirror(base / "cc", n_problems=16),
+        "humaneval": write_humaneval_mirror(base / "he", atomic_write),
+        "mbpp": write_mbpp_mirror(base / "mbpp", atomic_write, n_tasks=12),
+        "codecontests": write_codecontests_mirror(base / "cc", atomic_write, n_problems=16),
     }
     for name, mirror in mirrors.items():
         download_dataset(layout, load_catalog(None), name, mirror=mirror)

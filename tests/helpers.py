@@ -19,6 +19,7 @@ from weighted_mtp.cli import app
 from weighted_mtp.errors import WmtpError
 
 if TYPE_CHECKING:
+    from weighted_mtp.assets.benchmark import Problem
     from weighted_mtp.storage.layout import Layout
 
 TINY_META_PARAMS = {
@@ -154,14 +155,16 @@ TINY_RUN = [
 def add_eval_datasets(layout: Layout, mirrors: Path, tokenizer_model: Path) -> Layout:
     """The real HumanEval and a 40-task synthetic MBPP, downloaded from mirrors written under
     `mirrors` and prepared: what `wmtp eval run` and `wmtp eval compare` read."""
+    from weighted_mtp.assets.benchmarks.humaneval import write_humaneval_mirror
+    from weighted_mtp.assets.benchmarks.mbpp import write_mbpp_mirror
     from weighted_mtp.catalog import load_catalog
     from weighted_mtp.data.download import download_dataset
     from weighted_mtp.data.prepare import prepare_dataset
-    from weighted_mtp.synthetic.datasets import write_humaneval_mirror, write_mbpp_mirror
+    from weighted_mtp.storage.atomic import atomic_write
 
     written = {
-        "humaneval": write_humaneval_mirror(mirrors / "he"),
-        "mbpp": write_mbpp_mirror(mirrors / "mbpp", n_tasks=40),
+        "humaneval": write_humaneval_mirror(mirrors / "he", atomic_write),
+        "mbpp": write_mbpp_mirror(mirrors / "mbpp", atomic_write, n_tasks=40),
     }
     for name, mirror in written.items():
         download_dataset(layout, load_catalog(), name, mirror=mirror)
@@ -229,9 +232,10 @@ def write_mbpp_benchmark(out_dir: Path) -> Path:
     """A mirror folder with `mbpp.jsonl` in MBPP's format, tasks 1-974 like the real
     benchmark (splits prompt 10, train 374, validation 90, test 500), each an add function
     with its reference code and three asserts; see the MBPP_* tasks above."""
-    from weighted_mtp.synthetic.datasets import write_mbpp_mirror
+    from weighted_mtp.assets.benchmarks.mbpp import write_mbpp_mirror
+    from weighted_mtp.storage.atomic import atomic_write
 
-    mirror = write_mbpp_mirror(out_dir, n_tasks=974)
+    mirror = write_mbpp_mirror(out_dir, atomic_write, n_tasks=974)
     path = mirror / "mbpp.jsonl"
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     for row in rows:
@@ -245,3 +249,12 @@ def write_mbpp_benchmark(out_dir: Path) -> Path:
             row["challenge_test_list"] = [f"assert add_{number}(1, 2) == {wrong}"]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return mirror
+
+
+def load_problems(
+    layout: Layout, dataset: str, split: str = "test", only: set[str] | None = None
+) -> dict[str, Problem]:
+    """Problems by task id of one split (with `only`, just those)."""
+    from weighted_mtp.eval.problems import load_split
+
+    return load_split(layout, dataset, split, only=only).problems

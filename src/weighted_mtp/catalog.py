@@ -121,7 +121,7 @@ class Catalog:
 
     def _get(self, name: str, kind: str, known: tuple[str, ...]) -> CatalogEntry:
         if name in assets.MICRO_MODELS:  # a model built from another one has no upstream
-            base = assets.spec(name).derived_from
+            base = assets.model(name).derived_from
             raise WmtpError(
                 f"{name} is built from {base}, not downloaded",
                 hint=f"run `wmtp models micro {name}`",

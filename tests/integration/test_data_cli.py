@@ -12,9 +12,10 @@ wmtp = run_wmtp
 
 @pytest.fixture
 def mbpp_mirror(tmp_path: Path) -> Path:
-    from weighted_mtp.synthetic.datasets import write_mbpp_mirror
+    from weighted_mtp.assets.benchmarks.mbpp import write_mbpp_mirror
+    from weighted_mtp.storage.atomic import atomic_write
 
-    return write_mbpp_mirror(tmp_path / "mirror", n_tasks=30)
+    return write_mbpp_mirror(tmp_path / "mirror", atomic_write, n_tasks=30)
 
 
 def test_download_prepare_small_validate_stats(tmp_path, mbpp_mirror, sp_model_path):

@@ -2,7 +2,6 @@
 
 import ast
 import re
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -80,7 +79,7 @@ def test_no_module_but_the_registry_compares_asset_names_keys_tables_by_them_or_
     found = {}
     for path in PACKAGE.rglob("*.py"):
         lines = _name_bound_lines(path.read_text())
-        if lines and path.name != "assets.py":
+        if lines and path.relative_to(PACKAGE).as_posix() != "assets/__init__.py":
             found[path.relative_to(PACKAGE).as_posix()] = lines
     assert found == {}
 
@@ -98,18 +97,59 @@ def test_the_name_rule_fails_on_a_planted_name_bound_table(planted):
     assert _name_bound_lines(planted) == [1]
 
 
-def test_format_keyed_tables_are_not_asset_names_and_cover_every_format():
-    from weighted_mtp.data.converters import CONVERTERS, EVALUATION_PROMPTS
-    from weighted_mtp.eval.tasks import FORMATS
-    from weighted_mtp.pipeline.demo import MIRROR_WRITERS
+def test_the_registry_lists_each_benchmark_module_once_in_a_stable_order():
+    from weighted_mtp.assets.benchmark import BASE_TESTS, Benchmark
 
-    assert not set(assets.DATASET_FORMATS) & {spec.name for spec in assets.ASSETS}
-    for table in (CONVERTERS, EVALUATION_PROMPTS, FORMATS, MIRROR_WRITERS):
-        assert set(table) == set(assets.DATASET_FORMATS)
-    for name in assets.DATASETS:
-        assert assets.dataset_format(name) in assets.DATASET_FORMATS
+    assert assets.DATASETS == ("codecontests", "mbpp", "humaneval")
+    assert [spec.benchmark for spec in assets.DATASET_SPECS] == list(assets.BENCHMARKS)
+    for benchmark in assets.BENCHMARKS:
+        assert isinstance(benchmark, Benchmark) and assets.benchmark(benchmark.name) is benchmark
+        assert assets.spec(benchmark.name).is_dataset and benchmark.eval_split in benchmark.splits
+        assert benchmark.test_choices[0] == BASE_TESTS
     with pytest.raises(UsageError, match="unknown dataset 'micro-mtp'"):
-        assets.dataset_format(assets.MICRO_MTP)
+        assets.benchmark(assets.MICRO_MTP)
+    with pytest.raises(UsageError, match="unknown model 'mbpp'"):
+        assets.model("mbpp")
+
+
+@pytest.fixture
+def extra_benchmarks(tmp_path, monkeypatch):
+    """A folder searched for benchmark modules after the package's own; the modules
+    imported from it are forgotten afterwards."""
+    import sys
+
+    from weighted_mtp.assets import benchmarks
+
+    folder = tmp_path / "more"
+    folder.mkdir()
+    monkeypatch.setattr(benchmarks, "__path__", [*benchmarks.__path__, str(folder)])
+    before = set(sys.modules)
+    yield folder
+    for name in set(sys.modules) - before:
+        del sys.modules[name]
+
+
+def test_discovery_refuses_a_module_without_a_benchmark_in_one_line(extra_benchmarks):
+    from weighted_mtp.assets.benchmarks import discover
+    from weighted_mtp.errors import WmtpError
+
+    (extra_benchmarks / "half_done.py").write_text("NAME = 'half'\n")
+    with pytest.raises(WmtpError, match="does not define BENCHMARK") as caught:
+        discover()
+    assert "half_done.py" in caught.value.line() and "\n" not in caught.value.line()
+
+
+def test_discovery_refuses_two_benchmarks_of_one_name(extra_benchmarks):
+    from weighted_mtp.assets.benchmarks import discover
+    from weighted_mtp.errors import WmtpError
+
+    (extra_benchmarks / "second_mbpp.py").write_text(
+        "from weighted_mtp.assets.benchmarks.mbpp import Mbpp\nBENCHMARK = Mbpp()\n"
+    )
+    with pytest.raises(
+        WmtpError, match=r"a second benchmark named 'mbpp' \(the first is in mbpp\.py\)"
+    ):
+        discover()
 
 
 def test_run_kinds_say_where_they_live_what_completes_them_and_what_they_read(tmp_path):
@@ -128,37 +168,3 @@ def test_run_kinds_say_where_they_live_what_completes_them_and_what_they_read(tm
     assert assets.TRAINING_RUNS == ("baseline", "critic", "verifiable", "ref-tune", "rho1")
     with pytest.raises(UsageError, match="unknown run kind"):
         layout.runs_of("nope")
-
-
-def test_a_dataset_in_a_known_format_needs_only_its_asset_spec(tmp_path, monkeypatch):
-    """A second HumanEval-format dataset, declared by one AssetSpec and nothing else: its
-    rows become training tasks and evaluation problems named after it, with the format's
-    stop sequences and the registry's evaluation split."""
-    import gzip
-
-    from weighted_mtp.data.converters import iter_tasks
-    from weighted_mtp.eval.run import RunSettings
-    from weighted_mtp.eval.tasks import load_problems
-    from weighted_mtp.storage import layout as layout_module
-    from weighted_mtp.synthetic.datasets import humaneval_source
-
-    humaneval = assets.spec(assets.HUMANEVAL)
-    mini = replace(humaneval, name="humaneval-mini")
-    monkeypatch.setattr(assets, "ASSETS", (*assets.ASSETS, mini))
-    monkeypatch.setattr(assets, "_BY_NAME", {**assets._BY_NAME, mini.name: mini})
-    monkeypatch.setattr(assets, "DATASETS", (*assets.DATASETS, mini.name))
-    monkeypatch.setattr(layout_module, "DATASETS", (*layout_module.DATASETS, mini.name))
-
-    layout = Layout(tmp_path)
-    raw = layout.dataset(mini.name).raw / f"{mini.raw_file}.jsonl"
-    raw.parent.mkdir(parents=True)
-    with gzip.open(humaneval_source(), "rt", encoding="utf-8") as rows:
-        raw.write_text("".join(next(rows) for _ in range(3)), encoding="utf-8")
-
-    problems = load_problems(layout, mini.name)
-    assert list(problems) == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
-    assert {p.dataset for p in problems.values()} == {mini.name}
-    tasks = list(iter_tasks(mini.name, raw.parent, seed=0))
-    assert {t.metadata["source"] for t in tasks} == {mini.name} and len(tasks) == 3
-    settings = RunSettings(dataset=mini.name)
-    assert settings.split == "test" and settings.sampling.stop == assets.FUNCTION_STOPS

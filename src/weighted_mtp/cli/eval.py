@@ -186,8 +186,8 @@ def score(
     as_json: JsonOpt = False,
 ) -> None:
     """Execute samples against the tasks' tests; write per-sample results and pass@k."""
+    from weighted_mtp.eval.problems import choose_benchmark
     from weighted_mtp.eval.scoring import parse_ks, results_path, score_samples
-    from weighted_mtp.eval.tasks import choose_benchmark
 
     dataset = checked_name(dataset, DATASETS, "dataset")
     choice = choose_benchmark(dataset, split or "", tests)
@@ -256,8 +256,8 @@ def run(
     out to the N ranks and rank 0 writes the same samples.jsonl as one process.
     """
     from weighted_mtp.eval.generate import SamplingConfig, check_batch_size, check_device
+    from weighted_mtp.eval.problems import require_tests
     from weighted_mtp.eval.run import RunSettings, run_evaluation
-    from weighted_mtp.eval.tasks import require_tests
 
     dataset = checked_name(dataset, DATASETS, "dataset")
     rows = check_batch_size(batch_size)

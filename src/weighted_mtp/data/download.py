@@ -39,7 +39,7 @@ _SUFFIXES = (".parquet", ".jsonl.gz", ".jsonl")
 # Bytes of raw JSONL per upstream byte, measured on the synthetic fixtures of each dataset
 # and rounded up to the next 0.5 (docs/datasets.md, "Disk space"): JSONL/Parquet 2.10 CodeContests,
 # 2.70 MBPP, 2.69 HumanEval; JSONL/gzip 4.38 (HumanEval). A dataset's own factors
-# (`AssetSpec.jsonl_per_parquet`, `prepared_per_jsonl`: processed/raw 1.24, 2.69, 1.09)
+# (`Benchmark.jsonl_per_parquet`, `prepared_per_jsonl`: processed/raw 1.24, 2.69, 1.09)
 # are in the registry.
 JSONL_PER_UPSTREAM = {".parquet": 3.0, ".jsonl.gz": 4.5, ".jsonl": 1.0}
 
@@ -47,7 +47,7 @@ JSONL_PER_UPSTREAM = {".parquet": 3.0, ".jsonl.gz": 4.5, ".jsonl": 1.0}
 def output_space(name: str, upstream: list[tuple[str, int]]) -> int:
     """Disk that the raw JSONL and `prepare`'s outputs will take, estimated from the
     upstream files' names and sizes (the JSONL is larger than the Parquet it comes from)."""
-    spec = assets.spec(name)
+    spec = assets.benchmark(name)
     jsonl = 0.0
     for upstream_name, size in upstream:
         suffix = next((s for s in _SUFFIXES if upstream_name.endswith(s)), ".jsonl")
@@ -60,7 +60,7 @@ def output_space(name: str, upstream: list[tuple[str, int]]) -> int:
 
 def raw_part(dataset: str, upstream_name: str) -> str:
     """The raw file (without `.jsonl`) an upstream file's rows go into."""
-    single = assets.spec(dataset).raw_file
+    single = assets.benchmark(dataset).raw_file
     if single is not None:
         return single
     stem = PurePosixPath(upstream_name).name

@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from weighted_mtp import __version__, progress
+from weighted_mtp.assets.benchmark import DEFAULT_LANGUAGES, Sample, Task
+from weighted_mtp.assets.prompt_template import PROMPT_TEMPLATE
 from weighted_mtp.clock import utc_now
-from weighted_mtp.data.converters import DEFAULT_LANGUAGES, Rejections, Sample, Task, iter_tasks
+from weighted_mtp.data.raw_tasks import Rejections, iter_tasks
 from weighted_mtp.data.stats import SplitStats
-from weighted_mtp.data.template import PROMPT_TEMPLATE, RECORD_SCHEMA
+from weighted_mtp.data.template import RECORD_SCHEMA
 from weighted_mtp.data.tokens import SPECIAL_TOKENS, Tokenizer, resolve_tokenizer
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.storage import freshness

@@ -1,68 +1,23 @@
-"""THE prompt template and THE processed-record schema, each defined once.
+"""THE processed-record schema, defined once, and the check that a record says something.
 
-Every processed record is `{"prompt", "response", "metadata"}`. The prompt is Alpaca-style:
-a preamble, then `### Instruction:` (the problem), `### Input:` (input format, examples or
-the function signature), `### Evaluation Notes:` (how an answer is judged) and it ends with
-`### Response:` and a newline, so the response (code only) follows directly. The end of
-sequence is the token the tokenizer appends, never text in the response.
+Every processed record is `{"prompt", "response", "metadata"}`: the prompt is rendered from
+`weighted_mtp.assets.prompt_template` (the one prompt template), the response is the code
+only. The end of sequence is the token the tokenizer appends, never text in the response.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from weighted_mtp import assets
-
-PREAMBLE = (
-    "Below is an instruction that describes a programming task, paired with an input that "
-    "provides further context. Write a response that solves the task."
-)
-PROMPT_TEMPLATE = (
-    PREAMBLE + "\n\n"
-    "### Instruction:\n{instruction}\n\n"
-    "### Input:\n{input}\n\n"
-    "### Evaluation Notes:\n{notes}\n\n"
-    "### Response:\n"
-)
-
-# Appended where a problem statement was shortened to fit --max-length.
-SHORTENED_MARKER = "\n[... statement shortened ...]"
-
-
-def render_prompt(instruction: str, input_text: str, notes: str) -> str:
-    return PROMPT_TEMPLATE.format(
-        instruction=instruction.strip() or "(see input)",
-        input=input_text.strip() or "(none)",
-        notes=notes.strip(),
-    )
-
-
-@dataclass(frozen=True)
-class PromptParts:
-    """A task's prompt before rendering: the problem statement, its input section, and how
-    an answer is judged."""
-
-    instruction: str
-    input_text: str
-    notes: str
-
-    def render(self) -> str:
-        return render_prompt(self.instruction, self.input_text, self.notes)
-
-    def shortened(self, kept: str) -> str:
-        """The prompt with the statement cut to `kept` (a prefix of it) and marked as
-        shortened; input and notes stay whole."""
-        return render_prompt(kept.rstrip() + SHORTENED_MARKER, self.input_text, self.notes)
-
+from weighted_mtp.assets.prompt_template import PROMPT_TEMPLATE
+from weighted_mtp.assets.rows import NULL_TEXTS
 
 _SECTIONS = re.compile(
     r"### Instruction:\n(?P<instruction>.*?)\n\n### Input:\n(?P<input>.*?)\n\n"
     r"### Evaluation Notes:\n(?P<notes>.*)\n\n### Response:\n\Z",
     re.DOTALL,
 )
-# What a null becomes when something turns it into text (Python's str(None), JSON's null).
-NULL_TEXTS = frozenset({"None", "null"})
 
 
 def hollow_sections(prompt: str, response: str) -> list[str]:
@@ -72,10 +27,6 @@ def hollow_sections(prompt: str, response: str) -> list[str]:
     sections = dict(match.groupdict()) if match else {"prompt": ""}
     sections["response"] = response
     return [name for name, text in sections.items() if text.strip() in NULL_TEXTS | {""}]
-
-
-def normalize_newlines(text: str) -> str:
-    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 _METADATA = {

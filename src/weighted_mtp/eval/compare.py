@@ -28,6 +28,7 @@ from weighted_mtp import __version__, assets
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.eval import defaults
 from weighted_mtp.eval.passk import mean_pass_at_k
+from weighted_mtp.eval.problems import SplitProblems
 from weighted_mtp.eval.ranks import torchrun_ranks
 from weighted_mtp.eval.result_files import (
     BootstrapRecord,
@@ -61,7 +62,6 @@ from weighted_mtp.eval.statistics import (
     mcnemar_exact,
     task_pass_at_k,
 )
-from weighted_mtp.eval.tasks import Benchmark
 from weighted_mtp.storage.atomic import write_json, write_text
 from weighted_mtp.storage.hashing import sha256_file
 from weighted_mtp.storage.jsonl import iter_jsonl
@@ -412,7 +412,7 @@ def _prepare(
     runs: Sequence[ComparedRun],
     settings: CompareSettings,
     folder: ComparisonFolder | None,
-) -> tuple[dict[str, Benchmark], dict[tuple[int, str], dict[str, Any]]]:
+) -> tuple[dict[str, SplitProblems], dict[tuple[int, str], dict[str, Any]]]:
     """Check everything a comparison needs before any evaluation (`folder`: where it will
     be written, None on a rank that writes nothing); each dataset's benchmark, read once for
     every run, and each (run, dataset)'s evaluation key."""

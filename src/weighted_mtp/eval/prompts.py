@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from weighted_mtp.assets.prompt_template import PromptParts
 from weighted_mtp.data.prepare import fit_prefix
-from weighted_mtp.data.template import PromptParts
 
 Fit = Literal["whole", "statement shortened", "head dropped"]
 

@@ -77,7 +77,7 @@ class DatasetRecord:
 
     name: str
     split: str
-    tests: Literal["base", "all"]
+    tests: str  # a test choice of the benchmark (`Benchmark.test_choices`)
     tasks: int
     raw: dict[str, str]
 
@@ -96,7 +96,7 @@ class SettingsRecord:
     seed: int
     split: str
     workers: int
-    tests: Literal["base", "all"]
+    tests: str  # a test choice of the benchmark (`Benchmark.test_choices`)
     draft_heads: int | None  # what was asked; `generation.draft_heads` what ran
     isolation: bool = True  # False: --no-isolation (results files without it were isolated)
 
@@ -275,7 +275,7 @@ class GenerationSettingsRecord:
     speculative: bool
     limit: int | None
     seed: int
-    tests: Literal["base", "all"]
+    tests: str  # a test choice of the benchmark (`Benchmark.test_choices`)
     draft_heads: int | None
     isolation: bool = True  # False: --no-isolation
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from weighted_mtp import __version__, assets, progress
+from weighted_mtp.assets.benchmark import TestChoice
 from weighted_mtp.clock import utc_now
 from weighted_mtp.errors import UsageError
 from weighted_mtp.eval import defaults, result_files
@@ -60,6 +61,7 @@ from weighted_mtp.eval.generate import (
     resolve_device,
     sample_seed,
 )
+from weighted_mtp.eval.problems import SplitProblems, choose_benchmark, load_split
 from weighted_mtp.eval.prompts import FittedPrompt, fit_prompt
 from weighted_mtp.eval.ranks import Ranks, gather, torchrun_ranks, undeal
 from weighted_mtp.eval.result_files import (
@@ -80,7 +82,6 @@ from weighted_mtp.eval.scoring import (
     require_writable,
     score_generated,
 )
-from weighted_mtp.eval.tasks import Benchmark, TestChoice, choose_benchmark, load_benchmark
 from weighted_mtp.storage.atomic import atomic_write, read_json, write_json
 from weighted_mtp.storage.finished_runs import ADAPTER_WEIGHTS, FinishedRun, find_run, finished_run
 from weighted_mtp.storage.hashing import read_sha256sums, sha256_file
@@ -237,7 +238,9 @@ def require_new_folder(out: Path) -> None:
     require_writable(out / assets.SUMMARY_FILE, "evaluation's results")
 
 
-def fitted_prompts(benchmark: Benchmark, tokenizer_model: Path, budget: int) -> list[FittedPrompt]:
+def fitted_prompts(
+    benchmark: SplitProblems, tokenizer_model: Path, budget: int
+) -> list[FittedPrompt]:
     """Each selected task's prompt within `budget` tokens of the model's tokenizer."""
     from weighted_mtp.models.tokenizer import load_sentencepiece
 
@@ -423,14 +426,14 @@ def model_record(layout: Layout, model: str | FinishedRun) -> ModelRecord:
     return _run_record(layout, model)
 
 
-def settings_benchmark(layout: Layout, settings: RunSettings) -> Benchmark:
+def settings_benchmark(layout: Layout, settings: RunSettings) -> SplitProblems:
     """The tasks `settings` evaluates: its dataset's split, tests, and first `limit` tasks."""
-    return load_benchmark(
+    return load_split(
         layout, settings.dataset, settings.split, tests=settings.tests, limit=settings.limit
     )
 
 
-def dataset_record(benchmark: Benchmark) -> DatasetRecord:
+def dataset_record(benchmark: SplitProblems) -> DatasetRecord:
     """The benchmark and its raw files' SHA-256 (of the bytes its tasks were read from)."""
     return DatasetRecord(
         name=benchmark.dataset,
@@ -442,7 +445,7 @@ def dataset_record(benchmark: Benchmark) -> DatasetRecord:
 
 
 def evaluation_key(
-    layout: Layout, name: str, settings: RunSettings, benchmark: Benchmark
+    layout: Layout, name: str, settings: RunSettings, benchmark: SplitProblems
 ) -> dict[str, Any]:
     """What makes two evaluations interchangeable: the weights' and the evaluated files'
     SHA-256 and every setting that changes a sample or its verdict (all but `workers`).
@@ -459,7 +462,7 @@ def run_evaluation(
     out: Path | None = None,
     device: str = "auto",
     threads: int | None = None,
-    benchmark: Benchmark | None = None,
+    benchmark: SplitProblems | None = None,
     batch_size: int | None = None,
 ) -> EvaluationResults | None:
     """Verify the model (`name`: a storage model or a training run), generate on `device`

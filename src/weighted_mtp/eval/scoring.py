@@ -43,10 +43,17 @@ from pathlib import Path
 from typing import Any
 
 from weighted_mtp import progress
+from weighted_mtp.assets.benchmark import TestChoice
 from weighted_mtp.clock import utc_now
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.eval import defaults
 from weighted_mtp.eval.passk import mean_pass_at_k
+from weighted_mtp.eval.problems import (
+    SplitProblems,
+    canonical_task_id,
+    load_split,
+    require_split,
+)
 from weighted_mtp.eval.result_files import TaskCount
 from weighted_mtp.eval.sandbox.pool import (
     RESULTS,
@@ -55,14 +62,6 @@ from weighted_mtp.eval.sandbox.pool import (
     Sandbox,
     SandboxLimits,
     unconfined_warning,
-)
-from weighted_mtp.eval.tasks import (
-    Benchmark,
-    Problem,
-    TestChoice,
-    canonical_task_id,
-    load_benchmark,
-    require_split,
 )
 from weighted_mtp.limits import current_limits
 from weighted_mtp.storage.atomic import atomic_write, write_json
@@ -224,7 +223,7 @@ def check_samples(path: Path, dataset: str) -> CheckedSamples:
     return CheckedSamples(task_ids, first_lines)
 
 
-def require_known(first_lines: dict[str, int], benchmark: Benchmark, path: Path) -> None:
+def require_known(first_lines: dict[str, int], benchmark: SplitProblems, path: Path) -> None:
     known = set(benchmark.task_ids)
     for task_id, line in first_lines.items():
         if task_id not in known:
@@ -235,7 +234,7 @@ def require_known(first_lines: dict[str, int], benchmark: Benchmark, path: Path)
             )
 
 
-def require_complete(attempted: dict[str, int], benchmark: Benchmark, path: Path) -> None:
+def require_complete(attempted: dict[str, int], benchmark: SplitProblems, path: Path) -> None:
     """Every task of the split has a sample, or one error naming how many have none."""
     missing = benchmark.unattempted(attempted)
     if missing:
@@ -326,38 +325,37 @@ def write_results(
             )
 
 
-def jobs_of(samples: Iterable[Sample], problems: dict[str, Problem]) -> Iterator[Job]:
+def jobs_of(samples: Iterable[Sample], split: SplitProblems) -> Iterator[Job]:
     """The sandbox job of every sample, made as they are needed."""
     for sample in samples:
-        yield problems[sample.task_id].job(sample.completion)
+        yield split.job(sample.task_id, sample.completion)
 
 
 def plus_jobs_of(
-    samples: Iterable[Sample], problems: dict[str, Problem], base: list[Outcome]
+    samples: Iterable[Sample], split: SplitProblems, base: list[Outcome]
 ) -> Iterator[Job]:
     """The plus job of every sample that passed the base tests and has plus tests."""
     for sample, outcome in zip(samples, base, strict=True):
-        job = problems[sample.task_id].plus_job(sample.completion) if outcome.passed else None
-        if job is not None:
-            yield job
+        if outcome.passed and split.has_plus(sample.task_id):
+            yield split.plus_job(sample.task_id, sample.completion)
 
 
 def plus_outcomes(
     task_ids: list[str],
     samples: Iterable[Sample],
-    problems: dict[str, Problem],
+    split: SplitProblems,
     base: list[Outcome],
     run: Callable[[Iterator[Job], int], list[Outcome]],
 ) -> list[Outcome] | None:
     """Each sample's plus verdict (None: the benchmark has no plus tests): what `run` gives
     for its plus job where it passed the base tests, else its base verdict."""
-    if not any(problem.plus_suffix is not None for problem in problems.values()):
+    if not any(split.has_plus(task_id) for task_id in split.problems):
         return None
     wanted = [
-        outcome.passed and problems[task_id].plus_suffix is not None
+        outcome.passed and split.has_plus(task_id)
         for task_id, outcome in zip(task_ids, base, strict=True)
     ]
-    judged = iter(run(plus_jobs_of(samples, problems, base), sum(wanted)))
+    judged = iter(run(plus_jobs_of(samples, split, base), sum(wanted)))
     return [next(judged) if want else outcome for want, outcome in zip(wanted, base, strict=True)]
 
 
@@ -379,18 +377,18 @@ def run_jobs(box: Sandbox, jobs: Iterator[Job], total: int, what: str) -> list[O
 def execute(
     samples: Callable[[], Iterable[Sample]],
     task_ids: list[str],
-    problems: dict[str, Problem],
+    split: SplitProblems,
     workers: int,
     limits: SandboxLimits,
 ) -> tuple[list[Outcome], list[Outcome] | None, dict[str, Any]]:
     """Every sample's outcome, its plus outcome (`plus_outcomes`) and the sandbox's
     protections that were in force, from one sandbox."""
     with Sandbox(workers, limits) as box:
-        outcomes = run_jobs(box, jobs_of(samples(), problems), len(task_ids), "executing samples")
+        outcomes = run_jobs(box, jobs_of(samples(), split), len(task_ids), "executing samples")
         plus = plus_outcomes(
             task_ids,
             samples(),
-            problems,
+            split,
             outcomes,
             lambda jobs, total: run_jobs(box, jobs, total, "executing the plus tests"),
         )
@@ -416,7 +414,7 @@ def score_samples(
     sha256 = sha256_file(samples_path) if samples_path.is_file() else ""
     checked = check_samples(samples_path, dataset)
     attempted = checked.first_lines
-    benchmark = load_benchmark(layout, dataset, split, tests=tests, only=attempted)
+    benchmark = load_split(layout, dataset, split, tests=tests, only=attempted)
     require_known(attempted, benchmark, samples_path)
     if not partial:
         require_complete(attempted, benchmark, samples_path)
@@ -455,7 +453,7 @@ class ScoreOptions:
 
 
 def score_generated(
-    benchmark: Benchmark, samples: list[Sample], written: SamplesFile, options: ScoreOptions
+    benchmark: SplitProblems, samples: list[Sample], written: SamplesFile, options: ScoreOptions
 ) -> ScoreSummary:
     """Score samples held in memory, of the tasks of `benchmark` (loaded with their
     problems), that are also written in `written.path`: nothing is read back from it. The
@@ -467,7 +465,7 @@ def score_generated(
 
 
 def _score(
-    benchmark: Benchmark,
+    benchmark: SplitProblems,
     task_ids: list[str],
     samples: Callable[[], Iterable[Sample]],
     written: SamplesFile,
@@ -479,7 +477,7 @@ def _score(
     results), write the results and the summary."""
     start = time.perf_counter()
     outcomes, plus, protections = execute(
-        samples, task_ids, benchmark.problems, options.workers, options.limits
+        samples, task_ids, benchmark, options.workers, options.limits
     )
     wall = time.perf_counter() - start
     write_results(written.path, samples(), outcomes, written.sha256 if reread else None, plus)

@@ -83,7 +83,7 @@ def convert_model(layout: Layout, name: str, *, dtype: str = "float16") -> dict[
     tokenizer_files = write_hf_tokenizer(
         paths.tokenizer_dir,
         paths.tokenizer_model,
-        keep_upstream_json=assets.spec(name).upstream_tokenizer_json,
+        keep_upstream_json=assets.model(name).upstream_tokenizer_json,
     )
     shared, difference = (
         shared_with_meta(layout, paths.tokenizer_model)

@@ -379,6 +379,6 @@ def format_named(name: str) -> ModelFormat:
 def format_of(asset: str) -> ModelFormat:
     """The format of the registry's model `asset`."""
     spec = assets.spec(asset)
-    if spec.format is None:
+    if not isinstance(spec, assets.ModelSpec):
         raise WmtpError(f"{asset} is not a model")
     return FORMATS[spec.format]

@@ -209,7 +209,7 @@ def build_micro(
             f"{name!r} is not a micro model",
             hint=f"choose one of: {', '.join(assets.MICRO_MODELS)}",
         )
-    base_name = assets.spec(name).derived_from or ""
+    base_name = assets.model(name).derived_from or ""
     base_paths, paths = layout.model(base_name), layout.model(name)
     init = init or ("slice" if base_paths.weights.is_file() else "random")
     if init not in INITS:

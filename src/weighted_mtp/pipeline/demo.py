@@ -1,8 +1,9 @@
 """`wmtp demo`: the whole pipeline on a machine that cannot reach the model hub.
 
 It writes upstream-format sources into a mirror folder (a small random Meta MTP checkpoint,
-a small sharded Hugging Face Llama reference, a locally trained Llama-2-style tokenizer, the
-real HumanEval, small CodeContests and MBPP in their upstream schemas), then runs the very
+a small sharded Hugging Face Llama reference, a locally trained Llama-2-style tokenizer, and
+each benchmark's synthetic mirror in its upstream schema: the real HumanEval, small
+CodeContests and MBPP), then runs the very
 build a real user runs with `--mirror`, and verifies the result. Only the sources are
 synthetic; every step after them is the production code path.
 """
@@ -10,7 +11,6 @@ synthetic; every step after them is the production code path.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,25 +26,14 @@ from weighted_mtp.pipeline.checklist import run_checklist
 from weighted_mtp.pipeline.manifest import manifest_sha256
 from weighted_mtp.pipeline.plan import DEFAULT_TAG
 from weighted_mtp.pipeline.records import Checklist, approval_status
-from weighted_mtp.storage.atomic import read_json, write_text
-from weighted_mtp.storage.layout import DATASETS, META_MODEL, REFERENCE_MODEL, Layout
-from weighted_mtp.synthetic.datasets import (
-    write_codecontests_mirror,
-    write_humaneval_mirror,
-    write_mbpp_mirror,
-)
+from weighted_mtp.storage.atomic import atomic_write, read_json, write_text
+from weighted_mtp.storage.layout import META_MODEL, REFERENCE_MODEL, Layout
 from weighted_mtp.synthetic.llama_tokenizer import train_llama_style_tokenizer
 from weighted_mtp.synthetic.model_mirrors import write_meta_mirror, write_reference_mirror
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ROOT = Path("demo-storage")
-# A small upstream-shaped copy of each dataset format.
-MIRROR_WRITERS: dict[assets.DatasetFormat, Callable[[Path], Path]] = {
-    "deepmind-code-contests": write_codecontests_mirror,
-    "google-mbpp": write_mbpp_mirror,
-    "openai-humaneval": write_humaneval_mirror,
-}
 DEMO_APPROVER = "wmtp demo (synthetic sources, approved automatically)"
 MIRROR_COMPLETE = "MIRROR_COMPLETE"
 
@@ -70,8 +59,8 @@ def write_demo_mirror(mirror: Path) -> Path:
         tokenizer = train_llama_style_tokenizer(mirror / "_work" / "tokenizer.model")
         write_meta_mirror(mirror / META_MODEL, tokenizer_model=tokenizer)
         write_reference_mirror(mirror / REFERENCE_MODEL, tokenizer_model=tokenizer)
-        for name in DATASETS:
-            MIRROR_WRITERS[assets.dataset_format(name)](mirror / name)
+        for benchmark in assets.BENCHMARKS:  # each writes its small upstream-shaped copy
+            benchmark.write_mirror(mirror / benchmark.name, atomic_write)
     write_text(mirror / MIRROR_COMPLETE, "every asset's upstream files are written\n")
     return mirror
 

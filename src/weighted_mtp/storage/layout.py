@@ -35,11 +35,11 @@ from weighted_mtp.assets import MICRO_MTP as MICRO_MTP
 from weighted_mtp.assets import MICRO_REF as MICRO_REF
 from weighted_mtp.assets import MODELS as MODELS
 from weighted_mtp.assets import REFERENCE_MODEL as REFERENCE_MODEL
+from weighted_mtp.assets.split_rules import SPLITS as SPLITS
 from weighted_mtp.errors import WmtpError
 
 STORAGE_VERSION = "2.0.0"
 
-SPLITS = ("train", "validation", "test")
 
 MODEL_SUBDIRS = ("raw", "safetensors", "configs", "tokenizer")
 DATASET_SUBDIRS = ("raw", "processed", "stats")
@@ -103,7 +103,7 @@ class ModelPaths:
 
     @property
     def raw_checkpoint_dir(self) -> Path:
-        return self.raw / (assets.spec(self.name).raw_checkpoint_dir or "checkpoint")
+        return self.raw / (assets.model(self.name).raw_checkpoint_dir or "checkpoint")
 
     @property
     def raw_meta_checkpoint(self) -> Path:
@@ -480,11 +480,13 @@ class Layout:
 
     def placeholder_files(self) -> list[Path]:
         """Files the layout creates empty: the large model's SHA256SUMS."""
-        return [self.model(s.name).sha256sums for s in assets.ASSETS if s.keep_raw_on_clean]
+        return [self.model(s.name).sha256sums for s in assets.MODEL_SPECS if s.keep_raw_on_clean]
 
     def protected_paths(self) -> list[Path]:
         """Paths `clean` never removes: an ongoing 7B download must survive a clean start."""
-        return [self.model(s.name).raw_checkpoint_dir for s in assets.ASSETS if s.keep_raw_on_clean]
+        return [
+            self.model(s.name).raw_checkpoint_dir for s in assets.MODEL_SPECS if s.keep_raw_on_clean
+        ]
 
     def contains(self, path: str | Path) -> bool:
         """Whether `path`, with symlinks resolved, lies inside the root."""

@@ -28,7 +28,7 @@ from weighted_mtp.models.tokenizer import tokenizer_facts
 from weighted_mtp.storage.atomic import atomic_write, write_json
 from weighted_mtp.storage.layout import ModelPaths
 
-META_CHECKPOINT_DIR = assets.spec(assets.META_MODEL).raw_checkpoint_dir or ""
+META_CHECKPOINT_DIR = assets.model(assets.META_MODEL).raw_checkpoint_dir or ""
 
 # At least the micro size (dim 512, 8 heads, >= 4 layers), under 100 MB in bfloat16.
 DEFAULT_META_PARAMS = {

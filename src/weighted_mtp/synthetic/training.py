@@ -23,6 +23,7 @@ def write_training_storage(
     max_length: int = 320,
 ) -> Layout:
     """`root` with micro-mtp and codecontests (processed + small); returns its layout."""
+    from weighted_mtp.assets.benchmarks.codecontests import write_codecontests_mirror
     from weighted_mtp.catalog import load_catalog
     from weighted_mtp.data.download import download_dataset
     from weighted_mtp.data.prepare import prepare_dataset
@@ -30,8 +31,8 @@ def write_training_storage(
     from weighted_mtp.models.formats import MicroSize
     from weighted_mtp.models.micro import build_micro
     from weighted_mtp.models.verify import verify_model
+    from weighted_mtp.storage.atomic import atomic_write
     from weighted_mtp.storage.init import init_storage
-    from weighted_mtp.synthetic.datasets import write_codecontests_mirror
     from weighted_mtp.synthetic.llama_tokenizer import train_llama_style_tokenizer
 
     root = Path(root)
@@ -42,7 +43,7 @@ def write_training_storage(
         train_llama_style_tokenizer(meta_tokenizer)
     else:
         shutil.copyfile(tokenizer_model, meta_tokenizer)
-    write_codecontests_mirror(root / "mirror", n_problems=n_problems, seed=0)
+    write_codecontests_mirror(root / "mirror", atomic_write, n_problems=n_problems, seed=0)
     download_dataset(layout, load_catalog(), "codecontests", mirror=root / "mirror")
     prepare_dataset(layout, "codecontests", tokenizer=meta_tokenizer, max_length=max_length)
     build_small(layout, "codecontests")

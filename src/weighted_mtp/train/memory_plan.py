@@ -251,7 +251,7 @@ def _reference_of(layout: Layout, config: TrainConfig, policy: str) -> ModelPath
             return layout.model(config.rho1.reference)
         folder = reference_helper(layout, config.rho1.reference).folder
         return ModelPaths(folder.name, folder)
-    reference = assets.spec(policy).reference if policy in MODELS else None
+    reference = assets.model(policy).reference if policy in MODELS else None
     if reference is None:
         raise WmtpError(
             f"the policy {policy} has no registered reference model",

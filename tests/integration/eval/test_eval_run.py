@@ -27,13 +27,14 @@ from weighted_mtp.storage.hashing import sha256_file
 
 @pytest.fixture(scope="module")
 def eval_storage(tmp_path_factory, sp_model_path):
+    from weighted_mtp.assets.benchmarks.humaneval import write_humaneval_mirror
     from weighted_mtp.catalog import load_catalog
     from weighted_mtp.data.download import download_dataset
     from weighted_mtp.models.micro import MicroSize, build_micro
     from weighted_mtp.models.upstream_download import download_model
+    from weighted_mtp.storage.atomic import atomic_write
     from weighted_mtp.storage.init import init_storage
     from weighted_mtp.storage.layout import Layout
-    from weighted_mtp.synthetic.datasets import write_humaneval_mirror
     from weighted_mtp.synthetic.model_mirrors import write_meta_mirror
 
     base = tmp_path_factory.mktemp("evalrun")
@@ -46,7 +47,9 @@ def eval_storage(tmp_path_factory, sp_model_path):
     download_model(layout, catalog, "meta-llama-mtp", mirror=meta)
     size = MicroSize(dim=64, n_layers=4, n_heads=2, vocab_size=8000, n_future_tokens=3)
     build_micro(layout, "micro-mtp", init="random", seed=1, size=size)
-    download_dataset(layout, catalog, "humaneval", mirror=write_humaneval_mirror(base / "he"))
+    download_dataset(
+        layout, catalog, "humaneval", mirror=write_humaneval_mirror(base / "he", atomic_write)
+    )
     download_dataset(layout, catalog, "mbpp", mirror=write_mbpp_benchmark(base / "mbpp"))
     return layout
 

@@ -18,15 +18,16 @@ from pathlib import Path
 import pytest
 from unprivileged import sandbox_isolates
 
+from tests.helpers import load_problems
 from tests.integration.eval.test_sandbox_fidelity import (  # the MBPP-format fixture
     MBPP_TASKS,
     in_test_split,
     mbpp_layout,  # noqa: F401
 )
+from weighted_mtp.eval.problems import problem_job
 from weighted_mtp.eval.sandbox import seccomp
 from weighted_mtp.eval.sandbox.pool import Job, Outcome, Sandbox, unconfined_warning
 from weighted_mtp.eval.scoring import results_path, score_samples
-from weighted_mtp.eval.tasks import load_problems
 
 ISOLATED = sandbox_isolates()
 NOT_ISOLATED = "not root, and no user namespaces here (the sandbox refuses to start)"
@@ -139,7 +140,7 @@ def test_a_wrong_humaneval_completion_cannot_fake_a_pass(eval_layout, tmp_path, 
 
 def test_a_codecontests_program_cannot_read_the_expected_output(eval_layout, tmp_path):
     problems = load_problems(eval_layout, "codecontests", "test")
-    task_id = next(t for t, p in problems.items() if p.tests)
+    task_id = next(t for t, p in problems.items() if p.tests["base"].cases)
     path = write_samples(
         tmp_path / "samples.jsonl", [{"task_id": task_id, "completion": EXPECTED_OUTPUT_THEFT}]
     )
@@ -181,7 +182,7 @@ def test_any_text_a_sample_produces_is_that_samples_bounded_verdict(
 
 def test_a_program_printing_a_gigabyte_is_one_bounded_error(eval_layout, tmp_path):
     problems = load_problems(eval_layout, "codecontests", "test")
-    task_id = next(t for t, p in problems.items() if p.tests)
+    task_id = next(t for t, p in problems.items() if p.tests["base"].cases)
     flood = "import sys\nblock = 'x' * 2**20\nfor _ in range(1024):\n    sys.stdout.write(block)\n"
     path = write_samples(tmp_path / "samples.jsonl", [{"task_id": task_id, "completion": flood}])
     (row,) = scored(eval_layout, "codecontests", path)
@@ -459,10 +460,12 @@ def test_a_stealer_fails_every_humaneval_task(eval_layout, kind):
     assert len(problems) == 164
     jobs = []
     for task_id, problem in problems.items():
-        (entry_point,) = problem.entry_points
+        (entry_point,) = problem.tests["base"].entry_points
         # The prompt's function gets a body; the stealer follows at module level.
-        jobs.append(problem.job("    pass\n" + stealer(STEALERS[kind], [entry_point])))
-        jobs.append(problem.job(rows[task_id]["canonical_solution"]))
+        jobs.append(
+            problem_job(problem, "base", "    pass\n" + stealer(STEALERS[kind], [entry_point]))
+        )
+        jobs.append(problem_job(problem, "base", rows[task_id]["canonical_solution"]))
     with Sandbox(2) as box:
         outcomes = box.run_all(jobs)
     stolen = [o for o in outcomes[0::2] if o.result == "passed"]
@@ -541,7 +544,10 @@ def test_no_test_is_anywhere_in_a_samples_memory(eval_layout):
     needles["own test"] = secret
     needles["own test line"] = "assert found == ['canary'], found"
     needles["canary"] = "canary-qzj" * 3
-    jobs = [p.job(f"{solutions[p.task_id]}    # {marks[p.task_id]}\n") for p in problems]
+    jobs = [
+        problem_job(p, "base", f"{solutions[p.task_id]}    # {marks[p.task_id]}\n")
+        for p in problems
+    ]
     test = f"SECRET = {secret!r}\nfound = scan()\nassert found == ['canary'], found\n"
     scanner = Job(memory_scanner(needles), test=test)
     with Sandbox(1) as box:
@@ -569,8 +575,11 @@ def test_a_stealer_fails_every_mbpp_task(mbpp_layout, kind):  # noqa: F811
     assert sorted(problems) == sorted(references)
     jobs = []
     for task_id, problem in problems.items():
-        names = called_names(problem.program_suffix)
-        jobs += [problem.job(stealer(STEALERS[kind], names)), problem.job(references[task_id])]
+        names = called_names(problem.tests["base"].program)
+        jobs += [
+            problem_job(problem, "base", stealer(STEALERS[kind], names)),
+            problem_job(problem, "base", references[task_id]),
+        ]
     with Sandbox(2) as box:
         outcomes = box.run_all(jobs)
     assert outcomes[1::2] == [Outcome("passed")] * len(problems)
@@ -701,7 +710,12 @@ def test_names_the_reference_imports_are_the_judges_in_the_tests(mbpp_layout):  
     task_id = f"mbpp/{in_test_split(14)}"
     problem = load_problems(mbpp_layout, "mbpp", only={task_id})[task_id]
     with Sandbox(1) as box:
-        outcomes = box.run_all([problem.job(task["code"]), problem.job(FAKE_IMPORTED_NAMES)])
+        outcomes = box.run_all(
+            [
+                problem_job(problem, "base", task["code"]),
+                problem_job(problem, "base", FAKE_IMPORTED_NAMES),
+            ]
+        )
     assert outcomes[0] == Outcome("passed")
     assert outcomes[1].result == "failed", outcomes[1]
 

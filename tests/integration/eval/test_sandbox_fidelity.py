@@ -23,10 +23,10 @@ import textwrap
 import pytest
 from unprivileged import sandbox_isolates
 
+from tests.helpers import load_problems
 from weighted_mtp.eval.sandbox.isolation import interpreter_paths
 from weighted_mtp.eval.sandbox.pool import Job, Sandbox
 from weighted_mtp.eval.scoring import results_path, score_samples
-from weighted_mtp.eval.tasks import load_problems
 
 NAMED_IN_THE_ISSUE = [
     "urllib.parse",

@@ -10,16 +10,15 @@ import pytest
 @pytest.fixture(scope="session")
 def mirrors(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`<dir>/{codecontests,mbpp,humaneval}/` laid out like the upstream repos. Read-only."""
-    from weighted_mtp.synthetic.datasets import (
-        write_codecontests_mirror,
-        write_humaneval_mirror,
-        write_mbpp_mirror,
-    )
+    from weighted_mtp.assets.benchmarks.codecontests import write_codecontests_mirror
+    from weighted_mtp.assets.benchmarks.humaneval import write_humaneval_mirror
+    from weighted_mtp.assets.benchmarks.mbpp import write_mbpp_mirror
+    from weighted_mtp.storage.atomic import atomic_write
 
     root = tmp_path_factory.mktemp("mirrors")
-    write_codecontests_mirror(root / "codecontests", n_problems=24, seed=0)
-    write_mbpp_mirror(root / "mbpp", n_tasks=40)
-    write_humaneval_mirror(root / "humaneval")
+    write_codecontests_mirror(root / "codecontests", atomic_write, n_problems=24, seed=0)
+    write_mbpp_mirror(root / "mbpp", atomic_write, n_tasks=40)
+    write_humaneval_mirror(root / "humaneval", atomic_write)
     return root
 
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from weighted_mtp.assets.benchmarks.humaneval import humaneval_source
 from weighted_mtp.catalog import load_catalog
 from weighted_mtp.data.download import download_dataset, raw_part
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.hashing import read_sha256sums, sha256_file
-from weighted_mtp.synthetic.datasets import humaneval_source
 
 
 def test_upstream_names_map_to_raw_parts():

@@ -6,8 +6,8 @@ import pytest
 import sentencepiece as spm
 
 from tests.helpers import invoke, read_records
+from weighted_mtp.assets.prompt_template import SHORTENED_MARKER
 from weighted_mtp.data.prepare import fit_prefix, prepare_dataset
-from weighted_mtp.data.template import SHORTENED_MARKER
 from weighted_mtp.data.tokens import Tokenizer
 from weighted_mtp.errors import WmtpError
 from weighted_mtp.storage.hashing import sha256_file

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from weighted_mtp.data.sources import field, iter_parquet_rows
+from weighted_mtp.assets.rows import field
+from weighted_mtp.data.sources import iter_parquet_rows
 from weighted_mtp.errors import WmtpError
 
 

@@ -2,7 +2,9 @@ from collections import Counter
 
 import pytest
 
-from weighted_mtp.data.splits import DisjointSplits, hash_split, mbpp_split, part_split
+from weighted_mtp.assets.benchmarks.mbpp import prepared_split as mbpp_split
+from weighted_mtp.assets.split_rules import hash_split, part_split
+from weighted_mtp.data.splits import DisjointSplits
 from weighted_mtp.errors import WmtpError
 
 

@@ -1,11 +1,8 @@
 import jsonschema
 
-from weighted_mtp.data.template import (
-    PROMPT_TEMPLATE,
-    RECORD_SCHEMA,
-    normalize_newlines,
-    render_prompt,
-)
+from weighted_mtp.assets.prompt_template import PROMPT_TEMPLATE, render_prompt
+from weighted_mtp.assets.rows import normalize_newlines
+from weighted_mtp.data.template import RECORD_SCHEMA
 
 
 def _record(prompt: str) -> dict:

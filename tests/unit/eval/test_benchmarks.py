@@ -17,9 +17,9 @@ from tests.helpers import (
     write_mbpp_benchmark,
 )
 from weighted_mtp.errors import UsageError, WmtpError
+from weighted_mtp.eval.problems import canonical_task_id, load_split, require_tests
 from weighted_mtp.eval.result_files import TaskCount
 from weighted_mtp.eval.scoring import score_samples
-from weighted_mtp.eval.tasks import canonical_task_id, load_benchmark, require_tests
 
 
 @pytest.fixture(scope="module")
@@ -49,25 +49,25 @@ def mbpp_layout(tmp_path_factory):
 def test_mbpp_splits_are_the_benchmarks_official_ones_whole(
     mbpp_layout, split, first, last, count
 ) -> None:
-    benchmark = load_benchmark(mbpp_layout, "mbpp", split)
+    benchmark = load_split(mbpp_layout, "mbpp", split)
     assert benchmark.task_ids == tuple(f"mbpp/{n}" for n in range(first, last + 1))
     assert len(benchmark.problems) == len(benchmark.prompts) == count
 
 
 def test_the_test_split_keeps_the_task_too_long_to_train_on(mbpp_layout) -> None:
-    benchmark = load_benchmark(mbpp_layout, "mbpp", "test", only={f"mbpp/{MBPP_LONG_TASK}"})
+    benchmark = load_split(mbpp_layout, "mbpp", "test", only={f"mbpp/{MBPP_LONG_TASK}"})
     assert len(benchmark.task_ids) == 500 and list(benchmark.problems) == [f"mbpp/{MBPP_LONG_TASK}"]
     assert len(benchmark.prompts[f"mbpp/{MBPP_LONG_TASK}"].render()) > 20_000
 
 
 def test_limit_selects_the_first_tasks_of_the_split(mbpp_layout) -> None:
-    benchmark = load_benchmark(mbpp_layout, "mbpp", "test", limit=3)
+    benchmark = load_split(mbpp_layout, "mbpp", "test", limit=3)
     assert list(benchmark.problems) == ["mbpp/11", "mbpp/12", "mbpp/13"]
     assert len(benchmark.task_ids) == 500
 
 
 def test_humaneval_is_the_real_164_tasks(eval_layout) -> None:
-    benchmark = load_benchmark(eval_layout, "humaneval", "test")
+    benchmark = load_split(eval_layout, "humaneval", "test")
     assert benchmark.task_ids == tuple(f"HumanEval/{i}" for i in range(164))
     prompt = benchmark.prompts["HumanEval/0"].render()
     assert prompt.endswith("### Response:\n") and "def has_close_elements(" in prompt
@@ -86,7 +86,7 @@ def test_a_split_the_benchmark_lacks_is_one_usage_error(
     eval_layout, dataset, split, splits
 ) -> None:
     with pytest.raises(UsageError) as caught:
-        load_benchmark(eval_layout, dataset, split)
+        load_split(eval_layout, dataset, split)
     assert caught.value.line() == f"{dataset} has no split {split!r}; its splits: {splits}"
 
 
@@ -96,14 +96,14 @@ def _notes(prompt: str) -> str:
 
 def test_challenge_tests_run_only_with_all_and_the_prompt_says_which_run(mbpp_layout) -> None:
     task = f"mbpp/{MBPP_FAILED_CHALLENGE}"
-    base = load_benchmark(mbpp_layout, "mbpp", "test", only={task})
-    every = load_benchmark(mbpp_layout, "mbpp", "test", tests="all", only={task})
+    base = load_split(mbpp_layout, "mbpp", "test", only={task})
+    every = load_split(mbpp_layout, "mbpp", "test", tests="all", only={task})
     challenge = f"assert add_{MBPP_FAILED_CHALLENGE}(1, 2) == -1"
-    assert challenge not in base.problems[task].job("").test
-    assert challenge in every.problems[task].job("").test
+    assert challenge not in base.job(task, "").test
+    assert challenge in every.job(task, "").test
     assert "challenge" not in _notes(base.prompts[task].render())
     assert "and 1 challenge tests" in _notes(every.prompts[task].render())
-    plain = load_benchmark(mbpp_layout, "mbpp", "test", tests="all", only={"mbpp/13"})
+    plain = load_split(mbpp_layout, "mbpp", "test", tests="all", only={"mbpp/13"})
     assert "challenge" not in _notes(plain.prompts["mbpp/13"].render())  # it has none
 
 
@@ -169,4 +169,4 @@ def test_a_task_listed_twice_in_the_raw_file_is_one_error(tmp_path) -> None:
     row = {"task_id": 11, "text": "t", "code": "x = 1", "test_list": ["assert x == 1"]}
     raw.write_text(json.dumps(row) + "\n" + json.dumps(row) + "\n")
     with pytest.raises(WmtpError, match="line 2: task 'mbpp/11' appears a second time"):
-        load_benchmark(layout, "mbpp", "test")
+        load_split(layout, "mbpp", "test")

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from weighted_mtp.data.template import render_prompt
+from weighted_mtp.assets.prompt_template import render_prompt
 from weighted_mtp.errors import UsageError
 from weighted_mtp.eval.contamination import contamination_path, find_contamination, ngrams
 

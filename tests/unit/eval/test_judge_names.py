@@ -3,7 +3,7 @@ sample, decided from the task's reference solution."""
 
 from __future__ import annotations
 
-from weighted_mtp.eval.tasks import judge_imports, names_taken_from_sample
+from weighted_mtp.assets.judged_names import judge_imports, names_taken_from_sample
 
 REFERENCE = """
 import math, numpy as np, os.path

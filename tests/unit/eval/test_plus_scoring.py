@@ -9,9 +9,10 @@ import random
 
 import pytest
 
+from weighted_mtp.assets.benchmark import BASE_TESTS, PLUS_TESTS, FunctionTests, Problem
+from weighted_mtp.eval.problems import SplitProblems
 from weighted_mtp.eval.sandbox.pool import Job, Outcome
 from weighted_mtp.eval.scoring import Sample, pass_at_ks, per_task, plus_outcomes
-from weighted_mtp.eval.tasks import Problem
 
 
 def enumerated(verdicts: list[bool], k: int) -> float:
@@ -20,16 +21,16 @@ def enumerated(verdicts: list[bool], k: int) -> float:
     return sum(any(s) for s in subsets) / len(subsets)
 
 
+PLUS = FunctionTests("assert all(f() == 1 for _ in range(3))\n", ("f",), time_limit=9.0)
+
+
+def split(problems: dict[str, Problem]) -> SplitProblems:
+    return SplitProblems("bench", "test", BASE_TESTS, (), tuple(problems), problems, {}, {})
+
+
 def problem(task_id: str, plus: bool) -> Problem:
-    return Problem(
-        "bench",
-        task_id,
-        "",
-        "assert f() == 1\n",
-        entry_points=("f",),
-        plus_suffix="assert all(f() == 1 for _ in range(3))\n" if plus else None,
-        plus_timeout=9.0,
-    )
+    tests = {BASE_TESTS: FunctionTests("assert f() == 1\n", ("f",))}
+    return Problem("bench", task_id, "", tests | ({PLUS_TESTS: PLUS} if plus else {}))
 
 
 def test_plus_runs_only_where_the_base_passed_and_keeps_the_base_verdict_elsewhere():
@@ -50,11 +51,11 @@ def test_plus_runs_only_where_the_base_passed_and_keeps_the_base_verdict_elsewhe
         ran.extend(got)
         return [Outcome("failed", "plus") for _ in got]
 
-    plus = plus_outcomes([s.task_id for s in samples], samples, problems, base, run)
+    plus = plus_outcomes([s.task_id for s in samples], samples, split(problems), base, run)
     assert [job.program for job in ran] == ["def f(): return 1"]  # sample 1 only
-    assert ran[0].test == problems["t/0"].plus_suffix and ran[0].timeout == 9.0
+    assert ran[0].test == PLUS.program and ran[0].timeout == 9.0
     assert plus == [Outcome("failed", "plus"), base[1], base[2], base[3]]
-    assert plus_outcomes([], [], {"t/1": problems["t/1"]}, [], run) is None
+    assert plus_outcomes([], [], split({"t/1": problems["t/1"]}), [], run) is None
 
 
 @pytest.mark.parametrize("seed", range(5))

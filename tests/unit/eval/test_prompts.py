@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from weighted_mtp.data.template import SHORTENED_MARKER, PromptParts
+from weighted_mtp.assets.prompt_template import SHORTENED_MARKER, PromptParts
 from weighted_mtp.eval.prompts import fit_prompt
 
 STATEMENT = " ".join(f"The problem statement goes on, sentence {i}." for i in range(200))

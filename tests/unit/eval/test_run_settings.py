@@ -11,7 +11,7 @@ import math
 import pytest
 
 from tests.helpers import TINY_META_PARAMS, TINY_REFERENCE_CONFIG, cli_error
-from weighted_mtp import assets
+from weighted_mtp.assets.benchmark import FUNCTION_STOPS
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.eval import run as run_module
 from weighted_mtp.eval.generate import SamplingConfig, sample_seed
@@ -55,9 +55,9 @@ def test_good_settings_fill_in_the_dataset_facts() -> None:
     )
     assert (mbpp.split, mbpp.tests, mbpp.sampling.stop) == ("validation", "all", ())
     humaneval = RunSettings(dataset="humaneval", sampling=SamplingConfig(seed=3))
-    assert humaneval.split == "test" and humaneval.sampling.stop == assets.FUNCTION_STOPS
+    assert humaneval.split == "test" and humaneval.sampling.stop == FUNCTION_STOPS
     first, second = (humaneval.task_sampling(t) for t in ("A", "B"))
-    assert first.seed != second.seed and first.stop == assets.FUNCTION_STOPS
+    assert first.seed != second.seed and first.stop == FUNCTION_STOPS
     assert first == dataclasses.replace(humaneval.sampling, seed=sample_seed(3, "A"))
     # on another dataset the stop sequences are that dataset's, the rest the same
     moved = humaneval.for_dataset("mbpp")

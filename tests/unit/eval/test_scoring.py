@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import load_problems
 from weighted_mtp.errors import UsageError, WmtpError
+from weighted_mtp.eval.problems import problem_job
 from weighted_mtp.eval.result_files import TaskCount
 from weighted_mtp.eval.scoring import (
     parse_ks,
@@ -18,7 +20,6 @@ from weighted_mtp.eval.scoring import (
     score_samples,
     summary_path,
 )
-from weighted_mtp.eval.tasks import load_problems
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:
@@ -76,7 +77,7 @@ def test_repeated_completions_with_distinct_sample_ids_are_separate_samples(eval
 
 @pytest.mark.parametrize("split", ["prompt", "train", "validation", "test"])
 def test_mbpp_reference_code_passes_in_each_official_split(eval_layout, tmp_path, split):
-    from weighted_mtp.data.splits import mbpp_official_split
+    from weighted_mtp.assets.benchmarks.mbpp import official_split as mbpp_official_split
 
     raw = eval_layout.dataset("mbpp").raw / "mbpp.jsonl"
     rows = [json.loads(line) for line in raw.read_text().splitlines()]
@@ -92,8 +93,9 @@ def test_mbpp_reference_code_passes_in_each_official_split(eval_layout, tmp_path
 
 def test_codecontests_programs_run_on_public_private_and_generated_tests(eval_layout, tmp_path):
     problems = load_problems(eval_layout, "codecontests", "test")
-    task_id, problem = next((t, p) for t, p in problems.items() if len(p.tests) > 1)
-    assert problem.time_limit == 2.0 and problem.memory_bytes > 256 << 20
+    task_id, problem = next((t, p) for t, p in problems.items() if len(p.tests["base"].cases) > 1)
+    tests = problem.tests["base"]
+    assert tests.time_limit == 2.0 and tests.memory_bytes > 256 << 20
     right = "a, b = map(int, input().split())\nprint(a + b)\n"
     wrong = "a, b = map(int, input().split())\nprint(a + b if a < 0 else a)\n"
     path = write_lines(
@@ -123,7 +125,7 @@ def test_humaneval_job_is_the_harness_check_program_split_at_the_completion(eval
     """The sample runs prompt + completion; the judge runs the prompt's helpers, then the
     harness's `test + check(entry_point)` with the sample's entry point."""
     problem = load_problems(eval_layout, "humaneval", only={"HumanEval/0"})["HumanEval/0"]
-    job = problem.job("    return True\n")
+    job = problem_job(problem, "base", "    return True\n")
     assert job.program == problem.prompt + "    return True\n"
     assert job.prelude == problem.prompt
     assert job.test.rstrip().endswith("check(has_close_elements)")

@@ -22,10 +22,11 @@ MBPP_STEPS = ["init", "download-mbpp", "prepare-mbpp", "small-mbpp"]
 
 @pytest.fixture(scope="module")
 def mbpp_mirror(tmp_path_factory):
-    from weighted_mtp.synthetic.datasets import write_mbpp_mirror
+    from weighted_mtp.assets.benchmarks.mbpp import write_mbpp_mirror
+    from weighted_mtp.storage.atomic import atomic_write
 
     mirror = tmp_path_factory.mktemp("mirror")
-    write_mbpp_mirror(mirror / "mbpp", n_tasks=24)
+    write_mbpp_mirror(mirror / "mbpp", atomic_write, n_tasks=24)
     return mirror
 
 
@@ -213,12 +214,14 @@ def test_a_catalog_pinning_another_commit_downloads_hub_files_again(
 def test_a_changed_raw_file_reruns_exactly_its_datasets_steps(with_tokenizer, tmp_path):
     """The store records each prepared dataset's raw inputs: the same bytes rewritten rerun
     nothing (input hashes), new bytes rerun that dataset's prepare and small steps only."""
-    from weighted_mtp.synthetic.datasets import write_humaneval_mirror, write_mbpp_mirror
+    from weighted_mtp.assets.benchmarks.humaneval import write_humaneval_mirror
+    from weighted_mtp.assets.benchmarks.mbpp import write_mbpp_mirror
+    from weighted_mtp.storage.atomic import atomic_write
 
     layout = with_tokenizer
     mirror = tmp_path / "mirror"
-    write_mbpp_mirror(mirror / "mbpp", n_tasks=24)
-    write_humaneval_mirror(mirror / "humaneval")
+    write_mbpp_mirror(mirror / "mbpp", atomic_write, n_tasks=24)
+    write_humaneval_mirror(mirror / "humaneval", atomic_write)
     steps = [*MBPP_STEPS, "download-humaneval", "prepare-humaneval", "small-humaneval"]
     b.build(layout, load_catalog(), mirror=mirror, only=steps)
 

@@ -7,12 +7,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from weighted_mtp.synthetic.datasets import (
-    humaneval_source,
-    write_codecontests_mirror,
-    write_humaneval_mirror,
-    write_mbpp_mirror,
-)
+from weighted_mtp.assets.benchmarks.codecontests import write_codecontests_mirror
+from weighted_mtp.assets.benchmarks.humaneval import humaneval_source, write_humaneval_mirror
+from weighted_mtp.assets.benchmarks.mbpp import write_mbpp_mirror
+from weighted_mtp.storage.atomic import atomic_write
 
 CODECONTESTS_FIELDS = [
     "name",
@@ -39,7 +37,7 @@ CODECONTESTS_FIELDS = [
 
 
 def test_codecontests_parquet_layout_and_nested_schema(tmp_path: Path):
-    out = write_codecontests_mirror(tmp_path, n_problems=16, seed=3)
+    out = write_codecontests_mirror(tmp_path, atomic_write, n_problems=16, seed=3)
     files = sorted(p.name for p in (out / "data").iterdir())
     assert files == [
         "test-00000-of-00001.parquet",
@@ -64,8 +62,8 @@ def test_codecontests_parquet_layout_and_nested_schema(tmp_path: Path):
 
 
 def test_codecontests_mirror_is_seeded(tmp_path: Path):
-    a = write_codecontests_mirror(tmp_path / "a", n_problems=8, seed=1)
-    b = write_codecontests_mirror(tmp_path / "b", n_problems=8, seed=1)
+    a = write_codecontests_mirror(tmp_path / "a", atomic_write, n_problems=8, seed=1)
+    b = write_codecontests_mirror(tmp_path / "b", atomic_write, n_problems=8, seed=1)
     name = "data/train-00000-of-00001.parquet"
     assert pq.read_table(a / name).equals(pq.read_table(b / name))
 
@@ -73,7 +71,7 @@ def test_codecontests_mirror_is_seeded(tmp_path: Path):
 def test_mbpp_spans_all_official_ranges(tmp_path: Path):
     rows = [
         json.loads(line)
-        for line in (write_mbpp_mirror(tmp_path, n_tasks=20) / "mbpp.jsonl")
+        for line in (write_mbpp_mirror(tmp_path, atomic_write, n_tasks=20) / "mbpp.jsonl")
         .read_text()
         .splitlines()
     ]
@@ -91,7 +89,7 @@ def test_mbpp_spans_all_official_ranges(tmp_path: Path):
 
 
 def test_humaneval_is_the_real_file(tmp_path: Path):
-    out = write_humaneval_mirror(tmp_path) / "HumanEval.jsonl.gz"
+    out = write_humaneval_mirror(tmp_path, atomic_write) / "HumanEval.jsonl.gz"
     assert out.read_bytes() == humaneval_source().read_bytes()
     with gzip.open(out, "rt") as handle:
         assert sum(1 for line in handle if line.strip()) == 164

@@ -2,12 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from weighted_mtp.data.converters import (
-    iter_tasks,
-    language_codes,
-    raw_parts,
-    split_description,
-)
+from weighted_mtp.assets.benchmark import language_codes
+from weighted_mtp.assets.benchmarks.codecontests import split_description
+from weighted_mtp.data.raw_tasks import iter_tasks, raw_parts
 from weighted_mtp.errors import UsageError, WmtpError
 
 
@@ -70,7 +67,7 @@ def test_humaneval_keeps_signature_and_canonical_solution(downloaded):
     import gzip
     import json
 
-    from weighted_mtp.synthetic.datasets import humaneval_source
+    from weighted_mtp.assets.benchmarks.humaneval import humaneval_source
 
     with gzip.open(humaneval_source(), "rt") as handle:
         first = json.loads(handle.readline())

@@ -1,21 +1,21 @@
 """The asset registry: every model and dataset of the storage, declared once.
 
-An `AssetSpec` says what an asset is (model, dataset, or a model derived from another),
-its format, where it comes from (the catalog entry of the same name, or `derived_from`),
-the build steps that make it and the check groups that verify it. Every other module asks
-here instead of comparing asset names: the layout takes the names, the build its steps, the
-checklist its checks, conversion and micro models the format and the base.
+A `ModelSpec` says what a model is (downloaded, or a micro model derived from another), its
+format, the build steps that make it and the check groups that verify it. A `DatasetSpec`
+is made from a benchmark module (`weighted_mtp.assets.benchmarks`, one module per dataset
+behind the protocol in `weighted_mtp.assets.benchmark`): every dataset is downloaded,
+prepared and sampled, and everything about its rows is the benchmark's. Every other module
+asks here instead of comparing asset names: the layout takes the names, the build its steps,
+the checklist its checks, conversion and micro models the format and the base.
 
-This module is pure data (no torch, no storage access), so anything may import it. The
-catalog (`catalog.yaml`) only says where upstream files are; formats and derivations are
-properties of the asset and live here.
+This package is pure data and plain functions (no torch, no storage access), so anything
+may import it. The catalog (`catalog.yaml`) only says where upstream files are; formats,
+derivations and benchmarks are properties of the asset and live here.
 
-To add an asset: declare an `AssetSpec` in `ASSETS`, give it a catalog entry if it is
+To add a model: declare a `ModelSpec` in `MODEL_SPECS`, give it a catalog entry if it is
 downloaded, and name its build steps and check group (see `pipeline/build.py` and
-`pipeline/checklist.py` for what each step and check does). A dataset in an existing
-`dataset_format` needs nothing else: how its rows become training tasks and evaluation
-problems is chosen by the format, and its evaluation facts (raw file, stop sequences,
-split) are fields here.
+`pipeline/checklist.py` for what each step and check does). To add a dataset: add a
+benchmark module and a catalog row of the same name; nothing here changes.
 
 What wmtp *makes* from assets is declared here too, as `RunKind`s: the training runs of
 each experiment, the suite, and evaluation results, with the folder under the storage's
@@ -25,34 +25,26 @@ each experiment, the suite, and evaluation results, with the folder under the st
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal
 
+from weighted_mtp.assets.benchmark import Benchmark
+from weighted_mtp.assets.benchmarks import discover
 from weighted_mtp.errors import UsageError
 
 AssetKind = Literal["model", "dataset", "derived"]
 FormatName = Literal["meta-mtp", "hf-llama"]
 FORMAT_NAMES: tuple[FormatName, ...] = ("meta-mtp", "hf-llama")
-# A dataset's upstream row schema (named after the repo that defines it), which decides how
-# its rows become training tasks and evaluation problems.
-DatasetFormat = Literal["deepmind-code-contests", "google-mbpp", "openai-humaneval"]
-DATASET_FORMATS: tuple[DatasetFormat, ...] = get_args(DatasetFormat)
 BuildStep = Literal["download", "convert", "micro", "prepare", "small"]
 
 META_MODEL = "meta-llama-mtp"
 REFERENCE_MODEL = "ref-sheared-llama-2.7b"
 MICRO_MTP = "micro-mtp"
 MICRO_REF = "micro-ref"
-CODECONTESTS = "codecontests"
-MBPP = "mbpp"
-HUMANEVAL = "humaneval"
-
-# Completions that continue a function end at a new top-level statement (Codex's stops).
-FUNCTION_STOPS = ("\nclass ", "\ndef ", "\n#", "\nif __name__", "\nprint(")
 
 
 @dataclass(frozen=True)
-class AssetSpec:
-    """One asset of the storage.
+class ModelSpec:
+    """One model of the storage.
 
     `build` lists the build steps that produce it, in order; `checks` are the checklist
     groups that verify it. `raw_checkpoint_dir` is the folder inside raw/ that holds the upstream
@@ -60,20 +52,10 @@ class AssetSpec:
     (`download-meta`, `convert-ref`)."""
 
     name: str
-    kind: AssetKind
+    kind: Literal["model", "derived"]
     checks: tuple[str, ...]
     build: tuple[BuildStep, ...]
-    format: FormatName | None = None
-    dataset_format: DatasetFormat | None = None
-    raw_file: str | None = None  # a single-file dataset's raw JSONL name (without .jsonl)
-    numbered_tasks: bool = False  # upstream task ids are integers, prepared as `<name>/<n>`
-    stop_sequences: tuple[str, ...] = ()  # where an evaluation completion ends
-    eval_split: str = "test"  # the split `wmtp eval` reads by default
-    # Disk estimates before a download (docs/datasets.md, "Disk space"): raw JSONL bytes per
-    # upstream Parquet byte (None: the format's generic factor), and prepare's outputs per
-    # JSONL byte.
-    jsonl_per_parquet: float | None = None
-    prepared_per_jsonl: float = 1.5
+    format: FormatName
     # A policy model's reference: the model its critic and Rho-1 reference start from,
     # sharing its tokenizer.
     reference: str | None = None
@@ -84,13 +66,8 @@ class AssetSpec:
     keep_raw_on_clean: bool = False  # a clean start must not lose an ongoing large download
     upstream_tokenizer_json: bool = False  # its repo ships a tokenizer.json, kept and verified
 
-    @property
-    def is_model(self) -> bool:
-        return self.kind in ("model", "derived")
-
-    @property
-    def is_dataset(self) -> bool:
-        return self.kind == "dataset"
+    is_model = True
+    is_dataset = False
 
     @property
     def is_derived(self) -> bool:
@@ -101,33 +78,34 @@ class AssetSpec:
         return self.short or self.name
 
 
-def _dataset(
-    name: str,
-    dataset_format: DatasetFormat,
-    *,
-    prepared_per_jsonl: float,
-    raw_file: str | None = None,
-    numbered_tasks: bool = False,
-    stop_sequences: tuple[str, ...] = (),
-    jsonl_per_parquet: float | None = None,
-) -> AssetSpec:
-    """A dataset in an upstream row schema, downloaded, prepared and sampled."""
-    return AssetSpec(
-        name,
-        "dataset",
-        checks=("raw datasets", "processed datasets"),
-        build=("download", "prepare", "small"),
-        dataset_format=dataset_format,
-        raw_file=raw_file,
-        numbered_tasks=numbered_tasks,
-        stop_sequences=stop_sequences,
-        jsonl_per_parquet=jsonl_per_parquet,
-        prepared_per_jsonl=prepared_per_jsonl,
-    )
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset of the storage: its benchmark (`benchmark.name` is its name), downloaded,
+    prepared and sampled, verified by the raw and processed dataset checks."""
+
+    benchmark: Benchmark
+
+    kind: Literal["dataset"] = "dataset"
+    checks: tuple[str, ...] = ("raw datasets", "processed datasets")
+    build: tuple[BuildStep, ...] = ("download", "prepare", "small")
+
+    is_model = False
+    is_dataset = True
+    is_derived = False
+
+    @property
+    def name(self) -> str:
+        return self.benchmark.name
+
+    @property
+    def step_prefix(self) -> str:
+        return self.name
 
 
-ASSETS: tuple[AssetSpec, ...] = (
-    AssetSpec(
+AssetSpec = ModelSpec | DatasetSpec
+
+MODEL_SPECS: tuple[ModelSpec, ...] = (
+    ModelSpec(
         META_MODEL,
         "model",
         checks=("raw models", "Meta model"),
@@ -139,7 +117,7 @@ ASSETS: tuple[AssetSpec, ...] = (
         keep_raw_on_clean=True,
         reference=REFERENCE_MODEL,
     ),
-    AssetSpec(
+    ModelSpec(
         REFERENCE_MODEL,
         "model",
         checks=("raw models", "reference"),
@@ -149,7 +127,7 @@ ASSETS: tuple[AssetSpec, ...] = (
         short="ref",
         upstream_tokenizer_json=True,
     ),
-    AssetSpec(
+    ModelSpec(
         MICRO_MTP,
         "derived",
         checks=("micro",),
@@ -158,7 +136,7 @@ ASSETS: tuple[AssetSpec, ...] = (
         derived_from=META_MODEL,
         reference=MICRO_REF,
     ),
-    AssetSpec(
+    ModelSpec(
         MICRO_REF,
         "derived",
         checks=("micro",),
@@ -166,23 +144,20 @@ ASSETS: tuple[AssetSpec, ...] = (
         format="hf-llama",
         derived_from=REFERENCE_MODEL,
     ),
-    _dataset(CODECONTESTS, "deepmind-code-contests", jsonl_per_parquet=2.5, prepared_per_jsonl=1.5),
-    _dataset(MBPP, "google-mbpp", raw_file="mbpp", numbered_tasks=True, prepared_per_jsonl=3.0),
-    _dataset(
-        HUMANEVAL,
-        "openai-humaneval",
-        raw_file="HumanEval",
-        stop_sequences=FUNCTION_STOPS,
-        prepared_per_jsonl=1.5,
-    ),
 )
+BENCHMARKS: tuple[Benchmark, ...] = discover()
+DATASET_SPECS: tuple[DatasetSpec, ...] = tuple(DatasetSpec(b) for b in BENCHMARKS)
+ASSETS: tuple[AssetSpec, ...] = (*MODEL_SPECS, *DATASET_SPECS)
 
 _BY_NAME = {spec.name: spec for spec in ASSETS}
 
-MODELS = tuple(s.name for s in ASSETS if s.is_model)
-BASE_MODELS = tuple(s.name for s in ASSETS if s.kind == "model")
-MICRO_MODELS = tuple(s.name for s in ASSETS if s.is_derived)
-DATASETS = tuple(s.name for s in ASSETS if s.is_dataset)
+_MODELS_BY_NAME = {spec.name: spec for spec in MODEL_SPECS}
+_BENCHMARKS_BY_NAME = {benchmark.name: benchmark for benchmark in BENCHMARKS}
+
+MODELS = tuple(s.name for s in MODEL_SPECS)
+BASE_MODELS = tuple(s.name for s in MODEL_SPECS if s.kind == "model")
+MICRO_MODELS = tuple(s.name for s in MODEL_SPECS if s.is_derived)
+DATASETS = tuple(b.name for b in BENCHMARKS)
 
 # The base models' published architectures (the upstream params.json / config.json sizes),
 # for what needs a model's shape before its files are downloaded (`wmtp train plan`). A
@@ -218,10 +193,10 @@ PUBLISHED_ARCHITECTURES: dict[str, dict[str, object]] = {
 TOKENIZER_MODEL = META_MODEL
 # What `wmtp train` trains and `wmtp eval run` evaluates on when not told otherwise.
 TRAIN_MODEL = MICRO_MTP
-TRAIN_DATASET = CODECONTESTS
-EVAL_DATASET = HUMANEVAL
+TRAIN_DATASET = "codecontests"
+EVAL_DATASET = "humaneval"
 # What `wmtp eval compare` and `wmtp train suite` measure pass@k on.
-COMPARE_DATASETS = (HUMANEVAL, MBPP)
+COMPARE_DATASETS = ("humaneval", "mbpp")
 
 
 def spec(name: str) -> AssetSpec:
@@ -231,12 +206,20 @@ def spec(name: str) -> AssetSpec:
     return found
 
 
-def dataset_format(name: str) -> DatasetFormat:
-    """The row schema of dataset `name`; any other name is one usage error."""
-    found = _BY_NAME.get(name)
-    if found is None or found.dataset_format is None:
+def model(name: str) -> ModelSpec:
+    """The model `name`; any other name is one usage error."""
+    found = _MODELS_BY_NAME.get(name)
+    if found is None:
+        raise UsageError(f"unknown model {name!r}", hint=f"choose one of: {', '.join(MODELS)}")
+    return found
+
+
+def benchmark(name: str) -> Benchmark:
+    """The benchmark of dataset `name`; any other name is one usage error."""
+    found = _BENCHMARKS_BY_NAME.get(name)
+    if found is None:
         raise UsageError(f"unknown dataset {name!r}", hint=f"choose one of: {', '.join(DATASETS)}")
-    return found.dataset_format
+    return found
 
 
 def compares_tokenizer(name: str) -> bool:
@@ -246,7 +229,7 @@ def compares_tokenizer(name: str) -> bool:
 
 def reference_pairs() -> str:
     """Each policy model's reference, as messages name them ("micro-ref for micro-mtp")."""
-    return ", ".join(f"{s.reference} for {s.name}" for s in ASSETS if s.reference)
+    return ", ".join(f"{s.reference} for {s.name}" for s in MODEL_SPECS if s.reference)
 
 
 def checked_by(group: str) -> tuple[str, ...]:

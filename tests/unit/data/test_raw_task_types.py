@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from weighted_mtp.data.converters import Rejections, iter_tasks
+from weighted_mtp.data.raw_tasks import Rejections, iter_tasks
 from weighted_mtp.errors import WmtpError
 
 HUMANEVAL = {
