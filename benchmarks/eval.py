@@ -10,6 +10,8 @@
         [--rows 8,16,32] [--hf-rows 16] [--rounds 1]
     uv run python benchmarks/eval.py samples-memory [--mib 1024] [--peer /work/main/src]
     uv run python benchmarks/eval.py judge-calls [--calls 1000,5000] [--samples 8] [--workers 2]
+    uv run python benchmarks/eval.py evalplus-canonical --dataset humanevalplus|mbppplus FILE
+        [--workers 2] [--limit N]
 
 `sandbox`: reference programs (HumanEval's 164 canonical solutions, or with `--mbpp` the
 reference programs of an MBPP file in its upstream format, e.g. a storage's
@@ -60,6 +62,13 @@ run: the tests' loop as EvalPlus writes it (`for i, (inp, exp) in enumerate(zip(
 results))`, which the judge calls ahead in batches), the same loop call by call (`for inp,
 exp in zip(...)`, which it does not), and the floor: one plain `python3` per sample running
 program and tests together. Prints samples/s, microseconds per call and the ratios.
+
+`evalplus-canonical`: every row of a HumanEval+ or MBPP+ file in the hub's schema
+(`test.jsonl`, or EvalPlus's release `HumanEvalPlus-OriginFmt.jsonl.gz` /
+`MbppPlus-OriginFmt.jsonl.gz`, which its `hf_upload.py` pushes to the hub as the `test`
+split) made into problems by the benchmark's module, and its canonical solution judged by
+the base and plus tests through one `Sandbox`, as `wmtp eval score` would (plus only where
+the base passed). Prints samples/s and every task that does not pass, with its reason.
 
 `samples-memory`: writes a HumanEval samples file of `--mib` MiB (many samples with long
 completions, every task covered) and one file of a single line that long; a child process
@@ -1146,6 +1155,49 @@ def bench_judge_calls(args: argparse.Namespace) -> None:
             )
 
 
+CANONICAL_FIELD = {"humanevalplus": "canonical_solution", "mbppplus": "code"}
+
+
+def bench_evalplus_canonical(args: argparse.Namespace) -> None:
+    import gzip
+
+    from weighted_mtp import assets
+    from weighted_mtp.assets.benchmark import BASE_TESTS, PLUS_TESTS
+    from weighted_mtp.eval.problems import problem_job
+    from weighted_mtp.eval.sandbox.pool import Sandbox
+
+    path = Path(args.file)
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle if line.strip()][: args.limit]
+    benchmark = assets.benchmark(args.dataset)
+    problems = [benchmark.problem(row, path, line) for line, row in enumerate(rows, start=1)]
+    field = CANONICAL_FIELD[args.dataset]
+    print(
+        f"{len(rows)} canonical solutions of {args.dataset} ({path.name}), {args.workers} "
+        f"workers, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+    start = time.perf_counter()
+    with Sandbox(args.workers) as box:
+        jobs = [problem_job(p, BASE_TESTS, r[field]) for p, r in zip(problems, rows, strict=True)]
+        base = box.run_all(jobs)
+        base_s = time.perf_counter() - start
+        plus_of = [i for i, p in enumerate(problems) if PLUS_TESTS in p.tests and base[i].passed]
+        plus = box.run_all([problem_job(problems[i], PLUS_TESTS, rows[i][field]) for i in plus_of])
+    wall = time.perf_counter() - start
+    failed = [(problems[i].task_id, "base", o) for i, o in enumerate(base) if not o.passed]
+    failed += [(problems[i].task_id, "plus", o) for i, o in zip(plus_of, plus, strict=True)]
+    failed = [(t, which, o) for t, which, o in failed if not o.passed]
+    print(
+        f"base: {sum(o.passed for o in base)}/{len(base)} passed in {base_s:.1f} s "
+        f"({len(base) / base_s:.1f} samples/s); plus: {sum(o.passed for o in plus)}/"
+        f"{len(plus)} passed; {wall:.1f} s in all"
+    )
+    for task_id, which, outcome in failed:
+        print(f"  {task_id} ({which}): {outcome.result}: {outcome.reason}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -1210,8 +1262,14 @@ def main(argv: list[str] | None = None) -> None:
     calls.add_argument("--workers", type=int, default=2)
     calls.add_argument("--rounds", type=int, default=2)
     calls.add_argument("--timeout", type=float, default=60.0, help="seconds per sample")
+    canonical = commands.add_parser("evalplus-canonical")
+    canonical.add_argument("file", help="rows in the hub's schema (.jsonl or .jsonl.gz)")
+    canonical.add_argument("--dataset", required=True, choices=sorted(CANONICAL_FIELD))
+    canonical.add_argument("--workers", type=int, default=2)
+    canonical.add_argument("--limit", type=int, help="only the first N rows")
     args = parser.parse_args(argv)
     commands_run = {
+        "evalplus-canonical": bench_evalplus_canonical,
         "judge-calls": bench_judge_calls,
         "sandbox": bench_sandbox,
         "sandbox-slot": bench_sandbox_slot,
