@@ -29,7 +29,8 @@ from weighted_mtp.storage.layout import DATASETS, META_MODEL, Layout
 TRAIN_SPLITS = ("train",)
 EVAL_SPLITS = ("validation", "test")
 MAX_LISTED_RECORDS = 20  # training records listed per contaminated task
-# Lines that `data.converters` writes into every MBPP input section.
+# Lines that the MBPP benchmark module (`assets.benchmarks.mbpp`) writes into every input
+# section.
 BOILERPLATE_LINES = {"Your code should pass these tests:", "Test setup code:"}
 _SECTIONS = re.compile(
     r"### Instruction:\n(?P<instruction>.*?)\n\n"
