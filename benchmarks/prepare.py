@@ -26,14 +26,16 @@ from pathlib import Path
 
 def _build(workdir: Path, problems: int, solutions: int) -> Path:
     """Synthetic upstream Parquet, downloaded into a storage root as raw JSONL."""
+    from weighted_mtp.assets.benchmarks.codecontests import write_codecontests_mirror
     from weighted_mtp.catalog import load_catalog
     from weighted_mtp.data.download import download_dataset
+    from weighted_mtp.storage.atomic import atomic_write
     from weighted_mtp.storage.init import init_storage
     from weighted_mtp.storage.layout import Layout
-    from weighted_mtp.synthetic.datasets import write_codecontests_mirror
 
     mirror = write_codecontests_mirror(
         workdir / "mirror",
+        atomic_write,
         n_problems=problems,
         seed=0,
         solutions_per_problem=solutions,
@@ -85,8 +87,8 @@ def _measure_prepare(root: Path, tokenizer: Path) -> dict:
 def _texts(root: Path) -> list[str]:
     """What prepare must encode at least once: each task's prompt and every candidate
     response (including those it will drop), read with the same converter."""
-    from weighted_mtp.data.converters import iter_tasks
-    from weighted_mtp.data.template import render_prompt
+    from weighted_mtp.assets.prompt_template import render_prompt
+    from weighted_mtp.data.raw_tasks import iter_tasks
     from weighted_mtp.storage.layout import Layout
 
     texts = []

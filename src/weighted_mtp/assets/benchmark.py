@@ -8,7 +8,8 @@ same name (its upstream files are the catalog row of that name):
   `splits` and `eval_split` (what `wmtp eval` reads), `stop_sequences` (where a completion
   ends), `numbered_tasks` (upstream ids are integers, named `<name>/<n>`), `raw_file` (the
   one raw JSONL file, or None: one file per upstream split), the disk-estimate factors,
-  and `extra_tests` (test choices beyond `base`, each with what it adds);
+  `extra_tests` (test choices beyond `base`, each with what it adds) and
+  `boilerplate_lines` (lines every prompt repeats, which the contamination check skips);
 - `training_tasks(row, path, line, context)`: a raw row as training tasks with samples;
 - `prompt(row, path, line, tests)`: the evaluation prompt of a raw row;
 - `problem(row, path, line)`: the evaluation problem of a raw row, with its tests for every
@@ -201,6 +202,8 @@ class Benchmark(ABC):
     prepared_per_jsonl: float = 1.5
     # Test choices beyond BASE_TESTS, each with what it adds ("challenge tests").
     extra_tests: Mapping[TestChoice, str] = MappingProxyType({})
+    # Lines its prompts repeat for every task (headings): no evidence of contamination.
+    boilerplate_lines: frozenset[str] = frozenset()
 
     @property
     def test_choices(self) -> tuple[TestChoice, ...]:

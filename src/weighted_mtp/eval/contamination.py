@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from weighted_mtp import progress
+from weighted_mtp import assets, progress
 from weighted_mtp.clock import utc_now
 from weighted_mtp.errors import UsageError
 from weighted_mtp.storage.atomic import write_json
@@ -29,8 +29,8 @@ from weighted_mtp.storage.layout import DATASETS, META_MODEL, Layout
 TRAIN_SPLITS = ("train",)
 EVAL_SPLITS = ("validation", "test")
 MAX_LISTED_RECORDS = 20  # training records listed per contaminated task
-# Lines that `data.converters` writes into every MBPP input section.
-BOILERPLATE_LINES = {"Your code should pass these tests:", "Test setup code:"}
+# Lines the benchmarks' prompts repeat for every task (MBPP's headings).
+BOILERPLATE_LINES = frozenset().union(*(b.boilerplate_lines for b in assets.BENCHMARKS))
 _SECTIONS = re.compile(
     r"### Instruction:\n(?P<instruction>.*?)\n\n"
     r"### Input:\n(?P<input>.*?)\n\n### Evaluation Notes:",

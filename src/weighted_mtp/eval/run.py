@@ -1,12 +1,12 @@
 """`wmtp eval run`: a benchmark's tasks, generation, scoring, results.json.
 
-The tasks are a split of the benchmark's raw records, whole (`eval.tasks`), and each prompt
-is the task's training prompt (the Alpaca template the model was trained on,
-`weighted_mtp.data.template`), so the completion is what a training response is:
+The tasks are a split of the benchmark's raw records, whole (`eval.problems`), and each
+prompt is the task's training prompt (the Alpaca template the model was trained on,
+`weighted_mtp.assets.prompt_template`), so the completion is what a training response is:
 HumanEval's function body, MBPP's and CodeContests' whole program. A prompt longer than
 the model's context leaves for the completion is cut at its head (`eval.prompts`), and
 results.json names those tasks. Where a completion stops and which split is read by
-default are the dataset's registry facts.
+default are facts of the dataset's benchmark module (`weighted_mtp.assets.benchmarks`).
 
 What is evaluated is a storage model, or a finished training run's `final/` model (a run
 folder, `<experiment>/<run-id>` or a run id under the storage's runs folder); results.json

@@ -59,10 +59,15 @@ def write_demo_mirror(mirror: Path) -> Path:
         tokenizer = train_llama_style_tokenizer(mirror / "_work" / "tokenizer.model")
         write_meta_mirror(mirror / META_MODEL, tokenizer_model=tokenizer)
         write_reference_mirror(mirror / REFERENCE_MODEL, tokenizer_model=tokenizer)
-        for benchmark in assets.BENCHMARKS:  # each writes its small upstream-shaped copy
-            benchmark.write_mirror(mirror / benchmark.name, atomic_write)
+        write_dataset_mirrors(mirror)
     write_text(mirror / MIRROR_COMPLETE, "every asset's upstream files are written\n")
     return mirror
+
+
+def write_dataset_mirrors(mirror: Path) -> None:
+    """Each benchmark's synthetic upstream files under `mirror/<dataset>/`."""
+    for benchmark in assets.BENCHMARKS:
+        benchmark.write_mirror(mirror / benchmark.name, atomic_write)
 
 
 def refuse_foreign_root(layout: Layout, mirror: Path) -> None:

@@ -537,7 +537,7 @@ def test_no_test_is_anywhere_in_a_samples_memory(eval_layout):
         json.loads(line)["task_id"]: json.loads(line)["canonical_solution"] for line in raw
     }
     secret = "secret-" + os.urandom(12).hex()
-    needles = {p.task_id: first_assert(p.program_suffix) for p in problems}
+    needles = {p.task_id: first_assert(p.tests["base"].program) for p in problems}
     mark = os.urandom(12).hex()
     marks = {p.task_id: f"program of {p.task_id} {mark}" for p in problems}
     needles.update({f"program of {task}": mark for task, mark in marks.items()})

@@ -40,3 +40,17 @@ def test_names_the_reference_defines_stay_the_samples():
 def test_nothing_when_the_reference_or_the_tests_do_not_parse():
     assert judge_imports("def (", TESTS) == ""
     assert names_taken_from_sample(REFERENCE, "assert (") == ()
+
+
+def test_the_benchmarks_and_the_judge_agree_on_what_a_module_name_is():
+    """`assets.judged_names` (read by benchmark modules, at the base layer) and the judge
+    (in the sandbox) each decide it; they must decide alike."""
+    import sys
+
+    from weighted_mtp.assets import judged_names
+    from weighted_mtp.eval.sandbox import judge
+
+    names = [*sorted(sys.stdlib_module_names), "numpy", "sum", "os.path", "", "Math"]
+    assert [judged_names.is_module_name(n) for n in names] == [
+        judge.is_module_name(n) for n in names
+    ]

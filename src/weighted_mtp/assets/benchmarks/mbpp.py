@@ -44,6 +44,8 @@ from weighted_mtp.assets.rows import (
 from weighted_mtp.assets.split_rules import hash_split
 
 CHALLENGE_TESTS: TestChoice = "all"
+SHOWN_TESTS = "Your code should pass these tests:"
+SETUP_CODE = "Test setup code:"
 # The official splits, as the benchmark names them.
 OFFICIAL_RANGES = (
     ((1, 10), "prompt"),
@@ -83,9 +85,9 @@ def _prompt(row: dict[str, Any], path: Path, line: int, challenge_runs: bool) ->
     challenge tests too where they run."""
     tests, challenge = _tests(row, path, line)
     setup = normalize_newlines(optional(row, "test_setup_code", str, ""))
-    input_text = "Your code should pass these tests:\n" + "\n".join(tests)
+    input_text = f"{SHOWN_TESTS}\n" + "\n".join(tests)
     if setup.strip():
-        input_text = f"Test setup code:\n{setup}\n\n{input_text}"
+        input_text = f"{SETUP_CODE}\n{setup}\n\n{input_text}"
     notes = (
         f"The answer is judged by running the {len(tests)} assert statements above"
         + (f" and {len(challenge)} challenge tests" if challenge and challenge_runs else "")
@@ -111,6 +113,7 @@ class Mbpp(Benchmark):
     raw_file = "mbpp"
     prepared_per_jsonl = 3.0
     extra_tests = MappingProxyType({CHALLENGE_TESTS: "challenge tests"})
+    boilerplate_lines = frozenset({SHOWN_TESTS, SETUP_CODE})
 
     def training_tasks(
         self, row: dict[str, Any], path: Path, line: int, context: TaskContext
