@@ -48,7 +48,7 @@ REASON_LIMIT = 300  # characters of a verdict's reason
 CALLS_FRAME_BYTES = 1 << 20  # results of a batch of calls per frame (the rest follow)
 FIRST_BATCH, LAST_BATCH = 8, 1024  # calls per request when the tests call ahead
 CALL_AHEAD = "__call_ahead__"  # the judge's helper in the tests' namespace
-COMPILED_CHARS = 64 << 20  # characters of tests whose code a judge keeps compiled
+COMPILED_CHARS = 32 << 20  # characters of tests kept compiled (about 6 bytes of code each)
 
 MUTABLE = (list, dict, set, bytearray, collections.deque)
 
