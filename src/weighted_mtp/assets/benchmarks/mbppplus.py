@@ -57,6 +57,7 @@ from weighted_mtp.assets.rows import (
 )
 
 MIRROR_FILE = "data/test-00000-of-00001-d5781c9c51e02795.parquet"  # the hub's file
+SHOWN_TESTS = "Your code should pass these tests:"  # a heading every prompt repeats
 COLUMNS = ("task_id", "code", "prompt", "source_file", "test_imports", "test_list", "test")
 
 
@@ -71,7 +72,7 @@ def _prompt(row: dict[str, Any], path: Path, line: int) -> PromptParts:
     _imports, asserts = _base(row, path, line)
     return PromptParts(
         non_empty_text(field(row, "prompt", path, line), "prompt"),
-        "Your code should pass these tests:\n" + "\n".join(asserts),
+        SHOWN_TESTS + "\n" + "\n".join(asserts),
         f"The answer is judged by running the {len(asserts)} assert statements above, then "
         "many more inputs, each compared with the reference solution's output.\n"
         "Write the solution in Python 3.",
@@ -84,6 +85,7 @@ class MbppPlus(Benchmark):
     numbered_tasks = True
     raw_file = "MbppPlus"
     prepared_per_jsonl = 0.5  # measured 0.04: the tests are most of a row, no record holds them
+    boilerplate_lines = frozenset({SHOWN_TESTS})
 
     def training_tasks(
         self, row: dict[str, Any], path: Path, line: int, context: TaskContext
