@@ -172,7 +172,8 @@ def _refuse_asset_properties(data: object, source: str) -> None:
             raise WmtpError(
                 f"catalog entry models/{name}: "
                 + (f"{', '.join(moved)} no longer belong" if moved else "a built model has no")
-                + " in the catalog (the asset registry, weighted_mtp/assets, declares them)",
+                + " in the catalog (the asset registry, weighted_mtp/assets/__init__.py, "
+                "declares them)",
                 path=source,
                 hint="remove them; the catalog only says where upstream files are",
             )

@@ -89,5 +89,7 @@ def test_an_earlier_catalog_with_formats_or_micro_models_is_refused_with_a_hint(
     with pytest.raises(WmtpError, match=r"models/meta-llama-mtp: format no longer belong"):
         load_catalog(old)
     old.write_text("models:\n  micro-mtp:\n    repo: me/fork\ndatasets: {}\n")
-    with pytest.raises(WmtpError, match=r"models/micro-mtp: a built model has no .*assets\.py"):
+    with pytest.raises(
+        WmtpError, match=r"models/micro-mtp: a built model has no .*assets/__init__\.py"
+    ):
         load_catalog(old)
