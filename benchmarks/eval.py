@@ -9,6 +9,9 @@
     uv run python benchmarks/eval.py batching [--prompts 64] [--max-new-tokens 64] [--dim 1152]
         [--rows 8,16,32] [--hf-rows 16] [--rounds 1]
     uv run python benchmarks/eval.py samples-memory [--mib 1024] [--peer /work/main/src]
+    uv run python benchmarks/eval.py judge-calls [--calls 1000,5000] [--samples 8] [--workers 2]
+    uv run python benchmarks/eval.py evalplus-canonical --dataset humanevalplus|mbppplus FILE
+        [--workers 2] [--limit N]
 
 `sandbox`: reference programs (HumanEval's 164 canonical solutions, or with `--mbpp` the
 reference programs of an MBPP file in its upstream format, e.g. a storage's
@@ -50,6 +53,22 @@ continuous batching (`eval.generate.generate`, packed layers) at each of `--rows
 left-padded prompts per call. Prints tokens/s ratios in CPU time and wall time, how many
 prompts got the same tokens as one at a time, and the memory-bound projection for the 7B
 on a GPU (arithmetic, labelled so).
+
+`judge-calls`: function-style jobs whose tests call the sample's function `--calls` times
+each, as EvalPlus's tests do (a literal list of inputs and of expected outputs, both only in
+the judge; an exact comparison, or within `atol` for floats, with numpy imported by the
+tests), `--samples` jobs through one `Sandbox` of `--workers` slots, three ways in the same
+run: the tests' loop as EvalPlus writes it (`for i, (inp, exp) in enumerate(zip(inputs,
+results))`, which the judge calls ahead in batches), the same loop call by call (`for inp,
+exp in zip(...)`, which it does not), and the floor: one plain `python3` per sample running
+program and tests together. Prints samples/s, microseconds per call and the ratios.
+
+`evalplus-canonical`: every row of a HumanEval+ or MBPP+ file in the hub's schema
+(`test.jsonl`, or EvalPlus's release `HumanEvalPlus-OriginFmt.jsonl.gz` /
+`MbppPlus-OriginFmt.jsonl.gz`, which its `hf_upload.py` pushes to the hub as the `test`
+split) made into problems by the benchmark's module, and its canonical solution judged by
+the base and plus tests through one `Sandbox`, as `wmtp eval score` would (plus only where
+the base passed). Prints samples/s and every task that does not pass, with its reason.
 
 `samples-memory`: writes a HumanEval samples file of `--mib` MiB (many samples with long
 completions, every task covered) and one file of a single line that long; a child process
@@ -1056,6 +1075,137 @@ def bench_samples_memory(args: argparse.Namespace) -> None:
     shutil.rmtree(scratch)
 
 
+JUDGE_CALLS_PROGRAM = """
+def scaled(values, factor):
+    return [round(value * factor, 3) for value in values]
+"""
+JUDGE_CALLS_ORACLE = """
+import numpy as np
+
+def floats(x):
+    if isinstance(x, float):
+        return True
+    return isinstance(x, (list, tuple)) and bool(x) and all(isinstance(v, float) for v in x)
+
+def same(out, exp, atol):
+    if out == exp:
+        return
+    if atol == 0 and floats(exp):
+        atol = 1e-6
+    assert atol != 0 and type(out) is type(exp) and len(out) == len(exp), (out, exp)
+    assert np.allclose(out, exp, rtol=1e-07, atol=atol), (out, exp)
+"""
+
+
+def judge_calls_tests(calls: int, batched: bool) -> str:
+    """EvalPlus-style tests: `calls` inputs and expected outputs, one loop of calls."""
+    inputs = [[[i * 0.5, i + 0.25, 3.0], 1.5 + (i % 7)] for i in range(calls)]
+    results = [[round(v * factor, 3) for v in values] for values, factor in inputs]
+    loop = (
+        "for i, (inp, exp) in enumerate(zip(inputs, results)):"
+        if batched
+        else "for inp, exp in zip(inputs, results):"
+    )
+    return (
+        JUDGE_CALLS_ORACLE
+        + f"inputs = {inputs!r}\nresults = {results!r}\n"
+        + f"{loop}\n    same(scaled(*inp), exp, 0)\n"
+    )
+
+
+def plain_file(path: Path) -> bool:
+    """One plain `python3` runs the program file (too long for `-c`) with its tests."""
+    done = subprocess.run([sys.executable, str(path)], capture_output=True, check=False)
+    return done.returncode == 0
+
+
+def bench_judge_calls(args: argparse.Namespace) -> None:
+    from weighted_mtp.eval.sandbox.pool import Job, Sandbox, SandboxLimits
+
+    limits = SandboxLimits(timeout=args.timeout)
+    print(
+        f"{args.samples} samples per variant, {args.workers} workers, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+    with Sandbox(args.workers, limits) as box:
+        box.run_all([Job(JUDGE_CALLS_PROGRAM, test=judge_calls_tests(10, True))] * args.workers)
+        for calls in args.calls:
+            seconds: dict[str, float] = {}
+            with tempfile.TemporaryDirectory(prefix="wmtp-calls-") as folder:
+                path = Path(folder) / "program.py"
+                path.write_text(JUDGE_CALLS_PROGRAM + judge_calls_tests(calls, False))
+                for _round in range(args.rounds):  # interleaved; the best round counts
+                    for name, batched in (("batched", True), ("call by call", False)):
+                        job = Job(JUDGE_CALLS_PROGRAM, test=judge_calls_tests(calls, batched))
+                        start = time.perf_counter()
+                        outcomes = box.run_all([job] * args.samples)
+                        took = time.perf_counter() - start
+                        seconds[name] = min(seconds.get(name, took), took)
+                        bad = [o for o in outcomes if not o.passed]
+                        if bad:
+                            raise SystemExit(f"{name}: {bad[0].result} ({bad[0].reason})")
+                    start = time.perf_counter()
+                    with ThreadPoolExecutor(args.workers) as pool:
+                        assert all(pool.map(plain_file, [path] * args.samples))
+                    took = time.perf_counter() - start
+                    seconds["plain python3"] = min(seconds.get("plain python3", took), took)
+            total = calls * args.samples
+            line = " | ".join(
+                f"{name} {args.samples / s:.2f} samples/s, {s / total * 1e6:.1f} µs/call"
+                for name, s in seconds.items()
+            )
+            ratio = seconds["call by call"] / seconds["batched"]
+            floor = seconds["batched"] / seconds["plain python3"]
+            print(
+                f"{calls} calls: {line} | batched is {ratio:.1f}x call by call, "
+                f"{floor:.2f}x the plain process's time",
+                flush=True,
+            )
+
+
+CANONICAL_FIELD = {"humanevalplus": "canonical_solution", "mbppplus": "code"}
+
+
+def bench_evalplus_canonical(args: argparse.Namespace) -> None:
+    import gzip
+
+    from weighted_mtp import assets
+    from weighted_mtp.assets.benchmark import BASE_TESTS, PLUS_TESTS
+    from weighted_mtp.eval.problems import problem_job
+    from weighted_mtp.eval.sandbox.pool import Sandbox
+
+    path = Path(args.file)
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle if line.strip()][: args.limit]
+    benchmark = assets.benchmark(args.dataset)
+    problems = [benchmark.problem(row, path, line) for line, row in enumerate(rows, start=1)]
+    field = CANONICAL_FIELD[args.dataset]
+    print(
+        f"{len(rows)} canonical solutions of {args.dataset} ({path.name}), {args.workers} "
+        f"workers, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+    start = time.perf_counter()
+    with Sandbox(args.workers) as box:
+        jobs = [problem_job(p, BASE_TESTS, r[field]) for p, r in zip(problems, rows, strict=True)]
+        base = box.run_all(jobs)
+        base_s = time.perf_counter() - start
+        plus_of = [i for i, p in enumerate(problems) if PLUS_TESTS in p.tests and base[i].passed]
+        plus = box.run_all([problem_job(problems[i], PLUS_TESTS, rows[i][field]) for i in plus_of])
+    wall = time.perf_counter() - start
+    failed = [(problems[i].task_id, "base", o) for i, o in enumerate(base) if not o.passed]
+    failed += [(problems[i].task_id, "plus", o) for i, o in zip(plus_of, plus, strict=True)]
+    failed = [(t, which, o) for t, which, o in failed if not o.passed]
+    print(
+        f"base: {sum(o.passed for o in base)}/{len(base)} passed in {base_s:.1f} s "
+        f"({len(base) / base_s:.1f} samples/s); plus: {sum(o.passed for o in plus)}/"
+        f"{len(plus)} passed; {wall:.1f} s in all"
+    )
+    for task_id, which, outcome in failed:
+        print(f"  {task_id} ({which}): {outcome.result}: {outcome.reason}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -1112,8 +1262,23 @@ def main(argv: list[str] | None = None) -> None:
     memory.add_argument("--mib", type=int, default=1024, help="size of each samples file")
     memory.add_argument("--peer", help="another wmtp source tree (its src/) to compare")
     memory.add_argument("--repeat", type=int, default=1)
+    calls = commands.add_parser("judge-calls")
+    calls.add_argument(
+        "--calls", type=lambda t: [int(x) for x in t.split(",")], default=[1000, 5000]
+    )
+    calls.add_argument("--samples", type=int, default=8)
+    calls.add_argument("--workers", type=int, default=2)
+    calls.add_argument("--rounds", type=int, default=2)
+    calls.add_argument("--timeout", type=float, default=60.0, help="seconds per sample")
+    canonical = commands.add_parser("evalplus-canonical")
+    canonical.add_argument("file", help="rows in the hub's schema (.jsonl or .jsonl.gz)")
+    canonical.add_argument("--dataset", required=True, choices=sorted(CANONICAL_FIELD))
+    canonical.add_argument("--workers", type=int, default=2)
+    canonical.add_argument("--limit", type=int, help="only the first N rows")
     args = parser.parse_args(argv)
     commands_run = {
+        "evalplus-canonical": bench_evalplus_canonical,
+        "judge-calls": bench_judge_calls,
         "sandbox": bench_sandbox,
         "sandbox-slot": bench_sandbox_slot,
         "sandbox-modes": bench_sandbox_modes,

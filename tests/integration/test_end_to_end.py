@@ -369,3 +369,33 @@ def test_transformers_gives_sentencepiece_ids_for_every_model_and_export(demo, t
             assert ids == [1, *sp.encode(text)], (name, text[:80])
             if sp.decode(ids) == text:
                 assert tokenizer.decode(ids, skip_special_tokens=True) == text, (name, text[:80])
+
+
+@pytest.mark.parametrize("dataset", ["mbppplus", "humanevalplus"])
+def test_the_demo_evaluates_the_plus_benchmarks(demo, tmp_path, dataset):
+    """The demo's HumanEval+ and MBPP+ (synthetic rows in the hub's schema) through `eval
+    run` with micro-mtp: MBPP+ reports base and plus pass@k (plus from the per-sample plus
+    verdicts, never above the base), HumanEval+ one number (base and plus merged upstream)."""
+    import json
+
+    from weighted_mtp.eval.scoring import results_path
+
+    root, _ = demo
+    out = tmp_path / "eval"
+    args = ["-n", "2", "--temperature", "0.8", "--max-new-tokens", "12", "--out", str(out)]
+    done = _run("--root", str(root), "eval", "run", "micro-mtp", "--dataset", dataset, *args)
+    assert done.exit_code == 0, done.output
+    results = json.loads((out / "results.json").read_text())
+    rows = [json.loads(x) for x in results_path(out / "samples.jsonl").read_text().splitlines()]
+    assert results["n_tasks"] == results["n_tasks_in_split"] == 5 and len(rows) == 10
+    base = sum(r["passed"] for r in rows) / len(rows)
+    assert results["pass_at_k"]["pass@1"] == pytest.approx(base)
+    if dataset == "humanevalplus":
+        assert results["plus_pass_at_k"] is None and "plus_passed" not in rows[0]
+        return
+    plus = sum(r["plus_passed"] for r in rows) / len(rows)
+    assert results["plus_pass_at_k"]["pass@1"] == pytest.approx(plus)
+    assert plus <= base
+    assert all(r["passed"] or r["plus_result"] == r["result"] for r in rows)
+    assert sum(results["plus_results"].values()) == len(rows)
+    assert "plus" in done.output

@@ -100,7 +100,7 @@ def test_the_name_rule_fails_on_a_planted_name_bound_table(planted):
 def test_the_registry_lists_each_benchmark_module_once_in_a_stable_order():
     from weighted_mtp.assets.benchmark import BASE_TESTS, Benchmark
 
-    assert assets.DATASETS == ("codecontests", "mbpp", "humaneval")
+    assert assets.DATASETS == ("codecontests", "mbpp", "mbppplus", "humaneval", "humanevalplus")
     assert [spec.benchmark for spec in assets.DATASET_SPECS] == list(assets.BENCHMARKS)
     for benchmark in assets.BENCHMARKS:
         assert isinstance(benchmark, Benchmark) and assets.benchmark(benchmark.name) is benchmark

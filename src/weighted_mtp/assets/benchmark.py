@@ -43,6 +43,11 @@ from weighted_mtp.errors import UsageError
 # benchmark, or one of the extra choices a benchmark declares (`Benchmark.extra_tests`).
 TestChoice = str
 BASE_TESTS: TestChoice = "base"
+# Tests reported beside the base ones on every evaluation (EvalPlus's "plus" tests): a
+# problem that has them under this key is judged by them too, on each sample that passed its
+# base tests, and a sample passes "plus" when it passes both (`eval.scoring`). Not a test
+# choice: a benchmark that has them lists it in no `extra_tests`.
+PLUS_TESTS: TestChoice = "plus"
 
 # Programming languages by CodeContests' numbering (contest_problem.proto), the vocabulary
 # of `wmtp data prepare --languages` (names or these numbers).
@@ -137,10 +142,12 @@ class TaskContext:
 class FunctionTests:
     """Tests that judge a program in the benchmark's own namespace: the judge runs
     `program` (asserts, a `check(...)` call) after the sample, taking `entry_points` (and
-    nothing else of the sample's that shadows a built-in or module) from the sample."""
+    nothing else of the sample's that shadows a built-in or module) from the sample, within
+    `time_limit` seconds for the whole (None: the sandbox's timeout)."""
 
     program: str
     entry_points: tuple[str, ...] = ()
+    time_limit: float | None = None
 
 
 @dataclass(frozen=True)

@@ -130,15 +130,29 @@ def _limits(timeout: float | None, no_isolation: bool) -> SandboxLimits:
     return SandboxLimits(timeout=timeout, namespaces=isolation)
 
 
-def print_scores(title: str, pass_at_k: dict[str, float | None], results: dict[str, int]) -> None:
+def print_scores(
+    title: str,
+    pass_at_k: dict[str, float | None],
+    results: dict[str, int],
+    plus_pass_at_k: dict[str, float | None] | None = None,
+    plus_results: dict[str, int] | None = None,
+) -> None:
+    """pass@k and the verdicts; with plus tests, base and plus side by side."""
     from rich.table import Table  # on use: rich is slow to import
 
+    def shown(value: float | None) -> str:
+        return "n/a (fewer samples than k)" if value is None else f"{value:.4f}"
+
     console.print(title, highlight=False)  # as a table's title it would fold at its width
-    table = Table("metric", "value", box=None)
+    plus = plus_pass_at_k is not None
+    table = Table("metric", *(("base", "plus") if plus else ("value",)), box=None)
     for name, value in pass_at_k.items():
-        table.add_row(name, "n/a (fewer samples than k)" if value is None else f"{value:.4f}")
+        table.add_row(
+            name, shown(value), *([shown(plus_pass_at_k[name])] if plus_pass_at_k else [])
+        )
     for result, count in results.items():
-        table.add_row(result, str(count))
+        more = [str((plus_results or {}).get(result, 0))] if plus else []
+        table.add_row(result, str(count), *more)
     console.print(table)
 
 
@@ -195,7 +209,9 @@ def score(
     title = f"{dataset}: {summary.n_samples} samples of {summary.n_tasks} tasks"
     if summary.unattempted:
         title += f" ({len(summary.unattempted)} of the split's tasks unattempted)"
-    print_scores(title, summary.pass_at_k, summary.results)
+    print_scores(
+        title, summary.pass_at_k, summary.results, summary.plus_pass_at_k, summary.plus_results
+    )
     console.print(
         f"executed {summary.samples_per_second:.1f} samples/s with {workers} workers; "
         f"results: {results_path(samples)}",
@@ -276,7 +292,9 @@ def run(
         print_json(results.to_json())
         return
     title = f"{model} on {dataset}: {results.n_samples} samples of {results.n_tasks} tasks"
-    print_scores(title, results.pass_at_k, results.results)
+    print_scores(
+        title, results.pass_at_k, results.results, results.plus_pass_at_k, results.plus_results
+    )
     gen = results.generation
     rate = gen.acceptance_rate
     console.print(
@@ -410,9 +428,11 @@ def print_comparison(comparison: Comparison) -> None:
     labels = comparison.labels
     level = comparison.settings.level
     for d in comparison.datasets:
+        plus = d.plus
         table = Table(
             "run",
             *(f"pass@{k}" for k in d.pass_at_k),
+            *(f"pass@{k} plus" for k in (plus.pass_at_k if plus else ())),
             *(f"Δ pass@{k} [{level}]" for k in d.differences),
             *(["McNemar p"] if d.mcnemar is not None else []),
             box=None,
@@ -421,6 +441,9 @@ def print_comparison(comparison: Comparison) -> None:
         )
         for i, label in enumerate(labels):
             scores = [f"{d.pass_at_k[k][i].estimate:.4f}" for k in d.pass_at_k]
+            scores += (
+                [f"{plus.pass_at_k[k][i].estimate:.4f}" for k in plus.pass_at_k] if plus else []
+            )
             if i == 0:
                 table.add_row(label + " (Baseline)", *scores)
                 continue

@@ -149,10 +149,13 @@ class Evaluation:
     verdicts_sha256: str
     verdicts: dict[str, list[bool]]
     reused: bool
+    plus_verdicts: dict[str, list[bool]] | None = None  # by the plus tests too (None: none)
 
-    def counts(self, tasks: Sequence[str]) -> list[tuple[int, int]]:
-        """(samples, passed) of each task, in the order of `tasks`."""
-        return [(len(self.verdicts[t]), sum(self.verdicts[t])) for t in tasks]
+    def counts(self, tasks: Sequence[str], plus: bool = False) -> list[tuple[int, int]]:
+        """(samples, passed) of each task, in the order of `tasks` (`plus`: passed the plus
+        tests too)."""
+        verdicts = self.plus_verdicts if plus and self.plus_verdicts is not None else self.verdicts
+        return [(len(verdicts[t]), sum(verdicts[t])) for t in tasks]
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,16 @@ class DatasetComparison:
     pass_at_k: dict[int, list[Interval]]
     differences: dict[int, list[Interval]]
     mcnemar: list[McNemar] | None
+    plus: PlusComparison | None = None  # with the plus tests too, where every run has them
+
+
+@dataclass(frozen=True)
+class PlusComparison:
+    """pass@k by the plus tests too, per k and run, and the differences against the
+    Baseline per k and other run."""
+
+    pass_at_k: dict[int, list[Interval]]
+    differences: dict[int, list[Interval]]
 
 
 @dataclass(frozen=True)
@@ -246,6 +259,24 @@ class Comparison:
                 for k, intervals in d.pass_at_k.items()
             },
             versus_baseline=versus,
+            plus_pass_at_k=None
+            if d.plus is None
+            else {
+                f"pass@{k}": {
+                    label: IntervalRecord(*_rounded(interval))
+                    for label, interval in zip(labels, intervals, strict=True)
+                }
+                for k, intervals in d.plus.pass_at_k.items()
+            },
+            plus_versus_baseline=None
+            if d.plus is None
+            else {
+                label: {
+                    f"pass@{k}": DifferenceRecord(*_rounded(diffs[i]), diffs[i].excludes_zero)
+                    for k, diffs in d.plus.differences.items()
+                }
+                for i, label in enumerate(labels[1:])
+            },
         )
 
 
@@ -262,19 +293,20 @@ def _rounded(interval: Interval) -> tuple[float, float, float]:
 
 
 def read_verdicts(
-    folder: Path, n_tasks: int, recorded: dict[str, float | None], n: int
+    folder: Path, n_tasks: int, recorded: dict[str, float | None], n: int, key: str = "passed"
 ) -> dict[str, list[bool]]:
-    """Each task's verdicts from the per-sample results beside an evaluation's samples,
-    checked against what its results.json recorded (`n_tasks` and pass@k): every task has
-    `n` samples and the pass@k recomputed from the verdicts is the one recorded."""
+    """Each task's verdicts (the per-sample results' `key`: "passed", or "plus_passed" for
+    the plus tests) from the per-sample results beside an evaluation's samples, checked
+    against what its results.json recorded (`n_tasks` and pass@k): every task has `n`
+    samples and the pass@k recomputed from the verdicts is the one recorded."""
     path = results_path(RunFolder(folder).samples)
     if not path.is_file():
         raise WmtpError("the evaluation has no per-sample results", path=path)
     verdicts: dict[str, list[bool]] = {}
     for line, row in iter_jsonl(path):
-        task, passed = row.get("task_id"), row.get("passed")
+        task, passed = row.get("task_id"), row.get(key)
         if not isinstance(task, str) or not isinstance(passed, bool):
-            raise WmtpError(f"line {line}: no task_id string and passed verdict", path=path)
+            raise WmtpError(f"line {line}: no task_id string and {key} verdict", path=path)
         verdicts.setdefault(task, []).append(passed)
     counts = [(len(v), sum(v)) for v in verdicts.values()]
     recomputed = {
@@ -300,6 +332,10 @@ def read_verdicts(
 def _evaluation(folder: Path, n: int, reused: bool) -> Evaluation:
     results = read_record(EvaluationResults, RunFolder(folder).results)
     verdicts = read_verdicts(folder, results.n_tasks, results.pass_at_k, n)
+    plus = results.plus_pass_at_k
+    plus_verdicts = (
+        None if plus is None else read_verdicts(folder, results.n_tasks, plus, n, "plus_passed")
+    )
     samples = RunFolder(folder).samples
     return Evaluation(
         folder,
@@ -307,6 +343,7 @@ def _evaluation(folder: Path, n: int, reused: bool) -> Evaluation:
         sha256_file(results_path(samples)),
         verdicts,
         reused,
+        plus_verdicts,
     )
 
 
@@ -354,11 +391,20 @@ def compare_dataset(
         per_run = [task_pass_at_k(e.counts(tasks), k) for e in evaluations]  # each [tasks]
         found = against_first(np.stack(per_run), resamples, seed, level)  # [runs, tasks]
         pass_at_k[k], differences[k] = found.means, found.differences
+    plus = None
+    if all(e.plus_verdicts is not None for e in evaluations):
+        plus = PlusComparison({}, {})
+        for k in settings.ks:
+            per_run = [task_pass_at_k(e.counts(tasks, plus=True), k) for e in evaluations]
+            found = against_first(np.stack(per_run), resamples, seed, level)
+            plus.pass_at_k[k], plus.differences[k] = found.means, found.differences
     mcnemar = None
     if settings.paired_verdicts:
         first = [evaluations[0].verdicts[t][0] for t in tasks]
         mcnemar = [mcnemar_exact(first, [e.verdicts[t][0] for t in tasks]) for e in evaluations[1:]]
-    return DatasetComparison(dataset, split, tasks, evaluations, pass_at_k, differences, mcnemar)
+    return DatasetComparison(
+        dataset, split, tasks, evaluations, pass_at_k, differences, mcnemar, plus
+    )
 
 
 def _prepare(
@@ -501,10 +547,44 @@ def _dataset_markdown(
         f"- {label}: `{folder.name(e.folder)}`" + (" (reused)" if e.reused else "")
         for label, e in zip(labels, d.evaluations, strict=True)
     )
+    plus = ""
+    if d.plus is not None:
+        both = _table(
+            ["run", *(f"pass@{k} base / plus [{level} CI]" for k in ks)],
+            [
+                [
+                    label,
+                    *(
+                        f"{_value(d.pass_at_k[k][i])} / {_value(d.plus.pass_at_k[k][i])}"
+                        for k in ks
+                    ),
+                ]
+                for i, label in enumerate(labels)
+            ],
+        )
+        deltas = _table(
+            ["run", *(f"Δ pass@{k} plus [{level} CI]" for k in ks)],
+            [
+                [
+                    label,
+                    *(
+                        _value(d.plus.differences[k][i], signed=True)
+                        + (" **" if d.plus.differences[k][i].excludes_zero else "")
+                        for k in ks
+                    ),
+                ]
+                for i, label in enumerate(labels[1:])
+            ],
+        )
+        plus = (
+            "Base and plus tests side by side (a sample passes plus when it passes the "
+            f"base tests and the plus tests):\n\n{both}\n\n"
+            f"Against the Baseline, with the plus tests:\n\n{deltas}\n\n"
+        )
     return (
         f"## {d.dataset} ({d.split} split, {len(d.tasks)} tasks)\n\n{scores}\n\n"
         f"Against the Baseline ({labels[0]}):\n\n{_table(header, rows)}\n\n"
-        f"Evaluations:\n\n{sources}\n"
+        f"{plus}Evaluations:\n\n{sources}\n"
     )
 
 

@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 from weighted_mtp import assets
 from weighted_mtp.assets.benchmark import (
     BASE_TESTS,
+    PLUS_TESTS,
     Benchmark,
     FunctionTests,
     Problem,
@@ -54,6 +55,7 @@ def problem_job(problem: Problem, tests: TestChoice, completion: str) -> Job:
         test=judged.program,
         prelude=problem.prompt,
         entry_points=judged.entry_points,
+        timeout=judged.time_limit,
     )
 
 
@@ -151,6 +153,14 @@ class SplitProblems:
     def job(self, task_id: str, completion: str) -> Job:
         """The sandbox job that judges `completion` for task `task_id`."""
         return problem_job(self.problems[task_id], self.tests, completion)
+
+    def has_plus(self, task_id: str) -> bool:
+        """Whether task `task_id` has plus tests (`PLUS_TESTS`)."""
+        return PLUS_TESTS in self.problems[task_id].tests
+
+    def plus_job(self, task_id: str, completion: str) -> Job:
+        """The sandbox job that judges `completion` by task `task_id`'s plus tests."""
+        return problem_job(self.problems[task_id], PLUS_TESTS, completion)
 
 
 def load_split(

@@ -107,8 +107,12 @@ class SettingsRecord:
 
 @dataclass(frozen=True)
 class TaskCount:
+    """A task's samples and how many passed; `plus_passed`, how many passed the plus tests
+    too (null: the benchmark has none)."""
+
     samples: int
     passed: int
+    plus_passed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -153,7 +157,9 @@ class EvaluationResults:
     settings: SettingsRecord
     stop_sequences: list[str]
     pass_at_k: dict[str, float | None]
+    plus_pass_at_k: dict[str, float | None] | None  # the plus tests too (null: none)
     results: dict[str, int]
+    plus_results: dict[str, int] | None  # the samples' plus verdicts (null: no plus tests)
     sandbox: dict[str, Any]
     n_tasks: int
     n_tasks_in_split: int
@@ -242,6 +248,9 @@ class DatasetComparisonRecord:
     evaluations: dict[str, EvaluationSource]
     pass_at_k: dict[str, dict[str, IntervalRecord]]  # pass@k -> run -> interval
     versus_baseline: dict[str, VersusBaseline]  # each run but the Baseline
+    # With the plus tests too (benchmarks that have them, else null), as pass_at_k.
+    plus_pass_at_k: dict[str, dict[str, IntervalRecord]] | None = None
+    plus_versus_baseline: dict[str, dict[str, DifferenceRecord]] | None = None
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,15 @@ results, so memory holds a batch of completions whatever the file's size; its SH
 and after must agree. `wmtp eval run` scores the samples it generated as they are in memory
 (`score_generated`): it reads no samples file back.
 
+A benchmark with plus tests (EvalPlus's HumanEval+ and MBPP+) is scored as EvalPlus scores
+it: every sample by the base tests, and each sample that passed them by the plus tests too
+(a sample passes "plus" when it passes both; one that failed the base tests keeps that
+verdict for plus); pass@k is reported for both.
+
 Output, next to the samples (atomically, like the harness names them; both paths are
 checked before any sample runs): `<samples>_results.jsonl` (each input object plus
-`passed`, `result`, `reason`; a row whose text cannot be written as UTF-8, e.g. a lone
+`passed`, `result`, `reason`, and with plus tests `plus_passed`, `plus_result`,
+`plus_reason`; a row whose text cannot be written as UTF-8, e.g. a lone
 surrogate, is written with JSON's `\\u` escapes instead) and `<samples>_summary.json`
 (`ScoreSummary`, with the sandbox's protections that were in force).
 """
@@ -98,6 +104,8 @@ class ScoreSummary:
     tasks: dict[str, TaskCount]  # per task attempted: samples and passed
     results: dict[str, int]
     pass_at_k: dict[str, float | None]
+    plus_results: dict[str, int] | None  # the plus verdicts (None: no plus tests)
+    plus_pass_at_k: dict[str, float | None] | None
     wall_seconds: float
     samples_per_second: float
     workers: int
@@ -239,19 +247,35 @@ def require_complete(attempted: dict[str, int], benchmark: SplitProblems, path: 
         )
 
 
-def per_task(task_ids: list[str], outcomes: list[Outcome]) -> dict[str, TaskCount]:
-    """Samples and passes of each task, in the order the tasks first appear."""
+def per_task(
+    task_ids: list[str], outcomes: list[Outcome], plus: list[Outcome] | None = None
+) -> dict[str, TaskCount]:
+    """Samples and passes of each task (with `plus`, passes of the plus tests too), in the
+    order the tasks first appear."""
     samples: Counter[str] = Counter()
     passed: Counter[str] = Counter()
-    for task_id, outcome in zip(task_ids, outcomes, strict=True):
+    plus_passed: Counter[str] = Counter()
+    for index, (task_id, outcome) in enumerate(zip(task_ids, outcomes, strict=True)):
         samples[task_id] += 1
         passed[task_id] += outcome.passed
-    return {task_id: TaskCount(samples[task_id], passed[task_id]) for task_id in samples}
+        if plus is not None:
+            plus_passed[task_id] += plus[index].passed
+    return {
+        task_id: TaskCount(
+            samples[task_id], passed[task_id], plus_passed[task_id] if plus is not None else None
+        )
+        for task_id in samples
+    }
 
 
-def pass_at_ks(tasks: dict[str, TaskCount], ks: tuple[int, ...]) -> dict[str, float | None]:
-    """pass@k per k over the tasks that have samples; None where a task has fewer than k."""
-    counts = [(task.samples, task.passed) for task in tasks.values()]
+def pass_at_ks(
+    tasks: dict[str, TaskCount], ks: tuple[int, ...], *, plus: bool = False
+) -> dict[str, float | None]:
+    """pass@k per k over the tasks that have samples (`plus`: by the plus verdicts); None
+    where a task has fewer than k."""
+    counts = [
+        (task.samples, (task.plus_passed or 0) if plus else task.passed) for task in tasks.values()
+    ]
     return {f"pass@{k}": mean_pass_at_k(counts, k) for k in ks}
 
 
@@ -265,21 +289,31 @@ def result_line(row: dict[str, Any]) -> bytes:
 
 
 def write_results(
-    path: Path, samples: Iterable[Sample], outcomes: list[Outcome], sha256: str | None = None
+    path: Path,
+    samples: Iterable[Sample],
+    outcomes: list[Outcome],
+    sha256: str | None = None,
+    plus: list[Outcome] | None = None,
 ) -> None:
-    """Each sample's object again, with its verdict, beside the samples file `path`. With
-    `sha256`, `samples` are streamed from that file, which must still be the bytes that
-    were scored."""
+    """Each sample's object again, with its verdict (and its plus verdict), beside the
+    samples file `path`. With `sha256`, `samples` are streamed from that file, which must
+    still be the bytes that were scored."""
     with atomic_write(results_path(path), "wb") as handle:
         intact = True
         try:
-            for sample, outcome in zip(samples, outcomes, strict=True):
+            for index, (sample, outcome) in enumerate(zip(samples, outcomes, strict=True)):
                 row = {
                     **sample.row,
                     "passed": outcome.passed,
                     "result": outcome.result,
                     "reason": outcome.reason,
                 }
+                if plus is not None:
+                    row |= {
+                        "plus_passed": plus[index].passed,
+                        "plus_result": plus[index].result,
+                        "plus_reason": plus[index].reason,
+                    }
                 handle.write(result_line(row))
         except ValueError:  # zip: another number of lines than was scored
             intact = False
@@ -297,25 +331,68 @@ def jobs_of(samples: Iterable[Sample], split: SplitProblems) -> Iterator[Job]:
         yield split.job(sample.task_id, sample.completion)
 
 
+def plus_jobs_of(
+    samples: Iterable[Sample], split: SplitProblems, base: list[Outcome]
+) -> Iterator[Job]:
+    """The plus job of every sample that passed the base tests and has plus tests."""
+    for sample, outcome in zip(samples, base, strict=True):
+        if outcome.passed and split.has_plus(sample.task_id):
+            yield split.plus_job(sample.task_id, sample.completion)
+
+
+def plus_outcomes(
+    task_ids: list[str],
+    samples: Iterable[Sample],
+    split: SplitProblems,
+    base: list[Outcome],
+    run: Callable[[Iterator[Job], int], list[Outcome]],
+) -> list[Outcome] | None:
+    """Each sample's plus verdict (None: the benchmark has no plus tests): what `run` gives
+    for its plus job where it passed the base tests, else its base verdict."""
+    if not any(split.has_plus(task_id) for task_id in split.problems):
+        return None
+    wanted = [
+        outcome.passed and split.has_plus(task_id)
+        for task_id, outcome in zip(task_ids, base, strict=True)
+    ]
+    judged = iter(run(plus_jobs_of(samples, split, base), sum(wanted)))
+    return [next(judged) if want else outcome for want, outcome in zip(wanted, base, strict=True)]
+
+
 def samples_of(path: Path, dataset: str) -> Iterator[Sample]:
     """The samples of a samples file, read again as they are needed."""
     return (sample for sample, _raw in iter_samples(path, dataset))
 
 
-def execute(
-    jobs: Iterator[Job], total: int, workers: int, limits: SandboxLimits
-) -> tuple[list[Outcome], dict[str, Any]]:
+def run_jobs(box: Sandbox, jobs: Iterator[Job], total: int, what: str) -> list[Outcome]:
     """Outcomes in the order of `jobs`, `JOBS_AT_ONCE` jobs taken from the iterator at a
-    time (memory holds those, not the whole file's completions), and the sandbox's
-    protections that were in force."""
+    time (memory holds those, not the whole file's completions)."""
     outcomes: list[Outcome] = []
-    with (
-        progress.task("executing samples", total, "samples") as advance,
-        Sandbox(workers, limits) as box,
-    ):
+    with progress.task(what, total, "samples") as advance:
         while chunk := list(itertools.islice(jobs, JOBS_AT_ONCE)):
             outcomes += box.run_all(chunk, advance)
-        return outcomes, box.protections
+    return outcomes
+
+
+def execute(
+    samples: Callable[[], Iterable[Sample]],
+    task_ids: list[str],
+    split: SplitProblems,
+    workers: int,
+    limits: SandboxLimits,
+) -> tuple[list[Outcome], list[Outcome] | None, dict[str, Any]]:
+    """Every sample's outcome, its plus outcome (`plus_outcomes`) and the sandbox's
+    protections that were in force, from one sandbox."""
+    with Sandbox(workers, limits) as box:
+        outcomes = run_jobs(box, jobs_of(samples(), split), len(task_ids), "executing samples")
+        plus = plus_outcomes(
+            task_ids,
+            samples(),
+            split,
+            outcomes,
+            lambda jobs, total: run_jobs(box, jobs, total, "executing the plus tests"),
+        )
+        return outcomes, plus, box.protections
 
 
 def score_samples(
@@ -399,12 +476,14 @@ def _score(
     """Execute every sample (`samples()` gives them, once for the jobs and once for the
     results), write the results and the summary."""
     start = time.perf_counter()
-    jobs = jobs_of(samples(), benchmark)
-    outcomes, protections = execute(jobs, len(task_ids), options.workers, options.limits)
+    outcomes, plus, protections = execute(
+        samples, task_ids, benchmark, options.workers, options.limits
+    )
     wall = time.perf_counter() - start
-    write_results(written.path, samples(), outcomes, written.sha256 if reread else None)
-    tasks = per_task(task_ids, outcomes)
+    write_results(written.path, samples(), outcomes, written.sha256 if reread else None, plus)
+    tasks = per_task(task_ids, outcomes, plus)
     counts = Counter(o.result for o in outcomes)
+    plus_counts = Counter(o.result for o in plus or [])
     summary = ScoreSummary(
         dataset=benchmark.dataset,
         split=benchmark.split,
@@ -420,6 +499,8 @@ def _score(
         tasks=tasks,
         results={result: counts.get(result, 0) for result in RESULTS},
         pass_at_k=pass_at_ks(tasks, options.ks),
+        plus_results=None if plus is None else {r: plus_counts.get(r, 0) for r in RESULTS},
+        plus_pass_at_k=None if plus is None else pass_at_ks(tasks, options.ks, plus=True),
         wall_seconds=round(wall, 3),
         samples_per_second=round(len(outcomes) / wall, 2) if wall > 0 else 0.0,
         workers=options.workers,

@@ -185,3 +185,60 @@ def test_bad_input_is_one_line_before_anything_is_evaluated(storage, runs, tmp_p
     error = cli_error("eval", "compare", *runs, *GREEDY, "--out", str(out), root=storage.root)
     assert "output folder is not empty" in error.what
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_base_and_plus_side_by_side(storage, runs, sp_model_path, tmp_path):
+    """MBPP+ and HumanEval+ (synthetic mirrors in the hub's schema) compared: MBPP+ with
+    base and plus pass@k and their intervals, each run's plus numbers recomputed from its
+    per-sample plus verdicts; HumanEval+ (base and plus merged upstream) with one number."""
+    from weighted_mtp.assets.benchmarks.humanevalplus import write_humanevalplus_mirror
+    from weighted_mtp.assets.benchmarks.mbppplus import write_mbppplus_mirror
+    from weighted_mtp.catalog import load_catalog
+    from weighted_mtp.data.download import download_dataset
+    from weighted_mtp.data.prepare import prepare_dataset
+    from weighted_mtp.storage.atomic import atomic_write
+
+    for name, write in (
+        ("mbppplus", write_mbppplus_mirror),
+        ("humanevalplus", write_humanevalplus_mirror),
+    ):
+        mirror = write(tmp_path / name, atomic_write, plus_inputs=50)
+        download_dataset(storage, load_catalog(), name, mirror=mirror)
+        prepare_dataset(storage, name, tokenizer=sp_model_path)
+    out = tmp_path / "plus-comparison"
+    done = invoke(
+        "eval",
+        "compare",
+        *runs,
+        "--dataset",
+        "mbppplus,humanevalplus",
+        *GREEDY,
+        "--out",
+        str(out),
+        root=storage.root,
+    )
+    assert done.exit_code == 0, done.output
+    assert_matches_schema(out / "comparison.json", "comparison.schema.json")
+    record = json.loads((out / "comparison.json").read_text())
+    plus, merged = record["datasets"]["mbppplus"], record["datasets"]["humanevalplus"]
+    assert merged["plus_pass_at_k"] is None and merged["plus_versus_baseline"] is None
+    labels = list(plus["pass_at_k"]["pass@1"])
+    assert set(plus["plus_pass_at_k"]["pass@1"]) == set(labels)
+    assert set(plus["plus_versus_baseline"]) == set(labels[1:])
+    for label in labels:
+        folder = out / plus["evaluations"][label]["folder"]
+        results = json.loads((folder / "results.json").read_text())
+        rows = [
+            json.loads(x) for x in results_path(folder / "samples.jsonl").read_text().splitlines()
+        ]
+        assert all(not r["plus_passed"] or r["passed"] for r in rows)  # plus needs base
+        assert results["plus_pass_at_k"]["pass@1"] == pytest.approx(
+            sum(r["plus_passed"] for r in rows) / len(rows)
+        )
+        assert plus["plus_pass_at_k"]["pass@1"][label]["estimate"] == pytest.approx(
+            results["plus_pass_at_k"]["pass@1"], abs=1e-4
+        )
+        assert results["plus_results"] is not None and sum(results["plus_results"].values()) == 3
+    markdown = (out / "comparison.md").read_text()
+    assert "pass@1 base / plus" in markdown and "with the plus tests" in markdown
+    assert "pass@1 plus" in done.output

@@ -108,6 +108,10 @@ PLAIN = [
     datetime.timedelta(days=-1, seconds=5),
     int,
     [str, float, math.sqrt, collections.Counter],
+    # flat containers of exact scalars cross without a call per item; these do not
+    [0.5, "a", None, True, 7],
+    (1, 3**20000),
+    {1.5, "b", -(2**70)},
 ]
 
 
@@ -126,6 +130,8 @@ def test_plain_values_cross_as_the_same_value_of_the_same_type(value):
         (np.int64(7), 7),
         (np.float32(0.5), 0.5),
         (np.bool_(True), True),
+        ([1, Colour.RED, type("Text", (str,), {})("x")], [1, 3, "x"]),
+        ((0.5, np.float64(1.5)), (0.5, 1.5)),
     ],
     ids=[
         "IntEnum",
@@ -135,6 +141,8 @@ def test_plain_values_cross_as_the_same_value_of_the_same_type(value):
         "np.int64",
         "np.float32",
         "np.bool_",
+        "list-of-subclasses",
+        "tuple-with-numpy",
     ],
 )
 def test_subclasses_and_numpy_scalars_cross_as_their_plain_value(value, expected):

@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 
+from weighted_mtp import assets
 from weighted_mtp.catalog import load_catalog
 from weighted_mtp.errors import UsageError, WmtpError
 from weighted_mtp.pipeline import build as b
@@ -47,9 +48,7 @@ def test_select_steps_by_name_group_and_start():
     assert [s.name for s in b.select_steps(["download"])] == [
         "download-meta",
         "download-ref",
-        "download-codecontests",
-        "download-mbpp",
-        "download-humaneval",
+        *(f"download-{name}" for name in assets.DATASETS),
     ]
     assert [s.name for s in b.select_steps(start="verify")] == ["verify", "report"]
     assert len(b.select_steps()) == len(b.STEP_NAMES)

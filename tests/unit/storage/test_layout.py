@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from weighted_mtp.errors import WmtpError
-from weighted_mtp.storage.layout import Layout, safe_relative
+from weighted_mtp.storage.layout import DATASETS, Layout, safe_relative
 
 SEED_LAYOUT = (
     [
@@ -11,12 +11,8 @@ SEED_LAYOUT = (
         for m in ("meta-llama-mtp", "ref-sheared-llama-2.7b", "micro-mtp", "micro-ref")
         for s in ("raw", "safetensors", "configs", "tokenizer")
     ]
-    + [
-        f"datasets_v2/{d}/{s}"
-        for d in ("codecontests", "mbpp", "humaneval")
-        for s in ("raw", "processed", "stats")
-    ]
-    + [f"datasets_local_small/{d}_small" for d in ("codecontests", "mbpp", "humaneval")]
+    + [f"datasets_v2/{d}/{s}" for d in DATASETS for s in ("raw", "processed", "stats")]
+    + [f"datasets_local_small/{d}_small" for d in DATASETS]
 )
 
 

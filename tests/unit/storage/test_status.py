@@ -1,3 +1,4 @@
+from weighted_mtp import assets
 from weighted_mtp.storage import freshness
 from weighted_mtp.storage.status import asset_statuses, model_state, storage_tree
 
@@ -19,7 +20,7 @@ def test_model_states_follow_the_files(layout):
 def test_statuses_cover_every_asset_and_tree_sums_sizes(layout):
     layout.dataset("mbpp").split("train").write_text("x" * 10)
     rows = {(r.kind, r.name): r for r in asset_statuses(layout)}
-    assert len(rows) == 10
+    assert len(rows) == len(assets.MODELS) + 2 * len(assets.DATASETS)  # datasets and samples
     assert rows[("dataset", "mbpp")].state == "prepared"
     assert rows[("dataset", "mbpp")].size == 10
     tree = storage_tree(layout.root, depth=3)

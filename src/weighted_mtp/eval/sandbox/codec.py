@@ -50,8 +50,18 @@ class ProtocolError(Exception):
 # --- framing ------------------------------------------------------------------------------
 
 
+def dumps(message: Json) -> str:
+    """`message` as the compact JSON text of a frame."""
+    return json.dumps(message, separators=(",", ":"))
+
+
 def send_frame(sock: socket.socket, message: Json) -> None:
-    data = json.dumps(message, separators=(",", ":")).encode()
+    send_text(sock, dumps(message))
+
+
+def send_text(sock: socket.socket, text: str) -> None:
+    """A frame whose JSON text is `text` (made by `dumps`, or joined from its pieces)."""
+    data = text.encode()
     if len(data) > FRAME_LIMIT:
         raise ProtocolError(f"message of {len(data)} bytes is over {FRAME_LIMIT}")
     sock.sendall(HEADER.pack(len(data)) + data)
@@ -97,6 +107,25 @@ def _numpy_scalar(value: object) -> object | None:
     return None
 
 
+_SCALARS = (str, float, bool, type(None))  # exact types JSON carries as they are
+_FLAT = (list, tuple, set, frozenset)
+
+
+def _flat(value: Any) -> list[Any] | None:
+    """The items of a list, tuple, set or frozenset (exact types) that holds only exact
+    str, float, bool, None and ints JSON carries as numbers, which cross as they are (the
+    common case, encoded without a call per item); None for anything else."""
+    items = list(value)
+    for item in items:
+        kind = type(item)
+        if kind is int:
+            if item.bit_length() > INT_BITS_AS_NUMBER:
+                return None
+        elif kind not in _SCALARS:
+            return None
+    return items
+
+
 def encode(value: object, export: Callable[[object], Json], depth: int = 0) -> Json:
     """`value` as tagged JSON; `export` gives the JSON of anything that is not plain data
     (a handle) or raises TypeError."""
@@ -119,6 +148,10 @@ def encode(value: object, export: Callable[[object], Json], depth: int = 0) -> J
         return [tag, b64encode(bytes(value)).decode()]
     if isinstance(value, complex):
         return ["complex", value.real, value.imag]
+    if type(value) in _FLAT:
+        flat = _flat(value)
+        if flat is not None:
+            return [type(value).__name__, flat]
     if isinstance(value, (list, tuple, set, frozenset, collections.deque)):
         items = [encode(item, export, down) for item in value]
         if isinstance(value, collections.deque):
@@ -202,6 +235,7 @@ def standard_name(value: object) -> list[str] | None:
     return [str(module), qualname] if same else None
 
 
+_JSON_SCALARS = (str, int, float, bool, type(None))  # what json.loads makes of a number or text
 _SEQUENCES: dict[str, Callable[[list[Any]], Any]] = {
     "list": list,
     "tuple": tuple,
@@ -241,7 +275,10 @@ def _decode_tagged(
 
     if tag in _SEQUENCES:
         (items,) = payload
-        return _SEQUENCES[tag]([item(x) for x in as_list(items)])
+        plain = as_list(items)
+        if all(type(x) in _JSON_SCALARS for x in plain):  # nothing to rebuild
+            return _SEQUENCES[tag](plain)
+        return _SEQUENCES[tag]([item(x) for x in plain])
     if tag in _MAPPINGS:
         (pairs,) = payload
         return _MAPPINGS[tag]([(item(k), item(v)) for k, v in as_list(pairs)])

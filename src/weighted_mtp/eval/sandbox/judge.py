@@ -14,14 +14,16 @@ processes import this.
 
 from __future__ import annotations
 
+import ast
 import builtins
 import collections
 import contextlib
 import importlib
 import socket
 import sys
+import textwrap
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from weighted_mtp.eval.sandbox.codec import (
@@ -32,15 +34,21 @@ from weighted_mtp.eval.sandbox.codec import (
     as_str,
     by_name,
     decode,
+    dumps,
     encode,
     receive_frame,
     send_frame,
+    send_text,
     standard_name,
     stdlib_module_name,
 )
 
 TEXT_LIMIT = 1000  # characters of an exception message or repr that cross
 REASON_LIMIT = 300  # characters of a verdict's reason
+CALLS_FRAME_BYTES = 1 << 20  # results of a batch of calls per frame (the rest follow)
+FIRST_BATCH, LAST_BATCH = 8, 1024  # calls per request when the tests call ahead
+CALL_AHEAD = "__call_ahead__"  # the judge's helper in the tests' namespace
+COMPILED_CHARS = 32 << 20  # characters of tests kept compiled (about 6 bytes of code each)
 
 MUTABLE = (list, dict, set, bytearray, collections.deque)
 
@@ -138,6 +146,30 @@ def _call(handles: Handles, target: object, args: Json, kwargs: Json) -> Json:
     return ["ok", handles.encode(result), changed]
 
 
+def send_calls(sock: socket.socket, handles: Handles, target: object, calls: Json) -> None:
+    """Answer a batch of calls of `target`, in order, in frames `["calls", results, raised,
+    done]` of about CALLS_FRAME_BYTES each: each result is `[value, changed arguments]`
+    as one call's reply holds them; the first call that raises ends the batch and its
+    exception is `raised` (else null). The tests decide; the sample never sees them."""
+    items: list[str] = []
+    size = 0
+    failure: Json = None
+    for call in as_list(calls):
+        args, kwargs = as_list(call)
+        try:
+            _ok, value, changed = _call(handles, target, args, kwargs)
+            item = dumps([value, changed])
+        except BaseException as exc:  # the sample's own exception, or its value's
+            failure = raised(exc)
+            break
+        if items and size + len(item) > CALLS_FRAME_BYTES:
+            send_text(sock, '["calls",[' + ",".join(items) + "],null,false]")
+            items, size = [], 0
+        items.append(item)
+        size += len(item)
+    send_text(sock, '["calls",[' + ",".join(items) + "]," + dumps(failure) + ",true]")
+
+
 def answer(request: Json, namespace: dict[str, Any], handles: Handles) -> Json:
     """The reply to one request of the judge (run in the sample's process)."""
     op, *rest = as_list(request)
@@ -207,8 +239,10 @@ def serve(sock: socket.socket, namespace: dict[str, Any], handles: Handles) -> N
         except (ChannelClosed, ProtocolError):
             return
         try:
-            reply = answer(request, namespace, handles)
-            send_frame(sock, reply)
+            if isinstance(request, list) and len(request) == 3 and request[0] == "calls":
+                send_calls(sock, handles, handles.resolve("ref", [request[1]]), request[2])
+            else:
+                send_frame(sock, answer(request, namespace, handles))
             continue
         except (ChannelClosed, OSError):
             return
@@ -283,11 +317,8 @@ class Channel:
         reply = self.receive()
         try:
             kind, *rest = as_list(reply)
-            if kind == "raise" and all(isinstance(x, str) for x in rest) and len(rest) == 2:
-                name = exception_name(rest[0])
-                if name == "StopIteration" and op != "next":  # it would end the tests' loops
-                    name = "StopIteration raised by a call"
-                error = _exception(name, bounded(rest[1]))
+            if kind == "raise":
+                error = _raised(op, rest)
             elif kind == "ok" and len(rest) == 2:
                 value = decode(rest[0], self.resolve)
                 _write_back(writeback or {}, as_list(rest[1]), self.resolve)
@@ -297,6 +328,46 @@ class Channel:
         except (ProtocolError, TypeError, ValueError) as exc:
             raise SampleBrokeProtocol(f"the sample broke the protocol: {exc}") from None
         raise error
+
+    def calls(
+        self, number: int, arguments: Sequence[Sequence[Any]]
+    ) -> tuple[list[Any], Exception | None]:
+        """Call the sample's object `number` on each argument list in order, in one
+        request: the values returned up to the first call that raised, and what that call
+        raised (None: none did). Arguments it changed in place are written back, as
+        `call` does."""
+        try:
+            send_frame(
+                self.sock,
+                ["calls", number, [[[self.encode(a) for a in args], []] for args in arguments]],
+            )
+        except OSError:
+            raise SampleGone("the sample ended before the tests finished") from None
+        values: list[Any] = []
+        while True:
+            reply = self.receive()
+            try:
+                kind, *rest = as_list(reply)
+                if kind == "raise":
+                    return values, _raised("call", rest)
+                if kind != "calls" or len(rest) != 3 or not isinstance(rest[2], bool):
+                    raise ProtocolError("not a reply to calls")
+                items, failure, done = rest
+                for item in as_list(items):
+                    data, changed = as_list(item)
+                    args = arguments[len(values)]
+                    values.append(decode(data, self.resolve))
+                    mutable = {i: a for i, a in enumerate(args) if isinstance(a, MUTABLE)}
+                    _write_back(mutable, as_list(changed), self.resolve)
+                if failure is not None:
+                    _raise, *what = as_list(failure)
+                    return values, _raised("call", what)
+                if done:
+                    if len(values) != len(arguments):
+                        raise ProtocolError("fewer results than calls")
+                    return values, None
+            except (ProtocolError, TypeError, ValueError, IndexError) as exc:
+                raise SampleBrokeProtocol(f"the sample broke the protocol: {exc}") from None
 
     def wait_loaded(self) -> dict[str, Any]:
         """Once the sample's program ran to its end, the functions, classes and modules it
@@ -324,6 +395,16 @@ class Channel:
             [[k, self.encode(v)] for k, v in kwargs.items()],
             writeback=mutable,
         )
+
+
+def _raised(op: str, rest: list[Json]) -> Exception:
+    """The judge's exception for the sample's `["raise", name, message]` reply to `op`."""
+    if len(rest) != 2 or not all(isinstance(x, str) for x in rest):
+        raise ProtocolError("not a reply")
+    name = exception_name(rest[0])
+    if name == "StopIteration" and op != "next":  # it would end the tests' loops
+        name = "StopIteration raised by a call"
+    return _exception(name, bounded(rest[1]))
 
 
 def _write_back(
@@ -422,6 +503,192 @@ class SampleObject:
         return text if isinstance(text, str) else "<an object of the sample>"
 
 
+class _Ahead:
+    """The calls of one sample function on one list of inputs, fetched a batch ahead."""
+
+    def __init__(self, function: SampleObject, inputs: Sequence[Any]) -> None:
+        self.function, self.inputs = function, inputs
+        self.results: list[tuple[Any, Exception | None]] = []  # (value, what it raised)
+        self.served = 0  # the next index the tests ask for, in order
+
+    def result(self, index: int) -> Any:
+        if index != self.served:  # not in order: as the plain call would
+            return self.function(*self.inputs[index])
+        if index == len(self.results):
+            self.fetch(index)
+        self.served += 1
+        value, error = self.results[index]
+        if error is not None:
+            raise error
+        return value
+
+    def fetch(self, start: int) -> None:
+        size = min(max(len(self.results), FIRST_BATCH), LAST_BATCH)
+        arguments = [tuple(args) for args in self.inputs[start : start + size]]
+        channel: Channel = object.__getattribute__(self.function, "_channel")
+        number: int = object.__getattribute__(self.function, "_number")
+        values, error = channel.calls(number, arguments)
+        self.results += [(value, None) for value in values]
+        if error is not None:
+            self.results.append((None, error))
+
+
+class CallAhead:
+    """`__call_ahead__(function, inputs, i)`: what `function(*inputs[i])` gives, for tests
+    that call the sample's function on each input of a list in order (EvalPlus's tests
+    call it thousands of times). The sample's function is called on the next inputs in one
+    request (8, then as many as were called so far, up to 1024), its values kept in the
+    judge until the tests ask for them; a call that raised raises when its turn comes.
+    The sample sees nothing it would not see call by call (the inputs, in the same
+    order), and the tests still decide each value; only the calls after a failing one
+    (at most one batch) run before the tests fail. Anything else (a function of the
+    tests', an index out of order) is called as written."""
+
+    def __init__(self) -> None:
+        self.runs: dict[tuple[int, int], _Ahead] = {}
+
+    def __call__(self, function: Any, inputs: Sequence[Any], index: int) -> Any:
+        if type(function) is not SampleObject or not isinstance(inputs, (list, tuple)):
+            return function(*inputs[index])
+        run = self.runs.get((id(function), id(inputs)))
+        if run is None or run.function is not function or run.inputs is not inputs:
+            run = self.runs[(id(function), id(inputs))] = _Ahead(function, inputs)
+        return run.result(index)
+
+
+def _loop_names(node: ast.For) -> tuple[str, str, str] | None:
+    """(index, item, inputs) of a loop over `enumerate(inputs)` or `enumerate(zip(inputs,
+    ...))` whose target is `i, inp` or `i, (inp, ...)`; None for any other loop."""
+    target, iterated = node.target, node.iter
+    if not (
+        isinstance(target, ast.Tuple)
+        and len(target.elts) == 2
+        and isinstance(iterated, ast.Call)
+        and isinstance(iterated.func, ast.Name)
+        and iterated.func.id == "enumerate"
+        and len(iterated.args) == 1
+        and not iterated.keywords
+    ):
+        return None
+    index, item = target.elts
+    source = iterated.args[0]
+    if isinstance(item, ast.Tuple) and item.elts:
+        item = item.elts[0]
+        if not (
+            isinstance(source, ast.Call)
+            and isinstance(source.func, ast.Name)
+            and source.func.id == "zip"
+            and source.args
+            and not source.keywords
+        ):
+            return None
+        source = source.args[0]
+    if not all(isinstance(n, ast.Name) for n in (index, item, source)):
+        return None
+    return index.id, item.id, source.id  # type: ignore[attr-defined]
+
+
+class _Calls(ast.NodeTransformer):
+    def __init__(self, index: str, item: str, inputs: str) -> None:
+        self.index, self.item, self.inputs = index, item, inputs
+        self.changed = False
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        self.generic_visit(node)
+        match node:
+            case ast.Call(
+                func=ast.Name() as function,
+                args=[ast.Starred(value=ast.Name(id=item))],
+                keywords=[],
+            ) if item == self.item:
+                load = ast.Load()
+                helper = ast.Name(CALL_AHEAD, load)
+                arguments: list[ast.expr] = [
+                    function,
+                    ast.Name(self.inputs, load),
+                    ast.Name(self.index, load),
+                ]
+                self.changed = True
+                return ast.copy_location(ast.Call(helper, arguments, []), node)
+        return node
+
+
+def calling_ahead(test: str) -> str:
+    """The tests with their loops of calls over a list of inputs calling ahead
+    (`CallAhead`). Such a loop is found without parsing the whole tests (EvalPlus's hold
+    megabytes of literal inputs, which `compile` reads far faster than `ast` builds them):
+    each line that starts a `for ... enumerate(` loop and the lines indented under it are
+    parsed alone, and rewritten only where they form such a loop."""
+    lines = test.splitlines(keepends=True)
+    out: list[str] = []
+    at = 0
+    while at < len(lines):
+        line = lines[at]
+        stripped = line.lstrip()
+        end = at + 1
+        if stripped.startswith("for ") and "enumerate(" in line:
+            indent = line[: len(line) - len(stripped)]
+            while end < len(lines) and (
+                not lines[end].strip()
+                or (lines[end].startswith(indent) and lines[end][len(indent)] in " \t")
+            ):
+                end += 1
+            rewritten = _rewritten_loop("".join(lines[at:end]), indent)
+            if rewritten is not None:
+                out.append(rewritten)
+                at = end
+                continue
+            end = at + 1
+        out.append(line)
+        at = end
+    return "".join(out)
+
+
+def _rewritten_loop(block: str, indent: str) -> str | None:
+    """The loop `block` (indented by `indent`) calling ahead, or None if it is not one."""
+    try:
+        tree = ast.parse(textwrap.dedent(block))
+    except SyntaxError:
+        return None
+    loop = tree.body[0]
+    if len(tree.body) != 1 or not isinstance(loop, ast.For):
+        return None
+    names = _loop_names(loop)
+    if names is None:
+        return None
+    calls = _Calls(*names)
+    loop.body = [calls.visit(statement) for statement in loop.body]
+    if not calls.changed:
+        return None
+    text = ast.unparse(ast.fix_missing_locations(tree))
+    return "".join(indent + line + "\n" for line in text.splitlines())
+
+
+class CompiledTests:
+    """The code of the tests a judge ran last, by their text, up to COMPILED_CHARS
+    characters of tests: the samples of one task share its tests, and compiling
+    EvalPlus's (megabytes of literal inputs and outputs) costs far more than running them."""
+
+    def __init__(self, limit: int = COMPILED_CHARS) -> None:
+        self.limit = limit
+        self.codes: collections.OrderedDict[str, types.CodeType] = collections.OrderedDict()
+
+    def code(self, test: str) -> types.CodeType:
+        found = self.codes.get(test)
+        if found is not None:
+            self.codes.move_to_end(test)
+            return found
+        code = compile(calling_ahead(test), "<tests>", "exec")
+        if len(test) <= self.limit:
+            self.codes[test] = code
+            while sum(len(text) for text in self.codes) > self.limit:
+                self.codes.popitem(last=False)
+        return code
+
+
+COMPILED = CompiledTests()
+
+
 def is_module_name(name: str) -> bool:
     """A top-level module of the standard library (`math`, `sys`, `collections`)."""
     return name in sys.stdlib_module_names
@@ -438,6 +705,7 @@ class JudgeNamespace(dict[str, Any]):
 
     def __init__(self, channel: Channel) -> None:
         super().__init__(__name__="__judge__", __builtins__=builtins)
+        self[CALL_AHEAD] = CallAhead()
         self.channel = channel
         self.defined: dict[str, Any] = {}
 
@@ -475,7 +743,7 @@ def judge(sock: socket.socket, prelude: str, test: str, entry_points: list[str])
         namespace.defined = channel.wait_loaded()
         for name in entry_points:
             namespace.take_from_sample(name)
-        exec(compile(test, "<tests>", "exec"), namespace)
+        exec(COMPILED.code(test), namespace)
     except AssertionError as exc:
         return {"result": "failed", "reason": describe(exc)}
     except SampleBrokeProtocol as exc:
