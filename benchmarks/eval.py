@@ -426,6 +426,12 @@ def interleaved(rounds: int, variants: dict) -> dict[str, list[Timed]]:
             cpu = time.process_time()
             outputs, stats = run()
             runs[name].append(Timed(outputs, stats, time.process_time() - cpu))
+            timed = runs[name][-1]
+            print(
+                f"    {name}: {stats.new_tokens} tokens, {timed.cpu:.1f} s CPU, "
+                f"{stats.seconds:.1f} s wall, load average {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
         line = " | ".join(f"{n} {r[-1].stats.tokens_per_second:.2f}" for n, r in runs.items())
         print(f"  round {round_ + 1}, tokens/s: {line}")
     return runs
