@@ -7,7 +7,7 @@
     uv run python benchmarks/eval.py sandbox-modes [--workers 2] [--rounds 3]
     uv run python benchmarks/eval.py decoding [--root STORAGE] [--steps 40] [--rounds 3]
     uv run python benchmarks/eval.py batching [--prompts 64] [--max-new-tokens 64] [--dim 1152]
-        [--rows 8,16,32] [--hf-rows 16] [--rounds 1]
+        [--rows 8,16,32] [--hf-rows 16] [--rounds 1] [--variants generate-16,batched-16]
     uv run python benchmarks/eval.py samples-memory [--mib 1024] [--peer /work/main/src]
     uv run python benchmarks/eval.py judge-calls [--calls 1000,5000] [--samples 8] [--workers 2]
     uv run python benchmarks/eval.py evalplus-canonical --dataset humanevalplus|mbppplus FILE
@@ -449,6 +449,12 @@ def interleaved(rounds: int, variants: dict) -> dict[str, list[Timed]]:
             cpu = time.process_time()
             outputs, stats = run()
             runs[name].append(Timed(outputs, stats, time.process_time() - cpu))
+            timed = runs[name][-1]
+            print(
+                f"    {name}: {stats.new_tokens} tokens, {timed.cpu:.1f} s CPU, "
+                f"{stats.seconds:.1f} s wall, load average {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
         line = " | ".join(f"{n} {r[-1].stats.tokens_per_second:.2f}" for n, r in runs.items())
         print(f"  round {round_ + 1}, tokens/s: {line}")
     return runs
@@ -951,12 +957,18 @@ def bench_batching(args: argparse.Namespace) -> None:
     variants[f"generate-{args.hf_rows}"] = lambda: generate_hf_batches(
         hf, stock, prompts, new, args.hf_rows
     )
+    if args.variants:
+        unknown = set(args.variants) - set(variants)
+        if unknown:
+            raise SystemExit(f"--variants: no variant {sorted(unknown)[0]!r} (of {list(variants)})")
+        variants = {name: variants[name] for name in args.variants}
     runs = interleaved(args.rounds, variants)
-    base = runs["one-at-a-time"][0].outputs
-    print(f"  batched-auto: {plans[None].rows} rows ({plans[None].reason})")
+    if None in plans:
+        print(f"  batched-auto: {plans[None].rows} rows ({plans[None].reason})")
     for name in variants:
-        if name == "one-at-a-time":
+        if name == "one-at-a-time" or "one-at-a-time" not in variants:
             continue
+        base = runs["one-at-a-time"][0].outputs
         same = sum(a == b for a, b in zip(runs[name][0].outputs, base, strict=True))
         print(
             f"  {name} / one-at-a-time tokens/s: CPU "
@@ -965,7 +977,7 @@ def bench_batching(args: argparse.Namespace) -> None:
             f"identical tokens: {same}/{len(prompts)}"
         )
     peer = f"generate-{args.hf_rows}"
-    for name in [f"batched-{rows}" for rows in args.rows] + ["batched-auto"]:
+    for name in [n for n in variants if n.startswith("batched-") and peer in variants]:
         print(
             f"  {name} / {peer} tokens/s: CPU {summary(speedups(runs, name, [peer], cpu=True))},"
             f" wall {summary(speedups(runs, name, [peer], cpu=False))}"
@@ -1256,6 +1268,11 @@ def main(argv: list[str] | None = None) -> None:
         "--rows", type=lambda t: [int(x) for x in t.split(",")], default=[8, 16, 32]
     )
     batching.add_argument("--hf-rows", type=int, default=16, help="generate's batch")
+    batching.add_argument(
+        "--variants",
+        type=lambda t: t.split(","),
+        help="only these, in this order (e.g. generate-16,batched-16; default: all)",
+    )
     batching.add_argument("--rounds", type=int, default=1)
     batching.add_argument("--threads", type=int, default=1)
     memory = commands.add_parser("samples-memory")

@@ -10,10 +10,10 @@ Exact mode (`SlotCache.exact`, for a CPU model whose linear layers are oneDNN-pa
 batch-invariant, see `models.packed.batch_invariant`): a row's logits are the same bits
 whatever rows are decoded beside it. The packed layers give each row of a product of two
 or more rows the same bits (a one-row step runs its row twice), and attention runs over
-each row's own length, rows of equal length together (a padded batched attention sums in
-another order). Without
-it (a GPU, bfloat16), attention is one masked product over all rows, and a row's logits
-can differ from its one-row logits in the last bits.
+each row's own length, rows of equal length in neighbouring slots together, over views of
+the cache (a padded batched attention sums in another order). Without it (a GPU,
+bfloat16), attention is one masked product over all rows, and a row's logits can differ
+from its one-row logits in the last bits.
 """
 
 from __future__ import annotations
@@ -136,27 +136,17 @@ def decode_step_rows(
         values[block][index, :, positions] = v[:, 0]
 
     if cache.exact:
-        # Rows of one length (the samples of a prompt) attend together: the same bits as
-        # one at a time, where padding to a longer row would sum in another order.
-        groups: dict[int, list[int]] = {}
-        for row, start in enumerate(starts):
-            groups.setdefault(start + 1, []).append(row)
-        gathers = [
-            (
-                length,
-                torch.tensor(rows, device=device),
-                torch.tensor([slots[r] for r in rows], device=device),
-            )
-            for length, rows in groups.items()
-        ]
+        runs = _equal_length_runs(slots, starts)
 
         def attend(block: int, q: Tensor) -> Tensor:
             out = torch.empty_like(q)  # [rows, 1, heads, head_dim]
-            for length, rows, members in gathers:
-                k = _repeat_kv(keys[block][members, :, :length], q.shape[2])
-                v = _repeat_kv(values[block][members, :, :length], q.shape[2])
-                attended = F.scaled_dot_product_attention(q[rows].transpose(1, 2), k, v)
-                out[rows] = attended.transpose(1, 2)
+            for first, last, slot, length in runs:
+                # Views of the cache, not gathered copies: a run is neighbouring slots.
+                width = last - first
+                k = _repeat_kv(keys[block][slot : slot + width, :, :length], q.shape[2])
+                v = _repeat_kv(values[block][slot : slot + width, :, :length], q.shape[2])
+                attended = F.scaled_dot_product_attention(q[first:last].transpose(1, 2), k, v)
+                out[first:last] = attended.transpose(1, 2)
             return out.reshape(len(slots), 1, -1)
 
     else:
@@ -183,6 +173,24 @@ def decode_step_rows(
         cache.lengths[slot] = start + 1
     logits: Tensor = model.output(normed).float()
     return logits
+
+
+def _equal_length_runs(slots: list[int], starts: list[int]) -> list[tuple[int, int, int, int]]:
+    """The step's rows cut into runs `(first, last, slot, length)`: rows `first..last - 1`
+    are the neighbouring slots `slot..` and have the same length after the step. A run
+    attends together, over views of its slots' caches: rows of one length give the same
+    bits together as one at a time, where padding to a longer row would sum in another
+    order (and gathering the rows of one length from anywhere copied their caches: a
+    third of a step's time at 16 rows of a 583M model)."""
+    runs: list[tuple[int, int, int, int]] = []
+    for row, (slot, start) in enumerate(zip(slots, starts, strict=True)):
+        if runs:
+            first, last, run_slot, length = runs[-1]
+            if start + 1 == length and slot == run_slot + (last - first):
+                runs[-1] = (first, row + 1, run_slot, length)
+                continue
+        runs.append((row, row + 1, slot, start + 1))
+    return runs
 
 
 def _repeat_kv(kv: Tensor, n_heads: int) -> Tensor:

@@ -4,6 +4,7 @@ batched decoding against one-row decoding, bit for bit."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import pytest
@@ -407,3 +408,25 @@ def test_greedy_decoding_on_the_gpu_in_bfloat16_follows_the_cpu(tiny) -> None:
     sampled, _ = sample_prompt(on_gpu, PROMPTS[0], 2, replace(config, temperature=1.0, seed=3))
     again, _ = sample_prompt(on_gpu, PROMPTS[0], 2, replace(config, temperature=1.0, seed=3))
     assert [s.tokens for s in sampled] == [s.tokens for s in again]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_equal_length_runs_cover_each_row_once_with_neighbouring_slots(seed) -> None:
+    """Exact attention's runs: against a brute-force check on random steps (rows of a few
+    lengths in shuffled, sometimes repeated slots, as a one-row step repeats its row)."""
+    from weighted_mtp.models.batched import _equal_length_runs
+
+    generator = torch.Generator().manual_seed(seed)
+    rows = int(torch.randint(1, 12, (1,), generator=generator))
+    slots = torch.randint(0, 8, (rows,), generator=generator).tolist()
+    starts = torch.randint(3, 6, (rows,), generator=generator).tolist()
+    runs = _equal_length_runs(slots, starts)
+    assert [r for first, last, _, _ in runs for r in range(first, last)] == list(range(rows))
+    for first, last, slot, length in runs:
+        for offset, row in enumerate(range(first, last)):
+            assert slots[row] == slot + offset and starts[row] + 1 == length
+    for (first, last, slot, length), (_, _, next_slot, next_length) in itertools.pairwise(runs):
+        # maximal: the next run's first row does not continue this one
+        assert (next_slot, next_length) != (slot + last - first, length)
+    if rows == 1:
+        assert runs == [(0, 1, slots[0], starts[0] + 1)]
