@@ -80,9 +80,10 @@ def test_every_standard_library_module_that_imports_plainly_imports_in_a_sample(
     assert outcome.passed, outcome.reason
 
 
-def test_an_interpreter_in_tmp_keeps_its_packages_importable_by_samples():
+def test_an_interpreter_in_tmp_keeps_its_packages_importable_by_samples_and_judges():
     """Each sample gets a fresh tmpfs at /tmp; a virtual environment that lives under /tmp
-    (a CI clone, a scratch checkout) must stay visible to it, read-only."""
+    (a CI clone, a scratch checkout) must stay visible to it, read-only, and to its judge,
+    which runs as another uid as root (EvalPlus's tests import numpy in the judge)."""
     folder = tempfile.mkdtemp(prefix="wmtp-venv-", dir="/tmp")
     try:
         venv = os.path.join(folder, "venv")
@@ -101,7 +102,8 @@ def test_an_interpreter_in_tmp_keeps_its_packages_importable_by_samples():
             from weighted_mtp.eval.sandbox.pool import Job, Sandbox
             program = "import wmtp_probe"
             with Sandbox(1) as box:
-                (outcome,) = box.run_all([Job(program, test="assert wmtp_probe.VALUE == 42")])
+                test = "assert wmtp_probe.VALUE == 42; import wmtp_probe as own; assert own.VALUE"
+                (outcome,) = box.run_all([Job(program, test=test)])
             print(outcome.passed, outcome.reason)
             """
         )

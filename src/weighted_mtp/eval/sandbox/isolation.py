@@ -234,13 +234,17 @@ class Scratch:
 
     def _mount(self, size_bytes: int) -> None:
         uid, gid = self.owner
-        options = f"size={size_bytes},nr_inodes={SCRATCH_INODES},mode=0700,uid={uid},gid={gid}"
         for path in SCRATCH:
             hidden = {
                 p: os.open(p, os.O_PATH | os.O_CLOEXEC)
                 for p in self.interpreter
                 if p.startswith(path + "/")
             }
+            # The judge runs as another uid and imports from the interpreter's folders bound
+            # here again: it may pass through (0711), but never list the sample's scratch.
+            mode = "0711" if hidden else "0700"
+            options = f"size={size_bytes},nr_inodes={SCRATCH_INODES},mode={mode},uid={uid}"
+            options += f",gid={gid}"
             try:
                 mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, options)
                 for inner, fd in hidden.items():
