@@ -285,13 +285,15 @@ LOOKER = "import os\nos.listdir('.')\nos.listdir('/tmp')\nos.listdir('/dev/shm')
 
 # Run right after another sample of the same slot: the scratch must be as if new.
 FRESH = """
-import os, stat
+import os, stat, sys
 here = os.stat('.')
 assert here.st_atime_ns == here.st_mtime_ns, 'the folder was read before'
 assert os.listdir('.') == [], os.listdir('.')
 assert 'kept' not in os.listdir('/tmp'), os.listdir('/tmp')
 assert os.listdir('/dev/shm') == [], os.listdir('/dev/shm')
-assert stat.S_IMODE(os.stat('/tmp').st_mode) == 0o700
+# passable by the judge's uid only where the interpreter's folders are bound in it again
+bound = any(os.path.realpath(p).startswith('/tmp/') for p in (sys.prefix, *sys.path) if p)
+assert stat.S_IMODE(os.stat('/tmp').st_mode) == (0o711 if bound else 0o700)
 assert stat.S_IMODE(here.st_mode) == 0o700
 assert os.listxattr('.') == [], os.listxattr('.')
 def reachable(pid):  # a process this one could trace (hidden or out of reach otherwise)
