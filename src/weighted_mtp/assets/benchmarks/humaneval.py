@@ -47,6 +47,7 @@ class HumanEval(Benchmark):
     raw_file = "HumanEval"
     stop_sequences = FUNCTION_STOPS
     prepared_per_jsonl = 1.5
+    time_limit: float | None = None  # seconds for a task's tests (None: the sandbox's timeout)
 
     def training_tasks(
         self, row: dict[str, Any], path: Path, line: int, context: TaskContext
@@ -87,6 +88,7 @@ class HumanEval(Benchmark):
                 BASE_TESTS: FunctionTests(
                     field(row, "test", path, line) + "\n" + f"check({entry_point})\n",
                     (entry_point,),
+                    time_limit=self.time_limit,
                 )
             },
         )

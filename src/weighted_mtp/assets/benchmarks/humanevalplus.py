@@ -29,9 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from weighted_mtp.assets.benchmark import BASE_TESTS, FunctionTests, OpenBinary, Problem
+from weighted_mtp.assets.benchmark import OpenBinary
 from weighted_mtp.assets.benchmarks.humaneval import HumanEval
-from weighted_mtp.assets.rows import field
 
 TIME_LIMIT = 60.0  # seconds for all of a task's inputs: EvalPlus's cap per task (60 s)
 MIRROR_FILE = "data/test-00000-of-00001-5973903632b82d40.parquet"  # the hub's file
@@ -64,21 +63,7 @@ class HumanEvalPlus(HumanEval):
     order = 31
     raw_file = "HumanEvalPlus"
     prepared_per_jsonl = 0.5  # measured 0.04: the tests are most of a row, no record holds them
-
-    def problem(self, row: dict[str, Any], path: Path, line: int) -> Problem:
-        entry_point = field(row, "entry_point", path, line)
-        return Problem(
-            self.name,
-            str(field(row, "task_id", path, line)),
-            field(row, "prompt", path, line),
-            {
-                BASE_TESTS: FunctionTests(
-                    field(row, "test", path, line) + f"\ncheck({entry_point})\n",
-                    (entry_point,),
-                    time_limit=TIME_LIMIT,
-                )
-            },
-        )
+    time_limit = TIME_LIMIT
 
     def write_mirror(self, out_dir: Path, open_binary: OpenBinary) -> Path:
         return write_humanevalplus_mirror(out_dir, open_binary)
