@@ -24,8 +24,9 @@ each experiment, the suite, and evaluation results, with the folder under the st
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from weighted_mtp.assets.benchmark import Benchmark
 from weighted_mtp.assets.benchmarks import discover
@@ -199,27 +200,28 @@ EVAL_DATASET = "humaneval"
 COMPARE_DATASETS = ("humaneval", "mbpp")
 
 
-def spec(name: str) -> AssetSpec:
-    found = _BY_NAME.get(name)
+T = TypeVar("T")
+
+
+def _named(table: Mapping[str, T], name: str, what: str) -> T:
+    """`table[name]`; any other name is one usage error listing the choices."""
+    found = table.get(name)
     if found is None:
-        raise UsageError(f"unknown asset {name!r}", hint=f"choose one of: {', '.join(_BY_NAME)}")
+        raise UsageError(f"unknown {what} {name!r}", hint=f"choose one of: {', '.join(table)}")
     return found
+
+
+def spec(name: str) -> AssetSpec:
+    return _named(_BY_NAME, name, "asset")
 
 
 def model(name: str) -> ModelSpec:
-    """The model `name`; any other name is one usage error."""
-    found = _MODELS_BY_NAME.get(name)
-    if found is None:
-        raise UsageError(f"unknown model {name!r}", hint=f"choose one of: {', '.join(MODELS)}")
-    return found
+    return _named(_MODELS_BY_NAME, name, "model")
 
 
 def benchmark(name: str) -> Benchmark:
-    """The benchmark of dataset `name`; any other name is one usage error."""
-    found = _BENCHMARKS_BY_NAME.get(name)
-    if found is None:
-        raise UsageError(f"unknown dataset {name!r}", hint=f"choose one of: {', '.join(DATASETS)}")
-    return found
+    """The benchmark of dataset `name`."""
+    return _named(_BENCHMARKS_BY_NAME, name, "dataset")
 
 
 def compares_tokenizer(name: str) -> bool:

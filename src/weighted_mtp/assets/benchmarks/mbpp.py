@@ -105,6 +105,19 @@ def _judged(row: dict[str, Any], asserts: list[str]) -> FunctionTests:
     )
 
 
+def with_reference_code(
+    task: Task, row: dict[str, Any], path: Path, line: int, context: TaskContext
+) -> Task:
+    """`task` with the row's reference `code` as its one correct sample; a row without one
+    is counted as a rejection and adds none."""
+    try:
+        code = non_empty_text(field(row, "code", path, line), "code")
+    except Rejected as exc:
+        context.reject(exc.reason)
+        return task
+    return task.add_samples([(f"{task.task_id}#c0", code, True)])
+
+
 class Mbpp(Benchmark):
     name = "mbpp"
     order = 20
@@ -132,12 +145,7 @@ class Mbpp(Benchmark):
                 "num_tests": len(tests) + len(challenge),
             },
         )
-        try:
-            code = [non_empty_text(field(row, "code", path, line), "code")]
-        except Rejected as exc:
-            context.reject(exc.reason)
-            code = []
-        return [task.add_samples((f"{task_id}#c0", text, True) for text in code)]
+        return [with_reference_code(task, row, path, line, context)]
 
     def prompt(self, row: dict[str, Any], path: Path, line: int, tests: TestChoice) -> PromptParts:
         return _prompt(row, path, line, challenge_runs=tests == CHALLENGE_TESTS)

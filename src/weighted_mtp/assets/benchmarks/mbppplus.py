@@ -45,10 +45,10 @@ from weighted_mtp.assets.benchmarks.humanevalplus import (
     MirrorTask,
     evalplus_inputs,
 )
+from weighted_mtp.assets.benchmarks.mbpp import with_reference_code
 from weighted_mtp.assets.judged_names import judge_imports, names_taken_from_sample
 from weighted_mtp.assets.prompt_template import PromptParts
 from weighted_mtp.assets.rows import (
-    Rejected,
     field,
     list_of,
     non_empty_text,
@@ -98,12 +98,7 @@ class MbppPlus(Benchmark):
             _prompt(row, path, line),
             {"source": self.name, "has_tests": bool(asserts), "language": "python3"},
         )
-        try:
-            code = [non_empty_text(field(row, "code", path, line), "code")]
-        except Rejected as exc:
-            context.reject(exc.reason)
-            code = []
-        return [task.add_samples((f"{task_id}#c0", text, True) for text in code)]
+        return [with_reference_code(task, row, path, line, context)]
 
     def prompt(self, row: dict[str, Any], path: Path, line: int, tests: TestChoice) -> PromptParts:
         return _prompt(row, path, line)
